@@ -1,0 +1,23 @@
+//! The crest image format: the one schema of what is on disk ([`schema`]), and the only code
+//! that reads or writes image files ([`format`]).
+
+mod codec;
+mod error;
+pub mod format;
+pub mod schema;
+pub mod validate;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use format::{
+    host_page_size, open_image, pages_file_name, process_file_name, validate_process, verify_pages,
+    Image, ImageError, ImageWriter, PageFileWriter,
+};
+pub use schema::*;
+
+/// Version of the on-disk format; bumped whenever [`schema`] changes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the table of contents inside an image directory.
+pub const INVENTORY_FILE: &str = "inventory.img";

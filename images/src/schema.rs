@@ -1,0 +1,313 @@
+//! Every structure crest writes to disk, in one place.
+//!
+//! Metadata files hold one of these structures encoded with postcard (compact, serde-driven);
+//! page files hold raw page-aligned bytes and no header, so a restore can `mmap` them or serve
+//! them through userfaultfd. `crest show --json` prints these same structures through serde_json.
+//!
+//! Changing a structure here changes the on-disk format: bump [`crate::FORMAT_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// The machine architecture an image was taken on. A restore refuses any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture this build of crest runs on.
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+/// What a file listed in the inventory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileRole {
+    /// A postcard-encoded [`ProcessImage`] (`process-<pid>.img`).
+    Process,
+    /// Raw page data (`pages-<pid>.img`), addressed by [`PageRun::file_offset`].
+    Pages,
+}
+
+/// One file of the image directory, as the inventory records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name inside the image directory (no slashes).
+    pub name: String,
+    pub role: FileRole,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// BLAKE3 hash of the whole file. Metadata files are always checked against it;
+    /// page files only by `crest verify` / `crest restore --verify`.
+    pub blake3: [u8; 32],
+}
+
+/// The image's table of contents: `inventory.img`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub arch: Arch,
+    /// Page size of the dumping machine, in bytes.
+    pub page_size: u64,
+    /// `uname -r` of the dumping machine (informational; the vDSO check is what matters).
+    pub kernel_release: String,
+    /// Version of crest that wrote the image.
+    pub crest_version: String,
+    /// Unix time of the dump, in milliseconds.
+    pub created_unix_ms: u64,
+    /// Pid of the root of the dumped tree.
+    pub root_pid: i32,
+    /// Every other file of the image.
+    pub files: Vec<FileEntry>,
+    pub stats: DumpStats,
+}
+
+/// What a dump did, for `crest show` and `--stats-json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DumpStats {
+    /// Pages covered by the dumped VMAs.
+    pub pages_scanned: u64,
+    /// Pages neither present nor swapped (nothing to store).
+    pub pages_absent: u64,
+    /// Present pages skipped because the file behind a mapping holds them unchanged.
+    pub pages_file_backed: u64,
+    /// Present pages whose content was all zero (not stored).
+    pub pages_zero: u64,
+    /// Pages stored in page files.
+    pub pages_written: u64,
+    /// Bytes of page data written.
+    pub bytes_written: u64,
+    /// Resident set size of the dumped processes just before the freeze, in bytes.
+    pub rss_bytes: u64,
+    /// Named phases and their duration in microseconds, in the order they ran.
+    pub phases_us: Vec<(String, u64)>,
+    /// Microseconds the target was stopped.
+    pub frozen_us: u64,
+}
+
+/// One process of the dumped tree: `process-<pid>.img`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: i32,
+    /// Parent pid at dump time (informational: a restored root gets crest as its parent).
+    pub ppid: i32,
+    /// `comm` (thread name of the leader, at most 15 bytes).
+    pub comm: String,
+    pub creds: Creds,
+    /// Index into [`ProcessImage::files`] of `/proc/PID/exe`.
+    pub exe_file: u32,
+    /// Threads; the first is the leader (tid == pid).
+    pub threads: Vec<ThreadImage>,
+    pub mm: MmFields,
+    /// Memory areas, sorted by address, not overlapping. `[vsyscall]` is never listed.
+    pub vmas: Vec<Vma>,
+    /// Stored pages, sorted by address; each run lies inside one VMA.
+    pub page_runs: Vec<PageRun>,
+    /// Name of the page file inside the image directory (`pages-<pid>.img`).
+    pub pages_file: String,
+    /// Files this process maps or has open, each checked at restore.
+    pub files: Vec<FileIdentity>,
+    /// Open file descriptions; several fds may share one (dup, fork).
+    pub open_files: Vec<OpenFileDescription>,
+    pub fds: Vec<Fd>,
+    /// Current working directory, as an index into [`ProcessImage::files`].
+    pub cwd_file: u32,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    /// Signals whose disposition is SIG_IGN (bit n-1 for signal n), from /proc/PID/status.
+    pub sig_ignored: u64,
+    /// Signals with a handler installed (bit n-1 for signal n), from /proc/PID/status.
+    pub sig_caught: u64,
+    /// BLAKE3 of the `[vdso]` contents at dump; a restore needs the same vDSO.
+    pub vdso_blake3: Option<[u8; 32]>,
+}
+
+/// User and group ids (real, effective, saved, filesystem) and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+}
+
+/// The mm fields `PR_SET_MM_MAP` restores, so /proc/PID/{cmdline,environ,auxv,stat} read
+/// the same after restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// The saved auxiliary vector as (type, value) words, ending with AT_NULL.
+    pub auxv: Vec<u64>,
+}
+
+/// One thread's CPU state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadImage {
+    pub tid: i32,
+    /// Blocked signal mask (bit n-1 for signal n).
+    pub sigmask: u64,
+    pub regs: ArchRegs,
+    /// The thread's rseq registration, if any.
+    pub rseq: Option<RseqRegistration>,
+}
+
+/// Register state in the kernel's regset layouts, kept raw so nothing is lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ArchRegs {
+    /// `user_regs_struct` (NT_PRSTATUS, 27 u64) with the syscall-restart fix-up already applied,
+    /// and the standard-format XSAVE area (NT_X86_XSTATE) of the size the kernel reported.
+    X86_64 { gpr: Vec<u64>, xstate: Vec<u8> },
+    /// NT_PRSTATUS (x0-x30, sp, pc, pstate), NT_PRFPREG bytes and TPIDR_EL0.
+    Aarch64 {
+        gpr: Vec<u64>,
+        fpsimd: Vec<u8>,
+        tls: u64,
+    },
+}
+
+/// rseq registration as PTRACE_GET_RSEQ_CONFIGURATION reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RseqRegistration {
+    pub abi_pointer: u64,
+    pub abi_size: u32,
+    pub signature: u32,
+}
+
+/// Protection bits of a VMA (same values as PROT_*).
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
+
+/// One memory area.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// MAP_SHARED (true) or MAP_PRIVATE (false).
+    pub shared: bool,
+    pub backing: VmaBacking,
+    /// The VmFlags of /proc/PID/smaps that a restore must reproduce.
+    pub flags: VmaFlags,
+    /// The name /proc/PID/maps shows: a path, `[heap]`, `[stack]`, `[anon:name]`, or empty.
+    pub name: String,
+}
+
+/// What is behind a VMA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmaBacking {
+    /// Private or shared anonymous memory (heap, stack and `[anon:...]` included).
+    Anonymous,
+    /// A file, as an index into [`ProcessImage::files`], at a byte offset.
+    File { file: u32, offset: u64 },
+    /// The vDSO code; placed by moving the restoring kernel's own vDSO.
+    Vdso,
+    /// A `[vvar]`, `[vvar_vclock]` or other `[vvar*]` piece; never dumped, moved like the vDSO.
+    Vvar,
+}
+
+/// Subset of smaps VmFlags that changes how a VMA is mapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaFlags {
+    /// `gd`: MAP_GROWSDOWN (the main stack).
+    pub growsdown: bool,
+    /// `lo`: MAP_LOCKED.
+    pub locked: bool,
+    /// `nr`: MAP_NORESERVE.
+    pub noreserve: bool,
+    /// `dd`: MADV_DONTDUMP.
+    pub dontdump: bool,
+    /// `dc`: MADV_DONTFORK.
+    pub dontfork: bool,
+    /// `hg`: MADV_HUGEPAGE.
+    pub hugepage: bool,
+    /// `nh`: MADV_NOHUGEPAGE.
+    pub nohugepage: bool,
+    /// `mg`: MADV_MERGEABLE.
+    pub mergeable: bool,
+}
+
+/// `npages` consecutive stored pages starting at `vaddr`, found at `file_offset` of the page file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub vaddr: u64,
+    pub npages: u64,
+    /// Byte offset in the page file; a multiple of the page size.
+    pub file_offset: u64,
+}
+
+/// A file as it was at dump time, so a restore can tell whether it changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// Absolute path at dump time.
+    pub path: String,
+    pub kind: FileKind,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+    /// st_mode permission and type bits.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    /// A character device (e.g. /dev/null), reopened by path and checked by device number.
+    CharDevice {
+        rdev: u64,
+    },
+}
+
+/// An open file description (what `open` returns and `dup` shares).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFileDescription {
+    /// Index into [`ProcessImage::files`].
+    pub file: u32,
+    /// File status flags from fdinfo (O_ACCMODE, O_APPEND, O_NONBLOCK, ...), without O_CLOEXEC.
+    pub flags: u32,
+    /// File offset.
+    pub pos: u64,
+}
+
+/// One descriptor of the fd table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fd {
+    pub fd: i32,
+    /// Index into [`ProcessImage::open_files`].
+    pub description: u32,
+    /// FD_CLOEXEC.
+    pub cloexec: bool,
+}
+
+/// One resource limit (RLIMIT_* number, soft and hard; u64::MAX is RLIM_INFINITY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}

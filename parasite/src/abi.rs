@@ -1,0 +1,243 @@
+//! The contract between crest and the restorer blob.
+//!
+//! This one file is compiled into both sides: into the freestanding blob (`parasite/`) and into
+//! crest (`src/restore/blob.rs` includes it with `#[path]`). Everything is `#[repr(C)]`, made of
+//! fixed-size integers, and addressed with absolute addresses inside the bootstrap region, which
+//! crest maps (MAP_SHARED, from a memfd) at the same address in itself and in the restored task
+//! before the fork, so both sides see the same bytes.
+//!
+//! Bootstrap region layout (all offsets page-aligned, chosen by crest):
+//! `[blob code+data][RestorerArgs][arrays referenced by RestorerArgs][sigframe][stack][park area]`
+
+/// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
+pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
+/// Bumped whenever a structure in this file changes.
+pub const ABI_VERSION: u32 = 1;
+
+/// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
+pub const MAX_SPECIAL_MOVES: usize = 8;
+/// Words of the saved auxiliary vector the restorer can carry (the kernel keeps fewer).
+pub const MAX_AUXV_WORDS: usize = 128;
+
+/// An address range.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Moving one piece of the restoring kernel's vDSO/vvar: first parked inside the bootstrap
+/// region (so the image's VMAs can be mapped anywhere), then moved to where the image had it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpecialMove {
+    /// Where the piece is now (in the forked child).
+    pub current: u64,
+    /// Where it waits while the image's memory is mapped (inside the park area).
+    pub park: u64,
+    /// Where the image had it.
+    pub target: u64,
+    pub len: u64,
+}
+
+/// How the restorer fills a VMA after mapping it.
+pub const VMA_FILL_NONE: u32 = 0;
+/// Copy the VMA's page runs from `RestorerArgs::pages_fd` with pread.
+pub const VMA_FILL_COPY: u32 = 1;
+
+/// One VMA to map, with the exact arguments of its `mmap` call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmaArg {
+    pub start: u64,
+    pub len: u64,
+    /// Final protection, applied with mprotect after the pages are filled.
+    pub prot: u32,
+    /// mmap flags (MAP_PRIVATE/MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_NORESERVE, ...);
+    /// the restorer adds MAP_FIXED itself.
+    pub flags: u32,
+    /// fd of the backing file in the task, or -1 for anonymous memory.
+    pub fd: i32,
+    /// VMA_FILL_*.
+    pub fill: u32,
+    /// Byte offset in the backing file.
+    pub file_offset: u64,
+    /// madvise() advice values to apply after mapping (0 = none), e.g. MADV_DONTFORK.
+    pub madvise: [u32; 4],
+    /// Index of the first of this VMA's page runs in `RestorerArgs::runs`, and their count.
+    pub first_run: u32,
+    pub nr_runs: u32,
+}
+
+/// `len` bytes at `vaddr` come from `file_offset` of the page file.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageRunArg {
+    pub vaddr: u64,
+    pub len: u64,
+    pub file_offset: u64,
+}
+
+/// `struct prctl_mm_map` for PR_SET_MM / PR_SET_MM_MAP (include/uapi/linux/prctl.h), 104 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrctlMmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// Pointer to the auxv words (crest points it at `RestorerArgs::auxv`).
+    pub auxv: u64,
+    /// Size of the auxv in bytes.
+    pub auxv_size: u32,
+    /// fd of the executable for /proc/PID/exe, or -1 to keep it.
+    pub exe_fd: u32,
+}
+
+/// The thread's rseq registration to recreate (`present == 0`: none).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RseqArg {
+    pub present: u32,
+    pub len: u32,
+    pub signature: u32,
+    pub _pad: u32,
+    pub ptr: u64,
+}
+
+/// Where the restorer got to, written into `RestorerArgs::progress` before each step so that
+/// crest can say which step failed (the blob has no other way to report).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Start = 1,
+    ParkSpecial = 2,
+    UnmapOwn = 3,
+    MapVma = 4,
+    FillPages = 5,
+    ProtectVma = 6,
+    Madvise = 7,
+    PlaceSpecial = 8,
+    SetMm = 9,
+    CloseFds = 10,
+    Rseq = 11,
+    ThreadArea = 12,
+    Sigreturn = 13,
+    BadArgs = 14,
+}
+
+impl Step {
+    pub fn from_u32(v: u32) -> Option<Step> {
+        Some(match v {
+            1 => Step::Start,
+            2 => Step::ParkSpecial,
+            3 => Step::UnmapOwn,
+            4 => Step::MapVma,
+            5 => Step::FillPages,
+            6 => Step::ProtectVma,
+            7 => Step::Madvise,
+            8 => Step::PlaceSpecial,
+            9 => Step::SetMm,
+            10 => Step::CloseFds,
+            11 => Step::Rseq,
+            12 => Step::ThreadArea,
+            13 => Step::Sigreturn,
+            14 => Step::BadArgs,
+            _ => return None,
+        })
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Start => "starting",
+            Step::ParkSpecial => "parking the vDSO/vvar",
+            Step::UnmapOwn => "unmapping crest's own memory",
+            Step::MapVma => "mapping a VMA",
+            Step::FillPages => "copying pages from the page file",
+            Step::ProtectVma => "setting a VMA's protection",
+            Step::Madvise => "applying madvise to a VMA",
+            Step::PlaceSpecial => "moving the vDSO/vvar into place",
+            Step::SetMm => "setting the mm fields (PR_SET_MM_MAP)",
+            Step::CloseFds => "closing helper fds",
+            Step::Rseq => "registering rseq",
+            Step::ThreadArea => "setting the thread pointer",
+            Step::Sigreturn => "returning into the saved registers (rt_sigreturn)",
+            Step::BadArgs => "checking its arguments",
+        }
+    }
+}
+
+/// `Progress::detail` of a `Step::BadArgs` failure: which check of `RestorerArgs` failed.
+pub const BAD_ARGS_MAGIC: u64 = 1;
+pub const BAD_ARGS_VERSION: u64 = 2;
+/// `nr_special` exceeds MAX_SPECIAL_MOVES.
+pub const BAD_ARGS_NR_SPECIAL: u64 = 3;
+/// An array pointer is not 8-byte aligned.
+pub const BAD_ARGS_ALIGNMENT: u64 = 4;
+
+/// Progress and error report, shared with crest through the bootstrap mapping.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// The `Step` being carried out.
+    pub step: u32,
+    /// Negative errno of the failing syscall, 0 while all is well.
+    pub error: i32,
+    /// The address or index the step was working on (VMA start, run address, fd).
+    pub detail: u64,
+}
+
+/// Everything the restorer needs, at the start of the args area of the bootstrap region.
+/// The arrays it points at (`unmap`, `vmas`, `runs`, `close_fds`) must be 8-byte aligned: the
+/// restorer reads them with aligned loads and refuses (BAD_ARGS_ALIGNMENT) otherwise.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RestorerArgs {
+    pub magic: u64,
+    pub abi_version: u32,
+    /// Page size the image and this machine share.
+    pub page_size: u32,
+    pub progress: Progress,
+
+    /// The whole bootstrap region (never unmapped by the restorer itself).
+    pub bootstrap: Range,
+    /// crest's own mappings in the child, to unmap (bootstrap and vDSO/vvar excluded):
+    /// a `Range` array.
+    pub unmap: u64,
+    pub nr_unmap: u64,
+    /// vDSO/vvar pieces to park and then place.
+    pub special: [SpecialMove; MAX_SPECIAL_MOVES],
+    pub nr_special: u64,
+
+    /// `VmaArg` array, sorted by address.
+    pub vmas: u64,
+    pub nr_vmas: u64,
+    /// `PageRunArg` array, sorted by address.
+    pub runs: u64,
+    pub nr_runs: u64,
+    /// fd of the page file, -1 when no page is stored.
+    pub pages_fd: i32,
+    pub _pad0: u32,
+
+    /// Helper fds (page file, mapped files, exe) to close once memory is in place: an `i32` array.
+    pub close_fds: u64,
+    pub nr_close_fds: u64,
+
+    pub mm: PrctlMmMap,
+    pub auxv: [u64; MAX_AUXV_WORDS],
+
+    pub rseq: RseqArg,
+    /// x86_64: FS and GS base (not restored by rt_sigreturn). aarch64: tls[0] = TPIDR_EL0.
+    pub tls: [u64; 2],
+
+    /// Stack pointer value for the final rt_sigreturn (x86_64: the frame address + 8).
+    pub sigreturn_sp: u64,
+}

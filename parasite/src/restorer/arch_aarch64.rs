@@ -1,0 +1,161 @@
+//! aarch64 system-call shims, the final jump into rt_sigreturn and the syscall gadget.
+//!
+//! Linux arm64 syscall ABI: number in x8, arguments in x0..x5, `svc #0`, result in x0; no other
+//! register is clobbered.
+
+use core::arch::{asm, global_asm};
+
+pub mod nr {
+    pub const CLOSE: usize = 57;
+    pub const PREAD64: usize = 67;
+    pub const EXIT_GROUP: usize = 94;
+    pub const PRCTL: usize = 167;
+    pub const MUNMAP: usize = 215;
+    pub const MREMAP: usize = 216;
+    pub const MMAP: usize = 222;
+    pub const MPROTECT: usize = 226;
+    pub const MADVISE: usize = 233;
+    pub const RSEQ: usize = 293;
+}
+
+/// # Safety
+/// The caller makes sure the syscall's arguments are valid for it.
+#[inline(always)]
+pub unsafe fn syscall0(n: usize) -> isize {
+    let ret: isize;
+    // SAFETY: a plain `svc #0` with the kernel's register convention.
+    unsafe {
+        asm!("svc #0", in("x8") n, lateout("x0") ret, options(nostack));
+    }
+    ret
+}
+
+/// # Safety
+/// As [`syscall0`].
+#[inline(always)]
+pub unsafe fn syscall1(n: usize, a1: usize) -> isize {
+    let ret: isize;
+    // SAFETY: see syscall0.
+    unsafe {
+        asm!("svc #0", in("x8") n, inlateout("x0") a1 as isize => ret, options(nostack));
+    }
+    ret
+}
+
+/// # Safety
+/// As [`syscall0`].
+#[inline(always)]
+pub unsafe fn syscall2(n: usize, a1: usize, a2: usize) -> isize {
+    let ret: isize;
+    // SAFETY: see syscall0.
+    unsafe {
+        asm!("svc #0", in("x8") n, inlateout("x0") a1 as isize => ret, in("x1") a2,
+             options(nostack));
+    }
+    ret
+}
+
+/// # Safety
+/// As [`syscall0`].
+#[inline(always)]
+pub unsafe fn syscall3(n: usize, a1: usize, a2: usize, a3: usize) -> isize {
+    let ret: isize;
+    // SAFETY: see syscall0.
+    unsafe {
+        asm!("svc #0", in("x8") n, inlateout("x0") a1 as isize => ret, in("x1") a2,
+             in("x2") a3, options(nostack));
+    }
+    ret
+}
+
+/// # Safety
+/// As [`syscall0`].
+#[inline(always)]
+pub unsafe fn syscall4(n: usize, a1: usize, a2: usize, a3: usize, a4: usize) -> isize {
+    let ret: isize;
+    // SAFETY: see syscall0.
+    unsafe {
+        asm!("svc #0", in("x8") n, inlateout("x0") a1 as isize => ret, in("x1") a2,
+             in("x2") a3, in("x3") a4, options(nostack));
+    }
+    ret
+}
+
+/// # Safety
+/// As [`syscall0`].
+#[inline(always)]
+pub unsafe fn syscall5(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> isize {
+    let ret: isize;
+    // SAFETY: see syscall0.
+    unsafe {
+        asm!("svc #0", in("x8") n, inlateout("x0") a1 as isize => ret, in("x1") a2,
+             in("x2") a3, in("x3") a4, in("x4") a5, options(nostack));
+    }
+    ret
+}
+
+/// # Safety
+/// As [`syscall0`].
+#[inline(always)]
+pub unsafe fn syscall6(
+    n: usize,
+    a1: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+    a6: usize,
+) -> isize {
+    let ret: isize;
+    // SAFETY: see syscall0.
+    unsafe {
+        asm!("svc #0", in("x8") n, inlateout("x0") a1 as isize => ret, in("x1") a2,
+             in("x2") a3, in("x3") a4, in("x4") a5, in("x5") a6, options(nostack));
+    }
+    ret
+}
+
+/// Sets TPIDR_EL0 (the thread pointer, which rt_sigreturn does not restore). tls[1] is unused.
+pub fn set_thread_area(tls: [u64; 2]) -> Result<(), isize> {
+    // SAFETY: writing TPIDR_EL0 only changes the thread pointer; the restorer has no TLS.
+    unsafe {
+        asm!("msr tpidr_el0, {0}", in(reg) tls[0], options(nostack, nomem));
+    }
+    Ok(())
+}
+
+/// Stops at a breakpoint (crest, tracing the task, catches this SIGTRAP as "about to
+/// rt_sigreturn"; `brk` leaves pc on itself, so crest steps pc over it), then switches to the
+/// frame's stack and calls rt_sigreturn. On arm64 the kernel reads the frame at sp itself.
+///
+/// # Safety
+/// `sp` must be the (16-byte aligned) address of a valid rt_sigframe built by crest.
+pub unsafe fn sigreturn(sp: u64) -> ! {
+    // SAFETY: the caller provides a valid frame; rt_sigreturn does not return on success, and
+    // the final `brk` stops the task if it ever did.
+    unsafe {
+        asm!(
+            "brk #0",
+            "mov sp, {sp}",
+            "mov x8, #139",
+            "svc #0",
+            "brk #1",
+            sp = in(reg) sp,
+            options(noreturn)
+        );
+    }
+}
+
+// crest runs munmap of the bootstrap region through this after the task is back in its own
+// registers (see the x86_64 file).
+global_asm!(
+    ".pushsection .text.crest_syscall_gadget,\"ax\",%progbits",
+    ".globl crest_syscall_gadget",
+    ".type crest_syscall_gadget,%function",
+    ".p2align 2",
+    "crest_syscall_gadget:",
+    "svc #0",
+    "brk #0",
+    ".size crest_syscall_gadget, . - crest_syscall_gadget",
+    ".popsection",
+);

@@ -1,0 +1,298 @@
+//! The restorer: freestanding code that crest copies into the bootstrap region of a forked task
+//! and jumps to. It turns the task into the image's process: it moves the vDSO/vvar aside,
+//! unmaps everything of crest's, maps and fills the image's VMAs, puts the vDSO/vvar where the
+//! image had them, sets the mm fields, closes crest's helper fds, re-registers rseq, sets the
+//! thread pointer and returns into the saved registers with rt_sigreturn.
+//!
+//! It has no libc and no TLS and runs with only the bootstrap region guaranteed to exist, so it
+//! touches nothing outside `RestorerArgs` and the arrays it points at. It reports progress and
+//! errors through `RestorerArgs::progress` (shared memory that crest reads after the task
+//! exits), because there is nobody to return an error to.
+
+#![no_std]
+#![no_main]
+
+#[path = "../abi.rs"]
+#[allow(dead_code)]
+mod abi;
+
+#[cfg_attr(target_arch = "x86_64", path = "arch_x86_64.rs")]
+#[cfg_attr(target_arch = "aarch64", path = "arch_aarch64.rs")]
+#[allow(dead_code)]
+mod arch;
+
+mod sys;
+
+use abi::{
+    PageRunArg, PrctlMmMap, Range, RestorerArgs, Step, VmaArg, ABI_VERSION, ARGS_MAGIC,
+    MAX_SPECIAL_MOVES, VMA_FILL_NONE,
+};
+use core::ptr;
+
+/// PR_SET_MM_MAP takes the structure's size and refuses anything but its own.
+const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
+
+/// Exit code when the restorer fails a step (details in `progress`).
+const EXIT_FAILED: i32 = 127;
+/// Exit code of a panic (cannot happen without a bug in the blob; nothing is formatted).
+const EXIT_PANIC: i32 = 126;
+
+/// `Progress::detail` values for `Step::BadArgs`, saying which check failed.
+mod bad {
+    pub use crate::abi::{
+        BAD_ARGS_ALIGNMENT as ALIGNMENT, BAD_ARGS_MAGIC as MAGIC,
+        BAD_ARGS_NR_SPECIAL as NR_SPECIAL, BAD_ARGS_VERSION as VERSION,
+    };
+}
+
+/// Access to the arguments through the raw pointer only: `progress` is written while the rest
+/// is read, so no reference to the whole structure is ever formed.
+struct Ctx {
+    args: *mut RestorerArgs,
+}
+
+impl Ctx {
+    /// Records the step about to run (and what it works on) before running it.
+    fn step(&self, step: Step, detail: u64) {
+        // SAFETY: `args` is valid for the whole run (crest's contract); volatile because crest
+        // reads this from the shared mapping after the task is gone.
+        unsafe {
+            let p = ptr::addr_of_mut!((*self.args).progress);
+            ptr::write_volatile(ptr::addr_of_mut!((*p).step), step as u32);
+            ptr::write_volatile(ptr::addr_of_mut!((*p).detail), detail);
+        }
+    }
+
+    /// Records the error of the current step and ends the task.
+    fn fail(&self, error: i32) -> ! {
+        // SAFETY: as in `step`.
+        unsafe {
+            let p = ptr::addr_of_mut!((*self.args).progress);
+            ptr::write_volatile(ptr::addr_of_mut!((*p).error), error);
+        }
+        sys::exit_group(EXIT_FAILED)
+    }
+
+    fn bad_args(&self, which: u64) -> ! {
+        self.step(Step::BadArgs, which);
+        self.fail(-sys::EINVAL)
+    }
+
+    fn check(&self, r: sys::SysResult) -> usize {
+        match r {
+            Ok(v) => v,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn args(&self) -> *const RestorerArgs {
+        self.args
+    }
+}
+
+/// Reads element `i` of an array of `T` at address `base` inside the bootstrap region.
+///
+/// # Safety
+/// `base` must point at least `i + 1` valid, aligned `T`s.
+unsafe fn at<T: Copy>(base: u64, i: u64) -> T {
+    // SAFETY: guaranteed by the caller.
+    unsafe { ptr::read((base as *const T).add(i as usize)) }
+}
+
+fn overlaps(a_start: u64, a_len: u64, b: Range) -> bool {
+    a_start < b.start.wrapping_add(b.len) && b.start < a_start.wrapping_add(a_len)
+}
+
+/// The entry point crest jumps to, on a 16-byte aligned stack inside the bootstrap region.
+#[no_mangle]
+pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
+    let ctx = Ctx { args };
+    ctx.step(Step::Start, 0);
+    // SAFETY: crest passes a pointer to a filled-in RestorerArgs inside the bootstrap region,
+    // which stays mapped (and is never a target of the calls below) for the whole run.
+    let a = unsafe { &*ctx.args() };
+    check_args(&ctx, a);
+    park_special(&ctx, a);
+    unmap_own(&ctx, a);
+    map_vmas(&ctx, a);
+    place_special(&ctx, a);
+    set_mm(&ctx);
+    close_fds(&ctx, a);
+    register_rseq(&ctx, a);
+    set_thread_area(&ctx, a);
+
+    ctx.step(Step::Sigreturn, a.sigreturn_sp);
+    // SAFETY: crest built a valid rt_sigframe at sigreturn_sp (its sigframe builder's result).
+    unsafe { arch::sigreturn(a.sigreturn_sp) }
+}
+
+fn check_args(ctx: &Ctx, a: &RestorerArgs) {
+    if a.magic != ARGS_MAGIC {
+        ctx.bad_args(bad::MAGIC);
+    }
+    if a.abi_version != ABI_VERSION {
+        ctx.bad_args(bad::VERSION);
+    }
+    if a.nr_special > MAX_SPECIAL_MOVES as u64 {
+        ctx.bad_args(bad::NR_SPECIAL);
+    }
+    // The arrays are read with aligned loads (arm64 builds with strict-align).
+    let arrays = a.unmap | a.vmas | a.runs | a.close_fds;
+    if !arrays.is_multiple_of(8) {
+        ctx.bad_args(bad::ALIGNMENT);
+    }
+}
+
+/// Moves the vDSO/vvar of the restoring kernel into the park area, so that the image's VMAs can
+/// be mapped wherever the image had them.
+fn park_special(ctx: &Ctx, a: &RestorerArgs) {
+    for s in a.special.iter().take(a.nr_special as usize) {
+        ctx.step(Step::ParkSpecial, s.current);
+        ctx.check(sys::mremap_fixed(s.current, s.len, s.park));
+    }
+}
+
+fn unmap_own(ctx: &Ctx, a: &RestorerArgs) {
+    for i in 0..a.nr_unmap {
+        // SAFETY: crest wrote nr_unmap Ranges at `unmap` (alignment checked).
+        let r: Range = unsafe { at(a.unmap, i) };
+        ctx.step(Step::UnmapOwn, r.start);
+        if overlaps(r.start, r.len, a.bootstrap) {
+            // Unmapping the region we run from would kill us with no report.
+            ctx.fail(-sys::EINVAL);
+        }
+        ctx.check(sys::munmap(r.start, r.len));
+    }
+}
+
+fn map_vmas(ctx: &Ctx, a: &RestorerArgs) {
+    for i in 0..a.nr_vmas {
+        // SAFETY: crest wrote nr_vmas VmaArgs at `vmas` (alignment checked).
+        let v: VmaArg = unsafe { at(a.vmas, i) };
+        map_vma(ctx, a, &v);
+    }
+}
+
+fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
+    ctx.step(Step::MapVma, v.start);
+    if overlaps(v.start, v.len, a.bootstrap) {
+        // MAP_FIXED would silently replace the code and stack we run on.
+        ctx.fail(-sys::EEXIST);
+    }
+    // Pages are written with pread, so the VMA must be writable while it is filled.
+    let add_write = v.fill != VMA_FILL_NONE && v.prot & sys::PROT_WRITE == 0;
+    let prot = if add_write {
+        v.prot | sys::PROT_WRITE
+    } else {
+        v.prot
+    };
+    let got = ctx.check(sys::mmap(
+        v.start,
+        v.len,
+        prot,
+        v.flags | sys::MAP_FIXED,
+        v.fd,
+        v.file_offset,
+    ));
+    if got as u64 != v.start {
+        ctx.fail(-sys::EINVAL);
+    }
+
+    if v.fill != VMA_FILL_NONE {
+        fill_pages(ctx, a, v);
+    }
+    if add_write {
+        ctx.step(Step::ProtectVma, v.start);
+        ctx.check(sys::mprotect(v.start, v.len, v.prot));
+    }
+    for &advice in &v.madvise {
+        if advice != 0 {
+            ctx.step(Step::Madvise, v.start);
+            ctx.check(sys::madvise(v.start, v.len, advice));
+        }
+    }
+}
+
+fn fill_pages(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
+    let first = v.first_run as u64;
+    let end = first + v.nr_runs as u64;
+    if end > a.nr_runs {
+        ctx.step(Step::FillPages, v.start);
+        ctx.fail(-sys::EINVAL);
+    }
+    for i in first..end {
+        // SAFETY: crest wrote nr_runs PageRunArgs at `runs`; `i < nr_runs` was checked above.
+        let run: PageRunArg = unsafe { at(a.runs, i) };
+        ctx.step(Step::FillPages, run.vaddr);
+        let inside =
+            run.vaddr >= v.start && run.len <= v.len && run.vaddr - v.start <= v.len - run.len;
+        if !inside {
+            // pread would write over memory that is not this (writable) VMA.
+            ctx.fail(-sys::EINVAL);
+        }
+        read_fully(ctx, a.pages_fd, run.vaddr, run.len, run.file_offset);
+    }
+}
+
+/// pread may return short counts (a signal, a page-cache boundary); loop until done.
+fn read_fully(ctx: &Ctx, fd: i32, buf: u64, len: u64, off: u64) {
+    let mut done = 0u64;
+    while done < len {
+        match sys::pread64(fd, buf + done, len - done, off + done) {
+            Ok(0) => ctx.fail(-sys::EIO), // the page file is shorter than the image says
+            Ok(n) => done += n as u64,
+            Err(e) if e == -sys::EINTR => continue,
+            Err(e) => ctx.fail(e),
+        }
+    }
+}
+
+fn place_special(ctx: &Ctx, a: &RestorerArgs) {
+    for s in a.special.iter().take(a.nr_special as usize) {
+        ctx.step(Step::PlaceSpecial, s.target);
+        if overlaps(s.target, s.len, a.bootstrap) {
+            ctx.fail(-sys::EEXIST);
+        }
+        ctx.check(sys::mremap_fixed(s.park, s.len, s.target));
+    }
+}
+
+fn set_mm(ctx: &Ctx) {
+    ctx.step(Step::SetMm, 0);
+    // SAFETY: only the address of the field is taken; crest filled it (and mm.auxv points at
+    // RestorerArgs::auxv), the kernel reads 104 bytes from it.
+    let map = unsafe { ptr::addr_of!((*ctx.args()).mm) };
+    ctx.check(sys::prctl_set_mm_map(
+        map as *const u8,
+        core::mem::size_of::<PrctlMmMap>(),
+    ));
+}
+
+fn close_fds(ctx: &Ctx, a: &RestorerArgs) {
+    for i in 0..a.nr_close_fds {
+        // SAFETY: crest wrote nr_close_fds i32s at `close_fds` (alignment checked).
+        let fd: i32 = unsafe { at(a.close_fds, i) };
+        ctx.step(Step::CloseFds, fd as u32 as u64);
+        ctx.check(sys::close(fd));
+    }
+}
+
+fn register_rseq(ctx: &Ctx, a: &RestorerArgs) {
+    if a.rseq.present == 0 {
+        return;
+    }
+    ctx.step(Step::Rseq, a.rseq.ptr);
+    ctx.check(sys::rseq(a.rseq.ptr, a.rseq.len, a.rseq.signature));
+}
+
+fn set_thread_area(ctx: &Ctx, a: &RestorerArgs) {
+    ctx.step(Step::ThreadArea, a.tls[0]);
+    if let Err(e) = arch::set_thread_area(a.tls) {
+        ctx.fail(e as i32);
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    sys::exit_group(EXIT_PANIC)
+}

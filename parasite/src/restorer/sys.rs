@@ -1,0 +1,110 @@
+//! Typed wrappers over the arch shims for the calls the restorer makes. Each returns the raw
+//! kernel result decoded as `Ok(value)` or `Err(negative errno)`.
+
+use crate::arch::{self, nr};
+
+pub const PROT_WRITE: u32 = 2;
+pub const MAP_FIXED: u32 = 0x10;
+pub const MREMAP_MAYMOVE: usize = 1;
+pub const MREMAP_FIXED: usize = 2;
+pub const EIO: i32 = 5;
+pub const EINTR: i32 = 4;
+pub const EINVAL: i32 = 22;
+pub const EEXIST: i32 = 17;
+pub const PR_SET_MM: usize = 35;
+pub const PR_SET_MM_MAP: usize = 14;
+
+pub type SysResult = Result<usize, i32>;
+
+/// The kernel returns -4095..-1 for errors; everything else (including "negative" addresses) is
+/// a value.
+fn decode(ret: isize) -> SysResult {
+    if (-4095..0).contains(&ret) {
+        Err(ret as i32)
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+pub fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: i32, off: u64) -> SysResult {
+    // SAFETY: mapping with MAP_FIXED replaces whatever is there; the restorer checked that the
+    // range does not touch the bootstrap region it runs from.
+    decode(unsafe {
+        arch::syscall6(
+            nr::MMAP,
+            addr as usize,
+            len as usize,
+            prot as usize,
+            flags as usize,
+            fd as isize as usize,
+            off as usize,
+        )
+    })
+}
+
+pub fn munmap(addr: u64, len: u64) -> SysResult {
+    // SAFETY: crest lists only its own mappings, never the bootstrap region.
+    decode(unsafe { arch::syscall2(nr::MUNMAP, addr as usize, len as usize) })
+}
+
+pub fn mremap_fixed(old: u64, len: u64, new: u64) -> SysResult {
+    // SAFETY: moves a vDSO/vvar piece between addresses crest chose outside the blob's code,
+    // arguments and stack.
+    decode(unsafe {
+        arch::syscall5(
+            nr::MREMAP,
+            old as usize,
+            len as usize,
+            len as usize,
+            MREMAP_MAYMOVE | MREMAP_FIXED,
+            new as usize,
+        )
+    })
+}
+
+pub fn mprotect(addr: u64, len: u64, prot: u32) -> SysResult {
+    // SAFETY: changes the protection of a VMA the restorer just mapped for the image.
+    decode(unsafe { arch::syscall3(nr::MPROTECT, addr as usize, len as usize, prot as usize) })
+}
+
+pub fn madvise(addr: u64, len: u64, advice: u32) -> SysResult {
+    // SAFETY: advice on a VMA the restorer just mapped, with a value taken from the image.
+    decode(unsafe { arch::syscall3(nr::MADVISE, addr as usize, len as usize, advice as usize) })
+}
+
+pub fn pread64(fd: i32, buf: u64, len: u64, off: u64) -> SysResult {
+    // SAFETY: `buf..buf+len` lies inside a writable VMA the restorer just mapped.
+    decode(unsafe {
+        arch::syscall4(
+            nr::PREAD64,
+            fd as isize as usize,
+            buf as usize,
+            len as usize,
+            off as usize,
+        )
+    })
+}
+
+pub fn close(fd: i32) -> SysResult {
+    // SAFETY: closing a descriptor has no memory effects.
+    decode(unsafe { arch::syscall1(nr::CLOSE, fd as isize as usize) })
+}
+
+pub fn prctl_set_mm_map(map: *const u8, size: usize) -> SysResult {
+    // SAFETY: `map` points at a `struct prctl_mm_map` of `size` bytes; the kernel only reads it.
+    decode(unsafe { arch::syscall5(nr::PRCTL, PR_SET_MM, PR_SET_MM_MAP, map as usize, size, 0) })
+}
+
+pub fn rseq(ptr: u64, len: u32, signature: u32) -> SysResult {
+    // SAFETY: registers the image's own rseq area (already mapped and filled) for this thread.
+    decode(unsafe { arch::syscall4(nr::RSEQ, ptr as usize, len as usize, 0, signature as usize) })
+}
+
+pub fn exit_group(code: i32) -> ! {
+    loop {
+        // SAFETY: exit_group does not return; the loop only satisfies the type.
+        unsafe {
+            arch::syscall1(nr::EXIT_GROUP, code as isize as usize);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The fd table, the cwd and the exe.
+//!
+//! Regular files, directories and character devices are recorded by path and checked by
+//! identity. Fds that share one open file description (dup, inheritance) must come back
+//! sharing it — same offset, same O_APPEND — so they are grouped: candidates have the same
+//! (dev, ino), and kcmp(KCMP_FILE) tells whether two of them are one description.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::images::{Fd, OpenFileDescription};
+use crate::proc::{FdTarget, Proc};
+use crate::sys;
+
+use super::files::{same_inode, FileTable};
+use super::DumpError;
+
+/// O_CLOEXEC as fdinfo shows it (the kernel adds it to `flags:` for an fd with FD_CLOEXEC).
+const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+
+/// The process's open file descriptions and fds.
+#[derive(Debug, Default)]
+pub struct FdTable {
+    pub open_files: Vec<OpenFileDescription>,
+    pub fds: Vec<Fd>,
+}
+
+fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
+    DumpError::UnsupportedFd { pid, fd, what }
+}
+
+/// Reads every fd of the stopped process.
+pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError> {
+    let pid = proc.pid();
+    let mut table = FdTable::default();
+    // (dev, ino) -> descriptions of that inode seen so far, with one fd holding each.
+    let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
+
+    for entry in proc.fds()? {
+        let fd = entry.fd;
+        let path = match &entry.target {
+            FdTarget::Path {
+                path,
+                deleted: false,
+            } => path.clone(),
+            FdTarget::Path {
+                path,
+                deleted: true,
+            } => {
+                return Err(refuse(
+                    pid,
+                    fd,
+                    format!(
+                        "a deleted file ({}), which cannot be reopened",
+                        path.display()
+                    ),
+                ))
+            }
+            FdTarget::Socket(ino) => {
+                return Err(refuse(pid, fd, format!("a socket (inode {ino})")))
+            }
+            FdTarget::Pipe(ino) => return Err(refuse(pid, fd, format!("a pipe (inode {ino})"))),
+            FdTarget::AnonInode(kind) => {
+                return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
+            }
+            FdTarget::Memfd(name) => return Err(refuse(pid, fd, format!("a memfd ({name})"))),
+            FdTarget::Other(link) => {
+                return Err(refuse(
+                    pid,
+                    fd,
+                    format!("of a kind crest cannot restore ({link})"),
+                ))
+            }
+        };
+        let md = proc.stat_link(&format!("fd/{fd}"))?;
+        let idx = add_checked(&path, &md, files)
+            .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?;
+        let info = proc.fdinfo(fd)?;
+        let cloexec = info.flags & O_CLOEXEC != 0;
+
+        let key = (md.dev(), md.ino());
+        let mut description = None;
+        for &(desc, other_fd) in by_inode.get(&key).into_iter().flatten() {
+            let same =
+                sys::kcmp_same_file(pid, pid, other_fd, fd).map_err(|errno| DumpError::Kcmp {
+                    pid,
+                    fd1: other_fd,
+                    fd2: fd,
+                    errno,
+                })?;
+            if same {
+                description = Some(desc);
+                break;
+            }
+        }
+        let description = match description {
+            Some(d) => d,
+            None => {
+                let d = table.open_files.len() as u32;
+                table.open_files.push(OpenFileDescription {
+                    file: idx,
+                    flags: info.flags & !O_CLOEXEC,
+                    pos: info.pos,
+                });
+                by_inode.entry(key).or_default().push((d, fd));
+                d
+            }
+        };
+        table.fds.push(Fd {
+            fd,
+            description,
+            cloexec,
+        });
+    }
+    Ok(table)
+}
+
+/// Adds a file that a restore will reopen by `path`, after checking that `path` still names
+/// the inode the process has open (`md`).
+fn add_checked(path: &Path, md: &std::fs::Metadata, files: &mut FileTable) -> Result<u32, String> {
+    let by_path = std::fs::metadata(path).map_err(|e| format!("cannot stat the path: {e}"))?;
+    if !same_inode(md, &by_path) {
+        return Err(
+            "the path now names another file (renamed or replaced), so it cannot be reopened"
+                .into(),
+        );
+    }
+    files.add(path, md).map_err(|why| why.to_string())
+}
+
+/// Records `/proc/PID/cwd`, which must be a directory still reachable by its path.
+pub fn cwd(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
+    let pid = proc.pid();
+    let path = proc.cwd()?;
+    let md = proc.stat_link("cwd")?;
+    let refuse = |why: String| DumpError::Cwd {
+        pid,
+        path: path.display().to_string(),
+        why,
+    };
+    if !md.is_dir() {
+        return Err(refuse("it is not a directory".into()));
+    }
+    add_checked(&path, &md, files).map_err(refuse)
+}
+
+/// Records `/proc/PID/exe`, which must be a regular file still reachable by its path.
+pub fn exe(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
+    let pid = proc.pid();
+    let path = proc.exe()?;
+    let md = proc.stat_link("exe")?;
+    let refuse = |why: String| DumpError::Exe {
+        pid,
+        path: path.display().to_string(),
+        why,
+    };
+    let shown = path.to_string_lossy();
+    if shown.ends_with(" (deleted)") {
+        return Err(refuse("the executable has been deleted".into()));
+    }
+    let idx = add_checked(&path, &md, files).map_err(refuse)?;
+    if !md.is_file() {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    Ok(idx)
+}

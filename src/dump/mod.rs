@@ -1,0 +1,492 @@
+//! `crest dump`: freeze a process with ptrace, collect its state, write an image, then kill it
+//! (default) or let it go (`-R`).
+//!
+//! Phases: freeze (seize + interrupt every thread) -> collect (registers, VMAs, fds, task
+//! state) -> pages (pagemap scan, memory read, page file) -> write (process record, inventory,
+//! atomic rename) -> kill or release. Nothing is ever written into the target, so a failure at
+//! any step simply detaches it ([`freeze::Frozen`]'s Drop) and drops the unfinished image
+//! (ImageWriter's Drop).
+
+mod fds;
+mod files;
+mod freeze;
+mod task;
+mod threads;
+mod vmas;
+
+// Dumping needs register capture, which exists on x86_64 only so far.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+
+use crate::arch::regs::RegsError;
+use crate::arch::ArchError;
+use crate::images::{
+    pages_file_name, Arch, DumpStats, ImageError, ImageWriter, Inventory, ProcessImage,
+};
+use crate::pages::{self, PageError};
+use crate::proc::{Proc, ProcError};
+use crate::ptrace::PtraceError;
+
+use files::FileTable;
+use freeze::Frozen;
+
+/// What to dump and how.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    pub pid: i32,
+    /// Image directory (replaced atomically if it exists).
+    pub dir: PathBuf,
+    /// Let the process run on after the dump instead of killing it.
+    pub leave_running: bool,
+}
+
+/// Errors of a dump. Every one leaves the target running as before and no image behind.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("process {pid} does not exist (check the pid with `ps -p {pid}`)")]
+    NoSuchProcess { pid: i32 },
+    #[error("crest cannot dump itself (pid {pid})")]
+    SelfDump { pid: i32 },
+    #[error("process {pid} is a kernel thread; only user processes can be dumped")]
+    KernelThread { pid: i32 },
+    #[error("process {pid} is a zombie (it has exited and waits for its parent to reap it)")]
+    Zombie { pid: i32 },
+    #[error(
+        "process {pid} is already traced by process {tracer} (a debugger or strace?); detach it \
+         first"
+    )]
+    AlreadyTraced { pid: i32, tracer: i32 },
+    #[error(
+        "process {pid} has {threads} threads; crest can only dump single-threaded processes so far"
+    )]
+    Multithreaded { pid: i32, threads: usize },
+    #[error(
+        "thread {tid} of process {pid} runs under seccomp (mode {mode}); seccomp filters cannot \
+         be dumped yet"
+    )]
+    Seccomp { pid: i32, tid: i32, mode: u32 },
+    #[error(
+        "process {pid} runs with other credentials than crest ({detail}); restoring credentials \
+         is not supported yet, run crest as the same user"
+    )]
+    Credentials { pid: i32, detail: String },
+    #[error(
+        "process {pid} has root directory {root}; chrooted processes and other mount namespaces \
+         cannot be dumped yet"
+    )]
+    Root { pid: i32, root: String },
+    /// Reading /proc failed (the message names the file, hence the pid).
+    #[error(transparent)]
+    Proc(ProcError),
+    #[error("process {pid}, thread {tid}: {err}")]
+    Ptrace {
+        pid: i32,
+        tid: i32,
+        err: PtraceError,
+    },
+    #[error("process {pid}: {err}")]
+    Regs { pid: i32, err: RegsError },
+    #[error("process {pid}, thread {tid}: {err}")]
+    Arch { pid: i32, tid: i32, err: ArchError },
+    #[error("thread {tid} of process {pid} {how} while being frozen")]
+    ThreadGone { pid: i32, tid: i32, how: String },
+    #[error("thread {tid} of process {pid} reported an unexpected ptrace stop: {stop}")]
+    UnexpectedStop { pid: i32, tid: i32, stop: String },
+    #[error(
+        "thread {tid} of process {pid} kept receiving signals and never reached its ptrace stop"
+    )]
+    SignalStorm { pid: i32, tid: i32 },
+    #[error("process {pid}, thread {tid}: rseq: {detail}")]
+    Rseq { pid: i32, tid: i32, detail: String },
+    #[error("process {pid}: cannot dump the mapping {start:#x}-{end:#x} {name:?}: {why}")]
+    UnsupportedMapping {
+        pid: i32,
+        start: u64,
+        end: u64,
+        name: String,
+        why: String,
+    },
+    #[error("process {pid}: fd {fd} is {what}; crest cannot dump it yet")]
+    UnsupportedFd { pid: i32, fd: i32, what: String },
+    #[error(
+        "process {pid}: cannot tell whether fds {fd1} and {fd2} share an open file (kcmp: \
+         {errno}); crest needs a kernel with CONFIG_KCMP"
+    )]
+    Kcmp {
+        pid: i32,
+        fd1: i32,
+        fd2: i32,
+        errno: Errno,
+    },
+    #[error("process {pid}: working directory {path}: {why}")]
+    Cwd { pid: i32, path: String, why: String },
+    #[error("process {pid}: executable {path}: {why}")]
+    Exe { pid: i32, path: String, why: String },
+    #[error("process {pid}: cannot read resource limit {resource}: {errno}")]
+    Rlimit {
+        pid: i32,
+        resource: u32,
+        errno: Errno,
+    },
+    #[error("cannot read crest's own {what}: {errno}")]
+    Own { what: &'static str, errno: Errno },
+    #[error("process {pid}: saving memory failed: {err}")]
+    Pages { pid: i32, err: PageError },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("the image is complete, but killing process {pid} failed: {errno}")]
+    Kill { pid: i32, errno: Errno },
+}
+
+impl DumpError {
+    fn thread(pid: i32, tid: i32, err: PtraceError) -> DumpError {
+        match err {
+            PtraceError::NoSuchThread { .. } if tid == pid && !proc_exists(pid) => {
+                DumpError::NoSuchProcess { pid }
+            }
+            err => DumpError::Ptrace { pid, tid, err },
+        }
+    }
+}
+
+impl From<ProcError> for DumpError {
+    fn from(e: ProcError) -> DumpError {
+        match e {
+            ProcError::NoSuchProcess { pid } => DumpError::NoSuchProcess { pid },
+            e => DumpError::Proc(e),
+        }
+    }
+}
+
+fn proc_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// What a dump did.
+#[derive(Debug, Clone)]
+pub struct DumpReport {
+    pub pid: i32,
+    /// The committed image directory.
+    pub dir: PathBuf,
+    /// As recorded in the image, plus a final "release" phase and the full frozen time.
+    pub stats: DumpStats,
+    /// Total size of the image files, in bytes.
+    pub image_bytes: u64,
+    pub vmas: usize,
+    pub fds: usize,
+    /// The process was left running (`-R`) rather than killed.
+    pub left_running: bool,
+    /// Things the user may want to know (a syscall that will return EINTR, an rseq abort).
+    pub notes: Vec<String>,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+impl DumpReport {
+    /// A human-readable summary.
+    pub fn render(&self) -> String {
+        let s = &self.stats;
+        let mut out = format!(
+            "dumped process {} into {} ({})\n",
+            self.pid,
+            self.dir.display(),
+            if self.left_running {
+                "left running"
+            } else {
+                "killed"
+            }
+        );
+        out += &format!(
+            "  memory: {} VMAs, rss {:.1} MiB; pages scanned {}, absent {}, file-backed {}, \
+             zero {}, written {} ({:.1} MiB)\n",
+            self.vmas,
+            mib(s.rss_bytes),
+            s.pages_scanned,
+            s.pages_absent,
+            s.pages_file_backed,
+            s.pages_zero,
+            s.pages_written,
+            mib(s.bytes_written)
+        );
+        out += &format!(
+            "  fds: {}; image size {:.1} MiB\n",
+            self.fds,
+            mib(self.image_bytes)
+        );
+        let phases: Vec<String> = s
+            .phases_us
+            .iter()
+            .map(|(name, us)| format!("{name} {:.1} ms", *us as f64 / 1000.0))
+            .collect();
+        out += &format!(
+            "  time: {}; frozen {:.1} ms\n",
+            phases.join(", "),
+            s.frozen_us as f64 / 1000.0
+        );
+        for note in &self.notes {
+            out += &format!("  note: {note}\n");
+        }
+        out
+    }
+}
+
+/// Times named phases.
+struct Phases {
+    last: Instant,
+    done: Vec<(String, u64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn end(&mut self, name: &str) {
+        let now = Instant::now();
+        self.done
+            .push((name.to_string(), (now - self.last).as_micros() as u64));
+        self.last = now;
+    }
+}
+
+/// Dumps process `opts.pid` into `opts.dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
+    let pid = opts.pid;
+    if pid == std::process::id() as i32 {
+        return Err(DumpError::SelfDump { pid });
+    }
+    let proc = Proc::open(pid)?;
+
+    // Everything that can be refused without touching the process is checked first.
+    let status = proc.status()?;
+    if proc.is_kernel_thread()? {
+        return Err(DumpError::KernelThread { pid });
+    }
+    if status.state == 'Z' {
+        return Err(DumpError::Zombie { pid });
+    }
+    if status.tracer_pid != 0 {
+        return Err(DumpError::AlreadyTraced {
+            pid,
+            tracer: status.tracer_pid,
+        });
+    }
+    let tids = proc.tasks()?;
+    if tids.len() != 1 {
+        return Err(DumpError::Multithreaded {
+            pid,
+            threads: tids.len(),
+        });
+    }
+    if status.seccomp != 0 {
+        return Err(DumpError::Seccomp {
+            pid,
+            tid: pid,
+            mode: status.seccomp,
+        });
+    }
+    let creds = task::creds(pid, &status)?;
+    let root = proc.root()?;
+    if root != std::path::Path::new("/") {
+        return Err(DumpError::Root {
+            pid,
+            root: root.display().to_string(),
+        });
+    }
+    let rss_bytes = status.vm_rss_bytes;
+    let page_size = crate::arch::page_size();
+
+    let mut phases = Phases::new();
+    let frozen = Frozen::freeze(pid, &tids)?;
+    // A thread created between the task listing and the seize would run on unseen.
+    let tids_now = proc.tasks()?;
+    if tids_now != tids {
+        return Err(DumpError::Multithreaded {
+            pid,
+            threads: tids_now.len(),
+        });
+    }
+    phases.end("freeze");
+
+    // Collect: all of it while frozen, so it is one consistent snapshot.
+    let mut threads = Vec::with_capacity(tids.len());
+    let mut notes = Vec::new();
+    for &tid in &tids {
+        let st = proc.task_status(tid)?;
+        if st.seccomp != 0 {
+            return Err(DumpError::Seccomp {
+                pid,
+                tid,
+                mode: st.seccomp,
+            });
+        }
+        let captured = threads::capture(pid, tid)?;
+        if let crate::arch::regs::SyscallRestart::Interrupted { nr } = captured.restart {
+            notes.push(format!(
+                "thread {tid} was stopped in syscall {nr}, which will return EINTR after restore"
+            ));
+        }
+        if let Some(ip) = captured.rseq_abort {
+            notes.push(format!(
+                "thread {tid} was inside an rseq critical section; it resumes at {ip:#x}"
+            ));
+        }
+        threads.push(captured.image);
+    }
+    let status = proc.status()?;
+    let umask = status.umask.ok_or_else(|| {
+        DumpError::Proc(ProcError::Parse {
+            path: format!("/proc/{pid}/status"),
+            detail: "no Umask: line (kernel older than 4.7?)".into(),
+        })
+    })?;
+    let mut files = FileTable::default();
+    let collected = vmas::collect(&proc, &mut files)?;
+    let fd_table = fds::collect(&proc, &mut files)?;
+    let cwd_file = fds::cwd(&proc, &mut files)?;
+    let exe_file = fds::exe(&proc, &mut files)?;
+    let rlimits = task::rlimits(pid)?;
+    let (mm, comm, ppid) = task::mm(&proc, collected.heap_end)?;
+    phases.end("collect");
+
+    let mut writer = ImageWriter::create(&opts.dir)?;
+    let pages_file = pages_file_name(pid);
+    let mut page_writer = writer.page_file(&pages_file)?;
+    let page_dump = pages::dump_pages(&proc, &collected.areas, page_size, &mut page_writer)
+        .map_err(|e| match e {
+            PageError::Proc(ProcError::NoSuchProcess { pid }) => DumpError::NoSuchProcess { pid },
+            err => DumpError::Pages { pid, err },
+        })?;
+    writer.finish_page_file(page_writer)?;
+    phases.end("pages");
+
+    let image = ProcessImage {
+        pid,
+        ppid,
+        comm,
+        creds,
+        exe_file,
+        threads,
+        mm,
+        vmas: collected.vmas,
+        page_runs: page_dump.runs,
+        pages_file,
+        files: files.into_files(),
+        open_files: fd_table.open_files,
+        fds: fd_table.fds,
+        cwd_file,
+        umask,
+        rlimits,
+        sig_ignored: status.sig_ignored,
+        sig_caught: status.sig_caught,
+        vdso_blake3: collected.vdso_blake3,
+    };
+    writer.write_process(&image)?;
+    phases.end("write");
+
+    let c = page_dump.counts;
+    let mut stats = DumpStats {
+        pages_scanned: c.scanned,
+        pages_absent: c.absent,
+        pages_file_backed: c.file_backed,
+        pages_zero: c.zero,
+        pages_written: c.written,
+        bytes_written: c.bytes_written,
+        rss_bytes,
+        phases_us: phases.done.clone(),
+        frozen_us: frozen.elapsed_us(),
+    };
+    let inventory = Inventory {
+        arch: Arch::host(),
+        page_size,
+        kernel_release: crate::sys::kernel_release().unwrap_or_default(),
+        crest_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        root_pid: pid,
+        files: vec![],
+        stats: stats.clone(),
+    };
+    writer.commit(inventory)?;
+    phases.end("commit");
+
+    // The image is in place; only now may the process go away.
+    if opts.leave_running {
+        frozen.release()?;
+        phases.end("release");
+    } else {
+        frozen.kill()?;
+        phases.end("release");
+        // crest collected the death as tracer, but the pid stays taken until the real parent
+        // reaps the zombie; a restore right after the dump needs it free. An init that reaps
+        // lazily can take a second or more. A parent that is also crest's own parent is
+        // most likely waiting for crest to finish before it reaps: no point waiting for it.
+        let reaper = proc.status().map(|s| s.ppid).unwrap_or(0);
+        let waiting_for_us = reaper != 0 && reaper == nix::unistd::getppid().as_raw();
+        if !waiting_for_us && !wait_pid_free(pid, REAP_WAIT) {
+            notes.push(format!(
+                "process {pid} is dead but its parent has not reaped it yet; its pid is taken \
+                 until then, so a restore would fail"
+            ));
+        }
+    }
+    // Frozen from the seize until the release or kill finished.
+    stats.frozen_us = phases.done.iter().map(|(_, us)| us).sum();
+    if !opts.leave_running {
+        phases.end("reap");
+    }
+    stats.phases_us = phases.done;
+
+    Ok(DumpReport {
+        pid,
+        dir: opts.dir.clone(),
+        image_bytes: dir_size(&opts.dir),
+        vmas: image.vmas.len(),
+        fds: image.fds.len(),
+        stats,
+        left_running: opts.leave_running,
+        notes,
+    })
+}
+
+/// How long a dump waits for the killed process's parent to reap it.
+const REAP_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits up to `limit` until no process (not even a zombie) holds `pid`.
+fn wait_pid_free(pid: i32, limit: Duration) -> bool {
+    let start = Instant::now();
+    while crate::proc::pid_in_use(pid) {
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// Sum of the sizes of the files directly inside `dir` (0 for what cannot be read).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,418 @@
+//! End-to-end dumps of real forked children, read back with `images::open_image`.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::testutil::{pattern_page, spawn, spawn_with, wait_until, Region, SharedPage};
+use super::*;
+use crate::images::{open_image, ArchRegs, FileKind, PageRun, VmaBacking};
+
+fn stored(runs: &[PageRun], data: &[u8], vaddr: u64, ps: u64) -> Option<Vec<u8>> {
+    runs.iter()
+        .find(|r| r.vaddr <= vaddr && vaddr < r.vaddr + r.npages * ps)
+        .map(|r| {
+            let off = (r.file_offset + (vaddr - r.vaddr)) as usize;
+            data[off..off + ps as usize].to_vec()
+        })
+}
+
+fn block_sigusr1() {
+    // SAFETY: sigset manipulation on a local, then sigprocmask; async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+#[test]
+fn leave_running_dump_is_complete_and_the_child_runs_on() {
+    let ps = crate::arch::page_size();
+    let psz = ps as usize;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Memory: 32 pattern pages, 16 written-zero pages, 16 untouched pages.
+    let mut region = Region::new(64, false);
+    for i in 0..32 {
+        region.bytes()[i * psz..(i + 1) * psz].copy_from_slice(&pattern_page(7, i, psz));
+    }
+    region.bytes()[32 * psz..48 * psz].fill(0);
+    // Shared anonymous memory the child never touches.
+    let mut shared = Region::new(2, true);
+    shared.bytes()[psz..].copy_from_slice(&pattern_page(8, 1, psz));
+
+    // Files: an append-mode log shared by fds 5 and 6, the same file opened again as fd 7,
+    // the directory as fd 8 with close-on-exec.
+    let log_path = tmp.path().join("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let log2 = std::fs::OpenOptions::new()
+        .read(true)
+        .open(&log_path)
+        .unwrap();
+    let dirf = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(tmp.path())
+        .unwrap();
+    let fds = [
+        (log.as_raw_fd(), 5, false),
+        (log.as_raw_fd(), 6, false),
+        (log2.as_raw_fd(), 7, false),
+        (dirf.as_raw_fd(), 8, true),
+    ];
+    let page = SharedPage::new();
+    let mut child = spawn(&fds, &page, || {
+        block_sigusr1();
+        // SAFETY: write(2) on the fd set up above.
+        unsafe { libc::write(5, b"hello".as_ptr().cast(), 5) };
+    });
+    let pid = child.pid;
+
+    let dir = tmp.path().join("img");
+    let report = dump(&DumpOptions {
+        pid,
+        dir: dir.clone(),
+        leave_running: true,
+    })
+    .unwrap();
+    assert!(report.render().contains(&format!("dumped process {pid}")));
+
+    // The child carries on, untraced.
+    let at = page.counter();
+    assert!(
+        wait_until(|| page.counter() > at + 5),
+        "child stopped running"
+    );
+    assert_eq!(child.tracer(), 0);
+    assert!(!child.reaped_already());
+
+    let image = open_image(&dir).unwrap();
+    assert_eq!(image.inventory.root_pid, pid);
+    assert_eq!(image.inventory.page_size, ps);
+    let p = &image.processes[0];
+    assert_eq!(p.pid, pid);
+    assert_eq!(p.threads.len(), 1);
+    let t = &p.threads[0];
+    assert_eq!(t.tid, pid);
+    assert_eq!(t.sigmask, 1 << (libc::SIGUSR1 - 1));
+    if let ArchRegs::X86_64 { gpr, xstate } = &t.regs {
+        assert_eq!(gpr.len(), 27);
+        assert!(xstate.len() >= 576);
+    } else {
+        panic!("x86_64 registers expected");
+    }
+    assert!(t.rseq.is_some(), "glibc registers rseq");
+    assert_eq!(&p.mm.auxv[p.mm.auxv.len() - 2..], &[libc::AT_NULL, 0]);
+    assert!(p.vdso_blake3.is_some());
+    assert!(p.vmas.iter().any(|v| v.backing == VmaBacking::Vdso));
+    assert!(p.vmas.iter().all(|v| v.name != "[vsyscall]"));
+    assert_eq!(
+        p.files[p.exe_file as usize].path,
+        std::fs::read_link("/proc/self/exe")
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(p.files[p.cwd_file as usize].kind, FileKind::Directory);
+    assert_eq!(p.creds.uid[0], nix::unistd::getuid().as_raw());
+    assert_eq!(p.rlimits.len(), 16);
+
+    // Memory: the region's VMA and exactly its pattern pages.
+    let vma = p
+        .vmas
+        .iter()
+        .find(|v| v.start <= region.addr && region.addr < v.end)
+        .unwrap();
+    assert_eq!(vma.backing, VmaBacking::Anonymous);
+    assert!(!vma.shared);
+    let data = std::fs::read(dir.join(&p.pages_file)).unwrap();
+    for i in 0..64u64 {
+        let got = stored(&p.page_runs, &data, region.addr + i * ps, ps);
+        if i < 32 {
+            assert_eq!(got, Some(pattern_page(7, i as usize, psz)), "page {i}");
+        } else {
+            assert_eq!(got, None, "page {i} is zero and must not be stored");
+        }
+    }
+    let svma = p.vmas.iter().find(|v| v.start == shared.addr).unwrap();
+    assert!(svma.shared);
+    assert_eq!(svma.backing, VmaBacking::Anonymous);
+    assert_eq!(
+        stored(&p.page_runs, &data, shared.addr + ps, ps),
+        Some(pattern_page(8, 1, psz))
+    );
+    assert_eq!(stored(&p.page_runs, &data, shared.addr, ps), None);
+
+    // Fds: 0-2 share /dev/null; 5 and 6 share the log description (offset 5, O_APPEND);
+    // 7 has its own description of the same file; 8 is the directory, close-on-exec.
+    let fd = |n: i32| *p.fds.iter().find(|f| f.fd == n).unwrap();
+    let desc = |n: i32| &p.open_files[fd(n).description as usize];
+    assert_eq!(p.fds.len(), 7, "{:?}", p.fds);
+    assert_eq!(fd(0).description, fd(1).description);
+    assert_eq!(fd(1).description, fd(2).description);
+    assert!(matches!(
+        p.files[desc(0).file as usize].kind,
+        FileKind::CharDevice { .. }
+    ));
+    assert_eq!(fd(5).description, fd(6).description);
+    assert_ne!(fd(5).description, fd(7).description);
+    assert_eq!(desc(5).file, desc(7).file);
+    assert_eq!(desc(5).pos, 5);
+    assert_eq!(desc(7).pos, 0);
+    assert_ne!(desc(5).flags & libc::O_APPEND as u32, 0);
+    assert_eq!(desc(5).flags & libc::O_CLOEXEC as u32, 0);
+    assert_eq!(
+        p.files[desc(5).file as usize].path,
+        log_path.to_str().unwrap()
+    );
+    assert!(fd(8).cloexec && !fd(5).cloexec);
+    assert_eq!(p.files[desc(8).file as usize].kind, FileKind::Directory);
+
+    // Stats add up.
+    let s = &image.inventory.stats;
+    assert_eq!(
+        s.pages_scanned,
+        s.pages_absent + s.pages_file_backed + s.pages_zero + s.pages_written
+    );
+    assert!(s.pages_zero >= 16);
+    assert!(s.pages_written >= 33);
+    assert_eq!(s.bytes_written, s.pages_written * ps);
+    assert!(s.rss_bytes > 0);
+    let names: Vec<&str> = s.phases_us.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["freeze", "collect", "pages", "write"]);
+
+    // A second dump into the same directory replaces the image.
+    page.word(1).store(0, std::sync::atomic::Ordering::SeqCst);
+    dump(&DumpOptions {
+        pid,
+        dir: dir.clone(),
+        leave_running: true,
+    })
+    .unwrap();
+    assert!(open_image(&dir).is_ok());
+    assert!(!child.reaped_already());
+    let _ = (&log, &log2, &dirf);
+}
+
+#[test]
+fn default_dump_kills_the_process_once_the_image_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let page = SharedPage::new();
+    let mut child = spawn(&[], &page, || {});
+    let dir = tmp.path().join("img");
+    let report = dump(&DumpOptions {
+        pid: child.pid,
+        dir: dir.clone(),
+        leave_running: false,
+    })
+    .unwrap();
+    assert!(!report.left_running);
+    // crest, as tracer and here also the parent, collected the child's end.
+    assert!(child.reaped_already());
+    let image = open_image(&dir).unwrap();
+    assert_eq!(image.processes[0].pid, child.pid);
+}
+
+#[test]
+fn a_thread_blocked_in_a_restartable_syscall_gets_the_restart_fixup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let page = SharedPage::new();
+    // pause() returns -ERESTARTNOHAND when interrupted: the image must re-execute it.
+    let child = spawn_with(
+        &[],
+        &page,
+        || {},
+        || loop {
+            // SAFETY: pause has no preconditions.
+            unsafe { libc::pause() };
+        },
+    );
+    assert!(wait_until(|| child.state() == 'S'));
+    let dir = tmp.path().join("img");
+    dump(&DumpOptions {
+        pid: child.pid,
+        dir: dir.clone(),
+        leave_running: true,
+    })
+    .unwrap();
+    let image = open_image(&dir).unwrap();
+    let ArchRegs::X86_64 { gpr, .. } = &image.processes[0].threads[0].regs else {
+        panic!("x86_64 registers expected");
+    };
+    use crate::arch::regs::{ORIG_RAX, RIP};
+    assert_eq!(gpr[ORIG_RAX], libc::SYS_pause as u64);
+    assert_eq!(gpr[10], libc::SYS_pause as u64, "rax = orig_rax");
+    // rip was moved back onto the `syscall` instruction (0f 05).
+    let mut insn = [0u8; 2];
+    crate::ptrace::read_memory(child.pid, gpr[RIP], &mut insn).unwrap();
+    assert_eq!(insn, [0x0f, 0x05]);
+    // The live child is untouched: still in pause, untraced.
+    assert!(wait_until(|| child.tracer() == 0 && child.state() == 'S'));
+}
+
+#[test]
+fn a_missing_pid_is_a_clear_error_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("img");
+    let err = dump(&DumpOptions {
+        pid: 0x7fff_fff0,
+        dir: dir.clone(),
+        leave_running: false,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, DumpError::NoSuchProcess { pid: 0x7fff_fff0 }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("does not exist"));
+    assert!(!dir.exists());
+}
+
+extern "C" fn idle_thread(_: *mut libc::c_void) -> libc::c_int {
+    loop {
+        // SAFETY: a raw ppoll with no fds and no timeout blocks until a signal; this thread
+        // shares no state and calls nothing of glibc's that would touch its (borrowed) TLS.
+        unsafe {
+            libc::syscall(
+                libc::SYS_ppoll,
+                std::ptr::null_mut::<libc::pollfd>(),
+                0,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<libc::sigset_t>(),
+            )
+        };
+    }
+}
+
+#[test]
+fn two_threads_are_refused_and_the_process_keeps_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Region::new(16, false);
+    let stack_top = stack.addr + stack.len as u64;
+    let page = SharedPage::new();
+    let mut child = spawn(&[], &page, || {
+        let flags = libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM;
+        // SAFETY: the new thread runs on its own stack (inherited mapping) and only pauses.
+        let r = unsafe {
+            libc::clone(
+                idle_thread,
+                stack_top as *mut libc::c_void,
+                flags,
+                std::ptr::null_mut(),
+            )
+        };
+        if r <= 0 {
+            // SAFETY: give up without unwinding; the parent then times out waiting.
+            unsafe { libc::_exit(1) };
+        }
+    });
+    assert!(wait_until(|| procfs::process::Process::new(child.pid)
+        .and_then(|p| p.stat())
+        .map(|s| s.num_threads == 2)
+        .unwrap_or(false)));
+    let dir = tmp.path().join("img");
+    let err = dump(&DumpOptions {
+        pid: child.pid,
+        dir: dir.clone(),
+        leave_running: false,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, DumpError::Multithreaded { pid, threads: 2 } if pid == child.pid),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&child.pid.to_string()));
+    assert!(!dir.exists());
+    let at = page.counter();
+    assert!(wait_until(|| page.counter() > at + 5));
+    assert!(!child.reaped_already());
+    assert_eq!(child.tracer(), 0);
+}
+
+#[test]
+fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let page = SharedPage::new();
+    let mut child = spawn(&[(w.as_raw_fd(), 4, false)], &page, || {});
+    drop((r, w));
+    let dir = tmp.path().join("img");
+    // An old image in the way must survive a failed dump untouched.
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::File::create(dir.join("marker"))
+        .unwrap()
+        .write_all(b"old")
+        .unwrap();
+    let err = dump(&DumpOptions {
+        pid: child.pid,
+        dir: dir.clone(),
+        leave_running: false,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, DumpError::UnsupportedFd { pid, fd: 4, what } if *pid == child.pid && what.contains("pipe")),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("fd 4") && msg.contains(&child.pid.to_string()),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(dir.join("marker")).unwrap(), b"old");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+    let at = page.counter();
+    assert!(wait_until(|| page.counter() > at + 5), "child must run on");
+    assert_eq!(child.tracer(), 0);
+    assert!(!child.reaped_already());
+}
+
+#[test]
+fn dumping_crest_itself_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = dump(&DumpOptions {
+        pid: std::process::id() as i32,
+        dir: tmp.path().join("img"),
+        leave_running: true,
+    })
+    .unwrap_err();
+    assert!(matches!(err, DumpError::SelfDump { .. }));
+}
+
+#[test]
+fn an_already_traced_process_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let page = SharedPage::new();
+    let child = spawn(&[], &page, || {});
+    crate::ptrace::seize(child.pid, nix::sys::ptrace::Options::empty()).unwrap();
+    let err = dump(&DumpOptions {
+        pid: child.pid,
+        dir: tmp.path().join("img"),
+        leave_running: true,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, DumpError::AlreadyTraced { pid, tracer } if pid == child.pid && tracer == nix::unistd::gettid().as_raw()),
+        "{err:?}"
+    );
+    // Still ours to release: interrupt, wait, detach.
+    crate::ptrace::interrupt(child.pid).unwrap();
+    crate::ptrace::wait_stop(child.pid).unwrap();
+    crate::ptrace::detach(child.pid, 0).unwrap();
+    let at = page.counter();
+    assert!(wait_until(|| page.counter() > at + 2));
+}

@@ -1,0 +1,116 @@
+//! Per-thread state of a frozen thread: registers (with the syscall-restart and rseq fix-ups
+//! applied to the saved copy only), blocked-signal mask and rseq registration.
+
+use crate::arch::regs::{self, SyscallRestart};
+use crate::images::{ArchRegs, RseqRegistration, ThreadImage};
+use crate::ptrace;
+
+use super::DumpError;
+
+/// `RSEQ_CS_FLAG_NO_RESTART_ON_SIGNAL` (linux/rseq.h): a critical section that must not be
+/// aborted when a signal arrives.
+const RSEQ_CS_FLAG_NO_RESTART_ON_SIGNAL: u32 = 1 << 1;
+/// `struct rseq` up to and including `flags`: cpu_id_start u32, cpu_id u32, rseq_cs u64,
+/// flags u32.
+const RSEQ_HEAD: usize = 20;
+/// `struct rseq_cs`: version u32, flags u32, start_ip u64, post_commit_offset u64, abort_ip u64.
+const RSEQ_CS_SIZE: usize = 32;
+
+/// What was captured for one thread, with what the fix-ups did (for the log).
+#[derive(Debug)]
+pub struct CapturedThread {
+    pub image: ThreadImage,
+    pub restart: SyscallRestart,
+    /// `Some(abort_ip)` when the thread was inside an rseq critical section and will resume at
+    /// its abort handler.
+    pub rseq_abort: Option<u64>,
+}
+
+/// Captures the state of the stopped thread `tid` of process `pid`.
+pub fn capture(pid: i32, tid: i32) -> Result<CapturedThread, DumpError> {
+    let mut regs = regs::capture(tid).map_err(|e| DumpError::Regs { pid, err: e })?;
+    let sigmask = ptrace::get_sigmask(tid).map_err(|e| DumpError::thread(pid, tid, e))?;
+    let rseq = ptrace::rseq_configuration(tid).map_err(|e| DumpError::thread(pid, tid, e))?;
+    let restart =
+        regs::fixup_syscall_restart(&mut regs).map_err(|e| DumpError::Arch { pid, tid, err: e })?;
+    if let SyscallRestart::Interrupted { nr } = restart {
+        crate::info!(
+            1,
+            "thread {tid} was in syscall {nr}, which cannot be restarted after restore: it will \
+             return EINTR"
+        );
+    }
+    let rseq_abort = match &rseq {
+        Some(r) => rseq_fixup(pid, tid, r, &mut regs)?,
+        None => None,
+    };
+    Ok(CapturedThread {
+        image: ThreadImage {
+            tid,
+            sigmask,
+            regs,
+            rseq,
+        },
+        restart,
+        rseq_abort,
+    })
+}
+
+/// If the thread stopped inside an rseq critical section that restarts on preemption, moves
+/// the saved instruction pointer to the section's abort handler — what the kernel would do on
+/// return to user space (kernel/rseq.c `rseq_ip_fixup`), which a restored thread would
+/// otherwise skip since its `rseq_cs` may point at a section it is no longer in.
+fn rseq_fixup(
+    pid: i32,
+    tid: i32,
+    rseq: &RseqRegistration,
+    regs: &mut ArchRegs,
+) -> Result<Option<u64>, DumpError> {
+    let rseq_err = |detail: String| DumpError::Rseq { pid, tid, detail };
+    let mut head = [0u8; RSEQ_HEAD];
+    ptrace::read_memory(pid, rseq.abi_pointer, &mut head).map_err(|e| {
+        rseq_err(format!(
+            "reading struct rseq at {:#x}: {e}",
+            rseq.abi_pointer
+        ))
+    })?;
+    let u32_at = |b: &[u8], o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |b: &[u8], o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+    let cs_ptr = u64_at(&head, 8);
+    let rseq_flags = u32_at(&head, 16);
+    if cs_ptr == 0 {
+        return Ok(None);
+    }
+    let mut cs = [0u8; RSEQ_CS_SIZE];
+    ptrace::read_memory(pid, cs_ptr, &mut cs)
+        .map_err(|e| rseq_err(format!("reading struct rseq_cs at {cs_ptr:#x}: {e}")))?;
+    let version = u32_at(&cs, 0);
+    if version != 0 {
+        return Err(rseq_err(format!(
+            "critical section descriptor at {cs_ptr:#x} has version {version}; crest knows only \
+             version 0"
+        )));
+    }
+    let flags = u32_at(&cs, 4) | rseq_flags;
+    let start_ip = u64_at(&cs, 8);
+    let post_commit_offset = u64_at(&cs, 16);
+    let abort_ip = u64_at(&cs, 24);
+    if flags & RSEQ_CS_FLAG_NO_RESTART_ON_SIGNAL != 0 {
+        return Ok(None);
+    }
+    let ip = regs::instruction_pointer(regs).map_err(|e| DumpError::Arch { pid, tid, err: e })?;
+    if ip >= start_ip && ip - start_ip < post_commit_offset {
+        regs::set_instruction_pointer(regs, abort_ip).map_err(|e| DumpError::Arch {
+            pid,
+            tid,
+            err: e,
+        })?;
+        crate::info!(
+            1,
+            "thread {tid} stopped inside an rseq critical section at {ip:#x}; it will resume at \
+             the abort handler {abort_ip:#x}"
+        );
+        return Ok(Some(abort_ip));
+    }
+    Ok(None)
+}

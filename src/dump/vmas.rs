@@ -1,0 +1,247 @@
+//! The memory areas of the process (`/proc/PID/smaps` + `map_files`) as image [`Vma`]s, and
+//! the list of areas whose content the page dump must save.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::images::{Vma, VmaBacking, VmaFlags, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::pages::{Area, AreaKind};
+use crate::proc::{MapEntry, MapName, Proc, ProcError, VmFlags};
+use crate::ptrace;
+
+use super::files::{file_kind, same_inode, FileTable};
+use super::DumpError;
+
+/// What the VMA scan found.
+#[derive(Debug)]
+pub struct Collected {
+    pub vmas: Vec<Vma>,
+    /// Areas whose pages are to be saved, ascending.
+    pub areas: Vec<Area>,
+    /// BLAKE3 of the `[vdso]` contents.
+    pub vdso_blake3: Option<[u8; 32]>,
+    /// End of `[heap]`, if there is one (the current, page-aligned brk).
+    pub heap_end: Option<u64>,
+}
+
+fn flags(f: VmFlags) -> VmaFlags {
+    VmaFlags {
+        growsdown: f.contains(VmFlags::GD),
+        locked: f.contains(VmFlags::LO),
+        noreserve: f.contains(VmFlags::NR),
+        dontdump: f.contains(VmFlags::DD),
+        dontfork: f.contains(VmFlags::DC),
+        hugepage: f.contains(VmFlags::HG),
+        nohugepage: f.contains(VmFlags::NH),
+        mergeable: f.contains(VmFlags::MG),
+    }
+}
+
+fn prot(m: &MapEntry) -> u32 {
+    (if m.read { PROT_READ } else { 0 })
+        | (if m.write { PROT_WRITE } else { 0 })
+        | (if m.exec { PROT_EXEC } else { 0 })
+}
+
+/// How one maps entry is dumped.
+enum Plan {
+    Skip,
+    Anonymous { shared: bool },
+    File(PathBuf),
+    Vdso,
+    Vvar,
+}
+
+/// Decides from the name and flags alone; refuses what cannot be restored.
+fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
+    let refuse = |why: String| DumpError::UnsupportedMapping {
+        pid,
+        start: m.start,
+        end: m.end,
+        name: m.display_name.clone(),
+        why,
+    };
+    if m.vm_flags.contains(VmFlags::HT) {
+        return Err(refuse("hugetlb memory cannot be dumped yet".into()));
+    }
+    // vvar pages are PFN-mapped by the kernel itself; everything else so mapped is a device.
+    if m.vm_flags.intersects(VmFlags::IO | VmFlags::PF) && !matches!(m.name, MapName::Vvar(_)) {
+        return Err(refuse(
+            "it maps device memory (VM_IO/VM_PFNMAP), which cannot be restored".into(),
+        ));
+    }
+    Ok(match &m.name {
+        MapName::Vsyscall => Plan::Skip,
+        MapName::Vdso => Plan::Vdso,
+        MapName::Vvar(_) => Plan::Vvar,
+        MapName::Anonymous | MapName::Heap | MapName::Stack | MapName::AnonNamed(_) => {
+            Plan::Anonymous { shared: m.shared }
+        }
+        MapName::AnonShmemNamed(_) => Plan::Anonymous { shared: true },
+        MapName::SysvShm(key) => {
+            return Err(refuse(format!(
+                "SysV shared memory (key {key:#x}) cannot be dumped yet"
+            )))
+        }
+        MapName::Other(name) if name == "uprobes" => {
+            return Err(refuse(
+                "uprobes are active in this process; they cannot be restored".into(),
+            ))
+        }
+        MapName::Other(name) => return Err(refuse(format!("unknown special mapping [{name}]"))),
+        MapName::Path { path, deleted } => {
+            let p = path.to_string_lossy();
+            if p.starts_with("/memfd:") {
+                return Err(refuse("memfd mappings cannot be dumped yet".into()));
+            }
+            if *deleted && p == "/dev/zero" && m.shared {
+                // MAP_SHARED|MAP_ANONYMOUS: the kernel backs it with a shmem file it names
+                // "dev/zero" (mm/shmem.c, shmem_zero_setup).
+                Plan::Anonymous { shared: true }
+            } else if *deleted {
+                return Err(refuse(format!(
+                    "the mapped file {p} has been deleted; crest cannot restore a mapping of a \
+                     deleted file yet"
+                )));
+            } else if p == "/dev/zero" && !m.shared {
+                // A private /dev/zero mapping is plain anonymous memory (drivers/char/mem.c).
+                Plan::Anonymous { shared: false }
+            } else {
+                Plan::File(path.clone())
+            }
+        }
+    })
+}
+
+/// Identity of the file behind a file mapping: fstat of the exact file through map_files,
+/// checked against the path a restore will open.
+fn mapped_file(
+    proc: &Proc,
+    m: &MapEntry,
+    path: &Path,
+    files: &mut FileTable,
+) -> Result<u32, DumpError> {
+    let pid = proc.pid();
+    let refuse = |why: String| DumpError::UnsupportedMapping {
+        pid,
+        start: m.start,
+        end: m.end,
+        name: m.display_name.clone(),
+        why,
+    };
+    let by_path = std::fs::metadata(path)
+        .map_err(|e| refuse(format!("cannot stat {}: {e}", path.display())))?;
+    let exact = match proc.open_map_file(m.start, m.end) {
+        Ok(f) => f
+            .metadata()
+            .map_err(|e| refuse(format!("cannot fstat the mapped file: {e}")))?,
+        // Without CAP_CHECKPOINT_RESTORE map_files cannot be opened; the path, checked
+        // against the inode maps shows, is the next best thing.
+        Err(ProcError::PermissionDenied { .. }) => {
+            if by_path.ino() != m.inode {
+                return Err(refuse(format!(
+                    "{} is no longer the file that was mapped (inode {} vs {})",
+                    path.display(),
+                    by_path.ino(),
+                    m.inode
+                )));
+            }
+            by_path.clone()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !same_inode(&exact, &by_path) {
+        return Err(refuse(format!(
+            "{} was replaced or renamed since it was mapped; a restore would map another file",
+            path.display()
+        )));
+    }
+    match file_kind(&exact) {
+        Ok(crate::images::FileKind::Regular) => {}
+        Ok(_) => {
+            return Err(refuse(
+                "only regular files can be mapped (this is a device or directory)".into(),
+            ))
+        }
+        Err(why) => return Err(refuse(format!("the mapped file cannot be reopened: {why}"))),
+    }
+    files
+        .add(path, &exact)
+        .map_err(|why| refuse(format!("the mapped file cannot be recorded: {why}")))
+}
+
+/// Walks smaps and builds the VMA list; vdso contents are hashed on the way.
+pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpError> {
+    let pid = proc.pid();
+    let maps = proc.smaps()?;
+    let mut out = Collected {
+        vmas: Vec::with_capacity(maps.len()),
+        areas: Vec::new(),
+        vdso_blake3: None,
+        heap_end: None,
+    };
+    for m in &maps {
+        let backing = match plan(pid, m)? {
+            Plan::Skip => continue,
+            Plan::Vdso => {
+                out.vdso_blake3 = Some(hash_vdso(pid, m)?);
+                VmaBacking::Vdso
+            }
+            Plan::Vvar => VmaBacking::Vvar,
+            Plan::Anonymous { shared } => {
+                out.areas.push(Area {
+                    start: m.start,
+                    end: m.end,
+                    kind: if shared {
+                        AreaKind::SharedAnonymous { offset: m.offset }
+                    } else {
+                        AreaKind::PrivateAnonymous
+                    },
+                    readable: m.read,
+                });
+                VmaBacking::Anonymous
+            }
+            Plan::File(path) => {
+                let file = mapped_file(proc, m, &path, files)?;
+                if !m.shared {
+                    out.areas.push(Area {
+                        start: m.start,
+                        end: m.end,
+                        kind: AreaKind::PrivateFile,
+                        readable: m.read,
+                    });
+                }
+                VmaBacking::File {
+                    file,
+                    offset: m.offset,
+                }
+            }
+        };
+        if m.name == MapName::Heap {
+            out.heap_end = Some(m.end);
+        }
+        out.vmas.push(Vma {
+            start: m.start,
+            end: m.end,
+            prot: prot(m),
+            shared: m.shared && !matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar),
+            backing,
+            flags: flags(m.vm_flags),
+            name: m.display_name.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// BLAKE3 of the vDSO's contents, so a restore can tell whether its own vDSO is the same code.
+fn hash_vdso(pid: i32, m: &MapEntry) -> Result<[u8; 32], DumpError> {
+    let mut buf = vec![0u8; (m.end - m.start) as usize];
+    ptrace::read_memory(pid, m.start, &mut buf).map_err(|e| DumpError::UnsupportedMapping {
+        pid,
+        start: m.start,
+        end: m.end,
+        name: m.display_name.clone(),
+        why: format!("cannot read the vDSO: {e}"),
+    })?;
+    Ok(*blake3::hash(&buf).as_bytes())
+}

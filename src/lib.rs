@@ -1,0 +1,23 @@
+//! crest: checkpoint/restore for Linux processes, built first for JVMs.
+//!
+//! The `crest` binary (src/main.rs, src/cli/) is a thin layer over this library:
+//! - [`dump`] freezes a process with ptrace and writes an image directory;
+//! - [`restore`] validates an image, forks a task with the original pid and morphs it through
+//!   the restorer blob built from `parasite/`;
+//! - [`check`] reports the kernel features and privileges crest relies on;
+//! - [`show`] renders an image for people (and as JSON).
+//!
+//! The on-disk format lives in the `crest-images` crate, re-exported as [`images`].
+
+pub use crest_images as images;
+
+pub mod arch;
+pub mod check;
+pub mod dump;
+pub mod log;
+pub mod pages;
+pub mod proc;
+pub mod ptrace;
+pub mod restore;
+pub mod show;
+pub mod sys;

@@ -1,0 +1,253 @@
+//! Memory contents: pagemap scan, zero-page skip and the page writer.
+//!
+//! For each area the dump hands over, the pagemap is read in batches of up to
+//! [`PAGEMAP_BATCH`] entries; pages neither present nor swapped are skipped (they read as zero,
+//! or as the file, after restore), and so are unmodified page-cache pages of private file
+//! mappings. The rest is read [`READ_BATCH`] bytes at a time with process_vm_readv, each page is
+//! tested for all-zero content, and non-zero pages go to the page file as runs.
+//!
+//! Shared anonymous memory lives in a shmem object that pagemap shows only where this process
+//! has the page mapped; its content is read from the object itself (through
+//! `/proc/PID/map_files`), skipping holes with SEEK_DATA/SEEK_HOLE.
+
+mod pagemap;
+mod reader;
+mod shmem;
+mod sink;
+mod zero;
+
+pub use pagemap::{classify, select_runs, PageClass, PM_FILE, PM_PRESENT, PM_SWAP};
+pub use sink::{PageSink, RunWriter};
+pub use zero::is_zero;
+
+use crate::images::{ImageError, PageRun};
+use crate::proc::{Proc, ProcError};
+use crate::ptrace::PtraceError;
+
+use reader::MemoryReader;
+
+/// Pagemap entries read per `pread` (512 KiB of entries, 256 MiB of address space with 4 KiB
+/// pages).
+pub const PAGEMAP_BATCH: usize = 64 * 1024;
+/// Bytes of memory read per process_vm_readv / pread batch.
+pub const READ_BATCH: usize = 8 << 20;
+
+/// Errors saving memory contents.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A page that pagemap reported present could not be read.
+    #[error("process {pid}: cannot read memory at {addr:#x}: {detail}")]
+    Unreadable { pid: i32, addr: u64, detail: String },
+    /// The shmem object behind a shared anonymous mapping could not be read.
+    #[error(
+        "process {pid}: cannot read the shared memory object behind {start:#x}-{end:#x}: {err}"
+    )]
+    Shmem {
+        pid: i32,
+        start: u64,
+        end: u64,
+        err: std::io::Error,
+    },
+}
+
+/// How an area's content is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AreaKind {
+    /// Private memory (anonymous, heap, stack); pagemap decides what to read.
+    PrivateAnonymous,
+    /// A private file mapping: only pages written since mapping (COW copies) are stored.
+    PrivateFile,
+    /// MAP_SHARED|MAP_ANONYMOUS: the shmem object's pages in `[offset, offset + size)`.
+    SharedAnonymous { offset: u64 },
+}
+
+/// One memory area whose content is to be saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Area {
+    pub start: u64,
+    pub end: u64,
+    pub kind: AreaKind,
+    /// PROT_READ is set (process_vm_readv can read it).
+    pub readable: bool,
+}
+
+/// Page counts of a dump; `scanned == absent + file_backed + zero + written`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageCounts {
+    pub scanned: u64,
+    pub absent: u64,
+    pub file_backed: u64,
+    pub zero: u64,
+    pub written: u64,
+    pub bytes_written: u64,
+}
+
+/// What [`dump_pages`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageDump {
+    /// Stored runs, ascending, each inside one area.
+    pub runs: Vec<PageRun>,
+    pub counts: PageCounts,
+}
+
+/// Stores the content of `areas` (ascending, not overlapping) of the stopped process into
+/// `out`.
+pub fn dump_pages<S: PageSink>(
+    proc: &Proc,
+    areas: &[Area],
+    page_size: u64,
+    out: &mut S,
+) -> Result<PageDump, PageError> {
+    let mut counts = PageCounts::default();
+    let mut writer = RunWriter::new(out, page_size);
+    let mut reader = MemoryReader::new(proc);
+    let mut buf = vec![0u8; READ_BATCH];
+    let mut pagemap = None;
+    let mut entries = vec![0u64; PAGEMAP_BATCH];
+
+    for area in areas {
+        match area.kind {
+            AreaKind::SharedAnonymous { offset } => {
+                shmem::dump_area(
+                    proc,
+                    area,
+                    offset,
+                    page_size,
+                    &mut buf,
+                    &mut writer,
+                    &mut counts,
+                )?;
+            }
+            AreaKind::PrivateAnonymous | AreaKind::PrivateFile => {
+                if pagemap.is_none() {
+                    pagemap = Some(proc.pagemap()?);
+                }
+                let pm = pagemap.as_ref().expect("opened above");
+                let file_mapping = area.kind == AreaKind::PrivateFile;
+                let mut vaddr = area.start;
+                while vaddr < area.end {
+                    let n = (((area.end - vaddr) / page_size) as usize).min(PAGEMAP_BATCH);
+                    pm.read(vaddr / page_size, &mut entries[..n])?;
+                    let mut runs = Vec::new();
+                    select_runs(
+                        &entries[..n],
+                        vaddr,
+                        page_size,
+                        file_mapping,
+                        &mut counts,
+                        &mut runs,
+                    );
+                    // A zero page copied-on-write in a file mapping differs from the file under
+                    // it, so only anonymous areas may leave zero pages out.
+                    let skip_zero = !file_mapping;
+                    store_runs(
+                        &runs,
+                        area.readable,
+                        skip_zero,
+                        page_size,
+                        &mut buf,
+                        &mut reader,
+                        &mut writer,
+                        &mut counts,
+                    )?;
+                    vaddr += n as u64 * page_size;
+                }
+            }
+        }
+        writer.end_area();
+    }
+    counts.written = writer.pages();
+    counts.bytes_written = counts.written * page_size;
+    Ok(PageDump {
+        runs: writer.finish(),
+        counts,
+    })
+}
+
+/// Reads the page runs in batches of at most `buf.len()` bytes and stores their pages.
+#[allow(clippy::too_many_arguments)]
+fn store_runs<S: PageSink>(
+    runs: &[(u64, u64)],
+    readable: bool,
+    skip_zero: bool,
+    page_size: u64,
+    buf: &mut [u8],
+    reader: &mut MemoryReader,
+    writer: &mut RunWriter<S>,
+    counts: &mut PageCounts,
+) -> Result<(), PageError> {
+    let batch_pages = (buf.len() as u64 / page_size).max(1);
+    let mut ranges: Vec<(u64, usize)> = Vec::new();
+    let mut batch_len = 0u64;
+    let mut flush =
+        |ranges: &mut Vec<(u64, usize)>, batch_len: &mut u64| -> Result<(), PageError> {
+            if ranges.is_empty() {
+                return Ok(());
+            }
+            let bytes = *batch_len as usize;
+            reader.read(ranges, &mut buf[..bytes], readable)?;
+            store_pages(ranges, &buf[..bytes], skip_zero, page_size, writer, counts)?;
+            ranges.clear();
+            *batch_len = 0;
+            Ok(())
+        };
+    for &(start, npages) in runs {
+        let mut addr = start;
+        let mut left = npages;
+        while left > 0 {
+            let room = batch_pages - batch_len / page_size;
+            let take = left.min(room);
+            ranges.push((addr, (take * page_size) as usize));
+            batch_len += take * page_size;
+            addr += take * page_size;
+            left -= take;
+            if batch_len / page_size == batch_pages {
+                flush(&mut ranges, &mut batch_len)?;
+            }
+        }
+    }
+    flush(&mut ranges, &mut batch_len)
+}
+
+/// Writes the pages of `data` (the ranges back to back) — only the non-zero ones when
+/// `skip_zero` — coalescing neighbours into one write.
+pub(crate) fn store_pages<S: PageSink>(
+    ranges: &[(u64, usize)],
+    data: &[u8],
+    skip_zero: bool,
+    page_size: u64,
+    writer: &mut RunWriter<S>,
+    counts: &mut PageCounts,
+) -> Result<(), PageError> {
+    let ps = page_size as usize;
+    let mut pos = 0usize;
+    for &(addr, len) in ranges {
+        let range = &data[pos..pos + len];
+        // Start of a stretch of non-zero pages not yet written, as an offset into `range`.
+        let mut pending: Option<usize> = None;
+        for (i, page) in range.chunks_exact(ps).enumerate() {
+            if skip_zero && is_zero(page) {
+                counts.zero += 1;
+                if let Some(from) = pending.take() {
+                    writer.push(addr + from as u64, &range[from..i * ps])?;
+                }
+            } else if pending.is_none() {
+                pending = Some(i * ps);
+            }
+        }
+        if let Some(from) = pending {
+            writer.push(addr + from as u64, &range[from..])?;
+        }
+        pos += len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! Appending stored pages to the page file while building the [`PageRun`] table.
+
+use crate::images::{ImageError, PageFileWriter, PageRun};
+
+/// Where page bytes go: the image's page file, or a buffer in tests.
+pub trait PageSink {
+    /// Bytes written so far (the offset the next byte lands at).
+    fn offset(&self) -> u64;
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError>;
+}
+
+impl PageSink for PageFileWriter {
+    fn offset(&self) -> u64 {
+        PageFileWriter::offset(self)
+    }
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        PageFileWriter::write_all(self, bytes)
+    }
+}
+
+/// Writes pages and records them as runs of consecutive addresses; a run never crosses a
+/// [`RunWriter::end_area`] call, so each run stays inside one VMA.
+pub struct RunWriter<'a, S: PageSink> {
+    sink: &'a mut S,
+    page_size: u64,
+    runs: Vec<PageRun>,
+    current: Option<PageRun>,
+    pages: u64,
+}
+
+impl<'a, S: PageSink> RunWriter<'a, S> {
+    pub fn new(sink: &'a mut S, page_size: u64) -> Self {
+        RunWriter {
+            sink,
+            page_size,
+            runs: Vec::new(),
+            current: None,
+            pages: 0,
+        }
+    }
+
+    /// Stores `bytes` (whole pages) as the content of the pages starting at `vaddr`.
+    pub fn push(&mut self, vaddr: u64, bytes: &[u8]) -> Result<(), ImageError> {
+        debug_assert_eq!(bytes.len() as u64 % self.page_size, 0);
+        let npages = bytes.len() as u64 / self.page_size;
+        if npages == 0 {
+            return Ok(());
+        }
+        let offset = self.sink.offset();
+        match &mut self.current {
+            Some(run)
+                if run.vaddr + run.npages * self.page_size == vaddr
+                    && run.file_offset + run.npages * self.page_size == offset =>
+            {
+                run.npages += npages
+            }
+            _ => {
+                self.end_area();
+                self.current = Some(PageRun {
+                    vaddr,
+                    npages,
+                    file_offset: offset,
+                });
+            }
+        }
+        self.sink.write_all(bytes)?;
+        self.pages += npages;
+        Ok(())
+    }
+
+    /// Closes the current run (call at the end of each memory area).
+    pub fn end_area(&mut self) {
+        if let Some(run) = self.current.take() {
+            self.runs.push(run);
+        }
+    }
+
+    /// Pages written so far.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// The runs, in the order written (ascending addresses when areas are fed in order).
+    pub fn finish(mut self) -> Vec<PageRun> {
+        self.end_area();
+        self.runs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Buf(Vec<u8>);
+    impl PageSink for Buf {
+        fn offset(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn consecutive_pages_form_one_run_and_areas_split_runs() {
+        let mut buf = Buf(Vec::new());
+        let mut w = RunWriter::new(&mut buf, 16);
+        w.push(0x100, &[1; 32]).unwrap();
+        w.push(0x120, &[2; 16]).unwrap();
+        // A gap in addresses starts a new run.
+        w.push(0x200, &[3; 16]).unwrap();
+        w.end_area();
+        // Adjacent address, but a new area: a new run.
+        w.push(0x210, &[4; 16]).unwrap();
+        assert_eq!(w.pages(), 5);
+        let runs = w.finish();
+        assert_eq!(
+            runs,
+            vec![
+                PageRun {
+                    vaddr: 0x100,
+                    npages: 3,
+                    file_offset: 0
+                },
+                PageRun {
+                    vaddr: 0x200,
+                    npages: 1,
+                    file_offset: 48
+                },
+                PageRun {
+                    vaddr: 0x210,
+                    npages: 1,
+                    file_offset: 64
+                },
+            ]
+        );
+        assert_eq!(buf.0.len(), 80);
+        assert_eq!(&buf.0[32..48], &[2; 16]);
+        assert_eq!(&buf.0[64..80], &[4; 16]);
+    }
+}

@@ -1,0 +1,156 @@
+//! `/proc/PID/fd` and `/proc/PID/fdinfo`: the fd table.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use super::{Proc, ProcError};
+
+/// What an fd's magic link points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdTarget {
+    /// A path (a file, directory or device); `deleted` when the kernel appended " (deleted)",
+    /// which is removed from `path`.
+    Path { path: PathBuf, deleted: bool },
+    /// `socket:[inode]`.
+    Socket(u64),
+    /// `pipe:[inode]`.
+    Pipe(u64),
+    /// `anon_inode:[eventfd]`, `anon_inode:[eventpoll]`, ... (the part after the colon).
+    AnonInode(String),
+    /// `/memfd:NAME`.
+    Memfd(String),
+    /// Anything else (`net:[...]`, `mnt:[...]`, ...), as the link reads.
+    Other(String),
+}
+
+/// One entry of `/proc/PID/fd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenFd {
+    pub fd: i32,
+    pub target: FdTarget,
+}
+
+/// The fields of `/proc/PID/fdinfo/N` crest uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdInfo {
+    /// File offset.
+    pub pos: u64,
+    /// `flags:` (octal in the file): the file status flags, with O_CLOEXEC added by the kernel
+    /// when the fd has FD_CLOEXEC.
+    pub flags: u32,
+    /// `mnt_id:` of the mount the file was opened on.
+    pub mnt_id: u64,
+}
+
+fn convert(t: procfs::process::FDTarget) -> FdTarget {
+    use procfs::process::FDTarget as T;
+    match t {
+        T::Path(p) => {
+            let s = p.to_string_lossy();
+            match s.strip_suffix(" (deleted)") {
+                Some(stripped) => FdTarget::Path {
+                    path: PathBuf::from(stripped),
+                    deleted: true,
+                },
+                None => FdTarget::Path {
+                    path: p,
+                    deleted: false,
+                },
+            }
+        }
+        T::Socket(ino) => FdTarget::Socket(ino),
+        T::Pipe(ino) => FdTarget::Pipe(ino),
+        T::AnonInode(s) => FdTarget::AnonInode(s),
+        T::MemFD(s) => FdTarget::Memfd(s),
+        T::Net(ino) => FdTarget::Other(format!("net:[{ino}]")),
+        T::Other(kind, ino) => FdTarget::Other(format!("{kind}:[{ino}]")),
+        T::Unknown(kind, rest) => FdTarget::Other(format!("{kind}:{rest}")),
+    }
+}
+
+/// Parses the text of an fdinfo file (`pos:\t0\nflags:\t02100002\nmnt_id:\t25\n...`).
+fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
+    let mut pos = None;
+    let mut flags = None;
+    let mut mnt_id = 0;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "pos" => {
+                pos = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|e| format!("pos {value:?}: {e}"))?,
+                )
+            }
+            "flags" => {
+                flags = Some(
+                    u32::from_str_radix(value, 8).map_err(|e| format!("flags {value:?}: {e}"))?,
+                )
+            }
+            "mnt_id" => mnt_id = value.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok(FdInfo {
+        pos: pos.ok_or("no pos: line")?,
+        flags: flags.ok_or("no flags: line")?,
+        mnt_id,
+    })
+}
+
+impl Proc {
+    /// Every open fd, ascending.
+    pub fn fds(&self) -> Result<Vec<OpenFd>, ProcError> {
+        let iter = self
+            .proc
+            .fd()
+            .map_err(|e| ProcError::procfs(self.pid, "fd", e))?;
+        let mut fds = Vec::new();
+        for fd in iter {
+            match fd {
+                Ok(info) => fds.push(OpenFd {
+                    fd: info.fd,
+                    target: convert(info.target),
+                }),
+                // An fd closed while we list them: the process is stopped, so only a racing
+                // close before the freeze can do this; it is gone either way.
+                Err(procfs::ProcError::NotFound(_)) => {}
+                Err(e) => return Err(ProcError::procfs(self.pid, "fd", e)),
+            }
+        }
+        fds.sort_by_key(|f| f.fd);
+        Ok(fds)
+    }
+
+    /// `/proc/PID/fdinfo/N`.
+    pub fn fdinfo(&self, fd: i32) -> Result<FdInfo, ProcError> {
+        let what = format!("fdinfo/{fd}");
+        let mut text = String::new();
+        self.open_file(&what)?
+            .read_to_string(&mut text)
+            .map_err(|e| ProcError::io(self.pid, &what, e))?;
+        parse_fdinfo(&text).map_err(|detail| ProcError::Parse {
+            path: format!("/proc/{}/{what}", self.pid),
+            detail,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_text_parses() {
+        let info = parse_fdinfo("pos:\t4096\nflags:\t02102001\nmnt_id:\t31\nino:\t77\n").unwrap();
+        assert_eq!(info.pos, 4096);
+        assert_eq!(info.flags, 0o2102001);
+        assert_eq!(info.mnt_id, 31);
+        assert!(parse_fdinfo("flags:\t0\n").is_err());
+        assert!(parse_fdinfo("pos:\tx\nflags:\t0\n").is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! `/proc/PID/pagemap`: one u64 per virtual page, read in large batches with `pread`.
+//!
+//! procfs's `PageMap::get_range_info` decodes entry by entry into an enum; the dump reads
+//! millions of entries, so it takes the raw words and tests the bits itself (see
+//! `crate::pages::pagemap` for their meaning).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::ProcError;
+
+/// An open pagemap file.
+#[derive(Debug)]
+pub struct Pagemap {
+    pid: i32,
+    file: File,
+}
+
+impl Pagemap {
+    pub(super) fn new(pid: i32, file: File) -> Pagemap {
+        Pagemap { pid, file }
+    }
+
+    /// Fills `entries` with the pagemap words of the pages starting at page index
+    /// `first_page` (virtual address / page size), with as few `pread` calls as the kernel
+    /// allows.
+    pub fn read(&self, first_page: u64, entries: &mut [u64]) -> Result<(), ProcError> {
+        let mut bytes = vec![0u8; entries.len() * 8];
+        let mut done = 0usize;
+        let base = first_page * 8;
+        while done < bytes.len() {
+            match self.file.read_at(&mut bytes[done..], base + done as u64) {
+                Ok(0) => {
+                    return Err(ProcError::Parse {
+                        path: format!("/proc/{}/pagemap", self.pid),
+                        detail: format!(
+                            "end of file at page {:#x}",
+                            first_page + (done / 8) as u64
+                        ),
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ProcError::io(self.pid, "pagemap", e)),
+            }
+        }
+        for (entry, chunk) in entries.iter_mut().zip(bytes.chunks_exact(8)) {
+            *entry = u64::from_ne_bytes(chunk.try_into().expect("chunks_exact(8)"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,513 @@
+//! The bootstrap region: where the restorer blob, its arguments, the sigframe and the restorer's
+//! stack live while the task's memory is replaced.
+//!
+//! It must be free both in the image's address space (it survives the morph) and in crest's own
+//! (the child is a copy of crest until the restorer runs). crest maps it MAP_SHARED from a memfd
+//! *before* the fork, at one address, so the child inherits it in place and crest keeps seeing
+//! what the restorer writes there (its progress report). After the restored task has returned
+//! into its own registers, crest unmaps the region in the task (see `finish.rs`).
+//!
+//! Layout, every part page-aligned:
+//! `[blob][RestorerArgs + arrays][sigframe][stack][park area for the vDSO/vvar]`
+
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::images::{ProcessImage, Vma, VmaBacking};
+use crate::proc::MapRange;
+
+use super::blob::abi::{self, PageRunArg, Range, RestorerArgs, RseqArg, SpecialMove, VmaArg};
+use super::files::OpenedFiles;
+use super::RestoreError;
+
+/// Stack for the restorer's own code (it uses little; the blob has no recursion).
+const RESTORER_STACK: u64 = 64 * 1024;
+/// Room for the list of crest's own mappings the child fills in before the jump.
+pub const MAX_UNMAP_RANGES: u64 = 4096;
+/// Lowest address the region may take: well above mmap_min_addr and the null page.
+const LOWEST_ADDRESS: u64 = 1 << 32;
+/// Highest user address on x86_64 with 4-level paging and on aarch64 with 48-bit VAs.
+const HIGHEST_ADDRESS: u64 = 0x7fff_ffff_f000;
+
+/// Where each part of the region lies, as offsets from its start.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    args: u64,
+    unmap: u64,
+    vmas: u64,
+    runs: u64,
+    close_fds: u64,
+    sigframe: u64,
+    stack_top: u64,
+    park: u64,
+    total: u64,
+}
+
+impl Layout {
+    fn new(
+        code_size: u64,
+        nr_vmas: u64,
+        nr_runs: u64,
+        nr_close: u64,
+        frame_size: u64,
+        park_size: u64,
+        page: u64,
+    ) -> Layout {
+        let up = |v: u64| v.div_ceil(page) * page;
+        let args = up(code_size);
+        let unmap = args + (size_of::<RestorerArgs>() as u64).next_multiple_of(64);
+        let vmas = unmap + MAX_UNMAP_RANGES * size_of::<Range>() as u64;
+        let runs = vmas + nr_vmas * size_of::<VmaArg>() as u64;
+        let close_fds = runs + nr_runs * size_of::<PageRunArg>() as u64;
+        let sigframe = up(close_fds + nr_close * 4);
+        let stack_bottom = up(sigframe + frame_size);
+        let stack_top = stack_bottom + RESTORER_STACK;
+        let park = up(stack_top);
+        let total = up(park + park_size);
+        Layout {
+            args,
+            unmap,
+            vmas,
+            runs,
+            close_fds,
+            sigframe,
+            stack_top,
+            park,
+            total,
+        }
+    }
+}
+
+/// One piece of crest's own vDSO/vvar and where the image wants it.
+#[derive(Debug, Clone)]
+pub struct Special {
+    pub current: MapRange,
+    pub target: u64,
+}
+
+/// The mapped bootstrap region. Unmapped from crest when dropped.
+pub struct Bootstrap {
+    addr: u64,
+    layout: Layout,
+    entry: u64,
+    gadget: u64,
+}
+
+impl Bootstrap {
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+    pub fn len(&self) -> u64 {
+        self.layout.total
+    }
+    pub fn entry(&self) -> u64 {
+        self.addr + self.entry
+    }
+    /// Address of the blob's `syscall; int3` gadget.
+    pub fn gadget(&self) -> u64 {
+        self.addr + self.gadget
+    }
+    pub fn stack_top(&self) -> u64 {
+        self.addr + self.layout.stack_top
+    }
+    pub fn args_addr(&self) -> u64 {
+        self.addr + self.layout.args
+    }
+
+    /// The arguments, shared with the child (and the restorer, which writes its progress there).
+    pub fn args(&self) -> &RestorerArgs {
+        // SAFETY: the region is mapped for as long as `self` lives, args is inside it and
+        // suitably aligned (page-aligned offset); RestorerArgs is plain old data.
+        unsafe { &*(self.args_addr() as *const RestorerArgs) }
+    }
+
+    fn args_mut(&mut self) -> &mut RestorerArgs {
+        // SAFETY: as in args(); &mut self guarantees no other reference from this process.
+        unsafe { &mut *(self.args_addr() as *mut RestorerArgs) }
+    }
+
+    /// Reads the restorer's progress report. Volatile: the restorer writes it behind our back.
+    pub fn progress(&self) -> abi::Progress {
+        // SAFETY: the field lies inside the mapped region; a volatile read of plain data.
+        unsafe { std::ptr::read_volatile(&self.args().progress) }
+    }
+
+    /// Writes the list of crest's own mappings for the restorer to remove. Called in the child
+    /// just before the jump, when its address space no longer changes.
+    pub fn set_unmap_list(&mut self, ranges: &[Range]) -> Result<(), String> {
+        if ranges.len() as u64 > MAX_UNMAP_RANGES {
+            return Err(format!(
+                "crest has {} mappings, more than the {MAX_UNMAP_RANGES} the restorer can take",
+                ranges.len()
+            ));
+        }
+        let at = self.addr + self.layout.unmap;
+        // SAFETY: the destination array lies inside the mapped region with room for
+        // MAX_UNMAP_RANGES entries (Layout::new), and is 8-byte aligned.
+        unsafe { std::ptr::copy_nonoverlapping(ranges.as_ptr(), at as *mut Range, ranges.len()) };
+        let args = self.args_mut();
+        args.unmap = at;
+        args.nr_unmap = ranges.len() as u64;
+        Ok(())
+    }
+
+    /// Maps the region for `p` and fills in everything but the unmap list.
+    pub fn create(
+        p: &ProcessImage,
+        own: &[MapRange],
+        specials: &[Special],
+        files: &OpenedFiles,
+    ) -> Result<Bootstrap, RestoreError> {
+        let page = crate::arch::page_size();
+        let blob = super::blob::restorer();
+        let thread = &p.threads[0];
+        let xstate_len = match &thread.regs {
+            crate::images::ArchRegs::X86_64 { xstate, .. } => xstate.len(),
+            crate::images::ArchRegs::Aarch64 { fpsimd, .. } => fpsimd.len(),
+        };
+        let vma_args = vma_args(p, files)?;
+        let close: Vec<i32> = helper_fds(files);
+        let park_size: u64 = specials
+            .iter()
+            .map(|s| s.current.end - s.current.start)
+            .sum();
+        let layout = Layout::new(
+            blob.code_size() as u64,
+            vma_args.len() as u64,
+            p.page_runs.len() as u64,
+            close.len() as u64,
+            crate::arch::sigframe::frame_size(xstate_len) as u64,
+            park_size,
+            page,
+        );
+        let addr = find_hole(&p.vmas, own, layout.total, page).ok_or_else(|| {
+            RestoreError::Unsupported(format!("no address range of {} bytes is free in both crest and the image of pid {} for the restorer", layout.total, p.pid))
+        })?;
+        map_shared_region(addr, layout.total)?;
+        let mut boot = Bootstrap {
+            addr,
+            layout,
+            entry: blob.entry_offset(),
+            gadget: blob.gadget_offset(),
+        };
+
+        // SAFETY: [addr, addr + total) was just mapped read-write for us and nothing else refers to it.
+        let region =
+            unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, layout.total as usize) };
+        blob.install(&mut region[..layout.args as usize], addr)
+            .map_err(|e| RestoreError::Internal(format!("installing the restorer blob: {e}")))?;
+
+        let vmas_at = addr + layout.vmas;
+        let runs_at = addr + layout.runs;
+        let close_at = addr + layout.close_fds;
+        write_array(region, layout.vmas, &vma_args);
+        let runs: Vec<PageRunArg> = p
+            .page_runs
+            .iter()
+            .map(|r| PageRunArg {
+                vaddr: r.vaddr,
+                len: r.npages * page,
+                file_offset: r.file_offset,
+            })
+            .collect();
+        write_array(region, layout.runs, &runs);
+        write_array(region, layout.close_fds, &close);
+
+        let frame_addr = addr + layout.sigframe;
+        let frame =
+            &mut region[layout.sigframe as usize..(layout.stack_top - RESTORER_STACK) as usize];
+        let sigreturn_sp =
+            crate::arch::sigframe::build(&thread.regs, thread.sigmask, frame_addr, frame)?;
+
+        let mut special = [SpecialMove::default(); abi::MAX_SPECIAL_MOVES];
+        let mut park = addr + layout.park;
+        for (slot, s) in special.iter_mut().zip(specials) {
+            let len = s.current.end - s.current.start;
+            *slot = SpecialMove {
+                current: s.current.start,
+                park,
+                target: s.target,
+                len,
+            };
+            park += len;
+        }
+
+        let mut auxv = [0u64; abi::MAX_AUXV_WORDS];
+        auxv[..p.mm.auxv.len()].copy_from_slice(&p.mm.auxv);
+        let args_addr = boot.args_addr();
+        let auxv_addr = args_addr + std::mem::offset_of!(RestorerArgs, auxv) as u64;
+        let mm = &p.mm;
+        let args = RestorerArgs {
+            magic: abi::ARGS_MAGIC,
+            abi_version: abi::ABI_VERSION,
+            page_size: page as u32,
+            progress: abi::Progress::default(),
+            bootstrap: Range {
+                start: addr,
+                len: layout.total,
+            },
+            unmap: addr + layout.unmap,
+            nr_unmap: 0,
+            special,
+            nr_special: specials.len() as u64,
+            vmas: vmas_at,
+            nr_vmas: vma_args.len() as u64,
+            runs: runs_at,
+            nr_runs: runs.len() as u64,
+            pages_fd: files.pages.as_raw_fd(),
+            _pad0: 0,
+            close_fds: close_at,
+            nr_close_fds: close.len() as u64,
+            mm: abi::PrctlMmMap {
+                start_code: mm.start_code,
+                end_code: mm.end_code,
+                start_data: mm.start_data,
+                end_data: mm.end_data,
+                start_brk: mm.start_brk,
+                brk: mm.brk,
+                start_stack: mm.start_stack,
+                arg_start: mm.arg_start,
+                arg_end: mm.arg_end,
+                env_start: mm.env_start,
+                env_end: mm.env_end,
+                auxv: auxv_addr,
+                auxv_size: (p.mm.auxv.len() * 8) as u32,
+                exe_fd: files.exe.as_raw_fd() as u32,
+            },
+            auxv,
+            rseq: match thread.rseq {
+                Some(r) => RseqArg {
+                    present: 1,
+                    len: r.abi_size,
+                    signature: r.signature,
+                    _pad: 0,
+                    ptr: r.abi_pointer,
+                },
+                None => RseqArg::default(),
+            },
+            tls: crate::arch::morph::thread_pointers(&thread.regs),
+            sigreturn_sp,
+        };
+        *boot.args_mut() = args;
+        Ok(boot)
+    }
+}
+
+impl Drop for Bootstrap {
+    fn drop(&mut self) {
+        // SAFETY: we mapped exactly this range in create(); nothing in crest refers to it after drop.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.layout.total as usize) };
+    }
+}
+
+fn write_array<T: Copy>(region: &mut [u8], offset: u64, items: &[T]) {
+    let bytes = std::mem::size_of_val(items);
+    let dest = &mut region[offset as usize..offset as usize + bytes];
+    // SAFETY: dest has exactly `bytes` bytes; T is plain old data (repr(C) ABI structs or i32),
+    // and copying bytes into a byte slice needs no alignment.
+    unsafe { std::ptr::copy_nonoverlapping(items.as_ptr() as *const u8, dest.as_mut_ptr(), bytes) };
+}
+
+/// The fds the restorer closes once memory is in place: page file, exe, mapped files.
+fn helper_fds(files: &OpenedFiles) -> Vec<i32> {
+    let mut fds = vec![files.pages.as_raw_fd(), files.exe.as_raw_fd()];
+    fds.extend(files.mapped.iter().flatten().map(|f| f.as_raw_fd()));
+    fds
+}
+
+/// Translates the image's VMAs into the restorer's mmap calls. vDSO and vvar are not mapped:
+/// the restorer moves the running kernel's own pieces into place instead.
+fn vma_args(p: &ProcessImage, files: &OpenedFiles) -> Result<Vec<VmaArg>, RestoreError> {
+    let page = crate::arch::page_size();
+    let mut out = Vec::with_capacity(p.vmas.len());
+    let mut run = 0usize;
+    for vma in &p.vmas {
+        if matches!(vma.backing, VmaBacking::Vdso | VmaBacking::Vvar) {
+            continue;
+        }
+        let first_run = run;
+        while run < p.page_runs.len() && p.page_runs[run].vaddr < vma.end {
+            run += 1;
+        }
+        let nr_runs = run - first_run;
+        let mut flags = if vma.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        let (fd, file_offset) = match vma.backing {
+            VmaBacking::File { file, offset } => {
+                let fd = files.mapped[file as usize].as_ref().ok_or_else(|| {
+                    RestoreError::Internal(format!("file of VMA {:#x} not opened", vma.start))
+                })?;
+                (fd.as_raw_fd(), offset)
+            }
+            _ => {
+                flags |= libc::MAP_ANONYMOUS;
+                (-1, 0)
+            }
+        };
+        if vma.flags.growsdown {
+            flags |= libc::MAP_GROWSDOWN;
+        }
+        if vma.flags.noreserve {
+            flags |= libc::MAP_NORESERVE;
+        }
+        if vma.flags.locked {
+            flags |= libc::MAP_LOCKED;
+        }
+        let mut madvise = [0u32; 4];
+        let advice = [
+            (vma.flags.dontfork, libc::MADV_DONTFORK),
+            (vma.flags.dontdump, libc::MADV_DONTDUMP),
+            (vma.flags.hugepage, libc::MADV_HUGEPAGE),
+            (vma.flags.nohugepage, libc::MADV_NOHUGEPAGE),
+            (vma.flags.mergeable, libc::MADV_MERGEABLE),
+        ];
+        let mut n = 0;
+        for (on, value) in advice {
+            if on && n < madvise.len() {
+                madvise[n] = value as u32;
+                n += 1;
+            }
+        }
+        debug_assert_eq!(vma.start % page, 0);
+        out.push(VmaArg {
+            start: vma.start,
+            len: vma.end - vma.start,
+            prot: vma.prot,
+            flags: flags as u32,
+            fd,
+            fill: if nr_runs > 0 {
+                abi::VMA_FILL_COPY
+            } else {
+                abi::VMA_FILL_NONE
+            },
+            file_offset,
+            madvise,
+            first_run: first_run as u32,
+            nr_runs: nr_runs as u32,
+        });
+    }
+    Ok(out)
+}
+
+/// Finds `len` bytes (plus a guard page either side) that neither the image nor crest uses.
+fn find_hole(image: &[Vma], own: &[MapRange], len: u64, page: u64) -> Option<u64> {
+    let mut used: Vec<(u64, u64)> = image
+        .iter()
+        .map(|v| (v.start, v.end))
+        .chain(own.iter().map(|m| (m.start, m.end)))
+        .collect();
+    used.sort_unstable();
+    let want = len + 2 * page;
+    let mut cursor = LOWEST_ADDRESS;
+    for (start, end) in used {
+        if start >= cursor && start - cursor >= want {
+            break;
+        }
+        cursor = cursor.max(end);
+    }
+    (cursor.checked_add(want)? <= HIGHEST_ADDRESS).then_some(cursor + page)
+}
+
+/// Maps a memfd read-write-execute and shared at exactly `addr`; the fd itself is closed at once
+/// (the mapping keeps the memory alive).
+fn map_shared_region(addr: u64, len: u64) -> Result<(), RestoreError> {
+    let os = |what: &str| RestoreError::Os {
+        what: what.to_string(),
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: the name is a valid C string; memfd_create has no other preconditions.
+    let raw = unsafe { libc::memfd_create(c"crest-restorer".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(os("memfd_create for the restorer region"));
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let fd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) };
+    // SAFETY: ftruncate on our own memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
+        return Err(os("sizing the restorer region"));
+    }
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the range was chosen free.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os(&format!("mapping the restorer region at {addr:#x}")));
+    }
+    if p as u64 != addr {
+        // SAFETY: unmapping what the kernel just gave us at another address.
+        unsafe { libc::munmap(p, len as usize) };
+        return Err(RestoreError::Internal(format!(
+            "restorer region landed at {:#x} instead of {addr:#x}",
+            p as u64
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::VmaFlags;
+
+    fn vma(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: 3,
+            shared: false,
+            backing: VmaBacking::Anonymous,
+            flags: VmaFlags::default(),
+            name: String::new(),
+        }
+    }
+
+    #[test]
+    fn hole_avoids_both_address_spaces() {
+        let page = 4096;
+        let image = vec![vma(LOWEST_ADDRESS, LOWEST_ADDRESS + 0x10000)];
+        let own = vec![MapRange {
+            start: LOWEST_ADDRESS + 0x12000,
+            end: LOWEST_ADDRESS + 0x20000,
+            name: String::new(),
+        }];
+        let hole = find_hole(&image, &own, 0x8000, page).unwrap();
+        for (s, e) in [
+            (LOWEST_ADDRESS, LOWEST_ADDRESS + 0x10000),
+            (LOWEST_ADDRESS + 0x12000, LOWEST_ADDRESS + 0x20000),
+        ] {
+            assert!(
+                hole + 0x8000 + page <= s || hole >= e + page,
+                "hole {hole:#x} overlaps {s:#x}-{e:#x}"
+            );
+        }
+        assert_eq!(hole, LOWEST_ADDRESS + 0x20000 + page);
+    }
+
+    #[test]
+    fn layout_parts_do_not_overlap() {
+        let l = Layout::new(10000, 50, 300, 5, 20000, 3 * 4096, 4096);
+        let parts = [
+            l.args,
+            l.unmap,
+            l.vmas,
+            l.runs,
+            l.close_fds,
+            l.sigframe,
+            l.stack_top,
+            l.park,
+            l.total,
+        ];
+        assert!(parts.windows(2).all(|w| w[0] <= w[1]), "{l:?}");
+        assert!(l.args >= 10000 && l.sigframe % 4096 == 0 && l.total - l.park >= 3 * 4096);
+    }
+}

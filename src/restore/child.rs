@@ -1,0 +1,287 @@
+//! What the forked child does before it turns into the restored process: it takes the image's
+//! fds, cwd, umask, name, signal dispositions and rlimits, then jumps into the restorer blob.
+//!
+//! This runs in a copy of crest right after clone3. It reports to crest over a pipe: `R` when
+//! ready, or `E` followed by a message; then it waits for crest's go-ahead (which carries the
+//! child's own rseq registration, read by crest through ptrace) and jumps. It never returns.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use crate::images::ProcessImage;
+
+use super::blob::abi::Range;
+use super::bootstrap::{Bootstrap, Special};
+use super::files::OpenedFiles;
+
+/// The go-ahead message: the child's own rseq area, to unregister before its memory goes away.
+pub const GO_MESSAGE_LEN: usize = 16;
+
+pub struct ChildPlan<'a> {
+    pub image: &'a ProcessImage,
+    pub files: &'a OpenedFiles,
+    pub specials: &'a [Special],
+    pub boot: &'a mut Bootstrap,
+    pub status_fd: RawFd,
+    pub go_fd: RawFd,
+    pub fd_base: RawFd,
+}
+
+/// Entry of the child side. Never returns: it either jumps into the restorer or exits.
+pub fn run(plan: ChildPlan<'_>) -> ! {
+    if let Err(msg) = prepare(&plan) {
+        fail(plan.status_fd, &msg);
+    }
+    let boot = plan.boot;
+    let keep = {
+        let mut keep: Vec<RawFd> = vec![plan.files.pages.as_raw_fd(), plan.files.exe.as_raw_fd()];
+        keep.extend(plan.files.mapped.iter().flatten().map(|f| f.as_raw_fd()));
+        keep.sort_unstable();
+        keep
+    };
+    let ranges = match unmap_list(boot, plan.specials) {
+        Ok(ranges) => ranges,
+        Err(msg) => fail(plan.status_fd, &msg),
+    };
+    if let Err(msg) = boot.set_unmap_list(&ranges) {
+        fail(plan.status_fd, &msg);
+    }
+    write_all(plan.status_fd, b"R");
+    let mut go = [0u8; GO_MESSAGE_LEN];
+    if !read_exact(plan.go_fd, &mut go) {
+        // crest gave up (it closed the pipe): leave quietly.
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(1) };
+    }
+    let rseq_ptr = u64::from_le_bytes(go[0..8].try_into().unwrap());
+    let rseq_len = u32::from_le_bytes(go[8..12].try_into().unwrap());
+    let rseq_sig = u32::from_le_bytes(go[12..16].try_into().unwrap());
+    if rseq_ptr != 0 {
+        // The kernel writes the current CPU into a registered rseq area on every return to user
+        // space; crest's area is about to be unmapped, so unregister it (RSEQ_FLAG_UNREGISTER = 1).
+        // SAFETY: unregistering the registration crest read from this very thread via ptrace.
+        let r = unsafe { libc::syscall(libc::SYS_rseq, rseq_ptr, rseq_len, 1, rseq_sig) };
+        if r != 0 {
+            fail(
+                plan.status_fd,
+                &format!(
+                    "cannot unregister crest's own rseq area {rseq_ptr:#x}: {}",
+                    std::io::Error::last_os_error()
+                ),
+            );
+        }
+    }
+    // Limits last: a lowered RLIMIT_NOFILE or RLIMIT_AS must not stop crest's own setup.
+    if let Err(msg) = set_rlimits(plan.image) {
+        fail(plan.status_fd, &msg);
+    }
+    close_all_but(&keep, plan.fd_base);
+    // SAFETY: the bootstrap region holds the installed blob, its arguments and stack; from here
+    // the restorer owns this process.
+    unsafe {
+        crate::arch::morph::jump_to_restorer(boot.entry(), boot.stack_top(), boot.args_addr())
+    }
+}
+
+fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
+    let p = plan.image;
+    block_all_signals()?;
+    reset_signal_dispositions(p.sig_ignored)?;
+    // Move every image fd into place; all of crest's descriptors are at fd_base or above.
+    for fd in &p.fds {
+        let src = plan.files.descriptions[fd.description as usize].as_raw_fd();
+        let flags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: dup3 on descriptors we own; the target number is below fd_base.
+        if unsafe { libc::dup3(src, fd.fd, flags) } < 0 {
+            return Err(format!(
+                "cannot install fd {}: {}",
+                fd.fd,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let wanted: std::collections::HashSet<RawFd> = p.fds.iter().map(|f| f.fd).collect();
+    for fd in 0..plan.fd_base {
+        if !wanted.contains(&fd) {
+            // SAFETY: closing a descriptor number below fd_base that the image does not have
+            // (crest's stdin/stdout/stderr); EBADF is harmless.
+            unsafe { libc::close(fd) };
+        }
+    }
+    // SAFETY: fchdir on a directory descriptor we own.
+    if unsafe { libc::fchdir(plan.files.cwd.as_raw_fd()) } < 0 {
+        return Err(format!(
+            "cannot change into the working directory: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(p.umask as libc::mode_t) };
+    let comm = std::ffi::CString::new(
+        p.comm
+            .as_bytes()
+            .iter()
+            .copied()
+            .filter(|b| *b != 0)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap_or_default();
+    // SAFETY: PR_SET_NAME reads at most 16 bytes from a valid C string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+    Ok(())
+}
+
+/// crest's own mappings the restorer must remove: everything but the bootstrap region, the
+/// vDSO/vvar pieces it moves, and [vsyscall] (outside the user address range).
+fn unmap_list(boot: &Bootstrap, specials: &[Special]) -> Result<Vec<Range>, String> {
+    let own =
+        crate::proc::own_maps().map_err(|e| format!("cannot list crest's own mappings: {e}"))?;
+    let b_start = boot.addr();
+    let b_end = boot.addr() + boot.len();
+    Ok(own
+        .iter()
+        .filter(|m| !(m.start >= b_start && m.end <= b_end))
+        .filter(|m| !specials.iter().any(|s| s.current.start == m.start))
+        .filter(|m| m.name != "[vsyscall]")
+        .map(|m| Range {
+            start: m.start,
+            len: m.end - m.start,
+        })
+        .collect())
+}
+
+fn block_all_signals() -> Result<(), String> {
+    let all = nix::sys::signal::SigSet::all();
+    nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&all), None)
+        .map_err(|e| format!("cannot block signals: {e}"))
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction (glibc's wrapper refuses signals 32 and 33).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Sets every signal to SIG_DFL, or SIG_IGN where the image ignored it. crest's own
+/// dispositions (Rust ignores SIGPIPE) must not leak into the restored process.
+fn reset_signal_dispositions(ignored: u64) -> Result<(), String> {
+    for sig in 1..=64u32 {
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
+            continue;
+        }
+        let handler = if ignored & (1u64 << (sig - 1)) != 0 {
+            1
+        } else {
+            0
+        };
+        let act = KernelSigaction {
+            handler,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: act is a valid kernel sigaction; the old action is not requested.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &act as *const KernelSigaction,
+                std::ptr::null::<u8>(),
+                8usize,
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "cannot reset the disposition of signal {sig}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Closes every descriptor at or above `base` except `keep` (sorted).
+fn close_all_but(keep: &[RawFd], base: RawFd) {
+    let mut from = base as u32;
+    for &k in keep {
+        let k = k as u32;
+        if k > from {
+            // SAFETY: closing descriptors we own and no longer need.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) };
+        }
+        from = from.max(k + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+}
+
+fn set_rlimits(p: &ProcessImage) -> Result<(), String> {
+    for lim in &p.rlimits {
+        let new = libc::rlimit64 {
+            rlim_cur: lim.soft,
+            rlim_max: lim.hard,
+        };
+        // SAFETY: prlimit64 on ourselves with a valid struct; the old value is not requested.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                lim.resource,
+                &new as *const libc::rlimit64,
+                std::ptr::null::<u8>(),
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "cannot set rlimit {}: {}",
+                lim.resource,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn fail(status_fd: RawFd, msg: &str) -> ! {
+    let mut out = Vec::with_capacity(msg.len() + 1);
+    out.push(b'E');
+    out.extend_from_slice(msg.as_bytes());
+    write_all(status_fd, &out);
+    // SAFETY: _exit has no preconditions; nothing of crest's state needs flushing in the child.
+    unsafe { libc::_exit(1) }
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: buf is a valid readable slice.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return;
+        }
+        buf = &buf[n as usize..];
+    }
+}
+
+fn read_exact(fd: RawFd, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: the destination is the unfilled tail of buf.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n == 0 {
+            return false;
+        }
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        got += n as usize;
+    }
+    true
+}

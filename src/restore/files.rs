@@ -1,0 +1,306 @@
+//! Opening, in crest, every file the image maps or has open, and checking that each is still the
+//! file that was dumped.
+//!
+//! Files are opened before the fork so that a missing or changed file is refused while nothing
+//! has been touched yet, and so the check runs on the very descriptor the restored process gets
+//! (fstat of the open fd: no window for the path to be swapped afterwards). The child inherits
+//! these descriptors and moves them to their final numbers.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::images::{FileIdentity, FileKind, ProcessImage, VmaBacking};
+
+use super::RestoreError;
+
+/// Descriptors crest opened for one process, all numbered at or above `base`.
+pub struct OpenedFiles {
+    /// One descriptor per `ProcessImage::open_files` entry, positioned at its recorded offset.
+    pub descriptions: Vec<OwnedFd>,
+    /// Backing files of file VMAs, indexed like `ProcessImage::files` (None when not mapped).
+    pub mapped: Vec<Option<OwnedFd>>,
+    /// The executable, for PR_SET_MM_MAP's exe_fd.
+    pub exe: OwnedFd,
+    /// The working directory.
+    pub cwd: OwnedFd,
+    /// The image's page file.
+    pub pages: OwnedFd,
+}
+
+/// Lowest descriptor number crest uses for its own files in the restored task: above every fd
+/// the image has, so moving image fds into place never overwrites one of crest's.
+pub fn helper_fd_base(p: &ProcessImage) -> RawFd {
+    let highest = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
+    highest.max(2) + 1
+}
+
+/// Opens and checks everything `p` needs, moving each descriptor to `base` or above.
+pub fn open_all(
+    p: &ProcessImage,
+    pages_path: &std::path::Path,
+) -> Result<OpenedFiles, RestoreError> {
+    let base = helper_fd_base(p);
+    let mut descriptions = Vec::with_capacity(p.open_files.len());
+    for ofd in &p.open_files {
+        let ident = file_at(p, ofd.file)?;
+        // O_CREAT/O_TRUNC/O_EXCL never come from fdinfo, but never let an image ask for them.
+        let flags = (ofd.flags as i32)
+            & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+        let fd = open_path(&ident.path, flags | libc::O_NOCTTY | libc::O_CLOEXEC, base)?;
+        let appending = ofd.flags as i32 & libc::O_APPEND != 0
+            && ofd.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
+        check_identity(&fd, ident, appending, ofd.pos)?;
+        if ident.kind == FileKind::Regular || ident.kind == FileKind::Directory {
+            seek(&fd, ofd.pos, &ident.path)?;
+        }
+        descriptions.push(fd);
+    }
+
+    let mut mapped: Vec<Option<OwnedFd>> = (0..p.files.len()).map(|_| None).collect();
+    for vma in &p.vmas {
+        if let VmaBacking::File { file, .. } = vma.backing {
+            let slot = &mut mapped[file as usize];
+            if slot.is_some() {
+                continue;
+            }
+            let ident = file_at(p, file)?;
+            // A shared writable mapping writes through to the file, so it needs write access.
+            let mode = if vma.shared && vma.prot & crate::images::PROT_WRITE != 0 {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = open_path(&ident.path, mode | libc::O_CLOEXEC, base)?;
+            check_identity(&fd, ident, false, 0)?;
+            *slot = Some(fd);
+        }
+    }
+
+    let exe_ident = file_at(p, p.exe_file)?;
+    let exe = open_path(&exe_ident.path, libc::O_RDONLY | libc::O_CLOEXEC, base)?;
+    check_identity(&exe, exe_ident, false, 0)?;
+
+    let cwd_ident = file_at(p, p.cwd_file)?;
+    let cwd = open_path(
+        &cwd_ident.path,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        base,
+    )?;
+    check_identity(&cwd, cwd_ident, false, 0)?;
+
+    let pages_str = pages_path.to_string_lossy();
+    let pages = open_path(&pages_str, libc::O_RDONLY | libc::O_CLOEXEC, base)?;
+
+    Ok(OpenedFiles {
+        descriptions,
+        mapped,
+        exe,
+        cwd,
+        pages,
+    })
+}
+
+fn file_at(p: &ProcessImage, index: u32) -> Result<&FileIdentity, RestoreError> {
+    // open_image validated every index; this only guards against a caller bug.
+    p.files.get(index as usize).ok_or_else(|| {
+        RestoreError::BadImage(format!("pid {}: file index {index} out of range", p.pid))
+    })
+}
+
+/// Opens `path` and moves the descriptor to `base` or above (close-on-exec: crest never execs,
+/// and the child clears the flag where the image wants it clear).
+fn open_path(path: &str, flags: i32, base: RawFd) -> Result<OwnedFd, RestoreError> {
+    let cpath = CString::new(path)
+        .map_err(|_| RestoreError::BadImage(format!("file path {path:?} contains a NUL byte")))?;
+    // SAFETY: cpath is a valid NUL-terminated string; open has no other preconditions.
+    let raw = unsafe { libc::open(cpath.as_ptr(), flags, 0) };
+    if raw < 0 {
+        return Err(RestoreError::File {
+            path: path.to_string(),
+            problem: format!("cannot be opened: {}", std::io::Error::last_os_error()),
+        });
+    }
+    // SAFETY: raw is a descriptor we just opened and own.
+    let first = unsafe { OwnedFd::from_raw_fd(raw) };
+    if raw >= base {
+        return Ok(first);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd has no memory-safety preconditions.
+    let moved = unsafe { libc::fcntl(first.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
+    if moved < 0 {
+        return Err(RestoreError::Os {
+            what: format!("moving the descriptor of {path} above fd {base}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: moved is a new descriptor we own; `first` is closed when dropped.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+fn seek(fd: &OwnedFd, pos: u64, path: &str) -> Result<(), RestoreError> {
+    // SAFETY: lseek on a valid fd has no memory-safety preconditions.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), pos as libc::off_t, libc::SEEK_SET) };
+    if r < 0 {
+        return Err(RestoreError::File {
+            path: path.to_string(),
+            problem: format!(
+                "cannot seek to offset {pos}: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Compares the open file with what the dump recorded. A log opened for appending may have grown
+/// (and so changed its mtime), but not shrunk below the recorded offset; anything else that
+/// differs means the file is not the one the process had.
+fn check_identity(
+    fd: &OwnedFd,
+    want: &FileIdentity,
+    appending: bool,
+    pos: u64,
+) -> Result<(), RestoreError> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| RestoreError::File {
+        path: want.path.clone(),
+        problem: format!("cannot be examined: {e}"),
+    })?;
+    let changed = |what: String| RestoreError::File {
+        path: want.path.clone(),
+        problem: format!("changed since the dump: {what}"),
+    };
+    match want.kind {
+        FileKind::CharDevice { rdev } => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != rdev {
+                return Err(changed(format!(
+                    "was character device {}:{}, now mode {:o} rdev {}:{}",
+                    libc::major(rdev),
+                    libc::minor(rdev),
+                    st.st_mode,
+                    libc::major(st.st_rdev),
+                    libc::minor(st.st_rdev)
+                )));
+            }
+            return Ok(());
+        }
+        FileKind::Directory => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                return Err(changed("it is no longer a directory".into()));
+            }
+        }
+        FileKind::Regular => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(changed("it is no longer a regular file".into()));
+            }
+        }
+    }
+    if st.st_dev != want.dev || st.st_ino != want.ino {
+        return Err(changed(format!(
+            "it is a different file now (device/inode {}/{} instead of {}/{})",
+            st.st_dev, st.st_ino, want.dev, want.ino
+        )));
+    }
+    if want.kind == FileKind::Directory {
+        return Ok(());
+    }
+    let size = st.st_size as u64;
+    if appending {
+        if size < pos {
+            return Err(changed(format!(
+                "it shrank to {size} bytes, below the recorded offset {pos}"
+            )));
+        }
+        return Ok(());
+    }
+    if size != want.size {
+        return Err(changed(format!(
+            "size {size} bytes instead of {}",
+            want.size
+        )));
+    }
+    if st.st_mtime != want.mtime_sec || st.st_mtime_nsec != want.mtime_nsec {
+        return Err(changed("its modification time differs".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    fn identity(path: &std::path::Path) -> FileIdentity {
+        let m = std::fs::metadata(path).unwrap();
+        FileIdentity {
+            path: path.to_string_lossy().into_owned(),
+            kind: FileKind::Regular,
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_sec: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            mode: m.mode(),
+        }
+    }
+
+    #[test]
+    fn unchanged_file_passes_and_changed_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.so");
+        std::fs::write(&path, b"abc").unwrap();
+        let ident = identity(&path);
+        let fd = open_path(&ident.path, libc::O_RDONLY, 10).unwrap();
+        assert!(fd.as_raw_fd() >= 10);
+        check_identity(&fd, &ident, false, 0).unwrap();
+
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"d")
+            .unwrap();
+        let err = check_identity(&fd, &ident, false, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lib.so") && err.contains("size 4"), "{err}");
+    }
+
+    #[test]
+    fn appended_log_may_grow_but_not_shrink_below_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, b"line1\n").unwrap();
+        let ident = identity(&path);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"line2\n")
+            .unwrap();
+        let fd = open_path(&ident.path, libc::O_WRONLY | libc::O_APPEND, 3).unwrap();
+        check_identity(&fd, &ident, true, 6).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let err = check_identity(&fd, &ident, true, 6)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shrank"), "{err}");
+    }
+
+    #[test]
+    fn replaced_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"abc").unwrap();
+        let ident = identity(&path);
+        // Keep the old inode alive so the new file cannot reuse its number.
+        let _old = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"abc").unwrap();
+        let fd = open_path(&ident.path, libc::O_RDONLY, 3).unwrap();
+        let err = check_identity(&fd, &ident, false, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("different file"), "{err}");
+    }
+}

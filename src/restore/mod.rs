@@ -1,0 +1,186 @@
+//! Restore: read and validate an image, fork a task with the original pid, give it the image's
+//! files and settings, and morph it into the dumped process through the restorer blob.
+//!
+//! Order matters for "a failed restore leaves nothing half-built": everything that can be
+//! checked in crest (the image, every file, the vDSO, the pid) is checked before the fork; after
+//! the fork, the child is traced with PTRACE_O_EXITKILL and killed and reaped on any failure.
+
+pub mod blob;
+mod bootstrap;
+mod child;
+mod files;
+mod finish;
+mod fork;
+mod specials;
+mod wait;
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use crate::images::{self, Image, ProcessImage};
+
+pub use wait::Restored;
+
+/// What `crest restore` was asked to do.
+pub struct RestoreOptions {
+    pub dir: PathBuf,
+    /// Also check the page data against its checksums first.
+    pub verify: bool,
+}
+
+/// Why a restore failed. Every variant says what failed, where, and what the user can do.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Image(#[from] images::ImageError),
+    #[error("the image cannot be used: {0}")]
+    BadImage(String),
+    #[error("{path} {problem}; restore it as it was at dump time, or dump again")]
+    File { path: String, problem: String },
+    #[error("pid {pid} is in use by another process; crest restores processes under their original pid, so stop that process first")]
+    PidTaken { pid: i32 },
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+    #[error("insufficient privilege: {0}")]
+    Privilege(String),
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("pid {pid}: preparing the restored task failed: {message}")]
+    ChildSetup { pid: i32, message: String },
+    #[error("pid {pid}: the restorer {how} while {step} (at {detail:#x}){errno}")]
+    Restorer {
+        pid: i32,
+        how: String,
+        step: String,
+        detail: u64,
+        errno: String,
+    },
+    #[error(transparent)]
+    Arch(#[from] crate::arch::ArchError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Restores the image in `opts.dir`. On success the restored process runs under its original
+/// pid as a child of crest.
+pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let image = images::open_image(&opts.dir)?;
+    if opts.verify {
+        images::verify_pages(&opts.dir, &image)?;
+    }
+    let p = single_process(&image)?;
+    check_supported(p)?;
+    if fork::pid_in_use(p.pid) {
+        return Err(RestoreError::PidTaken { pid: p.pid });
+    }
+
+    let files = files::open_all(p, &image.dir.join(&p.pages_file))?;
+    let own = crate::proc::own_maps()
+        .map_err(|e| RestoreError::Internal(format!("listing crest's own mappings: {e}")))?;
+    let specials = specials::plan(p, &own)?;
+    let mut boot = bootstrap::Bootstrap::create(p, &own, &specials, &files)?;
+    let base = files::helper_fd_base(p);
+    let (mut status_rx, status_tx) = pipe_above(base)?;
+    let (go_rx, mut go_tx) = pipe_above(base)?;
+
+    match fork::fork_with_pid(p.pid)? {
+        fork::Forked::Child => child::run(child::ChildPlan {
+            image: p,
+            files: &files,
+            specials: &specials,
+            boot: &mut boot,
+            status_fd: status_tx.as_raw_fd(),
+            go_fd: go_rx.as_raw_fd(),
+            fd_base: base,
+        }),
+        fork::Forked::Parent { pid } => {
+            let guard = finish::ChildGuard::new(pid);
+            // crest's copies of the child's ends and of the image files are no longer needed;
+            // closing the write end lets a dead child show as end-of-file.
+            drop(status_tx);
+            drop(go_rx);
+            drop(files);
+            finish::wait_ready(pid, &mut status_rx)?;
+            finish::run_restorer(pid, &boot, &p.threads[0].regs, &mut status_rx, &mut go_tx)?;
+            guard.disarm();
+            Ok(Restored::new(pid))
+        }
+    }
+}
+
+fn single_process(image: &Image) -> Result<&ProcessImage, RestoreError> {
+    match image.processes.as_slice() {
+        [p] => Ok(p),
+        [] => Err(RestoreError::BadImage("it holds no process".into())),
+        many => Err(RestoreError::Unsupported(format!(
+            "restoring a tree of {} processes",
+            many.len()
+        ))),
+    }
+}
+
+/// Refuses, before anything is touched, what this version cannot restore faithfully.
+fn check_supported(p: &ProcessImage) -> Result<(), RestoreError> {
+    if cfg!(not(target_arch = "x86_64")) {
+        return Err(RestoreError::Unsupported(format!(
+            "restoring on {}",
+            std::env::consts::ARCH
+        )));
+    }
+    if p.threads.len() != 1 {
+        return Err(RestoreError::Unsupported(format!(
+            "pid {} has {} threads; only single-threaded processes can be restored",
+            p.pid,
+            p.threads.len()
+        )));
+    }
+    if p.sig_caught != 0 {
+        return Err(RestoreError::Unsupported(format!(
+            "pid {} had signal handlers installed (mask {:#x}); restoring handlers needs the parasite",
+            p.pid, p.sig_caught
+        )));
+    }
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if p.creds.uid.iter().any(|u| *u != uid) || p.creds.gid.iter().any(|g| *g != gid) {
+        return Err(RestoreError::Unsupported(format!(
+            "pid {} ran as uid {:?} gid {:?}, crest runs as uid {uid} gid {gid}; restoring credentials",
+            p.pid, p.creds.uid, p.creds.gid
+        )));
+    }
+    Ok(())
+}
+
+/// A pipe whose two ends are numbered at or above `base` (so they survive the child moving the
+/// image's fds into place) and close-on-exec.
+fn pipe_above(base: RawFd) -> Result<(File, File), RestoreError> {
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RestoreError::Os {
+            what: "creating a pipe".into(),
+            source: e.into(),
+        })?;
+    Ok((
+        File::from(move_above(r, base)?),
+        File::from(move_above(w, base)?),
+    ))
+}
+
+fn move_above(fd: OwnedFd, base: RawFd) -> Result<OwnedFd, RestoreError> {
+    if fd.as_raw_fd() >= base {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
+    if moved < 0 {
+        return Err(RestoreError::Os {
+            what: format!("moving a pipe above fd {base}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: moved is a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}

@@ -1,0 +1,829 @@
+//! `crest show`: an image for people ([`render_text`]) and for programs ([`render_json`]).
+//!
+//! Both views read the validated [`Image`] only. Register summaries decode the layout the
+//! image records (`user_regs_struct` order for x86_64, `user_pt_regs` for aarch64), which is a
+//! property of the image's data, not of the machine `crest show` runs on.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+
+use crate::images::{
+    ArchRegs, FileKind, Image, ProcessImage, ThreadImage, Vma, VmaBacking, PROT_EXEC, PROT_READ,
+    PROT_WRITE,
+};
+
+/// Names of the x86_64 `user_regs_struct` fields, in NT_PRSTATUS order.
+const X86_64_GPR_NAMES: [&str; 27] = [
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi",
+    "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs",
+    "gs",
+];
+/// The x86_64 registers worth a glance: where the thread is, its stack, its syscall state, TLS.
+const X86_64_SUMMARY: [&str; 5] = ["rip", "rsp", "rax", "orig_rax", "fs_base"];
+/// Indices in arm64 `user_pt_regs` (x0-x30, sp, pc, pstate) of the summary registers.
+const AARCH64_SUMMARY: [(&str, usize); 4] = [("pc", 32), ("sp", 31), ("x0", 0), ("x8", 8)];
+
+/// The image as readable text for a terminal.
+pub fn render_text(image: &Image) -> String {
+    let mut out = String::new();
+    let inv = &image.inventory;
+    let _ = writeln!(out, "crest image {}", image.dir.display());
+    let _ = writeln!(
+        out,
+        "  arch {}, page size {}, kernel {}, written by crest {}",
+        inv.arch.name(),
+        inv.page_size,
+        inv.kernel_release,
+        inv.crest_version
+    );
+    let _ = writeln!(out, "  created {}", format_unix_ms(inv.created_unix_ms));
+    let _ = writeln!(out, "  root pid {}", inv.root_pid);
+    for p in &image.processes {
+        out.push('\n');
+        render_process(&mut out, image, p);
+    }
+    out.push('\n');
+    render_totals(&mut out, image);
+    out
+}
+
+/// The image as pretty JSON: the inventory and every process record as stored, except that
+/// raw register bytes are replaced by a summary, hashes are hex, and each VMA carries the
+/// number of pages stored in it.
+pub fn render_json(image: &Image) -> Result<String, serde_json::Error> {
+    let mut inventory = serde_json::to_value(&image.inventory)?;
+    if let Some(files) = inventory.get_mut("files").and_then(Value::as_array_mut) {
+        for (value, entry) in files.iter_mut().zip(&image.inventory.files) {
+            value["blake3"] = Value::String(hex(&entry.blake3));
+        }
+    }
+    let mut processes = Vec::with_capacity(image.processes.len());
+    for p in &image.processes {
+        let mut value = serde_json::to_value(p)?;
+        if let Some(threads) = value.get_mut("threads").and_then(Value::as_array_mut) {
+            for (tv, t) in threads.iter_mut().zip(&p.threads) {
+                tv["regs"] = regs_json(t);
+            }
+        }
+        if let Some(vmas) = value.get_mut("vmas").and_then(Value::as_array_mut) {
+            for (vv, pages) in vmas.iter_mut().zip(pages_per_vma(p)) {
+                vv["pages_stored"] = json!(pages);
+            }
+        }
+        value["vdso_blake3"] = match &p.vdso_blake3 {
+            Some(h) => Value::String(hex(h)),
+            None => Value::Null,
+        };
+        value["exe_path"] = json!(file_path(p, p.exe_file));
+        value["cwd_path"] = json!(file_path(p, p.cwd_file));
+        processes.push(value);
+    }
+    serde_json::to_string_pretty(&json!({
+        "dir": image.dir.to_string_lossy(),
+        "inventory": inventory,
+        "processes": processes,
+    }))
+}
+
+fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
+    let _ = writeln!(out, "process {} ({}), parent {}", p.pid, p.comm, p.ppid);
+    let _ = writeln!(out, "  exe    {}", file_path(p, p.exe_file));
+    let _ = writeln!(out, "  cwd    {}", file_path(p, p.cwd_file));
+    let _ = writeln!(out, "  umask  {:04o}", p.umask);
+    let _ = writeln!(
+        out,
+        "  uid    {}  gid {}  groups {:?}",
+        join_ids(&p.creds.uid),
+        join_ids(&p.creds.gid),
+        p.creds.groups
+    );
+    let _ = writeln!(
+        out,
+        "  signals ignored {:#x}, caught {:#x}",
+        p.sig_ignored, p.sig_caught
+    );
+
+    let _ = writeln!(out, "  threads ({}):", p.threads.len());
+    for t in &p.threads {
+        let _ = writeln!(out, "    tid {}: {}", t.tid, regs_text(t));
+        let rseq = match &t.rseq {
+            Some(r) => format!(
+                "rseq at {:#x} ({} bytes, signature {:#x})",
+                r.abi_pointer, r.abi_size, r.signature
+            ),
+            None => "no rseq".to_string(),
+        };
+        let _ = writeln!(out, "      sigmask {:#x}, {rseq}", t.sigmask);
+    }
+
+    let pages = pages_per_vma(p);
+    let stored: u64 = pages.iter().sum();
+    let _ = writeln!(
+        out,
+        "  memory ({} areas, {} pages stored in {}):",
+        p.vmas.len(),
+        stored,
+        p.pages_file
+    );
+    let _ = writeln!(
+        out,
+        "    {:<29}  {:>9}  {:<4}  {:>7}  {:<24} NAME",
+        "ADDRESS", "SIZE", "PROT", "PAGES", "BACKING"
+    );
+    for (v, n) in p.vmas.iter().zip(&pages) {
+        let _ = writeln!(
+            out,
+            "    {:#014x}-{:#014x}  {:>9}  {}  {:>7}  {:<24} {}",
+            v.start,
+            v.end,
+            human_bytes(v.end - v.start),
+            prot_text(v),
+            n,
+            backing_text(p, v),
+            v.name
+        );
+    }
+
+    let _ = writeln!(out, "  file descriptors ({}):", p.fds.len());
+    let _ = writeln!(out, "    {:>4}  {:<20} {:>12}  PATH", "FD", "FLAGS", "POS");
+    let mut sharers: HashMap<u32, Vec<i32>> = HashMap::new();
+    for fd in &p.fds {
+        sharers.entry(fd.description).or_default().push(fd.fd);
+    }
+    let mut fds: Vec<_> = p.fds.iter().collect();
+    fds.sort_by_key(|f| f.fd);
+    for fd in fds {
+        let Some(desc) = p.open_files.get(fd.description as usize) else {
+            continue;
+        };
+        let others: Vec<String> = sharers
+            .get(&fd.description)
+            .into_iter()
+            .flatten()
+            .filter(|&&o| o != fd.fd)
+            .map(|o| o.to_string())
+            .collect();
+        let mut flags = open_flags_text(desc.flags);
+        if fd.cloexec {
+            flags.push_str(",cloexec");
+        }
+        let shared = if others.is_empty() {
+            String::new()
+        } else {
+            format!("  (shares its open file with fd {})", others.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "    {:>4}  {:<20} {:>12}  {}{}",
+            fd.fd,
+            flags,
+            desc.pos,
+            file_text(p, desc.file),
+            shared
+        );
+    }
+
+    if !p.rlimits.is_empty() {
+        let limits: Vec<String> = p
+            .rlimits
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}/{}",
+                    rlimit_name(r.resource),
+                    limit_text(r.soft),
+                    limit_text(r.hard)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  rlimits (soft/hard): {}", limits.join(", "));
+    }
+    let mm = &p.mm;
+    let _ = writeln!(
+        out,
+        "  mm: code {:#x}-{:#x}, data {:#x}-{:#x}, brk {:#x}-{:#x}, stack {:#x}",
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack
+    );
+    let _ = writeln!(
+        out,
+        "      args {:#x}-{:#x}, env {:#x}-{:#x}, auxv {} entries",
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        mm.auxv.len() / 2
+    );
+    if let Some(entry) = image.file_entry(&p.pages_file) {
+        let _ = writeln!(
+            out,
+            "  page file {}: {}",
+            entry.name,
+            human_bytes(entry.size)
+        );
+    }
+}
+
+fn render_totals(out: &mut String, image: &Image) {
+    let s = &image.inventory.stats;
+    let ps = image.inventory.page_size;
+    let _ = writeln!(out, "totals");
+    let _ = writeln!(out, "  pages scanned     {:>10}", s.pages_scanned);
+    let _ = writeln!(
+        out,
+        "  pages absent      {:>10}  (neither present nor swapped)",
+        s.pages_absent
+    );
+    let _ = writeln!(
+        out,
+        "  pages file-backed {:>10}  (unchanged file pages, not stored)",
+        s.pages_file_backed
+    );
+    let _ = writeln!(
+        out,
+        "  pages zero        {:>10}  (all zero, not stored)",
+        s.pages_zero
+    );
+    let _ = writeln!(
+        out,
+        "  pages written     {:>10}  ({})",
+        s.pages_written,
+        human_bytes(s.pages_written.saturating_mul(ps))
+    );
+    let _ = writeln!(
+        out,
+        "  bytes written     {:>10}  ({})",
+        s.bytes_written,
+        human_bytes(s.bytes_written)
+    );
+    let _ = writeln!(out, "  rss at dump       {:>10}", human_bytes(s.rss_bytes));
+    let _ = writeln!(out, "  frozen for        {:>10}", micros_text(s.frozen_us));
+    if !s.phases_us.is_empty() {
+        let _ = writeln!(out, "  phases:");
+        for (name, us) in &s.phases_us {
+            let _ = writeln!(out, "    {:<16} {:>10}", name, micros_text(*us));
+        }
+    }
+}
+
+/// Pages stored in each VMA, in VMA order. Runs lie inside one VMA (checked by the reader).
+fn pages_per_vma(p: &ProcessImage) -> Vec<u64> {
+    let mut pages = vec![0u64; p.vmas.len()];
+    for r in &p.page_runs {
+        let idx = p.vmas.partition_point(|v| v.start <= r.vaddr);
+        if let Some(slot) = idx.checked_sub(1).and_then(|k| pages.get_mut(k)) {
+            *slot = slot.saturating_add(r.npages);
+        }
+    }
+    pages
+}
+
+fn regs_text(t: &ThreadImage) -> String {
+    match &t.regs {
+        ArchRegs::X86_64 { gpr, xstate } => {
+            let mut parts: Vec<String> = X86_64_SUMMARY
+                .iter()
+                .filter_map(|name| {
+                    let i = X86_64_GPR_NAMES.iter().position(|n| n == name)?;
+                    gpr.get(i).map(|v| format!("{name} {v:#x}"))
+                })
+                .collect();
+            parts.push(format!("xstate {} bytes", xstate.len()));
+            parts.join(", ")
+        }
+        ArchRegs::Aarch64 { gpr, fpsimd, tls } => {
+            let mut parts: Vec<String> = AARCH64_SUMMARY
+                .iter()
+                .filter_map(|(name, i)| gpr.get(*i).map(|v| format!("{name} {v:#x}")))
+                .collect();
+            parts.push(format!("tls {tls:#x}"));
+            parts.push(format!("fpsimd {} bytes", fpsimd.len()));
+            parts.join(", ")
+        }
+    }
+}
+
+fn regs_json(t: &ThreadImage) -> Value {
+    let mut m = Map::new();
+    match &t.regs {
+        ArchRegs::X86_64 { gpr, xstate } => {
+            m.insert("arch".into(), json!("x86_64"));
+            for (name, v) in X86_64_GPR_NAMES.iter().zip(gpr) {
+                m.insert((*name).into(), json!(format!("{v:#x}")));
+            }
+            m.insert("xstate_bytes".into(), json!(xstate.len()));
+        }
+        ArchRegs::Aarch64 { gpr, fpsimd, tls } => {
+            m.insert("arch".into(), json!("aarch64"));
+            for (i, v) in gpr.iter().enumerate() {
+                let name = match i {
+                    31 => "sp".to_string(),
+                    32 => "pc".to_string(),
+                    33 => "pstate".to_string(),
+                    _ => format!("x{i}"),
+                };
+                m.insert(name, json!(format!("{v:#x}")));
+            }
+            m.insert("tls".into(), json!(format!("{tls:#x}")));
+            m.insert("fpsimd_bytes".into(), json!(fpsimd.len()));
+        }
+    }
+    Value::Object(m)
+}
+
+fn prot_text(v: &Vma) -> String {
+    let bit = |b: u32, c: char| if v.prot & b != 0 { c } else { '-' };
+    format!(
+        "{}{}{}{}",
+        bit(PROT_READ, 'r'),
+        bit(PROT_WRITE, 'w'),
+        bit(PROT_EXEC, 'x'),
+        if v.shared { 's' } else { 'p' }
+    )
+}
+
+fn backing_text(p: &ProcessImage, v: &Vma) -> String {
+    match &v.backing {
+        VmaBacking::Anonymous => "anonymous".into(),
+        VmaBacking::File { file, offset } => {
+            let path = file_path(p, *file);
+            // The name column repeats the path when it is the mapped file; keep the column short.
+            let shown = if path == v.name {
+                "file".to_string()
+            } else {
+                format!("file {path}")
+            };
+            format!("{shown} @{offset:#x}")
+        }
+        VmaBacking::Vdso => "vdso".into(),
+        VmaBacking::Vvar => "vvar".into(),
+    }
+}
+
+fn file_path(p: &ProcessImage, idx: u32) -> String {
+    p.files
+        .get(idx as usize)
+        .map(|f| f.path.clone())
+        .unwrap_or_else(|| format!("<file {idx}>"))
+}
+
+fn file_text(p: &ProcessImage, idx: u32) -> String {
+    match p.files.get(idx as usize) {
+        Some(f) => match f.kind {
+            FileKind::Regular => f.path.clone(),
+            FileKind::Directory => format!("{} (directory)", f.path),
+            FileKind::CharDevice { rdev } => format!(
+                "{} (char device {}:{})",
+                f.path,
+                libc::major(rdev),
+                libc::minor(rdev)
+            ),
+        },
+        None => format!("<file {idx}>"),
+    }
+}
+
+/// Access mode and the status flags worth knowing, from fdinfo's `flags` (octal O_* bits).
+fn open_flags_text(flags: u32) -> String {
+    let flags = flags as i32;
+    let mut parts = vec![match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => "r",
+        libc::O_WRONLY => "w",
+        libc::O_RDWR => "rw",
+        _ => "?",
+    }
+    .to_string()];
+    for (bit, name) in [
+        (libc::O_APPEND, "append"),
+        (libc::O_NONBLOCK, "nonblock"),
+        (libc::O_DIRECTORY, "directory"),
+        (libc::O_DIRECT, "direct"),
+        (libc::O_SYNC, "sync"),
+        (libc::O_NOATIME, "noatime"),
+    ] {
+        if flags & bit == bit {
+            parts.push(name.to_string());
+        }
+    }
+    parts.join(",")
+}
+
+fn rlimit_name(resource: u32) -> String {
+    const NAMES: [&str; 16] = [
+        "CPU",
+        "FSIZE",
+        "DATA",
+        "STACK",
+        "CORE",
+        "RSS",
+        "NPROC",
+        "NOFILE",
+        "MEMLOCK",
+        "AS",
+        "LOCKS",
+        "SIGPENDING",
+        "MSGQUEUE",
+        "NICE",
+        "RTPRIO",
+        "RTTIME",
+    ];
+    NAMES
+        .get(resource as usize)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("#{resource}"))
+}
+
+fn limit_text(v: u64) -> String {
+    if v == u64::MAX {
+        "unlimited".into()
+    } else {
+        v.to_string()
+    }
+}
+
+fn join_ids(ids: &[u32; 4]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut whole = n;
+    while whole >= 1024 && unit < UNITS.len() - 1 {
+        whole /= 1024;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{n} B");
+    }
+    let value = n as f64 / (1u64 << (10 * unit)) as f64;
+    if n.is_multiple_of(1u64 << (10 * unit)) {
+        format!("{whole} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn micros_text(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2} s", us as f64 / 1e6)
+    } else if us >= 1000 {
+        format!("{:.2} ms", us as f64 / 1e3)
+    } else {
+        format!("{us} us")
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm UTC` from Unix milliseconds (proleptic Gregorian calendar).
+fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm, public domain).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::*;
+
+    /// Writes a real image of a made-up process through the image writer and opens it.
+    fn sample_image(dir: &std::path::Path) -> Image {
+        let ps = host_page_size();
+        let pid = 777;
+        let regs = match Arch::host() {
+            Arch::X86_64 => {
+                let mut gpr = vec![0u64; 27];
+                gpr[16] = 0x401000; // rip
+                gpr[19] = 0x7ffd_0000_7f00; // rsp
+                gpr[10] = (-4i64) as u64; // rax: -EINTR
+                gpr[15] = 35; // orig_rax: nanosleep
+                gpr[21] = 0x7f00_0000_0740; // fs_base
+                ArchRegs::X86_64 {
+                    gpr,
+                    xstate: vec![0; 2696],
+                }
+            }
+            Arch::Aarch64 => {
+                let mut gpr = vec![0u64; 34];
+                gpr[32] = 0x401000;
+                gpr[31] = 0x7ffd_0000_7f00;
+                ArchRegs::Aarch64 {
+                    gpr,
+                    fpsimd: vec![0; 528],
+                    tls: 0x7f00_0000_0740,
+                }
+            }
+        };
+        let ident = |path: &str, kind| FileIdentity {
+            path: path.into(),
+            kind,
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_sec: 4,
+            mtime_nsec: 5,
+            mode: 0o644,
+        };
+        let vma = |start: u64, pages: u64, prot, shared, backing, name: &str| Vma {
+            start,
+            end: start + pages * ps,
+            prot,
+            shared,
+            backing,
+            flags: VmaFlags::default(),
+            name: name.into(),
+        };
+        let p = ProcessImage {
+            pid,
+            ppid: 1,
+            comm: "sleeper".into(),
+            creds: Creds {
+                uid: [1000; 4],
+                gid: [1000; 4],
+                groups: vec![],
+            },
+            exe_file: 0,
+            threads: vec![ThreadImage {
+                tid: pid,
+                sigmask: 0,
+                regs,
+                rseq: None,
+            }],
+            mm: MmFields {
+                start_code: 0x400000,
+                end_code: 0x401000 + ps,
+                start_data: 0x402000,
+                end_data: 0x402000 + ps,
+                start_brk: 0x500000,
+                brk: 0x500000 + ps,
+                start_stack: 0x7ffd_0000_7000,
+                arg_start: 0x7ffd_0000_7100,
+                arg_end: 0x7ffd_0000_7200,
+                env_start: 0x7ffd_0000_7200,
+                env_end: 0x7ffd_0000_7300,
+                auxv: vec![6, ps, 0, 0],
+            },
+            vmas: vec![
+                vma(
+                    0x400000,
+                    2,
+                    PROT_READ | PROT_EXEC,
+                    false,
+                    VmaBacking::File { file: 0, offset: 0 },
+                    "/opt/sleeper",
+                ),
+                vma(
+                    0x7f00_0000_0000,
+                    4,
+                    PROT_READ | PROT_WRITE,
+                    true,
+                    VmaBacking::Anonymous,
+                    "",
+                ),
+                vma(
+                    0x7ffd_0000_0000,
+                    8,
+                    PROT_READ | PROT_WRITE,
+                    false,
+                    VmaBacking::Anonymous,
+                    "[stack]",
+                ),
+                vma(
+                    0x7ffe_0000_0000,
+                    2,
+                    PROT_READ | PROT_EXEC,
+                    false,
+                    VmaBacking::Vdso,
+                    "[vdso]",
+                ),
+            ],
+            page_runs: vec![
+                PageRun {
+                    vaddr: 0x7f00_0000_0000,
+                    npages: 1,
+                    file_offset: 0,
+                },
+                PageRun {
+                    vaddr: 0x7f00_0000_0000 + 2 * ps,
+                    npages: 2,
+                    file_offset: ps,
+                },
+                PageRun {
+                    vaddr: 0x7ffd_0000_0000 + 7 * ps,
+                    npages: 1,
+                    file_offset: 3 * ps,
+                },
+            ],
+            pages_file: pages_file_name(pid),
+            files: vec![
+                ident("/opt/sleeper", FileKind::Regular),
+                ident("/srv", FileKind::Directory),
+                ident("/srv/sleeper.log", FileKind::Regular),
+                ident(
+                    "/dev/null",
+                    FileKind::CharDevice {
+                        rdev: libc::makedev(1, 3),
+                    },
+                ),
+            ],
+            open_files: vec![
+                OpenFileDescription {
+                    file: 3,
+                    flags: libc::O_RDONLY as u32,
+                    pos: 0,
+                },
+                OpenFileDescription {
+                    file: 2,
+                    flags: (libc::O_WRONLY | libc::O_APPEND) as u32,
+                    pos: 4096,
+                },
+            ],
+            fds: vec![
+                Fd {
+                    fd: 0,
+                    description: 0,
+                    cloexec: false,
+                },
+                Fd {
+                    fd: 1,
+                    description: 1,
+                    cloexec: false,
+                },
+                Fd {
+                    fd: 2,
+                    description: 1,
+                    cloexec: false,
+                },
+            ],
+            cwd_file: 1,
+            umask: 0o027,
+            rlimits: vec![Rlimit {
+                resource: 7,
+                soft: 1024,
+                hard: u64::MAX,
+            }],
+            sig_ignored: 0,
+            sig_caught: 0,
+            vdso_blake3: Some([0xab; 32]),
+        };
+        let mut w = ImageWriter::create(dir).expect("create image");
+        let mut pf = w.page_file(&p.pages_file).expect("page file");
+        for i in 0..4u8 {
+            pf.write_all(&vec![i + 1; ps as usize]).expect("write page");
+        }
+        w.finish_page_file(pf).expect("finish page file");
+        w.write_process(&p).expect("write process");
+        w.commit(Inventory {
+            arch: Arch::host(),
+            page_size: ps,
+            kernel_release: "6.18.0-test".into(),
+            crest_version: "0.1.0".into(),
+            created_unix_ms: 1_700_000_000_123,
+            root_pid: pid,
+            files: vec![],
+            stats: DumpStats {
+                pages_scanned: 16,
+                pages_absent: 9,
+                pages_file_backed: 1,
+                pages_zero: 2,
+                pages_written: 4,
+                bytes_written: 4 * ps,
+                rss_bytes: 7 * ps,
+                phases_us: vec![("freeze".into(), 250), ("write".into(), 4100)],
+                frozen_us: 5000,
+            },
+        })
+        .expect("commit");
+        open_image(dir).expect("open image")
+    }
+
+    #[test]
+    fn text_shows_every_section() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = sample_image(&tmp.path().join("img"));
+        let text = render_text(&image);
+        for needle in [
+            "arch ",
+            "kernel 6.18.0-test",
+            "crest 0.1.0",
+            "created 2023-11-14 22:13:20.123 UTC",
+            "root pid 777",
+            "process 777 (sleeper)",
+            "exe    /opt/sleeper",
+            "cwd    /srv",
+            "umask  0027",
+            "/srv/sleeper.log",
+            "w,append",
+            "(shares its open file with fd 2)",
+            "(shares its open file with fd 1)",
+            "/dev/null (char device 1:3)",
+            "rw-s",
+            "r-xp",
+            "[stack]",
+            "[vdso]",
+            "4 pages stored",
+            "NOFILE 1024/unlimited",
+            "pages scanned             16",
+            "pages zero                 2",
+            "pages written              4",
+            "freeze",
+            "5.00 ms",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        match Arch::host() {
+            Arch::X86_64 => {
+                assert!(text.contains("rip 0x401000, rsp 0x7ffd00007f00, rax 0xfffffffffffffffc, orig_rax 0x23, fs_base 0x7f0000000740"), "{text}");
+                assert!(text.contains("xstate 2696 bytes"), "{text}");
+            }
+            Arch::Aarch64 => assert!(text.contains("pc 0x401000, sp 0x7ffd00007f00"), "{text}"),
+        }
+        // The shared anonymous VMA holds three of the four stored pages.
+        let line = text.lines().find(|l| l.contains("rw-s")).unwrap();
+        assert!(line.split_whitespace().any(|w| w == "3"), "{line}");
+    }
+
+    #[test]
+    fn json_parses_back_and_summarises_registers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = sample_image(&tmp.path().join("img"));
+        let text = render_json(&image).unwrap();
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["inventory"]["root_pid"], 777);
+        assert_eq!(v["inventory"]["stats"]["pages_written"], 4);
+        assert_eq!(v["inventory"]["files"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["inventory"]["files"][0]["blake3"].as_str().unwrap().len(),
+            64
+        );
+        let p = &v["processes"][0];
+        assert_eq!(p["pid"], 777);
+        assert_eq!(p["exe_path"], "/opt/sleeper");
+        assert_eq!(p["cwd_path"], "/srv");
+        assert_eq!(p["page_runs"].as_array().unwrap().len(), 3);
+        assert_eq!(p["vmas"][1]["pages_stored"], 3);
+        assert_eq!(p["vmas"][2]["pages_stored"], 1);
+        assert_eq!(p["fds"].as_array().unwrap().len(), 3);
+        assert_eq!(p["vdso_blake3"], "ab".repeat(32));
+        let regs = &p["threads"][0]["regs"];
+        match Arch::host() {
+            Arch::X86_64 => {
+                assert_eq!(regs["rip"], "0x401000");
+                assert_eq!(regs["xstate_bytes"], 2696);
+                // No raw register arrays.
+                assert!(regs.get("xstate").is_none() && regs.get("gpr").is_none());
+            }
+            Arch::Aarch64 => assert_eq!(regs["pc"], "0x401000"),
+        }
+        assert!(!text.contains("\"X86_64\": {"), "raw regs leaked");
+    }
+
+    #[test]
+    fn dates_and_sizes_read_well() {
+        assert_eq!(format_unix_ms(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(
+            format_unix_ms(951_782_400_000),
+            "2000-02-29 00:00:00.000 UTC"
+        );
+        assert_eq!(human_bytes(4096), "4 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(100), "100 B");
+        assert_eq!(micros_text(1_500_000), "1.50 s");
+    }
+}

@@ -1,0 +1,151 @@
+//! Thin wrappers for the few syscalls neither std nor nix offers (kcmp, pidfd_open/pidfd_getfd,
+//! prlimit on another pid, uname's release string).
+//!
+//! Each wrapper returns the raw [`Errno`]; callers add the context (pid, fd, file) that makes
+//! an error actionable.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+/// `kcmp(2)` type comparing two file descriptors' open file descriptions (`KCMP_FILE`).
+const KCMP_FILE: libc::c_int = 0;
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` refer to the same open file description
+/// (what `dup` and `fork` share, with its offset and status flags).
+///
+/// kcmp needs PTRACE_MODE_READ access to both processes and a kernel built with
+/// CONFIG_KCMP (or CONFIG_CHECKPOINT_RESTORE before 5.12); without it the call fails with
+/// ENOSYS.
+pub fn kcmp_same_file(pid1: i32, pid2: i32, fd1: RawFd, fd2: RawFd) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes only integers; KCMP_FILE reads no user memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1 as libc::c_long,
+            pid2 as libc::c_long,
+            KCMP_FILE as libc::c_long,
+            fd1 as libc::c_ulong,
+            fd2 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // kcmp orders the kernel pointers: 0 means equal, 1/2 less/greater.
+    Ok(r == 0)
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that refers to exactly this process, immune to pid reuse.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes only integers and returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: r is a fresh descriptor the kernel just gave us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `pidfd_getfd(pidfd, fd, 0)` (5.6+): a duplicate, in this process, of the target's fd `fd`,
+/// sharing its open file description. Needs PTRACE_MODE_ATTACH_REALCREDS over the target.
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes only integers and returns a new fd or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd.as_raw_fd() as libc::c_long,
+            fd as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: r is a fresh descriptor the kernel just gave us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Number of resource limits the kernel knows (`RLIM_NLIMITS`: RLIMIT_CPU 0 .. RLIMIT_RTTIME 15).
+pub const RLIMIT_COUNT: u32 = 16;
+
+/// Soft and hard limit of `resource` for process `pid`, via `prlimit64(pid, resource, NULL, &old)`.
+/// RLIM_INFINITY reads as `u64::MAX`.
+pub fn get_rlimit(pid: i32, resource: u32) -> Result<(u64, u64), Errno> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `old` is a valid, writable rlimit64; the new-limit pointer is NULL (read only).
+    let r = unsafe {
+        libc::prlimit64(
+            pid,
+            resource as libc::__rlimit_resource_t,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// `uname -r`: the running kernel's release string.
+pub fn kernel_release() -> Result<String, Errno> {
+    // SAFETY: utsname is plain old data; all-zero is a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut uts) } < 0 {
+        return Err(Errno::last());
+    }
+    let bytes: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn kcmp_tells_dup_from_separate_open() {
+        let me = std::process::id() as i32;
+        let a = std::fs::File::open("/proc/self/status").unwrap();
+        let b = std::fs::File::open("/proc/self/status").unwrap();
+        let a2 = nix::unistd::dup(&a).unwrap();
+        assert!(kcmp_same_file(me, me, a.as_raw_fd(), a2.as_raw_fd()).unwrap());
+        assert!(!kcmp_same_file(me, me, a.as_raw_fd(), b.as_raw_fd()).unwrap());
+    }
+
+    #[test]
+    fn pidfd_getfd_shares_the_description() {
+        let me = std::process::id() as i32;
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let pidfd = pidfd_open(me).unwrap();
+        let copy = pidfd_getfd(&pidfd, f.as_raw_fd()).unwrap();
+        assert!(kcmp_same_file(me, me, f.as_raw_fd(), copy.as_raw_fd()).unwrap());
+    }
+
+    #[test]
+    fn rlimit_of_self_matches_getrlimit() {
+        let me = std::process::id() as i32;
+        let (soft, hard) = get_rlimit(me, libc::RLIMIT_NOFILE).unwrap();
+        let (s2, h2) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!((soft, hard), (s2, h2));
+        assert_eq!(get_rlimit(me, 99), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn kernel_release_is_not_empty() {
+        let r = kernel_release().unwrap();
+        assert!(r.chars().next().unwrap().is_ascii_digit(), "{r}");
+    }
+}

@@ -1,0 +1,794 @@
+//! Test harness shared by the integration tests: builds the C victims in `tests/victims/`,
+//! starts them detached, talks to them through their control directory, runs the real `crest`
+//! binary, and ends every process it started — by pid, never by name.
+//!
+//! Each test owns its victim and so its pid: a restore needs only that pid to be free, which no
+//! other test touches, so the tests run in parallel without a global lock.
+//!
+//! The test process makes itself a child subreaper: a process restored with `-d` has crest as
+//! its parent, and when crest exits the kernel re-parents it to the nearest subreaper ancestor
+//! (PR_SET_CHILD_SUBREAPER, prctl(2)), that is to us, so we can reap it by pid.
+
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Once, OnceLock};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// How long to wait for a victim or crest before failing a test. Generous: it only fails a test
+/// that is stuck, it never measures anything.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one crest command may run (a debug build dumps ~60 MiB well within this).
+pub const CREST_TIMEOUT: Duration = Duration::from_secs(300);
+/// What the fds victim expects in its environment (it checks the variable after a restore).
+pub const VICTIM_ENV: (&str, &str) = ("CREST_VICTIM_ENV", "environment-survives-restore");
+
+const POLL: Duration = Duration::from_millis(10);
+
+/// Once per test binary: become a child subreaper (see the module comment).
+pub fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// Polls `cond` until it returns `Some`, or fails the test after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        sleep(POLL);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Victims
+// ---------------------------------------------------------------------------------------------
+
+/// The victim programs in tests/victims/.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// ~80 MiB of patterns, an append-mode log; verifies all of its memory on request.
+    Memcheck,
+    /// fd table, cwd, umask, rlimits, shared anonymous memory, cmdline/environ/auxv.
+    Fds,
+    /// Two threads: crest must refuse it and leave it running.
+    Threads,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Memcheck => "memcheck",
+            Kind::Fds => "fds",
+            Kind::Threads => "threads",
+        }
+    }
+
+    fn cflags(self) -> &'static [&'static str] {
+        match self {
+            Kind::Threads => &["-pthread"],
+            _ => &[],
+        }
+    }
+}
+
+fn victims_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/victims")
+}
+
+/// Compiles a victim once per content: the output lives in a directory named after a hash of the
+/// sources and flags, so a binary that a running (or dumped) victim uses is never replaced.
+pub fn victim_binary(kind: Kind) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<BTreeMap<&'static str, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(kind.name()) {
+        return p.clone();
+    }
+    let src = victims_src().join(format!("{}.c", kind.name()));
+    let header = victims_src().join("victim.h");
+    let mut flags = vec!["-O1", "-g", "-Wall", "-Wextra"];
+    flags.extend_from_slice(kind.cflags());
+    let mut h = DefaultHasher::new();
+    fs::read(&src).expect("read victim source").hash(&mut h);
+    fs::read(&header).expect("read victim.h").hash(&mut h);
+    flags.hash(&mut h);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("victims")
+        .join(format!("{}-{:016x}", kind.name(), h.finish()));
+    let out = dir.join(kind.name());
+    if !out.exists() {
+        fs::create_dir_all(&dir).expect("create victim build dir");
+        let tmp = dir.join(format!("{}.tmp{}", kind.name(), std::process::id()));
+        let res = Command::new("cc")
+            .args(&flags)
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .expect("run cc (install gcc)");
+        assert!(
+            res.status.success(),
+            "compiling {} failed:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&res.stderr)
+        );
+        fs::rename(&tmp, &out).expect("rename victim binary");
+    }
+    built.insert(kind.name(), out.clone());
+    out
+}
+
+/// A victim process this test started (and, after a restore, the restored process with the same
+/// pid). Dropping it kills the process by pid with SIGKILL and reaps it, if it may still exist.
+pub struct Victim {
+    pub kind: Kind,
+    pub pid: i32,
+    /// Control directory: verify-request/verify-result/exit-request, the victim's stderr.
+    pub ctl: PathBuf,
+    /// The victim's append-mode log.
+    pub log: PathBuf,
+    /// Scratch space for the test (image directories go here).
+    pub work: PathBuf,
+    /// Whether a process of ours may exist under `pid` (false once it has been reaped).
+    alive: bool,
+    _tmp: TempDir,
+}
+
+impl Victim {
+    pub fn start(kind: Kind) -> Victim {
+        Victim::start_with(kind, |_| {})
+    }
+
+    /// Starts a victim detached (own session, stdin/stdout /dev/null, stderr to a file, every
+    /// inherited fd above 2 closed) after letting `customize` adjust the command.
+    pub fn start_with(kind: Kind, customize: impl FnOnce(&mut Command)) -> Victim {
+        setup();
+        let bin = victim_binary(kind);
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("crest-{}-", kind.name()))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("create work dir");
+        let work = tmp.path().to_path_buf();
+        let ctl = work.join("ctl");
+        fs::create_dir(&ctl).expect("create ctl dir");
+        let log = ctl.join("log");
+        let stderr = File::create(ctl.join("stderr")).expect("create stderr file");
+
+        let mut cmd = Command::new(&bin);
+        cmd.arg(&ctl)
+            .arg(&log)
+            .current_dir(&work)
+            .env(VICTIM_ENV.0, VICTIM_ENV.1)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if kind == Kind::Fds {
+            cmd.arg("an extra argument").arg("--with=an-equals-sign");
+        }
+        customize(&mut cmd);
+        // SAFETY: the closure runs in the forked child before exec and calls only setsid(2) and
+        // close_range(2), both async-signal-safe system calls that touch no locks or memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                // Mark everything above stderr close-on-exec (not closed: std's exec-error pipe
+                // must survive until exec), so the victim holds no fd it did not open itself.
+                if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let pid = child.id() as i32;
+        // Reaped by pid with waitpid, like the restored instances that are not std children.
+        drop(child);
+        let mut v = Victim {
+            kind,
+            pid,
+            ctl,
+            log,
+            work,
+            alive: true,
+            _tmp: tmp,
+        };
+        v.wait_started();
+        v
+    }
+
+    fn wait_started(&mut self) {
+        let what = format!("{} (pid {}) to start logging", self.kind.name(), self.pid);
+        let start = Instant::now();
+        loop {
+            if !self.log_entries().is_empty() {
+                return;
+            }
+            if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG))
+            {
+                self.alive = false;
+                panic!(
+                    "{} exited at start: {}",
+                    self.kind.name(),
+                    self.stderr_text()
+                );
+            }
+            assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+            sleep(POLL);
+        }
+    }
+
+    pub fn pid_str(&self) -> String {
+        self.pid.to_string()
+    }
+
+    /// What the victim wrote to its stderr (its FAIL reasons, or why it died).
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(self.ctl.join("stderr")).unwrap_or_default()
+    }
+
+    /// Asks the victim to check all of its state; returns its counter, or what it found wrong.
+    pub fn verify(&self) -> Result<u64, String> {
+        let request = self.ctl.join("verify-request");
+        let result = self.ctl.join("verify-result");
+        let _ = fs::remove_file(&result);
+        File::create(&request).expect("create verify-request");
+        let start = Instant::now();
+        let text = loop {
+            // The victim writes the result to a temporary name and renames it: whole or absent.
+            if let Ok(text) = fs::read_to_string(&result) {
+                break text;
+            }
+            if !pid_exists(self.pid) || proc_state(self.pid) == Some('Z') {
+                let _ = fs::remove_file(&request);
+                return Err(format!(
+                    "{} (pid {}) died before answering: {}",
+                    self.kind.name(),
+                    self.pid,
+                    self.stderr_text()
+                ));
+            }
+            if start.elapsed() > TIMEOUT {
+                let _ = fs::remove_file(&request);
+                return Err(format!(
+                    "{} (pid {}) did not answer a verify request within {TIMEOUT:?} (state {:?})",
+                    self.kind.name(),
+                    self.pid,
+                    proc_state(self.pid)
+                ));
+            }
+            sleep(POLL);
+        };
+        let _ = fs::remove_file(&result);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["ok", pid, counter] if *pid == self.pid_str() => Ok(counter
+                .parse()
+                .map_err(|_| format!("bad verify result {text:?}"))?),
+            _ => Err(format!(
+                "{} (pid {}) reports: {}",
+                self.kind.name(),
+                self.pid,
+                text.trim()
+            )),
+        }
+    }
+
+    /// Asks the victim to exit with `code`.
+    pub fn request_exit(&self, code: i32) {
+        let tmp = self.ctl.join("exit-request.tmp");
+        fs::write(&tmp, format!("{code}\n")).expect("write exit request");
+        fs::rename(&tmp, self.ctl.join("exit-request")).expect("rename exit request");
+    }
+
+    /// Complete lines of the log as (pid, counter). Every line must parse: a torn or foreign
+    /// line means a write was lost, duplicated in part, or the fd pointed somewhere else.
+    pub fn log_entries(&self) -> Vec<(i32, u64)> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        complete
+            .lines()
+            .map(|l| parse_log_line(l).unwrap_or_else(|| panic!("malformed log line {l:?}")))
+            .collect()
+    }
+
+    /// The counter of the last complete log line (0 before the first).
+    pub fn last_logged(&self) -> u64 {
+        self.log_entries().last().map(|e| e.1).unwrap_or(0)
+    }
+
+    /// Waits until the victim logs a line with a counter above `after`, under its own pid;
+    /// returns that counter. Fails the test if any line carries another pid.
+    pub fn wait_logging_after(&self, after: u64) -> u64 {
+        let what = format!(
+            "{} (pid {}) to log past n={after}",
+            self.kind.name(),
+            self.pid
+        );
+        let start = Instant::now();
+        loop {
+            let entries = self.log_entries();
+            if let Some(bad) = entries.iter().find(|e| e.0 != self.pid) {
+                panic!(
+                    "log of pid {} has a line from pid {}: {:?}",
+                    self.pid, bad.0, bad
+                );
+            }
+            if let Some(e) = entries.iter().rev().find(|e| e.1 > after) {
+                return e.1;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "timed out waiting for {what} (state {:?}); stderr: {}",
+                proc_state(self.pid),
+                self.stderr_text()
+            );
+            sleep(POLL);
+        }
+    }
+
+    /// Waits until the log has more than `lines_before` complete lines, all under the victim's
+    /// pid (for a restore of a `-R` image, whose counter restarts below what the original
+    /// logged since).
+    pub fn wait_log_grows(&self, lines_before: usize) {
+        let what = format!("{} (pid {}) to log a new line", self.kind.name(), self.pid);
+        let start = Instant::now();
+        loop {
+            let entries = self.log_entries();
+            if let Some(bad) = entries.iter().find(|e| e.0 != self.pid) {
+                panic!(
+                    "log of pid {} has a line from pid {}: {:?}",
+                    self.pid, bad.0, bad
+                );
+            }
+            if entries.len() > lines_before {
+                return;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "timed out waiting for {what} (state {:?}); stderr: {}",
+                proc_state(self.pid),
+                self.stderr_text()
+            );
+            sleep(POLL);
+        }
+    }
+
+    /// The log is exactly n=1, 2, 3, ... under one pid: no tick lost or written twice, as
+    /// holds across dumps that kill and restores that resume.
+    pub fn assert_log_consecutive(&self) {
+        let entries = self.log_entries();
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(
+                *e,
+                (self.pid, i as u64 + 1),
+                "log line {} of pid {} breaks the sequence: {:?}",
+                i + 1,
+                self.pid,
+                &entries[i.saturating_sub(2)..(i + 3).min(entries.len())]
+            );
+        }
+    }
+
+    /// Waits for the process (killed by a dump, or told to exit) to die and reaps it.
+    /// Returns its wait status when we were its parent (None when another process reaped it).
+    pub fn reap(&mut self) -> Option<WaitStatus> {
+        let st = reap_pid(self.pid, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{} (pid {}) did not die: {e}", self.kind.name(), self.pid));
+        self.alive = false;
+        assert!(
+            !pid_exists(self.pid),
+            "pid {} still exists after it was reaped",
+            self.pid
+        );
+        st
+    }
+
+    /// After a successful restore: a process of ours exists under the pid again.
+    pub fn mark_restored(&mut self) {
+        self.alive = true;
+    }
+
+    /// The pid exists, is not a zombie, and runs our program (comm as before the dump).
+    pub fn assert_running(&self) {
+        assert!(pid_exists(self.pid), "pid {} does not exist", self.pid);
+        let stat = procfs::process::Process::new(self.pid)
+            .and_then(|p| p.stat())
+            .unwrap_or_else(|e| panic!("read /proc/{}/stat: {e}", self.pid));
+        assert!(
+            !matches!(stat.state, 'Z' | 'X' | 't' | 'T'),
+            "pid {} is in state {} (not running)",
+            self.pid,
+            stat.state
+        );
+        assert_eq!(stat.comm, self.kind.name(), "comm of pid {}", self.pid);
+    }
+
+    /// The fd table as (fd -> what it points to), to compare before a dump and after a restore.
+    pub fn fd_table(&self) -> BTreeMap<i32, String> {
+        fd_table(self.pid)
+    }
+
+    /// Kills the process by pid and reaps it.
+    pub fn kill(&mut self) {
+        if self.alive {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            self.reap();
+        }
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        if self.alive {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = reap_pid(self.pid, TIMEOUT);
+        }
+    }
+}
+
+fn parse_log_line(line: &str) -> Option<(i32, u64)> {
+    let rest = line.strip_prefix("pid=")?;
+    let (pid, n) = rest.split_once(" n=")?;
+    Some((pid.parse().ok()?, n.parse().ok()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes by pid
+// ---------------------------------------------------------------------------------------------
+
+/// Whether any process (zombies included) has this pid: kill(pid, 0).
+pub fn pid_exists(pid: i32) -> bool {
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(Errno::ESRCH) => false,
+        Err(e) => panic!("kill({pid}, 0): {e}"),
+    }
+}
+
+/// The state letter of /proc/PID/stat, if the process exists.
+pub fn proc_state(pid: i32) -> Option<char> {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.state)
+}
+
+/// TracerPid of /proc/PID/status.
+pub fn tracer_pid(pid: i32) -> Option<i32> {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
+        .ok()
+        .map(|s| s.tracerpid)
+}
+
+/// The fd table of a process as (fd -> target).
+pub fn fd_table(pid: i32) -> BTreeMap<i32, String> {
+    let proc = procfs::process::Process::new(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}"));
+    proc.fd()
+        .unwrap_or_else(|e| panic!("list fds of pid {pid}: {e}"))
+        .map(|fd| {
+            let fd = fd.unwrap_or_else(|e| panic!("fd of pid {pid}: {e}"));
+            (fd.fd, format!("{:?}", fd.target))
+        })
+        .collect()
+}
+
+/// Waits up to `timeout` for `pid` to die and reaps it if it is our child. A process whose
+/// parent is still someone else (a crest that has not exited yet) is waited for until it is
+/// gone or becomes our child. Returns the wait status when we reaped it.
+pub fn reap_pid(pid: i32, timeout: Duration) -> Result<Option<WaitStatus>, String> {
+    let start = Instant::now();
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(st @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return Ok(Some(st)),
+            Ok(_) => {}
+            Err(Errno::ECHILD) => {
+                if !pid_exists(pid) {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(format!("waitpid({pid}): {e}")),
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "pid {pid} still exists after {timeout:?} (state {:?})",
+                proc_state(pid)
+            ));
+        }
+        sleep(POLL);
+    }
+}
+
+/// Fails the test if a process exists under `pid` — after killing and reaping it, so a test
+/// that finds a stray restored process does not leave it behind.
+pub fn assert_no_process(pid: i32, context: &str) {
+    if pid_exists(pid) {
+        let state = proc_state(pid);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = reap_pid(pid, TIMEOUT);
+        panic!("{context}: a process with pid {pid} exists afterwards (state {state:?})");
+    }
+}
+
+/// A pid that no process has right now: that of a child that has exited and been reaped.
+pub fn free_pid() -> i32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id() as i32;
+    child.wait().expect("wait true");
+    assert!(!pid_exists(pid));
+    pid
+}
+
+// ---------------------------------------------------------------------------------------------
+// The crest binary
+// ---------------------------------------------------------------------------------------------
+
+pub fn crest_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_crest")
+}
+
+/// What one crest run did.
+pub struct CrestOutput {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CrestOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Fails the test unless crest exited 0.
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.success(), "{self}");
+        self
+    }
+
+    /// Fails the test unless crest exited non-zero and said why on stderr.
+    pub fn assert_failed(&self) -> &Self {
+        assert!(
+            self.status.code().is_some_and(|c| c != 0),
+            "expected a non-zero exit: {self}"
+        );
+        assert!(
+            self.stderr.to_lowercase().contains("error"),
+            "expected an error message on stderr: {self}"
+        );
+        self
+    }
+
+    /// Fails the test unless stderr mentions `needle`.
+    pub fn assert_stderr_mentions(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "expected stderr to mention {needle:?}: {self}"
+        );
+        self
+    }
+}
+
+impl std::fmt::Display for CrestOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "crest {} -> {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// A running crest whose stdout/stderr go to unnamed temporary files (not pipes: a pipe leaked
+/// into a restored process would keep a reader waiting for as long as that process lives).
+/// Dropping it kills crest by pid if it is still running.
+pub struct CrestProcess {
+    child: Option<Child>,
+    args: Vec<String>,
+    out: File,
+    err: File,
+}
+
+impl CrestProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("crest already waited for").id() as i32
+    }
+
+    /// Whether crest is still running.
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("crest already waited for");
+        child.try_wait().expect("try_wait crest").is_none()
+    }
+
+    /// Waits for crest to exit (failing the test after `timeout`) and collects its output.
+    pub fn wait(mut self, timeout: Duration) -> CrestOutput {
+        let mut child = self.child.take().expect("crest already waited for");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait crest") {
+                break st;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "crest {} did not finish within {timeout:?}",
+                    self.args.join(" ")
+                );
+            }
+            sleep(POLL);
+        };
+        CrestOutput {
+            args: std::mem::take(&mut self.args),
+            status,
+            stdout: read_all(&mut self.out),
+            stderr: read_all(&mut self.err),
+        }
+    }
+}
+
+impl Drop for CrestProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_all(f: &mut File) -> String {
+    let mut s = String::new();
+    f.seek(SeekFrom::Start(0)).expect("seek output file");
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).expect("read output file");
+    s.push_str(&String::from_utf8_lossy(&bytes));
+    s
+}
+
+/// Starts `crest ARGS...` in the background.
+pub fn spawn_crest<I, S>(args: I) -> CrestProcess
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    setup();
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = tempfile::tempfile_in(env!("CARGO_TARGET_TMPDIR")).expect("stdout file");
+    let err = tempfile::tempfile_in(env!("CARGO_TARGET_TMPDIR")).expect("stderr file");
+    let child = Command::new(crest_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup stdout file"))
+        .stderr(err.try_clone().expect("dup stderr file"))
+        .spawn()
+        .expect("start crest");
+    CrestProcess {
+        child: Some(child),
+        args: args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        out,
+        err,
+    }
+}
+
+/// Runs `crest ARGS...` to completion.
+pub fn crest<I, S>(args: I) -> CrestOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    spawn_crest(args).wait(CREST_TIMEOUT)
+}
+
+/// `crest dump -t PID -D DIR [-R]`.
+pub fn dump(pid: i32, dir: &Path, leave_running: bool) -> CrestOutput {
+    let pid = pid.to_string();
+    let mut args: Vec<&OsStr> = vec![
+        "dump".as_ref(),
+        "-t".as_ref(),
+        pid.as_ref(),
+        "-D".as_ref(),
+        dir.as_os_str(),
+    ];
+    if leave_running {
+        args.push("-R".as_ref());
+    }
+    crest(args)
+}
+
+/// `crest restore -D DIR -d [EXTRA...]`.
+pub fn restore_detached(dir: &Path, extra: &[&str]) -> CrestOutput {
+    let mut args: Vec<&OsStr> = vec![
+        "restore".as_ref(),
+        "-D".as_ref(),
+        dir.as_os_str(),
+        "-d".as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| OsStr::new(a)));
+    crest(args)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image directories
+// ---------------------------------------------------------------------------------------------
+
+/// The regular files of an image directory, sorted by name.
+pub fn image_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read image dir {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Total size in bytes of the files of an image directory.
+pub fn image_size(dir: &Path) -> u64 {
+    image_files(dir)
+        .iter()
+        .map(|p| fs::metadata(p).expect("stat image file").len())
+        .sum()
+}
+
+/// Page files hold raw page data (`pages-<pid>.img`); every other file is metadata.
+pub fn is_page_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("pages-"))
+}
+
+/// Replaces `dst` with a fresh copy of the image directory `src` (same 0700/0600 modes).
+pub fn copy_image(src: &Path, dst: &Path) {
+    if dst.exists() {
+        fs::remove_dir_all(dst).expect("remove old copy");
+    }
+    fs::create_dir(dst).expect("create copy dir");
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o700)).expect("chmod copy dir");
+    for f in image_files(src) {
+        let to = dst.join(f.file_name().expect("file name"));
+        fs::copy(&f, &to).expect("copy image file");
+    }
+}
+
+/// Flips every bit of the byte at `offset` of `file`.
+pub fn flip_byte(file: &Path, offset: u64) {
+    let mut bytes = fs::read(file).expect("read file to corrupt");
+    bytes[offset as usize] ^= 0xff;
+    fs::write(file, bytes).expect("write corrupted file");
+}

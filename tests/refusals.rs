@@ -1,0 +1,108 @@
+//! What crest cannot dump it refuses with a message naming the pid (and the fd), writes no
+//! image, and leaves the process running exactly as before.
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::*;
+
+/// No image and no leftover temporary directory beside where the image would have gone:
+/// `parent` holds nothing but the entries named in `expected`.
+fn assert_no_image_written(parent: &Path, dir: &Path, expected: &[&str]) {
+    assert!(!dir.exists(), "a refused dump left {}", dir.display());
+    let mut entries: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        expected,
+        "a refused dump left something in {}",
+        parent.display()
+    );
+}
+
+/// After a refused dump: not traced, not stopped, still logging, still intact.
+fn assert_left_running(v: &Victim) {
+    wait_for("the tracer to let go", TIMEOUT, || {
+        (tracer_pid(v.pid) == Some(0)).then_some(())
+    });
+    let at = v.last_logged();
+    v.wait_logging_after(at + 3);
+    v.assert_running();
+    if v.kind != Kind::Threads {
+        v.assert_log_consecutive();
+    }
+    v.verify()
+        .expect("the victim verifies after the refused dump");
+}
+
+#[test]
+fn dumping_a_pid_that_does_not_exist_fails_naming_it() {
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = work.path().join("img");
+    let pid = free_pid();
+    let out = dump(pid, &dir, false);
+    out.assert_failed().assert_stderr_mentions(&pid.to_string());
+    assert_no_image_written(work.path(), &dir, &[]);
+}
+
+#[test]
+fn a_two_thread_process_is_refused_and_left_running() {
+    let v = Victim::start(Kind::Threads);
+    let dir = v.work.join("img");
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{}/task", v.pid))
+            .unwrap()
+            .count(),
+        2
+    );
+    let out = dump(v.pid, &dir, false);
+    out.assert_failed().assert_stderr_mentions(&v.pid_str());
+    assert!(
+        out.stderr.to_lowercase().contains("thread"),
+        "the refusal should say why: {out}"
+    );
+    assert_no_image_written(&v.work, &dir, &["ctl"]);
+    assert_left_running(&v);
+}
+
+#[test]
+fn a_pipe_fd_is_refused_and_the_process_left_running() {
+    // stdout is a pipe. Its read end closes with the dropped Child handle, which does not
+    // matter: the victim never writes to stdout.
+    let v = Victim::start_with(Kind::Memcheck, |cmd| {
+        cmd.stdout(Stdio::piped());
+    });
+    let dir = v.work.join("img");
+    let out = dump(v.pid, &dir, true);
+    out.assert_failed().assert_stderr_mentions(&v.pid_str());
+    assert!(
+        out.stderr.contains("fd 1") || out.stderr.to_lowercase().contains("pipe"),
+        "the refusal should name the fd: {out}"
+    );
+    assert_no_image_written(&v.work, &dir, &["ctl"]);
+    assert_left_running(&v);
+}
+
+#[test]
+fn a_socket_fd_is_refused_and_the_process_left_running() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let v = Victim::start_with(Kind::Memcheck, move |cmd| {
+        cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    });
+    let dir = v.work.join("img");
+    let out = dump(v.pid, &dir, false);
+    out.assert_failed().assert_stderr_mentions(&v.pid_str());
+    assert!(
+        out.stderr.contains("fd 0") || out.stderr.to_lowercase().contains("socket"),
+        "the refusal should name the fd: {out}"
+    );
+    assert_no_image_written(&v.work, &dir, &["ctl"]);
+    assert_left_running(&v);
+    drop(ours);
+}

@@ -1,0 +1,69 @@
+//! `crest restore` without `-d`: crest stays the restored process's parent, exits with its exit
+//! status, and forwards SIGTERM to it.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Dumps a fresh memcheck victim (killing it) and starts an attached `crest restore` of it;
+/// returns once the restored process is logging again.
+fn restored_attached() -> (Victim, CrestProcess) {
+    let mut v = Victim::start(Kind::Memcheck);
+    let dir = v.work.join("img");
+    let before = v.last_logged();
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+
+    let mut restore = spawn_crest(["restore".as_ref(), "-D".as_ref(), dir.as_os_str()]);
+    v.mark_restored();
+    let exited_early = wait_for("the restored process to log", CREST_TIMEOUT, || {
+        if !restore.running() {
+            return Some(true);
+        }
+        (v.last_logged() > before).then_some(false)
+    });
+    if exited_early {
+        panic!(
+            "crest restore exited before the process logged: {}",
+            restore.wait(TIMEOUT)
+        );
+    }
+    v.wait_logging_after(before);
+    v.assert_running();
+    assert!(
+        restore.running(),
+        "attached crest restore exited while the process runs"
+    );
+    (v, restore)
+}
+
+#[test]
+fn attached_restore_exits_with_the_restored_process_status() {
+    let (mut v, restore) = restored_attached();
+    v.verify().expect("restored process verifies");
+    v.request_exit(42);
+    let out = restore.wait(TIMEOUT);
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "crest should exit with the process's status: {out}"
+    );
+    // crest was the parent and reaped it.
+    v.reap();
+}
+
+#[test]
+fn attached_restore_forwards_sigterm() {
+    let (mut v, restore) = restored_attached();
+    kill(Pid::from_raw(restore.pid()), Signal::SIGTERM).expect("SIGTERM to crest");
+    let out = restore.wait(TIMEOUT);
+    // The victim has no handler, so SIGTERM kills it; crest reports that as 128 + 15.
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "crest should report death by SIGTERM: {out}"
+    );
+    v.reap();
+}
