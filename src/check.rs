@@ -587,23 +587,6 @@ fn probe_memfd() -> Status {
     }
 }
 
-/// `struct clone_args` (linux/sched.h), the 88-byte version with set_tid and cgroup.
-#[repr(C, align(8))]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// Forks a child with clone3 and `set_tid` = a pid we just freed, and checks it got that pid.
 fn probe_clone3_set_tid() -> Status {
     for _ in 0..8 {
@@ -611,44 +594,31 @@ fn probe_clone3_set_tid() -> Status {
             Ok(pid) => pid,
             Err(e) => return Status::Missing(format!("cannot find a free pid to ask for: {e}")),
         };
-        let tids: [libc::pid_t; 1] = [target];
-        let args = CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            set_tid: tids.as_ptr() as u64,
-            set_tid_size: 1,
-            ..CloneArgs::default()
-        };
-        // SAFETY: without CLONE_VM the child gets a copy of our memory and continues on a copy
-        // of this stack; it immediately calls _exit (a bare exit_group syscall) and touches
-        // nothing else. `args` and `tids` are live for the duration of the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if r == 0 {
-            // SAFETY: _exit only ends this (child) process.
-            unsafe { libc::_exit(0) };
+        // SAFETY: the child immediately calls _exit (a bare exit_group syscall) and touches
+        // nothing else, which is safe whatever state glibc is in.
+        match unsafe { crate::sys::clone3_with_pid(target) } {
+            Ok(0) => {
+                // SAFETY: _exit only ends this (child) process.
+                unsafe { libc::_exit(0) };
+            }
+            Ok(got) => {
+                reap(got);
+                return if got == target {
+                    Status::Present(format!("forked a child with the chosen pid {target}"))
+                } else {
+                    Status::Missing(format!("asked for pid {target} and got {got}"))
+                };
+            }
+            Err(e) => return match e {
+                    // Someone took the pid in between: pick another.
+                Errno::EEXIST => continue,
+                Errno::ENOSYS => Status::Missing("clone3 does not exist (needs Linux 5.3+)".into()),
+                Errno::EPERM => Status::Missing("EPERM: choosing a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace".into()),
+                e @ (Errno::EINVAL | Errno::E2BIG) => Status::Missing(format!("{e}: set_tid is not supported (needs Linux 5.5+)")),
+                e => Status::Missing(format!("clone3: {e}")),
+
+            },
         }
-        if r > 0 {
-            let got = r as i32;
-            reap(got);
-            return if got == target {
-                Status::Present(format!("forked a child with the chosen pid {target}"))
-            } else {
-                Status::Missing(format!("asked for pid {target} and got {got}"))
-            };
-        }
-        return match Errno::last() {
-            // Someone took the pid in between: pick another.
-            Errno::EEXIST => continue,
-            Errno::ENOSYS => Status::Missing("clone3 does not exist (needs Linux 5.3+)".into()),
-            Errno::EPERM => Status::Missing("EPERM: choosing a pid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace".into()),
-            e @ (Errno::EINVAL | Errno::E2BIG) => Status::Missing(format!("{e}: set_tid is not supported (needs Linux 5.5+)")),
-            e => Status::Missing(format!("clone3: {e}")),
-        };
     }
     Status::Missing("every pid tried was taken before clone3 could use it".into())
 }

@@ -156,3 +156,26 @@ fn fds_cwd_umask_rlimits_and_shared_memory_survive() {
         );
     }
 }
+
+/// A killed process holds its pid as a zombie until its parent reaps it. A restore started
+/// before that waits for the pid instead of failing (here the test itself is the lazy parent).
+#[test]
+fn restore_waits_for_the_dumped_zombie_to_be_reaped() {
+    let mut v = Victim::start(Kind::Memcheck);
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    wait_for("the dumped victim to become a zombie", TIMEOUT, || {
+        (proc_state(v.pid) == Some('Z')).then_some(())
+    });
+
+    let pid = v.pid;
+    let reaper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        reap_pid(pid, TIMEOUT)
+    });
+    restore_detached(&dir, &[]).assert_ok();
+    reaper.join().unwrap().expect("the zombie was reaped");
+    v.mark_restored();
+    v.assert_running();
+    v.verify().expect("the restored victim verifies");
+}

@@ -21,7 +21,7 @@ mod tests;
 pub(crate) mod testutil;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 
@@ -429,26 +429,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         frozen.release()?;
         phases.end("release");
     } else {
+        // Dead, but its pid stays taken until its parent reaps the zombie; a restore waits
+        // for that (restore::fork::wait_until_pid_free), so the dump need not.
         frozen.kill()?;
         phases.end("release");
-        // crest collected the death as tracer, but the pid stays taken until the real parent
-        // reaps the zombie; a restore right after the dump needs it free. An init that reaps
-        // lazily can take a second or more. A parent that is also crest's own parent is
-        // most likely waiting for crest to finish before it reaps: no point waiting for it.
-        let reaper = proc.status().map(|s| s.ppid).unwrap_or(0);
-        let waiting_for_us = reaper != 0 && reaper == nix::unistd::getppid().as_raw();
-        if !waiting_for_us && !wait_pid_free(pid, REAP_WAIT) {
-            notes.push(format!(
-                "process {pid} is dead but its parent has not reaped it yet; its pid is taken \
-                 until then, so a restore would fail"
-            ));
-        }
     }
     // Frozen from the seize until the release or kill finished.
     stats.frozen_us = phases.done.iter().map(|(_, us)| us).sum();
-    if !opts.leave_running {
-        phases.end("reap");
-    }
     stats.phases_us = phases.done;
 
     Ok(DumpReport {
@@ -461,21 +448,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         left_running: opts.leave_running,
         notes,
     })
-}
-
-/// How long a dump waits for the killed process's parent to reap it.
-const REAP_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits up to `limit` until no process (not even a zombie) holds `pid`.
-fn wait_pid_free(pid: i32, limit: Duration) -> bool {
-    let start = Instant::now();
-    while crate::proc::pid_in_use(pid) {
-        if start.elapsed() >= limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    true
 }
 
 /// Sum of the sizes of the files directly inside `dir` (0 for what cannot be read).

@@ -115,14 +115,8 @@ pub fn run_restorer(
         matches!(s, WaitStatus::Stopped(_, Signal::SIGTRAP))
     })?;
     // Step through rt_sigreturn: its entry, then its exit, where the registers are the image's.
-    ptrace::syscall(tpid, None).map_err(|e| ptrace_err("PTRACE_SYSCALL", e))?;
-    wait_for(tpid, boot, status, |s| {
-        matches!(s, WaitStatus::PtraceSyscall(_))
-    })?;
-    ptrace::syscall(tpid, None).map_err(|e| ptrace_err("PTRACE_SYSCALL", e))?;
-    wait_for(tpid, boot, status, |s| {
-        matches!(s, WaitStatus::PtraceSyscall(_))
-    })?;
+    step_to_syscall_stop(tpid, boot, status)?;
+    step_to_syscall_stop(tpid, boot, status)?;
     let restored =
         ptrace::getregs(tpid).map_err(|e| ptrace_err("reading the restored registers", e))?;
 
@@ -135,14 +129,8 @@ pub fn run_restorer(
         &[boot.addr(), boot.len()],
     );
     ptrace::setregs(tpid, call).map_err(|e| ptrace_err("setting registers for munmap", e))?;
-    ptrace::syscall(tpid, None).map_err(|e| ptrace_err("PTRACE_SYSCALL", e))?;
-    wait_for(tpid, boot, status, |s| {
-        matches!(s, WaitStatus::PtraceSyscall(_))
-    })?;
-    ptrace::syscall(tpid, None).map_err(|e| ptrace_err("PTRACE_SYSCALL", e))?;
-    wait_for(tpid, boot, status, |s| {
-        matches!(s, WaitStatus::PtraceSyscall(_))
-    })?;
+    step_to_syscall_stop(tpid, boot, status)?;
+    step_to_syscall_stop(tpid, boot, status)?;
     let after =
         ptrace::getregs(tpid).map_err(|e| ptrace_err("reading registers after munmap", e))?;
     let r = crate::arch::morph::syscall_result(&after);
@@ -159,6 +147,17 @@ pub fn run_restorer(
     ptrace::setregs(tpid, restored).map_err(|e| ptrace_err("restoring the registers", e))?;
     ptrace::detach(tpid, None).map_err(|e| ptrace_err("PTRACE_DETACH", e))?;
     Ok(())
+}
+
+/// Resumes the task up to its next syscall-entry or syscall-exit stop.
+fn step_to_syscall_stop(pid: Pid, boot: &Bootstrap, status: &mut File) -> Result<(), RestoreError> {
+    ptrace::syscall(pid, None).map_err(|e| RestoreError::Os {
+        what: format!("PTRACE_SYSCALL (pid {pid})"),
+        source: e.into(),
+    })?;
+    wait_for(pid, boot, status, |s| {
+        matches!(s, WaitStatus::PtraceSyscall(_))
+    })
 }
 
 /// Waits for the stop `expected` accepts. Signals that arrive meanwhile are passed on (they stay

@@ -1,24 +1,14 @@
-//! Forking a task with a chosen pid: clone3 with set_tid (Linux 5.5+, needs
-//! CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace).
+//! Forking the task that becomes the restored process, under its original pid.
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
 
 use super::RestoreError;
 
-/// `struct clone_args` (include/uapi/linux/sched.h), all u64, version 2 (with cgroup): 88 bytes.
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
+/// How long a restore waits for a pid held only by a zombie. The dumped process was killed
+/// but its parent has not reaped it yet; an init that reaps orphans lazily can take seconds.
+const ZOMBIE_WAIT: Duration = Duration::from_secs(15);
 
 /// Which side of the fork we are on.
 pub enum Forked {
@@ -26,60 +16,60 @@ pub enum Forked {
     Parent { pid: i32 },
 }
 
-/// Forks this process (no shared memory, like fork()) so that the child gets pid `pid`.
+/// Forks crest so that the child gets pid `pid` (clone3 with set_tid).
 ///
-/// The child is a plain copy of crest on its copy of the stack, like after fork(); glibc's fork
-/// handlers do not run, so the child must not rely on glibc's cached thread id (it never calls
-/// raise() or pthread functions) and must leave through the restorer or `_exit`.
+/// The child is a plain copy of crest, like after fork(); it must leave through the restorer or
+/// `_exit` (see [`crate::sys::clone3_with_pid`]). crest is single-threaded on this path.
 pub fn fork_with_pid(pid: i32) -> Result<Forked, RestoreError> {
-    let tids = [pid as libc::pid_t];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
-        ..CloneArgs::default()
-    };
-    // SAFETY: args and tids outlive the call; without CLONE_VM the child gets a copy of our
-    // memory and stack, exactly as with fork(), and crest is single-threaded here.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(match err.raw_os_error() {
-            Some(libc::EEXIST) => RestoreError::PidTaken { pid },
-            Some(libc::EPERM) => RestoreError::Privilege(format!(
-                "clone3 with set_tid refused (EPERM) for pid {pid}: restore needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN"
-            )),
-            _ => RestoreError::Os { what: format!("clone3 with set_tid {pid}"), source: err },
-        });
-    }
-    if r == 0 {
-        return Ok(Forked::Child);
-    }
-    if r as i32 != pid {
-        // Cannot happen with set_tid; never continue with a task under another pid.
-        // SAFETY: r is our child; kill and reap it.
-        unsafe {
-            libc::kill(r as i32, libc::SIGKILL);
-            libc::waitpid(r as i32, std::ptr::null_mut(), 0);
+    // SAFETY: crest is single-threaded here, and the child only runs restore::child, which ends
+    // in the restorer or _exit.
+    match unsafe { crate::sys::clone3_with_pid(pid) } {
+        Ok(0) => Ok(Forked::Child),
+        Ok(got) if got == pid => Ok(Forked::Parent { pid }),
+        Ok(got) => {
+            // Cannot happen with set_tid; never go on with a task under another pid.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(got), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(got), None);
+            Err(RestoreError::Internal(format!("clone3 gave pid {got} instead of {pid}")))
         }
-        return Err(RestoreError::Internal(format!(
-            "clone3 gave pid {r} instead of {pid}"
-        )));
+        Err(Errno::EEXIST) => Err(RestoreError::PidTaken { pid }),
+        Err(Errno::EPERM) => Err(RestoreError::Privilege(format!(
+            "clone3 with set_tid refused (EPERM) for pid {pid}: restore needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN"
+        ))),
+        Err(e) => Err(RestoreError::Os { what: format!("clone3 with set_tid {pid}"), source: e.into() }),
     }
-    Ok(Forked::Parent { pid })
 }
 
-/// True when some task (process, thread or zombie) holds `pid`.
-pub fn pid_in_use(pid: i32) -> bool {
-    // kill(pid, 0) succeeds for any live task or zombie we may signal, and fails with EPERM for
-    // one we may not: both mean the pid is taken. Only ESRCH means it is free.
-    // SAFETY: signal 0 sends nothing; kill has no memory-safety preconditions.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+/// Makes sure `pid` is free. A live process holding it is an error at once; a zombie (the
+/// dumped process, killed, not yet reaped by its parent) is waited for, up to [`ZOMBIE_WAIT`].
+pub fn wait_until_pid_free(pid: i32) -> Result<(), RestoreError> {
+    let deadline = Instant::now() + ZOMBIE_WAIT;
+    let mut told = false;
+    while crate::proc::pid_in_use(pid) {
+        let zombie = crate::proc::Proc::open(pid)
+            .and_then(|p| p.status())
+            .map(|s| s.state == 'Z');
+        match zombie {
+            // Gone between the two looks: free now.
+            Err(crate::proc::ProcError::NoSuchProcess { .. }) => return Ok(()),
+            Ok(true) if Instant::now() < deadline => {
+                if !told {
+                    crate::info!(
+                        1,
+                        "pid {pid} is held by a zombie; waiting for its parent to reap it"
+                    );
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(true) => {
+                return Err(RestoreError::PidHeldByZombie {
+                    pid,
+                    waited: ZOMBIE_WAIT.as_secs(),
+                })
+            }
+            _ => return Err(RestoreError::PidTaken { pid }),
+        }
+    }
+    Ok(())
 }

@@ -40,6 +40,8 @@ pub enum RestoreError {
     File { path: String, problem: String },
     #[error("pid {pid} is in use by another process; crest restores processes under their original pid, so stop that process first")]
     PidTaken { pid: i32 },
+    #[error("pid {pid} is still held by a zombie after {waited} s: the dumped process was killed but its parent has not reaped it; the parent must wait() for it before pid {pid} can be restored")]
+    PidHeldByZombie { pid: i32, waited: u64 },
     #[error("not supported yet: {0}")]
     Unsupported(String),
     #[error("insufficient privilege: {0}")]
@@ -74,9 +76,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     let p = single_process(&image)?;
     check_supported(p)?;
-    if fork::pid_in_use(p.pid) {
-        return Err(RestoreError::PidTaken { pid: p.pid });
-    }
+    fork::wait_until_pid_free(p.pid)?;
 
     let files = files::open_all(p, &image.dir.join(&p.pages_file))?;
     let own = crate::proc::own_maps()
