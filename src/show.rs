@@ -584,6 +584,7 @@ mod tests {
                 sigmask: 0,
                 regs,
                 rseq: None,
+                state: Default::default(),
             }],
             mm: MmFields {
                 start_code: 0x400000,
@@ -701,6 +702,7 @@ mod tests {
             sig_ignored: 0,
             sig_caught: 0,
             vdso_blake3: Some([0xab; 32]),
+            task: Default::default(),
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");

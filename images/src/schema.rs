@@ -132,6 +132,72 @@ pub struct ProcessImage {
     pub sig_caught: u64,
     /// BLAKE3 of the `[vdso]` contents at dump; a restore needs the same vDSO.
     pub vdso_blake3: Option<[u8; 32]>,
+    /// Process-wide state only the process itself can report (collected by the parasite).
+    pub task: TaskState,
+}
+
+/// Process-wide state that /proc and ptrace do not show, collected by the parasite, plus the
+/// process-wide pending signals (PTRACE_PEEKSIGINFO with PTRACE_PEEKSIGINFO_SHARED).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// Dispositions of signals 1..=64 (index = signal - 1); empty when not collected.
+    pub sigactions: Vec<SigAction>,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, in that order.
+    pub itimers: Vec<ITimer>,
+    pub posix_timers: Vec<PosixTimer>,
+    /// Process-wide pending signals, each a raw 128-byte siginfo, oldest first.
+    pub shared_pending: Vec<Vec<u8>>,
+    /// personality(2) flags.
+    pub personality: u32,
+    /// PR_GET_PDEATHSIG (0: none).
+    pub pdeath_signal: u32,
+    /// PR_GET_DUMPABLE.
+    pub dumpable: u32,
+    /// PR_GET_NO_NEW_PRIVS.
+    pub no_new_privs: bool,
+    /// PR_GET_CHILD_SUBREAPER.
+    pub child_subreaper: bool,
+}
+
+/// The kernel's `struct sigaction` for one signal (rt_sigaction layout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    /// Handler address, or 0 (SIG_DFL) / 1 (SIG_IGN).
+    pub handler: u64,
+    /// SA_* flags (SA_SIGINFO, SA_ONSTACK, SA_RESTART, SA_RESTORER, ...).
+    pub flags: u64,
+    /// sa_restorer (meaningful with SA_RESTORER).
+    pub restorer: u64,
+    /// Signals blocked while the handler runs (bit n-1 for signal n).
+    pub mask: u64,
+}
+
+/// One interval timer (getitimer), times in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+/// One POSIX timer (timer_create), as /proc/PID/timers and timer_gettime report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    /// The timer id the program holds.
+    pub id: i32,
+    /// CLOCK_* id.
+    pub clock: i32,
+    /// SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID (SIGEV_THREAD is SIGEV_THREAD_ID in the kernel).
+    pub notify: i32,
+    pub signo: i32,
+    /// sigev_value, passed to the handler in si_value.
+    pub sigev_value: u64,
+    /// Thread to signal for SIGEV_THREAD_ID.
+    pub notify_tid: i32,
+    /// Remaining time to the next expiry and the period, in nanoseconds (0: disarmed / one-shot).
+    pub value_ns: u64,
+    pub interval_ns: u64,
+    /// timer_getoverrun at dump (informational: the kernel offers no way to set it).
+    pub overrun: i32,
 }
 
 /// User and group ids (real, effective, saved, filesystem) and supplementary groups.
@@ -170,6 +236,31 @@ pub struct ThreadImage {
     pub regs: ArchRegs,
     /// The thread's rseq registration, if any.
     pub rseq: Option<RseqRegistration>,
+    /// Per-thread state only the thread itself (or PTRACE_PEEKSIGINFO) can report.
+    pub state: ThreadState,
+}
+
+/// Per-thread state collected by the parasite and PTRACE_PEEKSIGINFO.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadState {
+    /// sigaltstack; None when disabled.
+    pub altstack: Option<AltStack>,
+    /// Signals pending for this thread only, each a raw 128-byte siginfo, oldest first.
+    pub pending: Vec<Vec<u8>>,
+    /// set_tid_address / CLONE_CHILD_CLEARTID address (PR_GET_TID_ADDRESS).
+    pub clear_child_tid: u64,
+    /// get_robust_list: head address and length (0 when none).
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+}
+
+/// An alternate signal stack (stack_t).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltStack {
+    pub sp: u64,
+    /// SS_AUTODISARM and friends (SS_ONSTACK is a state, not restored).
+    pub flags: i32,
+    pub size: u64,
 }
 
 /// Register state in the kernel's regset layouts, kept raw so nothing is lost.

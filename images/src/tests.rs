@@ -92,6 +92,7 @@ fn sample_process() -> ProcessImage {
                 abi_size: 32,
                 signature: 0x5305_3053,
             }),
+            state: Default::default(),
         }],
         mm: MmFields {
             start_code: base,
@@ -213,6 +214,7 @@ fn sample_process() -> ProcessImage {
         sig_ignored: 1 << 12,
         sig_caught: 0,
         vdso_blake3: Some([9; 32]),
+        task: Default::default(),
     }
 }
 

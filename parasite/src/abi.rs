@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -132,6 +132,7 @@ pub enum Step {
     ThreadArea = 12,
     Sigreturn = 13,
     BadArgs = 14,
+    Timers = 15,
 }
 
 impl Step {
@@ -151,6 +152,7 @@ impl Step {
             12 => Step::ThreadArea,
             13 => Step::Sigreturn,
             14 => Step::BadArgs,
+            15 => Step::Timers,
             _ => return None,
         })
     }
@@ -171,6 +173,7 @@ impl Step {
             Step::ThreadArea => "setting the thread pointer",
             Step::Sigreturn => "returning into the saved registers (rt_sigreturn)",
             Step::BadArgs => "checking its arguments",
+            Step::Timers => "arming the interval and POSIX timers",
         }
     }
 }
@@ -240,4 +243,141 @@ pub struct RestorerArgs {
 
     /// Stack pointer value for the final rt_sigreturn (x86_64: the frame address + 8).
     pub sigreturn_sp: u64,
+
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, armed right before rt_sigreturn so no expiry
+    /// is lost to the morph; only when `nr_itimers` is 3 (0: the image has none recorded).
+    pub itimers: [ITimerVal; 3],
+    pub nr_itimers: u32,
+    pub _pad1: u32,
+    /// `PosixTimerArm` array: POSIX timers crest already created (with their original ids) in
+    /// the task, armed right before rt_sigreturn.
+    pub posix_timers: u64,
+    pub nr_posix_timers: u64,
+}
+
+/// One POSIX timer to arm with timer_settime(id, 0, &spec, NULL).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PosixTimerArm {
+    pub id: i32,
+    pub _pad: i32,
+    pub spec: ITimerSpec,
+}
+
+// ------------------------------------------------------------------------------------------
+// The parasite: runs inside a stopped task of the process being dumped.
+//
+// crest maps the parasite blob into the task through a shared memfd (also mapped in crest),
+// writes a `ParasiteArgs` into the shared area, points the thread's registers at
+// `parasite_main(args)` on a stack inside the area, and lets it run with every signal blocked.
+// The parasite carries out `cmd`, writes its results into the same area, and stops on a
+// breakpoint (int3 / brk #0); crest reads the results and puts the thread back as it was.
+// ------------------------------------------------------------------------------------------
+
+/// `ParasiteArgs::magic`: "CRESTPAR" little-endian.
+pub const PARASITE_MAGIC: u64 = 0x5241_5054_5345_5243;
+
+/// Collect all process-wide and thread state the parasite can see (see `ParasiteState`).
+pub const PARASITE_CMD_COLLECT: u32 = 1;
+/// Do nothing and stop at once (used to check the blob runs, and by fault-injection tests).
+pub const PARASITE_CMD_PING: u32 = 2;
+
+/// Most POSIX timers one collection reports.
+pub const MAX_POSIX_TIMERS: usize = 64;
+
+/// The kernel's `struct sigaction` as rt_sigaction reads and writes it (x86_64 and aarch64).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// `stack_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StackT {
+    pub sp: u64,
+    pub flags: i32,
+    pub _pad: i32,
+    pub size: u64,
+}
+
+/// `struct itimerval` (timevals as seconds and microseconds).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ITimerVal {
+    pub interval_sec: i64,
+    pub interval_usec: i64,
+    pub value_sec: i64,
+    pub value_usec: i64,
+}
+
+/// `struct itimerspec` (timespecs as seconds and nanoseconds).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ITimerSpec {
+    pub interval_sec: i64,
+    pub interval_nsec: i64,
+    pub value_sec: i64,
+    pub value_nsec: i64,
+}
+
+/// One POSIX timer as the parasite reads it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimerState {
+    pub spec: ITimerSpec,
+    pub overrun: i32,
+    /// 0, or the negative errno of timer_gettime/timer_getoverrun.
+    pub error: i32,
+}
+
+/// What `PARASITE_CMD_COLLECT` reports. Each field is the raw result of the named call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ParasiteState {
+    /// rt_sigaction(sig, NULL, &old) for sig = 1..=64 (index sig - 1; SIGKILL/SIGSTOP included).
+    pub sigactions: [KernelSigaction; 64],
+    /// sigaltstack(NULL, &old).
+    pub altstack: StackT,
+    /// getitimer(ITIMER_REAL / ITIMER_VIRTUAL / ITIMER_PROF).
+    pub itimers: [ITimerVal; 3],
+    /// timer_gettime + timer_getoverrun for each of `ParasiteArgs::timer_ids`.
+    pub timers: [TimerState; MAX_POSIX_TIMERS],
+    /// prctl(PR_GET_TID_ADDRESS).
+    pub clear_child_tid: u64,
+    /// get_robust_list(0, &head, &len).
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// personality(0xffffffff).
+    pub personality: u64,
+    /// prctl(PR_GET_PDEATHSIG), prctl(PR_GET_DUMPABLE), prctl(PR_GET_NO_NEW_PRIVS),
+    /// prctl(PR_GET_CHILD_SUBREAPER).
+    pub pdeath_signal: u64,
+    pub dumpable: u64,
+    pub no_new_privs: u64,
+    pub child_subreaper: u64,
+}
+
+/// Everything exchanged with the parasite, at the start of the args area of its mapping.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ParasiteArgs {
+    pub magic: u64,
+    pub abi_version: u32,
+    /// PARASITE_CMD_*.
+    pub cmd: u32,
+    /// Written by the parasite: 1 when the command completed.
+    pub done: u32,
+    /// Written by the parasite: 0, or the negative errno of the first call that failed.
+    pub error: i32,
+    /// Which call failed (an index the parasite documents), 0 when none.
+    pub failed_call: u32,
+    /// Input: the POSIX timer ids to read (from /proc/PID/timers).
+    pub nr_timer_ids: u32,
+    pub timer_ids: [i32; MAX_POSIX_TIMERS],
+    pub state: ParasiteState,
 }

@@ -392,6 +392,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         sig_ignored: status.sig_ignored,
         sig_caught: status.sig_caught,
         vdso_blake3: collected.vdso_blake3,
+        task: Default::default(),
     };
     writer.write_process(&image)?;
     phases.end("write");

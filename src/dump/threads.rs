@@ -50,6 +50,7 @@ pub fn capture(pid: i32, tid: i32) -> Result<CapturedThread, DumpError> {
             sigmask,
             regs,
             rseq,
+            state: Default::default(),
         },
         restart,
         rseq_abort,

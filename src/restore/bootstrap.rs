@@ -16,7 +16,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use crate::images::{ProcessImage, Vma, VmaBacking};
 use crate::proc::MapRange;
 
-use super::blob::abi::{self, PageRunArg, Range, RestorerArgs, RseqArg, SpecialMove, VmaArg};
+use super::blob::abi::{
+    self, ITimerSpec, ITimerVal, PageRunArg, PosixTimerArm, Range, RestorerArgs, RseqArg,
+    SpecialMove, VmaArg,
+};
 use super::files::OpenedFiles;
 use super::RestoreError;
 
@@ -37,29 +40,32 @@ struct Layout {
     vmas: u64,
     runs: u64,
     close_fds: u64,
+    timers: u64,
     sigframe: u64,
     stack_top: u64,
     park: u64,
     total: u64,
 }
 
+/// How many entries each array of the args area holds.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    vmas: u64,
+    runs: u64,
+    close_fds: u64,
+    timers: u64,
+}
+
 impl Layout {
-    fn new(
-        code_size: u64,
-        nr_vmas: u64,
-        nr_runs: u64,
-        nr_close: u64,
-        frame_size: u64,
-        park_size: u64,
-        page: u64,
-    ) -> Layout {
+    fn new(code_size: u64, counts: Counts, frame_size: u64, park_size: u64, page: u64) -> Layout {
         let up = |v: u64| v.div_ceil(page) * page;
         let args = up(code_size);
         let unmap = args + (size_of::<RestorerArgs>() as u64).next_multiple_of(64);
         let vmas = unmap + MAX_UNMAP_RANGES * size_of::<Range>() as u64;
-        let runs = vmas + nr_vmas * size_of::<VmaArg>() as u64;
-        let close_fds = runs + nr_runs * size_of::<PageRunArg>() as u64;
-        let sigframe = up(close_fds + nr_close * 4);
+        let runs = vmas + counts.vmas * size_of::<VmaArg>() as u64;
+        let close_fds = runs + counts.runs * size_of::<PageRunArg>() as u64;
+        let timers = (close_fds + counts.close_fds * 4).next_multiple_of(8);
+        let sigframe = up(timers + counts.timers * size_of::<PosixTimerArm>() as u64);
         let stack_bottom = up(sigframe + frame_size);
         let stack_top = stack_bottom + RESTORER_STACK;
         let park = up(stack_top);
@@ -70,6 +76,7 @@ impl Layout {
             vmas,
             runs,
             close_fds,
+            timers,
             sigframe,
             stack_top,
             park,
@@ -171,15 +178,15 @@ impl Bootstrap {
             .iter()
             .map(|s| s.current.end - s.current.start)
             .sum();
-        let layout = Layout::new(
-            blob.code_size() as u64,
-            vma_args.len() as u64,
-            p.page_runs.len() as u64,
-            close.len() as u64,
-            crate::arch::sigframe::frame_size(xstate_len) as u64,
-            park_size,
-            page,
-        );
+        let timers = posix_timer_args(p);
+        let counts = Counts {
+            vmas: vma_args.len() as u64,
+            runs: p.page_runs.len() as u64,
+            close_fds: close.len() as u64,
+            timers: timers.len() as u64,
+        };
+        let frame_size = crate::arch::sigframe::frame_size(xstate_len) as u64;
+        let layout = Layout::new(blob.code_size() as u64, counts, frame_size, park_size, page);
         let addr = find_hole(&p.vmas, own, layout.total, page).ok_or_else(|| {
             RestoreError::Unsupported(format!("no address range of {} bytes is free in both crest and the image of pid {} for the restorer", layout.total, p.pid))
         })?;
@@ -212,6 +219,7 @@ impl Bootstrap {
             .collect();
         write_array(region, layout.runs, &runs);
         write_array(region, layout.close_fds, &close);
+        write_array(region, layout.timers, &timers);
 
         let frame_addr = addr + layout.sigframe;
         let frame =
@@ -287,6 +295,11 @@ impl Bootstrap {
             },
             tls: crate::arch::morph::thread_pointers(&thread.regs),
             sigreturn_sp,
+            itimers: itimer_args(p),
+            nr_itimers: if p.task.itimers.len() == 3 { 3 } else { 0 },
+            _pad1: 0,
+            posix_timers: addr + layout.timers,
+            nr_posix_timers: timers.len() as u64,
         };
         *boot.args_mut() = args;
         Ok(boot)
@@ -298,6 +311,40 @@ impl Drop for Bootstrap {
         // SAFETY: we mapped exactly this range in create(); nothing in crest refers to it after drop.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.layout.total as usize) };
     }
+}
+
+/// The image's interval timers in the restorer's layout (zeros when none were recorded).
+fn itimer_args(p: &ProcessImage) -> [ITimerVal; 3] {
+    let mut out = [ITimerVal::default(); 3];
+    for (slot, t) in out.iter_mut().zip(&p.task.itimers) {
+        *slot = ITimerVal {
+            interval_sec: (t.interval_us / 1_000_000) as i64,
+            interval_usec: (t.interval_us % 1_000_000) as i64,
+            value_sec: (t.value_us / 1_000_000) as i64,
+            value_usec: (t.value_us % 1_000_000) as i64,
+        };
+    }
+    out
+}
+
+/// The armed POSIX timers (a disarmed one was created and stays disarmed).
+fn posix_timer_args(p: &ProcessImage) -> Vec<PosixTimerArm> {
+    const NS: u64 = 1_000_000_000;
+    p.task
+        .posix_timers
+        .iter()
+        .filter(|t| t.value_ns != 0)
+        .map(|t| PosixTimerArm {
+            id: t.id,
+            _pad: 0,
+            spec: ITimerSpec {
+                interval_sec: (t.interval_ns / NS) as i64,
+                interval_nsec: (t.interval_ns % NS) as i64,
+                value_sec: (t.value_ns / NS) as i64,
+                value_nsec: (t.value_ns % NS) as i64,
+            },
+        })
+        .collect()
 }
 
 fn write_array<T: Copy>(region: &mut [u8], offset: u64, items: &[T]) {
@@ -495,13 +542,20 @@ mod tests {
 
     #[test]
     fn layout_parts_do_not_overlap() {
-        let l = Layout::new(10000, 50, 300, 5, 20000, 3 * 4096, 4096);
+        let counts = Counts {
+            vmas: 50,
+            runs: 300,
+            close_fds: 5,
+            timers: 3,
+        };
+        let l = Layout::new(10000, counts, 20000, 3 * 4096, 4096);
         let parts = [
             l.args,
             l.unmap,
             l.vmas,
             l.runs,
             l.close_fds,
+            l.timers,
             l.sigframe,
             l.stack_top,
             l.park,

@@ -16,6 +16,8 @@ pub mod nr {
     pub const MPROTECT: usize = 226;
     pub const MADVISE: usize = 233;
     pub const RSEQ: usize = 293;
+    pub const SETITIMER: usize = 103;
+    pub const TIMER_SETTIME: usize = 110;
 }
 
 /// # Safety

@@ -17,6 +17,8 @@ pub mod nr {
     pub const ARCH_PRCTL: usize = 158;
     pub const EXIT_GROUP: usize = 231;
     pub const RSEQ: usize = 334;
+    pub const SETITIMER: usize = 38;
+    pub const TIMER_SETTIME: usize = 223;
 }
 
 const ARCH_SET_GS: usize = 0x1001;

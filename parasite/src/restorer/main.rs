@@ -24,7 +24,7 @@ mod arch;
 mod sys;
 
 use abi::{
-    PageRunArg, PrctlMmMap, Range, RestorerArgs, Step, VmaArg, ABI_VERSION, ARGS_MAGIC,
+    ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Range, RestorerArgs, Step, VmaArg, ABI_VERSION, ARGS_MAGIC,
     MAX_SPECIAL_MOVES, VMA_FILL_NONE,
 };
 use core::ptr;
@@ -120,6 +120,7 @@ pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
     close_fds(&ctx, a);
     register_rseq(&ctx, a);
     set_thread_area(&ctx, a);
+    arm_timers(&ctx, a);
 
     ctx.step(Step::Sigreturn, a.sigreturn_sp);
     // SAFETY: crest built a valid rt_sigframe at sigreturn_sp (its sigframe builder's result).
@@ -137,7 +138,7 @@ fn check_args(ctx: &Ctx, a: &RestorerArgs) {
         ctx.bad_args(bad::NR_SPECIAL);
     }
     // The arrays are read with aligned loads (arm64 builds with strict-align).
-    let arrays = a.unmap | a.vmas | a.runs | a.close_fds;
+    let arrays = a.unmap | a.vmas | a.runs | a.close_fds | a.posix_timers;
     if !arrays.is_multiple_of(8) {
         ctx.bad_args(bad::ALIGNMENT);
     }
@@ -289,6 +290,23 @@ fn set_thread_area(ctx: &Ctx, a: &RestorerArgs) {
     ctx.step(Step::ThreadArea, a.tls[0]);
     if let Err(e) = arch::set_thread_area(a.tls) {
         ctx.fail(e as i32);
+    }
+}
+
+/// Timers last: every expiry from here on reaches the restored program (its signals stay
+/// pending until rt_sigreturn installs the image's mask).
+fn arm_timers(ctx: &Ctx, a: &RestorerArgs) {
+    if a.nr_itimers == 3 {
+        for (which, value) in a.itimers.iter().enumerate() {
+            ctx.step(Step::Timers, which as u64);
+            ctx.check(sys::setitimer(which, value as *const ITimerVal as *const u8));
+        }
+    }
+    for i in 0..a.nr_posix_timers {
+        // SAFETY: crest wrote nr_posix_timers PosixTimerArms at `posix_timers` (alignment checked).
+        let t: PosixTimerArm = unsafe { at(a.posix_timers, i) };
+        ctx.step(Step::Timers, t.id as u32 as u64);
+        ctx.check(sys::timer_settime(t.id, ptr::addr_of!(t.spec) as *const u8));
     }
 }
 

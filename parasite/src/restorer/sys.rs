@@ -100,6 +100,18 @@ pub fn rseq(ptr: u64, len: u32, signature: u32) -> SysResult {
     decode(unsafe { arch::syscall4(nr::RSEQ, ptr as usize, len as usize, 0, signature as usize) })
 }
 
+pub fn setitimer(which: usize, value: *const u8) -> SysResult {
+    // SAFETY: `value` points at a struct itimerval in the bootstrap region; the old value is
+    // not requested.
+    decode(unsafe { arch::syscall3(nr::SETITIMER, which, value as usize, 0) })
+}
+
+pub fn timer_settime(id: i32, spec: *const u8) -> SysResult {
+    // SAFETY: `spec` points at a struct itimerspec in the bootstrap region; flags 0 (relative),
+    // the old value is not requested.
+    decode(unsafe { arch::syscall4(nr::TIMER_SETTIME, id as isize as usize, 0, spec as usize, 0) })
+}
+
 pub fn exit_group(code: i32) -> ! {
     loop {
         // SAFETY: exit_group does not return; the loop only satisfies the type.
