@@ -224,8 +224,13 @@ impl Bootstrap {
         let frame_addr = addr + layout.sigframe;
         let frame =
             &mut region[layout.sigframe as usize..(layout.stack_top - RESTORER_STACK) as usize];
-        let sigreturn_sp =
-            crate::arch::sigframe::build(&thread.regs, thread.sigmask, frame_addr, frame)?;
+        let sigreturn_sp = crate::arch::sigframe::build_with_altstack(
+            &thread.regs,
+            thread.sigmask,
+            thread.state.altstack,
+            frame_addr,
+            frame,
+        )?;
 
         let mut special = [SpecialMove::default(); abi::MAX_SPECIAL_MOVES];
         let mut park = addr + layout.park;

@@ -1,6 +1,8 @@
 //! What the forked child does before it turns into the restored process: it takes the image's
 //! fds, cwd, umask, name, signal dispositions and rlimits, then jumps into the restorer blob.
 //!
+//! Process-only state (handlers, timers, pending signals, ...) is set by [`task_state`].
+//!
 //! This runs in a copy of crest right after clone3. It reports to crest over a pipe: `R` when
 //! ready, or `E` followed by a message; then it waits for crest's go-ahead (which carries the
 //! child's own rseq registration, read by crest through ptrace) and jumps. It never returns.
@@ -12,6 +14,7 @@ use crate::images::ProcessImage;
 use super::blob::abi::Range;
 use super::bootstrap::{Bootstrap, Special};
 use super::files::OpenedFiles;
+use super::task_state;
 
 /// The go-ahead message: the child's own rseq area, to unregister before its memory goes away.
 pub const GO_MESSAGE_LEN: usize = 16;
@@ -71,7 +74,11 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
         }
     }
     // Limits last: a lowered RLIMIT_NOFILE or RLIMIT_AS must not stop crest's own setup.
-    if let Err(msg) = set_rlimits(plan.image) {
+    let last_steps = set_rlimits(plan.image)
+        .and_then(|()| task_state::queue_pending_signals(plan.image))
+        .and_then(|()| task_state::set_thread_links(&plan.image.threads[0]))
+        .and_then(|()| task_state::set_dumpable(plan.image));
+    if let Err(msg) = last_steps {
         fail(plan.status_fd, &msg);
     }
     close_all_but(&keep, plan.fd_base);
@@ -85,7 +92,7 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
 fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     let p = plan.image;
     block_all_signals()?;
-    reset_signal_dispositions(p.sig_ignored)?;
+    task_state::set_sigactions(p)?;
     // Move every image fd into place; all of crest's descriptors are at fd_base or above.
     for fd in &p.fds {
         let src = plan.files.descriptions[fd.description as usize].as_raw_fd();
@@ -127,6 +134,8 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     .unwrap_or_default();
     // SAFETY: PR_SET_NAME reads at most 16 bytes from a valid C string.
     unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+    task_state::create_posix_timers(p)?;
+    task_state::set_process_flags(p)?;
     Ok(())
 }
 
@@ -153,53 +162,6 @@ fn block_all_signals() -> Result<(), String> {
     let all = nix::sys::signal::SigSet::all();
     nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&all), None)
         .map_err(|e| format!("cannot block signals: {e}"))
-}
-
-/// The kernel's `struct sigaction` for rt_sigaction (glibc's wrapper refuses signals 32 and 33).
-#[repr(C)]
-struct KernelSigaction {
-    handler: usize,
-    flags: u64,
-    restorer: usize,
-    mask: u64,
-}
-
-/// Sets every signal to SIG_DFL, or SIG_IGN where the image ignored it. crest's own
-/// dispositions (Rust ignores SIGPIPE) must not leak into the restored process.
-fn reset_signal_dispositions(ignored: u64) -> Result<(), String> {
-    for sig in 1..=64u32 {
-        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
-            continue;
-        }
-        let handler = if ignored & (1u64 << (sig - 1)) != 0 {
-            1
-        } else {
-            0
-        };
-        let act = KernelSigaction {
-            handler,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        // SAFETY: act is a valid kernel sigaction; the old action is not requested.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &act as *const KernelSigaction,
-                std::ptr::null::<u8>(),
-                8usize,
-            )
-        };
-        if r != 0 {
-            return Err(format!(
-                "cannot reset the disposition of signal {sig}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Closes every descriptor at or above `base` except `keep` (sorted).

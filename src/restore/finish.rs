@@ -119,6 +119,14 @@ pub fn run_restorer(
     step_to_syscall_stop(tpid, boot, status)?;
     let restored =
         ptrace::getregs(tpid).map_err(|e| ptrace_err("reading the restored registers", e))?;
+    // rt_sigreturn installed the image's signal mask, and the restorer armed the timers: an
+    // unblocked pending signal would now be delivered on the way back to user space, in the
+    // middle of the cleanup below. Block everything until crest lets go.
+    let image_mask = crate::ptrace::get_sigmask(pid).map_err(|e| {
+        RestoreError::Internal(format!("reading the signal mask of pid {pid}: {e}"))
+    })?;
+    crate::ptrace::set_sigmask(pid, u64::MAX)
+        .map_err(|e| RestoreError::Internal(format!("blocking signals in pid {pid}: {e}")))?;
 
     // munmap(bootstrap) inside the task, through the gadget, traced to its exit.
     let mut call = restored;
@@ -145,6 +153,9 @@ pub fn run_restorer(
         });
     }
     ptrace::setregs(tpid, restored).map_err(|e| ptrace_err("restoring the registers", e))?;
+    crate::ptrace::set_sigmask(pid, image_mask).map_err(|e| {
+        RestoreError::Internal(format!("restoring the signal mask of pid {pid}: {e}"))
+    })?;
     ptrace::detach(tpid, None).map_err(|e| ptrace_err("PTRACE_DETACH", e))?;
     Ok(())
 }

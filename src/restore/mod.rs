@@ -12,6 +12,7 @@ mod files;
 mod finish;
 mod fork;
 mod specials;
+mod task_state;
 mod wait;
 
 use std::fs::File;
@@ -138,11 +139,17 @@ fn check_supported(p: &ProcessImage) -> Result<(), RestoreError> {
             p.threads.len()
         )));
     }
-    if p.sig_caught != 0 {
-        return Err(RestoreError::Unsupported(format!(
-            "pid {} had signal handlers installed (mask {:#x}); restoring handlers needs the parasite",
+    if p.sig_caught != 0 && p.task.sigactions.len() != 64 {
+        return Err(RestoreError::BadImage(format!(
+            "pid {} had signal handlers (mask {:#x}) but the image does not record them",
             p.pid, p.sig_caught
         )));
+    }
+    if p.task.pdeath_signal != 0 {
+        crate::warn!(
+            "pid {} had parent-death signal {}; it is not restored, since its parent after restore is crest, not the original parent",
+            p.pid, p.task.pdeath_signal
+        );
     }
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

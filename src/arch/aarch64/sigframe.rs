@@ -10,13 +10,8 @@ use crate::images::ArchRegs;
 /// the frame record {fp, lr} (16). Extended state (SVE) would need more room than `__reserved`.
 const RT_SIGFRAME_SIZE: usize = 4688 + 16;
 
-/// The alternate signal stack to install with the frame (`stack_t`); `None` disables it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AltStack {
-    pub sp: u64,
-    pub flags: i32,
-    pub size: u64,
-}
+/// The alternate signal stack to install with the frame; `None` disables it.
+pub use crate::images::AltStack;
 
 /// Bytes needed for a frame. On arm64 the FP/SIMD state fits in the frame's own reserved area,
 /// so `_xstate_len` (an x86 notion) does not change the size.

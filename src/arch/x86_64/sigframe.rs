@@ -117,13 +117,8 @@ const FPSTATE_ALIGN: usize = 64;
 /// Spare room at the end of the frame.
 const SLACK: usize = 64;
 
-/// The alternate signal stack to install with the frame (`stack_t`); `None` disables it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AltStack {
-    pub sp: u64,
-    pub flags: i32,
-    pub size: u64,
-}
+/// The alternate signal stack to install with the frame; `None` disables it.
+pub use crate::images::AltStack;
 
 /// Bytes needed for a frame with an xstate area of `xstate_len` bytes (frame + 64-byte aligned
 /// fpstate + magic2 + slack), whatever the frame address.
