@@ -178,7 +178,7 @@ impl Bootstrap {
             .iter()
             .map(|s| s.current.end - s.current.start)
             .sum();
-        let timers = posix_timer_args(p);
+        let timers = posix_timer_args(&p.task.posix_timers);
         let counts = Counts {
             vmas: vma_args.len() as u64,
             runs: p.page_runs.len() as u64,
@@ -300,7 +300,7 @@ impl Bootstrap {
             },
             tls: crate::arch::morph::thread_pointers(&thread.regs),
             sigreturn_sp,
-            itimers: itimer_args(p),
+            itimers: itimer_args(&p.task.itimers),
             nr_itimers: if p.task.itimers.len() == 3 { 3 } else { 0 },
             _pad1: 0,
             posix_timers: addr + layout.timers,
@@ -319,34 +319,50 @@ impl Drop for Bootstrap {
 }
 
 /// The image's interval timers in the restorer's layout (zeros when none were recorded).
-fn itimer_args(p: &ProcessImage) -> [ITimerVal; 3] {
+///
+/// A periodic timer can read "value 0, interval N": it expired and its signal is still
+/// pending, and the kernel re-arms ITIMER_REAL only when that signal is dequeued. setitimer
+/// with value 0 would disarm it for good, so such a timer is armed one interval ahead instead.
+fn itimer_args(itimers: &[crate::images::ITimer]) -> [ITimerVal; 3] {
     let mut out = [ITimerVal::default(); 3];
-    for (slot, t) in out.iter_mut().zip(&p.task.itimers) {
+    for (slot, t) in out.iter_mut().zip(itimers) {
+        let value_us = if t.value_us == 0 {
+            t.interval_us
+        } else {
+            t.value_us
+        };
         *slot = ITimerVal {
             interval_sec: (t.interval_us / 1_000_000) as i64,
             interval_usec: (t.interval_us % 1_000_000) as i64,
-            value_sec: (t.value_us / 1_000_000) as i64,
-            value_usec: (t.value_us % 1_000_000) as i64,
+            value_sec: (value_us / 1_000_000) as i64,
+            value_usec: (value_us % 1_000_000) as i64,
         };
     }
     out
 }
 
-/// The armed POSIX timers (a disarmed one was created and stays disarmed).
-fn posix_timer_args(p: &ProcessImage) -> Vec<PosixTimerArm> {
+/// The armed POSIX timers (a disarmed one was created and stays disarmed). As with itimers, a
+/// periodic timer that expired with its signal still pending is armed one interval ahead.
+fn posix_timer_args(timers: &[crate::images::PosixTimer]) -> Vec<PosixTimerArm> {
     const NS: u64 = 1_000_000_000;
-    p.task
-        .posix_timers
+    let value_ns = |t: &crate::images::PosixTimer| {
+        if t.value_ns == 0 {
+            t.interval_ns
+        } else {
+            t.value_ns
+        }
+    };
+    timers
         .iter()
-        .filter(|t| t.value_ns != 0)
+        .filter(|t| t.value_ns != 0 || t.interval_ns != 0)
         .map(|t| PosixTimerArm {
             id: t.id,
             _pad: 0,
             spec: ITimerSpec {
                 interval_sec: (t.interval_ns / NS) as i64,
                 interval_nsec: (t.interval_ns % NS) as i64,
-                value_sec: (t.value_ns / NS) as i64,
-                value_nsec: (t.value_ns % NS) as i64,
+                value_sec: (value_ns(t) / NS) as i64,
+                value_nsec: (value_ns(t) % NS) as i64,
             },
         })
         .collect()
@@ -543,6 +559,55 @@ mod tests {
             );
         }
         assert_eq!(hole, LOWEST_ADDRESS + 0x20000 + page);
+    }
+
+    #[test]
+    fn expired_periodic_timers_are_armed_one_interval_ahead() {
+        use crate::images::{ITimer, PosixTimer};
+        let it = itimer_args(&[
+            ITimer {
+                interval_us: 5000,
+                value_us: 0,
+            },
+            ITimer {
+                interval_us: 0,
+                value_us: 0,
+            },
+            ITimer {
+                interval_us: 2_500_000,
+                value_us: 1_200_000,
+            },
+        ]);
+        assert_eq!(
+            (it[0].value_sec, it[0].value_usec, it[0].interval_usec),
+            (0, 5000, 5000)
+        );
+        assert_eq!(
+            (it[1].value_sec, it[1].value_usec),
+            (0, 0),
+            "a disarmed timer stays disarmed"
+        );
+        assert_eq!(
+            (it[2].value_sec, it[2].value_usec, it[2].interval_sec),
+            (1, 200_000, 2)
+        );
+
+        let timer = |id, value_ns, interval_ns| PosixTimer {
+            id,
+            value_ns,
+            interval_ns,
+            ..Default::default()
+        };
+        let armed = posix_timer_args(&[
+            timer(1, 0, 7_000_000),
+            timer(2, 0, 0),
+            timer(3, 1_500_000_000, 0),
+        ]);
+        let got: Vec<(i32, i64, i64)> = armed
+            .iter()
+            .map(|a| (a.id, a.spec.value_sec, a.spec.value_nsec))
+            .collect();
+        assert_eq!(got, vec![(1, 0, 7_000_000), (3, 1, 500_000_000)]);
     }
 
     #[test]
