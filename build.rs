@@ -1,14 +1,18 @@
-//! Builds the restorer blob from `parasite/` on every build and embeds it.
+//! Builds the blobs from `parasite/` on every build and embeds them: the restorer (which turns a
+//! forked task into the image's process) and the parasite (which crest runs inside a task being
+//! dumped).
 //!
 //! 1. Runs `cargo build --release` on `parasite/Cargo.toml` for `<arch>-unknown-none`, with its
 //!    own target directory under OUT_DIR (the outer build holds the lock on ours) and with the
-//!    host's rust flags and wrappers removed, so only the blob's own settings apply.
-//! 2. Parses the resulting static PIE with goblin: flattens its PT_LOAD segments into one image
+//!    host's rust flags and wrappers removed, so only the blobs' own settings apply. One build
+//!    produces both binaries.
+//! 2. Parses each resulting static PIE with goblin: flattens its PT_LOAD segments into one image
 //!    starting at the lowest address (`.bss` zero-filled), checks that every dynamic relocation
 //!    is R_*_RELATIVE (anything else would need a symbol lookup the loader cannot do), and finds
-//!    the `restorer_main` and `crest_syscall_gadget` symbols.
-//! 3. Writes `$OUT_DIR/restorer.bin` (the image) and `$OUT_DIR/restorer_meta.rs` (offsets,
-//!    size, alignment and the relocation table), which `src/restore/blob.rs` includes.
+//!    its entry symbol (`restorer_main`, `parasite_main`) and any further symbols crest needs
+//!    (the restorer's `crest_syscall_gadget`).
+//! 3. Writes `$OUT_DIR/<blob>.bin` (the image) and `$OUT_DIR/<blob>_meta.rs` (offsets, size,
+//!    alignment and the relocation table), which `src/blob.rs` includes.
 
 use goblin::elf::dynamic::DT_NEEDED;
 use goblin::elf::header::{EM_AARCH64, EM_X86_64, ET_DYN};
@@ -46,6 +50,27 @@ const ARCHES: [ArchInfo; 2] = [
         triple: "aarch64-unknown-none",
         machine: EM_AARCH64,
         relative: R_AARCH64_RELATIVE,
+    },
+];
+
+/// One blob of `parasite/`: its binary name, entry symbol and the other symbols crest needs
+/// (each becomes `<NAME>_OFFSET` in the generated metadata).
+struct BlobInfo {
+    bin: &'static str,
+    entry: &'static str,
+    symbols: &'static [(&'static str, &'static str)],
+}
+
+const BLOBS: [BlobInfo; 2] = [
+    BlobInfo {
+        bin: "restorer",
+        entry: "restorer_main",
+        symbols: &[("GADGET", "crest_syscall_gadget")],
+    },
+    BlobInfo {
+        bin: "parasite",
+        entry: "parasite_main",
+        symbols: &[],
     },
 ];
 
@@ -91,27 +116,30 @@ fn main() {
         .find(|a| a.name == target_arch)
         .unwrap_or_else(|| {
             fail(&format!(
-                "crest supports x86_64 and aarch64, not {target_arch}: there is no restorer \
-                 blob for this architecture"
+                "crest supports x86_64 and aarch64, not {target_arch}: there are no \
+                 blobs for this architecture"
             ))
         });
 
     check_target_installed(arch.triple);
-    let elf_path = build_parasite(&parasite, &out_dir, arch.triple);
-    let bytes = fs::read(&elf_path)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", elf_path.display())));
-    let blob = flatten(&bytes, arch).unwrap_or_else(|e| {
-        fail(&format!(
-            "the restorer blob {} is unusable: {e}",
-            elf_path.display()
-        ))
-    });
-
-    write(&out_dir.join("restorer.bin"), &blob.image);
-    write(
-        &out_dir.join("restorer_meta.rs"),
-        blob.meta_rs(arch).as_bytes(),
-    );
+    let release_dir = build_parasite(&parasite, &out_dir, arch.triple);
+    for info in &BLOBS {
+        let elf_path = release_dir.join(info.bin);
+        let bytes = fs::read(&elf_path)
+            .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", elf_path.display())));
+        let blob = flatten(&bytes, arch, info).unwrap_or_else(|e| {
+            fail(&format!(
+                "the {} blob {} is unusable: {e}",
+                info.bin,
+                elf_path.display()
+            ))
+        });
+        write(&out_dir.join(format!("{}.bin", info.bin)), &blob.image);
+        write(
+            &out_dir.join(format!("{}_meta.rs", info.bin)),
+            blob.meta_rs(arch).as_bytes(),
+        );
+    }
 }
 
 fn env_var(name: &str) -> String {
@@ -152,13 +180,13 @@ fn check_target_installed(triple: &str) {
             .unwrap_or(false);
     if !has_core {
         fail(&format!(
-            "the Rust target {triple} is not installed (the restorer blob is built for it). \
+            "the Rust target {triple} is not installed (the blobs are built for it). \
              Install it with: rustup target add x86_64-unknown-none aarch64-unknown-none"
         ));
     }
 }
 
-/// Runs the nested cargo build and returns the path of the linked blob.
+/// Runs the nested cargo build and returns the directory holding the linked blobs.
 fn build_parasite(parasite: &Path, out_dir: &Path, triple: &str) -> PathBuf {
     let target_dir = out_dir.join("parasite-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -191,20 +219,20 @@ fn build_parasite(parasite: &Path, out_dir: &Path, triple: &str) -> PathBuf {
         stderr,
     } = cmd
         .output()
-        .unwrap_or_else(|e| fail(&format!("cannot run cargo to build the restorer blob: {e}")));
+        .unwrap_or_else(|e| fail(&format!("cannot run cargo to build the blobs: {e}")));
     let stderr = String::from_utf8_lossy(&stderr);
     if !status.success() {
         fail(&format!(
-            "building the restorer blob (parasite/, target {triple}) failed ({status}):\n{}\n{}",
+            "building the blobs (parasite/, target {triple}) failed ({status}):\n{}\n{}",
             String::from_utf8_lossy(&stdout),
             stderr
         ));
     }
     // Our stdout is cargo's instruction channel: pass the nested build's warnings on as warnings.
     for line in stderr.lines().filter(|l| l.starts_with("warning")) {
-        println!("cargo:warning=restorer blob: {line}");
+        println!("cargo:warning=parasite/ blobs: {line}");
     }
-    target_dir.join(triple).join("release").join("restorer")
+    target_dir.join(triple).join("release")
 }
 
 /// The blob as crest embeds it.
@@ -212,7 +240,8 @@ struct Flat {
     /// Memory image from the lowest PT_LOAD address, `.bss` included (zeros).
     image: Vec<u8>,
     entry: u64,
-    gadget: u64,
+    /// (metadata name, offset) of the extra symbols.
+    symbols: Vec<(&'static str, u64)>,
     /// Largest alignment any allocated section asks for; the load address must honour it.
     align: u64,
     /// (offset in the image, addend relative to the image start) of each RELATIVE relocation.
@@ -225,7 +254,9 @@ impl Flat {
         s.push_str("// @generated by build.rs from parasite/; do not edit.\n");
         let _ = writeln!(s, "pub const ARCH: &str = {:?};", arch.name);
         let _ = writeln!(s, "pub const ENTRY_OFFSET: u64 = {:#x};", self.entry);
-        let _ = writeln!(s, "pub const GADGET_OFFSET: u64 = {:#x};", self.gadget);
+        for (name, offset) in &self.symbols {
+            let _ = writeln!(s, "pub const {name}_OFFSET: u64 = {offset:#x};");
+        }
         let _ = writeln!(s, "pub const MEM_SIZE: usize = {:#x};", self.image.len());
         let _ = writeln!(s, "pub const LOAD_ALIGN: u64 = {:#x};", self.align);
         s.push_str("pub const RELOCATIONS: &[(u64, i64)] = &[\n");
@@ -237,7 +268,7 @@ impl Flat {
     }
 }
 
-fn flatten(bytes: &[u8], arch: &ArchInfo) -> Result<Flat, String> {
+fn flatten(bytes: &[u8], arch: &ArchInfo, info: &BlobInfo) -> Result<Flat, String> {
     let elf = Elf::parse(bytes).map_err(|e| format!("not a valid ELF file: {e}"))?;
     if elf.header.e_machine != arch.machine {
         return Err(format!(
@@ -294,7 +325,7 @@ fn flatten(bytes: &[u8], arch: &ArchInfo) -> Result<Flat, String> {
     let size = usize::try_from(hi - lo).map_err(|_| "image too large")?;
     if size > 16 << 20 {
         return Err(format!(
-            "the image is {size} bytes, far more than a restorer needs"
+            "the image is {size} bytes, far more than a blob needs"
         ));
     }
     let mut image = vec![0u8; size];
@@ -354,10 +385,17 @@ fn flatten(bytes: &[u8], arch: &ArchInfo) -> Result<Flat, String> {
         }
         Ok(sym.st_value - lo)
     };
-    let entry = find("restorer_main")?;
-    let gadget = find("crest_syscall_gadget")?;
+    let entry = find(info.entry)?;
+    let symbols = info
+        .symbols
+        .iter()
+        .map(|&(name, sym)| Ok((name, find(sym)?)))
+        .collect::<Result<Vec<_>, String>>()?;
     if elf.header.e_entry - lo != entry {
-        return Err("the ELF entry point is not restorer_main (check restorer.ld)".into());
+        return Err(format!(
+            "the ELF entry point is not {} (check {}.ld)",
+            info.entry, info.bin
+        ));
     }
 
     let align = elf
@@ -372,7 +410,7 @@ fn flatten(bytes: &[u8], arch: &ArchInfo) -> Result<Flat, String> {
     Ok(Flat {
         image,
         entry,
-        gadget,
+        symbols,
         align,
         relocations,
     })

@@ -5,15 +5,20 @@
 //! - [`restore`] validates an image, forks a task with the original pid and morphs it through
 //!   the restorer blob built from `parasite/`;
 //! - [`check`] reports the kernel features and privileges crest relies on;
-//! - [`show`] renders an image for people (and as JSON).
+//! - [`show`] renders an image for people (and as JSON);
+//! - [`infect`] runs the parasite blob inside a thread being dumped, [`fault`] makes a dump fail
+//!   at a named step for testing, [`blob`] holds the blobs built from `parasite/`.
 //!
 //! The on-disk format lives in the `crest-images` crate, re-exported as [`images`].
 
 pub use crest_images as images;
 
 pub mod arch;
+pub mod blob;
 pub mod check;
 pub mod dump;
+pub mod fault;
+pub mod infect;
 pub mod log;
 pub mod pages;
 pub mod proc;

@@ -104,6 +104,7 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
         "  signals ignored {:#x}, caught {:#x}",
         p.sig_ignored, p.sig_caught
     );
+    render_task(out, &p.task);
 
     let _ = writeln!(out, "  threads ({}):", p.threads.len());
     for t in &p.threads {
@@ -116,6 +117,7 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
             None => "no rseq".to_string(),
         };
         let _ = writeln!(out, "      sigmask {:#x}, {rseq}", t.sigmask);
+        render_thread_state(out, &t.state);
     }
 
     let pages = pages_per_vma(p);
@@ -229,6 +231,282 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
             human_bytes(entry.size)
         );
     }
+}
+
+/// Names of signals 1..=31 (the same numbers on x86_64 and arm64).
+const SIGNAL_NAMES: [&str; 31] = [
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
+
+/// `SIGUSR1`, or `SIG36` for a real-time signal (glibc's SIGRTMIN is 34, the kernel's 32).
+fn signal_name(sig: i64) -> String {
+    match usize::try_from(sig) {
+        Ok(n @ 1..=31) => SIGNAL_NAMES[n - 1].to_string(),
+        _ => format!("SIG{sig}"),
+    }
+}
+
+/// The signals of a mask (bit n-1 for signal n), by name.
+fn mask_text(mask: u64) -> String {
+    if mask == 0 {
+        return "none".into();
+    }
+    (1..=64)
+        .filter(|n| mask & (1u64 << (n - 1)) != 0)
+        .map(signal_name)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// SA_* flags (include/uapi/asm-generic/signal-defs.h and the arch signal.h).
+const SA_FLAGS: [(u64, &str); 10] = [
+    (0x1, "SA_NOCLDSTOP"),
+    (0x2, "SA_NOCLDWAIT"),
+    (0x4, "SA_SIGINFO"),
+    (0x400, "SA_UNSUPPORTED"),
+    (0x800, "SA_EXPOSE_TAGBITS"),
+    (0x0400_0000, "SA_RESTORER"),
+    (0x0800_0000, "SA_ONSTACK"),
+    (0x1000_0000, "SA_RESTART"),
+    (0x4000_0000, "SA_NODEFER"),
+    (0x8000_0000, "SA_RESETHAND"),
+];
+
+fn sa_flags_text(flags: u64) -> String {
+    let mut names: Vec<String> = SA_FLAGS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let known: u64 = SA_FLAGS.iter().map(|(bit, _)| bit).sum();
+    if flags & !known != 0 {
+        names.push(format!("{:#x}", flags & !known));
+    }
+    if names.is_empty() {
+        "0".into()
+    } else {
+        names.join("|")
+    }
+}
+
+/// One pending siginfo: signal, si_code and, for signals sent by a process (si_code <= 0),
+/// the sender and the value.
+fn siginfo_text(info: &[u8]) -> String {
+    let i32_at = |o: usize| {
+        info.get(o..o + 4)
+            .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    };
+    let signo = i32_at(0);
+    let code = i32_at(8);
+    let code_text = match code {
+        0 => "SI_USER".to_string(),
+        0x80 => "SI_KERNEL".to_string(),
+        -1 => "SI_QUEUE".to_string(),
+        -2 => "SI_TIMER".to_string(),
+        -6 => "SI_TKILL".to_string(),
+        c => format!("si_code {c}"),
+    };
+    let mut text = format!("{} ({code_text}", signal_name(signo.into()));
+    if code <= 0 && code != -2 {
+        let _ = write!(text, " from pid {}", i32_at(16));
+    }
+    if code == -1 || code == -2 {
+        let value = info
+            .get(24..32)
+            .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")));
+        let _ = write!(text, ", value {value:#x}");
+    }
+    text.push(')');
+    text
+}
+
+fn pending_text(queue: &[Vec<u8>]) -> String {
+    if queue.is_empty() {
+        return "none".into();
+    }
+    queue
+        .iter()
+        .map(|i| siginfo_text(i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A duration in microseconds as "5.000 ms".
+fn us_text(us: u64) -> String {
+    format!("{}.{:03} ms", us / 1000, us % 1000)
+}
+
+fn clock_name(clock: i32) -> String {
+    match clock {
+        0 => "CLOCK_REALTIME".into(),
+        1 => "CLOCK_MONOTONIC".into(),
+        2 => "CLOCK_PROCESS_CPUTIME_ID".into(),
+        3 => "CLOCK_THREAD_CPUTIME_ID".into(),
+        7 => "CLOCK_BOOTTIME".into(),
+        8 => "CLOCK_REALTIME_ALARM".into(),
+        9 => "CLOCK_BOOTTIME_ALARM".into(),
+        11 => "CLOCK_TAI".into(),
+        c if c < 0 => format!("CPU clock {c}"),
+        c => format!("clock {c}"),
+    }
+}
+
+/// What the parasite collected for the whole process.
+fn render_task(out: &mut String, t: &crate::images::TaskState) {
+    if t.sigactions.is_empty() {
+        let _ = writeln!(out, "  signal handlers: not recorded");
+    } else {
+        let set: Vec<(usize, &crate::images::SigAction)> = t
+            .sigactions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.handler != 0)
+            .collect();
+        let _ = writeln!(out, "  signal handlers ({} not SIG_DFL):", set.len());
+        for (i, a) in set {
+            let sig = i as i64 + 1;
+            let what = if a.handler == 1 {
+                "SIG_IGN".to_string()
+            } else {
+                format!("handler {:#x}", a.handler)
+            };
+            let mut line = format!(
+                "    {:<10} {what}, flags {}",
+                signal_name(sig),
+                sa_flags_text(a.flags)
+            );
+            if a.flags & 0x0400_0000 != 0 {
+                let _ = write!(line, ", restorer {:#x}", a.restorer);
+            }
+            let _ = write!(line, ", mask {}", mask_text(a.mask));
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  pending (process-wide): {}",
+        pending_text(&t.shared_pending)
+    );
+    const ITIMER_NAMES: [&str; 3] = ["real", "virtual", "prof"];
+    let itimers: Vec<String> = t
+        .itimers
+        .iter()
+        .zip(ITIMER_NAMES)
+        .filter(|(it, _)| it.value_us != 0 || it.interval_us != 0)
+        .map(|(it, name)| {
+            format!(
+                "{name} next in {}, every {}",
+                us_text(it.value_us),
+                us_text(it.interval_us)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "  interval timers: {}",
+        if t.itimers.is_empty() {
+            "not recorded".to_string()
+        } else if itimers.is_empty() {
+            "none armed".to_string()
+        } else {
+            itimers.join("; ")
+        }
+    );
+    let _ = writeln!(out, "  POSIX timers ({}):", t.posix_timers.len());
+    for pt in &t.posix_timers {
+        let notify = match pt.notify {
+            1 => "no notification".to_string(),
+            n if n & 4 != 0 => format!(
+                "{} (value {:#x}) to thread {}",
+                signal_name(pt.signo.into()),
+                pt.sigev_value,
+                pt.notify_tid
+            ),
+            _ => format!(
+                "{} (value {:#x})",
+                signal_name(pt.signo.into()),
+                pt.sigev_value
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "    id {}: {}, {notify}, next in {}, every {}, overrun {}",
+            pt.id,
+            clock_name(pt.clock),
+            us_text(pt.value_ns / 1000),
+            us_text(pt.interval_ns / 1000),
+            pt.overrun
+        );
+    }
+    let mut flags = vec![
+        format!("personality {:#x}", t.personality),
+        format!(
+            "pdeath signal {}",
+            if t.pdeath_signal == 0 {
+                "none".to_string()
+            } else {
+                signal_name(t.pdeath_signal.into())
+            }
+        ),
+        format!("dumpable {}", t.dumpable),
+    ];
+    if t.no_new_privs {
+        flags.push("no_new_privs".into());
+    }
+    if t.child_subreaper {
+        flags.push("child subreaper".into());
+    }
+    let _ = writeln!(out, "  prctl: {}", flags.join(", "));
+}
+
+/// What the parasite and PTRACE_PEEKSIGINFO collected for one thread.
+fn render_thread_state(out: &mut String, s: &crate::images::ThreadState) {
+    let alt = match &s.altstack {
+        Some(a) => format!(
+            "altstack {:#x}-{:#x} ({}, flags {:#x})",
+            a.sp,
+            a.sp.wrapping_add(a.size),
+            human_bytes(a.size),
+            a.flags
+        ),
+        None => "no altstack".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "      {alt}, clear_child_tid {:#x}, robust list {:#x} ({} bytes)",
+        s.clear_child_tid, s.robust_list, s.robust_list_len
+    );
+    let _ = writeln!(out, "      pending: {}", pending_text(&s.pending));
 }
 
 fn render_totals(out: &mut String, image: &Image) {
@@ -522,6 +800,16 @@ mod tests {
     use super::*;
     use crate::images::*;
 
+    /// A raw siginfo: signal, si_code, sender pid and value.
+    fn siginfo(signo: i32, code: i32, pid: i32, value: u64) -> Vec<u8> {
+        let mut v = vec![0u8; 128];
+        v[0..4].copy_from_slice(&signo.to_ne_bytes());
+        v[8..12].copy_from_slice(&code.to_ne_bytes());
+        v[16..20].copy_from_slice(&pid.to_ne_bytes());
+        v[24..32].copy_from_slice(&value.to_ne_bytes());
+        v
+    }
+
     /// Writes a real image of a made-up process through the image writer and opens it.
     fn sample_image(dir: &std::path::Path) -> Image {
         let ps = host_page_size();
@@ -584,7 +872,17 @@ mod tests {
                 sigmask: 0,
                 regs,
                 rseq: None,
-                state: Default::default(),
+                state: ThreadState {
+                    altstack: Some(AltStack {
+                        sp: 0x7f00_0010_0000,
+                        flags: 0,
+                        size: 0x4000,
+                    }),
+                    pending: vec![siginfo(21, -6, pid, 0)],
+                    clear_child_tid: 0x7f00_0000_0a10,
+                    robust_list: 0x7f00_0000_0a20,
+                    robust_list_len: 24,
+                },
             }],
             mm: MmFields {
                 start_code: 0x400000,
@@ -702,7 +1000,48 @@ mod tests {
             sig_ignored: 0,
             sig_caught: 0,
             vdso_blake3: Some([0xab; 32]),
-            task: Default::default(),
+            task: TaskState {
+                sigactions: (1..=64u64)
+                    .map(|sig| match sig {
+                        10 => SigAction {
+                            handler: 0x401234,
+                            flags: 0x1c00_0004,
+                            restorer: 0x401500,
+                            mask: (1 << 11) | (1 << 14),
+                        },
+                        1 => SigAction {
+                            handler: 1,
+                            ..Default::default()
+                        },
+                        _ => SigAction::default(),
+                    })
+                    .collect(),
+                itimers: vec![
+                    ITimer {
+                        interval_us: 5000,
+                        value_us: 1250,
+                    },
+                    ITimer::default(),
+                    ITimer::default(),
+                ],
+                posix_timers: vec![PosixTimer {
+                    id: 0,
+                    clock: 1,
+                    notify: 0,
+                    signo: 36,
+                    sigev_value: 0xfeed,
+                    notify_tid: 0,
+                    value_ns: 3_000_000,
+                    interval_ns: 7_000_000,
+                    overrun: 2,
+                }],
+                shared_pending: vec![siginfo(12, -1, 4242, 0xabcdef)],
+                personality: 0x0040_0000,
+                pdeath_signal: 9,
+                dumpable: 1,
+                no_new_privs: true,
+                child_subreaper: true,
+            },
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");
@@ -766,6 +1105,19 @@ mod tests {
             "pages written              4",
             "freeze",
             "5.00 ms",
+            "signal handlers (2 not SIG_DFL):",
+            "SIGHUP     SIG_IGN, flags 0, mask none",
+            "SIGUSR1    handler 0x401234, flags SA_SIGINFO|SA_RESTORER|SA_ONSTACK|SA_RESTART, \
+             restorer 0x401500, mask SIGUSR2,SIGTERM",
+            "pending (process-wide): SIGUSR2 (SI_QUEUE from pid 4242, value 0xabcdef)",
+            "interval timers: real next in 1.250 ms, every 5.000 ms",
+            "id 0: CLOCK_MONOTONIC, SIG36 (value 0xfeed), next in 3.000 ms, every 7.000 ms, \
+             overrun 2",
+            "prctl: personality 0x400000, pdeath signal SIGKILL, dumpable 1, no_new_privs, \
+             child subreaper",
+            "altstack 0x7f0000100000-0x7f0000104000 (16 KiB, flags 0x0), clear_child_tid \
+             0x7f0000000a10, robust list 0x7f0000000a20 (24 bytes)",
+            "pending: SIGTTIN (SI_TKILL from pid 777)",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -26,6 +26,21 @@ pub const RLIMIT_COUNT: u32 = 16;
 pub const GROUPS_MAX: usize = 65536;
 /// The kernel requires an rseq area of at least the original 32-byte layout, 32-byte aligned.
 const RSEQ_MIN_SIZE: u32 = 32;
+/// Signals 1..=64 have a disposition each.
+pub const SIGACTION_COUNT: usize = 64;
+/// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
+pub const ITIMER_COUNT: usize = 3;
+/// Bytes of a `siginfo_t` as PTRACE_PEEKSIGINFO returns it and rt_sigqueueinfo takes it.
+pub const SIGINFO_SIZE: usize = 128;
+/// Most signals one queue (a thread's or the process's) may hold in an image.
+pub const PENDING_MAX: usize = 4096;
+/// Most POSIX timers an image may hold (what the parasite can report).
+pub const POSIX_TIMERS_MAX: usize = 64;
+/// The smallest alternate signal stack the kernel accepts (MINSIGSTKSZ, 2048 on x86_64; arm64
+/// asks for more, which its kernel checks itself).
+pub const ALTSTACK_MIN: u64 = 2048;
+/// Far above any sensible alternate signal stack.
+pub const ALTSTACK_MAX: u64 = 1 << 30;
 
 /// Checks one process record against itself, the size of its page file and the page size.
 ///
@@ -64,6 +79,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_page_runs(p, page_file_size, page_size)?;
     check_fds(p)?;
     check_rlimits(&p.rlimits)?;
+    check_task(&p.task)?;
     Ok(())
 }
 
@@ -123,6 +139,7 @@ fn check_threads(p: &ProcessImage) -> Result<(), String> {
                 .ok_or_else(|| format!("thread {}: rseq area wraps around", t.tid))?;
             check_address(&format!("thread {}: rseq area end", t.tid), end - 1)?;
         }
+        check_thread_state(t.tid, &t.state)?;
     }
     tids.sort_unstable();
     if let Some(w) = tids.windows(2).find(|w| w[0] == w[1]) {
@@ -419,4 +436,186 @@ fn check_rlimits(rlimits: &[Rlimit]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Process-wide state collected by the parasite.
+pub(crate) fn check_task(t: &TaskState) -> Result<(), String> {
+    if !(t.sigactions.is_empty() || t.sigactions.len() == SIGACTION_COUNT) {
+        return Err(format!(
+            "{} signal dispositions (0 or {SIGACTION_COUNT})",
+            t.sigactions.len()
+        ));
+    }
+    if !(t.itimers.is_empty() || t.itimers.len() == ITIMER_COUNT) {
+        return Err(format!(
+            "{} interval timers (0 or {ITIMER_COUNT})",
+            t.itimers.len()
+        ));
+    }
+    if t.posix_timers.len() > POSIX_TIMERS_MAX {
+        return Err(format!(
+            "{} POSIX timers (at most {POSIX_TIMERS_MAX})",
+            t.posix_timers.len()
+        ));
+    }
+    let mut ids: Vec<i32> = t.posix_timers.iter().map(|pt| pt.id).collect();
+    if let Some(&id) = ids.iter().find(|&&id| id < 0) {
+        return Err(format!("POSIX timer id {id} is negative"));
+    }
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("POSIX timer id {} appears twice", w[0]));
+    }
+    check_pending("process-wide", &t.shared_pending)
+}
+
+/// A queue of pending signals: bounded, each a whole siginfo of a real signal number.
+fn check_pending(whose: &str, queue: &[Vec<u8>]) -> Result<(), String> {
+    if queue.len() > PENDING_MAX {
+        return Err(format!(
+            "{} {whose} pending signals (at most {PENDING_MAX})",
+            queue.len()
+        ));
+    }
+    for (i, info) in queue.iter().enumerate() {
+        if info.len() != SIGINFO_SIZE {
+            return Err(format!(
+                "{whose} pending signal {i}: siginfo of {} bytes (must be {SIGINFO_SIZE})",
+                info.len()
+            ));
+        }
+        let signo = i32::from_ne_bytes(info[..4].try_into().expect("4 bytes"));
+        if !(1..=SIGACTION_COUNT as i32).contains(&signo) {
+            return Err(format!(
+                "{whose} pending signal {i}: signal number {signo} (must be 1 to {SIGACTION_COUNT})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Per-thread state collected by the parasite and PTRACE_PEEKSIGINFO.
+pub(crate) fn check_thread_state(tid: i32, s: &ThreadState) -> Result<(), String> {
+    check_pending(&format!("thread {tid}"), &s.pending)?;
+    if let Some(alt) = &s.altstack {
+        if !(ALTSTACK_MIN..=ALTSTACK_MAX).contains(&alt.size) {
+            return Err(format!(
+                "thread {tid}: alternate signal stack of {} bytes (must be {ALTSTACK_MIN} to \
+                 {ALTSTACK_MAX})",
+                alt.size
+            ));
+        }
+        let end = alt
+            .sp
+            .checked_add(alt.size)
+            .ok_or_else(|| format!("thread {tid}: alternate signal stack wraps around"))?;
+        check_address(
+            &format!("thread {tid}: alternate signal stack end"),
+            end - 1,
+        )?;
+    }
+    check_address(&format!("thread {tid}: clear_child_tid"), s.clear_child_tid)?;
+    check_address(&format!("thread {tid}: robust list"), s.robust_list)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+
+    fn siginfo(signo: i32) -> Vec<u8> {
+        let mut v = vec![0u8; SIGINFO_SIZE];
+        v[..4].copy_from_slice(&signo.to_ne_bytes());
+        v
+    }
+
+    fn full_task() -> TaskState {
+        TaskState {
+            sigactions: vec![SigAction::default(); SIGACTION_COUNT],
+            itimers: vec![ITimer::default(); ITIMER_COUNT],
+            posix_timers: vec![
+                PosixTimer {
+                    id: 0,
+                    ..Default::default()
+                },
+                PosixTimer {
+                    id: 3,
+                    ..Default::default()
+                },
+            ],
+            shared_pending: vec![siginfo(10), siginfo(34)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn collected_and_empty_task_state_pass() {
+        check_task(&TaskState::default()).unwrap();
+        check_task(&full_task()).unwrap();
+        let thread = ThreadState {
+            altstack: Some(AltStack {
+                sp: 0x7f00_0000_0000,
+                flags: 0,
+                size: 64 << 10,
+            }),
+            pending: vec![siginfo(21)],
+            clear_child_tid: 0x7f00_0001_0000,
+            robust_list: 0x7f00_0001_0040,
+            robust_list_len: 24,
+        };
+        check_thread_state(1, &thread).unwrap();
+        check_thread_state(1, &ThreadState::default()).unwrap();
+    }
+
+    #[test]
+    fn broken_task_state_is_refused_with_a_reason() {
+        let refused = |t: TaskState, needle: &str| {
+            let e = check_task(&t).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        let mut t = full_task();
+        t.sigactions.pop();
+        refused(t, "signal dispositions");
+        let mut t = full_task();
+        t.itimers.push(ITimer::default());
+        refused(t, "interval timers");
+        let mut t = full_task();
+        t.posix_timers[1].id = 0;
+        refused(t, "appears twice");
+        let mut t = full_task();
+        t.posix_timers = (0..65)
+            .map(|id| PosixTimer {
+                id,
+                ..Default::default()
+            })
+            .collect();
+        refused(t, "POSIX timers");
+        let mut t = full_task();
+        t.shared_pending[1].push(0);
+        refused(t, "129 bytes");
+        let mut t = full_task();
+        t.shared_pending[0] = siginfo(65);
+        refused(t, "signal number 65");
+        let mut t = full_task();
+        t.shared_pending = vec![siginfo(10); PENDING_MAX + 1];
+        refused(t, "pending signals");
+
+        let alt = |size, sp| ThreadState {
+            altstack: Some(AltStack { sp, flags: 0, size }),
+            ..Default::default()
+        };
+        assert!(check_thread_state(1, &alt(1024, 0x1000))
+            .unwrap_err()
+            .contains("alternate signal stack of 1024 bytes"));
+        assert!(check_thread_state(1, &alt(1 << 31, 0x1000)).is_err());
+        assert!(check_thread_state(1, &alt(8192, u64::MAX - 100)).is_err());
+        assert!(check_thread_state(1, &alt(8192, USER_ADDRESS_LIMIT)).is_err());
+        let pending = ThreadState {
+            pending: vec![vec![0; 12]],
+            ..Default::default()
+        };
+        assert!(check_thread_state(7, &pending)
+            .unwrap_err()
+            .contains("thread 7 pending signal 0"));
+    }
 }

@@ -1,7 +1,7 @@
-//! The contract between crest and the restorer blob.
+//! The contract between crest and its two blobs, the restorer and the parasite (bottom section).
 //!
-//! This one file is compiled into both sides: into the freestanding blob (`parasite/`) and into
-//! crest (`src/restore/blob.rs` includes it with `#[path]`). Everything is `#[repr(C)]`, made of
+//! This one file is compiled into both sides: into the freestanding blobs (`parasite/`) and into
+//! crest (`src/blob.rs` includes it with `#[path]`). Everything is `#[repr(C)]`, made of
 //! fixed-size integers, and addressed with absolute addresses inside the bootstrap region, which
 //! crest maps (MAP_SHARED, from a memfd) at the same address in itself and in the restored task
 //! before the fork, so both sides see the same bytes.
@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -285,6 +285,33 @@ pub const PARASITE_CMD_PING: u32 = 2;
 /// Most POSIX timers one collection reports.
 pub const MAX_POSIX_TIMERS: usize = 64;
 
+/// `ParasiteArgs::failed_call`: which call of the command failed first (0: none).
+/// `failed_arg` then says which instance: the signal, the timer index, the itimer.
+/// The arguments themselves were unusable (bad magic, version, command or timer count).
+pub const PARASITE_CALL_ARGS: u32 = 1;
+/// rt_sigaction(failed_arg, NULL, &old).
+pub const PARASITE_CALL_SIGACTION: u32 = 2;
+/// sigaltstack(NULL, &old).
+pub const PARASITE_CALL_SIGALTSTACK: u32 = 3;
+/// getitimer(failed_arg).
+pub const PARASITE_CALL_GETITIMER: u32 = 4;
+/// timer_gettime / timer_getoverrun of timer_ids[failed_arg].
+pub const PARASITE_CALL_TIMER: u32 = 5;
+/// prctl(PR_GET_TID_ADDRESS).
+pub const PARASITE_CALL_TID_ADDRESS: u32 = 6;
+/// get_robust_list(0, ...).
+pub const PARASITE_CALL_ROBUST_LIST: u32 = 7;
+/// personality(0xffffffff).
+pub const PARASITE_CALL_PERSONALITY: u32 = 8;
+/// prctl(PR_GET_PDEATHSIG).
+pub const PARASITE_CALL_PDEATHSIG: u32 = 9;
+/// prctl(PR_GET_DUMPABLE).
+pub const PARASITE_CALL_DUMPABLE: u32 = 10;
+/// prctl(PR_GET_NO_NEW_PRIVS).
+pub const PARASITE_CALL_NO_NEW_PRIVS: u32 = 11;
+/// prctl(PR_GET_CHILD_SUBREAPER).
+pub const PARASITE_CALL_CHILD_SUBREAPER: u32 = 12;
+
 /// The kernel's `struct sigaction` as rt_sigaction reads and writes it (x86_64 and aarch64).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -374,10 +401,13 @@ pub struct ParasiteArgs {
     pub done: u32,
     /// Written by the parasite: 0, or the negative errno of the first call that failed.
     pub error: i32,
-    /// Which call failed (an index the parasite documents), 0 when none.
+    /// Which call failed first (PARASITE_CALL_*), 0 when none.
     pub failed_call: u32,
-    /// Input: the POSIX timer ids to read (from /proc/PID/timers).
+    /// Which instance of that call (signal number, timer index, itimer), see PARASITE_CALL_*.
+    pub failed_arg: u32,
+    /// Input: the POSIX timer ids to read (from /proc/PID/timers), at most MAX_POSIX_TIMERS.
     pub nr_timer_ids: u32,
+    pub _pad: u32,
     pub timer_ids: [i32; MAX_POSIX_TIMERS],
     pub state: ParasiteState,
 }

@@ -1,20 +1,27 @@
 //! `crest dump`: freeze a process with ptrace, collect its state, write an image, then kill it
 //! (default) or let it go (`-R`).
 //!
-//! Phases: freeze (seize + interrupt every thread) -> collect (registers, VMAs, fds, task
-//! state) -> pages (pagemap scan, memory read, page file) -> write (process record, inventory,
-//! atomic rename) -> kill or release. Nothing is ever written into the target, so a failure at
-//! any step simply detaches it ([`freeze::Frozen`]'s Drop) and drops the unfinished image
-//! (ImageWriter's Drop).
+//! Phases: freeze (seize + interrupt every thread) -> collect (registers, signal mask, rseq,
+//! pending signals, POSIX timer list; then the parasite: infect, collect, cure; then VMAs, fds,
+//! task state) -> pages (pagemap scan, memory read, page file) -> write (process record,
+//! inventory, atomic rename) -> kill or release. The parasite is the only thing crest ever
+//! puts into the target, and it is gone (cured, checked against a snapshot of the maps and
+//! fds) before the VMAs are read. A failure at any step cures the parasite (its guard's Drop),
+//! detaches the threads ([`freeze::Frozen`]'s Drop) and drops the unfinished image
+//! (ImageWriter's Drop), so the target runs on as before. `CREST_FAIL_AT` ([`crate::fault`])
+//! makes a dump fail at a named step to test exactly that.
 
 mod fds;
 mod files;
 mod freeze;
+mod parasite;
 mod task;
 mod threads;
 mod vmas;
 
 // Dumping needs register capture, which exists on x86_64 only so far.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod fault_tests;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 #[cfg(test)]
@@ -27,10 +34,13 @@ use nix::errno::Errno;
 
 use crate::arch::regs::RegsError;
 use crate::arch::ArchError;
+use crate::fault::{self, Injected};
 use crate::images::{
-    pages_file_name, Arch, DumpStats, ImageError, ImageWriter, Inventory, ProcessImage,
+    pages_file_name, Arch, DumpStats, ImageError, ImageWriter, Inventory, PageFileWriter,
+    ProcessImage, ThreadState,
 };
-use crate::pages::{self, PageError};
+use crate::infect::InfectError;
+use crate::pages::{self, PageError, PageSink};
 use crate::proc::{Proc, ProcError};
 use crate::ptrace::PtraceError;
 
@@ -143,6 +153,17 @@ pub enum DumpError {
     Image(#[from] ImageError),
     #[error("the image is complete, but killing process {pid} failed: {errno}")]
     Kill { pid: i32, errno: Errno },
+    #[error(
+        "{} of process {pid} has a SIGTRAP pending; crest's parasite stops on SIGTRAP and would \
+         lose it, so the process cannot be dumped until the signal is delivered",
+        if *shared { "the process-wide queue".to_string() } else { format!("thread {tid}") }
+    )]
+    PendingSigtrap { pid: i32, tid: i32, shared: bool },
+    /// Running the parasite in the process failed (it was cured: the process runs on as before).
+    #[error("process {pid}: parasite: {err}")]
+    Infect { pid: i32, err: InfectError },
+    #[error(transparent)]
+    Injected(#[from] Injected),
 }
 
 impl DumpError {
@@ -318,6 +339,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             threads: tids_now.len(),
         });
     }
+    fault::point("seize")?;
     phases.end("freeze");
 
     // Collect: all of it while frozen, so it is one consistent snapshot.
@@ -332,7 +354,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
                 mode: st.seccomp,
             });
         }
-        let captured = threads::capture(pid, tid)?;
+        let mut captured = threads::capture(pid, tid)?;
+        // Before any parasite runs: crest's own code must not see or consume them.
+        captured.image.state.pending = parasite::pending(pid, tid, false)?;
         if let crate::arch::regs::SyscallRestart::Interrupted { nr } = captured.restart {
             notes.push(format!(
                 "thread {tid} was stopped in syscall {nr}, which will return EINTR after restore"
@@ -345,6 +369,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         threads.push(captured.image);
     }
+    let shared_pending = parasite::pending(pid, pid, true)?;
+    let timers = proc.posix_timers()?;
+    let inside = parasite::collect(pid, pid, &timers)?;
+    phases.end("parasite");
+    let mut task_state = inside.task;
+    task_state.shared_pending = shared_pending;
+    let leader = &mut threads[0];
+    leader.state = ThreadState {
+        pending: std::mem::take(&mut leader.state.pending),
+        ..inside.thread
+    };
+
     let status = proc.status()?;
     let umask = status.umask.ok_or_else(|| {
         DumpError::Proc(ProcError::Parse {
@@ -358,18 +394,21 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let cwd_file = fds::cwd(&proc, &mut files)?;
     let exe_file = fds::exe(&proc, &mut files)?;
     let rlimits = task::rlimits(pid)?;
-    let (mm, comm, ppid) = task::mm(&proc, collected.heap_end)?;
+    let (mm, comm, ppid) = task::mm(&proc, inside.brk)?;
     phases.end("collect");
 
     let mut writer = ImageWriter::create(&opts.dir)?;
     let pages_file = pages_file_name(pid);
-    let mut page_writer = writer.page_file(&pages_file)?;
+    let mut page_writer = FaultSink::new(writer.page_file(&pages_file)?);
     let page_dump = pages::dump_pages(&proc, &collected.areas, page_size, &mut page_writer)
-        .map_err(|e| match e {
-            PageError::Proc(ProcError::NoSuchProcess { pid }) => DumpError::NoSuchProcess { pid },
-            err => DumpError::Pages { pid, err },
+        .map_err(|e| match (e, page_writer.injected.take()) {
+            (_, Some(injected)) => DumpError::Injected(injected),
+            (PageError::Proc(ProcError::NoSuchProcess { pid }), None) => {
+                DumpError::NoSuchProcess { pid }
+            }
+            (err, None) => DumpError::Pages { pid, err },
         })?;
-    writer.finish_page_file(page_writer)?;
+    writer.finish_page_file(page_writer.inner)?;
     phases.end("pages");
 
     let image = ProcessImage {
@@ -392,7 +431,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         sig_ignored: status.sig_ignored,
         sig_caught: status.sig_caught,
         vdso_blake3: collected.vdso_blake3,
-        task: Default::default(),
+        task: task_state,
     };
     writer.write_process(&image)?;
     phases.end("write");
@@ -449,6 +488,47 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         left_running: opts.leave_running,
         notes,
     })
+}
+
+/// The page file with the `pages` fault-injection point: it fails right after the first batch
+/// of pages is written (an ImageError carries the failure through `dump_pages`; `injected`
+/// says it was this).
+struct FaultSink {
+    inner: PageFileWriter,
+    writes: u64,
+    injected: Option<Injected>,
+}
+
+impl FaultSink {
+    fn new(inner: PageFileWriter) -> FaultSink {
+        FaultSink {
+            inner,
+            writes: 0,
+            injected: None,
+        }
+    }
+}
+
+impl PageSink for FaultSink {
+    fn offset(&self) -> u64 {
+        self.inner.offset()
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        self.inner.write_all(bytes)?;
+        self.writes += 1;
+        if self.writes == 1 {
+            if let Err(injected) = fault::point("pages") {
+                let what = injected.to_string();
+                self.injected = Some(injected);
+                return Err(ImageError::Write {
+                    dir: PathBuf::new(),
+                    what,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sum of the sizes of the files directly inside `dir` (0 for what cannot be read).

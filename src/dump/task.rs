@@ -78,12 +78,11 @@ pub fn rlimits(pid: i32) -> Result<Vec<Rlimit>, DumpError> {
         .collect()
 }
 
-/// The mm fields from `/proc/PID/stat` and `/proc/PID/auxv`. brk is the end of `[heap]`
-/// (`heap_end`): stat shows only start_brk, and without a heap VMA brk has not moved.
-pub fn mm(proc: &Proc, heap_end: Option<u64>) -> Result<(MmFields, String, i32), DumpError> {
+/// The mm fields from `/proc/PID/stat` and `/proc/PID/auxv`, and `brk` as the process's own
+/// brk(0) returned it (stat shows only start_brk; the end of `[heap]` is page-rounded).
+pub fn mm(proc: &Proc, brk: u64) -> Result<(MmFields, String, i32), DumpError> {
     let s = proc.mm_stat()?;
     let auxv = proc.auxv()?;
-    let brk = heap_end.unwrap_or(s.start_brk).max(s.start_brk);
     Ok((
         MmFields {
             start_code: s.start_code,

@@ -185,7 +185,7 @@ fn leave_running_dump_is_complete_and_the_child_runs_on() {
     assert_eq!(s.bytes_written, s.pages_written * ps);
     assert!(s.rss_bytes > 0);
     let names: Vec<&str> = s.phases_us.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["freeze", "collect", "pages", "write"]);
+    assert_eq!(names, ["freeze", "parasite", "collect", "pages", "write"]);
 
     // A second dump into the same directory replaces the image.
     page.word(1).store(0, std::sync::atomic::Ordering::SeqCst);
@@ -415,4 +415,278 @@ fn an_already_traced_process_is_refused_untouched() {
     crate::ptrace::detach(child.pid, 0).unwrap();
     let at = page.counter();
     assert!(wait_until(|| page.counter() > at + 2));
+}
+
+/// Offset of `si_value` in a siginfo of a queued signal (`_rt`: pid, uid, then the sigval).
+const SI_VALUE: usize = 24;
+const SI_PID: usize = 16;
+const SI_QUEUE: i32 = -1;
+const SI_TKILL: i32 = -6;
+
+fn si_i32(info: &[u8], off: usize) -> i32 {
+    i32::from_ne_bytes(info[off..off + 4].try_into().unwrap())
+}
+
+#[test]
+fn the_parasite_collects_what_the_child_set_up_and_the_child_runs_on() {
+    use super::testutil::{count_signals, counting_handler, pause_forever, signal_count};
+    let tmp = tempfile::tempdir().unwrap();
+    let page = SharedPage::new();
+    let altstack = Region::new(16, false);
+    let (alt_sp, alt_size) = (altstack.addr, altstack.len as u64);
+    let rtsig = libc::SIGRTMIN() + 2;
+    let tid_addr = page.addr() + 8 * 200;
+    let robust_head = page.addr() + 8 * 210;
+    let child = spawn_with(
+        &[],
+        &page,
+        || {
+            count_signals(
+                &page,
+                libc::SIGUSR1,
+                libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART,
+                &[libc::SIGUSR2, libc::SIGTERM],
+            );
+            count_signals(&page, libc::SIGALRM, libc::SA_RESTART, &[]);
+            count_signals(&page, rtsig, libc::SA_SIGINFO | libc::SA_RESTART, &[]);
+            // SAFETY (whole block): plain process-state calls with valid local arguments.
+            unsafe {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                let ss = libc::stack_t {
+                    ss_sp: alt_sp as *mut libc::c_void,
+                    ss_flags: 0,
+                    ss_size: alt_size as usize,
+                };
+                assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+                let tick = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 5000,
+                };
+                let it = libc::itimerval {
+                    it_interval: tick,
+                    it_value: tick,
+                };
+                assert_eq!(
+                    libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()),
+                    0
+                );
+                let mut ev: libc::sigevent = std::mem::zeroed();
+                ev.sigev_notify = libc::SIGEV_SIGNAL;
+                ev.sigev_signo = rtsig;
+                ev.sigev_value = libc::sigval {
+                    sival_ptr: 0xfeed as *mut libc::c_void,
+                };
+                let mut timer: libc::timer_t = std::ptr::null_mut();
+                assert_eq!(
+                    libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer),
+                    0
+                );
+                let spec = libc::itimerspec {
+                    it_interval: libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 7_000_000,
+                    },
+                    it_value: libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 7_000_000,
+                    },
+                };
+                assert_eq!(
+                    libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()),
+                    0
+                );
+
+                // Held signals: one queued to the process with a value, one to the thread.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR2);
+                libc::sigaddset(&mut set, libc::SIGTTIN);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                let value = libc::sigval {
+                    sival_ptr: 0xabcdef as *mut libc::c_void,
+                };
+                assert_eq!(libc::sigqueue(libc::getpid(), libc::SIGUSR2, value), 0);
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::gettid(),
+                    libc::SIGTTIN,
+                );
+
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                libc::syscall(libc::SYS_set_tid_address, tid_addr);
+                libc::syscall(libc::SYS_set_robust_list, robust_head, 24usize);
+                libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            }
+        },
+        pause_forever,
+    );
+    let pid = child.pid;
+    // Both timers tick.
+    assert!(wait_until(
+        || signal_count(&page, libc::SIGALRM) > 2 && signal_count(&page, rtsig) > 2
+    ));
+
+    let dir = tmp.path().join("img");
+    dump(&DumpOptions {
+        pid,
+        dir: dir.clone(),
+        leave_running: true,
+    })
+    .unwrap();
+
+    // The child runs on: untraced, its timers still tick, its held signals still pending.
+    assert!(wait_until(|| child.tracer() == 0));
+    let (alrm, rt) = (
+        signal_count(&page, libc::SIGALRM),
+        signal_count(&page, rtsig),
+    );
+    assert!(wait_until(
+        || signal_count(&page, libc::SIGALRM) > alrm + 2 && signal_count(&page, rtsig) > rt + 2
+    ));
+    let status = procfs::process::Process::new(pid)
+        .unwrap()
+        .status()
+        .unwrap();
+    assert_ne!(
+        status.shdpnd & (1 << (libc::SIGUSR2 - 1)),
+        0,
+        "SIGUSR2 consumed"
+    );
+    assert_ne!(
+        status.sigpnd & (1 << (libc::SIGTTIN - 1)),
+        0,
+        "SIGTTIN consumed"
+    );
+    assert_eq!(signal_count(&page, libc::SIGUSR1), 0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert!(wait_until(|| signal_count(&page, libc::SIGUSR1) == 1));
+
+    let image = open_image(&dir).unwrap();
+    let p = &image.processes[0];
+    let t = &p.task;
+    assert_eq!(t.sigactions.len(), 64);
+    let usr1 = t.sigactions[libc::SIGUSR1 as usize - 1];
+    assert_eq!(usr1.handler, counting_handler());
+    let want = (libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART) as u64;
+    assert_eq!(usr1.flags & want, want);
+    const SA_RESTORER: u64 = 0x0400_0000;
+    assert_ne!(usr1.flags & SA_RESTORER, 0, "glibc sets a restorer");
+    assert_ne!(usr1.restorer, 0);
+    assert_eq!(
+        usr1.mask,
+        (1 << (libc::SIGUSR2 - 1)) | (1 << (libc::SIGTERM - 1))
+    );
+    assert_eq!(
+        t.sigactions[libc::SIGHUP as usize - 1].handler,
+        1,
+        "SIG_IGN"
+    );
+    assert_eq!(
+        t.sigactions[libc::SIGINT as usize - 1].handler,
+        0,
+        "SIG_DFL"
+    );
+    assert_eq!(t.sigactions[rtsig as usize - 1].handler, counting_handler());
+
+    assert_eq!(t.itimers.len(), 3);
+    assert_eq!(t.itimers[0].interval_us, 5000);
+    assert!(t.itimers[0].value_us > 0 && t.itimers[0].value_us <= 5000);
+    assert_eq!(t.itimers[1], crate::images::ITimer::default());
+    assert_eq!(t.posix_timers.len(), 1);
+    let pt = t.posix_timers[0];
+    assert_eq!(pt.signo, rtsig);
+    assert_eq!(pt.sigev_value, 0xfeed);
+    assert_eq!(pt.notify, libc::SIGEV_SIGNAL);
+    assert_eq!(pt.clock, libc::CLOCK_MONOTONIC);
+    assert_eq!(pt.interval_ns, 7_000_000);
+    assert!(pt.value_ns > 0 && pt.value_ns <= 7_000_000);
+
+    let queued: Vec<&Vec<u8>> = t
+        .shared_pending
+        .iter()
+        .filter(|i| si_i32(i, 0) == libc::SIGUSR2)
+        .collect();
+    assert_eq!(queued.len(), 1, "{:?}", t.shared_pending);
+    assert_eq!(queued[0].len(), 128);
+    assert_eq!(si_i32(queued[0], 8), SI_QUEUE);
+    assert_eq!(si_i32(queued[0], SI_PID), pid);
+    assert_eq!(
+        u64::from_ne_bytes(queued[0][SI_VALUE..SI_VALUE + 8].try_into().unwrap()),
+        0xabcdef
+    );
+    assert_eq!(t.pdeath_signal, libc::SIGKILL as u32);
+    assert!(t.child_subreaper);
+    assert!(t.no_new_privs);
+    assert_eq!(t.dumpable, 1);
+    assert_eq!(t.personality & 0xffff_ff00, libc::ADDR_NO_RANDOMIZE as u32);
+
+    let th = &p.threads[0].state;
+    let alt = th.altstack.expect("sigaltstack");
+    assert_eq!((alt.sp, alt.size), (alt_sp, alt_size));
+    assert_eq!(th.clear_child_tid, tid_addr);
+    assert_eq!((th.robust_list, th.robust_list_len), (robust_head, 24));
+    let held: Vec<&Vec<u8>> = th
+        .pending
+        .iter()
+        .filter(|i| si_i32(i, 0) == libc::SIGTTIN)
+        .collect();
+    assert_eq!(held.len(), 1, "{:?}", th.pending);
+    assert_eq!(si_i32(held[0], 8), SI_TKILL);
+    // brk comes from the process itself: at or past the heap's start.
+    assert!(p.mm.brk >= p.mm.start_brk);
+    drop(altstack);
+}
+
+#[test]
+fn a_pending_sigtrap_is_refused_and_stays_pending() {
+    let tmp = tempfile::tempdir().unwrap();
+    let page = SharedPage::new();
+    let child = spawn_with(
+        &[],
+        &page,
+        || {
+            // SAFETY: signal-mask calls on a local set, then a signal to this very thread.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTRAP);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::gettid(),
+                    libc::SIGTRAP,
+                );
+            }
+        },
+        super::testutil::pause_forever,
+    );
+    assert!(wait_until(|| child.state() == 'S'));
+    let dir = tmp.path().join("img");
+    let err = dump(&DumpOptions {
+        pid: child.pid,
+        dir: dir.clone(),
+        leave_running: true,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, DumpError::PendingSigtrap { pid, tid, shared: false } if pid == child.pid && tid == pid),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("SIGTRAP"), "{err}");
+    assert!(!dir.exists());
+    assert!(wait_until(|| child.tracer() == 0));
+    let status = procfs::process::Process::new(child.pid)
+        .unwrap()
+        .status()
+        .unwrap();
+    assert_ne!(
+        status.sigpnd & (1 << (libc::SIGTRAP - 1)),
+        0,
+        "SIGTRAP lost"
+    );
 }

@@ -273,3 +273,54 @@ pub fn pattern_page(seed: u64, i: usize, page_size: usize) -> Vec<u8> {
     out.truncate(page_size);
     out
 }
+
+/// The shared page the signal-counting handler writes to (set in the child before the handler
+/// is installed).
+static HANDLER_PAGE: AtomicU64 = AtomicU64::new(0);
+/// Word of the shared page where signal `sig`'s count lives.
+const COUNT_BASE: usize = 64;
+
+extern "C" fn count_signal(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let page = HANDLER_PAGE.load(Ordering::SeqCst) as *const AtomicU64;
+    if !page.is_null() && (1..=64).contains(&sig) {
+        // SAFETY: HANDLER_PAGE points at a live SharedPage of at least 4096 bytes (512 words),
+        // and COUNT_BASE + 64 < 512; atomics are async-signal-safe.
+        unsafe { (*page.add(COUNT_BASE + sig as usize)).fetch_add(1, Ordering::SeqCst) };
+    }
+}
+
+/// The handler address [`count_signals`] installs.
+pub fn counting_handler() -> u64 {
+    count_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize
+        as u64
+}
+
+/// In a child: handle `sig` by counting it in `page` (see [`signal_count`]), with `flags`
+/// (SA_SIGINFO, SA_ONSTACK, ...) and `mask` blocked while the handler runs.
+pub fn count_signals(page: &SharedPage, sig: i32, flags: i32, mask: &[i32]) {
+    HANDLER_PAGE.store(page.addr(), Ordering::SeqCst);
+    // SAFETY: sigaction with a valid handler and a local sigaction; async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = counting_handler() as usize;
+        sa.sa_flags = flags;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for &m in mask {
+            libc::sigaddset(&mut sa.sa_mask, m);
+        }
+        assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// How often the child's counting handler ran for `sig`.
+pub fn signal_count(page: &SharedPage, sig: i32) -> u64 {
+    page.word(COUNT_BASE + sig as usize).load(Ordering::SeqCst)
+}
+
+/// A body for [`spawn_with`]: pause forever (handlers run in between).
+pub fn pause_forever() -> std::convert::Infallible {
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}

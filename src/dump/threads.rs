@@ -1,5 +1,5 @@
-//! Per-thread state of a frozen thread: registers (with the syscall-restart and rseq fix-ups
-//! applied to the saved copy only), blocked-signal mask and rseq registration.
+//! Per-thread state of a frozen thread: registers (with the syscall-restart fix-up applied to
+//! the saved copy only, the rseq abort to both), blocked-signal mask and rseq registration.
 
 use crate::arch::regs::{self, SyscallRestart};
 use crate::images::{ArchRegs, RseqRegistration, ThreadImage};
@@ -44,6 +44,16 @@ pub fn capture(pid: i32, tid: i32) -> Result<CapturedThread, DumpError> {
         Some(r) => rseq_fixup(pid, tid, r, &mut regs)?,
         None => None,
     };
+    if let Some(abort_ip) = rseq_abort {
+        // The live thread goes to the abort handler too. Once the parasite has run, the kernel
+        // may clear rseq_cs on a return to user space outside the section (kernel/rseq.c,
+        // `rseq_ip_fixup`), so the thread, resumed inside it, would no longer be aborted when
+        // it should. Aborting is always allowed: the kernel does it on any preemption.
+        let arch_err = |err| DumpError::Arch { pid, tid, err };
+        let mut live = regs::capture(tid).map_err(|e| DumpError::Regs { pid, err: e })?;
+        regs::set_instruction_pointer(&mut live, abort_ip).map_err(arch_err)?;
+        regs::restore(tid, &live).map_err(|e| DumpError::Regs { pid, err: e })?;
+    }
     Ok(CapturedThread {
         image: ThreadImage {
             tid,

@@ -20,8 +20,6 @@ pub struct Collected {
     pub areas: Vec<Area>,
     /// BLAKE3 of the `[vdso]` contents.
     pub vdso_blake3: Option<[u8; 32]>,
-    /// End of `[heap]`, if there is one (the current, page-aligned brk).
-    pub heap_end: Option<u64>,
 }
 
 fn flags(f: VmFlags) -> VmaFlags {
@@ -178,7 +176,6 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
         vmas: Vec::with_capacity(maps.len()),
         areas: Vec::new(),
         vdso_blake3: None,
-        heap_end: None,
     };
     for m in &maps {
         let backing = match plan(pid, m)? {
@@ -217,9 +214,6 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
                 }
             }
         };
-        if m.name == MapName::Heap {
-            out.heap_end = Some(m.end);
-        }
         out.vmas.push(Vma {
             start: m.start,
             end: m.end,

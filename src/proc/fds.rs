@@ -126,6 +126,18 @@ impl Proc {
         Ok(fds)
     }
 
+    /// Opens the file behind the process's fd `fd` anew, for reading and writing, through the
+    /// `/proc/PID/fd/N` magic link (a new open file description of the same file; for a memfd,
+    /// the same memory). Needs ptrace access to the process.
+    pub fn reopen_fd(&self, fd: i32) -> Result<std::fs::File, ProcError> {
+        let what = format!("fd/{fd}");
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/{what}", self.pid))
+            .map_err(|e| ProcError::io(self.pid, &what, e))
+    }
+
     /// `/proc/PID/fdinfo/N`.
     pub fn fdinfo(&self, fd: i32) -> Result<FdInfo, ProcError> {
         let what = format!("fdinfo/{fd}");

@@ -121,6 +121,16 @@ fn convert(m: MemoryMap) -> MapEntry {
 }
 
 impl Proc {
+    /// Every memory area of the process, in address order, from `/proc/PID/maps` (cheaper than
+    /// smaps; `vm_flags` is empty).
+    pub fn maps(&self) -> Result<Vec<MapEntry>, ProcError> {
+        let maps = self
+            .proc
+            .maps()
+            .map_err(|e| ProcError::procfs(self.pid, "maps", e))?;
+        Ok(maps.into_iter().map(convert).collect())
+    }
+
     /// Every memory area of the process, in address order, from `/proc/PID/smaps`.
     pub fn smaps(&self) -> Result<Vec<MapEntry>, ProcError> {
         let maps = self

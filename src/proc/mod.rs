@@ -2,6 +2,8 @@
 //! the data (fdinfo, auxv words and pagemap are read raw here because procfs either lacks them or
 //! loses their order).
 //!
+//! `/proc/PID/timers` is parsed here too: procfs does not offer it.
+//!
 //! A [`Proc`] holds an open `/proc/PID` directory, so every later read refers to the same process
 //! even if the pid were reused.
 
@@ -9,6 +11,7 @@ mod fds;
 mod maps;
 mod pagemap;
 mod status;
+mod timers;
 
 use std::fs::File;
 use std::io::Read;
@@ -19,6 +22,7 @@ pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use pagemap::Pagemap;
 pub use procfs::process::VmFlags;
 pub use status::{MmStat, Status};
+pub use timers::{PosixTimerInfo, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD, SIGEV_THREAD_ID};
 
 /// Errors reading `/proc`.
 #[derive(Debug, thiserror::Error)]

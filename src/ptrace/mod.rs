@@ -22,6 +22,17 @@ const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 /// `PTRACE_GET_RSEQ_CONFIGURATION` (5.13+, linux/ptrace.h).
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// `PTRACE_PEEKSIGINFO` (linux/ptrace.h).
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+/// `PTRACE_PEEKSIGINFO_SHARED`: read the process-wide queue instead of the thread's own.
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+/// Size of a `siginfo_t` as the kernel copies it out (SI_MAX_SIZE).
+pub const SIGINFO_SIZE: usize = 128;
+/// siginfos read per PTRACE_PEEKSIGINFO call.
+const PEEKSIGINFO_BATCH: usize = 32;
+/// More queued signals than any sane process has: RLIMIT_SIGPENDING defaults to about the
+/// number of pages of RAM / 8, but a dump of this many is surely a runaway sender.
+pub const MAX_PENDING_SIGNALS: usize = 4096;
 /// `PTRACE_EVENT_STOP`: the event of an interrupt stop or a group stop of a seized thread.
 pub const PTRACE_EVENT_STOP: i32 = 128;
 
@@ -65,6 +76,17 @@ pub enum PtraceError {
         len: usize,
         errno: Errno,
     },
+    /// More signals are queued than crest will record.
+    #[error(
+        "thread {tid} has more than {limit} {} signals pending; crest refuses to record a queue \
+         that long (is something flooding it with signals?)",
+        if *shared { "process-wide" } else { "thread" }
+    )]
+    TooManySignals {
+        tid: i32,
+        shared: bool,
+        limit: usize,
+    },
     /// Reading the target's memory returned fewer bytes than asked (an unmapped hole).
     #[error(
         "reading process {pid}'s memory at {addr:#x}: only {got} of {len} bytes readable \
@@ -76,6 +98,43 @@ pub enum PtraceError {
         len: usize,
         got: usize,
     },
+}
+
+/// One signal as the kernel queued it: the raw 128-byte `siginfo_t`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigInfo(pub [u8; SIGINFO_SIZE]);
+
+impl SigInfo {
+    fn i32_at(&self, off: usize) -> i32 {
+        i32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+    }
+
+    /// `si_signo`.
+    pub fn signo(&self) -> i32 {
+        self.i32_at(0)
+    }
+
+    /// `si_code` (SI_USER 0, SI_KERNEL 0x80, SI_QUEUE -1, SI_TKILL -6, TRAP_BRKPT 1, ...).
+    /// On both supported architectures the layout is signo, errno, code.
+    pub fn code(&self) -> i32 {
+        self.i32_at(8)
+    }
+
+    /// `si_addr` for faults (SIGSEGV, SIGBUS, SIGILL, SIGTRAP): the first union member, at
+    /// offset 16 on 64-bit architectures.
+    pub fn addr(&self) -> u64 {
+        u64::from_ne_bytes(self.0[16..24].try_into().expect("8 bytes"))
+    }
+}
+
+impl std::fmt::Debug for SigInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigInfo")
+            .field("signo", &self.signo())
+            .field("code", &self.code())
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .finish()
+    }
 }
 
 /// What `waitpid` reported for a traced thread.
@@ -276,6 +335,96 @@ pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), PtraceError> {
         &mask as *const u64 as usize,
     )?;
     Ok(())
+}
+
+/// PTRACE_PEEKDATA: the word at `addr` of the stopped thread's address space (read with
+/// FOLL_FORCE, so code that is not writable is readable here too).
+pub fn peek_word(tid: i32, addr: u64) -> Result<u64, PtraceError> {
+    // PEEKDATA returns the word; `raw` tells a word of -1 from an error through errno.
+    raw(
+        libc::PTRACE_PEEKDATA,
+        "PTRACE_PEEKDATA",
+        tid,
+        addr as usize,
+        0,
+    )
+    .map(|w| w as u64)
+}
+
+/// PTRACE_POKEDATA: writes one word at `addr` (FOLL_FORCE: works on read-only code, which the
+/// kernel then copies on write for this process only).
+pub fn poke_word(tid: i32, addr: u64, word: u64) -> Result<(), PtraceError> {
+    // POKEDATA takes the word itself as data; no memory of ours is passed.
+    raw(
+        libc::PTRACE_POKEDATA,
+        "PTRACE_POKEDATA",
+        tid,
+        addr as usize,
+        word as usize,
+    )
+    .map(|_| ())
+}
+
+/// PTRACE_GETSIGINFO: the siginfo of the signal that caused the current stop.
+pub fn get_siginfo(tid: i32) -> Result<SigInfo, PtraceError> {
+    let mut info = SigInfo([0; SIGINFO_SIZE]);
+    // GETSIGINFO writes one siginfo_t (128 bytes) to data, which points at `info.0`.
+    raw(
+        libc::PTRACE_GETSIGINFO,
+        "PTRACE_GETSIGINFO",
+        tid,
+        0,
+        info.0.as_mut_ptr() as usize,
+    )?;
+    Ok(info)
+}
+
+/// `struct ptrace_peeksiginfo_args` (linux/ptrace.h).
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// PTRACE_PEEKSIGINFO: the signals queued for thread `tid` (`shared` false) or for its whole
+/// process (`shared` true), oldest first, without dequeuing them. Refuses more than
+/// [`MAX_PENDING_SIGNALS`].
+pub fn pending_signals(tid: i32, shared: bool) -> Result<Vec<SigInfo>, PtraceError> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; PEEKSIGINFO_BATCH * SIGINFO_SIZE];
+    loop {
+        let args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: PEEKSIGINFO_BATCH as i32,
+        };
+        // PEEKSIGINFO reads `args` and writes at most args.nr siginfos (nr * 128 bytes) to
+        // data, which points at `buf` of exactly that size.
+        let n = raw(
+            PTRACE_PEEKSIGINFO,
+            "PTRACE_PEEKSIGINFO",
+            tid,
+            &args as *const PeekSiginfoArgs as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
+        let n = n.min(PEEKSIGINFO_BATCH);
+        for chunk in buf[..n * SIGINFO_SIZE].chunks_exact(SIGINFO_SIZE) {
+            out.push(SigInfo(chunk.try_into().expect("chunks_exact(128)")));
+        }
+        if out.len() > MAX_PENDING_SIGNALS {
+            return Err(PtraceError::TooManySignals {
+                tid,
+                shared,
+                limit: MAX_PENDING_SIGNALS,
+            });
+        }
+        // The kernel stops early only at the end of the queue (or when crest itself has a
+        // signal pending, in which case it returned at least one; asking again is right).
+        if n == 0 {
+            return Ok(out);
+        }
+    }
 }
 
 /// `struct ptrace_rseq_configuration` (linux/ptrace.h).

@@ -632,6 +632,6 @@ mod tests {
             l.total,
         ];
         assert!(parts.windows(2).all(|w| w[0] <= w[1]), "{l:?}");
-        assert!(l.args >= 10000 && l.sigframe % 4096 == 0 && l.total - l.park >= 3 * 4096);
+        assert!(l.args >= 10000 && l.sigframe.is_multiple_of(4096) && l.total - l.park >= 3 * 4096);
     }
 }

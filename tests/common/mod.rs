@@ -76,6 +76,9 @@ pub enum Kind {
     Fds,
     /// Two threads: crest must refuse it and leave it running.
     Threads,
+    /// Signal handlers on an alternate stack, SIG_IGN, interval and POSIX timers, blocked
+    /// pending signals, prctl state (issue #3); answers [`Victim::verify_signals`].
+    Signals,
 }
 
 impl Kind {
@@ -84,6 +87,7 @@ impl Kind {
             Kind::Memcheck => "memcheck",
             Kind::Fds => "fds",
             Kind::Threads => "threads",
+            Kind::Signals => "signals",
         }
     }
 
@@ -255,10 +259,76 @@ impl Victim {
 
     /// Asks the victim to check all of its state; returns its counter, or what it found wrong.
     pub fn verify(&self) -> Result<u64, String> {
+        let text = self.verify_exchange(None)?;
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["ok", pid, counter] if *pid == self.pid_str() => Ok(counter
+                .parse()
+                .map_err(|_| format!("bad verify result {text:?}"))?),
+            _ => Err(format!(
+                "{} (pid {}) reports: {}",
+                self.kind.name(),
+                self.pid,
+                text.trim()
+            )),
+        }
+    }
+
+    /// Asks the signals victim to check its state ([`Kind::Signals`]); with `final` it also
+    /// lets its held pending signals in and checks what they carried (once per process: they
+    /// are gone afterwards). Returns its counters, or what it found wrong.
+    pub fn verify_signals(&self, final_check: bool) -> Result<SignalCounts, String> {
+        assert_eq!(
+            self.kind,
+            Kind::Signals,
+            "verify_signals on a {} victim",
+            self.kind.name()
+        );
+        let text = self.verify_exchange(Some(if final_check { "final\n" } else { "check\n" }))?;
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let bad = || format!("bad verify result {text:?}");
+        match words.as_slice() {
+            ["ok", pid, n, alrm, timer, usr1] if *pid == self.pid_str() => Ok(SignalCounts {
+                counter: n.parse().map_err(|_| bad())?,
+                alrm: alrm.parse().map_err(|_| bad())?,
+                posix_timer: timer.parse().map_err(|_| bad())?,
+                usr1: usr1.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(format!(
+                "{} (pid {}) reports: {}",
+                self.kind.name(),
+                self.pid,
+                text.trim()
+            )),
+        }
+    }
+
+    /// The `key value` lines the signals victim writes to `CTL/info` at start.
+    pub fn signals_info(&self) -> SignalsInfo {
+        let path = self.ctl.join("info");
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        SignalsInfo::parse(&text)
+            .unwrap_or_else(|| panic!("malformed {}: {text:?}", path.display()))
+    }
+
+    /// Places a verify request (with `body`, written atomically, or as an empty file) and
+    /// waits for the raw result text.
+    fn verify_exchange(&self, body: Option<&str>) -> Result<String, String> {
         let request = self.ctl.join("verify-request");
         let result = self.ctl.join("verify-result");
         let _ = fs::remove_file(&result);
-        File::create(&request).expect("create verify-request");
+        match body {
+            None => {
+                File::create(&request).expect("create verify-request");
+            }
+            Some(body) => {
+                // Temporary name + rename: the victim never reads half a request.
+                let tmp = self.ctl.join("verify-request.tmp");
+                fs::write(&tmp, body).expect("write verify-request");
+                fs::rename(&tmp, &request).expect("rename verify-request");
+            }
+        }
         let start = Instant::now();
         let text = loop {
             // The victim writes the result to a temporary name and renames it: whole or absent.
@@ -286,18 +356,7 @@ impl Victim {
             sleep(POLL);
         };
         let _ = fs::remove_file(&result);
-        let words: Vec<&str> = text.split_whitespace().collect();
-        match words.as_slice() {
-            ["ok", pid, counter] if *pid == self.pid_str() => Ok(counter
-                .parse()
-                .map_err(|_| format!("bad verify result {text:?}"))?),
-            _ => Err(format!(
-                "{} (pid {}) reports: {}",
-                self.kind.name(),
-                self.pid,
-                text.trim()
-            )),
-        }
+        Ok(text)
     }
 
     /// Asks the victim to exit with `code`.
@@ -456,6 +515,87 @@ impl Drop for Victim {
     }
 }
 
+/// What the signals victim reports on a successful verify. All counts are cumulative over the
+/// life of the process (they live in its memory, so they carry over a dump and restore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalCounts {
+    /// Main-loop ticks (the log counter).
+    pub counter: u64,
+    /// SIGALRMs from ITIMER_REAL handled.
+    pub alrm: u64,
+    /// POSIX timer signals (SIGRTMIN+2) handled.
+    pub posix_timer: u64,
+    /// SIGUSR1s the victim sent itself and handled.
+    pub usr1: u64,
+}
+
+/// The signals victim's own account of what it set up (`CTL/info`), to compare with an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalsInfo {
+    /// glibc's SIGRTMIN (34: glibc keeps 32 and 33 for itself).
+    pub sigrtmin: i32,
+    /// The kernel id of its POSIX timer.
+    pub timer_id: i32,
+    pub altstack_sp: u64,
+    pub altstack_size: u64,
+    /// sa_restorer glibc installed with every handler.
+    pub restorer: u64,
+    /// (signal, handler address) of every handler it installed.
+    pub handlers: Vec<(i32, u64)>,
+    /// get_robust_list(0): head address and length (glibc registers one per thread).
+    pub robust_list: u64,
+    pub robust_len: u64,
+    /// PR_GET_TID_ADDRESS (None when the kernel lacks CONFIG_CHECKPOINT_RESTORE).
+    pub tid_address: Option<u64>,
+}
+
+impl SignalsInfo {
+    fn parse(text: &str) -> Option<SignalsInfo> {
+        fn num(s: &str) -> Option<u64> {
+            match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            }
+        }
+        let mut info = SignalsInfo {
+            sigrtmin: 0,
+            timer_id: -1,
+            altstack_sp: 0,
+            altstack_size: 0,
+            restorer: 0,
+            handlers: Vec::new(),
+            robust_list: 0,
+            robust_len: 0,
+            tid_address: None,
+        };
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["sigrtmin", v] => info.sigrtmin = v.parse().ok()?,
+                ["timer_id", v] => info.timer_id = v.parse().ok()?,
+                ["altstack_sp", v] => info.altstack_sp = num(v)?,
+                ["altstack_size", v] => info.altstack_size = num(v)?,
+                ["restorer", v] => info.restorer = num(v)?,
+                ["robust_list", v] => info.robust_list = num(v)?,
+                ["robust_len", v] => info.robust_len = num(v)?,
+                ["tid_address", v] => info.tid_address = Some(num(v)?),
+                ["handler", sig, addr] => info.handlers.push((sig.parse().ok()?, num(addr)?)),
+                _ => return None,
+            }
+        }
+        (info.sigrtmin > 0 && info.timer_id >= 0 && !info.handlers.is_empty()).then_some(info)
+    }
+
+    /// The handler address installed for `sig`.
+    pub fn handler(&self, sig: i32) -> u64 {
+        self.handlers
+            .iter()
+            .find(|h| h.0 == sig)
+            .unwrap_or_else(|| panic!("the victim installed no handler for signal {sig}"))
+            .1
+    }
+}
+
 fn parse_log_line(line: &str) -> Option<(i32, u64)> {
     let rest = line.strip_prefix("pid=")?;
     let (pid, n) = rest.split_once(" n=")?;
@@ -489,6 +629,47 @@ pub fn tracer_pid(pid: i32) -> Option<i32> {
         .and_then(|p| p.status())
         .ok()
         .map(|s| s.tracerpid)
+}
+
+/// The signal masks of /proc/PID/status (bit n-1 for signal n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalStatus {
+    /// SigBlk: the thread's blocked mask.
+    pub blocked: u64,
+    /// SigIgn: signals whose disposition is SIG_IGN.
+    pub ignored: u64,
+    /// SigCgt: signals with a handler.
+    pub caught: u64,
+    /// ShdPnd: pending for the whole process.
+    pub shared_pending: u64,
+    /// SigPnd: pending for the (leader) thread.
+    pub thread_pending: u64,
+}
+
+/// The signal masks /proc/PID/status shows.
+pub fn signal_status(pid: i32) -> SignalStatus {
+    let st = procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    SignalStatus {
+        blocked: st.sigblk,
+        ignored: st.sigign,
+        caught: st.sigcgt,
+        shared_pending: st.shdpnd,
+        thread_pending: st.sigpnd,
+    }
+}
+
+/// Bit of signal `sig` in a kernel signal mask.
+pub fn sig_bit(sig: i32) -> u64 {
+    1u64 << (sig - 1)
+}
+
+/// /proc/PID/timers: every POSIX timer with its id, signal and sigev_value, notification and
+/// clock (procfs has no parser for it; the text is compared whole).
+pub fn proc_timers(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/timers"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/timers: {e}"))
 }
 
 /// The fd table of a process as (fd -> target).
@@ -740,13 +921,21 @@ pub fn restore_detached(dir: &Path, extra: &[&str]) -> CrestOutput {
         dir.as_os_str(),
         "-d".as_ref(),
     ];
-    args.extend(extra.iter().map(|a| OsStr::new(a)));
+    args.extend(extra.iter().map(OsStr::new));
     crest(args)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Image directories
 // ---------------------------------------------------------------------------------------------
+
+/// `crest show DIR --json`, parsed.
+pub fn show_json(dir: &Path) -> serde_json::Value {
+    let out = crest(["show".as_ref(), dir.as_os_str(), "--json".as_ref()]);
+    out.assert_ok();
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("crest show --json is not JSON ({e}): {out}"))
+}
 
 /// The regular files of an image directory, sorted by name.
 pub fn image_files(dir: &Path) -> Vec<PathBuf> {

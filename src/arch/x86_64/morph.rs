@@ -3,9 +3,7 @@
 
 use crate::images::ArchRegs;
 
-/// Index of fs_base and gs_base in `user_regs_struct` (NT_PRSTATUS order).
-const FS_BASE: usize = 21;
-const GS_BASE: usize = 22;
+use super::regs::{FS_BASE, GS_BASE};
 
 /// FS and GS base of a thread: rt_sigreturn does not restore them, the restorer sets them with
 /// arch_prctl(ARCH_SET_FS/ARCH_SET_GS).

@@ -18,12 +18,32 @@ pub const GPR_WORDS: usize = 27;
 /// returns (11008 bytes with AMX on Sapphire Rapids); 64 KiB leaves room for future features.
 const XSTATE_BUF: usize = 64 * 1024;
 
-/// Word indices in `user_regs_struct` (arch/x86/include/asm/user_64.h).
+/// Word indices in `user_regs_struct` (arch/x86/include/asm/user_64.h), the NT_PRSTATUS order:
+/// r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss
+/// fs_base gs_base ds es fs gs.
+pub const R15: usize = 0;
+pub const R14: usize = 1;
+pub const R13: usize = 2;
+pub const R12: usize = 3;
+pub const RBP: usize = 4;
+pub const RBX: usize = 5;
+pub const R11: usize = 6;
+pub const R10: usize = 7;
+pub const R9: usize = 8;
+pub const R8: usize = 9;
 pub const RAX: usize = 10;
+pub const RCX: usize = 11;
+pub const RDX: usize = 12;
+pub const RSI: usize = 13;
+pub const RDI: usize = 14;
 pub const ORIG_RAX: usize = 15;
 pub const RIP: usize = 16;
 pub const CS: usize = 17;
+pub const EFLAGS: usize = 18;
 pub const RSP: usize = 19;
+pub const SS: usize = 20;
+pub const FS_BASE: usize = 21;
+pub const GS_BASE: usize = 22;
 
 /// Kernel-internal restart codes a thread stopped in a syscall may hold in rax
 /// (include/linux/errno.h); user space never sees them.
@@ -100,6 +120,61 @@ pub fn capture(tid: i32) -> Result<ArchRegs, RegsError> {
     }
     xstate.truncate(n);
     Ok(ArchRegs::X86_64 { gpr, xstate })
+}
+
+/// Reads only the general registers (NT_PRSTATUS) of the stopped thread `tid`.
+pub fn read_gprs(tid: i32) -> Result<Vec<u64>, RegsError> {
+    let mut bytes = [0u8; GPR_WORDS * 8];
+    let n = ptrace::get_regset(tid, NT_PRSTATUS, &mut bytes)?;
+    if n != bytes.len() {
+        return Err(RegsError::Arch {
+            tid,
+            err: ArchError::BadRegset {
+                what: "NT_PRSTATUS",
+                got: n,
+                expected: bytes.len(),
+            },
+        });
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("chunks_exact(8)")))
+        .collect())
+}
+
+/// Writes the general registers (NT_PRSTATUS) of the stopped thread `tid`.
+pub fn write_gprs(tid: i32, gpr: &[u64]) -> Result<(), RegsError> {
+    if gpr.len() != GPR_WORDS {
+        return Err(RegsError::Arch {
+            tid,
+            err: ArchError::BadRegset {
+                what: "general registers to write",
+                got: gpr.len() * 8,
+                expected: GPR_WORDS * 8,
+            },
+        });
+    }
+    let bytes: Vec<u8> = gpr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    ptrace::set_regset(tid, NT_PRSTATUS, &bytes)?;
+    Ok(())
+}
+
+/// Puts back into the stopped thread `tid` everything [`capture`] read: the general registers
+/// and the XSAVE area (the kernel wants the whole standard-format area, exactly as
+/// GETREGSET returned it).
+pub fn restore(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
+    let (gpr_words, xstate) = match regs {
+        ArchRegs::X86_64 { gpr, xstate } => (gpr, xstate),
+        _ => {
+            return Err(RegsError::Arch {
+                tid,
+                err: ArchError::Incompatible("the registers are not x86_64 registers".into()),
+            })
+        }
+    };
+    write_gprs(tid, gpr_words)?;
+    ptrace::set_regset(tid, NT_X86_XSTATE, xstate)?;
+    Ok(())
 }
 
 fn gpr_mut(regs: &mut ArchRegs) -> Result<&mut [u64], ArchError> {

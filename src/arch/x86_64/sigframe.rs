@@ -19,32 +19,9 @@
 use crate::arch::ArchError;
 use crate::images::ArchRegs;
 
-/// Words of `user_regs_struct` (NT_PRSTATUS).
-const GPR_WORDS: usize = 27;
-
-/// Word indices in `user_regs_struct` (arch/x86/include/asm/user_64.h).
-mod gpr {
-    pub const R15: usize = 0;
-    pub const R14: usize = 1;
-    pub const R13: usize = 2;
-    pub const R12: usize = 3;
-    pub const RBP: usize = 4;
-    pub const RBX: usize = 5;
-    pub const R11: usize = 6;
-    pub const R10: usize = 7;
-    pub const R9: usize = 8;
-    pub const R8: usize = 9;
-    pub const RAX: usize = 10;
-    pub const RCX: usize = 11;
-    pub const RDX: usize = 12;
-    pub const RSI: usize = 13;
-    pub const RDI: usize = 14;
-    pub const RIP: usize = 16;
-    pub const CS: usize = 17;
-    pub const EFLAGS: usize = 18;
-    pub const RSP: usize = 19;
-    pub const SS: usize = 20;
-}
+/// Word indices in `user_regs_struct` (NT_PRSTATUS), kept in one place.
+use super::regs as gpr;
+use super::regs::GPR_WORDS;
 
 /// The u64 fields at the start of `struct sigcontext_64`, in order, as `user_regs_struct` indices.
 const SIGCONTEXT_GPRS: [usize; 18] = [
