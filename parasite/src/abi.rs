@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -133,6 +133,8 @@ pub enum Step {
     Sigreturn = 13,
     BadArgs = 14,
     Timers = 15,
+    CreateThread = 16,
+    ThreadSetup = 17,
 }
 
 impl Step {
@@ -153,6 +155,8 @@ impl Step {
             13 => Step::Sigreturn,
             14 => Step::BadArgs,
             15 => Step::Timers,
+            16 => Step::CreateThread,
+            17 => Step::ThreadSetup,
             _ => return None,
         })
     }
@@ -174,6 +178,10 @@ impl Step {
             Step::Sigreturn => "returning into the saved registers (rt_sigreturn)",
             Step::BadArgs => "checking its arguments",
             Step::Timers => "arming the interval and POSIX timers",
+            Step::CreateThread => "creating a thread (clone3 with set_tid)",
+            Step::ThreadSetup => {
+                "setting up a thread (tid address, robust list, rseq, pending signals)"
+            }
         }
     }
 }
@@ -253,6 +261,37 @@ pub struct RestorerArgs {
     /// the task, armed right before rt_sigreturn.
     pub posix_timers: u64,
     pub nr_posix_timers: u64,
+
+    /// `ThreadArg` array: every thread but the leader, created by the restorer once the memory
+    /// is in place.
+    pub threads: u64,
+    pub nr_threads: u64,
+}
+
+/// One thread the restorer creates with clone3(CLONE_THREAD, set_tid = [tid]). The new thread
+/// starts on `stack_top`, sets up what is per-thread, stops on a breakpoint (crest traces it)
+/// and returns into its saved registers with rt_sigreturn from its own frame.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadArg {
+    pub tid: i32,
+    pub _pad: i32,
+    /// 16-byte aligned top of this thread's restorer stack, inside the bootstrap region.
+    pub stack_top: u64,
+    pub stack_size: u64,
+    /// sp for this thread's rt_sigreturn (x86_64: its frame + 8).
+    pub sigreturn_sp: u64,
+    /// x86_64: FS base (via CLONE_SETTLS) and GS base. aarch64: TPIDR_EL0 in tls[0].
+    pub tls: [u64; 2],
+    pub rseq: RseqArg,
+    pub clear_child_tid: u64,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// 128-byte siginfos pending for this thread only, queued again by the thread itself.
+    pub pending: u64,
+    pub nr_pending: u64,
+    /// Written by the thread when a step fails (the process then exits).
+    pub progress: Progress,
 }
 
 /// One POSIX timer to arm with timer_settime(id, 0, &spec, NULL).

@@ -18,13 +18,17 @@ use crate::proc::MapRange;
 
 use super::blob::abi::{
     self, ITimerSpec, ITimerVal, PageRunArg, PosixTimerArm, Range, RestorerArgs, RseqArg,
-    SpecialMove, VmaArg,
+    SpecialMove, ThreadArg, VmaArg,
 };
 use super::files::OpenedFiles;
 use super::RestoreError;
 
 /// Stack for the restorer's own code (it uses little; the blob has no recursion).
 const RESTORER_STACK: u64 = 64 * 1024;
+/// Stack of each other thread while it sets itself up (a few calls deep).
+const THREAD_STACK: u64 = 16 * 1024;
+/// Size of one siginfo.
+const SIGINFO_SIZE: u64 = 128;
 /// Room for the list of crest's own mappings the child fills in before the jump.
 pub const MAX_UNMAP_RANGES: u64 = 4096;
 /// Lowest address the region may take: well above mmap_min_addr and the null page.
@@ -41,8 +45,15 @@ struct Layout {
     runs: u64,
     close_fds: u64,
     timers: u64,
+    /// `ThreadArg` array (threads other than the leader).
+    thread_args: u64,
+    /// Their pending siginfos, 128 bytes each, thread after thread.
+    pending: u64,
     sigframe: u64,
     stack_top: u64,
+    /// Per-thread blocks: `[sigframe][stack]`, `thread_block` bytes each.
+    threads: u64,
+    thread_block: u64,
     park: u64,
     total: u64,
 }
@@ -54,6 +65,9 @@ struct Counts {
     runs: u64,
     close_fds: u64,
     timers: u64,
+    /// Threads other than the leader, and all their pending signals.
+    threads: u64,
+    pending: u64,
 }
 
 impl Layout {
@@ -65,10 +79,14 @@ impl Layout {
         let runs = vmas + counts.vmas * size_of::<VmaArg>() as u64;
         let close_fds = runs + counts.runs * size_of::<PageRunArg>() as u64;
         let timers = (close_fds + counts.close_fds * 4).next_multiple_of(8);
-        let sigframe = up(timers + counts.timers * size_of::<PosixTimerArm>() as u64);
+        let thread_args = timers + counts.timers * size_of::<PosixTimerArm>() as u64;
+        let pending = thread_args + counts.threads * size_of::<ThreadArg>() as u64;
+        let sigframe = up(pending + counts.pending * SIGINFO_SIZE);
         let stack_bottom = up(sigframe + frame_size);
         let stack_top = stack_bottom + RESTORER_STACK;
-        let park = up(stack_top);
+        let threads = up(stack_top);
+        let thread_block = up(frame_size) + THREAD_STACK;
+        let park = threads + counts.threads * thread_block;
         let total = up(park + park_size);
         Layout {
             args,
@@ -77,8 +95,12 @@ impl Layout {
             runs,
             close_fds,
             timers,
+            thread_args,
+            pending,
             sigframe,
             stack_top,
+            threads,
+            thread_block,
             park,
             total,
         }
@@ -139,6 +161,23 @@ impl Bootstrap {
         unsafe { std::ptr::read_volatile(&self.args().progress) }
     }
 
+    /// The first thread (other than the leader) that reported a failed setup step, if any.
+    pub fn thread_failure(&self) -> Option<(i32, abi::Progress)> {
+        let args = self.args();
+        (0..args.nr_threads).find_map(|i| {
+            let t = (args.threads as *const ThreadArg).wrapping_add(i as usize);
+            // SAFETY: crest wrote nr_threads ThreadArgs inside the mapped region; the volatile
+            // read sees what the thread wrote before the process exited.
+            let (tid, progress) = unsafe {
+                (
+                    std::ptr::read_volatile(&(*t).tid),
+                    std::ptr::read_volatile(&(*t).progress),
+                )
+            };
+            (progress.error != 0).then_some((tid, progress))
+        })
+    }
+
     /// Writes the list of crest's own mappings for the restorer to remove. Called in the child
     /// just before the jump, when its address space no longer changes.
     pub fn set_unmap_list(&mut self, ranges: &[Range]) -> Result<(), String> {
@@ -184,6 +223,11 @@ impl Bootstrap {
             runs: p.page_runs.len() as u64,
             close_fds: close.len() as u64,
             timers: timers.len() as u64,
+            threads: p.threads.len() as u64 - 1,
+            pending: p.threads[1..]
+                .iter()
+                .map(|t| t.state.pending.len() as u64)
+                .sum(),
         };
         let frame_size = crate::arch::sigframe::frame_size(xstate_len) as u64;
         let layout = Layout::new(blob.code_size() as u64, counts, frame_size, park_size, page);
@@ -231,6 +275,9 @@ impl Bootstrap {
             frame_addr,
             frame,
         )?;
+
+        let thread_args = thread_args(p, &layout, addr, region)?;
+        write_array(region, layout.thread_args, &thread_args);
 
         let mut special = [SpecialMove::default(); abi::MAX_SPECIAL_MOVES];
         let mut park = addr + layout.park;
@@ -288,16 +335,7 @@ impl Bootstrap {
                 exe_fd: files.exe.as_raw_fd() as u32,
             },
             auxv,
-            rseq: match thread.rseq {
-                Some(r) => RseqArg {
-                    present: 1,
-                    len: r.abi_size,
-                    signature: r.signature,
-                    _pad: 0,
-                    ptr: r.abi_pointer,
-                },
-                None => RseqArg::default(),
-            },
+            rseq: rseq_arg(thread.rseq),
             tls: crate::arch::morph::thread_pointers(&thread.regs),
             sigreturn_sp,
             itimers: itimer_args(&p.task.itimers),
@@ -305,6 +343,8 @@ impl Bootstrap {
             _pad1: 0,
             posix_timers: addr + layout.timers,
             nr_posix_timers: timers.len() as u64,
+            threads: addr + layout.thread_args,
+            nr_threads: thread_args.len() as u64,
         };
         *boot.args_mut() = args;
         Ok(boot)
@@ -315,6 +355,64 @@ impl Drop for Bootstrap {
     fn drop(&mut self) {
         // SAFETY: we mapped exactly this range in create(); nothing in crest refers to it after drop.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.layout.total as usize) };
+    }
+}
+
+/// Every thread but the leader: its sigframe and restorer stack in its own block of the region,
+/// its pending signals copied into the pending area, and what it sets up itself.
+fn thread_args(
+    p: &ProcessImage,
+    layout: &Layout,
+    addr: u64,
+    region: &mut [u8],
+) -> Result<Vec<ThreadArg>, RestoreError> {
+    let mut out = Vec::with_capacity(p.threads.len().saturating_sub(1));
+    let mut pending_at = layout.pending;
+    for (i, t) in p.threads.iter().enumerate().skip(1) {
+        let block = layout.threads + (i as u64 - 1) * layout.thread_block;
+        let frame_end = block + layout.thread_block - THREAD_STACK;
+        let frame = &mut region[block as usize..frame_end as usize];
+        let sigreturn_sp = crate::arch::sigframe::build_with_altstack(
+            &t.regs,
+            t.sigmask,
+            t.state.altstack,
+            addr + block,
+            frame,
+        )?;
+        let pending = addr + pending_at;
+        for info in &t.state.pending {
+            region[pending_at as usize..(pending_at + SIGINFO_SIZE) as usize].copy_from_slice(info);
+            pending_at += SIGINFO_SIZE;
+        }
+        out.push(ThreadArg {
+            tid: t.tid,
+            _pad: 0,
+            stack_top: addr + block + layout.thread_block,
+            stack_size: THREAD_STACK,
+            sigreturn_sp,
+            tls: crate::arch::morph::thread_pointers(&t.regs),
+            rseq: rseq_arg(t.rseq),
+            clear_child_tid: t.state.clear_child_tid,
+            robust_list: t.state.robust_list,
+            robust_list_len: t.state.robust_list_len,
+            pending,
+            nr_pending: t.state.pending.len() as u64,
+            progress: abi::Progress::default(),
+        });
+    }
+    Ok(out)
+}
+
+fn rseq_arg(r: Option<crate::images::RseqRegistration>) -> RseqArg {
+    match r {
+        Some(r) => RseqArg {
+            present: 1,
+            len: r.abi_size,
+            signature: r.signature,
+            _pad: 0,
+            ptr: r.abi_pointer,
+        },
+        None => RseqArg::default(),
     }
 }
 
@@ -626,8 +724,11 @@ mod tests {
             l.runs,
             l.close_fds,
             l.timers,
+            l.thread_args,
+            l.pending,
             l.sigframe,
             l.stack_top,
+            l.threads,
             l.park,
             l.total,
         ];

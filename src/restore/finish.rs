@@ -17,7 +17,9 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::images::ArchRegs;
+use std::collections::HashMap;
+
+use crate::images::ProcessImage;
 
 use super::blob::abi::Step;
 use super::bootstrap::Bootstrap;
@@ -66,12 +68,12 @@ pub fn wait_ready(pid: i32, status: &mut File) -> Result<(), RestoreError> {
     }
 }
 
-/// Traces the ready child, lets it run the restorer and finishes the restore. On return the
-/// task runs the restored program, untraced.
+/// Traces the ready child, lets it run the restorer and finishes the restore. On return every
+/// thread runs the restored program, untraced.
 pub fn run_restorer(
     pid: i32,
     boot: &Bootstrap,
-    regs: &ArchRegs,
+    image: &ProcessImage,
     status: &mut File,
     go: &mut File,
 ) -> Result<(), RestoreError> {
@@ -81,11 +83,11 @@ pub fn run_restorer(
         source: std::io::Error::from(e),
     };
 
-    ptrace::seize(
-        tpid,
-        ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL,
-    )
-    .map_err(|e| ptrace_err("PTRACE_SEIZE of the restored task", e))?;
+    // TRACECLONE: every thread the restorer creates is traced from its first instruction.
+    let options = ptrace::Options::PTRACE_O_TRACESYSGOOD
+        | ptrace::Options::PTRACE_O_EXITKILL
+        | ptrace::Options::PTRACE_O_TRACECLONE;
+    ptrace::seize(tpid, options).map_err(|e| ptrace_err("PTRACE_SEIZE of the restored task", e))?;
     ptrace::interrupt(tpid).map_err(|e| ptrace_err("PTRACE_INTERRUPT", e))?;
     wait_for(tpid, boot, status, |s| {
         matches!(s, WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP))
@@ -96,7 +98,7 @@ pub fn run_restorer(
     let own_rseq = crate::ptrace::rseq_configuration(pid).map_err(|e| {
         RestoreError::Internal(format!("reading the rseq registration of pid {pid}: {e}"))
     })?;
-    crate::arch::morph::check_fpu_compatible(pid, regs)?;
+    crate::arch::morph::check_fpu_compatible(pid, &image.threads[0].regs)?;
     ptrace::cont(tpid, None).map_err(|e| ptrace_err("PTRACE_CONT", e))?;
 
     let mut msg = [0u8; GO_MESSAGE_LEN];
@@ -110,26 +112,15 @@ pub fn run_restorer(
         source: e,
     })?;
 
-    // The restorer stops on its breakpoint right before rt_sigreturn.
-    wait_for(tpid, boot, status, |s| {
-        matches!(s, WaitStatus::Stopped(_, Signal::SIGTRAP))
-    })?;
-    // Step through rt_sigreturn: its entry, then its exit, where the registers are the image's.
-    step_to_syscall_stop(tpid, boot, status)?;
-    step_to_syscall_stop(tpid, boot, status)?;
-    let restored =
-        ptrace::getregs(tpid).map_err(|e| ptrace_err("reading the restored registers", e))?;
-    // rt_sigreturn installed the image's signal mask, and the restorer armed the timers: an
-    // unblocked pending signal would now be delivered on the way back to user space, in the
-    // middle of the cleanup below. Block everything until crest lets go.
-    let image_mask = crate::ptrace::get_sigmask(pid).map_err(|e| {
-        RestoreError::Internal(format!("reading the signal mask of pid {pid}: {e}"))
-    })?;
-    crate::ptrace::set_sigmask(pid, u64::MAX)
-        .map_err(|e| RestoreError::Internal(format!("blocking signals in pid {pid}: {e}")))?;
+    let mut restored = catch_threads_after_sigreturn(pid, image.threads.len(), boot, status)?;
 
-    // munmap(bootstrap) inside the task, through the gadget, traced to its exit.
-    let mut call = restored;
+    // munmap(bootstrap) inside the task through the leader, via the gadget, traced to its exit.
+    let leader_regs = restored
+        .iter()
+        .find(|t| t.tid == pid)
+        .map(|t| t.regs)
+        .ok_or_else(|| RestoreError::Internal(format!("the leader {pid} was not caught")))?;
+    let mut call = leader_regs;
     crate::arch::morph::prepare_remote_syscall(
         &mut call,
         boot.gadget(),
@@ -152,12 +143,133 @@ pub fn run_restorer(
             source: std::io::Error::from_raw_os_error((-r) as i32),
         });
     }
-    ptrace::setregs(tpid, restored).map_err(|e| ptrace_err("restoring the registers", e))?;
-    crate::ptrace::set_sigmask(pid, image_mask).map_err(|e| {
-        RestoreError::Internal(format!("restoring the signal mask of pid {pid}: {e}"))
-    })?;
-    ptrace::detach(tpid, None).map_err(|e| ptrace_err("PTRACE_DETACH", e))?;
+
+    // Let every thread go with its own registers and mask; signals pending for it are
+    // delivered on its way back to user space.
+    for t in restored.drain(..) {
+        let tid = Pid::from_raw(t.tid);
+        let err = |what: &str, e: String| {
+            RestoreError::Internal(format!("{what} of thread {}: {e}", t.tid))
+        };
+        ptrace::setregs(tid, t.regs).map_err(|e| err("restoring the registers", e.to_string()))?;
+        crate::ptrace::set_sigmask(t.tid, t.mask)
+            .map_err(|e| err("restoring the signal mask", e.to_string()))?;
+        ptrace::detach(tid, None).map_err(|e| err("PTRACE_DETACH", e.to_string()))?;
+    }
     Ok(())
+}
+
+/// A thread stopped right after its rt_sigreturn: its registers and mask as they are to be.
+struct Caught {
+    tid: i32,
+    regs: crate::arch::morph::UserRegs,
+    mask: u64,
+}
+
+/// Where a traced thread of the restored task is on its way out of the restorer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Running restorer code.
+    Restoring,
+    /// Stopped on the breakpoint, now stepping into rt_sigreturn.
+    EnteringSigreturn,
+    /// rt_sigreturn entered; its exit stop comes next.
+    LeavingSigreturn,
+}
+
+/// Runs every thread (the leader and those the restorer creates) up to the exit of its
+/// rt_sigreturn and holds it there with every signal blocked: rt_sigreturn installed the
+/// image's mask, and the restorer armed the timers, so an unblocked pending signal would be
+/// delivered in the middle of the cleanup.
+fn catch_threads_after_sigreturn(
+    pid: i32,
+    nr_threads: usize,
+    boot: &Bootstrap,
+    status: &mut File,
+) -> Result<Vec<Caught>, RestoreError> {
+    let mut phase: HashMap<i32, Phase> = HashMap::from([(pid, Phase::Restoring)]);
+    let mut caught = Vec::with_capacity(nr_threads);
+    let os = |what: String, e: nix::Error| RestoreError::Os {
+        what,
+        source: e.into(),
+    };
+    while caught.len() < nr_threads {
+        let ws = match waitpid(None, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
+            Ok(ws) => ws,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(os(format!("waiting for the threads of pid {pid}"), e)),
+        };
+        let Some(tid) = ws.pid() else { continue };
+        let raw = tid.as_raw();
+        match (ws, phase.get(&raw).copied()) {
+            // The leader created a thread; the new thread's first stop follows (or came first).
+            (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE), _) => {
+                ptrace::cont(tid, None)
+                    .map_err(|e| os(format!("resuming {raw} after clone"), e))?;
+            }
+            (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
+                phase.entry(raw).or_insert(Phase::Restoring);
+                ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
+            }
+            (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
+                phase.insert(raw, Phase::EnteringSigreturn);
+                ptrace::syscall(tid, None)
+                    .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
+            }
+            (WaitStatus::PtraceSyscall(_), Some(Phase::EnteringSigreturn)) => {
+                phase.insert(raw, Phase::LeavingSigreturn);
+                ptrace::syscall(tid, None)
+                    .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
+            }
+            (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
+                let regs = ptrace::getregs(tid)
+                    .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
+                let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
+                    RestoreError::Internal(format!("reading the signal mask of thread {raw}: {e}"))
+                })?;
+                crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
+                    RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
+                })?;
+                phase.remove(&raw);
+                caught.push(Caught {
+                    tid: raw,
+                    regs,
+                    mask,
+                });
+            }
+            (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
+                let how = match ws {
+                    WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+                    WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
+                    _ => unreachable!(),
+                };
+                return Err(failure(pid, boot, status, format!("thread {raw} {how}")));
+            }
+            (
+                WaitStatus::Stopped(
+                    _,
+                    sig @ (Signal::SIGSEGV
+                    | Signal::SIGBUS
+                    | Signal::SIGILL
+                    | Signal::SIGFPE
+                    | Signal::SIGTRAP),
+                ),
+                _,
+            ) => {
+                return Err(crash(pid, tid, sig, boot, status));
+            }
+            (WaitStatus::Stopped(_, sig), _) => {
+                ptrace::cont(tid, Some(sig))
+                    .map_err(|e| os(format!("passing {sig} to thread {raw}"), e))?;
+            }
+            (other, p) => {
+                return Err(RestoreError::Internal(format!(
+                    "unexpected stop of thread {raw} ({other:?}) while {p:?}"
+                )));
+            }
+        }
+    }
+    Ok(caught)
 }
 
 /// Resumes the task up to its next syscall-entry or syscall-exit stop.
@@ -218,21 +330,7 @@ fn wait_for(
                 | Signal::SIGILL
                 | Signal::SIGFPE
                 | Signal::SIGTRAP),
-            ) => {
-                let addr = ptrace::getsiginfo(pid).map(|si| {
-                    // SAFETY: for these fault signals the kernel fills si_addr.
-                    unsafe { si.si_addr() as u64 }
-                });
-                let at = addr
-                    .map(|a| format!(" at address {a:#x}"))
-                    .unwrap_or_default();
-                return Err(failure(
-                    pid.as_raw(),
-                    boot,
-                    status,
-                    format!("crashed with {sig}{at}"),
-                ));
-            }
+            ) => return Err(crash(pid.as_raw(), pid, sig, boot, status)),
             WaitStatus::Stopped(_, sig) => {
                 ptrace::cont(pid, Some(sig)).map_err(|e| RestoreError::Os {
                     what: format!("passing {sig} to pid {pid}"),
@@ -249,6 +347,23 @@ fn wait_for(
     }
 }
 
+/// The error for a thread of the restored task that stopped on a fault signal.
+fn crash(pid: i32, tid: Pid, sig: Signal, boot: &Bootstrap, status: &mut File) -> RestoreError {
+    let addr = ptrace::getsiginfo(tid).map(|si| {
+        // SAFETY: for these fault signals the kernel fills si_addr.
+        unsafe { si.si_addr() as u64 }
+    });
+    let at = addr
+        .map(|a| format!(" at address {a:#x}"))
+        .unwrap_or_default();
+    failure(
+        pid,
+        boot,
+        status,
+        format!("thread {tid} crashed with {sig}{at}"),
+    )
+}
+
 /// Builds the error for a child that died: its own message if it sent one, else the restorer's
 /// progress report from the shared region.
 fn failure(pid: i32, boot: &Bootstrap, status: &mut File, how: String) -> RestoreError {
@@ -260,7 +375,10 @@ fn failure(pid: i32, boot: &Bootstrap, status: &mut File, how: String) -> Restor
             message: String::from_utf8_lossy(&buf[1..]).into_owned(),
         };
     }
-    let progress = boot.progress();
+    let (who, progress) = match boot.thread_failure() {
+        Some((tid, progress)) => (format!(" in thread {tid}"), progress),
+        None => (String::new(), boot.progress()),
+    };
     let step = Step::from_u32(progress.step)
         .map(|s| s.describe())
         .unwrap_or("before its first step");
@@ -272,7 +390,7 @@ fn failure(pid: i32, boot: &Bootstrap, status: &mut File, how: String) -> Restor
     RestoreError::Restorer {
         pid,
         how,
-        step: step.to_string(),
+        step: format!("{step}{who}"),
         detail: progress.detail,
         errno,
     }

@@ -78,6 +78,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let p = single_process(&image)?;
     check_supported(p)?;
     fork::wait_until_pid_free(p.pid)?;
+    // Thread ids are released as soon as the threads exit; only the leader can linger.
+    if let Some(t) = p
+        .threads
+        .iter()
+        .skip(1)
+        .find(|t| crate::proc::pid_in_use(t.tid))
+    {
+        return Err(RestoreError::PidTaken { pid: t.tid });
+    }
 
     let files = files::open_all(p, &image.dir.join(&p.pages_file))?;
     let own = crate::proc::own_maps()
@@ -106,7 +115,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             drop(go_rx);
             drop(files);
             finish::wait_ready(pid, &mut status_rx)?;
-            finish::run_restorer(pid, &boot, &p.threads[0].regs, &mut status_rx, &mut go_tx)?;
+            finish::run_restorer(pid, &boot, p, &mut status_rx, &mut go_tx)?;
             guard.disarm();
             Ok(Restored::new(pid))
         }
@@ -130,13 +139,6 @@ fn check_supported(p: &ProcessImage) -> Result<(), RestoreError> {
         return Err(RestoreError::Unsupported(format!(
             "restoring on {}",
             std::env::consts::ARCH
-        )));
-    }
-    if p.threads.len() != 1 {
-        return Err(RestoreError::Unsupported(format!(
-            "pid {} has {} threads; only single-threaded processes can be restored",
-            p.pid,
-            p.threads.len()
         )));
     }
     if p.sig_caught != 0 && p.task.sigactions.len() != 64 {

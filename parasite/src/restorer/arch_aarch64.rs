@@ -18,6 +18,11 @@ pub mod nr {
     pub const RSEQ: usize = 293;
     pub const SETITIMER: usize = 103;
     pub const TIMER_SETTIME: usize = 110;
+    pub const GETPID: usize = 172;
+    pub const SET_TID_ADDRESS: usize = 96;
+    pub const SET_ROBUST_LIST: usize = 99;
+    pub const RT_TGSIGQUEUEINFO: usize = 240;
+    pub const CLONE3: usize = 435;
 }
 
 /// # Safety
@@ -132,6 +137,34 @@ pub fn set_thread_area(tls: [u64; 2]) -> Result<(), isize> {
 ///
 /// # Safety
 /// `sp` must be the (16-byte aligned) address of a valid rt_sigframe built by crest.
+/// clone3 for a thread; see the x86_64 file.
+///
+/// # Safety
+/// As on x86_64.
+pub unsafe fn clone3_thread(args: *const u8, size: usize, entry: extern "C" fn(u64) -> !, arg: u64) -> isize {
+    let ret: isize;
+    // SAFETY: upheld by the caller; `arg` and `entry` travel in callee-saved x21/x22, which the
+    // child inherits.
+    unsafe {
+        asm!(
+            "svc #0",
+            "cbnz x0, 2f",
+            "mov x29, xzr",
+            "mov x0, x21",
+            "blr x22",
+            "brk #0",
+            "2:",
+            inlateout("x0") args as usize => ret,
+            in("x1") size,
+            in("x8") nr::CLONE3,
+            in("x21") arg,
+            in("x22") entry,
+            options(nostack)
+        );
+    }
+    ret
+}
+
 pub unsafe fn sigreturn(sp: u64) -> ! {
     // SAFETY: the caller provides a valid frame; rt_sigreturn does not return on success, and
     // the final `brk` stops the task if it ever did.

@@ -19,6 +19,11 @@ pub mod nr {
     pub const RSEQ: usize = 334;
     pub const SETITIMER: usize = 38;
     pub const TIMER_SETTIME: usize = 223;
+    pub const GETPID: usize = 39;
+    pub const SET_TID_ADDRESS: usize = 218;
+    pub const SET_ROBUST_LIST: usize = 273;
+    pub const RT_TGSIGQUEUEINFO: usize = 297;
+    pub const CLONE3: usize = 435;
 }
 
 const ARCH_SET_GS: usize = 0x1001;
@@ -127,6 +132,41 @@ pub unsafe fn syscall6(
 
 /// Sets the thread pointer(s): FS and GS base are not part of the sigframe (rt_sigreturn leaves
 /// them alone), so they are set here. Returns the first negative errno.
+/// clone3 for a thread: the child starts on the stack described in `args` and calls
+/// `entry(arg)` there (it never comes back here); the parent gets the child's tid or -errno.
+///
+/// # Safety
+/// `args` must describe a valid stack in memory that stays mapped, `entry` must never return,
+/// and the flags must create a thread (CLONE_VM): the child shares this address space.
+pub unsafe fn clone3_thread(args: *const u8, size: usize, entry: extern "C" fn(u64) -> !, arg: u64) -> isize {
+    let ret: isize;
+    // SAFETY: upheld by the caller. In the child every register but rax and rsp is a copy of
+    // the parent's, so `arg` and `entry` travel in callee-saved r12/r13; the child aligns its
+    // new stack and calls the entry, never touching the parent's frame.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "and rsp, -16",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") nr::CLONE3 as isize => ret,
+            in("rdi") args,
+            in("rsi") size,
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
 pub fn set_thread_area(tls: [u64; 2]) -> Result<(), isize> {
     // SAFETY: arch_prctl(ARCH_SET_FS/GS) only changes the segment bases; nothing in the restorer
     // uses FS or GS (no TLS, no stack protector).

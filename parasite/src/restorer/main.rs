@@ -24,7 +24,7 @@ mod arch;
 mod sys;
 
 use abi::{
-    ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Range, RestorerArgs, Step, VmaArg, ABI_VERSION, ARGS_MAGIC,
+    ITimerVal, PageRunArg, PosixTimerArm, Progress, ThreadArg, PrctlMmMap, Range, RestorerArgs, Step, VmaArg, ABI_VERSION, ARGS_MAGIC,
     MAX_SPECIAL_MOVES, VMA_FILL_NONE,
 };
 use core::ptr;
@@ -118,6 +118,7 @@ pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
     place_special(&ctx, a);
     set_mm(&ctx);
     close_fds(&ctx, a);
+    create_threads(&ctx, a);
     register_rseq(&ctx, a);
     set_thread_area(&ctx, a);
     arm_timers(&ctx, a);
@@ -138,7 +139,7 @@ fn check_args(ctx: &Ctx, a: &RestorerArgs) {
         ctx.bad_args(bad::NR_SPECIAL);
     }
     // The arrays are read with aligned loads (arm64 builds with strict-align).
-    let arrays = a.unmap | a.vmas | a.runs | a.close_fds | a.posix_timers;
+    let arrays = a.unmap | a.vmas | a.runs | a.close_fds | a.posix_timers | a.threads;
     if !arrays.is_multiple_of(8) {
         ctx.bad_args(bad::ALIGNMENT);
     }
@@ -291,6 +292,115 @@ fn set_thread_area(ctx: &Ctx, a: &RestorerArgs) {
     if let Err(e) = arch::set_thread_area(a.tls) {
         ctx.fail(e as i32);
     }
+}
+
+/// `struct clone_args` (include/uapi/linux/sched.h), version 2: 88 bytes.
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// A thread of the same process, sharing everything a pthread shares; CLONE_SETTLS installs
+/// the thread pointer (x86_64 FS base, aarch64 TPIDR_EL0) from `tls[0]`.
+const THREAD_FLAGS: u64 = 0x100 /* CLONE_VM */
+    | 0x200 /* CLONE_FS */
+    | 0x400 /* CLONE_FILES */
+    | 0x800 /* CLONE_SIGHAND */
+    | 0x10000 /* CLONE_THREAD */
+    | 0x40000 /* CLONE_SYSVSEM */
+    | 0x80000 /* CLONE_SETTLS */;
+
+/// Creates every other thread under its original tid, once the memory it returns into is in
+/// place. Each inherits the leader's mask (everything blocked) until its own rt_sigreturn.
+fn create_threads(ctx: &Ctx, a: &RestorerArgs) {
+    for i in 0..a.nr_threads {
+        let t = (a.threads as *mut ThreadArg).wrapping_add(i as usize);
+        // SAFETY: crest wrote nr_threads ThreadArgs at `threads` (alignment checked).
+        let ta: ThreadArg = unsafe { ptr::read(t) };
+        ctx.step(Step::CreateThread, ta.tid as u32 as u64);
+        let tids = [ta.tid];
+        let args = CloneArgs {
+            flags: THREAD_FLAGS,
+            pidfd: 0,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: 0,
+            stack: ta.stack_top - ta.stack_size,
+            stack_size: ta.stack_size,
+            tls: ta.tls[0],
+            set_tid: tids.as_ptr() as u64,
+            set_tid_size: 1,
+            cgroup: 0,
+        };
+        // SAFETY: the stack lies in the bootstrap region, which stays mapped until crest
+        // removes it after every thread is back in its own registers; thread_main never returns.
+        let r = unsafe {
+            arch::clone3_thread(
+                &args as *const CloneArgs as *const u8,
+                core::mem::size_of::<CloneArgs>(),
+                thread_main,
+                t as u64,
+            )
+        };
+        if r < 0 {
+            ctx.fail(r as i32);
+        }
+        if r as i32 != ta.tid {
+            ctx.fail(-sys::EINVAL);
+        }
+    }
+}
+
+/// Where a created thread starts: its per-thread state, then back into its own registers.
+extern "C" fn thread_main(arg: u64) -> ! {
+    let t = arg as *mut ThreadArg;
+    // SAFETY: `arg` is this thread's ThreadArg in the bootstrap region (create_threads).
+    let ta: ThreadArg = unsafe { ptr::read(t) };
+    let fail = |detail: u64, error: i32| -> ! {
+        // SAFETY: this thread's own progress slot; crest reads it after the process exits.
+        unsafe {
+            ptr::write_volatile(
+                ptr::addr_of_mut!((*t).progress),
+                Progress { step: Step::ThreadSetup as u32, error, detail },
+            )
+        };
+        sys::exit_group(EXIT_FAILED)
+    };
+    sys::set_tid_address(ta.clear_child_tid);
+    // The kernel accepts only sizeof(struct robust_list_head); head 0 means none.
+    let len = if ta.robust_list_len != 0 { ta.robust_list_len } else { 24 };
+    if let Err(e) = sys::set_robust_list(ta.robust_list, len) {
+        fail(ta.robust_list, e);
+    }
+    if ta.rseq.present != 0 {
+        if let Err(e) = sys::rseq(ta.rseq.ptr, ta.rseq.len, ta.rseq.signature) {
+            fail(ta.rseq.ptr, e);
+        }
+    }
+    if let Err(e) = arch::set_thread_area(ta.tls) {
+        fail(ta.tls[0], e as i32);
+    }
+    let tgid = sys::getpid();
+    for i in 0..ta.nr_pending {
+        let info = ta.pending + i * 128;
+        // SAFETY: crest wrote nr_pending 128-byte siginfos at `pending`.
+        let sig: i32 = unsafe { ptr::read(info as *const i32) };
+        if let Err(e) = sys::rt_tgsigqueueinfo(tgid, ta.tid, sig, info as *const u8) {
+            fail(sig as u64, e);
+        }
+    }
+    // SAFETY: crest built this thread's frame at sigreturn_sp; crest catches the breakpoint.
+    unsafe { arch::sigreturn(ta.sigreturn_sp) }
 }
 
 /// Timers last: every expiry from here on reaches the restored program (its signals stay

@@ -112,6 +112,28 @@ pub fn timer_settime(id: i32, spec: *const u8) -> SysResult {
     decode(unsafe { arch::syscall4(nr::TIMER_SETTIME, id as isize as usize, 0, spec as usize, 0) })
 }
 
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no arguments and no side effects.
+    unsafe { arch::syscall0(nr::GETPID) as i32 }
+}
+
+pub fn set_tid_address(addr: u64) {
+    // SAFETY: the kernel only records the address (written and woken when the thread exits).
+    unsafe { arch::syscall1(nr::SET_TID_ADDRESS, addr as usize) };
+}
+
+pub fn set_robust_list(head: u64, len: u64) -> SysResult {
+    // SAFETY: the kernel only records the head; it walks the list when the thread exits.
+    decode(unsafe { arch::syscall2(nr::SET_ROBUST_LIST, head as usize, len as usize) })
+}
+
+pub fn rt_tgsigqueueinfo(tgid: i32, tid: i32, sig: i32, info: *const u8) -> SysResult {
+    // SAFETY: `info` points at a 128-byte siginfo in the bootstrap region; the kernel copies it.
+    decode(unsafe {
+        arch::syscall4(nr::RT_TGSIGQUEUEINFO, tgid as usize, tid as usize, sig as usize, info as usize)
+    })
+}
+
 pub fn exit_group(code: i32) -> ! {
     loop {
         // SAFETY: exit_group does not return; the loop only satisfies the type.
