@@ -108,7 +108,12 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
 
     let _ = writeln!(out, "  threads ({}):", p.threads.len());
     for t in &p.threads {
-        let _ = writeln!(out, "    tid {}: {}", t.tid, regs_text(t));
+        let name = if t.state.name.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", t.state.name)
+        };
+        let _ = writeln!(out, "    tid {}{name}: {}", t.tid, regs_text(t));
         let rseq = match &t.rseq {
             Some(r) => format!(
                 "rseq at {:#x} ({} bytes, signature {:#x})",
@@ -663,8 +668,35 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                 libc::major(rdev),
                 libc::minor(rdev)
             ),
+            FileKind::ContentInImage => format!("{} (content in the image)", f.path),
+            FileKind::UnixSocket(ref s) => unix_socket_text(&f.path, s),
         },
         None => format!("<file {idx}>"),
+    }
+}
+
+/// "unix stream socket listening on /tmp/x (backlog 5)", "unix stream socket, peer closed".
+fn unix_socket_text(path: &str, s: &crate::images::UnixSocket) -> String {
+    use crate::images::UnixSocketState;
+    let ty = match s.sock_type as i32 {
+        libc::SOCK_STREAM => "stream".to_string(),
+        libc::SOCK_DGRAM => "datagram".to_string(),
+        libc::SOCK_SEQPACKET => "seqpacket".to_string(),
+        other => format!("type-{other}"),
+    };
+    match &s.state {
+        UnixSocketState::Unconnected => format!("unix {ty} socket, unconnected"),
+        UnixSocketState::PeerClosed { queued } if queued.is_empty() => {
+            format!("unix {ty} socket, peer closed")
+        }
+        UnixSocketState::PeerClosed { queued } => format!(
+            "unix {ty} socket, peer closed, {} unread bytes",
+            queued.len()
+        ),
+        UnixSocketState::Listening { backlog, removed } => format!(
+            "unix {ty} socket listening on {path}{} (backlog {backlog})",
+            if *removed { " (removed)" } else { "" }
+        ),
     }
 }
 
@@ -873,6 +905,7 @@ mod tests {
                 regs,
                 rseq: None,
                 state: ThreadState {
+                    name: "sleeper".into(),
                     altstack: Some(AltStack {
                         sp: 0x7f00_0010_0000,
                         flags: 0,
@@ -1166,6 +1199,65 @@ mod tests {
             Arch::Aarch64 => assert_eq!(regs["pc"], "0x401000"),
         }
         assert!(!text.contains("\"X86_64\": {"), "raw regs leaked");
+    }
+
+    #[test]
+    fn every_thread_is_shown_with_its_name_and_own_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut image = sample_image(&tmp.path().join("img"));
+        let p = &mut image.processes[0];
+        p.threads[0].state.name = "sleeper".into();
+        for (i, name) in ["GC Thread#0", "pool:1"].into_iter().enumerate() {
+            let mut t = p.threads[0].clone();
+            t.tid = p.pid + 1 + i as i32;
+            t.state.name = name.into();
+            t.state.clear_child_tid = 0x7000 + i as u64;
+            p.threads.push(t);
+        }
+        let text = render_text(&image);
+        assert!(text.contains("threads (3):"), "{text}");
+        assert!(text.contains("tid 777 \"sleeper\": "), "{text}");
+        assert!(text.contains("tid 778 \"GC Thread#0\": "), "{text}");
+        assert!(text.contains("tid 779 \"pool:1\": "), "{text}");
+        assert!(text.contains("clear_child_tid 0x7001"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&render_json(&image).unwrap()).unwrap();
+        let threads = json["processes"][0]["threads"].as_array().unwrap();
+        assert_eq!(threads.len(), 3);
+        assert_eq!(threads[2]["state"]["name"], "pool:1");
+        assert!(threads[2]["regs"].is_object(), "{}", threads[2]["regs"]);
+    }
+
+    #[test]
+    fn sockets_and_content_files_say_what_they_are() {
+        use crate::images::{UnixSocket, UnixSocketState};
+        let stream = |state| UnixSocket {
+            sock_type: libc::SOCK_STREAM as u32,
+            state,
+        };
+        assert_eq!(
+            unix_socket_text(
+                "/tmp/.java_pid7",
+                &stream(UnixSocketState::Listening {
+                    backlog: 5,
+                    removed: false
+                })
+            ),
+            "unix stream socket listening on /tmp/.java_pid7 (backlog 5)"
+        );
+        assert_eq!(
+            unix_socket_text(
+                "",
+                &stream(UnixSocketState::PeerClosed {
+                    queued: vec![1, 2, 3]
+                })
+            ),
+            "unix stream socket, peer closed, 3 unread bytes"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let mut image = sample_image(&tmp.path().join("img"));
+        let p = &mut image.processes[0];
+        p.files[2].kind = FileKind::ContentInImage;
+        assert!(file_text(p, 2).ends_with("(content in the image)"));
     }
 
     #[test]

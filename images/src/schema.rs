@@ -243,6 +243,8 @@ pub struct ThreadImage {
 /// Per-thread state collected by the parasite and PTRACE_PEEKSIGINFO.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadState {
+    /// The thread's name (/proc/PID/task/TID/comm, at most 15 bytes); empty when unknown.
+    pub name: String,
     /// sigaltstack; None when disabled.
     pub altstack: Option<AltStack>,
     /// Signals pending for this thread only, each a raw 128-byte siginfo, oldest first.
@@ -364,13 +366,55 @@ pub struct FileIdentity {
     pub mode: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
     Regular,
     Directory,
     /// A character device (e.g. /dev/null), reopened by path and checked by device number.
     CharDevice {
         rdev: u64,
+    },
+    /// A regular file whose content the image holds, so it is recreated at restore rather than
+    /// checked: HotSpot's performance-data file `/tmp/hsperfdata_<user>/<pid>`, a shared
+    /// writable mapping that the JVM rewrites all the time and that another JVM deletes when it
+    /// sees the pid dead. The restore creates it (and its directory, mode 0755) if missing,
+    /// empties it, sizes it to [`FileIdentity::size`] with [`FileIdentity::mode`], and the
+    /// stored pages of its shared mappings are written back through them.
+    ContentInImage,
+    /// An AF_UNIX socket, created anew at restore. `dev`/`ino` are those of the socket inode
+    /// the process had open (sockfs); `size` and the mtime are 0. For a listening socket,
+    /// [`FileIdentity::path`] is where its socket file was at dump time (the name it was bound
+    /// to, or where that file was renamed since) and `mode` is that file's; an unbound socket
+    /// has an empty path.
+    UnixSocket(UnixSocket),
+}
+
+/// An AF_UNIX socket as a restore can recreate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixSocket {
+    /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_SEQPACKET (5).
+    pub sock_type: u32,
+    pub state: UnixSocketState,
+}
+
+/// What an AF_UNIX socket was doing at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnixSocketState {
+    /// Created by socket(2), never bound nor connected.
+    Unconnected,
+    /// One end of a connected pair (socketpair(2)) whose other end has been closed: reads see
+    /// `queued` (what the peer sent and nobody read yet, stream sockets only), then end of
+    /// file; writes fail with EPIPE. Restored as a fresh pair whose other end writes `queued`
+    /// and is closed.
+    PeerClosed { queued: Vec<u8> },
+    /// Bound to [`FileIdentity::path`] and listening, with no connection waiting to be
+    /// accepted (a dump refuses one that has some). `backlog` is the listen(2) backlog the
+    /// kernel reported (sock_diag `UNIX_DIAG_RQLEN`).
+    Listening {
+        backlog: u32,
+        /// The socket file had been removed at dump time: the restore binds and listens, then
+        /// removes it again, so the socket is as unreachable by name as it was.
+        removed: bool,
     },
 }
 

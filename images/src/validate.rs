@@ -41,6 +41,19 @@ pub const POSIX_TIMERS_MAX: usize = 64;
 pub const ALTSTACK_MIN: u64 = 2048;
 /// Far above any sensible alternate signal stack.
 pub const ALTSTACK_MAX: u64 = 1 << 30;
+/// SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET: the UNIX socket types a restore can create.
+pub const UNIX_SOCK_STREAM: u32 = 1;
+pub const UNIX_SOCK_DGRAM: u32 = 2;
+pub const UNIX_SOCK_SEQPACKET: u32 = 5;
+/// `sizeof(sun_path)`.
+pub const UNIX_PATH_MAX: usize = 108;
+/// listen(2) caps its backlog at net.core.somaxconn, itself an int; anything above is nonsense.
+pub const UNIX_BACKLOG_MAX: u32 = i32::MAX as u32;
+/// Most bytes of unread data an image may hold for one socket (a UNIX stream socket's queue
+/// is bounded by its peer's send buffer, a few hundred KiB by default).
+pub const UNIX_QUEUED_MAX: usize = 64 << 20;
+/// A thread name (comm) is at most TASK_COMM_LEN - 1 bytes.
+pub const THREAD_NAME_MAX: usize = 15;
 
 /// Checks one process record against itself, the size of its page file and the page size.
 ///
@@ -104,17 +117,24 @@ fn check_address(what: &str, addr: u64) -> Result<(), String> {
 }
 
 fn check_threads(p: &ProcessImage) -> Result<(), String> {
-    let Some(leader) = p.threads.first() else {
+    check_thread_list(p.pid, &p.threads)
+}
+
+/// The threads of process `pid`: the leader (tid == pid) first, every tid positive and listed
+/// once (a restore recreates each with clone3(set_tid), which fails on a tid taken twice), and
+/// each thread's own state sound.
+pub(crate) fn check_thread_list(pid: i32, threads: &[ThreadImage]) -> Result<(), String> {
+    let Some(leader) = threads.first() else {
         return Err("has no threads".into());
     };
-    if leader.tid != p.pid {
+    if leader.tid != pid {
         return Err(format!(
             "first thread has tid {}, the leader's tid must equal the pid",
             leader.tid
         ));
     }
-    let mut tids: Vec<i32> = Vec::with_capacity(p.threads.len());
-    for t in &p.threads {
+    let mut tids: Vec<i32> = Vec::with_capacity(threads.len());
+    for t in threads {
         if t.tid <= 0 {
             return Err(format!("thread tid {} is not positive", t.tid));
         }
@@ -191,12 +211,7 @@ fn check_regs(tid: i32, regs: &ArchRegs) -> Result<(), String> {
 
 fn check_files(p: &ProcessImage) -> Result<(), String> {
     for (i, f) in p.files.iter().enumerate() {
-        if !f.path.starts_with('/') || f.path.contains('\0') {
-            return Err(format!(
-                "file {i} has path {:?}, not an absolute path",
-                f.path
-            ));
-        }
+        check_file_path(i, f)?;
     }
     let file = |what: &str, idx: u32| -> Result<&FileIdentity, String> {
         p.files.get(idx as usize).ok_or_else(|| {
@@ -216,6 +231,76 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
     }
     for (i, d) in p.open_files.iter().enumerate() {
         file(&format!("open file description {i}"), d.file)?;
+    }
+    Ok(())
+}
+
+/// Every file is reopened or recreated by an absolute path, except an unbound socket, which has
+/// no path at all.
+fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
+    if f.path.contains('\0') {
+        return Err(format!("file {i} has a path with a NUL byte"));
+    }
+    if let FileKind::UnixSocket(s) = &f.kind {
+        if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
+            return Err(format!(
+                "file {i} is a UNIX socket of unknown type {}",
+                s.sock_type
+            ));
+        }
+        match &s.state {
+            UnixSocketState::Listening { backlog, .. } => {
+                if *backlog > UNIX_BACKLOG_MAX {
+                    return Err(format!(
+                        "file {i} is a UNIX socket listening with backlog {backlog} (at most \
+                         {UNIX_BACKLOG_MAX})"
+                    ));
+                }
+                if s.sock_type == UNIX_SOCK_DGRAM {
+                    return Err(format!("file {i} is a listening UNIX datagram socket"));
+                }
+                // sun_path holds 108 bytes with the terminating NUL.
+                if f.path.len() >= UNIX_PATH_MAX {
+                    return Err(format!(
+                        "file {i} is a UNIX socket bound to a path of {} bytes (at most {})",
+                        f.path.len(),
+                        UNIX_PATH_MAX - 1
+                    ));
+                }
+            }
+            UnixSocketState::PeerClosed { queued } => {
+                if !queued.is_empty() && s.sock_type != UNIX_SOCK_STREAM {
+                    return Err(format!(
+                        "file {i} is a UNIX socket of type {} with queued bytes (only stream \
+                         sockets can hold them)",
+                        s.sock_type
+                    ));
+                }
+                if queued.len() > UNIX_QUEUED_MAX {
+                    return Err(format!(
+                        "file {i} is a UNIX socket with {} queued bytes (at most \
+                         {UNIX_QUEUED_MAX})",
+                        queued.len()
+                    ));
+                }
+                if !f.path.is_empty() {
+                    return Err(format!("file {i} is an unbound UNIX socket with a path"));
+                }
+                return Ok(());
+            }
+            UnixSocketState::Unconnected => {
+                if !f.path.is_empty() {
+                    return Err(format!("file {i} is an unbound UNIX socket with a path"));
+                }
+                return Ok(());
+            }
+        }
+    }
+    if !f.path.starts_with('/') {
+        return Err(format!(
+            "file {i} has path {:?}, not an absolute path",
+            f.path
+        ));
     }
     Ok(())
 }
@@ -305,6 +390,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             })?;
             if f.kind == FileKind::Directory {
                 return Err(format!("{} maps the directory {:?}", what(), f.path));
+            }
+            if let FileKind::UnixSocket(_) = f.kind {
+                return Err(format!("{} maps a UNIX socket", what()));
             }
             if offset % page_size != 0 {
                 return Err(format!(
@@ -497,6 +585,13 @@ fn check_pending(whose: &str, queue: &[Vec<u8>]) -> Result<(), String> {
 /// Per-thread state collected by the parasite and PTRACE_PEEKSIGINFO.
 pub(crate) fn check_thread_state(tid: i32, s: &ThreadState) -> Result<(), String> {
     check_pending(&format!("thread {tid}"), &s.pending)?;
+    // The kernel's comm holds 15 bytes and a NUL (TASK_COMM_LEN).
+    if s.name.len() > THREAD_NAME_MAX || s.name.contains('\0') {
+        return Err(format!(
+            "thread {tid}: name {:?} is not a thread name (at most {THREAD_NAME_MAX} bytes, no NUL)",
+            s.name
+        ));
+    }
     if let Some(alt) = &s.altstack {
         if !(ALTSTACK_MIN..=ALTSTACK_MAX).contains(&alt.size) {
             return Err(format!(
@@ -553,6 +648,7 @@ mod task_tests {
         check_task(&TaskState::default()).unwrap();
         check_task(&full_task()).unwrap();
         let thread = ThreadState {
+            name: "worker-1".into(),
             altstack: Some(AltStack {
                 sp: 0x7f00_0000_0000,
                 flags: 0,
@@ -617,5 +713,145 @@ mod task_tests {
         assert!(check_thread_state(7, &pending)
             .unwrap_err()
             .contains("thread 7 pending signal 0"));
+        let named = |name: &str| ThreadState {
+            name: name.into(),
+            ..Default::default()
+        };
+        check_thread_state(1, &named("C2 CompilerThre")).unwrap();
+        check_thread_state(1, &named("pool:1")).unwrap();
+        assert!(check_thread_state(1, &named("sixteen-bytes-xx"))
+            .unwrap_err()
+            .contains("name"));
+        assert!(check_thread_state(1, &named("a\0b")).is_err());
+    }
+
+    fn thread(tid: i32) -> ThreadImage {
+        let regs = match Arch::host() {
+            Arch::X86_64 => ArchRegs::X86_64 {
+                gpr: vec![0; X86_64_GPR_COUNT],
+                xstate: vec![0; XSTATE_MIN],
+            },
+            Arch::Aarch64 => ArchRegs::Aarch64 {
+                gpr: vec![0; AARCH64_GPR_COUNT],
+                fpsimd: vec![0; FPSIMD_MIN],
+                tls: 0,
+            },
+        };
+        ThreadImage {
+            tid,
+            sigmask: 0,
+            regs,
+            rseq: None,
+            state: ThreadState::default(),
+        }
+    }
+
+    #[test]
+    fn threads_start_with_the_leader_and_each_tid_appears_once() {
+        let many: Vec<ThreadImage> = std::iter::once(100).chain(101..1100).map(thread).collect();
+        check_thread_list(100, &many).unwrap();
+        // Any order after the leader.
+        let mut shuffled = many.clone();
+        shuffled[1..].reverse();
+        check_thread_list(100, &shuffled).unwrap();
+
+        let refused = |threads: Vec<ThreadImage>, needle: &str| {
+            let e = check_thread_list(100, &threads).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        refused(vec![], "no threads");
+        refused(vec![thread(101), thread(100)], "leader");
+        refused(
+            vec![thread(100), thread(101), thread(101)],
+            "tid 101 appears twice",
+        );
+        refused(
+            vec![thread(100), thread(102), thread(100)],
+            "tid 100 appears twice",
+        );
+        refused(vec![thread(100), thread(0)], "not positive");
+        let mut bad = vec![thread(100), thread(101)];
+        bad[1].state.robust_list = USER_ADDRESS_LIMIT;
+        refused(bad, "thread 101: robust list");
+        let mut bad = vec![thread(100), thread(101)];
+        match &mut bad[1].regs {
+            ArchRegs::X86_64 { gpr, .. } | ArchRegs::Aarch64 { gpr, .. } => gpr.pop(),
+        };
+        refused(bad, "thread 101");
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    fn socket(path: &str, sock_type: u32, state: UnixSocketState) -> FileIdentity {
+        FileIdentity {
+            path: path.into(),
+            kind: FileKind::UnixSocket(UnixSocket { sock_type, state }),
+            dev: 8,
+            ino: 77,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            mode: 0o140600,
+        }
+    }
+
+    #[test]
+    fn unix_sockets_need_a_path_exactly_when_listening() {
+        let listening = UnixSocketState::Listening {
+            backlog: 5,
+            removed: false,
+        };
+        let ok = [
+            socket("", UNIX_SOCK_STREAM, UnixSocketState::Unconnected),
+            socket(
+                "",
+                UNIX_SOCK_STREAM,
+                UnixSocketState::PeerClosed {
+                    queued: b"abc".to_vec(),
+                },
+            ),
+            socket("/tmp/.java_pid42", UNIX_SOCK_SEQPACKET, listening.clone()),
+        ];
+        for f in &ok {
+            check_file_path(0, f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+        }
+        let long = format!("/{}", "x".repeat(UNIX_PATH_MAX));
+        let bad = [
+            (
+                "unbound with a path",
+                socket("/tmp/s", UNIX_SOCK_STREAM, UnixSocketState::Unconnected),
+            ),
+            (
+                "listening without a path",
+                socket("", UNIX_SOCK_STREAM, listening.clone()),
+            ),
+            (
+                "relative path",
+                socket("tmp/s", UNIX_SOCK_STREAM, listening.clone()),
+            ),
+            (
+                "path too long",
+                socket(&long, UNIX_SOCK_STREAM, listening.clone()),
+            ),
+            ("unknown type", socket("", 3, UnixSocketState::Unconnected)),
+            (
+                "listening datagram",
+                socket("/tmp/s", UNIX_SOCK_DGRAM, listening),
+            ),
+            (
+                "datagram queue",
+                socket(
+                    "",
+                    UNIX_SOCK_DGRAM,
+                    UnixSocketState::PeerClosed { queued: vec![1] },
+                ),
+            ),
+        ];
+        for (what, f) in &bad {
+            assert!(check_file_path(0, f).is_err(), "{what} was accepted");
+        }
     }
 }

@@ -292,6 +292,8 @@ pub struct ThreadArg {
     pub nr_pending: u64,
     /// Written by the thread when a step fails (the process then exits).
     pub progress: Progress,
+    /// The thread's name for PR_SET_NAME, NUL-terminated; empty keeps the leader's.
+    pub name: [u8; 16],
 }
 
 /// One POSIX timer to arm with timer_settime(id, 0, &spec, NULL).
@@ -320,6 +322,10 @@ pub const PARASITE_MAGIC: u64 = 0x5241_5054_5345_5243;
 pub const PARASITE_CMD_COLLECT: u32 = 1;
 /// Do nothing and stop at once (used to check the blob runs, and by fault-injection tests).
 pub const PARASITE_CMD_PING: u32 = 2;
+/// Collect only the running thread's own state: `altstack`, `clear_child_tid`, `robust_list`,
+/// `robust_list_len` and `name` of `ParasiteState` (the rest stays zero). crest runs COLLECT once, in
+/// the leader, and this in every other thread.
+pub const PARASITE_CMD_COLLECT_THREAD: u32 = 3;
 
 /// Most POSIX timers one collection reports.
 pub const MAX_POSIX_TIMERS: usize = 64;
@@ -350,6 +356,8 @@ pub const PARASITE_CALL_DUMPABLE: u32 = 10;
 pub const PARASITE_CALL_NO_NEW_PRIVS: u32 = 11;
 /// prctl(PR_GET_CHILD_SUBREAPER).
 pub const PARASITE_CALL_CHILD_SUBREAPER: u32 = 12;
+/// prctl(PR_GET_NAME).
+pub const PARASITE_CALL_NAME: u32 = 13;
 
 /// The kernel's `struct sigaction` as rt_sigaction reads and writes it (x86_64 and aarch64).
 #[repr(C)]
@@ -401,7 +409,9 @@ pub struct TimerState {
     pub error: i32,
 }
 
-/// What `PARASITE_CMD_COLLECT` reports. Each field is the raw result of the named call.
+/// What `PARASITE_CMD_COLLECT` reports (`PARASITE_CMD_COLLECT_THREAD`: only the per-thread
+/// fields `altstack`, `clear_child_tid`, `robust_list`, `robust_list_len`, `name`). Each field
+/// is the raw result of the named call.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ParasiteState {
@@ -426,6 +436,8 @@ pub struct ParasiteState {
     pub dumpable: u64,
     pub no_new_privs: u64,
     pub child_subreaper: u64,
+    /// prctl(PR_GET_NAME): the running thread's name (comm), NUL-padded.
+    pub name: [u8; 16],
 }
 
 /// Everything exchanged with the parasite, at the start of the args area of its mapping.

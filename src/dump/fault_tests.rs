@@ -168,3 +168,158 @@ fn a_dump_failing_at_any_step_leaves_the_process_as_it_was() {
 fn open_image(dir: &std::path::Path) -> Result<crate::images::Image, crate::images::ImageError> {
     crate::images::open_image(dir)
 }
+
+/// Every step a dump of a multi-threaded process reaches: the single-threaded ones plus
+/// `thread-parasite`, in the first thread after the leader, at its breakpoint.
+const THREADED_STEPS: &[&str] = &[
+    "seize",
+    "remote-syscall-1",
+    "remote-syscall-2",
+    "remote-syscall-3",
+    "blob-mapped",
+    "parasite-command",
+    "thread-parasite",
+    "remote-syscall-4",
+    "before-cure",
+    "remote-syscall-5",
+    "pages",
+];
+
+/// What each thread looks like from outside, and the process's mappings and fds.
+#[derive(Debug, PartialEq)]
+struct ObservedThreads {
+    threads: Vec<(i32, ArchRegs, u64)>,
+    maps: Vec<MapEntry>,
+    fds: Vec<OpenFd>,
+}
+
+fn observe_threads(pid: i32, tids: &[i32]) -> ObservedThreads {
+    for &tid in tids {
+        ptrace::seize(tid, nix::sys::ptrace::Options::empty()).unwrap();
+        ptrace::interrupt(tid).unwrap();
+    }
+    for &tid in tids {
+        loop {
+            match ptrace::wait_stop(tid).unwrap() {
+                Stop::Event {
+                    event: PTRACE_EVENT_STOP,
+                    ..
+                } => break,
+                Stop::Signal(sig) => ptrace::cont(tid, sig).unwrap(),
+                other => panic!("unexpected stop {other:?}"),
+            }
+        }
+    }
+    let proc = Proc::open(pid).unwrap();
+    let seen = ObservedThreads {
+        threads: tids
+            .iter()
+            .map(|&tid| {
+                (
+                    tid,
+                    crate::arch::regs::capture(tid).unwrap(),
+                    ptrace::get_sigmask(tid).unwrap(),
+                )
+            })
+            .collect(),
+        maps: proc.maps().unwrap(),
+        fds: proc.fds().unwrap(),
+    };
+    for &tid in tids {
+        ptrace::detach(tid, 0).unwrap();
+    }
+    seen
+}
+
+#[test]
+fn a_multithreaded_dump_failing_at_any_step_leaves_every_thread_as_it_was() {
+    use super::testutil::{slot, slot_word, spawn_threads_with, thread_tids, Work};
+    // Threads blocked for good in calls that are re-executed the same way after each stop, so
+    // their registers read the same between dumps; each handles SIGUSR2 sent to it alone.
+    let works = [
+        Work::Pause,
+        Work::FutexForever,
+        Work::PollForever,
+        Work::CondWait,
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let page = SharedPage::new();
+    let mut child = spawn_threads_with(
+        &page,
+        &works,
+        || count_signals(&page, libc::SIGUSR1, libc::SA_RESTART, &[]),
+        pause_forever,
+    );
+    let pid = child.pid;
+    let tids: Vec<i32> = std::iter::once(pid)
+        .chain(thread_tids(&page, works.len()))
+        .collect();
+    let state = |tid: i32| {
+        procfs::process::Process::new(pid)
+            .and_then(|p| p.task_from_tid(tid))
+            .and_then(|t| t.stat())
+            .map(|s| s.state)
+            .unwrap_or('?')
+    };
+    let all_asleep = || tids.iter().all(|&t| state(t) == 'S');
+    assert!(wait_until(all_asleep));
+    let dir = tmp.path().join("img");
+
+    for (n, step) in THREADED_STEPS.iter().enumerate() {
+        let before = observe_threads(pid, &tids);
+        let injection = crate::fault::inject_here(step);
+        let err = dump(&DumpOptions {
+            pid,
+            dir: dir.clone(),
+            leave_running: false,
+        })
+        .unwrap_err();
+        drop(injection);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("injected failure at {step} ")),
+            "{step}: {msg}"
+        );
+        assert!(!dir.exists(), "{step}: an image was left");
+        assert!(
+            wait_until(|| child.tracer() == 0 && all_asleep()),
+            "{step}: not released"
+        );
+        let after = observe_threads(pid, &tids);
+        for (b, a) in before.threads.iter().zip(&after.threads) {
+            assert_eq!(a, b, "{step}: thread {} (registers, mask)", b.0);
+        }
+        assert_eq!(after.maps, before.maps, "{step}: mappings");
+        assert_eq!(after.fds, before.fds, "{step}: fds");
+
+        // Every worker still handles a signal of its own and goes back to its wait.
+        for (i, &tid) in tids[1..].iter().enumerate() {
+            // SAFETY: signalling our own child's thread.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR2) };
+            assert!(
+                wait_until(|| slot_word(&page, i, slot::SIGUSR2) == n as u64 + 1),
+                "{step}: thread {tid} no longer handles signals"
+            );
+        }
+        // The leader too.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        assert!(
+            wait_until(|| signal_count(&page, libc::SIGUSR1) == n as u64 + 1),
+            "{step}: the leader no longer handles signals"
+        );
+        assert!(wait_until(all_asleep));
+    }
+
+    dump(&DumpOptions {
+        pid,
+        dir: dir.clone(),
+        leave_running: false,
+    })
+    .unwrap();
+    assert!(child.reaped_already());
+    assert_eq!(
+        open_image(&dir).unwrap().processes[0].threads.len(),
+        works.len() + 1
+    );
+}

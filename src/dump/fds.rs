@@ -1,7 +1,7 @@
 //! The fd table, the cwd and the exe.
 //!
 //! Regular files, directories and character devices are recorded by path and checked by
-//! identity. Fds that share one open file description (dup, inheritance) must come back
+//! identity; AF_UNIX sockets are recorded for a restore to recreate ([`super::sockets`]). Fds that share one open file description (dup, inheritance) must come back
 //! sharing it — same offset, same O_APPEND — so they are grouped: candidates have the same
 //! (dev, ino), and kcmp(KCMP_FILE) tells whether two of them are one description.
 
@@ -14,6 +14,7 @@ use crate::proc::{FdTarget, Proc};
 use crate::sys;
 
 use super::files::{same_inode, FileTable};
+use super::sockets::Sockets;
 use super::DumpError;
 
 /// O_CLOEXEC as fdinfo shows it (the kernel adds it to `flags:` for an fd with FD_CLOEXEC).
@@ -37,13 +38,15 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
     // (dev, ino) -> descriptions of that inode seen so far, with one fd holding each.
     let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
 
+    let mut sockets = Sockets::new(pid);
+
     for entry in proc.fds()? {
         let fd = entry.fd;
         let path = match &entry.target {
             FdTarget::Path {
                 path,
                 deleted: false,
-            } => path.clone(),
+            } => Some(path.clone()),
             FdTarget::Path {
                 path,
                 deleted: true,
@@ -57,9 +60,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
                     ),
                 ))
             }
-            FdTarget::Socket(ino) => {
-                return Err(refuse(pid, fd, format!("a socket (inode {ino})")))
-            }
+            FdTarget::Socket(_) => None,
             FdTarget::Pipe(ino) => return Err(refuse(pid, fd, format!("a pipe (inode {ino})"))),
             FdTarget::AnonInode(kind) => {
                 return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
@@ -74,8 +75,12 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
             }
         };
         let md = proc.stat_link(&format!("fd/{fd}"))?;
-        let idx = add_checked(&path, &md, files)
-            .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?;
+        let idx = match path {
+            Some(path) => add_checked(&path, &md, files)
+                .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?,
+            // Shared by dup'ed fds like any file: one entry per socket inode.
+            None => files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?,
+        };
         let info = proc.fdinfo(fd)?;
         let cloexec = info.flags & O_CLOEXEC != 0;
 

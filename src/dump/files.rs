@@ -88,6 +88,35 @@ impl FileTable {
         Ok(idx)
     }
 
+    /// Index of the file with inode `(dev, ino)`, adding `make()` if new: for what the table
+    /// cannot describe from a path and stat alone (sockets).
+    pub fn add_identity<E>(
+        &mut self,
+        dev: u64,
+        ino: u64,
+        make: impl FnOnce() -> Result<FileIdentity, E>,
+    ) -> Result<u32, E> {
+        if let Some(&idx) = self.by_inode.get(&(dev, ino)) {
+            return Ok(idx);
+        }
+        let idx = self.files.len() as u32;
+        self.files.push(make()?);
+        self.by_inode.insert((dev, ino), idx);
+        Ok(idx)
+    }
+
+    /// Index of the regular file `md` (seen at `path`) whose content the image stores
+    /// ([`FileKind::ContentInImage`]); a file already listed becomes one.
+    pub fn add_content_in_image(&mut self, path: &Path, md: &Metadata) -> Result<u32, FileRefusal> {
+        let kind = file_kind(md)?;
+        if kind != FileKind::Regular {
+            return Err(FileRefusal::Kind("not a regular file"));
+        }
+        let idx = self.add(path, md)?;
+        self.files[idx as usize].kind = FileKind::ContentInImage;
+        Ok(idx)
+    }
+
     pub fn into_files(self) -> Vec<FileIdentity> {
         self.files
     }

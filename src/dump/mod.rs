@@ -1,10 +1,12 @@
 //! `crest dump`: freeze a process with ptrace, collect its state, write an image, then kill it
 //! (default) or let it go (`-R`).
 //!
-//! Phases: freeze (seize + interrupt every thread) -> collect (registers, signal mask, rseq,
-//! pending signals, POSIX timer list; then the parasite: infect, collect, cure; then VMAs, fds,
-//! task state) -> pages (pagemap scan, memory read, page file) -> write (process record,
-//! inventory, atomic rename) -> kill or release. The parasite is the only thing crest ever
+//! Phases: freeze (seize + interrupt every thread, re-listing until no new thread appears) ->
+//! threads (per thread: registers, signal mask, rseq, pending signals) -> parasite (infect the
+//! leader, collect the process-wide state and the leader's own, run the per-thread collection
+//! in every other thread, cure) -> collect (VMAs, fds, task state) -> pages (pagemap scan,
+//! memory read, page file) -> write (process record, inventory, atomic rename) -> kill or
+//! release. The parasite is the only thing crest ever
 //! puts into the target, and it is gone (cured, checked against a snapshot of the maps and
 //! fds) before the VMAs are read. A failure at any step cures the parasite (its guard's Drop),
 //! detaches the threads ([`freeze::Frozen`]'s Drop) and drops the unfinished image
@@ -15,6 +17,9 @@ mod fds;
 mod files;
 mod freeze;
 mod parasite;
+mod seccomp;
+mod sockdiag;
+mod sockets;
 mod task;
 mod threads;
 mod vmas;
@@ -26,6 +31,8 @@ mod fault_tests;
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod thread_tests;
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -74,9 +81,10 @@ pub enum DumpError {
     )]
     AlreadyTraced { pid: i32, tracer: i32 },
     #[error(
-        "process {pid} has {threads} threads; crest can only dump single-threaded processes so far"
+        "process {pid} kept creating threads through {rounds} rounds of freezing; crest could \
+         not stop them all (try again when it is less busy starting threads)"
     )]
-    Multithreaded { pid: i32, threads: usize },
+    ThreadChurn { pid: i32, rounds: usize },
     #[error(
         "thread {tid} of process {pid} runs under seccomp (mode {mode}); seccomp filters cannot \
          be dumped yet"
@@ -304,13 +312,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             tracer: status.tracer_pid,
         });
     }
-    let tids = proc.tasks()?;
-    if tids.len() != 1 {
-        return Err(DumpError::Multithreaded {
-            pid,
-            threads: tids.len(),
-        });
-    }
     if status.seccomp != 0 {
         return Err(DumpError::Seccomp {
             pid,
@@ -330,56 +331,31 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let page_size = crate::arch::page_size();
 
     let mut phases = Phases::new();
-    let frozen = Frozen::freeze(pid, &tids)?;
-    // A thread created between the task listing and the seize would run on unseen.
-    let tids_now = proc.tasks()?;
-    if tids_now != tids {
-        return Err(DumpError::Multithreaded {
-            pid,
-            threads: tids_now.len(),
-        });
-    }
+    let frozen = Frozen::freeze(&proc)?;
+    let tids = frozen.tids();
     fault::point("seize")?;
     phases.end("freeze");
 
     // Collect: all of it while frozen, so it is one consistent snapshot.
-    let mut threads = Vec::with_capacity(tids.len());
-    let mut notes = Vec::new();
-    for &tid in &tids {
-        let st = proc.task_status(tid)?;
-        if st.seccomp != 0 {
-            return Err(DumpError::Seccomp {
-                pid,
-                tid,
-                mode: st.seccomp,
-            });
+    let (threads, notes, task_state, brk) = std::thread::scope(|scope| {
+        let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
+        let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
+        let shared_pending = parasite::pending(pid, pid, true)?;
+        phases.end("threads");
+        let timers = proc.posix_timers()?;
+        // The leader's seccomp mode was checked before the freeze.
+        let inside = parasite::collect(pid, &tids, &timers, |tid| seccomp.check(tid))?;
+        phases.end("parasite");
+        let mut task_state = inside.task;
+        task_state.shared_pending = shared_pending;
+        for (thread, state) in threads.iter_mut().zip(inside.threads) {
+            thread.state = ThreadState {
+                pending: std::mem::take(&mut thread.state.pending),
+                ..state
+            };
         }
-        let mut captured = threads::capture(pid, tid)?;
-        // Before any parasite runs: crest's own code must not see or consume them.
-        captured.image.state.pending = parasite::pending(pid, tid, false)?;
-        if let crate::arch::regs::SyscallRestart::Interrupted { nr } = captured.restart {
-            notes.push(format!(
-                "thread {tid} was stopped in syscall {nr}, which will return EINTR after restore"
-            ));
-        }
-        if let Some(ip) = captured.rseq_abort {
-            notes.push(format!(
-                "thread {tid} was inside an rseq critical section; it resumes at {ip:#x}"
-            ));
-        }
-        threads.push(captured.image);
-    }
-    let shared_pending = parasite::pending(pid, pid, true)?;
-    let timers = proc.posix_timers()?;
-    let inside = parasite::collect(pid, pid, &timers)?;
-    phases.end("parasite");
-    let mut task_state = inside.task;
-    task_state.shared_pending = shared_pending;
-    let leader = &mut threads[0];
-    leader.state = ThreadState {
-        pending: std::mem::take(&mut leader.state.pending),
-        ..inside.thread
-    };
+        Ok::<_, DumpError>((threads, notes, task_state, inside.brk))
+    })?;
 
     let status = proc.status()?;
     let umask = status.umask.ok_or_else(|| {
@@ -394,7 +370,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let cwd_file = fds::cwd(&proc, &mut files)?;
     let exe_file = fds::exe(&proc, &mut files)?;
     let rlimits = task::rlimits(pid)?;
-    let (mm, comm, ppid) = task::mm(&proc, inside.brk)?;
+    let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");
 
     let mut writer = ImageWriter::create(&opts.dir)?;

@@ -1,7 +1,7 @@
 //! The state only the process can report: pending signals (PTRACE_PEEKSIGINFO, from outside)
-//! and everything the parasite collects from inside (signal dispositions, sigaltstack, timers,
-//! the clear-child-tid address, the robust list, personality, prctl flags, brk), converted into
-//! the image's [`TaskState`] and [`ThreadState`].
+//! and everything the parasite collects from inside (signal dispositions, timers, personality,
+//! prctl flags and brk once for the process; sigaltstack, the clear-child-tid address, the
+//! robust list and the name in every thread), converted into the image's [`TaskState`] and [`ThreadState`].
 
 use crate::blob::abi::{ITimerSpec, ITimerVal, ParasiteState};
 use crate::fault;
@@ -20,8 +20,8 @@ const SS_DISABLE: i32 = 2;
 pub struct Inside {
     /// Process-wide state (everything but `shared_pending`).
     pub task: TaskState,
-    /// The infected thread's own state (everything but `pending`).
-    pub thread: ThreadState,
+    /// Each thread's own state (everything but `pending`), in the order of the tids asked for.
+    pub threads: Vec<ThreadState>,
     /// The program break.
     pub brk: u64,
 }
@@ -37,17 +37,33 @@ pub fn pending(pid: i32, tid: i32, shared: bool) -> Result<Vec<Vec<u8>>, DumpErr
     Ok(infos.into_iter().map(|i| i.0.to_vec()).collect())
 }
 
-/// Infects thread `tid`, collects the state, reads brk, and cures. Any failure cures too (the
-/// parasite's guard), so the target is left as it was.
-pub fn collect(pid: i32, tid: i32, timers: &[PosixTimerInfo]) -> Result<Inside, DumpError> {
+/// Infects the leader `pid`, collects the process-wide state and the leader's own there, runs
+/// the per-thread collection in every other thread of `tids` (one at a time, each put back
+/// right after its run, each only once `may_run(tid)` allowed it), reads brk, and cures. Any
+/// failure cures too (the parasite's guard), so the target is left as it was. `tids` must start
+/// with the leader.
+pub fn collect(
+    pid: i32,
+    tids: &[i32],
+    timers: &[PosixTimerInfo],
+    mut may_run: impl FnMut(i32) -> Result<(), DumpError>,
+) -> Result<Inside, DumpError> {
     let infect = |err| DumpError::Infect { pid, err };
-    let mut parasite = Parasite::inject(pid, tid).map_err(infect)?;
+    let mut parasite = Parasite::inject(pid, pid).map_err(infect)?;
     let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
     let state = parasite.collect(&ids).map_err(infect)?;
+    let (task, leader) = convert(&state, timers);
+    let mut threads = Vec::with_capacity(tids.len());
+    threads.push(leader);
+    for &tid in tids.iter().filter(|&&tid| tid != pid) {
+        may_run(tid)?;
+        let state = parasite.collect_thread(tid).map_err(infect)?;
+        threads.push(convert_thread(&state));
+    }
     let brk = parasite.brk().map_err(infect)?;
     fault::point("before-cure")?;
     parasite.cure().map_err(infect)?;
-    Ok(convert(&state, timers, brk))
+    Ok(Inside { task, threads, brk })
 }
 
 fn timeval_us(sec: i64, usec: i64) -> u64 {
@@ -86,8 +102,9 @@ fn posix_timer(info: &PosixTimerInfo, spec: &ITimerSpec, overrun: i32) -> PosixT
     }
 }
 
-/// Converts the parasite's raw results (the timers in the order of `timers`).
-pub fn convert(s: &ParasiteState, timers: &[PosixTimerInfo], brk: u64) -> Inside {
+/// Converts the parasite's raw results of a COLLECT run (the timers in the order of
+/// `timers`): the process-wide state and the running thread's own.
+pub fn convert(s: &ParasiteState, timers: &[PosixTimerInfo]) -> (TaskState, ThreadState) {
     let task = TaskState {
         sigactions: s
             .sigactions
@@ -112,19 +129,36 @@ pub fn convert(s: &ParasiteState, timers: &[PosixTimerInfo], brk: u64) -> Inside
         no_new_privs: s.no_new_privs != 0,
         child_subreaper: s.child_subreaper != 0,
     };
+    (task, convert_thread(s))
+}
+
+/// A thread name (comm) as a string: the bytes up to the NUL, any that are not UTF-8 replaced,
+/// and cut to the 15 bytes a comm holds (a replacement character takes 3 bytes) so the image
+/// stays valid.
+fn thread_name(raw: &[u8; 16]) -> String {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let mut name = String::from_utf8_lossy(&raw[..len]).into_owned();
+    while name.len() > crate::images::validate::THREAD_NAME_MAX {
+        name.pop();
+    }
+    name
+}
+
+/// Converts the per-thread fields of a COLLECT or COLLECT_THREAD run.
+pub fn convert_thread(s: &ParasiteState) -> ThreadState {
     let altstack = (s.altstack.flags & SS_DISABLE == 0).then_some(AltStack {
         sp: s.altstack.sp,
         flags: s.altstack.flags,
         size: s.altstack.size,
     });
-    let thread = ThreadState {
+    ThreadState {
+        name: thread_name(&s.name),
         altstack,
         pending: Vec::new(),
         clear_child_tid: s.clear_child_tid,
         robust_list: s.robust_list,
         robust_list_len: s.robust_list_len,
-    };
-    Inside { task, thread, brk }
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +209,7 @@ mod tests {
         s.clear_child_tid = 0xabc0;
         s.robust_list = 0xdef0;
         s.robust_list_len = 24;
+        s.name[..9].copy_from_slice(b"worker:1\xff");
         let info = PosixTimerInfo {
             id: 3,
             signo: 36,
@@ -183,8 +218,8 @@ mod tests {
             notify_tid: 0,
             clock: 1,
         };
-        let inside = convert(&s, &[info], 0x55_0000);
-        let t = &inside.task;
+        let (t, th) = convert(&s, &[info]);
+        let t = &t;
         assert_eq!(t.sigactions.len(), 64);
         assert_eq!(t.sigactions[9].handler, 0x1234);
         assert_eq!(t.sigactions[9].mask, 0b110);
@@ -206,7 +241,6 @@ mod tests {
         assert_eq!(t.personality, 0x0040_0000);
         assert!(t.no_new_privs && !t.child_subreaper);
         assert_eq!((t.pdeath_signal, t.dumpable), (9, 1));
-        let th = &inside.thread;
         assert_eq!(
             th.altstack,
             Some(AltStack {
@@ -219,10 +253,17 @@ mod tests {
             (th.clear_child_tid, th.robust_list, th.robust_list_len),
             (0xabc0, 0xdef0, 24)
         );
-        assert_eq!(inside.brk, 0x55_0000);
+        // A name is the bytes up to the NUL, whatever they are (comm need not be UTF-8), but
+        // never longer than a comm.
+        assert_eq!(th.name, "worker:1\u{fffd}");
+        assert_eq!(thread_name(b"abcdefghijklmno\0"), "abcdefghijklmno");
+        assert_eq!(thread_name(&[0xff; 16]), "\u{fffd}".repeat(5));
+        // A per-thread run fills only the thread's fields; they convert alone the same way.
+        assert_eq!(convert_thread(&s), th);
 
         s.altstack.flags = SS_DISABLE;
-        assert_eq!(convert(&s, &[], 0).thread.altstack, None);
+        assert_eq!(convert_thread(&s).altstack, None);
+        assert_eq!(convert(&s, &[]).1.altstack, None);
 
         // An expired periodic timer waiting for its signal to be dequeued is recorded as the
         // kernel reports it; a disarmed one stays disarmed.
@@ -233,7 +274,7 @@ mod tests {
             value_usec: 0,
         };
         s.itimers[1] = ITimerVal::default();
-        let t = convert(&s, &[], 0).task;
+        let t = convert(&s, &[]).0;
         assert_eq!(
             t.itimers[0],
             ITimer {

@@ -1,8 +1,13 @@
 //! Per-thread state of a frozen thread: registers (with the syscall-restart fix-up applied to
-//! the saved copy only, the rseq abort to both), blocked-signal mask and rseq registration.
+//! the saved copy only, the rseq abort to both), blocked-signal mask, rseq registration and
+//! the signals pending for the thread alone.
+
+use std::collections::BTreeMap;
 
 use crate::arch::regs::{self, SyscallRestart};
+use crate::images::ThreadState;
 use crate::images::{ArchRegs, RseqRegistration, ThreadImage};
+use crate::proc::Proc;
 use crate::ptrace;
 
 use super::DumpError;
@@ -26,8 +31,63 @@ pub struct CapturedThread {
     pub rseq_abort: Option<u64>,
 }
 
-/// Captures the state of the stopped thread `tid` of process `pid`.
-pub fn capture(pid: i32, tid: i32) -> Result<CapturedThread, DumpError> {
+/// Captures every frozen thread of `tids` (of `proc`), in that order, with its pending signals
+/// (read before any parasite runs: crest's own code must not see or consume them). Also
+/// returns what the user should know: the threads whose syscall returns EINTR after restore
+/// (grouped by syscall: a JVM has hundreds of threads parked the same way) and those moved to an
+/// rseq abort handler.
+pub fn capture_all(
+    proc: &Proc,
+    tids: &[i32],
+) -> Result<(Vec<ThreadImage>, Vec<String>), DumpError> {
+    let pid = proc.pid();
+    let mut threads = Vec::with_capacity(tids.len());
+    let mut interrupted: BTreeMap<u64, Vec<i32>> = BTreeMap::new();
+    let mut rseq_aborts = Vec::new();
+    for &tid in tids {
+        let mut captured = capture(proc, tid)?;
+        captured.image.state.pending = super::parasite::pending(pid, tid, false)?;
+        if let SyscallRestart::Interrupted { nr } = captured.restart {
+            interrupted.entry(nr).or_default().push(tid);
+        }
+        if let Some(ip) = captured.rseq_abort {
+            rseq_aborts.push((tid, ip));
+        }
+        threads.push(captured.image);
+    }
+    let mut notes: Vec<String> = interrupted
+        .iter()
+        .map(|(nr, tids)| {
+            format!(
+                "{} stopped in syscall {nr}, which will return EINTR after restore",
+                describe_tids(tids)
+            )
+        })
+        .collect();
+    notes.extend(rseq_aborts.iter().map(|(tid, ip)| {
+        format!("thread {tid} was inside an rseq critical section; it resumes at {ip:#x}")
+    }));
+    Ok((threads, notes))
+}
+
+/// `thread 12 was` or `3 threads (12, 13, 15) were`, naming at most a few tids.
+fn describe_tids(tids: &[i32]) -> String {
+    const SHOWN: usize = 8;
+    match tids {
+        [tid] => format!("thread {tid} was"),
+        _ => {
+            let mut names: Vec<String> = tids.iter().take(SHOWN).map(i32::to_string).collect();
+            if tids.len() > SHOWN {
+                names.push("...".into());
+            }
+            format!("{} threads ({}) were", tids.len(), names.join(", "))
+        }
+    }
+}
+
+/// Captures the state of the stopped thread `tid` of `proc`.
+pub fn capture(proc: &Proc, tid: i32) -> Result<CapturedThread, DumpError> {
+    let pid = proc.pid();
     let mut regs = regs::capture(tid).map_err(|e| DumpError::Regs { pid, err: e })?;
     let sigmask = ptrace::get_sigmask(tid).map_err(|e| DumpError::thread(pid, tid, e))?;
     let rseq = ptrace::rseq_configuration(tid).map_err(|e| DumpError::thread(pid, tid, e))?;
@@ -60,7 +120,8 @@ pub fn capture(pid: i32, tid: i32) -> Result<CapturedThread, DumpError> {
             sigmask,
             regs,
             rseq,
-            state: Default::default(),
+            // Filled in by the parasite (and PTRACE_PEEKSIGINFO).
+            state: ThreadState::default(),
         },
         restart,
         rseq_abort,
@@ -124,4 +185,20 @@ fn rseq_fixup(
         return Ok(Some(abort_ip));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_tids;
+
+    #[test]
+    fn many_threads_are_named_in_one_short_note() {
+        assert_eq!(describe_tids(&[12]), "thread 12 was");
+        assert_eq!(describe_tids(&[12, 13, 15]), "3 threads (12, 13, 15) were");
+        let many: Vec<i32> = (100..1100).collect();
+        assert_eq!(
+            describe_tids(&many),
+            "1000 threads (100, 101, 102, 103, 104, 105, 106, 107, ...) were"
+        );
+    }
 }

@@ -44,8 +44,12 @@ fn prot(m: &MapEntry) -> u32 {
 /// How one maps entry is dumped.
 enum Plan {
     Skip,
-    Anonymous { shared: bool },
+    Anonymous {
+        shared: bool,
+    },
     File(PathBuf),
+    /// A shared writable mapping of a file whose content goes into the image.
+    FileContent(PathBuf),
     Vdso,
     Vvar,
 }
@@ -92,7 +96,10 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
             if p.starts_with("/memfd:") {
                 return Err(refuse("memfd mappings cannot be dumped yet".into()));
             }
-            if *deleted && p == "/dev/zero" && m.shared {
+            if m.shared && m.write && is_perf_data(path, pid) {
+                // Stored whole, so it does not matter that another JVM deleted it already.
+                Plan::FileContent(path.clone())
+            } else if *deleted && p == "/dev/zero" && m.shared {
                 // MAP_SHARED|MAP_ANONYMOUS: the kernel backs it with a shmem file it names
                 // "dev/zero" (mm/shmem.c, shmem_zero_setup).
                 Plan::Anonymous { shared: true }
@@ -109,6 +116,46 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
             }
         }
     })
+}
+
+/// Whether `path` is HotSpot's performance-data file of process `pid`:
+/// `<tmpdir>/hsperfdata_<user>/<pid>` (src/hotspot/os/posix/perfMemory_posix.cpp). The JVM
+/// writes its counters there through a shared mapping for as long as it runs, and a JVM that
+/// starts later deletes the files of pids it finds dead — as a dumped JVM's pid is — so its
+/// content goes into the image instead of being checked at restore.
+pub fn is_perf_data(path: &Path, pid: i32) -> bool {
+    let named_pid = path.file_name().and_then(|n| n.to_str()) == Some(&pid.to_string());
+    let in_perf_dir = path
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() > "hsperfdata_".len() && n.starts_with("hsperfdata_"));
+    named_pid && in_perf_dir && path.is_absolute()
+}
+
+/// Identity of the file behind a mapping whose content the image stores: fstat of the exact
+/// file through map_files (the path may be gone already).
+fn content_file(
+    proc: &Proc,
+    m: &MapEntry,
+    path: &Path,
+    files: &mut FileTable,
+) -> Result<u32, DumpError> {
+    let pid = proc.pid();
+    let refuse = |why: String| DumpError::UnsupportedMapping {
+        pid,
+        start: m.start,
+        end: m.end,
+        name: m.display_name.clone(),
+        why,
+    };
+    let md = proc
+        .open_map_file(m.start, m.end)?
+        .metadata()
+        .map_err(|e| refuse(format!("cannot fstat the mapped file: {e}")))?;
+    files
+        .add_content_in_image(path, &md)
+        .map_err(|why| refuse(format!("the mapped file cannot be recorded: {why}")))
 }
 
 /// Identity of the file behind a file mapping: fstat of the exact file through map_files,
@@ -213,6 +260,19 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
                     offset: m.offset,
                 }
             }
+            Plan::FileContent(path) => {
+                let file = content_file(proc, m, &path, files)?;
+                out.areas.push(Area {
+                    start: m.start,
+                    end: m.end,
+                    kind: AreaKind::SharedFile { offset: m.offset },
+                    readable: m.read,
+                });
+                VmaBacking::File {
+                    file,
+                    offset: m.offset,
+                }
+            }
         };
         out.vmas.push(Vma {
             start: m.start,
@@ -238,4 +298,23 @@ fn hash_vdso(pid: i32, m: &MapEntry) -> Result<[u8; 32], DumpError> {
         why: format!("cannot read the vDSO: {e}"),
     })?;
     Ok(*blake3::hash(&buf).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_data_is_recognised_by_directory_and_pid() {
+        let yes = Path::new("/tmp/hsperfdata_root/4242");
+        assert!(is_perf_data(yes, 4242));
+        assert!(!is_perf_data(yes, 4243), "another JVM's file");
+        assert!(!is_perf_data(Path::new("/tmp/hsperfdata_/4242"), 4242));
+        assert!(!is_perf_data(Path::new("/tmp/perfdata_root/4242"), 4242));
+        assert!(!is_perf_data(
+            Path::new("/tmp/hsperfdata_root/4242.log"),
+            4242
+        ));
+        assert!(!is_perf_data(Path::new("hsperfdata_root/4242"), 4242));
+    }
 }

@@ -15,10 +15,14 @@
 //!
 //! [`Parasite::collect`] and [`Parasite::ping`] write a command into the shared arguments,
 //! point the thread at `parasite_main(args)` on a stack inside the mapping, and wait for its
-//! breakpoint; [`Parasite::brk`] runs a remote `brk(0)` (**(4)** in a dump). [`Parasite::cure`]
-//! unmaps the blob (**(5)** `munmap`), puts back the stub bytes, the registers and the signal
-//! mask, and checks that the maps and fds equal the snapshot. Dropping a `Parasite` that was
-//! not cured cures it, so every error path leaves the target as it was.
+//! breakpoint; [`Parasite::collect_thread`] does the same in another thread of the process (no
+//! stub, no mapping of its own: only its registers and mask are saved, and put back right
+//! after its run, so threads run one at a time on the same stack); [`Parasite::brk`] runs a
+//! remote `brk(0)` (**(4)** in a dump). [`Parasite::cure`] unmaps the blob (**(5)**
+//! `munmap`), puts back the stub bytes, the registers and the signal mask, and checks that the
+//! maps and fds equal the snapshot. Dropping a `Parasite` that was not cured cures it, so every
+//! error path leaves the target as it was. A dump's `thread-parasite` fault step fails a
+//! [`Parasite::collect_thread`] run while the thread sits on the parasite's breakpoint.
 //!
 //! The numbers in bold are the n of the `remote-syscall-<n>` fault-injection steps
 //! ([`crate::fault`]); on kernels before 6.3, which refuse MFD_EXEC, memfd_create is retried
@@ -35,7 +39,10 @@ use nix::errno::Errno;
 use crate::arch::infect::nr;
 use crate::arch::regs::RegsError;
 use crate::arch::ArchError;
-use crate::blob::abi::{ParasiteState, MAX_POSIX_TIMERS, PARASITE_CMD_COLLECT, PARASITE_CMD_PING};
+use crate::blob::abi::{
+    ParasiteState, MAX_POSIX_TIMERS, PARASITE_CMD_COLLECT, PARASITE_CMD_COLLECT_THREAD,
+    PARASITE_CMD_PING,
+};
 use crate::blob::BlobError;
 use crate::fault::{self, Injected};
 use crate::proc::{MapEntry, MapName, OpenFd, Proc, ProcError};
@@ -114,7 +121,8 @@ pub enum InfectError {
         stop: String,
     },
     #[error(
-        "thread {tid} of process {pid}: {what} before the syscall stub is in place (a crest bug)"
+        "thread {tid} of process {pid}: {what} before the thread was prepared for it (a crest \
+         bug)"
     )]
     NotReady {
         pid: i32,
@@ -268,6 +276,7 @@ fn call_name(call: u32) -> &'static str {
         PARASITE_CALL_DUMPABLE => "prctl(PR_GET_DUMPABLE)",
         PARASITE_CALL_NO_NEW_PRIVS => "prctl(PR_GET_NO_NEW_PRIVS)",
         PARASITE_CALL_CHILD_SUBREAPER => "prctl(PR_GET_CHILD_SUBREAPER)",
+        PARASITE_CALL_NAME => "prctl(PR_GET_NAME)",
         _ => "an unknown call",
     }
 }
@@ -418,7 +427,8 @@ impl Parasite {
         Ok(())
     }
 
-    /// Runs one parasite command and returns the argument block with its results.
+    /// Runs one parasite command in the infected thread and returns the argument block with
+    /// its results.
     fn run(
         &mut self,
         what: &'static str,
@@ -432,35 +442,10 @@ impl Parasite {
             .local
             .as_mut()
             .ok_or(InfectError::NotReady { pid, tid, what })?;
-        local.write_args(&self.layout, args);
-        let blob = crate::blob::parasite();
-        self.remote.call(
-            what,
-            base + blob.entry_offset(),
-            base + self.layout.total,
-            base + self.layout.args_off,
-            (base, base + blob.code_size() as u64),
-        )?;
-        // The parasite sits on its breakpoint, its results not read yet.
+        let out = run_command(&mut self.remote, local, &self.layout, base, what, args)?;
+        // The parasite sits on its breakpoint, its results read but not yet checked.
         fault::point("parasite-command")?;
-        let out = self
-            .local
-            .as_ref()
-            .ok_or(InfectError::NotReady { pid, tid, what })?
-            .read_args(&self.layout);
-        if out.error != 0 {
-            return Err(InfectError::Parasite {
-                pid,
-                tid,
-                call: call_name(out.failed_call),
-                arg: out.failed_arg,
-                errno: Errno::from_raw(-out.error),
-            });
-        }
-        if out.done != 1 {
-            return Err(InfectError::NotDone { pid, tid });
-        }
-        Ok(out)
+        check_done(pid, tid, out)
     }
 
     /// Runs the parasite with the PING command: it only reports that it ran.
@@ -483,6 +468,45 @@ impl Parasite {
         args.timer_ids[..timer_ids.len()].copy_from_slice(timer_ids);
         let out = self.run("the parasite's collect command", &args)?;
         Ok(out.state)
+    }
+
+    /// Runs the parasite's per-thread collection in thread `tid`, another stopped thread of
+    /// the same process (seized by the calling thread), and puts that thread back as it was:
+    /// its registers (general and extended), signal mask and any SIGSTOP that arrived
+    /// meanwhile, on success and on failure alike. The thread is put back while it sits in the
+    /// signal-delivery stop of the parasite's trap, so when it is resumed the kernel applies the
+    /// syscall-restart rules to its own registers, exactly as for the infected thread.
+    ///
+    /// Only the per-thread fields of the result are filled (see PARASITE_CMD_COLLECT_THREAD).
+    /// Threads run one at a time on the same stack inside the parasite's mapping.
+    pub fn collect_thread(&mut self, tid: i32) -> Result<ParasiteState, InfectError> {
+        let pid = self.pid();
+        let what = "the parasite's per-thread collect command";
+        let args = mapping::new_args(PARASITE_CMD_COLLECT_THREAD);
+        if tid == self.tid() {
+            // The infected thread itself: its state is saved already and put back by the cure.
+            return Ok(self.run(what, &args)?.state);
+        }
+        let (base, _) = self
+            .remote_map
+            .ok_or(InfectError::NotReady { pid, tid, what })?;
+        let local = self
+            .local
+            .as_mut()
+            .ok_or(InfectError::NotReady { pid, tid, what })?;
+        let mut remote = RemoteThread::attach_bare(pid, tid)?;
+        let result = remote
+            .block_signals()
+            .and_then(|()| run_command(&mut remote, local, &self.layout, base, what, &args))
+            .and_then(|out| {
+                // The thread sits on the parasite's breakpoint with crest's registers.
+                fault::point("thread-parasite")?;
+                Ok(out)
+            });
+        let restored = remote.restore();
+        let out = result?;
+        restored?;
+        Ok(check_done(pid, tid, out)?.state)
     }
 
     /// The program break, from a remote `brk(0)` (/proc shows only where the heap starts).
@@ -567,6 +591,50 @@ impl Parasite {
             Some(e) => Err(e),
         }
     }
+}
+
+/// Points `remote` at `parasite_main(args)` on the stack at the end of the mapping at `base`,
+/// after writing `args` into the shared argument block, and returns the block as the parasite
+/// left it at its breakpoint.
+fn run_command(
+    remote: &mut RemoteThread,
+    local: &mut LocalMap,
+    layout: &Layout,
+    base: u64,
+    what: &'static str,
+    args: &crate::blob::abi::ParasiteArgs,
+) -> Result<crate::blob::abi::ParasiteArgs, InfectError> {
+    local.write_args(layout, args);
+    let blob = crate::blob::parasite();
+    remote.call(
+        what,
+        base + blob.entry_offset(),
+        base + layout.total,
+        base + layout.args_off,
+        (base, base + blob.code_size() as u64),
+    )?;
+    Ok(local.read_args(layout))
+}
+
+/// The results of a command, or the error the parasite reported.
+fn check_done(
+    pid: i32,
+    tid: i32,
+    out: crate::blob::abi::ParasiteArgs,
+) -> Result<crate::blob::abi::ParasiteArgs, InfectError> {
+    if out.error != 0 {
+        return Err(InfectError::Parasite {
+            pid,
+            tid,
+            call: call_name(out.failed_call),
+            arg: out.failed_arg,
+            errno: Errno::from_raw(-out.error),
+        });
+    }
+    if out.done != 1 {
+        return Err(InfectError::NotDone { pid, tid });
+    }
+    Ok(out)
 }
 
 impl Drop for Parasite {

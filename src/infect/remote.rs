@@ -68,25 +68,35 @@ impl RemoteThread {
     /// Saves the thread's registers, signal mask and the stub area's bytes at `stub`. Changes
     /// nothing yet.
     pub fn attach(pid: i32, tid: i32, stub: u64) -> Result<RemoteThread, InfectError> {
-        let saved_regs = regs::capture(tid).map_err(|err| InfectError::Regs { pid, tid, err })?;
-        let saved_gprs = regs::read_gprs(tid).map_err(|err| InfectError::Regs { pid, tid, err })?;
-        let saved_mask = ptrace::get_sigmask(tid)
-            .map_err(|err| InfectError::ptrace(pid, tid, "reading the signal mask", err))?;
-        let mut stub_orig = [0u64; STUB_WORDS];
-        for (i, w) in stub_orig.iter_mut().enumerate() {
+        let mut thread = RemoteThread::attach_bare(pid, tid)?;
+        for (i, w) in thread.stub_orig.iter_mut().enumerate() {
             let addr = stub + 8 * i as u64;
             *w = ptrace::peek_word(tid, addr).map_err(|err| {
                 InfectError::ptrace(pid, tid, "saving the code bytes under the stub", err)
             })?;
         }
+        thread.stub = stub;
+        Ok(thread)
+    }
+
+    /// Saves the thread's registers and signal mask, for [`call`](Self::call)s only: a thread
+    /// attached like this has no syscall stub (the parasite's code is already mapped by another
+    /// thread of the process). Changes nothing yet.
+    pub fn attach_bare(pid: i32, tid: i32) -> Result<RemoteThread, InfectError> {
+        let saved_regs = regs::capture(tid).map_err(|err| InfectError::Regs { pid, tid, err })?;
+        let saved_gprs = regs::general(&saved_regs)
+            .map_err(|err| InfectError::Arch { pid, tid, err })?
+            .to_vec();
+        let saved_mask = ptrace::get_sigmask(tid)
+            .map_err(|err| InfectError::ptrace(pid, tid, "reading the signal mask", err))?;
         Ok(RemoteThread {
             pid,
             tid,
             saved_regs,
             saved_gprs,
             saved_mask,
-            stub,
-            stub_orig,
+            stub: 0,
+            stub_orig: [0; STUB_WORDS],
             stub_placed: false,
             mask_set: false,
             gone: false,
@@ -96,14 +106,29 @@ impl RemoteThread {
         })
     }
 
+    /// Blocks every signal but SIGTRAP (the trap crest stops the code on), so no handler of
+    /// the program runs in the middle of crest's code and no signal is consumed.
+    pub fn block_signals(&mut self) -> Result<(), InfectError> {
+        let (pid, tid) = (self.pid, self.tid);
+        ptrace::set_sigmask(tid, !(1u64 << (libc::SIGTRAP - 1)))
+            .map_err(|err| InfectError::ptrace(pid, tid, "blocking signals", err))?;
+        self.mask_set = true;
+        Ok(())
+    }
+
     /// Blocks every signal but SIGTRAP and writes the syscall stub and `string` (NUL-padded,
     /// at most STUB_AREA - 8 - 1 bytes) over the stub area.
     pub fn place_stub(&mut self, string: &[u8]) -> Result<(), InfectError> {
         let (pid, tid) = (self.pid, self.tid);
         assert!(string.len() < STUB_AREA - STUB_STRING_OFFSET as usize);
-        ptrace::set_sigmask(tid, !(1u64 << (libc::SIGTRAP - 1)))
-            .map_err(|err| InfectError::ptrace(pid, tid, "blocking signals", err))?;
-        self.mask_set = true;
+        if self.stub == 0 {
+            return Err(InfectError::NotReady {
+                pid,
+                tid,
+                what: "placing the syscall stub (the thread was attached without one)",
+            });
+        }
+        self.block_signals()?;
         let mut area = [0u8; STUB_AREA];
         area[..arch::SYSCALL_STUB.len()].copy_from_slice(&arch::SYSCALL_STUB);
         let at = STUB_STRING_OFFSET as usize;
@@ -161,7 +186,8 @@ impl RemoteThread {
     }
 
     /// Calls `entry(arg)` on the stack below `stack_top` and waits until the code stops on a
-    /// trap instruction inside `[code_start, code_end)`.
+    /// trap instruction inside `[code_start, code_end)`. Signals must be blocked first
+    /// ([`block_signals`](Self::block_signals) or [`place_stub`](Self::place_stub)).
     pub fn call(
         &mut self,
         what: &'static str,
@@ -171,7 +197,7 @@ impl RemoteThread {
         code: (u64, u64),
     ) -> Result<(), InfectError> {
         let (pid, tid) = (self.pid, self.tid);
-        if !self.stub_placed {
+        if !self.mask_set {
             return Err(InfectError::NotReady { pid, tid, what });
         }
         let mut gpr = self.saved_gprs.clone();

@@ -377,3 +377,75 @@ fn the_stub_goes_into_private_program_code_only() {
     assert_eq!(stub_address(&maps), Some(0x8000));
     assert_eq!(stub_address(&maps[..4]), None);
 }
+
+/// Registers and signal mask of each thread.
+fn thread_states(tids: &[i32]) -> Vec<(ArchRegs, u64)> {
+    tids.iter()
+        .map(|&tid| {
+            (
+                crate::arch::regs::capture(tid).unwrap(),
+                ptrace::get_sigmask(tid).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_thread_runs_the_parasite_in_turn_and_is_put_back_at_once() {
+    use crate::dump::testutil::{
+        progress, slot, slot_word, spawn_threads, thread_name, thread_tids, threads_progress, Work,
+    };
+    let works = [Work::AltStack, Work::TimedWait, Work::Busy];
+    let page = SharedPage::new();
+    let child = spawn_threads(&page, &works, || {});
+    let pid = child.pid;
+    let workers = thread_tids(&page, works.len());
+    {
+        let _seized: Vec<Seized> = std::iter::once(pid)
+            .chain(workers.iter().copied())
+            .map(Seized::new)
+            .collect();
+        let before = thread_states(&workers);
+        let maps = Proc::open(pid).unwrap().maps().unwrap();
+
+        let mut parasite = Parasite::inject(pid, pid).unwrap();
+        let leader = parasite.collect(&[]).unwrap();
+        assert_ne!(leader.sigactions[libc::SIGUSR2 as usize - 1].handler, 0);
+        for (i, &tid) in workers.iter().enumerate() {
+            let s = parasite.collect_thread(tid).unwrap();
+            // This thread's own state, not the leader's.
+            let w = |n| slot_word(&page, i, n);
+            assert_eq!(s.clear_child_tid, w(slot::CLEAR_CHILD_TID), "thread {tid}");
+            assert_ne!(s.clear_child_tid, leader.clear_child_tid);
+            assert_eq!(
+                (s.robust_list, s.robust_list_len),
+                (w(slot::ROBUST_HEAD), w(slot::ROBUST_LEN))
+            );
+            let alt = if s.altstack.flags & libc::SS_DISABLE != 0 {
+                (0, 0)
+            } else {
+                (s.altstack.sp, s.altstack.size)
+            };
+            assert_eq!(alt, (w(slot::ALT_SP), w(slot::ALT_SIZE)));
+            assert_eq!(&s.name[..10], &thread_name(i)[..10]);
+            // Only the per-thread fields are filled.
+            assert_eq!(s.sigactions[libc::SIGUSR2 as usize - 1].handler, 0);
+            // Put back at once: the next thread runs on the same stack.
+            assert_eq!(thread_states(&[tid])[0], before[i], "thread {tid}");
+        }
+        // The infected thread may run the per-thread command too.
+        let again = parasite.collect_thread(pid).unwrap();
+        assert_eq!(again.clear_child_tid, leader.clear_child_tid);
+        // A thread crest has not seized cannot be used.
+        assert!(parasite.collect_thread(i32::MAX).is_err());
+        parasite.cure().unwrap();
+        assert_eq!(thread_states(&workers), before);
+        assert_eq!(Proc::open(pid).unwrap().maps().unwrap(), maps);
+    }
+    // Detached: every thread carries on.
+    let at = progress(&page, works.len());
+    assert!(threads_progress(&page, &at, 3));
+    for i in 0..works.len() {
+        assert_eq!(slot_word(&page, i, slot::FAILURES), 0);
+    }
+}

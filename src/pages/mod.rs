@@ -8,7 +8,8 @@
 //!
 //! Shared anonymous memory lives in a shmem object that pagemap shows only where this process
 //! has the page mapped; its content is read from the object itself (through
-//! `/proc/PID/map_files`), skipping holes with SEEK_DATA/SEEK_HOLE.
+//! `/proc/PID/map_files`), skipping holes with SEEK_DATA/SEEK_HOLE. A shared file mapping whose
+//! content the image keeps is read from its file the same way.
 
 mod pagemap;
 mod reader;
@@ -65,6 +66,9 @@ pub enum AreaKind {
     PrivateFile,
     /// MAP_SHARED|MAP_ANONYMOUS: the shmem object's pages in `[offset, offset + size)`.
     SharedAnonymous { offset: u64 },
+    /// A shared file mapping whose file content the image stores (HotSpot's hsperfdata): the
+    /// file's pages in `[offset, offset + size)`, read from the file like a shmem object.
+    SharedFile { offset: u64 },
 }
 
 /// One memory area whose content is to be saved.
@@ -113,7 +117,7 @@ pub fn dump_pages<S: PageSink>(
 
     for area in areas {
         match area.kind {
-            AreaKind::SharedAnonymous { offset } => {
+            AreaKind::SharedAnonymous { offset } | AreaKind::SharedFile { offset } => {
                 shmem::dump_area(
                     proc,
                     area,

@@ -6,7 +6,8 @@ use super::{Proc, ProcError};
 /// What crest needs from `/proc/PID/status` (or `/proc/PID/task/TID/status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    /// `Name:` (comm).
+    /// `Name:` (comm) as procfs parses it: cut at the first ':' (procfs splits the line on
+    /// every colon), so not the exact name of a thread called e.g. `pool:1`.
     pub name: String,
     /// `State:` letter (R, S, D, T, t, Z, ...).
     pub state: char,
@@ -91,6 +92,18 @@ impl Proc {
             .status()
             .map_err(|e| ProcError::procfs(self.pid, &what, e))?;
         Ok(convert(s))
+    }
+
+    /// Whether thread `tid` has ended: `/proc/PID/task/TID` is gone, or its state is Z (a
+    /// zombie waiting to be reaped) or X (dead). PTRACE_SEIZE refuses such a thread with EPERM
+    /// (kernel/ptrace.c `ptrace_attach` checks `exit_state`), which is no permission problem.
+    pub fn task_ended(&self, tid: i32) -> bool {
+        match self.proc.task_from_tid(tid).and_then(|t| t.stat()) {
+            Ok(s) => matches!(s.state, 'Z' | 'X'),
+            Err(procfs::ProcError::NotFound(_)) => true,
+            // Unreadable for another reason: let the caller report its own error.
+            Err(_) => false,
+        }
     }
 
     /// Whether the process is a kernel thread (PF_KTHREAD in the `flags` field of stat): it

@@ -256,6 +256,26 @@ pub fn wait_stop(tid: i32) -> Result<Stop, PtraceError> {
     }
 }
 
+/// Like [`wait_stop`] but does not block: `None` when thread `tid` has nothing to report yet.
+pub fn try_wait_stop(tid: i32) -> Result<Option<Stop>, PtraceError> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable int.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == tid {
+            return Ok(Some(Stop::from_wait_status(status)));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let errno = Errno::last();
+        if r < 0 && errno == Errno::EINTR {
+            continue;
+        }
+        return Err(PtraceError::Wait { tid, errno });
+    }
+}
+
 /// PTRACE_CONT, delivering `sig` (0 for none).
 pub fn cont(tid: i32, sig: i32) -> Result<(), PtraceError> {
     // The data argument is the signal number; no memory is passed.

@@ -398,9 +398,22 @@ fn thread_args(
             pending,
             nr_pending: t.state.pending.len() as u64,
             progress: abi::Progress::default(),
+            name: thread_name(&t.state.name),
         });
     }
     Ok(out)
+}
+
+/// A thread name as PR_SET_NAME takes it: at most 15 bytes, NUL-terminated.
+fn thread_name(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (slot, b) in out
+        .iter_mut()
+        .zip(name.bytes().filter(|b| *b != 0).take(15))
+    {
+        *slot = b;
+    }
+    out
 }
 
 fn rseq_arg(r: Option<crate::images::RseqRegistration>) -> RseqArg {
@@ -715,6 +728,8 @@ mod tests {
             runs: 300,
             close_fds: 5,
             timers: 3,
+            threads: 4,
+            pending: 2,
         };
         let l = Layout::new(10000, counts, 20000, 3 * 4096, 4096);
         let parts = [

@@ -40,30 +40,29 @@ pub fn open_all(
     pages_path: &std::path::Path,
 ) -> Result<OpenedFiles, RestoreError> {
     let base = helper_fd_base(p);
-    let mut descriptions = Vec::with_capacity(p.open_files.len());
-    for ofd in &p.open_files {
+    // Everything that is checked comes first, so a changed file is refused before crest
+    // writes anything to disk; then files whose content the image holds are recreated and
+    // sockets created.
+    let mut descriptions: Vec<Option<OwnedFd>> = (0..p.open_files.len()).map(|_| None).collect();
+    for (slot, ofd) in descriptions.iter_mut().zip(&p.open_files) {
         let ident = file_at(p, ofd.file)?;
-        // O_CREAT/O_TRUNC/O_EXCL never come from fdinfo, but never let an image ask for them.
-        let flags = (ofd.flags as i32)
-            & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
-        let fd = open_path(&ident.path, flags | libc::O_NOCTTY | libc::O_CLOEXEC, base)?;
-        let appending = ofd.flags as i32 & libc::O_APPEND != 0
-            && ofd.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
-        check_identity(&fd, ident, appending, ofd.pos)?;
-        if ident.kind == FileKind::Regular || ident.kind == FileKind::Directory {
-            seek(&fd, ofd.pos, &ident.path)?;
+        if matches!(
+            ident.kind,
+            FileKind::UnixSocket(_) | FileKind::ContentInImage
+        ) {
+            continue;
         }
-        descriptions.push(fd);
+        *slot = Some(open_description(ident, ofd, base)?);
     }
 
     let mut mapped: Vec<Option<OwnedFd>> = (0..p.files.len()).map(|_| None).collect();
     for vma in &p.vmas {
         if let VmaBacking::File { file, .. } = vma.backing {
             let slot = &mut mapped[file as usize];
-            if slot.is_some() {
+            let ident = file_at(p, file)?;
+            if slot.is_some() || ident.kind == FileKind::ContentInImage {
                 continue;
             }
-            let ident = file_at(p, file)?;
             // A shared writable mapping writes through to the file, so it needs write access.
             let mode = if vma.shared && vma.prot & crate::images::PROT_WRITE != 0 {
                 libc::O_RDWR
@@ -88,6 +87,31 @@ pub fn open_all(
     )?;
     check_identity(&cwd, cwd_ident, false, 0)?;
 
+    // Recreated (emptied and sized) once, before anything maps or opens them.
+    for (slot, ident) in mapped.iter_mut().zip(&p.files) {
+        if ident.kind == FileKind::ContentInImage {
+            *slot = Some(recreate_content_file(ident, base)?);
+        }
+    }
+    for (slot, ofd) in descriptions.iter_mut().zip(&p.open_files) {
+        if slot.is_some() {
+            continue;
+        }
+        let ident = file_at(p, ofd.file)?;
+        *slot = Some(match &ident.kind {
+            FileKind::UnixSocket(sock) => above(
+                super::sockets::create(ident, sock, ofd.flags)?,
+                base,
+                "a UNIX socket",
+            )?,
+            _ => open_description(ident, ofd, base)?,
+        });
+    }
+    let descriptions = descriptions
+        .into_iter()
+        .map(|d| d.expect("every description was opened above"))
+        .collect();
+
     let pages_str = pages_path.to_string_lossy();
     let pages = open_path(&pages_str, libc::O_RDONLY | libc::O_CLOEXEC, base)?;
 
@@ -98,6 +122,29 @@ pub fn open_all(
         cwd,
         pages,
     })
+}
+
+/// Opens the file of an open file description by path with its flags, checks it is the file
+/// that was dumped, and puts it at the recorded offset.
+fn open_description(
+    ident: &FileIdentity,
+    ofd: &crate::images::OpenFileDescription,
+    base: RawFd,
+) -> Result<OwnedFd, RestoreError> {
+    // O_CREAT/O_TRUNC/O_EXCL never come from fdinfo, but never let an image ask for them.
+    let flags = (ofd.flags as i32)
+        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    let fd = open_path(&ident.path, flags | libc::O_NOCTTY | libc::O_CLOEXEC, base)?;
+    let appending = ofd.flags as i32 & libc::O_APPEND != 0
+        && ofd.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
+    check_identity(&fd, ident, appending, ofd.pos)?;
+    if matches!(
+        ident.kind,
+        FileKind::Regular | FileKind::Directory | FileKind::ContentInImage
+    ) {
+        seek(&fd, ofd.pos, &ident.path)?;
+    }
+    Ok(fd)
 }
 
 fn file_at(p: &ProcessImage, index: u32) -> Result<&FileIdentity, RestoreError> {
@@ -122,19 +169,116 @@ fn open_path(path: &str, flags: i32, base: RawFd) -> Result<OwnedFd, RestoreErro
     }
     // SAFETY: raw is a descriptor we just opened and own.
     let first = unsafe { OwnedFd::from_raw_fd(raw) };
-    if raw >= base {
-        return Ok(first);
+    above(first, base, path)
+}
+
+/// `fd`, moved to `base` or above (close-on-exec) if it is below.
+fn above(fd: OwnedFd, base: RawFd, what: &str) -> Result<OwnedFd, RestoreError> {
+    if fd.as_raw_fd() >= base {
+        return Ok(fd);
     }
     // SAFETY: F_DUPFD_CLOEXEC on a valid fd has no memory-safety preconditions.
-    let moved = unsafe { libc::fcntl(first.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
     if moved < 0 {
         return Err(RestoreError::Os {
-            what: format!("moving the descriptor of {path} above fd {base}"),
+            what: format!("moving the descriptor of {what} above fd {base}"),
             source: std::io::Error::last_os_error(),
         });
     }
-    // SAFETY: moved is a new descriptor we own; `first` is closed when dropped.
+    // SAFETY: moved is a new descriptor we own; `fd` is closed when dropped.
     Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+/// Creates (or takes over) a file whose content the image holds: its directory (mode 0755)
+/// if missing, the file with the recorded mode, emptied and then sized as recorded, so every
+/// page the image does not store reads as zero, as it did (only non-zero pages are stored).
+/// Neither the directory nor the file may be a symlink, and an existing file must belong to
+/// crest's user: crest writes into it.
+fn recreate_content_file(ident: &FileIdentity, base: RawFd) -> Result<OwnedFd, RestoreError> {
+    let fail = |problem: String| RestoreError::File {
+        path: ident.path.clone(),
+        problem,
+    };
+    let last = || std::io::Error::last_os_error();
+    let path = std::path::Path::new(&ident.path);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(RestoreError::BadImage(format!(
+            "file {:?} has no directory and name",
+            ident.path
+        )));
+    };
+    let cdir = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| RestoreError::BadImage(format!("path {:?} has a NUL byte", ident.path)))?;
+    let cname = CString::new(name.as_encoded_bytes())
+        .map_err(|_| RestoreError::BadImage(format!("path {:?} has a NUL byte", ident.path)))?;
+    // SAFETY: cdir is a valid C string.
+    if unsafe { libc::mkdir(cdir.as_ptr(), 0o755) } == 0 {
+        // mkdir applies crest's umask; the JVM made it 0755 and checks it is not writable by
+        // others.
+        // SAFETY: cdir is a valid C string naming the directory just created.
+        unsafe { libc::chmod(cdir.as_ptr(), 0o755) };
+    } else if last().raw_os_error() != Some(libc::EEXIST) {
+        return Err(fail(format!(
+            "cannot be recreated: its directory cannot be created: {}",
+            last()
+        )));
+    }
+    // SAFETY: cdir is a valid C string; O_NOFOLLOW refuses a symlink in place of the directory.
+    let dirfd = unsafe {
+        libc::open(
+            cdir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if dirfd < 0 {
+        return Err(fail(format!(
+            "cannot be recreated: its directory cannot be opened: {}",
+            last()
+        )));
+    }
+    // SAFETY: dirfd is a fresh descriptor we own.
+    let dirfd = unsafe { OwnedFd::from_raw_fd(dirfd) };
+    let mode = ident.mode & 0o7777;
+    // SAFETY: cname is a valid C string, dirfd a directory we own.
+    let raw = unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            cname.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if raw < 0 {
+        return Err(fail(format!("cannot be recreated: {}", last())));
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| fail(format!("cannot be examined: {e}")))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(fail("exists and is not a regular file".into()));
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if st.st_uid != me {
+        return Err(fail(format!(
+            "exists and belongs to uid {}, not to crest's uid {me}",
+            st.st_uid
+        )));
+    }
+    // SAFETY: fchmod and ftruncate on a regular file we own.
+    let sized = unsafe {
+        libc::fchmod(fd.as_raw_fd(), mode) == 0
+            && libc::ftruncate(fd.as_raw_fd(), 0) == 0
+            && libc::ftruncate(fd.as_raw_fd(), ident.size as libc::off_t) == 0
+    };
+    if !sized {
+        return Err(fail(format!(
+            "cannot be given mode {mode:o} and size {}: {}",
+            ident.size,
+            last()
+        )));
+    }
+    above(fd, base, &ident.path)
 }
 
 fn seek(fd: &OwnedFd, pos: u64, path: &str) -> Result<(), RestoreError> {
@@ -170,6 +314,20 @@ fn check_identity(
         problem: format!("changed since the dump: {what}"),
     };
     match want.kind {
+        // Recreated from the image: whatever it was at dump time does not matter.
+        FileKind::ContentInImage => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(changed("it is no longer a regular file".into()));
+            }
+            return Ok(());
+        }
+        // Created anew, never opened by path.
+        FileKind::UnixSocket(_) => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                return Err(changed("it is not a socket".into()));
+            }
+            return Ok(());
+        }
         FileKind::CharDevice { rdev } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != rdev {
                 return Err(changed(format!(
@@ -285,6 +443,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("shrank"), "{err}");
+    }
+
+    #[test]
+    fn content_file_is_recreated_empty_sized_and_with_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("hsperfdata_x/4242");
+        let mut ident = identity(&std::env::current_exe().unwrap());
+        ident.path = path.to_string_lossy().into_owned();
+        ident.kind = FileKind::ContentInImage;
+        ident.size = 32768;
+        ident.mode = libc::S_IFREG | 0o600;
+        // Missing, directory included: both are created.
+        let fd = recreate_content_file(&ident, 20).unwrap();
+        assert!(fd.as_raw_fd() >= 20);
+        check_identity(&fd, &ident, false, 0).unwrap();
+        let md = std::fs::metadata(&path).unwrap();
+        assert_eq!((md.len(), md.permissions().mode() & 0o7777), (32768, 0o600));
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o7777, 0o755);
+        drop(fd);
+        // Present with stale content of another size: emptied, then sized.
+        std::fs::write(&path, vec![7u8; 40000]).unwrap();
+        drop(recreate_content_file(&ident, 3).unwrap());
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 32768);
+        assert!(data.iter().all(|b| *b == 0));
+        // Never through a symlink.
+        std::fs::remove_file(&path).unwrap();
+        let target = root.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = recreate_content_file(&ident, 3).unwrap_err().to_string();
+        assert!(err.contains("4242"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 
     #[test]

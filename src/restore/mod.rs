@@ -11,6 +11,7 @@ mod child;
 mod files;
 mod finish;
 mod fork;
+mod sockets;
 mod specials;
 mod task_state;
 mod wait;

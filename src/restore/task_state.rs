@@ -241,17 +241,17 @@ pub fn set_dumpable(p: &ProcessImage) -> Result<(), String> {
     Ok(())
 }
 
-/// Queues the image's pending signals again, process-wide ones first, each with its original
+/// Queues the image's pending signals again, process-wide ones and the leader's, each with its original
 /// siginfo (a process may send itself any si_code). They stay pending, blocked, until
 /// rt_sigreturn installs the image's mask.
 pub fn queue_pending_signals(p: &ProcessImage) -> Result<(), String> {
     for info in &p.task.shared_pending {
         queue_signal(p.pid, None, info)?;
     }
-    for thread in &p.threads {
-        for info in &thread.state.pending {
-            queue_signal(p.pid, Some(thread.tid), info)?;
-        }
+    // Only the leader exists before the morph; every other thread queues its own pending
+    // signals in the restorer, once it has been created (ThreadArg::pending).
+    for info in &p.threads[0].state.pending {
+        queue_signal(p.pid, Some(p.pid), info)?;
     }
     Ok(())
 }

@@ -36,6 +36,9 @@ use tempfile::TempDir;
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one crest command may run (a debug build dumps ~60 MiB well within this).
 pub const CREST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long to wait for a JVM victim: to start (a JVM with a 64 MiB heap to fill on 2 busy
+/// cores), to answer a verify (which waits for every thread and runs a full GC), to shut down.
+pub const JVM_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the fds victim expects in its environment (it checks the variable after a restore).
 pub const VICTIM_ENV: (&str, &str) = ("CREST_VICTIM_ENV", "environment-survives-restore");
 
@@ -79,6 +82,16 @@ pub enum Kind {
     /// Signal handlers on an alternate stack, SIG_IGN, interval and POSIX timers, blocked
     /// pending signals, prctl state (issue #3); answers [`Victim::verify_signals`].
     Signals,
+    /// 13 threads (issue #4): condvar timed waits, sleepers, busy workers under a mutex,
+    /// per-thread masks, pending signals, altstacks and TLS, sched_getcpu through rseq; every
+    /// thread checks its tid and makes progress between verifies.
+    MThreads,
+    /// AF_UNIX sockets (peer-closed pairs, an unconnected one, a listener with a thread blocked
+    /// in accept) and an hsperfdata-like shared file mapping (issue #4).
+    Sockets,
+    /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
+    /// of a JVM's main thread is `java`).
+    Java,
 }
 
 impl Kind {
@@ -88,13 +101,24 @@ impl Kind {
             Kind::Fds => "fds",
             Kind::Threads => "threads",
             Kind::Signals => "signals",
+            Kind::MThreads => "mthreads",
+            Kind::Sockets => "sockets",
+            Kind::Java => "java",
         }
     }
 
     fn cflags(self) -> &'static [&'static str] {
         match self {
-            Kind::Threads => &["-pthread"],
+            Kind::Threads | Kind::MThreads | Kind::Sockets => &["-pthread"],
             _ => &[],
+        }
+    }
+
+    /// How long to wait for this kind of victim to start, answer or die.
+    pub fn timeout(self) -> Duration {
+        match self {
+            Kind::Java => JVM_TIMEOUT,
+            _ => TIMEOUT,
         }
     }
 }
@@ -106,6 +130,10 @@ fn victims_src() -> PathBuf {
 /// Compiles a victim once per content: the output lives in a directory named after a hash of the
 /// sources and flags, so a binary that a running (or dumped) victim uses is never replaced.
 pub fn victim_binary(kind: Kind) -> PathBuf {
+    assert!(
+        kind != Kind::Java,
+        "the JVM victim is started by tests/jvm.rs, not compiled here"
+    );
     static BUILT: OnceLock<std::sync::Mutex<BTreeMap<&'static str, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,8 +198,19 @@ impl Victim {
     /// Starts a victim detached (own session, stdin/stdout /dev/null, stderr to a file, every
     /// inherited fd above 2 closed) after letting `customize` adjust the command.
     pub fn start_with(kind: Kind, customize: impl FnOnce(&mut Command)) -> Victim {
+        Victim::start_program(kind, &victim_binary(kind), &[], customize)
+    }
+
+    /// Starts `program PRE_ARGS... CTL_DIR LOG_FILE` detached like [`Victim::start_with`] (for
+    /// victims that are not compiled C, such as `java -cp DIR Victim`), and waits up to
+    /// [`Kind::timeout`] for its first log line.
+    pub fn start_program(
+        kind: Kind,
+        bin: &Path,
+        pre_args: &[&OsStr],
+        customize: impl FnOnce(&mut Command),
+    ) -> Victim {
         setup();
-        let bin = victim_binary(kind);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("crest-{}-", kind.name()))
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -182,8 +221,9 @@ impl Victim {
         let log = ctl.join("log");
         let stderr = File::create(ctl.join("stderr")).expect("create stderr file");
 
-        let mut cmd = Command::new(&bin);
-        cmd.arg(&ctl)
+        let mut cmd = Command::new(bin);
+        cmd.args(pre_args)
+            .arg(&ctl)
             .arg(&log)
             .current_dir(&work)
             .env(VICTIM_ENV.0, VICTIM_ENV.1)
@@ -243,7 +283,11 @@ impl Victim {
                     self.stderr_text()
                 );
             }
-            assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+            assert!(
+                start.elapsed() < self.kind.timeout(),
+                "timed out waiting for {what}: {}",
+                self.stderr_text()
+            );
             sleep(POLL);
         }
     }
@@ -344,12 +388,13 @@ impl Victim {
                     self.stderr_text()
                 ));
             }
-            if start.elapsed() > TIMEOUT {
+            if start.elapsed() > self.kind.timeout() {
                 let _ = fs::remove_file(&request);
                 return Err(format!(
-                    "{} (pid {}) did not answer a verify request within {TIMEOUT:?} (state {:?})",
+                    "{} (pid {}) did not answer a verify request within {:?} (state {:?})",
                     self.kind.name(),
                     self.pid,
+                    self.kind.timeout(),
                     proc_state(self.pid)
                 ));
             }
@@ -406,7 +451,7 @@ impl Victim {
                 return e.1;
             }
             assert!(
-                start.elapsed() < TIMEOUT,
+                start.elapsed() < self.kind.timeout(),
                 "timed out waiting for {what} (state {:?}); stderr: {}",
                 proc_state(self.pid),
                 self.stderr_text()
@@ -433,7 +478,7 @@ impl Victim {
                 return;
             }
             assert!(
-                start.elapsed() < TIMEOUT,
+                start.elapsed() < self.kind.timeout(),
                 "timed out waiting for {what} (state {:?}); stderr: {}",
                 proc_state(self.pid),
                 self.stderr_text()
@@ -461,7 +506,7 @@ impl Victim {
     /// Waits for the process (killed by a dump, or told to exit) to die and reaps it.
     /// Returns its wait status when we were its parent (None when another process reaped it).
     pub fn reap(&mut self) -> Option<WaitStatus> {
-        let st = reap_pid(self.pid, TIMEOUT)
+        let st = reap_pid(self.pid, self.kind.timeout())
             .unwrap_or_else(|e| panic!("{} (pid {}) did not die: {e}", self.kind.name(), self.pid));
         self.alive = false;
         assert!(
@@ -660,6 +705,98 @@ pub fn signal_status(pid: i32) -> SignalStatus {
     }
 }
 
+/// One thread as /proc/PID/task/TID shows it: what a restore must give back to each tid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// The thread's name (`comm`).
+    pub comm: String,
+    /// SigBlk: the thread's blocked mask.
+    pub blocked: u64,
+    /// SigPnd: signals pending for this thread alone.
+    pub pending: u64,
+}
+
+/// The tids of a process (/proc/PID/task), sorted.
+pub fn thread_ids(pid: i32) -> Vec<i32> {
+    let proc = procfs::process::Process::new(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}"));
+    let mut tids: Vec<i32> = proc
+        .tasks()
+        .unwrap_or_else(|e| panic!("list /proc/{pid}/task: {e}"))
+        .filter_map(|t| t.ok().map(|t| t.tid))
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
+/// Every thread of a process with its name and signal state. A thread that exits while it is
+/// read is left out (a JVM starts and ends threads of its own at any time).
+pub fn tasks(pid: i32) -> BTreeMap<i32, TaskInfo> {
+    let proc = procfs::process::Process::new(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}"));
+    proc.tasks()
+        .unwrap_or_else(|e| panic!("list /proc/{pid}/task: {e}"))
+        .filter_map(|t| t.ok())
+        .filter_map(|t| {
+            let stat = t.stat().ok()?;
+            let status = t.status().ok()?;
+            Some((
+                t.tid,
+                TaskInfo {
+                    comm: stat.comm,
+                    blocked: status.sigblk,
+                    pending: status.sigpnd,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Fails the test unless every thread of `before` exists in `pid` now under the same tid with
+/// the same name (and, with `signals`, the same blocked and pending masks); with `exact`, no
+/// other thread exists either.
+pub fn assert_tasks_kept(
+    pid: i32,
+    before: &BTreeMap<i32, TaskInfo>,
+    exact: bool,
+    signals: bool,
+    context: &str,
+) {
+    let now = tasks(pid);
+    for (tid, was) in before {
+        let Some(is) = now.get(tid) else {
+            panic!(
+                "{context}: thread {tid} ({}) of pid {pid} is gone; threads now: {:?}",
+                was.comm,
+                now.iter()
+                    .map(|(t, i)| (*t, i.comm.as_str()))
+                    .collect::<Vec<_>>()
+            );
+        };
+        assert_eq!(
+            is.comm, was.comm,
+            "{context}: name of thread {tid} of pid {pid}"
+        );
+        if signals {
+            assert_eq!(
+                is.blocked, was.blocked,
+                "{context}: blocked mask of thread {tid} ({}) of pid {pid}: {:#x}, was {:#x}",
+                was.comm, is.blocked, was.blocked
+            );
+            assert_eq!(
+                is.pending, was.pending,
+                "{context}: pending signals of thread {tid} ({}) of pid {pid}: {:#x}, was {:#x}",
+                was.comm, is.pending, was.pending
+            );
+        }
+    }
+    if exact {
+        let extra: Vec<_> = now.keys().filter(|t| !before.contains_key(t)).collect();
+        assert!(
+            extra.is_empty(),
+            "{context}: pid {pid} has threads it did not have before: {extra:?}"
+        );
+    }
+}
+
 /// Bit of signal `sig` in a kernel signal mask.
 pub fn sig_bit(sig: i32) -> u64 {
     1u64 << (sig - 1)
@@ -672,14 +809,19 @@ pub fn proc_timers(pid: i32) -> String {
         .unwrap_or_else(|e| panic!("read /proc/{pid}/timers: {e}"))
 }
 
-/// The fd table of a process as (fd -> target).
+/// The fd table of a process as (fd -> target). A socket shows without its inode number: a
+/// restore recreates sockets, so they come back as new inodes.
 pub fn fd_table(pid: i32) -> BTreeMap<i32, String> {
     let proc = procfs::process::Process::new(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}"));
     proc.fd()
         .unwrap_or_else(|e| panic!("list fds of pid {pid}: {e}"))
         .map(|fd| {
             let fd = fd.unwrap_or_else(|e| panic!("fd of pid {pid}: {e}"));
-            (fd.fd, format!("{:?}", fd.target))
+            let target = match fd.target {
+                procfs::process::FDTarget::Socket(_) => "Socket".to_string(),
+                other => format!("{other:?}"),
+            };
+            (fd.fd, target)
         })
         .collect()
 }

@@ -4,6 +4,10 @@
 //! POSIX timers, the clear-child-tid address, the robust futex list, personality and a few
 //! prctl flags.
 //!
+//! crest runs `PARASITE_CMD_COLLECT` once, in the leader, for the process-wide state and the
+//! leader's own, then `PARASITE_CMD_COLLECT_THREAD` in each other thread, one at a time, on the
+//! same stack inside the mapping.
+//!
 //! One run carries out one command (`ParasiteArgs::cmd`), writes the results into the same
 //! `ParasiteArgs` (shared memory crest reads), and stops on a breakpoint. crest runs it with every
 //! signal but SIGTRAP blocked and puts the thread's registers, signal mask and memory back
@@ -43,6 +47,7 @@ const PR_GET_DUMPABLE: usize = 3;
 const PR_GET_CHILD_SUBREAPER: usize = 37;
 const PR_GET_NO_NEW_PRIVS: usize = 39;
 const PR_GET_TID_ADDRESS: usize = 40;
+const PR_GET_NAME: usize = 16;
 /// personality(0xffffffff) only queries (kernel/exec_domain.c).
 const PERSONALITY_QUERY: usize = 0xffff_ffff;
 
@@ -96,6 +101,7 @@ pub extern "C" fn parasite_main(args: *mut ParasiteArgs) -> ! {
     } else {
         match report.args.cmd {
             PARASITE_CMD_COLLECT => collect(&mut report),
+            PARASITE_CMD_COLLECT_THREAD => thread_fields(&mut report),
             PARASITE_CMD_PING => {}
             _ => report.failed(PARASITE_CALL_ARGS, report.args.cmd, -EINVAL),
         }
@@ -106,12 +112,40 @@ pub extern "C" fn parasite_main(args: *mut ParasiteArgs) -> ! {
     arch::trap()
 }
 
+/// Process-wide state plus the running thread's own.
 fn collect(r: &mut Report) {
     sigactions(r);
-    altstack(r);
     itimers(r);
     timers(r);
-    task_fields(r);
+    process_fields(r);
+    thread_fields(r);
+}
+
+/// What belongs to the running thread alone: its alternate signal stack, clear-child-tid
+/// address, robust futex list and name (each call reports the calling thread's).
+fn thread_fields(r: &mut Report) {
+    altstack(r);
+    tid_address(r);
+    robust_list(r);
+    name(r);
+}
+
+fn name(r: &mut Report) {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME stores the thread's comm, at most 16 bytes with the NUL, at arg2.
+    let ret = unsafe {
+        shims::syscall5(
+            nr::PRCTL,
+            PR_GET_NAME,
+            ptr::addr_of_mut!(name) as usize,
+            0,
+            0,
+            0,
+        )
+    };
+    if r.call(PARASITE_CALL_NAME, 0, ret).is_some() {
+        r.args.state.name = name;
+    }
 }
 
 fn sigactions(r: &mut Report) {
@@ -186,7 +220,7 @@ fn timers(r: &mut Report) {
     }
 }
 
-fn task_fields(r: &mut Report) {
+fn tid_address(r: &mut Report) {
     let mut tid_address: u64 = 0;
     // SAFETY: PR_GET_TID_ADDRESS stores one pointer (the clear_child_tid address) at arg2.
     let ret = unsafe {
@@ -202,7 +236,9 @@ fn task_fields(r: &mut Report) {
     if r.call(PARASITE_CALL_TID_ADDRESS, 0, ret).is_some() {
         r.args.state.clear_child_tid = tid_address;
     }
+}
 
+fn robust_list(r: &mut Report) {
     let mut head: u64 = 0;
     let mut len: u64 = 0;
     // SAFETY: pid 0 is the calling thread; the kernel stores one pointer at head_ptr and one
@@ -219,7 +255,9 @@ fn task_fields(r: &mut Report) {
         r.args.state.robust_list = head;
         r.args.state.robust_list_len = len;
     }
+}
 
+fn process_fields(r: &mut Report) {
     // SAFETY: 0xffffffff only returns the current persona.
     let ret = unsafe { shims::syscall1(nr::PERSONALITY, PERSONALITY_QUERY) };
     if let Some(v) = r.call(PARASITE_CALL_PERSONALITY, 0, ret) {

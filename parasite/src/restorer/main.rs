@@ -376,6 +376,11 @@ extern "C" fn thread_main(arg: u64) -> ! {
         };
         sys::exit_group(EXIT_FAILED)
     };
+    if ta.name[0] != 0 {
+        if let Err(e) = sys::set_name(ta.name.as_ptr()) {
+            fail(0, e);
+        }
+    }
     sys::set_tid_address(ta.clear_child_tid);
     // The kernel accepts only sizeof(struct robust_list_head); head 0 means none.
     let len = if ta.robust_list_len != 0 { ta.robust_list_len } else { 24 };

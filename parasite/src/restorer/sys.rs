@@ -112,6 +112,11 @@ pub fn timer_settime(id: i32, spec: *const u8) -> SysResult {
     decode(unsafe { arch::syscall4(nr::TIMER_SETTIME, id as isize as usize, 0, spec as usize, 0) })
 }
 
+pub fn set_name(name: *const u8) -> SysResult {
+    // SAFETY: PR_SET_NAME (15) reads at most 16 bytes from a NUL-terminated name.
+    decode(unsafe { arch::syscall2(nr::PRCTL, 15, name as usize) })
+}
+
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and no side effects.
     unsafe { arch::syscall0(nr::GETPID) as i32 }

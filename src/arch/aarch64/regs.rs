@@ -111,6 +111,12 @@ fn gpr(regs: &ArchRegs) -> Result<&[u64], ArchError> {
     }
 }
 
+/// The general registers (NT_PRSTATUS words) of a captured register set, as
+/// [`read_gprs`] would read them from the thread.
+pub fn general(regs: &ArchRegs) -> Result<&[u64], ArchError> {
+    gpr(regs)
+}
+
 /// The saved pc.
 pub fn instruction_pointer(regs: &ArchRegs) -> Result<u64, ArchError> {
     Ok(gpr(regs)?[PC])

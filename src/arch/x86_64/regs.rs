@@ -18,6 +18,13 @@ pub const GPR_WORDS: usize = 27;
 /// returns (11008 bytes with AMX on Sapphire Rapids); 64 KiB leaves room for future features.
 const XSTATE_BUF: usize = 64 * 1024;
 
+thread_local! {
+    /// The buffer NT_X86_XSTATE is read into (ptrace calls for one tracee all come from one
+    /// crest thread anyway).
+    static XSTATE_SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; XSTATE_BUF]);
+}
+
 /// Word indices in `user_regs_struct` (arch/x86/include/asm/user_64.h), the NT_PRSTATUS order:
 /// r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss
 /// fs_base gs_base ds es fs gs.
@@ -96,8 +103,15 @@ pub fn capture(tid: i32) -> Result<ArchRegs, RegsError> {
         .map(|c| u64::from_ne_bytes(c.try_into().expect("chunks_exact(8)")))
         .collect();
 
-    let mut xstate = vec![0u8; XSTATE_BUF];
-    let n = ptrace::get_regset(tid, NT_X86_XSTATE, &mut xstate).map_err(|e| match e {
+    // The kernel writes only the area's real size (a few KiB) into the large buffer: read into
+    // one scratch buffer per crest thread and copy out that much, rather than allocating and
+    // zeroing 64 KiB for each of a JVM's thousand threads.
+    let read = XSTATE_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let n = ptrace::get_regset(tid, NT_X86_XSTATE, &mut scratch)?;
+        Ok::<_, PtraceError>(scratch[..n].to_vec())
+    });
+    let xstate = read.map_err(|e| match e {
         PtraceError::Request {
             errno: nix::errno::Errno::ENODEV,
             ..
@@ -107,6 +121,7 @@ pub fn capture(tid: i32) -> Result<ArchRegs, RegsError> {
         },
         e => RegsError::Ptrace(e),
     })?;
+    let n = xstate.len();
     // The legacy FXSAVE area (512 bytes) plus the XSAVE header (64 bytes) is the minimum.
     if n < 576 {
         return Err(RegsError::Arch {
@@ -118,7 +133,6 @@ pub fn capture(tid: i32) -> Result<ArchRegs, RegsError> {
             },
         });
     }
-    xstate.truncate(n);
     Ok(ArchRegs::X86_64 { gpr, xstate })
 }
 
@@ -234,6 +248,12 @@ pub fn fixup_syscall_restart(regs: &mut ArchRegs) -> Result<SyscallRestart, Arch
         }
         _ => Ok(SyscallRestart::None),
     }
+}
+
+/// The general registers (NT_PRSTATUS words) of a captured register set, as
+/// [`read_gprs`] would read them from the thread.
+pub fn general(regs: &ArchRegs) -> Result<&[u64], ArchError> {
+    gpr(regs)
 }
 
 /// The saved instruction pointer (rip).

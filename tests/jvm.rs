@@ -1,0 +1,533 @@
+//! The HotSpot JVM (issue #4): a busy Java program (tests/java/Victim.java: a thread pool, a
+//! scheduled executor ticking every millisecond, a producer/consumer on a blocking queue,
+//! JIT-hot loops, 64 MiB of live arrays with a known checksum, allocation churn, an append-mode
+//! log) goes through three dump/restore cycles on JDK 17 and on JDK 25, verifying itself after
+//! each (System.gc() included); afterwards it is a normal JVM: `jcmd PID VM.version` answers and
+//! SIGTERM runs its shutdown hook and ends it with its own exit code. A JVM with 1000 threads
+//! dumps and restores with every thread under its tid.
+//!
+//! The Java sources are compiled at test time with each JDK's own javac. A JDK that is not
+//! installed is skipped with a "skipped: ..." line on stderr. JVMs are heavy on a 2-core machine,
+//! so the tests of this file run one at a time (JVM_LOCK).
+
+mod common;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+static JVM_LOCK: Mutex<()> = Mutex::new(());
+
+/// One JVM test at a time (a failed test poisons the lock; the next one still runs).
+fn jvm_lock() -> MutexGuard<'static, ()> {
+    JVM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The heap limit the victims run with: room for 64 MiB of live arrays and the churn.
+const XMX: &str = "-Xmx256m";
+
+/// An installed JDK.
+struct Jdk {
+    version: u32,
+    home: PathBuf,
+}
+
+impl Jdk {
+    /// The JDK of this feature version, or None (saying so on stderr) when it is not installed.
+    fn find(version: u32) -> Option<Jdk> {
+        let mut homes = vec![PathBuf::from(match version {
+            17 => "/usr/lib/jvm/java-17-openjdk-amd64",
+            25 => "/usr/lib/jvm/temurin-25-jdk-amd64",
+            _ => panic!("no known location for JDK {version}"),
+        })];
+        // The machine's default javac, if it belongs to a JDK of this version.
+        if let Ok(javac) = fs::canonicalize("/usr/bin/javac") {
+            if let Some(home) = javac.parent().and_then(Path::parent) {
+                homes.push(home.to_path_buf());
+            }
+        }
+        for home in &homes {
+            let jdk = Jdk {
+                version,
+                home: home.clone(),
+            };
+            let complete = ["java", "javac", "jar", "jcmd"]
+                .iter()
+                .all(|tool| jdk.bin(tool).is_file());
+            if complete && jdk.release_version().as_deref() == Some(&version.to_string()) {
+                return Some(jdk);
+            }
+        }
+        eprintln!(
+            "skipped: JDK {version} not found at {} (java, javac, jar and jcmd of that version)",
+            homes
+                .iter()
+                .map(|h| h.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        );
+        None
+    }
+
+    fn bin(&self, tool: &str) -> PathBuf {
+        self.home.join("bin").join(tool)
+    }
+
+    /// The feature version in the JDK's `release` file (JAVA_VERSION="17.0.15" -> "17").
+    fn release_version(&self) -> Option<String> {
+        let text = fs::read_to_string(self.home.join("release")).ok()?;
+        let line = text.lines().find(|l| l.starts_with("JAVA_VERSION="))?;
+        let v = line.trim_start_matches("JAVA_VERSION=").trim_matches('"');
+        Some(v.split('.').next()?.to_string())
+    }
+
+    /// Compiles tests/java/*.java with this JDK's javac, once per content, into a directory
+    /// that is never rewritten (a running or dumped JVM may have its classes or jar open).
+    /// Returns the class directory and a jar of it.
+    fn compile(&self) -> (PathBuf, PathBuf) {
+        let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java");
+        let mut sources: Vec<PathBuf> = fs::read_dir(&src_dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", src_dir.display()))
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension() == Some(OsStr::new("java")))
+            .collect();
+        sources.sort();
+        let mut h = DefaultHasher::new();
+        for s in &sources {
+            s.file_name().hash(&mut h);
+            fs::read(s).expect("read java source").hash(&mut h);
+        }
+        self.home.hash(&mut h);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("java")
+            .join(format!("jdk{}-{:016x}", self.version, h.finish()));
+        let classes = dir.join("classes");
+        let jar = dir.join("victim.jar");
+        if classes.is_dir() && jar.is_file() {
+            return (classes, jar);
+        }
+        // Build in a private directory and rename it into place whole.
+        let tmp = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR")))
+            .expect("create java build dir");
+        let tmp_classes = tmp.path().join("classes");
+        let out = run(
+            Command::new(self.bin("javac"))
+                .arg("-d")
+                .arg(&tmp_classes)
+                .args(&sources),
+            JVM_TIMEOUT,
+        );
+        assert!(out.status.success(), "javac failed: {out}");
+        let out = run(
+            Command::new(self.bin("jar"))
+                .arg("--create")
+                .arg("--file")
+                .arg(tmp.path().join("victim.jar"))
+                .arg("--main-class")
+                .arg("Victim")
+                .arg("-C")
+                .arg(&tmp_classes)
+                .arg("."),
+            JVM_TIMEOUT,
+        );
+        assert!(out.status.success(), "jar failed: {out}");
+        fs::create_dir_all(dir.parent().unwrap()).expect("create java dir");
+        let built = tmp.keep();
+        if fs::rename(&built, &dir).is_err() {
+            // Another test binary built the same content first: use theirs.
+            let _ = fs::remove_dir_all(&built);
+        }
+        assert!(
+            classes.is_dir() && jar.is_file(),
+            "no classes in {}",
+            dir.display()
+        );
+        (classes, jar)
+    }
+
+    /// Starts the Java victim in `mode` with `classpath` (the class directory or the jar).
+    fn start(&self, classpath: &Path, mode: &[&str]) -> Jvm {
+        let pre: [&OsStr; 4] = [
+            XMX.as_ref(),
+            "-cp".as_ref(),
+            classpath.as_os_str(),
+            "Victim".as_ref(),
+        ];
+        Jvm(Victim::start_program(
+            Kind::Java,
+            &self.bin("java"),
+            &pre,
+            |cmd| {
+                cmd.args(mode)
+                    .env_remove("JAVA_TOOL_OPTIONS")
+                    .env_remove("_JAVA_OPTIONS")
+                    .env_remove("JDK_JAVA_OPTIONS");
+            },
+        ))
+    }
+}
+
+/// A JVM victim. Dropping it kills the JVM by pid like any victim, then removes what a killed
+/// JVM leaves behind under its pid: its performance-data file and its attach socket.
+struct Jvm(Victim);
+
+impl Drop for Jvm {
+    fn drop(&mut self) {
+        self.0.kill();
+        let pid = self.0.pid;
+        if !pid_exists(pid) {
+            let _ = fs::remove_file(hsperfdata(pid));
+            let _ = fs::remove_file(format!("/tmp/.java_pid{pid}"));
+        }
+    }
+}
+
+impl std::ops::Deref for Jvm {
+    type Target = Victim;
+    fn deref(&self) -> &Victim {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Jvm {
+    fn deref_mut(&mut self) -> &mut Victim {
+        &mut self.0
+    }
+}
+
+/// What a helper command did.
+struct Output {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} -> {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a command to completion with its output in temporary files (no pipes: nothing can be
+/// left holding them), killing it by pid if it takes longer than `timeout`.
+fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let mut out = tempfile::tempfile_in(env!("CARGO_TARGET_TMPDIR")).expect("stdout file");
+    let mut err = tempfile::tempfile_in(env!("CARGO_TARGET_TMPDIR")).expect("stderr file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup stdout file"))
+        .stderr(err.try_clone().expect("dup stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        sleep(Duration::from_millis(20));
+    };
+    let read = |f: &mut File| {
+        let mut bytes = Vec::new();
+        f.seek(SeekFrom::Start(0)).expect("seek output");
+        f.read_to_end(&mut bytes).expect("read output");
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Output {
+        what,
+        status,
+        stdout: read(&mut out),
+        stderr: read(&mut err),
+    }
+}
+
+/// The JVM's performance-data file: a shared file mapping of /tmp/hsperfdata_<user>/<pid>.
+fn hsperfdata(pid: i32) -> PathBuf {
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .expect("look up the user")
+        .expect("the user has a name");
+    PathBuf::from(format!("/tmp/hsperfdata_{}/{pid}", user.name))
+}
+
+/// The victim's own threads (named cv-...): long-lived, so a restore must bring back each one
+/// under its tid. The JVM's own threads (compiler threads in particular) come and go.
+fn victim_threads(pid: i32) -> BTreeMap<i32, TaskInfo> {
+    tasks(pid)
+        .into_iter()
+        .filter(|(_, t)| t.comm.starts_with("cv-"))
+        .collect()
+}
+
+/// Dumps (killing it) and restores the victim once; returns the dump and restore wall times and
+/// the image size, after checking its threads came back under their tids.
+fn cycle(v: &mut Victim, dir: &Path, before_restore: impl FnOnce()) -> (Duration, Duration, u64) {
+    let ours = victim_threads(v.pid);
+    let t0 = Instant::now();
+    dump(v.pid, dir, false).assert_ok();
+    let dump_time = t0.elapsed();
+    v.reap();
+    before_restore();
+    let t1 = Instant::now();
+    restore_detached(dir, &[]).assert_ok();
+    let restore_time = t1.elapsed();
+    v.mark_restored();
+    assert_tasks_kept(v.pid, &ours, false, false, &dir.display().to_string());
+    (dump_time, restore_time, image_size(dir))
+}
+
+/// Three dump/restore cycles of the full Java victim, then jcmd and SIGTERM.
+fn three_cycles_then_jcmd_and_sigterm(version: u32, from_jar: bool) {
+    let Some(jdk) = Jdk::find(version) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, jar) = jdk.compile();
+    let mut v = jdk.start(if from_jar { &jar } else { &classes }, &["full"]);
+    v.verify()
+        .unwrap_or_else(|e| panic!("JDK {version}: the victim fails before any dump: {e}"));
+    let perf = hsperfdata(v.pid);
+    let perf_len = fs::metadata(&perf)
+        .unwrap_or_else(|e| panic!("JDK {version}: no {} ({e})", perf.display()))
+        .len();
+    let mut previous: Option<PathBuf> = None;
+
+    for n in 1..=3 {
+        let ctx = format!("JDK {version}, cycle {n}");
+        let dir = v.work.join(format!("img{n}"));
+        let fds_before = v.fd_table();
+        let at = v.last_logged();
+        let (dump_time, restore_time, size) = cycle(&mut v, &dir, || {
+            if n == 2 {
+                // What another JVM starting now would do: it deletes the performance-data file
+                // of a pid that is not running. The restore must bring it back.
+                fs::remove_file(&perf)
+                    .unwrap_or_else(|e| panic!("{ctx}: remove {}: {e}", perf.display()));
+            }
+        });
+        // The time until the restored JVM logs a line it had not logged when crest returned.
+        let t = Instant::now();
+        v.wait_log_grows(v.log_entries().len());
+        let first_line = t.elapsed();
+        v.wait_logging_after(at);
+        v.assert_running();
+        v.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert_eq!(v.fd_table(), fds_before, "{ctx}: fd table changed");
+        v.assert_log_consecutive();
+        let len = fs::metadata(&perf)
+            .unwrap_or_else(|e| panic!("{ctx}: {} after the restore: {e}", perf.display()))
+            .len();
+        assert_eq!(len, perf_len, "{ctx}: size of {}", perf.display());
+        eprintln!(
+            "{ctx}: dump {dump_time:?}, image {:.1} MiB, restore {restore_time:?}, \
+             first log line {first_line:?} later",
+            size as f64 / (1024.0 * 1024.0)
+        );
+        // Images are large: keep only the newest.
+        if let Some(old) = previous.replace(dir) {
+            let _ = fs::remove_dir_all(old);
+        }
+    }
+
+    // A restored JVM is a normal JVM: the attach mechanism works (SIGQUIT, then a UNIX socket
+    // its Attach Listener thread creates)...
+    let out = run(
+        Command::new(jdk.bin("jcmd"))
+            .arg("-J-Dsun.tools.attach.attachTimeout=60000")
+            .arg(v.pid_str())
+            .arg("VM.version"),
+        JVM_TIMEOUT,
+    );
+    assert!(
+        out.status.success() && out.stdout.contains(&format!("JDK {version}")),
+        "JDK {version}: jcmd VM.version on the restored JVM: {out}"
+    );
+    v.verify()
+        .unwrap_or_else(|e| panic!("JDK {version}: after jcmd: {e}"));
+
+    // ...and SIGTERM runs its shutdown hooks and ends it with the JVM's own code, 128 + 15.
+    kill(Pid::from_raw(v.pid), Signal::SIGTERM).expect("send SIGTERM");
+    let status = v.reap();
+    assert_eq!(
+        status,
+        Some(WaitStatus::Exited(Pid::from_raw(v.pid), 143)),
+        "JDK {version}: how the restored JVM ended on SIGTERM; stderr: {}",
+        v.stderr_text()
+    );
+    let hook = fs::read_to_string(v.ctl.join("shutdown-hook-ran"))
+        .unwrap_or_else(|e| panic!("JDK {version}: the shutdown hook did not run: {e}"));
+    assert!(
+        hook.starts_with(&format!("pid {} ", v.pid)),
+        "JDK {version}: the shutdown hook wrote {hook:?}"
+    );
+}
+
+#[test]
+fn jdk17_three_cycles_then_jcmd_and_sigterm() {
+    // Run from a jar: the JVM keeps it open.
+    three_cycles_then_jcmd_and_sigterm(17, true);
+}
+
+#[test]
+fn jdk25_three_cycles_then_jcmd_and_sigterm() {
+    // Run from the class directory.
+    three_cycles_then_jcmd_and_sigterm(25, false);
+}
+
+#[test]
+fn jvm_with_1000_threads_dumps_and_restores() {
+    const N: usize = 1000;
+    let Some(jdk) = Jdk::find(17).or_else(|| Jdk::find(25)) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+    let n = N.to_string();
+    let mut v = jdk.start(&classes, &["threads", &n]);
+    v.verify()
+        .unwrap_or_else(|e| panic!("the {N}-thread JVM fails before the dump: {e}"));
+    let sleepers = victim_threads(v.pid)
+        .values()
+        .filter(|t| t.comm.starts_with("cv-t-"))
+        .count();
+    assert_eq!(sleepers, N, "the victim's sleeping threads");
+    let total = thread_ids(v.pid).len();
+
+    let dir = v.work.join("img");
+    let at = v.last_logged();
+    let (dump_time, restore_time, size) = cycle(&mut v, &dir, || {});
+    let restored = thread_ids(v.pid).len();
+    assert!(
+        restored > N,
+        "the restored JVM has {restored} threads, not the {N} sleepers and its own"
+    );
+    v.wait_logging_after(at);
+    v.assert_running();
+    v.verify()
+        .unwrap_or_else(|e| panic!("the restored {N}-thread JVM: {e}"));
+    eprintln!(
+        "JDK {}, {N} threads ({total} in all before the dump, {restored} after the restore): \
+         dump {dump_time:?}, image {:.1} MiB, restore {restore_time:?}",
+        jdk.version,
+        size as f64 / (1024.0 * 1024.0)
+    );
+}
+
+#[test]
+fn jvm_victim_verifies_itself_and_exits_on_request() {
+    // Without crest: the Java victim starts, verifies, and its exit request runs the shutdown
+    // hook and ends the JVM with the code asked for.
+    let Some(jdk) = Jdk::find(17).or_else(|| Jdk::find(25)) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+    let mut v = jdk.start(&classes, &["full"]);
+    let first = v.verify().expect("fresh Java victim verifies");
+    let second = v.verify().expect("Java victim verifies twice");
+    assert!(second > first, "the log counter does not advance");
+    v.request_exit(7);
+    let status = v.reap();
+    assert_eq!(
+        status,
+        Some(WaitStatus::Exited(Pid::from_raw(v.pid), 7)),
+        "exit status; stderr: {}",
+        v.stderr_text()
+    );
+    assert!(
+        v.ctl.join("shutdown-hook-ran").is_file(),
+        "the shutdown hook did not run"
+    );
+}
+
+/// `jcmd PID VM.version` against the victim; fails the test unless the JVM answers.
+fn jcmd_version(jdk: &Jdk, v: &Victim, ctx: &str) {
+    let out = run(
+        Command::new(jdk.bin("jcmd"))
+            .arg("-J-Dsun.tools.attach.attachTimeout=60000")
+            .arg(v.pid_str())
+            .arg("VM.version"),
+        JVM_TIMEOUT,
+    );
+    assert!(
+        out.status.success() && out.stdout.contains(&format!("JDK {}", jdk.version)),
+        "{ctx}: jcmd VM.version: {out}"
+    );
+}
+
+/// Once jcmd has attached, the JVM has its attach listener: a thread blocked in accept() on a
+/// UNIX socket bound as /tmp/.java_pid<pid>.tmp and renamed to /tmp/.java_pid<pid>. Dumps and
+/// restores carry it over (the killed JVM's socket file is replaced), jcmd attaches to the
+/// restored listener without signalling the JVM, and the JVM can be dumped again: dump ->
+/// restore -> jcmd -> dump -> restore -> jcmd.
+fn attach_listener_survives_cycles(version: u32) {
+    let Some(jdk) = Jdk::find(version) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+    let mut v = jdk.start(&classes, &["threads", "8"]);
+    v.verify()
+        .unwrap_or_else(|e| panic!("JDK {version}: the victim fails before any dump: {e}"));
+    jcmd_version(&jdk, &v, &format!("JDK {version}, before any dump"));
+    let socket = PathBuf::from(format!("/tmp/.java_pid{}", v.pid));
+    for n in 1..=2 {
+        let ctx = format!("JDK {version}, cycle {n}");
+        let dir = v.work.join(format!("img{n}"));
+        let at = v.last_logged();
+        cycle(&mut v, &dir, || {});
+        v.wait_logging_after(at);
+        v.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let md = fs::symlink_metadata(&socket)
+            .unwrap_or_else(|e| panic!("{ctx}: {} after the restore: {e}", socket.display()));
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()),
+            "{ctx}: {} is not a socket",
+            socket.display()
+        );
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777,
+            0o600,
+            "{ctx}: mode of {} (jcmd insists on owner-only access)",
+            socket.display()
+        );
+        jcmd_version(&jdk, &v, &ctx);
+        v.verify()
+            .unwrap_or_else(|e| panic!("{ctx}: after jcmd: {e}"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn jdk17_attach_listener_survives_dump_restore_jcmd_chains() {
+    attach_listener_survives_cycles(17);
+}
+
+#[test]
+fn jdk25_attach_listener_survives_dump_restore_jcmd_chains() {
+    attach_listener_survives_cycles(25);
+}
