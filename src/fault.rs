@@ -12,6 +12,7 @@
 //! | `remote-syscall-<n>` | right after the n-th syscall crest runs in the target (n = 1, 2, ...; see [`crate::infect`] for which call is which) |
 //! | `blob-mapped` | the parasite is mapped and its arguments written, before it runs |
 //! | `parasite-command` | the parasite stopped at its breakpoint after a command, before crest reads the results |
+//! | `thread-parasite` | (several threads) the parasite stopped in the first non-leader thread, before crest reads its results |
 //! | `before-cure` | the results are read, the parasite is still in place |
 //! | `pages` | the first batch of pages is in the page file |
 //!

@@ -56,13 +56,7 @@ enum Plan {
 
 /// Decides from the name and flags alone; refuses what cannot be restored.
 fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
-    let refuse = |why: String| DumpError::UnsupportedMapping {
-        pid,
-        start: m.start,
-        end: m.end,
-        name: m.display_name.clone(),
-        why,
-    };
+    let refuse = |why: String| unsupported(pid, m, why);
     if m.vm_flags.contains(VmFlags::HT) {
         return Err(refuse("hugetlb memory cannot be dumped yet".into()));
     }
@@ -141,14 +135,7 @@ fn content_file(
     path: &Path,
     files: &mut FileTable,
 ) -> Result<u32, DumpError> {
-    let pid = proc.pid();
-    let refuse = |why: String| DumpError::UnsupportedMapping {
-        pid,
-        start: m.start,
-        end: m.end,
-        name: m.display_name.clone(),
-        why,
-    };
+    let refuse = |why: String| unsupported(proc.pid(), m, why);
     let md = proc
         .open_map_file(m.start, m.end)?
         .metadata()
@@ -166,14 +153,7 @@ fn mapped_file(
     path: &Path,
     files: &mut FileTable,
 ) -> Result<u32, DumpError> {
-    let pid = proc.pid();
-    let refuse = |why: String| DumpError::UnsupportedMapping {
-        pid,
-        start: m.start,
-        end: m.end,
-        name: m.display_name.clone(),
-        why,
-    };
+    let refuse = |why: String| unsupported(proc.pid(), m, why);
     let by_path = std::fs::metadata(path)
         .map_err(|e| refuse(format!("cannot stat {}: {e}", path.display())))?;
     let exact = match proc.open_map_file(m.start, m.end) {
@@ -290,14 +270,20 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
 /// BLAKE3 of the vDSO's contents, so a restore can tell whether its own vDSO is the same code.
 fn hash_vdso(pid: i32, m: &MapEntry) -> Result<[u8; 32], DumpError> {
     let mut buf = vec![0u8; (m.end - m.start) as usize];
-    ptrace::read_memory(pid, m.start, &mut buf).map_err(|e| DumpError::UnsupportedMapping {
+    ptrace::read_memory(pid, m.start, &mut buf)
+        .map_err(|e| unsupported(pid, m, format!("cannot read the vDSO: {e}")))?;
+    Ok(*blake3::hash(&buf).as_bytes())
+}
+
+/// The error for a mapping crest cannot dump, naming the process and the mapping.
+fn unsupported(pid: i32, m: &MapEntry, why: String) -> DumpError {
+    DumpError::UnsupportedMapping {
         pid,
         start: m.start,
         end: m.end,
         name: m.display_name.clone(),
-        why: format!("cannot read the vDSO: {e}"),
-    })?;
-    Ok(*blake3::hash(&buf).as_bytes())
+        why,
+    }
 }
 
 #[cfg(test)]
