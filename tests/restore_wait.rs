@@ -67,3 +67,40 @@ fn attached_restore_forwards_sigterm() {
     );
     v.reap();
 }
+
+/// A parent-death signal means "my parent ended". Restored attached, crest is the parent and
+/// stays until the process ends, so the signal is kept: killing crest delivers it. Restored
+/// with -d, crest exits at once, so the signal is left unset and the process runs on.
+#[test]
+fn parent_death_signal_follows_crest_only_when_attached() {
+    let pdeath = || {
+        let mut v = Victim::start_with(Kind::Memcheck, |cmd| {
+            cmd.env("MEMCHECK_PDEATHSIG", (Signal::SIGUSR1 as i32).to_string());
+        });
+        let dir = v.work.join("img");
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        (v, dir)
+    };
+
+    let (mut v, dir) = pdeath();
+    let before = v.last_logged();
+    let restore = spawn_crest(["restore".as_ref(), "-D".as_ref(), dir.as_os_str()]);
+    v.mark_restored();
+    v.wait_logging_after(before);
+    kill(Pid::from_raw(restore.pid()), Signal::SIGKILL).expect("SIGKILL to crest");
+    restore.wait(TIMEOUT);
+    // The test is a child subreaper, so the orphan is ours to reap.
+    match v.reap() {
+        Some(nix::sys::wait::WaitStatus::Signaled(_, Signal::SIGUSR1, _)) => {}
+        other => panic!("the restored process should have died of SIGUSR1, got {other:?}"),
+    }
+
+    let (mut v, dir) = pdeath();
+    let before = v.last_logged();
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    v.assert_running();
+    v.verify().expect("the -d restored process runs on after crest exited");
+}

@@ -111,6 +111,7 @@ fn dispatch(command: Command) -> Result<i32> {
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
                 verify,
+                detached,
             };
             let restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

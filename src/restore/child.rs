@@ -21,6 +21,8 @@ pub const GO_MESSAGE_LEN: usize = 16;
 
 pub struct ChildPlan<'a> {
     pub image: &'a ProcessImage,
+    /// Restore the parent-death signal (crest stays the parent until the process ends).
+    pub keep_pdeath: bool,
     pub files: &'a OpenedFiles,
     pub specials: &'a [Special],
     pub boot: &'a mut Bootstrap,
@@ -135,7 +137,7 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     // SAFETY: PR_SET_NAME reads at most 16 bytes from a valid C string.
     unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     task_state::create_posix_timers(p)?;
-    task_state::set_process_flags(p)?;
+    task_state::set_process_flags(p, plan.keep_pdeath)?;
     Ok(())
 }
 

@@ -29,6 +29,8 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     /// Also check the page data against its checksums first.
     pub verify: bool,
+    /// crest exits once the process runs (`-d`) instead of staying its parent until it ends.
+    pub detached: bool,
 }
 
 /// Why a restore failed. Every variant says what failed, where, and what the user can do.
@@ -78,6 +80,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     let p = single_process(&image)?;
     check_supported(p)?;
+    // The parent-death signal stands for "my parent ended". After restore the parent is crest:
+    // kept while crest waits for the process, which ends only with it; with -d crest exits at
+    // once, which would fire the signal, so it is left unset then.
+    let keep_pdeath = p.task.pdeath_signal != 0 && !opts.detached;
+    if p.task.pdeath_signal != 0 && opts.detached {
+        crate::warn!(
+            "pid {} had parent-death signal {}; it is not restored with -d, since crest, its parent after restore, exits at once",
+            p.pid,
+            p.task.pdeath_signal
+        );
+    }
     fork::wait_until_pid_free(p.pid)?;
     // Thread ids are released as soon as the threads exit; only the leader can linger.
     if let Some(t) = p
@@ -101,6 +114,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     match fork::fork_with_pid(p.pid)? {
         fork::Forked::Child => child::run(child::ChildPlan {
             image: p,
+            keep_pdeath,
             files: &files,
             specials: &specials,
             boot: &mut boot,
@@ -147,12 +161,6 @@ fn check_supported(p: &ProcessImage) -> Result<(), RestoreError> {
             "pid {} had signal handlers (mask {:#x}) but the image does not record them",
             p.pid, p.sig_caught
         )));
-    }
-    if p.task.pdeath_signal != 0 {
-        crate::warn!(
-            "pid {} had parent-death signal {}; it is not restored, since its parent after restore is crest, not the original parent",
-            p.pid, p.task.pdeath_signal
-        );
     }
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

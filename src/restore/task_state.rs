@@ -167,11 +167,27 @@ fn create_timer(pid: i32, t: &PosixTimer) -> Result<(), String> {
     Ok(())
 }
 
-/// personality, child-subreaper and no_new_privs. The parent-death signal is not restored:
-/// the restored process's parent is crest (and, with -d, crest exits at once), not the parent
-/// whose death the signal was meant for.
-pub fn set_process_flags(p: &ProcessImage) -> Result<(), String> {
+/// personality, child-subreaper, no_new_privs and, when `pdeath`, the parent-death signal
+/// (crest, the parent after restore, stays until the process ends; see restore::restore).
+pub fn set_process_flags(p: &ProcessImage, pdeath: bool) -> Result<(), String> {
     let t = &p.task;
+    // SAFETY: prctl with integer arguments only.
+    if pdeath
+        && unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                t.pdeath_signal as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        } != 0
+    {
+        return Err(os_error(format!(
+            "cannot set the parent-death signal {}",
+            t.pdeath_signal
+        )));
+    }
     // SAFETY: personality takes a plain integer.
     if unsafe { libc::personality(t.personality as libc::c_ulong) } < 0 {
         return Err(os_error(format!(

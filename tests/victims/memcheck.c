@@ -22,6 +22,7 @@
 #include "victim.h"
 
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #define MiB (1024UL * 1024UL)
@@ -268,6 +269,10 @@ int main(int argc, char **argv)
     ctl_init(argv[1]);
     seed = argc > 3 ? strtoull(argv[3], NULL, 0) : 0x5eed;
     start_pid = getpid();
+    /* Optional: a parent-death signal, for the tests of how restore treats it. */
+    const char *pdeath = getenv("MEMCHECK_PDEATHSIG");
+    if (pdeath && prctl(PR_SET_PDEATHSIG, atoi(pdeath), 0, 0, 0) != 0)
+        die("PR_SET_PDEATHSIG: %s", strerror(errno));
 
     log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (log_fd < 0)
