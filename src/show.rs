@@ -670,6 +670,14 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             ),
             FileKind::ContentInImage => format!("{} (content in the image)", f.path),
             FileKind::UnixSocket(ref s) => unix_socket_text(&f.path, s),
+            FileKind::Pipe(crate::images::Pipe::Internal { size, ref buffered }) => format!(
+                "pipe:[{}] ({size}-byte pipe, {} buffered bytes)",
+                f.ino,
+                buffered.len()
+            ),
+            FileKind::Pipe(crate::images::Pipe::External) => {
+                format!("pipe:[{}] (shared with another process)", f.ino)
+            }
         },
         None => format!("<file {idx}>"),
     }
@@ -1258,6 +1266,17 @@ mod tests {
         let p = &mut image.processes[0];
         p.files[2].kind = FileKind::ContentInImage;
         assert!(file_text(p, 2).ends_with("(content in the image)"));
+        p.files[2].kind = FileKind::Pipe(crate::images::Pipe::Internal {
+            size: 65536,
+            buffered: vec![7; 10],
+        });
+        p.files[2].ino = 42;
+        assert_eq!(
+            file_text(p, 2),
+            "pipe:[42] (65536-byte pipe, 10 buffered bytes)"
+        );
+        p.files[2].kind = FileKind::Pipe(crate::images::Pipe::External);
+        assert_eq!(file_text(p, 2), "pipe:[42] (shared with another process)");
     }
 
     #[test]

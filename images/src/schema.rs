@@ -387,6 +387,27 @@ pub enum FileKind {
     /// to, or where that file was renamed since) and `mode` is that file's; an unbound socket
     /// has an empty path.
     UnixSocket(UnixSocket),
+    /// An anonymous pipe (pipefs). `dev`/`ino` are the pipe inode's, [`FileIdentity::path`]
+    /// is empty, `size`, the mtime and `mode` are 0. Which end an open file description is
+    /// comes from its O_ACCMODE (O_RDONLY: the read end, O_WRONLY: the write end).
+    Pipe(Pipe),
+}
+
+/// Most bytes an image may record as buffered in one pipe, and largest pipe size (root may
+/// raise pipes beyond /proc/sys/fs/pipe-max-size, but not this far in practice).
+pub const PIPE_SIZE_MAX: u32 = 64 << 20;
+
+/// A pipe as a restore can bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pipe {
+    /// Both ends are held by the process. Restored as a fresh pipe of `size` bytes
+    /// (F_SETPIPE_SZ) holding `buffered`, the bytes written and not yet read at dump time.
+    Internal { size: u32, buffered: Vec<u8> },
+    /// Only some ends are held by the process; another process holds the rest (a shell or a
+    /// test reading the process's stdout). Restored by opening the same pipe again through a
+    /// live process that still holds it (`/proc/PID/fd/N`). Bytes buffered in it belong to
+    /// the peer's view of the pipe and are left where they are.
+    External,
 }
 
 /// An AF_UNIX socket as a restore can recreate it.

@@ -763,6 +763,42 @@ fn hostile_process_records_are_refused() {
             "pages file name",
             Box::new(|p| p.pages_file = "../x".into()),
         ),
+        (
+            "pipe holding more than its size",
+            Box::new(|p| {
+                p.files[3] = pipe(Pipe::Internal {
+                    size: 4096,
+                    buffered: vec![0; 4097],
+                })
+            }),
+        ),
+        (
+            "pipe of size 0",
+            Box::new(|p| {
+                p.files[3] = pipe(Pipe::Internal {
+                    size: 0,
+                    buffered: vec![],
+                })
+            }),
+        ),
+        (
+            "pipe with a path",
+            Box::new(|p| p.files[3].kind = FileKind::Pipe(Pipe::External)),
+        ),
+        (
+            "pipe description with access mode 3",
+            Box::new(|p| {
+                p.files[3] = pipe(Pipe::External);
+                p.open_files[0].flags = 3;
+            }),
+        ),
+        (
+            "mapped pipe",
+            Box::new(|p| {
+                p.files[3] = pipe(Pipe::External);
+                p.vmas[0].backing = VmaBacking::File { file: 3, offset: 0 };
+            }),
+        ),
     ];
     for (what, edit) in &edits {
         let mut p = sample_process();
@@ -780,6 +816,27 @@ fn hostile_process_records_are_refused() {
     }
     // The unedited sample passes, so each refusal above is due to its edit.
     validate_process(&sample_process(), 5 * ps, ps).unwrap();
+    // And so does one whose stdin is a pipe holding data.
+    let mut p = sample_process();
+    p.files[3] = pipe(Pipe::Internal {
+        size: 65536,
+        buffered: vec![1; 100],
+    });
+    validate_process(&p, 5 * ps, ps).unwrap();
+}
+
+/// A pipe as a dump records it: no path, no size, mode or mtime.
+fn pipe(kind: Pipe) -> FileIdentity {
+    FileIdentity {
+        path: String::new(),
+        kind: FileKind::Pipe(kind),
+        dev: 0xd,
+        ino: 4321,
+        size: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+        mode: 0,
+    }
 }
 
 #[test]

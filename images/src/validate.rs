@@ -230,7 +230,36 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         return Err(format!("cwd {:?} is not a directory", cwd.path));
     }
     for (i, d) in p.open_files.iter().enumerate() {
-        file(&format!("open file description {i}"), d.file)?;
+        let f = file(&format!("open file description {i}"), d.file)?;
+        // A pipe description is its read end, its write end, or (opened anew through
+        // /proc/PID/fd) both; O_ACCMODE 3 means neither.
+        if matches!(f.kind, FileKind::Pipe(_)) && d.flags & 3 == 3 {
+            return Err(format!(
+                "open file description {i} of pipe inode {} has access mode 3",
+                f.ino
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A pipe has no path; the image may hold at most [`PIPE_SIZE_MAX`] bytes of one.
+fn check_pipe(i: usize, f: &FileIdentity, pipe: &Pipe) -> Result<(), String> {
+    if !f.path.is_empty() {
+        return Err(format!("file {i} is a pipe with a path"));
+    }
+    if let Pipe::Internal { size, buffered } = pipe {
+        if *size == 0 || *size > PIPE_SIZE_MAX {
+            return Err(format!(
+                "file {i} is a pipe of {size} bytes (between 1 and {PIPE_SIZE_MAX})"
+            ));
+        }
+        if buffered.len() > *size as usize {
+            return Err(format!(
+                "file {i} is a pipe of {size} bytes holding {} buffered bytes",
+                buffered.len()
+            ));
+        }
     }
     Ok(())
 }
@@ -240,6 +269,9 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
+    }
+    if let FileKind::Pipe(pipe) = &f.kind {
+        return check_pipe(i, f, pipe);
     }
     if let FileKind::UnixSocket(s) = &f.kind {
         if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
@@ -393,6 +425,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             }
             if let FileKind::UnixSocket(_) = f.kind {
                 return Err(format!("{} maps a UNIX socket", what()));
+            }
+            if let FileKind::Pipe(_) = f.kind {
+                return Err(format!("{} maps a pipe", what()));
             }
             if offset % page_size != 0 {
                 return Err(format!(

@@ -1,7 +1,8 @@
 //! The fd table, the cwd and the exe.
 //!
 //! Regular files, directories and character devices are recorded by path and checked by
-//! identity; AF_UNIX sockets are recorded for a restore to recreate ([`super::sockets`]). Fds that share one open file description (dup, inheritance) must come back
+//! identity; AF_UNIX sockets are recorded for a restore to recreate ([`super::sockets`]),
+//! pipes with their buffered bytes or as shared with another process ([`super::pipes`]). Fds that share one open file description (dup, inheritance) must come back
 //! sharing it — same offset, same O_APPEND — so they are grouped: candidates have the same
 //! (dev, ino), and kcmp(KCMP_FILE) tells whether two of them are one description.
 
@@ -14,6 +15,7 @@ use crate::proc::{FdTarget, Proc};
 use crate::sys;
 
 use super::files::{same_inode, FileTable};
+use super::pipes;
 use super::sockets::Sockets;
 use super::DumpError;
 
@@ -39,6 +41,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
     let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
 
     let mut sockets = Sockets::new(pid);
+    let mut pipe_files: Vec<u32> = Vec::new();
 
     for entry in proc.fds()? {
         let fd = entry.fd;
@@ -60,8 +63,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
                     ),
                 ))
             }
-            FdTarget::Socket(_) => None,
-            FdTarget::Pipe(ino) => return Err(refuse(pid, fd, format!("a pipe (inode {ino})"))),
+            FdTarget::Socket(_) | FdTarget::Pipe(_) => None,
             FdTarget::AnonInode(kind) => {
                 return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
             }
@@ -78,6 +80,15 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
         let idx = match path {
             Some(path) => add_checked(&path, &md, files)
                 .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?,
+            // Shared by dup'ed fds like any file: one entry per pipe inode; which end a
+            // description is, is its access mode.
+            None if matches!(entry.target, FdTarget::Pipe(_)) => {
+                let idx = files.add_identity(md.dev(), md.ino(), || {
+                    Ok::<_, DumpError>(pipes::identity(&md))
+                })?;
+                pipe_files.push(idx);
+                idx
+            }
             // Shared by dup'ed fds like any file: one entry per socket inode.
             None => files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?,
         };
@@ -118,7 +129,45 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
             cloexec,
         });
     }
+    pipe_files.sort_unstable();
+    pipe_files.dedup();
+    for idx in pipe_files {
+        classify_pipe(pid, idx, &table, files)?;
+    }
     Ok(table)
+}
+
+/// Decides whether the pipe `idx` is whole in the process (both ends held: its buffer is
+/// captured) or shared with another process ([`crate::images::Pipe::External`], as
+/// [`pipes::identity`] left it).
+fn classify_pipe(
+    pid: i32,
+    idx: u32,
+    table: &FdTable,
+    files: &mut FileTable,
+) -> Result<(), DumpError> {
+    let mut reader = None;
+    let mut writes = false;
+    for f in &table.fds {
+        let d = &table.open_files[f.description as usize];
+        if d.file != idx {
+            continue;
+        }
+        match d.flags as i32 & libc::O_ACCMODE {
+            libc::O_RDONLY => reader = reader.or(Some(f.fd)),
+            libc::O_WRONLY => writes = true,
+            _ => {
+                reader = reader.or(Some(f.fd));
+                writes = true;
+            }
+        }
+    }
+    if let (Some(fd), true) = (reader, writes) {
+        let ino = files.get(idx).ino;
+        let pipe = pipes::capture(pid, fd, ino)?;
+        files.set_kind(idx, crate::images::FileKind::Pipe(pipe));
+    }
+    Ok(())
 }
 
 /// Adds a file that a restore will reopen by `path`, after checking that `path` still names

@@ -117,6 +117,16 @@ impl FileTable {
         Ok(idx)
     }
 
+    /// The file at `idx`, which the table returned.
+    pub fn get(&self, idx: u32) -> &FileIdentity {
+        &self.files[idx as usize]
+    }
+
+    /// Changes what the file at `idx` is, once more is known about it (a pipe's ends).
+    pub fn set_kind(&mut self, idx: u32, kind: FileKind) {
+        self.files[idx as usize].kind = kind;
+    }
+
     pub fn into_files(self) -> Vec<FileIdentity> {
         self.files
     }

@@ -19,6 +19,7 @@ mod freeze;
 mod parasite;
 mod seccomp;
 mod sockdiag;
+mod pipes;
 mod sockets;
 mod task;
 mod threads;

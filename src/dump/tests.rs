@@ -1,7 +1,7 @@
 //! End-to-end dumps of real forked children, read back with `images::open_image`.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::testutil::{pattern_page, spawn, spawn_with, wait_until, Region, SharedPage};
@@ -375,10 +375,14 @@ fn a_raw_clone_thread_is_dumped_and_the_process_keeps_running() {
 #[test]
 fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
     let tmp = tempfile::tempdir().unwrap();
-    let (r, w) = nix::unistd::pipe().unwrap();
+    // SAFETY: eventfd takes integers and returns a new descriptor or -1.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: raw is a descriptor we just created and own.
+    let efd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
     let page = SharedPage::new();
-    let mut child = spawn(&[(w.as_raw_fd(), 4, false)], &page, || {});
-    drop((r, w));
+    let mut child = spawn(&[(efd.as_raw_fd(), 4, false)], &page, || {});
+    drop(efd);
     let dir = tmp.path().join("img");
     // An old image in the way must survive a failed dump untouched.
     std::fs::create_dir(&dir).unwrap();
@@ -393,7 +397,7 @@ fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
     })
     .unwrap_err();
     assert!(
-        matches!(&err, DumpError::UnsupportedFd { pid, fd: 4, what } if *pid == child.pid && what.contains("pipe")),
+        matches!(&err, DumpError::UnsupportedFd { pid, fd: 4, what } if *pid == child.pid && what.contains("eventfd")),
         "{err:?}"
     );
     let msg = err.to_string();

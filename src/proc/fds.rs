@@ -152,6 +152,22 @@ impl Proc {
     }
 }
 
+/// A live process and one of its fds that hold the pipe with inode `ino`, if any process does
+/// (the first found in pid order). Processes that vanish or cannot be read while the scan runs
+/// are skipped: they cannot lend the pipe anyway.
+pub fn find_pipe_holder(ino: u64) -> Option<(i32, i32)> {
+    let all = procfs::process::all_processes().ok()?;
+    for process in all.flatten() {
+        let Ok(fds) = process.fd() else { continue };
+        for info in fds.flatten() {
+            if matches!(info.target, procfs::process::FDTarget::Pipe(i) if i == ino) {
+                return Some((process.pid, info.fd));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

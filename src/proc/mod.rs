@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use fds::{FdInfo, FdTarget, OpenFd};
+pub use fds::{find_pipe_holder, FdInfo, FdTarget, OpenFd};
 pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use pagemap::Pagemap;
 pub use procfs::process::VmFlags;

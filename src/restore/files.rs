@@ -4,7 +4,8 @@
 //! Files are opened before the fork so that a missing or changed file is refused while nothing
 //! has been touched yet, and so the check runs on the very descriptor the restored process gets
 //! (fstat of the open fd: no window for the path to be swapped afterwards). The child inherits
-//! these descriptors and moves them to their final numbers.
+//! these descriptors and moves them to their final numbers. Sockets ([`super::sockets`]) and
+//! pipes ([`super::pipes`]) are created or found rather than opened by path.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -48,7 +49,7 @@ pub fn open_all(
         let ident = file_at(p, ofd.file)?;
         if matches!(
             ident.kind,
-            FileKind::UnixSocket(_) | FileKind::ContentInImage
+            FileKind::UnixSocket(_) | FileKind::ContentInImage | FileKind::Pipe(_)
         ) {
             continue;
         }
@@ -93,7 +94,8 @@ pub fn open_all(
             *slot = Some(recreate_content_file(ident, base)?);
         }
     }
-    for (slot, ofd) in descriptions.iter_mut().zip(&p.open_files) {
+    let mut pipes = super::pipes::Pipes::default();
+    for (i, (slot, ofd)) in descriptions.iter_mut().zip(&p.open_files).enumerate() {
         if slot.is_some() {
             continue;
         }
@@ -104,6 +106,20 @@ pub fn open_all(
                 base,
                 "a UNIX socket",
             )?,
+            FileKind::Pipe(pipe) => {
+                let fds: Vec<String> = p
+                    .fds
+                    .iter()
+                    .filter(|f| f.description as usize == i)
+                    .map(|f| f.fd.to_string())
+                    .collect();
+                let fds = format!("pid {} fd {}", p.pid, fds.join(", "));
+                above(
+                    pipes.open(ofd.file, ident, pipe, ofd, &fds)?,
+                    base,
+                    "a pipe",
+                )?
+            }
             _ => open_description(ident, ofd, base)?,
         });
     }
@@ -318,6 +334,13 @@ fn check_identity(
         FileKind::ContentInImage => {
             if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                 return Err(changed("it is no longer a regular file".into()));
+            }
+            return Ok(());
+        }
+        // Opened through /proc, never by path.
+        FileKind::Pipe(_) => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+                return Err(changed("it is not a pipe".into()));
             }
             return Ok(());
         }

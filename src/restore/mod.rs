@@ -11,6 +11,7 @@ mod child;
 mod files;
 mod finish;
 mod fork;
+mod pipes;
 mod sockets;
 mod specials;
 mod task_state;

@@ -89,6 +89,9 @@ pub enum Kind {
     /// AF_UNIX sockets (peer-closed pairs, an unconnected one, a listener with a thread blocked
     /// in accept) and an hsperfdata-like shared file mapping (issue #4).
     Sockets,
+    /// Pipes with unread data: one blocking with a dup'ed write end, one O_NONBLOCK and
+    /// enlarged; writes its log lines to stdout too (issue #4).
+    Pipes,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -103,6 +106,7 @@ impl Kind {
             Kind::Signals => "signals",
             Kind::MThreads => "mthreads",
             Kind::Sockets => "sockets",
+            Kind::Pipes => "pipes",
             Kind::Java => "java",
         }
     }

@@ -1,0 +1,212 @@
+//! Bringing back the pipes an image records ([`Pipe`]), in crest, before the fork: the child
+//! inherits the descriptors and moves them to their fd numbers like any open file.
+//!
+//! Every open file description of a pipe is opened anew through a `/proc/PID/fd/N` link to
+//! that pipe: opening a pipe's magic link gives a new description of the same pipe with the
+//! access mode asked for (fs/pipe.c, fifo_open; for a pipefs inode it never waits for the
+//! other end). So any number of read and write descriptions come back, each with its own
+//! status flags.
+//! - Internal: crest creates a fresh pipe, sizes it (F_SETPIPE_SZ), writes the buffered bytes
+//!   into it, and opens every description through `/proc/self/fd/N`; its own two ends are then
+//!   dropped.
+//! - External: some live process still holding the same pipe inode lends it
+//!   (`/proc/PID/fd/N`). When none does, the pipe is gone and cannot be reconnected.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::images::{FileIdentity, OpenFileDescription, Pipe};
+
+use super::RestoreError;
+
+/// The pipes of one process, created or found once each, keyed by file index.
+#[derive(Default)]
+pub struct Pipes {
+    /// Where each pipe can be opened again: `/proc/PID/fd/N`. Internal pipes also keep the
+    /// fresh pipe's read end alive here until every description is open.
+    sources: HashMap<u32, (String, Option<OwnedFd>)>,
+}
+
+impl Pipes {
+    /// A new descriptor (close-on-exec) for the description `ofd` of the pipe `ident`, file
+    /// `index` of the image; `fds` names the fds that use it, for the error.
+    pub fn open(
+        &mut self,
+        index: u32,
+        ident: &FileIdentity,
+        pipe: &Pipe,
+        ofd: &OpenFileDescription,
+        fds: &str,
+    ) -> Result<OwnedFd, RestoreError> {
+        let (link, _) = match self.sources.entry(index) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(match pipe {
+                Pipe::Internal { size, buffered } => {
+                    let read = fresh(ident.ino, *size, buffered)?;
+                    (format!("/proc/self/fd/{}", read.as_raw_fd()), Some(read))
+                }
+                Pipe::External => {
+                    let (pid, fd) = crate::proc::find_pipe_holder(ident.ino).ok_or_else(|| {
+                        RestoreError::Unsupported(format!(
+                            "{fds} was one end of pipe inode {} whose other end another \
+                             process held; no process holds that pipe any more, so it cannot \
+                             be reconnected (keep its reader or writer running until the \
+                             restore)",
+                            ident.ino
+                        ))
+                    })?;
+                    (format!("/proc/{pid}/fd/{fd}"), None)
+                }
+            }),
+        };
+        reopen(link, ofd.flags, ident.ino, fds)
+    }
+}
+
+/// A fresh pipe of `size` bytes holding `buffered`; returns its read end (the write end is
+/// closed: the restored process's own write descriptions keep the pipe writable).
+fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<OwnedFd, RestoreError> {
+    let os = |what: &str| RestoreError::Os {
+        what: format!("recreating pipe inode {ino}: {what}"),
+        source: std::io::Error::last_os_error(),
+    };
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RestoreError::Os {
+            what: format!("recreating pipe inode {ino}: pipe2"),
+            source: e.into(),
+        })?;
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own only resizes that pipe.
+    if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) } < 0 {
+        return Err(os(&format!("F_SETPIPE_SZ {size}")));
+    }
+    // The pipe is as large as the one that held these bytes, so the (blocking) write never
+    // waits for a reader.
+    std::fs::File::from(write)
+        .write_all(buffered)
+        .map_err(|e| RestoreError::Os {
+            what: format!(
+                "recreating pipe inode {ino}: writing its {} buffered bytes",
+                buffered.len()
+            ),
+            source: e,
+        })?;
+    Ok(read)
+}
+
+/// Opens the pipe behind `link` again as a new description with `flags`' access mode and
+/// O_NONBLOCK/O_DIRECT (the status flags a pipe description keeps).
+fn reopen(link: &str, flags: u32, ino: u64, fds: &str) -> Result<OwnedFd, RestoreError> {
+    let keep = libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_DIRECT;
+    let flags = (flags as i32 & keep) | libc::O_CLOEXEC;
+    let path = CString::new(link).expect("a /proc path has no NUL byte");
+    // SAFETY: path is NUL-terminated; open has no other preconditions.
+    let raw = unsafe { libc::open(path.as_ptr(), flags) };
+    if raw < 0 {
+        return Err(RestoreError::Os {
+            what: format!("{fds}: opening pipe inode {ino} again through {link}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::FileKind;
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+
+    fn ident(ino: u64, pipe: Pipe) -> FileIdentity {
+        FileIdentity {
+            path: String::new(),
+            kind: FileKind::Pipe(pipe),
+            dev: 0,
+            ino,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            mode: 0,
+        }
+    }
+
+    fn ofd(flags: i32) -> OpenFileDescription {
+        OpenFileDescription {
+            file: 0,
+            flags: flags as u32,
+            pos: 0,
+        }
+    }
+
+    #[test]
+    fn an_internal_pipe_comes_back_with_its_bytes_size_and_flags() {
+        let pipe = Pipe::Internal {
+            size: 1 << 16,
+            buffered: b"left unread".to_vec(),
+        };
+        let id = ident(1, pipe.clone());
+        let mut pipes = Pipes::default();
+        let r = pipes
+            .open(
+                0,
+                &id,
+                &pipe,
+                &ofd(libc::O_RDONLY | libc::O_NONBLOCK),
+                "fd 3",
+            )
+            .unwrap();
+        let w = pipes
+            .open(0, &id, &pipe, &ofd(libc::O_WRONLY), "fd 4")
+            .unwrap();
+        drop(pipes);
+        // SAFETY: F_GETFL/F_GETPIPE_SZ on descriptors we own.
+        let (fl, sz) = unsafe {
+            (
+                libc::fcntl(r.as_raw_fd(), libc::F_GETFL),
+                libc::fcntl(r.as_raw_fd(), libc::F_GETPIPE_SZ),
+            )
+        };
+        assert_eq!(fl & libc::O_NONBLOCK, libc::O_NONBLOCK);
+        assert_eq!(fl & libc::O_ACCMODE, libc::O_RDONLY);
+        assert_eq!(sz, 1 << 16);
+        let mut wf = std::fs::File::from(w);
+        wf.write_all(b", then more").unwrap();
+        drop(wf);
+        let mut got = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"left unread, then more");
+    }
+
+    #[test]
+    fn an_external_pipe_is_reopened_through_its_holder_or_refused() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let ino = std::fs::File::from(r.try_clone().unwrap())
+            .metadata()
+            .unwrap()
+            .ino();
+        let id = ident(ino, Pipe::External);
+        let mut pipes = Pipes::default();
+        let w2 = pipes
+            .open(0, &id, &Pipe::External, &ofd(libc::O_WRONLY), "fd 1")
+            .unwrap();
+        std::fs::File::from(w2).write_all(b"via proc").unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"via proc");
+
+        let mut pipes = Pipes::default();
+        let err = pipes
+            .open(0, &id, &Pipe::External, &ofd(libc::O_WRONLY), "fd 1")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("fd 1") && msg.contains(&format!("pipe inode {ino}")),
+            "{msg}"
+        );
+    }
+}

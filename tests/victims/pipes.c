@@ -1,0 +1,159 @@
+/*
+ * pipes: a crest test victim holding pipes with unread data (issue #4).
+ *
+ *   a_read, a_write   a blocking pipe, both ends close-on-exec; a_dup is dup(a_write) (one
+ *                     description, not close-on-exec). Holds the current generation's A data,
+ *                     written in 100-byte chunks alternately through a_write and a_dup.
+ *   b_read, b_write   an O_NONBLOCK pipe of B_SIZE bytes (F_SETPIPE_SZ) holding the current
+ *                     generation's B data.
+ *   stdout            every tick writes "pid=P n=N\n" to it as to the log (a test may read it
+ *                     through a pipe whose read end only the test holds).
+ *
+ * On a verify request it checks flags and sizes, reads each pipe until it is empty (the data
+ * must be exactly the current generation's, in order), then writes the next generation, which
+ * stays buffered for the next dump.
+ *
+ * usage: pipes CTL_DIR LOG_FILE
+ */
+#include "victim.h"
+
+#include <sys/ioctl.h>
+
+#define B_SIZE (128 * 1024)
+
+static int a_read, a_write, a_dup, b_read, b_write;
+static unsigned generation;
+
+static size_t a_len(unsigned g) { return 1000 + 13 * (size_t)g; }
+static char a_byte(unsigned g, size_t i) { return (char)('a' + (g * 7 + i) % 26); }
+static size_t b_len(unsigned g) { return 3000 + 101 * (size_t)g; }
+static char b_byte(unsigned g, size_t i) { return (char)(mix(g * 100000 + i) & 0xff); }
+
+static void fill(unsigned g)
+{
+    char buf[4096];
+    for (size_t off = 0, k = 0; off < a_len(g); off += 100, k++) {
+        size_t n = a_len(g) - off < 100 ? a_len(g) - off : 100;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = a_byte(g, off + i);
+        write_all(k % 2 ? a_dup : a_write, buf, n, "pipe A");
+    }
+    for (size_t off = 0; off < b_len(g); off += sizeof buf) {
+        size_t n = b_len(g) - off < sizeof buf ? b_len(g) - off : sizeof buf;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = b_byte(g, off + i);
+        write_all(b_write, buf, n, "pipe B");
+    }
+}
+
+static void check_fd(int fd, int acc, int nonblock, int cloexec, const char *what)
+{
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    struct stat st;
+    if (fl < 0 || fdfl < 0 || fstat(fd, &st) != 0) {
+        fail("%s (fd %d): %s", what, fd, strerror(errno));
+        return;
+    }
+    if (!S_ISFIFO(st.st_mode))
+        fail("%s (fd %d): not a pipe (mode %o)", what, fd, st.st_mode);
+    if ((fl & O_ACCMODE) != acc)
+        fail("%s (fd %d): access mode %d, want %d", what, fd, fl & O_ACCMODE, acc);
+    if (!!(fl & O_NONBLOCK) != nonblock)
+        fail("%s (fd %d): O_NONBLOCK is %s", what, fd, nonblock ? "clear" : "set");
+    if (!!(fdfl & FD_CLOEXEC) != cloexec)
+        fail("%s (fd %d): FD_CLOEXEC is %s", what, fd, cloexec ? "clear" : "set");
+}
+
+/* Reads exactly `len` bytes of generation g from `fd` (FIONREAD must say so first). */
+static void drain(int fd, size_t len, unsigned g, char (*byte)(unsigned, size_t), const char *what)
+{
+    int avail = -1;
+    if (ioctl(fd, FIONREAD, &avail) != 0 || avail != (int)len) {
+        fail("%s: %d bytes buffered, want %zu", what, avail, len);
+        return;
+    }
+    char buf[4096];
+    size_t got = 0;
+    while (got < len) {
+        size_t want = len - got < sizeof buf ? len - got : sizeof buf;
+        ssize_t n = read(fd, buf, want);
+        if (n <= 0) {
+            fail("%s: read after %zu of %zu bytes: %s", what, got, len,
+                 n == 0 ? "end of file" : strerror(errno));
+            return;
+        }
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != byte(g, got + (size_t)i)) {
+                fail("%s: byte %zu differs (generation %u)", what, got + (size_t)i, g);
+                return;
+            }
+        got += (size_t)n;
+    }
+}
+
+static void verify(void)
+{
+    check_fd(a_read, O_RDONLY, 0, 1, "pipe A read end");
+    check_fd(a_write, O_WRONLY, 0, 1, "pipe A write end");
+    check_fd(a_dup, O_WRONLY, 0, 0, "pipe A dup'ed write end");
+    check_fd(b_read, O_RDONLY, 1, 0, "pipe B read end");
+    check_fd(b_write, O_WRONLY, 1, 0, "pipe B write end");
+    int sz = fcntl(b_read, F_GETPIPE_SZ);
+    if (sz != B_SIZE)
+        fail("pipe B: size %d, want %d", sz, B_SIZE);
+    /* a_write and a_dup share one description: a status flag set through one shows on both. */
+    if (fcntl(a_dup, F_SETFL, O_NONBLOCK) != 0 || !(fcntl(a_write, F_GETFL) & O_NONBLOCK))
+        fail("pipe A: the dup'ed write end no longer shares its description");
+    fcntl(a_dup, F_SETFL, 0);
+    if (fail_msg[0])
+        return;
+    drain(a_read, a_len(generation), generation, a_byte, "pipe A");
+    drain(b_read, b_len(generation), generation, b_byte, "pipe B");
+    char c;
+    if (read(b_read, &c, 1) != -1 || errno != EAGAIN)
+        fail("pipe B: reading it empty does not fail with EAGAIN");
+    if (fail_msg[0])
+        return;
+    generation++;
+    fill(generation);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        die("usage: %s CTL_DIR LOG_FILE", argv[0]);
+    ctl_init(argv[1]);
+    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (log_fd < 0)
+        die("cannot open log %s: %s", argv[2], strerror(errno));
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        die("pipe2: %s", strerror(errno));
+    a_read = p[0];
+    a_write = p[1];
+    a_dup = dup(a_write);
+    if (pipe2(p, O_NONBLOCK) != 0)
+        die("pipe2: %s", strerror(errno));
+    b_read = p[0];
+    b_write = p[1];
+    if (a_dup < 0 || fcntl(b_write, F_SETPIPE_SZ, B_SIZE) != B_SIZE)
+        die("dup/F_SETPIPE_SZ: %s", strerror(errno));
+    fill(generation);
+
+    char line[128];
+    unsigned long long counter = 0;
+    for (;;) {
+        sleep_ms(20);
+        counter++;
+        int n = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), counter);
+        write_all(log_fd, line, (size_t)n, "log");
+        write_all(STDOUT_FILENO, line, (size_t)n, "stdout");
+        if (ctl_verify_requested()) {
+            verify();
+            ctl_report(counter);
+        }
+        int code = ctl_exit_requested();
+        if (code >= 0)
+            exit(code);
+    }
+}
