@@ -102,5 +102,6 @@ fn parent_death_signal_follows_crest_only_when_attached() {
     v.mark_restored();
     v.wait_logging_after(before);
     v.assert_running();
-    v.verify().expect("the -d restored process runs on after crest exited");
+    v.verify()
+        .expect("the -d restored process runs on after crest exited");
 }
