@@ -378,6 +378,7 @@ mod tests {
             info[8..12].copy_from_slice(&libc::SI_QUEUE.to_le_bytes());
             info[24..32].copy_from_slice(&0x1234u64.to_le_bytes());
             queue_signal(pid, Some(pid), &info)?;
+            // SAFETY: siginfo_t is plain data; all-zero is a valid value.
             let mut got: libc::siginfo_t = unsafe { std::mem::zeroed() };
             let set = block.as_ref();
             // SAFETY: waits for the blocked SIGUSR2 we just queued; got is a valid siginfo_t.
