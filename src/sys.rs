@@ -8,6 +8,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
+use crate::blob::abi::CloneArgs;
+
 /// `kcmp(2)` type comparing two file descriptors' open file descriptions (`KCMP_FILE`).
 const KCMP_FILE: libc::c_int = 0;
 
@@ -148,23 +150,6 @@ mod tests {
         let r = kernel_release().unwrap();
         assert!(r.chars().next().unwrap().is_ascii_digit(), "{r}");
     }
-}
-
-/// `struct clone_args` (include/uapi/linux/sched.h), the 88-byte version with set_tid and cgroup.
-#[repr(C, align(8))]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 /// Forks this process like fork() (no shared memory, SIGCHLD to the parent) with clone3 and

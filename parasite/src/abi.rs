@@ -102,6 +102,25 @@ pub struct PrctlMmMap {
     pub exe_fd: u32,
 }
 
+/// `struct clone_args` (include/uapi/linux/sched.h), the 88-byte version with set_tid and
+/// cgroup. Not part of the contract as such: kept here because both crest (forking the task) and
+/// the restorer (creating its threads) call clone3.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
 /// The thread's rseq registration to recreate (`present == 0`: none).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]

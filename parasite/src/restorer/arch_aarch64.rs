@@ -141,7 +141,12 @@ pub fn set_thread_area(tls: [u64; 2]) -> Result<(), isize> {
 ///
 /// # Safety
 /// As on x86_64.
-pub unsafe fn clone3_thread(args: *const u8, size: usize, entry: extern "C" fn(u64) -> !, arg: u64) -> isize {
+pub unsafe fn clone3_thread(
+    args: *const u8,
+    size: usize,
+    entry: extern "C" fn(u64) -> !,
+    arg: u64,
+) -> isize {
     let ret: isize;
     // SAFETY: upheld by the caller; `arg` and `entry` travel in callee-saved x21/x22, which the
     // child inherits.

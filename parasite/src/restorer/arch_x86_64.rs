@@ -138,7 +138,12 @@ pub unsafe fn syscall6(
 /// # Safety
 /// `args` must describe a valid stack in memory that stays mapped, `entry` must never return,
 /// and the flags must create a thread (CLONE_VM): the child shares this address space.
-pub unsafe fn clone3_thread(args: *const u8, size: usize, entry: extern "C" fn(u64) -> !, arg: u64) -> isize {
+pub unsafe fn clone3_thread(
+    args: *const u8,
+    size: usize,
+    entry: extern "C" fn(u64) -> !,
+    arg: u64,
+) -> isize {
     let ret: isize;
     // SAFETY: upheld by the caller. In the child every register but rax and rsp is a copy of
     // the parent's, so `arg` and `entry` travel in callee-saved r12/r13; the child aligns its

@@ -24,8 +24,8 @@ mod arch;
 mod sys;
 
 use abi::{
-    ITimerVal, PageRunArg, PosixTimerArm, Progress, ThreadArg, PrctlMmMap, Range, RestorerArgs, Step, VmaArg, ABI_VERSION, ARGS_MAGIC,
-    MAX_SPECIAL_MOVES, VMA_FILL_NONE,
+    CloneArgs, ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Progress, Range, RestorerArgs,
+    Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, MAX_SPECIAL_MOVES, VMA_FILL_NONE,
 };
 use core::ptr;
 
@@ -294,22 +294,6 @@ fn set_thread_area(ctx: &Ctx, a: &RestorerArgs) {
     }
 }
 
-/// `struct clone_args` (include/uapi/linux/sched.h), version 2: 88 bytes.
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// A thread of the same process, sharing everything a pthread shares; CLONE_SETTLS installs
 /// the thread pointer (x86_64 FS base, aarch64 TPIDR_EL0) from `tls[0]`.
 const THREAD_FLAGS: u64 = 0x100 /* CLONE_VM */
@@ -371,7 +355,11 @@ extern "C" fn thread_main(arg: u64) -> ! {
         unsafe {
             ptr::write_volatile(
                 ptr::addr_of_mut!((*t).progress),
-                Progress { step: Step::ThreadSetup as u32, error, detail },
+                Progress {
+                    step: Step::ThreadSetup as u32,
+                    error,
+                    detail,
+                },
             )
         };
         sys::exit_group(EXIT_FAILED)
@@ -383,7 +371,11 @@ extern "C" fn thread_main(arg: u64) -> ! {
     }
     sys::set_tid_address(ta.clear_child_tid);
     // The kernel accepts only sizeof(struct robust_list_head); head 0 means none.
-    let len = if ta.robust_list_len != 0 { ta.robust_list_len } else { 24 };
+    let len = if ta.robust_list_len != 0 {
+        ta.robust_list_len
+    } else {
+        24
+    };
     if let Err(e) = sys::set_robust_list(ta.robust_list, len) {
         fail(ta.robust_list, e);
     }
@@ -414,7 +406,10 @@ fn arm_timers(ctx: &Ctx, a: &RestorerArgs) {
     if a.nr_itimers == 3 {
         for (which, value) in a.itimers.iter().enumerate() {
             ctx.step(Step::Timers, which as u64);
-            ctx.check(sys::setitimer(which, value as *const ITimerVal as *const u8));
+            ctx.check(sys::setitimer(
+                which,
+                value as *const ITimerVal as *const u8,
+            ));
         }
     }
     for i in 0..a.nr_posix_timers {

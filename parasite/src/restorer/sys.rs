@@ -135,7 +135,13 @@ pub fn set_robust_list(head: u64, len: u64) -> SysResult {
 pub fn rt_tgsigqueueinfo(tgid: i32, tid: i32, sig: i32, info: *const u8) -> SysResult {
     // SAFETY: `info` points at a 128-byte siginfo in the bootstrap region; the kernel copies it.
     decode(unsafe {
-        arch::syscall4(nr::RT_TGSIGQUEUEINFO, tgid as usize, tid as usize, sig as usize, info as usize)
+        arch::syscall4(
+            nr::RT_TGSIGQUEUEINFO,
+            tgid as usize,
+            tid as usize,
+            sig as usize,
+            info as usize,
+        )
     })
 }
 
