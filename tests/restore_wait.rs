@@ -12,9 +12,11 @@ use nix::unistd::Pid;
 fn restored_attached() -> (Victim, CrestProcess) {
     let mut v = Victim::start(Kind::Memcheck);
     let dir = v.work.join("img");
-    let before = v.last_logged();
     dump(v.pid, &dir, false).assert_ok();
     v.reap();
+    // Only now is the log final: sampled before the dump, lines the original wrote while the
+    // dump ran would pass for the restored process's and let the test race an unfinished restore.
+    let before = v.last_logged();
 
     let mut restore = spawn_crest(["restore".as_ref(), "-D".as_ref(), dir.as_os_str()]);
     v.mark_restored();
