@@ -111,6 +111,38 @@ pub fn kernel_release() -> Result<String, Errno> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Forks this process like fork() (no shared memory, SIGCHLD to the parent) with clone3 and
+/// `set_tid`, so that the child gets pid `pid` (Linux 5.5+; needs CAP_CHECKPOINT_RESTORE or
+/// CAP_SYS_ADMIN over the pid namespace). Returns 0 in the child and the child's pid in the
+/// parent. EEXIST means the pid is taken.
+///
+/// # Safety
+/// As with a raw fork: glibc's fork handlers do not run, so the child must not rely on glibc's
+/// cached thread id (no raise(), no pthread calls) and the caller must be single-threaded, or
+/// the child must only call async-signal-safe functions.
+pub unsafe fn clone3_with_pid(pid: i32) -> Result<i32, Errno> {
+    let tids: [libc::pid_t; 1] = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: args and tids outlive the call; the fork-like semantics are the caller's contract.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as i32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,37 +181,5 @@ mod tests {
     fn kernel_release_is_not_empty() {
         let r = kernel_release().unwrap();
         assert!(r.chars().next().unwrap().is_ascii_digit(), "{r}");
-    }
-}
-
-/// Forks this process like fork() (no shared memory, SIGCHLD to the parent) with clone3 and
-/// `set_tid`, so that the child gets pid `pid` (Linux 5.5+; needs CAP_CHECKPOINT_RESTORE or
-/// CAP_SYS_ADMIN over the pid namespace). Returns 0 in the child and the child's pid in the
-/// parent. EEXIST means the pid is taken.
-///
-/// # Safety
-/// As with a raw fork: glibc's fork handlers do not run, so the child must not rely on glibc's
-/// cached thread id (no raise(), no pthread calls) and the caller must be single-threaded, or
-/// the child must only call async-signal-safe functions.
-pub unsafe fn clone3_with_pid(pid: i32) -> Result<i32, Errno> {
-    let tids: [libc::pid_t; 1] = [pid];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
-        ..CloneArgs::default()
-    };
-    // SAFETY: args and tids outlive the call; the fork-like semantics are the caller's contract.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r as i32)
     }
 }

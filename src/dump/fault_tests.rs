@@ -7,13 +7,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::testutil::{
-    count_signals, pattern_page, pause_forever, signal_count, spawn_with, wait_until, Region,
-    SharedPage,
+    count_signals, pattern_page, pause_forever, seize_and_stop, signal_count, spawn_with,
+    wait_interrupt_stop, wait_until, Region, SharedPage,
 };
 use super::*;
 use crate::images::ArchRegs;
 use crate::proc::{MapEntry, OpenFd};
-use crate::ptrace::{self, Stop, PTRACE_EVENT_STOP};
+use crate::ptrace;
 
 /// Every step a dump of a single-threaded process reaches, in order. The remote syscalls are
 /// memfd_create, mmap, close (mapping the parasite), brk, munmap (the cure); see crate::infect.
@@ -44,18 +44,7 @@ struct Observed {
 
 /// Seizes the child, records what it looks like, and lets it go.
 fn observe(pid: i32, region: &Region) -> Observed {
-    ptrace::seize(pid, nix::sys::ptrace::Options::empty()).unwrap();
-    ptrace::interrupt(pid).unwrap();
-    loop {
-        match ptrace::wait_stop(pid).unwrap() {
-            Stop::Event {
-                event: PTRACE_EVENT_STOP,
-                ..
-            } => break,
-            Stop::Signal(sig) => ptrace::cont(pid, sig).unwrap(),
-            other => panic!("unexpected stop {other:?}"),
-        }
-    }
+    seize_and_stop(pid);
     let proc = Proc::open(pid).unwrap();
     let maps = proc.maps().unwrap();
     let code = maps
@@ -199,16 +188,7 @@ fn observe_threads(pid: i32, tids: &[i32]) -> ObservedThreads {
         ptrace::interrupt(tid).unwrap();
     }
     for &tid in tids {
-        loop {
-            match ptrace::wait_stop(tid).unwrap() {
-                Stop::Event {
-                    event: PTRACE_EVENT_STOP,
-                    ..
-                } => break,
-                Stop::Signal(sig) => ptrace::cont(tid, sig).unwrap(),
-                other => panic!("unexpected stop {other:?}"),
-            }
-        }
+        wait_interrupt_stop(tid);
     }
     let proc = Proc::open(pid).unwrap();
     let seen = ObservedThreads {

@@ -4,7 +4,9 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::testutil::{pattern_page, spawn, spawn_with, wait_until, Region, SharedPage};
+use super::testutil::{
+    pattern_page, pause_forever, spawn, spawn_with, wait_until, Region, SharedPage,
+};
 use super::*;
 use crate::images::{open_image, ArchRegs, FileKind, PageRun, VmaBacking};
 
@@ -227,15 +229,7 @@ fn a_thread_blocked_in_a_restartable_syscall_gets_the_restart_fixup() {
     let tmp = tempfile::tempdir().unwrap();
     let page = SharedPage::new();
     // pause() returns -ERESTARTNOHAND when interrupted: the image must re-execute it.
-    let child = spawn_with(
-        &[],
-        &page,
-        || {},
-        || loop {
-            // SAFETY: pause has no preconditions.
-            unsafe { libc::pause() };
-        },
-    );
+    let child = spawn_with(&[], &page, || {}, pause_forever);
     assert!(wait_until(|| child.state() == 'S'));
     let dir = tmp.path().join("img");
     dump(&DumpOptions {
@@ -485,7 +479,7 @@ fn the_parasite_collects_what_the_child_set_up_and_the_child_runs_on() {
             );
             count_signals(&page, libc::SIGALRM, libc::SA_RESTART, &[]);
             count_signals(&page, rtsig, libc::SA_SIGINFO | libc::SA_RESTART, &[]);
-            // SAFETY (whole block): plain process-state calls with valid local arguments.
+            // SAFETY: (whole block) plain process-state calls with valid local arguments.
             unsafe {
                 libc::signal(libc::SIGHUP, libc::SIG_IGN);
                 let ss = libc::stack_t {

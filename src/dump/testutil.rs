@@ -159,7 +159,7 @@ pub fn spawn_with(
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        // SAFETY (whole block): raw fd syscalls on fds that exist in this fresh child.
+        // SAFETY: (whole block) raw fd syscalls on fds that exist in this fresh child.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             const HIGH: RawFd = 1000;
@@ -531,7 +531,7 @@ fn sleep_us(us: i64) {
 
 /// One iteration of `work`.
 fn work_once(work: Work) {
-    // SAFETY (whole block): pthread calls on the static, initialized mutexes and condvars of
+    // SAFETY: (whole block) pthread calls on the static, initialized mutexes and condvars of
     // this child; raw syscalls with valid (or null where allowed) arguments.
     unsafe {
         match work {
@@ -641,7 +641,7 @@ extern "C" fn worker(arg: *mut libc::c_void) -> *mut libc::c_void {
         }
     }
     let w = |n| child_word(i, n);
-    // SAFETY (whole block): calls that only report the calling thread's own state into locals.
+    // SAFETY: (whole block) calls that only report the calling thread's own state into locals.
     unsafe {
         w(slot::TID).store(libc::gettid() as u64, Ordering::SeqCst);
         let mut ctid: u64 = 0;
@@ -720,7 +720,7 @@ pub fn spawn_threads_with(
     let setup = move || {
         CHILD_PAGE.store(addr, Ordering::SeqCst);
         leader_setup();
-        // SAFETY (whole block): sigaction with a valid handler; pthread_create with a valid
+        // SAFETY: (whole block) sigaction with a valid handler; pthread_create with a valid
         // entry point whose argument is just the slot index.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -765,4 +765,26 @@ pub fn threads_progress(page: &SharedPage, since: &[u64], steps: u64) -> bool {
 /// The progress counters of the first `n` threads.
 pub fn progress(page: &SharedPage, n: usize) -> Vec<u64> {
     (0..n).map(|i| slot_word(page, i, slot::PROGRESS)).collect()
+}
+
+/// Seizes `tid` and waits for its interrupt stop. The calling thread becomes its tracer.
+pub fn seize_and_stop(tid: i32) {
+    crate::ptrace::seize(tid, nix::sys::ptrace::Options::empty()).unwrap();
+    crate::ptrace::interrupt(tid).unwrap();
+    wait_interrupt_stop(tid);
+}
+
+/// Waits for the interrupt stop of a seized `tid`, passing on any signal that stops it first.
+pub fn wait_interrupt_stop(tid: i32) {
+    use crate::ptrace::{self, Stop, PTRACE_EVENT_STOP};
+    loop {
+        match ptrace::wait_stop(tid).unwrap() {
+            Stop::Event {
+                event: PTRACE_EVENT_STOP,
+                ..
+            } => break,
+            Stop::Signal(sig) => ptrace::cont(tid, sig).unwrap(),
+            other => panic!("unexpected stop {other:?}"),
+        }
+    }
 }

@@ -5,9 +5,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::dump::testutil::{spawn_with, wait_until, SharedPage};
+use crate::dump::testutil::{pause_forever, seize_and_stop, spawn_with, wait_until, SharedPage};
 use crate::images::ArchRegs;
-use crate::ptrace::{self, Stop, PTRACE_EVENT_STOP};
+use crate::ptrace;
 
 /// A child seized and stopped by this test thread; detached on drop.
 struct Seized {
@@ -16,18 +16,7 @@ struct Seized {
 
 impl Seized {
     fn new(tid: i32) -> Seized {
-        ptrace::seize(tid, nix::sys::ptrace::Options::empty()).unwrap();
-        ptrace::interrupt(tid).unwrap();
-        loop {
-            match ptrace::wait_stop(tid).unwrap() {
-                Stop::Event {
-                    event: PTRACE_EVENT_STOP,
-                    ..
-                } => break,
-                Stop::Signal(sig) => ptrace::cont(tid, sig).unwrap(),
-                other => panic!("unexpected stop {other:?}"),
-            }
-        }
+        seize_and_stop(tid);
         Seized { tid }
     }
 }
@@ -90,15 +79,7 @@ fn install_counter(page_addr: u64) {
 fn ping_and_cure_put_everything_back() {
     let page = SharedPage::new();
     let addr = page.addr();
-    let child = spawn_with(
-        &[],
-        &page,
-        || install_counter(addr),
-        || loop {
-            // SAFETY: pause has no preconditions.
-            unsafe { libc::pause() };
-        },
-    );
+    let child = spawn_with(&[], &page, || install_counter(addr), pause_forever);
     let pid = child.pid;
     assert!(wait_until(|| child.state() == 'S'));
     {
@@ -154,10 +135,7 @@ fn a_sleep_interrupted_by_the_seize_resumes_and_completes_after_the_cure() {
             let r = unsafe { libc::syscall(libc::SYS_nanosleep, &ts, std::ptr::null_mut::<u8>()) };
             page.word(3).store(r as u64, Ordering::SeqCst);
             page.word(4).store(1, Ordering::SeqCst);
-            loop {
-                // SAFETY: pause has no preconditions.
-                unsafe { libc::pause() };
-            }
+            pause_forever()
         },
     );
     let pid = child.pid;
@@ -217,10 +195,7 @@ fn a_read_on_a_pipe_gets_the_data_written_after_the_cure() {
                 );
             }
             page.word(4).store(1, Ordering::SeqCst);
-            loop {
-                // SAFETY: pause has no preconditions.
-                unsafe { libc::pause() };
-            }
+            pause_forever()
         },
     );
     drop(r);
@@ -265,10 +240,7 @@ fn collect_reads_the_childs_signal_state() {
                 libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
             }
         },
-        || loop {
-            // SAFETY: pause has no preconditions.
-            unsafe { libc::pause() };
-        },
+        pause_forever,
     );
     let pid = child.pid;
     assert!(wait_until(|| child.state() == 'S'));
@@ -305,15 +277,7 @@ fn collect_reads_the_childs_signal_state() {
 #[test]
 fn a_failed_infection_leaves_nothing_behind() {
     let page = SharedPage::new();
-    let child = spawn_with(
-        &[],
-        &page,
-        || {},
-        || loop {
-            // SAFETY: pause has no preconditions.
-            unsafe { libc::pause() };
-        },
-    );
+    let child = spawn_with(&[], &page, || {}, pause_forever);
     let pid = child.pid;
     assert!(wait_until(|| child.state() == 'S'));
     let _seized = Seized::new(pid);
