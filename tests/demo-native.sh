@@ -14,9 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-now_ns() { date +%s%N; }
-ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-log_lines() { if [ -f "$LOG" ]; then wc -l <"$LOG"; else echo 0; fi; }
+# shellcheck source=tests/demo-common.sh
+source "$ROOT/tests/demo-common.sh"
 
 VICTIM_PID=
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crest-demo.XXXXXX")
@@ -30,15 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building crest (release)"
-cargo build --release --quiet
-CREST=$ROOT/target/release/crest
-
-if ! "$CREST" check >"$WORK/check.txt"; then
-    cat "$WORK/check.txt"
-    echo "crest check says dump/restore cannot work here (run as root?)" >&2
-    exit 1
-fi
+build_crest
 
 echo "== compiling the victim"
 cc -O1 -g -o "$WORK/memcheck" tests/victims/memcheck.c
@@ -49,15 +40,7 @@ IMG=$WORK/image
 mkdir "$CTL"
 
 echo "== starting the victim"
-# Own session, stdin/stdout on /dev/null, every fd above 2 closed: crest refuses to dump fds it
-# cannot restore (pipes, sockets), and a shell may hold some.
-(
-    for fd in /proc/$BASHPID/fd/*; do
-        n=${fd##*/}
-        if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
-    done
-    exec setsid "$WORK/memcheck" "$CTL" "$LOG" 0x5eed
-) </dev/null >/dev/null 2>"$CTL/stderr" &
+start_detached "$CTL/stderr" "$WORK/memcheck" "$CTL" "$LOG" 0x5eed
 VICTIM_PID=$!
 
 for _ in $(seq 1 2000); do [ "$(log_lines)" -gt 0 ] && break; sleep 0.01; done

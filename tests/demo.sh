@@ -15,9 +15,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 JAVA_BIN=${JAVA_HOME:+$JAVA_HOME/bin/}
 
-now_ns() { date +%s%N; }
-ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-log_lines() { if [ -f "$LOG" ]; then wc -l <"$LOG"; else echo 0; fi; }
+# shellcheck source=tests/demo-common.sh
+source "$ROOT/tests/demo-common.sh"
 
 JVM_PID=
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crest-demo.XXXXXX")
@@ -32,14 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building crest (release)"
-cargo build --release --quiet
-CREST=$ROOT/target/release/crest
-if ! "$CREST" check >"$WORK/check.txt"; then
-    cat "$WORK/check.txt"
-    echo "crest check says dump/restore cannot work here (run as root?)" >&2
-    exit 1
-fi
+build_crest
 
 echo "== compiling the demo application ($("${JAVA_BIN}javac" -version 2>&1))"
 mkdir "$WORK/classes"
@@ -51,15 +43,7 @@ IMG=$WORK/image
 
 echo "== starting the JVM (cold start, timed until its first line)"
 t0=$(now_ns)
-# Own session, stdio on /dev/null, every fd above 2 closed: crest refuses fds it cannot
-# restore (pipes, sockets), and a shell may hold some.
-(
-    for fd in /proc/$BASHPID/fd/*; do
-        n=${fd##*/}
-        if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
-    done
-    exec setsid "${JAVA_BIN}java" -Xmx512m -cp "$WORK/classes" Demo "$LOG" "$CHECK"
-) </dev/null >/dev/null 2>"$WORK/stderr" &
+start_detached "$WORK/stderr" "${JAVA_BIN}java" -Xmx512m -cp "$WORK/classes" Demo "$LOG" "$CHECK"
 JVM_PID=$!
 for _ in $(seq 1 30000); do [ "$(log_lines)" -gt 0 ] && break; sleep 0.001; done
 T_COLD=$(ms_since "$t0")
