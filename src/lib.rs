@@ -6,6 +6,8 @@
 //!   the restorer blob built from `parasite/`;
 //! - [`check`] reports the kernel features and privileges crest relies on;
 //! - [`show`] renders an image for people (and as JSON);
+//! - [`jvm`] talks to HotSpot JVMs through their attach mechanism: the GC hint a dump runs
+//!   before freezing one;
 //! - [`infect`] runs the parasite blob inside a thread being dumped, [`fault`] makes a dump fail
 //!   at a named step for testing, [`blob`] holds the blobs built from `parasite/`.
 //!
@@ -19,6 +21,7 @@ pub mod check;
 pub mod dump;
 pub mod fault;
 pub mod infect;
+pub mod jvm;
 pub mod log;
 pub mod pages;
 pub mod proc;

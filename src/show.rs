@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use serde_json::{json, Map, Value};
 
 use crate::images::{
-    ArchRegs, FileKind, Image, ProcessImage, ThreadImage, Vma, VmaBacking, PROT_EXEC, PROT_READ,
-    PROT_WRITE,
+    ArchRegs, FileKind, GcHintStats, Image, ProcessImage, ThreadImage, Vma, VmaBacking, PROT_EXEC,
+    PROT_READ, PROT_WRITE,
 };
 
 /// Names of the x86_64 `user_regs_struct` fields, in NT_PRSTATUS order.
@@ -526,6 +526,11 @@ fn render_totals(out: &mut String, image: &Image) {
     );
     let _ = writeln!(
         out,
+        "  pages present     {:>10}  (in RAM or swapped)",
+        s.pages_present
+    );
+    let _ = writeln!(
+        out,
         "  pages file-backed {:>10}  (unchanged file pages, not stored)",
         s.pages_file_backed
     );
@@ -547,11 +552,38 @@ fn render_totals(out: &mut String, image: &Image) {
         human_bytes(s.bytes_written)
     );
     let _ = writeln!(out, "  rss at dump       {:>10}", human_bytes(s.rss_bytes));
+    let _ = writeln!(out, "  gc hint           {}", gc_hint_text(&s.gc_hint));
     let _ = writeln!(out, "  frozen for        {:>10}", micros_text(s.frozen_us));
     if !s.phases_us.is_empty() {
         let _ = writeln!(out, "  phases:");
         for (name, us) in &s.phases_us {
             let _ = writeln!(out, "    {:<16} {:>10}", name, micros_text(*us));
+        }
+    }
+}
+
+/// One line on what the GC hint did.
+pub fn gc_hint_text(hint: &GcHintStats) -> String {
+    match hint {
+        GcHintStats::NotAJvm => "none (not a HotSpot JVM)".into(),
+        GcHintStats::Off => "off (--no-gc-hint)".into(),
+        GcHintStats::Skipped { reason } => format!("skipped: {reason}"),
+        GcHintStats::Done(d) => {
+            let mut text = format!(
+                "done in {} (attach protocol v{}): heap committed {} -> {}, used {} -> {}; rss {} \
+                 before",
+                micros_text(d.elapsed_us),
+                d.protocol_version,
+                human_bytes(d.heap_committed_before),
+                human_bytes(d.heap_committed_after),
+                human_bytes(d.heap_used_before),
+                human_bytes(d.heap_used_after),
+                human_bytes(d.rss_before_bytes)
+            );
+            if d.native_trim.is_some() {
+                text += ", native heap trimmed";
+            }
+            text
         }
     }
 }
@@ -1102,11 +1134,15 @@ mod tests {
             stats: DumpStats {
                 pages_scanned: 16,
                 pages_absent: 9,
+                pages_present: 7,
                 pages_file_backed: 1,
                 pages_zero: 2,
                 pages_written: 4,
                 bytes_written: 4 * ps,
                 rss_bytes: 7 * ps,
+                gc_hint: GcHintStats::Skipped {
+                    reason: "process 42 runs with -XX:+DisableAttachMechanism".into(),
+                },
                 phases_us: vec![("freeze".into(), 250), ("write".into(), 4100)],
                 frozen_us: 5000,
             },

@@ -162,12 +162,13 @@ impl Jdk {
 
     /// Starts the Java victim in `mode` with `classpath` (the class directory or the jar).
     fn start(&self, classpath: &Path, mode: &[&str]) -> Jvm {
-        let pre: [&OsStr; 4] = [
-            XMX.as_ref(),
-            "-cp".as_ref(),
-            classpath.as_os_str(),
-            "Victim".as_ref(),
-        ];
+        self.start_with_flags(classpath, &[XMX], mode)
+    }
+
+    /// Like [`Jdk::start`], with these JVM options instead of the default heap limit.
+    fn start_with_flags(&self, classpath: &Path, flags: &[&str], mode: &[&str]) -> Jvm {
+        let mut pre: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+        pre.extend(["-cp".as_ref(), classpath.as_os_str(), "Victim".as_ref()]);
         Jvm(Victim::start_program(
             Kind::Java,
             &self.bin("java"),
@@ -336,7 +337,25 @@ fn three_cycles_then_jcmd_and_sigterm(version: u32, from_jar: bool) {
         v.wait_logging_after(at);
         v.assert_running();
         v.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        assert_eq!(v.fd_table(), fds_before, "{ctx}: fd table changed");
+        // The GC hint before the first dump starts the JVM's attach listener: one socket more,
+        // nothing else changed.
+        let mut fds_after = v.fd_table();
+        if n == 1 {
+            let added: Vec<i32> = fds_after
+                .keys()
+                .filter(|fd| !fds_before.contains_key(fd))
+                .copied()
+                .collect();
+            assert!(added.len() <= 1, "{ctx}: fds {added:?} appeared");
+            for fd in added {
+                assert_eq!(
+                    fds_after.remove(&fd).as_deref(),
+                    Some("Socket"),
+                    "{ctx}: fd {fd}"
+                );
+            }
+        }
+        assert_eq!(fds_after, fds_before, "{ctx}: fd table changed");
         v.assert_log_consecutive();
         let len = fs::metadata(&perf)
             .unwrap_or_else(|e| panic!("{ctx}: {} after the restore: {e}", perf.display()))
@@ -530,4 +549,141 @@ fn jdk17_attach_listener_survives_dump_restore_jcmd_chains() {
 #[test]
 fn jdk25_attach_listener_survives_dump_restore_jcmd_chains() {
     attach_listener_survives_cycles(25);
+}
+
+/// `VmRSS` of a process, in bytes.
+fn rss_bytes(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line");
+    kib * 1024
+}
+
+/// One run of the garbage-heavy victim (32 MiB live after 600 MiB of garbage, G1, -Xmx1g):
+/// dump with `extra` options, restore, verify the live data. Returns the RSS just before the
+/// dump, the image size and the dump's statistics.
+fn garbage_heavy_cycle(jdk: &Jdk, classes: &Path, extra: &[&str]) -> (u64, u64, serde_json::Value) {
+    let ctx = format!("JDK {}, dump {extra:?}", jdk.version);
+    let mut v = jdk.start_with_flags(
+        classes,
+        &["-Xmx1g", "-XX:+UseG1GC"],
+        &["garbage", "32", "600"],
+    );
+    v.verify()
+        .unwrap_or_else(|e| panic!("{ctx}: the victim fails before the dump: {e}"));
+    let dir = v.work.join("img");
+    let stats_file = v.work.join("stats.json");
+    let rss = rss_bytes(v.pid);
+    let mut args: Vec<&OsStr> = vec!["--stats-json".as_ref(), stats_file.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    dump_with(v.pid, &dir, &args).assert_ok();
+    v.reap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&stats_file).expect("read --stats-json file"))
+            .expect("--stats-json writes JSON");
+    let size = image_size(&dir);
+    assert_eq!(stats["image_bytes"].as_u64(), Some(size), "{ctx}: {stats}");
+    // Zero pages are never written (the pagemap side is checked by the page-dump unit tests).
+    let page_size = show_json(&dir)["inventory"]["page_size"]
+        .as_u64()
+        .expect("page size in the inventory") as usize;
+    for file in image_files(&dir).into_iter().filter(|f| is_page_file(f)) {
+        let data = fs::read(&file).expect("read page file");
+        let zero = data
+            .chunks(page_size)
+            .filter(|p| p.iter().all(|&b| b == 0))
+            .count();
+        assert_eq!(
+            zero,
+            0,
+            "{ctx}: {} holds {zero} all-zero pages",
+            file.display()
+        );
+    }
+
+    let at = v.last_logged();
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(at);
+    v.verify()
+        .unwrap_or_else(|e| panic!("{ctx}: the restored JVM: {e}"));
+    (rss, size, stats)
+}
+
+/// The GC hint on a JVM that holds 32 MiB of live arrays after churning through 600 MiB of
+/// garbage: the default dump writes at most half the JVM's RSS, less than a dump without the
+/// hint, and both images restore into a JVM whose live data verifies.
+fn gc_hint_shrinks_a_garbage_heavy_jvm(version: u32) {
+    let Some(jdk) = Jdk::find(version) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+
+    let (rss_plain, plain, plain_stats) = garbage_heavy_cycle(&jdk, &classes, &["--no-gc-hint"]);
+    assert_eq!(plain_stats["stats"]["gc_hint"], "Off", "{plain_stats}");
+    let (rss, hinted, stats) = garbage_heavy_cycle(&jdk, &classes, &[]);
+    let done = &stats["stats"]["gc_hint"]["Done"];
+    let protocol = if version >= 24 { 2 } else { 1 };
+    assert_eq!(done["protocol_version"], protocol, "{stats}");
+    assert!(
+        done["heap_committed_after"].as_u64() < done["heap_committed_before"].as_u64(),
+        "JDK {version}: the hint did not shrink the heap: {stats}"
+    );
+    let s = &stats["stats"];
+    for key in [
+        "pages_scanned",
+        "pages_present",
+        "pages_zero",
+        "pages_written",
+        "bytes_written",
+    ] {
+        assert!(s[key].is_u64(), "JDK {version}: no {key} in {stats}");
+    }
+    let phases: Vec<&str> = s["phases_us"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p[0].as_str().expect("phase name"))
+        .collect();
+    for phase in ["hint", "freeze", "parasite", "pages", "write"] {
+        assert!(
+            phases.contains(&phase),
+            "JDK {version}: no {phase} phase: {phases:?}"
+        );
+    }
+    eprintln!(
+        "JDK {version}: rss {:.1} MiB -> image {:.1} MiB with the GC hint; rss {:.1} MiB -> \
+         image {:.1} MiB without",
+        mib(rss),
+        mib(hinted),
+        mib(rss_plain),
+        mib(plain)
+    );
+    assert!(
+        hinted <= rss / 2,
+        "JDK {version}: image {hinted} bytes is more than half the RSS {rss}: {stats}"
+    );
+    assert!(
+        hinted < plain,
+        "JDK {version}: the hinted image ({hinted} bytes) is not smaller than the plain one \
+         ({plain} bytes)"
+    );
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[test]
+fn jdk17_gc_hint_shrinks_a_garbage_heavy_jvm() {
+    gc_hint_shrinks_a_garbage_heavy_jvm(17);
+}
+
+#[test]
+fn jdk25_gc_hint_shrinks_a_garbage_heavy_jvm() {
+    gc_hint_shrinks_a_garbage_heavy_jvm(25);
 }

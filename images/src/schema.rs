@@ -81,6 +81,8 @@ pub struct DumpStats {
     pub pages_scanned: u64,
     /// Pages neither present nor swapped (nothing to store).
     pub pages_absent: u64,
+    /// Pages present in RAM or swapped out: `pages_scanned - pages_absent`.
+    pub pages_present: u64,
     /// Present pages skipped because the file behind a mapping holds them unchanged.
     pub pages_file_backed: u64,
     /// Present pages whose content was all zero (not stored).
@@ -91,10 +93,48 @@ pub struct DumpStats {
     pub bytes_written: u64,
     /// Resident set size of the dumped processes just before the freeze, in bytes.
     pub rss_bytes: u64,
+    /// What asking the JVM to collect its garbage before the freeze did.
+    pub gc_hint: GcHintStats,
     /// Named phases and their duration in microseconds, in the order they ran.
     pub phases_us: Vec<(String, u64)>,
-    /// Microseconds the target was stopped.
+    /// Microseconds the target was stopped: from the freeze until it was released (`-R`), or
+    /// until the image was complete (otherwise; the kill follows at once).
     pub frozen_us: u64,
+}
+
+/// The GC hint of a dump: HotSpot JVMs are asked for a full GC (and to give free heap and
+/// native memory back) through the attach API before they are frozen.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum GcHintStats {
+    /// The process is not a HotSpot JVM (or the image predates the hint).
+    #[default]
+    NotAJvm,
+    /// Turned off (`--no-gc-hint`).
+    Off,
+    /// Not done, and why (attach disabled, no answer in time, ...); the dump went on without it.
+    Skipped {
+        reason: String,
+    },
+    Done(GcHintDone),
+}
+
+/// What a completed GC hint reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GcHintDone {
+    /// Attach protocol version spoken (1 up to JDK 23, 2 from JDK 24).
+    pub protocol_version: u32,
+    /// Java heap committed and used before the GC, in bytes (0 when the JVM did not say).
+    pub heap_committed_before: u64,
+    pub heap_used_before: u64,
+    /// The same after the GC and the heap shrink.
+    pub heap_committed_after: u64,
+    pub heap_used_after: u64,
+    /// The JVM's answer to `System.trim_native_heap`, when the JDK has it.
+    pub native_trim: Option<String>,
+    /// Resident set size before the hint, in bytes (compare with [`DumpStats::rss_bytes`]).
+    pub rss_before_bytes: u64,
+    /// Microseconds the hint took (the process ran meanwhile).
+    pub elapsed_us: u64,
 }
 
 /// One process of the dumped tree: `process-<pid>.img`.

@@ -3,6 +3,7 @@
 //! `--pidfile`, `-v`), so a CRIU user feels at home.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -36,6 +37,15 @@ enum Command {
         /// Leave the process running after the dump instead of killing it.
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
+        /// Do not ask a HotSpot JVM for a full GC before freezing it.
+        #[arg(long)]
+        no_gc_hint: bool,
+        /// Seconds the GC hint may take before the dump goes on without it.
+        #[arg(long, value_name = "SECS", default_value_t = crest::dump::DEFAULT_GC_HINT_TIMEOUT.as_secs_f64())]
+        gc_hint_timeout: f64,
+        /// Also write the dump statistics to this file as JSON.
+        #[arg(long, value_name = "FILE")]
+        stats_json: Option<PathBuf>,
     },
     /// Restore a process from an image directory, under its original pid.
     Restore {
@@ -91,15 +101,31 @@ fn dispatch(command: Command) -> Result<i32> {
             pid,
             dir,
             leave_running,
+            no_gc_hint,
+            gc_hint_timeout,
+            stats_json,
         } => {
+            let gc_hint_timeout = Duration::try_from_secs_f64(gc_hint_timeout)
+                .context("--gc-hint-timeout wants a number of seconds, 0 or more")?;
             let opts = crest::dump::DumpOptions {
                 pid,
                 dir: dir.clone(),
                 leave_running,
+                gc_hint: !no_gc_hint,
+                gc_hint_timeout,
             };
             let report = crest::dump::dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
             eprint!("{}", report.render());
+            if let Some(path) = stats_json {
+                let text = serde_json::to_string_pretty(&report.to_json())?;
+                std::fs::write(&path, text + "\n").with_context(|| {
+                    format!(
+                        "the image is complete, but the statistics file {} could not be written",
+                        path.display()
+                    )
+                })?;
+            }
             Ok(0)
         }
         Command::Restore {

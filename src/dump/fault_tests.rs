@@ -110,6 +110,7 @@ fn a_dump_failing_at_any_step_leaves_the_process_as_it_was() {
             pid,
             dir: dir.clone(),
             leave_running: false,
+            ..Default::default()
         })
         .unwrap_err();
         drop(injection);
@@ -147,6 +148,7 @@ fn a_dump_failing_at_any_step_leaves_the_process_as_it_was() {
         pid,
         dir: dir.clone(),
         leave_running: false,
+        ..Default::default()
     })
     .unwrap();
     assert!(child.reaped_already());
@@ -252,6 +254,7 @@ fn a_multithreaded_dump_failing_at_any_step_leaves_every_thread_as_it_was() {
             pid,
             dir: dir.clone(),
             leave_running: false,
+            ..Default::default()
         })
         .unwrap_err();
         drop(injection);
@@ -295,6 +298,7 @@ fn a_multithreaded_dump_failing_at_any_step_leaves_every_thread_as_it_was() {
         pid,
         dir: dir.clone(),
         leave_running: false,
+        ..Default::default()
     })
     .unwrap();
     assert!(child.reaped_already());

@@ -5,7 +5,7 @@
 //! tracee, it only reads.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::ptrace::Options;
@@ -50,7 +50,6 @@ enum State {
 pub struct Frozen {
     pid: i32,
     threads: Vec<(i32, State)>,
-    since: Instant,
 }
 
 impl Frozen {
@@ -74,7 +73,6 @@ impl Frozen {
         let mut frozen = Frozen {
             pid,
             threads: Vec::new(),
-            since: Instant::now(),
         };
         let mut known: HashSet<i32> = HashSet::new();
         for round in 0.. {
@@ -250,11 +248,6 @@ impl Frozen {
         if let Some(t) = self.threads.iter_mut().find(|t| t.0 == tid) {
             t.1 = state;
         }
-    }
-
-    /// Microseconds since the first thread was seized.
-    pub fn elapsed_us(&self) -> u64 {
-        self.since.elapsed().as_micros() as u64
     }
 
     /// Detaches every thread: the process carries on from where it stopped, as if nothing

@@ -16,6 +16,7 @@
 mod fds;
 mod files;
 mod freeze;
+mod hint;
 mod parasite;
 mod pipes;
 mod seccomp;
@@ -36,7 +37,7 @@ pub(crate) mod testutil;
 mod thread_tests;
 
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 
@@ -44,11 +45,11 @@ use crate::arch::regs::RegsError;
 use crate::arch::ArchError;
 use crate::fault::{self, Injected};
 use crate::images::{
-    pages_file_name, Arch, DumpStats, ImageError, ImageWriter, Inventory, PageFileWriter,
+    pages_file_name, Arch, DumpStats, GcHintStats, ImageError, ImageWriter, Inventory,
     ProcessImage, ThreadState,
 };
 use crate::infect::InfectError;
-use crate::pages::{self, PageError, PageSink};
+use crate::pages::{self, BackgroundWriter, PageError, PageSink};
 use crate::proc::{Proc, ProcError};
 use crate::ptrace::PtraceError;
 
@@ -63,6 +64,40 @@ pub struct DumpOptions {
     pub dir: PathBuf,
     /// Let the process run on after the dump instead of killing it.
     pub leave_running: bool,
+    /// Ask a HotSpot JVM for a full GC (and to give free memory back) before the freeze.
+    pub gc_hint: bool,
+    /// How long the GC hint may take before the dump goes on without it.
+    pub gc_hint_timeout: Duration,
+}
+
+/// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
+pub const DEFAULT_GC_HINT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for DumpOptions {
+    fn default() -> DumpOptions {
+        DumpOptions {
+            pid: 0,
+            dir: PathBuf::new(),
+            leave_running: false,
+            gc_hint: true,
+            gc_hint_timeout: DEFAULT_GC_HINT_TIMEOUT,
+        }
+    }
+}
+
+/// Buffers of [`pages::READ_BATCH`] bytes that may wait for the page writer.
+///
+/// A process that is killed after the dump stays stopped until the image is complete anyway,
+/// so a short queue (reading overlaps writing) is all it gets. A process that runs on (`-R`) is
+/// released as soon as its memory is in crest's hands, so the queue may hold all of it, up to
+/// half the memory the machine has available; beyond that the capture waits for the disk.
+fn queued_page_buffers(leave_running: bool) -> usize {
+    const WRITE_AHEAD: usize = 4;
+    if !leave_running {
+        return WRITE_AHEAD;
+    }
+    let budget = crate::proc::mem_available().unwrap_or(0) / 2;
+    ((budget / pages::READ_BATCH as u64) as usize).max(WRITE_AHEAD)
 }
 
 /// Errors of a dump. Every one leaves the target running as before and no image behind.
@@ -235,13 +270,14 @@ impl DumpReport {
                 "killed"
             }
         );
+        out += &format!("  gc hint: {}\n", crate::show::gc_hint_text(&s.gc_hint));
         out += &format!(
-            "  memory: {} VMAs, rss {:.1} MiB; pages scanned {}, absent {}, file-backed {}, \
+            "  memory: {} VMAs, rss {:.1} MiB; pages scanned {}, present {}, file-backed {}, \
              zero {}, written {} ({:.1} MiB)\n",
             self.vmas,
             mib(s.rss_bytes),
             s.pages_scanned,
-            s.pages_absent,
+            s.pages_present,
             s.pages_file_backed,
             s.pages_zero,
             s.pages_written,
@@ -266,6 +302,20 @@ impl DumpReport {
             out += &format!("  note: {note}\n");
         }
         out
+    }
+
+    /// The report for `--stats-json`: the image's statistics plus where the image went.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "pid": self.pid,
+            "dir": self.dir.display().to_string(),
+            "image_bytes": self.image_bytes,
+            "vmas": self.vmas,
+            "fds": self.fds,
+            "left_running": self.left_running,
+            "notes": self.notes,
+            "stats": self.stats,
+        })
     }
 }
 
@@ -328,10 +378,29 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             root: root.display().to_string(),
         });
     }
-    let rss_bytes = status.vm_rss_bytes;
     let page_size = crate::arch::page_size();
 
     let mut phases = Phases::new();
+    let gc_hint = if opts.gc_hint {
+        hint::run(&proc, opts.gc_hint_timeout)
+    } else {
+        GcHintStats::Off
+    };
+    phases.end("hint");
+    // Measured after the hint, which is meant to shrink it.
+    let rss_bytes = proc.status()?.vm_rss_bytes;
+    // With -R the whole capture may wait in memory for the writer (see queued_page_buffers);
+    // its buffers are made ready now, while the process still runs.
+    let queued_buffers = queued_page_buffers(opts.leave_running);
+    let ready_buffers = if opts.leave_running {
+        let expected = rss_bytes.min(queued_buffers as u64 * pages::READ_BATCH as u64);
+        pages::prefaulted_buffers(expected, pages::READ_BATCH)
+    } else {
+        Vec::new()
+    };
+    phases.end("prepare");
+
+    let freeze_start = Instant::now();
     let frozen = Frozen::freeze(&proc)?;
     let tids = frozen.tids();
     fault::point("seize")?;
@@ -376,17 +445,44 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     let mut writer = ImageWriter::create(&opts.dir)?;
     let pages_file = pages_file_name(pid);
-    let mut page_writer = FaultSink::new(writer.page_file(&pages_file)?);
-    let page_dump = pages::dump_pages(&proc, &collected.areas, page_size, &mut page_writer)
-        .map_err(|e| match (e, page_writer.injected.take()) {
-            (_, Some(injected)) => DumpError::Injected(injected),
-            (PageError::Proc(ProcError::NoSuchProcess { pid }), None) => {
-                DumpError::NoSuchProcess { pid }
-            }
-            (err, None) => DumpError::Pages { pid, err },
-        })?;
-    writer.finish_page_file(page_writer.inner)?;
+    // A process that runs on is released before any page is written, so the writer waits
+    // and the capture has the memory bandwidth to itself.
+    let held = opts.leave_running;
+    let background = BackgroundWriter::spawn(writer.page_file(&pages_file)?, queued_buffers, held)
+        .map_err(|e| DumpError::Own {
+            what: "page writer thread",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
+        })?
+        .with_buffers(ready_buffers);
+    let mut sink = FaultSink::new(background);
+    let captured = pages::dump_pages(&proc, &collected.areas, page_size, &mut sink);
     phases.end("pages");
+
+    // Everything the image needs from the process is now in crest's memory: a process that
+    // runs on need not wait for the disk.
+    let mut frozen = Some(frozen);
+    let mut frozen_us = 0;
+    if opts.leave_running && captured.is_ok() {
+        frozen.take().expect("set above").release()?;
+        frozen_us = freeze_start.elapsed().as_micros() as u64;
+        phases.end("release");
+    }
+    sink.inner.start();
+
+    let (page_file, written) = sink.inner.finish();
+    if let Some(injected) = sink.injected.take() {
+        return Err(DumpError::Injected(injected));
+    }
+    // When the writer failed, reading stopped because of it: its error is the one to report.
+    written.map_err(|e| DumpError::Pages {
+        pid,
+        err: PageError::Image(e),
+    })?;
+    let page_dump = captured.map_err(|e| match e {
+        PageError::Proc(ProcError::NoSuchProcess { pid }) => DumpError::NoSuchProcess { pid },
+        err => DumpError::Pages { pid, err },
+    })?;
+    writer.finish_page_file(page_file)?;
 
     let image = ProcessImage {
         pid,
@@ -414,16 +510,22 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("write");
 
     let c = page_dump.counts;
+    if frozen.is_some() {
+        // Still stopped, until the kill right after the commit.
+        frozen_us = freeze_start.elapsed().as_micros() as u64;
+    }
     let mut stats = DumpStats {
         pages_scanned: c.scanned,
         pages_absent: c.absent,
+        pages_present: c.scanned - c.absent,
         pages_file_backed: c.file_backed,
         pages_zero: c.zero,
         pages_written: c.written,
         bytes_written: c.bytes_written,
         rss_bytes,
+        gc_hint,
         phases_us: phases.done.clone(),
-        frozen_us: frozen.elapsed_us(),
+        frozen_us,
     };
     let inventory = Inventory {
         arch: Arch::host(),
@@ -442,17 +544,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("commit");
 
     // The image is in place; only now may the process go away.
-    if opts.leave_running {
-        frozen.release()?;
-        phases.end("release");
-    } else {
+    if let Some(frozen) = frozen {
         // Dead, but its pid stays taken until its parent reaps the zombie; a restore waits
         // for that (restore::fork::wait_until_pid_free), so the dump need not.
         frozen.kill()?;
-        phases.end("release");
+        phases.end("kill");
+        stats.frozen_us = freeze_start.elapsed().as_micros() as u64;
     }
-    // Frozen from the seize until the release or kill finished.
-    stats.frozen_us = phases.done.iter().map(|(_, us)| us).sum();
     stats.phases_us = phases.done;
 
     Ok(DumpReport {
@@ -467,32 +565,26 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     })
 }
 
-/// The page file with the `pages` fault-injection point: it fails right after the first batch
-/// of pages is written (an ImageError carries the failure through `dump_pages`; `injected`
-/// says it was this).
-struct FaultSink {
-    inner: PageFileWriter,
+/// The page writer with the `pages` fault-injection point: it fails right after the first
+/// batch of pages is handed over (an ImageError carries the failure through `dump_pages`;
+/// `injected` says it was this). It sits in front of the writer thread because injected
+/// failures are set per thread.
+struct FaultSink<S: PageSink> {
+    inner: S,
     writes: u64,
     injected: Option<Injected>,
 }
 
-impl FaultSink {
-    fn new(inner: PageFileWriter) -> FaultSink {
+impl<S: PageSink> FaultSink<S> {
+    fn new(inner: S) -> FaultSink<S> {
         FaultSink {
             inner,
             writes: 0,
             injected: None,
         }
     }
-}
 
-impl PageSink for FaultSink {
-    fn offset(&self) -> u64 {
-        self.inner.offset()
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
-        self.inner.write_all(bytes)?;
+    fn after_write(&mut self) -> Result<(), ImageError> {
         self.writes += 1;
         if self.writes == 1 {
             if let Err(injected) = fault::point("pages") {
@@ -505,6 +597,26 @@ impl PageSink for FaultSink {
             }
         }
         Ok(())
+    }
+}
+
+impl<S: PageSink> PageSink for FaultSink<S> {
+    fn offset(&self) -> u64 {
+        self.inner.offset()
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        self.inner.write_all(bytes)?;
+        self.after_write()
+    }
+
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.inner.buffer(len)
+    }
+
+    fn write_buffer(&mut self, buf: Vec<u8>) -> Result<(), ImageError> {
+        self.inner.write_buffer(buf)?;
+        self.after_write()
     }
 }
 

@@ -81,6 +81,7 @@ fn leave_running_dump_is_complete_and_the_child_runs_on() {
         pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
     assert!(report.render().contains(&format!("dumped process {pid}")));
@@ -187,10 +188,16 @@ fn leave_running_dump_is_complete_and_the_child_runs_on() {
     assert_eq!(s.bytes_written, s.pages_written * ps);
     assert!(s.rss_bytes > 0);
     let names: Vec<&str> = s.phases_us.iter().map(|(n, _)| n.as_str()).collect();
+    // With -R the process runs on as soon as its memory is read; the writing comes after.
     assert_eq!(
         names,
-        ["freeze", "threads", "parasite", "collect", "pages", "write"]
+        [
+            "hint", "prepare", "freeze", "threads", "parasite", "collect", "pages", "release",
+            "write"
+        ]
     );
+    assert_eq!(s.pages_present, s.pages_scanned - s.pages_absent);
+    assert_eq!(s.gc_hint, crate::images::GcHintStats::NotAJvm);
 
     // A second dump into the same directory replaces the image.
     page.word(1).store(0, std::sync::atomic::Ordering::SeqCst);
@@ -198,6 +205,7 @@ fn leave_running_dump_is_complete_and_the_child_runs_on() {
         pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
     assert!(open_image(&dir).is_ok());
@@ -215,6 +223,7 @@ fn default_dump_kills_the_process_once_the_image_is_written() {
         pid: child.pid,
         dir: dir.clone(),
         leave_running: false,
+        ..Default::default()
     })
     .unwrap();
     assert!(!report.left_running);
@@ -236,6 +245,7 @@ fn a_thread_blocked_in_a_restartable_syscall_gets_the_restart_fixup() {
         pid: child.pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
     let image = open_image(&dir).unwrap();
@@ -261,6 +271,7 @@ fn a_missing_pid_is_a_clear_error_and_writes_nothing() {
         pid: 0x7fff_fff0,
         dir: dir.clone(),
         leave_running: false,
+        ..Default::default()
     })
     .unwrap_err();
     assert!(
@@ -332,6 +343,7 @@ fn a_raw_clone_thread_is_dumped_and_the_process_keeps_running() {
         pid: child.pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
     let at = page.counter();
@@ -388,6 +400,7 @@ fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
         pid: child.pid,
         dir: dir.clone(),
         leave_running: false,
+        ..Default::default()
     })
     .unwrap_err();
     assert!(
@@ -418,6 +431,7 @@ fn dumping_crest_itself_is_refused() {
         pid: std::process::id() as i32,
         dir: tmp.path().join("img"),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap_err();
     assert!(matches!(err, DumpError::SelfDump { .. }));
@@ -433,6 +447,7 @@ fn an_already_traced_process_is_refused_untouched() {
         pid: child.pid,
         dir: tmp.path().join("img"),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap_err();
     assert!(
@@ -564,6 +579,7 @@ fn the_parasite_collects_what_the_child_set_up_and_the_child_runs_on() {
         pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
 
@@ -702,6 +718,7 @@ fn a_pending_sigtrap_is_refused_and_stays_pending() {
         pid: child.pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap_err();
     assert!(

@@ -185,6 +185,7 @@ fn a_twelve_thread_process_is_dumped_thread_by_thread_and_carries_on() {
         pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
     let names: Vec<&str> = report
@@ -195,7 +196,10 @@ fn a_twelve_thread_process_is_dumped_thread_by_thread_and_carries_on() {
         .collect();
     assert_eq!(
         names,
-        ["freeze", "threads", "parasite", "collect", "pages", "write", "commit", "release"]
+        [
+            "hint", "prepare", "freeze", "threads", "parasite", "collect", "pages", "release",
+            "write", "commit"
+        ]
     );
     check_carries_on(&child, &page);
     check_image(&dir, pid, &page);
@@ -206,6 +210,7 @@ fn a_twelve_thread_process_is_dumped_thread_by_thread_and_carries_on() {
         pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
     check_carries_on(&child, &page);
@@ -215,6 +220,7 @@ fn a_twelve_thread_process_is_dumped_thread_by_thread_and_carries_on() {
         pid,
         dir: dir.clone(),
         leave_running: false,
+        ..Default::default()
     })
     .unwrap();
     assert!(child.reaped_already());
@@ -251,6 +257,7 @@ fn pending_signals_are_recorded_per_thread() {
         pid,
         dir: dir.clone(),
         leave_running: true,
+        ..Default::default()
     })
     .unwrap();
     let image = open_image(&dir).unwrap();
@@ -334,6 +341,7 @@ fn threads_created_and_exiting_during_the_freeze_do_not_break_the_dump() {
             pid,
             dir: dir.clone(),
             leave_running: true,
+            ..Default::default()
         })
         .unwrap_or_else(|e| panic!("dump {round}: {e}"));
         let image = open_image(&dir).unwrap();
@@ -354,6 +362,7 @@ fn threads_created_and_exiting_during_the_freeze_do_not_break_the_dump() {
         pid,
         dir: dir.clone(),
         leave_running: false,
+        ..Default::default()
     })
     .unwrap();
     assert!(child.reaped_already());

@@ -11,12 +11,14 @@
 //! `/proc/PID/map_files`), skipping holes with SEEK_DATA/SEEK_HOLE. A shared file mapping whose
 //! content the image keeps is read from its file the same way.
 
+mod background;
 mod pagemap;
 mod reader;
 mod shmem;
 mod sink;
 mod zero;
 
+pub use background::{prefaulted_buffers, BackgroundWriter};
 pub use pagemap::{classify, select_runs, PageClass, PM_FILE, PM_PRESENT, PM_SWAP};
 pub use sink::{PageSink, RunWriter};
 pub use zero::is_zero;
@@ -111,22 +113,13 @@ pub fn dump_pages<S: PageSink>(
     let mut counts = PageCounts::default();
     let mut writer = RunWriter::new(out, page_size);
     let mut reader = MemoryReader::new(proc);
-    let mut buf = vec![0u8; READ_BATCH];
     let mut pagemap = None;
     let mut entries = vec![0u64; PAGEMAP_BATCH];
 
     for area in areas {
         match area.kind {
             AreaKind::SharedAnonymous { offset } | AreaKind::SharedFile { offset } => {
-                shmem::dump_area(
-                    proc,
-                    area,
-                    offset,
-                    page_size,
-                    &mut buf,
-                    &mut writer,
-                    &mut counts,
-                )?;
+                shmem::dump_area(proc, area, offset, page_size, &mut writer, &mut counts)?;
             }
             AreaKind::PrivateAnonymous | AreaKind::PrivateFile => {
                 if pagemap.is_none() {
@@ -152,10 +145,9 @@ pub fn dump_pages<S: PageSink>(
                     let skip_zero = !file_mapping;
                     store_runs(
                         &runs,
-                        area.readable,
+                        area,
                         skip_zero,
                         page_size,
-                        &mut buf,
                         &mut reader,
                         &mut writer,
                         &mut counts,
@@ -174,19 +166,18 @@ pub fn dump_pages<S: PageSink>(
     })
 }
 
-/// Reads the page runs in batches of at most `buf.len()` bytes and stores their pages.
-#[allow(clippy::too_many_arguments)]
+/// Reads the page runs in batches of at most [`READ_BATCH`] bytes, each into a buffer from the
+/// sink, and stores their pages.
 fn store_runs<S: PageSink>(
     runs: &[(u64, u64)],
-    readable: bool,
+    area: &Area,
     skip_zero: bool,
     page_size: u64,
-    buf: &mut [u8],
     reader: &mut MemoryReader,
     writer: &mut RunWriter<S>,
     counts: &mut PageCounts,
 ) -> Result<(), PageError> {
-    let batch_pages = (buf.len() as u64 / page_size).max(1);
+    let batch_pages = (READ_BATCH as u64 / page_size).max(1);
     let mut ranges: Vec<(u64, usize)> = Vec::new();
     let mut batch_len = 0u64;
     let mut flush =
@@ -194,9 +185,10 @@ fn store_runs<S: PageSink>(
             if ranges.is_empty() {
                 return Ok(());
             }
-            let bytes = *batch_len as usize;
-            reader.read(ranges, &mut buf[..bytes], readable)?;
-            store_pages(ranges, &buf[..bytes], skip_zero, page_size, writer, counts)?;
+            let mut data = writer.buffer(*batch_len as usize);
+            reader.read(ranges, &mut data, area.readable)?;
+            let stretches = keep_pages(&mut data, ranges, skip_zero, page_size, counts);
+            writer.push_buffer(&stretches, data)?;
             ranges.clear();
             *batch_len = 0;
             Ok(())
@@ -219,38 +211,42 @@ fn store_runs<S: PageSink>(
     flush(&mut ranges, &mut batch_len)
 }
 
-/// Writes the pages of `data` (the ranges back to back) — only the non-zero ones when
-/// `skip_zero` — coalescing neighbours into one write.
-pub(crate) fn store_pages<S: PageSink>(
+/// Keeps the pages of `data` (the `ranges`' bytes back to back) that must be stored: all of
+/// them, or only the non-zero ones when `skip_zero`. Kept pages are moved down so they stay
+/// back to back and `data` is cut to them; returns their (address, page count) stretches in
+/// order. Moving pages inside the buffer spares a copy into a second one.
+pub(crate) fn keep_pages(
+    data: &mut Vec<u8>,
     ranges: &[(u64, usize)],
-    data: &[u8],
     skip_zero: bool,
     page_size: u64,
-    writer: &mut RunWriter<S>,
     counts: &mut PageCounts,
-) -> Result<(), PageError> {
+) -> Vec<(u64, u64)> {
     let ps = page_size as usize;
-    let mut pos = 0usize;
+    let mut stretches: Vec<(u64, u64)> = Vec::new();
+    let mut src = 0usize;
+    let mut dst = 0usize;
     for &(addr, len) in ranges {
-        let range = &data[pos..pos + len];
-        // Start of a stretch of non-zero pages not yet written, as an offset into `range`.
-        let mut pending: Option<usize> = None;
-        for (i, page) in range.chunks_exact(ps).enumerate() {
-            if skip_zero && is_zero(page) {
+        for i in 0..len / ps {
+            let page = src + i * ps;
+            if skip_zero && is_zero(&data[page..page + ps]) {
                 counts.zero += 1;
-                if let Some(from) = pending.take() {
-                    writer.push(addr + from as u64, &range[from..i * ps])?;
-                }
-            } else if pending.is_none() {
-                pending = Some(i * ps);
+                continue;
+            }
+            if dst != page {
+                data.copy_within(page..page + ps, dst);
+            }
+            dst += ps;
+            let vaddr = addr + (i * ps) as u64;
+            match stretches.last_mut() {
+                Some((start, n)) if *start + *n * page_size == vaddr => *n += 1,
+                _ => stretches.push((vaddr, 1)),
             }
         }
-        if let Some(from) = pending {
-            writer.push(addr + from as u64, &range[from..])?;
-        }
-        pos += len;
+        src += len;
     }
-    Ok(())
+    data.truncate(dst);
+    stretches
 }
 
 #[cfg(test)]

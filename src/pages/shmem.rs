@@ -13,7 +13,7 @@ use nix::unistd::{lseek, Whence};
 
 use crate::proc::Proc;
 
-use super::{store_pages, Area, PageCounts, PageError, PageSink, RunWriter};
+use super::{keep_pages, Area, PageCounts, PageError, PageSink, RunWriter, READ_BATCH};
 
 fn io_err(proc: &Proc, area: &Area, e: std::io::Error) -> PageError {
     PageError::Shmem {
@@ -41,7 +41,6 @@ pub(super) fn dump_area<S: PageSink>(
     area: &Area,
     offset: u64,
     page_size: u64,
-    buf: &mut [u8],
     writer: &mut RunWriter<S>,
     counts: &mut PageCounts,
 ) -> Result<(), PageError> {
@@ -50,7 +49,7 @@ pub(super) fn dump_area<S: PageSink>(
     let total_pages = len / page_size;
     counts.scanned += total_pages;
     let obj_end = offset + len;
-    let batch = (buf.len() as u64 / page_size).max(1) * page_size;
+    let batch = (READ_BATCH as u64 / page_size).max(1) * page_size;
     let mut data_pages = 0u64;
     let mut pos = offset;
     while pos < obj_end {
@@ -72,7 +71,7 @@ pub(super) fn dump_area<S: PageSink>(
         let mut chunk = from.max(pos);
         while chunk < to {
             let n = (to - chunk).min(batch) as usize;
-            let dst = &mut buf[..n];
+            let mut dst = writer.buffer(n);
             let mut got = 0usize;
             while got < n {
                 match file.read_at(&mut dst[got..], chunk + got as u64) {
@@ -87,7 +86,8 @@ pub(super) fn dump_area<S: PageSink>(
                 }
             }
             let vaddr = area.start + (chunk - offset);
-            store_pages(&[(vaddr, n)], dst, true, page_size, writer, counts)?;
+            let stretches = keep_pages(&mut dst, &[(vaddr, n)], true, page_size, counts);
+            writer.push_buffer(&stretches, dst)?;
             data_pages += n as u64 / page_size;
             chunk += n as u64;
         }

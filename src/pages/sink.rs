@@ -2,11 +2,23 @@
 
 use crate::images::{ImageError, PageFileWriter, PageRun};
 
-/// Where page bytes go: the image's page file, or a buffer in tests.
+/// Where page bytes go: the image's page file, a background writer in front of it, or a
+/// buffer in tests.
 pub trait PageSink {
     /// Bytes written so far (the offset the next byte lands at).
     fn offset(&self) -> u64;
     fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError>;
+
+    /// A buffer of `len` bytes to read the next batch of pages into; a sink that keeps the
+    /// buffers it was given may hand one back instead of allocating.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        vec![0; len]
+    }
+
+    /// Writes a whole buffer; a sink that can take ownership avoids copying it.
+    fn write_buffer(&mut self, buf: Vec<u8>) -> Result<(), ImageError> {
+        self.write_all(&buf)
+    }
 }
 
 impl PageSink for PageFileWriter {
@@ -46,7 +58,41 @@ impl<'a, S: PageSink> RunWriter<'a, S> {
         if npages == 0 {
             return Ok(());
         }
-        let offset = self.sink.offset();
+        self.record(vaddr, npages, self.sink.offset());
+        self.sink.write_all(bytes)
+    }
+
+    /// A buffer of `len` bytes from the sink, to read a batch into and give to
+    /// [`RunWriter::push_buffer`].
+    pub fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.sink.buffer(len)
+    }
+
+    /// Stores `data`: the pages of `stretches` (address, page count), back to back.
+    pub fn push_buffer(
+        &mut self,
+        stretches: &[(u64, u64)],
+        data: Vec<u8>,
+    ) -> Result<(), ImageError> {
+        let mut offset = self.sink.offset();
+        let mut total = 0u64;
+        for &(vaddr, npages) in stretches {
+            self.record(vaddr, npages, offset);
+            offset += npages * self.page_size;
+            total += npages;
+        }
+        debug_assert_eq!(total * self.page_size, data.len() as u64);
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.sink.write_buffer(data)
+    }
+
+    /// Notes that `npages` pages from `vaddr` are stored at `offset` of the page file.
+    fn record(&mut self, vaddr: u64, npages: u64, offset: u64) {
+        if npages == 0 {
+            return;
+        }
         match &mut self.current {
             Some(run)
                 if run.vaddr + run.npages * self.page_size == vaddr
@@ -63,9 +109,7 @@ impl<'a, S: PageSink> RunWriter<'a, S> {
                 });
             }
         }
-        self.sink.write_all(bytes)?;
         self.pages += npages;
-        Ok(())
     }
 
     /// Closes the current run (call at the end of each memory area).

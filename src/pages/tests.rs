@@ -182,3 +182,56 @@ fn file_mappings_keep_written_zero_pages() {
     // The child's pages 0 and 2 are page cache (or not faulted in after fork): never stored.
     assert_eq!(dump.counts.file_backed + dump.counts.absent, 2);
 }
+
+#[test]
+fn keep_pages_moves_the_kept_pages_together_and_names_their_stretches() {
+    let ps = 16u64;
+    let page = |b: u8| vec![b; ps as usize];
+    // Range A: pages 1, 0, 2 at 0x1000; range B: pages 0, 3 at 0x5000.
+    let mut data = [page(1), page(0), page(2), page(0), page(3)].concat();
+    let ranges = [(0x1000, 3 * ps as usize), (0x5000, 2 * ps as usize)];
+    let mut counts = PageCounts::default();
+    let stretches = keep_pages(&mut data, &ranges, true, ps, &mut counts);
+    assert_eq!(stretches, vec![(0x1000, 1), (0x1020, 1), (0x5010, 1)]);
+    assert_eq!(data, [page(1), page(2), page(3)].concat());
+    assert_eq!(counts.zero, 2);
+
+    // Without skip_zero every page stays, and neighbouring pages make one stretch.
+    let mut data = [page(1), page(0), page(2)].concat();
+    let mut counts = PageCounts::default();
+    let stretches = keep_pages(&mut data, &ranges[..1], false, ps, &mut counts);
+    assert_eq!(stretches, vec![(0x1000, 3)]);
+    assert_eq!(data.len(), 3 * ps as usize);
+    assert_eq!(counts.zero, 0);
+}
+
+#[test]
+fn dump_through_the_background_writer_matches_a_direct_dump() {
+    let ps = crate::arch::page_size();
+    let psz = ps as usize;
+    let mut region = Region::new(64, false);
+    for i in (0..64).filter(|i| i % 3 != 0) {
+        region.bytes()[i * psz..(i + 1) * psz].copy_from_slice(&pattern_page(7, i, psz));
+    }
+    let page = SharedPage::new();
+    let child = spawn(&[], &page, || {});
+    let proc = Proc::open(child.pid).unwrap();
+    let areas = [Area {
+        start: region.addr,
+        end: region.addr + region.len as u64,
+        kind: AreaKind::PrivateAnonymous,
+        readable: true,
+    }];
+
+    let mut direct = Buf(Vec::new());
+    let expected = dump_pages(&proc, &areas, ps, &mut direct).unwrap();
+
+    let mut background = BackgroundWriter::spawn(Buf(Vec::new()), 1, false).unwrap();
+    let got = dump_pages(&proc, &areas, ps, &mut background).unwrap();
+    let (sink, written) = background.finish();
+    written.unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(sink.0, direct.0);
+    // Pages 0, 3, ..., 63 (22 of them) were never written.
+    assert_eq!(got.counts.written, 64 - 22);
+}

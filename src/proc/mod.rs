@@ -8,7 +8,9 @@
 //! even if the pid were reused.
 
 mod fds;
+mod java;
 mod maps;
+mod meminfo;
 mod pagemap;
 mod status;
 mod timers;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use fds::{find_pipe_holder, FdInfo, FdTarget, OpenFd};
 pub use maps::{own_maps, MapEntry, MapName, MapRange};
+pub use meminfo::mem_available;
 pub use pagemap::Pagemap;
 pub use procfs::process::VmFlags;
 pub use status::{MmStat, Status};

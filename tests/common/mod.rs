@@ -1045,6 +1045,12 @@ where
 
 /// `crest dump -t PID -D DIR [-R]`.
 pub fn dump(pid: i32, dir: &Path, leave_running: bool) -> CrestOutput {
+    let r: &[&OsStr] = if leave_running { &["-R".as_ref()] } else { &[] };
+    dump_with(pid, dir, r)
+}
+
+/// `crest dump -t PID -D DIR EXTRA...`.
+pub fn dump_with(pid: i32, dir: &Path, extra: &[&OsStr]) -> CrestOutput {
     let pid = pid.to_string();
     let mut args: Vec<&OsStr> = vec![
         "dump".as_ref(),
@@ -1053,9 +1059,7 @@ pub fn dump(pid: i32, dir: &Path, leave_running: bool) -> CrestOutput {
         "-D".as_ref(),
         dir.as_os_str(),
     ];
-    if leave_running {
-        args.push("-R".as_ref());
-    }
+    args.extend_from_slice(extra);
     crest(args)
 }
 

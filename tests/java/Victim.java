@@ -32,7 +32,9 @@ import java.util.concurrent.locks.LockSupport;
  * against values computed at start, 64 MiB of live long[]/byte[] arrays (large humongous ones and
  * thousands of small ones the GC moves) filled from a known generator, and a thread churning
  * garbage while it checks the objects it keeps alive for a while. Mode {@code threads N} starts N
- * threads that sleep or park and count, and little else.
+ * threads that sleep or park and count, and little else. Mode {@code garbage LIVE CHURN} fills
+ * LIVE MiB of long[] chunks from the generator, allocates and drops CHURN MiB of garbage, and
+ * then only logs and answers (the live chunks are checked at every verify).
  *
  * <p>In both modes a logger appends {@code pid=<pid> n=<counter>} to LOG_FILE (opened in append
  * mode) every ~20 ms, and the main thread polls CTL_DIR every few milliseconds:
@@ -50,7 +52,7 @@ import java.util.concurrent.locks.LockSupport;
  * thread the victim starts is named {@code cv-...} (the JVM sets the native thread name from it,
  * so a test can follow the threads in /proc/PID/task).
  *
- * <p>usage: java Victim CTL_DIR LOG_FILE [full | threads N]
+ * <p>usage: java Victim CTL_DIR LOG_FILE [full | threads N | garbage LIVE_MIB CHURN_MIB]
  */
 public final class Victim {
     static final long START_PID = ProcessHandle.current().pid();
@@ -437,6 +439,59 @@ public final class Victim {
     }
 
     // ------------------------------------------------------------------------------------------
+    // Mode garbage: LIVE MiB of live arrays kept after churning through CHURN MiB of garbage
+    // ------------------------------------------------------------------------------------------
+
+    /** 128 KiB long[] chunks (below G1's humongous threshold, so the collector moves them). */
+    static final int LIVE_CHUNK_LONGS = 16 * 1024;
+    static long[][] liveChunks;
+
+    static void fillLiveChunks(int liveMib) {
+        liveChunks = new long[liveMib * 8][];
+        for (int k = 0; k < liveChunks.length; k++) {
+            long[] arr = new long[LIVE_CHUNK_LONGS];
+            long s = seed(400 + k);
+            for (int i = 0; i < arr.length; i++) {
+                s = next(s);
+                arr[i] = out(s);
+            }
+            liveChunks[k] = arr;
+        }
+    }
+
+    static String checkLiveChunks() {
+        for (int k = 0; k < liveChunks.length; k++) {
+            long s = seed(400 + k);
+            long[] arr = liveChunks[k];
+            for (int i = 0; i < arr.length; i++) {
+                s = next(s);
+                if (arr[i] != out(s)) {
+                    return "liveChunks[" + k + "][" + i + "] is " + arr[i] + ", want " + out(s);
+                }
+            }
+        }
+        return null;
+    }
+
+    /**
+     * Allocates churnMib of 64 KiB arrays with non-zero content, keeping the last 64 MiB of them
+     * reachable for a while (so some survive young collections), then drops them all.
+     */
+    static long churnOnce(int churnMib) {
+        byte[][] window = new byte[1024][];
+        long sum = 0;
+        for (int n = 0; n < churnMib * 16; n++) {
+            byte[] junk = new byte[64 * 1024];
+            for (int i = 0; i < junk.length; i += 512) {
+                junk[i] = (byte) (n + i);
+            }
+            window[n % window.length] = junk;
+            sum += junk[n % junk.length];
+        }
+        return sum;
+    }
+
+    // ------------------------------------------------------------------------------------------
     // Logging, control, verification
     // ------------------------------------------------------------------------------------------
 
@@ -515,6 +570,12 @@ public final class Victim {
                 }
             }
         }
+        if (liveChunks != null) {
+            String bad = checkLiveChunks();
+            if (bad != null) {
+                return bad;
+            }
+        }
         long gcBefore = gcCount();
         System.gc();
         long gcAfter = gcCount();
@@ -523,6 +584,12 @@ public final class Victim {
         }
         if (full) {
             String bad = checkArrays();
+            if (bad != null) {
+                return "after System.gc(): " + bad;
+            }
+        }
+        if (liveChunks != null) {
+            String bad = checkLiveChunks();
             if (bad != null) {
                 return "after System.gc(): " + bad;
             }
@@ -574,19 +641,25 @@ public final class Victim {
 
     public static void main(String[] args) throws Exception {
         if (args.length < 2) {
-            System.err.println("usage: java Victim CTL_DIR LOG_FILE [full | threads N]");
+            System.err.println("usage: java Victim CTL_DIR LOG_FILE [full | threads N | garbage LIVE_MIB CHURN_MIB]");
             System.exit(2);
         }
         ctl = Paths.get(args[0]);
         Path log = Paths.get(args[1]);
         boolean full = args.length < 3 || args[2].equals("full");
         int nThreads = 0;
+        int liveMib = 0;
+        int churnMib = 0;
         if (!full) {
-            if (!args[2].equals("threads") || args.length < 4) {
+            if (args[2].equals("threads") && args.length >= 4) {
+                nThreads = Integer.parseInt(args[3]);
+            } else if (args[2].equals("garbage") && args.length >= 5) {
+                liveMib = Integer.parseInt(args[3]);
+                churnMib = Integer.parseInt(args[4]);
+            } else {
                 System.err.println("unknown mode " + String.join(" ", args));
                 System.exit(2);
             }
-            nThreads = Integer.parseInt(args[3]);
         }
 
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -609,6 +682,9 @@ public final class Victim {
             Counter jit = counter("cv-jit");
             start("cv-jit", () -> jitLoop(jit));
             startChurn();
+        } else if (liveMib > 0) {
+            fillLiveChunks(liveMib);
+            churnOnce(churnMib);
         } else {
             startManyThreads(nThreads);
         }
