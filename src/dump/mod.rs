@@ -1,14 +1,16 @@
 //! `crest dump`: freeze a process with ptrace, collect its state, write an image, then kill it
 //! (default) or let it go (`-R`).
 //!
-//! Phases: freeze (seize + interrupt every thread, re-listing until no new thread appears) ->
-//! threads (per thread: registers, signal mask, rseq, pending signals) -> parasite (infect the
-//! leader, collect the process-wide state and the leader's own, run the per-thread collection
-//! in every other thread, cure) -> collect (VMAs, fds, task state) -> pages (pagemap scan,
-//! memory read, page file) -> write (process record, inventory, atomic rename) -> kill or
-//! release. The parasite is the only thing crest ever
-//! puts into the target, and it is gone (cured, checked against a snapshot of the maps and
-//! fds) before the VMAs are read. A failure at any step cures the parasite (its guard's Drop),
+//! Phases: hint (a HotSpot JVM is asked for a full GC, [`hint`]) -> prepare (with `-R`, the
+//! buffers the memory will be read into) -> freeze (seize + interrupt every thread, re-listing
+//! until no new thread appears) -> threads (per thread: registers, signal mask, rseq, pending
+//! signals) -> parasite (infect the leader, collect the process-wide state and the leader's own,
+//! run the per-thread collection in every other thread, cure) -> collect (VMAs, fds, task state)
+//! -> pages (pagemap scan, memory read into buffers a writer thread hashes and writes) ->
+//! release (`-R`: as soon as the memory is read) -> write (the page file finished, the process
+//! record) -> commit (inventory, atomic rename) -> kill (without `-R`, only now the image is
+//! complete). The parasite is the only thing crest ever puts into the target, and it is gone
+//! (cured, checked against a snapshot of the maps and fds) before the VMAs are read. A failure at any step cures the parasite (its guard's Drop),
 //! detaches the threads ([`freeze::Frozen`]'s Drop) and drops the unfinished image
 //! (ImageWriter's Drop), so the target runs on as before. `CREST_FAIL_AT` ([`crate::fault`])
 //! makes a dump fail at a named step to test exactly that.

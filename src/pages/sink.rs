@@ -51,17 +51,6 @@ impl<'a, S: PageSink> RunWriter<'a, S> {
         }
     }
 
-    /// Stores `bytes` (whole pages) as the content of the pages starting at `vaddr`.
-    pub fn push(&mut self, vaddr: u64, bytes: &[u8]) -> Result<(), ImageError> {
-        debug_assert_eq!(bytes.len() as u64 % self.page_size, 0);
-        let npages = bytes.len() as u64 / self.page_size;
-        if npages == 0 {
-            return Ok(());
-        }
-        self.record(vaddr, npages, self.sink.offset());
-        self.sink.write_all(bytes)
-    }
-
     /// A buffer of `len` bytes from the sink, to read a batch into and give to
     /// [`RunWriter::push_buffer`].
     pub fn buffer(&mut self, len: usize) -> Vec<u8> {
@@ -150,13 +139,13 @@ mod tests {
     fn consecutive_pages_form_one_run_and_areas_split_runs() {
         let mut buf = Buf(Vec::new());
         let mut w = RunWriter::new(&mut buf, 16);
-        w.push(0x100, &[1; 32]).unwrap();
-        w.push(0x120, &[2; 16]).unwrap();
-        // A gap in addresses starts a new run.
-        w.push(0x200, &[3; 16]).unwrap();
+        w.push_buffer(&[(0x100, 2)], vec![1; 32]).unwrap();
+        // A gap in addresses starts a new run, inside one buffer too.
+        w.push_buffer(&[(0x120, 1), (0x200, 1)], [[2; 16], [3; 16]].concat())
+            .unwrap();
         w.end_area();
         // Adjacent address, but a new area: a new run.
-        w.push(0x210, &[4; 16]).unwrap();
+        w.push_buffer(&[(0x210, 1)], vec![4; 16]).unwrap();
         assert_eq!(w.pages(), 5);
         let runs = w.finish();
         assert_eq!(
