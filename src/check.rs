@@ -596,7 +596,7 @@ fn probe_clone3_set_tid() -> Status {
         };
         // SAFETY: the child immediately calls _exit (a bare exit_group syscall) and touches
         // nothing else, which is safe whatever state glibc is in.
-        match unsafe { crate::sys::clone3_with_pid(target) } {
+        match unsafe { crate::sys::clone3_with_pid(target, libc::SIGCHLD) } {
             Ok(0) => {
                 // SAFETY: _exit only ends this (child) process.
                 unsafe { libc::_exit(0) };

@@ -40,6 +40,7 @@ pub fn render_text(image: &Image) -> String {
     );
     let _ = writeln!(out, "  created {}", format_unix_ms(inv.created_unix_ms));
     let _ = writeln!(out, "  root pid {}", inv.root_pid);
+    render_tree(&mut out, &inv.tree);
     for p in &image.processes {
         out.push('\n');
         render_process(&mut out, image, p);
@@ -664,6 +665,27 @@ fn prot_text(v: &Vma) -> String {
     )
 }
 
+/// One line per task of the tree: pid, parent, group, session, and a zombie's exit.
+fn render_tree(out: &mut String, tree: &[crate::images::TreeTask]) {
+    if tree.len() <= 1 {
+        return;
+    }
+    let _ = writeln!(out, "  tree of {} tasks:", tree.len());
+    for t in tree {
+        let state = match &t.state {
+            crate::images::TreeTaskState::Alive => String::new(),
+            crate::images::TreeTaskState::Zombie { wait_status, comm } => {
+                format!(", zombie {comm:?} with wait status {wait_status:#x}")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "    pid {} parent {} group {} session {}{state}",
+            t.pid, t.ppid, t.pgid, t.sid
+        );
+    }
+}
+
 fn backing_text(p: &ProcessImage, v: &Vma) -> String {
     match &v.backing {
         VmaBacking::Anonymous => "anonymous".into(),
@@ -679,6 +701,11 @@ fn backing_text(p: &ProcessImage, v: &Vma) -> String {
         }
         VmaBacking::Vdso => "vdso".into(),
         VmaBacking::Vvar => "vvar".into(),
+        VmaBacking::SharedAnonymous {
+            object,
+            size,
+            offset,
+        } => format!("shared memory {object} ({size:#x} bytes) @{offset:#x}"),
     }
 }
 
@@ -1036,11 +1063,13 @@ mod tests {
             ],
             open_files: vec![
                 OpenFileDescription {
+                    id: 0,
                     file: 3,
                     flags: libc::O_RDONLY as u32,
                     pos: 0,
                 },
                 OpenFileDescription {
+                    id: 1,
                     file: 2,
                     flags: (libc::O_WRONLY | libc::O_APPEND) as u32,
                     pos: 4096,
@@ -1131,6 +1160,7 @@ mod tests {
             created_unix_ms: 1_700_000_000_123,
             root_pid: pid,
             files: vec![],
+            tree: crate::images::TreeTask::lone(pid),
             stats: DumpStats {
                 pages_scanned: 16,
                 pages_absent: 9,

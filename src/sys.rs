@@ -13,6 +13,23 @@ use crate::blob::abi::CloneArgs;
 /// `kcmp(2)` type comparing two file descriptors' open file descriptions (`KCMP_FILE`).
 const KCMP_FILE: libc::c_int = 0;
 
+/// What [`kcmp`] compares between two processes (include/uapi/linux/kcmp.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kcmp {
+    /// The address space (CLONE_VM).
+    Vm = 1,
+    /// The fd table (CLONE_FILES).
+    Files = 2,
+    /// Root, cwd and umask (CLONE_FS).
+    Fs = 3,
+}
+
+/// Whether processes `pid1` and `pid2` share the kernel object `kind` names (the fd
+/// arguments are unused for these kinds). Needs what [`kcmp_same_file`] needs.
+pub fn kcmp(pid1: i32, pid2: i32, kind: Kcmp, a: u64, b: u64) -> Result<bool, Errno> {
+    raw_kcmp(pid1, pid2, kind as libc::c_int, a, b)
+}
+
 /// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` refer to the same open file description
 /// (what `dup` and `fork` share, with its offset and status flags).
 ///
@@ -20,15 +37,19 @@ const KCMP_FILE: libc::c_int = 0;
 /// CONFIG_KCMP (or CONFIG_CHECKPOINT_RESTORE before 5.12); without it the call fails with
 /// ENOSYS.
 pub fn kcmp_same_file(pid1: i32, pid2: i32, fd1: RawFd, fd2: RawFd) -> Result<bool, Errno> {
-    // SAFETY: kcmp takes only integers; KCMP_FILE reads no user memory.
+    raw_kcmp(pid1, pid2, KCMP_FILE, fd1 as u64, fd2 as u64)
+}
+
+fn raw_kcmp(pid1: i32, pid2: i32, kind: libc::c_int, a: u64, b: u64) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes only integers; KCMP_FILE, VM, FILES and FS read no user memory.
     let r = unsafe {
         libc::syscall(
             libc::SYS_kcmp,
             pid1 as libc::c_long,
             pid2 as libc::c_long,
-            KCMP_FILE as libc::c_long,
-            fd1 as libc::c_ulong,
-            fd2 as libc::c_ulong,
+            kind as libc::c_long,
+            a as libc::c_ulong,
+            b as libc::c_ulong,
         )
     };
     if r < 0 {
@@ -111,7 +132,7 @@ pub fn kernel_release() -> Result<String, Errno> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// Forks this process like fork() (no shared memory, SIGCHLD to the parent) with clone3 and
+/// Forks this process like fork() (no shared memory, `exit_signal` to the parent) with clone3 and
 /// `set_tid`, so that the child gets pid `pid` (Linux 5.5+; needs CAP_CHECKPOINT_RESTORE or
 /// CAP_SYS_ADMIN over the pid namespace). Returns 0 in the child and the child's pid in the
 /// parent. EEXIST means the pid is taken.
@@ -120,10 +141,10 @@ pub fn kernel_release() -> Result<String, Errno> {
 /// As with a raw fork: glibc's fork handlers do not run, so the child must not rely on glibc's
 /// cached thread id (no raise(), no pthread calls) and the caller must be single-threaded, or
 /// the child must only call async-signal-safe functions.
-pub unsafe fn clone3_with_pid(pid: i32) -> Result<i32, Errno> {
+pub unsafe fn clone3_with_pid(pid: i32, exit_signal: i32) -> Result<i32, Errno> {
     let tids: [libc::pid_t; 1] = [pid];
     let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal: exit_signal as u64,
         set_tid: tids.as_ptr() as u64,
         set_tid_size: 1,
         ..CloneArgs::default()

@@ -72,6 +72,50 @@ pub struct Inventory {
     /// Every other file of the image.
     pub files: Vec<FileEntry>,
     pub stats: DumpStats,
+    /// Every task of the dumped tree, the root first, parents before their children: live
+    /// processes (each with a `process-<pid>.img`) and zombies.
+    pub tree: Vec<TreeTask>,
+}
+
+/// One process of the dumped tree as the tree sees it: its place (parent, process group,
+/// session) and whether it is alive. Ids are as the dumping crest's pid namespace saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeTask {
+    pub pid: i32,
+    /// The parent; for the root, its parent outside the tree (crest becomes its parent).
+    pub ppid: i32,
+    /// Process group id.
+    pub pgid: i32,
+    /// Session id.
+    pub sid: i32,
+    /// The signal the parent gets when this process ends (stat field 38; SIGCHLD normally).
+    pub exit_signal: i32,
+    pub state: TreeTaskState,
+}
+
+impl TreeTask {
+    /// The tree of a lone process `pid` in its own process group and session (for tests and
+    /// tools that build an image by hand).
+    pub fn lone(pid: i32) -> Vec<TreeTask> {
+        vec![TreeTask {
+            pid,
+            ppid: 1,
+            pgid: pid,
+            sid: pid,
+            exit_signal: 17,
+            state: TreeTaskState::Alive,
+        }]
+    }
+}
+
+/// Whether a task of the tree was alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TreeTaskState {
+    /// Alive: its `process-<pid>.img` holds the rest.
+    Alive,
+    /// Exited, not yet reaped by its parent. Restored as a child that exits the same way, so
+    /// the parent's wait() reports `wait_status` (exit code << 8, or the killing signal).
+    Zombie { wait_status: i32, comm: String },
 }
 
 /// What a dump did, for `crest show` and `--stats-json`.
@@ -141,7 +185,7 @@ pub struct GcHintDone {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessImage {
     pub pid: i32,
-    /// Parent pid at dump time (informational: a restored root gets crest as its parent).
+    /// Parent pid at dump time (the inventory's tree is what a restore follows).
     pub ppid: i32,
     /// `comm` (thread name of the leader, at most 15 bytes).
     pub comm: String,
@@ -351,10 +395,16 @@ pub struct Vma {
 /// What is behind a VMA.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmaBacking {
-    /// Private or shared anonymous memory (heap, stack and `[anon:...]` included).
+    /// Private anonymous memory (heap, stack and `[anon:...]` included).
     Anonymous,
     /// A file, as an index into [`ProcessImage::files`], at a byte offset.
     File { file: u32, offset: u64 },
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, `/dev/zero (deleted)` in maps): a
+    /// shmem object, which every process of the tree that maps it shares. `object` is its inode
+    /// number (the same in every process of the image that maps it), `size` its size in bytes,
+    /// `offset` where in it this VMA starts. Its content is stored once, in the page runs of
+    /// the first VMA of the image (in tree order) that maps each range.
+    SharedAnonymous { object: u64, size: u64, offset: u64 },
     /// The vDSO code; placed by moving the restoring kernel's own vDSO.
     Vdso,
     /// A `[vvar]`, `[vvar_vclock]` or other `[vvar*]` piece; never dumped, moved like the vDSO.
@@ -482,6 +532,9 @@ pub enum UnixSocketState {
 /// An open file description (what `open` returns and `dup` shares).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenFileDescription {
+    /// Identifies the description in the whole tree: descriptions with the same id in several
+    /// processes are one description (inherited across fork), restored once and shared.
+    pub id: u32,
     /// Index into [`ProcessImage::files`].
     pub file: u32,
     /// File status flags from fdinfo (O_ACCMODE, O_APPEND, O_NONBLOCK, ...), without O_CLOEXEC.

@@ -170,11 +170,13 @@ fn sample_process() -> ProcessImage {
         ],
         open_files: vec![
             OpenFileDescription {
+                id: 0,
                 file: 3,
                 flags: 0,
                 pos: 0,
             },
             OpenFileDescription {
+                id: 1,
                 file: 2,
                 flags: 0o2001,
                 pos: 777,
@@ -227,6 +229,7 @@ fn sample_inventory() -> Inventory {
         created_unix_ms: 1_700_000_000_123,
         root_pid: PID,
         files: vec![],
+        tree: TreeTask::lone(PID),
         stats: DumpStats {
             pages_scanned: 36,
             pages_absent: 20,

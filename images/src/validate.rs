@@ -52,6 +52,8 @@ pub const UNIX_BACKLOG_MAX: u32 = i32::MAX as u32;
 /// Most bytes of unread data an image may hold for one socket (a UNIX stream socket's queue
 /// is bounded by its peer's send buffer, a few hundred KiB by default).
 pub const UNIX_QUEUED_MAX: usize = 64 << 20;
+/// Largest shared memory object an image may describe (far above any real one).
+pub const SHMEM_SIZE_MAX: u64 = 1 << 46;
 /// A thread name (comm) is at most TASK_COMM_LEN - 1 bytes.
 pub const THREAD_NAME_MAX: usize = 15;
 
@@ -439,6 +441,141 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
                 .checked_add(v.end - v.start)
                 .ok_or_else(|| format!("{} file offset {offset:#x} overflows", what()))?;
         }
+        if let VmaBacking::SharedAnonymous { size, offset, .. } = v.backing {
+            if offset % page_size != 0 || size % page_size != 0 || size > SHMEM_SIZE_MAX {
+                return Err(format!(
+                    "{} maps shared memory of size {size:#x} at offset {offset:#x} (not \
+                     page-aligned, or larger than {SHMEM_SIZE_MAX:#x})",
+                    what()
+                ));
+            }
+            if offset.checked_add(v.end - v.start).is_none_or(|e| e > size) {
+                return Err(format!(
+                    "{} maps {:#x} bytes at offset {offset:#x} of a shared memory object of \
+                     {size:#x} bytes",
+                    what(),
+                    v.end - v.start
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tree of an image: the root first, every pid once, parents listed before their children,
+/// a process record for each live task and for nothing else, zombies without children, and the
+/// things several processes share described alike in each (a shared memory object has one
+/// size; a description id names one file).
+pub(crate) fn check_tree(
+    root_pid: i32,
+    tree: &[TreeTask],
+    processes: &[ProcessImage],
+) -> Result<(), String> {
+    use std::collections::{HashMap, HashSet};
+    match tree.first() {
+        Some(t) if t.pid == root_pid => {}
+        Some(t) => {
+            return Err(format!(
+                "the tree starts with pid {}, not the root pid {root_pid}",
+                t.pid
+            ))
+        }
+        None => return Err("the tree lists no task".into()),
+    }
+    let mut seen: HashMap<i32, &TreeTask> = HashMap::new();
+    for (i, t) in tree.iter().enumerate() {
+        if t.pid <= 0 || t.pgid <= 0 || t.sid < 0 {
+            return Err(format!(
+                "task {} has a non-positive pid, group {} or session {}",
+                t.pid, t.pgid, t.sid
+            ));
+        }
+        if !(1..=64).contains(&t.exit_signal) && t.exit_signal != 0 {
+            return Err(format!(
+                "task {} has exit signal {}, not a signal number",
+                t.pid, t.exit_signal
+            ));
+        }
+        if i > 0 {
+            match seen.get(&t.ppid) {
+                Some(parent) if matches!(parent.state, TreeTaskState::Alive) => {}
+                Some(_) => {
+                    return Err(format!(
+                        "task {} has the zombie {} as its parent",
+                        t.pid, t.ppid
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "task {}'s parent {} is not listed before it",
+                        t.pid, t.ppid
+                    ))
+                }
+            }
+        }
+        if let TreeTaskState::Zombie { comm, .. } = &t.state {
+            if comm.len() > THREAD_NAME_MAX || comm.contains('\0') {
+                return Err(format!("zombie {} has an invalid name {comm:?}", t.pid));
+            }
+            if i == 0 {
+                return Err(format!("the root {} is a zombie", t.pid));
+            }
+        }
+        if seen.insert(t.pid, t).is_some() {
+            return Err(format!("pid {} appears twice in the tree", t.pid));
+        }
+    }
+    let alive: HashSet<i32> = tree
+        .iter()
+        .filter(|t| t.state == TreeTaskState::Alive)
+        .map(|t| t.pid)
+        .collect();
+    let recorded: HashSet<i32> = processes.iter().map(|p| p.pid).collect();
+    if let Some(pid) = alive.difference(&recorded).next() {
+        return Err(format!("live task {pid} has no process record"));
+    }
+    if let Some(pid) = recorded.difference(&alive).next() {
+        return Err(format!(
+            "process record {pid} is not a live task of the tree"
+        ));
+    }
+    // Thread ids are pids too: none may be taken twice in the whole tree.
+    let mut tids: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
+    for p in processes {
+        for t in p.threads.iter().skip(1) {
+            if !tids.insert(t.tid) {
+                return Err(format!(
+                    "thread {} of process {} reuses a pid of the tree",
+                    t.tid, p.pid
+                ));
+            }
+        }
+    }
+    let mut objects: HashMap<u64, u64> = HashMap::new();
+    let mut descriptions: HashMap<u32, (u64, u64)> = HashMap::new();
+    for p in processes {
+        for v in &p.vmas {
+            if let VmaBacking::SharedAnonymous { object, size, .. } = v.backing {
+                if *objects.entry(object).or_insert(size) != size {
+                    return Err(format!(
+                        "process {} maps shared memory object {object} with another size",
+                        p.pid
+                    ));
+                }
+            }
+        }
+        for d in &p.open_files {
+            let f = p
+                .files
+                .get(d.file as usize)
+                .ok_or_else(|| format!("process {}: description {} has no file", p.pid, d.id))?;
+            if *descriptions.entry(d.id).or_insert((f.dev, f.ino)) != (f.dev, f.ino) {
+                return Err(format!(
+                    "process {}: description {} names another file than in other processes",
+                    p.pid, d.id
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -495,7 +632,9 @@ fn check_page_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Res
             .filter(|v| end <= v.end)
             .ok_or_else(|| format!("{} does not lie inside one VMA", what()))?;
         match vma.backing {
-            VmaBacking::Anonymous | VmaBacking::File { .. } => {}
+            VmaBacking::Anonymous
+            | VmaBacking::File { .. }
+            | VmaBacking::SharedAnonymous { .. } => {}
             VmaBacking::Vdso | VmaBacking::Vvar => {
                 return Err(format!(
                     "{} lies in the {} area {:#x}-{:#x}, whose pages are never stored",

@@ -41,7 +41,6 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
     let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
 
     let mut sockets = Sockets::new(pid);
-    let mut pipe_files: Vec<u32> = Vec::new();
 
     for entry in proc.fds()? {
         let fd = entry.fd;
@@ -83,11 +82,9 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
             // Shared by dup'ed fds like any file: one entry per pipe inode; which end a
             // description is, is its access mode.
             None if matches!(entry.target, FdTarget::Pipe(_)) => {
-                let idx = files.add_identity(md.dev(), md.ino(), || {
+                files.add_identity(md.dev(), md.ino(), || {
                     Ok::<_, DumpError>(pipes::identity(&md))
-                })?;
-                pipe_files.push(idx);
-                idx
+                })?
             }
             // Shared by dup'ed fds like any file: one entry per socket inode.
             None => files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?,
@@ -115,6 +112,8 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
             None => {
                 let d = table.open_files.len() as u32;
                 table.open_files.push(OpenFileDescription {
+                    // Tree-wide ids are given once every process is collected (shared.rs).
+                    id: 0,
                     file: idx,
                     flags: info.flags & !O_CLOEXEC,
                     pos: info.pos,
@@ -129,45 +128,20 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
             cloexec,
         });
     }
-    pipe_files.sort_unstable();
-    pipe_files.dedup();
-    for idx in pipe_files {
-        classify_pipe(pid, idx, &table, files)?;
-    }
+    // Whether each pipe is whole in the tree is decided once every process is collected
+    // (shared.rs); until then it is recorded as external.
     Ok(table)
 }
 
-/// Decides whether the pipe `idx` is whole in the process (both ends held: its buffer is
-/// captured) or shared with another process ([`crate::images::Pipe::External`], as
-/// [`pipes::identity`] left it).
-fn classify_pipe(
-    pid: i32,
-    idx: u32,
-    table: &FdTable,
-    files: &mut FileTable,
-) -> Result<(), DumpError> {
-    let mut reader = None;
-    let mut writes = false;
-    for f in &table.fds {
-        let d = &table.open_files[f.description as usize];
-        if d.file != idx {
-            continue;
-        }
-        match d.flags as i32 & libc::O_ACCMODE {
-            libc::O_RDONLY => reader = reader.or(Some(f.fd)),
-            libc::O_WRONLY => writes = true,
-            _ => {
-                reader = reader.or(Some(f.fd));
-                writes = true;
-            }
-        }
+impl FdTable {
+    /// One fd of the process that uses description `d`.
+    pub fn holder(&self, d: u32) -> i32 {
+        self.fds
+            .iter()
+            .find(|f| f.description == d)
+            .map(|f| f.fd)
+            .expect("every description has an fd")
     }
-    if let (Some(fd), true) = (reader, writes) {
-        let ino = files.get(idx).ino;
-        let pipe = pipes::capture(pid, fd, ino)?;
-        files.set_kind(idx, crate::images::FileKind::Pipe(pipe));
-    }
-    Ok(())
 }
 
 /// Adds a file that a restore will reopen by `path`, after checking that `path` still names

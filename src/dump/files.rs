@@ -122,9 +122,11 @@ impl FileTable {
         &self.files[idx as usize]
     }
 
-    /// Changes what the file at `idx` is, once more is known about it (a pipe's ends).
-    pub fn set_kind(&mut self, idx: u32, kind: FileKind) {
-        self.files[idx as usize].kind = kind;
+    /// Changes what the file with inode `(dev, ino)` is, if the table lists it.
+    pub fn set_kind_of(&mut self, dev: u64, ino: u64, kind: FileKind) {
+        if let Some(&idx) = self.by_inode.get(&(dev, ino)) {
+            self.files[idx as usize].kind = kind;
+        }
     }
 
     pub fn into_files(self) -> Vec<FileIdentity> {

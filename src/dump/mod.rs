@@ -21,11 +21,14 @@ mod freeze;
 mod hint;
 mod parasite;
 mod pipes;
+mod process;
 mod seccomp;
+mod shared;
 mod sockdiag;
 mod sockets;
 mod task;
 mod threads;
+mod tree;
 mod vmas;
 
 // Dumping needs register capture, which exists on x86_64 only so far.
@@ -47,16 +50,12 @@ use crate::arch::regs::RegsError;
 use crate::arch::ArchError;
 use crate::fault::{self, Injected};
 use crate::images::{
-    pages_file_name, Arch, DumpStats, GcHintStats, ImageError, ImageWriter, Inventory,
-    ProcessImage, ThreadState,
+    pages_file_name, Arch, DumpStats, GcHintStats, ImageError, ImageWriter, Inventory, ProcessImage,
 };
 use crate::infect::InfectError;
 use crate::pages::{self, BackgroundWriter, PageError, PageSink};
 use crate::proc::{Proc, ProcError};
 use crate::ptrace::PtraceError;
-
-use files::FileTable;
-use freeze::Frozen;
 
 /// What to dump and how.
 #[derive(Debug, Clone)]
@@ -210,9 +209,40 @@ pub enum DumpError {
     Infect { pid: i32, err: InfectError },
     #[error(transparent)]
     Injected(#[from] Injected),
+    #[error(
+        "process {pid} is in another {ns} namespace than crest; dumping namespaces is not \
+         supported yet (run crest inside the process's namespaces)"
+    )]
+    Namespace { pid: i32, ns: String },
+    #[error(
+        "process {pid} {what}; terminals cannot be dumped yet (start it with its input and \
+         output redirected, e.g. with `setsid PROGRAM </dev/null >LOG 2>&1`)"
+    )]
+    Terminal { pid: i32, what: String },
+    #[error("processes {pid1} and {pid2} share {what}; crest cannot restore that yet")]
+    SharedBetweenProcesses {
+        pid1: i32,
+        pid2: i32,
+        what: &'static str,
+    },
+    /// Several things cannot be dumped; each line names the process and the thing.
+    #[error("the tree cannot be dumped, nothing was changed:\n  - {}", problems.join("\n  - "))]
+    Refused { problems: Vec<String> },
 }
 
 impl DumpError {
+    /// `Ok` when nothing was refused, the problem when there is one, otherwise every problem
+    /// at once.
+    fn refused(mut problems: Vec<DumpError>) -> Result<(), DumpError> {
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(DumpError::Refused {
+                problems: problems.iter().map(|p| p.to_string()).collect(),
+            }),
+        }
+    }
+
     fn thread(pid: i32, tid: i32, err: PtraceError) -> DumpError {
         match err {
             PtraceError::NoSuchThread { .. } if tid == pid && !proc_exists(pid) => {
@@ -248,7 +278,11 @@ pub struct DumpReport {
     pub image_bytes: u64,
     pub vmas: usize,
     pub fds: usize,
-    /// The process was left running (`-R`) rather than killed.
+    /// Live processes dumped (the root and its descendants).
+    pub processes: usize,
+    /// Zombies recorded (children that had exited and were not yet reaped).
+    pub zombies: usize,
+    /// The tree was left running (`-R`) rather than killed.
     pub left_running: bool,
     /// Things the user may want to know (a syscall that will return EINTR, an rseq abort).
     pub notes: Vec<String>,
@@ -262,8 +296,13 @@ impl DumpReport {
     /// A human-readable summary.
     pub fn render(&self) -> String {
         let s = &self.stats;
+        let others = match (self.processes.saturating_sub(1), self.zombies) {
+            (0, 0) => String::new(),
+            (n, 0) => format!(" and {n} descendant(s)"),
+            (n, z) => format!(" and {n} descendant(s), {z} zombie(s)"),
+        };
         let mut out = format!(
-            "dumped process {} into {} ({})\n",
+            "dumped process {}{others} into {} ({})\n",
             self.pid,
             self.dir.display(),
             if self.left_running {
@@ -314,6 +353,8 @@ impl DumpReport {
             "image_bytes": self.image_bytes,
             "vmas": self.vmas,
             "fds": self.fds,
+            "processes": self.processes,
+            "zombies": self.zombies,
             "left_running": self.left_running,
             "notes": self.notes,
             "stats": self.stats,
@@ -335,64 +376,55 @@ impl Phases {
         }
     }
 
+    /// Ends the phase `name`; a phase that runs once per process adds up.
     fn end(&mut self, name: &str) {
         let now = Instant::now();
-        self.done
-            .push((name.to_string(), (now - self.last).as_micros() as u64));
+        let us = (now - self.last).as_micros() as u64;
+        match self.done.iter_mut().find(|(n, _)| n == name) {
+            Some((_, total)) => *total += us,
+            None => self.done.push((name.to_string(), us)),
+        }
         self.last = now;
     }
 }
 
-/// Dumps process `opts.pid` into `opts.dir`.
+/// Dumps the tree rooted at process `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let pid = opts.pid;
     if pid == std::process::id() as i32 {
         return Err(DumpError::SelfDump { pid });
     }
-    let proc = Proc::open(pid)?;
-
-    // Everything that can be refused without touching the process is checked first.
-    let status = proc.status()?;
-    if proc.is_kernel_thread()? {
+    let root = Proc::open(pid)?;
+    // What can be refused without touching anything is checked first.
+    if root.is_kernel_thread()? {
         return Err(DumpError::KernelThread { pid });
     }
-    if status.state == 'Z' {
+    if root.tree_ids()?.state == 'Z' {
         return Err(DumpError::Zombie { pid });
-    }
-    if status.tracer_pid != 0 {
-        return Err(DumpError::AlreadyTraced {
-            pid,
-            tracer: status.tracer_pid,
-        });
-    }
-    if status.seccomp != 0 {
-        return Err(DumpError::Seccomp {
-            pid,
-            tid: pid,
-            mode: status.seccomp,
-        });
-    }
-    let creds = task::creds(pid, &status)?;
-    let root = proc.root()?;
-    if root != std::path::Path::new("/") {
-        return Err(DumpError::Root {
-            pid,
-            root: root.display().to_string(),
-        });
     }
     let page_size = crate::arch::page_size();
 
     let mut phases = Phases::new();
+    let before = tree::descendants(pid);
+    if before.contains(&(std::process::id() as i32)) {
+        return Err(DumpError::SelfDump {
+            pid: std::process::id() as i32,
+        });
+    }
     let gc_hint = if opts.gc_hint {
-        hint::run(&proc, opts.gc_hint_timeout)
+        gc_hints(&before, opts.gc_hint_timeout)
     } else {
         GcHintStats::Off
     };
     phases.end("hint");
     // Measured after the hint, which is meant to shrink it.
-    let rss_bytes = proc.status()?.vm_rss_bytes;
-    // With -R the whole capture may wait in memory for the writer (see queued_page_buffers);
-    // its buffers are made ready now, while the process still runs.
+    let rss_bytes: u64 = before
+        .iter()
+        .filter_map(|&p| Proc::open(p).and_then(|p| p.status()).ok())
+        .map(|s| s.vm_rss_bytes)
+        .sum();
+    // With -R the whole capture may wait in memory for the writers (see queued_page_buffers);
+    // its buffers are made ready now, while the tree still runs.
     let queued_buffers = queued_page_buffers(opts.leave_running);
     let ready_buffers = if opts.leave_running {
         let expected = rss_bytes.min(queued_buffers as u64 * pages::READ_BATCH as u64);
@@ -403,132 +435,114 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("prepare");
 
     let freeze_start = Instant::now();
-    let frozen = Frozen::freeze(&proc)?;
-    let tids = frozen.tids();
+    let frozen = tree::freeze(&root)?;
     fault::point("seize")?;
     phases.end("freeze");
 
-    // Collect: all of it while frozen, so it is one consistent snapshot.
-    let (threads, notes, task_state, brk) = std::thread::scope(|scope| {
-        let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
-        let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
-        let shared_pending = parasite::pending(pid, pid, true)?;
-        phases.end("threads");
-        let timers = proc.posix_timers()?;
-        // The leader's seccomp mode was checked before the freeze.
-        let inside = parasite::collect(pid, &tids, &timers, |tid| seccomp.check(tid))?;
-        phases.end("parasite");
-        let mut task_state = inside.task;
-        task_state.shared_pending = shared_pending;
-        for (thread, state) in threads.iter_mut().zip(inside.threads) {
-            thread.state = ThreadState {
-                pending: std::mem::take(&mut thread.state.pending),
-                ..state
-            };
-        }
-        Ok::<_, DumpError>((threads, notes, task_state, inside.brk))
-    })?;
-
-    let status = proc.status()?;
-    let umask = status.umask.ok_or_else(|| {
-        DumpError::Proc(ProcError::Parse {
-            path: format!("/proc/{pid}/status"),
-            detail: "no Umask: line (kernel older than 4.7?)".into(),
-        })
-    })?;
-    let mut files = FileTable::default();
-    let collected = vmas::collect(&proc, &mut files)?;
-    let fd_table = fds::collect(&proc, &mut files)?;
-    let cwd_file = fds::cwd(&proc, &mut files)?;
-    let exe_file = fds::exe(&proc, &mut files)?;
-    let rlimits = task::rlimits(pid)?;
-    let (mm, comm, ppid) = task::mm(&proc, brk)?;
-    phases.end("collect");
+    // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
+    let mut procs = Vec::with_capacity(frozen.processes.len());
+    for p in frozen.processes {
+        procs.push(process::collect(p.proc, p.frozen, p.creds, &mut phases)?);
+    }
+    shared::resolve(&mut procs)?;
+    phases.end("resolve");
 
     let mut writer = ImageWriter::create(&opts.dir)?;
-    let pages_file = pages_file_name(pid);
-    // A process that runs on is released before any page is written, so the writer waits
-    // and the capture has the memory bandwidth to itself.
+    // A tree that runs on is released before any page is written, so the writers wait and
+    // the capture has the memory bandwidth to itself.
     let held = opts.leave_running;
-    let background = BackgroundWriter::spawn(writer.page_file(&pages_file)?, queued_buffers, held)
+    let mut ready = Some(ready_buffers);
+    let mut captures = Vec::with_capacity(procs.len());
+    for p in &procs {
+        let background = BackgroundWriter::spawn(
+            writer.page_file(&pages_file_name(p.pid()))?,
+            queued_buffers,
+            held,
+        )
         .map_err(|e| DumpError::Own {
             what: "page writer thread",
             errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
         })?
-        .with_buffers(ready_buffers);
-    let mut sink = FaultSink::new(background);
-    let captured = pages::dump_pages(&proc, &collected.areas, page_size, &mut sink);
+        .with_buffers(ready.take().unwrap_or_default());
+        let mut sink = FaultSink::new(background);
+        let captured = pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink);
+        let failed = captured.is_err() || sink.injected.is_some();
+        captures.push((captured, sink));
+        if failed {
+            break;
+        }
+    }
     phases.end("pages");
 
-    // Everything the image needs from the process is now in crest's memory: a process that
-    // runs on need not wait for the disk.
-    let mut frozen = Some(frozen);
+    // Everything the image needs from the tree is now in crest's memory: a tree that runs on
+    // need not wait for the disk.
     let mut frozen_us = 0;
-    if opts.leave_running && captured.is_ok() {
-        frozen.take().expect("set above").release()?;
+    let mut released = false;
+    if opts.leave_running
+        && captures
+            .iter()
+            .all(|(c, s)| c.is_ok() && s.injected.is_none())
+    {
+        for p in &mut procs {
+            p.frozen.take().expect("frozen until released").release()?;
+        }
+        released = true;
         frozen_us = freeze_start.elapsed().as_micros() as u64;
         phases.end("release");
     }
-    sink.inner.start();
 
-    let (page_file, written) = sink.inner.finish();
-    if let Some(injected) = sink.injected.take() {
-        return Err(DumpError::Injected(injected));
+    let mut counts = pages::PageCounts::default();
+    let mut runs = Vec::with_capacity(captures.len());
+    for (p, (captured, mut sink)) in procs.iter().zip(captures) {
+        sink.inner.start();
+        let (page_file, written) = sink.inner.finish();
+        if let Some(injected) = sink.injected.take() {
+            return Err(DumpError::Injected(injected));
+        }
+        // When the writer failed, reading stopped because of it: its error is the one to
+        // report.
+        written.map_err(|e| DumpError::Pages {
+            pid: p.pid(),
+            err: PageError::Image(e),
+        })?;
+        let page_dump = captured.map_err(|e| match e {
+            PageError::Proc(ProcError::NoSuchProcess { pid }) => DumpError::NoSuchProcess { pid },
+            err => DumpError::Pages { pid: p.pid(), err },
+        })?;
+        writer.finish_page_file(page_file)?;
+        counts.add(&page_dump.counts);
+        runs.push(page_dump.runs);
     }
-    // When the writer failed, reading stopped because of it: its error is the one to report.
-    written.map_err(|e| DumpError::Pages {
-        pid,
-        err: PageError::Image(e),
-    })?;
-    let page_dump = captured.map_err(|e| match e {
-        PageError::Proc(ProcError::NoSuchProcess { pid }) => DumpError::NoSuchProcess { pid },
-        err => DumpError::Pages { pid, err },
-    })?;
-    writer.finish_page_file(page_file)?;
 
-    let image = ProcessImage {
-        pid,
-        ppid,
-        comm,
-        creds,
-        exe_file,
-        threads,
-        mm,
-        vmas: collected.vmas,
-        page_runs: page_dump.runs,
-        pages_file,
-        files: files.into_files(),
-        open_files: fd_table.open_files,
-        fds: fd_table.fds,
-        cwd_file,
-        umask,
-        rlimits,
-        sig_ignored: status.sig_ignored,
-        sig_caught: status.sig_caught,
-        vdso_blake3: collected.vdso_blake3,
-        task: task_state,
-    };
-    writer.write_process(&image)?;
+    let mut notes = Vec::new();
+    let (mut nr_vmas, mut nr_fds) = (0, 0);
+    for (p, page_runs) in procs.iter_mut().zip(runs) {
+        let image = process_image(p, page_runs);
+        nr_vmas += image.vmas.len();
+        nr_fds += image.fds.len();
+        notes.append(&mut p.notes);
+        writer.write_process(&image)?;
+    }
     phases.end("write");
 
-    let c = page_dump.counts;
-    if frozen.is_some() {
+    if !released {
         // Still stopped, until the kill right after the commit.
         frozen_us = freeze_start.elapsed().as_micros() as u64;
     }
     let mut stats = DumpStats {
-        pages_scanned: c.scanned,
-        pages_absent: c.absent,
-        pages_present: c.scanned - c.absent,
-        pages_file_backed: c.file_backed,
-        pages_zero: c.zero,
-        pages_written: c.written,
-        bytes_written: c.bytes_written,
+        pages_scanned: counts.scanned,
+        pages_absent: counts.absent,
+        pages_present: counts.scanned - counts.absent,
+        pages_file_backed: counts.file_backed,
+        pages_zero: counts.zero,
+        pages_written: counts.written,
+        bytes_written: counts.bytes_written,
         rss_bytes,
         gc_hint,
         phases_us: phases.done.clone(),
         frozen_us,
     };
+    let zombies = frozen.tasks.len() - procs.len();
     let inventory = Inventory {
         arch: Arch::host(),
         page_size,
@@ -541,15 +555,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         root_pid: pid,
         files: vec![],
         stats: stats.clone(),
+        tree: frozen.tasks,
     };
     writer.commit(inventory)?;
     phases.end("commit");
 
-    // The image is in place; only now may the process go away.
-    if let Some(frozen) = frozen {
-        // Dead, but its pid stays taken until its parent reaps the zombie; a restore waits
-        // for that (restore::fork::wait_until_pid_free), so the dump need not.
-        frozen.kill()?;
+    // The image is in place; only now may the tree go away. Children first, so that no
+    // process of the tree runs on as an orphan while its parent is being killed.
+    if !released {
+        for p in procs.iter_mut().rev() {
+            // Dead, but a pid stays taken until its parent reaps the zombie; a restore waits
+            // for that (restore::fork::wait_until_pid_free), so the dump need not.
+            p.frozen.take().expect("frozen until killed").kill()?;
+        }
         phases.end("kill");
         stats.frozen_us = freeze_start.elapsed().as_micros() as u64;
     }
@@ -559,12 +577,58 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         pid,
         dir: opts.dir.clone(),
         image_bytes: dir_size(&opts.dir),
-        vmas: image.vmas.len(),
-        fds: image.fds.len(),
+        processes: procs.len(),
+        zombies,
+        vmas: nr_vmas,
+        fds: nr_fds,
         stats,
         left_running: opts.leave_running,
         notes,
     })
+}
+
+/// Asks every HotSpot JVM of the tree for its GC hint; what the image records is the first
+/// JVM's outcome (the root's when it is one).
+fn gc_hints(pids: &[i32], timeout: Duration) -> GcHintStats {
+    let mut first = GcHintStats::NotAJvm;
+    for &p in pids {
+        let Ok(proc) = Proc::open(p) else { continue };
+        let stats = hint::run(&proc, timeout);
+        if first == GcHintStats::NotAJvm {
+            first = stats;
+        }
+    }
+    first
+}
+
+/// The image record of a collected process whose pages are stored as `page_runs`.
+fn process_image(
+    p: &mut process::CollectedProcess,
+    page_runs: Vec<crate::images::PageRun>,
+) -> ProcessImage {
+    let pid = p.pid();
+    ProcessImage {
+        pid,
+        ppid: p.ppid,
+        comm: std::mem::take(&mut p.comm),
+        creds: p.creds.clone(),
+        exe_file: p.exe_file,
+        threads: std::mem::take(&mut p.threads),
+        mm: p.mm.clone(),
+        vmas: std::mem::take(&mut p.vmas.vmas),
+        page_runs,
+        pages_file: pages_file_name(pid),
+        files: std::mem::take(&mut p.files).into_files(),
+        open_files: std::mem::take(&mut p.fd_table.open_files),
+        fds: std::mem::take(&mut p.fd_table.fds),
+        cwd_file: p.cwd_file,
+        umask: p.umask,
+        rlimits: p.rlimits.clone(),
+        sig_ignored: p.sig_ignored,
+        sig_caught: p.sig_caught,
+        vdso_blake3: p.vmas.vdso_blake3,
+        task: std::mem::take(&mut p.task),
+    }
 }
 
 /// The page writer with the `pages` fault-injection point: it fails right after the first

@@ -145,7 +145,11 @@ fn leave_running_dump_is_complete_and_the_child_runs_on() {
     }
     let svma = p.vmas.iter().find(|v| v.start == shared.addr).unwrap();
     assert!(svma.shared);
-    assert_eq!(svma.backing, VmaBacking::Anonymous);
+    assert!(
+        matches!(svma.backing, VmaBacking::SharedAnonymous { size, offset: 0, .. } if size == svma.end - svma.start),
+        "{:?}",
+        svma.backing
+    );
     assert_eq!(
         stored(&p.page_runs, &data, shared.addr + ps, ps),
         Some(pattern_page(8, 1, psz))
@@ -192,8 +196,8 @@ fn leave_running_dump_is_complete_and_the_child_runs_on() {
     assert_eq!(
         names,
         [
-            "hint", "prepare", "freeze", "threads", "parasite", "collect", "pages", "release",
-            "write"
+            "hint", "prepare", "freeze", "threads", "parasite", "collect", "resolve", "pages",
+            "release", "write"
         ]
     );
     assert_eq!(s.pages_present, s.pages_scanned - s.pages_absent);

@@ -197,8 +197,8 @@ fn a_twelve_thread_process_is_dumped_thread_by_thread_and_carries_on() {
     assert_eq!(
         names,
         [
-            "hint", "prepare", "freeze", "threads", "parasite", "collect", "pages", "release",
-            "write", "commit"
+            "hint", "prepare", "freeze", "threads", "parasite", "collect", "resolve", "pages",
+            "release", "write", "commit"
         ]
     );
     check_carries_on(&child, &page);

@@ -212,18 +212,23 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
                 VmaBacking::Vdso
             }
             Plan::Vvar => VmaBacking::Vvar,
-            Plan::Anonymous { shared } => {
+            Plan::Anonymous { shared: false } => {
                 out.areas.push(Area {
                     start: m.start,
                     end: m.end,
-                    kind: if shared {
-                        AreaKind::SharedAnonymous { offset: m.offset }
-                    } else {
-                        AreaKind::PrivateAnonymous
-                    },
+                    kind: AreaKind::PrivateAnonymous,
                     readable: m.read,
                 });
                 VmaBacking::Anonymous
+            }
+            Plan::Anonymous { shared: true } => {
+                out.areas.push(Area {
+                    start: m.start,
+                    end: m.end,
+                    kind: AreaKind::SharedAnonymous { offset: m.offset },
+                    readable: m.read,
+                });
+                shmem_object(proc, m)?
             }
             Plan::File(path) => {
                 let file = mapped_file(proc, m, &path, files)?;
@@ -265,6 +270,27 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
         });
     }
     Ok(out)
+}
+
+/// The shmem object behind a shared anonymous mapping: its inode (the same in every process
+/// that shares it, since fork shares the object) and size, from fstat through map_files.
+fn shmem_object(proc: &Proc, m: &MapEntry) -> Result<VmaBacking, DumpError> {
+    let md = proc
+        .open_map_file(m.start, m.end)?
+        .metadata()
+        .map_err(|e| {
+            unsupported(
+                proc.pid(),
+                m,
+                format!("cannot fstat its shared memory object: {e}"),
+            )
+        })?;
+    let page = crate::arch::page_size();
+    Ok(VmaBacking::SharedAnonymous {
+        object: md.ino(),
+        size: md.size().div_ceil(page) * page,
+        offset: m.offset,
+    })
 }
 
 /// BLAKE3 of the vDSO's contents, so a restore can tell whether its own vDSO is the same code.

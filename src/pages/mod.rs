@@ -94,6 +94,18 @@ pub struct PageCounts {
     pub bytes_written: u64,
 }
 
+impl PageCounts {
+    /// Adds another process's counts.
+    pub fn add(&mut self, other: &PageCounts) {
+        self.scanned += other.scanned;
+        self.absent += other.absent;
+        self.file_backed += other.file_backed;
+        self.zero += other.zero;
+        self.written += other.written;
+        self.bytes_written += other.bytes_written;
+    }
+}
+
 /// What [`dump_pages`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageDump {

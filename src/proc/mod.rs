@@ -14,6 +14,7 @@ mod meminfo;
 mod pagemap;
 mod status;
 mod timers;
+mod tree;
 
 use std::fs::File;
 use std::io::Read;
@@ -26,6 +27,7 @@ pub use pagemap::Pagemap;
 pub use procfs::process::VmFlags;
 pub use status::{MmStat, Status};
 pub use timers::{PosixTimerInfo, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD, SIGEV_THREAD_ID};
+pub use tree::{own_namespace, TreeIds, NAMESPACES};
 
 /// Errors reading `/proc`.
 #[derive(Debug, thiserror::Error)]

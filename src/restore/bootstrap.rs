@@ -487,10 +487,12 @@ fn write_array<T: Copy>(region: &mut [u8], offset: u64, items: &[T]) {
     unsafe { std::ptr::copy_nonoverlapping(items.as_ptr() as *const u8, dest.as_mut_ptr(), bytes) };
 }
 
-/// The fds the restorer closes once memory is in place: page file, exe, mapped files.
+/// The fds the restorer closes once memory is in place: page file, exe, mapped files, shared
+/// memory.
 fn helper_fds(files: &OpenedFiles) -> Vec<i32> {
     let mut fds = vec![files.pages.as_raw_fd(), files.exe.as_raw_fd()];
     fds.extend(files.mapped.iter().flatten().map(|f| f.as_raw_fd()));
+    fds.extend(files.shmem.values().map(|f| f.as_raw_fd()));
     fds
 }
 
@@ -514,11 +516,24 @@ fn vma_args(p: &ProcessImage, files: &OpenedFiles) -> Result<Vec<VmaArg>, Restor
         } else {
             libc::MAP_PRIVATE
         };
+        // Shared memory is filled by crest before the fork (shmem.rs), once for every
+        // process that maps it: the restorer only maps it.
+        let mut nr_runs = nr_runs;
         let (fd, file_offset) = match vma.backing {
             VmaBacking::File { file, offset } => {
                 let fd = files.mapped[file as usize].as_ref().ok_or_else(|| {
                     RestoreError::Internal(format!("file of VMA {:#x} not opened", vma.start))
                 })?;
+                (fd.as_raw_fd(), offset)
+            }
+            VmaBacking::SharedAnonymous { object, offset, .. } => {
+                let fd = files.shmem.get(&object).ok_or_else(|| {
+                    RestoreError::Internal(format!(
+                        "shared memory of VMA {:#x} not opened",
+                        vma.start
+                    ))
+                })?;
+                nr_runs = 0;
                 (fd.as_raw_fd(), offset)
             }
             _ => {

@@ -29,6 +29,9 @@ pub struct ChildPlan<'a> {
     pub status_fd: RawFd,
     pub go_fd: RawFd,
     pub fd_base: RawFd,
+    /// Children restored as zombies, with the signal their end sends: their end must not
+    /// leave a signal the process did not have pending at dump time.
+    pub zombie_children: Vec<(i32, i32)>,
 }
 
 /// Entry of the child side. Never returns: it either jumps into the restorer or exits.
@@ -40,6 +43,7 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
     let keep = {
         let mut keep: Vec<RawFd> = vec![plan.files.pages.as_raw_fd(), plan.files.exe.as_raw_fd()];
         keep.extend(plan.files.mapped.iter().flatten().map(|f| f.as_raw_fd()));
+        keep.extend(plan.files.shmem.values().map(|f| f.as_raw_fd()));
         keep.sort_unstable();
         keep
     };
@@ -50,7 +54,7 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
     if let Err(msg) = boot.set_unmap_list(&ranges) {
         fail(plan.status_fd, &msg);
     }
-    write_all(plan.status_fd, b"R");
+    report_ready(plan.status_fd);
     let mut go = [0u8; GO_MESSAGE_LEN];
     if !read_exact(plan.go_fd, &mut go) {
         // crest gave up (it closed the pipe): leave quietly.
@@ -77,6 +81,7 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
     }
     // Limits last: a lowered RLIMIT_NOFILE or RLIMIT_AS must not stop crest's own setup.
     let last_steps = set_rlimits(plan.image)
+        .and_then(|()| absorb_zombie_signals(&plan.zombie_children))
         .and_then(|()| task_state::queue_pending_signals(plan.image))
         .and_then(|()| task_state::set_thread_links(&plan.image.threads[0]))
         .and_then(|()| task_state::set_dumpable(plan.image));
@@ -208,7 +213,60 @@ fn set_rlimits(p: &ProcessImage) -> Result<(), String> {
     Ok(())
 }
 
-fn fail(status_fd: RawFd, msg: &str) -> ! {
+/// Tells crest this task is ready.
+pub fn report_ready(status_fd: RawFd) {
+    write_all(status_fd, b"R");
+}
+
+/// Waits until each zombie child has ended (without reaping it: the restored program will),
+/// then takes the signals their ends sent out of the pending set. The image's own pending
+/// signals, queued next, are what the process had; a SIGCHLD it had not yet handled is among
+/// them.
+fn absorb_zombie_signals(zombies: &[(i32, i32)]) -> Result<(), String> {
+    for &(pid, _) in zombies {
+        loop {
+            // SAFETY: siginfo_t is plain data; waitid writes into it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on our own child, WNOWAIT: it stays a zombie.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(format!("waiting for the zombie child {pid} to end: {err}"));
+            }
+        }
+    }
+    for &(_, sig) in zombies {
+        if sig <= 0 {
+            continue;
+        }
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid set and signal number; a zero timeout only polls.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == sig {}
+        }
+    }
+    Ok(())
+}
+
+/// Reports `msg` to crest and exits.
+pub fn fail(status_fd: RawFd, msg: &str) -> ! {
     let mut out = Vec::with_capacity(msg.len() + 1);
     out.push(b'E');
     out.extend_from_slice(msg.as_bytes());

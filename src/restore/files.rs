@@ -10,14 +10,28 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use std::collections::HashMap;
+
 use crate::images::{FileIdentity, FileKind, ProcessImage, VmaBacking};
 
+use super::shmem::SharedMemory;
 use super::RestoreError;
+
+/// What the processes of a tree share, opened once for all of them: open file descriptions by
+/// their tree-wide id, and the pipes.
+#[derive(Default)]
+pub struct TreeFiles {
+    descriptions: HashMap<u32, OwnedFd>,
+    pipes: super::pipes::Pipes,
+}
 
 /// Descriptors crest opened for one process, all numbered at or above `base`.
 pub struct OpenedFiles {
-    /// One descriptor per `ProcessImage::open_files` entry, positioned at its recorded offset.
+    /// One descriptor per `ProcessImage::open_files` entry, positioned at its recorded offset;
+    /// a description shared with other processes of the tree is one description for all.
     pub descriptions: Vec<OwnedFd>,
+    /// The shared memory objects the process maps, by object (inode at dump time).
+    pub shmem: HashMap<u64, OwnedFd>,
     /// Backing files of file VMAs, indexed like `ProcessImage::files` (None when not mapped).
     pub mapped: Vec<Option<OwnedFd>>,
     /// The executable, for PR_SET_MM_MAP's exe_fd.
@@ -28,24 +42,46 @@ pub struct OpenedFiles {
     pub pages: OwnedFd,
 }
 
-/// Lowest descriptor number crest uses for its own files in the restored task: above every fd
-/// the image has, so moving image fds into place never overwrites one of crest's.
-pub fn helper_fd_base(p: &ProcessImage) -> RawFd {
-    let highest = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
+/// Lowest descriptor number crest uses for its own files in the restored tasks: above every
+/// fd any process of the image has, so moving image fds into place never overwrites one of
+/// crest's (every task inherits all of them).
+pub fn helper_fd_base(processes: &[ProcessImage]) -> RawFd {
+    let highest = processes
+        .iter()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
     highest.max(2) + 1
 }
 
-/// Opens and checks everything `p` needs, moving each descriptor to `base` or above.
+/// A new descriptor (at `base` or above) for the description `fd` already opened.
+fn share(fd: &OwnedFd, base: RawFd) -> Result<OwnedFd, RestoreError> {
+    let copy = fd.try_clone().map_err(|e| RestoreError::Os {
+        what: "duplicating a shared descriptor".into(),
+        source: e,
+    })?;
+    above(copy, base, "a shared descriptor")
+}
+
+/// Opens and checks everything `p` needs, moving each descriptor to `base` or above;
+/// descriptions and pipes shared with other processes come from `tree`, and shared memory
+/// from `shmem`.
 pub fn open_all(
     p: &ProcessImage,
     pages_path: &std::path::Path,
+    base: RawFd,
+    tree: &mut TreeFiles,
+    shmem: &SharedMemory,
 ) -> Result<OpenedFiles, RestoreError> {
-    let base = helper_fd_base(p);
     // Everything that is checked comes first, so a changed file is refused before crest
     // writes anything to disk; then files whose content the image holds are recreated and
     // sockets created.
     let mut descriptions: Vec<Option<OwnedFd>> = (0..p.open_files.len()).map(|_| None).collect();
     for (slot, ofd) in descriptions.iter_mut().zip(&p.open_files) {
+        if let Some(fd) = tree.descriptions.get(&ofd.id) {
+            *slot = Some(share(fd, base)?);
+            continue;
+        }
         let ident = file_at(p, ofd.file)?;
         if matches!(
             ident.kind,
@@ -53,7 +89,9 @@ pub fn open_all(
         ) {
             continue;
         }
-        *slot = Some(open_description(ident, ofd, base)?);
+        let fd = open_description(ident, ofd, base)?;
+        *slot = Some(share(&fd, base)?);
+        tree.descriptions.insert(ofd.id, fd);
     }
 
     let mut mapped: Vec<Option<OwnedFd>> = (0..p.files.len()).map(|_| None).collect();
@@ -94,13 +132,12 @@ pub fn open_all(
             *slot = Some(recreate_content_file(ident, base)?);
         }
     }
-    let mut pipes = super::pipes::Pipes::default();
     for (i, (slot, ofd)) in descriptions.iter_mut().zip(&p.open_files).enumerate() {
         if slot.is_some() {
             continue;
         }
         let ident = file_at(p, ofd.file)?;
-        *slot = Some(match &ident.kind {
+        let fd = match &ident.kind {
             FileKind::UnixSocket(sock) => above(
                 super::sockets::create(ident, sock, ofd.flags)?,
                 base,
@@ -114,14 +151,20 @@ pub fn open_all(
                     .map(|f| f.fd.to_string())
                     .collect();
                 let fds = format!("pid {} fd {}", p.pid, fds.join(", "));
-                above(
-                    pipes.open(ofd.file, ident, pipe, ofd, &fds)?,
-                    base,
-                    "a pipe",
-                )?
+                above(tree.pipes.open(ident, pipe, ofd, &fds)?, base, "a pipe")?
             }
             _ => open_description(ident, ofd, base)?,
-        });
+        };
+        *slot = Some(share(&fd, base)?);
+        tree.descriptions.insert(ofd.id, fd);
+    }
+    let mut shared_memory = HashMap::new();
+    for vma in &p.vmas {
+        if let VmaBacking::SharedAnonymous { object, .. } = vma.backing {
+            if let std::collections::hash_map::Entry::Vacant(e) = shared_memory.entry(object) {
+                e.insert(share(shmem.get(object)?, base)?);
+            }
+        }
     }
     let descriptions = descriptions
         .into_iter()
@@ -133,6 +176,7 @@ pub fn open_all(
 
     Ok(OpenedFiles {
         descriptions,
+        shmem: shared_memory,
         mapped,
         exe,
         cwd,

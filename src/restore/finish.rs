@@ -26,31 +26,6 @@ use super::bootstrap::Bootstrap;
 use super::child::GO_MESSAGE_LEN;
 use super::RestoreError;
 
-/// Kills and reaps the child unless disarmed: a failed restore leaves nothing behind.
-pub struct ChildGuard {
-    pid: i32,
-    armed: bool,
-}
-
-impl ChildGuard {
-    pub fn new(pid: i32) -> ChildGuard {
-        ChildGuard { pid, armed: true }
-    }
-    pub fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let pid = Pid::from_raw(self.pid);
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-        }
-    }
-}
-
 /// Waits for the child's setup report; returns once it is ready for the jump.
 pub fn wait_ready(pid: i32, status: &mut File) -> Result<(), RestoreError> {
     let mut first = [0u8; 1];
@@ -68,15 +43,18 @@ pub fn wait_ready(pid: i32, status: &mut File) -> Result<(), RestoreError> {
     }
 }
 
-/// Traces the ready child, lets it run the restorer and finishes the restore. On return every
-/// thread runs the restored program, untraced.
-pub fn run_restorer(
-    pid: i32,
-    boot: &Bootstrap,
-    image: &ProcessImage,
-    status: &mut File,
-    go: &mut File,
-) -> Result<(), RestoreError> {
+/// A process of the tree on its way through the restorer, as crest follows it.
+pub struct Restoring<'a> {
+    pub pid: i32,
+    pub boot: &'a Bootstrap,
+    pub image: &'a ProcessImage,
+    pub status: &'a mut File,
+}
+
+/// Traces the ready task and sends it into the restorer. Its threads are caught later, with
+/// every other process's, by [`catch_all`].
+pub fn start(r: &mut Restoring<'_>, go: &mut File) -> Result<(), RestoreError> {
+    let pid = r.pid;
     let tpid = Pid::from_raw(pid);
     let ptrace_err = |what: &str, e: nix::Error| RestoreError::Os {
         what: format!("{what} (pid {pid})"),
@@ -89,7 +67,7 @@ pub fn run_restorer(
         | ptrace::Options::PTRACE_O_TRACECLONE;
     ptrace::seize(tpid, options).map_err(|e| ptrace_err("PTRACE_SEIZE of the restored task", e))?;
     ptrace::interrupt(tpid).map_err(|e| ptrace_err("PTRACE_INTERRUPT", e))?;
-    wait_for(tpid, boot, status, |s| {
+    wait_for(tpid, r.boot, r.status, |s| {
         matches!(s, WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP))
     })?;
 
@@ -98,24 +76,31 @@ pub fn run_restorer(
     let own_rseq = crate::ptrace::rseq_configuration(pid).map_err(|e| {
         RestoreError::Internal(format!("reading the rseq registration of pid {pid}: {e}"))
     })?;
-    crate::arch::morph::check_fpu_compatible(pid, &image.threads[0].regs)?;
+    crate::arch::morph::check_fpu_compatible(pid, &r.image.threads[0].regs)?;
     ptrace::cont(tpid, None).map_err(|e| ptrace_err("PTRACE_CONT", e))?;
 
     let mut msg = [0u8; GO_MESSAGE_LEN];
-    if let Some(r) = own_rseq {
-        msg[0..8].copy_from_slice(&r.abi_pointer.to_le_bytes());
-        msg[8..12].copy_from_slice(&r.abi_size.to_le_bytes());
-        msg[12..16].copy_from_slice(&r.signature.to_le_bytes());
+    if let Some(rs) = own_rseq {
+        msg[0..8].copy_from_slice(&rs.abi_pointer.to_le_bytes());
+        msg[8..12].copy_from_slice(&rs.abi_size.to_le_bytes());
+        msg[12..16].copy_from_slice(&rs.signature.to_le_bytes());
     }
     go.write_all(&msg).map_err(|e| RestoreError::Os {
         what: format!("releasing pid {pid} into the restorer"),
         source: e,
-    })?;
+    })
+}
 
-    let mut restored = catch_threads_after_sigreturn(pid, image.threads.len(), boot, status)?;
-
-    // munmap(bootstrap) inside the task through the leader, via the gadget, traced to its exit.
-    let leader_regs = restored
+/// Removes the bootstrap region from a process whose threads are all caught: one munmap run in
+/// the task through the blob's gadget, by its leader, traced to the syscall's exit.
+pub fn remove_bootstrap(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), RestoreError> {
+    let pid = r.pid;
+    let tpid = Pid::from_raw(pid);
+    let ptrace_err = |what: &str, e: nix::Error| RestoreError::Os {
+        what: format!("{what} (pid {pid})"),
+        source: std::io::Error::from(e),
+    };
+    let leader_regs = caught
         .iter()
         .find(|t| t.tid == pid)
         .map(|t| t.regs)
@@ -123,30 +108,33 @@ pub fn run_restorer(
     let mut call = leader_regs;
     crate::arch::morph::prepare_remote_syscall(
         &mut call,
-        boot.gadget(),
+        r.boot.gadget(),
         libc::SYS_munmap as u64,
-        &[boot.addr(), boot.len()],
+        &[r.boot.addr(), r.boot.len()],
     );
     ptrace::setregs(tpid, call).map_err(|e| ptrace_err("setting registers for munmap", e))?;
-    step_to_syscall_stop(tpid, boot, status)?;
-    step_to_syscall_stop(tpid, boot, status)?;
+    step_to_syscall_stop(tpid, r.boot, r.status)?;
+    step_to_syscall_stop(tpid, r.boot, r.status)?;
     let after =
         ptrace::getregs(tpid).map_err(|e| ptrace_err("reading registers after munmap", e))?;
-    let r = crate::arch::morph::syscall_result(&after);
-    if r != 0 {
+    let res = crate::arch::morph::syscall_result(&after);
+    if res != 0 {
         return Err(RestoreError::Os {
             what: format!(
                 "unmapping the restorer region {:#x}+{:#x} in pid {pid}",
-                boot.addr(),
-                boot.len()
+                r.boot.addr(),
+                r.boot.len()
             ),
-            source: std::io::Error::from_raw_os_error((-r) as i32),
+            source: std::io::Error::from_raw_os_error((-res) as i32),
         });
     }
+    Ok(())
+}
 
-    // Let every thread go with its own registers and mask; signals pending for it are
-    // delivered on its way back to user space.
-    for t in restored.drain(..) {
+/// Lets every caught thread go with its own registers and mask; signals pending for it are
+/// delivered on its way back to user space.
+pub fn release(caught: Vec<Caught>) -> Result<(), RestoreError> {
+    for t in caught {
         let tid = Pid::from_raw(t.tid);
         let err = |what: &str, e: String| {
             RestoreError::Internal(format!("{what} of thread {}: {e}", t.tid))
@@ -160,7 +148,7 @@ pub fn run_restorer(
 }
 
 /// A thread stopped right after its rt_sigreturn: its registers and mask as they are to be.
-struct Caught {
+pub struct Caught {
     tid: i32,
     regs: crate::arch::morph::UserRegs,
     mask: u64,
@@ -181,14 +169,19 @@ enum Phase {
 /// rt_sigreturn and holds it there with every signal blocked: rt_sigreturn installed the
 /// image's mask, and the restorer armed the timers, so an unblocked pending signal would be
 /// delivered in the middle of the cleanup.
-fn catch_threads_after_sigreturn(
-    pid: i32,
-    nr_threads: usize,
-    boot: &Bootstrap,
-    status: &mut File,
-) -> Result<Vec<Caught>, RestoreError> {
-    let mut phase: HashMap<i32, Phase> = HashMap::from([(pid, Phase::Restoring)]);
+///
+/// Works on every process of the tree at once: each thread's process is known from the image
+/// (every tid is restored as it was), so a failure names the right process and step.
+pub fn catch_all(procs: &mut [Restoring<'_>]) -> Result<Vec<Caught>, RestoreError> {
+    let owner: HashMap<i32, usize> = procs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.image.threads.iter().map(move |t| (t.tid, i)))
+        .collect();
+    let nr_threads: usize = procs.iter().map(|r| r.image.threads.len()).sum();
+    let mut phase: HashMap<i32, Phase> = procs.iter().map(|r| (r.pid, Phase::Restoring)).collect();
     let mut caught = Vec::with_capacity(nr_threads);
+    let pid = procs.first().map_or(0, |r| r.pid);
     let os = |what: String, e: nix::Error| RestoreError::Os {
         what,
         source: e.into(),
@@ -197,10 +190,22 @@ fn catch_threads_after_sigreturn(
         let ws = match waitpid(None, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
             Ok(ws) => ws,
             Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(os(format!("waiting for the threads of pid {pid}"), e)),
+            Err(e) => {
+                return Err(os(
+                    format!("waiting for the threads of the tree of pid {pid}"),
+                    e,
+                ))
+            }
         };
         let Some(tid) = ws.pid() else { continue };
         let raw = tid.as_raw();
+        let Some(&owner_idx) = owner.get(&raw) else {
+            return Err(RestoreError::Internal(format!(
+                "a task {raw} that is not in the image reported a stop ({ws:?})"
+            )));
+        };
+        let this = &mut procs[owner_idx];
+        let (pid, boot) = (this.pid, this.boot);
         match (ws, phase.get(&raw).copied()) {
             // The leader created a thread; the new thread's first stop follows (or came first).
             (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE), _) => {
@@ -243,7 +248,12 @@ fn catch_threads_after_sigreturn(
                     WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
                     _ => unreachable!(),
                 };
-                return Err(failure(pid, boot, status, format!("thread {raw} {how}")));
+                return Err(failure(
+                    pid,
+                    boot,
+                    this.status,
+                    format!("thread {raw} {how}"),
+                ));
             }
             (
                 WaitStatus::Stopped(
@@ -256,7 +266,7 @@ fn catch_threads_after_sigreturn(
                 ),
                 _,
             ) => {
-                return Err(crash(pid, tid, sig, boot, status));
+                return Err(crash(pid, tid, sig, boot, this.status));
             }
             (WaitStatus::Stopped(_, sig), _) => {
                 ptrace::cont(tid, Some(sig))

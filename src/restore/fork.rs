@@ -13,19 +13,20 @@ const ZOMBIE_WAIT: Duration = Duration::from_secs(15);
 /// Which side of the fork we are on.
 pub enum Forked {
     Child,
-    Parent { pid: i32 },
+    Parent,
 }
 
-/// Forks crest so that the child gets pid `pid` (clone3 with set_tid).
+/// Forks crest so that the child gets pid `pid` (clone3 with set_tid), and its parent gets
+/// `exit_signal` when it ends.
 ///
 /// The child is a plain copy of crest, like after fork(); it must leave through the restorer or
 /// `_exit` (see [`crate::sys::clone3_with_pid`]). crest is single-threaded on this path.
-pub fn fork_with_pid(pid: i32) -> Result<Forked, RestoreError> {
-    // SAFETY: crest is single-threaded here, and the child only runs restore::child, which ends
+pub fn fork_with_pid(pid: i32, exit_signal: i32) -> Result<Forked, RestoreError> {
+    // SAFETY: crest is single-threaded here, and the child only runs restore::spawn, which ends
     // in the restorer or _exit.
-    match unsafe { crate::sys::clone3_with_pid(pid) } {
+    match unsafe { crate::sys::clone3_with_pid(pid, exit_signal) } {
         Ok(0) => Ok(Forked::Child),
-        Ok(got) if got == pid => Ok(Forked::Parent { pid }),
+        Ok(got) if got == pid => Ok(Forked::Parent),
         Ok(got) => {
             // Cannot happen with set_tid; never go on with a task under another pid.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(got), nix::sys::signal::Signal::SIGKILL);

@@ -12,16 +12,19 @@ mod files;
 mod finish;
 mod fork;
 mod pipes;
+mod shmem;
 mod sockets;
+mod spawn;
 mod specials;
 mod task_state;
+mod tree;
 mod wait;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use crate::images::{self, Image, ProcessImage};
+use crate::images::{self, ProcessImage};
 
 pub use wait::Restored;
 
@@ -72,80 +75,275 @@ pub enum RestoreError {
     Internal(String),
 }
 
-/// Restores the image in `opts.dir`. On success the restored process runs under its original
-/// pid as a child of crest.
+/// Restores the image in `opts.dir`: the whole tree, every process under its original pid, its
+/// parent, group and session. On success the root runs as a child of crest.
+///
+/// Steps: read and validate the image -> plan the tree ([`tree`]) -> check every pid is free
+/// -> open everything in crest (files, descriptions shared across the tree, pipes, shared
+/// memory) and map each process's bootstrap region -> fork the root, which forks the rest
+/// ([`spawn`]) -> trace each task as it reports ready and send it into its restorer
+/// ([`finish::start`]) -> catch every thread of every process right after its rt_sigreturn
+/// ([`finish::catch_all`]) -> remove the bootstrap regions -> release all threads together.
+/// Until that release no task of the tree runs its own code; on any failure every task is
+/// killed and reaped ([`TreeGuard`]).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let image = images::open_image(&opts.dir)?;
     if opts.verify {
         images::verify_pages(&opts.dir, &image)?;
     }
-    let p = single_process(&image)?;
-    check_supported(p)?;
-    // The parent-death signal stands for "my parent ended". After restore the parent is crest:
-    // kept while crest waits for the process, which ends only with it; with -d crest exits at
-    // once, which would fire the signal, so it is left unset then.
-    let keep_pdeath = p.task.pdeath_signal != 0 && !opts.detached;
-    if p.task.pdeath_signal != 0 && opts.detached {
+    for p in &image.processes {
+        check_supported(p)?;
+    }
+    let pids: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
+    let plan = tree::plan(&image.inventory.tree, &pids)?;
+    let root_index = plan.tasks[0]
+        .process
+        .ok_or_else(|| RestoreError::BadImage("the root is not a live process".into()))?;
+    let root = &image.processes[root_index];
+    // The parent-death signal stands for "my parent ended". After restore the root's parent is
+    // crest: kept while crest waits for the tree, which ends only with it; with -d crest exits
+    // at once, which would fire the signal, so it is left unset then. The other processes get
+    // their own parents back, and their signal with them.
+    let keep_root_pdeath = root.task.pdeath_signal != 0 && !opts.detached;
+    if root.task.pdeath_signal != 0 && opts.detached {
         crate::warn!(
             "pid {} had parent-death signal {}; it is not restored with -d, since crest, its parent after restore, exits at once",
-            p.pid,
-            p.task.pdeath_signal
+            root.pid,
+            root.task.pdeath_signal
         );
     }
-    fork::wait_until_pid_free(p.pid)?;
-    // Thread ids are released as soon as the threads exit; only the leader can linger.
-    if let Some(t) = p
-        .threads
-        .iter()
-        .skip(1)
-        .find(|t| crate::proc::pid_in_use(t.tid))
-    {
-        return Err(RestoreError::PidTaken { pid: t.tid });
+    for t in &plan.tasks {
+        fork::wait_until_pid_free(t.pid)?;
+    }
+    // Thread ids are released as soon as the threads exit; only leaders can linger.
+    for p in &image.processes {
+        if let Some(t) = p
+            .threads
+            .iter()
+            .skip(1)
+            .find(|t| crate::proc::pid_in_use(t.tid))
+        {
+            return Err(RestoreError::PidTaken { pid: t.tid });
+        }
     }
 
-    let files = files::open_all(p, &image.dir.join(&p.pages_file))?;
-    let own = crate::proc::own_maps()
-        .map_err(|e| RestoreError::Internal(format!("listing crest's own mappings: {e}")))?;
-    let specials = specials::plan(p, &own)?;
-    let mut boot = bootstrap::Bootstrap::create(p, &own, &specials, &files)?;
-    let base = files::helper_fd_base(p);
-    let (mut status_rx, status_tx) = pipe_above(base)?;
-    let (go_rx, mut go_tx) = pipe_above(base)?;
+    raise_fd_limit();
+    let base = files::helper_fd_base(&image.processes);
+    let opened = {
+        let shmem = shmem::SharedMemory::create(&image, base)?;
+        let mut shared = files::TreeFiles::default();
+        let mut opened = Vec::with_capacity(image.processes.len());
+        for p in &image.processes {
+            opened.push(files::open_all(
+                p,
+                &image.dir.join(&p.pages_file),
+                base,
+                &mut shared,
+                &shmem,
+            )?);
+        }
+        // Each process holds its own descriptor of what it shares; crest's are closed here.
+        opened
+    };
+    let mut specials_all = Vec::with_capacity(image.processes.len());
+    let mut boots = Vec::with_capacity(image.processes.len());
+    for (p, files) in image.processes.iter().zip(&opened) {
+        // Read anew each time: the regions made for earlier processes are crest's now.
+        let own = crate::proc::own_maps()
+            .map_err(|e| RestoreError::Internal(format!("listing crest's own mappings: {e}")))?;
+        let specials = specials::plan(p, &own)?;
+        boots.push(bootstrap::Bootstrap::create(p, &own, &specials, files)?);
+        specials_all.push(specials);
+    }
+    let mut status_rx = Vec::with_capacity(plan.tasks.len());
+    let mut go_tx = Vec::with_capacity(plan.tasks.len());
+    let mut task_ends = Vec::with_capacity(plan.tasks.len());
+    let mut task_pipes = Vec::with_capacity(plan.tasks.len());
+    for _ in &plan.tasks {
+        let (status_r, status_w) = pipe_above(base)?;
+        let (go_r, go_w) = pipe_above(base)?;
+        task_pipes.push(spawn::TaskPipes {
+            status_r: status_r.as_raw_fd(),
+            status_w: status_w.as_raw_fd(),
+            go_r: go_r.as_raw_fd(),
+            go_w: go_w.as_raw_fd(),
+        });
+        status_rx.push(status_r);
+        go_tx.push(go_w);
+        task_ends.push((status_w, go_r));
+    }
 
-    match fork::fork_with_pid(p.pid)? {
-        fork::Forked::Child => child::run(child::ChildPlan {
-            image: p,
-            keep_pdeath,
-            files: &files,
-            specials: &specials,
-            boot: &mut boot,
-            status_fd: status_tx.as_raw_fd(),
-            go_fd: go_rx.as_raw_fd(),
+    // SAFETY: getpgrp cannot fail.
+    let crest_pgid = unsafe { libc::getpgrp() };
+    let subreaper = Subreaper::become_one()?;
+    // Every task starts with all signals blocked; crest's own mask comes back after the fork.
+    let all = nix::sys::signal::SigSet::all();
+    let mut old_mask = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&all),
+        Some(&mut old_mask),
+    )
+    .map_err(|e| RestoreError::Os {
+        what: "blocking signals for the fork".into(),
+        source: e.into(),
+    })?;
+    let forked = fork::fork_with_pid(root.pid, plan.tasks[0].exit_signal);
+    if let Ok(fork::Forked::Child) = forked {
+        let mut ctx = spawn::TreeCtx {
+            plan: &plan,
+            processes: &image.processes,
+            files: &opened,
+            specials: &specials_all,
+            boots: &mut boots,
+            pipes: &task_pipes,
+            keep_root_pdeath,
             fd_base: base,
-        }),
-        fork::Forked::Parent { pid } => {
-            let guard = finish::ChildGuard::new(pid);
-            // crest's copies of the child's ends and of the image files are no longer needed;
-            // closing the write end lets a dead child show as end-of-file.
-            drop(status_tx);
-            drop(go_rx);
-            drop(files);
-            finish::wait_ready(pid, &mut status_rx)?;
-            finish::run_restorer(pid, &boot, p, &mut status_rx, &mut go_tx)?;
-            guard.disarm();
-            Ok(Restored::new(pid))
+            crest_pgid,
+        };
+        spawn::task_main(&mut ctx, 0);
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&old_mask),
+        None,
+    );
+    forked?;
+    let guard = TreeGuard::new(plan.tasks.iter().map(|t| t.pid).collect());
+    // crest's copies of the tasks' ends and of the image files are no longer needed; closing
+    // the status write ends lets a dead task show as end-of-file.
+    drop(task_ends);
+    drop(opened);
+
+    let mut status_iter = status_rx.iter_mut();
+    let mut restoring = Vec::with_capacity(image.processes.len());
+    let mut zombies = Vec::new();
+    for (t, go) in plan.tasks.iter().zip(go_tx.iter_mut()) {
+        let status = status_iter.next().expect("one status pipe per task");
+        match t.process {
+            Some(p) => restoring.push((
+                finish::Restoring {
+                    pid: t.pid,
+                    boot: &boots[p],
+                    image: &image.processes[p],
+                    status,
+                },
+                go,
+            )),
+            None => zombies.push((t.pid, status)),
+        }
+    }
+    for (pid, status) in &mut zombies {
+        finish::wait_ready(*pid, status)?;
+    }
+    for (r, go) in &mut restoring {
+        finish::wait_ready(r.pid, r.status)?;
+        finish::start(r, go)?;
+    }
+    let mut restoring: Vec<finish::Restoring> = restoring.into_iter().map(|(r, _)| r).collect();
+    let caught = finish::catch_all(&mut restoring)?;
+    for r in &mut restoring {
+        finish::remove_bootstrap(r, &caught)?;
+    }
+    finish::release(caught)?;
+    subreaper.end();
+    guard.disarm();
+    Ok(Restored::new(root.pid))
+}
+
+/// crest as the child subreaper of the restore: a task whose parent task fails is handed to
+/// crest, which then kills and reaps it, instead of to init. Put back as it was at the end.
+struct Subreaper {
+    was: bool,
+}
+
+impl Subreaper {
+    fn become_one() -> Result<Subreaper, RestoreError> {
+        let mut was: libc::c_int = 0;
+        // SAFETY: PR_GET_CHILD_SUBREAPER writes one int to the pointer.
+        unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut was as *mut libc::c_int) };
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+            return Err(RestoreError::Os {
+                what: "becoming the child subreaper of the restore".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Subreaper { was: was != 0 })
+    }
+
+    /// Ends the restore's subreaper role (as dropping does).
+    fn end(self) {}
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, self.was as libc::c_ulong) };
+    }
+}
+
+/// Kills and reaps every task of the tree unless disarmed: a failed restore leaves nothing
+/// behind. Only tasks that are crest's (its children, or traced by it) or children of such
+/// tasks are killed, never a process that merely took a pid of the image.
+struct TreeGuard {
+    pids: Vec<i32>,
+    armed: bool,
+}
+
+impl TreeGuard {
+    fn new(pids: Vec<i32>) -> TreeGuard {
+        TreeGuard { pids, armed: true }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let me = std::process::id() as i32;
+        let ours = |pid: i32| {
+            crate::proc::Proc::open(pid)
+                .and_then(|p| p.status())
+                .is_ok_and(|s| s.ppid == me || s.tracer_pid == me || self.pids.contains(&s.ppid))
+        };
+        let victims: Vec<i32> = self.pids.iter().copied().filter(|&p| ours(p)).collect();
+        for &pid in &victims {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Killed tasks end as zombies of their parents, which die too: everything comes to
+        // crest, the subreaper, in the end.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while victims.iter().any(|&p| crate::proc::pid_in_use(p))
+            && std::time::Instant::now() < deadline
+        {
+            match nix::sys::wait::waitpid(
+                None,
+                Some(nix::sys::wait::WaitPidFlag::__WALL | nix::sys::wait::WaitPidFlag::WNOHANG),
+            ) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Ok(_) => {}
+            }
         }
     }
 }
 
-fn single_process(image: &Image) -> Result<&ProcessImage, RestoreError> {
-    match image.processes.as_slice() {
-        [p] => Ok(p),
-        [] => Err(RestoreError::BadImage("it holds no process".into())),
-        many => Err(RestoreError::Unsupported(format!(
-            "restoring a tree of {} processes",
-            many.len()
-        ))),
+/// Raises crest's soft limit on open files to the hard one: it holds every descriptor of every
+/// process of the tree at once.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

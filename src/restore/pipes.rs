@@ -22,26 +22,25 @@ use crate::images::{FileIdentity, OpenFileDescription, Pipe};
 
 use super::RestoreError;
 
-/// The pipes of one process, created or found once each, keyed by file index.
+/// The pipes of a tree, created or found once each, keyed by their inode at dump time.
 #[derive(Default)]
 pub struct Pipes {
     /// Where each pipe can be opened again: `/proc/PID/fd/N`. Internal pipes also keep the
     /// fresh pipe's read end alive here until every description is open.
-    sources: HashMap<u32, (String, Option<OwnedFd>)>,
+    sources: HashMap<(u64, u64), (String, Option<OwnedFd>)>,
 }
 
 impl Pipes {
-    /// A new descriptor (close-on-exec) for the description `ofd` of the pipe `ident`, file
-    /// `index` of the image; `fds` names the fds that use it, for the error.
+    /// A new descriptor (close-on-exec) for the description `ofd` of the pipe `ident`; `fds`
+    /// names the fds that use it, for the error.
     pub fn open(
         &mut self,
-        index: u32,
         ident: &FileIdentity,
         pipe: &Pipe,
         ofd: &OpenFileDescription,
         fds: &str,
     ) -> Result<OwnedFd, RestoreError> {
-        let (link, _) = match self.sources.entry(index) {
+        let (link, _) = match self.sources.entry((ident.dev, ident.ino)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(match pipe {
                 Pipe::Internal { size, buffered } => {
@@ -136,6 +135,7 @@ mod tests {
 
     fn ofd(flags: i32) -> OpenFileDescription {
         OpenFileDescription {
+            id: 0,
             file: 0,
             flags: flags as u32,
             pos: 0,
@@ -151,16 +151,10 @@ mod tests {
         let id = ident(1, pipe.clone());
         let mut pipes = Pipes::default();
         let r = pipes
-            .open(
-                0,
-                &id,
-                &pipe,
-                &ofd(libc::O_RDONLY | libc::O_NONBLOCK),
-                "fd 3",
-            )
+            .open(&id, &pipe, &ofd(libc::O_RDONLY | libc::O_NONBLOCK), "fd 3")
             .unwrap();
         let w = pipes
-            .open(0, &id, &pipe, &ofd(libc::O_WRONLY), "fd 4")
+            .open(&id, &pipe, &ofd(libc::O_WRONLY), "fd 4")
             .unwrap();
         drop(pipes);
         // SAFETY: F_GETFL/F_GETPIPE_SZ on descriptors we own.
@@ -191,7 +185,7 @@ mod tests {
         let id = ident(ino, Pipe::External);
         let mut pipes = Pipes::default();
         let w2 = pipes
-            .open(0, &id, &Pipe::External, &ofd(libc::O_WRONLY), "fd 1")
+            .open(&id, &Pipe::External, &ofd(libc::O_WRONLY), "fd 1")
             .unwrap();
         std::fs::File::from(w2).write_all(b"via proc").unwrap();
         drop(w);
@@ -201,7 +195,7 @@ mod tests {
 
         let mut pipes = Pipes::default();
         let err = pipes
-            .open(0, &id, &Pipe::External, &ofd(libc::O_WRONLY), "fd 1")
+            .open(&id, &Pipe::External, &ofd(libc::O_WRONLY), "fd 1")
             .unwrap_err();
         let msg = err.to_string();
         assert!(

@@ -92,6 +92,10 @@ pub enum Kind {
     /// Pipes with unread data: one blocking with a dup'ed write end, one O_NONBLOCK and
     /// enlarged; writes its log lines to stdout too (issue #4).
     Pipes,
+    /// A process tree (issue #9): children in the same and in a new session, one in its own
+    /// group, grandchildren, a zombie, shared anonymous memory, pipes between processes and one
+    /// file description all of them write through.
+    Tree,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -107,6 +111,7 @@ impl Kind {
             Kind::MThreads => "mthreads",
             Kind::Sockets => "sockets",
             Kind::Pipes => "pipes",
+            Kind::Tree => "tree",
             Kind::Java => "java",
         }
     }

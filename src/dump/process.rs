@@ -1,0 +1,114 @@
+//! Collecting one frozen process of the tree: everything but its pages and what it shares with
+//! other processes (resolved afterwards by [`super::shared`]).
+//!
+//! Order: threads (registers, masks, rseq, pending signals) -> parasite (process-only state, and
+//! each thread's own) -> what /proc shows (VMAs, fds, cwd, exe, limits, mm fields). All of it
+//! while the whole tree is frozen, so the tree is one consistent snapshot.
+
+use crate::images::{Creds, FileIdentity, MmFields, Rlimit, TaskState, ThreadImage, ThreadState};
+use crate::proc::{Proc, ProcError};
+
+use super::fds::{self, FdTable};
+use super::files::FileTable;
+use super::freeze::Frozen;
+use super::{parasite, seccomp, task, threads, vmas, DumpError, Phases};
+
+/// One process's state, as collected while the tree is frozen.
+pub struct CollectedProcess {
+    pub proc: Proc,
+    /// Until the tree is released (`-R`) or killed.
+    pub frozen: Option<Frozen>,
+    pub creds: Creds,
+    pub threads: Vec<ThreadImage>,
+    pub notes: Vec<String>,
+    pub task: TaskState,
+    pub vmas: vmas::Collected,
+    pub files: FileTable,
+    pub fd_table: FdTable,
+    pub cwd_file: u32,
+    pub exe_file: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmFields,
+    pub comm: String,
+    pub ppid: i32,
+    pub umask: u32,
+    pub sig_ignored: u64,
+    pub sig_caught: u64,
+}
+
+impl CollectedProcess {
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    /// The file behind description `d` of the fd table.
+    pub fn description_file(&self, d: u32) -> &FileIdentity {
+        self.files.get(self.fd_table.open_files[d as usize].file)
+    }
+}
+
+/// Collects the frozen process `proc` (whose threads `frozen` holds).
+pub fn collect(
+    proc: Proc,
+    frozen: Frozen,
+    creds: Creds,
+    phases: &mut Phases,
+) -> Result<CollectedProcess, DumpError> {
+    let pid = proc.pid();
+    let tids = frozen.tids();
+    let (threads, notes, task_state, brk) = std::thread::scope(|scope| {
+        let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
+        let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
+        let shared_pending = parasite::pending(pid, pid, true)?;
+        phases.end("threads");
+        let timers = proc.posix_timers()?;
+        // The leader's seccomp mode was checked before the freeze.
+        let inside = parasite::collect(pid, &tids, &timers, |tid| seccomp.check(tid))?;
+        phases.end("parasite");
+        let mut task_state = inside.task;
+        task_state.shared_pending = shared_pending;
+        for (thread, state) in threads.iter_mut().zip(inside.threads) {
+            thread.state = ThreadState {
+                pending: std::mem::take(&mut thread.state.pending),
+                ..state
+            };
+        }
+        Ok::<_, DumpError>((threads, notes, task_state, inside.brk))
+    })?;
+
+    let status = proc.status()?;
+    let umask = status.umask.ok_or_else(|| {
+        DumpError::Proc(ProcError::Parse {
+            path: format!("/proc/{pid}/status"),
+            detail: "no Umask: line (kernel older than 4.7?)".into(),
+        })
+    })?;
+    let mut files = FileTable::default();
+    let vmas = vmas::collect(&proc, &mut files)?;
+    let fd_table = fds::collect(&proc, &mut files)?;
+    let cwd_file = fds::cwd(&proc, &mut files)?;
+    let exe_file = fds::exe(&proc, &mut files)?;
+    let rlimits = task::rlimits(pid)?;
+    let (mm, comm, ppid) = task::mm(&proc, brk)?;
+    phases.end("collect");
+    Ok(CollectedProcess {
+        proc,
+        frozen: Some(frozen),
+        creds,
+        threads,
+        notes,
+        task: task_state,
+        vmas,
+        files,
+        fd_table,
+        cwd_file,
+        exe_file,
+        rlimits,
+        mm,
+        comm,
+        ppid,
+        umask,
+        sig_ignored: status.sig_ignored,
+        sig_caught: status.sig_caught,
+    })
+}

@@ -1,0 +1,162 @@
+//! What the processes of a tree share, resolved once every process is collected.
+//!
+//! - Open file descriptions inherited across fork are one description: each gets a tree-wide
+//!   id (kcmp KCMP_FILE between a holder in each process), so a restore opens it once and every
+//!   process gets the same one back (one offset, one set of status flags, one lock owner).
+//! - A pipe whose read and write ends are both held inside the tree is whole: its buffered bytes
+//!   are captured (once) and it is recreated; one with an end outside stays external.
+//! - Shared anonymous memory is one shmem object per inode: its content is stored once, by the
+//!   first VMA of the tree that maps each range.
+//! - Address spaces, fd tables and fs info shared by CLONE_VM, CLONE_FILES or CLONE_FS between
+//!   two processes cannot be restored yet: refused, naming both pids.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::images::{FileKind, Pipe, VmaBacking};
+use crate::pages::AreaKind;
+use crate::sys::{self, Kcmp};
+
+use super::pipes;
+use super::process::CollectedProcess;
+use super::DumpError;
+
+/// Resolves everything the processes of `procs` (in tree order) share.
+pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
+    refuse_shared_tables(procs)?;
+    assign_description_ids(procs)?;
+    classify_pipes(procs)?;
+    store_shared_memory_once(procs);
+    Ok(())
+}
+
+/// CLONE_VM, CLONE_FILES and CLONE_FS shared between two processes (not threads) of the tree.
+fn refuse_shared_tables(procs: &[CollectedProcess]) -> Result<(), DumpError> {
+    let mut problems = Vec::new();
+    for (i, a) in procs.iter().enumerate() {
+        for b in &procs[i + 1..] {
+            for (kind, what) in [
+                (
+                    Kcmp::Vm,
+                    "an address space (CLONE_VM, or a vfork still running)",
+                ),
+                (Kcmp::Files, "an fd table (CLONE_FILES)"),
+                (Kcmp::Fs, "a working directory and umask (CLONE_FS)"),
+            ] {
+                match sys::kcmp(a.pid(), b.pid(), kind, 0, 0) {
+                    Ok(true) => problems.push(DumpError::SharedBetweenProcesses {
+                        pid1: a.pid(),
+                        pid2: b.pid(),
+                        what,
+                    }),
+                    Ok(false) => {}
+                    Err(errno) => {
+                        return Err(DumpError::Kcmp {
+                            pid: a.pid(),
+                            fd1: -1,
+                            fd2: -1,
+                            errno,
+                        })
+                    }
+                }
+            }
+        }
+    }
+    DumpError::refused(problems)
+}
+
+/// Gives every open file description a tree-wide id; descriptions that kcmp finds to be one
+/// (inherited across fork, or passed over a socket) get the same.
+fn assign_description_ids(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
+    // (dev, ino) -> (pid, a holder fd, id) of each description of that inode seen so far.
+    let mut seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>> = HashMap::new();
+    let mut next_id = 0u32;
+    for p in procs.iter_mut() {
+        let pid = p.pid();
+        for d in 0..p.fd_table.open_files.len() as u32 {
+            let f = p.description_file(d);
+            let key = (f.dev, f.ino);
+            let fd = p.fd_table.holder(d);
+            let mut id = None;
+            for &(other, other_fd, other_id) in seen.get(&key).into_iter().flatten() {
+                if other == pid {
+                    continue;
+                }
+                let same = sys::kcmp_same_file(other, pid, other_fd, fd).map_err(|errno| {
+                    DumpError::Kcmp {
+                        pid,
+                        fd1: other_fd,
+                        fd2: fd,
+                        errno,
+                    }
+                })?;
+                if same {
+                    id = Some(other_id);
+                    break;
+                }
+            }
+            let id = id.unwrap_or_else(|| {
+                next_id += 1;
+                next_id - 1
+            });
+            p.fd_table.open_files[d as usize].id = id;
+            seen.entry(key).or_default().push((pid, fd, id));
+        }
+    }
+    Ok(())
+}
+
+/// Marks each pipe whose read and write ends are both inside the tree as internal, with its
+/// buffered bytes, in every process that holds it.
+fn classify_pipes(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
+    #[derive(Default)]
+    struct Ends {
+        reader: Option<(i32, i32)>,
+        writer: bool,
+    }
+    let mut pipes_seen: HashMap<(u64, u64), Ends> = HashMap::new();
+    for p in procs.iter() {
+        for f in &p.fd_table.fds {
+            let ident = p.description_file(f.description);
+            if !matches!(ident.kind, FileKind::Pipe(_)) {
+                continue;
+            }
+            let ends = pipes_seen.entry((ident.dev, ident.ino)).or_default();
+            let flags = p.fd_table.open_files[f.description as usize].flags as i32;
+            if flags & libc::O_ACCMODE != libc::O_WRONLY {
+                ends.reader = ends.reader.or(Some((p.pid(), f.fd)));
+            }
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                ends.writer = true;
+            }
+        }
+    }
+    for ((dev, ino), ends) in pipes_seen {
+        let (Some((pid, fd)), true) = (ends.reader, ends.writer) else {
+            continue;
+        };
+        let pipe: Pipe = pipes::capture(pid, fd, ino)?;
+        for p in procs.iter_mut() {
+            p.files.set_kind_of(dev, ino, FileKind::Pipe(pipe.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the content of each range of a shared memory object in the first VMA (in tree order)
+/// that maps it; the others are not read again.
+fn store_shared_memory_once(procs: &mut [CollectedProcess]) {
+    let mut stored: HashSet<(u64, u64, u64)> = HashSet::new();
+    for p in procs.iter_mut() {
+        let mut skip = HashSet::new();
+        for v in &p.vmas.vmas {
+            if let VmaBacking::SharedAnonymous { object, offset, .. } = v.backing {
+                if !stored.insert((object, offset, v.end - v.start)) {
+                    skip.insert(v.start);
+                }
+            }
+        }
+        p.vmas.areas.retain(|a| {
+            !(matches!(a.kind, AreaKind::SharedAnonymous { .. }) && skip.contains(&a.start))
+        });
+    }
+}

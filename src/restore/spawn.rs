@@ -1,0 +1,208 @@
+//! The fork phase of a tree restore, as each task lives it.
+//!
+//! crest forks the root; every task (a copy of crest until its restorer runs) then forks its
+//! own children with their original pids, sets up its session and process group as the plan
+//! says ([`super::tree`]), and either becomes its process ([`super::child::run`]) or, for a
+//! zombie, exits the way it exited, leaving its parent a child to reap.
+//!
+//! Every task inherits every descriptor crest opened, the pipes of every other task included.
+//! Each closes at once what is not its own or its descendants': so a task that dies early
+//! shows as end-of-file on its status pipe, and a crest that dies shows to every waiting task.
+
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use crate::images::ProcessImage;
+
+use super::bootstrap::{Bootstrap, Special};
+use super::child::{self, ChildPlan};
+use super::files::OpenedFiles;
+use super::fork::{self, Forked};
+use super::tree::{Group, TreePlan};
+
+/// How long a task waits for the leader of the group it joins (a sibling or cousin forked at
+/// the same time) to have made the group.
+const GROUP_WAIT: Duration = Duration::from_secs(10);
+
+/// The pipes between crest and one task: crest reads `status` and writes `go`.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskPipes {
+    pub status_r: RawFd,
+    pub status_w: RawFd,
+    pub go_r: RawFd,
+    pub go_w: RawFd,
+}
+
+/// Everything the tasks need after the fork; each task has its own copy.
+pub struct TreeCtx<'a> {
+    pub plan: &'a TreePlan,
+    pub processes: &'a [ProcessImage],
+    /// Per process (index into `processes`).
+    pub files: &'a [OpenedFiles],
+    pub specials: &'a [Vec<Special>],
+    pub boots: &'a mut [Bootstrap],
+    /// Per task (index into `plan.tasks`).
+    pub pipes: &'a [TaskPipes],
+    /// The root keeps its parent-death signal (crest stays its parent).
+    pub keep_root_pdeath: bool,
+    pub fd_base: RawFd,
+    /// crest's process group: the "outer" group of the plan.
+    pub crest_pgid: i32,
+}
+
+/// Entry of task `i` right after its fork. Never returns.
+pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
+    let status = ctx.pipes[i].status_w;
+    let descendants = ctx.plan.descendants(i);
+    for (j, p) in ctx.pipes.iter().enumerate() {
+        close(p.status_r);
+        close(p.go_w);
+        if j != i && !descendants.contains(&j) {
+            close(p.status_w);
+            close(p.go_r);
+        }
+    }
+    if let Err(msg) = fork_and_group(ctx, i) {
+        child::fail(status, &msg);
+    }
+    for &j in &descendants {
+        close(ctx.pipes[j].status_w);
+        close(ctx.pipes[j].go_r);
+    }
+    let task = &ctx.plan.tasks[i];
+    if let Some((wait_status, comm)) = &task.zombie {
+        become_zombie(status, *wait_status, comm);
+    }
+    let p = task.process.expect("a live task has a process record");
+    let zombie_children: Vec<(i32, i32)> = task
+        .children_before
+        .iter()
+        .chain(&task.children_after)
+        .map(|&c| &ctx.plan.tasks[c])
+        .filter(|c| c.zombie.is_some())
+        .map(|c| (c.pid, c.exit_signal))
+        .collect();
+    // The boots slice is reborrowed for this task alone; no other task's is touched.
+    let boot = &mut ctx.boots[p];
+    child::run(ChildPlan {
+        image: &ctx.processes[p],
+        keep_pdeath: i != 0 || ctx.keep_root_pdeath,
+        files: &ctx.files[p],
+        specials: &ctx.specials[p],
+        boot,
+        status_fd: status,
+        go_fd: ctx.pipes[i].go_r,
+        fd_base: ctx.fd_base,
+        zombie_children,
+    })
+}
+
+/// Forks the task's children around its setsid/setpgid, then joins its group.
+fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
+    let task = ctx.plan.tasks[i].clone();
+    for &c in &task.children_before {
+        fork_child(ctx, c)?;
+    }
+    if task.setsid {
+        // SAFETY: setsid has no preconditions.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(format!(
+                "setsid for pid {} failed: {}",
+                task.pid,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if task.lead_group {
+        // SAFETY: setpgid on ourselves.
+        if unsafe { libc::setpgid(0, 0) } < 0 {
+            return Err(format!(
+                "making pid {} the leader of its process group failed: {}",
+                task.pid,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    for &c in &task.children_after {
+        fork_child(ctx, c)?;
+    }
+    if let Some(group) = task.join_group {
+        join_group(task.pid, group, ctx.crest_pgid)?;
+    }
+    Ok(())
+}
+
+fn fork_child(ctx: &mut TreeCtx<'_>, c: usize) -> Result<(), String> {
+    let child = &ctx.plan.tasks[c];
+    match fork::fork_with_pid(child.pid, child.exit_signal) {
+        Ok(Forked::Child) => task_main(ctx, c),
+        Ok(Forked::Parent) => Ok(()),
+        Err(e) => Err(format!("forking pid {}: {e}", child.pid)),
+    }
+}
+
+/// `setpgid(0, pgid)`, retried while the group does not exist yet (EPERM): its leader is
+/// another task of the tree that makes it right after its own fork.
+fn join_group(pid: i32, group: Group, crest_pgid: i32) -> Result<(), String> {
+    let pgid = match group {
+        Group::Tree(p) => p,
+        Group::Outer => crest_pgid,
+    };
+    let deadline = Instant::now() + GROUP_WAIT;
+    loop {
+        // SAFETY: setpgid on ourselves.
+        if unsafe { libc::setpgid(0, pgid) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EPERM) || Instant::now() > deadline {
+            return Err(format!("pid {pid} cannot join process group {pgid}: {err}"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A zombie of the image: reports its setup, then ends as the original did, so its parent
+/// reaps it with the same wait status. Its name is the original's.
+fn become_zombie(status: RawFd, wait_status: i32, comm: &str) -> ! {
+    let name = std::ffi::CString::new(
+        comm.as_bytes()
+            .iter()
+            .copied()
+            .filter(|b| *b != 0)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap_or_default();
+    // SAFETY: PR_SET_NAME reads at most 16 bytes of a valid C string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    child::report_ready(status);
+    close(status);
+    let sig = wait_status & 0x7f;
+    if sig == 0 {
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit((wait_status >> 8) & 0xff) };
+    }
+    // Killed by a signal: die of it, without a core file (the original's is long written).
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on ourselves with valid arguments.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+        // A signal whose default is not to end the process cannot have ended it: SIGKILL.
+        libc::kill(libc::getpid(), libc::SIGKILL);
+        libc::_exit(128 + sig)
+    }
+}
+
+fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor of ours that nothing in this task uses any more.
+    unsafe { libc::close(fd) };
+}

@@ -1,0 +1,311 @@
+//! Planning the tree: which task forks which, in what order, and how each gets its session and
+//! process group back — checked before any process is touched.
+//!
+//! The kernel's rules: a session id is inherited at fork or made by `setsid()` (which fails
+//! for a group leader); `setpgid(0, P)` joins group P only if P exists in the caller's
+//! session. So each task, right after it is forked, does in this order:
+//! 1. forks the children that must keep the session it was born in ("old-session" children),
+//!    when it is a session leader itself;
+//! 2. calls `setsid()` if it leads a session, or `setpgid(0, 0)` if it leads a group;
+//! 3. forks its other children;
+//! 4. joins its group when another task leads it (retrying until that leader has done step 2:
+//!    the leader may be a sibling or a cousin, forked in parallel).
+//!
+//! The root's session and group, when it leads neither, are outside the tree: the restored
+//! tree gets crest's own instead (what restoring from a shell or a service manager means).
+//! Layouts that need a helper task (a session or group whose leader has exited, or a task
+//! that moved to a session of another branch) are refused, naming the task.
+
+use std::collections::HashMap;
+
+use crate::images::{TreeTask, TreeTaskState};
+
+use super::RestoreError;
+
+/// What one task does between its fork and its own restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskPlan {
+    pub pid: i32,
+    /// Index of the parent in [`TreePlan::tasks`]; None for the root.
+    pub parent: Option<usize>,
+    pub exit_signal: i32,
+    /// Children forked before [`TaskPlan::setsid`] (indices into the plan).
+    pub children_before: Vec<usize>,
+    pub setsid: bool,
+    /// `setpgid(0, 0)`: it leads its group (and not as a session leader, which setsid makes).
+    pub lead_group: bool,
+    pub children_after: Vec<usize>,
+    /// The group to join once its leader exists; `Some(Outer)` means crest's own group.
+    pub join_group: Option<Group>,
+    /// Index into `Image::processes` of a live task; None for a zombie.
+    pub process: Option<usize>,
+    /// A zombie's wait status and name.
+    pub zombie: Option<(i32, String)>,
+}
+
+/// A process group to join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The group led by this pid of the tree.
+    Tree(i32),
+    /// The root's group at dump time, which had no leader in the tree: crest's own now.
+    Outer,
+}
+
+/// The whole tree, in the image's order (parents before children).
+#[derive(Debug, Clone)]
+pub struct TreePlan {
+    pub tasks: Vec<TaskPlan>,
+}
+
+impl TreePlan {
+    /// Indices of every task below `i` (not `i` itself).
+    pub fn descendants(&self, i: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut stack = vec![i];
+        while let Some(j) = stack.pop() {
+            for k in self.tasks[j]
+                .children_before
+                .iter()
+                .chain(&self.tasks[j].children_after)
+            {
+                out.push(*k);
+                stack.push(*k);
+            }
+        }
+        out
+    }
+}
+
+fn refuse(msg: String) -> RestoreError {
+    RestoreError::Unsupported(msg)
+}
+
+/// Plans `tree` (whose live tasks are `process_pids`, in `Image::processes` order).
+pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, RestoreError> {
+    let index: HashMap<i32, usize> = tree.iter().enumerate().map(|(i, t)| (t.pid, i)).collect();
+    let root = tree
+        .first()
+        .ok_or_else(|| RestoreError::BadImage("the tree is empty".into()))?;
+    // A session or group whose leader is not in the tree is the one the root was started in
+    // (the root may have left it since, by setsid or setpgid, after forking children that
+    // stayed): at most one of each, which becomes crest's.
+    let outer = |ids: Vec<i32>, what: &str| -> Result<Option<i32>, RestoreError> {
+        let mut outside: Vec<i32> = ids.into_iter().filter(|i| !index.contains_key(i)).collect();
+        outside.sort_unstable();
+        outside.dedup();
+        match outside.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            many => Err(refuse(format!(
+                "the tree's processes are in {} {what}s whose leaders are not in the tree \
+                 ({many:?}); crest can recreate only one, as its own",
+                many.len()
+            ))),
+        }
+    };
+    let outer_sid = outer(tree.iter().map(|t| t.sid).collect(), "session")?;
+    let outer_pgid = outer(tree.iter().map(|t| t.pgid).collect(), "process group")?;
+    let _ = root;
+
+    let mut tasks: Vec<TaskPlan> = Vec::with_capacity(tree.len());
+    // The session each task is in when it is forked, as an image sid (None: the outer one).
+    let mut born: Vec<Option<i32>> = Vec::with_capacity(tree.len());
+    for (i, t) in tree.iter().enumerate() {
+        let parent = if i == 0 {
+            None
+        } else {
+            Some(*index.get(&t.ppid).ok_or_else(|| {
+                RestoreError::BadImage(format!(
+                    "pid {}: parent {} is not in the tree",
+                    t.pid, t.ppid
+                ))
+            })?)
+        };
+        let leads_session = t.sid == t.pid;
+        // Its session as the restore sees it: None is the outer one (crest's).
+        let my_sid = (outer_sid != Some(t.sid)).then_some(t.sid);
+        let born_sid = match parent {
+            None => None,
+            Some(pi) => {
+                let pt = &tree[pi];
+                let p_leads = pt.sid == pt.pid;
+                // The parent's session after its own setsid (if any), and before.
+                let p_final = if p_leads { Some(pt.pid) } else { born[pi] };
+                if leads_session || my_sid == p_final {
+                    tasks[pi].children_after.push(i);
+                    p_final
+                } else if p_leads && my_sid == born[pi] {
+                    tasks[pi].children_before.push(i);
+                    born[pi]
+                } else {
+                    return Err(refuse(format!(
+                        "pid {} is in session {} while its parent {} is in session {}: it \
+                         moved to the session of another branch of the tree, or that \
+                         session's leader has exited; crest cannot recreate such a session yet",
+                        t.pid, t.sid, pt.pid, pt.sid
+                    )));
+                }
+            }
+        };
+        born.push(born_sid);
+
+        let join_group = if t.pgid == t.pid {
+            None
+        } else if index.contains_key(&t.pgid) {
+            let leader = &tree[index[&t.pgid]];
+            if leader.pgid != leader.pid {
+                return Err(refuse(format!(
+                    "pid {} is in process group {}, but process {} of the tree leads another \
+                     group; the image is inconsistent",
+                    t.pid, t.pgid, t.pgid
+                )));
+            }
+            if leader.sid != t.sid {
+                return Err(refuse(format!(
+                    "pid {} is in process group {} of another session",
+                    t.pid, t.pgid
+                )));
+            }
+            Some(Group::Tree(t.pgid))
+        } else if outer_pgid == Some(t.pgid) && my_sid.is_none() {
+            Some(Group::Outer)
+        } else {
+            return Err(refuse(format!(
+                "pid {} is in process group {} whose leader has exited (or is outside the \
+                 tree); crest cannot recreate such a group yet",
+                t.pid, t.pgid
+            )));
+        };
+        let (process, zombie) = match &t.state {
+            TreeTaskState::Alive => (
+                Some(
+                    process_pids
+                        .iter()
+                        .position(|&p| p == t.pid)
+                        .ok_or_else(|| {
+                            RestoreError::BadImage(format!(
+                                "live task {} has no process record",
+                                t.pid
+                            ))
+                        })?,
+                ),
+                None,
+            ),
+            TreeTaskState::Zombie { wait_status, comm } => {
+                (None, Some((*wait_status, comm.clone())))
+            }
+        };
+        tasks.push(TaskPlan {
+            pid: t.pid,
+            parent,
+            exit_signal: t.exit_signal,
+            children_before: Vec::new(),
+            setsid: leads_session,
+            lead_group: t.pgid == t.pid && !leads_session,
+            children_after: Vec::new(),
+            join_group,
+            process,
+            zombie,
+        });
+    }
+    Ok(TreePlan { tasks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(pid: i32, ppid: i32, pgid: i32, sid: i32) -> TreeTask {
+        TreeTask {
+            pid,
+            ppid,
+            pgid,
+            sid,
+            exit_signal: libc::SIGCHLD,
+            state: TreeTaskState::Alive,
+        }
+    }
+
+    fn pids(tree: &[TreeTask]) -> Vec<i32> {
+        tree.iter().map(|t| t.pid).collect()
+    }
+
+    #[test]
+    fn a_root_in_the_callers_session_with_children_in_new_sessions_and_groups() {
+        // 100 started from a shell (session 1, group 1); 101 same session and group; 102
+        // setsid; 103 its own group; 104 child of 102 in 102's session and group 103? no:
+        // 104 in 102's session, its own group; 105 child of 104 joins 104's group.
+        let tree = vec![
+            task(100, 1, 1, 1),
+            task(101, 100, 1, 1),
+            task(102, 100, 102, 102),
+            task(103, 100, 103, 1),
+            task(104, 102, 104, 102),
+            task(105, 104, 104, 102),
+        ];
+        let plan = plan(&tree, &pids(&tree)).unwrap();
+        let t = &plan.tasks;
+        assert!(!t[0].setsid && !t[0].lead_group && t[0].join_group == Some(Group::Outer));
+        assert_eq!(t[0].children_after, vec![1, 2, 3]);
+        assert!(t[2].setsid && !t[2].lead_group);
+        assert!(t[3].lead_group && t[3].join_group.is_none());
+        assert_eq!(t[2].children_after, vec![4]);
+        assert!(t[4].lead_group);
+        assert_eq!(t[5].join_group, Some(Group::Tree(104)));
+        assert_eq!(plan.descendants(2), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_session_leader_forks_old_session_children_first() {
+        // 200 leads its own session; 201 was forked by 200 before 200 called setsid? 200's
+        // born session is the outer one (1); 201 stayed there.
+        let tree = vec![
+            task(200, 1, 200, 200),
+            task(201, 200, 201, 201),
+            task(202, 201, 202, 201),
+        ];
+        let plan = plan(&tree, &pids(&tree)).unwrap();
+        assert!(plan.tasks[0].setsid);
+        assert_eq!(plan.tasks[1].children_after, vec![2]);
+        let old = vec![task(300, 1, 300, 300), task(301, 300, 1, 1)];
+        let plan = plan_of(&old);
+        assert_eq!(plan.tasks[0].children_before, vec![1]);
+        assert_eq!(plan.tasks[1].join_group, Some(Group::Outer));
+    }
+
+    fn plan_of(tree: &[TreeTask]) -> TreePlan {
+        plan(tree, &pids(tree)).unwrap()
+    }
+
+    #[test]
+    fn groups_and_sessions_without_a_leader_are_refused() {
+        let tree = vec![task(400, 1, 400, 400), task(401, 400, 399, 400)];
+        let err = plan(&tree, &pids(&tree)).unwrap_err().to_string();
+        assert!(
+            err.contains("pid 401") && err.contains("group 399"),
+            "{err}"
+        );
+        // One session from outside the tree is the caller's (crest's at restore); two cannot be.
+        let tree = vec![task(500, 1, 500, 500), task(501, 500, 501, 498)];
+        assert_eq!(plan_of(&tree).tasks[0].children_before, vec![1]);
+        let tree = vec![
+            task(500, 1, 500, 500),
+            task(501, 500, 501, 498),
+            task(502, 500, 502, 497),
+        ];
+        let err = plan(&tree, &pids(&tree)).unwrap_err().to_string();
+        assert!(err.contains("2 sessions") && err.contains("497"), "{err}");
+        // A task in a session of another branch of the tree.
+        let tree = vec![
+            task(600, 1, 600, 600),
+            task(601, 600, 601, 601),
+            task(602, 600, 602, 601),
+        ];
+        let err = plan(&tree, &pids(&tree)).unwrap_err().to_string();
+        assert!(
+            err.contains("pid 602") && err.contains("session 601"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Whole process trees (issue #9): a dump takes the root and every descendant, frozen together;
+//! a restore brings back every process under its pid, with its parent, process group and
+//! session, zombies included, and what they share still shared.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// (parent, group, session, state) of a process, from /proc/PID/stat.
+type Ids = (i32, i32, i32, char);
+
+fn ids(pid: i32) -> Option<Ids> {
+    let s = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    Some((s.ppid, s.pgrp, s.session, s.state))
+}
+
+/// The tree victim with the pids of its members (CTL/pids).
+struct Tree {
+    v: Victim,
+    /// Every member but the root: A, B, C, D, E and the zombie Z.
+    members: Vec<(String, i32)>,
+}
+
+impl Tree {
+    fn start() -> Tree {
+        let v = Victim::start(Kind::Tree);
+        let path = v.ctl.join("pids");
+        let text = wait_for("the tree's pids file", TIMEOUT, || {
+            fs::read_to_string(&path).ok()
+        });
+        let members = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(name, _)| *name != "root")
+            .map(|(name, pid)| (name.to_string(), pid.trim().parse().expect("a pid")))
+            .collect();
+        Tree { v, members }
+    }
+
+    fn pid(&self, name: &str) -> i32 {
+        self.members
+            .iter()
+            .find(|m| m.0 == name)
+            .expect("a member")
+            .1
+    }
+
+    /// Parent, group, session and state of the root and every member.
+    fn snapshot(&self) -> BTreeMap<i32, Ids> {
+        std::iter::once(self.v.pid)
+            .chain(self.members.iter().map(|m| m.1))
+            .map(|p| {
+                (
+                    p,
+                    ids(p).unwrap_or_else(|| panic!("pid {p} does not exist")),
+                )
+            })
+            .collect()
+    }
+
+    /// After a dump: the root and every member are gone (reaped by us, the subreaper they
+    /// end with), none left running.
+    fn reap_all(&mut self) {
+        self.v.reap();
+        for (name, pid) in &self.members {
+            reap_pid(*pid, TIMEOUT).unwrap_or_else(|e| panic!("member {name}: {e}"));
+            assert_no_process(*pid, &format!("after the dump, member {name}"));
+        }
+    }
+
+    /// Every record of the shared records file is whole, and each process's records are in
+    /// sequence with none missing: the file description (and its offset) stayed one.
+    fn assert_records_whole(&self) {
+        let data = fs::read(self.v.ctl.join("records")).expect("read records");
+        assert_eq!(data.len() % 24, 0, "a torn record");
+        let mut last: BTreeMap<i32, u64> = BTreeMap::new();
+        for (i, rec) in data.chunks(24).enumerate() {
+            let text = std::str::from_utf8(rec).expect("text record");
+            let mut words = text.split_whitespace();
+            let (Some(pid), Some(seq)) = (words.next(), words.next()) else {
+                panic!("record {i} is {text:?}");
+            };
+            let (pid, seq): (i32, u64) = (pid.parse().unwrap(), seq.parse().unwrap());
+            let prev = last.insert(pid, seq).unwrap_or(0);
+            assert_eq!(
+                seq,
+                prev + 1,
+                "record {i}: pid {pid} wrote {seq} after {prev}"
+            );
+        }
+        assert!(last.len() >= 6, "records of {} processes only", last.len());
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        for (_, pid) in &self.members {
+            if pid_exists(*pid) {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+        let _ = kill(Pid::from_raw(self.v.pid), Signal::SIGKILL);
+        let _ = reap_pid(self.v.pid, TIMEOUT);
+        for (_, pid) in &self.members {
+            let _ = reap_pid(*pid, TIMEOUT);
+        }
+    }
+}
+
+#[test]
+fn a_tree_restores_three_times_under_its_pids_groups_and_sessions() {
+    let mut t = Tree::start();
+    t.v.verify().expect("the tree verifies before any dump");
+    let before = t.snapshot();
+    let root = t.v.pid;
+    // The layout the victim promises, so the test checks what it means to.
+    assert_eq!(before[&root].2, root, "the root leads its session");
+    assert_eq!(
+        before[&t.pid("A")],
+        (root, root, root, before[&t.pid("A")].3)
+    );
+    assert_eq!(before[&t.pid("B")].1, t.pid("B"));
+    assert_eq!(before[&t.pid("C")].2, t.pid("C"));
+    assert_eq!(before[&t.pid("D")].1, t.pid("D"));
+    assert_eq!(before[&t.pid("E")].1, t.pid("C"));
+    assert_eq!(before[&t.pid("Z")].3, 'Z');
+
+    for cycle in 1..=3 {
+        let dir = t.v.work.join(format!("img{cycle}"));
+        let out = dump(root, &dir, false);
+        out.assert_ok();
+        assert!(out.stderr.contains("5 descendant(s), 1 zombie(s)"), "{out}");
+        t.reap_all();
+
+        restore_detached(&dir, &[]).assert_ok();
+        t.v.mark_restored();
+        let after = t.snapshot();
+        // The root's parent is now the restoring crest's parent (us), as for any restore.
+        let strip = |m: &BTreeMap<i32, Ids>| {
+            m.iter()
+                .map(|(&p, &(pp, g, s, st))| {
+                    let pp = if p == root { 0 } else { pp };
+                    // A running process may be seen in R, S or D; a zombie is a zombie.
+                    (p, (pp, g, s, st == 'Z'))
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(strip(&after), strip(&before), "cycle {cycle}");
+        t.v.verify()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        t.assert_records_whole();
+    }
+    // The zombie's parent reaps it with the status it had at the first dump.
+    fs::write(t.v.ctl.join("final"), b"").unwrap();
+    t.v.verify()
+        .expect("the root reaps its zombie with status 42");
+    assert!(!pid_exists(t.pid("Z")), "the zombie was not reaped");
+}
+
+#[test]
+fn a_bash_loop_running_sleep_carries_on_after_restore() {
+    setup();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = work.path().join("count");
+    let script = format!(
+        "i=0; while true; do i=$((i+1)); echo $i >> {}; sleep 0.05; done",
+        log.display()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid in the forked child before exec is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start bash");
+    let bash = child.id() as i32;
+    drop(child);
+    let count = |p: &Path| -> usize {
+        fs::read_to_string(p)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("bash to count", TIMEOUT, || {
+        (count(&log) >= 3).then_some(())
+    });
+    let sleep_pid = wait_for("bash's sleep child", TIMEOUT, || {
+        let kids = procfs::process::Process::new(bash)
+            .ok()?
+            .task_main_thread()
+            .ok()?
+            .children()
+            .ok()?;
+        kids.first().map(|&k| k as i32)
+    });
+    let dir = work.path().join("img");
+    let out = dump(bash, &dir, false);
+    out.assert_ok();
+    let _ = reap_pid(bash, TIMEOUT);
+    let _ = reap_pid(sleep_pid, TIMEOUT);
+    assert_no_process(bash, "after the dump");
+    let at_dump = count(&log);
+
+    restore_detached(&dir, &[]).assert_ok();
+    wait_for("the restored bash to count on", TIMEOUT, || {
+        (count(&log) >= at_dump + 3).then_some(())
+    });
+    let lines: Vec<u64> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        lines.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count skipped or repeated: {lines:?}"
+    );
+    let _ = kill(Pid::from_raw(bash), Signal::SIGKILL);
+    let _ = reap_pid(bash, TIMEOUT);
+    // Its current sleep is reparented to us when bash dies: end it too.
+    std::thread::sleep(Duration::from_millis(100));
+    for p in procfs::process::all_processes().unwrap().flatten() {
+        if let Ok(st) = p.stat() {
+            if st.ppid == std::process::id() as i32 && st.comm == "sleep" {
+                let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+                let _ = reap_pid(p.pid, TIMEOUT);
+            }
+        }
+    }
+}
