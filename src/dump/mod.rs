@@ -15,10 +15,12 @@
 //! (ImageWriter's Drop), so the target runs on as before. `CREST_FAIL_AT` ([`crate::fault`])
 //! makes a dump fail at a named step to test exactly that.
 
+mod creds;
 mod fds;
 mod files;
 mod freeze;
 mod hint;
+mod jobctl;
 mod parasite;
 mod pipes;
 mod seccomp;
@@ -129,10 +131,26 @@ pub enum DumpError {
     )]
     Seccomp { pid: i32, tid: i32, mode: u32 },
     #[error(
-        "process {pid} runs with other credentials than crest ({detail}); restoring credentials \
-         is not supported yet, run crest as the same user"
+        "thread {tid} of process {pid} has other credentials than the main thread: {detail}; \
+         crest restores one set of credentials for all threads"
     )]
-    Credentials { pid: i32, detail: String },
+    ThreadCredentials { pid: i32, tid: i32, detail: String },
+    #[error(
+        "process {parent} is in the middle of a vfork: its child {child} shares its memory and \
+         has not called exec or exited yet, and the parent waits for that in the kernel; dump \
+         again once the child has called exec"
+    )]
+    Vfork { parent: i32, child: i32 },
+    #[error(
+        "process {pid}: cannot tell whether process {other} shares its memory (kcmp: {errno})"
+    )]
+    KcmpVm { pid: i32, other: i32, errno: Errno },
+    #[error(
+        "process {pid} ignores SIGTRAP (SIG_IGN); crest's parasite stops on breakpoints, whose \
+         SIGTRAP makes the kernel reset an ignored SIGTRAP to the default action, so the \
+         process cannot be dumped without changing it"
+    )]
+    SigtrapIgnored { pid: i32 },
     #[error(
         "process {pid} has root directory {root}; chrooted processes and other mount namespaces \
          cannot be dumped yet"
@@ -372,7 +390,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             mode: status.seccomp,
         });
     }
-    let creds = task::creds(pid, &status)?;
+    jobctl::check_before_freeze(&proc, &status)?;
     let root = proc.root()?;
     if root != std::path::Path::new("/") {
         return Err(DumpError::Root {
@@ -409,7 +427,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("freeze");
 
     // Collect: all of it while frozen, so it is one consistent snapshot.
-    let (threads, notes, task_state, brk) = std::thread::scope(|scope| {
+    let (threads, notes, mut task_state, brk, securebits) = std::thread::scope(|scope| {
         let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
         let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
         let shared_pending = parasite::pending(pid, pid, true)?;
@@ -426,8 +444,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
                 ..state
             };
         }
-        Ok::<_, DumpError>((threads, notes, task_state, inside.brk))
+        Ok::<_, DumpError>((threads, notes, task_state, inside.brk, inside.securebits))
     })?;
+    task_state.group_stop = frozen.group_stop().unwrap_or(0) as u32;
+    let creds = creds::collect(&proc, &tids, &securebits)?;
 
     let status = proc.status()?;
     let umask = status.umask.ok_or_else(|| {
@@ -441,7 +461,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let fd_table = fds::collect(&proc, &mut files)?;
     let cwd_file = fds::cwd(&proc, &mut files)?;
     let exe_file = fds::exe(&proc, &mut files)?;
-    let rlimits = task::rlimits(pid)?;
+    let rlimits = task::rlimits(&proc)?;
     let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");
 

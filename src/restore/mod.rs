@@ -8,6 +8,7 @@
 pub mod blob;
 mod bootstrap;
 mod child;
+pub(crate) mod creds;
 mod files;
 mod finish;
 mod fork;
@@ -163,15 +164,7 @@ fn check_supported(p: &ProcessImage) -> Result<(), RestoreError> {
             p.pid, p.sig_caught
         )));
     }
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    if p.creds.uid.iter().any(|u| *u != uid) || p.creds.gid.iter().any(|g| *g != gid) {
-        return Err(RestoreError::Unsupported(format!(
-            "pid {} ran as uid {:?} gid {:?}, crest runs as uid {uid} gid {gid}; restoring credentials",
-            p.pid, p.creds.uid, p.creds.gid
-        )));
-    }
-    Ok(())
+    creds::plan(p).map(|_| ())
 }
 
 /// A pipe whose two ends are numbered at or above `base` (so they survive the child moving the
