@@ -52,7 +52,9 @@ fn check(step: u64, ret: isize) -> Result<usize, (u64, i32)> {
 
 fn prctl(step: u64, option: usize, a2: usize) -> Result<usize, (u64, i32)> {
     // SAFETY: every prctl used here takes integers only.
-    check(step, unsafe { arch::syscall5(nr::PRCTL, option, a2, 0, 0, 0) })
+    check(step, unsafe {
+        arch::syscall5(nr::PRCTL, option, a2, 0, 0, 0)
+    })
 }
 
 fn caps(effective: u64, permitted: u64, inheritable: u64) -> [CapData; 2] {
@@ -124,7 +126,11 @@ pub fn switch(c: &CredsArg) -> Result<(), (u64, i32)> {
     if c.present == 0 {
         return Ok(());
     }
-    prctl(CREDS_STEP_KEEP_CAPS, PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)?;
+    prctl(
+        CREDS_STEP_KEEP_CAPS,
+        PR_SET_SECUREBITS,
+        SECBIT_NO_SETUID_FIXUP,
+    )?;
     // SAFETY: `groups` points at nr_groups u32s in the bootstrap region (crest's layout).
     check(CREDS_STEP_SETGROUPS, unsafe {
         arch::syscall2(nr::SETGROUPS, c.nr_groups as usize, c.groups as usize)

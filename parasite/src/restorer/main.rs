@@ -25,9 +25,9 @@ mod creds;
 mod sys;
 
 use abi::{
-    CREDS_DETAIL_BASE,
     CloneArgs, ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Progress, Range, RestorerArgs,
-    Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, MAX_SPECIAL_MOVES, VMA_FILL_NONE,
+    Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE, MAX_SPECIAL_MOVES,
+    VMA_FILL_NONE,
 };
 use core::ptr;
 
