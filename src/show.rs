@@ -100,6 +100,18 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
         join_ids(&p.creds.gid),
         p.creds.groups
     );
+    let c = &p.creds;
+    let _ = writeln!(
+        out,
+        "  caps   inheritable {:#x}, permitted {:#x}, effective {:#x}, bounding {:#x}, ambient \
+         {:#x}; securebits {:#x}",
+        c.cap_inheritable,
+        c.cap_permitted,
+        c.cap_effective,
+        c.cap_bounding,
+        c.cap_ambient,
+        c.securebits
+    );
     let _ = writeln!(
         out,
         "  signals ignored {:#x}, caught {:#x}",
@@ -491,6 +503,9 @@ fn render_task(out: &mut String, t: &crate::images::TaskState) {
     }
     if t.child_subreaper {
         flags.push("child subreaper".into());
+    }
+    if t.group_stop != 0 {
+        flags.push(format!("stopped by {}", signal_name(t.group_stop.into())));
     }
     let _ = writeln!(out, "  prctl: {}", flags.join(", "));
 }
@@ -964,6 +979,11 @@ mod tests {
                 uid: [1000; 4],
                 gid: [1000; 4],
                 groups: vec![],
+                cap_permitted: 0x400,
+                cap_effective: 0x400,
+                cap_bounding: 0x1ff_ffff_ffff,
+                securebits: 0x10,
+                ..Creds::default()
             },
             exe_file: 0,
             threads: vec![ThreadImage {
@@ -1143,6 +1163,7 @@ mod tests {
                 dumpable: 1,
                 no_new_privs: true,
                 child_subreaper: true,
+                group_stop: 19,
             },
         };
         let mut w = ImageWriter::create(dir).expect("create image");

@@ -59,6 +59,30 @@ fn raw_kcmp(pid1: i32, pid2: i32, kind: libc::c_int, a: u64, b: u64) -> Result<b
     Ok(r == 0)
 }
 
+/// `kcmp(2)` type comparing two processes' address spaces (`KCMP_VM`).
+const KCMP_VM: libc::c_int = 1;
+
+/// Whether `pid1` and `pid2` share one address space (one `mm`): threads of one process, or a
+/// vfork parent and its child until the child calls exec or exits. Same requirements as
+/// [`kcmp_same_file`].
+pub fn kcmp_same_vm(pid1: i32, pid2: i32) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes only integers; KCMP_VM reads no user memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1 as libc::c_long,
+            pid2 as libc::c_long,
+            KCMP_VM as libc::c_long,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r == 0)
+}
+
 /// `pidfd_open(pid, 0)`: a descriptor that refers to exactly this process, immune to pid reuse.
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes only integers and returns a new fd or -1.

@@ -241,6 +241,10 @@ pub struct TaskState {
     pub no_new_privs: bool,
     /// PR_GET_CHILD_SUBREAPER.
     pub child_subreaper: bool,
+    /// The signal of the group stop the process was in at dump time (SIGSTOP, SIGTSTP,
+    /// SIGTTIN or SIGTTOU; it was in state T), 0 when it was not stopped. A restore leaves it
+    /// stopped.
+    pub group_stop: u32,
 }
 
 /// The kernel's `struct sigaction` for one signal (rt_sigaction layout).
@@ -284,12 +288,23 @@ pub struct PosixTimer {
     pub overrun: i32,
 }
 
-/// User and group ids (real, effective, saved, filesystem) and supplementary groups.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// User and group ids (real, effective, saved, filesystem), supplementary groups, capability
+/// sets and securebits: the credentials every thread of the process had (a process whose
+/// threads differ is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Creds {
     pub uid: [u32; 4],
     pub gid: [u32; 4],
     pub groups: Vec<u32>,
+    /// `CapInh:`, `CapPrm:`, `CapEff:`, `CapBnd:`, `CapAmb:` of /proc/PID/status (bit n =
+    /// capability n).
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    /// PR_GET_SECUREBITS (SECBIT_* of linux/securebits.h), read inside the process.
+    pub securebits: u32,
 }
 
 /// The mm fields `PR_SET_MM_MAP` restores, so /proc/PID/{cmdline,environ,auxv,stat} read

@@ -81,6 +81,7 @@ fn sample_process() -> ProcessImage {
             uid: [0; 4],
             gid: [0; 4],
             groups: vec![0, 4],
+            ..Creds::default()
         },
         exe_file: 0,
         threads: vec![ThreadImage {

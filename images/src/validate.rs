@@ -86,6 +86,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
             p.creds.groups.len()
         ));
     }
+    check_creds(&p.creds)?;
     check_file_name(&p.pages_file).map_err(|e| format!("page file name: {e}"))?;
     check_threads(p)?;
     check_files(p)?;
@@ -95,6 +96,30 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_fds(p)?;
     check_rlimits(&p.rlimits)?;
     check_task(&p.task)?;
+    Ok(())
+}
+
+/// Every SECBIT_* flag and lock of linux/securebits.h (bits 0 to 7).
+pub const SECUREBITS_ALL: u32 = 0xff;
+
+/// Capability sets the kernel could have produced: effective and ambient within permitted,
+/// ambient within inheritable; securebits only the defined flags.
+fn check_creds(c: &Creds) -> Result<(), String> {
+    if c.cap_effective & !c.cap_permitted != 0 {
+        return Err(format!(
+            "effective capabilities {:#x} outside the permitted set {:#x}",
+            c.cap_effective, c.cap_permitted
+        ));
+    }
+    if c.cap_ambient & !(c.cap_permitted & c.cap_inheritable) != 0 {
+        return Err(format!(
+            "ambient capabilities {:#x} outside permitted {:#x} and inheritable {:#x}",
+            c.cap_ambient, c.cap_permitted, c.cap_inheritable
+        ));
+    }
+    if c.securebits & !SECUREBITS_ALL != 0 {
+        return Err(format!("unknown securebits {:#x}", c.securebits));
+    }
     Ok(())
 }
 
@@ -702,6 +727,13 @@ fn check_rlimits(rlimits: &[Rlimit]) -> Result<(), String> {
 
 /// Process-wide state collected by the parasite.
 pub(crate) fn check_task(t: &TaskState) -> Result<(), String> {
+    // SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: the signals that put a process into a group stop.
+    if !matches!(t.group_stop, 0 | 19..=22) {
+        return Err(format!(
+            "group stop signal {} is not a stop signal",
+            t.group_stop
+        ));
+    }
     if !(t.sigactions.is_empty() || t.sigactions.len() == SIGACTION_COUNT) {
         return Err(format!(
             "{} signal dispositions (0 or {SIGACTION_COUNT})",
@@ -818,6 +850,47 @@ mod task_tests {
     }
 
     #[test]
+    fn credentials_the_kernel_could_not_produce_are_refused() {
+        let ok = Creds {
+            uid: [65534, 65533, 65532, 65533],
+            groups: vec![100],
+            cap_inheritable: 0x400,
+            cap_permitted: 0x2400,
+            cap_effective: 0x400,
+            cap_bounding: 0x1ff_ffff_ffff,
+            cap_ambient: 0x400,
+            securebits: 0x10,
+            ..Creds::default()
+        };
+        check_creds(&ok).unwrap();
+        let refused = |c: Creds, needle: &str| {
+            let e = check_creds(&c).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        refused(
+            Creds {
+                cap_effective: 0x1,
+                ..ok.clone()
+            },
+            "effective capabilities",
+        );
+        refused(
+            Creds {
+                cap_ambient: 0x2000,
+                ..ok.clone()
+            },
+            "ambient capabilities",
+        );
+        refused(
+            Creds {
+                securebits: 0x100,
+                ..ok.clone()
+            },
+            "unknown securebits",
+        );
+    }
+
+    #[test]
     fn collected_and_empty_task_state_pass() {
         check_task(&TaskState::default()).unwrap();
         check_task(&full_task()).unwrap();
@@ -846,6 +919,9 @@ mod task_tests {
         let mut t = full_task();
         t.sigactions.pop();
         refused(t, "signal dispositions");
+        let mut t = full_task();
+        t.group_stop = 9;
+        refused(t, "not a stop signal");
         let mut t = full_task();
         t.itimers.push(ITimer::default());
         refused(t, "interval timers");

@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -154,6 +154,42 @@ pub enum Step {
     Timers = 15,
     CreateThread = 16,
     ThreadSetup = 17,
+    /// Switching to the image's credentials; `detail` says which call (CREDS_STEP_*).
+    Creds = 18,
+}
+
+/// `Progress::detail` of a `Step::Creds` failure (and of a thread's `ThreadSetup` failure in
+/// its credential switch, as `CREDS_DETAIL_BASE + CREDS_STEP_*`): which call failed.
+pub const CREDS_STEP_KEEP_CAPS: u64 = 1;
+pub const CREDS_STEP_SETGROUPS: u64 = 2;
+pub const CREDS_STEP_SETRESGID: u64 = 3;
+pub const CREDS_STEP_SETFSGID: u64 = 4;
+pub const CREDS_STEP_SETRESUID: u64 = 5;
+pub const CREDS_STEP_SETFSUID: u64 = 6;
+pub const CREDS_STEP_CAPSET_INHERITABLE: u64 = 7;
+pub const CREDS_STEP_AMBIENT: u64 = 8;
+pub const CREDS_STEP_BOUNDING: u64 = 9;
+pub const CREDS_STEP_SECUREBITS: u64 = 10;
+pub const CREDS_STEP_CAPSET: u64 = 11;
+/// A thread's `ThreadSetup` detail for a failed credential switch step.
+pub const CREDS_DETAIL_BASE: u64 = 1 << 32;
+
+/// The name of a CREDS_STEP_* value, for messages.
+pub fn creds_step_name(step: u64) -> &'static str {
+    match step {
+        CREDS_STEP_KEEP_CAPS => "prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)",
+        CREDS_STEP_SETGROUPS => "setgroups",
+        CREDS_STEP_SETRESGID => "setresgid",
+        CREDS_STEP_SETFSGID => "setfsgid",
+        CREDS_STEP_SETRESUID => "setresuid",
+        CREDS_STEP_SETFSUID => "setfsuid",
+        CREDS_STEP_CAPSET_INHERITABLE => "capset (inheritable set)",
+        CREDS_STEP_AMBIENT => "prctl(PR_CAP_AMBIENT_RAISE)",
+        CREDS_STEP_BOUNDING => "prctl(PR_CAPBSET_DROP)",
+        CREDS_STEP_SECUREBITS => "prctl(PR_SET_SECUREBITS)",
+        CREDS_STEP_CAPSET => "capset",
+        _ => "an unknown call",
+    }
 }
 
 impl Step {
@@ -176,6 +212,7 @@ impl Step {
             15 => Step::Timers,
             16 => Step::CreateThread,
             17 => Step::ThreadSetup,
+            18 => Step::Creds,
             _ => return None,
         })
     }
@@ -199,8 +236,10 @@ impl Step {
             Step::Timers => "arming the interval and POSIX timers",
             Step::CreateThread => "creating a thread (clone3 with set_tid)",
             Step::ThreadSetup => {
-                "setting up a thread (tid address, robust list, rseq, pending signals)"
+                "setting up a thread (tid address, robust list, rseq, pending signals, \
+                 credentials)"
             }
+            Step::Creds => "switching to the image's credentials",
         }
     }
 }
@@ -285,6 +324,41 @@ pub struct RestorerArgs {
     /// is in place.
     pub threads: u64,
     pub nr_threads: u64,
+
+    /// The credentials every thread switches to once its creation and everything else that
+    /// needs crest's privileges is done (`present == 0`: keep crest's own).
+    pub creds: CredsArg,
+    /// The image's SIGTRAP disposition. The restorer's breakpoints make the kernel reset an
+    /// ignored or blocked SIGTRAP to SIG_DFL (`force_sig_info_to_task`), so crest installs this
+    /// through the syscall gadget after the last breakpoint.
+    pub sigtrap_action: KernelSigaction,
+}
+
+/// Credentials for the restorer to switch to, in the order that keeps the capabilities needed
+/// for each step (see `switch_creds` in the restorer).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CredsArg {
+    /// 0: no switch (the image runs with crest's own credentials).
+    pub present: u32,
+    /// PR_GET_SECUREBITS of the image.
+    pub securebits: u32,
+    /// Real, effective, saved, filesystem.
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    /// `u32` array of supplementary groups (8-byte aligned), for setgroups.
+    pub groups: u64,
+    pub nr_groups: u64,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    /// /proc/sys/kernel/cap_last_cap of the restoring kernel: the highest bit to look at.
+    pub last_cap: u32,
+    /// The parent-death signal the leader sets again after its switch (a credential change
+    /// clears it), 0 for none.
+    pub pdeath_signal: u32,
 }
 
 /// One thread the restorer creates with clone3(CLONE_THREAD, set_tid = [tid]). The new thread
@@ -311,6 +385,8 @@ pub struct ThreadArg {
     pub nr_pending: u64,
     /// Written by the thread when a step fails (the process then exits).
     pub progress: Progress,
+    /// The `RestorerArgs` (for the credentials every thread switches to).
+    pub args: u64,
     /// The thread's name for PR_SET_NAME, NUL-terminated; empty keeps the leader's.
     pub name: [u8; 16],
 }
@@ -342,7 +418,7 @@ pub const PARASITE_CMD_COLLECT: u32 = 1;
 /// Do nothing and stop at once (used to check the blob runs, and by fault-injection tests).
 pub const PARASITE_CMD_PING: u32 = 2;
 /// Collect only the running thread's own state: `altstack`, `clear_child_tid`, `robust_list`,
-/// `robust_list_len` and `name` of `ParasiteState` (the rest stays zero). crest runs COLLECT once, in
+/// `robust_list_len`, `name` and `securebits` of `ParasiteState` (the rest stays zero). crest runs COLLECT once, in
 /// the leader, and this in every other thread.
 pub const PARASITE_CMD_COLLECT_THREAD: u32 = 3;
 
@@ -377,6 +453,8 @@ pub const PARASITE_CALL_NO_NEW_PRIVS: u32 = 11;
 pub const PARASITE_CALL_CHILD_SUBREAPER: u32 = 12;
 /// prctl(PR_GET_NAME).
 pub const PARASITE_CALL_NAME: u32 = 13;
+/// prctl(PR_GET_SECUREBITS).
+pub const PARASITE_CALL_SECUREBITS: u32 = 14;
 
 /// The kernel's `struct sigaction` as rt_sigaction reads and writes it (x86_64 and aarch64).
 #[repr(C)]
@@ -457,6 +535,8 @@ pub struct ParasiteState {
     pub child_subreaper: u64,
     /// prctl(PR_GET_NAME): the running thread's name (comm), NUL-padded.
     pub name: [u8; 16],
+    /// prctl(PR_GET_SECUREBITS) of the running thread (securebits are per-thread credentials).
+    pub securebits: u64,
 }
 
 /// Everything exchanged with the parasite, at the start of the args area of its mapping.

@@ -50,6 +50,9 @@ enum State {
 pub struct Frozen {
     pid: i32,
     threads: Vec<(i32, State)>,
+    /// The stop signal of the group stop the process was in when seized (see
+    /// [`Frozen::group_stop`]).
+    group_stop: Option<i32>,
 }
 
 impl Frozen {
@@ -73,6 +76,7 @@ impl Frozen {
         let mut frozen = Frozen {
             pid,
             threads: Vec::new(),
+            group_stop: None,
         };
         let mut known: HashSet<i32> = HashSet::new();
         for round in 0.. {
@@ -151,6 +155,18 @@ impl Frozen {
         self.threads.iter().map(|&(tid, _)| tid).collect()
     }
 
+    /// The signal that stopped the process (SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU) when it was
+    /// in a group stop (state T) as crest seized it; None when it was running.
+    ///
+    /// A seized thread of a stopped group reports its interrupt stop as PTRACE_EVENT_STOP with
+    /// the group's stop signal instead of SIGTRAP (kernel/signal.c `do_jobctl_trap`). Once
+    /// resumed by the tracer it re-traps once into the group stop (the infection code resumes
+    /// it past that), and when crest detaches, the kernel puts it back into the group stop
+    /// (`__ptrace_unlink` while SIGNAL_STOP_STOPPED), so a stopped process stays stopped.
+    pub fn group_stop(&self) -> Option<i32> {
+        self.group_stop
+    }
+
     /// Waits for the interrupt stop of thread `tid` (not the leader).
     fn wait_interrupt_stop(&mut self, tid: i32) -> Result<State, DumpError> {
         let mut signals = 0;
@@ -203,8 +219,13 @@ impl Frozen {
         match stop {
             Stop::Event {
                 event: PTRACE_EVENT_STOP,
-                ..
-            } => Ok(Next::Done(State::Stopped)),
+                sig,
+            } => {
+                if sig != libc::SIGTRAP && tid == pid {
+                    self.group_stop = Some(sig);
+                }
+                Ok(Next::Done(State::Stopped))
+            }
             Stop::Signal(sig) => {
                 if *signals == MAX_SIGNAL_STOPS {
                     return Err(DumpError::SignalStorm { pid, tid });

@@ -15,10 +15,12 @@
 //! (ImageWriter's Drop), so the target runs on as before. `CREST_FAIL_AT` ([`crate::fault`])
 //! makes a dump fail at a named step to test exactly that.
 
+mod creds;
 mod fds;
 mod files;
 mod freeze;
 mod hint;
+mod jobctl;
 mod parasite;
 mod pipes;
 mod process;
@@ -128,10 +130,26 @@ pub enum DumpError {
     )]
     Seccomp { pid: i32, tid: i32, mode: u32 },
     #[error(
-        "process {pid} runs with other credentials than crest ({detail}); restoring credentials \
-         is not supported yet, run crest as the same user"
+        "thread {tid} of process {pid} has other credentials than the main thread: {detail}; \
+         crest restores one set of credentials for all threads"
     )]
-    Credentials { pid: i32, detail: String },
+    ThreadCredentials { pid: i32, tid: i32, detail: String },
+    #[error(
+        "process {parent} is in the middle of a vfork: its child {child} shares its memory and \
+         has not called exec or exited yet, and the parent waits for that in the kernel; dump \
+         again once the child has called exec"
+    )]
+    Vfork { parent: i32, child: i32 },
+    #[error(
+        "process {pid}: cannot tell whether process {other} shares its memory (kcmp: {errno})"
+    )]
+    KcmpVm { pid: i32, other: i32, errno: Errno },
+    #[error(
+        "process {pid} ignores SIGTRAP (SIG_IGN); crest's parasite stops on breakpoints, whose \
+         SIGTRAP makes the kernel reset an ignored SIGTRAP to the default action, so the \
+         process cannot be dumped without changing it"
+    )]
+    SigtrapIgnored { pid: i32 },
     #[error(
         "process {pid} has root directory {root}; chrooted processes and other mount namespaces \
          cannot be dumped yet"
@@ -442,7 +460,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
     let mut procs = Vec::with_capacity(frozen.processes.len());
     for p in frozen.processes {
-        procs.push(process::collect(p.proc, p.frozen, p.creds, &mut phases)?);
+        procs.push(process::collect(p.proc, p.frozen, &mut phases)?);
     }
     shared::resolve(&mut procs)?;
     phases.end("resolve");

@@ -24,6 +24,8 @@ pub struct Inside {
     pub threads: Vec<ThreadState>,
     /// The program break.
     pub brk: u64,
+    /// PR_GET_SECUREBITS of each thread, in the order of the tids asked for.
+    pub securebits: Vec<u32>,
 }
 
 /// The signals queued for thread `tid` alone (`shared` false) or for the whole process, as raw
@@ -54,16 +56,23 @@ pub fn collect(
     let state = parasite.collect(&ids).map_err(infect)?;
     let (task, leader) = convert(&state, timers);
     let mut threads = Vec::with_capacity(tids.len());
+    let mut securebits = vec![state.securebits as u32];
     threads.push(leader);
     for &tid in tids.iter().filter(|&&tid| tid != pid) {
         may_run(tid)?;
         let state = parasite.collect_thread(tid).map_err(infect)?;
         threads.push(convert_thread(&state));
+        securebits.push(state.securebits as u32);
     }
     let brk = parasite.brk().map_err(infect)?;
     fault::point("before-cure")?;
     parasite.cure().map_err(infect)?;
-    Ok(Inside { task, threads, brk })
+    Ok(Inside {
+        task,
+        threads,
+        brk,
+        securebits,
+    })
 }
 
 fn timeval_us(sec: i64, usec: i64) -> u64 {
@@ -128,6 +137,7 @@ pub fn convert(s: &ParasiteState, timers: &[PosixTimerInfo]) -> (TaskState, Thre
         dumpable: s.dumpable as u32,
         no_new_privs: s.no_new_privs != 0,
         child_subreaper: s.child_subreaper != 0,
+        group_stop: 0,
     };
     (task, convert_thread(s))
 }

@@ -11,7 +11,7 @@ use crate::proc::{Proc, ProcError};
 use super::fds::{self, FdTable};
 use super::files::FileTable;
 use super::freeze::Frozen;
-use super::{parasite, seccomp, task, threads, vmas, DumpError, Phases};
+use super::{creds, parasite, seccomp, task, threads, vmas, DumpError, Phases};
 
 /// One process's state, as collected while the tree is frozen.
 pub struct CollectedProcess {
@@ -51,12 +51,11 @@ impl CollectedProcess {
 pub fn collect(
     proc: Proc,
     frozen: Frozen,
-    creds: Creds,
     phases: &mut Phases,
 ) -> Result<CollectedProcess, DumpError> {
     let pid = proc.pid();
     let tids = frozen.tids();
-    let (threads, notes, task_state, brk) = std::thread::scope(|scope| {
+    let (threads, notes, mut task_state, brk, securebits) = std::thread::scope(|scope| {
         let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
         let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
         let shared_pending = parasite::pending(pid, pid, true)?;
@@ -73,8 +72,10 @@ pub fn collect(
                 ..state
             };
         }
-        Ok::<_, DumpError>((threads, notes, task_state, inside.brk))
+        Ok::<_, DumpError>((threads, notes, task_state, inside.brk, inside.securebits))
     })?;
+    task_state.group_stop = frozen.group_stop().unwrap_or(0) as u32;
+    let creds = creds::collect(&proc, &tids, &securebits)?;
 
     let status = proc.status()?;
     let umask = status.umask.ok_or_else(|| {
@@ -88,7 +89,7 @@ pub fn collect(
     let fd_table = fds::collect(&proc, &mut files)?;
     let cwd_file = fds::cwd(&proc, &mut files)?;
     let exe_file = fds::exe(&proc, &mut files)?;
-    let rlimits = task::rlimits(pid)?;
+    let rlimits = task::rlimits(&proc)?;
     let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");
     Ok(CollectedProcess {

@@ -1,66 +1,36 @@
-//! Process-wide state read from outside: credentials, resource limits and the mm fields.
+//! Process-wide state read from outside: resource limits and the mm fields (credentials are
+//! in [`super::creds`]).
 
-use crate::images::{Creds, MmFields, Rlimit};
-use crate::proc::{Proc, Status};
+use crate::images::{MmFields, Rlimit};
+use crate::proc::Proc;
 use crate::sys;
 
 use super::DumpError;
 
-/// The process's credentials; refused when they differ from crest's own, because a restore
-/// forks the process from crest and cannot change credentials yet.
-pub fn creds(pid: i32, status: &Status) -> Result<Creds, DumpError> {
-    let uid = nix::unistd::getresuid().map_err(|errno| DumpError::Own {
-        what: "uids",
-        errno,
-    })?;
-    let gid = nix::unistd::getresgid().map_err(|errno| DumpError::Own {
-        what: "gids",
-        errno,
-    })?;
-    // crest's fsuid/fsgid follow its effective ids (it never calls setfsuid).
-    let own_uid = [
-        uid.real.as_raw(),
-        uid.effective.as_raw(),
-        uid.saved.as_raw(),
-        uid.effective.as_raw(),
-    ];
-    let own_gid = [
-        gid.real.as_raw(),
-        gid.effective.as_raw(),
-        gid.saved.as_raw(),
-        gid.effective.as_raw(),
-    ];
-    let mut own_groups: Vec<u32> = nix::unistd::getgroups()
-        .map_err(|errno| DumpError::Own {
-            what: "supplementary groups",
-            errno,
-        })?
-        .into_iter()
-        .map(|g| g.as_raw())
-        .collect();
-    own_groups.sort_unstable();
-    own_groups.dedup();
-    let mut groups = status.groups.clone();
-    groups.sort_unstable();
-    groups.dedup();
-    if status.uid != own_uid || status.gid != own_gid || groups != own_groups {
-        return Err(DumpError::Credentials {
-            pid,
-            detail: format!(
-                "uids {:?} gids {:?} groups {:?}; crest runs with uids {:?} gids {:?} groups {:?}",
-                status.uid, status.gid, groups, own_uid, own_gid, own_groups
-            ),
-        });
+/// Every resource limit (RLIMIT 0..RLIM_NLIMITS) via prlimit64 on the pid, or from
+/// `/proc/PID/limits` when prlimit64 is refused (another user's process and no
+/// CAP_SYS_RESOURCE).
+pub fn rlimits(proc: &Proc) -> Result<Vec<Rlimit>, DumpError> {
+    let pid = proc.pid();
+    match rlimits_prlimit(pid) {
+        Err(DumpError::Rlimit {
+            errno: nix::errno::Errno::EPERM,
+            ..
+        }) if proc.limits()?.len() as u32 == sys::RLIMIT_COUNT => Ok(proc
+            .limits()?
+            .into_iter()
+            .zip(0..)
+            .map(|((soft, hard), resource)| Rlimit {
+                resource,
+                soft,
+                hard,
+            })
+            .collect()),
+        r => r,
     }
-    Ok(Creds {
-        uid: status.uid,
-        gid: status.gid,
-        groups: status.groups.clone(),
-    })
 }
 
-/// Every resource limit (RLIMIT 0..RLIM_NLIMITS) via prlimit64 on the pid.
-pub fn rlimits(pid: i32) -> Result<Vec<Rlimit>, DumpError> {
+fn rlimits_prlimit(pid: i32) -> Result<Vec<Rlimit>, DumpError> {
     (0..sys::RLIMIT_COUNT)
         .map(|resource| {
             let (soft, hard) =

@@ -12,17 +12,16 @@
 
 use std::collections::HashSet;
 
-use crate::images::{Creds, TreeTask, TreeTaskState};
+use crate::images::{TreeTask, TreeTaskState};
 use crate::proc::{Proc, ProcError, TreeIds};
 
 use super::freeze::Frozen;
-use super::{task, DumpError};
+use super::{jobctl, DumpError};
 
 /// A frozen process, checked and ready to be collected.
 pub struct FrozenProcess {
     pub proc: Proc,
     pub frozen: Frozen,
-    pub creds: Creds,
 }
 
 /// The frozen tree: live processes and every task (zombies included), both in tree order
@@ -81,13 +80,11 @@ pub fn freeze(root: &Proc) -> Result<FrozenTree, DumpError> {
                 }
                 continue;
             }
-            let creds = match precheck(&proc, &ids) {
-                Ok(creds) => creds,
-                Err(why) => {
-                    problems.extend(why);
-                    continue;
-                }
-            };
+            let why = precheck(&proc, &ids);
+            if !why.is_empty() {
+                problems.extend(why);
+                continue;
+            }
             let frozen = match Frozen::freeze(&proc) {
                 Ok(f) => f,
                 // It exited while being frozen: a zombie now (its parent is frozen), or gone.
@@ -111,11 +108,7 @@ pub fn freeze(root: &Proc) -> Result<FrozenTree, DumpError> {
                 }
             }
             tree.tasks.push(alive(&ids));
-            tree.processes.push(FrozenProcess {
-                proc,
-                frozen,
-                creds,
-            });
+            tree.processes.push(FrozenProcess { proc, frozen });
         }
         // One more look at every frozen process: nothing new means the tree is complete.
         for p in &tree.processes {
@@ -182,13 +175,13 @@ fn order_parents_first(tree: &mut FrozenTree) {
 }
 
 /// What can be refused from the outside, before the process is touched: every problem found.
-fn precheck(proc: &Proc, ids: &TreeIds) -> Result<Creds, Vec<DumpError>> {
+fn precheck(proc: &Proc, ids: &TreeIds) -> Vec<DumpError> {
     let pid = proc.pid();
     let mut problems = Vec::new();
     let mut say = |e: DumpError| problems.push(e);
     let status = match proc.status() {
         Ok(s) => s,
-        Err(e) => return Err(vec![DumpError::from(e)]),
+        Err(e) => return vec![DumpError::from(e)],
     };
     if proc.is_kernel_thread().unwrap_or(false) {
         say(DumpError::KernelThread { pid });
@@ -234,13 +227,9 @@ fn precheck(proc: &Proc, ids: &TreeIds) -> Result<Creds, Vec<DumpError>> {
             ),
         });
     }
-    let creds = task::creds(pid, &status);
-    match creds {
-        Ok(c) if problems.is_empty() => Ok(c),
-        Ok(_) => Err(problems),
-        Err(e) => {
-            problems.push(e);
-            Err(problems)
-        }
+    // A vfork in progress, or an ignored SIGTRAP (the parasite's breakpoints would reset it).
+    if let Err(e) = jobctl::check_before_freeze(proc, &status) {
+        say(e);
     }
+    problems
 }

@@ -277,6 +277,7 @@ fn call_name(call: u32) -> &'static str {
         PARASITE_CALL_NO_NEW_PRIVS => "prctl(PR_GET_NO_NEW_PRIVS)",
         PARASITE_CALL_CHILD_SUBREAPER => "prctl(PR_GET_CHILD_SUBREAPER)",
         PARASITE_CALL_NAME => "prctl(PR_GET_NAME)",
+        PARASITE_CALL_SECUREBITS => "prctl(PR_GET_SECUREBITS)",
         _ => "an unknown call",
     }
 }

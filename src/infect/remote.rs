@@ -231,6 +231,15 @@ impl RemoteThread {
                 }
             };
             match stop {
+                Stop::Event {
+                    event: ptrace::PTRACE_EVENT_STOP,
+                    sig: libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU,
+                } => {
+                    // The process was in a group stop when seized: resumed by crest, the
+                    // thread first re-traps into that stop; resume it past it (the kernel
+                    // stops the process again when crest detaches).
+                    ptrace::cont(tid, 0).map_err(|err| InfectError::ptrace(pid, tid, what, err))?;
+                }
                 Stop::Signal(libc::SIGSTOP) => {
                     // Someone stopped the process meanwhile: keep the stop for after the cure
                     // (delivering it now would leave the thread in a group stop, running crest's

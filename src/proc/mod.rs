@@ -77,6 +77,19 @@ impl ProcError {
     }
 }
 
+/// `/proc/sys/kernel/cap_last_cap`: the highest capability number the running kernel knows.
+pub fn cap_last_cap() -> Result<u32, ProcError> {
+    let path = "/proc/sys/kernel/cap_last_cap";
+    let text = std::fs::read_to_string(path).map_err(|err| ProcError::Io {
+        path: path.into(),
+        err,
+    })?;
+    text.trim().parse().map_err(|_| ProcError::Parse {
+        path: path.into(),
+        detail: format!("{:?} is not a number", text.trim()),
+    })
+}
+
 /// Whether `/proc/PID` exists: the pid is in use, by a live process or by a zombie that its
 /// parent has not reaped yet.
 pub fn pid_in_use(pid: i32) -> bool {

@@ -19,6 +19,13 @@ pub struct Status {
     /// Real, effective, saved, filesystem gid.
     pub gid: [u32; 4],
     pub groups: Vec<u32>,
+    /// `CapInh:`, `CapPrm:`, `CapEff:`, `CapBnd:`, `CapAmb:` (the last two absent before 2.6.25
+    /// and 4.3; read as 0 then).
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
     /// `Umask:` (absent on kernels before 4.7).
     pub umask: Option<u32>,
     /// `Threads:`.
@@ -60,6 +67,11 @@ fn convert(s: procfs::process::Status) -> Status {
         uid: [s.ruid, s.euid, s.suid, s.fuid],
         gid: [s.rgid, s.egid, s.sgid, s.fgid],
         groups: s.groups,
+        cap_inheritable: s.capinh,
+        cap_permitted: s.capprm,
+        cap_effective: s.capeff,
+        cap_bounding: s.capbnd.unwrap_or(0),
+        cap_ambient: s.capamb.unwrap_or(0),
         umask: s.umask,
         threads: s.threads,
         sig_blocked: s.sigblk,
@@ -104,6 +116,43 @@ impl Proc {
             // Unreadable for another reason: let the caller report its own error.
             Err(_) => false,
         }
+    }
+
+    /// `/proc/PID/limits` as (soft, hard) pairs indexed by RLIMIT_* number (0..16),
+    /// RLIM_INFINITY for "unlimited". Readable by anyone, unlike prlimit on another user's
+    /// process, which needs CAP_SYS_RESOURCE.
+    pub fn limits(&self) -> Result<Vec<(u64, u64)>, ProcError> {
+        use procfs::process::{Limit, LimitValue};
+        let l = self
+            .proc
+            .limits()
+            .map_err(|e| ProcError::procfs(self.pid, "limits", e))?;
+        let v = |x: &LimitValue| match x {
+            LimitValue::Unlimited => u64::MAX,
+            LimitValue::Value(n) => *n,
+        };
+        let pair = |x: &Limit| (v(&x.soft_limit), v(&x.hard_limit));
+        Ok([
+            &l.max_cpu_time,
+            &l.max_file_size,
+            &l.max_data_size,
+            &l.max_stack_size,
+            &l.max_core_file_size,
+            &l.max_resident_set,
+            &l.max_processes,
+            &l.max_open_files,
+            &l.max_locked_memory,
+            &l.max_address_space,
+            &l.max_file_locks,
+            &l.max_pending_signals,
+            &l.max_msgqueue_size,
+            &l.max_nice_priority,
+            &l.max_realtime_priority,
+            &l.max_realtime_timeout,
+        ]
+        .into_iter()
+        .map(pair)
+        .collect())
     }
 
     /// Whether the process is a kernel thread (PF_KTHREAD in the `flags` field of stat): it

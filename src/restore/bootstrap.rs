@@ -49,6 +49,8 @@ struct Layout {
     thread_args: u64,
     /// Their pending siginfos, 128 bytes each, thread after thread.
     pending: u64,
+    /// The `u32` group list of the credential switch.
+    groups: u64,
     sigframe: u64,
     stack_top: u64,
     /// Per-thread blocks: `[sigframe][stack]`, `thread_block` bytes each.
@@ -68,6 +70,8 @@ struct Counts {
     /// Threads other than the leader, and all their pending signals.
     threads: u64,
     pending: u64,
+    /// Supplementary groups of the credential switch.
+    groups: u64,
 }
 
 impl Layout {
@@ -81,7 +85,8 @@ impl Layout {
         let timers = (close_fds + counts.close_fds * 4).next_multiple_of(8);
         let thread_args = timers + counts.timers * size_of::<PosixTimerArm>() as u64;
         let pending = thread_args + counts.threads * size_of::<ThreadArg>() as u64;
-        let sigframe = up(pending + counts.pending * SIGINFO_SIZE);
+        let groups = (pending + counts.pending * SIGINFO_SIZE).next_multiple_of(8);
+        let sigframe = up(groups + counts.groups * 4);
         let stack_bottom = up(sigframe + frame_size);
         let stack_top = stack_bottom + RESTORER_STACK;
         let threads = up(stack_top);
@@ -97,6 +102,7 @@ impl Layout {
             timers,
             thread_args,
             pending,
+            groups,
             sigframe,
             stack_top,
             threads,
@@ -228,7 +234,9 @@ impl Bootstrap {
                 .iter()
                 .map(|t| t.state.pending.len() as u64)
                 .sum(),
+            groups: super::creds::nr_groups(p),
         };
+        let mut creds = super::creds::plan(p)?;
         let frame_size = crate::arch::sigframe::frame_size(xstate_len) as u64;
         let layout = Layout::new(blob.code_size() as u64, counts, frame_size, park_size, page);
         let addr = find_hole(&p.vmas, own, layout.total, page).ok_or_else(|| {
@@ -264,6 +272,8 @@ impl Bootstrap {
         write_array(region, layout.runs, &runs);
         write_array(region, layout.close_fds, &close);
         write_array(region, layout.timers, &timers);
+        write_array(region, layout.groups, &p.creds.groups);
+        creds.groups = addr + layout.groups;
 
         let frame_addr = addr + layout.sigframe;
         let frame =
@@ -345,6 +355,8 @@ impl Bootstrap {
             nr_posix_timers: timers.len() as u64,
             threads: addr + layout.thread_args,
             nr_threads: thread_args.len() as u64,
+            creds,
+            sigtrap_action: sigtrap_action(p),
         };
         *boot.args_mut() = args;
         Ok(boot)
@@ -355,6 +367,39 @@ impl Drop for Bootstrap {
     fn drop(&mut self) {
         // SAFETY: we mapped exactly this range in create(); nothing in crest refers to it after drop.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.layout.total as usize) };
+    }
+}
+
+/// The image's SIGTRAP disposition, for crest to install after the last breakpoint (see
+/// `RestorerArgs::sigtrap_action`).
+fn sigtrap_action(p: &ProcessImage) -> abi::KernelSigaction {
+    let sig = libc::SIGTRAP as usize;
+    match p.task.sigactions.get(sig - 1) {
+        Some(a) => abi::KernelSigaction {
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        },
+        None => abi::KernelSigaction {
+            handler: (p.sig_ignored >> (sig - 1)) & 1,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        },
+    }
+}
+
+/// Sets the parent-death signal the leader restores after its credential switch (called in
+/// the child, which alone knows whether the signal is kept).
+impl Bootstrap {
+    pub fn set_pdeath_after_creds(&mut self, sig: u32) {
+        self.args_mut().creds.pdeath_signal = sig;
+    }
+
+    /// Address of the image's SIGTRAP action inside the region.
+    pub fn sigtrap_action_addr(&self) -> u64 {
+        self.args_addr() + std::mem::offset_of!(RestorerArgs, sigtrap_action) as u64
     }
 }
 
@@ -398,6 +443,7 @@ fn thread_args(
             pending,
             nr_pending: t.state.pending.len() as u64,
             progress: abi::Progress::default(),
+            args: addr + layout.args,
             name: thread_name(&t.state.name),
         });
     }
@@ -745,6 +791,7 @@ mod tests {
             timers: 3,
             threads: 4,
             pending: 2,
+            groups: 3,
         };
         let l = Layout::new(10000, counts, 20000, 3 * 4096, 4096);
         let parts = [
@@ -756,6 +803,7 @@ mod tests {
             l.timers,
             l.thread_args,
             l.pending,
+            l.groups,
             l.sigframe,
             l.stack_top,
             l.threads,

@@ -54,6 +54,10 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
     if let Err(msg) = boot.set_unmap_list(&ranges) {
         fail(plan.status_fd, &msg);
     }
+    if plan.keep_pdeath {
+        // A credential switch in the restorer clears it; the restorer sets it again.
+        boot.set_pdeath_after_creds(plan.image.task.pdeath_signal);
+    }
     report_ready(plan.status_fd);
     let mut go = [0u8; GO_MESSAGE_LEN];
     if !read_exact(plan.go_fd, &mut go) {

@@ -8,6 +8,15 @@
 //! runs one munmap in the task through the blob's `syscall` gadget, puts back the registers
 //! rt_sigreturn produced and detaches. Tracing with PTRACE_O_EXITKILL also means a crest that
 //! dies mid-restore takes the half-built task with it.
+//!
+//! The breakpoints have a side effect: the kernel raises a breakpoint's SIGTRAP with
+//! `force_sig`, which resets a blocked or ignored SIGTRAP to SIG_DFL
+//! (kernel/signal.c `force_sig_info_to_task`), and the restorer runs with every signal
+//! blocked. So once every thread is past its breakpoint, crest installs the image's SIGTRAP
+//! action again with a remote rt_sigaction, and, when the restorer switched credentials (which
+//! resets the dumpable flag of the mm), the image's dumpable flag with a remote prctl. A
+//! process that was in a group stop at dump time gets SIGSTOP while still traced: when crest
+//! detaches, each thread takes it before running any instruction of the program.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -91,11 +100,14 @@ pub fn start(r: &mut Restoring<'_>, go: &mut File) -> Result<(), RestoreError> {
     })
 }
 
-/// Removes the bootstrap region from a process whose threads are all caught: one munmap run in
-/// the task through the blob's gadget, by its leader, traced to the syscall's exit.
-pub fn remove_bootstrap(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), RestoreError> {
+/// Finishes a process whose threads are all caught, through remote calls in its leader (the
+/// blob's gadget, each traced to its exit): the image's SIGTRAP action back (the restorer's
+/// breakpoint reset it), dumpable again after a credential switch, the bootstrap region
+/// removed, and a process that was stopped stopped again.
+pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), RestoreError> {
     let pid = r.pid;
     let tpid = Pid::from_raw(pid);
+    let (boot, image) = (r.boot, r.image);
     let ptrace_err = |what: &str, e: nix::Error| RestoreError::Os {
         what: format!("{what} (pid {pid})"),
         source: std::io::Error::from(e),
@@ -105,35 +117,71 @@ pub fn remove_bootstrap(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), 
         .find(|t| t.tid == pid)
         .map(|t| t.regs)
         .ok_or_else(|| RestoreError::Internal(format!("the leader {pid} was not caught")))?;
-    let mut call = leader_regs;
-    crate::arch::morph::prepare_remote_syscall(
-        &mut call,
-        r.boot.gadget(),
-        libc::SYS_munmap as u64,
-        &[r.boot.addr(), r.boot.len()],
-    );
-    ptrace::setregs(tpid, call).map_err(|e| ptrace_err("setting registers for munmap", e))?;
-    step_to_syscall_stop(tpid, r.boot, r.status)?;
-    step_to_syscall_stop(tpid, r.boot, r.status)?;
-    let after =
-        ptrace::getregs(tpid).map_err(|e| ptrace_err("reading registers after munmap", e))?;
-    let res = crate::arch::morph::syscall_result(&after);
-    if res != 0 {
-        return Err(RestoreError::Os {
-            what: format!(
-                "unmapping the restorer region {:#x}+{:#x} in pid {pid}",
-                r.boot.addr(),
-                r.boot.len()
+    let status = &mut *r.status;
+    let mut remote = |nr: i64, args: &[u64], what: String| -> Result<(), RestoreError> {
+        let mut call = leader_regs;
+        crate::arch::morph::prepare_remote_syscall(&mut call, boot.gadget(), nr as u64, args);
+        ptrace::setregs(tpid, call)
+            .map_err(|e| ptrace_err(&format!("setting registers for {what}"), e))?;
+        step_to_syscall_stop(tpid, boot, status)?;
+        step_to_syscall_stop(tpid, boot, status)?;
+        let after = ptrace::getregs(tpid)
+            .map_err(|e| ptrace_err(&format!("reading registers after {what}"), e))?;
+        let res = crate::arch::morph::syscall_result(&after);
+        if res < 0 {
+            return Err(RestoreError::Os {
+                what: format!("{what} in pid {pid}"),
+                source: std::io::Error::from_raw_os_error((-res) as i32),
+            });
+        }
+        Ok(())
+    };
+    remote(
+        libc::SYS_rt_sigaction,
+        &[libc::SIGTRAP as u64, boot.sigtrap_action_addr(), 0, 8],
+        "installing the image's SIGTRAP action (rt_sigaction)".into(),
+    )?;
+    if boot.args().creds.present != 0 {
+        remote(
+            libc::SYS_prctl,
+            &[
+                libc::PR_SET_DUMPABLE as u64,
+                image.task.dumpable as u64,
+                0,
+                0,
+                0,
+            ],
+            format!(
+                "setting dumpable to {} after the credential switch (prctl PR_SET_DUMPABLE)",
+                image.task.dumpable
             ),
-            source: std::io::Error::from_raw_os_error((-res) as i32),
-        });
+        )?;
+    }
+    remote(
+        libc::SYS_munmap,
+        &[boot.addr(), boot.len()],
+        format!(
+            "unmapping the restorer region {:#x}+{:#x}",
+            boot.addr(),
+            boot.len()
+        ),
+    )?;
+    if image.task.group_stop != 0 {
+        // Still traced: the threads take the stop on their way out of the ptrace stop, before
+        // any instruction of the program (SIGSTOP, not the original signal, which could be
+        // blocked, handled or discarded in an orphaned process group; the process is stopped
+        // either way).
+        nix::sys::signal::kill(tpid, Signal::SIGSTOP)
+            .map_err(|e| ptrace_err("stopping the restored process again (SIGSTOP)", e))?;
     }
     Ok(())
 }
 
 /// Lets every caught thread go with its own registers and mask; signals pending for it are
-/// delivered on its way back to user space.
-pub fn release(caught: Vec<Caught>) -> Result<(), RestoreError> {
+/// delivered on its way back to user space. `user_sigtraps` are the (process, thread) pairs
+/// someone sent SIGTRAP to while the restorer ran (see [`catch_all`]): sent again, now by
+/// crest.
+pub fn release(caught: Vec<Caught>, user_sigtraps: Vec<(i32, i32)>) -> Result<(), RestoreError> {
     for t in caught {
         let tid = Pid::from_raw(t.tid);
         let err = |what: &str, e: String| {
@@ -144,7 +192,19 @@ pub fn release(caught: Vec<Caught>) -> Result<(), RestoreError> {
             .map_err(|e| err("restoring the signal mask", e.to_string()))?;
         ptrace::detach(tid, None).map_err(|e| err("PTRACE_DETACH", e.to_string()))?;
     }
+    for (pid, tid) in user_sigtraps {
+        // SAFETY: tgkill takes integers only.
+        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGTRAP) };
+    }
     Ok(())
+}
+
+/// Whether the SIGTRAP `tid` stopped with comes from a breakpoint (the restorer's), not from
+/// kill, tgkill or sigqueue.
+fn is_breakpoint(tid: Pid) -> bool {
+    ptrace::getsiginfo(tid)
+        .map(|si| si.si_code == crate::arch::infect::TRAP_SI_CODE)
+        .unwrap_or(false)
 }
 
 /// A thread stopped right after its rt_sigreturn: its registers and mask as they are to be.
@@ -172,7 +232,16 @@ enum Phase {
 ///
 /// Works on every process of the tree at once: each thread's process is known from the image
 /// (every tid is restored as it was), so a failure names the right process and step.
-pub fn catch_all(procs: &mut [Restoring<'_>]) -> Result<Vec<Caught>, RestoreError> {
+///
+/// A SIGTRAP sent by someone else while the restorer runs stays pending (every signal is
+/// blocked), until a thread's breakpoint unblocks SIGTRAP in that thread (force_sig does); it
+/// then shows up as a signal-delivery stop that is not a breakpoint. It is suppressed, so it
+/// does not run the program's handler on the restorer's stack, and the (process, thread) pairs
+/// it was meant for are returned, to be sent SIGTRAP again once the program runs.
+#[allow(clippy::type_complexity)]
+pub fn catch_all(
+    procs: &mut [Restoring<'_>],
+) -> Result<(Vec<Caught>, Vec<(i32, i32)>), RestoreError> {
     let owner: HashMap<i32, usize> = procs
         .iter()
         .enumerate()
@@ -181,6 +250,7 @@ pub fn catch_all(procs: &mut [Restoring<'_>]) -> Result<Vec<Caught>, RestoreErro
     let nr_threads: usize = procs.iter().map(|r| r.image.threads.len()).sum();
     let mut phase: HashMap<i32, Phase> = procs.iter().map(|r| (r.pid, Phase::Restoring)).collect();
     let mut caught = Vec::with_capacity(nr_threads);
+    let mut user_sigtraps = Vec::new();
     let pid = procs.first().map_or(0, |r| r.pid);
     let os = |what: String, e: nix::Error| RestoreError::Os {
         what,
@@ -215,6 +285,15 @@ pub fn catch_all(procs: &mut [Restoring<'_>]) -> Result<Vec<Caught>, RestoreErro
             (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
                 phase.entry(raw).or_insert(Phase::Restoring);
                 ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
+            }
+            (WaitStatus::Stopped(_, Signal::SIGTRAP), p) if !is_breakpoint(tid) => {
+                user_sigtraps.push((pid, raw));
+                if p == Some(Phase::Restoring) || p.is_none() {
+                    ptrace::cont(tid, None)
+                } else {
+                    ptrace::syscall(tid, None)
+                }
+                .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
             }
             (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
                 phase.insert(raw, Phase::EnteringSigreturn);
@@ -279,7 +358,7 @@ pub fn catch_all(procs: &mut [Restoring<'_>]) -> Result<Vec<Caught>, RestoreErro
             }
         }
     }
-    Ok(caught)
+    Ok((caught, user_sigtraps))
 }
 
 /// Resumes the task up to its next syscall-entry or syscall-exit stop.
@@ -389,9 +468,24 @@ fn failure(pid: i32, boot: &Bootstrap, status: &mut File, how: String) -> Restor
         Some((tid, progress)) => (format!(" in thread {tid}"), progress),
         None => (String::new(), boot.progress()),
     };
-    let step = Step::from_u32(progress.step)
-        .map(|s| s.describe())
-        .unwrap_or("before its first step");
+    let step = match Step::from_u32(progress.step) {
+        Some(Step::Creds) => format!(
+            "{}: {}",
+            Step::Creds.describe(),
+            super::blob::abi::creds_step_name(progress.detail)
+        ),
+        Some(Step::ThreadSetup) if progress.detail >= super::blob::abi::CREDS_DETAIL_BASE => {
+            format!(
+                "{}: {}",
+                Step::Creds.describe(),
+                super::blob::abi::creds_step_name(
+                    progress.detail - super::blob::abi::CREDS_DETAIL_BASE
+                )
+            )
+        }
+        Some(s) => s.describe().to_string(),
+        None => "before its first step".to_string(),
+    };
     let errno = if progress.error < 0 {
         format!(": {}", std::io::Error::from_raw_os_error(-progress.error))
     } else {

@@ -8,6 +8,7 @@
 pub mod blob;
 mod bootstrap;
 mod child;
+pub(crate) mod creds;
 mod files;
 mod finish;
 mod fork;
@@ -241,11 +242,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         finish::start(r, go)?;
     }
     let mut restoring: Vec<finish::Restoring> = restoring.into_iter().map(|(r, _)| r).collect();
-    let caught = finish::catch_all(&mut restoring)?;
+    let (caught, user_sigtraps) = finish::catch_all(&mut restoring)?;
     for r in &mut restoring {
-        finish::remove_bootstrap(r, &caught)?;
+        finish::finish_process(r, &caught)?;
     }
-    finish::release(caught)?;
+    finish::release(caught, user_sigtraps)?;
     subreaper.end();
     guard.disarm();
     Ok(Restored::new(root.pid))
@@ -361,15 +362,7 @@ fn check_supported(p: &ProcessImage) -> Result<(), RestoreError> {
             p.pid, p.sig_caught
         )));
     }
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    if p.creds.uid.iter().any(|u| *u != uid) || p.creds.gid.iter().any(|g| *g != gid) {
-        return Err(RestoreError::Unsupported(format!(
-            "pid {} ran as uid {:?} gid {:?}, crest runs as uid {uid} gid {gid}; restoring credentials",
-            p.pid, p.creds.uid, p.creds.gid
-        )));
-    }
-    Ok(())
+    creds::plan(p).map(|_| ())
 }
 
 /// A pipe whose two ends are numbered at or above `base` (so they survive the child moving the

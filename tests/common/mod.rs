@@ -96,6 +96,11 @@ pub enum Kind {
     /// group, grandchildren, a zombie, shared anonymous memory, pipes between processes and one
     /// file description all of them write through.
     Tree,
+    /// A SIGTRAP handler counting kills and raises; optionally in the middle of a vfork.
+    Jobctl,
+    /// Drops from root to ids, groups, capabilities and securebits of its own, and checks
+    /// them (and what they allow) on request.
+    Creds,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -112,6 +117,8 @@ impl Kind {
             Kind::Sockets => "sockets",
             Kind::Pipes => "pipes",
             Kind::Tree => "tree",
+            Kind::Jobctl => "jobctl",
+            Kind::Creds => "creds",
             Kind::Java => "java",
         }
     }
@@ -219,6 +226,26 @@ impl Victim {
         pre_args: &[&OsStr],
         customize: impl FnOnce(&mut Command),
     ) -> Victim {
+        Victim::start_program_in(kind, bin, pre_args, true, customize)
+    }
+
+    /// Starts a victim like [`Victim::start_with`], but in a new process group of the test's
+    /// session instead of a session of its own: its process group is then not orphaned, so
+    /// SIGTSTP, SIGTTIN and SIGTTOU stop it (the kernel discards them in an orphaned group).
+    pub fn start_in_process_group(kind: Kind, args: &[&str]) -> Victim {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Victim::start_program_in(kind, &victim_binary(kind), &[], false, move |cmd| {
+            cmd.args(&args);
+        })
+    }
+
+    fn start_program_in(
+        kind: Kind,
+        bin: &Path,
+        pre_args: &[&OsStr],
+        new_session: bool,
+        customize: impl FnOnce(&mut Command),
+    ) -> Victim {
         setup();
         let tmp = tempfile::Builder::new()
             .prefix(&format!("crest-{}-", kind.name()))
@@ -243,11 +270,16 @@ impl Victim {
             cmd.arg("an extra argument").arg("--with=an-equals-sign");
         }
         customize(&mut cmd);
-        // SAFETY: the closure runs in the forked child before exec and calls only setsid(2) and
-        // close_range(2), both async-signal-safe system calls that touch no locks or memory.
+        // SAFETY: the closure runs in the forked child before exec and calls only setsid(2) or
+        // setpgid(2), and close_range(2): async-signal-safe system calls that touch no locks or
+        // memory.
         unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
+            cmd.pre_exec(move || {
+                if new_session {
+                    nix::unistd::setsid()?;
+                } else {
+                    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                }
                 // Mark everything above stderr close-on-exec (not closed: std's exec-error pipe
                 // must survive until exec), so the victim holds no fd it did not open itself.
                 if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {

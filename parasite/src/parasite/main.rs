@@ -48,6 +48,7 @@ const PR_GET_CHILD_SUBREAPER: usize = 37;
 const PR_GET_NO_NEW_PRIVS: usize = 39;
 const PR_GET_TID_ADDRESS: usize = 40;
 const PR_GET_NAME: usize = 16;
+const PR_GET_SECUREBITS: usize = 27;
 /// personality(0xffffffff) only queries (kernel/exec_domain.c).
 const PERSONALITY_QUERY: usize = 0xffff_ffff;
 
@@ -128,6 +129,15 @@ fn thread_fields(r: &mut Report) {
     tid_address(r);
     robust_list(r);
     name(r);
+    securebits(r);
+}
+
+fn securebits(r: &mut Report) {
+    // SAFETY: PR_GET_SECUREBITS returns the calling thread's bits and touches no memory.
+    let ret = unsafe { shims::syscall5(nr::PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    if let Some(v) = r.call(PARASITE_CALL_SECUREBITS, 0, ret) {
+        r.args.state.securebits = v as u64;
+    }
 }
 
 fn name(r: &mut Report) {

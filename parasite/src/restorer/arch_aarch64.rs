@@ -23,6 +23,13 @@ pub mod nr {
     pub const SET_ROBUST_LIST: usize = 99;
     pub const RT_TGSIGQUEUEINFO: usize = 240;
     pub const CLONE3: usize = 435;
+    pub const SETGROUPS: usize = 159;
+    pub const SETRESUID: usize = 147;
+    pub const SETRESGID: usize = 149;
+    pub const SETFSUID: usize = 151;
+    pub const SETFSGID: usize = 152;
+    pub const CAPGET: usize = 90;
+    pub const CAPSET: usize = 91;
 }
 
 /// # Safety

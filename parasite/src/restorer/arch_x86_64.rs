@@ -24,6 +24,13 @@ pub mod nr {
     pub const SET_ROBUST_LIST: usize = 273;
     pub const RT_TGSIGQUEUEINFO: usize = 297;
     pub const CLONE3: usize = 435;
+    pub const SETGROUPS: usize = 116;
+    pub const SETRESUID: usize = 117;
+    pub const SETRESGID: usize = 119;
+    pub const SETFSUID: usize = 122;
+    pub const SETFSGID: usize = 123;
+    pub const CAPGET: usize = 125;
+    pub const CAPSET: usize = 126;
 }
 
 const ARCH_SET_GS: usize = 0x1001;

@@ -21,11 +21,13 @@ mod abi;
 #[allow(dead_code)]
 mod arch;
 
+mod creds;
 mod sys;
 
 use abi::{
     CloneArgs, ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Progress, Range, RestorerArgs,
-    Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, MAX_SPECIAL_MOVES, VMA_FILL_NONE,
+    Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE, MAX_SPECIAL_MOVES,
+    VMA_FILL_NONE,
 };
 use core::ptr;
 
@@ -119,6 +121,7 @@ pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
     set_mm(&ctx);
     close_fds(&ctx, a);
     create_threads(&ctx, a);
+    switch_creds(&ctx, a);
     register_rseq(&ctx, a);
     set_thread_area(&ctx, a);
     arm_timers(&ctx, a);
@@ -345,6 +348,23 @@ fn create_threads(ctx: &Ctx, a: &RestorerArgs) {
     }
 }
 
+/// The leader's credential switch, once every thread exists (their creation with set_tid
+/// needs crest's capabilities); each thread switches its own in `thread_main`. A credential
+/// change clears the parent-death signal, so the leader sets it again.
+fn switch_creds(ctx: &Ctx, a: &RestorerArgs) {
+    if a.creds.present == 0 {
+        return;
+    }
+    if let Err((step, e)) = creds::switch(&a.creds) {
+        ctx.step(Step::Creds, step);
+        ctx.fail(e);
+    }
+    if a.creds.pdeath_signal != 0 {
+        ctx.step(Step::Creds, 0);
+        ctx.check(sys::set_pdeath_signal(a.creds.pdeath_signal));
+    }
+}
+
 /// Where a created thread starts: its per-thread state, then back into its own registers.
 extern "C" fn thread_main(arg: u64) -> ! {
     let t = arg as *mut ThreadArg;
@@ -386,6 +406,12 @@ extern "C" fn thread_main(arg: u64) -> ! {
     }
     if let Err(e) = arch::set_thread_area(ta.tls) {
         fail(ta.tls[0], e as i32);
+    }
+    // SAFETY: `args` is the RestorerArgs the leader runs from; only `creds` is read, which
+    // nobody writes any more.
+    let creds = unsafe { &(*(ta.args as *const RestorerArgs)).creds };
+    if let Err((step, e)) = creds::switch(creds) {
+        fail(CREDS_DETAIL_BASE + step, e);
     }
     let tgid = sys::getpid();
     for i in 0..ta.nr_pending {

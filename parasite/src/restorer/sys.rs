@@ -117,6 +117,11 @@ pub fn set_name(name: *const u8) -> SysResult {
     decode(unsafe { arch::syscall2(nr::PRCTL, 15, name as usize) })
 }
 
+pub fn set_pdeath_signal(sig: u32) -> SysResult {
+    // SAFETY: PR_SET_PDEATHSIG (1) takes an integer.
+    decode(unsafe { arch::syscall2(nr::PRCTL, 1, sig as usize) })
+}
+
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and no side effects.
     unsafe { arch::syscall0(nr::GETPID) as i32 }
