@@ -210,6 +210,9 @@ pub enum DumpError {
     Infect { pid: i32, err: InfectError },
     #[error(transparent)]
     Injected(#[from] Injected),
+    /// A process setting (OOM score, scheduling, prctl flags, ...) was refused or unreadable.
+    #[error(transparent)]
+    Settings(#[from] crate::pstate::StateError),
 }
 
 impl DumpError {
@@ -409,7 +412,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("freeze");
 
     // Collect: all of it while frozen, so it is one consistent snapshot.
-    let (threads, notes, task_state, brk) = std::thread::scope(|scope| {
+    let (mut threads, notes, mut task_state, brk, raw_settings) = std::thread::scope(|scope| {
         let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
         let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
         let shared_pending = parasite::pending(pid, pid, true)?;
@@ -426,8 +429,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
                 ..state
             };
         }
-        Ok::<_, DumpError>((threads, notes, task_state, inside.brk))
+        Ok::<_, DumpError>((threads, notes, task_state, inside.brk, inside.settings))
     })?;
+    crate::pstate::collect(&proc, &raw_settings, &mut task_state, &mut threads)?;
 
     let status = proc.status()?;
     let umask = status.umask.ok_or_else(|| {

@@ -24,6 +24,8 @@ pub struct Inside {
     pub threads: Vec<ThreadState>,
     /// The program break.
     pub brk: u64,
+    /// The settings the parasite read, raw, for [`crate::pstate::collect`].
+    pub settings: crate::pstate::Raw,
 }
 
 /// The signals queued for thread `tid` alone (`shared` false) or for the whole process, as raw
@@ -49,21 +51,46 @@ pub fn collect(
     mut may_run: impl FnMut(i32) -> Result<(), DumpError>,
 ) -> Result<Inside, DumpError> {
     let infect = |err| DumpError::Infect { pid, err };
-    let mut parasite = Parasite::inject(pid, pid).map_err(infect)?;
+    let mut parasite = Parasite::inject(pid, pid).map_err(|err| match err {
+        // Linux refuses writable executable memory to a process under PR_SET_MDWE (and to one
+        // a security module confines so) with EACCES: the parasite cannot get in.
+        crate::infect::InfectError::RemoteSyscall {
+            call: "mmap",
+            errno: nix::errno::Errno::EACCES,
+            ..
+        } => DumpError::Settings(crate::pstate::StateError::Refused {
+            pid,
+            what: "it may not map writable executable memory (memory-deny-write-execute,                    PR_SET_MDWE, or a security module): the parasite's mapping was refused                    with EACCES"
+                .into(),
+        }),
+        err => infect(err),
+    })?;
     let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
     let state = parasite.collect(&ids).map_err(infect)?;
     let (task, leader) = convert(&state, timers);
+    let mut settings = crate::pstate::Raw {
+        process: crate::pstate::RawProcess::from_parasite(&state),
+        threads: vec![crate::pstate::RawThread::from_parasite(&state)],
+    };
     let mut threads = Vec::with_capacity(tids.len());
     threads.push(leader);
     for &tid in tids.iter().filter(|&&tid| tid != pid) {
         may_run(tid)?;
         let state = parasite.collect_thread(tid).map_err(infect)?;
         threads.push(convert_thread(&state));
+        settings
+            .threads
+            .push(crate::pstate::RawThread::from_parasite(&state));
     }
     let brk = parasite.brk().map_err(infect)?;
     fault::point("before-cure")?;
     parasite.cure().map_err(infect)?;
-    Ok(Inside { task, threads, brk })
+    Ok(Inside {
+        task,
+        threads,
+        brk,
+        settings,
+    })
 }
 
 fn timeval_us(sec: i64, usec: i64) -> u64 {
@@ -128,6 +155,8 @@ pub fn convert(s: &ParasiteState, timers: &[PosixTimerInfo]) -> (TaskState, Thre
         dumpable: s.dumpable as u32,
         no_new_privs: s.no_new_privs != 0,
         child_subreaper: s.child_subreaper != 0,
+        // Filled in by crate::pstate::collect from these and /proc.
+        settings: Default::default(),
     };
     (task, convert_thread(s))
 }
@@ -158,6 +187,8 @@ pub fn convert_thread(s: &ParasiteState) -> ThreadState {
         clear_child_tid: s.clear_child_tid,
         robust_list: s.robust_list,
         robust_list_len: s.robust_list_len,
+        // Read by crate::pstate::collect once the parasite is gone.
+        sched: None,
     }
 }
 

@@ -113,6 +113,9 @@ pub fn run_restorer(
     })?;
 
     let mut restored = catch_threads_after_sigreturn(pid, image.threads.len(), boot, status)?;
+    // Every thread exists now, stopped: give each its scheduling state and timer slack.
+    crate::pstate::restore_threads(image)
+        .map_err(|message| RestoreError::ChildSetup { pid, message })?;
 
     // munmap(bootstrap) inside the task through the leader, via the gadget, traced to its exit.
     let leader_regs = restored

@@ -23,6 +23,8 @@ pub mod nr {
     pub const SET_ROBUST_LIST: usize = 99;
     pub const RT_TGSIGQUEUEINFO: usize = 240;
     pub const CLONE3: usize = 435;
+    pub const MLOCK2: usize = 284;
+    pub const MSEAL: usize = 462;
 }
 
 /// # Safety

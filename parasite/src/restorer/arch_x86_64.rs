@@ -24,6 +24,8 @@ pub mod nr {
     pub const SET_ROBUST_LIST: usize = 273;
     pub const RT_TGSIGQUEUEINFO: usize = 297;
     pub const CLONE3: usize = 435;
+    pub const MLOCK2: usize = 325;
+    pub const MSEAL: usize = 462;
 }
 
 const ARCH_SET_GS: usize = 0x1001;
