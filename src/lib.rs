@@ -25,6 +25,7 @@ pub mod jvm;
 pub mod log;
 pub mod pages;
 pub mod proc;
+pub mod pstate;
 pub mod ptrace;
 pub mod restore;
 pub mod show;

@@ -508,6 +508,25 @@ fn render_task(out: &mut String, t: &crate::images::TaskState) {
         flags.push(format!("stopped by {}", signal_name(t.group_stop.into())));
     }
     let _ = writeln!(out, "  prctl: {}", flags.join(", "));
+    let st = &t.settings;
+    let loginuid = if st.loginuid == crate::images::LOGINUID_UNSET {
+        "unset".to_string()
+    } else {
+        st.loginuid.to_string()
+    };
+    let _ = writeln!(
+        out,
+        "  settings: oom_score_adj {}, loginuid {loginuid}, thp_disable {:#x}, membarrier \
+         {:#x}, tsc {}, mce_kill {}, speculation {:#x}/{:#x}/{:#x}",
+        st.oom_score_adj,
+        st.thp_disable,
+        st.membarrier,
+        st.tsc,
+        st.mce_kill,
+        st.speculation[0],
+        st.speculation[1],
+        st.speculation[2]
+    );
 }
 
 /// What the parasite and PTRACE_PEEKSIGINFO collected for one thread.
@@ -528,6 +547,21 @@ fn render_thread_state(out: &mut String, s: &crate::images::ThreadState) {
         s.clear_child_tid, s.robust_list, s.robust_list_len
     );
     let _ = writeln!(out, "      pending: {}", pending_text(&s.pending));
+    if let Some(sc) = &s.sched {
+        let cpus: Vec<String> = (0..sc.affinity.len() * 64)
+            .filter(|&c| sc.affinity[c / 64] & (1 << (c % 64)) != 0)
+            .map(|c| c.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "      sched: policy {}, nice {}, priority {}, CPUs {}, timer slack {} ns",
+            sc.policy,
+            sc.nice,
+            sc.priority,
+            cpus.join(","),
+            sc.timerslack_ns
+        );
+    }
 }
 
 fn render_totals(out: &mut String, image: &Image) {
@@ -1002,6 +1036,11 @@ mod tests {
                     clear_child_tid: 0x7f00_0000_0a10,
                     robust_list: 0x7f00_0000_0a20,
                     robust_list_len: 24,
+                    sched: Some(crate::images::ThreadSched {
+                        nice: 7,
+                        affinity: vec![2],
+                        ..Default::default()
+                    }),
                 },
             }],
             mm: MmFields {
@@ -1164,6 +1203,11 @@ mod tests {
                 no_new_privs: true,
                 child_subreaper: true,
                 group_stop: 19,
+                settings: crate::images::ProcessSettings {
+                    oom_score_adj: 500,
+                    thp_disable: 1,
+                    ..Default::default()
+                },
             },
         };
         let mut w = ImageWriter::create(dir).expect("create image");
@@ -1246,6 +1290,8 @@ mod tests {
             "altstack 0x7f0000100000-0x7f0000104000 (16 KiB, flags 0x0), clear_child_tid \
              0x7f0000000a10, robust list 0x7f0000000a20 (24 bytes)",
             "pending: SIGTTIN (SI_TKILL from pid 777)",
+            "settings: oom_score_adj 500, loginuid unset, thp_disable 0x1",
+            "sched: policy 0, nice 7, priority 0, CPUs 1, timer slack 50000 ns",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -245,6 +245,98 @@ pub struct TaskState {
     /// SIGTTIN or SIGTTOU; it was in state T), 0 when it was not stopped. A restore leaves it
     /// stopped.
     pub group_stop: u32,
+    /// Settings of the process outside signals and timers (OOM score, audit login uid,
+    /// transparent huge pages, membarrier registrations, per-thread prctl flags the threads
+    /// share).
+    pub settings: ProcessSettings,
+}
+
+/// `/proc/PID/loginuid` of a process that never had one set.
+pub const LOGINUID_UNSET: u32 = u32::MAX;
+
+/// The membarrier(2) registrations a process can hold (MEMBARRIER_CMD_REGISTER_*), as
+/// MEMBARRIER_CMD_GET_REGISTRATIONS reports them: GLOBAL_EXPEDITED, PRIVATE_EXPEDITED,
+/// PRIVATE_EXPEDITED_SYNC_CORE, PRIVATE_EXPEDITED_RSEQ.
+pub const MEMBARRIER_REGISTRATIONS: u32 = (1 << 1) | (1 << 4) | (1 << 6) | (1 << 8);
+
+/// Process-wide settings a restore gives back, and the per-thread prctl flags every thread
+/// shares (a dump refuses threads that differ from the leader in them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSettings {
+    /// `/proc/PID/oom_score_adj`, -1000 to 1000.
+    pub oom_score_adj: i32,
+    /// `/proc/PID/loginuid` (the audit login uid); [`LOGINUID_UNSET`] when never set.
+    pub loginuid: u32,
+    /// PR_GET_THP_DISABLE: 0, or 1 with PR_THP_DISABLE_EXCEPT_ADVISED (2) when that was asked.
+    pub thp_disable: u32,
+    /// MEMBARRIER_CMD_GET_REGISTRATIONS: a subset of [`MEMBARRIER_REGISTRATIONS`].
+    pub membarrier: u32,
+    /// PR_GET_TSC: PR_TSC_ENABLE (1) or PR_TSC_SIGSEGV (2); 0 where the architecture has no
+    /// such control.
+    pub tsc: u32,
+    /// PR_MCE_KILL_GET: PR_MCE_KILL_LATE (0), PR_MCE_KILL_EARLY (1), PR_MCE_KILL_DEFAULT (2).
+    pub mce_kill: u32,
+    /// PR_GET_SPECULATION_CTRL for PR_SPEC_STORE_BYPASS, PR_SPEC_INDIRECT_BRANCH and
+    /// PR_SPEC_L1D_FLUSH (PR_SPEC_* bits; 0 when the machine is not affected).
+    pub speculation: [u32; 3],
+}
+
+impl Default for ProcessSettings {
+    fn default() -> ProcessSettings {
+        ProcessSettings {
+            oom_score_adj: 0,
+            loginuid: LOGINUID_UNSET,
+            thp_disable: 0,
+            membarrier: 0,
+            tsc: 0,
+            mce_kill: 2,
+            speculation: [0; 3],
+        }
+    }
+}
+
+/// Scheduling state of one thread: `sched_getattr(2)`, `sched_getaffinity(2)` and the timer
+/// slack (`/proc/PID/task/TID/timerslack_ns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSched {
+    /// SCHED_OTHER (0), SCHED_FIFO (1), SCHED_RR (2), SCHED_BATCH (3), SCHED_IDLE (5),
+    /// SCHED_DEADLINE (6), SCHED_EXT (7).
+    pub policy: u32,
+    /// SCHED_FLAG_RESET_ON_FORK (1) and the other flags sched_getattr reports.
+    pub flags: u64,
+    /// Nice value, -20 to 19 (SCHED_OTHER, SCHED_BATCH).
+    pub nice: i32,
+    /// Real-time priority, 1 to 99 (SCHED_FIFO, SCHED_RR), else 0.
+    pub priority: u32,
+    /// SCHED_DEADLINE parameters in nanoseconds.
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+    /// Utilization clamps, 0 to 1024 (the defaults 0 and 1024 mean none asked).
+    pub util_min: u32,
+    pub util_max: u32,
+    /// CPU affinity mask, 64 CPUs per word, CPU n at bit n % 64 of word n / 64.
+    pub affinity: Vec<u64>,
+    /// Timer slack in nanoseconds (PR_GET_TIMERSLACK).
+    pub timerslack_ns: u64,
+}
+
+impl Default for ThreadSched {
+    fn default() -> ThreadSched {
+        ThreadSched {
+            policy: 0,
+            flags: 0,
+            nice: 0,
+            priority: 0,
+            runtime: 0,
+            deadline: 0,
+            period: 0,
+            util_min: 0,
+            util_max: 1024,
+            affinity: Vec::new(),
+            timerslack_ns: 50_000,
+        }
+    }
 }
 
 /// The kernel's `struct sigaction` for one signal (rt_sigaction layout).
@@ -353,6 +445,9 @@ pub struct ThreadState {
     /// get_robust_list: head address and length (0 when none).
     pub robust_list: u64,
     pub robust_list_len: u64,
+    /// Scheduling policy, priority, affinity and timer slack; `None` in images that did not
+    /// record them (a restore then leaves what the thread inherits).
+    pub sched: Option<ThreadSched>,
 }
 
 /// An alternate signal stack (stack_t).
@@ -426,7 +521,9 @@ pub enum VmaBacking {
     Vvar,
 }
 
-/// Subset of smaps VmFlags that changes how a VMA is mapped.
+/// The smaps VmFlags that are state of their own (not derived from the protection, the
+/// mapping type or the file), each restored: by an mmap flag, an madvise, mlock2 or mseal.
+/// A dump refuses a VMA with a flag it cannot restore.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmaFlags {
     /// `gd`: MAP_GROWSDOWN (the main stack).
@@ -445,6 +542,21 @@ pub struct VmaFlags {
     pub nohugepage: bool,
     /// `mg`: MADV_MERGEABLE.
     pub mergeable: bool,
+    /// `sr`: MADV_SEQUENTIAL.
+    pub sequential: bool,
+    /// `rr`: MADV_RANDOM.
+    pub random: bool,
+    /// `wf`: MADV_WIPEONFORK.
+    pub wipeonfork: bool,
+    /// `lf`: locked on fault (mlock2 MLOCK_ONFAULT); comes with `locked`.
+    pub lockonfault: bool,
+    /// `sl`: sealed with mseal(2).
+    pub sealed: bool,
+    /// `dp`: MAP_DROPPABLE (anonymous memory the kernel may drop under pressure).
+    pub droppable: bool,
+    /// `mw` on a MAP_SHARED file mapping: the file was opened for writing, so the mapping may
+    /// be made writable (mprotect) even when it is read-only now; a restore opens it so too.
+    pub shared_maywrite: bool,
 }
 
 /// `npages` consecutive stored pages starting at `vaddr`, found at `file_offset` of the page file.

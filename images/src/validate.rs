@@ -760,7 +760,66 @@ pub(crate) fn check_task(t: &TaskState) -> Result<(), String> {
     if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
         return Err(format!("POSIX timer id {} appears twice", w[0]));
     }
+    check_settings(&t.settings)?;
     check_pending("process-wide", &t.shared_pending)
+}
+
+/// Process settings within the kernel's bounds, so a restore never asks for a value the
+/// kernel could not have reported.
+fn check_settings(s: &ProcessSettings) -> Result<(), String> {
+    if !(-1000..=1000).contains(&s.oom_score_adj) {
+        return Err(format!(
+            "oom_score_adj {} (must be -1000 to 1000)",
+            s.oom_score_adj
+        ));
+    }
+    if s.membarrier & !MEMBARRIER_REGISTRATIONS != 0 {
+        return Err(format!(
+            "membarrier registrations {:#x} name unknown commands",
+            s.membarrier
+        ));
+    }
+    if s.thp_disable > 3 {
+        return Err(format!("PR_GET_THP_DISABLE value {:#x}", s.thp_disable));
+    }
+    if s.tsc > 2 || s.mce_kill > 2 {
+        return Err(format!(
+            "PR_GET_TSC {} or PR_MCE_KILL_GET {} out of range",
+            s.tsc, s.mce_kill
+        ));
+    }
+    Ok(())
+}
+
+/// Most words of a CPU affinity mask (8192 CPUs, the kernel's largest NR_CPUS).
+pub const AFFINITY_WORDS_MAX: usize = 128;
+
+fn check_sched(tid: i32, s: &ThreadSched) -> Result<(), String> {
+    if !matches!(s.policy, 0..=3 | 5..=7) {
+        return Err(format!(
+            "thread {tid}: unknown scheduling policy {}",
+            s.policy
+        ));
+    }
+    if !(-20..=19).contains(&s.nice) || s.priority > 99 {
+        return Err(format!(
+            "thread {tid}: nice {} or priority {} out of range",
+            s.nice, s.priority
+        ));
+    }
+    if s.util_min > 1024 || s.util_max > 1024 {
+        return Err(format!(
+            "thread {tid}: utilization clamps {}..{} beyond 1024",
+            s.util_min, s.util_max
+        ));
+    }
+    if s.affinity.len() > AFFINITY_WORDS_MAX {
+        return Err(format!(
+            "thread {tid}: CPU affinity mask of {} words (at most {AFFINITY_WORDS_MAX})",
+            s.affinity.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A queue of pending signals: bounded, each a whole siginfo of a real signal number.
@@ -817,6 +876,9 @@ pub(crate) fn check_thread_state(tid: i32, s: &ThreadState) -> Result<(), String
     }
     check_address(&format!("thread {tid}: clear_child_tid"), s.clear_child_tid)?;
     check_address(&format!("thread {tid}: robust list"), s.robust_list)?;
+    if let Some(sched) = &s.sched {
+        check_sched(tid, sched)?;
+    }
     Ok(())
 }
 
@@ -905,8 +967,27 @@ mod task_tests {
             clear_child_tid: 0x7f00_0001_0000,
             robust_list: 0x7f00_0001_0040,
             robust_list_len: 24,
+            sched: Some(ThreadSched {
+                nice: 5,
+                affinity: vec![3],
+                ..Default::default()
+            }),
         };
         check_thread_state(1, &thread).unwrap();
+        let bad_nice = ThreadState {
+            sched: Some(ThreadSched {
+                nice: 40,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(check_thread_state(1, &bad_nice).is_err());
+        let mut bad = TaskState::default();
+        bad.settings.oom_score_adj = 1001;
+        assert!(check_task(&bad).unwrap_err().contains("oom_score_adj"));
+        bad.settings.oom_score_adj = 500;
+        bad.settings.membarrier = 1 << 3;
+        assert!(check_task(&bad).unwrap_err().contains("membarrier"));
         check_thread_state(1, &ThreadState::default()).unwrap();
     }
 

@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -46,6 +46,14 @@ pub const VMA_FILL_NONE: u32 = 0;
 /// Copy the VMA's page runs from `RestorerArgs::pages_fd` with pread.
 pub const VMA_FILL_COPY: u32 = 1;
 
+/// Most madvise() advices one VMA carries: SEQUENTIAL or RANDOM, DONTFORK, DONTDUMP, HUGEPAGE
+/// or NOHUGEPAGE, WIPEONFORK, MERGEABLE (6), with room to spare.
+pub const MAX_MADVISE: usize = 8;
+/// `VmaArg::extra`: lock the VMA with mlock2(MLOCK_ONFAULT) (smaps `lf`), after filling it.
+pub const VMA_EXTRA_LOCK_ONFAULT: u32 = 1;
+/// `VmaArg::extra`: seal the VMA with mseal() (smaps `sl`), last.
+pub const VMA_EXTRA_SEAL: u32 = 2;
+
 /// One VMA to map, with the exact arguments of its `mmap` call.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,8 +71,12 @@ pub struct VmaArg {
     pub fill: u32,
     /// Byte offset in the backing file.
     pub file_offset: u64,
-    /// madvise() advice values to apply after mapping (0 = none), e.g. MADV_DONTFORK.
-    pub madvise: [u32; 4],
+    /// madvise() advice values to apply after mapping (0 = none), e.g. MADV_DONTFORK; room for
+    /// every advice a VMA can carry at once (see `MAX_MADVISE`).
+    pub madvise: [u32; MAX_MADVISE],
+    /// VMA_EXTRA_* bits: what else to do once the VMA is mapped and filled.
+    pub extra: u32,
+    pub _pad: u32,
     /// Index of the first of this VMA's page runs in `RestorerArgs::runs`, and their count.
     pub first_run: u32,
     pub nr_runs: u32,
@@ -156,6 +168,8 @@ pub enum Step {
     ThreadSetup = 17,
     /// Switching to the image's credentials; `detail` says which call (CREDS_STEP_*).
     Creds = 18,
+    LockVma = 19,
+    SealVma = 20,
 }
 
 /// `Progress::detail` of a `Step::Creds` failure (and of a thread's `ThreadSetup` failure in
@@ -213,6 +227,8 @@ impl Step {
             16 => Step::CreateThread,
             17 => Step::ThreadSetup,
             18 => Step::Creds,
+            19 => Step::LockVma,
+            20 => Step::SealVma,
             _ => return None,
         })
     }
@@ -240,6 +256,8 @@ impl Step {
                  credentials)"
             }
             Step::Creds => "switching to the image's credentials",
+            Step::LockVma => "locking a VMA on fault (mlock2 MLOCK_ONFAULT)",
+            Step::SealVma => "sealing a VMA (mseal)",
         }
     }
 }
@@ -507,7 +525,8 @@ pub struct TimerState {
 }
 
 /// What `PARASITE_CMD_COLLECT` reports (`PARASITE_CMD_COLLECT_THREAD`: only the per-thread
-/// fields `altstack`, `clear_child_tid`, `robust_list`, `robust_list_len`, `name`). Each field
+/// fields `altstack`, `clear_child_tid`, `robust_list`, `robust_list_len`, `name`, `tsc`,
+/// `mce_kill`, `speculation`, `tagged_addr`, `timerslack`). Each field
 /// is the raw result of the named call.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -537,6 +556,22 @@ pub struct ParasiteState {
     pub name: [u8; 16],
     /// prctl(PR_GET_SECUREBITS) of the running thread (securebits are per-thread credentials).
     pub securebits: u64,
+    /// Process-wide, each the raw result (a negative errno when the kernel lacks the call):
+    /// prctl(PR_GET_THP_DISABLE), membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS),
+    /// prctl(PR_GET_MDWE), prctl(PR_GET_MEMORY_MERGE).
+    pub thp_disable: i64,
+    pub membarrier: i64,
+    pub mdwe: i64,
+    pub memory_merge: i64,
+    /// The running thread's own, raw like the above: prctl(PR_GET_TSC) (the value it stores,
+    /// or the negative errno), prctl(PR_MCE_KILL_GET), prctl(PR_GET_SPECULATION_CTRL) for
+    /// PR_SPEC_STORE_BYPASS, PR_SPEC_INDIRECT_BRANCH and PR_SPEC_L1D_FLUSH,
+    /// prctl(PR_GET_TAGGED_ADDR_CTRL), prctl(PR_GET_TIMERSLACK).
+    pub tsc: i64,
+    pub mce_kill: i64,
+    pub speculation: [i64; 3],
+    pub tagged_addr: i64,
+    pub timerslack: i64,
 }
 
 /// Everything exchanged with the parasite, at the start of the args area of its mapping.

@@ -246,6 +246,9 @@ pub enum DumpError {
     /// Several things cannot be dumped; each line names the process and the thing.
     #[error("the tree cannot be dumped, nothing was changed:\n  - {}", problems.join("\n  - "))]
     Refused { problems: Vec<String> },
+    /// A process setting (OOM score, scheduling, prctl flags, ...) was refused or unreadable.
+    #[error(transparent)]
+    Settings(#[from] crate::pstate::StateError),
 }
 
 impl DumpError {

@@ -26,6 +26,8 @@ pub struct Inside {
     pub brk: u64,
     /// PR_GET_SECUREBITS of each thread, in the order of the tids asked for.
     pub securebits: Vec<u32>,
+    /// The settings the parasite read, raw, for [`crate::pstate::collect`].
+    pub settings: crate::pstate::Raw,
 }
 
 /// The signals queued for thread `tid` alone (`shared` false) or for the whole process, as raw
@@ -51,10 +53,27 @@ pub fn collect(
     mut may_run: impl FnMut(i32) -> Result<(), DumpError>,
 ) -> Result<Inside, DumpError> {
     let infect = |err| DumpError::Infect { pid, err };
-    let mut parasite = Parasite::inject(pid, pid).map_err(infect)?;
+    let mut parasite = Parasite::inject(pid, pid).map_err(|err| match err {
+        // Linux refuses writable executable memory to a process under PR_SET_MDWE (and to one
+        // a security module confines so) with EACCES: the parasite cannot get in.
+        crate::infect::InfectError::RemoteSyscall {
+            call: "mmap",
+            errno: nix::errno::Errno::EACCES,
+            ..
+        } => DumpError::Settings(crate::pstate::StateError::Refused {
+            pid,
+            what: "it may not map writable executable memory (memory-deny-write-execute,                    PR_SET_MDWE, or a security module): the parasite's mapping was refused                    with EACCES"
+                .into(),
+        }),
+        err => infect(err),
+    })?;
     let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
     let state = parasite.collect(&ids).map_err(infect)?;
     let (task, leader) = convert(&state, timers);
+    let mut settings = crate::pstate::Raw {
+        process: crate::pstate::RawProcess::from_parasite(&state),
+        threads: vec![crate::pstate::RawThread::from_parasite(&state)],
+    };
     let mut threads = Vec::with_capacity(tids.len());
     let mut securebits = vec![state.securebits as u32];
     threads.push(leader);
@@ -63,6 +82,9 @@ pub fn collect(
         let state = parasite.collect_thread(tid).map_err(infect)?;
         threads.push(convert_thread(&state));
         securebits.push(state.securebits as u32);
+        settings
+            .threads
+            .push(crate::pstate::RawThread::from_parasite(&state));
     }
     let brk = parasite.brk().map_err(infect)?;
     fault::point("before-cure")?;
@@ -72,6 +94,7 @@ pub fn collect(
         threads,
         brk,
         securebits,
+        settings,
     })
 }
 
@@ -138,6 +161,8 @@ pub fn convert(s: &ParasiteState, timers: &[PosixTimerInfo]) -> (TaskState, Thre
         no_new_privs: s.no_new_privs != 0,
         child_subreaper: s.child_subreaper != 0,
         group_stop: 0,
+        // Filled in by crate::pstate::collect from these and /proc.
+        settings: Default::default(),
     };
     (task, convert_thread(s))
 }
@@ -168,6 +193,8 @@ pub fn convert_thread(s: &ParasiteState) -> ThreadState {
         clear_child_tid: s.clear_child_tid,
         robust_list: s.robust_list,
         robust_list_len: s.robust_list_len,
+        // Read by crate::pstate::collect once the parasite is gone.
+        sched: None,
     }
 }
 

@@ -55,25 +55,34 @@ pub fn collect(
 ) -> Result<CollectedProcess, DumpError> {
     let pid = proc.pid();
     let tids = frozen.tids();
-    let (threads, notes, mut task_state, brk, securebits) = std::thread::scope(|scope| {
-        let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
-        let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
-        let shared_pending = parasite::pending(pid, pid, true)?;
-        phases.end("threads");
-        let timers = proc.posix_timers()?;
-        // The leader's seccomp mode was checked before the freeze.
-        let inside = parasite::collect(pid, &tids, &timers, |tid| seccomp.check(tid))?;
-        phases.end("parasite");
-        let mut task_state = inside.task;
-        task_state.shared_pending = shared_pending;
-        for (thread, state) in threads.iter_mut().zip(inside.threads) {
-            thread.state = ThreadState {
-                pending: std::mem::take(&mut thread.state.pending),
-                ..state
-            };
-        }
-        Ok::<_, DumpError>((threads, notes, task_state, inside.brk, inside.securebits))
-    })?;
+    let (mut threads, notes, mut task_state, brk, securebits, raw_settings) =
+        std::thread::scope(|scope| {
+            let mut seccomp = seccomp::watch(scope, &proc, tids[1..].to_vec());
+            let (mut threads, notes) = threads::capture_all(&proc, &tids)?;
+            let shared_pending = parasite::pending(pid, pid, true)?;
+            phases.end("threads");
+            let timers = proc.posix_timers()?;
+            // The leader's seccomp mode was checked before the freeze.
+            let inside = parasite::collect(pid, &tids, &timers, |tid| seccomp.check(tid))?;
+            phases.end("parasite");
+            let mut task_state = inside.task;
+            task_state.shared_pending = shared_pending;
+            for (thread, state) in threads.iter_mut().zip(inside.threads) {
+                thread.state = ThreadState {
+                    pending: std::mem::take(&mut thread.state.pending),
+                    ..state
+                };
+            }
+            Ok::<_, DumpError>((
+                threads,
+                notes,
+                task_state,
+                inside.brk,
+                inside.securebits,
+                inside.settings,
+            ))
+        })?;
+    crate::pstate::collect(&proc, &raw_settings, &mut task_state, &mut threads)?;
     task_state.group_stop = frozen.group_stop().unwrap_or(0) as u32;
     let creds = creds::collect(&proc, &tids, &securebits)?;
 

@@ -22,17 +22,16 @@ pub struct Collected {
     pub vdso_blake3: Option<[u8; 32]>,
 }
 
-fn flags(f: VmFlags) -> VmaFlags {
-    VmaFlags {
-        growsdown: f.contains(VmFlags::GD),
-        locked: f.contains(VmFlags::LO),
-        noreserve: f.contains(VmFlags::NR),
-        dontdump: f.contains(VmFlags::DD),
-        dontfork: f.contains(VmFlags::DC),
-        hugepage: f.contains(VmFlags::HG),
-        nohugepage: f.contains(VmFlags::NH),
-        mergeable: f.contains(VmFlags::MG),
+/// The VMA's VmFlags as the image records them; refused when one cannot be restored. The
+/// vDSO and vvar pieces are the restoring kernel's own, moved into place: their flags are
+/// whatever that kernel gives them.
+fn flags(pid: i32, m: &MapEntry, backing: &VmaBacking) -> Result<VmaFlags, DumpError> {
+    if matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar) {
+        return Ok(VmaFlags::default());
     }
+    let shared_file = m.shared && matches!(backing, VmaBacking::File { .. });
+    crate::pstate::vmflags::classify(&m.flag_codes, shared_file)
+        .map_err(|why| unsupported(pid, m, why))
 }
 
 fn prot(m: &MapEntry) -> u32 {
@@ -259,13 +258,14 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
                 }
             }
         };
+        let flags = flags(pid, m, &backing)?;
         out.vmas.push(Vma {
             start: m.start,
             end: m.end,
             prot: prot(m),
             shared: m.shared && !matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar),
             backing,
-            flags: flags(m.vm_flags),
+            flags,
             name: m.display_name.clone(),
         });
     }

@@ -326,6 +326,7 @@ fn the_stub_goes_into_private_program_code_only() {
         name,
         display_name: String::new(),
         vm_flags: crate::proc::VmFlags::empty(),
+        flag_codes: Vec::new(),
     };
     let file = || MapName::Path {
         path: "/bin/x".into(),

@@ -54,6 +54,9 @@ pub struct MapEntry {
     /// The name exactly as maps shows it (a path, `[heap]`, `[anon:x]`, or empty).
     pub display_name: String,
     pub vm_flags: VmFlags,
+    /// The VmFlags codes exactly as smaps prints them, unknown ones included (empty when read
+    /// from maps).
+    pub flag_codes: Vec<String>,
 }
 
 /// Address range and name of one of crest's own mappings.
@@ -117,6 +120,7 @@ fn convert(m: MemoryMap) -> MapEntry {
         name,
         display_name,
         vm_flags: m.extension.vm_flags,
+        flag_codes: Vec::new(),
     }
 }
 
@@ -137,7 +141,20 @@ impl Proc {
             .proc
             .smaps()
             .map_err(|e| ProcError::procfs(self.pid, "smaps", e))?;
-        Ok(maps.into_iter().map(convert).collect())
+        let mut entries: Vec<MapEntry> = maps.into_iter().map(convert).collect();
+        // The process is stopped while crest reads it, so both reads see the same mappings.
+        let codes: std::collections::HashMap<u64, Vec<String>> =
+            self.smaps_vmflags()?.into_iter().collect();
+        for e in &mut entries {
+            e.flag_codes = codes
+                .get(&e.start)
+                .cloned()
+                .ok_or_else(|| ProcError::Parse {
+                    path: format!("/proc/{}/smaps", self.pid),
+                    detail: format!("no VmFlags line for the mapping at {:#x}", e.start),
+                })?;
+        }
+        Ok(entries)
     }
 }
 

@@ -12,6 +12,7 @@ mod java;
 mod maps;
 mod meminfo;
 mod pagemap;
+mod settings;
 mod status;
 mod timers;
 mod tree;
@@ -25,6 +26,10 @@ pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use meminfo::mem_available;
 pub use pagemap::Pagemap;
 pub use procfs::process::VmFlags;
+pub use settings::{
+    own_loginuid, own_oom_score_adj, parse_smaps_vmflags, set_own_loginuid, set_own_oom_score_adj,
+    PF_IO_FLUSHER,
+};
 pub use status::{MmStat, Status};
 pub use timers::{PosixTimerInfo, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD, SIGEV_THREAD_ID};
 pub use tree::{own_namespace, TreeIds, NAMESPACES};

@@ -587,30 +587,7 @@ fn vma_args(p: &ProcessImage, files: &OpenedFiles) -> Result<Vec<VmaArg>, Restor
                 (-1, 0)
             }
         };
-        if vma.flags.growsdown {
-            flags |= libc::MAP_GROWSDOWN;
-        }
-        if vma.flags.noreserve {
-            flags |= libc::MAP_NORESERVE;
-        }
-        if vma.flags.locked {
-            flags |= libc::MAP_LOCKED;
-        }
-        let mut madvise = [0u32; 4];
-        let advice = [
-            (vma.flags.dontfork, libc::MADV_DONTFORK),
-            (vma.flags.dontdump, libc::MADV_DONTDUMP),
-            (vma.flags.hugepage, libc::MADV_HUGEPAGE),
-            (vma.flags.nohugepage, libc::MADV_NOHUGEPAGE),
-            (vma.flags.mergeable, libc::MADV_MERGEABLE),
-        ];
-        let mut n = 0;
-        for (on, value) in advice {
-            if on && n < madvise.len() {
-                madvise[n] = value as u32;
-                n += 1;
-            }
-        }
+        let (flags, madvise, extra) = crate::pstate::vmflags::restore_args(&vma.flags, flags);
         debug_assert_eq!(vma.start % page, 0);
         out.push(VmaArg {
             start: vma.start,
@@ -625,6 +602,8 @@ fn vma_args(p: &ProcessImage, files: &OpenedFiles) -> Result<Vec<VmaArg>, Restor
             },
             file_offset,
             madvise,
+            extra,
+            _pad: 0,
             first_run: first_run as u32,
             nr_runs: nr_runs as u32,
         });

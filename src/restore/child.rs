@@ -147,6 +147,7 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     task_state::create_posix_timers(p)?;
     task_state::set_process_flags(p, plan.keep_pdeath)?;
+    crate::pstate::restore_in_child(p)?;
     Ok(())
 }
 

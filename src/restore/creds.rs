@@ -115,9 +115,10 @@ pub fn plan(p: &ProcessImage) -> Result<CredsArg, RestoreError> {
     let missing = (c.cap_permitted | c.cap_inheritable) & !own.cap_permitted;
     if missing != 0 {
         return Err(RestoreError::Privilege(format!(
-            "pid {} held capabilities {missing:#x} that crest itself does not have (crest's \
-             permitted set is {:#x})",
-            p.pid, own.cap_permitted
+            "pid {} held capabilities crest itself does not have: {}; run crest with them \
+             (as root with a full bounding set)",
+            p.pid,
+            capability_names(missing)
         )));
     }
     Ok(CredsArg {
@@ -157,5 +158,73 @@ mod tests {
             ..own.clone()
         };
         assert!(!same(&own, &other));
+    }
+}
+
+/// The capabilities of a bit set by their names (capabilities(7)), e.g. "CAP_AUDIT_CONTROL".
+pub fn capability_names(set: u64) -> String {
+    const NAMES: [&str; 41] = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ];
+    (0..64)
+        .filter(|bit| set & (1u64 << bit) != 0)
+        .map(|bit| {
+            NAMES
+                .get(bit)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| format!("capability {bit}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod capability_name_tests {
+    #[test]
+    fn capabilities_are_named() {
+        assert_eq!(
+            super::capability_names((1 << 30) | (1 << 10) | (1 << 50)),
+            "CAP_NET_BIND_SERVICE, CAP_AUDIT_CONTROL, capability 50"
+        );
     }
 }

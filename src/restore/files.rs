@@ -95,6 +95,7 @@ pub fn open_all(
     }
 
     let mut mapped: Vec<Option<OwnedFd>> = (0..p.files.len()).map(|_| None).collect();
+    let writable = shared_writable_files(p);
     for vma in &p.vmas {
         if let VmaBacking::File { file, .. } = vma.backing {
             let slot = &mut mapped[file as usize];
@@ -102,8 +103,7 @@ pub fn open_all(
             if slot.is_some() || ident.kind == FileKind::ContentInImage {
                 continue;
             }
-            // A shared writable mapping writes through to the file, so it needs write access.
-            let mode = if vma.shared && vma.prot & crate::images::PROT_WRITE != 0 {
+            let mode = if writable.contains(&file) {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
@@ -184,8 +184,25 @@ pub fn open_all(
     })
 }
 
+/// The files that some MAP_SHARED mapping writes through, or may write through after an
+/// mprotect (smaps `mw`: the process opened the file for writing). One descriptor serves every
+/// mapping of a file, so it is opened read-write when any of them needs it.
+fn shared_writable_files(p: &ProcessImage) -> std::collections::HashSet<u32> {
+    p.vmas
+        .iter()
+        .filter(|v| {
+            v.shared && (v.prot & crate::images::PROT_WRITE != 0 || v.flags.shared_maywrite)
+        })
+        .filter_map(|v| match v.backing {
+            VmaBacking::File { file, .. } => Some(file),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Opens the file of an open file description by path with its flags, checks it is the file
-/// that was dumped, and puts it at the recorded offset.
+/// that was dumped, and puts it at the recorded offset (an O_PATH descriptor has no offset:
+/// it is opened O_PATH again and not positioned).
 fn open_description(
     ident: &FileIdentity,
     ofd: &crate::images::OpenFileDescription,
@@ -198,10 +215,13 @@ fn open_description(
     let appending = ofd.flags as i32 & libc::O_APPEND != 0
         && ofd.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
     check_identity(&fd, ident, appending, ofd.pos)?;
-    if matches!(
-        ident.kind,
-        FileKind::Regular | FileKind::Directory | FileKind::ContentInImage
-    ) {
+    let o_path = ofd.flags as i32 & libc::O_PATH != 0;
+    if !o_path
+        && matches!(
+            ident.kind,
+            FileKind::Regular | FileKind::Directory | FileKind::ContentInImage
+        )
+    {
         seek(&fd, ofd.pos, &ident.path)?;
     }
     Ok(fd)

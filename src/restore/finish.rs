@@ -112,6 +112,9 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
         what: format!("{what} (pid {pid})"),
         source: std::io::Error::from(e),
     };
+    // Every thread exists now, stopped: give each its scheduling state and timer slack.
+    crate::pstate::restore_threads(image)
+        .map_err(|message| RestoreError::ChildSetup { pid, message })?;
     let leader_regs = caught
         .iter()
         .find(|t| t.tid == pid)

@@ -101,6 +101,10 @@ pub enum Kind {
     /// Drops from root to ids, groups, capabilities and securebits of its own, and checks
     /// them (and what they allow) on request.
     Creds,
+    /// Per-process settings (tests/victims/pstate.c): oom_score_adj, loginuid, THP disable,
+    /// timer slack, machine-check kill policy, membarrier registrations, nice, CPU affinity,
+    /// advised/locked-on-fault/sealed mappings, shared writable file mappings, an O_PATH fd.
+    Pstate,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -119,6 +123,7 @@ impl Kind {
             Kind::Tree => "tree",
             Kind::Jobctl => "jobctl",
             Kind::Creds => "creds",
+            Kind::Pstate => "pstate",
             Kind::Java => "java",
         }
     }
@@ -1049,17 +1054,27 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    spawn_crest_with(args, |_| {})
+}
+
+/// Starts `crest ARGS...` after letting `customize` adjust the command (a pre_exec hook that
+/// changes what crest inherits, say).
+pub fn spawn_crest_with<I, S>(args: I, customize: impl FnOnce(&mut Command)) -> CrestProcess
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     setup();
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let out = tempfile::tempfile_in(env!("CARGO_TARGET_TMPDIR")).expect("stdout file");
     let err = tempfile::tempfile_in(env!("CARGO_TARGET_TMPDIR")).expect("stderr file");
-    let child = Command::new(crest_bin())
-        .args(&args)
+    let mut cmd = Command::new(crest_bin());
+    cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup stdout file"))
-        .stderr(err.try_clone().expect("dup stderr file"))
-        .spawn()
-        .expect("start crest");
+        .stderr(err.try_clone().expect("dup stderr file"));
+    customize(&mut cmd);
+    let child = cmd.spawn().expect("start crest");
     CrestProcess {
         child: Some(child),
         args: args

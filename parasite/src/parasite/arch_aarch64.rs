@@ -12,6 +12,7 @@ pub mod nr {
     pub const SIGALTSTACK: usize = 132;
     pub const RT_SIGACTION: usize = 134;
     pub const PRCTL: usize = 167;
+    pub const MEMBARRIER: usize = 283;
 }
 
 /// Stops the thread for good: `brk #0` raises SIGTRAP (si_code TRAP_BRKPT) with pc left on the

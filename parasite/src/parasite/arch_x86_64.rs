@@ -12,6 +12,7 @@ pub mod nr {
     pub const TIMER_GETTIME: usize = 224;
     pub const TIMER_GETOVERRUN: usize = 225;
     pub const GET_ROBUST_LIST: usize = 274;
+    pub const MEMBARRIER: usize = 324;
 }
 
 /// Stops the thread for good: `int3` raises SIGTRAP (si_code SI_KERNEL), which crest, tracing

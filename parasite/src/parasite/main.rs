@@ -49,6 +49,16 @@ const PR_GET_NO_NEW_PRIVS: usize = 39;
 const PR_GET_TID_ADDRESS: usize = 40;
 const PR_GET_NAME: usize = 16;
 const PR_GET_SECUREBITS: usize = 27;
+const PR_GET_TSC: usize = 25;
+const PR_GET_TIMERSLACK: usize = 30;
+const PR_MCE_KILL_GET: usize = 34;
+const PR_GET_THP_DISABLE: usize = 42;
+const PR_GET_SPECULATION_CTRL: usize = 52;
+const PR_GET_TAGGED_ADDR_CTRL: usize = 56;
+const PR_GET_MDWE: usize = 66;
+const PR_GET_MEMORY_MERGE: usize = 68;
+/// membarrier(2) command listing the registrations of the process (Linux 6.3+).
+const MEMBARRIER_CMD_GET_REGISTRATIONS: usize = 1 << 9;
 /// personality(0xffffffff) only queries (kernel/exec_domain.c).
 const PERSONALITY_QUERY: usize = 0xffff_ffff;
 
@@ -130,6 +140,7 @@ fn thread_fields(r: &mut Report) {
     robust_list(r);
     name(r);
     securebits(r);
+    thread_settings(r);
 }
 
 fn securebits(r: &mut Report) {
@@ -138,6 +149,37 @@ fn securebits(r: &mut Report) {
     if let Some(v) = r.call(PARASITE_CALL_SECUREBITS, 0, ret) {
         r.args.state.securebits = v as u64;
     }
+}
+
+/// A prctl that only reads and touches no memory: its raw result, a negative errno included
+/// (a kernel without the option says EINVAL, which crest judges, not the parasite).
+fn prctl_value(option: usize, arg2: usize) -> i64 {
+    // SAFETY: every option passed here only returns a value and reads no pointer.
+    (unsafe { shims::syscall5(nr::PRCTL, option, arg2, 0, 0, 0) }) as i64
+}
+
+/// Per-thread settings that only the thread can read: TSC access, machine-check kill policy,
+/// speculation controls, tagged-address control, timer slack.
+fn thread_settings(r: &mut Report) {
+    let mut tsc: i32 = 0;
+    // SAFETY: PR_GET_TSC stores one int at arg2.
+    let ret = unsafe {
+        shims::syscall5(
+            nr::PRCTL,
+            PR_GET_TSC,
+            ptr::addr_of_mut!(tsc) as usize,
+            0,
+            0,
+            0,
+        )
+    };
+    r.args.state.tsc = if ret < 0 { ret as i64 } else { tsc as i64 };
+    r.args.state.mce_kill = prctl_value(PR_MCE_KILL_GET, 0);
+    for which in 0..3usize {
+        r.args.state.speculation[which] = prctl_value(PR_GET_SPECULATION_CTRL, which);
+    }
+    r.args.state.tagged_addr = prctl_value(PR_GET_TAGGED_ADDR_CTRL, 0);
+    r.args.state.timerslack = prctl_value(PR_GET_TIMERSLACK, 0);
 }
 
 fn name(r: &mut Report) {
@@ -317,6 +359,14 @@ fn process_fields(r: &mut Report) {
     if r.call(PARASITE_CALL_CHILD_SUBREAPER, 0, ret).is_some() {
         r.args.state.child_subreaper = subreaper as u32 as u64;
     }
+
+    r.args.state.thp_disable = prctl_value(PR_GET_THP_DISABLE, 0);
+    r.args.state.mdwe = prctl_value(PR_GET_MDWE, 0);
+    r.args.state.memory_merge = prctl_value(PR_GET_MEMORY_MERGE, 0);
+    // SAFETY: GET_REGISTRATIONS takes flags 0 and cpu_id 0 and touches no memory.
+    r.args.state.membarrier =
+        (unsafe { shims::syscall3(nr::MEMBARRIER, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0) })
+            as i64;
 }
 
 /// Nothing here can panic short of a bug; crest then finds `done == 0` at the breakpoint.

@@ -30,6 +30,8 @@ pub mod nr {
     pub const SETFSGID: usize = 152;
     pub const CAPGET: usize = 90;
     pub const CAPSET: usize = 91;
+    pub const MLOCK2: usize = 284;
+    pub const MSEAL: usize = 462;
 }
 
 /// # Safety

@@ -31,6 +31,8 @@ pub mod nr {
     pub const SETFSGID: usize = 123;
     pub const CAPGET: usize = 125;
     pub const CAPSET: usize = 126;
+    pub const MLOCK2: usize = 325;
+    pub const MSEAL: usize = 462;
 }
 
 const ARCH_SET_GS: usize = 0x1001;

@@ -27,7 +27,7 @@ mod sys;
 use abi::{
     CloneArgs, ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Progress, Range, RestorerArgs,
     Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE, MAX_SPECIAL_MOVES,
-    VMA_FILL_NONE,
+    VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_FILL_NONE,
 };
 use core::ptr;
 
@@ -215,6 +215,15 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
             ctx.step(Step::Madvise, v.start);
             ctx.check(sys::madvise(v.start, v.len, advice));
         }
+    }
+    if v.extra & VMA_EXTRA_LOCK_ONFAULT != 0 {
+        ctx.step(Step::LockVma, v.start);
+        ctx.check(sys::mlock2(v.start, v.len, sys::MLOCK_ONFAULT));
+    }
+    // Last: a sealed VMA refuses any later mprotect, madvise or munmap.
+    if v.extra & VMA_EXTRA_SEAL != 0 {
+        ctx.step(Step::SealVma, v.start);
+        ctx.check(sys::mseal(v.start, v.len));
     }
 }
 

@@ -72,6 +72,19 @@ pub fn madvise(addr: u64, len: u64, advice: u32) -> SysResult {
     decode(unsafe { arch::syscall3(nr::MADVISE, addr as usize, len as usize, advice as usize) })
 }
 
+/// `MLOCK_ONFAULT` (include/uapi/asm-generic/mman-common.h).
+pub const MLOCK_ONFAULT: usize = 1;
+
+pub fn mlock2(addr: u64, len: u64, flags: usize) -> SysResult {
+    // SAFETY: locks a VMA the restorer just mapped for the image; no memory is written.
+    decode(unsafe { arch::syscall3(nr::MLOCK2, addr as usize, len as usize, flags) })
+}
+
+pub fn mseal(addr: u64, len: u64) -> SysResult {
+    // SAFETY: seals a VMA the restorer just mapped and finished for the image.
+    decode(unsafe { arch::syscall3(nr::MSEAL, addr as usize, len as usize, 0) })
+}
+
 pub fn pread64(fd: i32, buf: u64, len: u64, off: u64) -> SysResult {
     // SAFETY: `buf..buf+len` lies inside a writable VMA the restorer just mapped.
     decode(unsafe {

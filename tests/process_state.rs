@@ -1,0 +1,191 @@
+//! Per-process settings survive dump and restore, or the dump (or restore) refuses them with a
+//! message naming the pid and the setting. The pstate victim (tests/victims/pstate.c) sets
+//! oom_score_adj 500, a login uid, PR_SET_THP_DISABLE, a timer slack, the machine-check kill
+//! policy, membarrier registrations, nice 7 and a one-CPU affinity; maps memory with six
+//! madvise advices, with MADV_RANDOM|NOHUGEPAGE, locked on fault and sealed; maps two files
+//! MAP_SHARED writable (one mprotect'ed read-only since); and holds an O_PATH fd. It checks all
+//! of that from the inside on request; the tests compare what /proc shows from the outside
+//! before the dump and after the restore, and that writes through the shared mappings reach
+//! the files after a restore.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+
+use common::*;
+
+/// `CAP_AUDIT_CONTROL` (include/uapi/linux/capability.h).
+const CAP_AUDIT_CONTROL: libc::c_ulong = 30;
+
+/// What /proc shows of the victim's settings from the outside.
+fn outside_view(pid: i32) -> BTreeMap<&'static str, String> {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/{f}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let status = read("status");
+    let line = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+    };
+    let stat = procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .unwrap_or_else(|e| panic!("stat of {pid}: {e}"));
+    BTreeMap::from([
+        ("oom_score_adj", read("oom_score_adj")),
+        ("loginuid", read("loginuid")),
+        ("timerslack_ns", read("timerslack_ns")),
+        ("THP_enabled", line("THP_enabled")),
+        ("Cpus_allowed_list", line("Cpus_allowed_list")),
+        ("nice", stat.nice.to_string()),
+        ("policy", stat.policy.unwrap_or(0).to_string()),
+    ])
+}
+
+/// The first 8 bytes of a file, as the victim writes its counter there.
+fn file_counter(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    u64::from_ne_bytes(bytes[..8].try_into().unwrap())
+}
+
+/// The victim verifies, and its writes through both shared mappings reached the files.
+fn verify_and_check_files(v: &Victim, context: &str) -> u64 {
+    let n = v.verify().unwrap_or_else(|e| panic!("{context}: {e}"));
+    for f in ["shared.dat", "shared-ro.dat"] {
+        assert_eq!(
+            file_counter(&v.work.join(f)),
+            n,
+            "{context}: the write through the shared mapping of {f} did not reach the file"
+        );
+    }
+    n
+}
+
+#[test]
+fn the_victim_checks_its_own_settings_and_notices_a_change() {
+    let v = Victim::start(Kind::Pstate);
+    let view = outside_view(v.pid);
+    assert_eq!(view["oom_score_adj"], "500");
+    assert_eq!(view["timerslack_ns"], "123456");
+    assert_eq!(view["nice"], "7");
+    assert_eq!(view["THP_enabled"], "0");
+    verify_and_check_files(&v, "fresh victim");
+    // Changed from the outside, the victim must notice: or the restore test proves nothing.
+    std::fs::write(format!("/proc/{}/oom_score_adj", v.pid), "600").unwrap();
+    let err = v
+        .verify()
+        .expect_err("a changed oom_score_adj went unnoticed");
+    assert!(err.contains("oom_score_adj"), "unexpected complaint: {err}");
+}
+
+#[test]
+fn settings_mappings_and_fds_survive_two_dump_restore_cycles() {
+    let mut v = Victim::start(Kind::Pstate);
+    let view = outside_view(v.pid);
+    let fds = v.fd_table();
+    let mut last = verify_and_check_files(&v, "before any dump");
+    for cycle in 1..=2 {
+        let ctx = format!("cycle {cycle}");
+        let dir = v.work.join(format!("img{cycle}"));
+        let before = v.last_logged();
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        let image = show_json(&dir);
+        let settings = &image["processes"][0]["task"]["settings"];
+        assert_eq!(settings["oom_score_adj"], 500, "{ctx}: {settings}");
+        assert_eq!(settings["thp_disable"], 1, "{ctx}: {settings}");
+
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        v.wait_logging_after(before);
+        v.assert_running();
+        let n = verify_and_check_files(&v, &ctx);
+        assert!(n > last, "{ctx}: counter {n} did not move past {last}");
+        last = n;
+        assert_eq!(outside_view(v.pid), view, "{ctx}: settings seen from /proc");
+        assert_eq!(v.fd_table(), fds, "{ctx}: fd table");
+    }
+    v.assert_log_consecutive();
+}
+
+#[test]
+fn a_login_uid_other_than_crest_s_is_set_and_one_that_cannot_be_fails_the_restore() {
+    let mut v = Victim::start(Kind::Pstate);
+    let want = outside_view(v.pid)["loginuid"].clone();
+    v.verify().expect("victim verifies before the dump");
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+
+    // crest without CAP_AUDIT_CONTROL, holding another login uid: the restored task inherits
+    // crest's and cannot change it, so the restore must fail and say so.
+    let restore_args = [
+        "restore".as_ref(),
+        "-D".as_ref(),
+        dir.as_os_str(),
+        "-d".as_ref(),
+    ];
+    let out = spawn_crest_with(restore_args, |cmd| {
+        // SAFETY: the hook runs in the forked child before exec and only makes system calls
+        // (open/write/close through std::fs on a fresh process, and prctl).
+        unsafe {
+            cmd.pre_exec(|| {
+                std::fs::write("/proc/self/loginuid", "777")?;
+                if libc::prctl(libc::PR_CAPBSET_DROP, CAP_AUDIT_CONTROL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .wait(CREST_TIMEOUT);
+    assert_no_process(v.pid, "restore without CAP_AUDIT_CONTROL");
+    // The victim (started as root) held CAP_AUDIT_CONTROL itself, which crest without it
+    // cannot give back either: refused for that first, or for the login uid.
+    out.assert_failed().assert_stderr_mentions(&v.pid_str());
+    assert!(
+        out.stderr.contains("audit login uid") || out.stderr.contains("CAP_AUDIT_CONTROL"),
+        "{out}"
+    );
+
+    // With the capability, crest's own login uid is no obstacle: the image's comes back.
+    let before = v.last_logged();
+    let out = spawn_crest_with(restore_args, |cmd| {
+        // SAFETY: as above.
+        unsafe {
+            cmd.pre_exec(|| std::fs::write("/proc/self/loginuid", "777"));
+        }
+    })
+    .wait(CREST_TIMEOUT);
+    out.assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    assert_eq!(outside_view(v.pid)["loginuid"], want);
+    verify_and_check_files(&v, "restored by a crest with another login uid");
+}
+
+#[test]
+fn memory_deny_write_execute_is_refused_and_the_process_left_running() {
+    let v = Victim::start_with(Kind::Pstate, |cmd| {
+        cmd.arg("--mdwe");
+    });
+    let dir = v.work.join("img");
+    let out = dump(v.pid, &dir, false);
+    out.assert_failed()
+        .assert_stderr_mentions(&format!("process {}", v.pid))
+        .assert_stderr_mentions("memory-deny-write-execute");
+    assert!(!dir.exists(), "a refused dump left an image");
+    wait_for("the tracer to let go", TIMEOUT, || {
+        (tracer_pid(v.pid) == Some(0)).then_some(())
+    });
+    let at = v.last_logged();
+    v.wait_logging_after(at + 2);
+    v.verify()
+        .expect("the victim verifies after the refused dump");
+}
