@@ -188,6 +188,32 @@ pub unsafe fn clone3_with_pid(pid: i32, exit_signal: i32) -> Result<i32, Errno> 
     }
 }
 
+/// Forks like fork() with extra clone `flags` (e.g. CLONE_NEWPID|CLONE_NEWNS) and
+/// `exit_signal` to the parent, through clone3. Returns 0 in the child.
+///
+/// # Safety
+/// As [`clone3_with_pid`].
+pub unsafe fn clone3_flags(flags: u64, exit_signal: i32) -> Result<i32, Errno> {
+    let args = CloneArgs {
+        flags,
+        exit_signal: exit_signal as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: args outlives the call; the fork-like semantics are the caller's contract.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as i32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

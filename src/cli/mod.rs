@@ -61,6 +61,14 @@ enum Command {
         /// Also check the page data against its checksums before restoring.
         #[arg(long)]
         verify: bool,
+        /// Restore into a fresh pid namespace, where the tree keeps its pids, so several
+        /// copies of one image can run at once (the pid file gets the root's pid as seen here).
+        #[arg(long)]
+        pidns: bool,
+        /// Give the restored tree crest's descriptor N in place of the file the image names
+        /// RESOURCE: a path as `crest show` lists it, or pipe:[INODE] / socket:[INODE].
+        #[arg(long = "inherit-fd", value_name = "fd[N]:RESOURCE")]
+        inherit_fd: Vec<crest::restore::InheritFd>,
     },
     /// Show an image in readable form.
     Show {
@@ -133,11 +141,15 @@ fn dispatch(command: Command) -> Result<i32> {
             detached,
             pidfile,
             verify,
+            pidns,
+            inherit_fd,
         } => {
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
                 verify,
                 detached,
+                pidns,
+                inherit: inherit_fd,
             };
             let restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

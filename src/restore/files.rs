@@ -23,6 +23,74 @@ use super::RestoreError;
 pub struct TreeFiles {
     descriptions: HashMap<u32, OwnedFd>,
     pipes: super::pipes::Pipes,
+    /// Descriptors the caller hands in for files of the image (`--inherit-fd`), by resource.
+    inherited: Vec<(String, OwnedFd)>,
+}
+
+/// `--inherit-fd fd[N]:RESOURCE`: crest's own descriptor N takes the place of the file the
+/// image names RESOURCE (CRIU's spelling): a path as `crest show` lists it, or `pipe:[INODE]`
+/// / `socket:[INODE]` for a pipe or a socket. Every description of that file in the tree gets
+/// N's description instead, unchecked: the caller decides what the restored tree writes to (the
+/// way to give each of several copies of one image its own output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritFd {
+    pub fd: RawFd,
+    pub resource: String,
+}
+
+impl std::str::FromStr for InheritFd {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<InheritFd, String> {
+        let bad = || format!("{s:?} is not fd[N]:RESOURCE (e.g. fd[3]:/var/log/app.log)");
+        let rest = s.strip_prefix("fd[").ok_or_else(bad)?;
+        let (n, resource) = rest.split_once("]:").ok_or_else(bad)?;
+        let fd: RawFd = n.parse().map_err(|_| bad())?;
+        if fd < 0 || resource.is_empty() {
+            return Err(bad());
+        }
+        Ok(InheritFd {
+            fd,
+            resource: resource.to_string(),
+        })
+    }
+}
+
+impl TreeFiles {
+    /// Takes a duplicate (at `base` or above) of each inherited descriptor, checking it is open.
+    pub fn with_inherited(inherit: &[InheritFd], base: RawFd) -> Result<TreeFiles, RestoreError> {
+        let mut out = TreeFiles::default();
+        for i in inherit {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor number; EBADF if it is not open.
+            let raw = unsafe { libc::fcntl(i.fd, libc::F_DUPFD_CLOEXEC, base) };
+            if raw < 0 {
+                return Err(RestoreError::Os {
+                    what: format!(
+                        "--inherit-fd fd[{}]:{}: crest's fd {} is not open",
+                        i.fd, i.resource, i.fd
+                    ),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: raw is a new descriptor we own.
+            out.inherited
+                .push((i.resource.clone(), unsafe { OwnedFd::from_raw_fd(raw) }));
+        }
+        Ok(out)
+    }
+
+    /// The inherited descriptor standing for `ident`, if the caller gave one.
+    fn inherited_for(&self, ident: &FileIdentity) -> Option<&OwnedFd> {
+        let names = match ident.kind {
+            FileKind::Pipe(_) => vec![format!("pipe:[{}]", ident.ino)],
+            FileKind::UnixSocket(_) => vec![format!("socket:[{}]", ident.ino), ident.path.clone()],
+            _ => vec![ident.path.clone()],
+        };
+        self.inherited
+            .iter()
+            .find(|(r, _)| names.iter().any(|n| !n.is_empty() && n == r))
+            .map(|(_, fd)| fd)
+    }
 }
 
 /// Descriptors crest opened for one process, all numbered at or above `base`.
@@ -83,6 +151,12 @@ pub fn open_all(
             continue;
         }
         let ident = file_at(p, ofd.file)?;
+        if let Some(fd) = tree.inherited_for(ident) {
+            let fd = share(fd, base)?;
+            *slot = Some(share(&fd, base)?);
+            tree.descriptions.insert(ofd.id, fd);
+            continue;
+        }
         if matches!(
             ident.kind,
             FileKind::UnixSocket(_) | FileKind::ContentInImage | FileKind::Pipe(_)
@@ -472,6 +546,17 @@ fn check_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inherit_fd_is_parsed_in_criu_s_spelling() {
+        let i: InheritFd = "fd[3]:/var/log/app.log".parse().unwrap();
+        assert_eq!((i.fd, i.resource.as_str()), (3, "/var/log/app.log"));
+        let p: InheritFd = "fd[1]:pipe:[4242]".parse().unwrap();
+        assert_eq!((p.fd, p.resource.as_str()), (1, "pipe:[4242]"));
+        for bad in ["3:/x", "fd[x]:/x", "fd[3]", "fd[-1]:/x", "fd[3]:"] {
+            assert!(bad.parse::<InheritFd>().is_err(), "{bad}");
+        }
+    }
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
 

@@ -12,6 +12,7 @@ pub(crate) mod creds;
 mod files;
 mod finish;
 mod fork;
+mod pidns;
 mod pipes;
 mod shmem;
 mod sockets;
@@ -30,13 +31,20 @@ use crate::images::{self, ProcessImage};
 pub use wait::Restored;
 
 /// What `crest restore` was asked to do.
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     pub dir: PathBuf,
     /// Also check the page data against its checksums first.
     pub verify: bool,
     /// crest exits once the process runs (`-d`) instead of staying its parent until it ends.
     pub detached: bool,
+    /// Restore into a fresh pid namespace ([`pidns`]), so copies can run beside each other.
+    pub pidns: bool,
+    /// Descriptors of crest's that take the place of files of the image (`--inherit-fd`).
+    pub inherit: Vec<files::InheritFd>,
 }
+
+pub use files::InheritFd;
 
 /// Why a restore failed. Every variant says what failed, where, and what the user can do.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,8 @@ pub enum RestoreError {
     Arch(#[from] crate::arch::ArchError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("restoring into a new pid namespace failed: {0}")]
+    PidNamespace(String),
 }
 
 /// Restores the image in `opts.dir`: the whole tree, every process under its original pid, its
@@ -88,6 +98,9 @@ pub enum RestoreError {
 /// Until that release no task of the tree runs its own code; on any failure every task is
 /// killed and reaped ([`TreeGuard`]).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    if opts.pidns {
+        return pidns::restore(opts);
+    }
     let image = images::open_image(&opts.dir)?;
     if opts.verify {
         images::verify_pages(&opts.dir, &image)?;
@@ -132,7 +145,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let base = files::helper_fd_base(&image.processes);
     let opened = {
         let shmem = shmem::SharedMemory::create(&image, base)?;
-        let mut shared = files::TreeFiles::default();
+        let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
         let mut opened = Vec::with_capacity(image.processes.len());
         for p in &image.processes {
             opened.push(files::open_all(

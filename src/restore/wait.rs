@@ -11,21 +11,31 @@ use nix::unistd::Pid;
 
 use super::RestoreError;
 
-/// The restored process, a child of crest.
+/// The restored process, a child of crest (or, with `--pidns`, the init of the namespace the
+/// tree runs in, which stands for it).
 #[derive(Debug)]
 pub struct Restored {
+    /// crest's child: what it waits for and forwards signals to.
     pid: i32,
+    /// The root of the restored tree as crest's pid namespace sees it.
+    root: i32,
 }
 
 const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
 
 impl Restored {
     pub(super) fn new(pid: i32) -> Restored {
-        Restored { pid }
+        Restored { pid, root: pid }
     }
 
+    /// A tree whose root `root` runs below crest's child `init` (a pid namespace's init).
+    pub(super) fn under(init: i32, root: i32) -> Restored {
+        Restored { pid: init, root }
+    }
+
+    /// The restored root's pid, as crest's pid namespace sees it (what `--pidfile` records).
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.root
     }
 
     /// Leaves the process running on its own; when crest exits it is re-parented (to init or

@@ -1,0 +1,147 @@
+//! `crest restore --pidns` (issue #9): copies of one image, each in a fresh pid namespace where
+//! the tree keeps its pids, running at once beside the original, each with its own output
+//! (`--inherit-fd`).
+
+mod common;
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// `NSpid:` of /proc/PID/status: the pid in each namespace, outermost first.
+fn nspid(pid: i32) -> Vec<i32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ppid(pid: i32) -> i32 {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .map(|s| s.ppid)
+        .unwrap_or(0)
+}
+
+/// `crest restore --pidns -d --pidfile F --inherit-fd fd[9]:RESOURCE -D DIR`, crest's fd 9
+/// being `out` (opened by us); returns the copy's root pid as we see it.
+fn restore_copy(dir: &Path, resource: &Path, out: &Path, pidfile: &Path) -> i32 {
+    let file = fs::File::create(out).expect("create the copy's output");
+    let raw = file.as_raw_fd();
+    let inherit = format!("fd[9]:{}", resource.display());
+    let args = [
+        "restore".as_ref(),
+        "--pidns".as_ref(),
+        "-d".as_ref(),
+        "--pidfile".as_ref(),
+        pidfile.as_os_str(),
+        "--inherit-fd".as_ref(),
+        inherit.as_ref(),
+        "-D".as_ref(),
+        dir.as_os_str(),
+    ];
+    let out = spawn_crest_with(args, |cmd| {
+        // SAFETY: dup2 in the forked child before exec is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 9) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .wait(CREST_TIMEOUT);
+    out.assert_ok();
+    drop(file);
+    fs::read_to_string(pidfile)
+        .expect("the pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Ends a copy: its namespace's init (the root's parent) is killed, which kills the namespace.
+fn end_copy(root: i32) {
+    let init = ppid(root);
+    assert_ne!(init, 0, "copy {root} has no parent");
+    let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+    let _ = reap_pid(init, TIMEOUT);
+    let _ = reap_pid(root, TIMEOUT);
+}
+
+#[test]
+fn three_copies_of_a_tree_run_at_once_beside_the_original() {
+    let v = Victim::start(Kind::Tree);
+    let pids_text = wait_for("the tree's pids file", TIMEOUT, || {
+        fs::read_to_string(v.ctl.join("pids")).ok()
+    });
+    let members: Vec<i32> = pids_text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    v.verify().expect("the tree verifies");
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, true).assert_ok();
+
+    let records = v.ctl.join("records");
+    let mut copies = Vec::new();
+    for i in 1..=3 {
+        let out = v.work.join(format!("records-{i}"));
+        let root = restore_copy(&dir, &records, &out, &v.work.join(format!("pid-{i}")));
+        assert_ne!(
+            root, v.pid,
+            "copy {i} runs under the original's pid in our namespace"
+        );
+        assert_eq!(
+            nspid(root).last().copied(),
+            Some(v.pid),
+            "copy {i}: the root's pid inside its namespace"
+        );
+        copies.push((root, out));
+    }
+    // Every copy runs its whole tree: the records of all six processes grow in its own file.
+    for (root, out) in &copies {
+        wait_for(&format!("copy {root} to write records"), TIMEOUT, || {
+            let data = fs::read(out).ok()?;
+            let pids: std::collections::BTreeSet<&str> = data
+                .chunks(24)
+                .filter_map(|r| std::str::from_utf8(r).ok()?.split_whitespace().next())
+                .collect();
+            (pids.len() >= 6).then_some(())
+        });
+        let kids = procfs::process::Process::new(*root)
+            .unwrap()
+            .task_main_thread()
+            .unwrap()
+            .children()
+            .unwrap();
+        assert_eq!(kids.len(), 4, "copy {root}: A, B, C and the zombie");
+    }
+    // The original is untouched and still answers.
+    v.verify().expect("the original tree after three copies");
+    for (root, _) in copies {
+        end_copy(root);
+    }
+    for m in members {
+        let _ = kill(Pid::from_raw(m), Signal::SIGKILL);
+    }
+    drop(v);
+    for m in pids_text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<i32>().ok())
+    {
+        let _ = reap_pid(m, TIMEOUT);
+    }
+}
