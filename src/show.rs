@@ -192,6 +192,45 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
         );
     }
 
+    let locks: Vec<String> = p
+        .fds
+        .iter()
+        .flat_map(|fd| {
+            // Listed once, under the description's lowest fd.
+            let lowest = p
+                .fds
+                .iter()
+                .filter(|f| f.description == fd.description)
+                .all(|f| f.fd >= fd.fd);
+            p.open_files
+                .get(fd.description as usize)
+                .filter(|_| lowest)
+                .into_iter()
+                .flat_map(|d| &d.locks)
+                .map(|l| format!("fd {}: {}", fd.fd, crate::files::locks::describe(l)))
+        })
+        .chain(p.posix_locks.iter().map(|l| {
+            format!(
+                "fd {}: {}",
+                l.fd,
+                crate::files::locks::describe_posix(l.ty, &l.range)
+            )
+        }))
+        .chain(p.mapping_locks.iter().map(|l| {
+            format!(
+                "mapping of {}: {}",
+                file_text(p, l.file),
+                crate::files::locks::describe(&l.lock)
+            )
+        }))
+        .collect();
+    if !locks.is_empty() {
+        let _ = writeln!(out, "  file locks ({}):", locks.len());
+        for l in locks {
+            let _ = writeln!(out, "    {l}");
+        }
+    }
+
     if !p.rlimits.is_empty() {
         let limits: Vec<String> = p
             .rlimits
@@ -1039,11 +1078,13 @@ mod tests {
                     file: 3,
                     flags: libc::O_RDONLY as u32,
                     pos: 0,
+                    locks: vec![],
                 },
                 OpenFileDescription {
                     file: 2,
                     flags: (libc::O_WRONLY | libc::O_APPEND) as u32,
                     pos: 4096,
+                    locks: vec![DescriptionLock::Flock(LockType::Write)],
                 },
             ],
             fds: vec![
@@ -1115,6 +1156,15 @@ mod tests {
                 no_new_privs: true,
                 child_subreaper: true,
             },
+            posix_locks: vec![PosixLock {
+                fd: 1,
+                ty: LockType::Write,
+                range: LockRange { start: 100, len: 0 },
+            }],
+            mapping_locks: vec![MappingLock {
+                file: 0,
+                lock: DescriptionLock::Flock(LockType::Read),
+            }],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");
@@ -1195,6 +1245,10 @@ mod tests {
             "altstack 0x7f0000100000-0x7f0000104000 (16 KiB, flags 0x0), clear_child_tid \
              0x7f0000000a10, robust list 0x7f0000000a20 (24 bytes)",
             "pending: SIGTTIN (SI_TKILL from pid 777)",
+            "file locks (3):",
+            "mapping of /opt/sleeper: shared flock lock",
+            "fd 1: exclusive flock lock",
+            "fd 1: POSIX write lock on bytes 100 to the end of the file",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -154,6 +154,7 @@ pub enum Step {
     Timers = 15,
     CreateThread = 16,
     ThreadSetup = 17,
+    PosixLock = 18,
 }
 
 impl Step {
@@ -176,6 +177,7 @@ impl Step {
             15 => Step::Timers,
             16 => Step::CreateThread,
             17 => Step::ThreadSetup,
+            18 => Step::PosixLock,
             _ => return None,
         })
     }
@@ -201,6 +203,7 @@ impl Step {
             Step::ThreadSetup => {
                 "setting up a thread (tid address, robust list, rseq, pending signals)"
             }
+            Step::PosixLock => "taking back a POSIX lock (fcntl F_SETLK)",
         }
     }
 }
@@ -285,6 +288,36 @@ pub struct RestorerArgs {
     /// is in place.
     pub threads: u64,
     pub nr_threads: u64,
+    /// `PosixLockArg` array: the process's POSIX locks, taken after `close_fds` (any close of a
+    /// file by its owner drops the owner's POSIX locks on it; `Progress::detail` = index).
+    pub posix_locks: u64,
+    pub nr_posix_locks: u64,
+}
+
+/// The kernel's `struct flock` on 64-bit architectures (include/uapi/asm-generic/fcntl.h),
+/// 32 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flock {
+    /// F_RDLCK (0), F_WRLCK (1) or F_UNLCK (2).
+    pub l_type: i16,
+    /// SEEK_SET (0): `l_start` is an absolute offset.
+    pub l_whence: i16,
+    pub _pad0: i32,
+    pub l_start: i64,
+    /// 0: to the end of the file, however far it grows.
+    pub l_len: i64,
+    pub l_pid: i32,
+    pub _pad1: i32,
+}
+
+/// One POSIX lock to take with `fcntl(fd, F_SETLK, &lock)`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PosixLockArg {
+    pub fd: i32,
+    pub _pad: i32,
+    pub lock: Flock,
 }
 
 /// One thread the restorer creates with clone3(CLONE_THREAD, set_tid = [tid]). The new thread

@@ -210,6 +210,8 @@ pub enum DumpError {
     Infect { pid: i32, err: InfectError },
     #[error(transparent)]
     Injected(#[from] Injected),
+    #[error(transparent)]
+    Locks(#[from] crate::files::locks::LockError),
 }
 
 impl DumpError {
@@ -438,7 +440,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     })?;
     let mut files = FileTable::default();
     let collected = vmas::collect(&proc, &mut files)?;
-    let fd_table = fds::collect(&proc, &mut files)?;
+    let fd_table = fds::collect(&proc, &mut files, &collected.vmas)?;
     let cwd_file = fds::cwd(&proc, &mut files)?;
     let exe_file = fds::exe(&proc, &mut files)?;
     let rlimits = task::rlimits(pid)?;
@@ -507,6 +509,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         sig_caught: status.sig_caught,
         vdso_blake3: collected.vdso_blake3,
         task: task_state,
+        posix_locks: fd_table.posix_locks,
+        mapping_locks: fd_table.mapping_locks,
     };
     writer.write_process(&image)?;
     phases.end("write");

@@ -24,13 +24,15 @@ mod arch;
 mod sys;
 
 use abi::{
-    CloneArgs, ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Progress, Range, RestorerArgs,
+    CloneArgs, ITimerVal, PageRunArg, PosixLockArg, PosixTimerArm, PrctlMmMap, Progress, Range,
+    RestorerArgs,
     Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, MAX_SPECIAL_MOVES, VMA_FILL_NONE,
 };
 use core::ptr;
 
 /// PR_SET_MM_MAP takes the structure's size and refuses anything but its own.
 const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
+const _: () = assert!(core::mem::size_of::<abi::Flock>() == 32);
 
 /// Exit code when the restorer fails a step (details in `progress`).
 const EXIT_FAILED: i32 = 127;
@@ -118,6 +120,7 @@ pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
     place_special(&ctx, a);
     set_mm(&ctx);
     close_fds(&ctx, a);
+    take_posix_locks(&ctx, a);
     create_threads(&ctx, a);
     register_rseq(&ctx, a);
     set_thread_area(&ctx, a);
@@ -139,7 +142,8 @@ fn check_args(ctx: &Ctx, a: &RestorerArgs) {
         ctx.bad_args(bad::NR_SPECIAL);
     }
     // The arrays are read with aligned loads (arm64 builds with strict-align).
-    let arrays = a.unmap | a.vmas | a.runs | a.close_fds | a.posix_timers | a.threads;
+    let arrays =
+        a.unmap | a.vmas | a.runs | a.close_fds | a.posix_timers | a.threads | a.posix_locks;
     if !arrays.is_multiple_of(8) {
         ctx.bad_args(bad::ALIGNMENT);
     }
@@ -276,6 +280,23 @@ fn close_fds(ctx: &Ctx, a: &RestorerArgs) {
         let fd: i32 = unsafe { at(a.close_fds, i) };
         ctx.step(Step::CloseFds, fd as u32 as u64);
         ctx.check(sys::close(fd));
+    }
+}
+
+/// POSIX locks belong to the process and vanish on any close of the file by it, so they are
+/// taken only now that every helper fd is closed. F_SETLK, not F_SETLKW: a lock someone else
+/// took since the dump fails the restore instead of hanging it.
+fn take_posix_locks(ctx: &Ctx, a: &RestorerArgs) {
+    for i in 0..a.nr_posix_locks {
+        // SAFETY: crest wrote nr_posix_locks PosixLockArgs at `posix_locks` (alignment checked);
+        // only addresses are computed here, the kernel reads the struct flock.
+        let arg = unsafe { (a.posix_locks as *const PosixLockArg).add(i as usize) };
+        // SAFETY: as above, `arg` points at a valid PosixLockArg.
+        let fd = unsafe { (*arg).fd };
+        ctx.step(Step::PosixLock, i);
+        // SAFETY: as above.
+        let lock = unsafe { ptr::addr_of!((*arg).lock) };
+        ctx.check(sys::fcntl_setlk(fd, lock as *const u8));
     }
 }
 
