@@ -92,6 +92,10 @@ pub enum Kind {
     /// Pipes with unread data: one blocking with a dup'ed write end, one O_NONBLOCK and
     /// enlarged; writes its log lines to stdout too (issue #4).
     Pipes,
+    /// File locks of every kind (flock shared and exclusive, POSIX read/write ranges through
+    /// two descriptions of a mapped file, OFD locks); `locks --check CTL PID` checks them from
+    /// another process, as the victim's verify does from a child.
+    Locks,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -107,6 +111,7 @@ impl Kind {
             Kind::MThreads => "mthreads",
             Kind::Sockets => "sockets",
             Kind::Pipes => "pipes",
+            Kind::Locks => "locks",
             Kind::Java => "java",
         }
     }
