@@ -491,6 +491,27 @@ mod tests {
         }
     }
 
+    /// A POSIX lock no fd listed (the collector saw no fd at all) refuses the dump.
+    #[test]
+    fn a_posix_lock_no_fd_listed_is_refused() {
+        let file = tempfile::tempfile().unwrap();
+        let fl = flock_struct(LockType::Write, &LockRange { start: 3, len: 4 });
+        // SAFETY: fcntl on a file we own with a valid struct flock.
+        let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETLK, &fl) };
+        assert_eq!(r, 0);
+        let pid = std::process::id() as i32;
+        let me = Proc::open(pid).unwrap();
+        let err = Collector::default().finish(&me, &[]).unwrap_err();
+        assert!(
+            matches!(err, LockError::Unattributed { pid: p, count, .. } if p == pid && count >= 1),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("neither its fds nor its mappings"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn descriptions_are_worded_with_their_range() {
         assert_eq!(
