@@ -5,6 +5,7 @@
 //! - [`restore`] validates an image, forks a task with the original pid and morphs it through
 //!   the restorer blob built from `parasite/`;
 //! - [`check`] reports the kernel features and privileges crest relies on;
+//! - [`files`] holds per-kind file state (locks) for both sides;
 //! - [`show`] renders an image for people (and as JSON);
 //! - [`jvm`] talks to HotSpot JVMs through their attach mechanism: the GC hint a dump runs
 //!   before freezing one;
@@ -20,6 +21,7 @@ pub mod blob;
 pub mod check;
 pub mod dump;
 pub mod fault;
+pub mod files;
 pub mod infect;
 pub mod jvm;
 pub mod log;

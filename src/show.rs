@@ -205,6 +205,45 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
         );
     }
 
+    let locks: Vec<String> = p
+        .fds
+        .iter()
+        .flat_map(|fd| {
+            // Listed once, under the description's lowest fd.
+            let lowest = p
+                .fds
+                .iter()
+                .filter(|f| f.description == fd.description)
+                .all(|f| f.fd >= fd.fd);
+            p.open_files
+                .get(fd.description as usize)
+                .filter(|_| lowest)
+                .into_iter()
+                .flat_map(|d| &d.locks)
+                .map(|l| format!("fd {}: {}", fd.fd, crate::files::locks::describe(l)))
+        })
+        .chain(p.posix_locks.iter().map(|l| {
+            format!(
+                "fd {}: {}",
+                l.fd,
+                crate::files::locks::describe_posix(l.ty, &l.range)
+            )
+        }))
+        .chain(p.mapping_locks.iter().map(|l| {
+            format!(
+                "mapping of {}: {}",
+                file_text(p, l.file),
+                crate::files::locks::describe(&l.lock)
+            )
+        }))
+        .collect();
+    if !locks.is_empty() {
+        let _ = writeln!(out, "  file locks ({}):", locks.len());
+        for l in locks {
+            let _ = writeln!(out, "    {l}");
+        }
+    }
+
     if !p.rlimits.is_empty() {
         let limits: Vec<String> = p
             .rlimits
@@ -1126,12 +1165,14 @@ mod tests {
                     file: 3,
                     flags: libc::O_RDONLY as u32,
                     pos: 0,
+                    locks: vec![],
                 },
                 OpenFileDescription {
                     id: 1,
                     file: 2,
                     flags: (libc::O_WRONLY | libc::O_APPEND) as u32,
                     pos: 4096,
+                    locks: vec![DescriptionLock::Flock(LockType::Write)],
                 },
             ],
             fds: vec![
@@ -1209,6 +1250,15 @@ mod tests {
                     ..Default::default()
                 },
             },
+            posix_locks: vec![PosixLock {
+                fd: 1,
+                ty: LockType::Write,
+                range: LockRange { start: 100, len: 0 },
+            }],
+            mapping_locks: vec![MappingLock {
+                file: 0,
+                lock: DescriptionLock::Flock(LockType::Read),
+            }],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");
@@ -1292,6 +1342,10 @@ mod tests {
             "pending: SIGTTIN (SI_TKILL from pid 777)",
             "settings: oom_score_adj 500, loginuid unset, thp_disable 0x1",
             "sched: policy 0, nice 7, priority 0, CPUs 1, timer slack 50000 ns",
+            "file locks (3):",
+            "mapping of /opt/sleeper: shared flock lock",
+            "fd 1: exclusive flock lock",
+            "fd 1: POSIX write lock on bytes 100 to the end of the file",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -218,6 +218,11 @@ pub struct ProcessImage {
     pub vdso_blake3: Option<[u8; 32]>,
     /// Process-wide state only the process itself can report (collected by the parasite).
     pub task: TaskState,
+    /// POSIX record locks (fcntl F_SETLK, lockf) the process holds. flock and OFD locks belong
+    /// to open file descriptions instead ([`OpenFileDescription::locks`]).
+    pub posix_locks: Vec<PosixLock>,
+    /// flock locks held by open file descriptions that only the process's mappings refer to.
+    pub mapping_locks: Vec<MappingLock>,
 }
 
 /// Process-wide state that /proc and ptrace do not show, collected by the parasite, plus the
@@ -668,6 +673,55 @@ pub struct OpenFileDescription {
     pub flags: u32,
     /// File offset.
     pub pos: u64,
+    /// Locks held by this description (shared by every fd and process that has it).
+    pub locks: Vec<DescriptionLock>,
+}
+
+/// Shared (read) or exclusive (write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockType {
+    Read,
+    Write,
+}
+
+/// The bytes a record lock covers: `len` bytes from `start`, or from `start` to the end of
+/// the file however far it grows when `len` is 0 (fcntl's convention). `start + len` fits in
+/// an off_t (i64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// A lock owned by an open file description: released when its last fd closes, kept across
+/// dup and fork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DescriptionLock {
+    /// flock(2) on the whole file: LOCK_SH (Read) or LOCK_EX (Write).
+    Flock(LockType),
+    /// An open file description record lock (fcntl F_OFD_SETLK).
+    Ofd { ty: LockType, range: LockRange },
+}
+
+/// A POSIX record lock (fcntl F_SETLK, lockf): owned by the process, dropped by the kernel
+/// when the process closes any fd of the file. `fd` is an fd of the process on that file,
+/// opened with the access the lock needs (the one the kernel lists the lock under).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixLock {
+    pub fd: i32,
+    pub ty: LockType,
+    pub range: LockRange,
+}
+
+/// A flock held by an open file description that no fd refers to any more, only the process's
+/// mappings of the file: HotSpot flocks its hsperfdata file, maps it and closes the fd. A
+/// restore takes it on the descriptor it maps the file through, so it lasts as long as the
+/// mappings do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingLock {
+    /// Index into [`ProcessImage::files`] of a file some VMA maps.
+    pub file: u32,
+    pub lock: DescriptionLock,
 }
 
 /// One descriptor of the fd table.

@@ -175,12 +175,20 @@ fn sample_process() -> ProcessImage {
                 file: 3,
                 flags: 0,
                 pos: 0,
+                locks: vec![],
             },
             OpenFileDescription {
                 id: 1,
                 file: 2,
                 flags: 0o2001,
                 pos: 777,
+                locks: vec![
+                    DescriptionLock::Flock(LockType::Write),
+                    DescriptionLock::Ofd {
+                        ty: LockType::Write,
+                        range: LockRange { start: 10, len: 20 },
+                    },
+                ],
             },
         ],
         fds: vec![
@@ -218,6 +226,25 @@ fn sample_process() -> ProcessImage {
         sig_caught: 0,
         vdso_blake3: Some([9; 32]),
         task: Default::default(),
+        posix_locks: vec![
+            PosixLock {
+                fd: 1,
+                ty: LockType::Write,
+                range: LockRange { start: 0, len: 100 },
+            },
+            PosixLock {
+                fd: 2,
+                ty: LockType::Write,
+                range: LockRange {
+                    start: 4096,
+                    len: 0,
+                },
+            },
+        ],
+        mapping_locks: vec![MappingLock {
+            file: 0,
+            lock: DescriptionLock::Flock(LockType::Write),
+        }],
     }
 }
 
@@ -805,6 +832,45 @@ fn hostile_process_records_are_refused() {
             Box::new(|p| {
                 p.files[3] = pipe(Pipe::External);
                 p.open_files[0].flags = 3;
+            }),
+        ),
+        (
+            "POSIX lock on a missing fd",
+            Box::new(|p| p.posix_locks[0].fd = 9),
+        ),
+        (
+            "POSIX lock past the largest offset",
+            Box::new(|p| p.posix_locks[1].range.start = i64::MAX as u64 + 1),
+        ),
+        (
+            "OFD lock with an overflowing range",
+            Box::new(|p| {
+                p.open_files[1].locks[1] = DescriptionLock::Ofd {
+                    ty: LockType::Read,
+                    range: LockRange {
+                        start: 1,
+                        len: u64::MAX,
+                    },
+                }
+            }),
+        ),
+        (
+            "two flock locks on one description",
+            Box::new(|p| {
+                p.open_files[1]
+                    .locks
+                    .push(DescriptionLock::Flock(LockType::Read))
+            }),
+        ),
+        (
+            "lock of a file no VMA maps",
+            Box::new(|p| p.mapping_locks[0].file = 2),
+        ),
+        (
+            "lock on a pipe",
+            Box::new(|p| {
+                p.files[2] = pipe(Pipe::External);
+                p.open_files[1].flags = 1;
             }),
         ),
         (

@@ -94,6 +94,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_vmas(p, page_size)?;
     check_page_runs(p, page_file_size, page_size)?;
     check_fds(p)?;
+    check_locks(p)?;
     check_rlimits(&p.rlimits)?;
     check_task(&p.task)?;
     Ok(())
@@ -697,6 +698,84 @@ fn check_fds(p: &ProcessImage) -> Result<(), String> {
     fds.sort_unstable();
     if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
         return Err(format!("fd {} appears twice", w[0]));
+    }
+    Ok(())
+}
+
+/// Kinds of file a restore reopens by path, the only ones a lock is restored on.
+fn lockable(kind: &FileKind) -> bool {
+    matches!(
+        kind,
+        FileKind::Regular
+            | FileKind::Directory
+            | FileKind::CharDevice { .. }
+            | FileKind::ContentInImage
+    )
+}
+
+/// A range fcntl can express: start and end within an off_t.
+fn check_lock_range(what: &str, r: &LockRange) -> Result<(), String> {
+    let end = r.start.checked_add(r.len);
+    if r.start > i64::MAX as u64 || end.is_none_or(|e| e > i64::MAX as u64) {
+        return Err(format!(
+            "{what}: range of {} bytes from {} does not fit in a file offset",
+            r.len, r.start
+        ));
+    }
+    Ok(())
+}
+
+fn check_locks(p: &ProcessImage) -> Result<(), String> {
+    for (i, d) in p.open_files.iter().enumerate() {
+        if d.locks.is_empty() {
+            continue;
+        }
+        // check_files has checked the index.
+        let f = &p.files[d.file as usize];
+        if !lockable(&f.kind) {
+            return Err(format!(
+                "open file description {i} holds locks but is not a file reopened by path"
+            ));
+        }
+        let flocks = d
+            .locks
+            .iter()
+            .filter(|l| matches!(l, DescriptionLock::Flock(_)))
+            .count();
+        if flocks > 1 {
+            return Err(format!(
+                "open file description {i} holds {flocks} flock locks"
+            ));
+        }
+        for l in &d.locks {
+            if let DescriptionLock::Ofd { range, .. } = l {
+                check_lock_range(&format!("OFD lock of open file description {i}"), range)?;
+            }
+        }
+    }
+    for l in &p.posix_locks {
+        let what = format!("POSIX lock on fd {}", l.fd);
+        let Some(fd) = p.fds.iter().find(|f| f.fd == l.fd) else {
+            return Err(format!("{what}: the process has no such fd"));
+        };
+        // check_fds and check_files have checked the indexes.
+        let f = &p.files[p.open_files[fd.description as usize].file as usize];
+        if !lockable(&f.kind) {
+            return Err(format!("{what}: not a file reopened by path"));
+        }
+        check_lock_range(&what, &l.range)?;
+    }
+    for l in &p.mapping_locks {
+        let mapped = p
+            .vmas
+            .iter()
+            .any(|v| matches!(v.backing, VmaBacking::File { file, .. } if file == l.file));
+        if !mapped || !matches!(l.lock, DescriptionLock::Flock(_)) {
+            return Err(format!(
+                "lock of a mapping of file {}: no VMA maps that file, or it is not a flock",
+                l.file
+            ));
+        }
     }
     Ok(())
 }

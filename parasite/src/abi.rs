@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -170,6 +170,7 @@ pub enum Step {
     Creds = 18,
     LockVma = 19,
     SealVma = 20,
+    PosixLock = 21,
 }
 
 /// `Progress::detail` of a `Step::Creds` failure (and of a thread's `ThreadSetup` failure in
@@ -229,6 +230,7 @@ impl Step {
             18 => Step::Creds,
             19 => Step::LockVma,
             20 => Step::SealVma,
+            21 => Step::PosixLock,
             _ => return None,
         })
     }
@@ -258,6 +260,7 @@ impl Step {
             Step::Creds => "switching to the image's credentials",
             Step::LockVma => "locking a VMA on fault (mlock2 MLOCK_ONFAULT)",
             Step::SealVma => "sealing a VMA (mseal)",
+            Step::PosixLock => "taking back a POSIX lock (fcntl F_SETLK)",
         }
     }
 }
@@ -350,6 +353,10 @@ pub struct RestorerArgs {
     /// ignored or blocked SIGTRAP to SIG_DFL (`force_sig_info_to_task`), so crest installs this
     /// through the syscall gadget after the last breakpoint.
     pub sigtrap_action: KernelSigaction,
+    /// `PosixLockArg` array: the process's POSIX locks, taken after `close_fds` (any close of a
+    /// file by its owner drops the owner's POSIX locks on it; `Progress::detail` = index).
+    pub posix_locks: u64,
+    pub nr_posix_locks: u64,
 }
 
 /// Credentials for the restorer to switch to, in the order that keeps the capabilities needed
@@ -377,6 +384,32 @@ pub struct CredsArg {
     /// The parent-death signal the leader sets again after its switch (a credential change
     /// clears it), 0 for none.
     pub pdeath_signal: u32,
+}
+
+/// The kernel's `struct flock` on 64-bit architectures (include/uapi/asm-generic/fcntl.h),
+/// 32 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flock {
+    /// F_RDLCK (0), F_WRLCK (1) or F_UNLCK (2).
+    pub l_type: i16,
+    /// SEEK_SET (0): `l_start` is an absolute offset.
+    pub l_whence: i16,
+    pub _pad0: i32,
+    pub l_start: i64,
+    /// 0: to the end of the file, however far it grows.
+    pub l_len: i64,
+    pub l_pid: i32,
+    pub _pad1: i32,
+}
+
+/// One POSIX lock to take with `fcntl(fd, F_SETLK, &lock)`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PosixLockArg {
+    pub fd: i32,
+    pub _pad: i32,
+    pub lock: Flock,
 }
 
 /// One thread the restorer creates with clone3(CLONE_THREAD, set_tid = [tid]). The new thread

@@ -4,13 +4,15 @@
 //! identity; AF_UNIX sockets are recorded for a restore to recreate ([`super::sockets`]),
 //! pipes with their buffered bytes or as shared with another process ([`super::pipes`]). Fds that share one open file description (dup, inheritance) must come back
 //! sharing it — same offset, same O_APPEND — so they are grouped: candidates have the same
-//! (dev, ino), and kcmp(KCMP_FILE) tells whether two of them are one description.
+//! (dev, ino), and kcmp(KCMP_FILE) tells whether two of them are one description. File locks
+//! come from the same fdinfo files ([`crate::files::locks`]).
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::images::{Fd, OpenFileDescription};
+use crate::files::locks;
+use crate::images::{Fd, MappingLock, OpenFileDescription, PosixLock, Vma};
 use crate::proc::{FdTarget, Proc};
 use crate::sys;
 
@@ -27,20 +29,26 @@ const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 pub struct FdTable {
     pub open_files: Vec<OpenFileDescription>,
     pub fds: Vec<Fd>,
+    /// The process's POSIX record locks (flock and OFD locks are in `open_files`).
+    pub posix_locks: Vec<PosixLock>,
+    /// flocks held only through mappings of `vmas`.
+    pub mapping_locks: Vec<MappingLock>,
 }
 
 fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
     DumpError::UnsupportedFd { pid, fd, what }
 }
 
-/// Reads every fd of the stopped process.
-pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError> {
+/// Reads every fd of the stopped process (`vmas`, already collected, account for locks held
+/// through mappings).
+pub fn collect(proc: &Proc, files: &mut FileTable, vmas: &[Vma]) -> Result<FdTable, DumpError> {
     let pid = proc.pid();
     let mut table = FdTable::default();
     // (dev, ino) -> descriptions of that inode seen so far, with one fd holding each.
     let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
 
     let mut sockets = Sockets::new(pid);
+    let mut lock_collector = locks::Collector::default();
 
     for entry in proc.fds()? {
         let fd = entry.fd;
@@ -91,6 +99,13 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
         };
         let info = proc.fdinfo(fd)?;
         let cloexec = info.flags & O_CLOEXEC != 0;
+        let shown = match &entry.target {
+            FdTarget::Path { path, .. } => path.display().to_string(),
+            FdTarget::Socket(ino) => format!("socket:[{ino}]"),
+            FdTarget::Pipe(ino) => format!("pipe:[{ino}]"),
+            other => format!("{other:?}"),
+        };
+        let held = lock_collector.fd(pid, fd, &shown, &files.get(idx).kind, &info.locks)?;
 
         let key = (md.dev(), md.ino());
         let mut description = None;
@@ -117,6 +132,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
                     file: idx,
                     flags: info.flags & !O_CLOEXEC,
                     pos: info.pos,
+                    locks: held,
                 });
                 by_inode.entry(key).or_default().push((d, fd));
                 d
@@ -130,6 +146,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError>
     }
     // Whether each pipe is whole in the tree is decided once every process is collected
     // (shared.rs); until then it is recorded as external.
+    (table.posix_locks, table.mapping_locks) = lock_collector.finish(proc, vmas)?;
     Ok(table)
 }
 

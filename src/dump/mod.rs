@@ -249,6 +249,8 @@ pub enum DumpError {
     /// A process setting (OOM score, scheduling, prctl flags, ...) was refused or unreadable.
     #[error(transparent)]
     Settings(#[from] crate::pstate::StateError),
+    #[error(transparent)]
+    Locks(#[from] crate::files::locks::LockError),
 }
 
 impl DumpError {
@@ -649,6 +651,8 @@ fn process_image(
         sig_caught: p.sig_caught,
         vdso_blake3: p.vmas.vdso_blake3,
         task: std::mem::take(&mut p.task),
+        posix_locks: std::mem::take(&mut p.fd_table.posix_locks),
+        mapping_locks: std::mem::take(&mut p.fd_table.mapping_locks),
     }
 }
 

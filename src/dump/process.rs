@@ -95,7 +95,7 @@ pub fn collect(
     })?;
     let mut files = FileTable::default();
     let vmas = vmas::collect(&proc, &mut files)?;
-    let fd_table = fds::collect(&proc, &mut files)?;
+    let fd_table = fds::collect(&proc, &mut files, &vmas.vmas)?;
     let cwd_file = fds::cwd(&proc, &mut files)?;
     let exe_file = fds::exe(&proc, &mut files)?;
     let rlimits = task::rlimits(&proc)?;

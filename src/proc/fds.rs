@@ -31,7 +31,7 @@ pub struct OpenFd {
 }
 
 /// The fields of `/proc/PID/fdinfo/N` crest uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FdInfo {
     /// File offset.
     pub pos: u64,
@@ -40,6 +40,9 @@ pub struct FdInfo {
     pub flags: u32,
     /// `mnt_id:` of the mount the file was opened on.
     pub mnt_id: u64,
+    /// `lock:` lines: flock, OFD locks and leases of this open file description, and POSIX
+    /// locks of the process set through it.
+    pub locks: Vec<super::LockLine>,
 }
 
 fn convert(t: procfs::process::FDTarget) -> FdTarget {
@@ -99,6 +102,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
         pos: pos.ok_or("no pos: line")?,
         flags: flags.ok_or("no flags: line")?,
         mnt_id,
+        locks: super::locks::fdinfo_locks(text)?,
     })
 }
 

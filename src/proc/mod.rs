@@ -2,13 +2,15 @@
 //! the data (fdinfo, auxv words and pagemap are read raw here because procfs either lacks them or
 //! loses their order).
 //!
-//! `/proc/PID/timers` is parsed here too: procfs does not offer it.
+//! `/proc/PID/timers` is parsed here too: procfs does not offer it; so are file locks
+//! (`/proc/locks`, fdinfo `lock:` lines), which procfs reads without the blocked-waiter marker.
 //!
 //! A [`Proc`] holds an open `/proc/PID` directory, so every later read refers to the same process
 //! even if the pid were reused.
 
 mod fds;
 mod java;
+mod locks;
 mod maps;
 mod meminfo;
 mod pagemap;
@@ -22,6 +24,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use fds::{find_pipe_holder, FdInfo, FdTarget, OpenFd};
+pub use locks::{all_locks, parse_lock_line, LockClass, LockLine};
 pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use meminfo::mem_available;
 pub use pagemap::Pagemap;

@@ -17,8 +17,8 @@ use crate::images::{ProcessImage, Vma, VmaBacking};
 use crate::proc::MapRange;
 
 use super::blob::abi::{
-    self, ITimerSpec, ITimerVal, PageRunArg, PosixTimerArm, Range, RestorerArgs, RseqArg,
-    SpecialMove, ThreadArg, VmaArg,
+    self, ITimerSpec, ITimerVal, PageRunArg, PosixLockArg, PosixTimerArm, Range, RestorerArgs,
+    RseqArg, SpecialMove, ThreadArg, VmaArg,
 };
 use super::files::OpenedFiles;
 use super::RestoreError;
@@ -45,6 +45,8 @@ struct Layout {
     runs: u64,
     close_fds: u64,
     timers: u64,
+    /// `PosixLockArg` array.
+    posix_locks: u64,
     /// `ThreadArg` array (threads other than the leader).
     thread_args: u64,
     /// Their pending siginfos, 128 bytes each, thread after thread.
@@ -67,6 +69,7 @@ struct Counts {
     runs: u64,
     close_fds: u64,
     timers: u64,
+    posix_locks: u64,
     /// Threads other than the leader, and all their pending signals.
     threads: u64,
     pending: u64,
@@ -83,7 +86,8 @@ impl Layout {
         let runs = vmas + counts.vmas * size_of::<VmaArg>() as u64;
         let close_fds = runs + counts.runs * size_of::<PageRunArg>() as u64;
         let timers = (close_fds + counts.close_fds * 4).next_multiple_of(8);
-        let thread_args = timers + counts.timers * size_of::<PosixTimerArm>() as u64;
+        let posix_locks = timers + counts.timers * size_of::<PosixTimerArm>() as u64;
+        let thread_args = posix_locks + counts.posix_locks * size_of::<PosixLockArg>() as u64;
         let pending = thread_args + counts.threads * size_of::<ThreadArg>() as u64;
         let groups = (pending + counts.pending * SIGINFO_SIZE).next_multiple_of(8);
         let sigframe = up(groups + counts.groups * 4);
@@ -100,6 +104,7 @@ impl Layout {
             runs,
             close_fds,
             timers,
+            posix_locks,
             thread_args,
             pending,
             groups,
@@ -126,6 +131,8 @@ pub struct Bootstrap {
     layout: Layout,
     entry: u64,
     gadget: u64,
+    /// For each POSIX lock the restorer takes, the start of the message if it cannot.
+    posix_lock_subjects: Vec<String>,
 }
 
 impl Bootstrap {
@@ -165,6 +172,13 @@ impl Bootstrap {
     pub fn progress(&self) -> abi::Progress {
         // SAFETY: the field lies inside the mapped region; a volatile read of plain data.
         unsafe { std::ptr::read_volatile(&self.args().progress) }
+    }
+
+    /// What the restorer's POSIX lock number `index` is, in words (for its failure).
+    pub fn posix_lock_subject(&self, index: u64) -> Option<&str> {
+        self.posix_lock_subjects
+            .get(index as usize)
+            .map(String::as_str)
     }
 
     /// The first thread (other than the leader) that reported a failed setup step, if any.
@@ -224,11 +238,13 @@ impl Bootstrap {
             .map(|s| s.current.end - s.current.start)
             .sum();
         let timers = posix_timer_args(&p.task.posix_timers);
+        let posix_locks = crate::files::locks::restorer_posix_locks(p);
         let counts = Counts {
             vmas: vma_args.len() as u64,
             runs: p.page_runs.len() as u64,
             close_fds: close.len() as u64,
             timers: timers.len() as u64,
+            posix_locks: posix_locks.len() as u64,
             threads: p.threads.len() as u64 - 1,
             pending: p.threads[1..]
                 .iter()
@@ -248,6 +264,7 @@ impl Bootstrap {
             layout,
             entry: blob.entry_offset(),
             gadget: blob.gadget_offset(),
+            posix_lock_subjects: crate::files::locks::posix_subjects(p),
         };
 
         // SAFETY: [addr, addr + total) was just mapped read-write for us and nothing else refers to it.
@@ -274,6 +291,7 @@ impl Bootstrap {
         write_array(region, layout.timers, &timers);
         write_array(region, layout.groups, &p.creds.groups);
         creds.groups = addr + layout.groups;
+        write_array(region, layout.posix_locks, &posix_locks);
 
         let frame_addr = addr + layout.sigframe;
         let frame =
@@ -357,6 +375,8 @@ impl Bootstrap {
             nr_threads: thread_args.len() as u64,
             creds,
             sigtrap_action: sigtrap_action(p),
+            posix_locks: addr + layout.posix_locks,
+            nr_posix_locks: posix_locks.len() as u64,
         };
         *boot.args_mut() = args;
         Ok(boot)
@@ -768,6 +788,7 @@ mod tests {
             runs: 300,
             close_fds: 5,
             timers: 3,
+            posix_locks: 2,
             threads: 4,
             pending: 2,
             groups: 3,
@@ -780,6 +801,7 @@ mod tests {
             l.runs,
             l.close_fds,
             l.timers,
+            l.posix_locks,
             l.thread_args,
             l.pending,
             l.groups,

@@ -117,6 +117,10 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
             ));
         }
     }
+    // flock and OFD locks belong to the descriptions, which are in place now; POSIX locks are
+    // the restorer's, after its last close.
+    crate::files::locks::take_description_locks(p)?;
+    crate::files::locks::take_mapping_locks(p, &plan.files.mapped)?;
     let wanted: std::collections::HashSet<RawFd> = p.fds.iter().map(|f| f.fd).collect();
     for fd in 0..plan.fd_base {
         if !wanted.contains(&fd) {

@@ -471,6 +471,17 @@ fn failure(pid: i32, boot: &Bootstrap, status: &mut File, how: String) -> Restor
         Some((tid, progress)) => (format!(" in thread {tid}"), progress),
         None => (String::new(), boot.progress()),
     };
+    if progress.step == Step::PosixLock as u32 {
+        if let Some(subject) = boot.posix_lock_subject(progress.detail) {
+            return RestoreError::ChildSetup {
+                pid,
+                message: format!(
+                    "{subject}: {}",
+                    crate::files::locks::why_not(-progress.error)
+                ),
+            };
+        }
+    }
     let step = match Step::from_u32(progress.step) {
         Some(Step::Creds) => format!(
             "{}: {}",

@@ -139,6 +139,7 @@ mod tests {
             file: 0,
             flags: flags as u32,
             pos: 0,
+            locks: vec![],
         }
     }
 

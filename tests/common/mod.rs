@@ -105,6 +105,10 @@ pub enum Kind {
     /// timer slack, machine-check kill policy, membarrier registrations, nice, CPU affinity,
     /// advised/locked-on-fault/sealed mappings, shared writable file mappings, an O_PATH fd.
     Pstate,
+    /// File locks of every kind (flock shared and exclusive, POSIX read/write ranges through
+    /// two descriptions of a mapped file, OFD locks); `locks --check CTL PID` checks them from
+    /// another process, as the victim's verify does from a child.
+    Locks,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -124,6 +128,7 @@ impl Kind {
             Kind::Jobctl => "jobctl",
             Kind::Creds => "creds",
             Kind::Pstate => "pstate",
+            Kind::Locks => "locks",
             Kind::Java => "java",
         }
     }

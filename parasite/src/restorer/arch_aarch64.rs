@@ -6,6 +6,7 @@
 use core::arch::{asm, global_asm};
 
 pub mod nr {
+    pub const FCNTL: usize = 25;
     pub const CLOSE: usize = 57;
     pub const PREAD64: usize = 67;
     pub const EXIT_GROUP: usize = 94;

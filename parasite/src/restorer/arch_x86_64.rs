@@ -6,6 +6,7 @@
 use core::arch::{asm, global_asm};
 
 pub mod nr {
+    pub const FCNTL: usize = 72;
     pub const CLOSE: usize = 3;
     pub const MMAP: usize = 9;
     pub const MPROTECT: usize = 10;

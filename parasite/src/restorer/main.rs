@@ -25,14 +25,15 @@ mod creds;
 mod sys;
 
 use abi::{
-    CloneArgs, ITimerVal, PageRunArg, PosixTimerArm, PrctlMmMap, Progress, Range, RestorerArgs,
-    Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE, MAX_SPECIAL_MOVES,
-    VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_FILL_NONE,
+    CloneArgs, ITimerVal, PageRunArg, PosixLockArg, PosixTimerArm, PrctlMmMap, Progress, Range,
+    RestorerArgs, Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE,
+    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_FILL_NONE,
 };
 use core::ptr;
 
 /// PR_SET_MM_MAP takes the structure's size and refuses anything but its own.
 const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
+const _: () = assert!(core::mem::size_of::<abi::Flock>() == 32);
 
 /// Exit code when the restorer fails a step (details in `progress`).
 const EXIT_FAILED: i32 = 127;
@@ -120,6 +121,7 @@ pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
     place_special(&ctx, a);
     set_mm(&ctx);
     close_fds(&ctx, a);
+    take_posix_locks(&ctx, a);
     create_threads(&ctx, a);
     switch_creds(&ctx, a);
     register_rseq(&ctx, a);
@@ -142,7 +144,8 @@ fn check_args(ctx: &Ctx, a: &RestorerArgs) {
         ctx.bad_args(bad::NR_SPECIAL);
     }
     // The arrays are read with aligned loads (arm64 builds with strict-align).
-    let arrays = a.unmap | a.vmas | a.runs | a.close_fds | a.posix_timers | a.threads;
+    let arrays =
+        a.unmap | a.vmas | a.runs | a.close_fds | a.posix_timers | a.threads | a.posix_locks;
     if !arrays.is_multiple_of(8) {
         ctx.bad_args(bad::ALIGNMENT);
     }
@@ -288,6 +291,23 @@ fn close_fds(ctx: &Ctx, a: &RestorerArgs) {
         let fd: i32 = unsafe { at(a.close_fds, i) };
         ctx.step(Step::CloseFds, fd as u32 as u64);
         ctx.check(sys::close(fd));
+    }
+}
+
+/// POSIX locks belong to the process and vanish on any close of the file by it, so they are
+/// taken only now that every helper fd is closed. F_SETLK, not F_SETLKW: a lock someone else
+/// took since the dump fails the restore instead of hanging it.
+fn take_posix_locks(ctx: &Ctx, a: &RestorerArgs) {
+    for i in 0..a.nr_posix_locks {
+        // SAFETY: crest wrote nr_posix_locks PosixLockArgs at `posix_locks` (alignment checked);
+        // only addresses are computed here, the kernel reads the struct flock.
+        let arg = unsafe { (a.posix_locks as *const PosixLockArg).add(i as usize) };
+        // SAFETY: as above, `arg` points at a valid PosixLockArg.
+        let fd = unsafe { (*arg).fd };
+        ctx.step(Step::PosixLock, i);
+        // SAFETY: as above.
+        let lock = unsafe { ptr::addr_of!((*arg).lock) };
+        ctx.check(sys::fcntl_setlk(fd, lock as *const u8));
     }
 }
 

@@ -103,6 +103,14 @@ pub fn close(fd: i32) -> SysResult {
     decode(unsafe { arch::syscall1(nr::CLOSE, fd as isize as usize) })
 }
 
+/// F_SETLK, the same number on x86_64 and aarch64 (asm-generic/fcntl.h).
+const F_SETLK: usize = 6;
+
+pub fn fcntl_setlk(fd: i32, lock: *const u8) -> SysResult {
+    // SAFETY: `lock` points at a struct flock in the bootstrap region; the kernel only reads it.
+    decode(unsafe { arch::syscall3(nr::FCNTL, fd as isize as usize, F_SETLK, lock as usize) })
+}
+
 pub fn prctl_set_mm_map(map: *const u8, size: usize) -> SysResult {
     // SAFETY: `map` points at a `struct prctl_mm_map` of `size` bytes; the kernel only reads it.
     decode(unsafe { arch::syscall5(nr::PRCTL, PR_SET_MM, PR_SET_MM_MAP, map as usize, size, 0) })
