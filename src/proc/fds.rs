@@ -40,6 +40,8 @@ pub struct FdInfo {
     pub flags: u32,
     /// `mnt_id:` of the mount the file was opened on.
     pub mnt_id: u64,
+    /// `tty-index:` of a pseudo-terminal master (the N of its slave `/dev/pts/N`).
+    pub tty_index: Option<u32>,
 }
 
 fn convert(t: procfs::process::FDTarget) -> FdTarget {
@@ -73,6 +75,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
     let mut pos = None;
     let mut flags = None;
     let mut mnt_id = 0;
+    let mut tty_index = None;
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
@@ -92,6 +95,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
                 )
             }
             "mnt_id" => mnt_id = value.parse::<u64>().unwrap_or(0),
+            "tty-index" => tty_index = value.parse::<u32>().ok(),
             _ => {}
         }
     }
@@ -99,6 +103,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
         pos: pos.ok_or("no pos: line")?,
         flags: flags.ok_or("no flags: line")?,
         mnt_id,
+        tty_index,
     })
 }
 
@@ -178,6 +183,9 @@ mod tests {
         assert_eq!(info.pos, 4096);
         assert_eq!(info.flags, 0o2102001);
         assert_eq!(info.mnt_id, 31);
+        assert_eq!(info.tty_index, None);
+        let master = parse_fdinfo("pos:\t0\nflags:\t02\nmnt_id:\t24\nino:\t90\ntty-index:\t7\n");
+        assert_eq!(master.unwrap().tty_index, Some(7));
         assert!(parse_fdinfo("flags:\t0\n").is_err());
         assert!(parse_fdinfo("pos:\tx\nflags:\t0\n").is_err());
     }

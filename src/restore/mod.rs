@@ -19,6 +19,7 @@ mod spawn;
 mod specials;
 mod task_state;
 mod tree;
+mod tty;
 mod wait;
 
 use std::fs::File;
@@ -36,6 +37,8 @@ pub struct RestoreOptions {
     pub verify: bool,
     /// crest exits once the process runs (`-d`) instead of staying its parent until it ends.
     pub detached: bool,
+    /// `--shell-job`: attach a tree dumped with `--shell-job` to crest's terminal.
+    pub shell_job: bool,
 }
 
 /// Why a restore failed. Every variant says what failed, where, and what the user can do.
@@ -53,6 +56,9 @@ pub enum RestoreError {
     PidHeldByZombie { pid: i32, waited: u64 },
     #[error("not supported yet: {0}")]
     Unsupported(String),
+    /// The image needs a terminal crest cannot give it as asked (see `tty.rs`).
+    #[error("{0}")]
+    Terminal(String),
     #[error("insufficient privilege: {0}")]
     Privilege(String),
     #[error("{what}: {source}")]
@@ -95,6 +101,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for p in &image.processes {
         check_supported(p)?;
     }
+    let terminal = tty::plan(&image, opts.shell_job)?;
     let pids: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
     let plan = tree::plan(&image.inventory.tree, &pids)?;
     let root_index = plan.tasks[0]
@@ -201,6 +208,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             keep_root_pdeath,
             fd_base: base,
             crest_pgid,
+            terminal: terminal.as_ref().map(|t| t.for_tasks()),
         };
         spawn::task_main(&mut ctx, 0);
     }
