@@ -352,6 +352,8 @@ fn a_session_on_its_terminal_is_restored_onto_the_restoring_crests_terminal() {
     .assert_ok();
     reap_pid(pid, TIMEOUT).unwrap();
     let last_before = *ticks(&a.seen).last().unwrap();
+    // The old terminal goes away (its window closed): nothing of it may be reused.
+    drop(a);
     let show = show_json(&img);
     assert_eq!(
         show["inventory"]["shell_job"]["ctty_session"], pid,
@@ -432,6 +434,7 @@ fn a_shell_job_comes_back_in_the_foreground_of_the_restoring_crests_terminal() {
     // The shell reaps its killed job and ends.
     reap_pid(shell, TIMEOUT).unwrap();
     let last_before = *ticks(&a.seen).last().unwrap();
+    drop(a);
     let inv = &show_json(&img)["inventory"];
     assert_eq!(inv["shell_job"]["ctty_session"], shell, "{inv:#}");
     assert_eq!(inv["shell_job"]["foreground"], job, "{inv:#}");

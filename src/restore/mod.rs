@@ -101,7 +101,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for p in &image.processes {
         check_supported(p)?;
     }
-    let terminal = tty::plan(&image, opts.shell_job)?;
+    let terminal = tty::plan(&image, opts.shell_job, opts.detached)?;
     let pids: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
     let plan = tree::plan(&image.inventory.tree, &pids)?;
     let root_index = plan.tasks[0]

@@ -55,8 +55,12 @@ fn refuse(msg: String) -> RestoreError {
 }
 
 /// Whether the image needs a terminal, and if so whether crest can give it: None when it needs
-/// none. Checked before any process is touched.
-pub fn plan(image: &Image, shell_job: bool) -> Result<Option<Terminal>, RestoreError> {
+/// none. Checked before any process is touched. `detached`: crest exits once the tree runs.
+pub fn plan(
+    image: &Image,
+    shell_job: bool,
+    detached: bool,
+) -> Result<Option<Terminal>, RestoreError> {
     let job = image.inventory.shell_job.as_ref();
     let terminal_fd = image.processes.iter().find_map(|p| {
         p.fds.iter().find_map(|f| {
@@ -120,6 +124,14 @@ pub fn plan(image: &Image, shell_job: bool) -> Result<Option<Terminal>, RestoreE
             None => {}
         }
         foreground = job.foreground.filter(|&p| in_tree(p));
+        if detached && foreground.is_some() && ctty_leader.is_none() {
+            crate::warn!(
+                "the tree was in the foreground of its terminal and is restored so, in crest's \
+                 session; with -d crest exits at once, and the shell that started crest then \
+                 takes the foreground back (the tree's reads from the terminal then fail): run \
+                 crest restore --shell-job without -d to keep it in the foreground"
+            );
+        }
     }
     Ok(Some(Terminal {
         fd,
