@@ -234,7 +234,11 @@ struct TtyIds {
 }
 
 fn tty_ids(pid: i32) -> TtyIds {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    try_tty_ids(pid).unwrap_or_else(|| panic!("process {pid} is gone"))
+}
+
+fn try_tty_ids(pid: i32) -> Option<TtyIds> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let f: Vec<&str> = stat
         .rsplit_once(')')
         .unwrap()
@@ -243,12 +247,12 @@ fn tty_ids(pid: i32) -> TtyIds {
         .collect();
     let n = |i: usize| f[i].parse::<i64>().unwrap();
     let tty = n(4) as u64;
-    TtyIds {
+    Some(TtyIds {
         pgid: n(2) as i32,
         sid: n(3) as i32,
         tty_nr: libc::makedev(libc::major(tty), libc::minor(tty)),
         tpgid: n(5) as i32,
-    }
+    })
 }
 
 fn kill_and_reap(pid: i32) {
@@ -294,12 +298,9 @@ fn a_process_on_its_terminal_is_refused_without_shell_job_and_runs_on() {
     let out = spawn_crest(["dump", "-t", &pid_s, "-D", &image_arg(&img)]).wait(CREST_TIMEOUT);
     out.assert_failed()
         .assert_stderr_mentions(&format!(
-            "process {pid}: fd 1 is the terminal {}",
+            "process {pid}: fd 0, fd 1, fd 2 and its controlling terminal are on the terminal {}",
             a.path.display()
         ))
-        .assert_stderr_mentions("fd 0")
-        .assert_stderr_mentions("fd 2")
-        .assert_stderr_mentions("its controlling terminal")
         .assert_stderr_mentions("--shell-job (-j)");
     // With -j, but crest's standard input is not that terminal.
     let out = spawn_crest(["dump", "-j", "-t", &pid_s, "-D", &image_arg(&img)]).wait(CREST_TIMEOUT);
@@ -410,7 +411,7 @@ fn start_job(work: &Work, a: &mut Pty, fg: bool) -> (i32, i32) {
         let kids = fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
         let job: i32 = kids.split_whitespace().next()?.parse().ok()?;
         // Exec'd and in its own group (tcsetpgrp done for a foreground job).
-        let ids = tty_ids(job);
+        let ids = try_tty_ids(job)?;
         (ids.pgid == job && (!fg || ids.tpgid == job)).then_some(job)
     });
     a.ticks_after(0, 2);
@@ -512,7 +513,7 @@ fn a_pty_pair_inside_the_tree_is_refused_with_or_without_shell_job() {
     let child = wait_for("the pty's child", TIMEOUT, || {
         let kids = fs::read_to_string(format!("/proc/{owner}/task/{owner}/children")).ok()?;
         let c: i32 = kids.split_whitespace().next()?.parse().ok()?;
-        (tty_ids(c).tty_nr != 0).then_some(c)
+        (try_tty_ids(c)?.tty_nr != 0).then_some(c)
     });
     let img = work.dir.join("img");
     let owner_s = owner.to_string();

@@ -282,6 +282,9 @@ impl Terminals {
         // Everything else must be the shell's terminal, with -j.
         let mut accepted = HashSet::new();
         let mut shell_used = false;
+        // (pid, terminal) -> what of the process is on it ("fd 1", "its controlling terminal"):
+        // one refusal per process and terminal.
+        let mut refused: BTreeMap<(i32, u64), Vec<String>> = BTreeMap::new();
         for f in &survey.fds {
             if f.kind == TtyKind::PtyMaster || slave_in_tree(f.rdev).is_some() {
                 continue;
@@ -303,12 +306,11 @@ impl Terminals {
             } else {
                 f.rdev
             };
-            match self.check(rdev, &what_fd, "is") {
-                Ok(()) => {
-                    accepted.insert((f.pid, f.fd));
-                    shell_used = true;
-                }
-                Err(what) => problems.push(refuse(f.pid, what)),
+            if self.check(rdev).is_ok() {
+                accepted.insert((f.pid, f.fd));
+                shell_used = true;
+            } else {
+                refused.entry((f.pid, rdev)).or_default().push(what_fd);
             }
         }
         let mut ctty_sessions = Vec::new();
@@ -317,19 +319,32 @@ impl Terminals {
             if slave_in_tree(rdev).is_some() {
                 continue;
             }
-            match self.check(rdev, "its controlling terminal", "is") {
-                Ok(()) => {
-                    shell_used = true;
-                    if !ctty_sessions.contains(&sid) {
-                        ctty_sessions.push(sid);
-                    }
-                    let leads = tasks.iter().any(|t| t.pid == tpgid && t.pgid == tpgid);
-                    if tpgid > 0 && leads {
-                        foreground = Some(tpgid);
-                    }
+            if self.check(rdev).is_ok() {
+                shell_used = true;
+                if !ctty_sessions.contains(&sid) {
+                    ctty_sessions.push(sid);
                 }
-                Err(what) => problems.push(refuse(pid, what)),
+                let leads = tasks.iter().any(|t| t.pid == tpgid && t.pgid == tpgid);
+                if tpgid > 0 && leads {
+                    foreground = Some(tpgid);
+                }
+            } else {
+                refused
+                    .entry((pid, rdev))
+                    .or_default()
+                    .push("its controlling terminal".into());
             }
+        }
+        for ((pid, rdev), subjects) in refused {
+            let Err(why) = self.check(rdev) else {
+                continue;
+            };
+            let (list, verb) = match subjects.split_last() {
+                Some((last, [])) => (last.clone(), "is"),
+                Some((last, rest)) => (format!("{} and {last}", rest.join(", ")), "are"),
+                None => continue,
+            };
+            problems.push(refuse(pid, format!("{list} {verb} on the terminal {why}")));
         }
         if ctty_sessions.len() > 1 {
             // One terminal controls one session; seen otherwise only if it changed meanwhile.
@@ -358,21 +373,22 @@ impl Terminals {
         })
     }
 
-    /// Whether the terminal `rdev` (what `subject` "is", e.g. "fd 1") may be dumped: only as
-    /// crest's own terminal with `--shell-job`. The refusal names the terminal and the flag.
-    fn check(&self, rdev: u64, subject: &str, verb: &str) -> Result<(), String> {
+    /// Whether the terminal `rdev` may be dumped: only as crest's own terminal with
+    /// `--shell-job`. The refusal names the terminal and the flag, to follow "... on the
+    /// terminal ".
+    fn check(&self, rdev: u64) -> Result<(), String> {
         let name = self.name(rdev);
         if !self.shell_job {
             return Err(format!(
-                "{subject} {verb} the terminal {name}; a tree attached to a terminal is dumped \
-                 only with --shell-job (-j), by a crest running on that terminal (crest restore \
-                 --shell-job then attaches the tree to the terminal it runs on)"
+                "{name}; a tree attached to a terminal is dumped only with --shell-job (-j), by \
+                 a crest running on that terminal (crest restore --shell-job then attaches the \
+                 tree to the terminal it runs on)"
             ));
         }
         match &self.own {
             Ok(own) if same_device(*own, rdev) => Ok(()),
             _ => Err(format!(
-                "{subject} {verb} the terminal {name}, which is not the terminal crest runs on \
+                "{name}, which is not the terminal crest runs on \
                  ({}); with --shell-job (-j) crest takes only a tree attached to the terminal of \
                  the shell it runs in: run crest dump -j from that terminal, its standard input \
                  on it",
@@ -458,21 +474,21 @@ mod tests {
     fn a_refusal_names_the_terminal_and_the_flag() {
         let mut t = Terminals::new(false);
         t.own = Ok(dev(136, 5));
-        let err = t.check(dev(136, 3), "fd 1", "is").unwrap_err();
+        let err = t.check(dev(136, 3)).unwrap_err();
         assert!(
-            err.contains("/dev/pts/3 (136:3)") && err.contains("--shell-job (-j)"),
+            err.starts_with("/dev/pts/3 (136:3)") && err.contains("--shell-job (-j)"),
             "{err}"
         );
         t.shell_job = true;
-        assert!(t.check(dev(136, 5), "fd 1", "is").is_ok());
-        let err = t.check(dev(136, 3), "fd 1", "is").unwrap_err();
+        assert!(t.check(dev(136, 5)).is_ok());
+        let err = t.check(dev(136, 3)).unwrap_err();
         assert!(
             err.contains("not the terminal crest runs on")
                 && err.contains("crest runs on /dev/pts/5"),
             "{err}"
         );
         t.own = own_terminal_error();
-        let err = t.check(dev(136, 3), "fd 1", "is").unwrap_err();
+        let err = t.check(dev(136, 3)).unwrap_err();
         assert!(err.contains("not a terminal"), "{err}");
     }
 
