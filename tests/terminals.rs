@@ -369,6 +369,14 @@ fn a_session_on_its_terminal_is_restored_onto_the_restoring_crests_terminal() {
         .assert_stderr_mentions("--shell-job (-j)");
     assert!(!pid_exists(pid));
 
+    // Not from a shell whose controlling terminal it is: crest does not take it away.
+    let out =
+        crest_on(&b, true, &["restore", "-j", "-d", "-D", &image_arg(&img)]).wait(CREST_TIMEOUT);
+    out.assert_failed()
+        .assert_stderr_mentions(&format!("process {pid} led its own session"))
+        .assert_stderr_mentions("controlling terminal of crest's session");
+    assert!(!pid_exists(pid));
+
     crest_on(&b, false, &["restore", "-j", "-d", "-D", &image_arg(&img)])
         .wait(CREST_TIMEOUT)
         .assert_ok();
@@ -443,6 +451,12 @@ fn a_shell_job_comes_back_in_the_foreground_of_the_restoring_crests_terminal() {
     // crest restore runs as the shell of terminal B would run it: in B's session, B its
     // controlling terminal. It stays the job's parent (no -d), as a shell's command would.
     let mut b = Pty::open();
+    // On terminal B without being in its session: the job cannot get B as its controlling
+    // terminal.
+    let out = crest_on(&b, false, &["restore", "-j", "-D", &image_arg(&img)]).wait(CREST_TIMEOUT);
+    out.assert_failed()
+        .assert_stderr_mentions("but crest's controlling terminal is");
+    assert!(!pid_exists(job));
     let mut crest = crest_on(&b, true, &["restore", "-j", "-D", &image_arg(&img)]);
     let crest_pid = crest.pid();
     let got = b.ticks_after(0, 3);
