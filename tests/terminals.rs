@@ -194,7 +194,10 @@ impl Work {
         };
         session_on_stdin(&mut cmd, ctty);
         let child = cmd.spawn().expect("start python3");
-        child.id() as i32
+        let pid = child.id() as i32;
+        // Reaped by pid (reap_pid), like the restored processes that are not std children.
+        drop(child);
+        pid
     }
 
     fn ticker_args(&self) -> Vec<String> {

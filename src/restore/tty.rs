@@ -108,20 +108,18 @@ pub fn plan(
                 }
                 ctty_leader = Some(sid);
             }
-            Some(_) => {
-                if !crest_ctty.is_some_and(|c| same_device(c, own)) {
-                    return Err(refuse(format!(
-                        "the tree's processes had the shell's terminal as controlling terminal \
-                         in the session they were started in, which is crest's session at \
-                         restore; crest's standard input is terminal {}, but crest's \
-                         controlling terminal is {}: run crest restore --shell-job from the \
-                         shell of the terminal the tree should be attached to",
-                        numbers(own),
-                        crest_ctty.map_or("none".to_string(), numbers)
-                    )));
-                }
+            Some(_) if !crest_ctty.is_some_and(|c| same_device(c, own)) => {
+                return Err(refuse(format!(
+                    "the tree's processes had the shell's terminal as controlling terminal \
+                     in the session they were started in, which is crest's session at \
+                     restore; crest's standard input is terminal {}, but crest's \
+                     controlling terminal is {}: run crest restore --shell-job from the \
+                     shell of the terminal the tree should be attached to",
+                    numbers(own),
+                    crest_ctty.map_or("none".to_string(), numbers)
+                )));
             }
-            None => {}
+            Some(_) | None => {}
         }
         foreground = job.foreground.filter(|&p| in_tree(p));
         if detached && foreground.is_some() && ctty_leader.is_none() {
