@@ -41,6 +41,9 @@ pub fn render_text(image: &Image) -> String {
     let _ = writeln!(out, "  created {}", format_unix_ms(inv.created_unix_ms));
     let _ = writeln!(out, "  root pid {}", inv.root_pid);
     render_tree(&mut out, &inv.tree);
+    if let Some(job) = &inv.shell_job {
+        render_shell_job(&mut out, job);
+    }
     for p in &image.processes {
         out.push('\n');
         render_process(&mut out, image, p);
@@ -774,6 +777,24 @@ fn render_tree(out: &mut String, tree: &[crate::images::TreeTask]) {
     }
 }
 
+/// A shell job: which terminal, whose controlling terminal, which group was in the foreground.
+fn render_shell_job(out: &mut String, job: &crate::images::ShellJob) {
+    let ctty = match job.ctty_session {
+        Some(sid) => format!("controlling terminal of session {sid}"),
+        None => "no process's controlling terminal".into(),
+    };
+    let fg = match job.foreground {
+        Some(pgid) => format!(", foreground group {pgid}"),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  shell job: attached to terminal {}:{} ({ctty}{fg}); restore with --shell-job",
+        libc::major(job.rdev),
+        libc::minor(job.rdev)
+    );
+}
+
 fn backing_text(p: &ProcessImage, v: &Vma) -> String {
     match &v.backing {
         VmaBacking::Anonymous => "anonymous".into(),
@@ -825,6 +846,12 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Pipe(crate::images::Pipe::External) => {
                 format!("pipe:[{}] (shared with another process)", f.ino)
             }
+            FileKind::ShellTerminal { rdev } => format!(
+                "{} (the shell's terminal, {}:{}; crest's own terminal at restore)",
+                f.path,
+                libc::major(rdev),
+                libc::minor(rdev)
+            ),
         },
         None => format!("<file {idx}>"),
     }
@@ -1276,6 +1303,7 @@ mod tests {
             root_pid: pid,
             files: vec![],
             tree: crate::images::TreeTask::lone(pid),
+            shell_job: None,
             stats: DumpStats {
                 pages_scanned: 16,
                 pages_absent: 9,

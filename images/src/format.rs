@@ -127,12 +127,14 @@ pub fn open_image(dir: &Path) -> Result<Image, ImageError> {
             what: format!("the root pid {} has no process record", inventory.root_pid),
         });
     }
-    validate::check_tree(inventory.root_pid, &inventory.tree, &processes).map_err(|what| {
-        ImageError::Inconsistent {
+    validate::check_tree(inventory.root_pid, &inventory.tree, &processes)
+        .and_then(|()| {
+            validate::check_shell_job(inventory.shell_job.as_ref(), &inventory.tree, &processes)
+        })
+        .map_err(|what| ImageError::Inconsistent {
             dir: dir.to_path_buf(),
             what,
-        }
-    })?;
+        })?;
     // Tree order: parents before children, so a restore can walk them as listed.
     let order: HashMap<i32, usize> = inventory
         .tree

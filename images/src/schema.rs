@@ -75,6 +75,26 @@ pub struct Inventory {
     /// Every task of the dumped tree, the root first, parents before their children: live
     /// processes (each with a `process-<pid>.img`) and zombies.
     pub tree: Vec<TreeTask>,
+    /// Set when the tree was attached to the terminal crest dump ran on (`--shell-job`): a
+    /// restore needs `--shell-job` too, and gives the tree the terminal crest restore runs on.
+    pub shell_job: Option<ShellJob>,
+}
+
+/// How a tree dumped with `--shell-job` used the terminal of the shell that ran crest. Every fd
+/// of the tree on that terminal is a [`FileKind::ShellTerminal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellJob {
+    /// The terminal's device number (st_rdev) at dump time: crest's standard input then.
+    pub rdev: u64,
+    /// The session whose controlling terminal it was, when processes of the tree had it as
+    /// their controlling terminal: a pid of the tree (its session leader, which takes the
+    /// restoring crest's terminal as controlling terminal after its setsid), or the session
+    /// the root was started in (crest's own at restore, which must have the terminal as its
+    /// controlling terminal already).
+    pub ctty_session: Option<i32>,
+    /// The terminal's foreground process group at dump time, when it was a group led by a
+    /// process of the tree: that process makes its group the foreground one again at restore.
+    pub foreground: Option<i32>,
 }
 
 /// One process of the dumped tree as the tree sees it: its place (parent, process group,
@@ -613,6 +633,13 @@ pub enum FileKind {
     /// is empty, `size`, the mtime and `mode` are 0. Which end an open file description is
     /// comes from its O_ACCMODE (O_RDONLY: the read end, O_WRONLY: the write end).
     Pipe(Pipe),
+    /// A terminal that was the one crest dump ran on (the shell's terminal, `--shell-job`):
+    /// restored as a new open file description of the terminal crest restore runs on (its
+    /// standard input), with the recorded flags; never reopened by path. `rdev` is the device
+    /// number at dump time.
+    ShellTerminal {
+        rdev: u64,
+    },
 }
 
 /// Most bytes an image may record as buffered in one pipe, and largest pipe size (root may

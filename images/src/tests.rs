@@ -258,6 +258,7 @@ fn sample_inventory() -> Inventory {
         root_pid: PID,
         files: vec![],
         tree: TreeTask::lone(PID),
+        shell_job: None,
         stats: DumpStats {
             pages_scanned: 36,
             pages_absent: 20,

@@ -488,6 +488,53 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The terminal record of a shell job: present when some fd is on the shell's terminal, its
+/// session either led by a task of the tree or outside it, its foreground group led by a task
+/// of the tree.
+pub(crate) fn check_shell_job(
+    job: Option<&ShellJob>,
+    tree: &[TreeTask],
+    processes: &[ProcessImage],
+) -> Result<(), String> {
+    let task = |pid: i32| tree.iter().find(|t| t.pid == pid);
+    let Some(job) = job else {
+        for p in processes {
+            if p.files
+                .iter()
+                .any(|f| matches!(f.kind, FileKind::ShellTerminal { .. }))
+            {
+                return Err(format!(
+                    "process {} has an fd on the shell's terminal, but the image records no \
+                     shell job",
+                    p.pid
+                ));
+            }
+        }
+        return Ok(());
+    };
+    if let Some(sid) = job.ctty_session {
+        if sid <= 0 {
+            return Err(format!("the terminal's session {sid} is not a pid"));
+        }
+        if task(sid).is_some_and(|t| t.sid != t.pid) {
+            return Err(format!(
+                "the terminal's session is {sid}, but task {sid} does not lead a session"
+            ));
+        }
+    }
+    if let Some(pgid) = job.foreground {
+        match task(pgid) {
+            Some(t) if t.pgid == t.pid => {}
+            _ => {
+                return Err(format!(
+                    "the terminal's foreground group {pgid} is not led by a task of the tree"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The tree of an image: the root first, every pid once, parents listed before their children,
 /// a process record for each live task and for nothing else, zombies without children, and the
 /// things several processes share described alike in each (a shared memory object has one
@@ -988,6 +1035,34 @@ mod task_tests {
             shared_pending: vec![siginfo(10), siginfo(34)],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_shell_job_names_a_session_leader_and_a_group_leader_of_the_tree() {
+        let task = |pid, pgid, sid| TreeTask {
+            pid,
+            ppid: 1,
+            pgid,
+            sid,
+            exit_signal: 17,
+            state: TreeTaskState::Alive,
+        };
+        // 10 was started by a shell (session 5) as its own group; 11 leads a session.
+        let tree = vec![task(10, 10, 5), task(11, 11, 11), task(12, 10, 5)];
+        let job = |ctty_session, foreground| ShellJob {
+            rdev: 0x8800,
+            ctty_session,
+            foreground,
+        };
+        check_shell_job(None, &tree, &[]).unwrap();
+        check_shell_job(Some(&job(Some(5), Some(10))), &tree, &[]).unwrap();
+        check_shell_job(Some(&job(Some(11), Some(11))), &tree, &[]).unwrap();
+        let e = check_shell_job(Some(&job(Some(12), None)), &tree, &[]).unwrap_err();
+        assert!(e.contains("does not lead a session"), "{e}");
+        let e = check_shell_job(Some(&job(Some(5), Some(12))), &tree, &[]).unwrap_err();
+        assert!(e.contains("foreground group 12"), "{e}");
+        let e = check_shell_job(Some(&job(Some(5), Some(7))), &tree, &[]).unwrap_err();
+        assert!(e.contains("foreground group 7"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,11 @@ enum Command {
         /// Also write the dump statistics to this file as JSON.
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
+        /// Allow a tree attached to the terminal of the shell crest runs in (crest's standard
+        /// input): its fds on that terminal and its controlling terminal are recorded as the
+        /// shell's terminal, and `crest restore --shell-job` attaches them to its own.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Restore a process from an image directory, under its original pid.
     Restore {
@@ -69,6 +74,11 @@ enum Command {
         /// RESOURCE: a path as `crest show` lists it, or pipe:[INODE] / socket:[INODE].
         #[arg(long = "inherit-fd", value_name = "fd[N]:RESOURCE")]
         inherit_fd: Vec<crest::restore::InheritFd>,
+        /// Restore a tree dumped with --shell-job onto the terminal crest runs on (its standard
+        /// input): as the fds' terminal, as controlling terminal, in the foreground when the
+        /// tree was.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Show an image in readable form.
     Show {
@@ -112,6 +122,7 @@ fn dispatch(command: Command) -> Result<i32> {
             no_gc_hint,
             gc_hint_timeout,
             stats_json,
+            shell_job,
         } => {
             let gc_hint_timeout = Duration::try_from_secs_f64(gc_hint_timeout)
                 .context("--gc-hint-timeout wants a number of seconds, 0 or more")?;
@@ -121,6 +132,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 leave_running,
                 gc_hint: !no_gc_hint,
                 gc_hint_timeout,
+                shell_job,
             };
             let report = crest::dump::dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
@@ -143,6 +155,7 @@ fn dispatch(command: Command) -> Result<i32> {
             verify,
             pidns,
             inherit_fd,
+            shell_job,
         } => {
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
@@ -150,6 +163,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 detached,
                 pidns,
                 inherit: inherit_fd,
+                shell_job,
             };
             let restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

@@ -8,17 +8,18 @@
 //! come from the same fdinfo files ([`crate::files::locks`]).
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::files::locks;
-use crate::images::{Fd, MappingLock, OpenFileDescription, PosixLock, Vma};
+use crate::images::{Fd, FileIdentity, FileKind, MappingLock, OpenFileDescription, PosixLock, Vma};
 use crate::proc::{FdTarget, Proc};
 use crate::sys;
 
 use super::files::{same_inode, FileTable};
 use super::pipes;
 use super::sockets::Sockets;
+use super::tty;
 use super::DumpError;
 
 /// O_CLOEXEC as fdinfo shows it (the kernel adds it to `flags:` for an fd with FD_CLOEXEC).
@@ -40,9 +41,16 @@ fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
 }
 
 /// Reads every fd of the stopped process (`vmas`, already collected, account for locks held
-/// through mappings).
-pub fn collect(proc: &Proc, files: &mut FileTable, vmas: &[Vma]) -> Result<FdTable, DumpError> {
+/// through mappings). `shell_fds` are the fds that the terminal survey ([`super::tty`])
+/// accepted as the shell's terminal; any other terminal is refused.
+pub fn collect(
+    proc: &Proc,
+    files: &mut FileTable,
+    vmas: &[Vma],
+    shell_fds: &[i32],
+) -> Result<FdTable, DumpError> {
     let pid = proc.pid();
+    let mut tty_drivers = None;
     let mut table = FdTable::default();
     // (dev, ino) -> descriptions of that inode seen so far, with one fd holding each.
     let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
@@ -84,7 +92,41 @@ pub fn collect(proc: &Proc, files: &mut FileTable, vmas: &[Vma]) -> Result<FdTab
             }
         };
         let md = proc.stat_link(&format!("fd/{fd}"))?;
+        let terminal = match &path {
+            Some(_) if md.file_type().is_char_device() => {
+                let drivers = tty_drivers
+                    .get_or_insert_with(|| crate::proc::tty_drivers().unwrap_or_default());
+                tty::classify(drivers, md.rdev()).is_some()
+            }
+            _ => false,
+        };
         let idx = match path {
+            // Never reopened by path: the shell's terminal becomes the restoring crest's.
+            Some(path) if terminal => {
+                if !shell_fds.contains(&fd) {
+                    // The survey of the frozen tree refuses these first, with the reason.
+                    return Err(DumpError::Terminal {
+                        pid,
+                        what: format!(
+                            "fd {fd} is the terminal {} ({}), which cannot be restored",
+                            path.display(),
+                            tty::numbers(md.rdev())
+                        ),
+                    });
+                }
+                files.add_identity(md.dev(), md.ino(), || {
+                    Ok::<_, DumpError>(FileIdentity {
+                        path: path.to_string_lossy().into_owned(),
+                        kind: FileKind::ShellTerminal { rdev: md.rdev() },
+                        dev: md.dev(),
+                        ino: md.ino(),
+                        size: 0,
+                        mtime_sec: 0,
+                        mtime_nsec: 0,
+                        mode: md.mode(),
+                    })
+                })?
+            }
             Some(path) => add_checked(&path, &md, files)
                 .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?,
             // Shared by dup'ed fds like any file: one entry per pipe inode; which end a

@@ -31,6 +31,7 @@ mod sockets;
 mod task;
 mod threads;
 mod tree;
+mod tty;
 mod vmas;
 
 // Dumping needs register capture, which exists on x86_64 only so far.
@@ -71,6 +72,8 @@ pub struct DumpOptions {
     pub gc_hint: bool,
     /// How long the GC hint may take before the dump goes on without it.
     pub gc_hint_timeout: Duration,
+    /// `--shell-job`: the tree may be attached to the terminal crest runs on.
+    pub shell_job: bool,
 }
 
 /// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
@@ -84,6 +87,7 @@ impl Default for DumpOptions {
             leave_running: false,
             gc_hint: true,
             gc_hint_timeout: DEFAULT_GC_HINT_TIMEOUT,
+            shell_job: false,
         }
     }
 }
@@ -232,10 +236,9 @@ pub enum DumpError {
          supported yet (run crest inside the process's namespaces)"
     )]
     Namespace { pid: i32, ns: String },
-    #[error(
-        "process {pid} {what}; terminals cannot be dumped yet (start it with its input and \
-         output redirected, e.g. with `setsid PROGRAM </dev/null >LOG 2>&1`)"
-    )]
+    /// A terminal (fd or controlling terminal) that cannot be restored; `what` says which and
+    /// why, naming `--shell-job` where it would help (see `tty.rs`).
+    #[error("process {pid}: {what}")]
     Terminal { pid: i32, what: String },
     #[error("processes {pid1} and {pid2} share {what}; crest cannot restore that yet")]
     SharedBetweenProcesses {
@@ -458,14 +461,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("prepare");
 
     let freeze_start = Instant::now();
-    let frozen = tree::freeze(&root)?;
+    let frozen = tree::freeze(&root, opts.shell_job)?;
     fault::point("seize")?;
     phases.end("freeze");
 
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
     let mut procs = Vec::with_capacity(frozen.processes.len());
     for p in frozen.processes {
-        procs.push(process::collect(p.proc, p.frozen, &mut phases)?);
+        procs.push(process::collect(
+            p.proc,
+            p.frozen,
+            &p.shell_fds,
+            &mut phases,
+        )?);
     }
     shared::resolve(&mut procs)?;
     phases.end("resolve");
@@ -579,6 +587,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         files: vec![],
         stats: stats.clone(),
         tree: frozen.tasks,
+        shell_job: frozen.shell_job,
     };
     writer.commit(inventory)?;
     phases.end("commit");

@@ -47,10 +47,12 @@ impl CollectedProcess {
     }
 }
 
-/// Collects the frozen process `proc` (whose threads `frozen` holds).
+/// Collects the frozen process `proc` (whose threads `frozen` holds; `shell_fds` are its fds on
+/// the shell's terminal).
 pub fn collect(
     proc: Proc,
     frozen: Frozen,
+    shell_fds: &[i32],
     phases: &mut Phases,
 ) -> Result<CollectedProcess, DumpError> {
     let pid = proc.pid();
@@ -95,7 +97,7 @@ pub fn collect(
     })?;
     let mut files = FileTable::default();
     let vmas = vmas::collect(&proc, &mut files)?;
-    let fd_table = fds::collect(&proc, &mut files, &vmas.vmas)?;
+    let fd_table = fds::collect(&proc, &mut files, &vmas.vmas, shell_fds)?;
     let cwd_file = fds::cwd(&proc, &mut files)?;
     let exe_file = fds::exe(&proc, &mut files)?;
     let rlimits = task::rlimits(&proc)?;

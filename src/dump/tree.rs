@@ -12,16 +12,19 @@
 
 use std::collections::HashSet;
 
-use crate::images::{TreeTask, TreeTaskState};
+use crate::images::{ShellJob, TreeTask, TreeTaskState};
 use crate::proc::{Proc, ProcError, TreeIds};
 
 use super::freeze::Frozen;
+use super::tty::Terminals;
 use super::{jobctl, DumpError};
 
 /// A frozen process, checked and ready to be collected.
 pub struct FrozenProcess {
     pub proc: Proc,
     pub frozen: Frozen,
+    /// Its fds that are the shell's terminal (`--shell-job`).
+    pub shell_fds: Vec<i32>,
 }
 
 /// The frozen tree: live processes and every task (zombies included), both in tree order
@@ -29,6 +32,8 @@ pub struct FrozenProcess {
 pub struct FrozenTree {
     pub processes: Vec<FrozenProcess>,
     pub tasks: Vec<TreeTask>,
+    /// How the tree uses the terminal of the shell crest runs in (`--shell-job`), if it does.
+    pub shell_job: Option<ShellJob>,
 }
 
 /// The processes below `root` (itself included) as they are now, without freezing anything:
@@ -49,12 +54,15 @@ pub fn descendants(root: i32) -> Vec<i32> {
     out
 }
 
-/// Freezes `root` and all its descendants.
-pub fn freeze(root: &Proc) -> Result<FrozenTree, DumpError> {
+/// Freezes `root` and all its descendants. `shell_job`: a tree attached to the terminal crest
+/// runs on may be dumped (`--shell-job`).
+pub fn freeze(root: &Proc, shell_job: bool) -> Result<FrozenTree, DumpError> {
     let mut tree = FrozenTree {
         processes: Vec::new(),
         tasks: Vec::new(),
+        shell_job: None,
     };
+    let mut terminals = Terminals::new(shell_job);
     let mut problems = Vec::new();
     let mut known: HashSet<i32> = HashSet::from([root.pid()]);
     let mut queue = vec![(root.pid(), None::<i32>)];
@@ -80,7 +88,7 @@ pub fn freeze(root: &Proc) -> Result<FrozenTree, DumpError> {
                 }
                 continue;
             }
-            let why = precheck(&proc, &ids);
+            let why = precheck(&proc);
             if !why.is_empty() {
                 problems.extend(why);
                 continue;
@@ -102,13 +110,18 @@ pub fn freeze(root: &Proc) -> Result<FrozenTree, DumpError> {
             };
             // Read again now that it cannot change: it may have moved group or session.
             let ids = proc.tree_ids()?;
+            terminals.survey(&proc, &ids);
             for kid in proc.children()? {
                 if known.insert(kid) {
                     queue.push((kid, Some(pid)));
                 }
             }
             tree.tasks.push(alive(&ids));
-            tree.processes.push(FrozenProcess { proc, frozen });
+            tree.processes.push(FrozenProcess {
+                proc,
+                frozen,
+                shell_fds: Vec::new(),
+            });
         }
         // One more look at every frozen process: nothing new means the tree is complete.
         for p in &tree.processes {
@@ -121,6 +134,21 @@ pub fn freeze(root: &Proc) -> Result<FrozenTree, DumpError> {
         if queue.is_empty() {
             break;
         }
+    }
+    match terminals.finish(&tree.tasks) {
+        Ok(accepted) => {
+            for p in &mut tree.processes {
+                let pid = p.proc.pid();
+                p.shell_fds = accepted
+                    .shell_fds
+                    .iter()
+                    .filter(|(holder, _)| *holder == pid)
+                    .map(|(_, fd)| *fd)
+                    .collect();
+            }
+            tree.shell_job = accepted.shell_job;
+        }
+        Err(more) => problems.extend(more),
     }
     DumpError::refused(problems)?;
     order_parents_first(&mut tree);
@@ -175,7 +203,7 @@ fn order_parents_first(tree: &mut FrozenTree) {
 }
 
 /// What can be refused from the outside, before the process is touched: every problem found.
-fn precheck(proc: &Proc, ids: &TreeIds) -> Vec<DumpError> {
+fn precheck(proc: &Proc) -> Vec<DumpError> {
     let pid = proc.pid();
     let mut problems = Vec::new();
     let mut say = |e: DumpError| problems.push(e);
@@ -217,16 +245,7 @@ fn precheck(proc: &Proc, ids: &TreeIds) -> Vec<DumpError> {
             Err(e) => say(e.into()),
         }
     }
-    if ids.tty_nr != 0 {
-        say(DumpError::Terminal {
-            pid,
-            what: format!(
-                "has a controlling terminal (device {}:{})",
-                libc::major(ids.tty_nr as libc::dev_t),
-                libc::minor(ids.tty_nr as libc::dev_t)
-            ),
-        });
-    }
+    // The controlling terminal and terminal fds are looked at once frozen (tty.rs).
     // A vfork in progress, or an ignored SIGTRAP (the parasite's breakpoints would reset it).
     if let Err(e) = jobctl::check_before_freeze(proc, &status) {
         say(e);

@@ -43,6 +43,8 @@ pub struct FdInfo {
     /// `lock:` lines: flock, OFD locks and leases of this open file description, and POSIX
     /// locks of the process set through it.
     pub locks: Vec<super::LockLine>,
+    /// `tty-index:` of a pseudo-terminal master (the N of its slave `/dev/pts/N`).
+    pub tty_index: Option<u32>,
 }
 
 fn convert(t: procfs::process::FDTarget) -> FdTarget {
@@ -76,6 +78,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
     let mut pos = None;
     let mut flags = None;
     let mut mnt_id = 0;
+    let mut tty_index = None;
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
@@ -95,6 +98,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
                 )
             }
             "mnt_id" => mnt_id = value.parse::<u64>().unwrap_or(0),
+            "tty-index" => tty_index = value.parse::<u32>().ok(),
             _ => {}
         }
     }
@@ -103,6 +107,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
         flags: flags.ok_or("no flags: line")?,
         mnt_id,
         locks: super::locks::fdinfo_locks(text)?,
+        tty_index,
     })
 }
 
@@ -182,6 +187,9 @@ mod tests {
         assert_eq!(info.pos, 4096);
         assert_eq!(info.flags, 0o2102001);
         assert_eq!(info.mnt_id, 31);
+        assert_eq!(info.tty_index, None);
+        let master = parse_fdinfo("pos:\t0\nflags:\t02\nmnt_id:\t24\nino:\t90\ntty-index:\t7\n");
+        assert_eq!(master.unwrap().tty_index, Some(7));
         assert!(parse_fdinfo("flags:\t0\n").is_err());
         assert!(parse_fdinfo("pos:\tx\nflags:\t0\n").is_err());
     }

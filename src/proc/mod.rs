@@ -18,6 +18,7 @@ mod settings;
 mod status;
 mod timers;
 mod tree;
+mod tty;
 
 use std::fs::File;
 use std::io::Read;
@@ -36,6 +37,7 @@ pub use settings::{
 pub use status::{MmStat, Status};
 pub use timers::{PosixTimerInfo, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD, SIGEV_THREAD_ID};
 pub use tree::{own_namespace, TreeIds, NAMESPACES};
+pub use tty::{tty_drivers, TtyDriver};
 
 /// Errors reading `/proc`.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,8 @@ pub struct TreeIds {
     pub sid: i32,
     /// Device number of the controlling terminal (0: none).
     pub tty_nr: i32,
+    /// Foreground process group of the controlling terminal (-1: none).
+    pub tpgid: i32,
     /// Signal sent to the parent when the process ends (SIGCHLD for a plain fork).
     pub exit_signal: i32,
     /// The wait status the parent will see (meaningful for a zombie).
@@ -40,6 +42,7 @@ impl Proc {
             pgid: s.pgrp,
             sid: s.session,
             tty_nr: s.tty_nr,
+            tpgid: s.tpgid,
             exit_signal: s.exit_signal.unwrap_or(libc::SIGCHLD),
             exit_code: s.exit_code.unwrap_or(0),
             comm: s.comm,

@@ -282,6 +282,9 @@ fn open_description(
     ofd: &crate::images::OpenFileDescription,
     base: RawFd,
 ) -> Result<OwnedFd, RestoreError> {
+    if let FileKind::ShellTerminal { .. } = ident.kind {
+        return super::tty::open_own(ofd.flags, base);
+    }
     // O_CREAT/O_TRUNC/O_EXCL never come from fdinfo, but never let an image ask for them.
     let flags = (ofd.flags as i32)
         & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
@@ -479,6 +482,13 @@ fn check_identity(
         FileKind::Pipe(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
                 return Err(changed("it is not a pipe".into()));
+            }
+            return Ok(());
+        }
+        // crest's own terminal, never opened by path.
+        FileKind::ShellTerminal { .. } => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+                return Err(changed("it is not a terminal".into()));
             }
             return Ok(());
         }

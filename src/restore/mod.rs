@@ -20,6 +20,7 @@ mod spawn;
 mod specials;
 mod task_state;
 mod tree;
+mod tty;
 mod wait;
 
 use std::fs::File;
@@ -42,6 +43,8 @@ pub struct RestoreOptions {
     pub pidns: bool,
     /// Descriptors of crest's that take the place of files of the image (`--inherit-fd`).
     pub inherit: Vec<files::InheritFd>,
+    /// `--shell-job`: attach a tree dumped with `--shell-job` to crest's terminal.
+    pub shell_job: bool,
 }
 
 pub use files::InheritFd;
@@ -61,6 +64,9 @@ pub enum RestoreError {
     PidHeldByZombie { pid: i32, waited: u64 },
     #[error("not supported yet: {0}")]
     Unsupported(String),
+    /// The image needs a terminal crest cannot give it as asked (see `tty.rs`).
+    #[error("{0}")]
+    Terminal(String),
     #[error("insufficient privilege: {0}")]
     Privilege(String),
     #[error("{what}: {source}")]
@@ -108,6 +114,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for p in &image.processes {
         check_supported(p)?;
     }
+    let terminal = tty::plan(&image, opts.shell_job, opts.detached)?;
     let pids: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
     let plan = tree::plan(&image.inventory.tree, &pids)?;
     let root_index = plan.tasks[0]
@@ -214,6 +221,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             keep_root_pdeath,
             fd_base: base,
             crest_pgid,
+            terminal: terminal.as_ref().map(|t| t.for_tasks()),
         };
         spawn::task_main(&mut ctx, 0);
     }

@@ -19,6 +19,7 @@ use super::child::{self, ChildPlan};
 use super::files::OpenedFiles;
 use super::fork::{self, Forked};
 use super::tree::{Group, TreePlan};
+use super::tty::TaskTerminal;
 
 /// How long a task waits for the leader of the group it joins (a sibling or cousin forked at
 /// the same time) to have made the group.
@@ -48,6 +49,8 @@ pub struct TreeCtx<'a> {
     pub fd_base: RawFd,
     /// crest's process group: the "outer" group of the plan.
     pub crest_pgid: i32,
+    /// crest's terminal, for a shell job ([`super::tty`]).
+    pub terminal: Option<TaskTerminal>,
 }
 
 /// Entry of task `i` right after its fork. Never returns.
@@ -112,6 +115,10 @@ fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
                 std::io::Error::last_os_error()
             ));
         }
+        // The session's controlling terminal, before the children that share it are forked.
+        if let Some(t) = &ctx.terminal {
+            t.after_setsid(task.pid)?;
+        }
     }
     if task.lead_group {
         // SAFETY: setpgid on ourselves.
@@ -122,6 +129,9 @@ fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
                 std::io::Error::last_os_error()
             ));
         }
+    }
+    if let Some(t) = &ctx.terminal {
+        t.after_group(task.pid)?;
     }
     for &c in &task.children_after {
         fork_child(ctx, c)?;
