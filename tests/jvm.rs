@@ -687,3 +687,106 @@ fn jdk17_gc_hint_shrinks_a_garbage_heavy_jvm() {
 fn jdk25_gc_hint_shrinks_a_garbage_heavy_jvm() {
     gc_hint_shrinks_a_garbage_heavy_jvm(25);
 }
+
+/// Three copies of one JVM image restored with `--pidns` beside the original (dumped with
+/// `-R`): each runs under the original's pid in its own pid namespace, logs to the file it was
+/// given (`--inherit-fd`), and answers jcmd (its attach socket and perf data live in the copy's
+/// private /tmp).
+fn three_jvm_copies_in_pid_namespaces(version: u32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Some(jdk) = Jdk::find(version) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+    let v = jdk.start(&classes, &["threads", "4"]);
+    v.verify()
+        .unwrap_or_else(|e| panic!("JDK {version}: the victim fails before the dump: {e}"));
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, true).assert_ok();
+
+    let mut copies = Vec::new();
+    for i in 1..=3 {
+        let log = v.work.join(format!("copy-{i}.log"));
+        let file = File::create(&log).unwrap();
+        let raw = file.as_raw_fd();
+        let pidfile = v.work.join(format!("copy-{i}.pid"));
+        let inherit = format!("fd[9]:{}", v.log.display());
+        let args = [
+            "restore".as_ref(),
+            "--pidns".as_ref(),
+            "-d".as_ref(),
+            "--pidfile".as_ref(),
+            pidfile.as_os_str(),
+            "--inherit-fd".as_ref(),
+            OsStr::new(&inherit),
+            "-D".as_ref(),
+            dir.as_os_str(),
+        ];
+        spawn_crest_with(args, |cmd| {
+            // SAFETY: dup2 in the forked child before exec is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 9) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+        .wait(CREST_TIMEOUT)
+        .assert_ok();
+        drop(file);
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        copies.push((pid, log));
+    }
+    for (pid, log) in &copies {
+        let ctx = format!("JDK {version}, copy {pid}");
+        // It logs under the original's pid, as its namespace shows it, into its own file.
+        let want = format!("pid={} n=", v.pid);
+        wait_for(&format!("{ctx} to log"), JVM_TIMEOUT, || {
+            let text = fs::read_to_string(log).ok()?;
+            (text.lines().filter(|l| l.starts_with(&want)).count() >= 3).then_some(())
+        });
+        let out = run(
+            Command::new(jdk.bin("jcmd"))
+                .arg("-J-Dsun.tools.attach.attachTimeout=60000")
+                .arg(pid.to_string())
+                .arg("VM.version"),
+            JVM_TIMEOUT,
+        );
+        assert!(
+            out.status.success() && out.stdout.contains(&format!("JDK {version}")),
+            "{ctx}: jcmd VM.version: {out}"
+        );
+    }
+    v.verify()
+        .unwrap_or_else(|e| panic!("JDK {version}: the original after three copies: {e}"));
+    for (pid, _) in copies {
+        // The copy's init (its root's parent) ends the namespace with it.
+        let init = procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .map(|s| s.ppid)
+            .unwrap_or(0);
+        if init > 1 {
+            let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+            let _ = reap_pid(init, JVM_TIMEOUT);
+        }
+        let _ = reap_pid(pid, JVM_TIMEOUT);
+    }
+}
+
+#[test]
+fn jdk17_three_copies_in_pid_namespaces_answer() {
+    three_jvm_copies_in_pid_namespaces(17);
+}
+
+#[test]
+fn jdk25_three_copies_in_pid_namespaces_answer() {
+    three_jvm_copies_in_pid_namespaces(25);
+}

@@ -23,9 +23,11 @@ use super::{RestoreError, RestoreOptions, Restored};
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Read and check the image here too, so a bad image is refused before anything is forked.
     let image = crate::images::open_image(&opts.dir)?;
-    let private_tmp = !image.processes.iter().flat_map(|p| &p.files).any(|f| {
-        f.kind != FileKind::ContentInImage && (f.path == "/tmp" || f.path.starts_with("/tmp/"))
-    });
+    let private_tmp = !image
+        .processes
+        .iter()
+        .flat_map(|p| &p.files)
+        .any(|f| needs_shared_tmp(&f.path, &f.kind));
     if !private_tmp {
         crate::warn!(
             "the image uses files under /tmp: the copy shares /tmp with other copies and the \
@@ -73,6 +75,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             RestoreError::Internal(format!("the copy's root below pid {child} is gone"))
         })?;
     Ok(Restored::under(child, root))
+}
+
+/// Whether a file of the image must be found in the machine's own /tmp: anything under /tmp
+/// but what a restore creates anew there (a perf-data file whose content the image holds, a
+/// UNIX socket bound directly in /tmp, such as a JVM's attach listener).
+fn needs_shared_tmp(path: &str, kind: &FileKind) -> bool {
+    let under_tmp = path == "/tmp" || path.starts_with("/tmp/");
+    let created = match kind {
+        FileKind::ContentInImage => true,
+        FileKind::UnixSocket(_) => {
+            std::path::Path::new(path).parent() == Some(std::path::Path::new("/tmp"))
+        }
+        _ => false,
+    };
+    under_tmp && !created
 }
 
 /// The namespace's init. Never returns.
