@@ -105,6 +105,10 @@ pub enum Kind {
     /// timer slack, machine-check kill policy, membarrier registrations, nice, CPU affinity,
     /// advised/locked-on-fault/sealed mappings, shared writable file mappings, an O_PATH fd.
     Pstate,
+    /// Holds known values in every vector register (xmm, ymm or zmm and the AVX-512 mask
+    /// registers, as the CPU has them) while it waits, and checks them on request
+    /// (tests/victims/vregs.c); writes `mode sse|avx|avx512` to `CTL/info`.
+    Vregs,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -124,6 +128,7 @@ impl Kind {
             Kind::Jobctl => "jobctl",
             Kind::Creds => "creds",
             Kind::Pstate => "pstate",
+            Kind::Vregs => "vregs",
             Kind::Java => "java",
         }
     }
