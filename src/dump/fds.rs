@@ -11,11 +11,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::images::{Fd, OpenFileDescription};
-use crate::proc::{FdTarget, Proc};
+use crate::proc::{FdTarget, OpenFd, Proc};
 use crate::sys;
 
 use super::files::{same_inode, FileTable};
 use super::pipes;
+use super::problems::Problems;
 use super::sockets::Sockets;
 use super::DumpError;
 
@@ -33,104 +34,119 @@ fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
     DumpError::UnsupportedFd { pid, fd, what }
 }
 
-/// Reads every fd of the stopped process.
+/// Reads every fd of the stopped process. Every fd crest cannot dump is named, all of them in
+/// one refusal.
 pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<FdTable, DumpError> {
-    let pid = proc.pid();
     let mut table = FdTable::default();
     // (dev, ino) -> descriptions of that inode seen so far, with one fd holding each.
     let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
-
-    let mut sockets = Sockets::new(pid);
-
+    let mut sockets = Sockets::new(proc.pid());
+    let mut problems = Problems::new();
     for entry in proc.fds()? {
-        let fd = entry.fd;
-        let path = match &entry.target {
-            FdTarget::Path {
-                path,
-                deleted: false,
-            } => Some(path.clone()),
-            FdTarget::Path {
-                path,
-                deleted: true,
-            } => {
-                return Err(refuse(
-                    pid,
-                    fd,
-                    format!(
-                        "a deleted file ({}), which cannot be reopened",
-                        path.display()
-                    ),
-                ))
-            }
-            FdTarget::Socket(_) | FdTarget::Pipe(_) => None,
-            FdTarget::AnonInode(kind) => {
-                return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
-            }
-            FdTarget::Memfd(name) => return Err(refuse(pid, fd, format!("a memfd ({name})"))),
-            FdTarget::Other(link) => {
-                return Err(refuse(
-                    pid,
-                    fd,
-                    format!("of a kind crest cannot restore ({link})"),
-                ))
-            }
-        };
-        let md = proc.stat_link(&format!("fd/{fd}"))?;
-        let idx = match path {
-            Some(path) => add_checked(&path, &md, files)
-                .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?,
-            // Shared by dup'ed fds like any file: one entry per pipe inode; which end a
-            // description is, is its access mode.
-            None if matches!(entry.target, FdTarget::Pipe(_)) => {
-                files.add_identity(md.dev(), md.ino(), || {
-                    Ok::<_, DumpError>(pipes::identity(&md))
-                })?
-            }
-            // Shared by dup'ed fds like any file: one entry per socket inode.
-            None => files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?,
-        };
-        let info = proc.fdinfo(fd)?;
-        let cloexec = info.flags & O_CLOEXEC != 0;
-
-        let key = (md.dev(), md.ino());
-        let mut description = None;
-        for &(desc, other_fd) in by_inode.get(&key).into_iter().flatten() {
-            let same =
-                sys::kcmp_same_file(pid, pid, other_fd, fd).map_err(|errno| DumpError::Kcmp {
-                    pid,
-                    fd1: other_fd,
-                    fd2: fd,
-                    errno,
-                })?;
-            if same {
-                description = Some(desc);
-                break;
-            }
-        }
-        let description = match description {
-            Some(d) => d,
-            None => {
-                let d = table.open_files.len() as u32;
-                table.open_files.push(OpenFileDescription {
-                    // Tree-wide ids are given once every process is collected (shared.rs).
-                    id: 0,
-                    file: idx,
-                    flags: info.flags & !O_CLOEXEC,
-                    pos: info.pos,
-                });
-                by_inode.entry(key).or_default().push((d, fd));
-                d
-            }
-        };
-        table.fds.push(Fd {
-            fd,
-            description,
-            cloexec,
-        });
+        let added = add_fd(proc, &entry, files, &mut sockets, &mut by_inode, &mut table);
+        problems.take(added)?;
     }
+    problems.finish()?;
     // Whether each pipe is whole in the tree is decided once every process is collected
     // (shared.rs); until then it is recorded as external.
     Ok(table)
+}
+
+/// Records one fd (`entry`) in `table`, grouping it with the fds of the same description.
+fn add_fd(
+    proc: &Proc,
+    entry: &OpenFd,
+    files: &mut FileTable,
+    sockets: &mut Sockets,
+    by_inode: &mut HashMap<(u64, u64), Vec<(u32, i32)>>,
+    table: &mut FdTable,
+) -> Result<(), DumpError> {
+    let pid = proc.pid();
+    let fd = entry.fd;
+    let path = match &entry.target {
+        FdTarget::Path {
+            path,
+            deleted: false,
+        } => Some(path.clone()),
+        FdTarget::Path {
+            path,
+            deleted: true,
+        } => {
+            return Err(refuse(
+                pid,
+                fd,
+                format!(
+                    "a deleted file ({}), which cannot be reopened",
+                    path.display()
+                ),
+            ))
+        }
+        FdTarget::Socket(_) | FdTarget::Pipe(_) => None,
+        FdTarget::AnonInode(kind) => {
+            return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
+        }
+        FdTarget::Memfd(name) => return Err(refuse(pid, fd, format!("a memfd ({name})"))),
+        FdTarget::Other(link) => {
+            return Err(refuse(
+                pid,
+                fd,
+                format!("of a kind crest cannot restore ({link})"),
+            ))
+        }
+    };
+    let md = proc.stat_link(&format!("fd/{fd}"))?;
+    let idx = match path {
+        Some(path) => add_checked(&path, &md, files)
+            .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?,
+        // Shared by dup'ed fds like any file: one entry per pipe inode; which end a
+        // description is, is its access mode.
+        None if matches!(entry.target, FdTarget::Pipe(_)) => {
+            files.add_identity(md.dev(), md.ino(), || {
+                Ok::<_, DumpError>(pipes::identity(&md))
+            })?
+        }
+        // Shared by dup'ed fds like any file: one entry per socket inode.
+        None => files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?,
+    };
+    let info = proc.fdinfo(fd)?;
+    let cloexec = info.flags & O_CLOEXEC != 0;
+
+    let key = (md.dev(), md.ino());
+    let mut description = None;
+    for &(desc, other_fd) in by_inode.get(&key).into_iter().flatten() {
+        let same =
+            sys::kcmp_same_file(pid, pid, other_fd, fd).map_err(|errno| DumpError::Kcmp {
+                pid,
+                fd1: other_fd,
+                fd2: fd,
+                errno,
+            })?;
+        if same {
+            description = Some(desc);
+            break;
+        }
+    }
+    let description = match description {
+        Some(d) => d,
+        None => {
+            let d = table.open_files.len() as u32;
+            table.open_files.push(OpenFileDescription {
+                // Tree-wide ids are given once every process is collected (shared.rs).
+                id: 0,
+                file: idx,
+                flags: info.flags & !O_CLOEXEC,
+                pos: info.pos,
+            });
+            by_inode.entry(key).or_default().push((d, fd));
+            d
+        }
+    };
+    table.fds.push(Fd {
+        fd,
+        description,
+        cloexec,
+    });
+    Ok(())
 }
 
 impl FdTable {

@@ -23,6 +23,7 @@ mod hint;
 mod jobctl;
 mod parasite;
 mod pipes;
+mod problems;
 mod process;
 mod seccomp;
 mod shared;
@@ -461,10 +462,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("freeze");
 
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
+    // Refusals of every process are reported together (each refused process is released as
+    // its collect fails, with its parasite already gone).
     let mut procs = Vec::with_capacity(frozen.processes.len());
+    let mut problems = problems::Problems::new();
     for p in frozen.processes {
-        procs.push(process::collect(p.proc, p.frozen, &mut phases)?);
+        procs.extend(problems.take(process::collect(p.proc, p.frozen, &mut phases))?);
     }
+    problems.finish()?;
     shared::resolve(&mut procs)?;
     phases.end("resolve");
 

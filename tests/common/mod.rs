@@ -109,6 +109,9 @@ pub enum Kind {
     /// registers, as the CPU has them) while it waits, and checks them on request
     /// (tests/victims/vregs.c); writes `mode sse|avx|avx512` to `CTL/info`.
     Vregs,
+    /// Two processes (tests/victims/refused.c) that each hold an eventfd (fd 101), a deleted
+    /// file (fd 102) and a memfd mapping: everything a dump must refuse, named at once.
+    Refused,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -129,6 +132,7 @@ impl Kind {
             Kind::Creds => "creds",
             Kind::Pstate => "pstate",
             Kind::Vregs => "vregs",
+            Kind::Refused => "refused",
             Kind::Java => "java",
         }
     }
