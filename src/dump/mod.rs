@@ -234,6 +234,12 @@ pub enum DumpError {
     )]
     Namespace { pid: i32, ns: String },
     #[error(
+        "process {pid}: the leader of its {what} is outside crest's pid namespace (the namespace \
+         shows it as 0), so a restore there could not recreate the {what}; start the process \
+         in a session of its own inside the namespace (setsid)"
+    )]
+    LeaderOutsideNamespace { pid: i32, what: &'static str },
+    #[error(
         "process {pid} {what}; terminals cannot be dumped yet (start it with its input and \
          output redirected, e.g. with `setsid PROGRAM </dev/null >LOG 2>&1`)"
     )]

@@ -22,6 +22,7 @@ pub fn is_refusal(e: &DumpError) -> bool {
             | DumpError::Exe { .. }
             | DumpError::PendingSigtrap { .. }
             | DumpError::Namespace { .. }
+            | DumpError::LeaderOutsideNamespace { .. }
             | DumpError::Terminal { .. }
             | DumpError::SharedBetweenProcesses { .. }
             | DumpError::Refused { .. }

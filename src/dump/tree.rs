@@ -217,6 +217,18 @@ fn precheck(proc: &Proc, ids: &TreeIds) -> Vec<DumpError> {
             Err(e) => say(e.into()),
         }
     }
+    // A session or group whose leader lives in an ancestor pid namespace has no number here.
+    if ids.sid <= 0 {
+        say(DumpError::LeaderOutsideNamespace {
+            pid,
+            what: "session",
+        });
+    } else if ids.pgid <= 0 {
+        say(DumpError::LeaderOutsideNamespace {
+            pid,
+            what: "process group",
+        });
+    }
     if ids.tty_nr != 0 {
         say(DumpError::Terminal {
             pid,
