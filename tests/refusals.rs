@@ -118,3 +118,85 @@ fn a_socket_fd_is_refused_and_the_process_left_running() {
     assert_left_running(&v);
     drop(ours);
 }
+
+/// The `key value` lines of a file the victim wrote in its control directory.
+fn info(v: &Victim, name: &str) -> std::collections::BTreeMap<String, String> {
+    let path = v.ctl.join(name);
+    let text = wait_for(&format!("{}", path.display()), TIMEOUT, || {
+        std::fs::read_to_string(&path).ok()
+    });
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
+    let v = Victim::start(Kind::Refused);
+    let parent = info(&v, "info");
+    let child: i32 = parent["child"].parse().unwrap();
+    let child_info = info(&v, "child-info");
+    let child_log = v.ctl.join("child-log");
+    let child_ticks = || {
+        std::fs::read_to_string(&child_log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+
+    let dir = v.work.join("img");
+    // Without --leave-running: a refused dump kills nothing either.
+    let out = dump(v.pid, &dir, false);
+    out.assert_failed();
+    assert_eq!(
+        out.stderr.matches("the tree cannot be dumped").count(),
+        1,
+        "one refusal: {out}"
+    );
+    let problems: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- "))
+        .collect();
+    let expected = [
+        (v.pid, "fd 101", "eventfd"),
+        (v.pid, "fd 102", "deleted file"),
+        (v.pid, &*format!("mapping {}", parent["memfd"]), "memfd"),
+        (child, "fd 101", "eventfd"),
+        (child, "fd 102", "deleted file"),
+        (child, &*format!("mapping {}", child_info["memfd"]), "memfd"),
+    ];
+    for (pid, thing, kind) in expected {
+        let prefix = format!("process {pid}: ");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with(&prefix) && p.contains(thing) && p.contains(kind)),
+            "no problem line names process {pid}, {thing} ({kind}): {out}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{out}");
+    assert_no_image_written(&v.work, &dir, &["ctl"]);
+
+    // Both run on untouched: the parent (its verify checks its objects and that the child
+    // lives) and the child (which exits if one of its objects changed).
+    assert_left_running(&v);
+    wait_for("the tracer to let go of the child", TIMEOUT, || {
+        (tracer_pid(child) == Some(0)).then_some(())
+    });
+    let ticks = child_ticks();
+    wait_for("the child to tick on", TIMEOUT, || {
+        (child_ticks() > ticks + 3).then_some(())
+    });
+    assert!(
+        matches!(proc_state(child), Some('S' | 'R')),
+        "child {child} is {:?}: {}",
+        proc_state(child),
+        v.stderr_text()
+    );
+
+    // The child dies with its parent (PR_SET_PDEATHSIG) and comes to us, the subreaper.
+    drop(v);
+    reap_pid(child, TIMEOUT).unwrap();
+}

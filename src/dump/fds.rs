@@ -13,11 +13,12 @@ use std::path::Path;
 
 use crate::files::locks;
 use crate::images::{Fd, FileIdentity, FileKind, MappingLock, OpenFileDescription, PosixLock, Vma};
-use crate::proc::{FdTarget, Proc};
+use crate::proc::{FdTarget, OpenFd, Proc};
 use crate::sys;
 
 use super::files::{same_inode, FileTable};
 use super::pipes;
+use super::problems::Problems;
 use super::sockets::Sockets;
 use super::tty;
 use super::DumpError;
@@ -42,23 +43,53 @@ fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
 
 /// Reads every fd of the stopped process (`vmas`, already collected, account for locks held
 /// through mappings). `shell_fds` are the fds that the terminal survey ([`super::tty`])
-/// accepted as the shell's terminal; any other terminal is refused.
+/// accepted as the shell's terminal; any other terminal is refused. Every fd crest cannot dump
+/// is named, all of them in one refusal.
 pub fn collect(
     proc: &Proc,
     files: &mut FileTable,
     vmas: &[Vma],
     shell_fds: &[i32],
 ) -> Result<FdTable, DumpError> {
-    let pid = proc.pid();
-    let mut tty_drivers = None;
-    let mut table = FdTable::default();
-    // (dev, ino) -> descriptions of that inode seen so far, with one fd holding each.
-    let mut by_inode: HashMap<(u64, u64), Vec<(u32, i32)>> = HashMap::new();
-
-    let mut sockets = Sockets::new(pid);
-    let mut lock_collector = locks::Collector::default();
-
+    let mut walk = FdWalk {
+        proc,
+        shell_fds,
+        tty_drivers: None,
+        table: FdTable::default(),
+        by_inode: HashMap::new(),
+        sockets: Sockets::new(proc.pid()),
+        lock_collector: locks::Collector::default(),
+    };
+    let mut problems = Problems::new();
     for entry in proc.fds()? {
+        let added = walk.add_fd(&entry, files);
+        problems.take(added)?;
+    }
+    problems.finish()?;
+    // Whether each pipe is whole in the tree is decided once every process is collected
+    // (shared.rs); until then it is recorded as external.
+    let mut table = walk.table;
+    (table.posix_locks, table.mapping_locks) = walk.lock_collector.finish(proc, vmas)?;
+    Ok(table)
+}
+
+/// The state of one pass over a process's fds.
+struct FdWalk<'a> {
+    proc: &'a Proc,
+    shell_fds: &'a [i32],
+    tty_drivers: Option<Vec<crate::proc::TtyDriver>>,
+    table: FdTable,
+    /// (dev, ino) -> descriptions of that inode seen so far, with one fd holding each.
+    by_inode: HashMap<(u64, u64), Vec<(u32, i32)>>,
+    sockets: Sockets,
+    lock_collector: locks::Collector,
+}
+
+impl FdWalk<'_> {
+    /// Records one fd (`entry`), grouping it with the fds of the same description.
+    fn add_fd(&mut self, entry: &OpenFd, files: &mut FileTable) -> Result<(), DumpError> {
+        let proc = self.proc;
+        let pid = proc.pid();
         let fd = entry.fd;
         let path = match &entry.target {
             FdTarget::Path {
@@ -94,7 +125,8 @@ pub fn collect(
         let md = proc.stat_link(&format!("fd/{fd}"))?;
         let terminal = match &path {
             Some(_) if md.file_type().is_char_device() => {
-                let drivers = tty_drivers
+                let drivers = self
+                    .tty_drivers
                     .get_or_insert_with(|| crate::proc::tty_drivers().unwrap_or_default());
                 tty::classify(drivers, md.rdev()).is_some()
             }
@@ -103,7 +135,7 @@ pub fn collect(
         let idx = match path {
             // Never reopened by path: the shell's terminal becomes the restoring crest's.
             Some(path) if terminal => {
-                if !shell_fds.contains(&fd) {
+                if !self.shell_fds.contains(&fd) {
                     // The survey of the frozen tree refuses these first, with the reason.
                     return Err(DumpError::Terminal {
                         pid,
@@ -137,7 +169,10 @@ pub fn collect(
                 })?
             }
             // Shared by dup'ed fds like any file: one entry per socket inode.
-            None => files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?,
+            None => {
+                let sockets = &mut self.sockets;
+                files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?
+            }
         };
         let info = proc.fdinfo(fd)?;
         let cloexec = info.flags & O_CLOEXEC != 0;
@@ -147,11 +182,12 @@ pub fn collect(
             FdTarget::Pipe(ino) => format!("pipe:[{ino}]"),
             other => format!("{other:?}"),
         };
-        let held = lock_collector.fd(pid, fd, &shown, &files.get(idx).kind, &info.locks)?;
-
+        let held = self
+            .lock_collector
+            .fd(pid, fd, &shown, &files.get(idx).kind, &info.locks)?;
         let key = (md.dev(), md.ino());
         let mut description = None;
-        for &(desc, other_fd) in by_inode.get(&key).into_iter().flatten() {
+        for &(desc, other_fd) in self.by_inode.get(&key).into_iter().flatten() {
             let same =
                 sys::kcmp_same_file(pid, pid, other_fd, fd).map_err(|errno| DumpError::Kcmp {
                     pid,
@@ -167,8 +203,8 @@ pub fn collect(
         let description = match description {
             Some(d) => d,
             None => {
-                let d = table.open_files.len() as u32;
-                table.open_files.push(OpenFileDescription {
+                let d = self.table.open_files.len() as u32;
+                self.table.open_files.push(OpenFileDescription {
                     // Tree-wide ids are given once every process is collected (shared.rs).
                     id: 0,
                     file: idx,
@@ -176,20 +212,17 @@ pub fn collect(
                     pos: info.pos,
                     locks: held,
                 });
-                by_inode.entry(key).or_default().push((d, fd));
+                self.by_inode.entry(key).or_default().push((d, fd));
                 d
             }
         };
-        table.fds.push(Fd {
+        self.table.fds.push(Fd {
             fd,
             description,
             cloexec,
         });
+        Ok(())
     }
-    // Whether each pipe is whole in the tree is decided once every process is collected
-    // (shared.rs); until then it is recorded as external.
-    (table.posix_locks, table.mapping_locks) = lock_collector.finish(proc, vmas)?;
-    Ok(table)
 }
 
 impl FdTable {

@@ -23,6 +23,7 @@ mod hint;
 mod jobctl;
 mod parasite;
 mod pipes;
+mod problems;
 mod process;
 mod seccomp;
 mod shared;
@@ -236,6 +237,12 @@ pub enum DumpError {
          supported yet (run crest inside the process's namespaces)"
     )]
     Namespace { pid: i32, ns: String },
+    #[error(
+        "process {pid}: the leader of its {what} is outside crest's pid namespace (the namespace \
+         shows it as 0), so a restore there could not recreate the {what}; start the process \
+         in a session of its own inside the namespace (setsid)"
+    )]
+    LeaderOutsideNamespace { pid: i32, what: &'static str },
     /// A terminal (fd or controlling terminal) that cannot be restored; `what` says which and
     /// why, naming `--shell-job` where it would help (see `tty.rs`).
     #[error("process {pid}: {what}")]
@@ -466,15 +473,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("freeze");
 
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
+    // Refusals of every process are reported together (each refused process is released as
+    // its collect fails, with its parasite already gone).
     let mut procs = Vec::with_capacity(frozen.processes.len());
+    let mut problems = problems::Problems::new();
     for p in frozen.processes {
-        procs.push(process::collect(
+        procs.extend(problems.take(process::collect(
             p.proc,
             p.frozen,
             &p.shell_fds,
             &mut phases,
-        )?);
+        ))?);
     }
+    problems.finish()?;
     shared::resolve(&mut procs)?;
     phases.end("resolve");
 

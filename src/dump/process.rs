@@ -11,6 +11,7 @@ use crate::proc::{Proc, ProcError};
 use super::fds::{self, FdTable};
 use super::files::FileTable;
 use super::freeze::Frozen;
+use super::problems::Problems;
 use super::{creds, parasite, seccomp, task, threads, vmas, DumpError, Phases};
 
 /// One process's state, as collected while the tree is frozen.
@@ -95,11 +96,25 @@ pub fn collect(
             detail: "no Umask: line (kernel older than 4.7?)".into(),
         })
     })?;
+    // The parasite is out by now: a refusal from here on leaves the process as it was, and
+    // every mapping, fd, the cwd and the exe are looked at, so that all of them are named.
     let mut files = FileTable::default();
-    let vmas = vmas::collect(&proc, &mut files)?;
-    let fd_table = fds::collect(&proc, &mut files, &vmas.vmas, shell_fds)?;
-    let cwd_file = fds::cwd(&proc, &mut files)?;
-    let exe_file = fds::exe(&proc, &mut files)?;
+    let mut problems = Problems::new();
+    let vmas = problems.take(vmas::collect(&proc, &mut files))?;
+    let fd_table = problems.take(fds::collect(
+        &proc,
+        &mut files,
+        vmas.as_ref().map_or(&[][..], |v| &v.vmas[..]),
+        shell_fds,
+    ))?;
+    let cwd_file = problems.take(fds::cwd(&proc, &mut files))?;
+    let exe_file = problems.take(fds::exe(&proc, &mut files))?;
+    let (Some(vmas), Some(fd_table), Some(cwd_file), Some(exe_file)) =
+        (vmas, fd_table, cwd_file, exe_file)
+    else {
+        problems.finish()?;
+        unreachable!("a step without a value recorded a refusal");
+    };
     let rlimits = task::rlimits(&proc)?;
     let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");

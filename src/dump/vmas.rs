@@ -10,6 +10,7 @@ use crate::proc::{MapEntry, MapName, Proc, ProcError, VmFlags};
 use crate::ptrace;
 
 use super::files::{file_kind, same_inode, FileTable};
+use super::problems::Problems;
 use super::DumpError;
 
 /// What the VMA scan found.
@@ -194,82 +195,96 @@ fn mapped_file(
         .map_err(|why| refuse(format!("the mapped file cannot be recorded: {why}")))
 }
 
-/// Walks smaps and builds the VMA list; vdso contents are hashed on the way.
+/// Walks smaps and builds the VMA list; vdso contents are hashed on the way. Every mapping
+/// crest cannot dump is named, all of them in one refusal.
 pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpError> {
-    let pid = proc.pid();
     let maps = proc.smaps()?;
     let mut out = Collected {
         vmas: Vec::with_capacity(maps.len()),
         areas: Vec::new(),
         vdso_blake3: None,
     };
+    let mut problems = Problems::new();
     for m in &maps {
-        let backing = match plan(pid, m)? {
-            Plan::Skip => continue,
-            Plan::Vdso => {
-                out.vdso_blake3 = Some(hash_vdso(pid, m)?);
-                VmaBacking::Vdso
-            }
-            Plan::Vvar => VmaBacking::Vvar,
-            Plan::Anonymous { shared: false } => {
-                out.areas.push(Area {
-                    start: m.start,
-                    end: m.end,
-                    kind: AreaKind::PrivateAnonymous,
-                    readable: m.read,
-                });
-                VmaBacking::Anonymous
-            }
-            Plan::Anonymous { shared: true } => {
-                out.areas.push(Area {
-                    start: m.start,
-                    end: m.end,
-                    kind: AreaKind::SharedAnonymous { offset: m.offset },
-                    readable: m.read,
-                });
-                shmem_object(proc, m)?
-            }
-            Plan::File(path) => {
-                let file = mapped_file(proc, m, &path, files)?;
-                if !m.shared {
-                    out.areas.push(Area {
-                        start: m.start,
-                        end: m.end,
-                        kind: AreaKind::PrivateFile,
-                        readable: m.read,
-                    });
-                }
-                VmaBacking::File {
-                    file,
-                    offset: m.offset,
-                }
-            }
-            Plan::FileContent(path) => {
-                let file = content_file(proc, m, &path, files)?;
-                out.areas.push(Area {
-                    start: m.start,
-                    end: m.end,
-                    kind: AreaKind::SharedFile { offset: m.offset },
-                    readable: m.read,
-                });
-                VmaBacking::File {
-                    file,
-                    offset: m.offset,
-                }
-            }
-        };
-        let flags = flags(pid, m, &backing)?;
-        out.vmas.push(Vma {
-            start: m.start,
-            end: m.end,
-            prot: prot(m),
-            shared: m.shared && !matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar),
-            backing,
-            flags,
-            name: m.display_name.clone(),
-        });
+        problems.take(add_vma(proc, m, files, &mut out))?;
     }
+    problems.finish()?;
     Ok(out)
+}
+
+/// Adds mapping `m` to `out`: its VMA, and the area whose pages are to be saved.
+fn add_vma(
+    proc: &Proc,
+    m: &MapEntry,
+    files: &mut FileTable,
+    out: &mut Collected,
+) -> Result<(), DumpError> {
+    let pid = proc.pid();
+    let backing = match plan(pid, m)? {
+        Plan::Skip => return Ok(()),
+        Plan::Vdso => {
+            out.vdso_blake3 = Some(hash_vdso(pid, m)?);
+            VmaBacking::Vdso
+        }
+        Plan::Vvar => VmaBacking::Vvar,
+        Plan::Anonymous { shared: false } => {
+            out.areas.push(Area {
+                start: m.start,
+                end: m.end,
+                kind: AreaKind::PrivateAnonymous,
+                readable: m.read,
+            });
+            VmaBacking::Anonymous
+        }
+        Plan::Anonymous { shared: true } => {
+            out.areas.push(Area {
+                start: m.start,
+                end: m.end,
+                kind: AreaKind::SharedAnonymous { offset: m.offset },
+                readable: m.read,
+            });
+            shmem_object(proc, m)?
+        }
+        Plan::File(path) => {
+            let file = mapped_file(proc, m, &path, files)?;
+            if !m.shared {
+                out.areas.push(Area {
+                    start: m.start,
+                    end: m.end,
+                    kind: AreaKind::PrivateFile,
+                    readable: m.read,
+                });
+            }
+            VmaBacking::File {
+                file,
+                offset: m.offset,
+            }
+        }
+        Plan::FileContent(path) => {
+            let file = content_file(proc, m, &path, files)?;
+            out.areas.push(Area {
+                start: m.start,
+                end: m.end,
+                kind: AreaKind::SharedFile { offset: m.offset },
+                readable: m.read,
+            });
+            VmaBacking::File {
+                file,
+                offset: m.offset,
+            }
+        }
+    };
+    let flags = flags(pid, m, &backing)?;
+    out.vmas.push(Vma {
+        start: m.start,
+        end: m.end,
+        prot: prot(m),
+        shared: m.shared && !matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar),
+        backing,
+        flags,
+        name: m.display_name.clone(),
+    });
+    Ok(())
 }
 
 /// The shmem object behind a shared anonymous mapping: its inode (the same in every process

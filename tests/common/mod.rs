@@ -109,6 +109,13 @@ pub enum Kind {
     /// two descriptions of a mapped file, OFD locks); `locks --check CTL PID` checks them from
     /// another process, as the victim's verify does from a child.
     Locks,
+    /// Holds known values in every vector register (xmm, ymm or zmm and the AVX-512 mask
+    /// registers, as the CPU has them) while it waits, and checks them on request
+    /// (tests/victims/vregs.c); writes `mode sse|avx|avx512` to `CTL/info`.
+    Vregs,
+    /// Two processes (tests/victims/refused.c) that each hold an eventfd (fd 101), a deleted
+    /// file (fd 102) and a memfd mapping: everything a dump must refuse, named at once.
+    Refused,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -129,6 +136,8 @@ impl Kind {
             Kind::Creds => "creds",
             Kind::Pstate => "pstate",
             Kind::Locks => "locks",
+            Kind::Vregs => "vregs",
+            Kind::Refused => "refused",
             Kind::Java => "java",
         }
     }

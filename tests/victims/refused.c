@@ -1,0 +1,164 @@
+/*
+ * refused: a crest test victim made of two processes that each hold several things crest
+ * refuses: an eventfd, a mapping of a memfd, and an fd of a deleted file. A dump must name
+ * every one of them, of both processes, in one refusal, and leave both running.
+ *
+ *   parent (started by the harness; logs "pid=P n=N" to LOG_FILE, answers verify requests)
+ *   `-- child (logs "pid=C n=N" to CTL/child-log; dies with its parent, PR_SET_PDEATHSIG)
+ *
+ * Each process makes its own objects after the fork, at fds above 100 so the test knows them:
+ * fd 101 an eventfd (counter 7), fd 102 a file that was unlinked (holding "deleted-file-data"),
+ * and a shared mapping of a memfd named "refused-memfd" (then closed, so only the mapping
+ * keeps it). Every tick each process checks its objects; the child exits with status 3 if one
+ * changed, the parent reports it on verify.
+ *
+ * CTL/info: "child PID\nmemfd ADDR\n" (the child's pid and the parent's mapping address; the
+ * child writes its own CTL/child-info "memfd ADDR\n").
+ *
+ * usage: refused CTL_DIR LOG_FILE
+ */
+#include "victim.h"
+
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#define EVENTFD_FD 101
+#define DELETED_FD 102
+static const char deleted_data[] = "deleted-file-data";
+static char *map;
+static long page;
+
+static void move_fd(int fd, int to, const char *what)
+{
+    if (fd < 0)
+        die("%s: %s", what, strerror(errno));
+    if (dup3(fd, to, O_CLOEXEC) != to)
+        die("dup3 %s: %s", what, strerror(errno));
+    close(fd);
+}
+
+/* Makes this process's objects; `tag` tells the files of the two processes apart. */
+static void make_objects(const char *tag)
+{
+    move_fd(eventfd(7, EFD_NONBLOCK | EFD_CLOEXEC), EVENTFD_FD, "eventfd");
+
+    char path[64];
+    snprintf(path, sizeof path, "deleted-%s", tag);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        die("create %s: %s", path, strerror(errno));
+    write_all(fd, deleted_data, sizeof deleted_data, path);
+    if (unlink(path) != 0)
+        die("unlink %s: %s", path, strerror(errno));
+    move_fd(fd, DELETED_FD, "deleted file");
+
+    int mfd = memfd_create("refused-memfd", MFD_CLOEXEC);
+    if (mfd < 0 || ftruncate(mfd, page) != 0)
+        die("memfd: %s", strerror(errno));
+    map = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    if (map == MAP_FAILED)
+        die("mmap memfd: %s", strerror(errno));
+    close(mfd);
+    snprintf(map, page, "memfd of %s", tag);
+}
+
+static void check_objects(const char *tag)
+{
+    uint64_t value = 0;
+    if (read(EVENTFD_FD, &value, sizeof value) != sizeof value || value != 7)
+        fail("eventfd read gives %llu (%s), want 7", (unsigned long long)value, strerror(errno));
+    else if (write(EVENTFD_FD, &value, sizeof value) != sizeof value)
+        fail("eventfd write: %s", strerror(errno));
+    char buf[sizeof deleted_data];
+    if (pread(DELETED_FD, buf, sizeof buf, 0) != sizeof buf || memcmp(buf, deleted_data, sizeof buf))
+        fail("the deleted file's content changed");
+    char want[64];
+    snprintf(want, sizeof want, "memfd of %s", tag);
+    if (strcmp(map, want) != 0)
+        fail("the memfd mapping holds '%.40s', want '%s'", map, want);
+}
+
+static void write_info(const char *dir, const char *name, const char *text)
+{
+    char path[CTL_PATH_MAX], tmp[CTL_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die("create %s: %s", tmp, strerror(errno));
+    write_all(fd, text, strlen(text), tmp);
+    close(fd);
+    if (rename(tmp, path) != 0)
+        die("rename %s: %s", tmp, strerror(errno));
+}
+
+static void log_tick(int fd, unsigned long long n)
+{
+    char line[64];
+    int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
+    write_all(fd, line, (size_t)len, "log");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        die("usage: %s CTL_DIR LOG_FILE", argv[0]);
+    ctl_init(argv[1]);
+    page = sysconf(_SC_PAGESIZE);
+    pid_t parent = getpid();
+    pid_t child = fork();
+    if (child < 0)
+        die("fork: %s", strerror(errno));
+    if (child == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+            die("PR_SET_PDEATHSIG: %s", strerror(errno));
+        if (getppid() != parent)
+            _exit(0);
+        char path[CTL_PATH_MAX];
+        snprintf(path, sizeof path, "%s/child-log", argv[1]);
+        int log_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (log_fd < 0)
+            die("cannot open %s: %s", path, strerror(errno));
+        make_objects("child");
+        char info[64];
+        snprintf(info, sizeof info, "memfd %p\n", (void *)map);
+        write_info(argv[1], "child-info", info);
+        for (unsigned long long n = 1;; n++) {
+            log_tick(log_fd, n);
+            check_objects("child");
+            if (fail_msg[0]) {
+                fprintf(stderr, "child: %s\n", fail_msg);
+                _exit(3);
+            }
+            sleep_ms(20);
+        }
+    }
+
+    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (log_fd < 0)
+        die("cannot open log %s: %s", argv[2], strerror(errno));
+    make_objects("parent");
+    char info[96];
+    snprintf(info, sizeof info, "child %d\nmemfd %p\n", (int)child, (void *)map);
+    write_info(argv[1], "info", info);
+    for (unsigned long long n = 1;; n++) {
+        log_tick(log_fd, n);
+        if (ctl_verify_requested()) {
+            check_objects("parent");
+            int status;
+            if (waitpid(child, &status, WNOHANG) != 0)
+                fail("the child %d has ended", (int)child);
+            ctl_report(n);
+        }
+        int code = ctl_exit_requested();
+        if (code >= 0) {
+            kill(child, SIGKILL);
+            waitpid(child, NULL, 0);
+            exit(code);
+        }
+        sleep_ms(20);
+    }
+}

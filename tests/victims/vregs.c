@@ -1,0 +1,203 @@
+/*
+ * Vector-register victim: holds known values in every SSE/AVX/AVX-512 register (and the
+ * AVX-512 mask registers) while it waits, and checks them on request. A restore that puts back
+ * only part of the XSAVE state (rt_sigreturn falls back to x87/SSE when the signal frame does
+ * not suit the kernel) leaves the registers in their initial state, and this victim says so.
+ *
+ * The registers are loaded and held by hold_registers (assembly below): it loads them from a
+ * pattern, writes the log line for this round (so a test that saw the line knows the registers
+ * are live), then waits in raw syscalls (which preserve every vector register) until
+ * DIR/verify-request exists, and stores them. Nothing in between is compiled C code.
+ *
+ * Usage: vregs CTL_DIR LOG_FILE. Writes DIR/info: "mode sse|avx|avx512".
+ */
+#include "victim.h"
+
+#include <cpuid.h>
+
+enum { MODE_SSE, MODE_AVX, MODE_AVX512 };
+static const char *const mode_names[] = {"sse", "avx", "avx512"};
+
+/* 32 zmm registers of 64 bytes, then k1..k7 as 8-byte words (k0 cannot be loaded). */
+#define ZMM_BYTES (32 * 64)
+#define STATE_BYTES (ZMM_BYTES + 7 * 8)
+
+int hold_mode;
+void hold_registers(const uint64_t *in, uint64_t *out, const char *request, int log_fd,
+                    const char *line, long line_len);
+
+__asm__(".text\n"
+        ".globl hold_registers\n"
+        ".type hold_registers,@function\n"
+        "hold_registers:\n"
+        "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n  push %r14\n  push %r15\n"
+        "  sub $24, %rsp\n"
+        "  mov %rdi, %r12\n  mov %rsi, %r13\n  mov %rdx, %r14\n"
+        "  mov %ecx, %r15d\n  mov %r8, %rbx\n  mov %r9, %rbp\n"
+        "  cmpl $2, hold_mode(%rip)\n  je 3f\n"
+        "  cmpl $1, hold_mode(%rip)\n  je 2f\n"
+        /* SSE: xmm0..xmm15 */
+        "  movdqu 0(%r12), %xmm0\n  movdqu 16(%r12), %xmm1\n  movdqu 32(%r12), %xmm2\n"
+        "  movdqu 48(%r12), %xmm3\n  movdqu 64(%r12), %xmm4\n  movdqu 80(%r12), %xmm5\n"
+        "  movdqu 96(%r12), %xmm6\n  movdqu 112(%r12), %xmm7\n  movdqu 128(%r12), %xmm8\n"
+        "  movdqu 144(%r12), %xmm9\n  movdqu 160(%r12), %xmm10\n  movdqu 176(%r12), %xmm11\n"
+        "  movdqu 192(%r12), %xmm12\n  movdqu 208(%r12), %xmm13\n  movdqu 224(%r12), %xmm14\n"
+        "  movdqu 240(%r12), %xmm15\n"
+        "  jmp 4f\n"
+        /* AVX: ymm0..ymm15 */
+        "2:\n"
+        "  vmovdqu 0(%r12), %ymm0\n  vmovdqu 32(%r12), %ymm1\n  vmovdqu 64(%r12), %ymm2\n"
+        "  vmovdqu 96(%r12), %ymm3\n  vmovdqu 128(%r12), %ymm4\n  vmovdqu 160(%r12), %ymm5\n"
+        "  vmovdqu 192(%r12), %ymm6\n  vmovdqu 224(%r12), %ymm7\n  vmovdqu 256(%r12), %ymm8\n"
+        "  vmovdqu 288(%r12), %ymm9\n  vmovdqu 320(%r12), %ymm10\n  vmovdqu 352(%r12), %ymm11\n"
+        "  vmovdqu 384(%r12), %ymm12\n  vmovdqu 416(%r12), %ymm13\n  vmovdqu 448(%r12), %ymm14\n"
+        "  vmovdqu 480(%r12), %ymm15\n"
+        "  jmp 4f\n"
+        /* AVX-512: zmm0..zmm31, k1..k7 */
+        "3:\n"
+        "  vmovdqu64 0(%r12), %zmm0\n  vmovdqu64 64(%r12), %zmm1\n  vmovdqu64 128(%r12), %zmm2\n"
+        "  vmovdqu64 192(%r12), %zmm3\n  vmovdqu64 256(%r12), %zmm4\n  vmovdqu64 320(%r12), %zmm5\n"
+        "  vmovdqu64 384(%r12), %zmm6\n  vmovdqu64 448(%r12), %zmm7\n  vmovdqu64 512(%r12), %zmm8\n"
+        "  vmovdqu64 576(%r12), %zmm9\n  vmovdqu64 640(%r12), %zmm10\n  vmovdqu64 704(%r12), %zmm11\n"
+        "  vmovdqu64 768(%r12), %zmm12\n  vmovdqu64 832(%r12), %zmm13\n  vmovdqu64 896(%r12), %zmm14\n"
+        "  vmovdqu64 960(%r12), %zmm15\n  vmovdqu64 1024(%r12), %zmm16\n  vmovdqu64 1088(%r12), %zmm17\n"
+        "  vmovdqu64 1152(%r12), %zmm18\n  vmovdqu64 1216(%r12), %zmm19\n  vmovdqu64 1280(%r12), %zmm20\n"
+        "  vmovdqu64 1344(%r12), %zmm21\n  vmovdqu64 1408(%r12), %zmm22\n  vmovdqu64 1472(%r12), %zmm23\n"
+        "  vmovdqu64 1536(%r12), %zmm24\n  vmovdqu64 1600(%r12), %zmm25\n  vmovdqu64 1664(%r12), %zmm26\n"
+        "  vmovdqu64 1728(%r12), %zmm27\n  vmovdqu64 1792(%r12), %zmm28\n  vmovdqu64 1856(%r12), %zmm29\n"
+        "  vmovdqu64 1920(%r12), %zmm30\n  vmovdqu64 1984(%r12), %zmm31\n"
+        "  kmovw 2048(%r12), %k1\n  kmovw 2056(%r12), %k2\n  kmovw 2064(%r12), %k3\n"
+        "  kmovw 2072(%r12), %k4\n  kmovw 2080(%r12), %k5\n  kmovw 2088(%r12), %k6\n"
+        "  kmovw 2096(%r12), %k7\n"
+        /* The registers are live: say so in the log, then wait for a verify request. */
+        "4:\n"
+        "  mov $1, %eax\n  mov %r15d, %edi\n  mov %rbx, %rsi\n  mov %rbp, %rdx\n  syscall\n"
+        "5:\n"
+        "  mov $21, %eax\n  mov %r14, %rdi\n  xor %esi, %esi\n  syscall\n" /* access(F_OK) */
+        "  test %rax, %rax\n  jz 6f\n"
+        "  movq $0, 0(%rsp)\n  movq $20000000, 8(%rsp)\n"
+        "  mov $35, %eax\n  mov %rsp, %rdi\n  xor %esi, %esi\n  syscall\n" /* nanosleep */
+        "  jmp 5b\n"
+        "6:\n"
+        "  cmpl $2, hold_mode(%rip)\n  je 8f\n"
+        "  cmpl $1, hold_mode(%rip)\n  je 7f\n"
+        "  movdqu %xmm0, 0(%r13)\n  movdqu %xmm1, 16(%r13)\n  movdqu %xmm2, 32(%r13)\n"
+        "  movdqu %xmm3, 48(%r13)\n  movdqu %xmm4, 64(%r13)\n  movdqu %xmm5, 80(%r13)\n"
+        "  movdqu %xmm6, 96(%r13)\n  movdqu %xmm7, 112(%r13)\n  movdqu %xmm8, 128(%r13)\n"
+        "  movdqu %xmm9, 144(%r13)\n  movdqu %xmm10, 160(%r13)\n  movdqu %xmm11, 176(%r13)\n"
+        "  movdqu %xmm12, 192(%r13)\n  movdqu %xmm13, 208(%r13)\n  movdqu %xmm14, 224(%r13)\n"
+        "  movdqu %xmm15, 240(%r13)\n"
+        "  jmp 9f\n"
+        "7:\n"
+        "  vmovdqu %ymm0, 0(%r13)\n  vmovdqu %ymm1, 32(%r13)\n  vmovdqu %ymm2, 64(%r13)\n"
+        "  vmovdqu %ymm3, 96(%r13)\n  vmovdqu %ymm4, 128(%r13)\n  vmovdqu %ymm5, 160(%r13)\n"
+        "  vmovdqu %ymm6, 192(%r13)\n  vmovdqu %ymm7, 224(%r13)\n  vmovdqu %ymm8, 256(%r13)\n"
+        "  vmovdqu %ymm9, 288(%r13)\n  vmovdqu %ymm10, 320(%r13)\n  vmovdqu %ymm11, 352(%r13)\n"
+        "  vmovdqu %ymm12, 384(%r13)\n  vmovdqu %ymm13, 416(%r13)\n  vmovdqu %ymm14, 448(%r13)\n"
+        "  vmovdqu %ymm15, 480(%r13)\n"
+        "  vzeroupper\n"
+        "  jmp 9f\n"
+        "8:\n"
+        "  vmovdqu64 %zmm0, 0(%r13)\n  vmovdqu64 %zmm1, 64(%r13)\n  vmovdqu64 %zmm2, 128(%r13)\n"
+        "  vmovdqu64 %zmm3, 192(%r13)\n  vmovdqu64 %zmm4, 256(%r13)\n  vmovdqu64 %zmm5, 320(%r13)\n"
+        "  vmovdqu64 %zmm6, 384(%r13)\n  vmovdqu64 %zmm7, 448(%r13)\n  vmovdqu64 %zmm8, 512(%r13)\n"
+        "  vmovdqu64 %zmm9, 576(%r13)\n  vmovdqu64 %zmm10, 640(%r13)\n  vmovdqu64 %zmm11, 704(%r13)\n"
+        "  vmovdqu64 %zmm12, 768(%r13)\n  vmovdqu64 %zmm13, 832(%r13)\n  vmovdqu64 %zmm14, 896(%r13)\n"
+        "  vmovdqu64 %zmm15, 960(%r13)\n  vmovdqu64 %zmm16, 1024(%r13)\n  vmovdqu64 %zmm17, 1088(%r13)\n"
+        "  vmovdqu64 %zmm18, 1152(%r13)\n  vmovdqu64 %zmm19, 1216(%r13)\n  vmovdqu64 %zmm20, 1280(%r13)\n"
+        "  vmovdqu64 %zmm21, 1344(%r13)\n  vmovdqu64 %zmm22, 1408(%r13)\n  vmovdqu64 %zmm23, 1472(%r13)\n"
+        "  vmovdqu64 %zmm24, 1536(%r13)\n  vmovdqu64 %zmm25, 1600(%r13)\n  vmovdqu64 %zmm26, 1664(%r13)\n"
+        "  vmovdqu64 %zmm27, 1728(%r13)\n  vmovdqu64 %zmm28, 1792(%r13)\n  vmovdqu64 %zmm29, 1856(%r13)\n"
+        "  vmovdqu64 %zmm30, 1920(%r13)\n  vmovdqu64 %zmm31, 1984(%r13)\n"
+        "  kmovw %k1, 2048(%r13)\n  kmovw %k2, 2056(%r13)\n  kmovw %k3, 2064(%r13)\n"
+        "  kmovw %k4, 2072(%r13)\n  kmovw %k5, 2080(%r13)\n  kmovw %k6, 2088(%r13)\n"
+        "  kmovw %k7, 2096(%r13)\n"
+        "  vzeroupper\n"
+        "9:\n"
+        "  add $24, %rsp\n"
+        "  pop %r15\n  pop %r14\n  pop %r13\n  pop %r12\n  pop %rbp\n  pop %rbx\n"
+        "  ret\n"
+        ".size hold_registers, .-hold_registers\n");
+
+static int detect_mode(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)) || !(c & (1u << 28)))
+        return MODE_SSE; /* no OSXSAVE or no AVX */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0x6) != 0x6)
+        return MODE_SSE;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 16)) && (lo & 0xe0) == 0xe0)
+        return MODE_AVX512;
+    return MODE_AVX;
+}
+
+/* Bytes of register state the mode holds, and the name of the register at a byte offset. */
+static size_t mode_bytes(int mode)
+{
+    return mode == MODE_AVX512 ? STATE_BYTES : mode == MODE_AVX ? 16 * 32 : 16 * 16;
+}
+
+static void describe(int mode, size_t off, char *buf, size_t len)
+{
+    if (mode == MODE_AVX512 && off >= ZMM_BYTES)
+        snprintf(buf, len, "k%zu", (off - ZMM_BYTES) / 8 + 1);
+    else {
+        size_t width = mode == MODE_AVX512 ? 64 : mode == MODE_AVX ? 32 : 16;
+        snprintf(buf, len, "%s%zu bytes %zu..%zu", mode == MODE_AVX512 ? "zmm" : mode == MODE_AVX ? "ymm" : "xmm",
+                 off / width, off % width / 8 * 8, off % width / 8 * 8 + 7);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        die("usage: %s CTL_DIR LOG_FILE", argv[0]);
+    ctl_init(argv[1]);
+    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (log_fd < 0)
+        die("cannot open log %s: %s", argv[2], strerror(errno));
+    hold_mode = detect_mode();
+
+    char info[64], info_path[CTL_PATH_MAX], info_tmp[CTL_PATH_MAX];
+    int n = snprintf(info, sizeof info, "mode %s\n", mode_names[hold_mode]);
+    snprintf(info_path, sizeof info_path, "%s/info", argv[1]);
+    snprintf(info_tmp, sizeof info_tmp, "%s/info.tmp", argv[1]);
+    int ifd = open(info_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (ifd < 0)
+        die("create %s: %s", info_tmp, strerror(errno));
+    write_all(ifd, info, (size_t)n, info_tmp);
+    close(ifd);
+    if (rename(info_tmp, info_path) != 0)
+        die("rename %s: %s", info_tmp, strerror(errno));
+
+    static uint64_t want[STATE_BYTES / 8], got[STATE_BYTES / 8];
+    size_t words = mode_bytes(hold_mode) / 8;
+    char line[128];
+    for (unsigned long long counter = 1;; counter++) {
+        random_fill(want, words, (uint64_t)getpid(), counter);
+        if (hold_mode == MODE_AVX512) /* kmovw loads 16 bits */
+            for (size_t i = ZMM_BYTES / 8; i < words; i++)
+                want[i] &= 0xffff;
+        memset(got, 0, sizeof got);
+        n = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), counter);
+        hold_registers(want, got, ctl_request, log_fd, line, n);
+        unlink(ctl_request);
+        if (hold_mode == MODE_AVX512)
+            for (size_t i = ZMM_BYTES / 8; i < words; i++)
+                got[i] &= 0xffff;
+        for (size_t i = 0; i < words; i++)
+            if (got[i] != want[i]) {
+                char what[64];
+                describe(hold_mode, i * 8, what, sizeof what);
+                fail("%s is %#llx, want %#llx", what, (unsigned long long)got[i],
+                     (unsigned long long)want[i]);
+                break;
+            }
+        ctl_report(counter);
+        int code = ctl_exit_requested();
+        if (code >= 0)
+            exit(code);
+    }
+}
