@@ -790,3 +790,69 @@ fn jdk17_three_copies_in_pid_namespaces_answer() {
 fn jdk25_three_copies_in_pid_namespaces_answer() {
     three_jvm_copies_in_pid_namespaces(25);
 }
+
+/// A JVM that started a child with ProcessBuilder and talks to it through pipes: the dump
+/// takes both, the restore brings both back under their pids, the JVM still the child's
+/// parent, and the round trips go on with none lost, three times in a row.
+fn jvm_with_a_child_process(version: u32) {
+    let Some(jdk) = Jdk::find(version) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+    let mut v = Jvm(Victim::start_program(
+        Kind::Java,
+        &jdk.bin("java"),
+        &[
+            OsStr::new(XMX),
+            OsStr::new("-cp"),
+            classes.as_os_str(),
+            OsStr::new("ChildTalk"),
+        ],
+        |cmd| {
+            cmd.env_remove("JAVA_TOOL_OPTIONS")
+                .env_remove("_JAVA_OPTIONS")
+                .env_remove("JDK_JAVA_OPTIONS");
+        },
+    ));
+    // Forked by the thread running main, not by the leader: look at every thread's children.
+    let child = wait_for("the JVM's child", JVM_TIMEOUT, || {
+        let tasks = procfs::process::Process::new(v.pid).ok()?.tasks().ok()?;
+        tasks
+            .flatten()
+            .filter_map(|t| t.children().ok())
+            .flatten()
+            .map(|c| c as i32)
+            .next()
+    });
+    for n in 1..=3 {
+        let ctx = format!("JDK {version}, cycle {n}");
+        let dir = v.work.join(format!("img{n}"));
+        let at = v.last_logged();
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        reap_pid(child, JVM_TIMEOUT).unwrap_or_else(|e| panic!("{ctx}: the child: {e}"));
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        v.wait_logging_after(at + 20);
+        let ppid = procfs::process::Process::new(child)
+            .and_then(|p| p.stat())
+            .map(|s| s.ppid)
+            .unwrap_or_else(|e| panic!("{ctx}: the child {child} is not back: {e}"));
+        assert_eq!(ppid, v.pid, "{ctx}: the child's parent");
+        v.assert_log_consecutive();
+        let _ = fs::remove_dir_all(&dir);
+    }
+    let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    let _ = reap_pid(child, JVM_TIMEOUT);
+}
+
+#[test]
+fn jdk17_jvm_with_a_child_process_keeps_talking_to_it() {
+    jvm_with_a_child_process(17);
+}
+
+#[test]
+fn jdk25_jvm_with_a_child_process_keeps_talking_to_it() {
+    jvm_with_a_child_process(25);
+}
