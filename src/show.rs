@@ -875,6 +875,10 @@ fn unix_socket_text(path: &str, s: &crate::images::UnixSocket) -> String {
             "unix {ty} socket, peer closed, {} unread bytes",
             queued.len()
         ),
+        UnixSocketState::Connected { peer, queued } => format!(
+            "unix {ty} socket, connected to socket {peer} of the tree, {} unread bytes",
+            queued.len()
+        ),
         UnixSocketState::Listening { backlog, removed } => format!(
             "unix {ty} socket listening on {path}{} (backlog {backlog})",
             if *removed { " (removed)" } else { "" }

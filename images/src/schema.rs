@@ -677,6 +677,11 @@ pub enum UnixSocketState {
     /// file; writes fail with EPIPE. Restored as a fresh pair whose other end writes `queued`
     /// and is closed.
     PeerClosed { queued: Vec<u8> },
+    /// One end of a connected pair (socketpair(2)) whose other end, socket inode `peer`, is
+    /// also held in the tree (by this process or another). Restored as a fresh pair shared the
+    /// same way; `queued` is what the peer sent and this end has not read yet (stream sockets
+    /// only).
+    Connected { peer: u64, queued: Vec<u8> },
     /// Bound to [`FileIdentity::path`] and listening, with no connection waiting to be
     /// accepted (a dump refuses one that has some). `backlog` is the listen(2) backlog the
     /// kernel reported (sock_diag `UNIX_DIAG_RQLEN`).

@@ -328,7 +328,7 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
                     ));
                 }
             }
-            UnixSocketState::PeerClosed { queued } => {
+            UnixSocketState::PeerClosed { queued } | UnixSocketState::Connected { queued, .. } => {
                 if !queued.is_empty() && s.sock_type != UNIX_SOCK_STREAM {
                     return Err(format!(
                         "file {i} is a UNIX socket of type {} with queued bytes (only stream \

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::images::{FileKind, Pipe, VmaBacking};
+use crate::images::{FileKind, Pipe, UnixSocket, UnixSocketState, VmaBacking};
 use crate::pages::AreaKind;
 use crate::sys::{self, Kcmp};
 
@@ -23,6 +23,7 @@ use super::DumpError;
 /// Resolves everything the processes of `procs` (in tree order) share.
 pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
     refuse_shared_tables(procs)?;
+    refuse_peers_outside(procs)?;
     assign_description_ids(procs)?;
     classify_pipes(procs)?;
     store_shared_memory_once(procs);
@@ -57,6 +58,42 @@ fn refuse_shared_tables(procs: &[CollectedProcess]) -> Result<(), DumpError> {
                             errno,
                         })
                     }
+                }
+            }
+        }
+    }
+    DumpError::refused(problems)
+}
+
+/// A connected UNIX socket whose peer no process of the tree holds (a connection to a server
+/// or client outside the tree) cannot be recreated: refused, naming the pid and fd.
+fn refuse_peers_outside(procs: &[CollectedProcess]) -> Result<(), DumpError> {
+    let sockets: HashSet<u64> = procs
+        .iter()
+        .flat_map(|p| p.fd_table.open_files.iter().map(|d| p.files.get(d.file)))
+        .filter(|f| matches!(f.kind, FileKind::UnixSocket(_)))
+        .map(|f| f.ino)
+        .collect();
+    let mut problems = Vec::new();
+    for p in procs {
+        for f in &p.fd_table.fds {
+            let ident = p.description_file(f.description);
+            if let FileKind::UnixSocket(UnixSocket {
+                state: UnixSocketState::Connected { peer, .. },
+                ..
+            }) = &ident.kind
+            {
+                if !sockets.contains(peer) {
+                    problems.push(DumpError::UnsupportedFd {
+                        pid: p.pid(),
+                        fd: f.fd,
+                        what: format!(
+                            "a UNIX socket (inode {}) connected to socket inode {peer}, which \
+                             no process of the tree holds (a connection to a process outside \
+                             the tree)",
+                            ident.ino
+                        ),
+                    });
                 }
             }
         }

@@ -25,6 +25,8 @@ pub struct TreeFiles {
     pipes: super::pipes::Pipes,
     /// Descriptors the caller hands in for files of the image (`--inherit-fd`), by resource.
     inherited: Vec<(String, OwnedFd)>,
+    /// UNIX socket pairs whose ends are in the tree.
+    pub pairs: super::sockets::Pairs,
 }
 
 /// `--inherit-fd fd[N]:RESOURCE`: crest's own descriptor N takes the place of the file the
@@ -213,7 +215,7 @@ pub fn open_all(
         let ident = file_at(p, ofd.file)?;
         let fd = match &ident.kind {
             FileKind::UnixSocket(sock) => above(
-                super::sockets::create(ident, sock, ofd.flags)?,
+                super::sockets::create(ident, sock, ofd.flags, &mut tree.pairs)?,
                 base,
                 "a UNIX socket",
             )?,

@@ -163,6 +163,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &shmem,
             )?);
         }
+        shared.pairs.check_complete()?;
         // Each process holds its own descriptor of what it shares; crest's are closed here.
         opened
     };

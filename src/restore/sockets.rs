@@ -11,6 +11,7 @@
 //!   the recorded backlog. A thread that was blocked in accept(2) on it re-enters accept on the
 //!   new socket (the syscall restarts).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -25,11 +26,13 @@ pub fn create(
     ident: &FileIdentity,
     s: &UnixSocket,
     status_flags: u32,
+    pairs: &mut Pairs,
 ) -> Result<OwnedFd, RestoreError> {
     let ty = s.sock_type as i32;
     let sock = match &s.state {
         UnixSocketState::Unconnected => socket(ty)?,
         UnixSocketState::PeerClosed { queued } => peer_closed(ty, queued)?,
+        UnixSocketState::Connected { peer, queued } => pairs.end(ty, ident.ino, *peer, queued)?,
         UnixSocketState::Listening { backlog, removed } => {
             listening(ty, &ident.path, ident.mode, *backlog, *removed)?
         }
@@ -41,6 +44,90 @@ pub fn create(
         }
     }
     Ok(sock)
+}
+
+/// The socket pairs of a tree, made once for both ends: when the first end of a pair is
+/// created, the other end waits here (with a way to queue what it had unread) for its own
+/// description.
+#[derive(Default)]
+pub struct Pairs {
+    /// By the waiting end's inode at dump time: that end, and a descriptor of the end already
+    /// handed out, through which the waiting end's unread bytes are sent.
+    waiting: HashMap<u64, (OwnedFd, OwnedFd)>,
+}
+
+impl Pairs {
+    /// The end `ino` of the pair it forms with `peer`; `queued` is what it had not read.
+    fn end(
+        &mut self,
+        ty: i32,
+        ino: u64,
+        peer: u64,
+        queued: &[u8],
+    ) -> Result<OwnedFd, RestoreError> {
+        if let Some((mine, other)) = self.waiting.remove(&ino) {
+            send_all(&other, queued)?;
+            return Ok(mine);
+        }
+        let (mine, theirs) = pair(ty)?;
+        send_all(&theirs, queued)?;
+        let sender = mine.try_clone().map_err(|e| RestoreError::Os {
+            what: "duplicating one end of a UNIX socket pair".into(),
+            source: e,
+        })?;
+        self.waiting.insert(peer, (theirs, sender));
+        Ok(mine)
+    }
+
+    /// Ends whose peer never came: the image named a peer no process holds.
+    pub fn check_complete(&self) -> Result<(), RestoreError> {
+        match self.waiting.keys().next() {
+            None => Ok(()),
+            Some(ino) => Err(RestoreError::BadImage(format!(
+                "a UNIX socket is connected to socket inode {ino}, which no process of the image \
+                 holds"
+            ))),
+        }
+    }
+}
+
+fn pair(ty: i32) -> Result<(OwnedFd, OwnedFd), RestoreError> {
+    let mut pair = [-1; 2];
+    // SAFETY: pair has room for the two descriptors socketpair writes.
+    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } < 0
+    {
+        return Err(os(&format!("creating a UNIX socket pair of type {ty}")));
+    }
+    // SAFETY: both are fresh descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) })
+}
+
+/// Sends `bytes` through `sock`, all of them (the pair's buffer holds what it held before).
+fn send_all(sock: &OwnedFd, bytes: &[u8]) -> Result<(), RestoreError> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        // SAFETY: rest is a readable slice; MSG_NOSIGNAL keeps a failure from raising SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(os(&format!(
+                "queueing the {} unread bytes of a UNIX socket (after {sent})",
+                bytes.len()
+            )));
+        }
+        sent += n as usize;
+    }
+    Ok(())
 }
 
 fn os(what: &str) -> RestoreError {
@@ -62,37 +149,8 @@ fn socket(ty: i32) -> Result<OwnedFd, RestoreError> {
 
 /// One end of a fresh pair whose other end sent `queued` and was closed.
 fn peer_closed(ty: i32, queued: &[u8]) -> Result<OwnedFd, RestoreError> {
-    let mut pair = [-1; 2];
-    // SAFETY: pair has room for the two descriptors socketpair writes.
-    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } < 0
-    {
-        return Err(os(&format!("creating a UNIX socket pair of type {ty}")));
-    }
-    // SAFETY: both are fresh descriptors we own.
-    let (keep, other) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
-    let mut sent = 0;
-    while sent < queued.len() {
-        let rest = &queued[sent..];
-        // SAFETY: rest is a readable slice; MSG_NOSIGNAL keeps a failure from raising SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                other.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(os(&format!(
-                "queueing the {} unread bytes of a UNIX socket (after {sent})",
-                queued.len()
-            )));
-        }
-        sent += n as usize;
-    }
+    let (keep, other) = pair(ty)?;
+    send_all(&other, queued)?;
     drop(other);
     Ok(keep)
 }
@@ -275,7 +333,13 @@ mod tests {
         let s = sock(UnixSocketState::PeerClosed {
             queued: b"queued".to_vec(),
         });
-        let fd = create(&ident("", 0o140777), &s, libc::O_RDWR as u32).unwrap();
+        let fd = create(
+            &ident("", 0o140777),
+            &s,
+            libc::O_RDWR as u32,
+            &mut Pairs::default(),
+        )
+        .unwrap();
         let mut stream = UnixStream::from(fd);
         let mut got = Vec::new();
         stream.read_to_end(&mut got).unwrap();
@@ -291,6 +355,7 @@ mod tests {
             &ident("", 0o140777),
             &s,
             (libc::O_RDWR | libc::O_NONBLOCK) as u32,
+            &mut Pairs::default(),
         )
         .unwrap();
         // SAFETY: F_GETFL on a descriptor we own.
@@ -309,7 +374,13 @@ mod tests {
             backlog: 5,
             removed: false,
         });
-        let fd = create(&ident(p, 0o140600), &s, libc::O_RDWR as u32).unwrap();
+        let fd = create(
+            &ident(p, 0o140600),
+            &s,
+            libc::O_RDWR as u32,
+            &mut Pairs::default(),
+        )
+        .unwrap();
         let md = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(md.permissions().mode() & 0o7777, 0o600);
         let listener = UnixListener::from(fd);
@@ -321,7 +392,9 @@ mod tests {
         assert_eq!(&b, b"!");
 
         // Now someone listens there: a second restore must not steal the path.
-        let err = create(&ident(p, 0o140600), &s, 0).unwrap_err().to_string();
+        let err = create(&ident(p, 0o140600), &s, 0, &mut Pairs::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("another process is listening"), "{err}");
         drop(listener);
     }
@@ -335,9 +408,14 @@ mod tests {
             backlog: 5,
             removed: false,
         });
-        let err = create(&ident(path.to_str().unwrap(), 0o140600), &s, 0)
-            .unwrap_err()
-            .to_string();
+        let err = create(
+            &ident(path.to_str().unwrap(), 0o140600),
+            &s,
+            0,
+            &mut Pairs::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"data");
     }
@@ -350,7 +428,13 @@ mod tests {
             backlog: 3,
             removed: true,
         });
-        let fd = create(&ident(path.to_str().unwrap(), 0o140600), &s, 0).unwrap();
+        let fd = create(
+            &ident(path.to_str().unwrap(), 0o140600),
+            &s,
+            0,
+            &mut Pairs::default(),
+        )
+        .unwrap();
         assert!(!path.exists());
         let (mut v, mut len) = (0i32, 4 as libc::socklen_t);
         // SAFETY: getsockopt of an int into a valid buffer.
@@ -364,5 +448,45 @@ mod tests {
             )
         };
         assert_eq!((r, v), (0, 1), "listening");
+    }
+
+    #[test]
+    fn a_pair_comes_back_connected_with_each_end_s_unread_bytes() {
+        use std::io::{Read, Write};
+        let mut pairs = Pairs::default();
+        let a = UnixSocket {
+            sock_type: libc::SOCK_STREAM as u32,
+            state: UnixSocketState::Connected {
+                peer: 20,
+                queued: b"for a".to_vec(),
+            },
+        };
+        let b = UnixSocket {
+            sock_type: libc::SOCK_STREAM as u32,
+            state: UnixSocketState::Connected {
+                peer: 10,
+                queued: b"for b".to_vec(),
+            },
+        };
+        let mut id_a = ident("", 0o140777);
+        id_a.ino = 10;
+        let mut id_b = ident("", 0o140777);
+        id_b.ino = 20;
+        let fa = create(&id_a, &a, libc::O_RDWR as u32, &mut pairs).unwrap();
+        assert!(pairs.check_complete().is_err(), "b is still waiting");
+        let fb = create(&id_b, &b, libc::O_RDWR as u32, &mut pairs).unwrap();
+        pairs.check_complete().unwrap();
+        let (mut sa, mut sb) = (
+            std::os::unix::net::UnixStream::from(fa),
+            std::os::unix::net::UnixStream::from(fb),
+        );
+        let mut buf = [0u8; 5];
+        sa.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"for a");
+        sb.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"for b");
+        sa.write_all(b"ping!").unwrap();
+        sb.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping!");
     }
 }

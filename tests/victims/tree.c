@@ -3,7 +3,7 @@
  *
  *   root (started in its own session by the harness)
  *   |-- A   same session and group as the root; answers the root's pings through two pipes
- *   |-- B   same session, its own process group
+ *   |-- B   same session, its own process group; answers the root's pings through a socket pair
  *   |-- C   a new session (setsid)
  *   |   |-- D   C's session, its own group
  *   |   `-- E   C's session and group
@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 enum { A, B, C, D, E, NLIVE };
@@ -41,6 +42,7 @@ struct shared {
 static struct shared *shm;
 static int records_fd;
 static int ping_w, pong_r; /* root's ends */
+static int sock_root, sock_b; /* a socket pair: the root's end and B's */
 
 static void record(unsigned long long seq)
 {
@@ -101,6 +103,8 @@ static void body_a(void)
 {
     close(ping_w);
     close(pong_r);
+    close(sock_root);
+    close(sock_b);
     child_loop(A, root_pid, getpgrp(), getsid(0), a_ping_r, a_pong_w);
 }
 
@@ -108,9 +112,10 @@ static void body_b(void)
 {
     close(a_ping_r);
     close(a_pong_w);
+    close(sock_root);
     if (setpgid(0, 0) != 0)
         die("B setpgid: %s", strerror(errno));
-    child_loop(B, root_pid, getpid(), getsid(0), -1, -1);
+    child_loop(B, root_pid, getpid(), getsid(0), sock_b, sock_b);
 }
 
 static pid_t c_pid;
@@ -128,6 +133,8 @@ static void body_c(void)
 {
     close(a_ping_r);
     close(a_pong_w);
+    close(sock_root);
+    close(sock_b);
     if (setsid() < 0)
         die("C setsid: %s", strerror(errno));
     c_pid = getpid();
@@ -178,20 +185,20 @@ static void check_children_tick(void)
             fail("child %s (pid %d) does not tick in the shared memory", names[i], (int)pids[i]);
 }
 
-static void check_ping(unsigned v)
+static void check_ping(int out, int in, const char *who, unsigned v)
 {
-    write_all(ping_w, (const char *)&v, sizeof v, "ping");
+    write_all(out, (const char *)&v, sizeof v, "ping");
     for (int waited = 0; waited < 2000; waited += 2) {
         unsigned got;
-        ssize_t n = read(pong_r, &got, sizeof got);
+        ssize_t n = read(in, &got, sizeof got);
         if (n == (ssize_t)sizeof got) {
             if (got != v + 1)
-                fail("A answered ping %u with %u", v, got);
+                fail("%s answered ping %u with %u", who, v, got);
             return;
         }
         sleep_ms(2);
     }
-    fail("A did not answer ping %u through the pipes", v);
+    fail("%s did not answer ping %u", who, v);
 }
 
 static void check_zombie(int reap)
@@ -226,6 +233,11 @@ int main(int argc, char **argv)
     int ping[2], pong[2];
     if (pipe2(ping, O_NONBLOCK) != 0 || pipe2(pong, O_NONBLOCK) != 0)
         die("pipe: %s", strerror(errno));
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) != 0)
+        die("socketpair: %s", strerror(errno));
+    sock_root = sv[0];
+    sock_b = sv[1];
     ping_w = ping[1];
     a_ping_r = ping[0];
     a_pong_w = pong[1];
@@ -237,6 +249,7 @@ int main(int argc, char **argv)
     close(a_ping_r);
     close(a_pong_w);
     pids[B] = spawn(body_b);
+    close(sock_b);
     pids[C] = spawn(body_c);
     zombie = spawn(body_z);
     for (int waited = 0; !shm->why[C][0]; waited++) {
@@ -273,7 +286,8 @@ int main(int argc, char **argv)
                 if (shm->problem[i])
                     fail("%s", shm->why[i]);
             check_children_tick();
-            check_ping((unsigned)n);
+            check_ping(ping_w, pong_r, "A (through the pipes)", (unsigned)n);
+            check_ping(sock_root, sock_root, "B (through the socket pair)", (unsigned)n);
             snprintf(path, sizeof path, "%s/final", argv[1]);
             int final = access(path, F_OK) == 0;
             if (!zombie_reaped)
