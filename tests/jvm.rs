@@ -706,7 +706,8 @@ fn three_jvm_copies_in_pid_namespaces(version: u32) {
     let dir = v.work.join("img");
     dump(v.pid, &dir, true).assert_ok();
 
-    let mut copies = Vec::new();
+    // The three restores run at once.
+    let mut running = Vec::new();
     for i in 1..=3 {
         let log = v.work.join(format!("copy-{i}.log"));
         let file = File::create(&log).unwrap();
@@ -724,19 +725,28 @@ fn three_jvm_copies_in_pid_namespaces(version: u32) {
             "-D".as_ref(),
             dir.as_os_str(),
         ];
-        spawn_crest_with(args, |cmd| {
+        let crest = spawn_crest_with(args, |cmd| {
             // SAFETY: dup2 in the forked child before exec is async-signal-safe.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(raw, 9) < 0 {
+                    // dup2 onto itself would leave close-on-exec set.
+                    let r = if raw == 9 {
+                        libc::fcntl(9, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(raw, 9)
+                    };
+                    if r < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
                 });
             }
-        })
-        .wait(CREST_TIMEOUT)
-        .assert_ok();
+        });
+        running.push((crest, file, pidfile, log));
+    }
+    let mut copies = Vec::new();
+    for (crest, file, pidfile, log) in running {
+        crest.wait(CREST_TIMEOUT).assert_ok();
         drop(file);
         let pid: i32 = fs::read_to_string(&pidfile)
             .unwrap()

@@ -55,7 +55,13 @@ fn restore_copy(dir: &Path, resource: &Path, out: &Path, pidfile: &Path) -> i32 
         // SAFETY: dup2 in the forked child before exec is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(raw, 9) < 0 {
+                // dup2 onto itself would leave close-on-exec set.
+                let r = if raw == 9 {
+                    libc::fcntl(9, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 9)
+                };
+                if r < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
