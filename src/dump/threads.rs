@@ -58,8 +58,12 @@ pub fn capture_all(
     let mut notes: Vec<String> = interrupted
         .iter()
         .map(|(nr, tids)| {
+            let call = match crate::arch::syscall_name(*nr) {
+                Some(name) => format!("{name} (system call {nr})"),
+                None => format!("system call {nr}"),
+            };
             format!(
-                "{} stopped in syscall {nr}, which will return EINTR after restore",
+                "{} stopped in {call}, which will return EINTR after restore",
                 describe_tids(tids)
             )
         })

@@ -5,3 +5,34 @@ pub mod infect;
 pub mod morph;
 pub mod regs;
 pub mod sigframe;
+
+/// The name of system call `nr`, for messages; the calls a thread can be stopped in while it
+/// waits (others are shown by number).
+pub fn syscall_name(nr: u64) -> Option<&'static str> {
+    Some(match nr {
+        22 => "epoll_pwait",
+        25 => "fcntl",
+        32 => "flock",
+        63 => "read",
+        64 => "write",
+        65 => "readv",
+        66 => "writev",
+        67 => "pread64",
+        72 => "pselect6",
+        73 => "ppoll",
+        95 => "waitid",
+        98 => "futex",
+        101 => "nanosleep",
+        115 => "clock_nanosleep",
+        133 => "rt_sigsuspend",
+        137 => "rt_sigtimedwait",
+        202 => "accept",
+        206 => "sendto",
+        207 => "recvfrom",
+        211 => "sendmsg",
+        212 => "recvmsg",
+        242 => "accept4",
+        260 => "wait4",
+        _ => return None,
+    })
+}
