@@ -201,16 +201,17 @@ fn a_login_uid_other_than_crest_s_is_set_and_one_that_cannot_be_fails_the_restor
     verify_and_check_files(&v, "restored by a crest with another login uid");
 }
 
-#[test]
-fn memory_deny_write_execute_is_refused_and_the_process_left_running() {
+/// Starts the victim with `flag`, checks that a dump refuses it with a message naming the pid
+/// and containing `mentions`, and that the victim runs on unharmed.
+fn assert_refused_and_left_running(flag: &str, mentions: &str) {
     let v = Victim::start_with(Kind::Pstate, |cmd| {
-        cmd.arg("--mdwe");
+        cmd.arg(flag);
     });
     let dir = v.work.join("img");
     let out = dump(v.pid, &dir, false);
     out.assert_failed()
         .assert_stderr_mentions(&format!("process {}", v.pid))
-        .assert_stderr_mentions("memory-deny-write-execute");
+        .assert_stderr_mentions(mentions);
     assert!(!dir.exists(), "a refused dump left an image");
     wait_for("the tracer to let go", TIMEOUT, || {
         (tracer_pid(v.pid) == Some(0)).then_some(())
@@ -219,4 +220,15 @@ fn memory_deny_write_execute_is_refused_and_the_process_left_running() {
     v.wait_logging_after(at + 2);
     v.verify()
         .expect("the victim verifies after the refused dump");
+}
+
+#[test]
+fn memory_deny_write_execute_is_refused_and_the_process_left_running() {
+    assert_refused_and_left_running("--mdwe", "memory-deny-write-execute");
+}
+
+#[test]
+fn syscall_user_dispatch_is_refused_and_the_process_left_running() {
+    // Single-threaded: the thread named is the process's only one.
+    assert_refused_and_left_running("--sud", "PR_SET_SYSCALL_USER_DISPATCH");
 }

@@ -27,7 +27,10 @@
  * read-only one made writable for the write and read-only again), so the test can see the
  * files change. It writes CTL_DIR/info ("key value" lines) at start.
  *
- * usage: pstate CTL_DIR LOG_FILE [--mdwe]   (--mdwe also sets PR_SET_MDWE, which crest refuses)
+ * usage: pstate CTL_DIR LOG_FILE [--mdwe|--sud]
+ *   --mdwe also sets PR_SET_MDWE, which crest refuses;
+ *   --sud turns on syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH) with a selector byte
+ *   that lets every syscall through, which crest refuses too.
  */
 #include "victim.h"
 
@@ -54,12 +57,19 @@
 #define MB_REGISTER_PRIVATE_EXPEDITED (1 << 4)
 #define MB_QUERY 0
 #define NR_MSEAL 462
+#ifndef PR_SET_SYSCALL_USER_DISPATCH
+#define PR_SET_SYSCALL_USER_DISPATCH 59
+#define PR_SYS_DISPATCH_ON 1
+#define SYSCALL_DISPATCH_FILTER_ALLOW 0
+#endif
 #ifndef PR_SET_VMA
 #define PR_SET_VMA 0x53564d41
 #define PR_SET_VMA_ANON_NAME 0
 #endif
 
 static long page;
+/* The syscall user dispatch selector: ALLOW, so dispatch never actually diverts a syscall. */
+static volatile char sud_selector = SYSCALL_DISPATCH_FILTER_ALLOW;
 static unsigned loginuid_want;
 static long membarrier_want;
 static int cpu_want;
@@ -329,6 +339,9 @@ int main(int argc, char **argv)
 
     if (argc > 3 && strcmp(argv[3], "--mdwe") == 0 && prctl(PR_SET_MDWE, 1, 0, 0, 0) != 0)
         die("PR_SET_MDWE: %s", strerror(errno));
+    if (argc > 3 && strcmp(argv[3], "--sud") == 0 &&
+        prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, 0, 0, &sud_selector) != 0)
+        die("PR_SET_SYSCALL_USER_DISPATCH: %s", strerror(errno));
 
     char info[512], info_path[CTL_PATH_MAX], info_tmp[CTL_PATH_MAX];
     int n = snprintf(info, sizeof info,
