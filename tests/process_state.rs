@@ -3,7 +3,8 @@
 //! oom_score_adj 500, a login uid, PR_SET_THP_DISABLE, a timer slack, the machine-check kill
 //! policy, membarrier registrations, nice 7 and a one-CPU affinity; maps memory with six
 //! madvise advices, with MADV_RANDOM|NOHUGEPAGE, locked on fault and sealed; maps two files
-//! MAP_SHARED writable (one mprotect'ed read-only since); and holds an O_PATH fd. It checks all
+//! MAP_SHARED writable (one mprotect'ed read-only since); names a private and a shared
+//! anonymous mapping (PR_SET_VMA_ANON_NAME, when the kernel has it); and holds an O_PATH fd. It checks all
 //! of that from the inside on request; the tests compare what /proc shows from the outside
 //! before the dump and after the restore, and that writes through the shared mappings reach
 //! the files after a restore.
@@ -48,6 +49,27 @@ fn outside_view(pid: i32) -> BTreeMap<&'static str, String> {
     ])
 }
 
+/// The `[anon:NAME]` and `[anon_shmem:NAME]` names of /proc/PID/maps with their address ranges.
+fn anon_names(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/maps: {e}"))
+        .lines()
+        .filter(|l| l.contains("[anon:") || l.contains("[anon_shmem:"))
+        .map(|l| {
+            let range = l.split_whitespace().next().unwrap_or_default();
+            let name = &l[l.find('[').unwrap()..];
+            format!("{range} {name}")
+        })
+        .collect()
+}
+
+/// Whether the victim could name its memory (`names 1` in CTL/info: the kernel has
+/// CONFIG_ANON_VMA_NAME).
+fn victim_named_memory(v: &Victim) -> bool {
+    let info = std::fs::read_to_string(v.ctl.join("info")).expect("pstate info");
+    info.lines().any(|l| l == "names 1")
+}
+
 /// The first 8 bytes of a file, as the victim writes its counter there.
 fn file_counter(path: &std::path::Path) -> u64 {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -89,6 +111,14 @@ fn settings_mappings_and_fds_survive_two_dump_restore_cycles() {
     let mut v = Victim::start(Kind::Pstate);
     let view = outside_view(v.pid);
     let fds = v.fd_table();
+    let names = anon_names(v.pid);
+    if victim_named_memory(&v) {
+        let joined = names.join("\n");
+        assert!(joined.contains("[anon:crest private]"), "{joined}");
+        assert!(joined.contains("[anon_shmem:crest shared]"), "{joined}");
+    } else {
+        eprintln!("this kernel does not name anonymous memory (no CONFIG_ANON_VMA_NAME)");
+    }
     let mut last = verify_and_check_files(&v, "before any dump");
     for cycle in 1..=2 {
         let ctx = format!("cycle {cycle}");
@@ -110,6 +140,7 @@ fn settings_mappings_and_fds_survive_two_dump_restore_cycles() {
         last = n;
         assert_eq!(outside_view(v.pid), view, "{ctx}: settings seen from /proc");
         assert_eq!(v.fd_table(), fds, "{ctx}: fd table");
+        assert_eq!(anon_names(v.pid), names, "{ctx}: named anonymous memory");
     }
     v.assert_log_consecutive();
 }
@@ -170,16 +201,17 @@ fn a_login_uid_other_than_crest_s_is_set_and_one_that_cannot_be_fails_the_restor
     verify_and_check_files(&v, "restored by a crest with another login uid");
 }
 
-#[test]
-fn memory_deny_write_execute_is_refused_and_the_process_left_running() {
+/// Starts the victim with `flag`, checks that a dump refuses it with a message naming the pid
+/// and containing `mentions`, and that the victim runs on unharmed.
+fn assert_refused_and_left_running(flag: &str, mentions: &str) {
     let v = Victim::start_with(Kind::Pstate, |cmd| {
-        cmd.arg("--mdwe");
+        cmd.arg(flag);
     });
     let dir = v.work.join("img");
     let out = dump(v.pid, &dir, false);
     out.assert_failed()
         .assert_stderr_mentions(&format!("process {}", v.pid))
-        .assert_stderr_mentions("memory-deny-write-execute");
+        .assert_stderr_mentions(mentions);
     assert!(!dir.exists(), "a refused dump left an image");
     wait_for("the tracer to let go", TIMEOUT, || {
         (tracer_pid(v.pid) == Some(0)).then_some(())
@@ -188,4 +220,15 @@ fn memory_deny_write_execute_is_refused_and_the_process_left_running() {
     v.wait_logging_after(at + 2);
     v.verify()
         .expect("the victim verifies after the refused dump");
+}
+
+#[test]
+fn memory_deny_write_execute_is_refused_and_the_process_left_running() {
+    assert_refused_and_left_running("--mdwe", "memory-deny-write-execute");
+}
+
+#[test]
+fn syscall_user_dispatch_is_refused_and_the_process_left_running() {
+    // Single-threaded: the thread named is the process's only one.
+    assert_refused_and_left_running("--sud", "PR_SET_SYSCALL_USER_DISPATCH");
 }

@@ -133,21 +133,22 @@ fn sockets_and_perf_file_survive_three_cycles() {
 }
 
 #[test]
-fn a_socket_pair_with_both_ends_open_is_refused_and_left_running() {
-    let v = Victim::start_with(Kind::Sockets, |cmd| {
+fn a_socket_pair_with_both_ends_open_comes_back_connected_with_its_unread_bytes() {
+    let mut v = Victim::start_with(Kind::Sockets, |cmd| {
         cmd.arg("live-pair");
     });
     v.verify().expect("victim verifies before the dump");
-    let dir = v.work.join("img");
-    let before = v.last_logged();
-    dump(v.pid, &dir, false)
-        .assert_failed()
-        .assert_stderr_mentions("still open");
-    assert!(!dir.exists(), "a refused dump left an image behind");
-    v.wait_logging_after(before);
-    v.assert_running();
-    v.verify().expect("victim verifies after the refused dump");
-    assert_eq!(exchange(&v.ctl.join("listen"), 1), 2);
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("img{cycle}"));
+        let before = v.last_logged();
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        v.wait_logging_after(before);
+        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        assert_eq!(exchange(&v.ctl.join("listen"), 1), 2);
+    }
 }
 
 #[test]

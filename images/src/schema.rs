@@ -527,6 +527,20 @@ pub struct Vma {
     pub name: String,
 }
 
+impl Vma {
+    /// The name given with prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME), which a restore gives back:
+    /// NAME of `[anon:NAME]` on private anonymous memory or of `[anon_shmem:NAME]` on shared
+    /// anonymous memory; None for any other name or backing.
+    pub fn anon_name(&self) -> Option<&str> {
+        let prefix = match self.backing {
+            VmaBacking::Anonymous => "[anon:",
+            VmaBacking::SharedAnonymous { .. } => "[anon_shmem:",
+            _ => return None,
+        };
+        self.name.strip_prefix(prefix)?.strip_suffix(']')
+    }
+}
+
 /// What is behind a VMA.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmaBacking {

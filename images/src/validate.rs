@@ -410,6 +410,39 @@ fn check_mm(mm: &MmFields) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest name PR_SET_VMA_ANON_NAME accepts, without the NUL (ANON_VMA_NAME_MAX_LEN - 1).
+const ANON_NAME_MAX: usize = 79;
+
+/// A `[anon:NAME]` or `[anon_shmem:NAME]` name is one the kernel would take back: at most 79
+/// bytes of printable ASCII other than `\`, `` ` ``, `$`, `[` and `]` (what
+/// PR_SET_VMA_ANON_NAME accepts), on the backing that shows it.
+fn check_anon_name(v: &Vma) -> Result<(), String> {
+    let Some(name) = v.anon_name() else {
+        if v.name.starts_with("[anon:") || v.name.starts_with("[anon_shmem:") {
+            return Err(format!(
+                "is named {:?}, which only anonymous memory of the matching kind shows",
+                v.name
+            ));
+        }
+        return Ok(());
+    };
+    if name.len() > ANON_NAME_MAX {
+        return Err(format!(
+            "has an anonymous name of {} bytes (at most {ANON_NAME_MAX})",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(' '..='~').contains(c) || "\\`$[]".contains(*c))
+    {
+        return Err(format!(
+            "has the anonymous name {name:?}, with {c:?}, which PR_SET_VMA_ANON_NAME refuses"
+        ));
+    }
+    Ok(())
+}
+
 fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
     let mut prev_end = 0u64;
     for (i, v) in p.vmas.iter().enumerate() {
@@ -440,6 +473,7 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
         if v.name.contains('\0') {
             return Err(format!("{} has a name with a NUL byte", what()));
         }
+        check_anon_name(v).map_err(|e| format!("{} {e}", what()))?;
         if let VmaBacking::File { file, offset } = v.backing {
             let f = p.files.get(file as usize).ok_or_else(|| {
                 format!(
@@ -1035,6 +1069,47 @@ mod task_tests {
             shared_pending: vec![siginfo(10), siginfo(34)],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn anonymous_vma_names_are_bounded_and_match_their_backing() {
+        let vma = |backing: VmaBacking, name: &str| Vma {
+            start: 0x10000,
+            end: 0x20000,
+            prot: PROT_READ,
+            shared: matches!(backing, VmaBacking::SharedAnonymous { .. }),
+            backing,
+            flags: VmaFlags::default(),
+            name: name.into(),
+        };
+        let shm = VmaBacking::SharedAnonymous {
+            object: 7,
+            size: 0x10000,
+            offset: 0,
+        };
+        let private = vma(VmaBacking::Anonymous, "[anon:JVM heap 1]");
+        assert_eq!(private.anon_name(), Some("JVM heap 1"));
+        check_anon_name(&private).unwrap();
+        let shared = vma(shm.clone(), "[anon_shmem:ring]");
+        assert_eq!(shared.anon_name(), Some("ring"));
+        check_anon_name(&shared).unwrap();
+        let longest = format!("[anon:{}]", "n".repeat(79));
+        check_anon_name(&vma(VmaBacking::Anonymous, &longest)).unwrap();
+        assert_eq!(vma(VmaBacking::Anonymous, "[heap]").anon_name(), None);
+        check_anon_name(&vma(VmaBacking::Anonymous, "[heap]")).unwrap();
+
+        let too_long = format!("[anon:{}]", "n".repeat(80));
+        let err = check_anon_name(&vma(VmaBacking::Anonymous, &too_long)).unwrap_err();
+        assert!(err.contains("80 bytes"), "{err}");
+        for bad in ["[anon:a$b]", "[anon:a[b]", "[anon:tab\there]", "[anon:x`y]"] {
+            assert!(
+                check_anon_name(&vma(VmaBacking::Anonymous, bad)).is_err(),
+                "{bad} accepted"
+            );
+        }
+        // A name the other kind of memory shows is no name the kernel would have given it.
+        assert!(check_anon_name(&vma(shm, "[anon:x]")).is_err());
+        assert!(check_anon_name(&vma(VmaBacking::Anonymous, "[anon_shmem:x]")).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
 pub const MAX_SPECIAL_MOVES: usize = 8;
@@ -53,6 +53,9 @@ pub const MAX_MADVISE: usize = 8;
 pub const VMA_EXTRA_LOCK_ONFAULT: u32 = 1;
 /// `VmaArg::extra`: seal the VMA with mseal() (smaps `sl`), last.
 pub const VMA_EXTRA_SEAL: u32 = 2;
+/// Longest name PR_SET_VMA_ANON_NAME takes, in bytes, the terminating NUL included
+/// (ANON_VMA_NAME_MAX_LEN, include/linux/mm_types.h).
+pub const VMA_NAME_MAX: usize = 80;
 
 /// One VMA to map, with the exact arguments of its `mmap` call.
 #[repr(C)]
@@ -80,6 +83,10 @@ pub struct VmaArg {
     /// Index of the first of this VMA's page runs in `RestorerArgs::runs`, and their count.
     pub first_run: u32,
     pub nr_runs: u32,
+    /// Address (inside the bootstrap region) of the NUL-terminated name to give the VMA with
+    /// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME) once it is mapped (`[anon:NAME]` or
+    /// `[anon_shmem:NAME]` in maps), at most `VMA_NAME_MAX` bytes with the NUL; 0: no name.
+    pub name: u64,
 }
 
 /// `len` bytes at `vaddr` come from `file_offset` of the page file.
@@ -171,6 +178,7 @@ pub enum Step {
     LockVma = 19,
     SealVma = 20,
     PosixLock = 21,
+    NameVma = 22,
 }
 
 /// `Progress::detail` of a `Step::Creds` failure (and of a thread's `ThreadSetup` failure in
@@ -231,6 +239,7 @@ impl Step {
             19 => Step::LockVma,
             20 => Step::SealVma,
             21 => Step::PosixLock,
+            22 => Step::NameVma,
             _ => return None,
         })
     }
@@ -261,6 +270,10 @@ impl Step {
             Step::LockVma => "locking a VMA on fault (mlock2 MLOCK_ONFAULT)",
             Step::SealVma => "sealing a VMA (mseal)",
             Step::PosixLock => "taking back a POSIX lock (fcntl F_SETLK)",
+            Step::NameVma => {
+                "naming an anonymous VMA (prctl PR_SET_VMA_ANON_NAME; the kernel needs \
+                 CONFIG_ANON_VMA_NAME)"
+            }
         }
     }
 }

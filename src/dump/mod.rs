@@ -139,6 +139,9 @@ pub enum DumpError {
          crest restores one set of credentials for all threads"
     )]
     ThreadCredentials { pid: i32, tid: i32, detail: String },
+    /// Per-thread kernel state crest cannot restore (threads.rs).
+    #[error("thread {tid} of process {pid} {what}; crest cannot restore that")]
+    ThreadState { pid: i32, tid: i32, what: String },
     #[error(
         "process {parent} is in the middle of a vfork: its child {child} shares its memory and \
          has not called exec or exited yet, and the parent waits for that in the kernel; dump \

@@ -13,6 +13,7 @@ pub fn is_refusal(e: &DumpError) -> bool {
         e,
         DumpError::Seccomp { .. }
             | DumpError::ThreadCredentials { .. }
+            | DumpError::ThreadState { .. }
             | DumpError::Vfork { .. }
             | DumpError::SigtrapIgnored { .. }
             | DumpError::Root { .. }

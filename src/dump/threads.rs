@@ -92,6 +92,7 @@ fn describe_tids(tids: &[i32]) -> String {
 /// Captures the state of the stopped thread `tid` of `proc`.
 pub fn capture(proc: &Proc, tid: i32) -> Result<CapturedThread, DumpError> {
     let pid = proc.pid();
+    refuse_lost_state(pid, tid)?;
     let mut regs = regs::capture(tid).map_err(|e| DumpError::Regs { pid, err: e })?;
     let sigmask = ptrace::get_sigmask(tid).map_err(|e| DumpError::thread(pid, tid, e))?;
     let rseq = ptrace::rseq_configuration(tid).map_err(|e| DumpError::thread(pid, tid, e))?;
@@ -130,6 +131,55 @@ pub fn capture(proc: &Proc, tid: i32) -> Result<CapturedThread, DumpError> {
         restart,
         rseq_abort,
     })
+}
+
+/// Refuses per-thread kernel state that no image field carries, which a restored thread would
+/// silently be without: syscall user dispatch (prctl(PR_SET_SYSCALL_USER_DISPATCH)) and a
+/// core-scheduling cookie (prctl(PR_SCHED_CORE)).
+fn refuse_lost_state(pid: i32, tid: i32) -> Result<(), DumpError> {
+    let refuse = |what: String| DumpError::ThreadState { pid, tid, what };
+    if let Some(sud) =
+        ptrace::syscall_user_dispatch(tid).map_err(|e| DumpError::thread(pid, tid, e))?
+    {
+        return Err(refuse(format!(
+            "uses syscall user dispatch (prctl(PR_SET_SYSCALL_USER_DISPATCH), mode {}, \
+             selector at {:#x}, syscalls allowed from {:#x}-{:#x})",
+            sud.mode,
+            sud.selector,
+            sud.offset,
+            sud.offset.wrapping_add(sud.len)
+        )));
+    }
+    if let Some(cookie) = core_sched_cookie(tid) {
+        return Err(refuse(format!(
+            "has a core-scheduling cookie ({cookie:#x}, prctl(PR_SCHED_CORE)): the threads it \
+             shares a core with could not be told apart after a restore"
+        )));
+    }
+    Ok(())
+}
+
+/// `PR_SCHED_CORE`, `PR_SCHED_CORE_GET` (include/uapi/linux/prctl.h), `PIDTYPE_PID`.
+const PR_SCHED_CORE: libc::c_int = 62;
+const PR_SCHED_CORE_GET: libc::c_ulong = 0;
+const PIDTYPE_PID: libc::c_ulong = 0;
+
+/// The thread's core-scheduling cookie, when it has one. None also when the kernel has no
+/// core scheduling (CONFIG_SCHED_CORE: EINVAL) or cannot say (the thread just exited): a cookie
+/// is only ever set through prctl, which such a kernel refuses.
+fn core_sched_cookie(tid: i32) -> Option<u64> {
+    let mut cookie = 0u64;
+    // SAFETY: PR_SCHED_CORE_GET writes one u64 to the address given, which is `cookie`.
+    let r = unsafe {
+        libc::prctl(
+            PR_SCHED_CORE,
+            PR_SCHED_CORE_GET,
+            tid as libc::c_ulong,
+            PIDTYPE_PID,
+            &mut cookie as *mut u64,
+        )
+    };
+    (r == 0 && cookie != 0).then_some(cookie)
 }
 
 /// If the thread stopped inside an rseq critical section that restarts on preemption, moves
@@ -204,5 +254,32 @@ mod tests {
             describe_tids(&many),
             "1000 threads (100, 101, 102, 103, 104, 105, 106, 107, ...) were"
         );
+    }
+
+    #[test]
+    fn a_core_scheduling_cookie_is_seen_where_the_kernel_can_set_one() {
+        use super::{core_sched_cookie, PIDTYPE_PID, PR_SCHED_CORE};
+        const PR_SCHED_CORE_CREATE: libc::c_ulong = 1;
+        // SAFETY: gettid has no preconditions.
+        let own = unsafe { libc::gettid() };
+        assert_eq!(core_sched_cookie(own), None, "the test thread has a cookie");
+        // A thread of its own, since a cookie cannot be taken away again.
+        std::thread::spawn(|| {
+            // SAFETY: as above.
+            let tid = unsafe { libc::gettid() };
+            // SAFETY: PR_SCHED_CORE_CREATE for the calling thread (pid 0) reads no memory.
+            let r = unsafe { libc::prctl(PR_SCHED_CORE, PR_SCHED_CORE_CREATE, 0, PIDTYPE_PID, 0) };
+            if r == 0 {
+                assert!(
+                    core_sched_cookie(tid).is_some(),
+                    "cookie of thread {tid} not seen"
+                );
+            } else {
+                // No CONFIG_SCHED_CORE (or no SMT): no thread can have a cookie.
+                assert_eq!(core_sched_cookie(tid), None);
+            }
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -22,6 +22,8 @@ const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 /// `PTRACE_GET_RSEQ_CONFIGURATION` (5.13+, linux/ptrace.h).
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// `PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG` (6.4+, linux/ptrace.h).
+const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
 /// `PTRACE_PEEKSIGINFO` (linux/ptrace.h).
 const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
 /// `PTRACE_PEEKSIGINFO_SHARED`: read the process-wide queue instead of the thread's own.
@@ -444,6 +446,42 @@ pub fn pending_signals(tid: i32, shared: bool) -> Result<Vec<SigInfo>, PtraceErr
         if n == 0 {
             return Ok(out);
         }
+    }
+}
+
+/// `struct ptrace_sud_config` (linux/ptrace.h).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallUserDispatch {
+    /// PR_SYS_DISPATCH_* (0: off).
+    pub mode: u64,
+    /// Address of the selector byte.
+    pub selector: u64,
+    /// The address range whose syscalls are never dispatched.
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: the thread's syscall user dispatch setting
+/// (prctl(PR_SET_SYSCALL_USER_DISPATCH)), or `None` when it is off or the kernel has neither
+/// the request nor the feature (EIO/EINVAL: before 6.4, or no CONFIG_GENERIC_ENTRY).
+pub fn syscall_user_dispatch(tid: i32) -> Result<Option<SyscallUserDispatch>, PtraceError> {
+    let mut conf = SyscallUserDispatch::default();
+    // The request writes at most addr bytes (the struct's size) to data, which points at `conf`.
+    match raw(
+        PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+        "PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG",
+        tid,
+        std::mem::size_of::<SyscallUserDispatch>(),
+        &mut conf as *mut SyscallUserDispatch as usize,
+    ) {
+        Err(PtraceError::Request {
+            errno: Errno::EIO | Errno::EINVAL,
+            ..
+        }) => Ok(None),
+        Err(e) => Err(e),
+        Ok(_) if conf.mode == 0 => Ok(None),
+        Ok(_) => Ok(Some(conf)),
     }
 }
 

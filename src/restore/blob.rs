@@ -237,6 +237,7 @@ mod tests {
                 _pad: 0,
                 first_run: 0,
                 nr_runs: 2,
+                name: 0,
             },
             VmaArg {
                 start: w(3),
@@ -260,6 +261,7 @@ mod tests {
                 _pad: 0,
                 first_run: 2,
                 nr_runs: 1,
+                name: 0,
             },
         ];
         let unmap = [Range {
@@ -299,6 +301,79 @@ mod tests {
         std::os::unix::fs::FileExt::read_exact_at(&f, &mut got, 0).unwrap();
         assert_eq!(&got[..page], &pages[..page]);
         assert_eq!(&got[page..], &pages[2 * page..]);
+    }
+
+    /// Whether this kernel names anonymous memory (CONFIG_ANON_VMA_NAME), tried on a mapping
+    /// of this test's own.
+    fn kernel_names_vmas() -> bool {
+        let m = Map::new(
+            0,
+            page(),
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        );
+        // SAFETY: names a mapping this test owns; the name is a NUL-terminated literal.
+        let r = unsafe {
+            libc::prctl(
+                0x5356_4d41, // PR_SET_VMA
+                0,           // PR_SET_VMA_ANON_NAME
+                m.addr,
+                page(),
+                c"probe".as_ptr(),
+            )
+        };
+        r == 0
+    }
+
+    #[test]
+    fn blob_names_an_anonymous_vma_or_reports_that_it_cannot() {
+        let page = page();
+        let boot = Bootstrap::new();
+        let world = Map::new(0, 2 * page, libc::PROT_NONE, libc::MAP_PRIVATE);
+        let name = boot.array(4096, b"crest named\0");
+        let vmas = [VmaArg {
+            start: world.addr,
+            len: page as u64,
+            prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+            flags: (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+            fd: -1,
+            name,
+            ..Default::default()
+        }];
+        let mut args = boot.empty_args();
+        args.vmas = boot.array(0, &vmas);
+        args.nr_vmas = 1;
+        let (code, progress) = boot.run(args);
+        assert_eq!(code, 127, "{progress:?}");
+        if kernel_names_vmas() {
+            // Past the naming, up to the mm fields that the zeroed args make fail.
+            assert_eq!(
+                Step::from_u32(progress.step),
+                Some(Step::SetMm),
+                "{progress:?}"
+            );
+        } else {
+            // A kernel without CONFIG_ANON_VMA_NAME: the restore fails there, not silently.
+            assert_eq!(
+                Step::from_u32(progress.step),
+                Some(Step::NameVma),
+                "{progress:?}"
+            );
+            assert_eq!(progress.error, -libc::EINVAL);
+            assert_eq!(progress.detail, world.addr);
+        }
+
+        // Without a name the same VMA never gets to that step.
+        let unnamed = [VmaArg { name: 0, ..vmas[0] }];
+        let mut args = boot.empty_args();
+        args.vmas = boot.array(0, &unnamed);
+        args.nr_vmas = 1;
+        let (_, progress) = boot.run(args);
+        assert_eq!(
+            Step::from_u32(progress.step),
+            Some(Step::SetMm),
+            "{progress:?}"
+        );
     }
 
     #[test]

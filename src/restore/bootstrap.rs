@@ -53,6 +53,8 @@ struct Layout {
     pending: u64,
     /// The `u32` group list of the credential switch.
     groups: u64,
+    /// The VMA names, each NUL-terminated, one after the other.
+    names: u64,
     sigframe: u64,
     stack_top: u64,
     /// Per-thread blocks: `[sigframe][stack]`, `thread_block` bytes each.
@@ -75,6 +77,8 @@ struct Counts {
     pending: u64,
     /// Supplementary groups of the credential switch.
     groups: u64,
+    /// Bytes of the VMA names, NULs included.
+    name_bytes: u64,
 }
 
 impl Layout {
@@ -90,7 +94,8 @@ impl Layout {
         let thread_args = posix_locks + counts.posix_locks * size_of::<PosixLockArg>() as u64;
         let pending = thread_args + counts.threads * size_of::<ThreadArg>() as u64;
         let groups = (pending + counts.pending * SIGINFO_SIZE).next_multiple_of(8);
-        let sigframe = up(groups + counts.groups * 4);
+        let names = groups + counts.groups * 4;
+        let sigframe = up(names + counts.name_bytes);
         let stack_bottom = up(sigframe + frame_size);
         let stack_top = stack_bottom + RESTORER_STACK;
         let threads = up(stack_top);
@@ -108,6 +113,7 @@ impl Layout {
             thread_args,
             pending,
             groups,
+            names,
             sigframe,
             stack_top,
             threads,
@@ -231,7 +237,8 @@ impl Bootstrap {
             crate::images::ArchRegs::X86_64 { xstate, .. } => xstate.len(),
             crate::images::ArchRegs::Aarch64 { fpsimd, .. } => fpsimd.len(),
         };
-        let vma_args = vma_args(p, files)?;
+        let mut names = Vec::new();
+        let mut vma_args = vma_args(p, files, &mut names)?;
         let close: Vec<i32> = helper_fds(files);
         let park_size: u64 = specials
             .iter()
@@ -251,6 +258,7 @@ impl Bootstrap {
                 .map(|t| t.state.pending.len() as u64)
                 .sum(),
             groups: super::creds::nr_groups(p),
+            name_bytes: names.len() as u64,
         };
         let mut creds = super::creds::plan(p)?;
         let frame_size = crate::arch::sigframe::frame_size(xstate_len) as u64;
@@ -276,6 +284,11 @@ impl Bootstrap {
         let vmas_at = addr + layout.vmas;
         let runs_at = addr + layout.runs;
         let close_at = addr + layout.close_fds;
+        for v in vma_args.iter_mut().filter(|v| v.name != 0) {
+            // vma_args() left the offset in `names` plus one; now the address is known.
+            v.name += addr + layout.names - 1;
+        }
+        write_array(region, layout.names, &names);
         write_array(region, layout.vmas, &vma_args);
         let runs: Vec<PageRunArg> = p
             .page_runs
@@ -563,8 +576,15 @@ fn helper_fds(files: &OpenedFiles) -> Vec<i32> {
 }
 
 /// Translates the image's VMAs into the restorer's mmap calls. vDSO and vvar are not mapped:
-/// the restorer moves the running kernel's own pieces into place instead.
-fn vma_args(p: &ProcessImage, files: &OpenedFiles) -> Result<Vec<VmaArg>, RestoreError> {
+/// the restorer moves the running kernel's own pieces into place instead. The names the
+/// restorer gives back (`[anon:NAME]`, `[anon_shmem:NAME]`) go into `names`, each
+/// NUL-terminated; a VmaArg's `name` is then its offset there plus one (0: no name), for the
+/// caller to turn into an address.
+fn vma_args(
+    p: &ProcessImage,
+    files: &OpenedFiles,
+    names: &mut Vec<u8>,
+) -> Result<Vec<VmaArg>, RestoreError> {
     let page = crate::arch::page_size();
     let mut out = Vec::with_capacity(p.vmas.len());
     let mut run = 0usize;
@@ -608,6 +628,17 @@ fn vma_args(p: &ProcessImage, files: &OpenedFiles) -> Result<Vec<VmaArg>, Restor
             }
         };
         let (flags, madvise, extra) = crate::pstate::vmflags::restore_args(&vma.flags, flags);
+        let name = match vma.anon_name() {
+            Some(n) => {
+                // Validated: at most 79 bytes, no NUL.
+                debug_assert!(n.len() < abi::VMA_NAME_MAX);
+                let at = names.len() as u64 + 1;
+                names.extend_from_slice(n.as_bytes());
+                names.push(0);
+                at
+            }
+            None => 0,
+        };
         debug_assert_eq!(vma.start % page, 0);
         out.push(VmaArg {
             start: vma.start,
@@ -626,6 +657,7 @@ fn vma_args(p: &ProcessImage, files: &OpenedFiles) -> Result<Vec<VmaArg>, Restor
             _pad: 0,
             first_run: first_run as u32,
             nr_runs: nr_runs as u32,
+            name,
         });
     }
     Ok(out)
@@ -792,6 +824,7 @@ mod tests {
             threads: 4,
             pending: 2,
             groups: 3,
+            name_bytes: 77,
         };
         let l = Layout::new(10000, counts, 20000, 3 * 4096, 4096);
         let parts = [
@@ -805,6 +838,7 @@ mod tests {
             l.thread_args,
             l.pending,
             l.groups,
+            l.names,
             l.sigframe,
             l.stack_top,
             l.threads,
@@ -813,5 +847,9 @@ mod tests {
         ];
         assert!(parts.windows(2).all(|w| w[0] <= w[1]), "{l:?}");
         assert!(l.args >= 10000 && l.sigframe.is_multiple_of(4096) && l.total - l.park >= 3 * 4096);
+        assert!(
+            l.names >= l.groups + 3 * 4 && l.sigframe >= l.names + 77,
+            "{l:?}"
+        );
     }
 }

@@ -14,6 +14,9 @@
  *                   carry); "random": MADV_RANDOM and NOHUGEPAGE; "onfault": mlock2
  *                   MLOCK_ONFAULT; "sealed": mseal(2) (when the kernel has it); each filled
  *                   with a pattern
+ *   named memory    when the kernel names anonymous memory (CONFIG_ANON_VMA_NAME): 2 private
+ *                   anonymous pages named "crest private" and 1 shared anonymous page named
+ *                   "crest shared" with PR_SET_VMA_ANON_NAME (info: names 1), both filled
  *   shared files    CWD/shared.dat mapped MAP_SHARED read-write; CWD/shared-ro.dat mapped
  *                   MAP_SHARED read-write and then mprotect'ed read-only (smaps `mw`)
  *   O_PATH fd       CWD/opath-target opened O_PATH
@@ -24,7 +27,10 @@
  * read-only one made writable for the write and read-only again), so the test can see the
  * files change. It writes CTL_DIR/info ("key value" lines) at start.
  *
- * usage: pstate CTL_DIR LOG_FILE [--mdwe]   (--mdwe also sets PR_SET_MDWE, which crest refuses)
+ * usage: pstate CTL_DIR LOG_FILE [--mdwe|--sud]
+ *   --mdwe also sets PR_SET_MDWE, which crest refuses;
+ *   --sud turns on syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH) with a selector byte
+ *   that lets every syscall through, which crest refuses too.
  */
 #include "victim.h"
 
@@ -51,13 +57,24 @@
 #define MB_REGISTER_PRIVATE_EXPEDITED (1 << 4)
 #define MB_QUERY 0
 #define NR_MSEAL 462
+#ifndef PR_SET_SYSCALL_USER_DISPATCH
+#define PR_SET_SYSCALL_USER_DISPATCH 59
+#define PR_SYS_DISPATCH_ON 1
+#define SYSCALL_DISPATCH_FILTER_ALLOW 0
+#endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
 
 static long page;
+/* The syscall user dispatch selector: ALLOW, so dispatch never actually diverts a syscall. */
+static volatile char sud_selector = SYSCALL_DISPATCH_FILTER_ALLOW;
 static unsigned loginuid_want;
 static long membarrier_want;
 static int cpu_want;
-static int have_seal;
-static char *advised, *randomized, *onfault, *sealed;
+static int have_seal, have_names;
+static char *advised, *randomized, *onfault, *sealed, *named, *named_shared;
 static uint64_t *shared_rw, *shared_ro;
 static int opath_fd;
 static struct stat opath_st;
@@ -211,6 +228,10 @@ static void verify(unsigned long long counter)
     check_pattern(onfault, 2, "onfault");
     if (have_seal)
         check_pattern(sealed, 1, "sealed");
+    if (have_names) {
+        check_pattern(named, 2, "named");
+        check_pattern(named_shared, 1, "shared named");
+    }
     check_vma_perms(shared_rw, "rw-s", "shared.dat mapping");
     check_vma_perms(shared_ro, "r--s", "shared-ro.dat mapping");
     check_vmflags(shared_ro, "mw", "shared-ro.dat mapping");
@@ -294,6 +315,17 @@ int main(int argc, char **argv)
         die("mlock2: %s", strerror(errno));
     sealed = map_anon(1, "sealed");
     have_seal = syscall(NR_MSEAL, sealed, page, 0) == 0;
+    named = map_anon(2, "named");
+    have_names = prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, named, 2 * page, "crest private") == 0;
+    if (have_names) {
+        named_shared = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (named_shared == MAP_FAILED)
+            die("mmap shared named: %s", strerror(errno));
+        for (long i = 0; i < page; i++)
+            named_shared[i] = (char)(i * 7 + 's');
+        if (prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, named_shared, page, "crest shared") != 0)
+            die("naming shared anonymous memory: %s", strerror(errno));
+    }
 
     shared_rw = map_shared_file("shared.dat", PROT_READ | PROT_WRITE);
     shared_ro = map_shared_file("shared-ro.dat", PROT_READ);
@@ -307,11 +339,14 @@ int main(int argc, char **argv)
 
     if (argc > 3 && strcmp(argv[3], "--mdwe") == 0 && prctl(PR_SET_MDWE, 1, 0, 0, 0) != 0)
         die("PR_SET_MDWE: %s", strerror(errno));
+    if (argc > 3 && strcmp(argv[3], "--sud") == 0 &&
+        prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, 0, 0, &sud_selector) != 0)
+        die("PR_SET_SYSCALL_USER_DISPATCH: %s", strerror(errno));
 
     char info[512], info_path[CTL_PATH_MAX], info_tmp[CTL_PATH_MAX];
     int n = snprintf(info, sizeof info,
-                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\n",
-                     loginuid_want, membarrier_want, cpu_want, have_seal, opath_fd);
+                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\nnames %d\n",
+                     loginuid_want, membarrier_want, cpu_want, have_seal, opath_fd, have_names);
     snprintf(info_path, sizeof info_path, "%s/info", argv[1]);
     snprintf(info_tmp, sizeof info_tmp, "%s/info.tmp", argv[1]);
     int ifd = open(info_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -17,8 +17,10 @@
  * is queued), that the listening socket file is there with mode 0600, and that the file at the
  * perf path holds exactly what its mapping shows.
  *
- * With a third argument "live-pair" it also keeps both ends of a connected socketpair open: a
- * live peer, which crest must refuse to dump.
+ * With a third argument "live-pair" it also keeps both ends of a connected socketpair open,
+ * with "in the pair" sent through one end and left unread in the other: on a verify request it
+ * reads those bytes, checks a message goes through both ways, and leaves the bytes unread again
+ * for the next dump.
  *
  * usage: sockets CTL_DIR LOG_FILE [live-pair]
  */
@@ -34,6 +36,8 @@
 #define PERF_PAGES 8
 
 static int queued_fd, closed_fd, dgram_fd, listen_fd;
+static int live[2] = {-1, -1};
+#define IN_THE_PAIR "in the pair"
 static char listen_path[CTL_PATH_MAX];
 static char perf_path[CTL_PATH_MAX];
 static uint64_t *perf;
@@ -138,9 +142,10 @@ static void setup(const char *dir, int live_pair)
             perf[i] = perf_word(i);
 
     if (live_pair) {
-        /* Both ends stay open: a connected pair crest cannot dump yet. */
-        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+        /* Both ends stay open, with unread bytes in one. */
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, live) != 0)
             die("socketpair: %s", strerror(errno));
+        write_all(live[1], IN_THE_PAIR, strlen(IN_THE_PAIR), "the live pair");
     }
 }
 
@@ -179,8 +184,25 @@ static void check_peer_closed(int fd, const char *want, const char *what)
         fail("%s (fd %d): writing does not fail with EPIPE (%s)", what, fd, strerror(errno));
 }
 
+static void check_live_pair(void)
+{
+    char buf[64] = {0};
+    ssize_t n = recv(live[0], buf, sizeof buf - 1, MSG_DONTWAIT);
+    if (n != (ssize_t)strlen(IN_THE_PAIR) || memcmp(buf, IN_THE_PAIR, (size_t)n) != 0) {
+        fail("the live pair held %zd bytes \"%s\", expected \"%s\"", n, buf, IN_THE_PAIR);
+        return;
+    }
+    write_all(live[0], "back", 4, "the live pair");
+    n = recv(live[1], buf, sizeof buf - 1, MSG_DONTWAIT);
+    if (n != 4 || memcmp(buf, "back", 4) != 0)
+        fail("the live pair's other end got %zd bytes", n);
+    write_all(live[1], IN_THE_PAIR, strlen(IN_THE_PAIR), "the live pair");
+}
+
 static void verify(void)
 {
+    if (live[0] >= 0)
+        check_live_pair();
     check_flags(queued_fd, 1, 1, SOCK_STREAM, "peer-closed pair with data");
     check_peer_closed(queued_fd, QUEUED, "peer-closed pair with data");
     check_flags(closed_fd, 0, 0, SOCK_STREAM, "peer-closed pair");

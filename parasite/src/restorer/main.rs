@@ -219,6 +219,10 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
             ctx.check(sys::madvise(v.start, v.len, advice));
         }
     }
+    if v.name != 0 {
+        ctx.step(Step::NameVma, v.start);
+        ctx.check(sys::name_vma(v.start, v.len, v.name));
+    }
     if v.extra & VMA_EXTRA_LOCK_ONFAULT != 0 {
         ctx.step(Step::LockVma, v.start);
         ctx.check(sys::mlock2(v.start, v.len, sys::MLOCK_ONFAULT));

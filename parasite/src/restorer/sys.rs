@@ -111,6 +111,25 @@ pub fn fcntl_setlk(fd: i32, lock: *const u8) -> SysResult {
     decode(unsafe { arch::syscall3(nr::FCNTL, fd as isize as usize, F_SETLK, lock as usize) })
 }
 
+/// PR_SET_VMA, PR_SET_VMA_ANON_NAME (include/uapi/linux/prctl.h).
+pub const PR_SET_VMA: usize = 0x53564d41;
+pub const PR_SET_VMA_ANON_NAME: usize = 0;
+
+pub fn name_vma(addr: u64, len: u64, name: u64) -> SysResult {
+    // SAFETY: names a VMA the restorer just mapped; `name` points at a NUL-terminated string in
+    // the bootstrap region, which the kernel only reads.
+    decode(unsafe {
+        arch::syscall5(
+            nr::PRCTL,
+            PR_SET_VMA,
+            PR_SET_VMA_ANON_NAME,
+            addr as usize,
+            len as usize,
+            name as usize,
+        )
+    })
+}
+
 pub fn prctl_set_mm_map(map: *const u8, size: usize) -> SysResult {
     // SAFETY: `map` points at a `struct prctl_mm_map` of `size` bytes; the kernel only reads it.
     decode(unsafe { arch::syscall5(nr::PRCTL, PR_SET_MM, PR_SET_MM_MAP, map as usize, size, 0) })
