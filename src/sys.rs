@@ -173,19 +173,8 @@ pub unsafe fn clone3_with_pid(pid: i32, exit_signal: i32) -> Result<i32, Errno> 
         set_tid_size: 1,
         ..CloneArgs::default()
     };
-    // SAFETY: args and tids outlive the call; the fork-like semantics are the caller's contract.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r as i32)
-    }
+    // SAFETY: tids outlives the call (set_tid points into it); the rest is the caller's.
+    unsafe { clone3(&args) }
 }
 
 /// Forks like fork() with extra clone `flags` (e.g. CLONE_NEWPID|CLONE_NEWNS) and
@@ -199,11 +188,18 @@ pub unsafe fn clone3_flags(flags: u64, exit_signal: i32) -> Result<i32, Errno> {
         exit_signal: exit_signal as u64,
         ..CloneArgs::default()
     };
+    // SAFETY: as the caller's contract says.
+    unsafe { clone3(&args) }
+}
+
+/// # Safety
+/// As [`clone3_with_pid`]; every pointer in `args` must be valid for the call.
+unsafe fn clone3(args: &CloneArgs) -> Result<i32, Errno> {
     // SAFETY: args outlives the call; the fork-like semantics are the caller's contract.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &args as *const CloneArgs,
+            args as *const CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     };

@@ -693,8 +693,6 @@ fn jdk25_gc_hint_shrinks_a_garbage_heavy_jvm() {
 /// given (`--inherit-fd`), and answers jcmd (its attach socket and perf data live in the copy's
 /// private /tmp).
 fn three_jvm_copies_in_pid_namespaces(version: u32) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let Some(jdk) = Jdk::find(version) else {
         return;
     };
@@ -711,37 +709,8 @@ fn three_jvm_copies_in_pid_namespaces(version: u32) {
     for i in 1..=3 {
         let log = v.work.join(format!("copy-{i}.log"));
         let file = File::create(&log).unwrap();
-        let raw = file.as_raw_fd();
         let pidfile = v.work.join(format!("copy-{i}.pid"));
-        let inherit = format!("fd[9]:{}", v.log.display());
-        let args = [
-            "restore".as_ref(),
-            "--pidns".as_ref(),
-            "-d".as_ref(),
-            "--pidfile".as_ref(),
-            pidfile.as_os_str(),
-            "--inherit-fd".as_ref(),
-            OsStr::new(&inherit),
-            "-D".as_ref(),
-            dir.as_os_str(),
-        ];
-        let crest = spawn_crest_with(args, |cmd| {
-            // SAFETY: dup2 in the forked child before exec is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // dup2 onto itself would leave close-on-exec set.
-                    let r = if raw == 9 {
-                        libc::fcntl(9, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(raw, 9)
-                    };
-                    if r < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        });
+        let crest = spawn_pidns_copy(&dir, &v.log, &file, &pidfile);
         running.push((crest, file, pidfile, log));
     }
     let mut copies = Vec::new();

@@ -5,8 +5,6 @@
 mod common;
 
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use common::*;
@@ -34,43 +32,13 @@ fn ppid(pid: i32) -> i32 {
         .unwrap_or(0)
 }
 
-/// `crest restore --pidns -d --pidfile F --inherit-fd fd[9]:RESOURCE -D DIR`, crest's fd 9
-/// being `out` (opened by us); returns the copy's root pid as we see it.
+/// A copy of the image (see [`spawn_pidns_copy`]) writing to `out`; returns its root pid as
+/// we see it.
 fn restore_copy(dir: &Path, resource: &Path, out: &Path, pidfile: &Path) -> i32 {
     let file = fs::File::create(out).expect("create the copy's output");
-    let raw = file.as_raw_fd();
-    let inherit = format!("fd[9]:{}", resource.display());
-    let args = [
-        "restore".as_ref(),
-        "--pidns".as_ref(),
-        "-d".as_ref(),
-        "--pidfile".as_ref(),
-        pidfile.as_os_str(),
-        "--inherit-fd".as_ref(),
-        inherit.as_ref(),
-        "-D".as_ref(),
-        dir.as_os_str(),
-    ];
-    let out = spawn_crest_with(args, |cmd| {
-        // SAFETY: dup2 in the forked child before exec is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2 onto itself would leave close-on-exec set.
-                let r = if raw == 9 {
-                    libc::fcntl(9, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(raw, 9)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    })
-    .wait(CREST_TIMEOUT);
-    out.assert_ok();
-    drop(file);
+    spawn_pidns_copy(dir, resource, &file, pidfile)
+        .wait(CREST_TIMEOUT)
+        .assert_ok();
     fs::read_to_string(pidfile)
         .expect("the pid file")
         .trim()

@@ -1197,3 +1197,40 @@ pub fn flip_byte(file: &Path, offset: u64) {
     bytes[offset as usize] ^= 0xff;
     fs::write(file, bytes).expect("write corrupted file");
 }
+
+/// Starts `crest restore --pidns -d --pidfile PIDFILE --inherit-fd fd[9]:RESOURCE -D DIR` with
+/// `out` as crest's fd 9: a copy of the image in its own pid namespace whose file RESOURCE is
+/// `out` instead.
+pub fn spawn_pidns_copy(dir: &Path, resource: &Path, out: &File, pidfile: &Path) -> CrestProcess {
+    use std::os::fd::AsRawFd;
+    let raw = out.as_raw_fd();
+    let inherit = format!("fd[9]:{}", resource.display());
+    let args = [
+        "restore".as_ref(),
+        "--pidns".as_ref(),
+        "-d".as_ref(),
+        "--pidfile".as_ref(),
+        pidfile.as_os_str(),
+        "--inherit-fd".as_ref(),
+        OsStr::new(&inherit),
+        "-D".as_ref(),
+        dir.as_os_str(),
+    ];
+    spawn_crest_with(args, |cmd| {
+        // SAFETY: fcntl/dup2 in the forked child before exec are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself would leave close-on-exec set.
+                let r = if raw == 9 {
+                    libc::fcntl(9, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 9)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
