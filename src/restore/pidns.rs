@@ -5,9 +5,10 @@
 //! crest forks a helper into a new pid namespace and a new mount namespace (clone3 with
 //! CLONE_NEWPID|CLONE_NEWNS). The helper is the namespace's pid 1: it mounts a /proc of its
 //! own (so every /proc/PID the restore reads names the namespace's pids), gives the copy a
-//! private /tmp when the image keeps nothing there (a JVM's attach socket and perf data are
-//! per-pid files in /tmp, which copies with one pid would otherwise share), then runs the
-//! whole restore as crest would and reports to crest. It stays as the namespace's init: it
+//! private /tmp (a JVM's attach socket and perf data are per-pid files in /tmp, which copies
+//! with one pid would otherwise share) into which it binds, from the machine's /tmp, the
+//! entries holding files the image needs there, then runs the whole restore as crest would and
+//! reports to crest. It stays as the namespace's init: it
 //! reaps orphans, forwards SIGINT/SIGTERM/SIGHUP to the root, and exits with the root's status
 //! once the root ends (which ends the namespace, and every process left in it).
 
@@ -23,15 +24,12 @@ use super::{RestoreError, RestoreOptions, Restored};
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Read and check the image here too, so a bad image is refused before anything is forked.
     let image = crate::images::open_image(&opts.dir)?;
-    let private_tmp = !image
-        .processes
-        .iter()
-        .flat_map(|p| &p.files)
-        .any(|f| needs_shared_tmp(&f.path, &f.kind));
-    if !private_tmp {
+    let tmp = tmp_plan(&image);
+    if tmp.is_none() {
         crate::warn!(
-            "the image uses files under /tmp: the copy shares /tmp with other copies and the \
-             original (a JVM's attach socket and perf data are named by pid there)"
+            "the image uses /tmp itself (as a working directory, say): the copy shares /tmp \
+             with other copies and the original (a JVM's attach socket and perf data are named \
+             by pid there)"
         );
     }
     let (mut report_r, report_w) = pipe()?;
@@ -51,7 +49,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     })?;
     if child == 0 {
         drop(report_r);
-        init_main(opts, private_tmp, report_w);
+        init_main(opts, tmp.as_deref(), report_w);
     }
     drop(report_w);
     let mut first = [0u8; 1];
@@ -77,24 +75,36 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     Ok(Restored::under(child, root))
 }
 
-/// Whether a file of the image must be found in the machine's own /tmp: anything under /tmp
-/// but what a restore creates anew there (a perf-data file whose content the image holds, a
-/// UNIX socket bound directly in /tmp, such as a JVM's attach listener).
-fn needs_shared_tmp(path: &str, kind: &FileKind) -> bool {
-    let under_tmp = path == "/tmp" || path.starts_with("/tmp/");
-    let created = match kind {
-        FileKind::ContentInImage => true,
-        FileKind::UnixSocket(_) => {
-            std::path::Path::new(path).parent() == Some(std::path::Path::new("/tmp"))
+/// The entries of the machine's /tmp (names directly in /tmp) that the copy's private /tmp
+/// must show, because files of the image live under them; `None` when the image uses /tmp
+/// itself, which then cannot be private. What a restore creates anew in /tmp (a perf-data file
+/// whose content the image holds, a UNIX socket bound directly in /tmp, such as a JVM's attach
+/// listener) is made in the private /tmp instead.
+fn tmp_plan(image: &crate::images::Image) -> Option<Vec<String>> {
+    let mut binds: Vec<String> = Vec::new();
+    for f in image.processes.iter().flat_map(|p| &p.files) {
+        if f.path == "/tmp" {
+            return None;
         }
-        _ => false,
-    };
-    under_tmp && !created
+        let Some(rest) = f.path.strip_prefix("/tmp/") else {
+            continue;
+        };
+        let top = rest.split('/').next().unwrap_or(rest);
+        let created = match f.kind {
+            FileKind::ContentInImage => true,
+            FileKind::UnixSocket(_) => !rest.contains('/'),
+            _ => false,
+        };
+        if !created && !top.is_empty() && !binds.iter().any(|b| b == top) {
+            binds.push(top.to_string());
+        }
+    }
+    Some(binds)
 }
 
 /// The namespace's init. Never returns.
-fn init_main(opts: &RestoreOptions, private_tmp: bool, mut report: File) -> ! {
-    let result = setup_mounts(private_tmp).and_then(|()| {
+fn init_main(opts: &RestoreOptions, tmp: Option<&[String]>, mut report: File) -> ! {
+    let result = setup_mounts(tmp).and_then(|()| {
         let here = RestoreOptions {
             pidns: false,
             ..opts.clone()
@@ -138,8 +148,8 @@ fn detach_stdio() {
 }
 
 /// Mount propagation made private (nothing of ours reaches the host), a fresh /proc for the new
-/// pid namespace, and a fresh /tmp when asked.
-fn setup_mounts(private_tmp: bool) -> Result<(), String> {
+/// pid namespace, and a fresh /tmp showing the machine's entries `tmp` names (when `Some`).
+fn setup_mounts(tmp: Option<&[String]>) -> Result<(), String> {
     let mount = |src: &str,
                  target: &str,
                  fstype: Option<&str>,
@@ -178,14 +188,34 @@ fn setup_mounts(private_tmp: bool) -> Result<(), String> {
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         None,
     )?;
-    if private_tmp {
-        mount(
-            "tmpfs",
-            "/tmp",
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=1777"),
-        )?;
+    let Some(binds) = tmp else {
+        return Ok(());
+    };
+    // The machine's /tmp, still reachable through this descriptor once the tmpfs covers it.
+    let old_tmp = std::fs::File::open("/tmp").map_err(|e| format!("opening /tmp: {e}"))?;
+    let old = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&old_tmp)
+    );
+    mount(
+        "tmpfs",
+        "/tmp",
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    for name in binds {
+        let source = format!("{old}/{name}");
+        let target = format!("/tmp/{name}");
+        let md = std::fs::symlink_metadata(&source)
+            .map_err(|e| format!("the image needs /tmp/{name}: {e}"))?;
+        let made = if md.is_dir() {
+            std::fs::create_dir(&target)
+        } else {
+            std::fs::File::create(&target).map(drop)
+        };
+        made.map_err(|e| format!("making a mount point for /tmp/{name}: {e}"))?;
+        mount(&source, &target, None, libc::MS_BIND | libc::MS_REC, None)?;
     }
     Ok(())
 }
