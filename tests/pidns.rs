@@ -119,3 +119,69 @@ fn three_copies_of_a_tree_run_at_once_beside_the_original() {
         let _ = reap_pid(m, TIMEOUT);
     }
 }
+
+/// A program whose files live under /tmp: each copy still gets a private /tmp (with the
+/// program's directory bound into it), and writes where it was told to.
+#[test]
+fn copies_of_a_program_working_under_tmp_get_a_private_tmp_with_its_directory() {
+    use std::os::unix::process::CommandExt;
+    setup();
+    let work = tempfile::Builder::new()
+        .prefix("crest-pidns-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let log = work.path().join("log");
+    let script = "import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.01)\n";
+    let out = fs::File::create(&log).unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid in the forked child before exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start python3");
+    let pid = child.id() as i32;
+    drop(child);
+    wait_for("python3 to write", TIMEOUT, || {
+        (fs::read_to_string(&log).ok()?.lines().count() >= 3).then_some(())
+    });
+    let dir = work.path().join("img");
+    dump(pid, &dir, true).assert_ok();
+    let mut copies = Vec::new();
+    for i in 1..=2 {
+        let out = work.path().join(format!("out-{i}"));
+        let root = restore_copy(&dir, &log, &out, &work.path().join(format!("pid-{i}")));
+        copies.push((root, out));
+    }
+    for (root, out) in &copies {
+        wait_for(
+            &format!("copy {root} to write its own file"),
+            TIMEOUT,
+            || (fs::read_to_string(out).ok()?.lines().count() >= 3).then_some(()),
+        );
+        // Its /tmp is not ours, yet its working directory (under /tmp) is.
+        let tmp = fs::metadata(format!("/proc/{root}/root/tmp")).unwrap();
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::dev(&tmp),
+            std::os::unix::fs::MetadataExt::dev(&fs::metadata("/tmp").unwrap()),
+            "copy {root} shares our /tmp"
+        );
+        assert_eq!(
+            fs::read_link(format!("/proc/{root}/cwd")).unwrap(),
+            work.path()
+        );
+    }
+    for (root, _) in copies {
+        end_copy(root);
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = reap_pid(pid, TIMEOUT);
+}
