@@ -105,7 +105,8 @@ fn refuse_peers_outside(procs: &[CollectedProcess]) -> Result<(), DumpError> {
 /// (inherited across fork, or passed over a socket) get the same.
 fn assign_description_ids(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
     // (dev, ino) -> (pid, a holder fd, id) of each description of that inode seen so far.
-    let mut seen: HashMap<(u64, u64), Vec<(i32, i32, u32)>> = HashMap::new();
+    type Holder = (i32, i32, u32);
+    let mut seen: HashMap<(u64, u64), Vec<Holder>> = HashMap::new();
     let mut next_id = 0u32;
     for p in procs.iter_mut() {
         let pid = p.pid();

@@ -155,10 +155,7 @@ impl Sockets {
                 // process is collected.
                 let state = match diag.peer {
                     None | Some(0) => UnixSocketState::PeerClosed { queued },
-                    Some(peer) => UnixSocketState::Connected {
-                        peer: peer as u64,
-                        queued,
-                    },
+                    Some(peer) => UnixSocketState::Connected { peer, queued },
                 };
                 Ok(identity(String::new(), md.mode(), state))
             }

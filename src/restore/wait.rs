@@ -16,7 +16,7 @@ use super::RestoreError;
 #[derive(Debug)]
 pub struct Restored {
     /// crest's child: what it waits for and forwards signals to.
-    pid: i32,
+    child: i32,
     /// The root of the restored tree as crest's pid namespace sees it.
     root: i32,
 }
@@ -25,12 +25,15 @@ const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]
 
 impl Restored {
     pub(super) fn new(pid: i32) -> Restored {
-        Restored { pid, root: pid }
+        Restored {
+            child: pid,
+            root: pid,
+        }
     }
 
     /// A tree whose root `root` runs below crest's child `init` (a pid namespace's init).
     pub(super) fn under(init: i32, root: i32) -> Restored {
-        Restored { pid: init, root }
+        Restored { child: init, root }
     }
 
     /// The restored root's pid, as crest's pid namespace sees it (what `--pidfile` records).
@@ -47,7 +50,7 @@ impl Restored {
     /// SIGHUP sent to crest meanwhile are forwarded to it.
     pub fn wait_forwarding_signals(self) -> Result<i32, RestoreError> {
         let os = |what: &str, e: nix::Error| RestoreError::Os {
-            what: format!("{what} (pid {})", self.pid),
+            what: format!("{what} (pid {})", self.child),
             source: e.into(),
         };
         let mut mask = SigSet::empty();
@@ -59,8 +62,8 @@ impl Restored {
             .map_err(|e| os("blocking signals to forward", e))?;
         let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| os("creating a signalfd", e))?;
-        let pidfd = pidfd_open(self.pid).map_err(|e| os("pidfd_open", e))?;
-        let pid = Pid::from_raw(self.pid);
+        let pidfd = pidfd_open(self.child).map_err(|e| os("pidfd_open", e))?;
+        let pid = Pid::from_raw(self.child);
         let result = loop {
             let mut fds = [
                 PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
