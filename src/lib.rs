@@ -20,6 +20,7 @@ pub mod arch;
 pub mod blob;
 pub mod check;
 pub mod dump;
+pub mod events;
 pub mod fault;
 pub mod files;
 pub mod infect;

@@ -846,6 +846,23 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Pipe(crate::images::Pipe::External) => {
                 format!("pipe:[{}] (shared with another process)", f.ino)
             }
+            FileKind::Event(ref ev) => match *ev {
+                crate::images::EventFd::Counter { count, semaphore } => format!(
+                    "eventfd, count {count}{}",
+                    if semaphore { ", semaphore" } else { "" }
+                ),
+                crate::images::EventFd::Signals { mask } => format!("signalfd for {mask:#x}"),
+                crate::images::EventFd::Timer {
+                    clock,
+                    ticks,
+                    value_ns,
+                    interval_ns,
+                    ..
+                } => format!(
+                    "timerfd on clock {clock}, next in {value_ns} ns, every {interval_ns} ns, \
+                     {ticks} unread"
+                ),
+            },
             FileKind::ShellTerminal { rdev } => format!(
                 "{} (the shell's terminal, {}:{}; crest's own terminal at restore)",
                 f.path,

@@ -654,6 +654,29 @@ pub enum FileKind {
     ShellTerminal {
         rdev: u64,
     },
+    /// An event fd (eventfd, signalfd, timerfd), created anew at restore with its state.
+    /// `dev`/`ino` are the anonymous inode's (one for every such fd of the machine), the path
+    /// is what the fd's link read (`anon_inode:[eventfd]`), size, mtime and mode are 0.
+    Event(EventFd),
+}
+
+/// The state of an event fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventFd {
+    /// eventfd(2): the counter, and EFD_SEMAPHORE.
+    Counter { count: u64, semaphore: bool },
+    /// signalfd(2): the signals it reads (bit n-1 for signal n).
+    Signals { mask: u64 },
+    /// timerfd_create(2) + timerfd_settime(2): clock id, expirations not read yet, the time to
+    /// the next expiry and the period (ns; 0 and 0: disarmed), and the settime flags
+    /// (TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET).
+    Timer {
+        clock: i32,
+        ticks: u64,
+        value_ns: u64,
+        interval_ns: u64,
+        settime_flags: u32,
+    },
 }
 
 /// Most bytes an image may record as buffered in one pipe, and largest pipe size (root may

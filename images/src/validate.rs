@@ -294,12 +294,46 @@ fn check_pipe(i: usize, f: &FileIdentity, pipe: &Pipe) -> Result<(), String> {
 
 /// Every file is reopened or recreated by an absolute path, except an unbound socket, which has
 /// no path at all.
+/// An event fd's state: a timer on a clock timerfd knows, with sane times and flags.
+fn check_event(i: usize, ev: &EventFd) -> Result<(), String> {
+    if let EventFd::Timer {
+        clock,
+        value_ns,
+        interval_ns,
+        settime_flags,
+        ..
+    } = *ev
+    {
+        // CLOCK_REALTIME, MONOTONIC, BOOTTIME, REALTIME_ALARM, BOOTTIME_ALARM.
+        if ![0, 1, 7, 8, 9].contains(&clock) {
+            return Err(format!("file {i} is a timerfd on clock {clock}"));
+        }
+        // TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET.
+        if settime_flags & !3 != 0 {
+            return Err(format!(
+                "file {i} is a timerfd with settime flags {settime_flags:#o}"
+            ));
+        }
+        // Far beyond any timer: a hundred years, in nanoseconds (and within an i64 of them).
+        const FAR: u64 = 100 * 365 * 86400 * 1_000_000_000;
+        if value_ns > FAR || interval_ns > FAR {
+            return Err(format!(
+                "file {i} is a timerfd set {value_ns}/{interval_ns} ns away"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
     }
     if let FileKind::Pipe(pipe) = &f.kind {
         return check_pipe(i, f, pipe);
+    }
+    if let FileKind::Event(ev) = &f.kind {
+        return check_event(i, ev);
     }
     if let FileKind::UnixSocket(s) = &f.kind {
         if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {

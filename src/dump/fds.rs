@@ -110,6 +110,7 @@ impl FdWalk<'_> {
                 ))
             }
             FdTarget::Socket(_) | FdTarget::Pipe(_) => None,
+            FdTarget::AnonInode(kind) if crate::events::handles(kind) => None,
             FdTarget::AnonInode(kind) => {
                 return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
             }
@@ -167,6 +168,21 @@ impl FdWalk<'_> {
                 files.add_identity(md.dev(), md.ino(), || {
                     Ok::<_, DumpError>(pipes::identity(&md))
                 })?
+            }
+            // Its own entry: every event fd has the same anonymous inode.
+            None if matches!(&entry.target, FdTarget::AnonInode(_)) => {
+                let FdTarget::AnonInode(kind) = &entry.target else {
+                    unreachable!("matched above")
+                };
+                let info = proc.fdinfo(fd)?;
+                let event = info.event.ok_or_else(|| {
+                    refuse(
+                        pid,
+                        fd,
+                        format!("an {kind} whose state fdinfo does not show"),
+                    )
+                })?;
+                files.push(crate::events::identity(kind, &event, md.dev(), md.ino()))
             }
             // Shared by dup'ed fds like any file: one entry per socket inode.
             None => {

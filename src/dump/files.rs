@@ -122,6 +122,13 @@ impl FileTable {
         &self.files[idx as usize]
     }
 
+    /// Adds `identity` as a file of its own, whatever its inode: an event fd's anonymous inode
+    /// is one for every such fd, each with its own state.
+    pub fn push(&mut self, identity: FileIdentity) -> u32 {
+        self.files.push(identity);
+        (self.files.len() - 1) as u32
+    }
+
     /// Changes what the file with inode `(dev, ino)` is, if the table lists it.
     pub fn set_kind_of(&mut self, dev: u64, ino: u64, kind: FileKind) {
         if let Some(&idx) = self.by_inode.get(&(dev, ino)) {

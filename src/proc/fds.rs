@@ -45,6 +45,78 @@ pub struct FdInfo {
     pub locks: Vec<super::LockLine>,
     /// `tty-index:` of a pseudo-terminal master (the N of its slave `/dev/pts/N`).
     pub tty_index: Option<u32>,
+    /// What an eventfd, signalfd or timerfd shows of its state.
+    pub event: Option<EventInfo>,
+}
+
+/// The state lines of an event fd's fdinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventInfo {
+    /// `eventfd-count:` (hex) and `eventfd-semaphore:` (0/1, Linux 6.2+; absent: 0).
+    EventFd { count: u64, semaphore: bool },
+    /// `sigmask:` (hex, the signals the signalfd reads).
+    SignalFd { mask: u64 },
+    /// `clockid:`, `ticks:`, `settime flags:` (octal), `it_value: (s, ns)`, `it_interval: (s,
+    /// ns)`: the remaining time to the next expiry and the period.
+    TimerFd {
+        clock: i32,
+        ticks: u64,
+        settime_flags: u32,
+        value_ns: u64,
+        interval_ns: u64,
+    },
+}
+
+/// `(sec, nsec)` as timerfd's fdinfo prints it, in nanoseconds.
+fn timespec_ns(value: &str) -> Option<u64> {
+    let (s, ns) = value
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?
+        .split_once(',')?;
+    let (s, ns): (u64, u64) = (s.trim().parse().ok()?, ns.trim().parse().ok()?);
+    s.checked_mul(1_000_000_000)?.checked_add(ns)
+}
+
+/// The event state in an fdinfo text, if it is an event fd's.
+fn parse_event(text: &str) -> Result<Option<EventInfo>, String> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+    };
+    let bad = |what: &str, v: &str| format!("{what} {v:?}");
+    if let Some(v) = field("eventfd-count") {
+        let count = u64::from_str_radix(v, 16).map_err(|_| bad("eventfd-count", v))?;
+        let semaphore = field("eventfd-semaphore").is_some_and(|s| s == "1");
+        return Ok(Some(EventInfo::EventFd { count, semaphore }));
+    }
+    if let Some(v) = field("sigmask") {
+        let mask = u64::from_str_radix(v, 16).map_err(|_| bad("sigmask", v))?;
+        return Ok(Some(EventInfo::SignalFd { mask }));
+    }
+    if let Some(v) = field("clockid") {
+        let clock = v.parse().map_err(|_| bad("clockid", v))?;
+        let ticks = field("ticks")
+            .and_then(|t| t.parse().ok())
+            .ok_or("no ticks: line")?;
+        let settime_flags = field("settime flags")
+            .and_then(|f| u32::from_str_radix(f, 8).ok())
+            .ok_or("no settime flags: line")?;
+        let value_ns = field("it_value")
+            .and_then(timespec_ns)
+            .ok_or("no it_value: line")?;
+        let interval_ns = field("it_interval")
+            .and_then(timespec_ns)
+            .ok_or("no it_interval: line")?;
+        return Ok(Some(EventInfo::TimerFd {
+            clock,
+            ticks,
+            settime_flags,
+            value_ns,
+            interval_ns,
+        }));
+    }
+    Ok(None)
 }
 
 fn convert(t: procfs::process::FDTarget) -> FdTarget {
@@ -108,6 +180,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
         mnt_id,
         locks: super::locks::fdinfo_locks(text)?,
         tty_index,
+        event: parse_event(text)?,
     })
 }
 

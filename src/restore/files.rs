@@ -161,7 +161,10 @@ pub fn open_all(
         }
         if matches!(
             ident.kind,
-            FileKind::UnixSocket(_) | FileKind::ContentInImage | FileKind::Pipe(_)
+            FileKind::UnixSocket(_)
+                | FileKind::ContentInImage
+                | FileKind::Pipe(_)
+                | FileKind::Event(_)
         ) {
             continue;
         }
@@ -229,6 +232,14 @@ pub fn open_all(
                 let fds = format!("pid {} fd {}", p.pid, fds.join(", "));
                 above(tree.pipes.open(ident, pipe, ofd, &fds)?, base, "a pipe")?
             }
+            FileKind::Event(ev) => above(
+                crate::events::create(ev, ofd.flags).map_err(|e| RestoreError::Os {
+                    what: format!("pid {}: {}", p.pid, e.what),
+                    source: e.source,
+                })?,
+                base,
+                "an event fd",
+            )?,
             _ => open_description(ident, ofd, base)?,
         };
         *slot = Some(share(&fd, base)?);
@@ -487,6 +498,8 @@ fn check_identity(
             }
             return Ok(());
         }
+        // Created anew, never opened by path.
+        FileKind::Event(_) => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {

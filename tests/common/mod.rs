@@ -92,6 +92,9 @@ pub enum Kind {
     /// Pipes with unread data: one blocking with a dup'ed write end, one O_NONBLOCK and
     /// enlarged; writes its log lines to stdout too (issue #4).
     Pipes,
+    /// Event fds (tests/victims/events.c): an eventfd, a signalfd with a queued signal, a
+    /// periodic and a one-shot timerfd.
+    Events,
     /// A process tree (issue #9): children in the same and in a new session, one in its own
     /// group, grandchildren, a zombie, shared anonymous memory, pipes between processes and one
     /// file description all of them write through.
@@ -132,6 +135,7 @@ impl Kind {
             Kind::Sockets => "sockets",
             Kind::Pipes => "pipes",
             Kind::Tree => "tree",
+            Kind::Events => "events",
             Kind::Jobctl => "jobctl",
             Kind::Creds => "creds",
             Kind::Pstate => "pstate",
