@@ -139,6 +139,7 @@ pub fn build_with_altstack(
         });
     }
     check_xstate(xstate)?;
+    let (xstate, xfeatures) = frame_xstate(xstate)?;
 
     let fp_addr = (frame_addr + FRAME_END as u64).next_multiple_of(FPSTATE_ALIGN as u64);
     let fp = (fp_addr - frame_addr) as usize;
@@ -183,7 +184,7 @@ pub fn build_with_altstack(
 
     let area = &mut out[fp..fp + xstate.len()];
     area.copy_from_slice(xstate);
-    write_sw_bytes(area, xstate.len());
+    write_sw_bytes(area, xstate.len(), xfeatures);
     out[fp + xstate.len()..needed].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
 
     Ok(frame_addr + 8)
@@ -192,19 +193,65 @@ pub fn build_with_altstack(
 /// Fills `struct _fpx_sw_bytes`, without which the kernel restores only the legacy x87/SSE
 /// part (`check_xstate_in_sigframe` in arch/x86/kernel/fpu/signal.c falls back to FXRSTOR when
 /// magic1 or magic2 do not match, silently dropping AVX and later state).
-fn write_sw_bytes(area: &mut [u8], xstate_len: usize) {
-    // NT_X86_XSTATE carries the kernel's own sw bytes (its xfeatures mask) in this slot; a
-    // buffer from a plain XSAVE has none, and then the header's xstate_bv says what is there.
-    let xfeatures = if get_u32(area, SW_BYTES) == FP_XSTATE_MAGIC1 {
-        get_u64(area, SW_BYTES + 8)
-    } else {
-        get_u64(area, XSTATE_BV) | XFEATURE_MASK_FPSSE
-    };
+fn write_sw_bytes(area: &mut [u8], xstate_len: usize, xfeatures: u64) {
     area[SW_BYTES..SW_BYTES + SW_BYTES_LEN].fill(0);
     put_u32(area, SW_BYTES, FP_XSTATE_MAGIC1);
     put_u32(area, SW_BYTES + 4, (xstate_len + MAGIC2_SIZE) as u32);
     put_u64(area, SW_BYTES + 8, xfeatures);
     put_u32(area, SW_BYTES + 16, xstate_len as u32);
+}
+
+/// XTILEDATA (AMX tiles): the one state component a process must ask the kernel for with
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM)` before using it (Documentation/arch/x86/xstate.rst).
+pub const XFEATURE_XTILEDATA: u32 = 18;
+
+/// The part of the saved XSAVE area the frame carries, and the components it restores.
+///
+/// NT_X86_XSTATE is as large as every component the CPU supports, AMX tile data included
+/// (`fpu_user_cfg.max_size`), but `check_xstate_in_sigframe` only accepts an `xstate_size` up
+/// to the task's own `fpstate->user_size`, which leaves out the dynamically enabled components
+/// (AMX) unless the task asked for them. A larger size makes the kernel fall back to FXRSTOR:
+/// the upper halves of the YMM registers, the AVX-512 state and the rest would be silently
+/// reset. So the frame carries the area only up to the end of the last component the thread
+/// uses (the header's `xstate_bv`; components not listed are in their initial state, and the
+/// kernel initialises what the frame does not restore); a thread that uses AMX tile data keeps
+/// the whole area, and its process asks for AMX first ([`dynamic_features`]).
+fn frame_xstate(xstate: &[u8]) -> Result<(&[u8], u64), ArchError> {
+    let used = get_u64(xstate, XSTATE_BV) | XFEATURE_MASK_FPSSE;
+    let mut len = XSTATE_MIN;
+    for bit in 2..63u32 {
+        if used & (1 << bit) == 0 {
+            continue;
+        }
+        // CPUID leaf 0xD sub-leaf n: EAX is the size of component n, EBX its offset in the
+        // standard (non-compacted) format.
+        let leaf = core::arch::x86_64::__cpuid_count(0xd, bit);
+        len = len.max(leaf.ebx as usize + leaf.eax as usize);
+    }
+    if len > xstate.len() {
+        return Err(ArchError::Incompatible(format!(
+            "the saved FPU state has {} bytes, but its components {used:#x} end at byte {len} on              this CPU; restore on a machine with the same CPU features",
+            xstate.len()
+        )));
+    }
+    Ok((&xstate[..len], used))
+}
+
+/// The dynamically enabled state components (AMX tile data) the saved XSAVE area uses, as
+/// component numbers; the restored process needs `arch_prctl(ARCH_REQ_XCOMP_PERM)` for each
+/// before its frame can be loaded.
+pub fn dynamic_features(regs: &ArchRegs) -> Vec<u32> {
+    match regs {
+        ArchRegs::X86_64 { xstate, .. } if xstate.len() >= XSTATE_MIN => {
+            let used = get_u64(xstate, XSTATE_BV);
+            if used & (1 << XFEATURE_XTILEDATA) != 0 {
+                vec![XFEATURE_XTILEDATA]
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Checks that the XSAVE area can be loaded with XRSTOR on this CPU: XRSTOR raises #GP (and
@@ -260,6 +307,35 @@ fn enabled_xfeatures() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+/// Asks the kernel for the dynamically enabled state components the image's threads use
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), in the restored process before its frames are loaded:
+/// without the permission the kernel rejects a frame carrying AMX tile data.
+pub fn request_dynamic_features(threads: &[&ArchRegs]) -> Result<(), String> {
+    /// arch/x86/include/uapi/asm/prctl.h
+    const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+    let mut wanted: Vec<u32> = threads.iter().flat_map(|r| dynamic_features(r)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    for feature in wanted {
+        // SAFETY: arch_prctl with an integer argument; nothing is read or written in memory.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                feature as libc::c_ulong,
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "the image's threads use the AMX state component {feature}, and the kernel \
+                 refused it to the restored process (arch_prctl ARCH_REQ_XCOMP_PERM): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn put_u64(buf: &mut [u8], at: usize, v: u64) {
     buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
@@ -276,6 +352,7 @@ fn get_u64(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
 }
 
+#[cfg(test)]
 fn get_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -487,25 +564,45 @@ mod tests {
         let fp = (fp_addr - frame_addr) as usize;
         assert_eq!(out[fp + XMM0_OFF], 0x77);
         assert_eq!(get_u32(&out, fp + SW_BYTES), FP_XSTATE_MAGIC1);
-        assert_eq!(get_u32(&out, fp + SW_BYTES + 4), 1028);
+        // Only x87/SSE in use: the frame carries the legacy area and the header.
+        assert_eq!(get_u32(&out, fp + SW_BYTES + 4), XSTATE_MIN as u32 + 4);
         assert_eq!(get_u64(&out, fp + SW_BYTES + 8), XFEATURE_MASK_FPSSE);
-        assert_eq!(get_u32(&out, fp + SW_BYTES + 16), 1024);
-        assert_eq!(get_u32(&out, fp + 1024), FP_XSTATE_MAGIC2);
+        assert_eq!(get_u32(&out, fp + SW_BYTES + 16), XSTATE_MIN as u32);
+        assert_eq!(get_u32(&out, fp + XSTATE_MIN), FP_XSTATE_MAGIC2);
         // The siginfo is zero.
         assert!(out[SIGINFO..FRAME_END].iter().all(|&b| b == 0));
     }
 
+    /// NT_X86_XSTATE is as large as every component the CPU has (AMX included), but the kernel
+    /// only loads a frame whose xstate_size fits the task's own (non-AMX) size: the frame must
+    /// stop after the last component in use, here AVX, whatever the kernel's sw bytes said.
     #[test]
-    fn kernel_sw_bytes_are_kept() {
-        let mut regs = sample_regs(1024);
+    fn frame_stops_after_the_last_component_in_use() {
+        if !have_avx() {
+            return;
+        }
+        let ymm = __cpuid_count(0xd, 2);
+        let ymm_end = (ymm.ebx + ymm.eax) as usize;
+        let big = ymm_end + 8192 + 64;
+        let mut regs = sample_regs(big);
         if let ArchRegs::X86_64 { xstate, .. } = &mut regs {
             put_u32(xstate, SW_BYTES, FP_XSTATE_MAGIC1);
-            put_u64(xstate, SW_BYTES + 8, 0x2e7);
+            put_u64(xstate, SW_BYTES + 8, 0x6_02e7);
+            put_u64(xstate, XSTATE_BV, XFEATURE_MASK_FPSSE | XFEATURE_YMM);
+            xstate[ymm.ebx as usize] = 0x5a;
         }
-        let mut out = vec![0u8; frame_size(1024)];
+        let mut out = vec![0u8; frame_size(big)];
         build(&regs, 0, 0x10000, &mut out).unwrap();
         let fp = (get_u64(&out, MCONTEXT + SC_FPSTATE) - 0x10000) as usize;
-        assert_eq!(get_u64(&out, fp + SW_BYTES + 8), 0x2e7);
+        assert_eq!(
+            get_u64(&out, fp + SW_BYTES + 8),
+            XFEATURE_MASK_FPSSE | XFEATURE_YMM
+        );
+        assert_eq!(get_u32(&out, fp + SW_BYTES + 16), ymm_end as u32);
+        assert_eq!(get_u32(&out, fp + SW_BYTES + 4), ymm_end as u32 + 4);
+        assert_eq!(get_u32(&out, fp + ymm_end), FP_XSTATE_MAGIC2);
+        assert_eq!(out[fp + ymm.ebx as usize], 0x5a);
+        assert!(dynamic_features(&regs).is_empty());
     }
 
     #[test]
