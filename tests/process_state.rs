@@ -67,6 +67,38 @@ fn verify_and_check_files(v: &Victim, context: &str) -> u64 {
     n
 }
 
+/// The victim's MAP_DROPPABLE mapping (address in CTL/info, 0 when the kernel lacks it) is in
+/// the image as a mapping with no page stored: its contents may be dropped at any time, and
+/// are, by a dump (as CRIU does); the victim accepts zeros there.
+fn assert_droppable_not_stored(v: &Victim, image: &serde_json::Value, ctx: &str) {
+    let info = std::fs::read_to_string(v.ctl.join("info")).expect("read pstate info");
+    let addr: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("droppable "))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no droppable line in {info:?}"));
+    if addr == 0 {
+        return;
+    }
+    let process = &image["processes"][0];
+    let vma = process["vmas"]
+        .as_array()
+        .expect("vmas")
+        .iter()
+        .find(|m| m["start"].as_u64() == Some(addr))
+        .unwrap_or_else(|| panic!("{ctx}: no VMA at the droppable mapping {addr:#x}"));
+    assert_eq!(vma["flags"]["droppable"], true, "{ctx}: {vma}");
+    let end = vma["end"].as_u64().expect("end");
+    for run in process["page_runs"].as_array().expect("page_runs") {
+        let start = run["vaddr"].as_u64().expect("vaddr");
+        let stop = start + run["npages"].as_u64().expect("npages") * 4096;
+        assert!(
+            stop <= addr || start >= end,
+            "{ctx}: page run {run} stores droppable memory {addr:#x}-{end:#x}"
+        );
+    }
+}
+
 #[test]
 fn the_victim_checks_its_own_settings_and_notices_a_change() {
     let v = Victim::start(Kind::Pstate);
@@ -100,6 +132,7 @@ fn settings_mappings_and_fds_survive_two_dump_restore_cycles() {
         let settings = &image["processes"][0]["task"]["settings"];
         assert_eq!(settings["oom_score_adj"], 500, "{ctx}: {settings}");
         assert_eq!(settings["thp_disable"], 1, "{ctx}: {settings}");
+        assert_droppable_not_stored(&v, &image, &ctx);
 
         restore_detached(&dir, &[]).assert_ok();
         v.mark_restored();

@@ -259,6 +259,14 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
             }
         };
         let flags = flags(pid, m, &backing)?;
+        if flags.droppable {
+            // MAP_DROPPABLE memory may be dropped by the kernel at any moment and reads back
+            // as zeros then; its users must cope. Like CRIU, the image keeps the mapping but
+            // not its contents, so it is restored empty (and costs nothing to dump).
+            if out.areas.last().is_some_and(|a| a.start == m.start) {
+                out.areas.pop();
+            }
+        }
         out.vmas.push(Vma {
             start: m.start,
             end: m.end,

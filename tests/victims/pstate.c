@@ -17,6 +17,9 @@
  *   shared files    CWD/shared.dat mapped MAP_SHARED read-write; CWD/shared-ro.dat mapped
  *                   MAP_SHARED read-write and then mprotect'ed read-only (smaps `mw`)
  *   O_PATH fd       CWD/opath-target opened O_PATH
+ *   droppable       2 pages MAP_DROPPABLE (when the kernel has it) filled with a pattern; each
+ *                   page must read back as the pattern or as zeros (the kernel, or a restore,
+ *                   may drop it), with VmFlags `dp`
  *
  * On a verify request it checks all of that from the inside (reading back each setting, the
  * smaps VmFlags of each mapping, the patterns, the O_PATH fd's flags and inode), then writes
@@ -57,7 +60,8 @@ static unsigned loginuid_want;
 static long membarrier_want;
 static int cpu_want;
 static int have_seal;
-static char *advised, *randomized, *onfault, *sealed;
+static char *advised, *randomized, *onfault, *sealed, *droppable;
+#define MAP_DROPPABLE_FLAG 0x08
 static uint64_t *shared_rw, *shared_ro;
 static int opath_fd;
 static struct stat opath_st;
@@ -106,6 +110,22 @@ static char *map_anon(size_t pages, const char *what)
     for (size_t i = 0; i < pages * page; i++)
         p[i] = (char)(i * 7 + (uintptr_t)what[0]);
     return p;
+}
+
+/* Each page of a droppable mapping: the pattern map_anon wrote, or all zeros. */
+static void check_dropped_or_pattern(const char *p, size_t pages, const char *what)
+{
+    for (size_t pg = 0; pg < pages; pg++) {
+        const char *q = p + pg * page;
+        int zero = 1, pattern = 1;
+        for (size_t i = 0; i < (size_t)page; i++) {
+            size_t off = pg * page + i;
+            zero &= q[i] == 0;
+            pattern &= q[i] == (char)(off * 7 + (uintptr_t)what[0]);
+        }
+        if (!zero && !pattern)
+            fail("%s: page %zu is neither its pattern nor dropped", what, pg);
+    }
 }
 
 static void check_pattern(const char *p, size_t pages, const char *what)
@@ -211,6 +231,10 @@ static void verify(unsigned long long counter)
     check_pattern(onfault, 2, "onfault");
     if (have_seal)
         check_pattern(sealed, 1, "sealed");
+    if (droppable) {
+        check_vmflags(droppable, "dp", "droppable mapping");
+        check_dropped_or_pattern(droppable, 2, "droppable");
+    }
     check_vma_perms(shared_rw, "rw-s", "shared.dat mapping");
     check_vma_perms(shared_ro, "r--s", "shared-ro.dat mapping");
     check_vmflags(shared_ro, "mw", "shared-ro.dat mapping");
@@ -295,6 +319,14 @@ int main(int argc, char **argv)
     sealed = map_anon(1, "sealed");
     have_seal = syscall(NR_MSEAL, sealed, page, 0) == 0;
 
+    droppable = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_DROPPABLE_FLAG | MAP_ANONYMOUS,
+                     -1, 0);
+    if (droppable == MAP_FAILED)
+        droppable = NULL;
+    else
+        for (size_t i = 0; i < 2 * (size_t)page; i++)
+            droppable[i] = (char)(i * 7 + (uintptr_t)'d');
+
     shared_rw = map_shared_file("shared.dat", PROT_READ | PROT_WRITE);
     shared_ro = map_shared_file("shared-ro.dat", PROT_READ);
     int tfd = open("opath-target", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -310,8 +342,9 @@ int main(int argc, char **argv)
 
     char info[512], info_path[CTL_PATH_MAX], info_tmp[CTL_PATH_MAX];
     int n = snprintf(info, sizeof info,
-                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\n",
-                     loginuid_want, membarrier_want, cpu_want, have_seal, opath_fd);
+                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\ndroppable %lu\n",
+                     loginuid_want, membarrier_want, cpu_want, have_seal, opath_fd,
+                     (unsigned long)(uintptr_t)droppable);
     snprintf(info_path, sizeof info_path, "%s/info", argv[1]);
     snprintf(info_tmp, sizeof info_tmp, "%s/info.tmp", argv[1]);
     int ifd = open(info_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
