@@ -133,6 +133,15 @@ fn settings_mappings_and_fds_survive_two_dump_restore_cycles() {
         assert_eq!(settings["oom_score_adj"], 500, "{ctx}: {settings}");
         assert_eq!(settings["thp_disable"], 1, "{ctx}: {settings}");
         assert_droppable_not_stored(&v, &image, &ctx);
+        let info = std::fs::read_to_string(v.ctl.join("info")).expect("read pstate info");
+        let membarrier: i64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("membarrier "))
+            .and_then(|m| m.trim().parse().ok())
+            .expect("membarrier line in the pstate info");
+        if membarrier >= 0 {
+            assert_eq!(settings["membarrier"], membarrier, "{ctx}: {settings}");
+        }
 
         restore_detached(&dir, &[]).assert_ok();
         v.mark_restored();

@@ -6,8 +6,8 @@
  *   loginuid        4242, when it had none (taking a first login uid needs no privilege);
  *                   otherwise it keeps what it has
  *   prctl           PR_SET_THP_DISABLE 1, PR_SET_TIMERSLACK 123456 ns, PR_MCE_KILL early
- *   membarrier      MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED and
- *                   MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED (when the kernel has them)
+ *   membarrier      every MEMBARRIER_CMD_REGISTER_* command the kernel has (GLOBAL_EXPEDITED,
+ *                   PRIVATE_EXPEDITED, its SYNC_CORE and RSEQ variants)
  *   scheduling      nice 7, CPU affinity to the highest CPU it may use
  *   mappings        "advised": 8 pages, MADV_SEQUENTIAL, DONTFORK, DONTDUMP, HUGEPAGE,
  *                   MERGEABLE and WIPEONFORK (six advices: more than the restorer used to
@@ -50,7 +50,9 @@
 #define MLOCK_ONFAULT 1
 #endif
 #define MB_GET_REGISTRATIONS (1 << 9)
-#define MB_REGISTER_GLOBAL_EXPEDITED (1 << 1)
+#define MB_REGISTER_GLOBAL_EXPEDITED (1 << 2)
+#define MB_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE (1 << 6)
+#define MB_REGISTER_PRIVATE_EXPEDITED_RSEQ (1 << 8)
 #define MB_REGISTER_PRIVATE_EXPEDITED (1 << 4)
 #define MB_QUERY 0
 #define NR_MSEAL 462
@@ -283,11 +285,13 @@ int main(int argc, char **argv)
         die("prctl: %s", strerror(errno));
     membarrier_want = -1;
     long supported = membarrier(MB_QUERY);
-    if (supported > 0 && (supported & MB_REGISTER_PRIVATE_EXPEDITED) &&
-        (supported & MB_REGISTER_GLOBAL_EXPEDITED) && membarrier(MB_GET_REGISTRATIONS) >= 0) {
-        if (membarrier(MB_REGISTER_PRIVATE_EXPEDITED) != 0 ||
-            membarrier(MB_REGISTER_GLOBAL_EXPEDITED) != 0)
-            die("membarrier register: %s", strerror(errno));
+    if (supported > 0 && membarrier(MB_GET_REGISTRATIONS) >= 0) {
+        /* Every registration the kernel offers (all four: what zdtm's membarrier test does). */
+        int regs[] = {MB_REGISTER_GLOBAL_EXPEDITED, MB_REGISTER_PRIVATE_EXPEDITED,
+                      MB_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, MB_REGISTER_PRIVATE_EXPEDITED_RSEQ};
+        for (size_t i = 0; i < sizeof regs / sizeof regs[0]; i++)
+            if ((supported & regs[i]) && membarrier(regs[i]) != 0)
+                die("membarrier register %#x: %s", regs[i], strerror(errno));
         membarrier_want = membarrier(MB_GET_REGISTRATIONS);
     }
     if (setpriority(PRIO_PROCESS, 0, NICE) != 0)
