@@ -57,6 +57,8 @@ pub struct Restoring<'a> {
     pub pid: i32,
     pub boot: &'a Bootstrap,
     pub image: &'a ProcessImage,
+    /// The dumped tree (groups and sessions decide how a stopped process is stopped again).
+    pub tree: &'a [crate::images::TreeTask],
     pub status: &'a mut File,
 }
 
@@ -171,11 +173,12 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
     )?;
     if image.task.group_stop != 0 {
         // Still traced: the threads take the stop on their way out of the ptrace stop, before
-        // any instruction of the program (SIGSTOP, not the original signal, which could be
-        // blocked, handled or discarded in an orphaned process group; the process is stopped
-        // either way).
-        nix::sys::signal::kill(tpid, Signal::SIGSTOP)
-            .map_err(|e| ptrace_err("stopping the restored process again (SIGSTOP)", e))?;
+        // any instruction of the program; with the recorded signal when that is sure to stop
+        // it (the parent's waitid sees which), else SIGSTOP (see restore::jobctl).
+        let sig = super::jobctl::stop_signal(image, r.tree);
+        let sig = Signal::try_from(sig).unwrap_or(Signal::SIGSTOP);
+        nix::sys::signal::kill(tpid, sig)
+            .map_err(|e| ptrace_err(&format!("stopping the restored process again ({sig})"), e))?;
     }
     Ok(())
 }
