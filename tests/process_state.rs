@@ -99,6 +99,32 @@ fn assert_droppable_not_stored(v: &Victim, image: &serde_json::Value, ctx: &str)
     }
 }
 
+/// The victim's guard regions (the middle two pages of its "guarded" mapping; address in
+/// CTL/info, 0 when the kernel lacks MADV_GUARD_INSTALL) are in the image; after the restore
+/// the victim checks they still fault.
+fn assert_guard_regions_recorded(v: &Victim, image: &serde_json::Value, ctx: &str) {
+    let info = std::fs::read_to_string(v.ctl.join("info")).expect("read pstate info");
+    let addr: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("guarded "))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no guarded line in {info:?}"));
+    if addr == 0 {
+        return;
+    }
+    let vma = image["processes"][0]["vmas"]
+        .as_array()
+        .expect("vmas")
+        .iter()
+        .find(|m| m["start"].as_u64() == Some(addr))
+        .unwrap_or_else(|| panic!("{ctx}: no VMA at the guarded mapping {addr:#x}"));
+    assert_eq!(
+        vma["guard_ranges"],
+        serde_json::json!([[addr + 4096, addr + 3 * 4096]]),
+        "{ctx}: {vma}"
+    );
+}
+
 #[test]
 fn the_victim_checks_its_own_settings_and_notices_a_change() {
     let v = Victim::start(Kind::Pstate);
@@ -133,6 +159,7 @@ fn settings_mappings_and_fds_survive_two_dump_restore_cycles() {
         assert_eq!(settings["oom_score_adj"], 500, "{ctx}: {settings}");
         assert_eq!(settings["thp_disable"], 1, "{ctx}: {settings}");
         assert_droppable_not_stored(&v, &image, &ctx);
+        assert_guard_regions_recorded(&v, &image, &ctx);
         let info = std::fs::read_to_string(v.ctl.join("info")).expect("read pstate info");
         let membarrier: i64 = info
             .lines()

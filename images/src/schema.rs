@@ -502,6 +502,11 @@ pub struct Vma {
     pub flags: VmaFlags,
     /// The name /proc/PID/maps shows: a path, `[heap]`, `[stack]`, `[anon:name]`, or empty.
     pub name: String,
+    /// Guard regions inside the VMA (`madvise(MADV_GUARD_INSTALL)`, Linux 6.13+; VmFlags `gu`,
+    /// pagemap bit 58 from 6.15): `(start, end)` address ranges, page-aligned, sorted, that
+    /// fault on any access. Installed again by the restore.
+    #[serde(default)]
+    pub guard_ranges: Vec<(u64, u64)>,
 }
 
 /// What is behind a VMA.

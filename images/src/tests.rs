@@ -64,6 +64,7 @@ fn sample_process() -> ProcessImage {
         backing,
         flags: VmaFlags::default(),
         name: name.into(),
+        guard_ranges: Vec::new(),
     };
     let mut stack_vma = vma(
         stack,

@@ -162,6 +162,20 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
             ),
         )?;
     }
+    // Guard regions (MADV_GUARD_INSTALL) back in place, now that the restorer has mapped and
+    // filled the memory around them.
+    const MADV_GUARD_INSTALL: u64 = 102;
+    for v in &image.vmas {
+        for &(start, end) in &v.guard_ranges {
+            remote(
+                libc::SYS_madvise,
+                &[start, end - start, MADV_GUARD_INSTALL],
+                format!(
+                    "installing the guard region {start:#x}-{end:#x} (madvise MADV_GUARD_INSTALL)"
+                ),
+            )?;
+        }
+    }
     remote(
         libc::SYS_munmap,
         &[boot.addr(), boot.len()],

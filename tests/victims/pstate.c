@@ -17,6 +17,10 @@
  *   shared files    CWD/shared.dat mapped MAP_SHARED read-write; CWD/shared-ro.dat mapped
  *                   MAP_SHARED read-write and then mprotect'ed read-only (smaps `mw`)
  *   O_PATH fd       CWD/opath-target opened O_PATH
+ *   guarded         4 pages; the middle two made guard regions (MADV_GUARD_INSTALL, when the
+ *                   kernel has it), the outer two filled with a pattern: the guards must
+ *                   still fault (a write(2) from them to a pipe fails with EFAULT) and the
+ *                   pattern hold
  *   droppable       2 pages MAP_DROPPABLE (when the kernel has it) filled with a pattern; each
  *                   page must read back as the pattern or as zeros (the kernel, or a restore,
  *                   may drop it), with VmFlags `dp`
@@ -62,7 +66,9 @@ static unsigned loginuid_want;
 static long membarrier_want;
 static int cpu_want;
 static int have_seal;
-static char *advised, *randomized, *onfault, *sealed, *droppable;
+static char *advised, *randomized, *onfault, *sealed, *droppable, *guarded;
+static int have_guard;
+#define MADV_GUARD_INSTALL_ 102
 #define MAP_DROPPABLE_FLAG 0x08
 static uint64_t *shared_rw, *shared_ro;
 static int opath_fd;
@@ -233,6 +239,24 @@ static void verify(unsigned long long counter)
     check_pattern(onfault, 2, "onfault");
     if (have_seal)
         check_pattern(sealed, 1, "sealed");
+    if (have_guard) {
+        check_pattern(guarded, 1, "guarded");
+        if (guarded[3 * page] != (char)(3 * page * 7 + 'g'))
+            fail("guarded: the last page lost its pattern");
+        /* A pipe copies from the buffer (unlike /dev/null): EFAULT on a guard region. */
+        int gp[2];
+        if (pipe2(gp, O_CLOEXEC | O_NONBLOCK) != 0)
+            fail("pipe2: %s", strerror(errno));
+        else {
+            for (int i = 1; i <= 2; i++) {
+                errno = 0;
+                if (write(gp[1], guarded + i * page, 1) != -1 || errno != EFAULT)
+                    fail("guarded: page %d is readable, it is no guard region any more", i);
+            }
+            close(gp[0]);
+            close(gp[1]);
+        }
+    }
     if (droppable) {
         check_vmflags(droppable, "dp", "droppable mapping");
         check_dropped_or_pattern(droppable, 2, "droppable");
@@ -323,6 +347,9 @@ int main(int argc, char **argv)
     sealed = map_anon(1, "sealed");
     have_seal = syscall(NR_MSEAL, sealed, page, 0) == 0;
 
+    guarded = map_anon(4, "guarded");
+    have_guard = madvise(guarded + page, 2 * page, MADV_GUARD_INSTALL_) == 0;
+
     droppable = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_DROPPABLE_FLAG | MAP_ANONYMOUS,
                      -1, 0);
     if (droppable == MAP_FAILED)
@@ -346,9 +373,11 @@ int main(int argc, char **argv)
 
     char info[512], info_path[CTL_PATH_MAX], info_tmp[CTL_PATH_MAX];
     int n = snprintf(info, sizeof info,
-                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\ndroppable %lu\n",
+                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\ndroppable %lu\n"
+                     "guarded %lu\n",
                      loginuid_want, membarrier_want, cpu_want, have_seal, opath_fd,
-                     (unsigned long)(uintptr_t)droppable);
+                     (unsigned long)(uintptr_t)droppable,
+                     have_guard ? (unsigned long)(uintptr_t)guarded : 0UL);
     snprintf(info_path, sizeof info_path, "%s/info", argv[1]);
     snprintf(info_tmp, sizeof info_tmp, "%s/info.tmp", argv[1]);
     int ifd = open(info_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
