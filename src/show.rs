@@ -1091,6 +1091,7 @@ mod tests {
             backing,
             flags: VmaFlags::default(),
             name: name.into(),
+            guard_ranges: Vec::new(),
         };
         let p = ProcessImage {
             pid,

@@ -136,6 +136,13 @@ fn stopped_round_trip(mut v: Victim, stop: nix::sys::signal::Signal, expect_sig:
     v.mark_restored();
     wait_state(v.pid, 'T', "the restored victim to be stopped");
     assert_eq!(tracer_pid(v.pid), Some(0));
+    // The parent (this test, the subreaper the restored victim was handed to) sees the
+    // signal that stopped it, as before the dump.
+    assert_eq!(
+        stop_signal_seen_by_parent(v.pid),
+        stop as i32,
+        "the restored victim is stopped by another signal than {expect_sig}"
+    );
     // Stopped means stopped: nothing was logged since the restore (checked once the stop has
     // been observed; a running process logs every 10 ms).
     std::thread::sleep(Duration::from_millis(100));
@@ -152,6 +159,18 @@ fn stopped_round_trip(mut v: Victim, stop: nix::sys::signal::Signal, expect_sig:
     v.assert_log_consecutive();
     v.verify()
         .expect("the restored victim verifies after SIGCONT");
+}
+
+/// The stop signal `waitid(WSTOPPED | WNOWAIT)` reports to the parent of `pid`.
+fn stop_signal_seen_by_parent(pid: i32) -> i32 {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    match waitid(
+        Id::Pid(nix::unistd::Pid::from_raw(pid)),
+        WaitPidFlag::WSTOPPED | WaitPidFlag::WNOWAIT,
+    ) {
+        Ok(WaitStatus::Stopped(_, sig)) => sig as i32,
+        other => panic!("waitid(WSTOPPED) on {pid}: {other:?}"),
+    }
 }
 
 #[test]

@@ -89,6 +89,64 @@ fn verify_and_check_files(v: &Victim, context: &str) -> u64 {
     n
 }
 
+/// The victim's MAP_DROPPABLE mapping (address in CTL/info, 0 when the kernel lacks it) is in
+/// the image as a mapping with no page stored: its contents may be dropped at any time, and
+/// are, by a dump (as CRIU does); the victim accepts zeros there.
+fn assert_droppable_not_stored(v: &Victim, image: &serde_json::Value, ctx: &str) {
+    let info = std::fs::read_to_string(v.ctl.join("info")).expect("read pstate info");
+    let addr: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("droppable "))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no droppable line in {info:?}"));
+    if addr == 0 {
+        return;
+    }
+    let process = &image["processes"][0];
+    let vma = process["vmas"]
+        .as_array()
+        .expect("vmas")
+        .iter()
+        .find(|m| m["start"].as_u64() == Some(addr))
+        .unwrap_or_else(|| panic!("{ctx}: no VMA at the droppable mapping {addr:#x}"));
+    assert_eq!(vma["flags"]["droppable"], true, "{ctx}: {vma}");
+    let end = vma["end"].as_u64().expect("end");
+    for run in process["page_runs"].as_array().expect("page_runs") {
+        let start = run["vaddr"].as_u64().expect("vaddr");
+        let stop = start + run["npages"].as_u64().expect("npages") * 4096;
+        assert!(
+            stop <= addr || start >= end,
+            "{ctx}: page run {run} stores droppable memory {addr:#x}-{end:#x}"
+        );
+    }
+}
+
+/// The victim's guard regions (the middle two pages of its "guarded" mapping; address in
+/// CTL/info, 0 when the kernel lacks MADV_GUARD_INSTALL) are in the image; after the restore
+/// the victim checks they still fault.
+fn assert_guard_regions_recorded(v: &Victim, image: &serde_json::Value, ctx: &str) {
+    let info = std::fs::read_to_string(v.ctl.join("info")).expect("read pstate info");
+    let addr: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("guarded "))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no guarded line in {info:?}"));
+    if addr == 0 {
+        return;
+    }
+    let vma = image["processes"][0]["vmas"]
+        .as_array()
+        .expect("vmas")
+        .iter()
+        .find(|m| m["start"].as_u64() == Some(addr))
+        .unwrap_or_else(|| panic!("{ctx}: no VMA at the guarded mapping {addr:#x}"));
+    assert_eq!(
+        vma["guard_ranges"],
+        serde_json::json!([[addr + 4096, addr + 3 * 4096]]),
+        "{ctx}: {vma}"
+    );
+}
+
 #[test]
 fn the_victim_checks_its_own_settings_and_notices_a_change() {
     let v = Victim::start(Kind::Pstate);
@@ -130,6 +188,17 @@ fn settings_mappings_and_fds_survive_two_dump_restore_cycles() {
         let settings = &image["processes"][0]["task"]["settings"];
         assert_eq!(settings["oom_score_adj"], 500, "{ctx}: {settings}");
         assert_eq!(settings["thp_disable"], 1, "{ctx}: {settings}");
+        assert_droppable_not_stored(&v, &image, &ctx);
+        assert_guard_regions_recorded(&v, &image, &ctx);
+        let info = std::fs::read_to_string(v.ctl.join("info")).expect("read pstate info");
+        let membarrier: i64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("membarrier "))
+            .and_then(|m| m.trim().parse().ok())
+            .expect("membarrier line in the pstate info");
+        if membarrier >= 0 {
+            assert_eq!(settings["membarrier"], membarrier, "{ctx}: {settings}");
+        }
 
         restore_detached(&dir, &[]).assert_ok();
         v.mark_restored();

@@ -280,9 +280,11 @@ pub struct TaskState {
 pub const LOGINUID_UNSET: u32 = u32::MAX;
 
 /// The membarrier(2) registrations a process can hold (MEMBARRIER_CMD_REGISTER_*), as
-/// MEMBARRIER_CMD_GET_REGISTRATIONS reports them: GLOBAL_EXPEDITED, PRIVATE_EXPEDITED,
-/// PRIVATE_EXPEDITED_SYNC_CORE, PRIVATE_EXPEDITED_RSEQ.
-pub const MEMBARRIER_REGISTRATIONS: u32 = (1 << 1) | (1 << 4) | (1 << 6) | (1 << 8);
+/// MEMBARRIER_CMD_GET_REGISTRATIONS reports them (each as its REGISTER_* command bit,
+/// include/uapi/linux/membarrier.h): REGISTER_GLOBAL_EXPEDITED (1 << 2),
+/// REGISTER_PRIVATE_EXPEDITED (1 << 4), REGISTER_PRIVATE_EXPEDITED_SYNC_CORE (1 << 6),
+/// REGISTER_PRIVATE_EXPEDITED_RSEQ (1 << 8).
+pub const MEMBARRIER_REGISTRATIONS: u32 = (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8);
 
 /// Process-wide settings a restore gives back, and the per-thread prctl flags every thread
 /// shares (a dump refuses threads that differ from the leader in them).
@@ -525,6 +527,11 @@ pub struct Vma {
     pub flags: VmaFlags,
     /// The name /proc/PID/maps shows: a path, `[heap]`, `[stack]`, `[anon:name]`, or empty.
     pub name: String,
+    /// Guard regions inside the VMA (`madvise(MADV_GUARD_INSTALL)`, Linux 6.13+; VmFlags `gu`,
+    /// pagemap bit 58 from 6.15): `(start, end)` address ranges, page-aligned, sorted, that
+    /// fault on any access. Installed again by the restore.
+    #[serde(default)]
+    pub guard_ranges: Vec<(u64, u64)>,
 }
 
 impl Vma {

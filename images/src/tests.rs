@@ -64,6 +64,7 @@ fn sample_process() -> ProcessImage {
         backing,
         flags: VmaFlags::default(),
         name: name.into(),
+        guard_ranges: Vec::new(),
     };
     let mut stack_vma = vma(
         stack,
@@ -881,6 +882,20 @@ fn hostile_process_records_are_refused() {
                 p.vmas[0].backing = VmaBacking::File { file: 3, offset: 0 };
             }),
         ),
+        (
+            "guard range outside its VMA",
+            Box::new(move |p| {
+                let end = p.vmas[0].end;
+                p.vmas[0].guard_ranges = vec![(end - ps, end + ps)];
+            }),
+        ),
+        (
+            "guard range not page-aligned",
+            Box::new(move |p| {
+                let start = p.vmas[0].start;
+                p.vmas[0].guard_ranges = vec![(start + 1, start + ps)];
+            }),
+        ),
     ];
     for (what, edit) in &edits {
         let mut p = sample_process();
@@ -904,6 +919,10 @@ fn hostile_process_records_are_refused() {
         size: 65536,
         buffered: vec![1; 100],
     });
+    validate_process(&p, 5 * ps, ps).unwrap();
+    // And one with a guard region inside a VMA.
+    let mut p = sample_process();
+    p.vmas[0].guard_ranges = vec![(p.vmas[0].start, p.vmas[0].start + ps)];
     validate_process(&p, 5 * ps, ps).unwrap();
 }
 

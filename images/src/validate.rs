@@ -487,6 +487,21 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
         if v.start >= v.end {
             return Err(format!("{} is empty or reversed", what()));
         }
+        let mut guard_end = v.start;
+        for &(gs, ge) in &v.guard_ranges {
+            if gs % page_size != 0
+                || ge % page_size != 0
+                || gs >= ge
+                || gs < guard_end
+                || ge > v.end
+            {
+                return Err(format!(
+                    "{} has guard range {gs:#x}-{ge:#x}, not a sorted page-aligned range inside it",
+                    what()
+                ));
+            }
+            guard_end = ge;
+        }
         if v.end > USER_ADDRESS_LIMIT {
             return Err(format!("{} is outside the user address space", what()));
         }
@@ -1115,6 +1130,7 @@ mod task_tests {
             backing,
             flags: VmaFlags::default(),
             name: name.into(),
+            guard_ranges: Vec::new(),
         };
         let shm = VmaBacking::SharedAnonymous {
             object: 7,

@@ -129,9 +129,15 @@ mod tests {
     fn own_threads_credentials_are_collected_and_agree() {
         // This test process's threads all share crest's credentials.
         let proc = Proc::open(std::process::id() as i32).unwrap();
-        let tids = proc.tasks().unwrap();
-        let bits = vec![0; tids.len()];
-        let c = collect(&proc, &tids, &bits).unwrap();
+        // The test harness's other threads come and go (one per running test), so a thread
+        // listed may be gone before its status is read: list again then.
+        let c = (0..100)
+            .find_map(|_| {
+                let tids = proc.tasks().unwrap();
+                let bits = vec![0; tids.len()];
+                collect(&proc, &tids, &bits).ok()
+            })
+            .expect("the test's own threads' credentials could be collected");
         let uid = nix::unistd::getuid().as_raw();
         assert_eq!(c.uid[0], uid);
         // SAFETY: prctl(PR_GET_SECUREBITS) takes no pointers.

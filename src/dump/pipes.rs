@@ -35,6 +35,69 @@ pub fn identity(md: &Metadata) -> FileIdentity {
     }
 }
 
+/// Whether the other end of the pipe behind the process's `fd` (its read end when `reader`,
+/// else its write end) is closed everywhere: poll reports POLLHUP on a read end once the pipe
+/// has no writer left, POLLERR on a write end once it has no reader (fs/pipe.c `pipe_poll`).
+/// Exact, unlike a search of other processes' fds.
+pub fn widowed(pid: i32, fd: i32, ino: u64, reader: bool) -> Result<bool, DumpError> {
+    let copy = duplicate(pid, fd, ino)?;
+    let mut pfd = libc::pollfd {
+        fd: copy.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd it is given; timeout 0 never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(DumpError::UnsupportedFd {
+            pid,
+            fd,
+            what: format!(
+                "a pipe (inode {ino}) whose other end cannot be checked: poll: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    let gone = if reader { libc::POLLHUP } else { libc::POLLERR };
+    Ok(pfd.revents & gone != 0)
+}
+
+/// The size of the pipe behind the process's write end `fd` whose readers are all gone: no
+/// byte in it can ever be read, so none is kept.
+pub fn capture_size(pid: i32, fd: i32, ino: u64) -> Result<Pipe, DumpError> {
+    let copy = duplicate(pid, fd, ino)?;
+    // SAFETY: F_GETPIPE_SZ on a valid descriptor only returns an integer.
+    let size = unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if size <= 0 || size as u32 > PIPE_SIZE_MAX {
+        return Err(DumpError::UnsupportedFd {
+            pid,
+            fd,
+            what: format!("a pipe (inode {ino}) of unexpected size {size}"),
+        });
+    }
+    Ok(Pipe::Internal {
+        size: size as u32,
+        buffered: Vec::new(),
+    })
+}
+
+/// crest's own duplicate of the process's pipe descriptor `fd` (the same description).
+fn duplicate(pid: i32, fd: i32, ino: u64) -> Result<OwnedFd, DumpError> {
+    let refuse = |what: String| DumpError::UnsupportedFd {
+        pid,
+        fd,
+        what: format!("a pipe (inode {ino}) {what}"),
+    };
+    let pidfd = sys::pidfd_open(pid)
+        .map_err(|e| refuse(format!("whose process cannot be opened as a pidfd ({e})")))?;
+    sys::pidfd_getfd(&pidfd, fd).map_err(|e| {
+        refuse(format!(
+            "that crest cannot duplicate (pidfd_getfd: {e}; it needs Linux 5.6+ and ptrace \
+             access)"
+        ))
+    })
+}
+
 /// The size and buffered bytes of the pipe behind the process's read end `fd`, left in place.
 pub fn capture(pid: i32, fd: i32, ino: u64) -> Result<Pipe, DumpError> {
     let refuse = |what: String| DumpError::UnsupportedFd {

@@ -149,7 +149,7 @@ fn classify_pipes(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
     #[derive(Default)]
     struct Ends {
         reader: Option<(i32, i32)>,
-        writer: bool,
+        writer: Option<(i32, i32)>,
     }
     let mut pipes_seen: HashMap<(u64, u64), Ends> = HashMap::new();
     for p in procs.iter() {
@@ -164,15 +164,25 @@ fn classify_pipes(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
                 ends.reader = ends.reader.or(Some((p.pid(), f.fd)));
             }
             if flags & libc::O_ACCMODE != libc::O_RDONLY {
-                ends.writer = true;
+                ends.writer = ends.writer.or(Some((p.pid(), f.fd)));
             }
         }
     }
     for ((dev, ino), ends) in pipes_seen {
-        let (Some((pid, fd)), true) = (ends.reader, ends.writer) else {
-            continue;
+        let pipe: Pipe = match (ends.reader, ends.writer) {
+            (Some((pid, fd)), Some(_)) => pipes::capture(pid, fd, ino)?,
+            // Only one end in the tree: external, unless the other end is closed everywhere
+            // (then nobody outside can hold it, and the pipe is recreated with that end closed).
+            (Some((pid, fd)), None) => match pipes::widowed(pid, fd, ino, true)? {
+                true => pipes::capture(pid, fd, ino)?,
+                false => continue,
+            },
+            (None, Some((pid, fd))) => match pipes::widowed(pid, fd, ino, false)? {
+                true => pipes::capture_size(pid, fd, ino)?,
+                false => continue,
+            },
+            (None, None) => continue,
         };
-        let pipe: Pipe = pipes::capture(pid, fd, ino)?;
         for p in procs.iter_mut() {
             p.files.set_kind_of(dev, ino, FileKind::Pipe(pipe.clone()));
         }

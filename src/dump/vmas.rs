@@ -275,6 +275,14 @@ fn add_vma(
         }
     };
     let flags = flags(pid, m, &backing)?;
+    if flags.droppable {
+        // MAP_DROPPABLE memory may be dropped by the kernel at any moment and reads back as
+        // zeros then; its users must cope. Like CRIU, the image keeps the mapping but not its
+        // contents, so it is restored empty (and costs nothing to dump).
+        if out.areas.last().is_some_and(|a| a.start == m.start) {
+            out.areas.pop();
+        }
+    }
     out.vmas.push(Vma {
         start: m.start,
         end: m.end,
@@ -283,8 +291,48 @@ fn add_vma(
         backing,
         flags,
         name: m.display_name.clone(),
+        guard_ranges: if m.flag_codes.iter().any(|c| c == "gu") {
+            guard_ranges(proc, m)?
+        } else {
+            Vec::new()
+        },
     });
     Ok(())
+}
+
+/// The guard regions of a VMA whose VmFlags show `gu`, from the pagemap. A kernel that shows
+/// `gu` but does not mark guard pages in the pagemap (6.13, 6.14) would give none: refused.
+fn guard_ranges(proc: &Proc, m: &MapEntry) -> Result<Vec<(u64, u64)>, DumpError> {
+    let page = crate::arch::page_size();
+    let pagemap = proc.pagemap()?;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut entries = vec![0u64; 4096];
+    let mut addr = m.start;
+    while addr < m.end {
+        let n = (((m.end - addr) / page) as usize).min(entries.len());
+        pagemap.read(addr / page, &mut entries[..n])?;
+        for (i, e) in entries[..n].iter().enumerate() {
+            if e & crate::pages::PM_GUARD_REGION == 0 {
+                continue;
+            }
+            let a = addr + i as u64 * page;
+            match ranges.last_mut() {
+                Some(last) if last.1 == a => last.1 = a + page,
+                _ => ranges.push((a, a + page)),
+            }
+        }
+        addr += n as u64 * page;
+    }
+    if ranges.is_empty() {
+        return Err(unsupported(
+            proc.pid(),
+            m,
+            "it has guard regions (VmFlags `gu`) that the pagemap does not show (Linux 6.15+ \
+             marks them); crest cannot tell where they are"
+                .into(),
+        ));
+    }
+    Ok(ranges)
 }
 
 /// The shmem object behind a shared anonymous mapping: its inode (the same in every process

@@ -19,7 +19,9 @@ mod sink;
 mod zero;
 
 pub use background::{prefaulted_buffers, BackgroundWriter};
-pub use pagemap::{classify, select_runs, PageClass, PM_FILE, PM_PRESENT, PM_SWAP};
+pub use pagemap::{
+    classify, select_runs, PageClass, PM_FILE, PM_GUARD_REGION, PM_PRESENT, PM_SWAP,
+};
 pub use sink::{PageSink, RunWriter};
 pub use zero::is_zero;
 

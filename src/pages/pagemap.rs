@@ -13,6 +13,11 @@ pub const PM_SWAP: u64 = 1 << 62;
 /// Bit 61: the page is a page-cache page (or shared anonymous).
 pub const PM_FILE: u64 = 1 << 61;
 
+/// Bit 58: the page is a guard region (MADV_GUARD_INSTALL). The kernel keeps guard markers
+/// in swap-like entries, so such a page may show the swap bit too; it has no content (any
+/// access faults) and the restore installs the guard again.
+pub const PM_GUARD_REGION: u64 = 1 << 58;
+
 /// What to do with one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageClass {
@@ -28,7 +33,7 @@ pub enum PageClass {
 /// Classifies one pagemap word of a private mapping; `file_mapping` is true when the area
 /// maps a file (a written page of such an area is an anonymous COW copy, without the FILE bit).
 pub fn classify(entry: u64, file_mapping: bool) -> PageClass {
-    if entry & (PM_PRESENT | PM_SWAP) == 0 {
+    if entry & (PM_PRESENT | PM_SWAP) == 0 || entry & PM_GUARD_REGION != 0 {
         PageClass::Absent
     } else if file_mapping && entry & PM_FILE != 0 {
         PageClass::FileBacked
@@ -85,6 +90,16 @@ mod tests {
         assert_eq!(counts.scanned, 8);
         assert_eq!(counts.absent, 3);
         assert_eq!(counts.file_backed, 0);
+    }
+
+    #[test]
+    fn guard_pages_are_absent_even_with_the_swap_bit() {
+        assert_eq!(
+            classify(PM_SWAP | PM_GUARD_REGION, false),
+            PageClass::Absent
+        );
+        assert_eq!(classify(PM_GUARD_REGION, true), PageClass::Absent);
+        assert_eq!(classify(SWAPPED, false), PageClass::Read);
     }
 
     #[test]

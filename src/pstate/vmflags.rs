@@ -45,6 +45,9 @@ fn code(c: &str) -> Option<Code> {
         "wf" => State(|f| f.wipeonfork = true),
         "sl" => State(|f| f.sealed = true),
         "dp" => State(|f| f.droppable = true),
+        // Guard regions: where they are is read from the pagemap (dump::vmas), and they are
+        // installed again after the restorer (restore::finish).
+        "gu" => Derived,
         "pf" | "io" => Refused("it maps device memory (VM_PFNMAP/VM_IO)"),
         "mm" => Refused("it is a driver's mixed map (VM_MIXEDMAP)"),
         "de" => Refused("it is a driver's or the kernel's special mapping (VM_DONTEXPAND)"),

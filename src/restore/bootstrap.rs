@@ -739,6 +739,7 @@ mod tests {
             backing: VmaBacking::Anonymous,
             flags: VmaFlags::default(),
             name: String::new(),
+            guard_ranges: Vec::new(),
         }
     }
 

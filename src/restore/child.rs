@@ -103,6 +103,8 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
 fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     let p = plan.image;
     block_all_signals()?;
+    let regs: Vec<_> = p.threads.iter().map(|t| &t.regs).collect();
+    crate::arch::sigframe::request_dynamic_features(&regs)?;
     task_state::set_sigactions(p)?;
     // Move every image fd into place; all of crest's descriptors are at fd_base or above.
     for fd in &p.fds {

@@ -57,6 +57,8 @@ pub struct Restoring<'a> {
     pub pid: i32,
     pub boot: &'a Bootstrap,
     pub image: &'a ProcessImage,
+    /// The dumped tree (groups and sessions decide how a stopped process is stopped again).
+    pub tree: &'a [crate::images::TreeTask],
     pub status: &'a mut File,
 }
 
@@ -160,6 +162,20 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
             ),
         )?;
     }
+    // Guard regions (MADV_GUARD_INSTALL) back in place, now that the restorer has mapped and
+    // filled the memory around them.
+    const MADV_GUARD_INSTALL: u64 = 102;
+    for v in &image.vmas {
+        for &(start, end) in &v.guard_ranges {
+            remote(
+                libc::SYS_madvise,
+                &[start, end - start, MADV_GUARD_INSTALL],
+                format!(
+                    "installing the guard region {start:#x}-{end:#x} (madvise MADV_GUARD_INSTALL)"
+                ),
+            )?;
+        }
+    }
     remote(
         libc::SYS_munmap,
         &[boot.addr(), boot.len()],
@@ -171,11 +187,12 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
     )?;
     if image.task.group_stop != 0 {
         // Still traced: the threads take the stop on their way out of the ptrace stop, before
-        // any instruction of the program (SIGSTOP, not the original signal, which could be
-        // blocked, handled or discarded in an orphaned process group; the process is stopped
-        // either way).
-        nix::sys::signal::kill(tpid, Signal::SIGSTOP)
-            .map_err(|e| ptrace_err("stopping the restored process again (SIGSTOP)", e))?;
+        // any instruction of the program; with the recorded signal when that is sure to stop
+        // it (the parent's waitid sees which), else SIGSTOP (see restore::jobctl).
+        let sig = super::jobctl::stop_signal(image, r.tree);
+        let sig = Signal::try_from(sig).unwrap_or(Signal::SIGSTOP);
+        nix::sys::signal::kill(tpid, sig)
+            .map_err(|e| ptrace_err(&format!("stopping the restored process again ({sig})"), e))?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub(crate) mod creds;
 mod files;
 mod finish;
 mod fork;
+mod jobctl;
 mod pidns;
 mod pipes;
 mod shmem;
@@ -249,6 +250,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                     pid: t.pid,
                     boot: &boots[p],
                     image: &image.processes[p],
+                    tree: &image.inventory.tree,
                     status,
                 },
                 go,

@@ -6,6 +6,11 @@
  *                     written in 100-byte chunks alternately through a_write and a_dup.
  *   b_read, b_write   an O_NONBLOCK pipe of B_SIZE bytes (F_SETPIPE_SZ) holding the current
  *                     generation's B data.
+ *   c_read            the read end of a pipe whose write end it closed after writing C_LEN
+ *                     bytes: they must stay readable (checked without consuming them, through
+ *                     tee), and poll must report POLLHUP (no writer anywhere).
+ *   d_write           the write end of a pipe whose read end it closed: poll must report
+ *                     POLLERR (no reader anywhere).
  *   stdout            every tick writes "pid=P n=N\n" to it as to the log (a test may read it
  *                     through a pipe whose read end only the test holds).
  *
@@ -17,11 +22,15 @@
  */
 #include "victim.h"
 
+#include <poll.h>
 #include <sys/ioctl.h>
+
+#define C_LEN 777
 
 #define B_SIZE (128 * 1024)
 
-static int a_read, a_write, a_dup, b_read, b_write;
+static int a_read, a_write, a_dup, b_read, b_write, c_read, d_write;
+static char c_byte(size_t i) { return (char)('C' + i % 23); }
 static unsigned generation;
 
 static size_t a_len(unsigned g) { return 1000 + 13 * (size_t)g; }
@@ -91,8 +100,47 @@ static void drain(int fd, size_t len, unsigned g, char (*byte)(unsigned, size_t)
     }
 }
 
+/* The widowed pipes: C keeps its bytes and reports no writer, D reports no reader. */
+static void check_widowed(void)
+{
+    struct pollfd pf[2] = {{.fd = c_read}, {.fd = d_write}};
+    if (poll(pf, 2, 0) < 0) {
+        fail("poll on the widowed pipes: %s", strerror(errno));
+        return;
+    }
+    if (!(pf[0].revents & POLLHUP))
+        fail("pipe C: a writer exists again (poll revents %#x)", pf[0].revents);
+    if (!(pf[1].revents & POLLERR))
+        fail("pipe D: a reader exists again (poll revents %#x)", pf[1].revents);
+    int avail = -1;
+    if (ioctl(c_read, FIONREAD, &avail) != 0 || avail != C_LEN) {
+        fail("pipe C: %d bytes buffered, want %d", avail, C_LEN);
+        return;
+    }
+    int t[2];
+    if (pipe2(t, O_CLOEXEC) != 0) {
+        fail("pipe2: %s", strerror(errno));
+        return;
+    }
+    char buf[C_LEN];
+    ssize_t n = tee(c_read, t[1], C_LEN, SPLICE_F_NONBLOCK);
+    if (n != C_LEN || read(t[0], buf, C_LEN) != C_LEN)
+        fail("pipe C: tee copied %zd of %d bytes: %s", n, C_LEN, strerror(errno));
+    else
+        for (size_t i = 0; i < C_LEN; i++)
+            if (buf[i] != c_byte(i)) {
+                fail("pipe C: byte %zu differs", i);
+                break;
+            }
+    close(t[0]);
+    close(t[1]);
+}
+
 static void verify(void)
 {
+    check_fd(c_read, O_RDONLY, 0, 0, "pipe C read end");
+    check_fd(d_write, O_WRONLY, 0, 0, "pipe D write end");
+    check_widowed();
     check_fd(a_read, O_RDONLY, 0, 1, "pipe A read end");
     check_fd(a_write, O_WRONLY, 0, 1, "pipe A write end");
     check_fd(a_dup, O_WRONLY, 0, 0, "pipe A dup'ed write end");
@@ -139,6 +187,18 @@ int main(int argc, char **argv)
     if (a_dup < 0 || fcntl(b_write, F_SETPIPE_SZ, B_SIZE) != B_SIZE)
         die("dup/F_SETPIPE_SZ: %s", strerror(errno));
     fill(generation);
+    if (pipe(p) != 0)
+        die("pipe: %s", strerror(errno));
+    c_read = p[0];
+    char cbuf[C_LEN];
+    for (size_t i = 0; i < C_LEN; i++)
+        cbuf[i] = c_byte(i);
+    write_all(p[1], cbuf, C_LEN, "pipe C");
+    close(p[1]);
+    if (pipe(p) != 0)
+        die("pipe: %s", strerror(errno));
+    d_write = p[1];
+    close(p[0]);
 
     char line[128];
     unsigned long long counter = 0;

@@ -6,8 +6,8 @@
  *   loginuid        4242, when it had none (taking a first login uid needs no privilege);
  *                   otherwise it keeps what it has
  *   prctl           PR_SET_THP_DISABLE 1, PR_SET_TIMERSLACK 123456 ns, PR_MCE_KILL early
- *   membarrier      MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED and
- *                   MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED (when the kernel has them)
+ *   membarrier      every MEMBARRIER_CMD_REGISTER_* command the kernel has (GLOBAL_EXPEDITED,
+ *                   PRIVATE_EXPEDITED, its SYNC_CORE and RSEQ variants)
  *   scheduling      nice 7, CPU affinity to the highest CPU it may use
  *   mappings        "advised": 8 pages, MADV_SEQUENTIAL, DONTFORK, DONTDUMP, HUGEPAGE,
  *                   MERGEABLE and WIPEONFORK (six advices: more than the restorer used to
@@ -20,6 +20,13 @@
  *   shared files    CWD/shared.dat mapped MAP_SHARED read-write; CWD/shared-ro.dat mapped
  *                   MAP_SHARED read-write and then mprotect'ed read-only (smaps `mw`)
  *   O_PATH fd       CWD/opath-target opened O_PATH
+ *   guarded         4 pages; the middle two made guard regions (MADV_GUARD_INSTALL, when the
+ *                   kernel has it), the outer two filled with a pattern: the guards must
+ *                   still fault (a write(2) from them to a pipe fails with EFAULT) and the
+ *                   pattern hold
+ *   droppable       2 pages MAP_DROPPABLE (when the kernel has it) filled with a pattern; each
+ *                   page must read back as the pattern or as zeros (the kernel, or a restore,
+ *                   may drop it), with VmFlags `dp`
  *
  * On a verify request it checks all of that from the inside (reading back each setting, the
  * smaps VmFlags of each mapping, the patterns, the O_PATH fd's flags and inode), then writes
@@ -53,7 +60,9 @@
 #define MLOCK_ONFAULT 1
 #endif
 #define MB_GET_REGISTRATIONS (1 << 9)
-#define MB_REGISTER_GLOBAL_EXPEDITED (1 << 1)
+#define MB_REGISTER_GLOBAL_EXPEDITED (1 << 2)
+#define MB_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE (1 << 6)
+#define MB_REGISTER_PRIVATE_EXPEDITED_RSEQ (1 << 8)
 #define MB_REGISTER_PRIVATE_EXPEDITED (1 << 4)
 #define MB_QUERY 0
 #define NR_MSEAL 462
@@ -74,7 +83,10 @@ static unsigned loginuid_want;
 static long membarrier_want;
 static int cpu_want;
 static int have_seal, have_names;
-static char *advised, *randomized, *onfault, *sealed, *named, *named_shared;
+static char *advised, *randomized, *onfault, *sealed, *named, *named_shared, *droppable, *guarded;
+static int have_guard;
+#define MADV_GUARD_INSTALL_ 102
+#define MAP_DROPPABLE_FLAG 0x08
 static uint64_t *shared_rw, *shared_ro;
 static int opath_fd;
 static struct stat opath_st;
@@ -123,6 +135,22 @@ static char *map_anon(size_t pages, const char *what)
     for (size_t i = 0; i < pages * page; i++)
         p[i] = (char)(i * 7 + (uintptr_t)what[0]);
     return p;
+}
+
+/* Each page of a droppable mapping: the pattern map_anon wrote, or all zeros. */
+static void check_dropped_or_pattern(const char *p, size_t pages, const char *what)
+{
+    for (size_t pg = 0; pg < pages; pg++) {
+        const char *q = p + pg * page;
+        int zero = 1, pattern = 1;
+        for (size_t i = 0; i < (size_t)page; i++) {
+            size_t off = pg * page + i;
+            zero &= q[i] == 0;
+            pattern &= q[i] == (char)(off * 7 + (uintptr_t)what[0]);
+        }
+        if (!zero && !pattern)
+            fail("%s: page %zu is neither its pattern nor dropped", what, pg);
+    }
 }
 
 static void check_pattern(const char *p, size_t pages, const char *what)
@@ -232,6 +260,28 @@ static void verify(unsigned long long counter)
         check_pattern(named, 2, "named");
         check_pattern(named_shared, 1, "shared named");
     }
+    if (have_guard) {
+        check_pattern(guarded, 1, "guarded");
+        if (guarded[3 * page] != (char)(3 * page * 7 + 'g'))
+            fail("guarded: the last page lost its pattern");
+        /* A pipe copies from the buffer (unlike /dev/null): EFAULT on a guard region. */
+        int gp[2];
+        if (pipe2(gp, O_CLOEXEC | O_NONBLOCK) != 0)
+            fail("pipe2: %s", strerror(errno));
+        else {
+            for (int i = 1; i <= 2; i++) {
+                errno = 0;
+                if (write(gp[1], guarded + i * page, 1) != -1 || errno != EFAULT)
+                    fail("guarded: page %d is readable, it is no guard region any more", i);
+            }
+            close(gp[0]);
+            close(gp[1]);
+        }
+    }
+    if (droppable) {
+        check_vmflags(droppable, "dp", "droppable mapping");
+        check_dropped_or_pattern(droppable, 2, "droppable");
+    }
     check_vma_perms(shared_rw, "rw-s", "shared.dat mapping");
     check_vma_perms(shared_ro, "r--s", "shared-ro.dat mapping");
     check_vmflags(shared_ro, "mw", "shared-ro.dat mapping");
@@ -280,11 +330,13 @@ int main(int argc, char **argv)
         die("prctl: %s", strerror(errno));
     membarrier_want = -1;
     long supported = membarrier(MB_QUERY);
-    if (supported > 0 && (supported & MB_REGISTER_PRIVATE_EXPEDITED) &&
-        (supported & MB_REGISTER_GLOBAL_EXPEDITED) && membarrier(MB_GET_REGISTRATIONS) >= 0) {
-        if (membarrier(MB_REGISTER_PRIVATE_EXPEDITED) != 0 ||
-            membarrier(MB_REGISTER_GLOBAL_EXPEDITED) != 0)
-            die("membarrier register: %s", strerror(errno));
+    if (supported > 0 && membarrier(MB_GET_REGISTRATIONS) >= 0) {
+        /* Every registration the kernel offers (all four: what zdtm's membarrier test does). */
+        int regs[] = {MB_REGISTER_GLOBAL_EXPEDITED, MB_REGISTER_PRIVATE_EXPEDITED,
+                      MB_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, MB_REGISTER_PRIVATE_EXPEDITED_RSEQ};
+        for (size_t i = 0; i < sizeof regs / sizeof regs[0]; i++)
+            if ((supported & regs[i]) && membarrier(regs[i]) != 0)
+                die("membarrier register %#x: %s", regs[i], strerror(errno));
         membarrier_want = membarrier(MB_GET_REGISTRATIONS);
     }
     if (setpriority(PRIO_PROCESS, 0, NICE) != 0)
@@ -327,6 +379,17 @@ int main(int argc, char **argv)
             die("naming shared anonymous memory: %s", strerror(errno));
     }
 
+    guarded = map_anon(4, "guarded");
+    have_guard = madvise(guarded + page, 2 * page, MADV_GUARD_INSTALL_) == 0;
+
+    droppable = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_DROPPABLE_FLAG | MAP_ANONYMOUS,
+                     -1, 0);
+    if (droppable == MAP_FAILED)
+        droppable = NULL;
+    else
+        for (size_t i = 0; i < 2 * (size_t)page; i++)
+            droppable[i] = (char)(i * 7 + (uintptr_t)'d');
+
     shared_rw = map_shared_file("shared.dat", PROT_READ | PROT_WRITE);
     shared_ro = map_shared_file("shared-ro.dat", PROT_READ);
     int tfd = open("opath-target", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -345,8 +408,11 @@ int main(int argc, char **argv)
 
     char info[512], info_path[CTL_PATH_MAX], info_tmp[CTL_PATH_MAX];
     int n = snprintf(info, sizeof info,
-                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\nnames %d\n",
-                     loginuid_want, membarrier_want, cpu_want, have_seal, opath_fd, have_names);
+                     "loginuid %u\nmembarrier %ld\ncpu %d\nsealed %d\nopath_fd %d\nnames %d\n"
+                     "droppable %lu\nguarded %lu\n",
+                     loginuid_want, membarrier_want, cpu_want, have_seal, opath_fd, have_names,
+                     (unsigned long)(uintptr_t)droppable,
+                     have_guard ? (unsigned long)(uintptr_t)guarded : 0UL);
     snprintf(info_path, sizeof info_path, "%s/info", argv[1]);
     snprintf(info_tmp, sizeof info_tmp, "%s/info.tmp", argv[1]);
     int ifd = open(info_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -39,3 +39,13 @@ pub fn build_with_altstack(
 ) -> Result<u64, ArchError> {
     Err(ArchError::Unsupported("restoring registers"))
 }
+
+/// Dynamically enabled state components: none that crest knows of on aarch64.
+pub fn dynamic_features(_regs: &ArchRegs) -> Vec<u32> {
+    Vec::new()
+}
+
+/// Nothing to ask the kernel for on aarch64.
+pub fn request_dynamic_features(_threads: &[&ArchRegs]) -> Result<(), String> {
+    Ok(())
+}

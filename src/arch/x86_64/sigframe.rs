@@ -138,18 +138,8 @@ pub fn build_with_altstack(
             expected: GPR_WORDS * 8,
         });
     }
-    let features = check_xstate(xstate)?;
-    // Only the part of the area up to the last component in use goes into the frame; see
-    // [`frame_xstate_len`] for why the whole NT_X86_XSTATE area must not.
-    let xstate_len = frame_xstate_len(features);
-    if xstate_len > xstate.len() {
-        return Err(ArchError::BadRegset {
-            what: "x86_64 XSAVE area (NT_X86_XSTATE) for the components it uses",
-            got: xstate.len(),
-            expected: xstate_len,
-        });
-    }
-    let xstate = &xstate[..xstate_len];
+    check_xstate(xstate)?;
+    let (xstate, xfeatures) = frame_xstate(xstate)?;
 
     let fp_addr = (frame_addr + FRAME_END as u64).next_multiple_of(FPSTATE_ALIGN as u64);
     let fp = (fp_addr - frame_addr) as usize;
@@ -194,7 +184,7 @@ pub fn build_with_altstack(
 
     let area = &mut out[fp..fp + xstate.len()];
     area.copy_from_slice(xstate);
-    write_sw_bytes(area, features);
+    write_sw_bytes(area, xstate.len(), xfeatures);
     out[fp + xstate.len()..needed].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
 
     Ok(frame_addr + 8)
@@ -202,12 +192,8 @@ pub fn build_with_altstack(
 
 /// Fills `struct _fpx_sw_bytes`, without which the kernel restores only the legacy x87/SSE
 /// part (`check_xstate_in_sigframe` in arch/x86/kernel/fpu/signal.c falls back to FXRSTOR when
-/// magic1 or magic2 do not match, silently dropping AVX and later state). `xfeatures` is the
-/// XRSTOR mask: the components the area holds; the kernel puts every other one in its initial
-/// state. Whatever the slot held before is replaced: in an NT_X86_XSTATE area it is XCR0 (the
-/// word gdb reads from core files), not a `_fpx_sw_bytes`.
-fn write_sw_bytes(area: &mut [u8], xfeatures: u64) {
-    let xstate_len = area.len();
+/// magic1 or magic2 do not match, silently dropping AVX and later state).
+fn write_sw_bytes(area: &mut [u8], xstate_len: usize, xfeatures: u64) {
     area[SW_BYTES..SW_BYTES + SW_BYTES_LEN].fill(0);
     put_u32(area, SW_BYTES, FP_XSTATE_MAGIC1);
     put_u32(area, SW_BYTES + 4, (xstate_len + MAGIC2_SIZE) as u32);
@@ -215,35 +201,63 @@ fn write_sw_bytes(area: &mut [u8], xfeatures: u64) {
     put_u32(area, SW_BYTES + 16, xstate_len as u32);
 }
 
-/// How much of the standard-format XSAVE area the frame carries for the components in
-/// `xfeatures`: up to the end of the last one (CPUID leaf 0xD gives each user component's offset
-/// and size), at least the legacy area and header.
+/// XTILEDATA (AMX tiles): the one state component a process must ask the kernel for with
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM)` before using it (Documentation/arch/x86/xstate.rst).
+pub const XFEATURE_XTILEDATA: u32 = 18;
+
+/// The part of the saved XSAVE area the frame carries, and the components it restores.
 ///
-/// rt_sigreturn accepts an extended frame only when its `xstate_size` is at most the task's own
-/// signal-frame size (`fpstate->user_size`), else it silently restores x87/SSE alone and every
-/// AVX and AVX-512 register comes back in its initial state. That size leaves out the
-/// dynamically enabled components (AMX tile data, 8 KiB) unless the process asked for them with
-/// arch_prctl(ARCH_REQ_XCOMP_PERM), while NT_X86_XSTATE always returns the area for every
-/// component the CPU supports (11008 bytes with AMX). Carrying the area only as far as the
-/// components in use keeps the frame within the task's size on every CPU.
-fn frame_xstate_len(xfeatures: u64) -> usize {
+/// NT_X86_XSTATE is as large as every component the CPU supports, AMX tile data included
+/// (`fpu_user_cfg.max_size`), but `check_xstate_in_sigframe` only accepts an `xstate_size` up
+/// to the task's own `fpstate->user_size`, which leaves out the dynamically enabled components
+/// (AMX) unless the task asked for them. A larger size makes the kernel fall back to FXRSTOR:
+/// the upper halves of the YMM registers, the AVX-512 state and the rest would be silently
+/// reset. So the frame carries the area only up to the end of the last component the thread
+/// uses (the header's `xstate_bv`; components not listed are in their initial state, and the
+/// kernel initialises what the frame does not restore); a thread that uses AMX tile data keeps
+/// the whole area, and its process asks for AMX first ([`dynamic_features`]).
+fn frame_xstate(xstate: &[u8]) -> Result<(&[u8], u64), ArchError> {
+    let used = get_u64(xstate, XSTATE_BV) | XFEATURE_MASK_FPSSE;
     let mut len = XSTATE_MIN;
-    for i in 2..64u32 {
-        if xfeatures & (1 << i) != 0 {
-            // EAX: size of component i; EBX: its offset in the standard format.
-            let leaf = core::arch::x86_64::__cpuid_count(0xd, i);
-            len = len.max(leaf.ebx as usize + leaf.eax as usize);
+    for bit in 2..63u32 {
+        if used & (1 << bit) == 0 {
+            continue;
         }
+        // CPUID leaf 0xD sub-leaf n: EAX is the size of component n, EBX its offset in the
+        // standard (non-compacted) format.
+        let leaf = core::arch::x86_64::__cpuid_count(0xd, bit);
+        len = len.max(leaf.ebx as usize + leaf.eax as usize);
     }
-    len
+    if len > xstate.len() {
+        return Err(ArchError::Incompatible(format!(
+            "the saved FPU state has {} bytes, but its components {used:#x} end at byte {len} on              this CPU; restore on a machine with the same CPU features",
+            xstate.len()
+        )));
+    }
+    Ok((&xstate[..len], used))
 }
 
-/// Checks that the XSAVE area can be loaded with XRSTOR by a process restored on this CPU and
-/// returns the components it holds (XSTATE_BV plus x87/SSE). XRSTOR raises #GP (and
-/// rt_sigreturn kills the task with SIGSEGV) for a compacted area or for components the CPU has
-/// not enabled in XCR0; rt_sigreturn silently leaves out components the process is not permitted
-/// to use (AMX tile data without ARCH_REQ_XCOMP_PERM).
-fn check_xstate(xstate: &[u8]) -> Result<u64, ArchError> {
+/// The dynamically enabled state components (AMX tile data) the saved XSAVE area uses, as
+/// component numbers; the restored process needs `arch_prctl(ARCH_REQ_XCOMP_PERM)` for each
+/// before its frame can be loaded.
+pub fn dynamic_features(regs: &ArchRegs) -> Vec<u32> {
+    match regs {
+        ArchRegs::X86_64 { xstate, .. } if xstate.len() >= XSTATE_MIN => {
+            let used = get_u64(xstate, XSTATE_BV);
+            if used & (1 << XFEATURE_XTILEDATA) != 0 {
+                vec![XFEATURE_XTILEDATA]
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Checks that the XSAVE area can be loaded with XRSTOR on this CPU: XRSTOR raises #GP (and
+/// rt_sigreturn kills the task with SIGSEGV) for a compacted area or for state components the
+/// CPU has not enabled in XCR0.
+fn check_xstate(xstate: &[u8]) -> Result<(), ArchError> {
     if xstate.len() < XSTATE_MIN {
         return Err(ArchError::BadRegset {
             what: "x86_64 XSAVE area (NT_X86_XSTATE)",
@@ -265,7 +279,7 @@ fn check_xstate(xstate: &[u8]) -> Result<u64, ArchError> {
                 .into(),
         ));
     }
-    let used = get_u64(xstate, XSTATE_BV) | XFEATURE_MASK_FPSSE;
+    let used = get_u64(xstate, XSTATE_BV);
     let enabled = enabled_xfeatures();
     if used & !enabled != 0 {
         return Err(ArchError::Incompatible(format!(
@@ -274,38 +288,7 @@ fn check_xstate(xstate: &[u8]) -> Result<u64, ArchError> {
             used & !enabled
         )));
     }
-    let permitted = permitted_xfeatures();
-    if used & !permitted != 0 {
-        return Err(ArchError::Incompatible(format!(
-            "the saved FPU state holds XSAVE components {:#x} (AMX tile data) that a process \
-             may use only after arch_prctl(ARCH_REQ_XCOMP_PERM); restoring them is not \
-             supported",
-            used & !permitted
-        )));
-    }
-    Ok(used)
-}
-
-/// The state components a process forked from this one may use in its signal frames: XCR0 less
-/// the dynamically enabled ones it has not asked for (arch_prctl(ARCH_GET_XCOMP_PERM), Linux
-/// 5.16+; before that every XCR0 component is usable).
-fn permitted_xfeatures() -> u64 {
-    /// arch/x86/include/uapi/asm/prctl.h.
-    const ARCH_GET_XCOMP_PERM: libc::c_long = 0x1022;
-    let mut perm = 0u64;
-    // SAFETY: ARCH_GET_XCOMP_PERM writes one u64 to the address given, which is `perm`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            ARCH_GET_XCOMP_PERM,
-            &mut perm as *mut u64,
-        )
-    };
-    if r == 0 {
-        perm & enabled_xfeatures()
-    } else {
-        enabled_xfeatures()
-    }
+    Ok(())
 }
 
 /// XCR0: the state components the kernel enabled on this CPU.
@@ -322,6 +305,35 @@ fn enabled_xfeatures() -> u64 {
                          options(nomem, nostack, preserves_flags));
     }
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Asks the kernel for the dynamically enabled state components the image's threads use
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), in the restored process before its frames are loaded:
+/// without the permission the kernel rejects a frame carrying AMX tile data.
+pub fn request_dynamic_features(threads: &[&ArchRegs]) -> Result<(), String> {
+    /// arch/x86/include/uapi/asm/prctl.h
+    const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+    let mut wanted: Vec<u32> = threads.iter().flat_map(|r| dynamic_features(r)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    for feature in wanted {
+        // SAFETY: arch_prctl with an integer argument; nothing is read or written in memory.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                feature as libc::c_ulong,
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "the image's threads use the AMX state component {feature}, and the kernel \
+                 refused it to the restored process (arch_prctl ARCH_REQ_XCOMP_PERM): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn put_u64(buf: &mut [u8], at: usize, v: u64) {
@@ -365,12 +377,10 @@ mod tests {
     #[repr(C, align(64))]
     struct XsaveBuf([u8; 64 * 1024]);
 
-    /// The XSAVE area of the current thread, in standard format, as large as the dump reads it
-    /// through NT_X86_XSTATE: room for every component the CPU supports (AMX tile data
-    /// included, whether or not this process may use it).
+    /// The XSAVE area of the current thread, in standard format, as big as CPUID says.
     fn xsave_current() -> Vec<u8> {
-        // CPUID leaf 0xD sub-leaf 0: ECX is the XSAVE area size for every supported component.
-        let size = __cpuid_count(0xd, 0).ecx as usize;
+        // CPUID leaf 0xD sub-leaf 0: EBX is the XSAVE area size for the components in XCR0.
+        let size = __cpuid_count(0xd, 0).ebx as usize;
         let mut buf = Box::new(XsaveBuf([0; 64 * 1024]));
         assert!(size >= XSTATE_MIN && size <= buf.0.len());
         // SAFETY: the buffer is 64-byte aligned and larger than the XSAVE area for XCR0;
@@ -553,8 +563,8 @@ mod tests {
         assert!(fp_addr >= frame_addr + FRAME_END as u64);
         let fp = (fp_addr - frame_addr) as usize;
         assert_eq!(out[fp + XMM0_OFF], 0x77);
-        // Only x87/SSE is in use: the frame carries the legacy area and the header.
         assert_eq!(get_u32(&out, fp + SW_BYTES), FP_XSTATE_MAGIC1);
+        // Only x87/SSE in use: the frame carries the legacy area and the header.
         assert_eq!(get_u32(&out, fp + SW_BYTES + 4), XSTATE_MIN as u32 + 4);
         assert_eq!(get_u64(&out, fp + SW_BYTES + 8), XFEATURE_MASK_FPSSE);
         assert_eq!(get_u32(&out, fp + SW_BYTES + 16), XSTATE_MIN as u32);
@@ -563,115 +573,36 @@ mod tests {
         assert!(out[SIGINFO..FRAME_END].iter().all(|&b| b == 0));
     }
 
+    /// NT_X86_XSTATE is as large as every component the CPU has (AMX included), but the kernel
+    /// only loads a frame whose xstate_size fits the task's own (non-AMX) size: the frame must
+    /// stop after the last component in use, here AVX, whatever the kernel's sw bytes said.
     #[test]
-    fn regset_xcr0_word_is_replaced() {
-        // NT_X86_XSTATE puts XCR0 in the first software-reserved word; the frame needs the
-        // _fpx_sw_bytes there, with the components the area holds as the restore mask.
-        let mut regs = sample_regs(1024);
+    fn frame_stops_after_the_last_component_in_use() {
+        if !have_avx() {
+            return;
+        }
+        let ymm = __cpuid_count(0xd, 2);
+        let ymm_end = (ymm.ebx + ymm.eax) as usize;
+        let big = ymm_end + 8192 + 64;
+        let mut regs = sample_regs(big);
         if let ArchRegs::X86_64 { xstate, .. } = &mut regs {
-            put_u64(xstate, SW_BYTES, 0x600e7);
+            put_u32(xstate, SW_BYTES, FP_XSTATE_MAGIC1);
+            put_u64(xstate, SW_BYTES + 8, 0x6_02e7);
+            put_u64(xstate, XSTATE_BV, XFEATURE_MASK_FPSSE | XFEATURE_YMM);
+            xstate[ymm.ebx as usize] = 0x5a;
         }
-        let mut out = vec![0u8; frame_size(1024)];
+        let mut out = vec![0u8; frame_size(big)];
         build(&regs, 0, 0x10000, &mut out).unwrap();
         let fp = (get_u64(&out, MCONTEXT + SC_FPSTATE) - 0x10000) as usize;
-        assert_eq!(get_u32(&out, fp + SW_BYTES), FP_XSTATE_MAGIC1);
-        assert_eq!(get_u64(&out, fp + SW_BYTES + 8), XFEATURE_MASK_FPSSE);
-    }
-
-    /// The `xstate_size` the kernel writes into the signal frames of a process forked from this
-    /// one: the largest a frame may carry and still have its extended state restored.
-    fn kernel_frame_xstate_size() -> u32 {
-        static SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        extern "C" fn handler(_: i32, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-            // SAFETY: the kernel passes a valid ucontext whose fpregs points at the XSAVE area
-            // of the frame it built; the software-reserved bytes lie inside its legacy area.
-            let size = unsafe {
-                let uc = &*(uc as *const libc::ucontext_t);
-                let fp = uc.uc_mcontext.fpregs as *const u8;
-                assert_eq!(
-                    (fp.add(SW_BYTES) as *const u32).read_unaligned(),
-                    FP_XSTATE_MAGIC1
-                );
-                (fp.add(SW_BYTES + 16) as *const u32).read_unaligned()
-            };
-            SIZE.store(size, std::sync::atomic::Ordering::SeqCst);
-        }
-        let (rd, wr) = nix::unistd::pipe().unwrap();
-        // SAFETY: the child installs a handler, raises one signal and writes 4 bytes to a
-        // pipe before _exit; it takes no locks.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                // SAFETY: a zeroed sigaction with a valid SA_SIGINFO handler; raise delivers
-                // SIGUSR1 to this thread; write and _exit are async-signal-safe.
-                unsafe {
-                    let mut sa: libc::sigaction = std::mem::zeroed();
-                    sa.sa_sigaction = handler as *const () as usize;
-                    sa.sa_flags = libc::SA_SIGINFO;
-                    libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
-                    libc::raise(libc::SIGUSR1);
-                    let size = SIZE.load(std::sync::atomic::Ordering::SeqCst).to_le_bytes();
-                    libc::write(
-                        std::os::fd::AsRawFd::as_raw_fd(&wr),
-                        size.as_ptr().cast(),
-                        4,
-                    );
-                    libc::_exit(0)
-                }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                drop(wr);
-                let mut size = [0u8; 4];
-                std::io::Read::read_exact(&mut std::fs::File::from(rd), &mut size).unwrap();
-                nix::sys::wait::waitpid(child, None).unwrap();
-                u32::from_le_bytes(size)
-            }
-        }
-    }
-
-    /// What the dump captures (an area as large as NT_X86_XSTATE's, for every component the
-    /// CPU supports, AMX tile data included) must go into a frame the kernel accepts whole.
-    #[test]
-    fn frame_fits_the_kernels_own_signal_frames() {
-        let regs = regs_for_landing(0x7000_0000);
-        let ArchRegs::X86_64 { xstate, .. } = &regs else {
-            unreachable!()
-        };
-        // CPUID leaf 0xD sub-leaf 0 ECX: the area for every component the CPU supports.
-        assert_eq!(xstate.len(), __cpuid_count(0xd, 0).ecx as usize);
-        let mut out = vec![0u8; frame_size(xstate.len())];
-        build(&regs, 0, 0x10000, &mut out).unwrap();
-        let fp = (get_u64(&out, MCONTEXT + SC_FPSTATE) - 0x10000) as usize;
-        let size = get_u32(&out, fp + SW_BYTES + 16);
-        let limit = kernel_frame_xstate_size();
-        assert!(
-            size <= limit,
-            "frame xstate_size {size}, the kernel's own frames {limit}"
+        assert_eq!(
+            get_u64(&out, fp + SW_BYTES + 8),
+            XFEATURE_MASK_FPSSE | XFEATURE_YMM
         );
-        assert_eq!(get_u32(&out, fp + SW_BYTES + 4), size + 4);
-        assert_eq!(get_u32(&out, fp + size as usize), FP_XSTATE_MAGIC2);
-        let xfeatures = get_u64(&out, fp + SW_BYTES + 8);
-        assert_eq!(xfeatures, get_u64(xstate, XSTATE_BV) | XFEATURE_MASK_FPSSE);
-        if have_avx() {
-            assert_ne!(xfeatures & XFEATURE_YMM, 0);
-            assert!(size as usize >= ymm_offset() + 256);
-        }
-    }
-
-    #[test]
-    fn amx_tile_data_without_permission_is_refused() {
-        const XTILEDATA: u64 = 1 << 18;
-        if enabled_xfeatures() & XTILEDATA == 0 || permitted_xfeatures() & XTILEDATA != 0 {
-            return; // no AMX here, or this test process was given it
-        }
-        let ArchRegs::X86_64 { gpr, mut xstate } = sample_regs(__cpuid_count(0xd, 0).ecx as usize)
-        else {
-            unreachable!()
-        };
-        put_u64(&mut xstate, XSTATE_BV, XTILEDATA | 3);
-        let regs = ArchRegs::X86_64 { gpr, xstate };
-        let mut out = vec![0u8; frame_size(16 * 1024)];
-        let err = build(&regs, 0, 0x10000, &mut out).unwrap_err();
-        assert!(err.to_string().contains("ARCH_REQ_XCOMP_PERM"), "{err}");
+        assert_eq!(get_u32(&out, fp + SW_BYTES + 16), ymm_end as u32);
+        assert_eq!(get_u32(&out, fp + SW_BYTES + 4), ymm_end as u32 + 4);
+        assert_eq!(get_u32(&out, fp + ymm_end), FP_XSTATE_MAGIC2);
+        assert_eq!(out[fp + ymm.ebx as usize], 0x5a);
+        assert!(dynamic_features(&regs).is_empty());
     }
 
     #[test]
