@@ -241,3 +241,79 @@ fn a_bash_loop_running_sleep_carries_on_after_restore() {
         }
     }
 }
+
+/// A tree with a process group whose leader has exited (the member stayed in it): a restore
+/// could not recreate that group, so the dump refuses it, naming it, and leaves the tree as it
+/// was.
+#[test]
+fn a_group_whose_leader_exited_is_refused_at_dump_and_left_running() {
+    setup();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ready = work.path().join("member");
+    let script = r#"
+import os, sys, time
+leader = os.fork()
+if leader == 0:
+    os.setpgid(0, 0)
+    time.sleep(0.3)
+    os._exit(0)
+member = os.fork()
+if member == 0:
+    while True:
+        try:
+            os.setpgid(0, leader)
+            break
+        except PermissionError:
+            time.sleep(0.01)
+    while True:
+        time.sleep(1)
+os.waitpid(leader, 0)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(f"{member} {leader}")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+while True:
+    time.sleep(1)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid in the forked child before exec is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start python3");
+    let root = child.id() as i32;
+    drop(child);
+    let text = wait_for("the member's pid", TIMEOUT, || {
+        fs::read_to_string(&ready).ok()
+    });
+    let mut words = text.split_whitespace().map(|w| w.parse::<i32>().unwrap());
+    let (member, leader) = (words.next().unwrap(), words.next().unwrap());
+    let before = ids(member).expect("the member");
+    assert_eq!(before.1, leader, "the member is in the leader's group");
+
+    let dir = work.path().join("img");
+    let out = dump(root, &dir, false);
+    out.assert_failed()
+        .assert_stderr_mentions(&member.to_string())
+        .assert_stderr_mentions(&format!("group {leader}"));
+    assert!(!dir.exists(), "a refused dump left an image");
+    // Untouched: both still run, not traced, in the same group.
+    for p in [root, member] {
+        let st = ids(p).unwrap_or_else(|| panic!("pid {p} is gone"));
+        assert_ne!(st.3, 't', "pid {p} is still traced");
+        assert_eq!(tracer_pid(p), Some(0), "pid {p} is still traced");
+    }
+    assert_eq!(ids(member).unwrap().1, leader);
+    let _ = kill(Pid::from_raw(member), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
+    let _ = reap_pid(root, TIMEOUT);
+    let _ = reap_pid(member, TIMEOUT);
+}

@@ -250,6 +250,8 @@ pub enum DumpError {
     /// why, naming `--shell-job` where it would help (see `tty.rs`).
     #[error("process {pid}: {what}")]
     Terminal { pid: i32, what: String },
+    #[error("the tree cannot be restored as it is: {why}")]
+    TreeLayout { why: String },
     #[error("processes {pid1} and {pid2} share {what}; crest cannot restore that yet")]
     SharedBetweenProcesses {
         pid1: i32,
@@ -474,6 +476,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let frozen = tree::freeze(&root, opts.shell_job)?;
     fault::point("seize")?;
     phases.end("freeze");
+    // A tree whose sessions and groups a restore could not recreate is refused now, before
+    // anything is put into it.
+    crate::restore::check_tree_layout(&frozen.tasks)
+        .map_err(|why| DumpError::TreeLayout { why })?;
 
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
     // Refusals of every process are reported together (each refused process is released as

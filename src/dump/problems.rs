@@ -26,6 +26,7 @@ pub fn is_refusal(e: &DumpError) -> bool {
             | DumpError::LeaderOutsideNamespace { .. }
             | DumpError::Terminal { .. }
             | DumpError::SharedBetweenProcesses { .. }
+            | DumpError::TreeLayout { .. }
             | DumpError::Refused { .. }
             | DumpError::Settings(crate::pstate::StateError::Refused { .. })
             | DumpError::Locks(

@@ -50,6 +50,20 @@ pub struct RestoreOptions {
 
 pub use files::InheritFd;
 
+/// Whether a restore could recreate the parents, sessions and groups of `tree`; the reason
+/// when it could not (a dump refuses such a tree before touching it).
+pub fn check_tree_layout(tree: &[images::TreeTask]) -> Result<(), String> {
+    let alive: Vec<i32> = tree
+        .iter()
+        .filter(|t| t.state == images::TreeTaskState::Alive)
+        .map(|t| t.pid)
+        .collect();
+    tree::plan(tree, &alive).map(|_| ()).map_err(|e| match e {
+        RestoreError::Unsupported(why) => why,
+        other => other.to_string(),
+    })
+}
+
 /// Why a restore failed. Every variant says what failed, where, and what the user can do.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
