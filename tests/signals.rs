@@ -490,3 +490,21 @@ fn the_image_records_handlers_altstack_timers_pending_signals_and_prctl_state() 
     assert_eq!(task["dumpable"].as_u64(), Some(1), "{task}");
     assert_eq!(task["pdeath_signal"].as_u64(), Some(0), "{task}");
 }
+
+/// A POSIX timer that signals a thread other than the leader (SIGEV_THREAD_ID) is created
+/// again, under its id, once that thread exists, and keeps signalling it alone.
+#[test]
+fn a_timer_signalling_a_second_thread_keeps_signalling_it() {
+    let mut v = Victim::start(Kind::ThreadTimer);
+    v.verify().expect("the victim verifies before any dump");
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("thtimer{cycle}"));
+        let before = v.last_logged();
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        v.wait_logging_after(before);
+        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+    }
+}

@@ -244,7 +244,7 @@ impl Bootstrap {
             .iter()
             .map(|s| s.current.end - s.current.start)
             .sum();
-        let timers = posix_timer_args(&p.task.posix_timers);
+        let timers = posix_timer_args(p.pid, &p.task.posix_timers);
         let posix_locks = crate::files::locks::restorer_posix_locks(p);
         let counts = Counts {
             vmas: vma_args.len() as u64,
@@ -431,6 +431,15 @@ impl Bootstrap {
     }
 
     /// Address of the image's SIGTRAP action inside the region.
+    /// Room crest may write into and the task read from once the restorer has run: the unmap
+    /// list, which the restorer no longer needs then. (address, length)
+    pub fn scratch(&self) -> (u64, usize) {
+        (
+            self.addr + self.layout.unmap,
+            (MAX_UNMAP_RANGES as usize) * size_of::<Range>(),
+        )
+    }
+
     pub fn sigtrap_action_addr(&self) -> u64 {
         self.args_addr() + std::mem::offset_of!(RestorerArgs, sigtrap_action) as u64
     }
@@ -531,31 +540,38 @@ fn itimer_args(itimers: &[crate::images::ITimer]) -> [ITimerVal; 3] {
     out
 }
 
-/// The armed POSIX timers (a disarmed one was created and stays disarmed). As with itimers, a
-/// periodic timer that expired with its signal still pending is armed one interval ahead.
-fn posix_timer_args(timers: &[crate::images::PosixTimer]) -> Vec<PosixTimerArm> {
-    const NS: u64 = 1_000_000_000;
-    let value_ns = |t: &crate::images::PosixTimer| {
-        if t.value_ns == 0 {
-            t.interval_ns
-        } else {
-            t.value_ns
-        }
-    };
+/// The armed POSIX timers the restorer arms (a disarmed one was created and stays disarmed; one
+/// signalling a thread other than the leader is created and armed by crest once the thread
+/// exists). As with itimers, a periodic timer that expired with its signal still pending is
+/// armed one interval ahead.
+fn posix_timer_args(pid: i32, timers: &[crate::images::PosixTimer]) -> Vec<PosixTimerArm> {
     timers
         .iter()
         .filter(|t| t.value_ns != 0 || t.interval_ns != 0)
-        .map(|t| PosixTimerArm {
-            id: t.id,
-            _pad: 0,
-            spec: ITimerSpec {
-                interval_sec: (t.interval_ns / NS) as i64,
-                interval_nsec: (t.interval_ns % NS) as i64,
-                value_sec: (value_ns(t) / NS) as i64,
-                value_nsec: (value_ns(t) % NS) as i64,
-            },
-        })
+        .filter(|t| !super::task_state::targets_another_thread(pid, t))
+        .map(timer_arm)
         .collect()
+}
+
+/// What arms timer `t`: its time left (a periodic timer that expired with its signal pending
+/// is armed one interval ahead) and its period.
+pub fn timer_arm(t: &crate::images::PosixTimer) -> PosixTimerArm {
+    const NS: u64 = 1_000_000_000;
+    let value_ns = if t.value_ns == 0 {
+        t.interval_ns
+    } else {
+        t.value_ns
+    };
+    PosixTimerArm {
+        id: t.id,
+        _pad: 0,
+        spec: ITimerSpec {
+            interval_sec: (t.interval_ns / NS) as i64,
+            interval_nsec: (t.interval_ns % NS) as i64,
+            value_sec: (value_ns / NS) as i64,
+            value_nsec: (value_ns % NS) as i64,
+        },
+    }
 }
 
 fn write_array<T: Copy>(region: &mut [u8], offset: u64, items: &[T]) {
@@ -802,11 +818,14 @@ mod tests {
             interval_ns,
             ..Default::default()
         };
-        let armed = posix_timer_args(&[
-            timer(1, 0, 7_000_000),
-            timer(2, 0, 0),
-            timer(3, 1_500_000_000, 0),
-        ]);
+        let armed = posix_timer_args(
+            1,
+            &[
+                timer(1, 0, 7_000_000),
+                timer(2, 0, 0),
+                timer(3, 1_500_000_000, 0),
+            ],
+        );
         let got: Vec<(i32, i64, i64)> = armed
             .iter()
             .map(|a| (a.id, a.spec.value_sec, a.spec.value_nsec))

@@ -176,6 +176,7 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
             )?;
         }
     }
+    create_thread_timers(image, boot, &mut remote)?;
     remote(
         libc::SYS_munmap,
         &[boot.addr(), boot.len()],
@@ -195,6 +196,80 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
             .map_err(|e| ptrace_err(&format!("stopping the restored process again ({sig})"), e))?;
     }
     Ok(())
+}
+
+/// Creates (under their ids) and arms the POSIX timers that signal a thread other than the
+/// leader, which did not exist when the others were made, by remote calls in the leader; the
+/// arguments go through the bootstrap region's scratch area, which crest maps too.
+fn create_thread_timers(
+    image: &ProcessImage,
+    boot: &Bootstrap,
+    remote: &mut dyn FnMut(i64, &[u64], String) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    use super::task_state;
+    /// PR_TIMER_CREATE_RESTORE_IDS (Linux 6.16+) and its values.
+    const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+    let timers: Vec<&crate::images::PosixTimer> = image
+        .task
+        .posix_timers
+        .iter()
+        .filter(|t| task_state::targets_another_thread(image.pid, t))
+        .collect();
+    if timers.is_empty() {
+        return Ok(());
+    }
+    let (scratch, len) = boot.scratch();
+    let event_at = scratch;
+    let id_at = scratch + 64;
+    let spec_at = scratch + 128;
+    assert!(
+        len >= 256,
+        "the scratch area holds a sigevent, an id and an itimerspec"
+    );
+    remote(
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
+        "creating POSIX timers with chosen ids (prctl PR_TIMER_CREATE_RESTORE_IDS)".into(),
+    )?;
+    for t in timers {
+        let event = task_state::sigevent(t);
+        let arm = super::bootstrap::timer_arm(t);
+        // SAFETY: the scratch area lies inside the bootstrap region, mapped shared at the same
+        // address in crest and in the task; nothing else uses it once the restorer has run.
+        unsafe {
+            std::ptr::write_unaligned(event_at as *mut task_state::KernelSigevent, event);
+            std::ptr::write_unaligned(id_at as *mut i32, t.id);
+            std::ptr::write_unaligned(spec_at as *mut super::blob::abi::ITimerSpec, arm.spec);
+        }
+        remote(
+            libc::SYS_timer_create,
+            &[t.clock as u64, event_at, id_at],
+            format!(
+                "recreating POSIX timer {} for thread {} (timer_create)",
+                t.id, t.notify_tid
+            ),
+        )?;
+        // SAFETY: as above; the kernel wrote the id it used.
+        let got = unsafe { std::ptr::read_unaligned(id_at as *const i32) };
+        if got != t.id {
+            return Err(RestoreError::Internal(format!(
+                "POSIX timer {} of pid {} came back with id {got}",
+                t.id, image.pid
+            )));
+        }
+        if t.value_ns != 0 || t.interval_ns != 0 {
+            remote(
+                libc::SYS_timer_settime,
+                &[t.id as u64, 0, spec_at, 0],
+                format!("arming POSIX timer {} (timer_settime)", t.id),
+            )?;
+        }
+    }
+    remote(
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
+        "ending chosen timer ids (prctl PR_TIMER_CREATE_RESTORE_IDS)".into(),
+    )
 }
 
 /// Lets every caught thread go with its own registers and mask; signals pending for it are

@@ -29,7 +29,7 @@ struct KernelSigaction {
 
 /// The kernel's `struct sigevent` (64 bytes).
 #[repr(C)]
-struct KernelSigevent {
+pub(super) struct KernelSigevent {
     value: u64,
     signo: i32,
     notify: i32,
@@ -90,7 +90,36 @@ pub fn set_sigactions(p: &ProcessImage) -> Result<(), String> {
 /// Creates the image's POSIX timers under their original ids, disarmed; the restorer arms them
 /// right before rt_sigreturn.
 pub fn create_posix_timers(p: &ProcessImage) -> Result<(), String> {
-    create_timers(p.pid, &p.task.posix_timers)
+    let now: Vec<PosixTimer> = p
+        .task
+        .posix_timers
+        .iter()
+        .filter(|t| !targets_another_thread(p.pid, t))
+        .copied()
+        .collect();
+    create_timers(p.pid, &now)
+}
+
+/// Whether timer `t` signals a thread other than the leader: that thread does not exist before
+/// the restorer creates it, so crest creates such a timer afterwards (finish.rs).
+pub fn targets_another_thread(pid: i32, t: &PosixTimer) -> bool {
+    t.notify & SIGEV_THREAD_ID != 0 && t.notify_tid != pid
+}
+
+/// The kernel sigevent timer `t` is created with.
+pub(super) fn sigevent(t: &PosixTimer) -> KernelSigevent {
+    KernelSigevent {
+        value: t.sigev_value,
+        signo: t.signo,
+        notify: t.notify,
+        // A thread-directed timer targets the same tid after restore.
+        tid: if t.notify & SIGEV_THREAD_ID != 0 {
+            t.notify_tid
+        } else {
+            0
+        },
+        _pad: [0; 11],
+    }
 }
 
 fn create_timers(pid: i32, timers: &[PosixTimer]) -> Result<(), String> {
@@ -129,18 +158,7 @@ fn create_timers(pid: i32, timers: &[PosixTimer]) -> Result<(), String> {
 }
 
 fn create_timer(pid: i32, t: &PosixTimer) -> Result<(), String> {
-    let event = KernelSigevent {
-        value: t.sigev_value,
-        signo: t.signo,
-        notify: t.notify,
-        // A thread-directed timer targets the same tid after restore (the leader: tid == pid).
-        tid: if t.notify & SIGEV_THREAD_ID != 0 {
-            t.notify_tid
-        } else {
-            0
-        },
-        _pad: [0; 11],
-    };
+    let event = sigevent(t);
     let mut id: libc::c_int = t.id;
     // SAFETY: event and id are valid for the call; with PR_TIMER_CREATE_RESTORE_IDS on, the
     // kernel reads the wanted id from `id` and writes the id it used back.

@@ -92,6 +92,8 @@ pub enum Kind {
     /// Pipes with unread data: one blocking with a dup'ed write end, one O_NONBLOCK and
     /// enlarged; writes its log lines to stdout too (issue #4).
     Pipes,
+    /// A second thread owning a POSIX timer that signals it alone (tests/victims/thtimer.c).
+    ThreadTimer,
     /// Event fds (tests/victims/events.c): an eventfd, a signalfd with a queued signal, a
     /// periodic and a one-shot timerfd.
     Events,
@@ -136,6 +138,7 @@ impl Kind {
             Kind::Pipes => "pipes",
             Kind::Tree => "tree",
             Kind::Events => "events",
+            Kind::ThreadTimer => "thtimer",
             Kind::Jobctl => "jobctl",
             Kind::Creds => "creds",
             Kind::Pstate => "pstate",
@@ -148,7 +151,7 @@ impl Kind {
 
     fn cflags(self) -> &'static [&'static str] {
         match self {
-            Kind::Threads | Kind::MThreads | Kind::Sockets => &["-pthread"],
+            Kind::Threads | Kind::MThreads | Kind::Sockets | Kind::ThreadTimer => &["-pthread"],
             _ => &[],
         }
     }
