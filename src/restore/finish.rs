@@ -198,13 +198,17 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
     Ok(())
 }
 
+/// A system call run in a task through the restorer blob's gadget: number, arguments, what it
+/// does (for the error).
+type RemoteCall<'a> = dyn FnMut(i64, &[u64], String) -> Result<(), RestoreError> + 'a;
+
 /// Creates (under their ids) and arms the POSIX timers that signal a thread other than the
 /// leader, which did not exist when the others were made, by remote calls in the leader; the
 /// arguments go through the bootstrap region's scratch area, which crest maps too.
 fn create_thread_timers(
     image: &ProcessImage,
     boot: &Bootstrap,
-    remote: &mut dyn FnMut(i64, &[u64], String) -> Result<(), RestoreError>,
+    remote: &mut RemoteCall<'_>,
 ) -> Result<(), RestoreError> {
     use super::task_state;
     /// PR_TIMER_CREATE_RESTORE_IDS (Linux 6.16+) and its values.
