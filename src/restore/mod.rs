@@ -253,33 +253,29 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     drop(task_ends);
     drop(opened);
 
-    let mut status_iter = status_rx.iter_mut();
+    // In tree order: a parent reports before its children, so when a parent fails to fork a
+    // child, its own message is the one read (the child's pipe only shows an end of file).
     let mut restoring = Vec::with_capacity(image.processes.len());
-    let mut zombies = Vec::new();
-    for (t, go) in plan.tasks.iter().zip(go_tx.iter_mut()) {
-        let status = status_iter.next().expect("one status pipe per task");
-        match t.process {
-            Some(p) => restoring.push((
-                finish::Restoring {
-                    pid: t.pid,
-                    boot: &boots[p],
-                    image: &image.processes[p],
-                    tree: &image.inventory.tree,
-                    status,
-                },
-                go,
-            )),
-            None => zombies.push((t.pid, status)),
+    for ((t, go), status) in plan
+        .tasks
+        .iter()
+        .zip(go_tx.iter_mut())
+        .zip(status_rx.iter_mut())
+    {
+        finish::wait_ready(t.pid, status)?;
+        if let Some(p) = t.process {
+            let mut r = finish::Restoring {
+                pid: t.pid,
+                boot: &boots[p],
+                image: &image.processes[p],
+                tree: &image.inventory.tree,
+                status,
+            };
+            finish::start(&mut r, go)?;
+            restoring.push(r);
         }
     }
-    for (pid, status) in &mut zombies {
-        finish::wait_ready(*pid, status)?;
-    }
-    for (r, go) in &mut restoring {
-        finish::wait_ready(r.pid, r.status)?;
-        finish::start(r, go)?;
-    }
-    let mut restoring: Vec<finish::Restoring> = restoring.into_iter().map(|(r, _)| r).collect();
+
     let (caught, user_sigtraps) = finish::catch_all(&mut restoring)?;
     for r in &mut restoring {
         finish::finish_process(r, &caught)?;
