@@ -246,6 +246,7 @@ fn sample_process() -> ProcessImage {
             file: 0,
             lock: DescriptionLock::Flock(LockType::Write),
         }],
+        memfd_runs: vec![],
     }
 }
 
