@@ -36,6 +36,45 @@ fn fd_link(pid: i32, fd: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Each memfd is stored once, by the parent (the first process of the tree), with only its
+/// non-zero pages: crest-sealed's pages 0 and 2 (page 1 is a hole, page 3 holds zeros only).
+fn check_image(image: &serde_json::Value) {
+    let parent = &image["processes"][0];
+    let child = &image["processes"][1];
+    assert_eq!(child["memfd_runs"], serde_json::json!([]), "{child}");
+    let memfd = |name: &str| {
+        parent["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"]["Memfd"]["name"] == name)
+            .unwrap_or_else(|| panic!("no memfd {name} in {parent}"))
+            .clone()
+    };
+    let pages = |ino: &serde_json::Value| -> u64 {
+        parent["memfd_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| &r["ino"] == ino)
+            .map(|r| r["npages"].as_u64().unwrap())
+            .sum()
+    };
+    let page = image["inventory"]["page_size"].as_u64().unwrap_or(4096);
+    let sealed = memfd("crest-sealed");
+    assert_eq!(sealed["size"].as_u64(), Some(3 * page + 100));
+    assert_eq!(
+        sealed["kind"]["Memfd"]["seals"],
+        2 | 4,
+        "F_SEAL_SHRINK|F_SEAL_GROW"
+    );
+    assert_eq!(pages(&sealed["ino"]), 2, "{parent}");
+    let shared = memfd("crest-shared");
+    assert_eq!(shared["kind"]["Memfd"]["seals"], 1, "F_SEAL_SEAL");
+    assert!(pages(&shared["ino"]) >= 1);
+    assert_eq!(pages(&memfd("crest-private")["ino"]), 2);
+}
+
 #[test]
 fn memfds_keep_content_name_size_seals_and_sharing_across_two_cycles() {
     let mut v = Victim::start(Kind::Memfd);
@@ -55,6 +94,7 @@ fn memfds_keep_content_name_size_seals_and_sharing_across_two_cycles() {
         let out = dump(v.pid, &dir, false);
         out.assert_ok();
         v.reap();
+        check_image(&show_json(&dir));
         reap_pid(child.0, TIMEOUT).unwrap_or_else(|e| panic!("the child: {e}"));
         assert_no_process(child.0, "after the dump, the child");
 
