@@ -124,4 +124,13 @@ fn memfds_keep_content_name_size_seals_and_sharing_across_two_cycles() {
             v.stderr_text()
         );
     }
+    // The victim kills and waits for its child, then exits.
+    v.request_exit(0);
+    let status = v.reap();
+    assert!(
+        matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0))),
+        "{status:?}: {}",
+        v.stderr_text()
+    );
+    assert!(!pid_exists(child.0), "the child outlived the victim");
 }
