@@ -869,6 +869,10 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                 libc::major(rdev),
                 libc::minor(rdev)
             ),
+            FileKind::Memfd { ref name, seals } => format!(
+                "memfd {name:?} of {} bytes, seals {seals:#x} (recreated with its content)",
+                f.size
+            ),
         },
         None => format!("<file {idx}>"),
     }
@@ -1308,6 +1312,7 @@ mod tests {
                 file: 0,
                 lock: DescriptionLock::Flock(LockType::Read),
             }],
+            memfd_runs: vec![],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");

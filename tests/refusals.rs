@@ -166,10 +166,18 @@ fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
     let expected = [
         (v.pid, "fd 101", "eventpoll"),
         (v.pid, "fd 102", "deleted file"),
-        (v.pid, &*format!("mapping {}", parent["memfd"]), "memfd"),
+        (
+            v.pid,
+            &*format!("mapping {}", parent["mapped"]),
+            "has been deleted",
+        ),
         (child, "fd 101", "eventpoll"),
         (child, "fd 102", "deleted file"),
-        (child, &*format!("mapping {}", child_info["memfd"]), "memfd"),
+        (
+            child,
+            &*format!("mapping {}", child_info["mapped"]),
+            "has been deleted",
+        ),
     ];
     for (pid, thing, kind) in expected {
         let prefix = format!("process {pid}: ");

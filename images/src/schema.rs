@@ -243,7 +243,30 @@ pub struct ProcessImage {
     pub posix_locks: Vec<PosixLock>,
     /// flock locks held by open file descriptions that only the process's mappings refer to.
     pub mapping_locks: Vec<MappingLock>,
+    /// Stored content of the memfds ([`FileKind::Memfd`]) of [`ProcessImage::files`] whose
+    /// content this process holds: each memfd's content is stored once in the tree, by the
+    /// first process (in tree order) that has it open or mapped. Sorted by memfd, then offset.
+    pub memfd_runs: Vec<MemfdRun>,
 }
+
+/// `npages` consecutive stored pages of the memfd with inode `ino` (a [`FileKind::Memfd`] of
+/// the process's files), from byte `offset` of it, found at `file_offset` of the page file.
+/// Pages that were never written or hold only zeros are not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemfdRun {
+    pub ino: u64,
+    /// Byte offset in the memfd; a multiple of the page size.
+    pub offset: u64,
+    pub npages: u64,
+    /// Byte offset in the page file; a multiple of the page size.
+    pub file_offset: u64,
+}
+
+/// The seals a memfd can carry (F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+/// F_SEAL_FUTURE_WRITE, F_SEAL_EXEC).
+pub const MEMFD_SEALS: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20;
+/// F_SEAL_SEAL: no more seals may be added (what a memfd made without MFD_ALLOW_SEALING has).
+pub const F_SEAL_SEAL: u32 = 0x1;
 
 /// Process-wide state that /proc and ptrace do not show, collected by the parasite, plus the
 /// process-wide pending signals (PTRACE_PEEKSIGINFO with PTRACE_PEEKSIGINFO_SHARED).
@@ -665,6 +688,16 @@ pub enum FileKind {
     /// `dev`/`ino` are the anonymous inode's (one for every such fd of the machine), the path
     /// is what the fd's link read (`anon_inode:[eventfd]`), size, mtime and mode are 0.
     Event(EventFd),
+    /// A memfd (memfd_create(2)), recreated at restore with its content (stored in the page
+    /// file of the first process of the tree that holds it, [`ProcessImage::memfd_runs`]).
+    /// [`FileIdentity::path`] is `/memfd:NAME`, `ino` its inode (the same in every process of
+    /// the image that holds it: one object), `size` its size in bytes, `mode` its mode.
+    /// `seals` are its F_GET_SEALS bits ([`MEMFD_SEALS`]); a memfd made without
+    /// MFD_ALLOW_SEALING has exactly [`F_SEAL_SEAL`].
+    Memfd {
+        name: String,
+        seals: u32,
+    },
 }
 
 /// The state of an event fd.

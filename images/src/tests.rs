@@ -246,6 +246,7 @@ fn sample_process() -> ProcessImage {
             file: 0,
             lock: DescriptionLock::Flock(LockType::Write),
         }],
+        memfd_runs: vec![],
     }
 }
 
@@ -996,4 +997,77 @@ fn inventory_in_place_of_process_file_is_refused() {
     );
     let msg = open_image(&dir).unwrap_err().to_string();
     assert!(msg.contains("record kind"), "{msg}");
+}
+
+/// A sample process holding a memfd of 2 pages + 1 byte with a stored run of its last two
+/// pages (the last one partly beyond its size, as a dump stores it).
+fn with_memfd() -> ProcessImage {
+    let ps = ps();
+    let mut p = sample_process();
+    let mut f = file(
+        "/memfd:buf",
+        FileKind::Memfd {
+            name: "buf".into(),
+            seals: 2 | 4,
+        },
+    );
+    f.ino = 777;
+    f.size = 2 * ps + 1;
+    p.files.push(f);
+    p.memfd_runs = vec![
+        MemfdRun {
+            ino: 777,
+            offset: 0,
+            npages: 1,
+            file_offset: 0,
+        },
+        MemfdRun {
+            ino: 777,
+            offset: 2 * ps,
+            npages: 1,
+            file_offset: 4 * ps,
+        },
+    ];
+    p
+}
+
+#[test]
+fn memfds_and_their_runs_are_validated() {
+    let ps = ps();
+    validate_process(&with_memfd(), 5 * ps, ps).unwrap();
+    type Edit<'a> = Box<dyn Fn(&mut ProcessImage) + 'a>;
+    let last = |p: &mut ProcessImage| p.files.len() - 1;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("run of no memfd", Box::new(|p| p.memfd_runs[0].ino = 778)),
+        ("unaligned offset", Box::new(|p| p.memfd_runs[0].offset = 1)),
+        ("empty run", Box::new(|p| p.memfd_runs[0].npages = 0)),
+        ("past the memfd", Box::new(|p| p.memfd_runs[1].npages = 2)),
+        (
+            "past the page file",
+            Box::new(|p| p.memfd_runs[1].file_offset = 5 * ps),
+        ),
+        ("out of order", Box::new(|p| p.memfd_runs.swap(0, 1))),
+        (
+            "unknown seals",
+            Box::new(move |p| {
+                let i = last(p);
+                p.files[i].kind = FileKind::Memfd {
+                    name: "buf".into(),
+                    seals: 0x100,
+                }
+            }),
+        ),
+        (
+            "path that is not the name",
+            Box::new(move |p| {
+                let i = last(p);
+                p.files[i].path = "/memfd:other".into()
+            }),
+        ),
+    ];
+    for (what, edit) in &edits {
+        let mut p = with_memfd();
+        edit(&mut p);
+        validate_process(&p, 5 * ps, ps).expect_err(what);
+    }
 }

@@ -93,6 +93,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_mm(&p.mm)?;
     check_vmas(p, page_size)?;
     check_page_runs(p, page_file_size, page_size)?;
+    check_memfd_runs(p, page_file_size, page_size)?;
     check_fds(p)?;
     check_locks(p)?;
     check_rlimits(&p.rlimits)?;
@@ -334,6 +335,9 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     }
     if let FileKind::Event(ev) = &f.kind {
         return check_event(i, ev);
+    }
+    if let FileKind::Memfd { name, seals } = &f.kind {
+        return check_memfd(i, f, name, *seals);
     }
     if let FileKind::UnixSocket(s) = &f.kind {
         if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
@@ -709,6 +713,7 @@ pub(crate) fn check_tree(
     }
     let mut objects: HashMap<u64, u64> = HashMap::new();
     let mut descriptions: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut memfds: HashMap<u64, &FileIdentity> = HashMap::new();
     for p in processes {
         for v in &p.vmas {
             if let VmaBacking::SharedAnonymous { object, size, .. } = v.backing {
@@ -716,6 +721,18 @@ pub(crate) fn check_tree(
                     return Err(format!(
                         "process {} maps shared memory object {object} with another size",
                         p.pid
+                    ));
+                }
+            }
+        }
+        for f in &p.files {
+            if let FileKind::Memfd { .. } = &f.kind {
+                let first = memfds.entry(f.ino).or_insert(f);
+                if (&first.kind, first.size, first.mode) != (&f.kind, f.size, f.mode) {
+                    return Err(format!(
+                        "process {} has memfd {} with another name, size, mode or seals than \
+                         another process",
+                        p.pid, f.ino
                     ));
                 }
             }
@@ -730,6 +747,90 @@ pub(crate) fn check_tree(
                     "process {}: description {} names another file than in other processes",
                     p.pid, d.id
                 ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Longest memfd name memfd_create(2) accepts (MFD_NAME_MAX_LEN).
+pub const MEMFD_NAME_MAX: usize = 249;
+
+fn check_memfd(i: usize, f: &FileIdentity, name: &str, seals: u32) -> Result<(), String> {
+    if name.len() > MEMFD_NAME_MAX || name.contains('\0') {
+        return Err(format!(
+            "file {i} is a memfd whose name is longer than {MEMFD_NAME_MAX} bytes or holds a NUL"
+        ));
+    }
+    if f.path != format!("/memfd:{name}") {
+        return Err(format!(
+            "file {i} is a memfd named {name:?} whose path is {:?}",
+            f.path
+        ));
+    }
+    if seals & !MEMFD_SEALS != 0 {
+        return Err(format!("file {i} is a memfd with unknown seals {seals:#x}"));
+    }
+    if f.size > SHMEM_SIZE_MAX {
+        return Err(format!(
+            "file {i} is a memfd of {} bytes (at most {SHMEM_SIZE_MAX:#x})",
+            f.size
+        ));
+    }
+    Ok(())
+}
+
+/// Each memfd run names a memfd of the process, lies inside it (its size rounded up to pages)
+/// and inside the page file; runs are sorted by memfd and offset and do not overlap.
+fn check_memfd_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Result<(), String> {
+    let mut prev: Option<(u64, u64)> = None;
+    for (i, r) in p.memfd_runs.iter().enumerate() {
+        let what = || {
+            format!(
+                "memfd run {i} ({} pages at offset {:#x} of memfd {})",
+                r.npages, r.offset, r.ino
+            )
+        };
+        let f = p
+            .files
+            .iter()
+            .find(|f| f.ino == r.ino && matches!(f.kind, FileKind::Memfd { .. }))
+            .ok_or_else(|| format!("{} names no memfd of the process", what()))?;
+        if r.npages == 0 {
+            return Err(format!("{} is empty", what()));
+        }
+        if r.offset % page_size != 0 || r.file_offset % page_size != 0 {
+            return Err(format!(
+                "{} or its page file offset {:#x} is not page-aligned",
+                what(),
+                r.file_offset
+            ));
+        }
+        let len = r
+            .npages
+            .checked_mul(page_size)
+            .ok_or_else(|| format!("{} is impossibly long", what()))?;
+        let size = f.size.div_ceil(page_size) * page_size;
+        let end = r
+            .offset
+            .checked_add(len)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| format!("{} runs past the memfd's {} bytes", what(), f.size))?;
+        if let Some((ino, prev_end)) = prev {
+            if r.ino < ino || (r.ino == ino && r.offset < prev_end) {
+                return Err(format!("{} overlaps or precedes the run before it", what()));
+            }
+        }
+        prev = Some((r.ino, end));
+        match r.file_offset.checked_add(len) {
+            Some(file_end) if file_end <= page_file_size => {}
+            _ => {
+                return Err(format!(
+                    "{} at page file offset {:#x} runs past the end of the {page_file_size}-byte page file {:?}",
+                    what(),
+                    r.file_offset,
+                    p.pages_file
+                ))
             }
         }
     }

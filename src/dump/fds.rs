@@ -114,7 +114,7 @@ impl FdWalk<'_> {
             FdTarget::AnonInode(kind) => {
                 return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
             }
-            FdTarget::Memfd(name) => return Err(refuse(pid, fd, format!("a memfd ({name})"))),
+            FdTarget::Memfd(_) => None,
             FdTarget::Other(link) => {
                 return Err(refuse(
                     pid,
@@ -183,6 +183,17 @@ impl FdWalk<'_> {
                     )
                 })?;
                 files.push(crate::events::identity(kind, &event, md.dev(), md.ino()))
+            }
+            // One entry per memfd inode, whatever fds and mappings lead to it.
+            None if matches!(&entry.target, FdTarget::Memfd(_)) => {
+                let FdTarget::Memfd(shown) = &entry.target else {
+                    unreachable!("matched above")
+                };
+                let name = super::memfd::name_from(shown);
+                files.add_identity(md.dev(), md.ino(), || {
+                    let file = proc.reopen_fd(fd)?;
+                    super::memfd::identity(&file, &name).map_err(|why| refuse(pid, fd, why))
+                })?
             }
             // Shared by dup'ed fds like any file: one entry per socket inode.
             None => {

@@ -21,6 +21,7 @@ mod files;
 mod freeze;
 mod hint;
 mod jobctl;
+mod memfd;
 mod parasite;
 mod pipes;
 mod problems;
@@ -516,7 +517,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         })?
         .with_buffers(ready.take().unwrap_or_default());
         let mut sink = FaultSink::new(background);
-        let captured = pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink);
+        let captured =
+            pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink).and_then(|mut d| {
+                pages::dump_memfds(&p.proc, &p.vmas.memfds, page_size, &mut sink, &mut d)?;
+                Ok(d)
+            });
         let failed = captured.is_err() || sink.injected.is_some();
         captures.push((captured, sink));
         if failed {
@@ -562,13 +567,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         })?;
         writer.finish_page_file(page_file)?;
         counts.add(&page_dump.counts);
-        runs.push(page_dump.runs);
+        runs.push((page_dump.runs, page_dump.memfd_runs));
     }
 
     let mut notes = Vec::new();
     let (mut nr_vmas, mut nr_fds) = (0, 0);
-    for (p, page_runs) in procs.iter_mut().zip(runs) {
-        let image = process_image(p, page_runs);
+    for (p, (page_runs, memfd_runs)) in procs.iter_mut().zip(runs) {
+        let mut image = process_image(p, page_runs);
+        image.memfd_runs = memfd_runs;
         nr_vmas += image.vmas.len();
         nr_fds += image.fds.len();
         notes.append(&mut p.notes);
@@ -682,6 +688,7 @@ fn process_image(
         task: std::mem::take(&mut p.task),
         posix_locks: std::mem::take(&mut p.fd_table.posix_locks),
         mapping_locks: std::mem::take(&mut p.fd_table.mapping_locks),
+        memfd_runs: Vec::new(),
     }
 }
 

@@ -109,12 +109,13 @@ pub fn collect(
     ))?;
     let cwd_file = problems.take(fds::cwd(&proc, &mut files))?;
     let exe_file = problems.take(fds::exe(&proc, &mut files))?;
-    let (Some(vmas), Some(fd_table), Some(cwd_file), Some(exe_file)) =
+    let (Some(mut vmas), Some(fd_table), Some(cwd_file), Some(exe_file)) =
         (vmas, fd_table, cwd_file, exe_file)
     else {
         problems.finish()?;
         unreachable!("a step without a value recorded a refusal");
     };
+    vmas.memfds = super::memfd::content_areas(&files, &fd_table, &vmas.vmas);
     let rlimits = task::rlimits(&proc)?;
     let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");

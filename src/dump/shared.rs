@@ -6,7 +6,7 @@
 //! - A pipe whose read and write ends are both held inside the tree is whole: its buffered bytes
 //!   are captured (once) and it is recreated; one with an end outside stays external.
 //! - Shared anonymous memory is one shmem object per inode: its content is stored once, by the
-//!   first VMA of the tree that maps each range.
+//!   first VMA of the tree that maps each range; a memfd's, by the first process that holds it.
 //! - Address spaces, fd tables and fs info shared by CLONE_VM, CLONE_FILES or CLONE_FS between
 //!   two processes cannot be restored yet: refused, naming both pids.
 
@@ -206,5 +206,10 @@ fn store_shared_memory_once(procs: &mut [CollectedProcess]) {
         p.vmas.areas.retain(|a| {
             !(matches!(a.kind, AreaKind::SharedAnonymous { .. }) && skip.contains(&a.start))
         });
+    }
+    // A memfd's content is stored whole by the first process that holds it.
+    let mut memfds: HashSet<u64> = HashSet::new();
+    for p in procs.iter_mut() {
+        p.vmas.memfds.retain(|m| memfds.insert(m.ino));
     }
 }

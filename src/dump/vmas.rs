@@ -21,6 +21,9 @@ pub struct Collected {
     pub areas: Vec<Area>,
     /// BLAKE3 of the `[vdso]` contents.
     pub vdso_blake3: Option<[u8; 32]>,
+    /// The memfds the process holds (mapped or open) whose content is to be saved, sorted by
+    /// inode; filled once the fds are collected too.
+    pub memfds: Vec<crate::pages::MemfdArea>,
 }
 
 /// The VMA's VmFlags as the image records them; refused when one cannot be restored. The
@@ -50,6 +53,8 @@ enum Plan {
     File(PathBuf),
     /// A shared writable mapping of a file whose content goes into the image.
     FileContent(PathBuf),
+    /// A mapping of a memfd (its name).
+    Memfd(String),
     Vdso,
     Vvar,
 }
@@ -87,8 +92,8 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
         MapName::Other(name) => return Err(refuse(format!("unknown special mapping [{name}]"))),
         MapName::Path { path, deleted } => {
             let p = path.to_string_lossy();
-            if p.starts_with("/memfd:") {
-                return Err(refuse("memfd mappings cannot be dumped yet".into()));
+            if p.starts_with("/memfd:") && *deleted {
+                return Ok(Plan::Memfd(super::memfd::name_from(&p)));
             }
             if m.shared && m.write && is_perf_data(path, pid) {
                 // Stored whole, so it does not matter that another JVM deleted it already.
@@ -203,6 +208,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
         vmas: Vec::with_capacity(maps.len()),
         areas: Vec::new(),
         vdso_blake3: None,
+        memfds: Vec::new(),
     };
     let mut problems = Problems::new();
     for m in &maps {
@@ -248,6 +254,25 @@ fn add_vma(
         Plan::File(path) => {
             let file = mapped_file(proc, m, &path, files)?;
             if !m.shared {
+                out.areas.push(Area {
+                    start: m.start,
+                    end: m.end,
+                    kind: AreaKind::PrivateFile,
+                    readable: m.read,
+                });
+            }
+            VmaBacking::File {
+                file,
+                offset: m.offset,
+            }
+        }
+        Plan::Memfd(name) => {
+            let file = proc.open_map_file(m.start, m.end)?;
+            let ident =
+                super::memfd::identity(&file, &name).map_err(|why| unsupported(pid, m, why))?;
+            let file = files.add_identity(ident.dev, ident.ino, || Ok::<_, DumpError>(ident))?;
+            if !m.shared {
+                // Only the pages written since mapping (copies on write) are the VMA's own.
                 out.areas.push(Area {
                     start: m.start,
                     end: m.end,

@@ -25,7 +25,7 @@ pub use pagemap::{
 pub use sink::{PageSink, RunWriter};
 pub use zero::is_zero;
 
-use crate::images::{ImageError, PageRun};
+use crate::images::{ImageError, MemfdRun, PageRun};
 use crate::proc::{Proc, ProcError};
 use crate::ptrace::PtraceError;
 
@@ -59,6 +59,32 @@ pub enum PageError {
         end: u64,
         err: std::io::Error,
     },
+    /// A memfd's content could not be read.
+    #[error("process {pid}: cannot read the memfd {name} (inode {ino}) through {via}: {err}")]
+    Memfd {
+        pid: i32,
+        name: String,
+        ino: u64,
+        via: String,
+        err: std::io::Error,
+    },
+}
+
+/// Where a memfd's content is read from: one of the process's fds on it, or one of its
+/// mappings of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemfdSource {
+    Fd(i32),
+    Mapping { start: u64, end: u64 },
+}
+
+/// A memfd whose content is to be saved, whole (`size` bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemfdArea {
+    pub ino: u64,
+    pub name: String,
+    pub size: u64,
+    pub source: MemfdSource,
 }
 
 /// How an area's content is found.
@@ -113,6 +139,8 @@ impl PageCounts {
 pub struct PageDump {
     /// Stored runs, ascending, each inside one area.
     pub runs: Vec<PageRun>,
+    /// Stored memfd content ([`dump_memfds`]).
+    pub memfd_runs: Vec<MemfdRun>,
     pub counts: PageCounts,
 }
 
@@ -176,8 +204,59 @@ pub fn dump_pages<S: PageSink>(
     counts.bytes_written = counts.written * page_size;
     Ok(PageDump {
         runs: writer.finish(),
+        memfd_runs: Vec::new(),
         counts,
     })
+}
+
+/// Stores the non-zero pages of the memfds `memfds` (sorted by inode) of the stopped process
+/// into `out`, after what [`dump_pages`] stored, adding their runs and counts to `dump`.
+pub fn dump_memfds<S: PageSink>(
+    proc: &Proc,
+    memfds: &[MemfdArea],
+    page_size: u64,
+    out: &mut S,
+    dump: &mut PageDump,
+) -> Result<(), PageError> {
+    for m in memfds {
+        let (file, via) = match m.source {
+            MemfdSource::Fd(fd) => (proc.reopen_fd(fd)?, format!("fd {fd}")),
+            MemfdSource::Mapping { start, end } => (
+                proc.open_map_file(start, end)?,
+                format!("its mapping {start:#x}-{end:#x}"),
+            ),
+        };
+        let mut counts = PageCounts::default();
+        let mut writer = RunWriter::new(out, page_size);
+        let len = m.size.div_ceil(page_size) * page_size;
+        shmem::dump_object(
+            &file,
+            0,
+            len,
+            0,
+            page_size,
+            &mut writer,
+            &mut counts,
+            |err| PageError::Memfd {
+                pid: proc.pid(),
+                name: m.name.clone(),
+                ino: m.ino,
+                via: via.clone(),
+                err,
+            },
+        )?;
+        counts.written = writer.pages();
+        counts.bytes_written = counts.written * page_size;
+        dump.memfd_runs
+            .extend(writer.finish().into_iter().map(|r| MemfdRun {
+                ino: m.ino,
+                offset: r.vaddr,
+                npages: r.npages,
+                file_offset: r.file_offset,
+            }));
+        dump.counts.add(&counts);
+    }
+    Ok(())
 }
 
 /// Reads the page runs in batches of at most [`READ_BATCH`] bytes, each into a buffer from the

@@ -46,6 +46,31 @@ pub(super) fn dump_area<S: PageSink>(
 ) -> Result<(), PageError> {
     let file = proc.open_map_file(area.start, area.end)?;
     let len = area.end - area.start;
+    dump_object(
+        &file,
+        offset,
+        len,
+        area.start,
+        page_size,
+        writer,
+        counts,
+        |e| io_err(proc, area, e),
+    )
+}
+
+/// Stores the non-zero pages of bytes `[offset, offset + len)` of the shmem-backed `file`,
+/// recording the page at `offset + k` under the address `vaddr + k`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dump_object<S: PageSink>(
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    vaddr: u64,
+    page_size: u64,
+    writer: &mut RunWriter<S>,
+    counts: &mut PageCounts,
+    err: impl Fn(std::io::Error) -> PageError,
+) -> Result<(), PageError> {
     let total_pages = len / page_size;
     counts.scanned += total_pages;
     let obj_end = offset + len;
@@ -53,15 +78,14 @@ pub(super) fn dump_area<S: PageSink>(
     let mut data_pages = 0u64;
     let mut pos = offset;
     while pos < obj_end {
-        let Some(data) = seek(&file, pos, Whence::SeekData).map_err(|e| io_err(proc, area, e))?
-        else {
+        let Some(data) = seek(file, pos, Whence::SeekData).map_err(&err)? else {
             break;
         };
         if data >= obj_end {
             break;
         }
-        let hole = seek(&file, data, Whence::SeekHole)
-            .map_err(|e| io_err(proc, area, e))?
+        let hole = seek(file, data, Whence::SeekHole)
+            .map_err(&err)?
             .unwrap_or(obj_end);
         let from = data / page_size * page_size;
         let to = hole
@@ -82,11 +106,11 @@ pub(super) fn dump_area<S: PageSink>(
                     }
                     Ok(k) => got += k,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err(proc, area, e)),
+                    Err(e) => return Err(err(e)),
                 }
             }
-            let vaddr = area.start + (chunk - offset);
-            let stretches = keep_pages(&mut dst, &[(vaddr, n)], true, page_size, counts);
+            let at = vaddr + (chunk - offset);
+            let stretches = keep_pages(&mut dst, &[(at, n)], true, page_size, counts);
             writer.push_buffer(&stretches, dst)?;
             data_pages += n as u64 / page_size;
             chunk += n as u64;

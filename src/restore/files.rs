@@ -168,7 +168,10 @@ pub fn open_all(
         ) {
             continue;
         }
-        let fd = open_description(ident, ofd, base)?;
+        let fd = match ident.kind {
+            FileKind::Memfd { .. } => reopen_memfd(shmem.memfd(ident.ino)?, ident, ofd, base)?,
+            _ => open_description(ident, ofd, base)?,
+        };
         *slot = Some(share(&fd, base)?);
         tree.descriptions.insert(ofd.id, fd);
     }
@@ -180,6 +183,10 @@ pub fn open_all(
             let slot = &mut mapped[file as usize];
             let ident = file_at(p, file)?;
             if slot.is_some() || ident.kind == FileKind::ContentInImage {
+                continue;
+            }
+            if let FileKind::Memfd { .. } = ident.kind {
+                *slot = Some(share(shmem.memfd(ident.ino)?, base)?);
                 continue;
             }
             let mode = if writable.contains(&file) {
@@ -317,6 +324,27 @@ fn open_description(
     Ok(fd)
 }
 
+/// A new open file description of the memfd crest created (`memfd`), through
+/// `/proc/self/fd/N`, with the recorded flags and offset.
+fn reopen_memfd(
+    memfd: &OwnedFd,
+    ident: &FileIdentity,
+    ofd: &crate::images::OpenFileDescription,
+    base: RawFd,
+) -> Result<OwnedFd, RestoreError> {
+    let flags = (ofd.flags as i32)
+        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    let fd = open_path(
+        &format!("/proc/self/fd/{}", memfd.as_raw_fd()),
+        flags | libc::O_CLOEXEC,
+        base,
+    )?;
+    if ofd.flags as i32 & libc::O_PATH == 0 {
+        seek(&fd, ofd.pos, &ident.path)?;
+    }
+    Ok(fd)
+}
+
 fn file_at(p: &ProcessImage, index: u32) -> Result<&FileIdentity, RestoreError> {
     // open_image validated every index; this only guards against a caller bug.
     p.files.get(index as usize).ok_or_else(|| {
@@ -343,7 +371,7 @@ fn open_path(path: &str, flags: i32, base: RawFd) -> Result<OwnedFd, RestoreErro
 }
 
 /// `fd`, moved to `base` or above (close-on-exec) if it is below.
-fn above(fd: OwnedFd, base: RawFd, what: &str) -> Result<OwnedFd, RestoreError> {
+pub(super) fn above(fd: OwnedFd, base: RawFd, what: &str) -> Result<OwnedFd, RestoreError> {
     if fd.as_raw_fd() >= base {
         return Ok(fd);
     }
@@ -499,7 +527,7 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::Event(_) => return Ok(()),
+        FileKind::Event(_) | FileKind::Memfd { .. } => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {

@@ -13,6 +13,7 @@ mod files;
 mod finish;
 mod fork;
 mod jobctl;
+mod memfd;
 mod pidns;
 mod pipes;
 mod shmem;

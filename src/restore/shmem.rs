@@ -20,6 +20,8 @@ use super::RestoreError;
 #[derive(Default)]
 pub struct SharedMemory {
     objects: HashMap<u64, OwnedFd>,
+    /// The tree's memfds, by inode at dump time (memfd.rs).
+    memfds: HashMap<u64, OwnedFd>,
 }
 
 impl SharedMemory {
@@ -37,7 +39,10 @@ impl SharedMemory {
                 }
             }
         }
-        let mut out = SharedMemory::default();
+        let mut out = SharedMemory {
+            memfds: super::memfd::create_all(image, base)?,
+            ..SharedMemory::default()
+        };
         for (object, size) in sizes {
             let area = Area::map(object, size)?;
             for p in &image.processes {
@@ -70,6 +75,13 @@ impl SharedMemory {
             out.objects.insert(object, area.open(base)?);
         }
         Ok(out)
+    }
+
+    /// The descriptor of the memfd with inode `ino` at dump time.
+    pub fn memfd(&self, ino: u64) -> Result<&OwnedFd, RestoreError> {
+        self.memfds
+            .get(&ino)
+            .ok_or_else(|| RestoreError::Internal(format!("memfd {ino} was not created")))
     }
 
     /// The descriptor of object `object`.

@@ -118,9 +118,13 @@ pub enum Kind {
     /// registers, as the CPU has them) while it waits, and checks them on request
     /// (tests/victims/vregs.c); writes `mode sse|avx|avx512` to `CTL/info`.
     Vregs,
-    /// Two processes (tests/victims/refused.c) that each hold an eventfd (fd 101), a deleted
-    /// file (fd 102) and a memfd mapping: everything a dump must refuse, named at once.
+    /// Two processes (tests/victims/refused.c) that each hold an epoll fd (fd 101), a deleted
+    /// file (fd 102) and a mapping of a deleted file: everything a dump must refuse, named at
+    /// once.
     Refused,
+    /// memfds (tests/victims/memfd.c): a sealed one open as an fd, one open and mapped
+    /// MAP_SHARED and shared with a forked child, one mapped MAP_PRIVATE with private changes.
+    Memfd,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -145,6 +149,7 @@ impl Kind {
             Kind::Locks => "locks",
             Kind::Vregs => "vregs",
             Kind::Refused => "refused",
+            Kind::Memfd => "memfd",
             Kind::Java => "java",
         }
     }

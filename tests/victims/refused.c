@@ -1,6 +1,6 @@
 /*
  * refused: a crest test victim made of two processes that each hold several things crest
- * refuses: an epoll fd, a mapping of a memfd, and an fd of a deleted file. A dump must name
+ * refuses: an epoll fd, a mapping of a deleted file, and an fd of a deleted file. A dump must name
  * every one of them, of both processes, in one refusal, and leave both running.
  *
  *   parent (started by the harness; logs "pid=P n=N" to LOG_FILE, answers verify requests)
@@ -8,12 +8,12 @@
  *
  * Each process makes its own objects after the fork, at fds above 100 so the test knows them:
  * fd 101 an epoll fd (watching nothing), fd 102 a file that was unlinked (holding "deleted-file-data"),
- * and a shared mapping of a memfd named "refused-memfd" (then closed, so only the mapping
- * keeps it). Every tick each process checks its objects; the child exits with status 3 if one
+ * and a shared mapping of another file that was unlinked ("mapped-TAG", then closed, so only
+ * the mapping keeps it). Every tick each process checks its objects; the child exits with status 3 if one
  * changed, the parent reports it on verify.
  *
- * CTL/info: "child PID\nmemfd ADDR\n" (the child's pid and the parent's mapping address; the
- * child writes its own CTL/child-info "memfd ADDR\n").
+ * CTL/info: "child PID\nmapped ADDR\n" (the child's pid and the parent's mapping address; the
+ * child writes its own CTL/child-info "mapped ADDR\n").
  *
  * usage: refused CTL_DIR LOG_FILE
  */
@@ -55,14 +55,17 @@ static void make_objects(const char *tag)
         die("unlink %s: %s", path, strerror(errno));
     move_fd(fd, DELETED_FD, "deleted file");
 
-    int mfd = memfd_create("refused-memfd", MFD_CLOEXEC);
+    snprintf(path, sizeof path, "mapped-%s", tag);
+    int mfd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (mfd < 0 || ftruncate(mfd, page) != 0)
-        die("memfd: %s", strerror(errno));
+        die("create %s: %s", path, strerror(errno));
     map = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
     if (map == MAP_FAILED)
-        die("mmap memfd: %s", strerror(errno));
+        die("mmap %s: %s", path, strerror(errno));
     close(mfd);
-    snprintf(map, page, "memfd of %s", tag);
+    if (unlink(path) != 0)
+        die("unlink %s: %s", path, strerror(errno));
+    snprintf(map, page, "mapping of %s", tag);
 }
 
 static void check_objects(const char *tag)
@@ -74,9 +77,9 @@ static void check_objects(const char *tag)
     if (pread(DELETED_FD, buf, sizeof buf, 0) != sizeof buf || memcmp(buf, deleted_data, sizeof buf))
         fail("the deleted file's content changed");
     char want[64];
-    snprintf(want, sizeof want, "memfd of %s", tag);
+    snprintf(want, sizeof want, "mapping of %s", tag);
     if (strcmp(map, want) != 0)
-        fail("the memfd mapping holds '%.40s', want '%s'", map, want);
+        fail("the deleted file's mapping holds '%.40s', want '%s'", map, want);
 }
 
 static void write_info(const char *dir, const char *name, const char *text)
@@ -122,7 +125,7 @@ int main(int argc, char **argv)
             die("cannot open %s: %s", path, strerror(errno));
         make_objects("child");
         char info[64];
-        snprintf(info, sizeof info, "memfd %p\n", (void *)map);
+        snprintf(info, sizeof info, "mapped %p\n", (void *)map);
         write_info(argv[1], "child-info", info);
         for (unsigned long long n = 1;; n++) {
             log_tick(log_fd, n);
@@ -140,7 +143,7 @@ int main(int argc, char **argv)
         die("cannot open log %s: %s", argv[2], strerror(errno));
     make_objects("parent");
     char info[96];
-    snprintf(info, sizeof info, "child %d\nmemfd %p\n", (int)child, (void *)map);
+    snprintf(info, sizeof info, "child %d\nmapped %p\n", (int)child, (void *)map);
     write_info(argv[1], "info", info);
     for (unsigned long long n = 1;; n++) {
         log_tick(log_fd, n);

@@ -1,0 +1,257 @@
+/*
+ * memfd: a crest test victim holding memfds of every kind crest dumps, shared with a child.
+ *
+ *   parent (started by the harness; logs "pid=P n=N" to LOG_FILE, answers verify requests)
+ *   `-- child (dies with its parent, PR_SET_PDEATHSIG; exits 3 if something it checks changed)
+ *
+ * fd 100: memfd "crest-sealed", made with MFD_ALLOW_SEALING: a pattern in pages 0 and 2,
+ *         page 1 never written (a hole), size 3 pages + 100 bytes, sealed with
+ *         F_SEAL_SHRINK|F_SEAL_GROW, file offset 123. The parent's only.
+ * fd 101: memfd "crest-shared" (no MFD_ALLOW_SEALING: its seals are F_SEAL_SEAL), 2 pages,
+ *         also mapped MAP_SHARED at `shared`; fd and mapping inherited by the child. The child
+ *         echoes the word the parent writes at shared[0] into shared[1] and counts its ticks in
+ *         shared[2]; the parent writes page 1 through the fd and reads it through the mapping.
+ * a MAP_PRIVATE mapping of memfd "crest-private" (its fd closed): the memfd holds "file
+ *         content" in pages 0 and 1; the process changed page 0 of its mapping privately.
+ *
+ * CTL/info: "child PID\n".
+ *
+ * usage: memfd CTL_DIR LOG_FILE
+ */
+#include "victim.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#define SEALED_FD 100
+#define SHARED_FD 101
+
+static long page;
+static volatile uint64_t *shared;
+static char *private_map;
+static pid_t child;
+
+static void move_fd(int fd, int to, const char *what)
+{
+    if (fd < 0)
+        die("%s: %s", what, strerror(errno));
+    if (dup3(fd, to, 0) != to)
+        die("dup3 %s: %s", what, strerror(errno));
+    close(fd);
+}
+
+static void pattern(char *buf, int n)
+{
+    for (long i = 0; i < page; i++)
+        buf[i] = (char)('a' + (i * 7 + n) % 26);
+}
+
+static void check_link(int fd, const char *want)
+{
+    char path[64], got[256];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t len = readlink(path, got, sizeof got - 1);
+    if (len < 0) {
+        fail("readlink %s: %s", path, strerror(errno));
+        return;
+    }
+    got[len] = 0;
+    if (strcmp(got, want) != 0)
+        fail("fd %d is '%s', want '%s'", fd, got, want);
+}
+
+/* The /proc/self/maps line of the mapping at `addr` names `want` and inode `ino` (0: any). */
+static void check_map(const void *addr, const char *want, ino_t ino)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) {
+        fail("open maps: %s", strerror(errno));
+        return;
+    }
+    char line[512];
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long start, end, inode;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %lu", &start, &end, perms, &inode) != 4)
+            continue;
+        if (start != (unsigned long)addr)
+            continue;
+        found = 1;
+        if (!strstr(line, want))
+            fail("the mapping at %p is '%s', want '%s'", addr, line, want);
+        if (ino && inode != ino)
+            fail("the mapping at %p maps inode %lu, the fd inode %lu", addr, inode,
+                 (unsigned long)ino);
+    }
+    fclose(f);
+    if (!found)
+        fail("no mapping at %p", addr);
+}
+
+static void check_common(void)
+{
+    struct stat st;
+    check_link(SHARED_FD, "/memfd:crest-shared (deleted)");
+    if (fstat(SHARED_FD, &st) != 0 || st.st_size != 2 * page)
+        fail("crest-shared has size %lld", (long long)st.st_size);
+    if (fcntl(SHARED_FD, F_GET_SEALS) != F_SEAL_SEAL)
+        fail("crest-shared has seals %#x", fcntl(SHARED_FD, F_GET_SEALS));
+    check_map((const void *)shared, "/memfd:crest-shared (deleted)", st.st_ino);
+}
+
+static void check_parent(void)
+{
+    struct stat st;
+    char buf[4096], want[4096];
+    check_link(SEALED_FD, "/memfd:crest-sealed (deleted)");
+    if (fstat(SEALED_FD, &st) != 0 || st.st_size != 3 * page + 100)
+        fail("crest-sealed has size %lld", (long long)st.st_size);
+    int seals = fcntl(SEALED_FD, F_GET_SEALS);
+    if (seals != (F_SEAL_SHRINK | F_SEAL_GROW))
+        fail("crest-sealed has seals %#x", seals);
+    if (lseek(SEALED_FD, 0, SEEK_CUR) != 123)
+        fail("crest-sealed is at offset %lld", (long long)lseek(SEALED_FD, 0, SEEK_CUR));
+    if (ftruncate(SEALED_FD, page) == 0)
+        fail("crest-sealed could be shrunk");
+    for (int p = 0; p < 3; p++) {
+        if (pread(SEALED_FD, buf, (size_t)page, p * page) != page) {
+            fail("read page %d of crest-sealed: %s", p, strerror(errno));
+            continue;
+        }
+        if (p == 1)
+            memset(want, 0, (size_t)page);
+        else
+            pattern(want, p);
+        if (memcmp(buf, want, (size_t)page) != 0)
+            fail("page %d of crest-sealed changed", p);
+    }
+    if (pread(SEALED_FD, buf, 200, 3 * page) != 100)
+        fail("the tail of crest-sealed is not 100 bytes");
+    check_common();
+
+    /* The fd and the mapping are one object, shared with the child. */
+    static unsigned token;
+    token++;
+    char msg[32];
+    int len = snprintf(msg, sizeof msg, "via fd %u", token);
+    if (pwrite(SHARED_FD, msg, (size_t)len + 1, page) != len + 1)
+        fail("pwrite crest-shared: %s", strerror(errno));
+    if (strcmp((const char *)shared + page, msg) != 0)
+        fail("the mapping of crest-shared does not show what its fd wrote");
+    shared[0] = 1000 + token;
+    int waited = 0;
+    while (shared[1] != 1000 + token && waited++ < 5000)
+        sleep_ms(1);
+    if (shared[1] != 1000 + token)
+        fail("the child did not echo %u through crest-shared (it shows %llu)", 1000 + token,
+             (unsigned long long)shared[1]);
+
+    if (memcmp(private_map, "private change", 15) != 0)
+        fail("the private mapping lost its change");
+    if (memcmp(private_map + page, "file content", 13) != 0)
+        fail("the private mapping's unchanged page does not show the memfd");
+    check_map(private_map, "/memfd:crest-private (deleted)", 0);
+    int status;
+    if (waitpid(child, &status, WNOHANG) != 0)
+        fail("the child %d has ended", (int)child);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        die("usage: %s CTL_DIR LOG_FILE", argv[0]);
+    ctl_init(argv[1]);
+    page = sysconf(_SC_PAGESIZE);
+    char buf[65536];
+
+    move_fd(memfd_create("crest-sealed", MFD_ALLOW_SEALING), SEALED_FD, "memfd sealed");
+    if (ftruncate(SEALED_FD, 3 * page + 100) != 0)
+        die("ftruncate: %s", strerror(errno));
+    for (int p = 0; p < 3; p += 2) {
+        pattern(buf, p);
+        if (pwrite(SEALED_FD, buf, (size_t)page, p * page) != page)
+            die("pwrite: %s", strerror(errno));
+    }
+    if (fcntl(SEALED_FD, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
+        die("F_ADD_SEALS: %s", strerror(errno));
+    lseek(SEALED_FD, 123, SEEK_SET);
+
+    move_fd(memfd_create("crest-shared", 0), SHARED_FD, "memfd shared");
+    if (ftruncate(SHARED_FD, 2 * page) != 0)
+        die("ftruncate: %s", strerror(errno));
+    shared = mmap(NULL, (size_t)(2 * page), PROT_READ | PROT_WRITE, MAP_SHARED, SHARED_FD, 0);
+    if (shared == MAP_FAILED)
+        die("mmap shared: %s", strerror(errno));
+
+    int pfd = memfd_create("crest-private", MFD_CLOEXEC);
+    if (pfd < 0 || ftruncate(pfd, 2 * page) != 0)
+        die("memfd private: %s", strerror(errno));
+    if (pwrite(pfd, "file content", 13, 0) != 13 || pwrite(pfd, "file content", 13, page) != 13)
+        die("pwrite private: %s", strerror(errno));
+    private_map = mmap(NULL, (size_t)(2 * page), PROT_READ | PROT_WRITE, MAP_PRIVATE, pfd, 0);
+    if (private_map == MAP_FAILED)
+        die("mmap private: %s", strerror(errno));
+    close(pfd);
+    memcpy(private_map, "private change", 15);
+
+    pid_t parent = getpid();
+    child = fork();
+    if (child < 0)
+        die("fork: %s", strerror(errno));
+    if (child == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+            die("PR_SET_PDEATHSIG: %s", strerror(errno));
+        if (getppid() != parent)
+            _exit(0);
+        close(SEALED_FD);
+        for (unsigned long n = 0;; n++) {
+            shared[1] = shared[0];
+            shared[2]++;
+            if (n % 100 == 0) {
+                check_common();
+                if (fail_msg[0]) {
+                    fprintf(stderr, "child: %s\n", fail_msg);
+                    _exit(3);
+                }
+            }
+            sleep_ms(1);
+        }
+    }
+
+    char info[64];
+    snprintf(info, sizeof info, "child %d\n", (int)child);
+    char path[CTL_PATH_MAX], tmp[CTL_PATH_MAX];
+    snprintf(path, sizeof path, "%s/info", argv[1]);
+    snprintf(tmp, sizeof tmp, "%s/info.tmp", argv[1]);
+    int ifd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (ifd < 0)
+        die("create %s: %s", tmp, strerror(errno));
+    write_all(ifd, info, strlen(info), tmp);
+    close(ifd);
+    if (rename(tmp, path) != 0)
+        die("rename %s: %s", tmp, strerror(errno));
+
+    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (log_fd < 0)
+        die("cannot open log %s: %s", argv[2], strerror(errno));
+    for (unsigned long long n = 1;; n++) {
+        char line[64];
+        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
+        write_all(log_fd, line, (size_t)len, "log");
+        if (ctl_verify_requested()) {
+            fail_msg[0] = 0;
+            check_parent();
+            ctl_report(n);
+        }
+        int code = ctl_exit_requested();
+        if (code >= 0) {
+            kill(child, SIGKILL);
+            waitpid(child, NULL, 0);
+            exit(code);
+        }
+        sleep_ms(20);
+    }
+}
