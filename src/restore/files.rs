@@ -27,6 +27,8 @@ pub struct TreeFiles {
     inherited: Vec<(String, OwnedFd)>,
     /// UNIX socket pairs whose ends are in the tree.
     pub pairs: super::sockets::Pairs,
+    /// Memfds whose own descriptor (the one memfd_create made) a description already took.
+    memfd_originals: std::collections::HashSet<u64>,
 }
 
 /// `--inherit-fd fd[N]:RESOURCE`: crest's own descriptor N takes the place of the file the
@@ -169,7 +171,10 @@ pub fn open_all(
             continue;
         }
         let fd = match ident.kind {
-            FileKind::Memfd { .. } => reopen_memfd(shmem.memfd(ident.ino)?, ident, ofd, base)?,
+            FileKind::Memfd { .. } => {
+                let first = tree.memfd_originals.insert(ident.ino);
+                reopen_memfd(shmem.memfd(ident.ino)?, ident, ofd, base, first)?
+            }
             _ => open_description(ident, ofd, base)?,
         };
         *slot = Some(share(&fd, base)?);
@@ -326,19 +331,37 @@ fn open_description(
 
 /// A new open file description of the memfd crest created (`memfd`), through
 /// `/proc/self/fd/N`, with the recorded flags and offset.
+/// A description of a memfd: the first read-write one is the descriptor memfd_create made
+/// itself, as a program's own memfd descriptor is (such a descriptor does not count as a
+/// writer, so exec of the memfd works: reopening it read-write through /proc would make exec
+/// fail with ETXTBSY); any other is a new open through `/proc/self/fd/N`. Then its flags and
+/// offset are put back.
 fn reopen_memfd(
     memfd: &OwnedFd,
     ident: &FileIdentity,
     ofd: &crate::images::OpenFileDescription,
     base: RawFd,
+    first: bool,
 ) -> Result<OwnedFd, RestoreError> {
     let flags = (ofd.flags as i32)
         & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
-    let fd = open_path(
-        &format!("/proc/self/fd/{}", memfd.as_raw_fd()),
-        flags | libc::O_CLOEXEC,
-        base,
-    )?;
+    let fd = if first && flags & libc::O_ACCMODE == libc::O_RDWR {
+        let fd = share(memfd, base)?;
+        // SAFETY: F_SETFL on a descriptor we own; it changes only its status flags.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_ACCMODE) } < 0 {
+            return Err(RestoreError::Os {
+                what: format!("setting the status flags of {}", ident.path),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        fd
+    } else {
+        open_path(
+            &format!("/proc/self/fd/{}", memfd.as_raw_fd()),
+            flags | libc::O_CLOEXEC,
+            base,
+        )?
+    };
     if ofd.flags as i32 & libc::O_PATH == 0 {
         seek(&fd, ofd.pos, &ident.path)?;
     }

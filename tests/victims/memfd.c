@@ -23,10 +23,12 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #define SEALED_FD 100
 #define SHARED_FD 101
+#define EXEC_FD 102
 
 static long page;
 static volatile uint64_t *shared;
@@ -157,6 +159,19 @@ static void check_parent(void)
     int status;
     if (waitpid(child, &status, WNOHANG) != 0)
         fail("the child %d has ended", (int)child);
+
+    /* A memfd holding a script can be executed (a read-write reopen of it would make exec
+     * fail with ETXTBSY). */
+    pid_t runner = fork();
+    if (runner == 0) {
+        static char *const argv_[] = {"true", NULL};
+        static char *const envp_[] = {NULL};
+        syscall(SYS_execveat, EXEC_FD, "", argv_, envp_, AT_EMPTY_PATH);
+        _exit(100 + errno);
+    }
+    if (runner < 0 || waitpid(runner, &status, 0) != runner || !WIFEXITED(status) ||
+        WEXITSTATUS(status) != 0)
+        fail("executing the crest-exec memfd failed (status %#x)", status);
 }
 
 int main(int argc, char **argv)
@@ -196,6 +211,12 @@ int main(int argc, char **argv)
         die("mmap private: %s", strerror(errno));
     close(pfd);
     memcpy(private_map, "private change", 15);
+
+    move_fd(memfd_create("crest-exec", 0), EXEC_FD, "memfd exec");
+    if (write(EXEC_FD, "#!/bin/true\n", 12) != 12)
+        die("write crest-exec: %s", strerror(errno));
+    if (fcntl(EXEC_FD, F_SETFD, 0) != 0)
+        die("F_SETFD: %s", strerror(errno));
 
     pid_t parent = getpid();
     child = fork();
