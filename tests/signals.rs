@@ -499,12 +499,6 @@ fn a_timer_signalling_a_second_thread_keeps_signalling_it() {
     v.verify().expect("the victim verifies before any dump");
     for cycle in 1..=2 {
         let dir = v.work.join(format!("thtimer{cycle}"));
-        let before = v.last_logged();
-        dump(v.pid, &dir, false).assert_ok();
-        v.reap();
-        restore_detached(&dir, &[]).assert_ok();
-        v.mark_restored();
-        v.wait_logging_after(before);
-        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        v.dump_restore_verify(&dir, &format!("cycle {cycle}"));
     }
 }

@@ -140,13 +140,7 @@ fn a_socket_pair_with_both_ends_open_comes_back_connected_with_its_unread_bytes(
     v.verify().expect("victim verifies before the dump");
     for cycle in 1..=2 {
         let dir = v.work.join(format!("img{cycle}"));
-        let before = v.last_logged();
-        dump(v.pid, &dir, false).assert_ok();
-        v.reap();
-        restore_detached(&dir, &[]).assert_ok();
-        v.mark_restored();
-        v.wait_logging_after(before);
-        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        v.dump_restore_verify(&dir, &format!("cycle {cycle}"));
         assert_eq!(exchange(&v.ctl.join("listen"), 1), 2);
     }
 }

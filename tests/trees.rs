@@ -180,16 +180,7 @@ fn a_bash_loop_running_sleep_carries_on_after_restore() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid in the forked child before exec is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            nix::unistd::setsid()?;
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("start bash");
-    let bash = child.id() as i32;
-    drop(child);
+    let bash = spawn_in_own_session(cmd);
     let count = |p: &Path| -> usize {
         fs::read_to_string(p)
             .map(|s| s.lines().count())
@@ -281,16 +272,7 @@ while True:
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid in the forked child before exec is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            nix::unistd::setsid()?;
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("start python3");
-    let root = child.id() as i32;
-    drop(child);
+    let root = spawn_in_own_session(cmd);
     let text = wait_for("the member's pid", TIMEOUT, || {
         fs::read_to_string(&ready).ok()
     });

@@ -1246,3 +1246,34 @@ pub fn spawn_pidns_copy(dir: &Path, resource: &Path, out: &File, pidfile: &Path)
         }
     })
 }
+
+/// Starts `cmd` in a session of its own, its standard streams on /dev/null unless `cmd` set
+/// them, and returns its pid (it is reaped by pid, like restored processes).
+pub fn spawn_in_own_session(mut cmd: Command) -> i32 {
+    setup();
+    // SAFETY: setsid in the forked child before exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
+    child.id() as i32
+}
+
+impl Victim {
+    /// One dump (which kills it) and detached restore, then waits for it to log again and
+    /// verify itself; `ctx` names the cycle in a failure.
+    pub fn dump_restore_verify(&mut self, dir: &Path, ctx: &str) {
+        let before = self.last_logged();
+        dump(self.pid, dir, false).assert_ok();
+        self.reap();
+        restore_detached(dir, &[]).assert_ok();
+        self.mark_restored();
+        self.wait_logging_after(before);
+        self.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    }
+}
