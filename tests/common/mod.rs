@@ -1261,7 +1261,11 @@ pub fn spawn_in_own_session(mut cmd: Command) -> i32 {
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
-    child.id() as i32
+    let pid = child.id() as i32;
+    // Reaped by pid with waitpid (reap_pid), like the restored processes that are not std
+    // children.
+    drop(child);
+    pid
 }
 
 impl Victim {
