@@ -705,6 +705,11 @@ fn three_jvm_copies_in_pid_namespaces(version: u32) {
     dump(v.pid, &dir, true).assert_ok();
 
     // The three restores run at once.
+    let _ends = PidnsCopies(
+        (1..=3)
+            .map(|i| v.work.join(format!("copy-{i}.pid")))
+            .collect(),
+    );
     let mut running = Vec::new();
     for i in 1..=3 {
         let log = v.work.join(format!("copy-{i}.log"));
@@ -747,16 +752,7 @@ fn three_jvm_copies_in_pid_namespaces(version: u32) {
     v.verify()
         .unwrap_or_else(|e| panic!("JDK {version}: the original after three copies: {e}"));
     for (pid, _) in copies {
-        // The copy's init (its root's parent) ends the namespace with it.
-        let init = procfs::process::Process::new(pid)
-            .and_then(|p| p.stat())
-            .map(|s| s.ppid)
-            .unwrap_or(0);
-        if init > 1 {
-            let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
-            let _ = reap_pid(init, JVM_TIMEOUT);
-        }
-        let _ = reap_pid(pid, JVM_TIMEOUT);
+        PidnsCopies::end(pid);
     }
 }
 

@@ -48,11 +48,8 @@ fn restore_copy(dir: &Path, resource: &Path, out: &Path, pidfile: &Path) -> i32 
 
 /// Ends a copy: its namespace's init (the root's parent) is killed, which kills the namespace.
 fn end_copy(root: i32) {
-    let init = ppid(root);
-    assert_ne!(init, 0, "copy {root} has no parent");
-    let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
-    let _ = reap_pid(init, TIMEOUT);
-    let _ = reap_pid(root, TIMEOUT);
+    assert_ne!(ppid(root), 0, "copy {root} has no parent");
+    PidnsCopies::end(root);
 }
 
 #[test]
@@ -71,6 +68,7 @@ fn three_copies_of_a_tree_run_at_once_beside_the_original() {
 
     let records = v.ctl.join("records");
     let mut copies = Vec::new();
+    let _ends = PidnsCopies((1..=3).map(|i| v.work.join(format!("pid-{i}"))).collect());
     for i in 1..=3 {
         let out = v.work.join(format!("records-{i}"));
         let root = restore_copy(&dir, &records, &out, &v.work.join(format!("pid-{i}")));
@@ -156,6 +154,11 @@ fn copies_of_a_program_working_under_tmp_get_a_private_tmp_with_its_directory() 
     let dir = work.path().join("img");
     dump(pid, &dir, true).assert_ok();
     let mut copies = Vec::new();
+    let _ends = PidnsCopies(
+        (1..=2)
+            .map(|i| work.path().join(format!("pid-{i}")))
+            .collect(),
+    );
     for i in 1..=2 {
         let out = work.path().join(format!("out-{i}"));
         let root = restore_copy(&dir, &log, &out, &work.path().join(format!("pid-{i}")));

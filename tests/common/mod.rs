@@ -1281,3 +1281,38 @@ impl Victim {
         self.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
     }
 }
+
+/// Ends the `--pidns` copies whose pid files it lists when dropped, whatever happened to the
+/// test: each copy's namespace init (its root's parent) is killed, which ends the namespace.
+#[derive(Default)]
+pub struct PidnsCopies(pub Vec<PathBuf>);
+
+impl PidnsCopies {
+    /// Ends the copy whose root is `root` now.
+    pub fn end(root: i32) {
+        let init = procfs::process::Process::new(root)
+            .and_then(|p| p.stat())
+            .map(|s| s.ppid)
+            .unwrap_or(0);
+        if init > 1 {
+            let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+            let _ = reap_pid(init, TIMEOUT);
+        }
+        let _ = reap_pid(root, TIMEOUT);
+    }
+}
+
+impl Drop for PidnsCopies {
+    fn drop(&mut self) {
+        for pidfile in &self.0 {
+            if let Some(root) = fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                if pid_exists(root) {
+                    PidnsCopies::end(root);
+                }
+            }
+        }
+    }
+}
