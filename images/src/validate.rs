@@ -822,19 +822,26 @@ fn check_memfd_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
             }
         }
         prev = Some((r.ino, end));
-        match r.file_offset.checked_add(len) {
-            Some(file_end) if file_end <= page_file_size => {}
-            _ => {
-                return Err(format!(
-                    "{} at page file offset {:#x} runs past the end of the {page_file_size}-byte page file {:?}",
-                    what(),
-                    r.file_offset,
-                    p.pages_file
-                ))
-            }
-        }
+        check_in_page_file(&what(), r.file_offset, len, page_file_size, &p.pages_file)?;
     }
     Ok(())
+}
+
+/// `len` bytes at `file_offset` lie inside the page file `name` of `page_file_size` bytes.
+fn check_in_page_file(
+    what: &str,
+    file_offset: u64,
+    len: u64,
+    page_file_size: u64,
+    name: &str,
+) -> Result<(), String> {
+    match file_offset.checked_add(len) {
+        Some(file_end) if file_end <= page_file_size => Ok(()),
+        _ => Err(format!(
+            "{what} at page file offset {file_offset:#x} runs past the end of the \
+             {page_file_size}-byte page file {name:?}"
+        )),
+    }
 }
 
 fn check_page_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Result<(), String> {
@@ -870,17 +877,7 @@ fn check_page_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Res
             ));
         }
         prev_end = end;
-        match r.file_offset.checked_add(len) {
-            Some(file_end) if file_end <= page_file_size => {}
-            _ => {
-                return Err(format!(
-                    "{} at page file offset {:#x} runs past the end of the {page_file_size}-byte page file {:?}",
-                    what(),
-                    r.file_offset,
-                    p.pages_file
-                ))
-            }
-        }
+        check_in_page_file(&what(), r.file_offset, len, page_file_size, &p.pages_file)?;
         // The VMA with the greatest start <= vaddr is the only one that can hold the run.
         let idx = p.vmas.partition_point(|v| v.start <= r.vaddr);
         let vma = idx

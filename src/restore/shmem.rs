@@ -46,6 +46,12 @@ impl SharedMemory {
         for (object, size) in sizes {
             let area = Area::map(object, size)?;
             for p in &image.processes {
+                let maps_it = p.vmas.iter().any(|v| {
+                    matches!(v.backing, VmaBacking::SharedAnonymous { object: o, .. } if o == object)
+                });
+                if !maps_it {
+                    continue;
+                }
                 let pages =
                     std::fs::File::open(image.pages_path(p)).map_err(|e| RestoreError::Os {
                         what: format!("opening the page file of pid {}", p.pid),
