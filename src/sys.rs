@@ -1,5 +1,5 @@
 //! Thin wrappers for the few syscalls neither std nor nix offers (kcmp, pidfd_open/pidfd_getfd,
-//! prlimit on another pid, uname's release string).
+//! prlimit on another pid, uname's release string, giving up the controlling terminal).
 //!
 //! Each wrapper returns the raw [`Errno`]; callers add the context (pid, fd, file) that makes
 //! an error actionable.
@@ -207,6 +207,30 @@ unsafe fn clone3(args: &CloneArgs) -> Result<i32, Errno> {
         Err(Errno::last())
     } else {
         Ok(r as i32)
+    }
+}
+
+/// Makes the calling process drop its controlling terminal (`TIOCNOTTY`), staying in its
+/// session and process group; nothing happens without one. Only async-signal-safe calls (open,
+/// ioctl, close), so a freshly forked child or a `pre_exec` closure may call it: the tests use
+/// it so the processes they dump are not attached to the terminal the tests run on (a dump
+/// refuses those without --shell-job).
+pub fn give_up_controlling_terminal() {
+    // SAFETY: open(2) of a constant NUL-terminated path; the fd is ours and closed below.
+    let tty = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if tty < 0 {
+        return; // ENXIO: no controlling terminal to give up
+    }
+    // SAFETY: TIOCNOTTY takes no argument; for a process that leads no session it clears only
+    // this process's controlling terminal.
+    unsafe {
+        libc::ioctl(tty, libc::TIOCNOTTY);
+        libc::close(tty);
     }
 }
 

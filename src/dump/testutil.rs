@@ -162,6 +162,7 @@ pub fn spawn_with(
         // SAFETY: (whole block) raw fd syscalls on fds that exist in this fresh child.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            crate::sys::give_up_controlling_terminal();
             const HIGH: RawFd = 1000;
             let null_high = libc::fcntl(devnull_fd, libc::F_DUPFD, HIGH);
             let mut highs = [0 as RawFd; 16];

@@ -310,6 +310,7 @@ impl Victim {
                     nix::unistd::setsid()?;
                 } else {
                     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                    crest::sys::give_up_controlling_terminal();
                 }
                 // Mark everything above stderr close-on-exec (not closed: std's exec-error pipe
                 // must survive until exec), so the victim holds no fd it did not open itself.
