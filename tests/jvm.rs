@@ -831,3 +831,197 @@ fn jdk17_jvm_with_a_child_process_keeps_talking_to_it() {
 fn jdk25_jvm_with_a_child_process_keeps_talking_to_it() {
     jvm_with_a_child_process(25);
 }
+
+/// A minimal HTTP/1.1 client on one keep-alive connection: what a load balancer or a browser
+/// holds open against a server.
+struct HttpConnection {
+    stream: std::net::TcpStream,
+}
+
+impl HttpConnection {
+    fn open(addr: std::net::SocketAddr) -> HttpConnection {
+        let stream = std::net::TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(JVM_TIMEOUT)).unwrap();
+        HttpConnection { stream }
+    }
+
+    /// `GET path` on this connection; the status code and the body.
+    fn get(&mut self, path: &str) -> Result<(u32, String), String> {
+        use std::io::Write;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n");
+        self.stream
+            .write_all(request.as_bytes())
+            .map_err(|e| format!("send GET {path}: {e}"))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                Ok(_) => return Err(format!("GET {path}: the server closed the connection")),
+                Err(e) => return Err(format!("GET {path}: read the answer: {e}")),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("GET {path}: no status in {head:?}"))?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            })
+            .ok_or_else(|| format!("GET {path}: no Content-length in {head:?}"))?;
+        let mut body = vec![0u8; length];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| format!("GET {path}: read the body: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&body).to_string()))
+    }
+
+    /// `GET /hello`, which must answer 200 `hello N pid PID`; returns N.
+    fn hello(&mut self, pid: i32, ctx: &str) -> u64 {
+        let (status, body) = self.get("/hello").unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert_eq!(status, 200, "{ctx}: GET /hello answered {body:?}");
+        let rest = body
+            .strip_prefix("hello ")
+            .unwrap_or_else(|| panic!("{ctx}: GET /hello answered {body:?}"));
+        let (n, from) = rest.split_once(" pid ").expect("hello N pid PID");
+        assert_eq!(from, pid.to_string(), "{ctx}: answered by another process");
+        n.parse().expect("request count")
+    }
+}
+
+/// The clients the test keeps connected to a `server` mode victim across its dumps.
+struct ServerClients {
+    ports: BTreeMap<String, u16>,
+    http4: HttpConnection,
+    http6: HttpConnection,
+    echo: Vec<std::net::TcpStream>,
+    udp: std::net::UdpSocket,
+}
+
+impl ServerClients {
+    fn connect(v: &Victim) -> ServerClients {
+        let ports_file = v.ctl.join("ports");
+        let text = wait_for("the server's ports", JVM_TIMEOUT, || {
+            fs::read_to_string(&ports_file).ok()
+        });
+        let ports: BTreeMap<String, u16> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, p)| (k.to_string(), p.parse().expect("port")))
+            .collect();
+        let v4 = |name: &str| std::net::SocketAddr::from(([127, 0, 0, 1], ports[name]));
+        let http4 = HttpConnection::open(v4("http4"));
+        let http6 = HttpConnection::open(std::net::SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            ports["http6"],
+        )));
+        let echo = (0..16)
+            .map(|_| {
+                let s = std::net::TcpStream::connect(v4("nio")).expect("connect to the NIO server");
+                s.set_read_timeout(Some(JVM_TIMEOUT)).unwrap();
+                s
+            })
+            .collect();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
+        udp.set_read_timeout(Some(JVM_TIMEOUT)).unwrap();
+        udp.connect(v4("udp")).expect("connect the UDP socket");
+        ServerClients {
+            ports,
+            http4,
+            http6,
+            echo,
+            udp,
+        }
+    }
+
+    /// Every server answers on every connection the test holds, and on new ones; `round`
+    /// makes each round's payloads differ.
+    fn exercise(&mut self, v: &Victim, round: u32, ctx: &str) {
+        let pid = v.pid;
+        let a = self.http4.hello(pid, &format!("{ctx}, kept IPv4 HTTP connection"));
+        let b = self.http6.hello(pid, &format!("{ctx}, kept IPv6 HTTP connection"));
+        assert!(b > a, "{ctx}: the request counter went from {a} to {b}");
+        let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], self.ports["http4"]));
+        HttpConnection::open(v4).hello(pid, &format!("{ctx}, new IPv4 HTTP connection"));
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.ports["http6"]));
+        HttpConnection::open(v6).hello(pid, &format!("{ctx}, new IPv6 HTTP connection"));
+
+        let nio = std::net::SocketAddr::from(([127, 0, 0, 1], self.ports["nio"]));
+        let mut fresh = std::net::TcpStream::connect(nio)
+            .unwrap_or_else(|e| panic!("{ctx}: new connection to the NIO server: {e}"));
+        fresh.set_read_timeout(Some(JVM_TIMEOUT)).unwrap();
+        for (i, s) in self.echo.iter_mut().chain(std::iter::once(&mut fresh)).enumerate() {
+            use std::io::Write;
+            let msg = format!("round {round} client {i}\n");
+            s.write_all(msg.as_bytes())
+                .unwrap_or_else(|e| panic!("{ctx}: NIO client {i}: send: {e}"));
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back)
+                .unwrap_or_else(|e| panic!("{ctx}: NIO client {i}: echo: {e}"));
+            assert_eq!(back, msg.as_bytes(), "{ctx}: NIO client {i}");
+        }
+
+        let msg = format!("datagram {round}");
+        self.udp.send(msg.as_bytes()).expect("send a datagram");
+        let mut buf = [0u8; 256];
+        let n = self
+            .udp
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{ctx}: UDP echo: {e}"));
+        assert_eq!(&buf[..n], format!("echo:{msg}").as_bytes(), "{ctx}: UDP echo");
+
+        let name = format!("file-{round}");
+        fs::write(v.ctl.join("watched").join(&name), b"").expect("create a watched file");
+        let want = format!("ENTRY_CREATE {name}\n");
+        wait_for(&format!("{ctx}: the WatchService sees {name}"), JVM_TIMEOUT, || {
+            let (_, seen) = self.http4.get("/watch").ok()?;
+            seen.contains(&want).then_some(())
+        });
+    }
+}
+
+/// Issue #10's JVM proof: a JVM serving HTTP on 127.0.0.1 and [::1], an NIO echo server with 16
+/// connected clients, a DatagramChannel and a WatchService is dumped and restored (killed, then
+/// left running with -R, then killed again); after each restore every connection the test held
+/// carries on (the keep-alive HTTP connections get their next answer on the same connection),
+/// new connections are accepted, the UDP echo answers and the WatchService sees new files.
+fn servers_carry_on(version: u32) {
+    let Some(jdk) = Jdk::find(version) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+    let mut v = jdk.start(&classes, &["server"]);
+    let mut clients = ServerClients::connect(&v);
+    clients.exercise(&v, 0, &format!("JDK {version}, before any dump"));
+    for (round, leave_running) in [(1, false), (2, true), (3, false)] {
+        let ctx = format!("JDK {version}, cycle {round} (-R: {leave_running})");
+        let dir = v.work.join(format!("img{round}"));
+        let at = v.last_logged();
+        if leave_running {
+            dump(v.pid, &dir, true).assert_ok();
+        } else {
+            cycle(&mut v, &dir, || {});
+        }
+        v.wait_logging_after(at);
+        clients.exercise(&v, round, &ctx);
+        v.verify().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn jdk17_http_nio_udp_and_watch_servers_carry_on_across_dumps() {
+    servers_carry_on(17);
+}
+
+#[test]
+fn jdk25_http_nio_udp_and_watch_servers_carry_on_across_dumps() {
+    servers_carry_on(25);
+}

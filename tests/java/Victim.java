@@ -34,7 +34,9 @@ import java.util.concurrent.locks.LockSupport;
  * garbage while it checks the objects it keeps alive for a while. Mode {@code threads N} starts N
  * threads that sleep or park and count, and little else. Mode {@code garbage LIVE CHURN} fills
  * LIVE MiB of long[] chunks from the generator, allocates and drops CHURN MiB of garbage, and
- * then only logs and answers (the live chunks are checked at every verify).
+ * then only logs and answers (the live chunks are checked at every verify). Mode {@code server}
+ * runs the loopback servers of {@link Servers} (HTTP on IPv4 and IPv6, NIO echo, UDP echo, a
+ * WatchService) and writes their ports to {@code CTL_DIR/ports}.
  *
  * <p>In both modes a logger appends {@code pid=<pid> n=<counter>} to LOG_FILE (opened in append
  * mode) every ~20 ms, and the main thread polls CTL_DIR every few milliseconds:
@@ -52,7 +54,7 @@ import java.util.concurrent.locks.LockSupport;
  * thread the victim starts is named {@code cv-...} (the JVM sets the native thread name from it,
  * so a test can follow the threads in /proc/PID/task).
  *
- * <p>usage: java Victim CTL_DIR LOG_FILE [full | threads N | garbage LIVE_MIB CHURN_MIB]
+ * <p>usage: java Victim CTL_DIR LOG_FILE [full | threads N | garbage LIVE_MIB CHURN_MIB | server]
  */
 public final class Victim {
     static final long START_PID = ProcessHandle.current().pid();
@@ -641,7 +643,7 @@ public final class Victim {
 
     public static void main(String[] args) throws Exception {
         if (args.length < 2) {
-            System.err.println("usage: java Victim CTL_DIR LOG_FILE [full | threads N | garbage LIVE_MIB CHURN_MIB]");
+            System.err.println("usage: java Victim CTL_DIR LOG_FILE [full | threads N | garbage LIVE_MIB CHURN_MIB | server]");
             System.exit(2);
         }
         ctl = Paths.get(args[0]);
@@ -650,8 +652,11 @@ public final class Victim {
         int nThreads = 0;
         int liveMib = 0;
         int churnMib = 0;
+        boolean server = false;
         if (!full) {
-            if (args[2].equals("threads") && args.length >= 4) {
+            if (args[2].equals("server")) {
+                server = true;
+            } else if (args[2].equals("threads") && args.length >= 4) {
                 nThreads = Integer.parseInt(args[3]);
             } else if (args[2].equals("garbage") && args.length >= 5) {
                 liveMib = Integer.parseInt(args[3]);
@@ -682,6 +687,8 @@ public final class Victim {
             Counter jit = counter("cv-jit");
             start("cv-jit", () -> jitLoop(jit));
             startChurn();
+        } else if (server) {
+            Servers.start(ctl);
         } else if (liveMib > 0) {
             fillLiveChunks(liveMib);
             churnOnce(churnMib);
