@@ -1,18 +1,30 @@
+import com.sun.net.httpserver.HttpExchange;
+import com.sun.net.httpserver.HttpServer;
 import java.io.FileOutputStream;
 import java.io.IOException;
+import java.io.OutputStream;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
- * The crest demo application: a small service that keeps 48 MiB of live data, a scheduled
+ * The crest demo application: a small HTTP service that keeps 48 MiB of live data, a scheduled
  * ticker and a worker pool busy, and logs a line every 10 ms. `tests/demo.sh` checkpoints it
- * with crest and restores it; the restored JVM carries on where it was.
+ * with crest and restores it; the restored JVM carries on where it was, its clients' connections
+ * included.
  *
- * usage: java Demo LOG_FILE CHECK_FILE
- * When CHECK_FILE appears it re-checks its live data and answers in CHECK_FILE.result.
+ * usage: java Demo LOG_FILE PORT_FILE
+ * It serves HTTP on 127.0.0.1 (an ephemeral port, written to PORT_FILE once it listens):
+ * GET /hello answers "hello N pid PID" (N counts the requests), GET /check re-checks the live
+ * data and answers "ok pid=PID n=N" or "FAIL ...".
  */
 public class Demo {
     static final int ARRAYS = 48;
@@ -40,11 +52,12 @@ public class Demo {
 
     public static void main(String[] args) throws Exception {
         FileOutputStream log = new FileOutputStream(args[0], true);
-        java.io.File check = new java.io.File(args[1]);
         expected = fill();
         long pid = ProcessHandle.current().pid();
         AtomicLong ticks = new AtomicLong();
         AtomicLong work = new AtomicLong();
+        AtomicLong lines = new AtomicLong();
+        AtomicLong requests = new AtomicLong();
         ScheduledExecutorService ticker = Executors.newSingleThreadScheduledExecutor();
         ticker.scheduleAtFixedRate(ticks::incrementAndGet, 1, 1, TimeUnit.MILLISECONDS);
         var pool = Executors.newFixedThreadPool(4);
@@ -58,17 +71,30 @@ public class Demo {
                 }
             });
         }
+        HttpServer http = HttpServer.create(new InetSocketAddress(InetAddress.getByName("127.0.0.1"), 0), 64);
+        http.createContext("/hello", ex -> answer(ex, "hello " + requests.incrementAndGet() + " pid " + pid));
+        http.createContext("/check", ex -> answer(ex, checksum() == expected
+                ? "ok pid=" + pid + " n=" + lines.get()
+                : "FAIL live data changed"));
+        http.setExecutor(Executors.newFixedThreadPool(2));
+        http.start();
+        Path ports = Paths.get(args[1]);
+        Path tmp = Paths.get(args[1] + ".tmp");
+        Files.write(tmp, (http.getAddress().getPort() + "\n").getBytes(StandardCharsets.UTF_8));
+        Files.move(tmp, ports, StandardCopyOption.ATOMIC_MOVE);
         for (long n = 0; ; n++) {
+            lines.set(n);
             String line = "pid=" + pid + " n=" + n + " ticks=" + ticks.get() + " work=" + work.get() + "\n";
             log.write(line.getBytes(StandardCharsets.UTF_8));
-            if (check.exists()) {
-                check.delete();
-                String result = checksum() == expected ? "ok pid=" + pid + " n=" + n : "FAIL live data changed";
-                try (FileOutputStream out = new FileOutputStream(args[1] + ".result")) {
-                    out.write((result + "\n").getBytes(StandardCharsets.UTF_8));
-                }
-            }
             Thread.sleep(10);
+        }
+    }
+
+    static void answer(HttpExchange ex, String body) throws IOException {
+        byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
+        ex.sendResponseHeaders(200, bytes.length);
+        try (OutputStream out = ex.getResponseBody()) {
+            out.write(bytes);
         }
     }
 }
