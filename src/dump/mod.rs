@@ -28,7 +28,7 @@ mod problems;
 mod process;
 mod seccomp;
 mod shared;
-mod sockdiag;
+pub(crate) mod sockdiag;
 mod sockets;
 mod task;
 mod threads;

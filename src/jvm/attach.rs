@@ -29,12 +29,15 @@ use nix::unistd::Pid;
 
 use super::socket::{Conn, SockError, SUN_PATH_MAX};
 use super::{perfdata, JvmError, JvmInfo};
-use crate::proc::{Proc, ProcError};
+use crate::proc::{FdTarget, Proc, ProcError};
 
 /// Longest v1 operation name (HotSpot's `AttachOperation::name_length_max`).
 const V1_MAX_OP: usize = 16;
 /// Longest v1 argument (`AttachOperation::arg_length_max`).
 const V1_MAX_ARG: usize = 1024;
+
+/// Longest wait for the JVM to close its end of a finished attach connection.
+const JVM_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// A v1 request always carries exactly this many arguments.
 const V1_ARGS: usize = 3;
 /// Largest v2 request body HotSpot reads.
@@ -193,10 +196,41 @@ impl AttachClient {
         let bytes = conn
             .read_to_end(deadline)
             .map_err(|e| self.sock_error(e, op, args, started))?;
+        // The JVM's end of the connection, if it still has one, to see it closed (best effort:
+        // without sock_diag the wait is skipped). Asked only now: the end a listener accepts
+        // gets its inode at accept(2), and reads as inode 0 once released.
+        let jvm_end = conn
+            .inode()
+            .ok()
+            .and_then(|ino| crate::dump::sockdiag::query(ino).ok())
+            .and_then(|diag| diag.peer)
+            .filter(|&peer| peer != 0);
+        if let Some(ino) = jvm_end {
+            self.wait_until_closed(ino, deadline.min(Instant::now() + JVM_CLOSE_WAIT));
+        }
         parse_reply(&bytes).map_err(|detail| JvmError::Protocol {
             pid: self.pid,
             detail: format!("{}: {detail}", describe(op, args)),
         })
+    }
+
+    /// Waits (until `deadline`) for the JVM to close its end of a finished connection, socket
+    /// inode `ino`. HotSpot shuts the connection down, which ends crest's read, and closes it
+    /// a moment later: a dump that froze the JVM in between would find a half-closed
+    /// connection in its fd table. Not closing in time is no error: a dump then names the fd.
+    fn wait_until_closed(&self, ino: u64, deadline: Instant) {
+        let Ok(proc) = Proc::open(self.pid) else {
+            return;
+        };
+        loop {
+            let held = proc
+                .fds()
+                .is_ok_and(|fds| fds.iter().any(|f| f.target == FdTarget::Socket(ino)));
+            if !held || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn sock_error(&self, e: SockError, op: &str, args: &[&str], started: Instant) -> JvmError {
@@ -755,5 +789,51 @@ mod tests {
         ])
         .unwrap()
         .contains("_JAVA_OPTIONS"));
+    }
+}
+
+#[cfg(test)]
+mod close_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// HotSpot shuts a finished connection down and closes it a moment later; a command
+    /// returns only once the listener's end is closed, so a dump right after never freezes
+    /// the JVM holding a half-closed connection.
+    #[test]
+    fn a_command_returns_once_the_listener_closed_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("attach");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut b = [0u8; 1];
+            // "1", op and three arguments, each NUL-terminated.
+            while request.iter().filter(|&&c| c == 0).count() < 5 {
+                assert_eq!(s.read(&mut b).unwrap(), 1);
+                request.push(b[0]);
+            }
+            s.write_all(b"0\ndone\n").unwrap();
+            s.shutdown(std::net::Shutdown::Both).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, Ordering::SeqCst);
+            drop(s);
+        });
+        let client = AttachClient::for_socket(std::process::id() as i32, socket, 1);
+        let out = client
+            .jcmd("VM.version", Instant::now() + Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(out, "done\n");
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "the command returned before the listener closed its end"
+        );
+        server.join().unwrap();
     }
 }

@@ -175,6 +175,12 @@ impl Conn {
         Ok(())
     }
 
+    /// The inode of this socket (sockfs), by which sock_diag finds it.
+    pub(super) fn inode(&self) -> io::Result<u64> {
+        let st = nix::sys::stat::fstat(self.fd.as_fd()).map_err(io::Error::from)?;
+        Ok(st.st_ino)
+    }
+
     /// Reads until the peer closes its end.
     pub(super) fn read_to_end(&self, deadline: Instant) -> Result<Vec<u8>, SockError> {
         let mut out = Vec::new();
