@@ -24,6 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::http::HttpConnection;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
@@ -832,69 +833,6 @@ fn jdk25_jvm_with_a_child_process_keeps_talking_to_it() {
     jvm_with_a_child_process(25);
 }
 
-/// A minimal HTTP/1.1 client on one keep-alive connection: what a load balancer or a browser
-/// holds open against a server.
-struct HttpConnection {
-    stream: std::net::TcpStream,
-}
-
-impl HttpConnection {
-    fn open(addr: std::net::SocketAddr) -> HttpConnection {
-        let stream = std::net::TcpStream::connect(addr)
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream.set_read_timeout(Some(JVM_TIMEOUT)).unwrap();
-        HttpConnection { stream }
-    }
-
-    /// `GET path` on this connection; the status code and the body.
-    fn get(&mut self, path: &str) -> Result<(u32, String), String> {
-        use std::io::Write;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n");
-        self.stream
-            .write_all(request.as_bytes())
-            .map_err(|e| format!("send GET {path}: {e}"))?;
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match self.stream.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                Ok(_) => return Err(format!("GET {path}: the server closed the connection")),
-                Err(e) => return Err(format!("GET {path}: read the answer: {e}")),
-            }
-        }
-        let head = String::from_utf8_lossy(&head).to_string();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("GET {path}: no status in {head:?}"))?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-            })
-            .ok_or_else(|| format!("GET {path}: no Content-length in {head:?}"))?;
-        let mut body = vec![0u8; length];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|e| format!("GET {path}: read the body: {e}"))?;
-        Ok((status, String::from_utf8_lossy(&body).to_string()))
-    }
-
-    /// `GET /hello`, which must answer 200 `hello N pid PID`; returns N.
-    fn hello(&mut self, pid: i32, ctx: &str) -> u64 {
-        let (status, body) = self.get("/hello").unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        assert_eq!(status, 200, "{ctx}: GET /hello answered {body:?}");
-        let rest = body
-            .strip_prefix("hello ")
-            .unwrap_or_else(|| panic!("{ctx}: GET /hello answered {body:?}"));
-        let (n, from) = rest.split_once(" pid ").expect("hello N pid PID");
-        assert_eq!(from, pid.to_string(), "{ctx}: answered by another process");
-        n.parse().expect("request count")
-    }
-}
-
 /// The clients the test keeps connected to a `server` mode victim across its dumps.
 struct ServerClients {
     ports: BTreeMap<String, u16>,
@@ -944,8 +882,12 @@ impl ServerClients {
     /// makes each round's payloads differ.
     fn exercise(&mut self, v: &Victim, round: u32, ctx: &str) {
         let pid = v.pid;
-        let a = self.http4.hello(pid, &format!("{ctx}, kept IPv4 HTTP connection"));
-        let b = self.http6.hello(pid, &format!("{ctx}, kept IPv6 HTTP connection"));
+        let a = self
+            .http4
+            .hello(pid, &format!("{ctx}, kept IPv4 HTTP connection"));
+        let b = self
+            .http6
+            .hello(pid, &format!("{ctx}, kept IPv6 HTTP connection"));
         assert!(b > a, "{ctx}: the request counter went from {a} to {b}");
         let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], self.ports["http4"]));
         HttpConnection::open(v4).hello(pid, &format!("{ctx}, new IPv4 HTTP connection"));
@@ -956,7 +898,12 @@ impl ServerClients {
         let mut fresh = std::net::TcpStream::connect(nio)
             .unwrap_or_else(|e| panic!("{ctx}: new connection to the NIO server: {e}"));
         fresh.set_read_timeout(Some(JVM_TIMEOUT)).unwrap();
-        for (i, s) in self.echo.iter_mut().chain(std::iter::once(&mut fresh)).enumerate() {
+        for (i, s) in self
+            .echo
+            .iter_mut()
+            .chain(std::iter::once(&mut fresh))
+            .enumerate()
+        {
             use std::io::Write;
             let msg = format!("round {round} client {i}\n");
             s.write_all(msg.as_bytes())
@@ -974,15 +921,23 @@ impl ServerClients {
             .udp
             .recv(&mut buf)
             .unwrap_or_else(|e| panic!("{ctx}: UDP echo: {e}"));
-        assert_eq!(&buf[..n], format!("echo:{msg}").as_bytes(), "{ctx}: UDP echo");
+        assert_eq!(
+            &buf[..n],
+            format!("echo:{msg}").as_bytes(),
+            "{ctx}: UDP echo"
+        );
 
         let name = format!("file-{round}");
         fs::write(v.ctl.join("watched").join(&name), b"").expect("create a watched file");
         let want = format!("ENTRY_CREATE {name}\n");
-        wait_for(&format!("{ctx}: the WatchService sees {name}"), JVM_TIMEOUT, || {
-            let (_, seen) = self.http4.get("/watch").ok()?;
-            seen.contains(&want).then_some(())
-        });
+        wait_for(
+            &format!("{ctx}: the WatchService sees {name}"),
+            JVM_TIMEOUT,
+            || {
+                let (_, seen) = self.http4.get("/watch").ok()?;
+                seen.contains(&want).then_some(())
+            },
+        );
     }
 }
 

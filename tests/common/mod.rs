@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
