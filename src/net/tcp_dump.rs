@@ -31,8 +31,8 @@ thread_local! {
 
 struct State {
     lock: NetLock,
-    /// Duplicates of the sockets in repair mode: (pid, fd, socket).
-    repaired: Vec<(i32, i32, OwnedFd)>,
+    /// Duplicates of the sockets in repair mode: (pid, fd, socket, its SO_REUSEADDR before).
+    repaired: Vec<(i32, i32, OwnedFd, i32)>,
     /// Time spent on TCP sockets during the collection.
     spent: Duration,
 }
@@ -187,7 +187,7 @@ impl Drop for ProcessGuard {
             };
             let (mine, rest) = std::mem::take(&mut st.repaired)
                 .into_iter()
-                .partition(|(pid, _, _)| *pid == self.pid);
+                .partition(|(pid, _, _, _)| *pid == self.pid);
             st.repaired = rest;
             mine
         });
@@ -197,11 +197,14 @@ impl Drop for ProcessGuard {
     }
 }
 
-/// Takes every socket of `repaired` out of repair mode.
-fn repair_off(repaired: &[(i32, i32, OwnedFd)]) -> Result<(), String> {
+/// Takes every socket of `repaired` out of repair mode, and gives it back its SO_REUSEADDR
+/// (which repair mode overrides).
+fn repair_off(repaired: &[(i32, i32, OwnedFd, i32)]) -> Result<(), String> {
     let mut failed = Vec::new();
-    for (pid, fd, s) in repaired {
-        if let Err(e) = sock::set_int(s.as_fd(), libc::IPPROTO_TCP, sock::TCP_REPAIR, 0) {
+    for (pid, fd, s, reuse) in repaired {
+        if let Err(e) = sock::set_int(s.as_fd(), libc::IPPROTO_TCP, sock::TCP_REPAIR, 0)
+            .and_then(|()| sock::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse))
+        {
             failed.push(format!("pid {pid} fd {fd}: {e}"));
         }
     }
@@ -241,6 +244,9 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
         .map_err(|e| format!("a TCP/{v} socket whose TCP_INFO cannot be read: {e}"))?;
     let local = sock::local_addr(s)
         .map_err(|e| format!("a TCP/{v} socket whose address cannot be read: {e}"))?;
+    // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off).
+    let (options, buf_lock) = opts::read(s, family, info.state == sock::TCP_ESTABLISHED)
+        .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
     let state = match info.state {
         sock::TCP_CLOSE if local.port() == 0 && local.ip().is_unspecified() => TcpState::Unbound,
         sock::TCP_CLOSE => TcpState::Bound { local },
@@ -283,9 +289,6 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
             ));
         }
     };
-    let established = matches!(state, TcpState::Established(_));
-    let (options, buf_lock) = opts::read(s, family, established)
-        .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
     Ok(TcpSocket {
         family: family as u32,
         state,
@@ -342,6 +345,8 @@ fn established(
         }
         Ok(st.lock.table().to_string())
     })?;
+    let reuse = sock::get_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR)
+        .map_err(|e| format!("{what}: SO_REUSEADDR cannot be read: {e}"))?;
     let repair = |on: i32| sock::set_int(s, libc::IPPROTO_TCP, sock::TCP_REPAIR, on);
     repair(1).map_err(|e| {
         format!("{what}: TCP_REPAIR failed ({e}); repairing connections needs CAP_NET_ADMIN")
@@ -352,7 +357,7 @@ fn established(
         .map_err(|e| format!("{what}: duplicating it: {e}"))?;
     SESSION.with(|st| {
         if let Some(st) = st.borrow_mut().as_mut() {
-            st.repaired.push((pid, fd, held));
+            st.repaired.push((pid, fd, held, reuse));
         }
     });
     read_repaired(s, local, remote, table).map_err(|e| format!("{what}: {e}"))

@@ -26,7 +26,8 @@ const CHUNK: usize = 256 * 1024;
 /// The connections a restore rebuilt, still in repair mode, and the lock tables to delete.
 #[derive(Default)]
 pub struct Repaired {
-    sockets: Vec<(String, OwnedFd)>,
+    /// (who, socket, its SO_REUSEADDR, which repair mode overrides).
+    sockets: Vec<(String, OwnedFd, i32)>,
     tables: BTreeSet<String>,
 }
 
@@ -60,13 +61,15 @@ impl Repaired {
                 errno: None,
             })?;
         }
-        for (who, s) in &self.sockets {
-            sock::set_int(s.as_fd(), libc::IPPROTO_TCP, sock::TCP_REPAIR, 0).map_err(|e| {
-                TcpRestoreError {
+        for (who, s, reuse) in &self.sockets {
+            sock::set_int(s.as_fd(), libc::IPPROTO_TCP, sock::TCP_REPAIR, 0)
+                .and_then(|()| {
+                    sock::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse)
+                })
+                .map_err(|e| TcpRestoreError {
                     what: format!("{who}: leaving repair mode (TCP_REPAIR off)"),
                     errno: Some(e),
-                }
-            })?;
+                })?;
         }
         Ok(())
     }
@@ -116,7 +119,15 @@ pub fn create(
                 what: format!("{who}: duplicating the {what}: {e}"),
                 errno: None,
             })?;
-            repaired.sockets.push((format!("{who}: {what}"), copy));
+            let reuse = t
+                .options
+                .iter()
+                .find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR))
+                .and_then(|o| o.value.get(..4))
+                .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            repaired
+                .sockets
+                .push((format!("{who}: {what}"), copy, reuse));
             repaired.tables.insert(c.network_lock.clone());
         }
     }
