@@ -369,6 +369,12 @@ fn check_event(i: usize, ev: &EventFd) -> Result<(), String> {
     Ok(())
 }
 
+/// [`check_file_path`] of file 0, for the tests of the crate.
+#[cfg(test)]
+pub(crate) fn check_file_for_tests(f: &FileIdentity) -> Result<(), String> {
+    check_file_path(0, f)
+}
+
 /// A TCP socket's record: its family, addresses of that family, known options, sane queues.
 fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
     use std::net::SocketAddr;

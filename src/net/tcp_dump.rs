@@ -460,3 +460,44 @@ fn queue(
     }
     Ok((before, data))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    #[test]
+    fn closing_states_and_waiting_connections_are_refused_by_name() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = l.local_addr().unwrap();
+        let client = TcpStream::connect(at).unwrap();
+        let me = std::process::id() as i32;
+        let err = record(me, l.as_raw_fd(), OwnedFd::from(l.try_clone().unwrap())).unwrap_err();
+        assert!(
+            err.contains(&format!("listening on {at} with 1 connection(s) waiting")),
+            "{err}"
+        );
+        let (mut server, _) = l.accept().unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0);
+        let err = record(
+            me,
+            server.as_raw_fd(),
+            OwnedFd::from(server.try_clone().unwrap()),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("CLOSE_WAIT") && err.contains(&at.to_string()),
+            "{err}"
+        );
+        // Without a dump's session (and its lock), a connection is not put into repair mode.
+        let err = record(
+            me,
+            client.as_raw_fd(),
+            OwnedFd::from(client.try_clone().unwrap()),
+        )
+        .unwrap_err();
+        assert!(err.contains("in state FIN_WAIT"), "{err}");
+    }
+}
