@@ -838,6 +838,7 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             ),
             FileKind::ContentInImage => format!("{} (content in the image)", f.path),
             FileKind::UnixSocket(ref s) => unix_socket_text(&f.path, s),
+            FileKind::Tcp(ref t) => tcp_socket_text(t),
             FileKind::Pipe(crate::images::Pipe::Internal { size, ref buffered }) => format!(
                 "pipe:[{}] ({size}-byte pipe, {} buffered bytes)",
                 f.ino,
@@ -875,6 +876,43 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             ),
         },
         None => format!("<file {idx}>"),
+    }
+}
+
+/// "tcp socket listening on 127.0.0.1:8080 (backlog 50)", "tcp connection 127.0.0.1:8080 ->
+/// 127.0.0.1:41000, 3 bytes to send, 5 unread (locked by crest-7-1700000000000)".
+fn tcp_socket_text(t: &crate::images::TcpSocket) -> String {
+    use crate::images::TcpState;
+    let v = if t.family == libc::AF_INET6 as u32 {
+        "tcp6"
+    } else {
+        "tcp"
+    };
+    let opts: Vec<String> = t
+        .options
+        .iter()
+        .map(|o| crate::net::opts::name(o.level, o.name))
+        .collect();
+    let opts = if opts.is_empty() {
+        String::new()
+    } else {
+        format!(", options {}", opts.join(" "))
+    };
+    match &t.state {
+        TcpState::Unbound => format!("{v} socket, unbound{opts}"),
+        TcpState::Bound { local } => format!("{v} socket bound to {local}{opts}"),
+        TcpState::Listening { local, backlog } => {
+            format!("{v} socket listening on {local} (backlog {backlog}){opts}")
+        }
+        TcpState::Established(c) => format!(
+            "{v} connection {} -> {}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
+            c.local,
+            c.remote,
+            c.send_queue.len(),
+            c.unsent,
+            c.recv_queue.len(),
+            c.network_lock
+        ),
     }
 }
 

@@ -698,6 +698,80 @@ pub enum FileKind {
         name: String,
         seals: u32,
     },
+    /// A TCP socket (IPv4 or IPv6), created anew at restore. `dev`/`ino` are those of the
+    /// socket inode the process had open (sockfs); the path is empty; size, mtime and mode are 0.
+    Tcp(TcpSocket),
+}
+
+/// A TCP socket as a restore recreates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpSocket {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u32,
+    pub state: TcpState,
+    /// Socket options whose value differs from a fresh socket's of the same family (so only
+    /// what the program set, or inherited from its listener), each set again at restore.
+    pub options: Vec<SockOpt>,
+    /// SO_BUF_LOCK bits (1: SO_SNDBUF set by the program, 2: SO_RCVBUF); the matching
+    /// SO_SNDBUF/SO_RCVBUF values are in `options` (as getsockopt reports them: doubled).
+    pub buf_lock: u32,
+}
+
+/// One socket option: `getsockopt(level, name)`'s bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: Vec<u8>,
+}
+
+/// What a TCP socket was doing at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TcpState {
+    /// socket(2) alone.
+    Unbound,
+    /// Bound to `local`, neither listening nor connected.
+    Bound { local: std::net::SocketAddr },
+    /// Listening on `local` with `backlog`, no connection waiting to be accepted (a dump
+    /// refuses one that has some).
+    Listening {
+        local: std::net::SocketAddr,
+        backlog: u32,
+    },
+    /// An established connection, captured in repair mode (TCP_REPAIR).
+    Established(TcpConnection),
+}
+
+/// An established TCP connection as TCP_REPAIR reads it. Sequence numbers are those the
+/// kernel reports with TCP_QUEUE_SEQ: `send_seq` is the next byte the program would write
+/// (write_seq), `recv_seq` the next byte expected from the peer (rcv_nxt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnection {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    pub send_seq: u32,
+    pub recv_seq: u32,
+    /// Written and not acknowledged by the peer (sent or not yet sent), oldest first: it ends
+    /// at `send_seq`.
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` had not been sent yet.
+    pub unsent: u32,
+    /// Received and not read by the program, oldest first: it ends at `recv_seq`.
+    pub recv_queue: Vec<u8>,
+    /// The MSS clamp (TCP_MAXSEG in repair mode).
+    pub mss: u32,
+    /// Options negotiated at connect time (TCP_INFO tcpi_options: 1 timestamps, 2 SACK,
+    /// 4 window scaling) and the window scales.
+    pub tcp_options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// TCP_TIMESTAMP (the timestamp clock the peer sees), when timestamps are on.
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+    /// The nftables table (family inet) that drops this connection's packets from the dump
+    /// until a restore has brought the socket back; the restore deletes it.
+    pub network_lock: String,
 }
 
 /// The state of an event fd.

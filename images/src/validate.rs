@@ -52,6 +52,49 @@ pub const UNIX_BACKLOG_MAX: u32 = i32::MAX as u32;
 /// Most bytes of unread data an image may hold for one socket (a UNIX stream socket's queue
 /// is bounded by its peer's send buffer, a few hundred KiB by default).
 pub const UNIX_QUEUED_MAX: usize = 64 << 20;
+/// The socket options a TCP socket record may carry, (level, name, what it is called): a
+/// restore sets nothing else. Generic Linux numbers (the same on x86_64 and aarch64).
+pub const TCP_SOCKOPTS: &[(i32, i32, &str)] = &[
+    (1, 2, "SO_REUSEADDR"),
+    (1, 15, "SO_REUSEPORT"),
+    (1, 25, "SO_BINDTODEVICE"),
+    (1, 36, "SO_MARK"),
+    (0, 15, "IP_FREEBIND"),
+    (0, 19, "IP_TRANSPARENT"),
+    (41, 26, "IPV6_V6ONLY"),
+    (1, 7, "SO_SNDBUF"),
+    (1, 8, "SO_RCVBUF"),
+    (1, 5, "SO_DONTROUTE"),
+    (1, 9, "SO_KEEPALIVE"),
+    (1, 10, "SO_OOBINLINE"),
+    (1, 12, "SO_PRIORITY"),
+    (1, 13, "SO_LINGER"),
+    (1, 18, "SO_RCVLOWAT"),
+    (1, 20, "SO_RCVTIMEO"),
+    (1, 21, "SO_SNDTIMEO"),
+    (0, 1, "IP_TOS"),
+    (0, 2, "IP_TTL"),
+    (41, 16, "IPV6_UNICAST_HOPS"),
+    (41, 67, "IPV6_TCLASS"),
+    (6, 1, "TCP_NODELAY"),
+    (6, 2, "TCP_MAXSEG"),
+    (6, 3, "TCP_CORK"),
+    (6, 4, "TCP_KEEPIDLE"),
+    (6, 5, "TCP_KEEPINTVL"),
+    (6, 6, "TCP_KEEPCNT"),
+    (6, 7, "TCP_SYNCNT"),
+    (6, 8, "TCP_LINGER2"),
+    (6, 9, "TCP_DEFER_ACCEPT"),
+    (6, 13, "TCP_CONGESTION"),
+    (6, 18, "TCP_USER_TIMEOUT"),
+    (6, 23, "TCP_FASTOPEN"),
+    (6, 25, "TCP_NOTSENT_LOWAT"),
+];
+/// Longest option value (TCP_CONGESTION and SO_BINDTODEVICE are 16-byte names).
+pub const SOCKOPT_VALUE_MAX: usize = 16;
+/// Most bytes one TCP queue may hold in an image (the kernel's own limits are far lower).
+pub const TCP_QUEUED_MAX: usize = 64 << 20;
+
 /// Largest shared memory object an image may describe (far above any real one).
 pub const SHMEM_SIZE_MAX: u64 = 1 << 46;
 /// A thread name (comm) is at most TASK_COMM_LEN - 1 bytes.
@@ -326,6 +369,98 @@ fn check_event(i: usize, ev: &EventFd) -> Result<(), String> {
     Ok(())
 }
 
+/// [`check_file_path`] of file 0, for the tests of the crate.
+#[cfg(test)]
+pub(crate) fn check_file_for_tests(f: &FileIdentity) -> Result<(), String> {
+    check_file_path(0, f)
+}
+
+/// A TCP socket's record: its family, addresses of that family, known options, sane queues.
+fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
+    use std::net::SocketAddr;
+    if !f.path.is_empty() {
+        return Err("with a path".into());
+    }
+    let v6 = match t.family {
+        2 => false,
+        10 => true,
+        other => return Err(format!("of address family {other}")),
+    };
+    let addr_ok = |a: &SocketAddr| a.is_ipv6() == v6;
+    for o in &t.options {
+        if !TCP_SOCKOPTS
+            .iter()
+            .any(|(l, n, _)| *l == o.level && *n == o.name)
+        {
+            return Err(format!("with unknown option {}/{}", o.level, o.name));
+        }
+        if o.value.is_empty() || o.value.len() > SOCKOPT_VALUE_MAX {
+            return Err(format!(
+                "with option {}/{} of {} bytes",
+                o.level,
+                o.name,
+                o.value.len()
+            ));
+        }
+    }
+    if t.buf_lock & !3 != 0 {
+        return Err(format!("with buffer lock bits {:#x}", t.buf_lock));
+    }
+    match &t.state {
+        TcpState::Unbound => Ok(()),
+        TcpState::Bound { local } => match addr_ok(local) {
+            true => Ok(()),
+            false => Err(format!("bound to {local}, not of its family")),
+        },
+        TcpState::Listening { local, backlog } => {
+            if !addr_ok(local) {
+                return Err(format!("listening on {local}, not of its family"));
+            }
+            if *backlog > i32::MAX as u32 {
+                return Err(format!("listening with backlog {backlog}"));
+            }
+            Ok(())
+        }
+        TcpState::Established(c) => {
+            if !addr_ok(&c.local) || !addr_ok(&c.remote) {
+                return Err(format!(
+                    "connected {} -> {}, not of its family",
+                    c.local, c.remote
+                ));
+            }
+            if c.send_queue.len() > TCP_QUEUED_MAX || c.recv_queue.len() > TCP_QUEUED_MAX {
+                return Err(format!(
+                    "with queues of {} and {} bytes (at most {TCP_QUEUED_MAX})",
+                    c.send_queue.len(),
+                    c.recv_queue.len()
+                ));
+            }
+            if c.unsent as usize > c.send_queue.len() {
+                return Err(format!(
+                    "with {} unsent bytes in a send queue of {}",
+                    c.unsent,
+                    c.send_queue.len()
+                ));
+            }
+            if c.tcp_options & !7 != 0 || c.snd_wscale > 14 || c.rcv_wscale > 14 {
+                return Err(format!(
+                    "with TCP options {:#x} and window scales {}/{}",
+                    c.tcp_options, c.snd_wscale, c.rcv_wscale
+                ));
+            }
+            let lock_ok = c.network_lock.starts_with("crest-")
+                && c.network_lock.len() <= 64
+                && c.network_lock
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !lock_ok {
+                return Err(format!("locked by table {:?}", c.network_lock));
+            }
+            Ok(())
+        }
+    }
+}
+
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
@@ -338,6 +473,9 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     }
     if let FileKind::Memfd { name, seals } = &f.kind {
         return check_memfd(i, f, name, *seals);
+    }
+    if let FileKind::Tcp(t) = &f.kind {
+        return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
     }
     if let FileKind::UnixSocket(s) = &f.kind {
         if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
@@ -543,6 +681,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             }
             if let FileKind::Pipe(_) = f.kind {
                 return Err(format!("{} maps a pipe", what()));
+            }
+            if let FileKind::Tcp(_) = f.kind {
+                return Err(format!("{} maps a TCP socket", what()));
             }
             if offset % page_size != 0 {
                 return Err(format!(

@@ -267,6 +267,9 @@ pub enum DumpError {
     Settings(#[from] crate::pstate::StateError),
     #[error(transparent)]
     Locks(#[from] crate::files::locks::LockError),
+    /// The network lock or the TCP connections in repair mode ([`crate::net`]).
+    #[error("{0}")]
+    Network(String),
 }
 
 impl DumpError {
@@ -473,8 +476,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     };
     phases.end("prepare");
 
+    // Declared before the TCP session, so that on failure the session is undone (repair mode
+    // off, lock deleted) before the tree is released.
+    let frozen;
+    let mut procs;
+    // The tree's TCP connections are locked before the freeze ([`crate::net::lock`]).
+    let net = crate::net::tcp_dump::Session::begin(pid, &before)
+        .map_err(|e| DumpError::Network(e.to_string()))?;
+    if net.locked() {
+        phases.end("network lock");
+    }
+
     let freeze_start = Instant::now();
-    let frozen = tree::freeze(&root, opts.shell_job)?;
+    frozen = tree::freeze(&root, opts.shell_job)?;
     fault::point("seize")?;
     phases.end("freeze");
     // A tree whose sessions and groups a restore could not recreate is refused now, before
@@ -485,7 +499,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
     // Refusals of every process are reported together (each refused process is released as
     // its collect fails, with its parasite already gone).
-    let mut procs = Vec::with_capacity(frozen.processes.len());
+    procs = Vec::with_capacity(frozen.processes.len());
     let mut problems = problems::Problems::new();
     for p in frozen.processes {
         procs.extend(problems.take(process::collect(
@@ -496,6 +510,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         ))?);
     }
     problems.finish()?;
+    let tcp_us = net.spent().as_micros() as u64;
+    if tcp_us > 0 {
+        // Spent within "collect": the TCP sockets' share of it.
+        phases
+            .done
+            .push(("tcp sockets (in collect)".to_string(), tcp_us));
+    }
     shared::resolve(&mut procs)?;
     phases.end("resolve");
 
@@ -539,6 +560,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             .iter()
             .all(|(c, s)| c.is_ok() && s.injected.is_none())
     {
+        net.leave_running().map_err(DumpError::Network)?;
         for p in &mut procs {
             p.frozen.take().expect("frozen until released").release()?;
         }
@@ -628,6 +650,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         phases.end("kill");
         stats.frozen_us = freeze_start.elapsed().as_micros() as u64;
+    }
+    if !released {
+        net.killed();
     }
     stats.phases_us = phases.done;
 

@@ -87,6 +87,22 @@ impl Sockets {
                 format!("a socket (inode {ino}) whose family cannot be read: {e}"),
             )
         })?;
+        if (family == libc::AF_INET || family == libc::AF_INET6)
+            && crate::net::tcp_dump::is_tcp(std::os::fd::AsFd::as_fd(&copy))
+        {
+            let tcp = crate::net::tcp_dump::record(self.pid, fd, copy)
+                .map_err(|what| self.refuse(fd, what))?;
+            return Ok(FileIdentity {
+                path: String::new(),
+                kind: FileKind::Tcp(tcp),
+                dev: md.dev(),
+                ino,
+                size: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                mode: 0,
+            });
+        }
         if family != libc::AF_UNIX {
             return Err(self.refuse(
                 fd,

@@ -27,6 +27,8 @@ pub struct TreeFiles {
     inherited: Vec<(String, OwnedFd)>,
     /// UNIX socket pairs whose ends are in the tree.
     pub pairs: super::sockets::Pairs,
+    /// TCP connections rebuilt in repair mode, until the tree is about to run.
+    pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
     memfd_originals: std::collections::HashSet<u64>,
 }
@@ -88,6 +90,7 @@ impl TreeFiles {
         let names = match ident.kind {
             FileKind::Pipe(_) => vec![format!("pipe:[{}]", ident.ino)],
             FileKind::UnixSocket(_) => vec![format!("socket:[{}]", ident.ino), ident.path.clone()],
+            FileKind::Tcp(_) => vec![format!("socket:[{}]", ident.ino)],
             _ => vec![ident.path.clone()],
         };
         self.inherited
@@ -124,6 +127,17 @@ pub fn helper_fd_base(processes: &[ProcessImage]) -> RawFd {
         .max()
         .unwrap_or(2);
     highest.max(2) + 1
+}
+
+/// The fd numbers of process `p` on its description `i`, for messages ("3, 7").
+fn fds_of(p: &ProcessImage, i: usize) -> String {
+    let fds: Vec<String> = p
+        .fds
+        .iter()
+        .filter(|f| f.description as usize == i)
+        .map(|f| f.fd.to_string())
+        .collect();
+    fds.join(", ")
 }
 
 /// A new descriptor (at `base` or above) for the description `fd` already opened.
@@ -164,6 +178,7 @@ pub fn open_all(
         if matches!(
             ident.kind,
             FileKind::UnixSocket(_)
+                | FileKind::Tcp(_)
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
                 | FileKind::Event(_)
@@ -234,6 +249,17 @@ pub fn open_all(
                 base,
                 "a UNIX socket",
             )?,
+            FileKind::Tcp(t) => {
+                let who = format!("pid {} fd {}", p.pid, fds_of(p, i));
+                let s = crate::net::tcp_restore::create(t, ofd.flags, &who, &mut tree.tcp)
+                    .map_err(|e| RestoreError::Os {
+                        what: e.what,
+                        source: std::io::Error::from_raw_os_error(
+                            e.errno.map_or(libc::EINVAL, |e| e as i32),
+                        ),
+                    })?;
+                above(s, base, "a TCP socket")?
+            }
             FileKind::Pipe(pipe) => {
                 let fds: Vec<String> = p
                     .fds
@@ -559,7 +585,7 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::UnixSocket(_) => {
+        FileKind::UnixSocket(_) | FileKind::Tcp(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(changed("it is not a socket".into()));
             }

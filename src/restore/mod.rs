@@ -166,7 +166,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     raise_fd_limit();
     let base = files::helper_fd_base(&image.processes);
-    let opened = {
+    let (opened, tcp) = {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
         let mut opened = Vec::with_capacity(image.processes.len());
@@ -180,8 +180,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             )?);
         }
         shared.pairs.check_complete()?;
-        // Each process holds its own descriptor of what it shares; crest's are closed here.
-        opened
+        // Each process holds its own descriptor of what it shares; crest's are closed here,
+        // but for the TCP connections still in repair mode.
+        (opened, std::mem::take(&mut shared.tcp))
     };
     let mut specials_all = Vec::with_capacity(image.processes.len());
     let mut boots = Vec::with_capacity(image.processes.len());
@@ -281,6 +282,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for r in &mut restoring {
         finish::finish_process(r, &caught)?;
     }
+    // The connections are in their processes: unlock the network, then leave repair mode
+    // (until now a failed restore closes them without a packet, and the image stays usable).
+    tcp.resume().map_err(|e| RestoreError::Os {
+        what: e.what,
+        source: std::io::Error::from_raw_os_error(e.errno.map_or(libc::EIO, |e| e as i32)),
+    })?;
     finish::release(caught, user_sigtraps)?;
     subreaper.end();
     guard.disarm();
