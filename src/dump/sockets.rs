@@ -128,10 +128,18 @@ impl Sockets {
             match diag.state {
                 TCP_LISTEN => UnixSocketState::Listening {
                     backlog: diag.wqueue,
-                    // Embryo inodes for now; unix_tree turns them into the clients' inodes.
+                    // The clients of the waiting connections (0: a client closed since).
                     pending: diag.pending.clone(),
                 },
                 TCP_ESTABLISHED => match diag.peer {
+                    // A closed peer shuts the survivor down both ways. Otherwise the peer has no
+                    // inode because no fd holds it yet: the connection waits in a listener's
+                    // accept queue (unix_tree finds whether that listener is in the tree).
+                    None | Some(0) if diag.shutdown != 3 => UnixSocketState::External {
+                        peer_name: peer_name(&copy).map_err(|e| {
+                            self.refuse(fd, what(&format!("whose peer name cannot be read: {e}")))
+                        })?,
+                    },
                     None | Some(0) => UnixSocketState::PeerClosed,
                     Some(peer) => UnixSocketState::Connected { peer },
                 },
@@ -158,7 +166,9 @@ impl Sockets {
         let connected_stream = stream
             && matches!(
                 state,
-                UnixSocketState::Connected { .. } | UnixSocketState::PeerClosed
+                UnixSocketState::Connected { .. }
+                    | UnixSocketState::PeerClosed
+                    | UnixSocketState::External { .. }
             );
         let (name, path, mode) = match &diag.name {
             None => (UnixName::Unnamed, String::new(), md.mode()),
@@ -475,6 +485,31 @@ fn sockopt(fd: &OwnedFd, opt: libc::c_int) -> Result<i32, Errno> {
         return Err(Errno::last());
     }
     Ok(v)
+}
+
+/// getpeername(2) as the kernel reports names (a leading NUL for an abstract one).
+fn peer_name(fd: &OwnedFd) -> Result<Vec<u8>, Errno> {
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr and len are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getpeername(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_un).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    let off = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    let n = (len as usize).saturating_sub(off).min(addr.sun_path.len());
+    let raw: Vec<u8> = addr.sun_path[..n].iter().map(|c| *c as u8).collect();
+    Ok(match raw.first() {
+        Some(0) => raw,
+        _ => raw.split(|b| *b == 0).next().unwrap_or(&[]).to_vec(),
+    })
 }
 
 /// `setsockopt(SOL_SOCKET, opt)` of an int option.

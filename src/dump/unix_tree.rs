@@ -15,7 +15,7 @@
 //! - A queued datagram from a named sender outside the tree cannot be sent again from that
 //!   name: refused, with the count.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::images::{FileKind, UnixName, UnixSocket, UnixSocketState};
 
@@ -81,15 +81,15 @@ fn resolve_held(
             type_text(h.sock.sock_type)
         ),
     };
-    // Clients whose peer no process holds: maybe embryos waiting in a listener of the tree.
-    let embryo_client: HashMap<u64, u64> = held
-        .iter()
-        .filter_map(|(&ino, h)| match h.sock.state {
-            UnixSocketState::Connected { peer } if !held.contains_key(&peer) => Some((peer, ino)),
-            _ => None,
+    // sock_diag lists a listener's waiting connections by their clients' inodes; a client sees
+    // its peer (the connection no fd holds yet) as a socket outside, named by the listener.
+    let queued_clients: HashSet<u64> = held
+        .values()
+        .flat_map(|h| match &h.sock.state {
+            UnixSocketState::Listening { pending, .. } => pending.clone(),
+            _ => Vec::new(),
         })
         .collect();
-    let mut queued_clients: HashSet<u64> = HashSet::new();
     for (&ino, h) in held {
         let UnixSocketState::Listening { backlog, pending } = &h.sock.state else {
             continue;
@@ -97,7 +97,7 @@ fn resolve_held(
         let name = name_text(&h.sock.name.raw());
         let clients: Vec<Option<u64>> = pending
             .iter()
-            .map(|e| embryo_client.get(e).copied())
+            .map(|c| held.contains_key(c).then_some(*c))
             .collect();
         let outside = clients.iter().filter(|c| c.is_none()).count();
         if outside > 0 {
@@ -125,9 +125,10 @@ fn resolve_held(
                         client,
                         c,
                         format!(
-                            "whose connection to {name} waits to be accepted with {unsent} \
-                             byte(s) already sent, which crest cannot read back (they are in \
-                             the connection no fd holds yet); dump it when it is accepted"
+                            "whose connection to {name} waits to be accepted with data already \
+                             sent ({unsent} bytes of its send buffer in use), which crest cannot \
+                             read back (it is in the connection no fd holds yet); dump it when \
+                             it is accepted"
                         ),
                     ));
                 }
@@ -148,7 +149,6 @@ fn resolve_held(
             continue;
         }
         for &c in &clients {
-            queued_clients.insert(c);
             let mut s = held[&c].sock.clone();
             s.state = UnixSocketState::Queued { listener: ino };
             changed.insert(c, s);
@@ -168,6 +168,14 @@ fn resolve_held(
         .collect();
     for (&ino, h) in held {
         let dgram = h.sock.sock_type == libc::SOCK_DGRAM as u32;
+        if let UnixSocketState::External { peer_name } = &h.sock.state {
+            if !queued_clients.contains(&ino) {
+                let unread: usize = h.sock.queue.iter().map(|m| m.data.len()).sum();
+                if let Some(p) = outside_peer(h, ino, peer_name.clone(), unread, ext_unix_sk) {
+                    problems.push(refuse(h, ino, p));
+                }
+            }
+        }
         if let UnixSocketState::Connected { peer } = h.sock.state {
             if let Some(other) = held.get(&peer) {
                 // A datagram socket connected to an unnamed one is half of a socketpair: the
@@ -184,44 +192,16 @@ fn resolve_held(
                         ),
                     ));
                 }
-            } else if !queued_clients.contains(&ino) {
+            } else {
                 let peer_name = ask(peer).map(|(n, _)| n).unwrap_or_default();
                 let unread: usize = h.sock.queue.iter().map(|m| m.data.len()).sum();
-                if peer_name.is_empty() {
-                    problems.push(refuse(
-                        h,
-                        ino,
-                        format!(
-                            "connected to the unnamed socket inode {peer}, which no process of \
-                             the tree holds (a process outside the tree); it cannot be \
-                             connected again"
-                        ),
-                    ));
-                } else if !ext_unix_sk {
-                    problems.push(refuse(
-                        h,
-                        ino,
-                        format!(
-                            "connected to {} (socket inode {peer}), which no process of the \
-                             tree holds (a server outside the tree); dump and restore with \
-                             --ext-unix-sk to connect it to that name again",
-                            name_text(&peer_name)
-                        ),
-                    ));
-                } else if unread > 0 {
-                    problems.push(refuse(
-                        h,
-                        ino,
-                        format!(
-                            "connected to {} outside the tree (--ext-unix-sk) with {unread} \
-                             unread byte(s) from it, which a new connection cannot give back",
-                            name_text(&peer_name)
-                        ),
-                    ));
-                } else {
-                    let mut s = h.sock.clone();
-                    s.state = UnixSocketState::External { peer_name };
-                    changed.insert(ino, s);
+                match outside_peer(h, peer, peer_name.clone(), unread, ext_unix_sk) {
+                    Some(p) => problems.push(refuse(h, ino, p)),
+                    None => {
+                        let mut s = h.sock.clone();
+                        s.state = UnixSocketState::External { peer_name };
+                        changed.insert(ino, s);
+                    }
                 }
             }
         }
@@ -247,6 +227,37 @@ fn resolve_held(
         }
     }
     (changed, problems)
+}
+
+/// Why a connection to a socket outside the tree (named `peer_name`; `peer`: its inode, or
+/// this socket's when unknown) cannot be dumped; None when `--ext-unix-sk` allows it.
+fn outside_peer(
+    _h: &Held,
+    peer: u64,
+    peer_name: Vec<u8>,
+    unread: usize,
+    ext_unix_sk: bool,
+) -> Option<String> {
+    if peer_name.is_empty() {
+        return Some(format!(
+            "connected to an unnamed socket (inode {peer}) that no process of the tree holds (a \
+             process outside the tree); it cannot be connected again"
+        ));
+    }
+    let name = name_text(&peer_name);
+    if !ext_unix_sk {
+        return Some(format!(
+            "connected to {name}, which no process of the tree holds (a server outside the \
+             tree); dump and restore with --ext-unix-sk to connect it to that name again"
+        ));
+    }
+    if unread > 0 {
+        return Some(format!(
+            "connected to {name} outside the tree (--ext-unix-sk) with {unread} unread byte(s) \
+             from it, which a new connection cannot give back"
+        ));
+    }
+    None
 }
 
 fn type_text(ty: u32) -> &'static str {
@@ -308,24 +319,22 @@ mod tests {
                     abs("srv"),
                     Listening {
                         backlog: 4,
-                        pending: vec![51, 50],
+                        pending: vec![3, 2],
                     },
                 ),
             ),
         );
+        // A waiting client sees its peer as a socket no fd holds, named by the listener.
+        let waiting = || External {
+            peer_name: b"\0srv".to_vec(),
+        };
         m.insert(
             2,
-            held(
-                4,
-                sock(libc::SOCK_STREAM, UnixName::Unnamed, Connected { peer: 50 }),
-            ),
+            held(4, sock(libc::SOCK_STREAM, UnixName::Unnamed, waiting())),
         );
         m.insert(
             3,
-            held(
-                5,
-                sock(libc::SOCK_STREAM, UnixName::Unnamed, Connected { peer: 51 }),
-            ),
+            held(5, sock(libc::SOCK_STREAM, UnixName::Unnamed, waiting())),
         );
         let (changed, problems) = resolve_held(&m, false, &|_| Some((b"\0srv".to_vec(), 0)));
         assert!(problems.is_empty(), "{:?}", texts(&problems));
@@ -342,7 +351,7 @@ mod tests {
         let t = texts(&problems);
         assert!(
             t.iter()
-                .any(|e| e.contains("fd 4") && e.contains("7 byte(s)")),
+                .any(|e| e.contains("fd 4") && e.contains("data already sent (7 bytes")),
             "{t:?}"
         );
         // A waiting connection from outside: the listener is refused.
