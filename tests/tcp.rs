@@ -137,7 +137,7 @@ fn pattern(i: usize) -> u8 {
 
 #[test]
 fn listeners_and_connections_carry_on_across_dump_and_restore() {
-    let mut srv = Server::start();
+    let srv = Server::start();
     let before = srv.state();
     let [a4, a6, ad] = srv.addrs();
 

@@ -461,6 +461,127 @@ fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
     }
 }
 
+/// A UNIX socket: a known type, a name that fits sun_path (a path exactly when bound to one),
+/// a state its type can have, and a queue of bounded size.
+fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), String> {
+    if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
+        return Err(format!(
+            "file {i} is a UNIX socket of unknown type {}",
+            s.sock_type
+        ));
+    }
+    let stream = s.sock_type != UNIX_SOCK_DGRAM;
+    // sun_path holds 108 bytes; a path also needs its terminating NUL.
+    match &s.name {
+        UnixName::Unnamed => {
+            if !f.path.is_empty() {
+                return Err(format!("file {i} is an unbound UNIX socket with a path"));
+            }
+        }
+        UnixName::Path { bound, .. } => {
+            for p in [bound, &f.path] {
+                if !p.starts_with('/') || p.len() >= UNIX_PATH_MAX || p.contains('\0') {
+                    return Err(format!(
+                        "file {i} is a UNIX socket bound to {p:?}, not an absolute path of at \
+                         most {} bytes",
+                        UNIX_PATH_MAX - 1
+                    ));
+                }
+            }
+        }
+        UnixName::Abstract { name } => {
+            if !f.path.is_empty() || name.len() >= UNIX_PATH_MAX {
+                return Err(format!(
+                    "file {i} is a UNIX socket with an abstract name of {} bytes and path {:?}",
+                    name.len(),
+                    f.path
+                ));
+            }
+        }
+    }
+    if s.shutdown & !3 != 0 {
+        return Err(format!(
+            "file {i} is a UNIX socket with shutdown bits {:#x}",
+            s.shutdown
+        ));
+    }
+    let queued: usize = s.queue.iter().map(|m| m.data.len()).sum();
+    if queued > UNIX_QUEUED_MAX {
+        return Err(format!(
+            "file {i} is a UNIX socket with {queued} queued bytes (at most {UNIX_QUEUED_MAX})"
+        ));
+    }
+    if s.queue.iter().any(|m| m.from.len() > UNIX_PATH_MAX) {
+        return Err(format!(
+            "file {i} is a UNIX socket with a message from a too long name"
+        ));
+    }
+    if stream && s.queue.iter().any(|m| !m.from.is_empty()) {
+        return Err(format!(
+            "file {i} is a UNIX stream or seqpacket socket with a message from a named sender"
+        ));
+    }
+    let named = s.name != UnixName::Unnamed;
+    match &s.state {
+        UnixSocketState::Listening { backlog, pending } => {
+            if *backlog > UNIX_BACKLOG_MAX {
+                return Err(format!(
+                    "file {i} is a UNIX socket listening with backlog {backlog} (at most \
+                     {UNIX_BACKLOG_MAX})"
+                ));
+            }
+            if !stream {
+                return Err(format!("file {i} is a listening UNIX datagram socket"));
+            }
+            if !named {
+                return Err(format!(
+                    "file {i} is a UNIX socket listening without a name"
+                ));
+            }
+            if pending.len() as u64 > u64::from(*backlog) + 1 {
+                return Err(format!(
+                    "file {i} is a UNIX socket with {} connections waiting and backlog {backlog}",
+                    pending.len()
+                ));
+            }
+            if !s.queue.is_empty() {
+                return Err(format!(
+                    "file {i} is a listening UNIX socket with queued data"
+                ));
+            }
+        }
+        UnixSocketState::Connected { .. }
+        | UnixSocketState::PeerClosed
+        | UnixSocketState::Queued { .. }
+        | UnixSocketState::External { .. } => {
+            if stream && named {
+                return Err(format!(
+                    "file {i} is a connected UNIX stream socket recorded with a name"
+                ));
+            }
+            if let UnixSocketState::External { peer_name } = &s.state {
+                if peer_name.is_empty() || peer_name.len() > UNIX_PATH_MAX {
+                    return Err(format!(
+                        "file {i} is a UNIX socket connected to an external peer of a name of \
+                         {} bytes",
+                        peer_name.len()
+                    ));
+                }
+            }
+            if let UnixSocketState::Queued { .. } = s.state {
+                if !stream || !s.queue.is_empty() {
+                    return Err(format!(
+                        "file {i} is a UNIX socket waiting to be accepted with a type or a \
+                         queue it cannot have"
+                    ));
+                }
+            }
+        }
+        UnixSocketState::Unconnected => {}
+    }
+    Ok(())
+}
+
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
@@ -478,59 +599,7 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
         return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
     }
     if let FileKind::UnixSocket(s) = &f.kind {
-        if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
-            return Err(format!(
-                "file {i} is a UNIX socket of unknown type {}",
-                s.sock_type
-            ));
-        }
-        match &s.state {
-            UnixSocketState::Listening { backlog, .. } => {
-                if *backlog > UNIX_BACKLOG_MAX {
-                    return Err(format!(
-                        "file {i} is a UNIX socket listening with backlog {backlog} (at most \
-                         {UNIX_BACKLOG_MAX})"
-                    ));
-                }
-                if s.sock_type == UNIX_SOCK_DGRAM {
-                    return Err(format!("file {i} is a listening UNIX datagram socket"));
-                }
-                // sun_path holds 108 bytes with the terminating NUL.
-                if f.path.len() >= UNIX_PATH_MAX {
-                    return Err(format!(
-                        "file {i} is a UNIX socket bound to a path of {} bytes (at most {})",
-                        f.path.len(),
-                        UNIX_PATH_MAX - 1
-                    ));
-                }
-            }
-            UnixSocketState::PeerClosed { queued } | UnixSocketState::Connected { queued, .. } => {
-                if !queued.is_empty() && s.sock_type != UNIX_SOCK_STREAM {
-                    return Err(format!(
-                        "file {i} is a UNIX socket of type {} with queued bytes (only stream \
-                         sockets can hold them)",
-                        s.sock_type
-                    ));
-                }
-                if queued.len() > UNIX_QUEUED_MAX {
-                    return Err(format!(
-                        "file {i} is a UNIX socket with {} queued bytes (at most \
-                         {UNIX_QUEUED_MAX})",
-                        queued.len()
-                    ));
-                }
-                if !f.path.is_empty() {
-                    return Err(format!("file {i} is an unbound UNIX socket with a path"));
-                }
-                return Ok(());
-            }
-            UnixSocketState::Unconnected => {
-                if !f.path.is_empty() {
-                    return Err(format!("file {i} is an unbound UNIX socket with a path"));
-                }
-                return Ok(());
-            }
-        }
+        return check_unix_socket(i, f, s);
     }
     if !f.path.starts_with('/') {
         return Err(format!(
@@ -1634,10 +1703,19 @@ mod task_tests {
 mod socket_tests {
     use super::*;
 
-    fn socket(path: &str, sock_type: u32, state: UnixSocketState) -> FileIdentity {
+    fn socket(path: &str, sock_type: u32, name: UnixName, state: UnixSocketState) -> FileIdentity {
         FileIdentity {
             path: path.into(),
-            kind: FileKind::UnixSocket(UnixSocket { sock_type, state }),
+            kind: FileKind::UnixSocket(UnixSocket {
+                sock_type,
+                state,
+                name,
+                queue: Vec::new(),
+                shutdown: 0,
+                passcred: false,
+                sndbuf: 212992,
+                rcvbuf: 212992,
+            }),
             dev: 8,
             ino: 77,
             size: 0,
@@ -1647,22 +1725,63 @@ mod socket_tests {
         }
     }
 
-    #[test]
-    fn unix_sockets_need_a_path_exactly_when_listening() {
-        let listening = UnixSocketState::Listening {
-            backlog: 5,
+    fn path(bound: &str) -> UnixName {
+        UnixName::Path {
+            bound: bound.into(),
+            uid: 0,
+            gid: 0,
             removed: false,
+        }
+    }
+
+    fn with_queue(mut f: FileIdentity, from: &[u8], data: &[u8]) -> FileIdentity {
+        if let FileKind::UnixSocket(s) = &mut f.kind {
+            s.queue.push(UnixMessage {
+                from: from.to_vec(),
+                data: data.to_vec(),
+            });
+        }
+        f
+    }
+
+    #[test]
+    fn unix_sockets_need_a_path_exactly_when_bound_to_one() {
+        use UnixSocketState::*;
+        let listening = || Listening {
+            backlog: 5,
+            pending: vec![],
+        };
+        let abs = || UnixName::Abstract {
+            name: b"crest".to_vec(),
         };
         let ok = [
-            socket("", UNIX_SOCK_STREAM, UnixSocketState::Unconnected),
+            socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected),
+            with_queue(
+                socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, PeerClosed),
+                b"",
+                b"abc",
+            ),
+            socket(
+                "/tmp/.java_pid42",
+                UNIX_SOCK_SEQPACKET,
+                path("/tmp/.java_pid42.tmp"),
+                listening(),
+            ),
+            socket("", UNIX_SOCK_STREAM, abs(), listening()),
+            with_queue(
+                socket("/tmp/d", UNIX_SOCK_DGRAM, path("/tmp/d"), Unconnected),
+                b"\0client",
+                b"datagram",
+            ),
+            socket("", UNIX_SOCK_DGRAM, abs(), Connected { peer: 9 }),
             socket(
                 "",
                 UNIX_SOCK_STREAM,
-                UnixSocketState::PeerClosed {
-                    queued: b"abc".to_vec(),
+                UnixName::Unnamed,
+                External {
+                    peer_name: b"/dev/log".to_vec(),
                 },
             ),
-            socket("/tmp/.java_pid42", UNIX_SOCK_SEQPACKET, listening.clone()),
         ];
         for f in &ok {
             check_file_path(0, f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
@@ -1671,36 +1790,78 @@ mod socket_tests {
         let bad = [
             (
                 "unbound with a path",
-                socket("/tmp/s", UNIX_SOCK_STREAM, UnixSocketState::Unconnected),
+                socket("/tmp/s", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected),
             ),
             (
-                "listening without a path",
-                socket("", UNIX_SOCK_STREAM, listening.clone()),
+                "listening without a name",
+                socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, listening()),
+            ),
+            (
+                "bound without a path",
+                socket("", UNIX_SOCK_STREAM, path("/tmp/s"), listening()),
             ),
             (
                 "relative path",
-                socket("tmp/s", UNIX_SOCK_STREAM, listening.clone()),
+                socket("tmp/s", UNIX_SOCK_STREAM, path("tmp/s"), listening()),
             ),
             (
                 "path too long",
-                socket(&long, UNIX_SOCK_STREAM, listening.clone()),
+                socket(&long, UNIX_SOCK_STREAM, path(&long), listening()),
             ),
-            ("unknown type", socket("", 3, UnixSocketState::Unconnected)),
+            (
+                "unknown type",
+                socket("", 3, UnixName::Unnamed, Unconnected),
+            ),
             (
                 "listening datagram",
-                socket("/tmp/s", UNIX_SOCK_DGRAM, listening),
+                socket("/tmp/s", UNIX_SOCK_DGRAM, path("/tmp/s"), listening()),
             ),
             (
-                "datagram queue",
+                "named stream message",
+                with_queue(
+                    socket(
+                        "",
+                        UNIX_SOCK_STREAM,
+                        UnixName::Unnamed,
+                        Connected { peer: 3 },
+                    ),
+                    b"/tmp/x",
+                    b"a",
+                ),
+            ),
+            (
+                "connected stream with a name",
+                socket("", UNIX_SOCK_STREAM, abs(), Connected { peer: 3 }),
+            ),
+            (
+                "too many waiting",
+                socket(
+                    "",
+                    UNIX_SOCK_STREAM,
+                    abs(),
+                    Listening {
+                        backlog: 0,
+                        pending: vec![1, 2],
+                    },
+                ),
+            ),
+            (
+                "external without a name",
                 socket(
                     "",
                     UNIX_SOCK_DGRAM,
-                    UnixSocketState::PeerClosed { queued: vec![1] },
+                    UnixName::Unnamed,
+                    External { peer_name: vec![] },
                 ),
             ),
         ];
         for (what, f) in &bad {
             assert!(check_file_path(0, f).is_err(), "{what} was accepted");
         }
+        let mut shut = socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected);
+        if let FileKind::UnixSocket(s) = &mut shut.kind {
+            s.shutdown = 4;
+        }
+        assert!(check_file_path(0, &shut).is_err());
     }
 }

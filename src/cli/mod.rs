@@ -51,6 +51,11 @@ enum Command {
         /// shell's terminal, and `crest restore --shell-job` attaches them to its own.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Dump UNIX sockets connected to a named socket outside the tree (a server such as
+        /// /dev/log) instead of refusing them; the restore (also given --ext-unix-sk) connects
+        /// them to that name again.
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
     },
     /// Restore a process from an image directory, under its original pid.
     Restore {
@@ -79,6 +84,10 @@ enum Command {
         /// tree was.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Allow an image whose UNIX sockets were connected to a socket outside the tree (dumped
+        /// with --ext-unix-sk): they are connected to that name again.
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
     },
     /// Show an image in readable form.
     Show {
@@ -123,6 +132,7 @@ fn dispatch(command: Command) -> Result<i32> {
             gc_hint_timeout,
             stats_json,
             shell_job,
+            ext_unix_sk,
         } => {
             let gc_hint_timeout = Duration::try_from_secs_f64(gc_hint_timeout)
                 .context("--gc-hint-timeout wants a number of seconds, 0 or more")?;
@@ -133,6 +143,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 gc_hint: !no_gc_hint,
                 gc_hint_timeout,
                 shell_job,
+                ext_unix_sk,
             };
             let report = crest::dump::dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
@@ -156,6 +167,7 @@ fn dispatch(command: Command) -> Result<i32> {
             pidns,
             inherit_fd,
             shell_job,
+            ext_unix_sk,
         } => {
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
@@ -164,6 +176,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 pidns,
                 inherit: inherit_fd,
                 shell_job,
+                ext_unix_sk,
             };
             let restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

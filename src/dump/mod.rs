@@ -34,6 +34,7 @@ mod task;
 mod threads;
 mod tree;
 mod tty;
+mod unix_tree;
 mod vmas;
 
 // Dumping needs register capture, which exists on x86_64 only so far.
@@ -76,6 +77,9 @@ pub struct DumpOptions {
     pub gc_hint_timeout: Duration,
     /// `--shell-job`: the tree may be attached to the terminal crest runs on.
     pub shell_job: bool,
+    /// `--ext-unix-sk`: UNIX sockets connected to a named socket outside the tree are dumped
+    /// (and connected to that name again at restore) instead of refused.
+    pub ext_unix_sk: bool,
 }
 
 /// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
@@ -90,6 +94,7 @@ impl Default for DumpOptions {
             gc_hint: true,
             gc_hint_timeout: DEFAULT_GC_HINT_TIMEOUT,
             shell_job: false,
+            ext_unix_sk: false,
         }
     }
 }
@@ -517,7 +522,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             .done
             .push(("tcp sockets (in collect)".to_string(), tcp_us));
     }
-    shared::resolve(&mut procs)?;
+    shared::resolve(&mut procs, opts.ext_unix_sk)?;
     phases.end("resolve");
 
     let mut writer = ImageWriter::create(&opts.dir)?;

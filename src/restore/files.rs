@@ -25,8 +25,8 @@ pub struct TreeFiles {
     pipes: super::pipes::Pipes,
     /// Descriptors the caller hands in for files of the image (`--inherit-fd`), by resource.
     inherited: Vec<(String, OwnedFd)>,
-    /// UNIX socket pairs whose ends are in the tree.
-    pub pairs: super::sockets::Pairs,
+    /// The UNIX sockets of the tree, made together.
+    pub unix: super::sockets::UnixSockets,
     /// TCP connections rebuilt in repair mode, until the tree is about to run.
     pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
@@ -244,11 +244,9 @@ pub fn open_all(
         }
         let ident = file_at(p, ofd.file)?;
         let fd = match &ident.kind {
-            FileKind::UnixSocket(sock) => above(
-                super::sockets::create(ident, sock, ofd.flags, &mut tree.pairs)?,
-                base,
-                "a UNIX socket",
-            )?,
+            FileKind::UnixSocket(_) => {
+                above(tree.unix.take(ident, ofd.flags)?, base, "a UNIX socket")?
+            }
             FileKind::Tcp(t) => {
                 let who = format!("pid {} fd {}", p.pid, fds_of(p, i));
                 let s = crate::net::tcp_restore::create(t, ofd.flags, &who, &mut tree.tcp)

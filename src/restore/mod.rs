@@ -47,6 +47,9 @@ pub struct RestoreOptions {
     pub inherit: Vec<files::InheritFd>,
     /// `--shell-job`: attach a tree dumped with `--shell-job` to crest's terminal.
     pub shell_job: bool,
+    /// `--ext-unix-sk`: connect UNIX sockets dumped with `--ext-unix-sk` to their outside peer's
+    /// name again (refused without it).
+    pub ext_unix_sk: bool,
 }
 
 pub use files::InheritFd;
@@ -169,6 +172,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let (opened, tcp) = {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
+        shared.unix = sockets::UnixSockets::plan(&image.processes, opts.ext_unix_sk);
         let mut opened = Vec::with_capacity(image.processes.len());
         for p in &image.processes {
             opened.push(files::open_all(
@@ -179,7 +183,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &shmem,
             )?);
         }
-        shared.pairs.check_complete()?;
         // Each process holds its own descriptor of what it shares; crest's are closed here,
         // but for the TCP connections still in repair mode.
         (opened, std::mem::take(&mut shared.tcp))

@@ -125,6 +125,10 @@ pub enum Kind {
     /// memfds (tests/victims/memfd.c): a sealed one open as an fd, one open and mapped
     /// MAP_SHARED and shared with a forked child, one mapped MAP_PRIVATE with private changes.
     Memfd,
+    /// AF_UNIX sockets of every kind (tests/victims/unix.c): stream, seqpacket and datagram
+    /// pairs with data in flight, bound and abstract datagram sockets, listeners with
+    /// connections waiting, a bound idle socket; answers [`Victim::verify_with`] "final".
+    Unix,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -150,6 +154,7 @@ impl Kind {
             Kind::Vregs => "vregs",
             Kind::Refused => "refused",
             Kind::Memfd => "memfd",
+            Kind::Unix => "unix",
             Kind::Java => "java",
         }
     }
@@ -382,6 +387,24 @@ impl Victim {
             ["ok", pid, counter] if *pid == self.pid_str() => Ok(counter
                 .parse()
                 .map_err(|_| format!("bad verify result {text:?}"))?),
+            _ => Err(format!(
+                "{} (pid {}) reports: {}",
+                self.kind.name(),
+                self.pid,
+                text.trim()
+            )),
+        }
+    }
+
+    /// Sends a verify request holding `body` (for victims that take one, such as
+    /// [`Kind::Unix`]); returns the counter, or what the victim found wrong.
+    pub fn verify_with(&self, body: &str) -> Result<u64, String> {
+        let text = self.verify_exchange(Some(body))?;
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["ok", pid, counter] if *pid == self.pid_str() => counter
+                .parse()
+                .map_err(|_| format!("bad verify result {text:?}")),
             _ => Err(format!(
                 "{} (pid {}) reports: {}",
                 self.kind.name(),
