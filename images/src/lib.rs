@@ -12,8 +12,8 @@ mod writer;
 mod tests;
 
 pub use format::{
-    host_page_size, open_image, pages_file_name, process_file_name, validate_process, verify_pages,
-    Image, ImageError, ImageWriter, PageFileWriter,
+    host_page_size, open_image, open_image_metadata, pages_file_name, process_file_name,
+    validate_process, verify_pages, Image, ImageError, ImageWriter, PageFileWriter,
 };
 pub use schema::*;
 

@@ -26,15 +26,20 @@ struct Cli {
 enum Command {
     /// List the kernel features and privileges crest relies on; exit 0 when dump and restore can work.
     Check,
-    /// Checkpoint a process into an image directory.
+    /// Checkpoint a process and its descendants into an image directory; this ENDS them unless -R.
+    ///
+    /// The tree is frozen, written to the image directory, and killed once the image is
+    /// complete, so that `crest restore` can bring it back under the same pids. With
+    /// -R (--leave-running) it runs on instead. A dump that fails or refuses something it cannot
+    /// take leaves every process running exactly as before.
     Dump {
-        /// Pid of the process to dump.
+        /// Pid of the process to dump, with all its descendants.
         #[arg(short = 't', long = "tree")]
         pid: i32,
         /// Image directory to write (replaced atomically if it exists).
         #[arg(short = 'D', long = "images-dir")]
         dir: PathBuf,
-        /// Leave the process running after the dump instead of killing it.
+        /// Leave the processes running after the dump (without it they are killed).
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
         /// Do not ask a HotSpot JVM for a full GC before freezing it.
@@ -192,8 +197,15 @@ fn dispatch(command: Command) -> Result<i32> {
             }
         }
         Command::Show { dir, json } => {
-            let image = crest::images::open_image(&dir)
+            // Only the metadata is shown: a damaged page file is reported, not fatal.
+            let (image, damaged) = crest::images::open_image_metadata(&dir)
                 .with_context(|| format!("cannot read image {}", dir.display()))?;
+            for problem in &damaged {
+                eprintln!(
+                    "crest: warning: the page data is damaged ({problem}); the image cannot be \
+                     restored, its metadata follows"
+                );
+            }
             if json {
                 println!("{}", crest::show::render_json(&image)?);
             } else {

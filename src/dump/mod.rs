@@ -121,6 +121,12 @@ pub enum DumpError {
     NoSuchProcess { pid: i32 },
     #[error("crest cannot dump itself (pid {pid})")]
     SelfDump { pid: i32 },
+    #[error(
+        "process {pid} is an ancestor of crest (pid {crest}): its tree holds crest itself, which \
+         cannot be frozen, and dumping the shell crest runs from would end it; run crest from \
+         outside that tree (another terminal or session), or dump one of its children"
+    )]
+    AncestorDump { pid: i32, crest: i32 },
     #[error("process {pid} is a kernel thread; only user processes can be dumped")]
     KernelThread { pid: i32 },
     #[error("process {pid} is a zombie (it has exited and waits for its parent to reap it)")]
@@ -386,6 +392,9 @@ impl DumpReport {
             phases.join(", "),
             s.frozen_us as f64 / 1000.0
         );
+        if let Some(slowest) = slowest_phase(s) {
+            out += &format!("  slowest: {slowest}\n");
+        }
         for note in &self.notes {
             out += &format!("  note: {note}\n");
         }
@@ -406,6 +415,41 @@ impl DumpReport {
             "notes": self.notes,
             "stats": self.stats,
         })
+    }
+}
+
+/// Dumps shorter than this are not worth explaining.
+const SLOW_DUMP_US: u64 = 1_000_000;
+
+/// For a slow dump, the phase that took most of the time, e.g. `pages: 5.0 s of 6.1 s, 1.5 GiB
+/// of memory read at 300 MiB/s, 1.2 GiB written` (sizes and rate for the page phase).
+fn slowest_phase(s: &DumpStats) -> Option<String> {
+    let total: u64 = s.phases_us.iter().map(|(_, us)| us).sum();
+    if total < SLOW_DUMP_US {
+        return None;
+    }
+    let (name, us) = s.phases_us.iter().max_by_key(|(_, us)| *us)?;
+    let secs = |us: u64| us as f64 / 1e6;
+    let mut text = format!("{name}: {:.1} s of {:.1} s", secs(*us), secs(total));
+    if name == "pages" && *us > 0 {
+        // What the page phase reads: every present page but those left to their file.
+        let read = s.pages_present.saturating_sub(s.pages_file_backed) * crate::arch::page_size();
+        text += &format!(
+            ", {} of memory read at {:.0} MiB/s, {} written",
+            size_text(read),
+            mib(read) / secs(*us),
+            size_text(s.bytes_written)
+        );
+    }
+    Some(text)
+}
+
+/// `1.5 GiB` or `12.3 MiB`.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", mib(bytes))
     }
 }
 
@@ -453,10 +497,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     let mut phases = Phases::new();
     let before = tree::descendants(pid);
-    if before.contains(&(std::process::id() as i32)) {
-        return Err(DumpError::SelfDump {
-            pid: std::process::id() as i32,
-        });
+    let crest = std::process::id() as i32;
+    if before.contains(&crest) {
+        return Err(DumpError::AncestorDump { pid, crest });
     }
     let gc_hint = if opts.gc_hint {
         gc_hints(&before, opts.gc_hint_timeout)

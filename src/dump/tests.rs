@@ -443,6 +443,25 @@ fn dumping_crest_itself_is_refused() {
 }
 
 #[test]
+fn dumping_an_ancestor_of_crest_is_refused_saying_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = nix::unistd::getppid().as_raw();
+    let err = dump(&DumpOptions {
+        pid: parent,
+        dir: tmp.path().join("img"),
+        leave_running: true,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, DumpError::AncestorDump { pid, .. } if pid == parent),
+        "{err}"
+    );
+    assert!(err.to_string().contains("an ancestor of crest"), "{err}");
+    assert!(!tmp.path().join("img").exists());
+}
+
+#[test]
 fn an_already_traced_process_is_refused_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let page = SharedPage::new();
@@ -741,5 +760,31 @@ fn a_pending_sigtrap_is_refused_and_stays_pending() {
         status.sigpnd & (1 << (libc::SIGTRAP - 1)),
         0,
         "SIGTRAP lost"
+    );
+}
+
+#[test]
+fn a_slow_dump_names_the_phase_that_dominated() {
+    let page = crate::arch::page_size();
+    let mut stats = DumpStats {
+        pages_present: (3 << 30) / page,
+        pages_file_backed: (1 << 29) / page,
+        bytes_written: 1 << 30,
+        phases_us: vec![
+            ("freeze".into(), 2_000),
+            ("pages".into(), 5_000_000),
+            ("write".into(), 1_100_000),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        slowest_phase(&stats).as_deref(),
+        Some("pages: 5.0 s of 6.1 s, 2.5 GiB of memory read at 512 MiB/s, 1.0 GiB written")
+    );
+    stats.phases_us = vec![("freeze".into(), 2_000), ("pages".into(), 500_000)];
+    assert_eq!(
+        slowest_phase(&stats),
+        None,
+        "a fast dump needs no explanation"
     );
 }

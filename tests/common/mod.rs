@@ -52,6 +52,18 @@ pub fn setup() {
     });
 }
 
+/// Says loudly that the running test is skipped and why (a program it needs is missing): on
+/// stderr itself rather than through the test harness's captured output, so the line shows in
+/// `cargo test`'s output even though the test then passes.
+pub fn say_skipped(reason: &str) {
+    use std::io::Write;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {reason}");
+}
+
 /// Polls `cond` until it returns `Some`, or fails the test after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
