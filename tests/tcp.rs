@@ -335,3 +335,72 @@ fn a_failed_dump_removes_the_lock_and_the_connections_work() {
     echo(&mut t4, b"after the failed dump");
     echo(&mut t6, b"after the failed dump");
 }
+
+/// Issue #10's cost: a process holding 1000 established TCP connections (500 to itself, so both
+/// ends in the tree, each end with unread bytes) is dumped and restored; every connection then
+/// delivers its unread bytes and a new round trip. The same program without connections is the
+/// baseline, measured in the same run. The times are printed (run with --nocapture to see them),
+/// never asserted.
+#[test]
+fn a_thousand_established_connections_are_dumped_and_restored() {
+    let (base_dump, base_restore, _) = connections_cycle(0);
+    let (dump_time, restore_time, stats) = connections_cycle(500);
+    eprintln!(
+        "1000 established connections: crest dump {dump_time:?}, crest restore {restore_time:?} \
+         (without connections: {base_dump:?} and {base_restore:?})\n{stats}"
+    );
+}
+
+/// Starts tests/tcp/many.py with `pairs` connections to itself, dumps it (killing it),
+/// restores it and checks every connection; returns the dump and restore times and the dump's
+/// timing line.
+fn connections_cycle(pairs: usize) -> (std::time::Duration, std::time::Duration, String) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ctl = dir.path().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tcp/many.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .arg(&ctl)
+        .arg(pairs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(ctl.join("stderr")).unwrap());
+    let pid = spawn_in_own_session(cmd);
+    let guard = Server {
+        pid,
+        ctl: ctl.clone(),
+        ports: [0; 3],
+        _dir: dir,
+    };
+    wait_for("the connections", TIMEOUT, || {
+        fs::read_to_string(ctl.join("ready")).ok()
+    });
+    let img = ctl.join("img");
+    let t0 = std::time::Instant::now();
+    let out = dump(pid, &img, false);
+    let dump_time = t0.elapsed();
+    assert!(out.success(), "{out}\nvictim: {}", guard.stderr());
+    let _ = reap_pid(pid, TIMEOUT);
+    let tables = if pairs > 0 { 1 } else { 0 };
+    assert_eq!(
+        lock_tables(pid).len(),
+        tables,
+        "lock tables while the image waits"
+    );
+    let t1 = std::time::Instant::now();
+    restore_detached(&img, &[]).assert_ok();
+    let restore_time = t1.elapsed();
+    assert!(lock_tables(pid).is_empty(), "the restore removes the lock");
+    fs::write(ctl.join("check-request"), "").unwrap();
+    let answer = wait_for("the victim's check", TIMEOUT, || {
+        fs::read_to_string(ctl.join("check")).ok()
+    });
+    assert_eq!(answer.trim(), format!("ok {pairs}"), "{}", guard.stderr());
+    let stats = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("time:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (dump_time, restore_time, stats)
+}
