@@ -326,6 +326,73 @@ fn check_event(i: usize, ev: &EventFd) -> Result<(), String> {
     Ok(())
 }
 
+/// An inotify instance's watches: positive wds in ascending order, each on an absolute path.
+fn check_inotify(i: usize, ino: &Inotify) -> Result<(), String> {
+    let mut last = 0;
+    for w in &ino.watches {
+        if w.wd <= last {
+            return Err(format!(
+                "file {i} is an inotify instance whose watches are not by ascending positive wd \
+                 ({} after {last})",
+                w.wd
+            ));
+        }
+        last = w.wd;
+        if !w.path.starts_with('/') || w.path.contains('\0') {
+            return Err(format!(
+                "file {i} is an inotify instance watching {:?}, not an absolute path",
+                w.path
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What epolls and pidfds refer to in other processes: every epoll target is an open file
+/// description of the tree (`descriptions`: the ids every process lists), and not the epoll
+/// itself; every pidfd names a task of the tree (`tasks`).
+fn check_references(
+    processes: &[ProcessImage],
+    descriptions: &std::collections::HashMap<u32, (u64, u64)>,
+    tasks: &std::collections::HashSet<i32>,
+) -> Result<(), String> {
+    for p in processes {
+        for d in &p.open_files {
+            let Some(f) = p.files.get(d.file as usize) else {
+                continue;
+            };
+            match &f.kind {
+                FileKind::Epoll(ep) => {
+                    for t in &ep.targets {
+                        if !descriptions.contains_key(&t.description) {
+                            return Err(format!(
+                                "process {}: epoll description {} has target fd {} with \
+                                 description {}, which no process has",
+                                p.pid, d.id, t.fd, t.description
+                            ));
+                        }
+                        if t.description == d.id {
+                            return Err(format!(
+                                "process {}: epoll description {} has itself as a target",
+                                p.pid, d.id
+                            ));
+                        }
+                    }
+                }
+                FileKind::Pidfd { pid } if !tasks.contains(pid) => {
+                    return Err(format!(
+                        "process {}: description {} is a pidfd of pid {pid}, which is not a \
+                         task of the tree",
+                        p.pid, d.id
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
@@ -335,6 +402,14 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     }
     if let FileKind::Event(ev) = &f.kind {
         return check_event(i, ev);
+    }
+    if let FileKind::Inotify(ino) = &f.kind {
+        return check_inotify(i, ino);
+    }
+    if let FileKind::Pidfd { pid } = f.kind {
+        if pid <= 0 {
+            return Err(format!("file {i} is a pidfd of pid {pid}"));
+        }
     }
     if let FileKind::Memfd { name, seals } = &f.kind {
         return check_memfd(i, f, name, *seals);
@@ -750,7 +825,8 @@ pub(crate) fn check_tree(
             }
         }
     }
-    Ok(())
+    let tasks: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
+    check_references(processes, &descriptions, &tasks)
 }
 
 /// Longest memfd name memfd_create(2) accepts (MFD_NAME_MAX_LEN).

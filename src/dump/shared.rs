@@ -25,6 +25,7 @@ pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
     refuse_shared_tables(procs)?;
     refuse_peers_outside(procs)?;
     assign_description_ids(procs)?;
+    super::references::resolve(procs)?;
     classify_pipes(procs)?;
     store_shared_memory_once(procs);
     Ok(())

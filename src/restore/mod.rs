@@ -9,6 +9,7 @@ pub mod blob;
 mod bootstrap;
 mod child;
 pub(crate) mod creds;
+mod epoll;
 mod files;
 mod finish;
 mod fork;
@@ -180,6 +181,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             )?);
         }
         shared.pairs.check_complete()?;
+        epoll::register(&image.processes, &shared)?;
         // Each process holds its own descriptor of what it shares; crest's are closed here.
         opened
     };
