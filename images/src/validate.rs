@@ -410,6 +410,11 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
         if pid <= 0 {
             return Err(format!("file {i} is a pidfd of pid {pid}"));
         }
+        return Ok(());
+    }
+    // Created anew; its path is what the fd's link read.
+    if let FileKind::Epoll(_) = f.kind {
+        return Ok(());
     }
     if let FileKind::Memfd { name, seals } = &f.kind {
         return check_memfd(i, f, name, *seals);
