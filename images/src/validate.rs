@@ -1342,6 +1342,70 @@ mod task_tests {
     }
 
     #[test]
+    fn epoll_targets_and_pidfds_must_name_what_the_tree_has() {
+        use std::collections::{HashMap, HashSet};
+        let anon = |kind: FileKind| FileIdentity {
+            path: "anon_inode:[eventpoll]".into(),
+            kind,
+            dev: 0,
+            ino: 0,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            mode: 0,
+        };
+        let target = |description: u32| EpollTarget {
+            fd: 5,
+            description,
+            events: 0x19,
+            data: 7,
+        };
+        let process = |kind: FileKind| ProcessImage {
+            files: vec![anon(kind)],
+            open_files: vec![OpenFileDescription {
+                id: 3,
+                file: 0,
+                flags: 2,
+                pos: 0,
+                locks: vec![],
+            }],
+            pid: 10,
+            ..crate::tests::sample_process()
+        };
+        let descriptions: HashMap<u32, (u64, u64)> = [(3, (0, 0)), (4, (0, 0))].into();
+        let tasks: HashSet<i32> = [10].into();
+        let ok = process(FileKind::Epoll(Epoll {
+            targets: vec![target(4)],
+        }));
+        check_references(&[ok], &descriptions, &tasks).unwrap();
+        let missing = process(FileKind::Epoll(Epoll {
+            targets: vec![target(9)],
+        }));
+        let err = check_references(&[missing], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("description 9"), "{err}");
+        let itself = process(FileKind::Epoll(Epoll {
+            targets: vec![target(3)],
+        }));
+        let err = check_references(&[itself], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("itself"), "{err}");
+        let outside = process(FileKind::Pidfd { pid: 99 });
+        let err = check_references(&[outside], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("pid 99"), "{err}");
+        let mut bad = Inotify {
+            watches: vec![InotifyWatch {
+                wd: 2,
+                mask: 0x100,
+                path: "/tmp".into(),
+                dev: 1,
+                ino: 2,
+            }],
+        };
+        check_inotify(0, &bad).unwrap();
+        bad.watches.push(bad.watches[0].clone());
+        assert!(check_inotify(0, &bad).unwrap_err().contains("ascending"));
+    }
+
+    #[test]
     fn a_shell_job_names_a_session_leader_and_a_group_leader_of_the_tree() {
         let task = |pid, pgid, sid| TreeTask {
             pid,
