@@ -847,6 +847,28 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Pipe(crate::images::Pipe::External) => {
                 format!("pipe:[{}] (shared with another process)", f.ino)
             }
+            FileKind::Epoll(ref ep) => {
+                let targets: Vec<String> = ep
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "fd {} (description {}) events {:#x} data {:#x}",
+                            t.fd, t.description, t.events, t.data
+                        )
+                    })
+                    .collect();
+                format!("epoll: {}", targets.join("; "))
+            }
+            FileKind::Inotify(ref ino) => {
+                let watches: Vec<String> = ino
+                    .watches
+                    .iter()
+                    .map(|w| format!("wd {} {} mask {:#x}", w.wd, w.path, w.mask))
+                    .collect();
+                format!("inotify: {}", watches.join("; "))
+            }
+            FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
             FileKind::Event(ref ev) => match *ev {
                 crate::images::EventFd::Counter { count, semaphore } => format!(
                     "eventfd, count {count}{}",

@@ -701,6 +701,18 @@ pub enum FileKind {
     /// A TCP socket (IPv4 or IPv6), created anew at restore. `dev`/`ino` are those of the
     /// socket inode the process had open (sockfs); the path is empty; size, mtime and mode are 0.
     Tcp(TcpSocket),
+    /// An epoll instance (epoll_create1(2)), created anew at restore and given its targets
+    /// again. `dev`/`ino` are the anonymous inode's, the path `anon_inode:[eventpoll]`, size,
+    /// mtime and mode 0.
+    Epoll(Epoll),
+    /// An inotify instance (inotify_init1(2)) with its watches, each added again under its wd.
+    /// `dev`/`ino` are the anonymous inode's, the path `anon_inode:inotify`.
+    Inotify(Inotify),
+    /// A pidfd (pidfd_open(2)) of process `pid` of the tree, opened again by the restored
+    /// process that holds it once that process exists. `dev`/`ino` are the pidfs inode's.
+    Pidfd {
+        pid: i32,
+    },
 }
 
 /// A TCP socket as a restore recreates it.
@@ -772,6 +784,47 @@ pub struct TcpConnection {
     /// The nftables table (family inet) that drops this connection's packets from the dump
     /// until a restore has brought the socket back; the restore deletes it.
     pub network_lock: String,
+}
+
+/// The targets registered in an epoll instance, in the order fdinfo lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoll {
+    pub targets: Vec<EpollTarget>,
+}
+
+/// One registration (EPOLL_CTL_ADD) of an epoll instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    /// The fd number it was registered under (the kernel's key with the file; the process may
+    /// have closed or reused that number since).
+    pub fd: i32,
+    /// The tree-wide id ([`OpenFileDescription::id`]) of the open file description registered.
+    pub description: u32,
+    /// The event mask as the kernel keeps it, EPOLLET/EPOLLONESHOT/EPOLLWAKEUP/EPOLLEXCLUSIVE
+    /// included (a fired EPOLLONESHOT registration keeps only those flag bits).
+    pub events: u32,
+    /// The user data (epoll_data_t) returned with its events.
+    pub data: u64,
+}
+
+/// The watches of an inotify instance, by ascending wd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inotify {
+    pub watches: Vec<InotifyWatch>,
+}
+
+/// One watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    /// The watch descriptor inotify_add_watch returned (and the events carry).
+    pub wd: i32,
+    /// The mask as fdinfo shows it (IN_ONESHOT and IN_EXCL_UNLINK included).
+    pub mask: u32,
+    /// Absolute path of the watched inode at dump time.
+    pub path: String,
+    /// The watched inode's st_dev and st_ino at dump time, checked again at restore.
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The state of an event fd.

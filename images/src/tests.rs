@@ -49,7 +49,7 @@ fn file(path: &str, kind: FileKind) -> FileIdentity {
 
 /// A process like a small C program: code and data from its executable, heap, an anonymous
 /// area, stack, vvar and vdso; two pages of data, one of heap and two of stack stored.
-fn sample_process() -> ProcessImage {
+pub(crate) fn sample_process() -> ProcessImage {
     let ps = ps();
     let base = 0x5555_5555_0000u64;
     let heap = 0x5555_5600_0000u64;

@@ -582,6 +582,73 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
     Ok(())
 }
 
+/// An inotify instance's watches: positive wds in ascending order, each on an absolute path.
+fn check_inotify(i: usize, ino: &Inotify) -> Result<(), String> {
+    let mut last = 0;
+    for w in &ino.watches {
+        if w.wd <= last {
+            return Err(format!(
+                "file {i} is an inotify instance whose watches are not by ascending positive wd \
+                 ({} after {last})",
+                w.wd
+            ));
+        }
+        last = w.wd;
+        if !w.path.starts_with('/') || w.path.contains('\0') {
+            return Err(format!(
+                "file {i} is an inotify instance watching {:?}, not an absolute path",
+                w.path
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What epolls and pidfds refer to in other processes: every epoll target is an open file
+/// description of the tree (`descriptions`: the ids every process lists), and not the epoll
+/// itself; every pidfd names a task of the tree (`tasks`).
+fn check_references(
+    processes: &[ProcessImage],
+    descriptions: &std::collections::HashMap<u32, (u64, u64)>,
+    tasks: &std::collections::HashSet<i32>,
+) -> Result<(), String> {
+    for p in processes {
+        for d in &p.open_files {
+            let Some(f) = p.files.get(d.file as usize) else {
+                continue;
+            };
+            match &f.kind {
+                FileKind::Epoll(ep) => {
+                    for t in &ep.targets {
+                        if !descriptions.contains_key(&t.description) {
+                            return Err(format!(
+                                "process {}: epoll description {} has target fd {} with \
+                                 description {}, which no process has",
+                                p.pid, d.id, t.fd, t.description
+                            ));
+                        }
+                        if t.description == d.id {
+                            return Err(format!(
+                                "process {}: epoll description {} has itself as a target",
+                                p.pid, d.id
+                            ));
+                        }
+                    }
+                }
+                FileKind::Pidfd { pid } if !tasks.contains(pid) => {
+                    return Err(format!(
+                        "process {}: description {} is a pidfd of pid {pid}, which is not a \
+                         task of the tree",
+                        p.pid, d.id
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
@@ -591,6 +658,19 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     }
     if let FileKind::Event(ev) = &f.kind {
         return check_event(i, ev);
+    }
+    if let FileKind::Inotify(ino) = &f.kind {
+        return check_inotify(i, ino);
+    }
+    if let FileKind::Pidfd { pid } = f.kind {
+        if pid <= 0 {
+            return Err(format!("file {i} is a pidfd of pid {pid}"));
+        }
+        return Ok(());
+    }
+    // Created anew; its path is what the fd's link read.
+    if let FileKind::Epoll(_) = f.kind {
+        return Ok(());
     }
     if let FileKind::Memfd { name, seals } = &f.kind {
         return check_memfd(i, f, name, *seals);
@@ -960,7 +1040,8 @@ pub(crate) fn check_tree(
             }
         }
     }
-    Ok(())
+    let tasks: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
+    check_references(processes, &descriptions, &tasks)
 }
 
 /// Longest memfd name memfd_create(2) accepts (MFD_NAME_MAX_LEN).
@@ -1468,6 +1549,70 @@ mod task_tests {
         // A name the other kind of memory shows is no name the kernel would have given it.
         assert!(check_anon_name(&vma(shm, "[anon:x]")).is_err());
         assert!(check_anon_name(&vma(VmaBacking::Anonymous, "[anon_shmem:x]")).is_err());
+    }
+
+    #[test]
+    fn epoll_targets_and_pidfds_must_name_what_the_tree_has() {
+        use std::collections::{HashMap, HashSet};
+        let anon = |kind: FileKind| FileIdentity {
+            path: "anon_inode:[eventpoll]".into(),
+            kind,
+            dev: 0,
+            ino: 0,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            mode: 0,
+        };
+        let target = |description: u32| EpollTarget {
+            fd: 5,
+            description,
+            events: 0x19,
+            data: 7,
+        };
+        let process = |kind: FileKind| ProcessImage {
+            files: vec![anon(kind)],
+            open_files: vec![OpenFileDescription {
+                id: 3,
+                file: 0,
+                flags: 2,
+                pos: 0,
+                locks: vec![],
+            }],
+            pid: 10,
+            ..crate::tests::sample_process()
+        };
+        let descriptions: HashMap<u32, (u64, u64)> = [(3, (0, 0)), (4, (0, 0))].into();
+        let tasks: HashSet<i32> = [10].into();
+        let ok = process(FileKind::Epoll(Epoll {
+            targets: vec![target(4)],
+        }));
+        check_references(&[ok], &descriptions, &tasks).unwrap();
+        let missing = process(FileKind::Epoll(Epoll {
+            targets: vec![target(9)],
+        }));
+        let err = check_references(&[missing], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("description 9"), "{err}");
+        let itself = process(FileKind::Epoll(Epoll {
+            targets: vec![target(3)],
+        }));
+        let err = check_references(&[itself], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("itself"), "{err}");
+        let outside = process(FileKind::Pidfd { pid: 99 });
+        let err = check_references(&[outside], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("pid 99"), "{err}");
+        let mut bad = Inotify {
+            watches: vec![InotifyWatch {
+                wd: 2,
+                mask: 0x100,
+                path: "/tmp".into(),
+                dev: 1,
+                ino: 2,
+            }],
+        };
+        check_inotify(0, &bad).unwrap();
+        bad.watches.push(bad.watches[0].clone());
+        assert!(check_inotify(0, &bad).unwrap_err().contains("ascending"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod parasite;
 mod pipes;
 mod problems;
 mod process;
+mod references;
 mod seccomp;
 mod shared;
 pub(crate) mod sockdiag;

@@ -27,6 +27,7 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     refuse_shared_tables(procs)?;
     super::unix_tree::resolve(procs, ext_unix_sk)?;
     assign_description_ids(procs)?;
+    super::references::resolve(procs)?;
     classify_pipes(procs)?;
     store_shared_memory_once(procs);
     Ok(())

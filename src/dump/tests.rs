@@ -385,10 +385,16 @@ fn a_raw_clone_thread_is_dumped_and_the_process_keeps_running() {
 #[test]
 fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
     let tmp = tempfile::tempdir().unwrap();
-    // An epoll fd: something crest refuses.
-    // SAFETY: epoll_create1 takes an integer and returns a new descriptor or -1.
-    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(raw >= 0);
+    // An io_uring instance: something crest refuses.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup writes at most 120 bytes of io_uring_params into a live buffer
+    // and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) } as i32;
+    assert!(
+        raw >= 0,
+        "io_uring_setup: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: raw is a descriptor we just created and own.
     let efd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
     let page = SharedPage::new();
@@ -409,7 +415,7 @@ fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
     })
     .unwrap_err();
     assert!(
-        matches!(&err, DumpError::UnsupportedFd { pid, fd: 4, what } if *pid == child.pid && what.contains("eventpoll")),
+        matches!(&err, DumpError::UnsupportedFd { pid, fd: 4, what } if *pid == child.pid && what.contains("io_uring")),
         "{err:?}"
     );
     let msg = err.to_string();

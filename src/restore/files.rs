@@ -85,6 +85,11 @@ impl TreeFiles {
         Ok(out)
     }
 
+    /// crest's descriptor of the description with tree-wide id `id`, once opened.
+    pub fn description(&self, id: u32) -> Option<RawFd> {
+        self.descriptions.get(&id).map(|fd| fd.as_raw_fd())
+    }
+
     /// The inherited descriptor standing for `ident`, if the caller gave one.
     fn inherited_for(&self, ident: &FileIdentity) -> Option<&OwnedFd> {
         let names = match ident.kind {
@@ -182,6 +187,9 @@ pub fn open_all(
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
                 | FileKind::Event(_)
+                | FileKind::Epoll(_)
+                | FileKind::Inotify(_)
+                | FileKind::Pidfd { .. }
         ) {
             continue;
         }
@@ -275,6 +283,11 @@ pub fn open_all(
                 })?,
                 base,
                 "an event fd",
+            )?,
+            FileKind::Epoll(_) | FileKind::Inotify(_) | FileKind::Pidfd { .. } => above(
+                super::epoll::create(p.pid, ident, ofd.flags)?,
+                base,
+                "an epoll, inotify or pidfd",
             )?,
             _ => open_description(ident, ofd, base)?,
         };
@@ -574,7 +587,11 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::Event(_) | FileKind::Memfd { .. } => return Ok(()),
+        FileKind::Event(_)
+        | FileKind::Memfd { .. }
+        | FileKind::Epoll(_)
+        | FileKind::Inotify(_)
+        | FileKind::Pidfd { .. } => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {

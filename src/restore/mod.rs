@@ -9,6 +9,7 @@ pub mod blob;
 mod bootstrap;
 mod child;
 pub(crate) mod creds;
+mod epoll;
 mod files;
 mod finish;
 mod fork;
@@ -183,6 +184,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &shmem,
             )?);
         }
+        epoll::register(&image.processes, &shared)?;
         // Each process holds its own descriptor of what it shares; crest's are closed here,
         // but for the TCP connections still in repair mode.
         (opened, std::mem::take(&mut shared.tcp))

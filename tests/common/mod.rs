@@ -109,6 +109,9 @@ pub enum Kind {
     /// Event fds (tests/victims/events.c): an eventfd, a signalfd with a queued signal, a
     /// periodic and a one-shot timerfd.
     Events,
+    /// An epoll with targets of every kind and an epoll inside it, an inotify instance and a
+    /// pidfd (tests/victims/epoll.c).
+    Epoll,
     /// A process tree (issue #9): children in the same and in a new session, one in its own
     /// group, grandchildren, a zombie, shared anonymous memory, pipes between processes and one
     /// file description all of them write through.
@@ -158,6 +161,7 @@ impl Kind {
             Kind::Pipes => "pipes",
             Kind::Tree => "tree",
             Kind::Events => "events",
+            Kind::Epoll => "epoll",
             Kind::ThreadTimer => "thtimer",
             Kind::Jobctl => "jobctl",
             Kind::Creds => "creds",
