@@ -121,7 +121,7 @@ fn main() {
             ))
         });
 
-    check_target_installed(arch.triple);
+    ensure_target_installed(arch.triple);
     let release_dir = build_parasite(&parasite, &out_dir, arch.triple);
     for info in &BLOBS {
         let elf_path = release_dir.join(info.bin);
@@ -160,15 +160,14 @@ fn rustc() -> OsString {
     env::var_os("RUSTC").unwrap_or_else(|| "rustc".into())
 }
 
-/// A missing `*-unknown-none` standard library otherwise shows up as a confusing
-/// "can't find crate for `core`" deep inside the nested build.
-fn check_target_installed(triple: &str) {
+/// Whether the standard library (`libcore`) of `triple` is installed for the rustc in use.
+fn target_installed(triple: &str) -> bool {
     let out = Command::new(rustc())
         .args(["--print", "target-libdir", "--target", triple])
         .output()
         .unwrap_or_else(|e| fail(&format!("cannot run rustc: {e}")));
     let libdir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let has_core = out.status.success()
+    out.status.success()
         && fs::read_dir(&libdir)
             .map(|entries| {
                 entries.flatten().any(|e| {
@@ -177,11 +176,43 @@ fn check_target_installed(triple: &str) {
                     name.starts_with("libcore-") && name.ends_with(".rlib")
                 })
             })
-            .unwrap_or(false);
-    if !has_core {
+            .unwrap_or(false)
+}
+
+/// Makes sure the blobs' bare-metal target is installed. A fresh machine with rustup has only
+/// the host target, so when cargo runs under rustup (which sets RUSTUP_TOOLCHAIN) the missing
+/// target is added to that toolchain, as `rustup target add` would; otherwise, or if that
+/// fails, the build stops saying what to run (a missing target would show up as a confusing
+/// "can't find crate for `core`" deep inside the nested build).
+fn ensure_target_installed(triple: &str) {
+    if target_installed(triple) {
+        return;
+    }
+    let how = format!("rustup target add {triple}");
+    let Some(toolchain) = env::var_os("RUSTUP_TOOLCHAIN") else {
         fail(&format!(
-            "the Rust target {triple} is not installed (the blobs are built for it). \
-             Install it with: rustup target add x86_64-unknown-none aarch64-unknown-none"
+            "the Rust target {triple} is not installed (crest's parasite and restorer blobs \
+             are built for it). Install it with: {how}"
+        ));
+    };
+    println!(
+        "cargo:warning=installing the Rust target {triple} (crest's parasite and restorer \
+         blobs are built for it): {how}"
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", "--toolchain"])
+        .arg(&toolchain)
+        .arg(triple)
+        .status();
+    if !matches!(added, Ok(s) if s.success()) || !target_installed(triple) {
+        fail(&format!(
+            "the Rust target {triple} is not installed (crest's parasite and restorer blobs \
+             are built for it) and `{how}` did not install it ({}). Run it yourself, then \
+             build again.",
+            match added {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            }
         ));
     }
 }

@@ -181,6 +181,7 @@ pub const CAP_CHECKPOINT_RESTORE: &str = "CAP_CHECKPOINT_RESTORE";
 pub const CAP_SYS_PTRACE: &str = "CAP_SYS_PTRACE";
 pub const CAP_SYS_ADMIN: &str = "CAP_SYS_ADMIN";
 pub const CAP_SYS_RESOURCE: &str = "CAP_SYS_RESOURCE";
+pub const NETWORK_LOCK: &str = "network lock (nftables)";
 
 /// Runs every probe.
 pub fn run() -> CheckReport {
@@ -264,6 +265,15 @@ pub fn run() -> CheckReport {
         Need::Optional,
         caps.status(Capability::CAP_SYS_RESOURCE),
         "a resource limit above crest's own hard limit cannot be restored",
+    ));
+    probes.push(probe(
+        NETWORK_LOCK,
+        Need::Optional,
+        match crate::net::lock::probe() {
+            Ok(seen) => Status::Present(seen),
+            Err(why) => Status::Missing(why),
+        },
+        "established TCP connections cannot be dumped (their packets must be blocked from the dump until the restore); install nftables",
     ));
 
     CheckReport {
@@ -818,7 +828,7 @@ impl Caps {
 mod tests {
     use super::*;
 
-    const ALL: [&str; 18] = [
+    const ALL: [&str; 19] = [
         PTRACE_SEIZE,
         RSEQ_CONFIG,
         PROCESS_VM_READV,
@@ -837,6 +847,7 @@ mod tests {
         CAP_SYS_PTRACE,
         CAP_SYS_ADMIN,
         CAP_SYS_RESOURCE,
+        NETWORK_LOCK,
     ];
 
     /// This machine (and CI: root on the same kind of machine) has everything dump and restore

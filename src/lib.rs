@@ -26,6 +26,7 @@ pub mod files;
 pub mod infect;
 pub mod jvm;
 pub mod log;
+pub mod net;
 pub mod pages;
 pub mod proc;
 pub mod pstate;

@@ -838,6 +838,7 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             ),
             FileKind::ContentInImage => format!("{} (content in the image)", f.path),
             FileKind::UnixSocket(ref s) => unix_socket_text(&f.path, s),
+            FileKind::Tcp(ref t) => tcp_socket_text(t),
             FileKind::Pipe(crate::images::Pipe::Internal { size, ref buffered }) => format!(
                 "pipe:[{}] ({size}-byte pipe, {} buffered bytes)",
                 f.ino,
@@ -846,6 +847,28 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Pipe(crate::images::Pipe::External) => {
                 format!("pipe:[{}] (shared with another process)", f.ino)
             }
+            FileKind::Epoll(ref ep) => {
+                let targets: Vec<String> = ep
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "fd {} (description {}) events {:#x} data {:#x}",
+                            t.fd, t.description, t.events, t.data
+                        )
+                    })
+                    .collect();
+                format!("epoll: {}", targets.join("; "))
+            }
+            FileKind::Inotify(ref ino) => {
+                let watches: Vec<String> = ino
+                    .watches
+                    .iter()
+                    .map(|w| format!("wd {} {} mask {:#x}", w.wd, w.path, w.mask))
+                    .collect();
+                format!("inotify: {}", watches.join("; "))
+            }
+            FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
             FileKind::Event(ref ev) => match *ev {
                 crate::images::EventFd::Counter { count, semaphore } => format!(
                     "eventfd, count {count}{}",
@@ -878,33 +901,123 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
     }
 }
 
+/// "tcp socket listening on 127.0.0.1:8080 (backlog 50)", "tcp connection 127.0.0.1:8080 ->
+/// 127.0.0.1:41000, 3 bytes to send, 5 unread (locked by crest-7-1700000000000)".
+fn tcp_socket_text(t: &crate::images::TcpSocket) -> String {
+    use crate::images::TcpState;
+    let v = if t.family == libc::AF_INET6 as u32 {
+        "tcp6"
+    } else {
+        "tcp"
+    };
+    let opts: Vec<String> = t
+        .options
+        .iter()
+        .map(|o| crate::net::opts::name(o.level, o.name))
+        .collect();
+    let opts = if opts.is_empty() {
+        String::new()
+    } else {
+        format!(", options {}", opts.join(" "))
+    };
+    match &t.state {
+        TcpState::Unbound => format!("{v} socket, unbound{opts}"),
+        TcpState::Bound { local } => format!("{v} socket bound to {local}{opts}"),
+        TcpState::Listening { local, backlog } => {
+            format!("{v} socket listening on {local} (backlog {backlog}){opts}")
+        }
+        TcpState::Established(c) => format!(
+            "{v} connection {} -> {}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
+            c.local,
+            c.remote,
+            c.send_queue.len(),
+            c.unsent,
+            c.recv_queue.len(),
+            c.network_lock
+        ),
+    }
+}
+
 /// "unix stream socket listening on /tmp/x (backlog 5)", "unix stream socket, peer closed".
 fn unix_socket_text(path: &str, s: &crate::images::UnixSocket) -> String {
-    use crate::images::UnixSocketState;
+    use crate::images::{UnixName, UnixSocketState};
     let ty = match s.sock_type as i32 {
         libc::SOCK_STREAM => "stream".to_string(),
         libc::SOCK_DGRAM => "datagram".to_string(),
         libc::SOCK_SEQPACKET => "seqpacket".to_string(),
         other => format!("type-{other}"),
     };
-    match &s.state {
-        UnixSocketState::Unconnected => format!("unix {ty} socket, unconnected"),
-        UnixSocketState::PeerClosed { queued } if queued.is_empty() => {
-            format!("unix {ty} socket, peer closed")
-        }
-        UnixSocketState::PeerClosed { queued } => format!(
-            "unix {ty} socket, peer closed, {} unread bytes",
-            queued.len()
-        ),
-        UnixSocketState::Connected { peer, queued } => format!(
-            "unix {ty} socket, connected to socket {peer} of the tree, {} unread bytes",
-            queued.len()
-        ),
-        UnixSocketState::Listening { backlog, removed } => format!(
-            "unix {ty} socket listening on {path}{} (backlog {backlog})",
+    let name = match &s.name {
+        UnixName::Unnamed => String::new(),
+        UnixName::Path { bound, removed, .. } => format!(
+            " {} {path}{}{}",
+            if matches!(s.state, UnixSocketState::Listening { .. }) {
+                "listening on"
+            } else {
+                "bound to"
+            },
+            if bound != path {
+                format!(" (bound as {bound})")
+            } else {
+                String::new()
+            },
             if *removed { " (removed)" } else { "" }
         ),
+        UnixName::Abstract { .. } => format!(
+            " {} {}",
+            if matches!(s.state, UnixSocketState::Listening { .. }) {
+                "listening on"
+            } else {
+                "bound to"
+            },
+            crate::dump::sockdiag::name_text(&s.name.raw())
+        ),
+    };
+    let mut text = format!("unix {ty} socket{name}");
+    match &s.state {
+        UnixSocketState::Unconnected if s.name == UnixName::Unnamed => text += ", unconnected",
+        UnixSocketState::Unconnected => {}
+        UnixSocketState::PeerClosed => text += ", peer closed",
+        UnixSocketState::Connected { peer } => {
+            text += &format!(", connected to socket {peer} of the tree")
+        }
+        UnixSocketState::Queued { listener } => {
+            text += &format!(", waiting in the accept queue of socket {listener}")
+        }
+        UnixSocketState::External { peer_name } => {
+            text += &format!(
+                ", connected to {} outside the tree",
+                crate::dump::sockdiag::name_text(peer_name)
+            )
+        }
+        UnixSocketState::Listening { backlog, pending } => {
+            text += &format!(" (backlog {backlog})");
+            if !pending.is_empty() {
+                text += &format!(", {} connection(s) waiting", pending.len());
+            }
+        }
     }
+    let bytes: usize = s.queue.iter().map(|m| m.data.len()).sum();
+    if bytes > 0 {
+        text += &match s.sock_type as i32 {
+            libc::SOCK_STREAM => format!(", {bytes} unread bytes"),
+            _ => format!(", {} unread messages ({bytes} bytes)", s.queue.len()),
+        };
+    }
+    if s.shutdown != 0 {
+        text += &format!(
+            ", shut down for {}",
+            match s.shutdown {
+                1 => "reading",
+                2 => "writing",
+                _ => "reading and writing",
+            }
+        );
+    }
+    if s.passcred {
+        text += ", SO_PASSCRED";
+    }
+    text
 }
 
 /// Access mode and the status flags worth knowing, from fdinfo's `flags` (octal O_* bits).
@@ -1479,29 +1592,56 @@ mod tests {
 
     #[test]
     fn sockets_and_content_files_say_what_they_are() {
-        use crate::images::{UnixSocket, UnixSocketState};
-        let stream = |state| UnixSocket {
+        use crate::images::{UnixMessage, UnixName, UnixSocket, UnixSocketState};
+        let stream = |name, state| UnixSocket {
             sock_type: libc::SOCK_STREAM as u32,
             state,
+            name,
+            queue: Vec::new(),
+            shutdown: 0,
+            passcred: false,
+            sndbuf: 0,
+            rcvbuf: 0,
         };
         assert_eq!(
             unix_socket_text(
                 "/tmp/.java_pid7",
-                &stream(UnixSocketState::Listening {
-                    backlog: 5,
-                    removed: false
-                })
+                &stream(
+                    UnixName::Path {
+                        bound: "/tmp/.java_pid7".into(),
+                        uid: 0,
+                        gid: 0,
+                        removed: false
+                    },
+                    UnixSocketState::Listening {
+                        backlog: 5,
+                        pending: vec![]
+                    }
+                )
             ),
             "unix stream socket listening on /tmp/.java_pid7 (backlog 5)"
         );
+        let mut closed = stream(UnixName::Unnamed, UnixSocketState::PeerClosed);
+        closed.queue.push(UnixMessage {
+            from: vec![],
+            data: vec![1, 2, 3],
+        });
+        closed.shutdown = 3;
         assert_eq!(
-            unix_socket_text(
-                "",
-                &stream(UnixSocketState::PeerClosed {
-                    queued: vec![1, 2, 3]
-                })
-            ),
-            "unix stream socket, peer closed, 3 unread bytes"
+            unix_socket_text("", &closed),
+            "unix stream socket, peer closed, 3 unread bytes, shut down for reading and writing"
+        );
+        let mut dgram = stream(
+            UnixName::Abstract {
+                name: b"log".to_vec(),
+            },
+            UnixSocketState::Unconnected,
+        );
+        dgram.sock_type = libc::SOCK_DGRAM as u32;
+        dgram.passcred = true;
+        assert_eq!(
+            unix_socket_text("", &dgram),
+            "unix datagram socket bound to @log, SO_PASSCRED"
         );
         let tmp = tempfile::tempdir().unwrap();
         let mut image = sample_image(&tmp.path().join("img"));

@@ -40,6 +40,64 @@ pub fn kcmp_same_file(pid1: i32, pid2: i32, fd1: RawFd, fd2: RawFd) -> Result<bo
     raw_kcmp(pid1, pid2, KCMP_FILE, fd1 as u64, fd2 as u64)
 }
 
+/// Whether fd `fd` of `pid` is the file registered in the epoll instance at fd `epfd` of
+/// `epoll_pid` as its `toff`-th registration (0 for the first) under the target fd number `tfd`
+/// (`KCMP_EPOLL_TFD`, Linux 4.13+). Fails with ENOENT when the epoll has no such registration.
+pub fn kcmp_epoll_target(
+    pid: i32,
+    epoll_pid: i32,
+    fd: RawFd,
+    epfd: RawFd,
+    tfd: RawFd,
+    toff: u32,
+) -> Result<bool, Errno> {
+    /// `struct kcmp_epoll_slot` (include/uapi/linux/kcmp.h).
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    let slot = Slot {
+        efd: epfd as u32,
+        tfd: tfd as u32,
+        toff,
+    };
+    // SAFETY: kcmp reads one kcmp_epoll_slot from the pointer, which lives across the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid as libc::c_long,
+            epoll_pid as libc::c_long,
+            KCMP_EPOLL_TFD,
+            fd as libc::c_ulong,
+            &slot as *const Slot as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r == 0)
+}
+
+/// `pidfd_open(pid, flags)`; `flags` may hold PIDFD_NONBLOCK (O_NONBLOCK).
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes only integers and returns a new fd or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_open,
+            pid as libc::c_long,
+            flags as libc::c_long,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: r is a fresh descriptor the kernel just gave us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
 fn raw_kcmp(pid1: i32, pid2: i32, kind: libc::c_int, a: u64, b: u64) -> Result<bool, Errno> {
     // SAFETY: kcmp takes only integers; KCMP_FILE, VM, FILES and FS read no user memory.
     let r = unsafe {

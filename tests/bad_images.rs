@@ -108,8 +108,31 @@ fn a_page_file_of_the_wrong_size_is_refused() {
         let what = format!("{file} resized from {len} to {new_len} bytes");
         assert_restore_refused(&v, &bad, &[], &what);
         assert_verify_refused(&bad, &what);
+        assert_show_warns(&bad, &v, &file, &what);
     }
+    // A missing page file: the same.
+    copy_image(&good, &bad);
+    std::fs::remove_file(bad.join(&file)).unwrap();
+    let what = format!("{file} removed");
+    assert_restore_refused(&v, &bad, &[], &what);
+    assert_verify_refused(&bad, &what);
+    assert_show_warns(&bad, &v, &file, &what);
     restore_good(&mut v, &good);
+}
+
+/// `crest show` needs only the metadata: it shows an image whose page file `file` is damaged,
+/// saying so on stderr.
+fn assert_show_warns(dir: &Path, v: &Victim, file: &str, what: &str) {
+    let out = crest(["show".as_ref(), dir.as_os_str()]);
+    assert!(out.success(), "{what}: crest show failed: {out}");
+    assert!(
+        out.stdout.contains(&format!("process {}", v.pid)),
+        "{what}: crest show did not show the process: {out}"
+    );
+    assert!(
+        out.stderr.contains("the page data is damaged") && out.stderr.contains(file),
+        "{what}: crest show did not say the page file is damaged: {out}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! dumps and restores with every thread under its tid.
 //!
 //! The Java sources are compiled at test time with each JDK's own javac. A JDK that is not
-//! installed is skipped with a "skipped: ..." line on stderr. JVMs are heavy on a 2-core machine,
+//! installed is skipped with a "SKIPPED ..." line in the test output. JVMs are heavy on a 2-core machine,
 //! so the tests of this file run one at a time (JVM_LOCK).
 
 mod common;
@@ -72,14 +72,14 @@ impl Jdk {
                 return Some(jdk);
             }
         }
-        eprintln!(
-            "skipped: JDK {version} not found at {} (java, javac, jar and jcmd of that version)",
+        say_skipped(&format!(
+            "JDK {version} not found at {} (java, javac, jar and jcmd of that version)",
             homes
                 .iter()
                 .map(|h| h.display().to_string())
                 .collect::<Vec<_>>()
                 .join(" or ")
-        );
+        ));
         None
     }
 

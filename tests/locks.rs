@@ -311,7 +311,7 @@ fn wait_output(path: &Path, needle: &str) {
 #[test]
 fn sqlite3_in_an_exclusive_transaction_keeps_its_database_locked() {
     if Command::new("sqlite3").arg("--version").output().is_err() {
-        eprintln!("skipped: sqlite3 is not installed (apt-get install sqlite3)");
+        say_skipped("sqlite3 is not installed (apt-get install sqlite3)");
         return;
     }
     setup();

@@ -80,25 +80,25 @@ fn a_two_thread_process_is_no_longer_refused_and_left_running() {
 }
 
 #[test]
-fn an_epoll_fd_is_refused_and_the_process_left_running() {
-    // stdin is an epoll fd, which crest cannot restore yet; the victim never reads stdin.
-    // SAFETY: epoll_create1 takes an integer and returns a new descriptor or -1.
-    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+fn a_fanotify_fd_is_refused_and_the_process_left_running() {
+    // stdin is a fanotify instance, which crest does not restore; the victim never reads stdin.
+    // SAFETY: fanotify_init takes integers and returns a new descriptor or -1.
+    let raw = unsafe { libc::fanotify_init(libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC, 0) };
     assert!(
         raw >= 0,
-        "epoll_create1: {}",
+        "fanotify_init: {}",
         std::io::Error::last_os_error()
     );
     // SAFETY: raw is a descriptor we just created and own.
-    let efd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let fan = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     let v = Victim::start_with(Kind::Memcheck, move |cmd| {
-        cmd.stdin(Stdio::from(efd));
+        cmd.stdin(Stdio::from(fan));
     });
     let dir = v.work.join("img");
     let out = dump(v.pid, &dir, true);
     out.assert_failed().assert_stderr_mentions(&v.pid_str());
     assert!(
-        out.stderr.contains("fd 0") && out.stderr.contains("eventpoll"),
+        out.stderr.contains("fd 0") && out.stderr.contains("fanotify instance"),
         "the refusal should name the fd and what it is: {out}"
     );
     assert_no_image_written(&v.work, &dir, &["ctl"]);
@@ -164,14 +164,14 @@ fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
         .filter_map(|l| l.trim_start().strip_prefix("- "))
         .collect();
     let expected = [
-        (v.pid, "fd 101", "eventpoll"),
+        (v.pid, "fd 101", "io_uring"),
         (v.pid, "fd 102", "deleted file"),
         (
             v.pid,
             &*format!("mapping {}", parent["mapped"]),
             "has been deleted",
         ),
-        (child, "fd 101", "eventpoll"),
+        (child, "fd 101", "io_uring"),
         (child, "fd 102", "deleted file"),
         (
             child,

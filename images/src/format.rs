@@ -46,6 +46,24 @@ pub fn host_page_size() -> u64 {
 /// of every metadata file, sizes of every page file, and every process record's lengths,
 /// offsets and addresses. Page data is not hashed (see [`verify_pages`]).
 pub fn open_image(dir: &Path) -> Result<Image, ImageError> {
+    open(dir, PageFiles::MustBeWhole).map(|(image, _)| image)
+}
+
+/// Like [`open_image`], for reading an image's metadata only (`crest show`): a page file that
+/// is missing, truncated or grown does not stop it. The image is returned with the problem of
+/// each damaged page file (such an image cannot be restored; [`open_image`] refuses it).
+pub fn open_image_metadata(dir: &Path) -> Result<(Image, Vec<ImageError>), ImageError> {
+    open(dir, PageFiles::MayBeDamaged)
+}
+
+/// Whether [`open`] refuses an image whose page files are not as the inventory lists them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PageFiles {
+    MustBeWhole,
+    MayBeDamaged,
+}
+
+fn open(dir: &Path, page_files: PageFiles) -> Result<(Image, Vec<ImageError>), ImageError> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -66,7 +84,7 @@ pub fn open_image(dir: &Path) -> Result<Image, ImageError> {
     };
     let inventory: Inventory = codec::decode(&bytes, MetaRole::Inventory, &inv_path)?;
     check_host(dir, &inventory)?;
-    check_listing(dir, &inventory)?;
+    let damaged = check_listing(dir, &inventory, page_files)?;
 
     let sizes: HashMap<&str, (FileRole, u64)> = inventory
         .files
@@ -143,11 +161,12 @@ pub fn open_image(dir: &Path) -> Result<Image, ImageError> {
         .map(|(i, t)| (t.pid, i))
         .collect();
     processes.sort_by_key(|p| order[&p.pid]);
-    Ok(Image {
+    let image = Image {
         dir: dir.to_path_buf(),
         inventory,
         processes,
-    })
+    };
+    Ok((image, damaged))
 }
 
 /// Hashes every page file and compares it with the inventory. Run after [`open_image`].
@@ -218,7 +237,15 @@ fn check_host(dir: &Path, inv: &Inventory) -> Result<(), ImageError> {
 
 /// Every listed file is present with its recorded size, names are safe and unique, and no
 /// `.img` file of another dump lies in the directory.
-fn check_listing(dir: &Path, inv: &Inventory) -> Result<(), ImageError> {
+/// Checks that every file the inventory lists is there with its size, and that no stray image
+/// file sits beside them. With [`PageFiles::MayBeDamaged`], the problems of page files are
+/// returned instead of failing.
+fn check_listing(
+    dir: &Path,
+    inv: &Inventory,
+    page_files: PageFiles,
+) -> Result<Vec<ImageError>, ImageError> {
+    let mut damaged = Vec::new();
     let mut names = HashSet::new();
     for f in &inv.files {
         if check_file_name(&f.name).is_err() || f.name == INVENTORY_FILE {
@@ -233,26 +260,12 @@ fn check_listing(dir: &Path, inv: &Inventory) -> Result<(), ImageError> {
                 what: format!("the inventory lists {:?} twice", f.name),
             });
         }
-        let path = dir.join(&f.name);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(ImageError::MissingFile { path })
+        if let Err(problem) = check_listed_file(&dir.join(&f.name), f.size) {
+            if f.role == FileRole::Pages && page_files == PageFiles::MayBeDamaged {
+                damaged.push(problem);
+            } else {
+                return Err(problem);
             }
-            Err(e) => return Err(ImageError::io("stat", path, e)),
-        };
-        if !meta.file_type().is_file() {
-            return Err(ImageError::Corrupted {
-                path,
-                what: "not a regular file".into(),
-            });
-        }
-        if meta.len() != f.size {
-            return Err(ImageError::SizeMismatch {
-                path,
-                recorded: f.size,
-                actual: meta.len(),
-            });
         }
     }
     let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io("list", dir, e))?;
@@ -265,6 +278,30 @@ fn check_listing(dir: &Path, inv: &Inventory) -> Result<(), ImageError> {
         if name.ends_with(".img") && name != INVENTORY_FILE && !names.contains(name) {
             return Err(ImageError::UnlistedFile { path: entry.path() });
         }
+    }
+    Ok(damaged)
+}
+
+/// The file at `path` exists, is a regular file and has `size` bytes.
+fn check_listed_file(path: &Path, size: u64) -> Result<(), ImageError> {
+    let path = path.to_path_buf();
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(ImageError::MissingFile { path }),
+        Err(e) => return Err(ImageError::io("stat", path, e)),
+    };
+    if !meta.file_type().is_file() {
+        return Err(ImageError::Corrupted {
+            path,
+            what: "not a regular file".into(),
+        });
+    }
+    if meta.len() != size {
+        return Err(ImageError::SizeMismatch {
+            path,
+            recorded: size,
+            actual: meta.len(),
+        });
     }
     Ok(())
 }

@@ -12,12 +12,12 @@ mod writer;
 mod tests;
 
 pub use format::{
-    host_page_size, open_image, pages_file_name, process_file_name, validate_process, verify_pages,
-    Image, ImageError, ImageWriter, PageFileWriter,
+    host_page_size, open_image, open_image_metadata, pages_file_name, process_file_name,
+    validate_process, verify_pages, Image, ImageError, ImageWriter, PageFileWriter,
 };
 pub use schema::*;
 
 /// Version of the on-disk format; bumped whenever [`schema`] changes.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 /// Name of the table of contents inside an image directory.
 pub const INVENTORY_FILE: &str = "inventory.img";

@@ -668,10 +668,10 @@ pub enum FileKind {
     /// stored pages of its shared mappings are written back through them.
     ContentInImage,
     /// An AF_UNIX socket, created anew at restore. `dev`/`ino` are those of the socket inode
-    /// the process had open (sockfs); `size` and the mtime are 0. For a listening socket,
-    /// [`FileIdentity::path`] is where its socket file was at dump time (the name it was bound
-    /// to, or where that file was renamed since) and `mode` is that file's; an unbound socket
-    /// has an empty path.
+    /// the process had open (sockfs); `size` and the mtime are 0. For a socket bound to a path
+    /// ([`UnixName::Path`]), [`FileIdentity::path`] is where its socket file was at dump time
+    /// (the name it was bound to, or where that file was renamed since) and `mode` is that
+    /// file's; any other socket has an empty path.
     UnixSocket(UnixSocket),
     /// An anonymous pipe (pipefs). `dev`/`ino` are the pipe inode's, [`FileIdentity::path`]
     /// is empty, `size`, the mtime and `mode` are 0. Which end an open file description is
@@ -698,6 +698,133 @@ pub enum FileKind {
         name: String,
         seals: u32,
     },
+    /// A TCP socket (IPv4 or IPv6), created anew at restore. `dev`/`ino` are those of the
+    /// socket inode the process had open (sockfs); the path is empty; size, mtime and mode are 0.
+    Tcp(TcpSocket),
+    /// An epoll instance (epoll_create1(2)), created anew at restore and given its targets
+    /// again. `dev`/`ino` are the anonymous inode's, the path `anon_inode:[eventpoll]`, size,
+    /// mtime and mode 0.
+    Epoll(Epoll),
+    /// An inotify instance (inotify_init1(2)) with its watches, each added again under its wd.
+    /// `dev`/`ino` are the anonymous inode's, the path `anon_inode:inotify`.
+    Inotify(Inotify),
+    /// A pidfd (pidfd_open(2)) of process `pid` of the tree, opened again by the restored
+    /// process that holds it once that process exists. `dev`/`ino` are the pidfs inode's.
+    Pidfd {
+        pid: i32,
+    },
+}
+
+/// A TCP socket as a restore recreates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpSocket {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u32,
+    pub state: TcpState,
+    /// Socket options whose value differs from a fresh socket's of the same family (so only
+    /// what the program set, or inherited from its listener), each set again at restore.
+    pub options: Vec<SockOpt>,
+    /// SO_BUF_LOCK bits (1: SO_SNDBUF set by the program, 2: SO_RCVBUF); the matching
+    /// SO_SNDBUF/SO_RCVBUF values are in `options` (as getsockopt reports them: doubled).
+    pub buf_lock: u32,
+}
+
+/// One socket option: `getsockopt(level, name)`'s bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: Vec<u8>,
+}
+
+/// What a TCP socket was doing at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TcpState {
+    /// socket(2) alone.
+    Unbound,
+    /// Bound to `local`, neither listening nor connected.
+    Bound { local: std::net::SocketAddr },
+    /// Listening on `local` with `backlog`, no connection waiting to be accepted (a dump
+    /// refuses one that has some).
+    Listening {
+        local: std::net::SocketAddr,
+        backlog: u32,
+    },
+    /// An established connection, captured in repair mode (TCP_REPAIR).
+    Established(TcpConnection),
+}
+
+/// An established TCP connection as TCP_REPAIR reads it. Sequence numbers are those the
+/// kernel reports with TCP_QUEUE_SEQ: `send_seq` is the next byte the program would write
+/// (write_seq), `recv_seq` the next byte expected from the peer (rcv_nxt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnection {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    pub send_seq: u32,
+    pub recv_seq: u32,
+    /// Written and not acknowledged by the peer (sent or not yet sent), oldest first: it ends
+    /// at `send_seq`.
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` had not been sent yet.
+    pub unsent: u32,
+    /// Received and not read by the program, oldest first: it ends at `recv_seq`.
+    pub recv_queue: Vec<u8>,
+    /// The MSS clamp (TCP_MAXSEG in repair mode).
+    pub mss: u32,
+    /// Options negotiated at connect time (TCP_INFO tcpi_options: 1 timestamps, 2 SACK,
+    /// 4 window scaling) and the window scales.
+    pub tcp_options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// TCP_TIMESTAMP (the timestamp clock the peer sees), when timestamps are on.
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+    /// The nftables table (family inet) that drops this connection's packets from the dump
+    /// until a restore has brought the socket back; the restore deletes it.
+    pub network_lock: String,
+}
+
+/// The targets registered in an epoll instance, in the order fdinfo lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoll {
+    pub targets: Vec<EpollTarget>,
+}
+
+/// One registration (EPOLL_CTL_ADD) of an epoll instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    /// The fd number it was registered under (the kernel's key with the file; the process may
+    /// have closed or reused that number since).
+    pub fd: i32,
+    /// The tree-wide id ([`OpenFileDescription::id`]) of the open file description registered.
+    pub description: u32,
+    /// The event mask as the kernel keeps it, EPOLLET/EPOLLONESHOT/EPOLLWAKEUP/EPOLLEXCLUSIVE
+    /// included (a fired EPOLLONESHOT registration keeps only those flag bits).
+    pub events: u32,
+    /// The user data (epoll_data_t) returned with its events.
+    pub data: u64,
+}
+
+/// The watches of an inotify instance, by ascending wd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inotify {
+    pub watches: Vec<InotifyWatch>,
+}
+
+/// One watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    /// The watch descriptor inotify_add_watch returned (and the events carry).
+    pub wd: i32,
+    /// The mask as fdinfo shows it (IN_ONESHOT and IN_EXCL_UNLINK included).
+    pub mask: u32,
+    /// Absolute path of the watched inode at dump time.
+    pub path: String,
+    /// The watched inode's st_dev and st_ino at dump time, checked again at restore.
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The state of an event fd.
@@ -742,32 +869,97 @@ pub struct UnixSocket {
     /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_SEQPACKET (5).
     pub sock_type: u32,
     pub state: UnixSocketState,
+    /// The name it is bound to, bound again at restore. A connected stream or seqpacket
+    /// socket is always [`UnixName::Unnamed`] here: an accepted connection carries its
+    /// listener's name, which the listener holds (the restored one reports no name).
+    pub name: UnixName,
+    /// What its receive queue held: bytes (stream, as one message), records (seqpacket) or
+    /// datagrams, oldest first; queued again from their sender at restore.
+    pub queue: Vec<UnixMessage>,
+    /// sock_diag `UNIX_DIAG_SHUTDOWN`: RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2), applied with
+    /// shutdown(2) once its data is queued.
+    pub shutdown: u8,
+    /// SO_PASSCRED.
+    pub passcred: bool,
+    /// SO_SNDBUF and SO_RCVBUF as getsockopt reports them (the kernel's doubled values).
+    pub sndbuf: u32,
+    pub rcvbuf: u32,
+}
+
+/// The address an AF_UNIX socket is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnixName {
+    Unnamed,
+    /// Bound to the path `bound` (what getsockname(2) reports); its socket file is at
+    /// [`FileIdentity::path`] (where it was renamed since, or `bound`) with
+    /// [`FileIdentity::mode`] and owner `uid`/`gid`. The restore binds `bound`, gives the file
+    /// its owner and mode, and renames it to the path.
+    Path {
+        bound: String,
+        uid: u32,
+        gid: u32,
+        /// The socket file had been removed at dump time: the restore binds (connects what
+        /// must connect to it), then removes it again, so the socket is as unreachable by
+        /// name as it was.
+        removed: bool,
+    },
+    /// An abstract name: the bytes after the leading NUL (autobind names included).
+    Abstract {
+        name: Vec<u8>,
+    },
+}
+
+impl UnixName {
+    /// The name as the kernel reports it (sun_path bytes: a leading NUL for an abstract name);
+    /// empty when unnamed.
+    pub fn raw(&self) -> Vec<u8> {
+        match self {
+            UnixName::Unnamed => Vec::new(),
+            UnixName::Path { bound, .. } => bound.as_bytes().to_vec(),
+            UnixName::Abstract { name } => {
+                let mut raw = vec![0];
+                raw.extend_from_slice(name);
+                raw
+            }
+        }
+    }
+}
+
+/// One message of a UNIX socket's receive queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixMessage {
+    /// The sender's name as the receiver would read it ([`UnixName::raw`]); empty when the
+    /// sender is unnamed. A named sender is a socket of the tree (a dump refuses others).
+    pub from: Vec<u8>,
+    pub data: Vec<u8>,
 }
 
 /// What an AF_UNIX socket was doing at dump time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnixSocketState {
-    /// Created by socket(2), never bound nor connected.
+    /// Neither connected nor listening (socket(2) alone, or bound: see [`UnixSocket::name`]).
     Unconnected,
-    /// One end of a connected pair (socketpair(2)) whose other end has been closed: reads see
-    /// `queued` (what the peer sent and nobody read yet, stream sockets only), then end of
-    /// file; writes fail with EPIPE. Restored as a fresh pair whose other end writes `queued`
-    /// and is closed.
-    PeerClosed { queued: Vec<u8> },
-    /// One end of a connected pair (socketpair(2)) whose other end, socket inode `peer`, is
-    /// also held in the tree (by this process or another). Restored as a fresh pair shared the
-    /// same way; `queued` is what the peer sent and this end has not read yet (stream sockets
-    /// only).
-    Connected { peer: u64, queued: Vec<u8> },
-    /// Bound to [`FileIdentity::path`] and listening, with no connection waiting to be
-    /// accepted (a dump refuses one that has some). `backlog` is the listen(2) backlog the
-    /// kernel reported (sock_diag `UNIX_DIAG_RQLEN`).
-    Listening {
-        backlog: u32,
-        /// The socket file had been removed at dump time: the restore binds and listens, then
-        /// removes it again, so the socket is as unreachable by name as it was.
-        removed: bool,
-    },
+    /// Connected, and its peer has been closed: a stream or seqpacket socket reads its queue,
+    /// then end of file, and writes fail with EPIPE; a datagram socket's sends fail with
+    /// ECONNREFUSED. Restored as one end of a fresh pair whose other end queues the data and
+    /// is closed.
+    PeerClosed,
+    /// Connected to socket inode `peer`, which a process of the tree holds. Stream and
+    /// seqpacket sockets (the peer names this one back) and a datagram socket connected to an
+    /// unnamed one come back as a fresh socketpair; a datagram socket connected to a named
+    /// one connects to that name again.
+    Connected { peer: u64 },
+    /// A client whose connection waits in the accept queue of listener inode `listener`, held
+    /// in the tree: connected to the restored listener again, in queue order.
+    Queued { listener: u64 },
+    /// Connected to a socket no process of the tree holds, named `peer_name`
+    /// ([`UnixName::raw`]) — a server outside the tree (`--ext-unix-sk`): the restore connects
+    /// to that name again (a new connection to the server).
+    External { peer_name: Vec<u8> },
+    /// Bound and listening. `backlog` is the listen(2) backlog the kernel reported (sock_diag
+    /// `UNIX_DIAG_RQLEN`); `pending` the inodes of the clients (held in the tree) whose
+    /// connections wait to be accepted, oldest first.
+    Listening { backlog: u32, pending: Vec<u64> },
 }
 
 /// An open file description (what `open` returns and `dup` shares).

@@ -49,7 +49,7 @@ fn file(path: &str, kind: FileKind) -> FileIdentity {
 
 /// A process like a small C program: code and data from its executable, heap, an anonymous
 /// area, stack, vvar and vdso; two pages of data, one of heap and two of stack stored.
-fn sample_process() -> ProcessImage {
+pub(crate) fn sample_process() -> ProcessImage {
     let ps = ps();
     let base = 0x5555_5555_0000u64;
     let heap = 0x5555_5600_0000u64;
@@ -1070,4 +1070,82 @@ fn memfds_and_their_runs_are_validated() {
         edit(&mut p);
         validate_process(&p, 5 * ps, ps).expect_err(what);
     }
+}
+
+#[test]
+fn tcp_socket_records_are_validated() {
+    use crate::validate::TCP_SOCKOPTS;
+    let _ = TCP_SOCKOPTS;
+    let ident = |t: TcpSocket| FileIdentity {
+        path: String::new(),
+        kind: FileKind::Tcp(t),
+        dev: 0,
+        ino: 1,
+        size: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+        mode: 0,
+    };
+    let listening = |family, local: &str| TcpSocket {
+        family,
+        state: TcpState::Listening {
+            local: local.parse().unwrap(),
+            backlog: 5,
+        },
+        options: vec![SockOpt {
+            level: 6,
+            name: 1,
+            value: 1i32.to_ne_bytes().to_vec(),
+        }],
+        buf_lock: 0,
+    };
+    let check = |t| crate::validate::check_file_for_tests(&ident(t));
+    assert!(check(listening(2, "127.0.0.1:80")).is_ok());
+    assert!(check(listening(10, "[::1]:80")).is_ok());
+    assert!(
+        check(listening(2, "[::1]:80")).is_err(),
+        "address of another family"
+    );
+    let mut bad = listening(2, "127.0.0.1:80");
+    bad.options[0].name = 99;
+    assert!(check(bad).is_err(), "an option a restore does not set");
+    let conn = TcpConnection {
+        local: "127.0.0.1:80".parse().unwrap(),
+        remote: "127.0.0.1:5000".parse().unwrap(),
+        send_seq: 1,
+        recv_seq: 2,
+        send_queue: vec![1, 2],
+        unsent: 3,
+        recv_queue: vec![],
+        mss: 65483,
+        tcp_options: 7,
+        snd_wscale: 7,
+        rcv_wscale: 7,
+        timestamp: 0,
+        window: [0; 5],
+        network_lock: "crest-1-2".into(),
+    };
+    let est = |c: TcpConnection| TcpSocket {
+        family: 2,
+        state: TcpState::Established(c),
+        options: vec![],
+        buf_lock: 0,
+    };
+    assert!(
+        check(est(conn.clone())).is_err(),
+        "more unsent bytes than queued"
+    );
+    let ok = TcpConnection {
+        unsent: 1,
+        ..conn.clone()
+    };
+    assert!(check(est(ok.clone())).is_ok());
+    let bad_lock = TcpConnection {
+        network_lock: "crest-1; flush ruleset".into(),
+        ..ok
+    };
+    assert!(
+        check(est(bad_lock)).is_err(),
+        "a lock table name nft could misread"
+    );
 }

@@ -52,6 +52,49 @@ pub const UNIX_BACKLOG_MAX: u32 = i32::MAX as u32;
 /// Most bytes of unread data an image may hold for one socket (a UNIX stream socket's queue
 /// is bounded by its peer's send buffer, a few hundred KiB by default).
 pub const UNIX_QUEUED_MAX: usize = 64 << 20;
+/// The socket options a TCP socket record may carry, (level, name, what it is called): a
+/// restore sets nothing else. Generic Linux numbers (the same on x86_64 and aarch64).
+pub const TCP_SOCKOPTS: &[(i32, i32, &str)] = &[
+    (1, 2, "SO_REUSEADDR"),
+    (1, 15, "SO_REUSEPORT"),
+    (1, 25, "SO_BINDTODEVICE"),
+    (1, 36, "SO_MARK"),
+    (0, 15, "IP_FREEBIND"),
+    (0, 19, "IP_TRANSPARENT"),
+    (41, 26, "IPV6_V6ONLY"),
+    (1, 7, "SO_SNDBUF"),
+    (1, 8, "SO_RCVBUF"),
+    (1, 5, "SO_DONTROUTE"),
+    (1, 9, "SO_KEEPALIVE"),
+    (1, 10, "SO_OOBINLINE"),
+    (1, 12, "SO_PRIORITY"),
+    (1, 13, "SO_LINGER"),
+    (1, 18, "SO_RCVLOWAT"),
+    (1, 20, "SO_RCVTIMEO"),
+    (1, 21, "SO_SNDTIMEO"),
+    (0, 1, "IP_TOS"),
+    (0, 2, "IP_TTL"),
+    (41, 16, "IPV6_UNICAST_HOPS"),
+    (41, 67, "IPV6_TCLASS"),
+    (6, 1, "TCP_NODELAY"),
+    (6, 2, "TCP_MAXSEG"),
+    (6, 3, "TCP_CORK"),
+    (6, 4, "TCP_KEEPIDLE"),
+    (6, 5, "TCP_KEEPINTVL"),
+    (6, 6, "TCP_KEEPCNT"),
+    (6, 7, "TCP_SYNCNT"),
+    (6, 8, "TCP_LINGER2"),
+    (6, 9, "TCP_DEFER_ACCEPT"),
+    (6, 13, "TCP_CONGESTION"),
+    (6, 18, "TCP_USER_TIMEOUT"),
+    (6, 23, "TCP_FASTOPEN"),
+    (6, 25, "TCP_NOTSENT_LOWAT"),
+];
+/// Longest option value (TCP_CONGESTION and SO_BINDTODEVICE are 16-byte names).
+pub const SOCKOPT_VALUE_MAX: usize = 16;
+/// Most bytes one TCP queue may hold in an image (the kernel's own limits are far lower).
+pub const TCP_QUEUED_MAX: usize = 64 << 20;
+
 /// Largest shared memory object an image may describe (far above any real one).
 pub const SHMEM_SIZE_MAX: u64 = 1 << 46;
 /// A thread name (comm) is at most TASK_COMM_LEN - 1 bytes.
@@ -326,6 +369,286 @@ fn check_event(i: usize, ev: &EventFd) -> Result<(), String> {
     Ok(())
 }
 
+/// [`check_file_path`] of file 0, for the tests of the crate.
+#[cfg(test)]
+pub(crate) fn check_file_for_tests(f: &FileIdentity) -> Result<(), String> {
+    check_file_path(0, f)
+}
+
+/// A TCP socket's record: its family, addresses of that family, known options, sane queues.
+fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
+    use std::net::SocketAddr;
+    if !f.path.is_empty() {
+        return Err("with a path".into());
+    }
+    let v6 = match t.family {
+        2 => false,
+        10 => true,
+        other => return Err(format!("of address family {other}")),
+    };
+    let addr_ok = |a: &SocketAddr| a.is_ipv6() == v6;
+    for o in &t.options {
+        if !TCP_SOCKOPTS
+            .iter()
+            .any(|(l, n, _)| *l == o.level && *n == o.name)
+        {
+            return Err(format!("with unknown option {}/{}", o.level, o.name));
+        }
+        if o.value.is_empty() || o.value.len() > SOCKOPT_VALUE_MAX {
+            return Err(format!(
+                "with option {}/{} of {} bytes",
+                o.level,
+                o.name,
+                o.value.len()
+            ));
+        }
+    }
+    if t.buf_lock & !3 != 0 {
+        return Err(format!("with buffer lock bits {:#x}", t.buf_lock));
+    }
+    match &t.state {
+        TcpState::Unbound => Ok(()),
+        TcpState::Bound { local } => match addr_ok(local) {
+            true => Ok(()),
+            false => Err(format!("bound to {local}, not of its family")),
+        },
+        TcpState::Listening { local, backlog } => {
+            if !addr_ok(local) {
+                return Err(format!("listening on {local}, not of its family"));
+            }
+            if *backlog > i32::MAX as u32 {
+                return Err(format!("listening with backlog {backlog}"));
+            }
+            Ok(())
+        }
+        TcpState::Established(c) => {
+            if !addr_ok(&c.local) || !addr_ok(&c.remote) {
+                return Err(format!(
+                    "connected {} -> {}, not of its family",
+                    c.local, c.remote
+                ));
+            }
+            if c.send_queue.len() > TCP_QUEUED_MAX || c.recv_queue.len() > TCP_QUEUED_MAX {
+                return Err(format!(
+                    "with queues of {} and {} bytes (at most {TCP_QUEUED_MAX})",
+                    c.send_queue.len(),
+                    c.recv_queue.len()
+                ));
+            }
+            if c.unsent as usize > c.send_queue.len() {
+                return Err(format!(
+                    "with {} unsent bytes in a send queue of {}",
+                    c.unsent,
+                    c.send_queue.len()
+                ));
+            }
+            if c.tcp_options & !7 != 0 || c.snd_wscale > 14 || c.rcv_wscale > 14 {
+                return Err(format!(
+                    "with TCP options {:#x} and window scales {}/{}",
+                    c.tcp_options, c.snd_wscale, c.rcv_wscale
+                ));
+            }
+            let lock_ok = c.network_lock.starts_with("crest-")
+                && c.network_lock.len() <= 64
+                && c.network_lock
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !lock_ok {
+                return Err(format!("locked by table {:?}", c.network_lock));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A UNIX socket: a known type, a name that fits sun_path (a path exactly when bound to one),
+/// a state its type can have, and a queue of bounded size.
+fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), String> {
+    if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
+        return Err(format!(
+            "file {i} is a UNIX socket of unknown type {}",
+            s.sock_type
+        ));
+    }
+    let stream = s.sock_type != UNIX_SOCK_DGRAM;
+    // sun_path holds 108 bytes; a path also needs its terminating NUL.
+    match &s.name {
+        UnixName::Unnamed => {
+            if !f.path.is_empty() {
+                return Err(format!("file {i} is an unbound UNIX socket with a path"));
+            }
+        }
+        UnixName::Path { bound, .. } => {
+            for p in [bound, &f.path] {
+                if !p.starts_with('/') || p.len() >= UNIX_PATH_MAX || p.contains('\0') {
+                    return Err(format!(
+                        "file {i} is a UNIX socket bound to {p:?}, not an absolute path of at \
+                         most {} bytes",
+                        UNIX_PATH_MAX - 1
+                    ));
+                }
+            }
+        }
+        UnixName::Abstract { name } => {
+            if !f.path.is_empty() || name.len() >= UNIX_PATH_MAX {
+                return Err(format!(
+                    "file {i} is a UNIX socket with an abstract name of {} bytes and path {:?}",
+                    name.len(),
+                    f.path
+                ));
+            }
+        }
+    }
+    if s.shutdown & !3 != 0 {
+        return Err(format!(
+            "file {i} is a UNIX socket with shutdown bits {:#x}",
+            s.shutdown
+        ));
+    }
+    let queued: usize = s.queue.iter().map(|m| m.data.len()).sum();
+    if queued > UNIX_QUEUED_MAX {
+        return Err(format!(
+            "file {i} is a UNIX socket with {queued} queued bytes (at most {UNIX_QUEUED_MAX})"
+        ));
+    }
+    if s.queue.iter().any(|m| m.from.len() > UNIX_PATH_MAX) {
+        return Err(format!(
+            "file {i} is a UNIX socket with a message from a too long name"
+        ));
+    }
+    if stream && s.queue.iter().any(|m| !m.from.is_empty()) {
+        return Err(format!(
+            "file {i} is a UNIX stream or seqpacket socket with a message from a named sender"
+        ));
+    }
+    let named = s.name != UnixName::Unnamed;
+    match &s.state {
+        UnixSocketState::Listening { backlog, pending } => {
+            if *backlog > UNIX_BACKLOG_MAX {
+                return Err(format!(
+                    "file {i} is a UNIX socket listening with backlog {backlog} (at most \
+                     {UNIX_BACKLOG_MAX})"
+                ));
+            }
+            if !stream {
+                return Err(format!("file {i} is a listening UNIX datagram socket"));
+            }
+            if !named {
+                return Err(format!(
+                    "file {i} is a UNIX socket listening without a name"
+                ));
+            }
+            if pending.len() as u64 > u64::from(*backlog) + 1 {
+                return Err(format!(
+                    "file {i} is a UNIX socket with {} connections waiting and backlog {backlog}",
+                    pending.len()
+                ));
+            }
+            if !s.queue.is_empty() {
+                return Err(format!(
+                    "file {i} is a listening UNIX socket with queued data"
+                ));
+            }
+        }
+        UnixSocketState::Connected { .. }
+        | UnixSocketState::PeerClosed
+        | UnixSocketState::Queued { .. }
+        | UnixSocketState::External { .. } => {
+            if stream && named {
+                return Err(format!(
+                    "file {i} is a connected UNIX stream socket recorded with a name"
+                ));
+            }
+            if let UnixSocketState::External { peer_name } = &s.state {
+                if peer_name.is_empty() || peer_name.len() > UNIX_PATH_MAX {
+                    return Err(format!(
+                        "file {i} is a UNIX socket connected to an external peer of a name of \
+                         {} bytes",
+                        peer_name.len()
+                    ));
+                }
+            }
+            if let UnixSocketState::Queued { .. } = s.state {
+                if !stream || !s.queue.is_empty() {
+                    return Err(format!(
+                        "file {i} is a UNIX socket waiting to be accepted with a type or a \
+                         queue it cannot have"
+                    ));
+                }
+            }
+        }
+        UnixSocketState::Unconnected => {}
+    }
+    Ok(())
+}
+
+/// An inotify instance's watches: positive wds in ascending order, each on an absolute path.
+fn check_inotify(i: usize, ino: &Inotify) -> Result<(), String> {
+    let mut last = 0;
+    for w in &ino.watches {
+        if w.wd <= last {
+            return Err(format!(
+                "file {i} is an inotify instance whose watches are not by ascending positive wd \
+                 ({} after {last})",
+                w.wd
+            ));
+        }
+        last = w.wd;
+        if !w.path.starts_with('/') || w.path.contains('\0') {
+            return Err(format!(
+                "file {i} is an inotify instance watching {:?}, not an absolute path",
+                w.path
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What epolls and pidfds refer to in other processes: every epoll target is an open file
+/// description of the tree (`descriptions`: the ids every process lists), and not the epoll
+/// itself; every pidfd names a task of the tree (`tasks`).
+fn check_references(
+    processes: &[ProcessImage],
+    descriptions: &std::collections::HashMap<u32, (u64, u64)>,
+    tasks: &std::collections::HashSet<i32>,
+) -> Result<(), String> {
+    for p in processes {
+        for d in &p.open_files {
+            let Some(f) = p.files.get(d.file as usize) else {
+                continue;
+            };
+            match &f.kind {
+                FileKind::Epoll(ep) => {
+                    for t in &ep.targets {
+                        if !descriptions.contains_key(&t.description) {
+                            return Err(format!(
+                                "process {}: epoll description {} has target fd {} with \
+                                 description {}, which no process has",
+                                p.pid, d.id, t.fd, t.description
+                            ));
+                        }
+                        if t.description == d.id {
+                            return Err(format!(
+                                "process {}: epoll description {} has itself as a target",
+                                p.pid, d.id
+                            ));
+                        }
+                    }
+                }
+                FileKind::Pidfd { pid } if !tasks.contains(pid) => {
+                    return Err(format!(
+                        "process {}: description {} is a pidfd of pid {pid}, which is not a \
+                         task of the tree",
+                        p.pid, d.id
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
@@ -336,63 +659,27 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Event(ev) = &f.kind {
         return check_event(i, ev);
     }
+    if let FileKind::Inotify(ino) = &f.kind {
+        return check_inotify(i, ino);
+    }
+    if let FileKind::Pidfd { pid } = f.kind {
+        if pid <= 0 {
+            return Err(format!("file {i} is a pidfd of pid {pid}"));
+        }
+        return Ok(());
+    }
+    // Created anew; its path is what the fd's link read.
+    if let FileKind::Epoll(_) = f.kind {
+        return Ok(());
+    }
     if let FileKind::Memfd { name, seals } = &f.kind {
         return check_memfd(i, f, name, *seals);
     }
+    if let FileKind::Tcp(t) = &f.kind {
+        return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
+    }
     if let FileKind::UnixSocket(s) = &f.kind {
-        if ![UNIX_SOCK_STREAM, UNIX_SOCK_DGRAM, UNIX_SOCK_SEQPACKET].contains(&s.sock_type) {
-            return Err(format!(
-                "file {i} is a UNIX socket of unknown type {}",
-                s.sock_type
-            ));
-        }
-        match &s.state {
-            UnixSocketState::Listening { backlog, .. } => {
-                if *backlog > UNIX_BACKLOG_MAX {
-                    return Err(format!(
-                        "file {i} is a UNIX socket listening with backlog {backlog} (at most \
-                         {UNIX_BACKLOG_MAX})"
-                    ));
-                }
-                if s.sock_type == UNIX_SOCK_DGRAM {
-                    return Err(format!("file {i} is a listening UNIX datagram socket"));
-                }
-                // sun_path holds 108 bytes with the terminating NUL.
-                if f.path.len() >= UNIX_PATH_MAX {
-                    return Err(format!(
-                        "file {i} is a UNIX socket bound to a path of {} bytes (at most {})",
-                        f.path.len(),
-                        UNIX_PATH_MAX - 1
-                    ));
-                }
-            }
-            UnixSocketState::PeerClosed { queued } | UnixSocketState::Connected { queued, .. } => {
-                if !queued.is_empty() && s.sock_type != UNIX_SOCK_STREAM {
-                    return Err(format!(
-                        "file {i} is a UNIX socket of type {} with queued bytes (only stream \
-                         sockets can hold them)",
-                        s.sock_type
-                    ));
-                }
-                if queued.len() > UNIX_QUEUED_MAX {
-                    return Err(format!(
-                        "file {i} is a UNIX socket with {} queued bytes (at most \
-                         {UNIX_QUEUED_MAX})",
-                        queued.len()
-                    ));
-                }
-                if !f.path.is_empty() {
-                    return Err(format!("file {i} is an unbound UNIX socket with a path"));
-                }
-                return Ok(());
-            }
-            UnixSocketState::Unconnected => {
-                if !f.path.is_empty() {
-                    return Err(format!("file {i} is an unbound UNIX socket with a path"));
-                }
-                return Ok(());
-            }
-        }
+        return check_unix_socket(i, f, s);
     }
     if !f.path.starts_with('/') {
         return Err(format!(
@@ -543,6 +830,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             }
             if let FileKind::Pipe(_) = f.kind {
                 return Err(format!("{} maps a pipe", what()));
+            }
+            if let FileKind::Tcp(_) = f.kind {
+                return Err(format!("{} maps a TCP socket", what()));
             }
             if offset % page_size != 0 {
                 return Err(format!(
@@ -750,7 +1040,8 @@ pub(crate) fn check_tree(
             }
         }
     }
-    Ok(())
+    let tasks: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
+    check_references(processes, &descriptions, &tasks)
 }
 
 /// Longest memfd name memfd_create(2) accepts (MFD_NAME_MAX_LEN).
@@ -1261,6 +1552,70 @@ mod task_tests {
     }
 
     #[test]
+    fn epoll_targets_and_pidfds_must_name_what_the_tree_has() {
+        use std::collections::{HashMap, HashSet};
+        let anon = |kind: FileKind| FileIdentity {
+            path: "anon_inode:[eventpoll]".into(),
+            kind,
+            dev: 0,
+            ino: 0,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            mode: 0,
+        };
+        let target = |description: u32| EpollTarget {
+            fd: 5,
+            description,
+            events: 0x19,
+            data: 7,
+        };
+        let process = |kind: FileKind| ProcessImage {
+            files: vec![anon(kind)],
+            open_files: vec![OpenFileDescription {
+                id: 3,
+                file: 0,
+                flags: 2,
+                pos: 0,
+                locks: vec![],
+            }],
+            pid: 10,
+            ..crate::tests::sample_process()
+        };
+        let descriptions: HashMap<u32, (u64, u64)> = [(3, (0, 0)), (4, (0, 0))].into();
+        let tasks: HashSet<i32> = [10].into();
+        let ok = process(FileKind::Epoll(Epoll {
+            targets: vec![target(4)],
+        }));
+        check_references(&[ok], &descriptions, &tasks).unwrap();
+        let missing = process(FileKind::Epoll(Epoll {
+            targets: vec![target(9)],
+        }));
+        let err = check_references(&[missing], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("description 9"), "{err}");
+        let itself = process(FileKind::Epoll(Epoll {
+            targets: vec![target(3)],
+        }));
+        let err = check_references(&[itself], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("itself"), "{err}");
+        let outside = process(FileKind::Pidfd { pid: 99 });
+        let err = check_references(&[outside], &descriptions, &tasks).unwrap_err();
+        assert!(err.contains("pid 99"), "{err}");
+        let mut bad = Inotify {
+            watches: vec![InotifyWatch {
+                wd: 2,
+                mask: 0x100,
+                path: "/tmp".into(),
+                dev: 1,
+                ino: 2,
+            }],
+        };
+        check_inotify(0, &bad).unwrap();
+        bad.watches.push(bad.watches[0].clone());
+        assert!(check_inotify(0, &bad).unwrap_err().contains("ascending"));
+    }
+
+    #[test]
     fn a_shell_job_names_a_session_leader_and_a_group_leader_of_the_tree() {
         let task = |pid, pgid, sid| TreeTask {
             pid,
@@ -1493,10 +1848,19 @@ mod task_tests {
 mod socket_tests {
     use super::*;
 
-    fn socket(path: &str, sock_type: u32, state: UnixSocketState) -> FileIdentity {
+    fn socket(path: &str, sock_type: u32, name: UnixName, state: UnixSocketState) -> FileIdentity {
         FileIdentity {
             path: path.into(),
-            kind: FileKind::UnixSocket(UnixSocket { sock_type, state }),
+            kind: FileKind::UnixSocket(UnixSocket {
+                sock_type,
+                state,
+                name,
+                queue: Vec::new(),
+                shutdown: 0,
+                passcred: false,
+                sndbuf: 212992,
+                rcvbuf: 212992,
+            }),
             dev: 8,
             ino: 77,
             size: 0,
@@ -1506,22 +1870,63 @@ mod socket_tests {
         }
     }
 
-    #[test]
-    fn unix_sockets_need_a_path_exactly_when_listening() {
-        let listening = UnixSocketState::Listening {
-            backlog: 5,
+    fn path(bound: &str) -> UnixName {
+        UnixName::Path {
+            bound: bound.into(),
+            uid: 0,
+            gid: 0,
             removed: false,
+        }
+    }
+
+    fn with_queue(mut f: FileIdentity, from: &[u8], data: &[u8]) -> FileIdentity {
+        if let FileKind::UnixSocket(s) = &mut f.kind {
+            s.queue.push(UnixMessage {
+                from: from.to_vec(),
+                data: data.to_vec(),
+            });
+        }
+        f
+    }
+
+    #[test]
+    fn unix_sockets_need_a_path_exactly_when_bound_to_one() {
+        use UnixSocketState::*;
+        let listening = || Listening {
+            backlog: 5,
+            pending: vec![],
+        };
+        let abs = || UnixName::Abstract {
+            name: b"crest".to_vec(),
         };
         let ok = [
-            socket("", UNIX_SOCK_STREAM, UnixSocketState::Unconnected),
+            socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected),
+            with_queue(
+                socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, PeerClosed),
+                b"",
+                b"abc",
+            ),
+            socket(
+                "/tmp/.java_pid42",
+                UNIX_SOCK_SEQPACKET,
+                path("/tmp/.java_pid42.tmp"),
+                listening(),
+            ),
+            socket("", UNIX_SOCK_STREAM, abs(), listening()),
+            with_queue(
+                socket("/tmp/d", UNIX_SOCK_DGRAM, path("/tmp/d"), Unconnected),
+                b"\0client",
+                b"datagram",
+            ),
+            socket("", UNIX_SOCK_DGRAM, abs(), Connected { peer: 9 }),
             socket(
                 "",
                 UNIX_SOCK_STREAM,
-                UnixSocketState::PeerClosed {
-                    queued: b"abc".to_vec(),
+                UnixName::Unnamed,
+                External {
+                    peer_name: b"/dev/log".to_vec(),
                 },
             ),
-            socket("/tmp/.java_pid42", UNIX_SOCK_SEQPACKET, listening.clone()),
         ];
         for f in &ok {
             check_file_path(0, f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
@@ -1530,36 +1935,78 @@ mod socket_tests {
         let bad = [
             (
                 "unbound with a path",
-                socket("/tmp/s", UNIX_SOCK_STREAM, UnixSocketState::Unconnected),
+                socket("/tmp/s", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected),
             ),
             (
-                "listening without a path",
-                socket("", UNIX_SOCK_STREAM, listening.clone()),
+                "listening without a name",
+                socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, listening()),
+            ),
+            (
+                "bound without a path",
+                socket("", UNIX_SOCK_STREAM, path("/tmp/s"), listening()),
             ),
             (
                 "relative path",
-                socket("tmp/s", UNIX_SOCK_STREAM, listening.clone()),
+                socket("tmp/s", UNIX_SOCK_STREAM, path("tmp/s"), listening()),
             ),
             (
                 "path too long",
-                socket(&long, UNIX_SOCK_STREAM, listening.clone()),
+                socket(&long, UNIX_SOCK_STREAM, path(&long), listening()),
             ),
-            ("unknown type", socket("", 3, UnixSocketState::Unconnected)),
+            (
+                "unknown type",
+                socket("", 3, UnixName::Unnamed, Unconnected),
+            ),
             (
                 "listening datagram",
-                socket("/tmp/s", UNIX_SOCK_DGRAM, listening),
+                socket("/tmp/s", UNIX_SOCK_DGRAM, path("/tmp/s"), listening()),
             ),
             (
-                "datagram queue",
+                "named stream message",
+                with_queue(
+                    socket(
+                        "",
+                        UNIX_SOCK_STREAM,
+                        UnixName::Unnamed,
+                        Connected { peer: 3 },
+                    ),
+                    b"/tmp/x",
+                    b"a",
+                ),
+            ),
+            (
+                "connected stream with a name",
+                socket("", UNIX_SOCK_STREAM, abs(), Connected { peer: 3 }),
+            ),
+            (
+                "too many waiting",
+                socket(
+                    "",
+                    UNIX_SOCK_STREAM,
+                    abs(),
+                    Listening {
+                        backlog: 0,
+                        pending: vec![1, 2],
+                    },
+                ),
+            ),
+            (
+                "external without a name",
                 socket(
                     "",
                     UNIX_SOCK_DGRAM,
-                    UnixSocketState::PeerClosed { queued: vec![1] },
+                    UnixName::Unnamed,
+                    External { peer_name: vec![] },
                 ),
             ),
         ];
         for (what, f) in &bad {
             assert!(check_file_path(0, f).is_err(), "{what} was accepted");
         }
+        let mut shut = socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected);
+        if let FileKind::UnixSocket(s) = &mut shut.kind {
+            s.shutdown = 4;
+        }
+        assert!(check_file_path(0, &shut).is_err());
     }
 }

@@ -26,15 +26,20 @@ struct Cli {
 enum Command {
     /// List the kernel features and privileges crest relies on; exit 0 when dump and restore can work.
     Check,
-    /// Checkpoint a process into an image directory.
+    /// Checkpoint a process and its descendants into an image directory; this ENDS them unless -R.
+    ///
+    /// The tree is frozen, written to the image directory, and killed once the image is
+    /// complete, so that `crest restore` can bring it back under the same pids. With
+    /// -R (--leave-running) it runs on instead. A dump that fails or refuses something it cannot
+    /// take leaves every process running exactly as before.
     Dump {
-        /// Pid of the process to dump.
+        /// Pid of the process to dump, with all its descendants.
         #[arg(short = 't', long = "tree")]
         pid: i32,
         /// Image directory to write (replaced atomically if it exists).
         #[arg(short = 'D', long = "images-dir")]
         dir: PathBuf,
-        /// Leave the process running after the dump instead of killing it.
+        /// Leave the processes running after the dump (without it they are killed).
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
         /// Do not ask a HotSpot JVM for a full GC before freezing it.
@@ -51,6 +56,11 @@ enum Command {
         /// shell's terminal, and `crest restore --shell-job` attaches them to its own.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Dump UNIX sockets connected to a named socket outside the tree (a server such as
+        /// /dev/log) instead of refusing them; the restore (also given --ext-unix-sk) connects
+        /// them to that name again.
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
     },
     /// Restore a process from an image directory, under its original pid.
     Restore {
@@ -79,6 +89,10 @@ enum Command {
         /// tree was.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Allow an image whose UNIX sockets were connected to a socket outside the tree (dumped
+        /// with --ext-unix-sk): they are connected to that name again.
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
     },
     /// Show an image in readable form.
     Show {
@@ -123,6 +137,7 @@ fn dispatch(command: Command) -> Result<i32> {
             gc_hint_timeout,
             stats_json,
             shell_job,
+            ext_unix_sk,
         } => {
             let gc_hint_timeout = Duration::try_from_secs_f64(gc_hint_timeout)
                 .context("--gc-hint-timeout wants a number of seconds, 0 or more")?;
@@ -133,6 +148,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 gc_hint: !no_gc_hint,
                 gc_hint_timeout,
                 shell_job,
+                ext_unix_sk,
             };
             let report = crest::dump::dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
@@ -156,6 +172,7 @@ fn dispatch(command: Command) -> Result<i32> {
             pidns,
             inherit_fd,
             shell_job,
+            ext_unix_sk,
         } => {
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
@@ -164,6 +181,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 pidns,
                 inherit: inherit_fd,
                 shell_job,
+                ext_unix_sk,
             };
             let restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
@@ -179,8 +197,15 @@ fn dispatch(command: Command) -> Result<i32> {
             }
         }
         Command::Show { dir, json } => {
-            let image = crest::images::open_image(&dir)
+            // Only the metadata is shown: a damaged page file is reported, not fatal.
+            let (image, damaged) = crest::images::open_image_metadata(&dir)
                 .with_context(|| format!("cannot read image {}", dir.display()))?;
+            for problem in &damaged {
+                eprintln!(
+                    "crest: warning: the page data is damaged ({problem}); the image cannot be \
+                     restored, its metadata follows"
+                );
+            }
             if json {
                 println!("{}", crest::show::render_json(&image)?);
             } else {

@@ -110,10 +110,13 @@ impl FdWalk<'_> {
                 ))
             }
             FdTarget::Socket(_) | FdTarget::Pipe(_) => None,
-            FdTarget::AnonInode(kind) if crate::events::handles(kind) => None,
-            FdTarget::AnonInode(kind) => {
-                return Err(refuse(pid, fd, format!("an anonymous inode ({kind})")))
+            FdTarget::AnonInode(kind)
+                if crate::events::handles(kind)
+                    || matches!(kind.as_str(), "[eventpoll]" | "inotify" | "[pidfd]") =>
+            {
+                None
             }
+            FdTarget::AnonInode(kind) => return Err(refuse(pid, fd, crate::events::refusal(kind))),
             FdTarget::Memfd(_) => None,
             FdTarget::Other(link) => {
                 return Err(refuse(
@@ -175,6 +178,34 @@ impl FdWalk<'_> {
                     unreachable!("matched above")
                 };
                 let info = proc.fdinfo(fd)?;
+                match kind.as_str() {
+                    "[eventpoll]" => {
+                        let ident = crate::events::epoll::identity(&info.epoll, md.dev(), md.ino());
+                        return self.add_description(entry, files.push(ident), &md, files);
+                    }
+                    "inotify" => {
+                        let ident = crate::events::inotify::identity(
+                            proc,
+                            fd,
+                            &info.inotify,
+                            md.dev(),
+                            md.ino(),
+                        )
+                        .map_err(|why| refuse(pid, fd, why))?;
+                        return self.add_description(entry, files.push(ident), &md, files);
+                    }
+                    "[pidfd]" => {
+                        let ident = crate::events::pidfd::identity(
+                            info.pidfd_pid,
+                            info.flags,
+                            md.dev(),
+                            md.ino(),
+                        )
+                        .map_err(|why| refuse(pid, fd, why))?;
+                        return self.add_description(entry, files.push(ident), &md, files);
+                    }
+                    _ => {}
+                }
                 let event = info.event.ok_or_else(|| {
                     refuse(
                         pid,
@@ -201,7 +232,21 @@ impl FdWalk<'_> {
                 files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?
             }
         };
-        let info = proc.fdinfo(fd)?;
+        self.add_description(entry, idx, &md, files)
+    }
+
+    /// Records fd `entry`, whose file is `idx` of `files` (`md`: its fstat), grouping it with
+    /// the fds of the same description.
+    fn add_description(
+        &mut self,
+        entry: &OpenFd,
+        idx: u32,
+        md: &std::fs::Metadata,
+        files: &mut FileTable,
+    ) -> Result<(), DumpError> {
+        let pid = self.proc.pid();
+        let fd = entry.fd;
+        let info = self.proc.fdinfo(fd)?;
         let cloexec = info.flags & O_CLOEXEC != 0;
         let shown = match &entry.target {
             FdTarget::Path { path, .. } => path.display().to_string(),

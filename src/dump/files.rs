@@ -122,6 +122,11 @@ impl FileTable {
         &self.files[idx as usize]
     }
 
+    /// The file at `idx`, which the table returned, to change.
+    pub fn get_mut(&mut self, idx: u32) -> &mut FileIdentity {
+        &mut self.files[idx as usize]
+    }
+
     /// Adds `identity` as a file of its own, whatever its inode: an event fd's anonymous inode
     /// is one for every such fd, each with its own state.
     pub fn push(&mut self, identity: FileIdentity) -> u32 {

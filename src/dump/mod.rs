@@ -26,6 +26,7 @@ mod parasite;
 mod pipes;
 mod problems;
 mod process;
+mod references;
 mod seccomp;
 mod shared;
 pub(crate) mod sockdiag;
@@ -34,6 +35,7 @@ mod task;
 mod threads;
 mod tree;
 mod tty;
+mod unix_tree;
 mod vmas;
 
 // Dumping needs register capture, which exists on x86_64 only so far.
@@ -76,6 +78,9 @@ pub struct DumpOptions {
     pub gc_hint_timeout: Duration,
     /// `--shell-job`: the tree may be attached to the terminal crest runs on.
     pub shell_job: bool,
+    /// `--ext-unix-sk`: UNIX sockets connected to a named socket outside the tree are dumped
+    /// (and connected to that name again at restore) instead of refused.
+    pub ext_unix_sk: bool,
 }
 
 /// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
@@ -90,6 +95,7 @@ impl Default for DumpOptions {
             gc_hint: true,
             gc_hint_timeout: DEFAULT_GC_HINT_TIMEOUT,
             shell_job: false,
+            ext_unix_sk: false,
         }
     }
 }
@@ -116,6 +122,12 @@ pub enum DumpError {
     NoSuchProcess { pid: i32 },
     #[error("crest cannot dump itself (pid {pid})")]
     SelfDump { pid: i32 },
+    #[error(
+        "process {pid} is an ancestor of crest (pid {crest}): its tree holds crest itself, which \
+         cannot be frozen, and dumping the shell crest runs from would end it; run crest from \
+         outside that tree (another terminal or session), or dump one of its children"
+    )]
+    AncestorDump { pid: i32, crest: i32 },
     #[error("process {pid} is a kernel thread; only user processes can be dumped")]
     KernelThread { pid: i32 },
     #[error("process {pid} is a zombie (it has exited and waits for its parent to reap it)")]
@@ -267,6 +279,9 @@ pub enum DumpError {
     Settings(#[from] crate::pstate::StateError),
     #[error(transparent)]
     Locks(#[from] crate::files::locks::LockError),
+    /// The network lock or the TCP connections in repair mode ([`crate::net`]).
+    #[error("{0}")]
+    Network(String),
 }
 
 impl DumpError {
@@ -378,6 +393,9 @@ impl DumpReport {
             phases.join(", "),
             s.frozen_us as f64 / 1000.0
         );
+        if let Some(slowest) = slowest_phase(s) {
+            out += &format!("  slowest: {slowest}\n");
+        }
         for note in &self.notes {
             out += &format!("  note: {note}\n");
         }
@@ -398,6 +416,41 @@ impl DumpReport {
             "notes": self.notes,
             "stats": self.stats,
         })
+    }
+}
+
+/// Dumps shorter than this are not worth explaining.
+const SLOW_DUMP_US: u64 = 1_000_000;
+
+/// For a slow dump, the phase that took most of the time, e.g. `pages: 5.0 s of 6.1 s, 1.5 GiB
+/// of memory read at 300 MiB/s, 1.2 GiB written` (sizes and rate for the page phase).
+fn slowest_phase(s: &DumpStats) -> Option<String> {
+    let total: u64 = s.phases_us.iter().map(|(_, us)| us).sum();
+    if total < SLOW_DUMP_US {
+        return None;
+    }
+    let (name, us) = s.phases_us.iter().max_by_key(|(_, us)| *us)?;
+    let secs = |us: u64| us as f64 / 1e6;
+    let mut text = format!("{name}: {:.1} s of {:.1} s", secs(*us), secs(total));
+    if name == "pages" && *us > 0 {
+        // What the page phase reads: every present page but those left to their file.
+        let read = s.pages_present.saturating_sub(s.pages_file_backed) * crate::arch::page_size();
+        text += &format!(
+            ", {} of memory read at {:.0} MiB/s, {} written",
+            size_text(read),
+            mib(read) / secs(*us),
+            size_text(s.bytes_written)
+        );
+    }
+    Some(text)
+}
+
+/// `1.5 GiB` or `12.3 MiB`.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", mib(bytes))
     }
 }
 
@@ -445,10 +498,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     let mut phases = Phases::new();
     let before = tree::descendants(pid);
-    if before.contains(&(std::process::id() as i32)) {
-        return Err(DumpError::SelfDump {
-            pid: std::process::id() as i32,
-        });
+    let crest = std::process::id() as i32;
+    if before.contains(&crest) {
+        return Err(DumpError::AncestorDump { pid, crest });
     }
     let gc_hint = if opts.gc_hint {
         gc_hints(&before, opts.gc_hint_timeout)
@@ -473,8 +525,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     };
     phases.end("prepare");
 
+    // Declared before the TCP session, so that on failure the session is undone (repair mode
+    // off, lock deleted) before the tree is released.
+    let frozen;
+    let mut procs;
+    // The tree's TCP connections are locked before the freeze ([`crate::net::lock`]).
+    let net = crate::net::tcp_dump::Session::begin(pid, &before)
+        .map_err(|e| DumpError::Network(e.to_string()))?;
+    if net.locked() {
+        phases.end("network lock");
+    }
+
     let freeze_start = Instant::now();
-    let frozen = tree::freeze(&root, opts.shell_job)?;
+    frozen = tree::freeze(&root, opts.shell_job)?;
     fault::point("seize")?;
     phases.end("freeze");
     // A tree whose sessions and groups a restore could not recreate is refused now, before
@@ -485,7 +548,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
     // Refusals of every process are reported together (each refused process is released as
     // its collect fails, with its parasite already gone).
-    let mut procs = Vec::with_capacity(frozen.processes.len());
+    procs = Vec::with_capacity(frozen.processes.len());
     let mut problems = problems::Problems::new();
     for p in frozen.processes {
         procs.extend(problems.take(process::collect(
@@ -496,7 +559,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         ))?);
     }
     problems.finish()?;
-    shared::resolve(&mut procs)?;
+    let tcp_us = net.spent().as_micros() as u64;
+    if tcp_us > 0 {
+        // Spent within "collect": the TCP sockets' share of it.
+        phases
+            .done
+            .push(("tcp sockets (in collect)".to_string(), tcp_us));
+    }
+    shared::resolve(&mut procs, opts.ext_unix_sk)?;
     phases.end("resolve");
 
     let mut writer = ImageWriter::create(&opts.dir)?;
@@ -539,6 +609,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             .iter()
             .all(|(c, s)| c.is_ok() && s.injected.is_none())
     {
+        net.leave_running().map_err(DumpError::Network)?;
         for p in &mut procs {
             p.frozen.take().expect("frozen until released").release()?;
         }
@@ -628,6 +699,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         phases.end("kill");
         stats.frozen_us = freeze_start.elapsed().as_micros() as u64;
+    }
+    if !released {
+        net.killed();
     }
     stats.phases_us = phases.done;
 

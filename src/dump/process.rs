@@ -57,6 +57,8 @@ pub fn collect(
     phases: &mut Phases,
 ) -> Result<CollectedProcess, DumpError> {
     let pid = proc.pid();
+    // Dropped before `frozen` on failure: connections leave repair mode before the release.
+    let tcp = crate::net::tcp_dump::ProcessGuard::new(pid);
     let tids = frozen.tids();
     let (mut threads, notes, mut task_state, brk, securebits, raw_settings) =
         std::thread::scope(|scope| {
@@ -119,6 +121,7 @@ pub fn collect(
     let rlimits = task::rlimits(&proc)?;
     let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");
+    tcp.collected();
     Ok(CollectedProcess {
         proc,
         frozen: Some(frozen),

@@ -5,6 +5,7 @@
 //!   process gets the same one back (one offset, one set of status flags, one lock owner).
 //! - A pipe whose read and write ends are both held inside the tree is whole: its buffered bytes
 //!   are captured (once) and it is recreated; one with an end outside stays external.
+//! - UNIX sockets: pairs, waiting connections and outside peers ([`super::unix_tree`]).
 //! - Shared anonymous memory is one shmem object per inode: its content is stored once, by the
 //!   first VMA of the tree that maps each range; a memfd's, by the first process that holds it.
 //! - Address spaces, fd tables and fs info shared by CLONE_VM, CLONE_FILES or CLONE_FS between
@@ -12,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::images::{FileKind, Pipe, UnixSocket, UnixSocketState, VmaBacking};
+use crate::images::{FileKind, Pipe, VmaBacking};
 use crate::pages::AreaKind;
 use crate::sys::{self, Kcmp};
 
@@ -21,10 +22,12 @@ use super::process::CollectedProcess;
 use super::DumpError;
 
 /// Resolves everything the processes of `procs` (in tree order) share.
-pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
+/// `ext_unix_sk`: UNIX connections to named sockets outside the tree are allowed.
+pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), DumpError> {
     refuse_shared_tables(procs)?;
-    refuse_peers_outside(procs)?;
+    super::unix_tree::resolve(procs, ext_unix_sk)?;
     assign_description_ids(procs)?;
+    super::references::resolve(procs)?;
     classify_pipes(procs)?;
     store_shared_memory_once(procs);
     Ok(())
@@ -58,42 +61,6 @@ fn refuse_shared_tables(procs: &[CollectedProcess]) -> Result<(), DumpError> {
                             errno,
                         })
                     }
-                }
-            }
-        }
-    }
-    DumpError::refused(problems)
-}
-
-/// A connected UNIX socket whose peer no process of the tree holds (a connection to a server
-/// or client outside the tree) cannot be recreated: refused, naming the pid and fd.
-fn refuse_peers_outside(procs: &[CollectedProcess]) -> Result<(), DumpError> {
-    let sockets: HashSet<u64> = procs
-        .iter()
-        .flat_map(|p| p.fd_table.open_files.iter().map(|d| p.files.get(d.file)))
-        .filter(|f| matches!(f.kind, FileKind::UnixSocket(_)))
-        .map(|f| f.ino)
-        .collect();
-    let mut problems = Vec::new();
-    for p in procs {
-        for f in &p.fd_table.fds {
-            let ident = p.description_file(f.description);
-            if let FileKind::UnixSocket(UnixSocket {
-                state: UnixSocketState::Connected { peer, .. },
-                ..
-            }) = &ident.kind
-            {
-                if !sockets.contains(peer) {
-                    problems.push(DumpError::UnsupportedFd {
-                        pid: p.pid(),
-                        fd: f.fd,
-                        what: format!(
-                            "a UNIX socket (inode {}) connected to socket inode {peer}, which \
-                             no process of the tree holds (a connection to a process outside \
-                             the tree)",
-                            ident.ino
-                        ),
-                    });
                 }
             }
         }

@@ -168,6 +168,94 @@ pub fn query(ino: u64) -> Result<UnixDiag, SockDiagError> {
     parse(ino, &buf[..n])
 }
 
+/// The socket files (inode, device) that a live AF_UNIX socket of crest's network namespace
+/// is bound to: a file listed here is in use, one missing is stale.
+pub fn bound_files() -> Result<std::collections::HashSet<(u64, u64)>, SockDiagError> {
+    let io = |what: &'static str| SockDiagError::Io {
+        ino: 0,
+        what,
+        errno: Errno::last(),
+    };
+    // SAFETY: socket(2) takes only integers.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(SockDiagError::Unavailable {
+            errno: Errno::last(),
+        });
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let nl = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut req = Vec::with_capacity(NLMSG_HDR + 24);
+    req.extend_from_slice(&((NLMSG_HDR + 24) as u32).to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.push(libc::AF_UNIX as u8);
+    req.push(0);
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes()); // every inode
+    req.extend_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // SAFETY: req is a readable buffer of req.len() bytes.
+    if unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(SockDiagError::Unavailable {
+            errno: Errno::last(),
+        });
+    }
+    let mut out = std::collections::HashSet::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is a writable buffer of buf.len() bytes.
+        let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if n < 0 {
+            return Err(io("recv"));
+        }
+        let mut at = 0usize;
+        let n = n as usize;
+        while at + NLMSG_HDR <= n {
+            let len = u32_at(&buf, at) as usize;
+            if len < NLMSG_HDR || at + len > n {
+                return Err(SockDiagError::Malformed {
+                    ino: 0,
+                    detail: format!("a dump message of length {len} at {at}"),
+                });
+            }
+            let ty = u16_at(&buf, at + 4);
+            if ty == libc::NLMSG_DONE as u16 {
+                return Ok(out);
+            }
+            let d = parse_msg(None, &buf[at..at + len])?;
+            if let Some(vfs) = d.vfs {
+                out.insert(vfs);
+            }
+            at += len.next_multiple_of(4);
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// A socket name for messages: the path, or `@name` for an abstract one.
+pub fn name_text(name: &[u8]) -> String {
+    match name.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
 }
@@ -178,6 +266,12 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Parses one answer: an `nlmsghdr` with either an error or a `unix_diag_msg` and attributes.
 fn parse(ino: u64, msg: &[u8]) -> Result<UnixDiag, SockDiagError> {
+    parse_msg(Some(ino), msg)
+}
+
+/// [`parse`] of one message of a dump (`expect`: None) or of an answer about one inode.
+fn parse_msg(expect: Option<u64>, msg: &[u8]) -> Result<UnixDiag, SockDiagError> {
+    let ino = expect.unwrap_or(0);
     let bad = |detail: String| SockDiagError::Malformed { ino, detail };
     if msg.len() < NLMSG_HDR {
         return Err(bad(format!("{} bytes, shorter than a header", msg.len())));
@@ -212,7 +306,7 @@ fn parse(ino: u64, msg: &[u8]) -> Result<UnixDiag, SockDiagError> {
         state: body[2],
         ..UnixDiag::default()
     };
-    if d.ino != ino {
+    if expect.is_some() && d.ino != ino {
         return Err(bad(format!("the answer is about inode {}", d.ino)));
     }
     let mut at = UNIX_DIAG_MSG;
@@ -328,6 +422,23 @@ mod tests {
         let d = query(ino(&l)).unwrap();
         assert_eq!(d.rqueue, 1);
         assert_eq!(d.pending.len(), 1);
+    }
+
+    #[test]
+    fn bound_files_lists_live_sockets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let l = UnixListener::bind(&live).unwrap();
+        let stale = dir.path().join("stale");
+        drop(UnixListener::bind(&stale).unwrap());
+        let files = bound_files().unwrap();
+        let key = |p: &std::path::Path| {
+            let md = std::fs::symlink_metadata(p).unwrap();
+            (md.ino(), md.dev())
+        };
+        assert!(files.contains(&key(&live)));
+        assert!(!files.contains(&key(&stale)));
+        drop(l);
     }
 
     #[test]

@@ -1,23 +1,25 @@
-//! Sockets of the fd table: which AF_UNIX sockets a restore can recreate, and what it needs
-//! to do so.
+//! Sockets of the fd table: how each AF_UNIX socket is recorded for a restore to recreate it.
 //!
 //! crest takes its own duplicate of the process's fd (pidfd_getfd: the same socket) to ask it
-//! its family and type, and asks the kernel (sock_diag, [`super::sockdiag`]) what it is doing.
-//! Three cases come back faithfully and cover what a JVM has:
-//! - an unbound socket never connected (socket(2) alone);
-//! - an unbound end of a connected pair whose peer has been closed — JDK 17's NIO keeps one to
-//!   dup2 over fds it closes asynchronously (socketpair, then close one end). Unread bytes its
-//!   peer left are captured with MSG_PEEK (a stream socket's queue is plain bytes unless it
-//!   carries fds or credentials, which are refused);
-//! - a socket bound to a path and listening, with no connection waiting — HotSpot's attach
-//!   listener, `/tmp/.java_pid<pid>`, bound as `.java_pid<pid>.tmp` and renamed. sock_diag
-//!   gives the inode of the socket file; crest finds it under the bound name or, after a rename,
-//!   in the same directory.
-//!
-//! Everything else (other families, live peers, bound but idle sockets, abstract names,
-//! connections waiting to be accepted) is refused with what it is.
+//! its family, type and options, and asks the kernel (sock_diag, [`super::sockdiag`]) what it is
+//! doing: its state, name, peer, accept queue, queue lengths and shutdown state. Per socket:
+//! - the name: a path (sock_diag gives the inode of the socket file; crest finds it under the
+//!   bound name or, after a rename, in the same directory, with its mode and owner; a removed
+//!   file is recorded as such) or an abstract name. A connected stream or seqpacket socket's
+//!   name is not kept: an accepted connection carries its listener's, which the listener has;
+//! - its receive queue, peeked without consuming it: a stream socket's bytes; a seqpacket or
+//!   datagram socket's records one by one (SO_PEEK_OFF moves through the queue, then is turned
+//!   off again), each datagram with its sender's name. Data carrying fds or credentials
+//!   (SCM_RIGHTS / SCM_CREDENTIALS) is refused;
+//! - shutdown state, SO_PASSCRED, buffer sizes;
+//! - its state: unconnected (bound or not), listening (with the embryos of the connections
+//!   waiting), connected to a peer inode (whether that peer is in the tree, an embryo waiting
+//!   in a listener of the tree, or outside, is decided tree-wide in [`super::unix_tree`]), or
+//!   connected with its peer closed.
 
 use std::fs::Metadata;
+#[cfg(test)]
+use std::os::fd::FromRawFd;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt};
@@ -25,15 +27,18 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-use crate::images::{FileIdentity, FileKind, UnixSocket, UnixSocketState};
+use crate::images::{FileIdentity, FileKind, UnixMessage, UnixName, UnixSocket, UnixSocketState};
 use crate::sys;
 
 use super::sockdiag::{self, UnixDiag, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 use super::DumpError;
 
-/// Most unread bytes crest captures from a socket whose peer is closed (the images crate
-/// accepts up to 64 MiB; a default UNIX socket queue holds far less).
+/// Most unread bytes crest captures from one socket (the images crate accepts up to 64 MiB; a
+/// default UNIX socket queue holds far less).
 const QUEUED_MAX: u32 = 16 << 20;
+/// Largest single record or datagram crest peeks (a UNIX datagram is bounded by the sender's
+/// send buffer, at most a few MiB).
+const MESSAGE_MAX: usize = 8 << 20;
 
 /// Reads the sockets of one process; opens its pidfd on first use.
 pub struct Sockets {
@@ -87,6 +92,22 @@ impl Sockets {
                 format!("a socket (inode {ino}) whose family cannot be read: {e}"),
             )
         })?;
+        if (family == libc::AF_INET || family == libc::AF_INET6)
+            && crate::net::tcp_dump::is_tcp(std::os::fd::AsFd::as_fd(&copy))
+        {
+            let tcp = crate::net::tcp_dump::record(self.pid, fd, copy)
+                .map_err(|what| self.refuse(fd, what))?;
+            return Ok(FileIdentity {
+                path: String::new(),
+                kind: FileKind::Tcp(tcp),
+                dev: md.dev(),
+                ino,
+                size: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                mode: 0,
+            });
+        }
         if family != libc::AF_UNIX {
             return Err(self.refuse(
                 fd,
@@ -106,11 +127,94 @@ impl Sockets {
         let diag = sockdiag::query(ino)
             .map_err(|e| self.refuse(fd, format!("a UNIX {ty} socket (inode {ino}): {e}")))?;
         let what = |state: &str| format!("a UNIX {ty} socket (inode {ino}) {state}");
-        let identity = |path: String, mode: u32, state: UnixSocketState| FileIdentity {
+        let opt = |o: libc::c_int, name: &str| {
+            sockopt(&copy, o).map_err(|e| {
+                self.refuse(
+                    fd,
+                    what(&format!("whose option {name} cannot be read: {e}")),
+                )
+            })
+        };
+        let passcred = opt(libc::SO_PASSCRED, "SO_PASSCRED")? != 0;
+        let sndbuf = opt(libc::SO_SNDBUF, "SO_SNDBUF")? as u32;
+        let rcvbuf = opt(libc::SO_RCVBUF, "SO_RCVBUF")? as u32;
+        let stream = sock_type != libc::SOCK_DGRAM;
+
+        let state = if stream {
+            match diag.state {
+                TCP_LISTEN => UnixSocketState::Listening {
+                    backlog: diag.wqueue,
+                    // The clients of the waiting connections (0: a client closed since).
+                    pending: diag.pending.clone(),
+                },
+                TCP_ESTABLISHED => match diag.peer {
+                    // A closed peer shuts the survivor down both ways. Otherwise the peer has no
+                    // inode because no fd holds it yet: the connection waits in a listener's
+                    // accept queue (unix_tree finds whether that listener is in the tree).
+                    None | Some(0) if diag.shutdown != 3 => UnixSocketState::External {
+                        peer_name: peer_name(&copy).map_err(|e| {
+                            self.refuse(fd, what(&format!("whose peer name cannot be read: {e}")))
+                        })?,
+                    },
+                    None | Some(0) => UnixSocketState::PeerClosed,
+                    Some(peer) => UnixSocketState::Connected { peer },
+                },
+                TCP_CLOSE => UnixSocketState::Unconnected,
+                state => {
+                    return Err(self.refuse(
+                        fd,
+                        what(&format!(
+                            "in state {state} (connecting or closing), which crest cannot \
+                             recreate"
+                        )),
+                    ))
+                }
+            }
+        } else {
+            // A datagram socket is "established" as soon as anyone connected to it: only its
+            // own peer says whether it is connected.
+            match diag.peer {
+                None => UnixSocketState::Unconnected,
+                Some(0) => UnixSocketState::PeerClosed,
+                Some(peer) => UnixSocketState::Connected { peer },
+            }
+        };
+        let connected_stream = stream
+            && matches!(
+                state,
+                UnixSocketState::Connected { .. }
+                    | UnixSocketState::PeerClosed
+                    | UnixSocketState::External { .. }
+            );
+        let (name, path, mode) = match &diag.name {
+            None => (UnixName::Unnamed, String::new(), md.mode()),
+            // An accepted connection's name is its listener's; the restored pair has none.
+            Some(_) if connected_stream => (UnixName::Unnamed, String::new(), md.mode()),
+            Some(n) if n.first() == Some(&0) => (
+                UnixName::Abstract {
+                    name: n[1..].to_vec(),
+                },
+                String::new(),
+                md.mode(),
+            ),
+            Some(_) => self.bound_file(fd, &diag, &what)?,
+        };
+        let queue = if matches!(state, UnixSocketState::Listening { .. }) {
+            Vec::new()
+        } else {
+            self.queued(fd, &copy, &diag, sock_type, &what)?
+        };
+        Ok(FileIdentity {
             path,
             kind: FileKind::UnixSocket(UnixSocket {
                 sock_type: sock_type as u32,
                 state,
+                name,
+                queue,
+                shutdown: diag.shutdown,
+                passcred,
+                sndbuf,
+                rcvbuf,
             }),
             dev: md.dev(),
             ino,
@@ -118,109 +222,32 @@ impl Sockets {
             mtime_sec: 0,
             mtime_nsec: 0,
             mode,
-        };
-        match diag.state {
-            TCP_LISTEN => {
-                let (path, mode, removed) = self.listening_file(fd, &diag, &what)?;
-                let waiting = diag.pending.len().max(diag.rqueue as usize);
-                if waiting > 0 {
-                    return Err(self.refuse(
-                        fd,
-                        what(&format!(
-                            "listening on {path} with {waiting} connection(s) waiting to be \
-                             accepted, which cannot be carried over; dump it when they are"
-                        )),
-                    ));
-                }
-                let state = UnixSocketState::Listening {
-                    backlog: diag.wqueue,
-                    removed,
-                };
-                Ok(identity(path, mode, state))
-            }
-            TCP_ESTABLISHED => {
-                if let Some(name) = &diag.name {
-                    return Err(self.refuse(
-                        fd,
-                        what(&format!(
-                            "connected under the address {} (a connection accepted by the \
-                             listener there, or a bound socket that connected); crest can dump \
-                             only unbound connected sockets whose peer is closed",
-                            name_text(name)
-                        )),
-                    ));
-                }
-                let queued = self.queued(fd, &copy, &diag, sock_type, &what)?;
-                // A live peer must be in the tree too; shared.rs checks that once every
-                // process is collected.
-                let state = match diag.peer {
-                    None | Some(0) => UnixSocketState::PeerClosed { queued },
-                    Some(peer) => UnixSocketState::Connected { peer, queued },
-                };
-                Ok(identity(String::new(), md.mode(), state))
-            }
-            TCP_CLOSE => {
-                if let Some(name) = &diag.name {
-                    return Err(self.refuse(
-                        fd,
-                        what(&format!(
-                            "bound to {} but neither listening nor connected; crest cannot \
-                             dump it yet",
-                            name_text(name)
-                        )),
-                    ));
-                }
-                if diag.shutdown != 0 || diag.rqueue != 0 {
-                    return Err(self.refuse(
-                        fd,
-                        what("that is unconnected but shut down or holding data"),
-                    ));
-                }
-                Ok(identity(
-                    String::new(),
-                    md.mode(),
-                    UnixSocketState::Unconnected,
-                ))
-            }
-            state => Err(self.refuse(
-                fd,
-                what(&format!(
-                    "in state {state} (connecting or closing); crest can dump only unconnected, \
-                     listening or peer-closed UNIX sockets"
-                )),
-            )),
-        }
+        })
     }
 
-    /// Where a listening socket's file is now, its mode, and whether it is gone.
-    fn listening_file(
+    /// The name of a socket bound to a path: where its file is now, its mode and owner, and
+    /// whether it is gone.
+    fn bound_file(
         &self,
         fd: i32,
         diag: &UnixDiag,
         what: &dyn Fn(&str) -> String,
-    ) -> Result<(String, u32, bool), DumpError> {
-        let name = match &diag.name {
-            None => {
-                return Err(self.refuse(fd, what("listening without a name (not bound)")));
-            }
-            Some(n) if n.first() == Some(&0) => {
-                return Err(self.refuse(
-                    fd,
-                    what(&format!(
-                        "listening on the abstract name {}; abstract names cannot be dumped yet",
-                        name_text(n)
-                    )),
-                ))
-            }
-            Some(n) => PathBuf::from(std::ffi::OsStr::from_bytes(n)),
-        };
+    ) -> Result<(UnixName, String, u32), DumpError> {
+        let raw = diag.name.as_deref().unwrap_or_default();
+        let name = PathBuf::from(std::ffi::OsStr::from_bytes(raw));
         let shown = name.display().to_string();
+        let bound = name.to_str().map(str::to_string).ok_or_else(|| {
+            self.refuse(
+                fd,
+                what(&format!("bound to {shown}, a path that is not UTF-8")),
+            )
+        })?;
         if !name.is_absolute() {
             return Err(self.refuse(
                 fd,
                 what(&format!(
-                    "listening on the relative path {shown:?}, which cannot be resolved after \
-                     the fact"
+                    "bound to the relative path {shown:?}, which cannot be resolved after the \
+                     fact"
                 )),
             ));
         }
@@ -228,38 +255,44 @@ impl Sockets {
             return Err(self.refuse(
                 fd,
                 what(&format!(
-                    "listening on {shown}, but the kernel does not say which file it is"
+                    "bound to {shown}, but the kernel does not say which file it is"
                 )),
             ));
         };
         match find_socket_file(&name, ino, dev) {
-            Some((path, mode)) => {
+            Some((path, md)) => {
                 let path = path.to_str().map(str::to_string).ok_or_else(|| {
                     self.refuse(
                         fd,
                         what(&format!(
-                            "listening on {}, a path that is not UTF-8",
+                            "bound to {}, a path that is not UTF-8",
                             path.display()
                         )),
                     )
                 })?;
-                Ok((path, mode, false))
+                let name = UnixName::Path {
+                    bound,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    removed: false,
+                };
+                Ok((name, path, md.mode()))
             }
-            // Removed since it was bound: the restore binds and removes it again. Its mode is
-            // gone with it; owner-only is what the file has while it briefly exists.
+            // Removed since it was bound: the restore binds and removes it again. Its mode and
+            // owner are gone with it; owner-only, root's, is what it has while it briefly exists.
             None => {
-                let path = name.to_str().map(str::to_string).ok_or_else(|| {
-                    self.refuse(
-                        fd,
-                        what(&format!("listening on {shown}, a path that is not UTF-8")),
-                    )
-                })?;
-                Ok((path, libc::S_IFSOCK | 0o600, true))
+                let name = UnixName::Path {
+                    bound: bound.clone(),
+                    uid: 0,
+                    gid: 0,
+                    removed: true,
+                };
+                Ok((name, bound, libc::S_IFSOCK | 0o600))
             }
         }
     }
 
-    /// The bytes the peer sent and nobody read yet, peeked without consuming them.
+    /// What the socket's receive queue holds, peeked without consuming it.
     fn queued(
         &self,
         fd: i32,
@@ -267,19 +300,12 @@ impl Sockets {
         diag: &UnixDiag,
         sock_type: i32,
         what: &dyn Fn(&str) -> String,
-    ) -> Result<Vec<u8>, DumpError> {
+    ) -> Result<Vec<UnixMessage>, DumpError> {
+        // For a stream or seqpacket socket rqueue is every byte queued; for a datagram socket
+        // the size of the next one (0 also for an empty one, which the walk below finds).
         let n = diag.rqueue;
-        if n == 0 {
+        if n == 0 && sock_type != libc::SOCK_DGRAM {
             return Ok(Vec::new());
-        }
-        if sock_type != libc::SOCK_STREAM {
-            return Err(self.refuse(
-                fd,
-                what(&format!(
-                    "holding unread messages ({n} bytes); crest can capture unread data only \
-                     from stream sockets"
-                )),
-            ));
         }
         if n > QUEUED_MAX {
             return Err(self.refuse(
@@ -294,52 +320,153 @@ impl Sockets {
         match sockopt(copy, libc::SO_PEEK_OFF) {
             Ok(-1) => {}
             Ok(off) => {
+                if n == 0 {
+                    return Ok(Vec::new());
+                }
                 return Err(self.refuse(
                     fd,
                     what(&format!(
-                        "with {n} unread bytes and a peek offset ({off}) set by the program; \
-                         crest cannot capture them without moving it"
+                        "with unread data and a peek offset ({off}) set by the program; crest \
+                         cannot capture it without moving the offset"
                     )),
-                ))
+                ));
             }
             Err(e) => {
                 return Err(self.refuse(fd, what(&format!("whose peek offset cannot be read: {e}"))))
             }
         }
-        let peeked = peek(copy, n as usize).map_err(|e| {
+        let ancillary = |count: usize| {
             self.refuse(
                 fd,
-                what(&format!("with {n} unread bytes that cannot be read: {e}")),
+                what(&format!(
+                    "with unread data that carries file descriptors or credentials \
+                     (SCM_RIGHTS/SCM_CREDENTIALS{}); crest cannot capture them",
+                    if count > 0 {
+                        format!(", after {count} plain message(s)")
+                    } else {
+                        String::new()
+                    }
+                )),
+            )
+        };
+        if sock_type == libc::SOCK_STREAM {
+            let peeked = peek(copy, n as usize, false).map_err(|e| {
+                self.refuse(
+                    fd,
+                    what(&format!("with {n} unread bytes that cannot be read: {e}")),
+                )
+            })?;
+            return match peeked {
+                Peeked::Data { data, .. } if data.len() == n as usize => Ok(vec![UnixMessage {
+                    from: Vec::new(),
+                    data,
+                }]),
+                Peeked::Data { data, .. } => Err(self.refuse(
+                    fd,
+                    what(&format!(
+                        "with {n} unread bytes of which crest could peek only {} (they come \
+                         from several senders); it cannot capture them",
+                        data.len()
+                    )),
+                )),
+                Peeked::Ancillary => Err(ancillary(0)),
+                Peeked::Empty => Ok(Vec::new()),
+            };
+        }
+        // Records one by one: with a peek offset of 0 each peek moves past what it returned.
+        set_sockopt(copy, libc::SO_PEEK_OFF, 0)
+            .map_err(|e| self.refuse(fd, what(&format!("whose queue cannot be walked: {e}"))))?;
+        let walked = self.walk_records(fd, copy, diag, what, &ancillary);
+        let reset = set_sockopt(copy, libc::SO_PEEK_OFF, -1);
+        let messages = walked?;
+        reset.map_err(|e| {
+            self.refuse(
+                fd,
+                what(&format!(
+                    "whose peek offset cannot be turned off again: {e}"
+                )),
             )
         })?;
-        match peeked {
-            Peeked::Data(bytes) if bytes.len() == n as usize => Ok(bytes),
-            Peeked::Data(bytes) => Err(self.refuse(
-                fd,
-                what(&format!(
-                    "with {n} unread bytes of which crest could peek only {} (they come from \
-                     several senders); it cannot capture them",
-                    bytes.len()
-                )),
-            )),
-            Peeked::Ancillary => Err(self.refuse(
-                fd,
-                what(&format!(
-                    "with {n} unread bytes that carry file descriptors or credentials \
-                     (SCM_RIGHTS/SCM_CREDENTIALS); crest cannot capture them"
-                )),
-            )),
+        Ok(messages)
+    }
+
+    fn walk_records(
+        &self,
+        fd: i32,
+        copy: &OwnedFd,
+        diag: &UnixDiag,
+        what: &dyn Fn(&str) -> String,
+        ancillary: &dyn Fn(usize) -> DumpError,
+    ) -> Result<Vec<UnixMessage>, DumpError> {
+        // Only a datagram's sender matters (a seqpacket record comes from the peer).
+        let dgram = diag.sock_type as i32 == libc::SOCK_DGRAM;
+        let mut messages: Vec<UnixMessage> = Vec::new();
+        let mut total = 0usize;
+        loop {
+            let peeked = peek(copy, MESSAGE_MAX, dgram).map_err(|e| {
+                self.refuse(
+                    fd,
+                    what(&format!(
+                        "whose unread message {} cannot be read: {e}",
+                        messages.len() + 1
+                    )),
+                )
+            })?;
+            match peeked {
+                Peeked::Empty => return Ok(messages),
+                Peeked::Ancillary => return Err(ancillary(messages.len())),
+                Peeked::Data {
+                    data,
+                    from,
+                    truncated,
+                } => {
+                    if truncated {
+                        return Err(self.refuse(
+                            fd,
+                            what(&format!(
+                                "holding an unread message larger than the {MESSAGE_MAX} bytes \
+                                 crest captures"
+                            )),
+                        ));
+                    }
+                    if data.is_empty() {
+                        // End of file of a seqpacket socket shut down for reading, or an empty
+                        // record, which a peek offset cannot step over.
+                        if diag.shutdown & 1 != 0 && messages.is_empty() {
+                            return Ok(messages);
+                        }
+                        return Err(self.refuse(
+                            fd,
+                            what(&format!(
+                                "holding an empty message after {} others, which crest cannot \
+                                 step over to capture the rest",
+                                messages.len()
+                            )),
+                        ));
+                    }
+                    total += data.len();
+                    if total > QUEUED_MAX as usize {
+                        return Err(self.refuse(
+                            fd,
+                            what(&format!(
+                                "holding more than the {QUEUED_MAX} unread bytes crest captures"
+                            )),
+                        ));
+                    }
+                    messages.push(UnixMessage { from, data });
+                }
+            }
         }
     }
 }
 
 /// Finds the socket file with inode `ino` on device `dev`: at `bound` (the name it was bound
-/// to) or, when renamed since, in the same directory. Returns its path and st_mode.
-fn find_socket_file(bound: &Path, ino: u64, dev: u64) -> Option<(PathBuf, u32)> {
+/// to) or, when renamed since, in the same directory. Returns its path and metadata.
+fn find_socket_file(bound: &Path, ino: u64, dev: u64) -> Option<(PathBuf, Metadata)> {
     let is_it = |md: &Metadata| md.file_type().is_socket() && md.ino() == ino && md.dev() == dev;
     if let Ok(md) = std::fs::symlink_metadata(bound) {
         if is_it(&md) {
-            return Some((bound.to_path_buf(), md.mode()));
+            return Some((bound.to_path_buf(), md));
         }
     }
     let dir = bound.parent()?;
@@ -349,7 +476,7 @@ fn find_socket_file(bound: &Path, ino: u64, dev: u64) -> Option<(PathBuf, u32)> 
         }
         if let Ok(md) = entry.metadata() {
             if is_it(&md) {
-                return Some((entry.path(), md.mode()));
+                return Some((entry.path(), md));
             }
         }
     }
@@ -376,14 +503,65 @@ fn sockopt(fd: &OwnedFd, opt: libc::c_int) -> Result<i32, Errno> {
     Ok(v)
 }
 
+/// getpeername(2) as the kernel reports names (a leading NUL for an abstract one).
+fn peer_name(fd: &OwnedFd) -> Result<Vec<u8>, Errno> {
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr and len are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getpeername(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_un).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    let off = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    let n = (len as usize).saturating_sub(off).min(addr.sun_path.len());
+    let raw: Vec<u8> = addr.sun_path[..n].iter().map(|c| *c as u8).collect();
+    Ok(match raw.first() {
+        Some(0) => raw,
+        _ => raw.split(|b| *b == 0).next().unwrap_or(&[]).to_vec(),
+    })
+}
+
+/// `setsockopt(SOL_SOCKET, opt)` of an int option.
+fn set_sockopt(fd: &OwnedFd, opt: libc::c_int, v: i32) -> Result<(), Errno> {
+    // SAFETY: v is a valid int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 enum Peeked {
-    Data(Vec<u8>),
+    /// What was read; `from` the sender's name (datagrams), `truncated` when the message was
+    /// longer than the buffer.
+    Data {
+        data: Vec<u8>,
+        from: Vec<u8>,
+        truncated: bool,
+    },
+    /// Nothing queued.
+    Empty,
     /// The data came with control messages (any fds received were closed).
     Ancillary,
 }
 
-/// Peeks at up to `n` queued bytes without consuming them.
-fn peek(fd: &OwnedFd, n: usize) -> Result<Peeked, Errno> {
+/// Peeks at up to `n` queued bytes (one record unless a stream) without consuming them.
+fn peek(fd: &OwnedFd, n: usize, with_name: bool) -> Result<Peeked, Errno> {
     let mut data = vec![0u8; n];
     // Room for a few control messages; what matters is whether there is any.
     let mut control = [0u64; 64];
@@ -391,14 +569,21 @@ fn peek(fd: &OwnedFd, n: usize) -> Result<Peeked, Errno> {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: n,
     };
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     // SAFETY: msghdr is plain old data; all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control);
+    if with_name {
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_un).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    }
     let got = loop {
-        // SAFETY: msg points at iov (n writable bytes of `data`) and `control`, both alive.
+        // SAFETY: msg points at iov (n writable bytes of `data`), `addr` and `control`, all
+        // alive.
         let r = unsafe {
             libc::recvmsg(
                 fd.as_raw_fd(),
@@ -408,6 +593,9 @@ fn peek(fd: &OwnedFd, n: usize) -> Result<Peeked, Errno> {
         };
         if r < 0 && Errno::last() == Errno::EINTR {
             continue;
+        }
+        if r < 0 && Errno::last() == Errno::EAGAIN {
+            return Ok(Peeked::Empty);
         }
         if r < 0 {
             return Err(Errno::last());
@@ -419,7 +607,25 @@ fn peek(fd: &OwnedFd, n: usize) -> Result<Peeked, Errno> {
         return Ok(Peeked::Ancillary);
     }
     data.truncate(got);
-    Ok(Peeked::Data(data))
+    let from = if with_name {
+        let off = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+        let len = (msg.msg_namelen as usize).saturating_sub(off);
+        let path: Vec<u8> = addr.sun_path[..len.min(addr.sun_path.len())]
+            .iter()
+            .map(|c| *c as u8)
+            .collect();
+        match path.first() {
+            Some(0) => path,
+            _ => path.split(|b| *b == 0).next().unwrap_or(&[]).to_vec(),
+        }
+    } else {
+        Vec::new()
+    };
+    Ok(Peeked::Data {
+        data,
+        from,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+    })
 }
 
 /// Closes the fds an SCM_RIGHTS message put into crest (a peek duplicates them).
@@ -461,20 +667,12 @@ fn type_name(sock_type: i32) -> String {
     }
 }
 
-/// A socket name for messages: the path, or `@name` for an abstract one.
-fn name_text(name: &[u8]) -> String {
-    match name.split_first() {
-        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
-        _ => String::from_utf8_lossy(name).into_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsFd;
-    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 
     /// Records our own fd through the same path a dump takes (pidfd_getfd on ourselves).
     fn record_own<F: AsFd + AsRawFd>(f: &F) -> Result<FileIdentity, DumpError> {
@@ -482,41 +680,127 @@ mod tests {
         Sockets::new(std::process::id() as i32).record(f.as_raw_fd(), &md)
     }
 
-    fn state(ident: &FileIdentity) -> &UnixSocketState {
+    fn sock(ident: &FileIdentity) -> &UnixSocket {
         match &ident.kind {
-            FileKind::UnixSocket(s) => &s.state,
+            FileKind::UnixSocket(s) => s,
             other => panic!("not a socket: {other:?}"),
         }
     }
 
+    fn state(ident: &FileIdentity) -> &UnixSocketState {
+        &sock(ident).state
+    }
+
+    fn bytes(ident: &FileIdentity) -> Vec<Vec<u8>> {
+        sock(ident).queue.iter().map(|m| m.data.clone()).collect()
+    }
+
     #[test]
-    fn pair_ends_are_recorded_with_their_unread_bytes() {
+    fn pair_ends_are_recorded_with_their_unread_bytes_and_shutdown() {
         let (a, mut b) = UnixStream::pair().unwrap();
         b.write_all(b"left behind").unwrap();
         // While the peer is open, the end is recorded as connected to it (whether the peer is
-        // in the tree is the tree's question, shared.rs).
+        // in the tree is the tree's question, unix_tree.rs).
         let b_ino = nix::sys::stat::fstat(&b).unwrap().st_ino;
+        b.shutdown(std::net::Shutdown::Write).unwrap();
         let ident = record_own(&a).unwrap();
-        assert_eq!(
-            state(&ident),
-            &UnixSocketState::Connected {
-                peer: b_ino,
-                queued: b"left behind".to_vec()
-            }
-        );
+        assert_eq!(state(&ident), &UnixSocketState::Connected { peer: b_ino });
+        assert_eq!(bytes(&ident), vec![b"left behind".to_vec()]);
+        assert_eq!(sock(&ident).shutdown, 1, "the peer shut down writing");
+        assert_eq!(sock(record_own(&b).as_ref().unwrap()).shutdown, 2);
         drop(b);
         let ident = record_own(&a).unwrap();
         assert_eq!(ident.path, "");
-        assert_eq!(
-            state(&ident),
-            &UnixSocketState::PeerClosed {
-                queued: b"left behind".to_vec()
-            }
-        );
+        assert_eq!(state(&ident), &UnixSocketState::PeerClosed);
+        assert_eq!(bytes(&ident), vec![b"left behind".to_vec()]);
         // The peek consumed nothing.
         let mut buf = [0u8; 32];
         let n = nix::unistd::read(&a, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"left behind");
+    }
+
+    #[test]
+    fn records_and_datagrams_are_recorded_one_by_one_with_their_senders() {
+        // SAFETY: socketpair into a valid array.
+        let mut sv = [0; 2];
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sv.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: fresh descriptors we own.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+        for m in [&b"one"[..], b"two!", b"three"] {
+            nix::unistd::write(&b, m).unwrap();
+        }
+        let ident = record_own(&a).unwrap();
+        assert_eq!(
+            bytes(&ident),
+            vec![b"one".to_vec(), b"two!".to_vec(), b"three".to_vec()]
+        );
+        assert!(sock(&ident).queue.iter().all(|m| m.from.is_empty()));
+        // The walk turned the peek offset off again and consumed nothing.
+        assert_eq!(sockopt(&a, libc::SO_PEEK_OFF).unwrap(), -1);
+        let mut buf = [0u8; 8];
+        assert_eq!(nix::unistd::read(&a, &mut buf).unwrap(), 3);
+
+        let rx_name = format!("crest-test-rx-{}", std::process::id());
+        let tx_name = format!("crest-test-tx-{}", std::process::id());
+        let addr = |n: &str| {
+            <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(n)
+                .unwrap()
+        };
+        let rx = UnixDatagram::bind_addr(&addr(&rx_name)).unwrap();
+        let tx = UnixDatagram::bind_addr(&addr(&tx_name)).unwrap();
+        let anon = UnixDatagram::unbound().unwrap();
+        tx.send_to_addr(b"named", &addr(&rx_name)).unwrap();
+        anon.send_to_addr(b"anonymous", &addr(&rx_name)).unwrap();
+        let ident = record_own(&rx).unwrap();
+        let s = sock(&ident);
+        assert_eq!(s.state, UnixSocketState::Unconnected);
+        assert_eq!(
+            s.name,
+            UnixName::Abstract {
+                name: rx_name.as_bytes().to_vec()
+            }
+        );
+        let mut from_tx = vec![0];
+        from_tx.extend_from_slice(tx_name.as_bytes());
+        assert_eq!(
+            s.queue,
+            vec![
+                UnixMessage {
+                    from: from_tx,
+                    data: b"named".to_vec()
+                },
+                UnixMessage {
+                    from: vec![],
+                    data: b"anonymous".to_vec()
+                }
+            ]
+        );
+        // A datagram socket that connected is connected whatever its diag state says.
+        anon.connect_addr(&addr(&rx_name)).unwrap();
+        let rx_ino = nix::sys::stat::fstat(&rx).unwrap().st_ino;
+        assert_eq!(
+            state(&record_own(&anon).unwrap()),
+            &UnixSocketState::Connected { peer: rx_ino }
+        );
+        assert_eq!(
+            state(&record_own(&rx).unwrap()),
+            &UnixSocketState::Unconnected
+        );
+    }
+
+    #[test]
+    fn passcred_and_buffer_sizes_are_recorded() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.try_clone().unwrap().into();
+        set_sockopt(&fd, libc::SO_PASSCRED, 1).unwrap();
+        set_sockopt(&fd, libc::SO_SNDBUF, 100_000).unwrap();
+        let s = sock(&record_own(&a).unwrap()).clone();
+        assert!(s.passcred);
+        assert_eq!(s.sndbuf, 200_000);
+        assert!(s.rcvbuf > 0);
     }
 
     #[test]
@@ -529,6 +813,16 @@ mod tests {
         assert!(err.contains("SCM_RIGHTS"), "{err}");
         let mut buf = [0u8; 4];
         assert_eq!(nix::unistd::read(&a, &mut buf).unwrap(), 1);
+    }
+
+    #[test]
+    fn data_with_credentials_is_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd: OwnedFd = a.try_clone().unwrap().into();
+        set_sockopt(&fd, libc::SO_PASSCRED, 1).unwrap();
+        (&b).write_all(b"c").unwrap();
+        let err = record_own(&a).unwrap_err().to_string();
+        assert!(err.contains("SCM_CREDENTIALS"), "{err}");
     }
 
     /// Sends one byte with `fd` attached (SCM_RIGHTS).
@@ -568,14 +862,12 @@ mod tests {
         let s = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
         let ident = record_own(&s).unwrap();
         assert_eq!(state(&ident), &UnixSocketState::Unconnected);
-        match ident.kind {
-            FileKind::UnixSocket(u) => assert_eq!(u.sock_type, libc::SOCK_SEQPACKET as u32),
-            _ => unreachable!(),
-        }
+        assert_eq!(sock(&ident).name, UnixName::Unnamed);
+        assert_eq!(sock(&ident).sock_type, libc::SOCK_SEQPACKET as u32);
     }
 
     #[test]
-    fn renamed_listener_is_found_and_waiting_connections_refused() {
+    fn renamed_listener_is_found_with_its_waiting_connections_and_bound_idle_sockets_too() {
         let dir = tempfile::tempdir().unwrap();
         let bound = dir.path().join("attach.tmp");
         let l = UnixListener::bind(&bound).unwrap();
@@ -589,16 +881,28 @@ mod tests {
         assert_eq!(ident.path, path.to_str().unwrap());
         assert_eq!(ident.mode & 0o7777, 0o600);
         assert_eq!(
+            sock(&ident).name,
+            UnixName::Path {
+                bound: bound.to_str().unwrap().into(),
+                uid: 0,
+                gid: 0,
+                removed: false
+            }
+        );
+        assert_eq!(
             state(&ident),
             &UnixSocketState::Listening {
                 backlog: 5,
-                removed: false
+                pending: vec![]
             }
         );
 
         let c = UnixStream::connect(&path).unwrap();
-        let err = record_own(&l).unwrap_err().to_string();
-        assert!(err.contains("1 connection(s) waiting"), "{err}");
+        let ident = record_own(&l).unwrap();
+        let UnixSocketState::Listening { pending, .. } = state(&ident) else {
+            panic!("{ident:?}")
+        };
+        assert_eq!(pending.len(), 1, "the embryo is listed");
         drop(l.accept().unwrap());
         drop(c);
 
@@ -606,9 +910,38 @@ mod tests {
         let ident = record_own(&l).unwrap();
         assert_eq!(ident.path, bound.to_str().unwrap());
         assert!(matches!(
-            state(&ident),
-            UnixSocketState::Listening { removed: true, .. }
+            sock(&ident).name,
+            UnixName::Path { removed: true, .. }
         ));
+
+        // Bound, neither listening nor connected.
+        let idle_path = dir.path().join("idle");
+        // SAFETY: socket(2) takes only integers.
+        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        // SAFETY: raw is a fresh descriptor we own.
+        let idle = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, b) in addr
+            .sun_path
+            .iter_mut()
+            .zip(idle_path.as_os_str().as_bytes())
+        {
+            *d = *b as libc::c_char;
+        }
+        // SAFETY: addr is a valid sockaddr_un of the size given.
+        let r = unsafe {
+            libc::bind(
+                idle.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let ident = record_own(&idle).unwrap();
+        assert_eq!(state(&ident), &UnixSocketState::Unconnected);
+        assert_eq!(ident.path, idle_path.to_str().unwrap());
     }
 
     #[test]

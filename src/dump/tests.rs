@@ -385,10 +385,16 @@ fn a_raw_clone_thread_is_dumped_and_the_process_keeps_running() {
 #[test]
 fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
     let tmp = tempfile::tempdir().unwrap();
-    // An epoll fd: something crest refuses.
-    // SAFETY: epoll_create1 takes an integer and returns a new descriptor or -1.
-    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(raw >= 0);
+    // An io_uring instance: something crest refuses.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup writes at most 120 bytes of io_uring_params into a live buffer
+    // and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) } as i32;
+    assert!(
+        raw >= 0,
+        "io_uring_setup: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: raw is a descriptor we just created and own.
     let efd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
     let page = SharedPage::new();
@@ -409,7 +415,7 @@ fn a_failure_while_frozen_releases_the_process_and_leaves_no_image() {
     })
     .unwrap_err();
     assert!(
-        matches!(&err, DumpError::UnsupportedFd { pid, fd: 4, what } if *pid == child.pid && what.contains("eventpoll")),
+        matches!(&err, DumpError::UnsupportedFd { pid, fd: 4, what } if *pid == child.pid && what.contains("io_uring")),
         "{err:?}"
     );
     let msg = err.to_string();
@@ -440,6 +446,25 @@ fn dumping_crest_itself_is_refused() {
     })
     .unwrap_err();
     assert!(matches!(err, DumpError::SelfDump { .. }));
+}
+
+#[test]
+fn dumping_an_ancestor_of_crest_is_refused_saying_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = nix::unistd::getppid().as_raw();
+    let err = dump(&DumpOptions {
+        pid: parent,
+        dir: tmp.path().join("img"),
+        leave_running: true,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, DumpError::AncestorDump { pid, .. } if pid == parent),
+        "{err}"
+    );
+    assert!(err.to_string().contains("an ancestor of crest"), "{err}");
+    assert!(!tmp.path().join("img").exists());
 }
 
 #[test]
@@ -741,5 +766,31 @@ fn a_pending_sigtrap_is_refused_and_stays_pending() {
         status.sigpnd & (1 << (libc::SIGTRAP - 1)),
         0,
         "SIGTRAP lost"
+    );
+}
+
+#[test]
+fn a_slow_dump_names_the_phase_that_dominated() {
+    let page = crate::arch::page_size();
+    let mut stats = DumpStats {
+        pages_present: (3 << 30) / page,
+        pages_file_backed: (1 << 29) / page,
+        bytes_written: 1 << 30,
+        phases_us: vec![
+            ("freeze".into(), 2_000),
+            ("pages".into(), 5_000_000),
+            ("write".into(), 1_100_000),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        slowest_phase(&stats).as_deref(),
+        Some("pages: 5.0 s of 6.1 s, 2.5 GiB of memory read at 512 MiB/s, 1.0 GiB written")
+    );
+    stats.phases_us = vec![("freeze".into(), 2_000), ("pages".into(), 500_000)];
+    assert_eq!(
+        slowest_phase(&stats),
+        None,
+        "a fast dump needs no explanation"
     );
 }

@@ -58,13 +58,15 @@ pub fn capture_all(
     let mut notes: Vec<String> = interrupted
         .iter()
         .map(|(nr, tids)| {
-            let call = match crate::arch::syscall_name(*nr) {
-                Some(name) => format!("{name} (system call {nr})"),
-                None => format!("system call {nr}"),
+            let name = crate::arch::syscall_name(*nr);
+            let call = match name {
+                Some(name) => format!("{name}()"),
+                None => format!("system call number {nr}"),
             };
             format!(
-                "{} stopped in {call}, which will return EINTR after restore",
-                describe_tids(tids)
+                "{} stopped in {call}, which will return EINTR after restore: {}",
+                describe_tids(tids),
+                eintr_consequence(name)
             )
         })
         .collect();
@@ -72,6 +74,30 @@ pub fn capture_all(
         format!("thread {tid} was inside an rseq critical section; it resumes at {ip:#x}")
     }));
     Ok((threads, notes))
+}
+
+/// What an EINTR from the interrupted system call `name` means for the restored program, in
+/// words: for the calls that wait, nothing a program written for signals does not already
+/// handle.
+fn eintr_consequence(name: Option<&str>) -> &'static str {
+    match name.unwrap_or("") {
+        "futex" => {
+            "a timed futex wait that ends early, which glibc's and the JVM's locks and condition \
+             variables treat as a spurious wake-up and wait again: harmless"
+        }
+        "nanosleep" | "clock_nanosleep" => {
+            "the sleep ends early; sleep(3), Java's Thread.sleep and most loops sleep again for \
+             the time left, a program that calls nanosleep once may wake early"
+        }
+        "poll" | "ppoll" | "select" | "pselect6" | "epoll_wait" | "epoll_pwait"
+        | "epoll_pwait2" => {
+            "the wait returns as after a signal; event loops call it again: harmless"
+        }
+        _ => {
+            "the call returns as if a signal had interrupted it; programs that handle signals \
+             retry it"
+        }
+    }
 }
 
 /// `thread 12 was` or `3 threads (12, 13, 15) were`, naming at most a few tids.
@@ -99,10 +125,11 @@ pub fn capture(proc: &Proc, tid: i32) -> Result<CapturedThread, DumpError> {
     let restart =
         regs::fixup_syscall_restart(&mut regs).map_err(|e| DumpError::Arch { pid, tid, err: e })?;
     if let SyscallRestart::Interrupted { nr } = restart {
+        let call = crate::arch::syscall_name(nr).unwrap_or("a system call");
         crate::info!(
             1,
-            "thread {tid} was in syscall {nr}, which cannot be restarted after restore: it will \
-             return EINTR"
+            "thread {tid} was in {call} (number {nr}), which cannot be restarted after restore: \
+             it will return EINTR"
         );
     }
     let rseq_abort = match &rseq {
@@ -281,5 +308,20 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_waits_are_explained_in_words() {
+        assert!(eintr_consequence(Some("futex")).contains("harmless"));
+        assert!(eintr_consequence(Some("clock_nanosleep")).contains("sleep again"));
+        assert!(eintr_consequence(Some("epoll_wait")).contains("harmless"));
+        assert!(eintr_consequence(None).contains("as if a signal had interrupted it"));
+        assert_eq!(describe_tids(&[7]), "thread 7 was");
+        assert_eq!(describe_tids(&[7, 8]), "2 threads (7, 8) were");
     }
 }

@@ -4,7 +4,12 @@
 //! mask; the clock, the time to the next expiry, the period, the settime flags and the
 //! expirations not read yet (TFD_IOC_SET_TICKS).
 //!
-//! epoll and inotify (they refer to other fds or to paths) are still refused by the caller.
+//! epoll ([`epoll`]), inotify ([`inotify`]) and pidfds ([`pidfd`]) have modules of their own;
+//! every other anonymous inode is refused by name ([`refusal`]).
+
+pub mod epoll;
+pub mod inotify;
+pub mod pidfd;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -14,6 +19,28 @@ use crate::proc::EventInfo;
 /// The anon-inode names (`anon_inode:NAME`) of the event fds this module handles.
 pub fn handles(anon_kind: &str) -> bool {
     matches!(anon_kind, "[eventfd]" | "[signalfd]" | "[timerfd]")
+}
+
+/// Why an fd on the anonymous inode `anon_kind` (`[io_uring]`, `[fanotify]`, ...) that crest
+/// does not restore is refused, and what the user can do (the caller names pid and fd).
+pub fn refusal(anon_kind: &str) -> String {
+    let what = match anon_kind {
+        "[io_uring]" => "an io_uring instance, whose rings, registered files and requests in \
+                         flight crest cannot capture"
+            .to_string(),
+        "[fanotify]" => "a fanotify instance, whose marks and pending permission events crest \
+                         cannot restore yet"
+            .to_string(),
+        "[userfaultfd]" => "a userfaultfd, whose registered ranges and pending faults crest \
+                            cannot restore"
+            .to_string(),
+        "[perf_event]" => "a perf_event counter, which crest cannot restore".to_string(),
+        k if k.starts_with("bpf") || k.starts_with("[bpf") => {
+            format!("a BPF object ({k}), which crest cannot restore")
+        }
+        k => format!("an anonymous inode of a kind crest does not know ({k})"),
+    };
+    format!("{what}; close it before the dump, or dump the tree without it")
 }
 
 /// The image's record of an event fd whose fdinfo showed `info` (`dev`/`ino`: fstat of it).

@@ -47,6 +47,113 @@ pub struct FdInfo {
     pub tty_index: Option<u32>,
     /// What an eventfd, signalfd or timerfd shows of its state.
     pub event: Option<EventInfo>,
+    /// `tfd:` lines of an epoll instance: its registrations, in the kernel's order.
+    pub epoll: Vec<EpollLine>,
+    /// `inotify wd:` lines of an inotify instance: its watches.
+    pub inotify: Vec<InotifyLine>,
+    /// `Pid:` of a pidfd (-1 once that process has been reaped).
+    pub pidfd_pid: Option<i32>,
+}
+
+/// One `tfd: N events: HEX data: HEX ...` line of an epoll's fdinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollLine {
+    pub tfd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// One `inotify wd:HEX ino:HEX sdev:HEX mask:HEX ignored_mask:HEX fhandle-bytes:HEX
+/// fhandle-type:HEX f_handle:HEX` line of an inotify instance's fdinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InotifyLine {
+    pub wd: i32,
+    pub ino: u64,
+    /// The superblock's device number in the kernel's own encoding (major << 20 | minor).
+    pub sdev: u32,
+    pub mask: u32,
+    /// The file handle (name_to_handle_at's), when the kernel has CONFIG_EXPORTFS.
+    pub handle: Option<(i32, Vec<u8>)>,
+}
+
+impl InotifyLine {
+    /// The watched inode's filesystem device number as stat shows it (st_dev).
+    pub fn st_dev(&self) -> u64 {
+        libc::makedev(self.sdev >> 20, self.sdev & 0xf_ffff)
+    }
+}
+
+/// The `key:value` fields of a space-separated fdinfo line (after its `prefix`).
+fn fields<'a>(line: &'a str, prefix: &str) -> Option<Vec<(&'a str, &'a str)>> {
+    let rest = line.strip_prefix(prefix)?;
+    Some(
+        rest.split_whitespace()
+            .filter_map(|f| f.split_once(':'))
+            .collect(),
+    )
+}
+
+/// The registrations listed by an epoll's fdinfo (`tfd:` may be padded: `tfd:        5`).
+fn parse_epoll(text: &str) -> Result<Vec<EpollLine>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("tfd:") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let bad = || format!("epoll line {line:?}");
+        // N events: HEX data: HEX ...
+        let tfd = words.first().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
+        let value = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        let events = value("events:")
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+            .ok_or_else(bad)?;
+        let data = value("data:")
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(bad)?;
+        out.push(EpollLine { tfd, events, data });
+    }
+    Ok(out)
+}
+
+/// The watches listed by an inotify instance's fdinfo.
+fn parse_inotify(text: &str) -> Result<Vec<InotifyLine>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(f) = fields(line, "inotify ") else {
+            continue;
+        };
+        let bad = || format!("inotify line {line:?}");
+        let get = |key: &str| f.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let hex = |key: &str| get(key).and_then(|v| u64::from_str_radix(v, 16).ok());
+        let handle = match (get("fhandle-type"), get("f_handle")) {
+            (Some(t), Some(h)) if h.len() % 2 == 0 => {
+                let bytes: Option<Vec<u8>> = (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+                    .collect();
+                Some((
+                    i32::from_str_radix(t, 16).map_err(|_| bad())?,
+                    bytes.ok_or_else(bad)?,
+                ))
+            }
+            _ => None,
+        };
+        out.push(InotifyLine {
+            wd: hex("wd").ok_or_else(bad)? as i32,
+            ino: hex("ino").ok_or_else(bad)?,
+            sdev: hex("sdev").ok_or_else(bad)? as u32,
+            mask: hex("mask").ok_or_else(bad)? as u32,
+            handle,
+        });
+    }
+    Ok(out)
 }
 
 /// The state lines of an event fd's fdinfo.
@@ -151,6 +258,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
     let mut flags = None;
     let mut mnt_id = 0;
     let mut tty_index = None;
+    let mut pidfd_pid = None;
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
@@ -171,6 +279,7 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
             }
             "mnt_id" => mnt_id = value.parse::<u64>().unwrap_or(0),
             "tty-index" => tty_index = value.parse::<u32>().ok(),
+            "Pid" => pidfd_pid = value.parse::<i32>().ok(),
             _ => {}
         }
     }
@@ -181,6 +290,9 @@ fn parse_fdinfo(text: &str) -> Result<FdInfo, String> {
         locks: super::locks::fdinfo_locks(text)?,
         tty_index,
         event: parse_event(text)?,
+        epoll: parse_epoll(text)?,
+        inotify: parse_inotify(text)?,
+        pidfd_pid,
     })
 }
 
@@ -234,6 +346,25 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Where the filesystem with device number `dev` (st_dev) is mounted in the process's
+    /// mount namespace: the mount point of every mount of it, the mounts of its root first.
+    pub fn mount_points_of(&self, dev: u64) -> Result<Vec<PathBuf>, ProcError> {
+        let mounts = self
+            .proc
+            .mountinfo()
+            .map_err(|e| ProcError::procfs(self.pid, "mountinfo", e))?;
+        let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
+        let mut found: Vec<(bool, PathBuf)> = mounts
+            .into_iter()
+            .filter(|m| m.majmin == want)
+            .map(|m| (m.root != "/", m.mount_point))
+            .collect();
+        found.sort_by_key(|(not_root, _)| *not_root);
+        Ok(found.into_iter().map(|(_, p)| p).collect())
+    }
+}
+
 /// A live process and one of its fds that hold the pipe with inode `ino`, if any process does
 /// (the first found in pid order). Processes that vanish or cannot be read while the scan runs
 /// are skipped: they cannot lend the pipe anyway.
@@ -265,5 +396,50 @@ mod tests {
         assert_eq!(master.unwrap().tty_index, Some(7));
         assert!(parse_fdinfo("flags:\t0\n").is_err());
         assert!(parse_fdinfo("pos:\tx\nflags:\t0\n").is_err());
+    }
+
+    #[test]
+    fn epoll_inotify_and_pidfd_lines_parse() {
+        let ep = parse_fdinfo(
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n\
+             tfd:        5 events: 40000019 data:                7  pos:0 ino:1c65ff sdev:f\n\
+             tfd:        4 events: 80000019 data: ffffffffffffffff  pos:0 ino:40e sdev:10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ep.epoll,
+            vec![
+                EpollLine {
+                    tfd: 5,
+                    events: 0x4000_0019,
+                    data: 7
+                },
+                EpollLine {
+                    tfd: 4,
+                    events: 0x8000_0019,
+                    data: u64::MAX
+                }
+            ]
+        );
+        let ino = parse_fdinfo(
+            "pos:\t0\nflags:\t04000\nmnt_id:\t17\nino:\t1038\n\
+             inotify wd:2 ino:2e1 sdev:fe00001 mask:80000002 ignored_mask:0 fhandle-bytes:8 \
+             fhandle-type:1 f_handle:e102000000000000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ino.inotify,
+            vec![InotifyLine {
+                wd: 2,
+                ino: 0x2e1,
+                sdev: 0xfe0_0001,
+                mask: 0x8000_0002,
+                handle: Some((1, vec![0xe1, 2, 0, 0, 0, 0, 0, 0])),
+            }]
+        );
+        assert_eq!(ino.inotify[0].st_dev(), libc::makedev(0xfe, 1));
+        let pidfd = parse_fdinfo("pos:\t0\nflags:\t02000002\nPid:\t25120\nNSpid:\t25120\n");
+        assert_eq!(pidfd.unwrap().pidfd_pid, Some(25120));
+        assert!(parse_fdinfo("pos:\t0\nflags:\t0\ntfd: x events: 1 data: 2\n").is_err());
     }
 }

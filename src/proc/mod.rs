@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use fds::{find_pipe_holder, EventInfo, FdInfo, FdTarget, OpenFd};
+pub use fds::{find_pipe_holder, EpollLine, EventInfo, FdInfo, FdTarget, InotifyLine, OpenFd};
 pub use locks::{all_locks, parse_lock_line, LockClass, LockLine};
 pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use meminfo::mem_available;

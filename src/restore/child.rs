@@ -106,9 +106,14 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     let regs: Vec<_> = p.threads.iter().map(|t| &t.regs).collect();
     crate::arch::sigframe::request_dynamic_features(&regs)?;
     task_state::set_sigactions(p)?;
+    // pidfds are opened by the task itself: the processes they name exist only now.
+    let pidfds = crate::events::pidfd::open_in_task(p, plan.fd_base)?;
     // Move every image fd into place; all of crest's descriptors are at fd_base or above.
     for fd in &p.fds {
-        let src = plan.files.descriptions[fd.description as usize].as_raw_fd();
+        let src = match pidfds.get(&fd.description) {
+            Some(pidfd) => pidfd.as_raw_fd(),
+            None => plan.files.descriptions[fd.description as usize].as_raw_fd(),
+        };
         let flags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
         // SAFETY: dup3 on descriptors we own; the target number is below fd_base.
         if unsafe { libc::dup3(src, fd.fd, flags) } < 0 {

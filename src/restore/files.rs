@@ -25,8 +25,10 @@ pub struct TreeFiles {
     pipes: super::pipes::Pipes,
     /// Descriptors the caller hands in for files of the image (`--inherit-fd`), by resource.
     inherited: Vec<(String, OwnedFd)>,
-    /// UNIX socket pairs whose ends are in the tree.
-    pub pairs: super::sockets::Pairs,
+    /// The UNIX sockets of the tree, made together.
+    pub unix: super::sockets::UnixSockets,
+    /// TCP connections rebuilt in repair mode, until the tree is about to run.
+    pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
     memfd_originals: std::collections::HashSet<u64>,
 }
@@ -83,11 +85,17 @@ impl TreeFiles {
         Ok(out)
     }
 
+    /// crest's descriptor of the description with tree-wide id `id`, once opened.
+    pub fn description(&self, id: u32) -> Option<RawFd> {
+        self.descriptions.get(&id).map(|fd| fd.as_raw_fd())
+    }
+
     /// The inherited descriptor standing for `ident`, if the caller gave one.
     fn inherited_for(&self, ident: &FileIdentity) -> Option<&OwnedFd> {
         let names = match ident.kind {
             FileKind::Pipe(_) => vec![format!("pipe:[{}]", ident.ino)],
             FileKind::UnixSocket(_) => vec![format!("socket:[{}]", ident.ino), ident.path.clone()],
+            FileKind::Tcp(_) => vec![format!("socket:[{}]", ident.ino)],
             _ => vec![ident.path.clone()],
         };
         self.inherited
@@ -124,6 +132,17 @@ pub fn helper_fd_base(processes: &[ProcessImage]) -> RawFd {
         .max()
         .unwrap_or(2);
     highest.max(2) + 1
+}
+
+/// The fd numbers of process `p` on its description `i`, for messages ("3, 7").
+fn fds_of(p: &ProcessImage, i: usize) -> String {
+    let fds: Vec<String> = p
+        .fds
+        .iter()
+        .filter(|f| f.description as usize == i)
+        .map(|f| f.fd.to_string())
+        .collect();
+    fds.join(", ")
 }
 
 /// A new descriptor (at `base` or above) for the description `fd` already opened.
@@ -164,9 +183,13 @@ pub fn open_all(
         if matches!(
             ident.kind,
             FileKind::UnixSocket(_)
+                | FileKind::Tcp(_)
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
                 | FileKind::Event(_)
+                | FileKind::Epoll(_)
+                | FileKind::Inotify(_)
+                | FileKind::Pidfd { .. }
         ) {
             continue;
         }
@@ -229,11 +252,20 @@ pub fn open_all(
         }
         let ident = file_at(p, ofd.file)?;
         let fd = match &ident.kind {
-            FileKind::UnixSocket(sock) => above(
-                super::sockets::create(ident, sock, ofd.flags, &mut tree.pairs)?,
-                base,
-                "a UNIX socket",
-            )?,
+            FileKind::UnixSocket(_) => {
+                above(tree.unix.take(ident, ofd.flags)?, base, "a UNIX socket")?
+            }
+            FileKind::Tcp(t) => {
+                let who = format!("pid {} fd {}", p.pid, fds_of(p, i));
+                let s = crate::net::tcp_restore::create(t, ofd.flags, &who, &mut tree.tcp)
+                    .map_err(|e| RestoreError::Os {
+                        what: e.what,
+                        source: std::io::Error::from_raw_os_error(
+                            e.errno.map_or(libc::EINVAL, |e| e as i32),
+                        ),
+                    })?;
+                above(s, base, "a TCP socket")?
+            }
             FileKind::Pipe(pipe) => {
                 let fds: Vec<String> = p
                     .fds
@@ -251,6 +283,11 @@ pub fn open_all(
                 })?,
                 base,
                 "an event fd",
+            )?,
+            FileKind::Epoll(_) | FileKind::Inotify(_) | FileKind::Pidfd { .. } => above(
+                super::epoll::create(p.pid, ident, ofd.flags)?,
+                base,
+                "an epoll, inotify or pidfd",
             )?,
             _ => open_description(ident, ofd, base)?,
         };
@@ -550,7 +587,11 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::Event(_) | FileKind::Memfd { .. } => return Ok(()),
+        FileKind::Event(_)
+        | FileKind::Memfd { .. }
+        | FileKind::Epoll(_)
+        | FileKind::Inotify(_)
+        | FileKind::Pidfd { .. } => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
@@ -559,7 +600,7 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::UnixSocket(_) => {
+        FileKind::UnixSocket(_) | FileKind::Tcp(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(changed("it is not a socket".into()));
             }

@@ -9,6 +9,7 @@ pub mod blob;
 mod bootstrap;
 mod child;
 pub(crate) mod creds;
+mod epoll;
 mod files;
 mod finish;
 mod fork;
@@ -47,6 +48,9 @@ pub struct RestoreOptions {
     pub inherit: Vec<files::InheritFd>,
     /// `--shell-job`: attach a tree dumped with `--shell-job` to crest's terminal.
     pub shell_job: bool,
+    /// `--ext-unix-sk`: connect UNIX sockets dumped with `--ext-unix-sk` to their outside peer's
+    /// name again (refused without it).
+    pub ext_unix_sk: bool,
 }
 
 pub use files::InheritFd;
@@ -166,9 +170,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     raise_fd_limit();
     let base = files::helper_fd_base(&image.processes);
-    let opened = {
+    let (opened, tcp) = {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
+        shared.unix = sockets::UnixSockets::plan(&image.processes, opts.ext_unix_sk);
         let mut opened = Vec::with_capacity(image.processes.len());
         for p in &image.processes {
             opened.push(files::open_all(
@@ -179,9 +184,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &shmem,
             )?);
         }
-        shared.pairs.check_complete()?;
-        // Each process holds its own descriptor of what it shares; crest's are closed here.
-        opened
+        epoll::register(&image.processes, &shared)?;
+        // Each process holds its own descriptor of what it shares; crest's are closed here,
+        // but for the TCP connections still in repair mode.
+        (opened, std::mem::take(&mut shared.tcp))
     };
     let mut specials_all = Vec::with_capacity(image.processes.len());
     let mut boots = Vec::with_capacity(image.processes.len());
@@ -281,6 +287,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for r in &mut restoring {
         finish::finish_process(r, &caught)?;
     }
+    // The connections are in their processes: unlock the network, then leave repair mode
+    // (until now a failed restore closes them without a packet, and the image stays usable).
+    tcp.resume().map_err(|e| RestoreError::Os {
+        what: e.what,
+        source: std::io::Error::from_raw_os_error(e.errno.map_or(libc::EIO, |e| e as i32)),
+    })?;
     finish::release(caught, user_sigtraps)?;
     subreaper.end();
     guard.disarm();

@@ -54,6 +54,18 @@ pub fn setup() {
     });
 }
 
+/// Says loudly that the running test is skipped and why (a program it needs is missing): on
+/// stderr itself rather than through the test harness's captured output, so the line shows in
+/// `cargo test`'s output even though the test then passes.
+pub fn say_skipped(reason: &str) {
+    use std::io::Write;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {reason}");
+}
+
 /// Polls `cond` until it returns `Some`, or fails the test after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -99,6 +111,9 @@ pub enum Kind {
     /// Event fds (tests/victims/events.c): an eventfd, a signalfd with a queued signal, a
     /// periodic and a one-shot timerfd.
     Events,
+    /// An epoll with targets of every kind and an epoll inside it, an inotify instance and a
+    /// pidfd (tests/victims/epoll.c).
+    Epoll,
     /// A process tree (issue #9): children in the same and in a new session, one in its own
     /// group, grandchildren, a zombie, shared anonymous memory, pipes between processes and one
     /// file description all of them write through.
@@ -127,6 +142,10 @@ pub enum Kind {
     /// memfds (tests/victims/memfd.c): a sealed one open as an fd, one open and mapped
     /// MAP_SHARED and shared with a forked child, one mapped MAP_PRIVATE with private changes.
     Memfd,
+    /// AF_UNIX sockets of every kind (tests/victims/unix.c): stream, seqpacket and datagram
+    /// pairs with data in flight, bound and abstract datagram sockets, listeners with
+    /// connections waiting, a bound idle socket; answers [`Victim::verify_with`] "final".
+    Unix,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -144,6 +163,7 @@ impl Kind {
             Kind::Pipes => "pipes",
             Kind::Tree => "tree",
             Kind::Events => "events",
+            Kind::Epoll => "epoll",
             Kind::ThreadTimer => "thtimer",
             Kind::Jobctl => "jobctl",
             Kind::Creds => "creds",
@@ -152,6 +172,7 @@ impl Kind {
             Kind::Vregs => "vregs",
             Kind::Refused => "refused",
             Kind::Memfd => "memfd",
+            Kind::Unix => "unix",
             Kind::Java => "java",
         }
     }
@@ -384,6 +405,24 @@ impl Victim {
             ["ok", pid, counter] if *pid == self.pid_str() => Ok(counter
                 .parse()
                 .map_err(|_| format!("bad verify result {text:?}"))?),
+            _ => Err(format!(
+                "{} (pid {}) reports: {}",
+                self.kind.name(),
+                self.pid,
+                text.trim()
+            )),
+        }
+    }
+
+    /// Sends a verify request holding `body` (for victims that take one, such as
+    /// [`Kind::Unix`]); returns the counter, or what the victim found wrong.
+    pub fn verify_with(&self, body: &str) -> Result<u64, String> {
+        let text = self.verify_exchange(Some(body))?;
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["ok", pid, counter] if *pid == self.pid_str() => counter
+                .parse()
+                .map_err(|_| format!("bad verify result {text:?}")),
             _ => Err(format!(
                 "{} (pid {}) reports: {}",
                 self.kind.name(),

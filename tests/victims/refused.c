@@ -1,13 +1,13 @@
 /*
  * refused: a crest test victim made of two processes that each hold several things crest
- * refuses: an epoll fd, a mapping of a deleted file, and an fd of a deleted file. A dump must name
+ * refuses: an io_uring instance, a mapping of a deleted file, and an fd of a deleted file. A dump must name
  * every one of them, of both processes, in one refusal, and leave both running.
  *
  *   parent (started by the harness; logs "pid=P n=N" to LOG_FILE, answers verify requests)
  *   `-- child (logs "pid=C n=N" to CTL/child-log; dies with its parent, PR_SET_PDEATHSIG)
  *
  * Each process makes its own objects after the fork, at fds above 100 so the test knows them:
- * fd 101 an epoll fd (watching nothing), fd 102 a file that was unlinked (holding "deleted-file-data"),
+ * fd 101 an io_uring instance (idle), fd 102 a file that was unlinked (holding "deleted-file-data"),
  * and a shared mapping of another file that was unlinked ("mapped-TAG", then closed, so only
  * the mapping keeps it). Every tick each process checks its objects; the child exits with status 3 if one
  * changed, the parent reports it on verify.
@@ -20,7 +20,7 @@
 #include "victim.h"
 
 #include <signal.h>
-#include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -43,7 +43,9 @@ static void move_fd(int fd, int to, const char *what)
 /* Makes this process's objects; `tag` tells the files of the two processes apart. */
 static void make_objects(const char *tag)
 {
-    move_fd(epoll_create1(EPOLL_CLOEXEC), EVENTFD_FD, "epoll_create1");
+    /* struct io_uring_params: 120 bytes, zeroed. */
+    unsigned char params[120] = {0};
+    move_fd((int)syscall(__NR_io_uring_setup, 4, params), EVENTFD_FD, "io_uring_setup");
 
     char path[64];
     snprintf(path, sizeof path, "deleted-%s", tag);
@@ -70,9 +72,10 @@ static void make_objects(const char *tag)
 
 static void check_objects(const char *tag)
 {
-    struct epoll_event ev;
-    if (epoll_wait(EVENTFD_FD, &ev, 1, 0) != 0)
-        fail("the epoll fd does not answer as an empty epoll: %s", strerror(errno));
+    char link[64], want_link[] = "anon_inode:[io_uring]";
+    ssize_t n = readlink("/proc/self/fd/101", link, sizeof link);
+    if (n != (ssize_t)strlen(want_link) || memcmp(link, want_link, (size_t)n) != 0)
+        fail("fd 101 is no longer the io_uring instance");
     char buf[sizeof deleted_data];
     if (pread(DELETED_FD, buf, sizeof buf, 0) != sizeof buf || memcmp(buf, deleted_data, sizeof buf))
         fail("the deleted file's content changed");

@@ -1,0 +1,503 @@
+//! Dumping TCP sockets: what each one is doing, its options, and for an established
+//! connection everything TCP_REPAIR can read (sequence numbers, both queues, the negotiated
+//! options, the window, the timestamp clock).
+//!
+//! crest works on its own duplicate of the socket (pidfd_getfd: the same socket). A
+//! connection is locked ([`super::lock`]) before its queues are read, and put into repair mode
+//! so that nothing it does afterwards reaches the peer: when the dumped tree is killed, its
+//! close sends no FIN and no RST. The duplicates are held by the dump's [`Session`] until then;
+//! a failed dump, or one that leaves the tree running, takes them out of repair mode again.
+//!
+//! The session lives in a thread-local: a dump runs entirely on the thread that called it
+//! (as fault injection relies on too), and the socket code it reaches is deep inside the
+//! per-process collection.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use crate::images::validate::TCP_QUEUED_MAX;
+use crate::images::{TcpConnection, TcpSocket, TcpState};
+
+use super::lock::{LockError, NetLock};
+use super::{opts, sock};
+
+thread_local! {
+    static SESSION: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+struct State {
+    lock: NetLock,
+    /// Duplicates of the sockets in repair mode: (pid, fd, socket, its SO_REUSEADDR before).
+    repaired: Vec<(i32, i32, OwnedFd, i32)>,
+    /// Time spent on TCP sockets during the collection.
+    spent: Duration,
+}
+
+/// The TCP side of one dump: its network lock and the sockets it put into repair mode. Dropped
+/// without [`Session::killed`], it undoes everything (repair mode off, lock table deleted).
+pub struct Session {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// The connections of the processes `pids`: (pid, fd, local, remote) of each TCP socket that
+/// has a peer. Processes and fds that vanish meanwhile are skipped (the freeze will see).
+fn connections(pids: &[i32]) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            if !link.to_string_lossy().starts_with("socket:[") {
+                continue;
+            }
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(copy) = crate::sys::pidfd_getfd(&pidfd, fd) else {
+                continue;
+            };
+            let s = copy.as_fd();
+            if !is_tcp(s) {
+                continue;
+            }
+            let Ok(info) = sock::tcp_info(s) else {
+                continue;
+            };
+            if info.state == sock::TCP_LISTEN || info.state == sock::TCP_CLOSE {
+                continue;
+            }
+            if let (Ok(l), Ok(r)) = (sock::local_addr(s), sock::peer_addr(s)) {
+                out.push((l, r));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `s` is a TCP socket (IPv4 or IPv6).
+pub fn is_tcp(s: BorrowedFd) -> bool {
+    let family = sock::get_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+    (family == libc::AF_INET || family == libc::AF_INET6)
+        && sock::get_int(s, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
+        && sock::get_int(s, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Ok(libc::IPPROTO_TCP)
+}
+
+impl Session {
+    /// Starts the TCP side of the dump of the tree `pids` (rooted at `root`), before the
+    /// freeze: every connection the tree has now is locked.
+    pub fn begin(root: i32, pids: &[i32]) -> Result<Session, LockError> {
+        let mut lock = NetLock::new(root);
+        lock.add(&connections(pids))?;
+        SESSION.with(|s| {
+            *s.borrow_mut() = Some(State {
+                lock,
+                repaired: Vec::new(),
+                spent: Duration::ZERO,
+            })
+        });
+        Ok(Session {
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// Time spent on TCP sockets during the collection so far.
+    pub fn spent(&self) -> Duration {
+        SESSION.with(|s| s.borrow().as_ref().map(|st| st.spent).unwrap_or_default())
+    }
+
+    /// Whether any connection was locked.
+    pub fn locked(&self) -> bool {
+        SESSION.with(|s| s.borrow().as_ref().is_some_and(|st| st.lock.active()))
+    }
+
+    /// The tree runs on (`-R`): before it is released, the lock goes and the sockets leave
+    /// repair mode (which sends a window probe, so the peers resume at once).
+    pub fn leave_running(&self) -> Result<(), String> {
+        let st = SESSION.with(|s| s.borrow_mut().take());
+        let Some(mut st) = st else { return Ok(()) };
+        let removed = st.lock.remove().map_err(|e| e.to_string());
+        let repair = repair_off(&st.repaired);
+        removed.and(repair)
+    }
+
+    /// The tree was killed with the sockets in repair mode: crest's duplicates are closed
+    /// (silently, still in repair mode) and the lock stays for the restore. Returns the lock
+    /// table, if there is one.
+    pub fn killed(self) -> Option<String> {
+        let st = SESSION.with(|s| s.borrow_mut().take());
+        let st = st?;
+        drop(st.repaired);
+        st.lock.keep()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A failed dump: the program must find its connections as they were.
+        let st = SESSION.with(|s| s.borrow_mut().take());
+        if let Some(mut st) = st {
+            if let Err(e) = repair_off(&st.repaired) {
+                crate::warn!("{e}");
+            }
+            if let Err(e) = st.lock.remove() {
+                crate::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Held while one process is collected: if its collection fails, the process is released at
+/// once (it is refused), so its connections leave repair mode first.
+pub struct ProcessGuard {
+    pid: i32,
+    armed: bool,
+}
+
+impl ProcessGuard {
+    pub fn new(pid: i32) -> ProcessGuard {
+        ProcessGuard { pid, armed: true }
+    }
+
+    /// The process was collected: its connections stay as the dump needs them.
+    pub fn collected(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mine = SESSION.with(|s| {
+            let mut s = s.borrow_mut();
+            let Some(st) = s.as_mut() else {
+                return Vec::new();
+            };
+            let (mine, rest) = std::mem::take(&mut st.repaired)
+                .into_iter()
+                .partition(|(pid, _, _, _)| *pid == self.pid);
+            st.repaired = rest;
+            mine
+        });
+        if let Err(e) = repair_off(&mine) {
+            crate::warn!("{e}");
+        }
+    }
+}
+
+/// Takes every socket of `repaired` out of repair mode, and gives it back its SO_REUSEADDR
+/// (which repair mode overrides).
+fn repair_off(repaired: &[(i32, i32, OwnedFd, i32)]) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for (pid, fd, s, reuse) in repaired {
+        if let Err(e) = sock::set_int(s.as_fd(), libc::IPPROTO_TCP, sock::TCP_REPAIR, 0)
+            .and_then(|()| sock::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse))
+        {
+            failed.push(format!("pid {pid} fd {fd}: {e}"));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "taking TCP connections out of repair mode failed ({})",
+            failed.join(", ")
+        ))
+    }
+}
+
+/// Records the TCP socket `copy` (crest's duplicate of fd `fd` of process `pid`). The error is
+/// what the socket is and why it cannot be dumped, for the caller's refusal.
+pub fn record(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
+    let started = Instant::now();
+    let r = record_timed(pid, fd, copy);
+    SESSION.with(|s| {
+        if let Some(st) = s.borrow_mut().as_mut() {
+            st.spent += started.elapsed();
+        }
+    });
+    r
+}
+
+fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
+    let s = copy.as_fd();
+    let family = sock::get_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .map_err(|e| format!("a TCP socket whose family cannot be read: {e}"))?;
+    let v = if family == libc::AF_INET6 {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
+    let info = sock::tcp_info(s)
+        .map_err(|e| format!("a TCP/{v} socket whose TCP_INFO cannot be read: {e}"))?;
+    let local = sock::local_addr(s)
+        .map_err(|e| format!("a TCP/{v} socket whose address cannot be read: {e}"))?;
+    // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off).
+    let (options, buf_lock) = opts::read(s, family, info.state == sock::TCP_ESTABLISHED)
+        .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
+    let state = match info.state {
+        sock::TCP_CLOSE if local.port() == 0 && local.ip().is_unspecified() => TcpState::Unbound,
+        sock::TCP_CLOSE => TcpState::Bound { local },
+        sock::TCP_LISTEN => {
+            if info.unacked > 0 {
+                return Err(format!(
+                    "a TCP/{v} socket listening on {local} with {} connection(s) waiting to be \
+                     accepted, which crest cannot carry over; dump it once they are accepted",
+                    info.unacked
+                ));
+            }
+            TcpState::Listening {
+                local,
+                backlog: info.sacked,
+            }
+        }
+        sock::TCP_ESTABLISHED => {
+            let remote = sock::peer_addr(s).map_err(|e| {
+                format!("a connected TCP/{v} socket whose peer cannot be read: {e}")
+            })?;
+            let what = format!("a TCP/{v} connection {local} -> {remote}");
+            TcpState::Established(established(
+                pid,
+                fd,
+                copy.try_clone()
+                    .map_err(|e| format!("{what}: duplicating it: {e}"))?,
+                local,
+                remote,
+                &what,
+            )?)
+        }
+        other => {
+            let remote = sock::peer_addr(s)
+                .map(|r| format!(" -> {r}"))
+                .unwrap_or_default();
+            return Err(format!(
+                "a TCP/{v} socket {local}{remote} in state {}; crest dumps only unbound, bound, \
+                 listening and established TCP sockets",
+                sock::state_name(other)
+            ));
+        }
+    };
+    Ok(TcpSocket {
+        family: family as u32,
+        state,
+        options,
+        buf_lock,
+    })
+}
+
+/// Locks the connection, puts it into repair mode and reads what a restore needs.
+fn established(
+    pid: i32,
+    fd: i32,
+    copy: OwnedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    what: &str,
+) -> Result<TcpConnection, String> {
+    let s = copy.as_fd();
+    // SHUT_RD leaves a connection ESTABLISHED; its receive side is closed for good.
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: pfd is one valid pollfd; a zero timeout only reports.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0
+        && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+    {
+        return Err(format!(
+            "{what} shut down for reading; crest cannot restore a half-closed connection"
+        ));
+    }
+    // MSG_PEEK starts at a peek offset the program set (TCP has one since Linux 6.10).
+    match sock::get_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF) {
+        Ok(-1) | Err(_) => {}
+        Ok(off) => {
+            return Err(format!(
+                "{what} with a peek offset ({off}) set by the program; crest cannot read its \
+                 queue without moving it"
+            ))
+        }
+    }
+    let table = SESSION.with(|st| -> Result<String, String> {
+        let mut st = st.borrow_mut();
+        let Some(st) = st.as_mut() else {
+            return Err(format!(
+                "{what}, which crest dumps only with its network lock"
+            ));
+        };
+        if !st.lock.holds(&local, &remote) {
+            st.lock
+                .add(&[(local, remote)])
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        Ok(st.lock.table().to_string())
+    })?;
+    let reuse = sock::get_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR)
+        .map_err(|e| format!("{what}: SO_REUSEADDR cannot be read: {e}"))?;
+    let repair = |on: i32| sock::set_int(s, libc::IPPROTO_TCP, sock::TCP_REPAIR, on);
+    repair(1).map_err(|e| {
+        format!("{what}: TCP_REPAIR failed ({e}); repairing connections needs CAP_NET_ADMIN")
+    })?;
+    // From here on, the session turns repair mode off again if the dump fails.
+    let held = copy
+        .try_clone()
+        .map_err(|e| format!("{what}: duplicating it: {e}"))?;
+    SESSION.with(|st| {
+        if let Some(st) = st.borrow_mut().as_mut() {
+            st.repaired.push((pid, fd, held, reuse));
+        }
+    });
+    read_repaired(s, local, remote, table).map_err(|e| format!("{what}: {e}"))
+}
+
+fn read_repaired(
+    s: BorrowedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    network_lock: String,
+) -> Result<TcpConnection, String> {
+    let call = |name: &'static str| move |e: Errno| format!("{name} failed in repair mode: {e}");
+    let info = sock::tcp_info(s).map_err(call("TCP_INFO"))?;
+    let tcp_options =
+        info.options & (sock::TCPI_OPT_TIMESTAMPS | sock::TCPI_OPT_SACK | sock::TCPI_OPT_WSCALE);
+    let unsent = sock::ioctl_int(s, sock::SIOCOUTQNSD).map_err(call("SIOCOUTQNSD"))?;
+    let mss = sock::get_int(s, libc::IPPROTO_TCP, libc::TCP_MAXSEG).map_err(call("TCP_MAXSEG"))?;
+    let timestamp = if tcp_options & sock::TCPI_OPT_TIMESTAMPS != 0 {
+        sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_TIMESTAMP).map_err(call("TCP_TIMESTAMP"))?
+            as u32
+    } else {
+        0
+    };
+    let w = sock::get_bytes(s, libc::IPPROTO_TCP, sock::TCP_REPAIR_WINDOW, 20)
+        .map_err(call("TCP_REPAIR_WINDOW"))?;
+    if w.len() != 20 {
+        return Err(format!(
+            "TCP_REPAIR_WINDOW gave {} bytes instead of 20",
+            w.len()
+        ));
+    }
+    let mut window = [0u32; 5];
+    for (i, v) in window.iter_mut().enumerate() {
+        *v = u32::from_ne_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]);
+    }
+    let (recv_seq, recv_queue) = queue(
+        s,
+        sock::TCP_RECV_QUEUE,
+        libc::FIONREAD as libc::c_ulong,
+        "receive",
+    )?;
+    let (send_seq, send_queue) = queue(
+        s,
+        sock::TCP_SEND_QUEUE,
+        libc::TIOCOUTQ as libc::c_ulong,
+        "send",
+    )?;
+    sock::set_int(
+        s,
+        libc::IPPROTO_TCP,
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_NO_QUEUE,
+    )
+    .map_err(call("TCP_REPAIR_QUEUE"))?;
+    Ok(TcpConnection {
+        local,
+        remote,
+        send_seq,
+        recv_seq,
+        unsent: (unsent.max(0) as u32).min(send_queue.len() as u32),
+        send_queue,
+        recv_queue,
+        mss: mss as u32,
+        tcp_options,
+        snd_wscale: info.snd_wscale,
+        rcv_wscale: info.rcv_wscale,
+        timestamp,
+        window,
+        network_lock,
+    })
+}
+
+/// One queue's sequence number and bytes, read twice to be sure nothing moved meanwhile.
+fn queue(
+    s: BorrowedFd,
+    which: i32,
+    len_ioctl: libc::c_ulong,
+    name: &str,
+) -> Result<(u32, Vec<u8>), String> {
+    let fail = |step: &str, e: Errno| format!("reading the {name} queue ({step}) failed: {e}");
+    sock::set_int(s, libc::IPPROTO_TCP, sock::TCP_REPAIR_QUEUE, which)
+        .map_err(|e| fail("TCP_REPAIR_QUEUE", e))?;
+    let seq = |s| sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_QUEUE_SEQ).map(|v| v as u32);
+    let before = seq(s).map_err(|e| fail("TCP_QUEUE_SEQ", e))?;
+    let len = sock::ioctl_int(s, len_ioctl)
+        .map_err(|e| fail("length", e))?
+        .max(0) as usize;
+    if len > TCP_QUEUED_MAX {
+        return Err(format!(
+            "{len} bytes in its {name} queue, more than the {TCP_QUEUED_MAX} crest captures"
+        ));
+    }
+    let data = sock::peek(s, len).map_err(|e| fail("MSG_PEEK", e))?;
+    let after = seq(s).map_err(|e| fail("TCP_QUEUE_SEQ", e))?;
+    if data.len() != len || before != after {
+        return Err(format!(
+            "its {name} queue changed while crest read it ({len} bytes, then {}); dump again",
+            data.len()
+        ));
+    }
+    Ok((before, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    #[test]
+    fn closing_states_and_waiting_connections_are_refused_by_name() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = l.local_addr().unwrap();
+        let client = TcpStream::connect(at).unwrap();
+        let me = std::process::id() as i32;
+        let err = record(me, l.as_raw_fd(), OwnedFd::from(l.try_clone().unwrap())).unwrap_err();
+        assert!(
+            err.contains(&format!("listening on {at} with 1 connection(s) waiting")),
+            "{err}"
+        );
+        let (mut server, _) = l.accept().unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0);
+        let err = record(
+            me,
+            server.as_raw_fd(),
+            OwnedFd::from(server.try_clone().unwrap()),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("CLOSE_WAIT") && err.contains(&at.to_string()),
+            "{err}"
+        );
+        // Without a dump's session (and its lock), a connection is not put into repair mode.
+        let err = record(
+            me,
+            client.as_raw_fd(),
+            OwnedFd::from(client.try_clone().unwrap()),
+        )
+        .unwrap_err();
+        assert!(err.contains("in state FIN_WAIT"), "{err}");
+    }
+}

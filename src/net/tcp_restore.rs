@@ -1,0 +1,358 @@
+//! Recreating TCP sockets, in crest, before the fork (the tasks inherit them like any open
+//! file): unbound sockets, bound ones, listeners (bound again with SO_REUSEADDR for the time of
+//! the bind, as connections of the old listener may linger in TIME_WAIT), and established
+//! connections rebuilt in repair mode without a packet on the wire:
+//! socket -> options that decide the bind -> TCP_REPAIR on -> the sequence number of each queue
+//! -> bind, connect (in repair mode it only hashes the connection) -> the negotiated options
+//! (MSS, window scales, SACK, timestamps) and the timestamp clock -> the receive queue and the
+//! send queue refilled (every byte of the send queue counts as sent: what the peer had not
+//! acknowledged, or not received yet, it gets by retransmission) -> the window -> the other
+//! options. The connections stay in repair mode until [`Repaired::resume`], right before the
+//! tree is released: the network lock goes, then repair mode (whose end sends a window probe,
+//! so the peer learns at once that the connection lives).
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+
+use crate::images::{TcpConnection, TcpSocket, TcpState};
+
+use super::{lock, opts, sock};
+
+/// Largest chunk written into a queue at once (halved when the kernel cannot allocate it).
+const CHUNK: usize = 256 * 1024;
+
+/// The connections a restore rebuilt, still in repair mode, and the lock tables to delete.
+#[derive(Default)]
+pub struct Repaired {
+    /// (who, socket, its SO_REUSEADDR, which repair mode overrides).
+    sockets: Vec<(String, OwnedFd, i32)>,
+    tables: BTreeSet<String>,
+}
+
+/// A restore error: what (naming pid, fd and socket) and the errno.
+#[derive(Debug)]
+pub struct TcpRestoreError {
+    pub what: String,
+    pub errno: Option<Errno>,
+}
+
+impl std::fmt::Display for TcpRestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.errno {
+            Some(e) => write!(f, "{}: {e}", self.what),
+            None => write!(f, "{}", self.what),
+        }
+    }
+}
+
+impl Repaired {
+    /// Whether any connection waits for [`Repaired::resume`].
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty() && self.tables.is_empty()
+    }
+
+    /// The sockets are in place in their processes: the lock goes, then repair mode.
+    pub fn resume(self) -> Result<(), TcpRestoreError> {
+        for t in &self.tables {
+            lock::unlock(t).map_err(|e| TcpRestoreError {
+                what: e.to_string(),
+                errno: None,
+            })?;
+        }
+        for (who, s, reuse) in &self.sockets {
+            sock::set_int(s.as_fd(), libc::IPPROTO_TCP, sock::TCP_REPAIR, 0)
+                .and_then(|()| {
+                    sock::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse)
+                })
+                .map_err(|e| TcpRestoreError {
+                    what: format!("{who}: leaving repair mode (TCP_REPAIR off)"),
+                    errno: Some(e),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the socket `t` with the file status flags `status_flags` of its description; `who`
+/// names it in messages (pid, fd). The descriptor is close-on-exec.
+pub fn create(
+    t: &TcpSocket,
+    status_flags: u32,
+    who: &str,
+    repaired: &mut Repaired,
+) -> Result<OwnedFd, TcpRestoreError> {
+    let err = |what: String| {
+        move |e: Errno| TcpRestoreError {
+            what: format!("{who}: {what}"),
+            errno: Some(e),
+        }
+    };
+    let msg = |what: String| TcpRestoreError {
+        what: format!("{who}: {what}"),
+        errno: None,
+    };
+    let s = sock::tcp_socket(t.family as i32).map_err(err("creating a TCP socket".into()))?;
+    let fd = s.as_fd();
+    match &t.state {
+        TcpState::Unbound => {
+            opts::apply(fd, &t.options, |_| true).map_err(msg)?;
+        }
+        TcpState::Bound { local } => {
+            opts::apply(fd, &t.options, |_| true).map_err(msg)?;
+            sock::bind(fd, local).map_err(err(format!("binding a TCP socket to {local}")))?;
+        }
+        TcpState::Listening { local, backlog } => {
+            opts::apply(fd, &t.options, |_| true).map_err(msg)?;
+            listen(fd, local, *backlog).map_err(err(format!("listening on {local}")))?;
+        }
+        TcpState::Established(c) => {
+            let what = format!("TCP connection {} -> {}", c.local, c.remote);
+            opts::apply(fd, &t.options, opts::before_bind).map_err(msg)?;
+            connection(fd, c).map_err(|(step, e)| TcpRestoreError {
+                what: format!("{who}: {what}: {step}"),
+                errno: Some(e),
+            })?;
+            opts::apply(fd, &t.options, |o| !opts::before_bind(o)).map_err(msg)?;
+            let copy = s.try_clone().map_err(|e| TcpRestoreError {
+                what: format!("{who}: duplicating the {what}: {e}"),
+                errno: None,
+            })?;
+            let reuse = t
+                .options
+                .iter()
+                .find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR))
+                .and_then(|o| o.value.get(..4))
+                .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            repaired
+                .sockets
+                .push((format!("{who}: {what}"), copy, reuse));
+            repaired.tables.insert(c.network_lock.clone());
+        }
+    }
+    opts::apply_buf_lock(fd, t.buf_lock).map_err(msg)?;
+    if status_flags as i32 & libc::O_NONBLOCK != 0 {
+        // SAFETY: F_SETFL on a descriptor we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(err("making the socket non-blocking".into())(Errno::last()));
+        }
+    }
+    Ok(s)
+}
+
+/// Binds (with SO_REUSEADDR for the bind only) and listens.
+fn listen(fd: BorrowedFd, local: &std::net::SocketAddr, backlog: u32) -> Result<(), Errno> {
+    let reuse = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    sock::bind(fd, local)?;
+    // SAFETY: listen(2) on a socket we own.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
+        return Err(Errno::last());
+    }
+    sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse)
+}
+
+/// Rebuilds an established connection in repair mode; the error names the step.
+fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Errno)> {
+    let tcp = |name: i32, v: i32, step: &'static str| {
+        sock::set_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| (step, e))
+    };
+    // Room for both queues whatever the defaults; SO_BUF_LOCK is put back afterwards.
+    let room = |n: usize| ((n + (1 << 20)).min(i32::MAX as usize / 2)) as i32;
+    sock::set_int(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        room(c.send_queue.len()),
+    )
+    .map_err(|e| ("SO_SNDBUFFORCE", e))?;
+    sock::set_int(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        room(c.recv_queue.len()),
+    )
+    .map_err(|e| ("SO_RCVBUFFORCE", e))?;
+    tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR (needs CAP_NET_ADMIN)")?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    tcp(
+        sock::TCP_QUEUE_SEQ,
+        c.recv_seq.wrapping_sub(c.recv_queue.len() as u32) as i32,
+        "TCP_QUEUE_SEQ (receive)",
+    )?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    tcp(
+        sock::TCP_QUEUE_SEQ,
+        c.send_seq.wrapping_sub(c.send_queue.len() as u32) as i32,
+        "TCP_QUEUE_SEQ (send)",
+    )?;
+    sock::bind(fd, &c.local).map_err(|e| ("bind", e))?;
+    sock::connect(fd, &c.remote).map_err(|e| ("connect", e))?;
+
+    let mut ropts: Vec<(u32, u32)> = vec![(2, c.mss)]; // TCPOPT_MSS
+    if c.tcp_options & sock::TCPI_OPT_WSCALE != 0 {
+        ropts.push((3, u32::from(c.snd_wscale) | u32::from(c.rcv_wscale) << 16));
+        // TCPOPT_WINDOW
+    }
+    if c.tcp_options & sock::TCPI_OPT_SACK != 0 {
+        ropts.push((4, 0)); // TCPOPT_SACK_PERM
+    }
+    if c.tcp_options & sock::TCPI_OPT_TIMESTAMPS != 0 {
+        ropts.push((8, 0)); // TCPOPT_TIMESTAMP
+    }
+    let bytes: Vec<u8> = ropts
+        .iter()
+        .flat_map(|(code, v)| code.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
+        .collect();
+    sock::set_bytes(fd, libc::IPPROTO_TCP, sock::TCP_REPAIR_OPTIONS, &bytes)
+        .map_err(|e| ("TCP_REPAIR_OPTIONS", e))?;
+    if c.tcp_options & sock::TCPI_OPT_TIMESTAMPS != 0 {
+        tcp(sock::TCP_TIMESTAMP, c.timestamp as i32, "TCP_TIMESTAMP")?;
+    }
+
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    sock::send_chunked(fd, &c.recv_queue, CHUNK).map_err(|e| ("refilling the receive queue", e))?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    sock::send_chunked(fd, &c.send_queue, CHUNK).map_err(|e| ("refilling the send queue", e))?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_NO_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+
+    let window: Vec<u8> = c.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    sock::set_bytes(fd, libc::IPPROTO_TCP, sock::TCP_REPAIR_WINDOW, &window)
+        .map_err(|e| ("TCP_REPAIR_WINDOW", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::tcp_dump;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::FromRawFd;
+
+    /// Dumps `s` (our own socket) the way a dump does, closes it silently, restores it.
+    fn cycle(s: OwnedFd) -> (TcpSocket, OwnedFd) {
+        let session = tcp_dump::Session::begin(-1, &[]).unwrap();
+        let copy = s.try_clone().unwrap();
+        let t = tcp_dump::record(std::process::id() as i32, s.as_raw_fd(), copy).unwrap();
+        drop(s);
+        let table = session.killed();
+        if let TcpState::Established(c) = &t.state {
+            assert_eq!(table.as_deref(), Some(c.network_lock.as_str()));
+            assert!(lock::exists(&c.network_lock));
+        }
+        let mut repaired = Repaired::default();
+        let fd = create(&t, 0, "test", &mut repaired).unwrap();
+        repaired.resume().unwrap();
+        (t, fd)
+    }
+
+    fn stream(fd: OwnedFd) -> TcpStream {
+        // SAFETY: the descriptor is ours; ownership moves into the stream.
+        unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+    }
+
+    #[test]
+    fn an_established_connection_carries_on_with_both_queues() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let l = TcpListener::bind(addr).unwrap();
+            let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (mut server, _) = l.accept().unwrap();
+            server.set_nodelay(true).unwrap();
+            client.write_all(b"unread by the server").unwrap();
+            server.write_all(b"unread by the client").unwrap();
+            // Wait until the bytes are in the receive queue.
+            let mut n = 0;
+            while n < 20 {
+                n = sock::ioctl_int(server.as_fd(), libc::FIONREAD as libc::c_ulong).unwrap();
+            }
+            let (t, fd) = cycle(OwnedFd::from(server));
+            let TcpState::Established(c) = &t.state else {
+                panic!("{t:?}")
+            };
+            assert_eq!(c.recv_queue, b"unread by the server");
+            let mut server = stream(fd);
+            assert!(server.nodelay().unwrap());
+            let mut buf = [0u8; 20];
+            server.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"unread by the server");
+            client.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"unread by the client");
+            server.write_all(b"after").unwrap();
+            client.write_all(b"again").unwrap();
+            let mut five = [0u8; 5];
+            client.read_exact(&mut five).unwrap();
+            assert_eq!(&five, b"after");
+            server.read_exact(&mut five).unwrap();
+            assert_eq!(&five, b"again");
+            drop(l);
+        }
+    }
+
+    #[test]
+    fn a_full_send_queue_reaches_the_peer_after_restore() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        sock::set_int(client.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4096).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut sent = 0usize;
+        let pattern = |i: usize| (i * 7 % 251) as u8;
+        loop {
+            let chunk: Vec<u8> = (sent..sent + 4096).map(pattern).collect();
+            match server.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let (t, fd) = cycle(OwnedFd::from(server));
+        let TcpState::Established(c) = &t.state else {
+            panic!("{t:?}")
+        };
+        assert!(!c.send_queue.is_empty());
+        let mut client = client;
+        let mut got = vec![0u8; sent];
+        client.read_exact(&mut got).unwrap();
+        assert!(got.iter().enumerate().all(|(i, b)| *b == pattern(i)));
+        drop(fd);
+    }
+
+    #[test]
+    fn a_listener_listens_again_with_its_options() {
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        let at = l.local_addr().unwrap();
+        sock::set_int(l.as_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 5).unwrap();
+        let (t, fd) = cycle(OwnedFd::from(l));
+        assert!(matches!(t.state, TcpState::Listening { local, .. } if local == at));
+        assert!(sock::get_int(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT).unwrap() > 0);
+        // SAFETY: the descriptor is ours; ownership moves into the listener.
+        let l = unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+        let mut c = TcpStream::connect(at).unwrap();
+        c.write_all(b"x").unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+    }
+}
