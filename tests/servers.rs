@@ -3,8 +3,8 @@
 //! connections and data loaded, go through three dump/restore cycles. After each restore they
 //! answer on the connections the clients kept and on new ones, with all their data.
 //!
-//! A server that is not installed is skipped with a "skipped: ..." line on stderr (`.ci/run`
-//! installs them all).
+//! A server that is not installed is skipped with a "SKIPPED ..." line in the test output
+//! (`.ci/run` installs them all).
 
 mod common;
 
@@ -22,14 +22,17 @@ use nix::unistd::Pid;
 /// How long a restored server may take to answer.
 const ANSWER: Duration = Duration::from_secs(30);
 
-/// The program `name` on PATH (or in /usr/sbin), or None after saying the test is skipped.
+/// The program `name` in the system's bin directories, or None after saying the test is
+/// skipped.
 fn installed(name: &str) -> Option<PathBuf> {
     let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
         .iter()
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file());
     if found.is_none() {
-        eprintln!("skipped: {name} is not installed (apt-get install the Debian package)");
+        say_skipped(&format!(
+            "{name} is not installed (apt-get install its Debian package)"
+        ));
     }
     found
 }
