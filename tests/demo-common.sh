@@ -5,10 +5,32 @@ now_ns() { date +%s%N; }
 ms_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
 log_lines() { if [ -f "$LOG" ]; then wc -l <"$LOG"; else echo 0; fi; }
 
+# parse_demo_args "$@": --keep keeps the image (KEEP=1); anything else is a usage error.
+KEEP=
+parse_demo_args() {
+    for arg in "$@"; do
+        case "$arg" in
+            --keep) KEEP=1 ;;
+            *) echo "usage: bash $0 [--keep]   (--keep: keep the image for crest show)" >&2; exit 2 ;;
+        esac
+    done
+}
+
+# With --keep, moves the image ($IMG) to target/<name> and says how to look at it; called by
+# the scripts' cleanup, so a failed run keeps what it wrote too.
+keep_image_if_asked() {
+    local name=$1
+    if [ -n "$KEEP" ] && [ -d "${IMG:-}" ]; then
+        rm -rf "${ROOT:?}/target/$name"
+        mv "$IMG" "$ROOT/target/$name"
+        echo "image kept in target/$name: look at it with target/release/crest show target/$name"
+    fi
+}
+
 # Builds crest in release mode into $CREST and makes sure dump and restore can work here.
 build_crest() {
-    echo "== building crest (release)"
-    cargo build --release --quiet
+    echo "== building crest (release; the first build takes a few minutes)"
+    cargo build --release
     CREST=$ROOT/target/release/crest
     if ! "$CREST" check >"$WORK/check.txt"; then
         cat "$WORK/check.txt"

@@ -8,7 +8,7 @@
 # timings. Needs root (or CAP_CHECKPOINT_RESTORE + CAP_SYS_PTRACE). Ends only the process it
 # started, by pid.
 #
-# usage: bash tests/demo-native.sh
+# usage: bash tests/demo-native.sh [--keep]   (--keep: keep the image, for crest show)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,6 +20,7 @@ source "$ROOT/tests/demo-common.sh"
 VICTIM_PID=
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crest-demo.XXXXXX")
 cleanup() {
+    keep_image_if_asked demo-native-image
     if [ -n "$VICTIM_PID" ] && kill -0 "$VICTIM_PID" 2>/dev/null; then
         kill -KILL "$VICTIM_PID" 2>/dev/null || true
         # Our child only until the first dump; afterwards init reaps it. Wait until it is gone.
@@ -28,6 +29,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+parse_demo_args "$@"
 
 build_crest
 

@@ -9,7 +9,8 @@
 # connection, asks it to re-check its live data, and prints the timings. Needs root (or CAP_CHECKPOINT_RESTORE + CAP_SYS_PTRACE) and a JDK (javac, java; JDK 17
 # by default, or set JAVA_HOME). Ends only the process it started, by pid.
 #
-# usage: bash tests/demo.sh        (tests/demo-native.sh does the same for a C program)
+# usage: bash tests/demo.sh [--keep]   (--keep: keep the image, for crest show; tests/demo-native.sh
+# does the same for a C program)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ source "$ROOT/tests/demo-common.sh"
 JVM_PID=
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crest-demo.XXXXXX")
 cleanup() {
+    keep_image_if_asked demo-image
     if [ -n "$JVM_PID" ] && kill -0 "$JVM_PID" 2>/dev/null; then
         kill -KILL "$JVM_PID" 2>/dev/null || true
         for _ in $(seq 1 500); do kill -0 "$JVM_PID" 2>/dev/null || break; sleep 0.01; done
@@ -31,6 +33,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+parse_demo_args "$@"
 
 build_crest
 
@@ -97,6 +100,8 @@ exec 8<>"/dev/tcp/127.0.0.1/$PORT"
 echo "kept connection, before the dump: $(http_get 8 /hello)"
 echo "last log line: $(tail -n 1 "$LOG")"
 
+THREADS_BEFORE=$(ls /proc/$JVM_PID/task | wc -l)
+NAMES_BEFORE=$(cat /proc/$JVM_PID/task/*/comm | sort)
 echo "== crest dump -t $JVM_PID -D $IMG"
 exec 3>&2 2>/dev/null
 t0=$(now_ns)
@@ -120,7 +125,15 @@ T_RESTORE=$(ms_since "$t0")
 ANSWER=$(wait_http_200 /hello) || { echo "the restored JVM does not answer HTTP" >&2; exit 1; }
 T_HTTP=$(ms_since "$t0")
 RESTORED_PID=$(cat "$WORK/restored.pid")
-echo "restored pid: $RESTORED_PID (original $JVM_PID), $(ls /proc/$RESTORED_PID/task | wc -l) threads"
+THREADS_AFTER=$(ls /proc/$RESTORED_PID/task | wc -l)
+echo "restored pid: $RESTORED_PID (original $JVM_PID), $THREADS_AFTER threads"
+if [ "$THREADS_AFTER" != "$THREADS_BEFORE" ]; then
+    # The GC hint talks to the JVM through its attach API (which starts its "Attach Listener"
+    # thread) and runs a full GC (for which G1 may start more workers): the image holds the
+    # threads the JVM had once the hint was done.
+    NEW=$(comm -13 <(echo "$NAMES_BEFORE") <(cat /proc/$RESTORED_PID/task/*/comm | sort) | paste -sd, -)
+    echo "($THREADS_BEFORE threads before the dump; the JVM started these during the GC hint: $NEW)"
+fi
 [ "$RESTORED_PID" = "$JVM_PID" ] || { echo "restored under another pid" >&2; exit 1; }
 echo "first answer of the restored JVM: $ANSWER"
 for _ in $(seq 1 20000); do [ "$(log_lines)" -gt "$LINES_BEFORE" ] && break; sleep 0.001; done
