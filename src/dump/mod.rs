@@ -22,6 +22,8 @@ mod freeze;
 mod hint;
 mod jobctl;
 mod memfd;
+mod netlink;
+mod netsockets;
 mod parasite;
 mod pipes;
 mod problems;
@@ -34,6 +36,7 @@ mod task;
 mod threads;
 mod tree;
 mod tty;
+mod udp;
 mod vmas;
 
 // Dumping needs register capture, which exists on x86_64 only so far.

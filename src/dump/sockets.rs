@@ -88,6 +88,9 @@ impl Sockets {
             )
         })?;
         if family != libc::AF_UNIX {
+            if let Some(r) = super::netsockets::record(self.pid, fd, md, &copy, family) {
+                return r;
+            }
             return Err(self.refuse(
                 fd,
                 format!(
@@ -613,7 +616,7 @@ mod tests {
 
     #[test]
     fn other_families_are_refused_by_name() {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let err = record_own(&s).unwrap_err().to_string();
         assert!(err.contains("IPv4"), "{err}");
     }

@@ -88,6 +88,7 @@ impl TreeFiles {
         let names = match ident.kind {
             FileKind::Pipe(_) => vec![format!("pipe:[{}]", ident.ino)],
             FileKind::UnixSocket(_) => vec![format!("socket:[{}]", ident.ino), ident.path.clone()],
+            FileKind::Udp(_) | FileKind::Netlink(_) => vec![format!("socket:[{}]", ident.ino)],
             _ => vec![ident.path.clone()],
         };
         self.inherited
@@ -164,6 +165,8 @@ pub fn open_all(
         if matches!(
             ident.kind,
             FileKind::UnixSocket(_)
+                | FileKind::Udp(_)
+                | FileKind::Netlink(_)
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
                 | FileKind::Event(_)
@@ -233,6 +236,12 @@ pub fn open_all(
                 super::sockets::create(ident, sock, ofd.flags, &mut tree.pairs)?,
                 base,
                 "a UNIX socket",
+            )?,
+            FileKind::Udp(u) => above(super::udp::create(u, ofd.flags)?, base, "a UDP socket")?,
+            FileKind::Netlink(n) => above(
+                super::netlink::create(n, ofd.flags)?,
+                base,
+                "a netlink socket",
             )?,
             FileKind::Pipe(pipe) => {
                 let fds: Vec<String> = p
@@ -559,7 +568,7 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::UnixSocket(_) => {
+        FileKind::UnixSocket(_) | FileKind::Udp(_) | FileKind::Netlink(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(changed("it is not a socket".into()));
             }

@@ -14,6 +14,7 @@ mod finish;
 mod fork;
 mod jobctl;
 mod memfd;
+mod netlink;
 mod pidns;
 mod pipes;
 mod shmem;
@@ -23,6 +24,7 @@ mod specials;
 mod task_state;
 mod tree;
 mod tty;
+mod udp;
 mod wait;
 
 use std::fs::File;
