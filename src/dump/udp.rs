@@ -12,7 +12,13 @@
 //!   socket shut down for reading;
 //! - data corked in the send queue (UDP_CORK or MSG_MORE);
 //! - encapsulation sockets (UDP_ENCAP: IPsec ESP-in-UDP, L2TP, GTP — kernel tunnel state) and
-//!   sockets carrying a BPF filter.
+//!   sockets carrying a BPF filter;
+//! - members of a multicast group: no getsockopt lists a socket's memberships, but every group
+//!   a socket joins is joined on its interface (/proc/net/igmp, igmp6), and MCAST_MSFILTER
+//!   tells, for one such (interface, group), whether this socket is a member.
+//!
+//! Not seen, so not refused: a socket shut down for writing only (SEND_SHUTDOWN; poll shows
+//! only a read shutdown) comes back able to send.
 
 use std::fs::Metadata;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -137,6 +143,23 @@ pub fn record(
         }
     }
     filter_check(copy).map_err(refuse)?;
+    if let Some(g) = crate::proc::joined_groups()
+        .into_iter()
+        .find(|g| is_member(copy, family, g))
+    {
+        let group = match <[u8; 4]>::try_from(&g.group[..]) {
+            Ok(v4) => std::net::Ipv4Addr::from(v4).to_string(),
+            Err(_) => <[u8; 16]>::try_from(&g.group[..]).map_or_else(
+                |_| "?".into(),
+                |v6| std::net::Ipv6Addr::from(v6).to_string(),
+            ),
+        };
+        return Err(refuse(format!(
+            "a member of the multicast group {group} on {} (interface {}); crest cannot \
+             restore multicast memberships yet: dump the program before it joins the group",
+            g.device, g.ifindex
+        )));
+    }
 
     let fresh = sockopts::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP).map_err(|e| {
         refuse(format!(
@@ -193,6 +216,45 @@ pub fn filter_check(sock: &OwnedFd) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether the socket joined `g` (getsockopt MCAST_MSFILTER finds its membership, or fails
+/// with EADDRNOTAVAIL). IPv4 groups are asked at SOL_IP (an IPv6 socket may join them there
+/// too), IPv6 groups at SOL_IPV6 of an IPv6 socket.
+fn is_member(sock: &OwnedFd, family: i32, g: &crate::proc::JoinedGroup) -> bool {
+    const MCAST_MSFILTER: i32 = 48;
+    // struct group_filter: gf_interface, padding, gf_group (sockaddr_storage), gf_fmode,
+    // gf_numsrc, gf_slist[1].
+    const GROUP: usize = 8;
+    let mut buf = [0u64; 34];
+    // SAFETY: the buffer is 272 bytes, u64-aligned; viewed as bytes to fill the fields.
+    let bytes: &mut [u8] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), 272) };
+    bytes[..4].copy_from_slice(&g.ifindex.to_ne_bytes());
+    let level = match g.group.len() {
+        4 => {
+            bytes[GROUP..GROUP + 2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            bytes[GROUP + 4..GROUP + 8].copy_from_slice(&g.group);
+            libc::SOL_IP
+        }
+        16 if family == libc::AF_INET6 => {
+            bytes[GROUP..GROUP + 2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            bytes[GROUP + 8..GROUP + 24].copy_from_slice(&g.group);
+            libc::SOL_IPV6
+        }
+        _ => return false,
+    };
+    let mut len: libc::socklen_t = 272;
+    // SAFETY: buf holds 272 writable bytes; len says so.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            MCAST_MSFILTER,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    r == 0
 }
 
 /// The size of the next datagram (FIONREAD).
@@ -355,6 +417,24 @@ mod tests {
         assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1);
         let err = record_own(&a).unwrap_err().to_string();
         assert!(err.contains("error the program has not read"), "{err}");
+    }
+
+    #[test]
+    fn multicast_members_are_refused() {
+        let s = Std::bind("127.0.0.1:0").unwrap();
+        let other = Std::bind("127.0.0.1:0").unwrap();
+        let group = std::net::Ipv4Addr::new(239, 7, 7, 7);
+        s.join_multicast_v4(&group, &std::net::Ipv4Addr::LOCALHOST)
+            .unwrap();
+        let err = record_own(&s).unwrap_err().to_string();
+        assert!(err.contains("multicast group 239.7.7.7 on lo"), "{err}");
+        // Another socket is not a member because this one is.
+        record_own(&other).unwrap();
+        let v6 = Std::bind("[::1]:0").unwrap();
+        let group6: std::net::Ipv6Addr = "ff02::7:7".parse().unwrap();
+        v6.join_multicast_v6(&group6, 1).unwrap();
+        let err = record_own(&v6).unwrap_err().to_string();
+        assert!(err.contains("multicast group ff02::7:7"), "{err}");
     }
 
     #[test]
