@@ -149,6 +149,52 @@ mod tests {
     }
 
     #[test]
+    fn uevent_monitor_comes_back_subscribed_and_connected_socket_keeps_its_destination() {
+        // What udev monitors hold: NETLINK_KOBJECT_UEVENT, group 1 (the kernel's events),
+        // SOCK_DGRAM, with a port id the kernel chose when it bound.
+        let mut n = route(0, vec![1]);
+        n.protocol = 15;
+        n.sock_type = libc::SOCK_DGRAM as u32;
+        n.options = vec![crate::images::SetSockOpt {
+            level: libc::SOL_SOCKET,
+            name: libc::SO_PASSCRED,
+            value: 1i32.to_ne_bytes().to_vec(),
+        }];
+        let s = create(&n, libc::O_NONBLOCK as u32).unwrap();
+        assert_eq!(port_of(&s).1, 1);
+        assert_eq!(
+            sockopts::get_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL),
+            Ok(15)
+        );
+        assert_eq!(
+            sockopts::get_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED),
+            Ok(1)
+        );
+        // SAFETY: F_GETFL on a descriptor we own.
+        assert_ne!(
+            unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) } & libc::O_NONBLOCK,
+            0
+        );
+
+        let mut c = route(0, vec![]);
+        c.dst_port_id = 0;
+        c.dst_group = 1;
+        let s = create(&c, 0).unwrap();
+        // SAFETY: sockaddr_nl is plain old data.
+        let mut a: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of_val(&a) as libc::socklen_t;
+        // SAFETY: a and len are valid.
+        let r = unsafe {
+            libc::getpeername(
+                s.as_raw_fd(),
+                (&mut a as *mut libc::sockaddr_nl).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!((r, a.nl_groups), (0, 1));
+    }
+
+    #[test]
     fn port_id_and_groups_come_back_and_a_taken_port_id_is_refused() {
         // A port id nobody uses: one the kernel hands out, released again.
         let probe = sockopts::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0).unwrap();
