@@ -713,6 +713,14 @@ pub enum FileKind {
     Pidfd {
         pid: i32,
     },
+    /// An IPv4 or IPv6 UDP socket, created anew at restore (socket, options, bind, connect).
+    /// `dev`/`ino` are the socket inode's (sockfs); the path is empty; size, mtime and mode
+    /// are 0.
+    Udp(UdpSocket),
+    /// A netlink socket, created anew at restore with its protocol, port id, groups and
+    /// options. `dev`/`ino` are the socket inode's (sockfs); the path is empty; size, mtime and
+    /// mode are 0.
+    Netlink(NetlinkSocket),
 }
 
 /// A TCP socket as a restore recreates it.
@@ -960,6 +968,63 @@ pub enum UnixSocketState {
     /// `UNIX_DIAG_RQLEN`); `pending` the inodes of the clients (held in the tree) whose
     /// connections wait to be accepted, oldest first.
     Listening { backlog: u32, pending: Vec<u64> },
+}
+
+/// A UDP socket (AF_INET or AF_INET6, SOCK_DGRAM, IPPROTO_UDP) as a restore recreates it.
+/// Its receive queue was empty at dump time (a dump refuses one holding datagrams) and nothing
+/// was corked in its send queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpSocket {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u32,
+    /// The address it is bound to (getsockname); None when it never was (port 0).
+    pub local: Option<UdpEndpoint>,
+    /// The address it is connected to (getpeername); None when not connected.
+    pub peer: Option<UdpEndpoint>,
+    /// Options that differ from a fresh socket's, set again before bind and connect.
+    pub options: Vec<SetSockOpt>,
+}
+
+/// An IPv4 or IPv6 socket address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpEndpoint {
+    /// The address in network byte order: 4 bytes in an AF_INET socket, 16 in an AF_INET6 one
+    /// (an IPv4 peer of a dual-stack socket is IPv4-mapped, `::ffff:a.b.c.d`).
+    pub ip: Vec<u8>,
+    pub port: u16,
+    /// IPv6 only: sin6_flowinfo and sin6_scope_id (the interface of a link-local address).
+    pub flowinfo: u32,
+    pub scope_id: u32,
+}
+
+/// One setsockopt(2) a restore repeats on a recreated socket: level, option name and the value
+/// bytes. Only the options of [`crate::validate::SOCKET_OPTIONS`] are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: Vec<u8>,
+}
+
+/// A netlink socket as a restore recreates it. Its receive queue was empty and no dump reply
+/// was in progress at dump time (a dump refuses either).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetlinkSocket {
+    /// SOCK_RAW (3) or SOCK_DGRAM (2).
+    pub sock_type: u32,
+    /// NETLINK_ROUTE (0), NETLINK_SOCK_DIAG (4) or NETLINK_KOBJECT_UEVENT (15).
+    pub protocol: u32,
+    /// The port id it is bound to (nl_pid); 0 when it never was bound (nor sent anything). A
+    /// restore binds the same port id, or fails if another socket holds it.
+    pub port_id: u32,
+    /// The multicast groups it is subscribed to (group numbers, from 1), ascending.
+    pub groups: Vec<u32>,
+    /// The default destination set by connect(2) (port id and group number); 0 and 0 when not
+    /// connected.
+    pub dst_port_id: u32,
+    pub dst_group: u32,
+    /// Options that differ from a fresh socket's (SOL_NETLINK flags, buffer sizes, ...).
+    pub options: Vec<SetSockOpt>,
 }
 
 /// An open file description (what `open` returns and `dup` shares).

@@ -5,6 +5,9 @@
 use crate::error::ImageError;
 use crate::schema::*;
 
+mod net;
+pub use net::{socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX};
+
 /// Addresses at or above this are outside any user address space (57-bit with 5-level paging
 /// on x86_64, 52 bits on arm64).
 pub const USER_ADDRESS_LIMIT: u64 = 1 << 57;
@@ -678,6 +681,12 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Tcp(t) = &f.kind {
         return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
     }
+    if let FileKind::Udp(u) = &f.kind {
+        return net::check_udp(i, f, u);
+    }
+    if let FileKind::Netlink(n) = &f.kind {
+        return net::check_netlink(i, f, n);
+    }
     if let FileKind::UnixSocket(s) = &f.kind {
         return check_unix_socket(i, f, s);
     }
@@ -827,6 +836,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             }
             if let FileKind::UnixSocket(_) = f.kind {
                 return Err(format!("{} maps a UNIX socket", what()));
+            }
+            if let FileKind::Udp(_) | FileKind::Netlink(_) = f.kind {
+                return Err(format!("{} maps a socket", what()));
             }
             if let FileKind::Pipe(_) = f.kind {
                 return Err(format!("{} maps a pipe", what()));

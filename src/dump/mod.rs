@@ -22,6 +22,8 @@ mod freeze;
 mod hint;
 mod jobctl;
 mod memfd;
+mod netlink;
+mod netsockets;
 mod parasite;
 mod pipes;
 mod problems;
@@ -35,6 +37,7 @@ mod task;
 mod threads;
 mod tree;
 mod tty;
+mod udp;
 mod unix_tree;
 mod vmas;
 

@@ -109,6 +109,9 @@ impl Sockets {
             });
         }
         if family != libc::AF_UNIX {
+            if let Some(r) = super::netsockets::record(self.pid, fd, md, &copy, family) {
+                return r;
+            }
             return Err(self.refuse(
                 fd,
                 format!(
@@ -946,8 +949,16 @@ mod tests {
 
     #[test]
     fn other_families_are_refused_by_name() {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // SAFETY: socket(2) takes only integers; the fd is owned right away.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(
+            raw >= 0,
+            "socket(AF_INET, SOCK_RAW): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: raw is a fresh descriptor nothing else owns.
+        let s = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
         let err = record_own(&s).unwrap_err().to_string();
-        assert!(err.contains("IPv4"), "{err}");
+        assert!(err.contains("IPv4 raw socket"), "{err}");
     }
 }

@@ -2,3 +2,4 @@
 //! collected at dump and how it is recreated at restore; `dump/` and `restore/` call them.
 
 pub mod locks;
+pub mod sockopts;

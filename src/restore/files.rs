@@ -95,7 +95,9 @@ impl TreeFiles {
         let names = match ident.kind {
             FileKind::Pipe(_) => vec![format!("pipe:[{}]", ident.ino)],
             FileKind::UnixSocket(_) => vec![format!("socket:[{}]", ident.ino), ident.path.clone()],
-            FileKind::Tcp(_) => vec![format!("socket:[{}]", ident.ino)],
+            FileKind::Tcp(_) | FileKind::Udp(_) | FileKind::Netlink(_) => {
+                vec![format!("socket:[{}]", ident.ino)]
+            }
             _ => vec![ident.path.clone()],
         };
         self.inherited
@@ -184,6 +186,8 @@ pub fn open_all(
             ident.kind,
             FileKind::UnixSocket(_)
                 | FileKind::Tcp(_)
+                | FileKind::Udp(_)
+                | FileKind::Netlink(_)
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
                 | FileKind::Event(_)
@@ -266,6 +270,12 @@ pub fn open_all(
                     })?;
                 above(s, base, "a TCP socket")?
             }
+            FileKind::Udp(u) => above(super::udp::create(u, ofd.flags)?, base, "a UDP socket")?,
+            FileKind::Netlink(n) => above(
+                super::netlink::create(n, ofd.flags)?,
+                base,
+                "a netlink socket",
+            )?,
             FileKind::Pipe(pipe) => {
                 let fds: Vec<String> = p
                     .fds
@@ -600,7 +610,7 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::UnixSocket(_) | FileKind::Tcp(_) => {
+        FileKind::UnixSocket(_) | FileKind::Tcp(_) | FileKind::Udp(_) | FileKind::Netlink(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(changed("it is not a socket".into()));
             }

@@ -15,6 +15,7 @@ mod finish;
 mod fork;
 mod jobctl;
 mod memfd;
+mod netlink;
 mod pidns;
 mod pipes;
 mod shmem;
@@ -24,6 +25,7 @@ mod specials;
 mod task_state;
 mod tree;
 mod tty;
+mod udp;
 mod wait;
 
 use std::fs::File;

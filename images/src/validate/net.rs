@@ -1,0 +1,337 @@
+//! Checks of the UDP and netlink sockets an image records ([`FileKind::Udp`],
+//! [`FileKind::Netlink`]), and the one list of socket options a restore may set on them.
+
+use crate::schema::*;
+
+/// SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_UDP and SOL_NETLINK.
+pub const SOL_SOCKET: i32 = 1;
+pub const SOL_IP: i32 = 0;
+pub const SOL_IPV6: i32 = 41;
+pub const SOL_UDP: i32 = 17;
+pub const SOL_NETLINK: i32 = 270;
+
+/// Most bytes of one option's value (the largest here is an interface name or IP options).
+pub const SOCKET_OPTION_MAX: usize = 64;
+
+/// Every socket option a dump records and a restore sets again: (level, name, what it is).
+/// Options that hold a pointer, state the kernel builds (filters, memberships) or that only
+/// read (SO_TYPE, SO_ERROR) are not here. The send and receive buffer sizes are recorded as
+/// SO_SNDBUFFORCE / SO_RCVBUFFORCE with the value the program asked for (half what
+/// getsockopt reports), and only when the program set them (SO_BUF_LOCK).
+pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
+    (SOL_SOCKET, 2, "SO_REUSEADDR"),
+    (SOL_SOCKET, 5, "SO_DONTROUTE"),
+    (SOL_SOCKET, 6, "SO_BROADCAST"),
+    (SOL_SOCKET, 9, "SO_KEEPALIVE"),
+    (SOL_SOCKET, 10, "SO_OOBINLINE"),
+    (SOL_SOCKET, 11, "SO_NO_CHECK"),
+    (SOL_SOCKET, 12, "SO_PRIORITY"),
+    (SOL_SOCKET, 13, "SO_LINGER"),
+    (SOL_SOCKET, 15, "SO_REUSEPORT"),
+    (SOL_SOCKET, 16, "SO_PASSCRED"),
+    (SOL_SOCKET, 18, "SO_RCVLOWAT"),
+    (SOL_SOCKET, 20, "SO_RCVTIMEO"),
+    (SOL_SOCKET, 21, "SO_SNDTIMEO"),
+    (SOL_SOCKET, 25, "SO_BINDTODEVICE"),
+    (SOL_SOCKET, 29, "SO_TIMESTAMP"),
+    (SOL_SOCKET, 32, "SO_SNDBUFFORCE"),
+    (SOL_SOCKET, 33, "SO_RCVBUFFORCE"),
+    (SOL_SOCKET, 34, "SO_PASSSEC"),
+    (SOL_SOCKET, 35, "SO_TIMESTAMPNS"),
+    (SOL_SOCKET, 36, "SO_MARK"),
+    (SOL_SOCKET, 40, "SO_RXQ_OVFL"),
+    (SOL_SOCKET, 41, "SO_WIFI_STATUS"),
+    (SOL_SOCKET, 42, "SO_PEEK_OFF"),
+    (SOL_SOCKET, 45, "SO_SELECT_ERR_QUEUE"),
+    (SOL_SOCKET, 46, "SO_BUSY_POLL"),
+    (SOL_SOCKET, 49, "SO_INCOMING_CPU"),
+    (SOL_SOCKET, 60, "SO_ZEROCOPY"),
+    (SOL_SOCKET, 63, "SO_TIMESTAMP_NEW"),
+    (SOL_SOCKET, 64, "SO_TIMESTAMPNS_NEW"),
+    (SOL_SOCKET, 75, "SO_RCVMARK"),
+    (SOL_IP, 1, "IP_TOS"),
+    (SOL_IP, 2, "IP_TTL"),
+    (SOL_IP, 4, "IP_OPTIONS"),
+    (SOL_IP, 6, "IP_RECVOPTS"),
+    (SOL_IP, 7, "IP_RETOPTS"),
+    (SOL_IP, 8, "IP_PKTINFO"),
+    (SOL_IP, 10, "IP_MTU_DISCOVER"),
+    (SOL_IP, 11, "IP_RECVERR"),
+    (SOL_IP, 12, "IP_RECVTTL"),
+    (SOL_IP, 13, "IP_RECVTOS"),
+    (SOL_IP, 15, "IP_FREEBIND"),
+    (SOL_IP, 18, "IP_PASSSEC"),
+    (SOL_IP, 19, "IP_TRANSPARENT"),
+    (SOL_IP, 20, "IP_RECVORIGDSTADDR"),
+    (SOL_IP, 21, "IP_MINTTL"),
+    (SOL_IP, 22, "IP_NODEFRAG"),
+    (SOL_IP, 23, "IP_CHECKSUM"),
+    (SOL_IP, 24, "IP_BIND_ADDRESS_NO_PORT"),
+    (SOL_IP, 25, "IP_RECVFRAGSIZE"),
+    (SOL_IP, 26, "IP_RECVERR_RFC4884"),
+    (SOL_IP, 32, "IP_MULTICAST_IF"),
+    (SOL_IP, 33, "IP_MULTICAST_TTL"),
+    (SOL_IP, 34, "IP_MULTICAST_LOOP"),
+    (SOL_IP, 49, "IP_MULTICAST_ALL"),
+    (SOL_IP, 50, "IP_UNICAST_IF"),
+    (SOL_IP, 51, "IP_LOCAL_PORT_RANGE"),
+    (SOL_IPV6, 11, "IPV6_FLOWINFO"),
+    (SOL_IPV6, 16, "IPV6_UNICAST_HOPS"),
+    (SOL_IPV6, 17, "IPV6_MULTICAST_IF"),
+    (SOL_IPV6, 18, "IPV6_MULTICAST_HOPS"),
+    (SOL_IPV6, 19, "IPV6_MULTICAST_LOOP"),
+    (SOL_IPV6, 23, "IPV6_MTU_DISCOVER"),
+    (SOL_IPV6, 25, "IPV6_RECVERR"),
+    (SOL_IPV6, 26, "IPV6_V6ONLY"),
+    (SOL_IPV6, 29, "IPV6_MULTICAST_ALL"),
+    (SOL_IPV6, 31, "IPV6_RECVERR_RFC4884"),
+    (SOL_IPV6, 33, "IPV6_FLOWINFO_SEND"),
+    (SOL_IPV6, 49, "IPV6_RECVPKTINFO"),
+    (SOL_IPV6, 51, "IPV6_RECVHOPLIMIT"),
+    (SOL_IPV6, 53, "IPV6_RECVHOPOPTS"),
+    (SOL_IPV6, 56, "IPV6_RECVRTHDR"),
+    (SOL_IPV6, 58, "IPV6_RECVDSTOPTS"),
+    (SOL_IPV6, 60, "IPV6_RECVPATHMTU"),
+    (SOL_IPV6, 62, "IPV6_DONTFRAG"),
+    (SOL_IPV6, 66, "IPV6_RECVTCLASS"),
+    (SOL_IPV6, 67, "IPV6_TCLASS"),
+    (SOL_IPV6, 70, "IPV6_AUTOFLOWLABEL"),
+    (SOL_IPV6, 72, "IPV6_ADDR_PREFERENCES"),
+    (SOL_IPV6, 73, "IPV6_MINHOPCOUNT"),
+    (SOL_IPV6, 74, "IPV6_RECVORIGDSTADDR"),
+    (SOL_IPV6, 75, "IPV6_TRANSPARENT"),
+    (SOL_IPV6, 76, "IPV6_UNICAST_IF"),
+    (SOL_IPV6, 77, "IPV6_RECVFRAGSIZE"),
+    (SOL_IPV6, 78, "IPV6_FREEBIND"),
+    (SOL_UDP, 1, "UDP_CORK"),
+    (SOL_UDP, 101, "UDP_NO_CHECK6_TX"),
+    (SOL_UDP, 102, "UDP_NO_CHECK6_RX"),
+    (SOL_UDP, 103, "UDP_SEGMENT"),
+    (SOL_UDP, 104, "UDP_GRO"),
+    (SOL_NETLINK, 3, "NETLINK_PKTINFO"),
+    (SOL_NETLINK, 4, "NETLINK_BROADCAST_ERROR"),
+    (SOL_NETLINK, 5, "NETLINK_NO_ENOBUFS"),
+    (SOL_NETLINK, 8, "NETLINK_LISTEN_ALL_NSID"),
+    (SOL_NETLINK, 10, "NETLINK_CAP_ACK"),
+    (SOL_NETLINK, 11, "NETLINK_EXT_ACK"),
+    (SOL_NETLINK, 12, "NETLINK_GET_STRICT_CHK"),
+];
+
+/// The name of option (`level`, `name`) if [`SOCKET_OPTIONS`] lists it.
+pub fn socket_option_name(level: i32, name: i32) -> Option<&'static str> {
+    SOCKET_OPTIONS
+        .iter()
+        .find(|(l, n, _)| *l == level && *n == name)
+        .map(|(_, _, what)| *what)
+}
+
+/// AF_INET, AF_INET6.
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+/// NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_KOBJECT_UEVENT: the netlink protocols a restore
+/// recreates (the kernel keeps no per-socket state for them beyond what the image records).
+pub const NETLINK_PROTOCOLS: [u32; 3] = [0, 4, 15];
+/// SOCK_DGRAM and SOCK_RAW, the two types a netlink socket may have.
+pub const NETLINK_TYPES: [u32; 2] = [2, 3];
+/// Netlink multicast groups are numbered from 1; no family has anywhere near this many.
+pub const NETLINK_GROUP_MAX: u32 = 1 << 16;
+
+fn check_options(i: usize, what: &str, options: &[SetSockOpt]) -> Result<(), String> {
+    for o in options {
+        let Some(name) = socket_option_name(o.level, o.name) else {
+            return Err(format!(
+                "file {i} is a {what} with socket option {}/{}, which crest does not set",
+                o.level, o.name
+            ));
+        };
+        if o.value.is_empty() || o.value.len() > SOCKET_OPTION_MAX {
+            return Err(format!(
+                "file {i} is a {what} whose {name} value has {} bytes (1 to \
+                 {SOCKET_OPTION_MAX})",
+                o.value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn no_path(i: usize, f: &FileIdentity, what: &str) -> Result<(), String> {
+    if f.path.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("file {i} is a {what} with a path"))
+    }
+}
+
+pub(super) fn check_udp(i: usize, f: &FileIdentity, u: &UdpSocket) -> Result<(), String> {
+    no_path(i, f, "UDP socket")?;
+    let ip_len = match u.family {
+        AF_INET => 4,
+        AF_INET6 => 16,
+        other => return Err(format!("file {i} is a UDP socket of family {other}")),
+    };
+    for (end, addr) in [("local", &u.local), ("peer", &u.peer)] {
+        let Some(a) = addr else { continue };
+        if a.ip.len() != ip_len {
+            return Err(format!(
+                "file {i} is a UDP socket whose {end} address has {} bytes (its family has {ip_len})",
+                a.ip.len()
+            ));
+        }
+        if a.port == 0 {
+            return Err(format!("file {i} is a UDP socket with {end} port 0"));
+        }
+        if u.family == AF_INET && (a.flowinfo != 0 || a.scope_id != 0) {
+            return Err(format!(
+                "file {i} is an IPv4 UDP socket with an IPv6 flow or scope"
+            ));
+        }
+    }
+    if u.peer.is_some() && u.local.is_none() {
+        return Err(format!(
+            "file {i} is a UDP socket connected without a local address"
+        ));
+    }
+    check_options(i, "UDP socket", &u.options)
+}
+
+pub(super) fn check_netlink(i: usize, f: &FileIdentity, n: &NetlinkSocket) -> Result<(), String> {
+    no_path(i, f, "netlink socket")?;
+    if !NETLINK_PROTOCOLS.contains(&n.protocol) {
+        return Err(format!(
+            "file {i} is a netlink socket of protocol {}, which crest does not restore",
+            n.protocol
+        ));
+    }
+    if !NETLINK_TYPES.contains(&n.sock_type) {
+        return Err(format!(
+            "file {i} is a netlink socket of type {}",
+            n.sock_type
+        ));
+    }
+    let mut last = 0;
+    for &g in &n.groups {
+        if g <= last || g > NETLINK_GROUP_MAX {
+            return Err(format!(
+                "file {i} is a netlink socket with group {g} out of order or out of range"
+            ));
+        }
+        last = g;
+    }
+    if n.dst_group > NETLINK_GROUP_MAX {
+        return Err(format!(
+            "file {i} is a netlink socket connected to group {}",
+            n.dst_group
+        ));
+    }
+    check_options(i, "netlink socket", &n.options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(kind: FileKind) -> FileIdentity {
+        FileIdentity {
+            path: String::new(),
+            kind,
+            dev: 8,
+            ino: 99,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            mode: 0,
+        }
+    }
+
+    fn endpoint(ip: &[u8], port: u16) -> UdpEndpoint {
+        UdpEndpoint {
+            ip: ip.to_vec(),
+            port,
+            flowinfo: 0,
+            scope_id: 0,
+        }
+    }
+
+    fn udp(family: u32, local: Option<UdpEndpoint>, peer: Option<UdpEndpoint>) -> UdpSocket {
+        UdpSocket {
+            family,
+            local,
+            peer,
+            options: vec![SetSockOpt {
+                level: SOL_SOCKET,
+                name: 2,
+                value: 1i32.to_ne_bytes().to_vec(),
+            }],
+        }
+    }
+
+    #[test]
+    fn udp_sockets_are_checked() {
+        let lo4 = endpoint(&[127, 0, 0, 1], 5353);
+        let lo6 = endpoint(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 53);
+        for u in [
+            udp(AF_INET, None, None),
+            udp(AF_INET, Some(lo4.clone()), None),
+            udp(AF_INET, Some(lo4.clone()), Some(lo4.clone())),
+            udp(AF_INET6, Some(lo6.clone()), Some(lo6.clone())),
+        ] {
+            check_udp(0, &ident(FileKind::Udp(u.clone())), &u).unwrap();
+        }
+        let mut pointer = udp(AF_INET, None, None);
+        pointer.options[0].name = 26; // SO_ATTACH_FILTER carries a pointer
+        let mut huge = udp(AF_INET, None, None);
+        huge.options[0].value = vec![0; SOCKET_OPTION_MAX + 1];
+        for (what, u) in [
+            ("family", udp(1, None, None)),
+            ("v6 address on v4", udp(AF_INET, Some(lo6.clone()), None)),
+            (
+                "port 0",
+                udp(AF_INET, Some(endpoint(&[127, 0, 0, 1], 0)), None),
+            ),
+            ("peer without local", udp(AF_INET, None, Some(lo4.clone()))),
+            ("unknown option", pointer),
+            ("long value", huge),
+        ] {
+            assert!(
+                check_udp(0, &ident(FileKind::Udp(u.clone())), &u).is_err(),
+                "{what} was accepted"
+            );
+        }
+        let u = udp(AF_INET, None, None);
+        let mut with_path = ident(FileKind::Udp(u.clone()));
+        with_path.path = "/tmp/x".into();
+        assert!(check_udp(0, &with_path, &u).is_err());
+    }
+
+    #[test]
+    fn netlink_sockets_are_checked() {
+        let good = NetlinkSocket {
+            sock_type: 3,
+            protocol: 0,
+            port_id: 4242,
+            groups: vec![1, 5, 40],
+            dst_port_id: 0,
+            dst_group: 0,
+            options: vec![],
+        };
+        check_netlink(0, &ident(FileKind::Netlink(good.clone())), &good).unwrap();
+        let bad = |f: &dyn Fn(&mut NetlinkSocket)| {
+            let mut n = good.clone();
+            f(&mut n);
+            check_netlink(0, &ident(FileKind::Netlink(n.clone())), &n).is_err()
+        };
+        assert!(bad(&|n| n.protocol = 9), "audit");
+        assert!(bad(&|n| n.sock_type = 1), "stream");
+        assert!(bad(&|n| n.groups = vec![5, 1]), "unsorted");
+        assert!(bad(&|n| n.groups = vec![0]), "group 0");
+        assert!(
+            bad(&|n| n.options = vec![SetSockOpt {
+                level: SOL_NETLINK,
+                name: 1,
+                value: vec![1, 0, 0, 0]
+            }]),
+            "add membership through options"
+        );
+    }
+}
