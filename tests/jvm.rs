@@ -934,7 +934,11 @@ impl ServerClients {
             &format!("{ctx}: the WatchService sees {name}"),
             JVM_TIMEOUT,
             || {
-                let (_, seen) = self.http4.get("/watch").ok()?;
+                // An error here would leave the connection out of step: fail at once.
+                let (_, seen) = self
+                    .http4
+                    .get("/watch")
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 seen.contains(&want).then_some(())
             },
         );

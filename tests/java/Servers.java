@@ -89,7 +89,8 @@ final class Servers {
 
     static void answer(HttpExchange ex, String body) throws IOException {
         byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
-        ex.sendResponseHeaders(200, bytes.length);
+        // A length of 0 would mean a chunked body; -1 says there is none.
+        ex.sendResponseHeaders(200, bytes.length == 0 ? -1 : bytes.length);
         try (OutputStream out = ex.getResponseBody()) {
             out.write(bytes);
         }
