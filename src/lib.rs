@@ -29,6 +29,7 @@ pub mod log;
 pub mod net;
 pub mod pages;
 pub mod proc;
+pub mod progress;
 pub mod pstate;
 pub mod ptrace;
 pub mod restore;

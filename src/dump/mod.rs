@@ -578,9 +578,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let held = opts.leave_running;
     let mut ready = Some(ready_buffers);
     let mut captures = Vec::with_capacity(procs.len());
+    // What the page phase reads: the resident memory measured before the freeze.
+    let progress = crate::progress::Progress::bytes("reading memory", rss_bytes);
+    // What the page files get: at most the resident memory, exactly known once read.
+    let writing = crate::progress::Progress::held_bytes("writing the image", rss_bytes);
     for p in &procs {
         let background = BackgroundWriter::spawn(
-            writer.page_file(&pages_file_name(p.pid()))?,
+            pages::Counted::new(
+                writer.page_file(&pages_file_name(p.pid()))?,
+                writing.clone(),
+            ),
             queued_buffers,
             held,
         )
@@ -590,8 +597,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         })?
         .with_buffers(ready.take().unwrap_or_default());
         let mut sink = FaultSink::new(background);
-        let captured =
-            pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink).and_then(|mut d| {
+        let captured = pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink, &progress)
+            .and_then(|mut d| {
                 pages::dump_memfds(&p.proc, &p.vmas.memfds, page_size, &mut sink, &mut d)?;
                 Ok(d)
             });
@@ -601,6 +608,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             break;
         }
     }
+    progress.finish();
+    writing.release();
+    writing.set_total(
+        captures
+            .iter()
+            .filter_map(|(c, _)| c.as_ref().ok())
+            .map(|d| d.counts.bytes_written)
+            .sum(),
+    );
     phases.end("pages");
 
     // Everything the image needs from the tree is now in crest's memory: a tree that runs on
@@ -639,7 +655,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             PageError::Proc(ProcError::NoSuchProcess { pid }) => DumpError::NoSuchProcess { pid },
             err => DumpError::Pages { pid: p.pid(), err },
         })?;
-        writer.finish_page_file(page_file)?;
+        writer.finish_page_file(page_file.into_inner())?;
         counts.add(&page_dump.counts);
         runs.push((page_dump.runs, page_dump.memfd_runs));
     }
@@ -654,6 +670,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         notes.append(&mut p.notes);
         writer.write_process(&image)?;
     }
+    writing.finish();
     phases.end("write");
 
     if !released {

@@ -22,11 +22,12 @@ pub use background::{prefaulted_buffers, BackgroundWriter};
 pub use pagemap::{
     classify, select_runs, PageClass, PM_FILE, PM_GUARD_REGION, PM_PRESENT, PM_SWAP,
 };
-pub use sink::{PageSink, RunWriter};
+pub use sink::{Counted, PageSink, RunWriter};
 pub use zero::is_zero;
 
 use crate::images::{ImageError, MemfdRun, PageRun};
 use crate::proc::{Proc, ProcError};
+use crate::progress::Progress;
 use crate::ptrace::PtraceError;
 
 use reader::MemoryReader;
@@ -145,14 +146,16 @@ pub struct PageDump {
 }
 
 /// Stores the content of `areas` (ascending, not overlapping) of the stopped process into
-/// `out`.
+/// `out`, advancing `progress` by the bytes of every page present (what the dump reads).
 pub fn dump_pages<S: PageSink>(
     proc: &Proc,
     areas: &[Area],
     page_size: u64,
     out: &mut S,
+    progress: &Progress,
 ) -> Result<PageDump, PageError> {
     let mut counts = PageCounts::default();
+    let present = |c: &PageCounts| c.scanned - c.absent;
     let mut writer = RunWriter::new(out, page_size);
     let mut reader = MemoryReader::new(proc);
     let mut pagemap = None;
@@ -161,7 +164,9 @@ pub fn dump_pages<S: PageSink>(
     for area in areas {
         match area.kind {
             AreaKind::SharedAnonymous { offset } | AreaKind::SharedFile { offset } => {
+                let before = present(&counts);
                 shmem::dump_area(proc, area, offset, page_size, &mut writer, &mut counts)?;
+                progress.advance((present(&counts) - before) * page_size);
             }
             AreaKind::PrivateAnonymous | AreaKind::PrivateFile => {
                 if pagemap.is_none() {
@@ -173,6 +178,7 @@ pub fn dump_pages<S: PageSink>(
                 while vaddr < area.end {
                     let n = (((area.end - vaddr) / page_size) as usize).min(PAGEMAP_BATCH);
                     pm.read(vaddr / page_size, &mut entries[..n])?;
+                    let before = present(&counts);
                     let mut runs = Vec::new();
                     select_runs(
                         &entries[..n],
@@ -194,6 +200,7 @@ pub fn dump_pages<S: PageSink>(
                         &mut writer,
                         &mut counts,
                     )?;
+                    progress.advance((present(&counts) - before) * page_size);
                     vaddr += n as u64 * page_size;
                 }
             }

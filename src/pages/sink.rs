@@ -120,6 +120,34 @@ impl<'a, S: PageSink> RunWriter<'a, S> {
     }
 }
 
+/// A sink that counts what it writes into a [`Progress`] (the bar of writing the image).
+pub struct Counted<S> {
+    inner: S,
+    progress: crate::progress::Progress,
+}
+
+impl<S: PageSink> Counted<S> {
+    pub fn new(inner: S, progress: crate::progress::Progress) -> Counted<S> {
+        Counted { inner, progress }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: PageSink> PageSink for Counted<S> {
+    fn offset(&self) -> u64 {
+        self.inner.offset()
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        self.inner.write_all(bytes)?;
+        self.progress.advance(bytes.len() as u64);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,7 +72,14 @@ fn stores_exactly_the_non_zero_present_pages() {
     let mut areas = areas.to_vec();
     areas.sort_by_key(|a| a.start);
     let mut buf = Buf(Vec::new());
-    let dump = dump_pages(&proc, &areas, ps, &mut buf).unwrap();
+    let dump = dump_pages(
+        &proc,
+        &areas,
+        ps,
+        &mut buf,
+        &crate::progress::Progress::none(),
+    )
+    .unwrap();
 
     for i in (0..8).chain(16..17) {
         let got = stored(&dump, &buf.0, private.addr + i as u64 * ps, ps);
@@ -169,7 +176,14 @@ fn file_mappings_keep_written_zero_pages() {
         readable: true,
     };
     let mut buf = Buf(Vec::new());
-    let dump = dump_pages(&proc, &[area], ps, &mut buf).unwrap();
+    let dump = dump_pages(
+        &proc,
+        &[area],
+        ps,
+        &mut buf,
+        &crate::progress::Progress::none(),
+    )
+    .unwrap();
     // SAFETY: unmapping what we mapped.
     unsafe { libc::munmap(p, 3 * psz) };
 
@@ -224,10 +238,24 @@ fn dump_through_the_background_writer_matches_a_direct_dump() {
     }];
 
     let mut direct = Buf(Vec::new());
-    let expected = dump_pages(&proc, &areas, ps, &mut direct).unwrap();
+    let expected = dump_pages(
+        &proc,
+        &areas,
+        ps,
+        &mut direct,
+        &crate::progress::Progress::none(),
+    )
+    .unwrap();
 
     let mut background = BackgroundWriter::spawn(Buf(Vec::new()), 1, false).unwrap();
-    let got = dump_pages(&proc, &areas, ps, &mut background).unwrap();
+    let got = dump_pages(
+        &proc,
+        &areas,
+        ps,
+        &mut background,
+        &crate::progress::Progress::none(),
+    )
+    .unwrap();
     let (sink, written) = background.finish();
     written.unwrap();
     assert_eq!(got, expected);

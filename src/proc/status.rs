@@ -93,6 +93,17 @@ impl Proc {
         Ok(convert(s))
     }
 
+    /// Bytes the process has read with read(2)-like calls so far (`rchar` of /proc/PID/io,
+    /// all its threads; a forked process starts at 0): how far a restorer loading pages with
+    /// pread(2) has got.
+    pub fn bytes_read(&self) -> Result<u64, ProcError> {
+        let io = self
+            .proc
+            .io()
+            .map_err(|e| ProcError::procfs(self.pid, "io", e))?;
+        Ok(io.rchar)
+    }
+
     /// `/proc/PID/task/TID/status` of one thread.
     pub fn task_status(&self, tid: i32) -> Result<Status, ProcError> {
         let what = format!("task/{tid}/status");

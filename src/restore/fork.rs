@@ -55,9 +55,11 @@ pub fn wait_until_pid_free(pid: i32) -> Result<(), RestoreError> {
             Err(crate::proc::ProcError::NoSuchProcess { .. }) => return Ok(()),
             Ok(true) if Instant::now() < deadline => {
                 if !told {
-                    crate::info!(
-                        1,
-                        "pid {pid} is held by a zombie; waiting for its parent to reap it"
+                    // Said whatever the verbosity: the restore may sit here for seconds.
+                    crate::warn!(
+                        "pid {pid} is still held by a zombie (the dumped process, dead but not yet \
+                         reaped by its parent); waiting up to {} s for it to be reaped",
+                        ZOMBIE_WAIT.as_secs()
                     );
                     told = true;
                 }

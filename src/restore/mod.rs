@@ -14,6 +14,7 @@ mod files;
 mod finish;
 mod fork;
 mod jobctl;
+mod loading;
 mod memfd;
 mod netlink;
 mod pidns;
@@ -136,9 +137,27 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for p in &image.processes {
         check_supported(p)?;
     }
+    crate::info!(
+        1,
+        "image {} checked: {} process(es), {} thread(s), {} zombie(s){}",
+        opts.dir.display(),
+        image.processes.len(),
+        image
+            .processes
+            .iter()
+            .map(|p| p.threads.len())
+            .sum::<usize>(),
+        image.inventory.tree.len() - image.processes.len(),
+        if opts.verify {
+            ", page data verified"
+        } else {
+            ""
+        }
+    );
     let terminal = tty::plan(&image, opts.shell_job, opts.detached)?;
     let pids: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
     let plan = tree::plan(&image.inventory.tree, &pids)?;
+    crate::info!(1, "planned the forks of {} task(s)", plan.tasks.len());
     let root_index = plan.tasks[0]
         .process
         .ok_or_else(|| RestoreError::BadImage("the root is not a live process".into()))?;
@@ -234,6 +253,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what: "blocking signals for the fork".into(),
         source: e.into(),
     })?;
+    crate::info!(
+        1,
+        "opened every file of the tree in crest; forking the root (pid {})",
+        root.pid
+    );
     let forked = fork::fork_with_pid(root.pid, plan.tasks[0].exit_signal);
     if let Ok(fork::Forked::Child) = forked {
         let mut ctx = spawn::TreeCtx {
@@ -262,6 +286,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     drop(task_ends);
     drop(opened);
 
+    // Page data the restorers read from here on: a bar on a terminal if that takes long.
+    let loading = loading::Watch::start(
+        image.processes.iter().map(|p| p.pid).collect(),
+        image
+            .processes
+            .iter()
+            .filter_map(|p| image.file_entry(&p.pages_file))
+            .map(|f| f.size)
+            .sum(),
+    );
+
     // In tree order: a parent reports before its children, so when a parent fails to fork a
     // child, its own message is the one read (the child's pipe only shows an end of file).
     let mut restoring = Vec::with_capacity(image.processes.len());
@@ -285,7 +320,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
 
+    crate::info!(
+        1,
+        "every task is forked; {} process(es) are loading their memory in their restorers",
+        restoring.len()
+    );
     let (caught, user_sigtraps) = finish::catch_all(&mut restoring)?;
+    loading.stop();
+    crate::info!(
+        1,
+        "every thread is back in its saved registers; finishing each process and releasing the tree"
+    );
     for r in &mut restoring {
         finish::finish_process(r, &caught)?;
     }
