@@ -26,6 +26,8 @@ struct Postgres {
     root: i32,
     port: u16,
     sock: PathBuf,
+    /// What a killed postgres leaves behind: its SysV segment and /dev/shm files.
+    leftovers: std::cell::RefCell<(Option<i32>, Vec<PathBuf>)>,
     _work: tempfile::TempDir,
 }
 
@@ -51,11 +53,29 @@ impl Drop for Postgres {
         let pids: Vec<i32> = std::iter::once(self.root)
             .chain(descendants(self.root))
             .collect();
+        // The dynamic shared memory files mapped now (workers add some after the start).
+        for &pid in &pids {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            let found = maps
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .filter(|p| p.starts_with("/dev/shm/PostgreSQL."))
+                .map(PathBuf::from);
+            self.leftovers.borrow_mut().1.extend(found);
+        }
         for &pid in pids.iter().rev() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         for &pid in &pids {
             let _ = reap_pid(pid, TIMEOUT);
+        }
+        let (segment, files) = &*self.leftovers.borrow();
+        if let Some(id) = segment {
+            // SAFETY: IPC_RMID takes no buffer.
+            unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+        for f in files {
+            let _ = std::fs::remove_file(f);
         }
     }
 }
@@ -123,9 +143,19 @@ impl Postgres {
             root,
             port,
             sock,
+            leftovers: Default::default(),
             _work: work,
         };
         pg.wait_ready();
+        let maps = std::fs::read_to_string(format!("/proc/{root}/maps")).unwrap_or_default();
+        *pg.leftovers.borrow_mut() = (
+            sysv_segment(root).and_then(|s| s.parse().ok()),
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .filter(|p| p.starts_with("/dev/shm/PostgreSQL."))
+                .map(PathBuf::from)
+                .collect(),
+        );
         Some(pg)
     }
 
