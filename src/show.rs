@@ -815,6 +815,7 @@ fn backing_text(p: &ProcessImage, v: &Vma) -> String {
             size,
             offset,
         } => format!("shared memory {object} ({size:#x} bytes) @{offset:#x}"),
+        VmaBacking::SysvShm { id } => format!("SysV segment {id}"),
     }
 }
 
@@ -1428,6 +1429,7 @@ mod tests {
                 lock: DescriptionLock::Flock(LockType::Read),
             }],
             memfd_runs: vec![],
+            sysv_shm: vec![],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");

@@ -247,6 +247,43 @@ pub struct ProcessImage {
     /// content this process holds: each memfd's content is stored once in the tree, by the
     /// first process (in tree order) that has it open or mapped. Sorted by memfd, then offset.
     pub memfd_runs: Vec<MemfdRun>,
+    /// The SysV shared memory segments this process is the first of the tree to attach
+    /// (each segment is stored once in the tree), with their content in its page file.
+    pub sysv_shm: Vec<SysvShmSegment>,
+}
+
+/// A SysV shared memory segment (shmget) that processes of the tree attach. Restored under
+/// the same id (through the ipc sysctl `kernel/shm_next_id`) and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvShmSegment {
+    pub id: i32,
+    /// Key it was created with (IPC_PRIVATE = 0); a segment marked for removal has key 0.
+    pub key: i32,
+    /// Permission bits (the low 9 bits of `shm_perm.mode`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Creator's user and group (the restore creates the segment as them).
+    pub cuid: u32,
+    pub cgid: u32,
+    /// Size in bytes given to shmget.
+    pub size: u64,
+    /// SHM_LOCK was applied (SHM_LOCKED in the mode).
+    pub locked: bool,
+    /// IPC_RMID was called while it was attached (SHM_DEST): removed again once every
+    /// restored process has attached it.
+    pub removed: bool,
+    /// Stored (non-zero) pages, sorted by offset.
+    pub runs: Vec<SysvShmRun>,
+}
+
+/// `npages` consecutive stored pages of a SysV segment from byte `offset` of it, found at
+/// `file_offset` of the page file of the process whose image holds the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvShmRun {
+    pub offset: u64,
+    pub npages: u64,
+    pub file_offset: u64,
 }
 
 /// `npages` consecutive stored pages of the memfd with inode `ino` (a [`FileKind::Memfd`] of
@@ -584,6 +621,10 @@ pub enum VmaBacking {
     /// `offset` where in it this VMA starts. Its content is stored once, in the page runs of
     /// the first VMA of the image (in tree order) that maps each range.
     SharedAnonymous { object: u64, size: u64, offset: u64 },
+    /// A whole SysV shared memory segment attached with shmat (`/SYSV<key> (deleted)` in
+    /// maps), by its id; the segment ([`SysvShmSegment`]) is stored once in the tree, by the
+    /// first process (in tree order) that attaches it.
+    SysvShm { id: i32 },
     /// The vDSO code; placed by moving the restoring kernel's own vDSO.
     Vdso,
     /// A `[vvar]`, `[vvar_vclock]` or other `[vvar*]` piece; never dumped, moved like the vDSO.

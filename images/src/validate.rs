@@ -140,6 +140,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_vmas(p, page_size)?;
     check_page_runs(p, page_file_size, page_size)?;
     check_memfd_runs(p, page_file_size, page_size)?;
+    check_sysv_shm(p, page_file_size, page_size)?;
     check_fds(p)?;
     check_locks(p)?;
     check_rlimits(&p.rlimits)?;
@@ -1013,6 +1014,7 @@ pub(crate) fn check_tree(
             }
         }
     }
+    check_sysv_shm_tree(processes)?;
     let mut objects: HashMap<u64, u64> = HashMap::new();
     let mut descriptions: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut memfds: HashMap<u64, &FileIdentity> = HashMap::new();
@@ -1079,6 +1081,79 @@ fn check_memfd(i: usize, f: &FileIdentity, name: &str, seals: u32) -> Result<(),
             "file {i} is a memfd of {} bytes (at most {SHMEM_SIZE_MAX:#x})",
             f.size
         ));
+    }
+    Ok(())
+}
+
+/// Each SysV segment of the process has a positive id, a size, permission bits only, and
+/// page runs that are sorted, do not overlap and lie inside the segment and the page file.
+fn check_sysv_shm(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Result<(), String> {
+    for seg in &p.sysv_shm {
+        let what = format!("SysV segment {} of process {}", seg.id, p.pid);
+        if seg.id < 0 || seg.size == 0 || seg.mode & !0o777 != 0 {
+            return Err(format!(
+                "{what} has a negative id, no size or mode bits beyond the permissions"
+            ));
+        }
+        let size = seg
+            .size
+            .checked_next_multiple_of(page_size)
+            .ok_or_else(|| format!("{what} is impossibly large"))?;
+        let mut prev_end = 0u64;
+        for r in &seg.runs {
+            let len = r.npages.checked_mul(page_size);
+            let end = len.and_then(|l| r.offset.checked_add(l));
+            let file_end = len.and_then(|l| r.file_offset.checked_add(l));
+            let bad = r.npages == 0
+                || r.offset % page_size != 0
+                || r.file_offset % page_size != 0
+                || r.offset < prev_end
+                || end.is_none_or(|e| e > size)
+                || file_end.is_none_or(|e| e > page_file_size);
+            if bad {
+                return Err(format!(
+                    "{what}: run of {} pages at offset {:#x} (page file offset {:#x}) is empty, \
+                     unaligned, out of order or outside the segment or the page file",
+                    r.npages, r.offset, r.file_offset
+                ));
+            }
+            prev_end = end.unwrap_or(size);
+        }
+    }
+    Ok(())
+}
+
+/// Each SysV segment is stored by one process only, and every VMA attaching one names a stored
+/// segment and covers all of it.
+fn check_sysv_shm_tree(processes: &[ProcessImage]) -> Result<(), String> {
+    let mut sizes: std::collections::HashMap<i32, u64> = std::collections::HashMap::new();
+    for p in processes {
+        for seg in &p.sysv_shm {
+            if sizes.insert(seg.id, seg.size).is_some() {
+                return Err(format!("SysV segment {} is stored twice", seg.id));
+            }
+        }
+    }
+    for p in processes {
+        for v in &p.vmas {
+            if let VmaBacking::SysvShm { id } = v.backing {
+                let size = sizes.get(&id).ok_or_else(|| {
+                    format!(
+                        "process {} attaches SysV segment {id}, which the image does not hold",
+                        p.pid
+                    )
+                })?;
+                // The VMA is the size rounded up to a page (64 KiB at most).
+                let len = v.end - v.start;
+                if len < *size || len - size >= 1 << 16 || !v.shared {
+                    return Err(format!(
+                        "process {} attaches SysV segment {id} at {:#x}-{:#x}, which is not \
+                         the segment's whole size or not shared",
+                        p.pid, v.start, v.end
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -1192,6 +1267,12 @@ fn check_page_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Res
             VmaBacking::Anonymous
             | VmaBacking::File { .. }
             | VmaBacking::SharedAnonymous { .. } => {}
+            VmaBacking::SysvShm { id } => {
+                return Err(format!(
+                    "{} lies in SysV segment {id}, whose pages are stored with the segment",
+                    what()
+                ))
+            }
             VmaBacking::Vdso | VmaBacking::Vvar => {
                 return Err(format!(
                     "{} lies in the {} area {:#x}-{:#x}, whose pages are never stored",

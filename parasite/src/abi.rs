@@ -53,6 +53,10 @@ pub const MAX_MADVISE: usize = 8;
 pub const VMA_EXTRA_LOCK_ONFAULT: u32 = 1;
 /// `VmaArg::extra`: seal the VMA with mseal() (smaps `sl`), last.
 pub const VMA_EXTRA_SEAL: u32 = 2;
+/// `VmaArg::extra`: the VMA is a SysV shared memory attachment: attach segment `fd` (its id)
+/// with shmat at `start` instead of mmap (read-only without PROT_WRITE, executable with
+/// PROT_EXEC), then apply `prot` if it differs.
+pub const VMA_EXTRA_SHMAT: u32 = 4;
 /// Longest name PR_SET_VMA_ANON_NAME takes, in bytes, the terminating NUL included
 /// (ANON_VMA_NAME_MAX_LEN, include/linux/mm_types.h).
 pub const VMA_NAME_MAX: usize = 80;

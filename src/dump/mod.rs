@@ -31,6 +31,8 @@ mod process;
 mod references;
 mod seccomp;
 mod shared;
+mod sysv;
+pub use sysv::stat as sysv_stat;
 pub(crate) mod sockdiag;
 mod sockets;
 mod task;
@@ -570,6 +572,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             .push(("tcp sockets (in collect)".to_string(), tcp_us));
     }
     shared::resolve(&mut procs, opts.ext_unix_sk)?;
+    sysv::store_once(
+        &mut procs
+            .iter_mut()
+            .map(|p| &mut p.vmas.sysv)
+            .collect::<Vec<_>>(),
+    );
     phases.end("resolve");
 
     let mut writer = ImageWriter::create(&opts.dir)?;
@@ -600,7 +608,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         let captured = pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink, &progress)
             .and_then(|mut d| {
                 pages::dump_memfds(&p.proc, &p.vmas.memfds, page_size, &mut sink, &mut d)?;
-                Ok(d)
+                let sysv: Vec<_> = p.vmas.sysv.iter().map(sysv::source).collect();
+                let sysv_runs = pages::dump_sysv(&p.proc, &sysv, page_size, &mut sink, &mut d)?;
+                Ok((d, sysv_runs))
             });
         let failed = captured.is_err() || sink.injected.is_some();
         captures.push((captured, sink));
@@ -614,7 +624,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         captures
             .iter()
             .filter_map(|(c, _)| c.as_ref().ok())
-            .map(|d| d.counts.bytes_written)
+            .map(|(d, _)| d.counts.bytes_written)
             .sum(),
     );
     phases.end("pages");
@@ -651,20 +661,23 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             pid: p.pid(),
             err: PageError::Image(e),
         })?;
-        let page_dump = captured.map_err(|e| match e {
+        let (page_dump, sysv_runs) = captured.map_err(|e| match e {
             PageError::Proc(ProcError::NoSuchProcess { pid }) => DumpError::NoSuchProcess { pid },
             err => DumpError::Pages { pid: p.pid(), err },
         })?;
         writer.finish_page_file(page_file.into_inner())?;
         counts.add(&page_dump.counts);
-        runs.push((page_dump.runs, page_dump.memfd_runs));
+        runs.push((page_dump.runs, page_dump.memfd_runs, sysv_runs));
     }
 
     let mut notes = Vec::new();
     let (mut nr_vmas, mut nr_fds) = (0, 0);
-    for (p, (page_runs, memfd_runs)) in procs.iter_mut().zip(runs) {
+    let mut sysv_segments = Vec::new();
+    for (p, (page_runs, memfd_runs, sysv_runs)) in procs.iter_mut().zip(runs) {
         let mut image = process_image(p, page_runs);
         image.memfd_runs = memfd_runs;
+        image.sysv_shm = sysv::with_runs(&p.vmas.sysv, sysv_runs);
+        sysv_segments.extend(image.sysv_shm.iter().cloned());
         nr_vmas += image.vmas.len();
         nr_fds += image.fds.len();
         notes.append(&mut p.notes);
@@ -722,6 +735,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
     if !released {
         net.killed();
+        // The image owns the segments now: a restore recreates them under their ids.
+        notes.extend(sysv::remove_captured(&sysv_segments));
     }
     stats.phases_us = phases.done;
 
@@ -783,6 +798,7 @@ fn process_image(
         posix_locks: std::mem::take(&mut p.fd_table.posix_locks),
         mapping_locks: std::mem::take(&mut p.fd_table.mapping_locks),
         memfd_runs: Vec::new(),
+        sysv_shm: Vec::new(),
     }
 }
 

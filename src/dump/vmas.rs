@@ -24,6 +24,9 @@ pub struct Collected {
     /// The memfds the process holds (mapped or open) whose content is to be saved, sorted by
     /// inode; filled once the fds are collected too.
     pub memfds: Vec<crate::pages::MemfdArea>,
+    /// The SysV shared memory segments the process attaches (sysv.rs); after the tree-wide
+    /// resolve, only those this process stores.
+    pub sysv: Vec<super::sysv::SysvArea>,
 }
 
 /// The VMA's VmFlags as the image records them; refused when one cannot be restored. The
@@ -55,6 +58,8 @@ enum Plan {
     FileContent(PathBuf),
     /// A mapping of a memfd (its name).
     Memfd(String),
+    /// A SysV shared memory attachment.
+    SysvShm,
     Vdso,
     Vvar,
 }
@@ -79,11 +84,7 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
             Plan::Anonymous { shared: m.shared }
         }
         MapName::AnonShmemNamed(_) => Plan::Anonymous { shared: true },
-        MapName::SysvShm(key) => {
-            return Err(refuse(format!(
-                "SysV shared memory (key {key:#x}) cannot be dumped yet"
-            )))
-        }
+        MapName::SysvShm(_) => Plan::SysvShm,
         MapName::Other(name) if name == "uprobes" => {
             return Err(refuse(
                 "uprobes are active in this process; they cannot be restored".into(),
@@ -209,6 +210,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
         areas: Vec::new(),
         vdso_blake3: None,
         memfds: Vec::new(),
+        sysv: Vec::new(),
     };
     let mut problems = Problems::new();
     for m in &maps {
@@ -284,6 +286,12 @@ fn add_vma(
                 file,
                 offset: m.offset,
             }
+        }
+        Plan::SysvShm => {
+            let area = super::sysv::attachment(proc, m).map_err(|why| unsupported(pid, m, why))?;
+            let id = area.segment.id;
+            out.sysv.push(area);
+            VmaBacking::SysvShm { id }
         }
         Plan::FileContent(path) => {
             let file = content_file(proc, m, &path, files)?;

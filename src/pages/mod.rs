@@ -16,6 +16,7 @@ mod pagemap;
 mod reader;
 mod shmem;
 mod sink;
+mod sysv;
 mod zero;
 
 pub use background::{prefaulted_buffers, BackgroundWriter};
@@ -23,6 +24,7 @@ pub use pagemap::{
     classify, select_runs, PageClass, PM_FILE, PM_GUARD_REGION, PM_PRESENT, PM_SWAP,
 };
 pub use sink::{Counted, PageSink, RunWriter};
+pub use sysv::{dump_sysv, SysvSource};
 pub use zero::is_zero;
 
 use crate::images::{ImageError, MemfdRun, PageRun};

@@ -638,12 +638,20 @@ fn vma_args(
                 nr_runs = 0;
                 (fd.as_raw_fd(), offset)
             }
+            // Created and filled by crest before the fork (sysv.rs); attached by id.
+            VmaBacking::SysvShm { id } => {
+                nr_runs = 0;
+                (id, 0)
+            }
             _ => {
                 flags |= libc::MAP_ANONYMOUS;
                 (-1, 0)
             }
         };
-        let (flags, madvise, extra) = crate::pstate::vmflags::restore_args(&vma.flags, flags);
+        let (flags, madvise, mut extra) = crate::pstate::vmflags::restore_args(&vma.flags, flags);
+        if matches!(vma.backing, VmaBacking::SysvShm { .. }) {
+            extra |= abi::VMA_EXTRA_SHMAT;
+        }
         let name = match vma.anon_name() {
             Some(n) => {
                 // Validated: at most 79 bytes, no NUL.

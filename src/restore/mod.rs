@@ -23,6 +23,7 @@ mod shmem;
 mod sockets;
 mod spawn;
 mod specials;
+mod sysv;
 mod task_state;
 mod tree;
 mod tty;
@@ -90,6 +91,9 @@ pub enum RestoreError {
     /// The image needs a terminal crest cannot give it as asked (see `tty.rs`).
     #[error("{0}")]
     Terminal(String),
+    /// SysV IPC objects of the image cannot be recreated (sysv.rs).
+    #[error("{0}")]
+    Ipc(String),
     #[error("insufficient privilege: {0}")]
     Privilege(String),
     #[error("{what}: {source}")]
@@ -191,6 +195,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     raise_fd_limit();
     let base = files::helper_fd_base(&image.processes);
+    // Before any fork: the restorers attach the segments by id.
+    let sysv = sysv::SysvSegments::create(&image)?;
     let (opened, tcp) = {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
@@ -334,6 +340,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for r in &mut restoring {
         finish::finish_process(r, &caught)?;
     }
+    sysv.commit()?;
     // The connections are in their processes: unlock the network, then leave repair mode
     // (until now a failed restore closes them without a packet, and the image stays usable).
     tcp.resume().map_err(|e| RestoreError::Os {

@@ -146,6 +146,9 @@ pub enum Kind {
     /// pairs with data in flight, bound and abstract datagram sockets, listeners with
     /// connections waiting, a bound idle socket; answers [`Victim::verify_with`] "final".
     Unix,
+    /// SysV shared memory (tests/victims/ipc.c): a keyed segment attached read-write and
+    /// read-only, a removed (IPC_RMID) segment still attached, both shared with a child.
+    Ipc,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -173,6 +176,7 @@ impl Kind {
             Kind::Refused => "refused",
             Kind::Memfd => "memfd",
             Kind::Unix => "unix",
+            Kind::Ipc => "ipc",
             Kind::Java => "java",
         }
     }

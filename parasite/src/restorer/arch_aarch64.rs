@@ -12,6 +12,7 @@ pub mod nr {
     pub const EXIT_GROUP: usize = 94;
     pub const PRCTL: usize = 167;
     pub const MUNMAP: usize = 215;
+    pub const SHMAT: usize = 196;
     pub const MREMAP: usize = 216;
     pub const MMAP: usize = 222;
     pub const MPROTECT: usize = 226;

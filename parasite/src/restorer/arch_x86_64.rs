@@ -11,6 +11,7 @@ pub mod nr {
     pub const MMAP: usize = 9;
     pub const MPROTECT: usize = 10;
     pub const MUNMAP: usize = 11;
+    pub const SHMAT: usize = 30;
     pub const PREAD64: usize = 17;
     pub const MREMAP: usize = 25;
     pub const MADVISE: usize = 28;

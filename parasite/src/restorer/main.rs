@@ -27,7 +27,7 @@ mod sys;
 use abi::{
     CloneArgs, ITimerVal, PageRunArg, PosixLockArg, PosixTimerArm, PrctlMmMap, Progress, Range,
     RestorerArgs, Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE,
-    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_FILL_NONE,
+    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_EXTRA_SHMAT, VMA_FILL_NONE,
 };
 use core::ptr;
 
@@ -194,16 +194,20 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
     } else {
         v.prot
     };
-    let got = ctx.check(sys::mmap(
-        v.start,
-        v.len,
-        prot,
-        v.flags | sys::MAP_FIXED,
-        v.fd,
-        v.file_offset,
-    ));
-    if got as u64 != v.start {
-        ctx.fail(-sys::EINVAL);
+    if v.extra & VMA_EXTRA_SHMAT != 0 {
+        attach_sysv(ctx, v);
+    } else {
+        let got = ctx.check(sys::mmap(
+            v.start,
+            v.len,
+            prot,
+            v.flags | sys::MAP_FIXED,
+            v.fd,
+            v.file_offset,
+        ));
+        if got as u64 != v.start {
+            ctx.fail(-sys::EINVAL);
+        }
     }
 
     if v.fill != VMA_FILL_NONE {
@@ -231,6 +235,30 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
     if v.extra & VMA_EXTRA_SEAL != 0 {
         ctx.step(Step::SealVma, v.start);
         ctx.check(sys::mseal(v.start, v.len));
+    }
+}
+
+/// Attaches SysV segment `v.fd` (its id) at `v.start`, with the protection `v.prot`. The
+/// segment was created and filled by crest before the fork.
+fn attach_sysv(ctx: &Ctx, v: &VmaArg) {
+    let mut flags = sys::SHM_REMAP;
+    if v.prot & sys::PROT_WRITE == 0 {
+        flags |= sys::SHM_RDONLY;
+    }
+    if v.prot & sys::PROT_EXEC != 0 {
+        flags |= sys::SHM_EXEC;
+    }
+    let got = ctx.check(sys::shmat(v.fd, v.start, flags));
+    if got as u64 != v.start {
+        ctx.fail(-sys::EINVAL);
+    }
+    // shmat gives read (and write, and exec) access; a later mprotect may have taken some.
+    let given = sys::PROT_READ
+        | (v.prot & sys::PROT_WRITE)
+        | (v.prot & sys::PROT_EXEC);
+    if v.prot != given {
+        ctx.step(Step::ProtectVma, v.start);
+        ctx.check(sys::mprotect(v.start, v.len, v.prot));
     }
 }
 

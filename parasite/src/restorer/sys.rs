@@ -3,7 +3,9 @@
 
 use crate::arch::{self, nr};
 
+pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
 pub const MAP_FIXED: u32 = 0x10;
 pub const MREMAP_MAYMOVE: usize = 1;
 pub const MREMAP_FIXED: usize = 2;
@@ -60,6 +62,17 @@ pub fn mremap_fixed(old: u64, len: u64, new: u64) -> SysResult {
             new as usize,
         )
     })
+}
+
+/// SHM_RDONLY, SHM_REMAP and SHM_EXEC (include/uapi/linux/shm.h).
+pub const SHM_RDONLY: u32 = 0o10000;
+pub const SHM_REMAP: u32 = 0o40000;
+pub const SHM_EXEC: u32 = 0o100000;
+
+pub fn shmat(id: i32, addr: u64, flags: u32) -> SysResult {
+    // SAFETY: attaching with SHM_REMAP replaces whatever is there, like MAP_FIXED; the
+    // restorer checked that the range does not touch the bootstrap region it runs from.
+    decode(unsafe { arch::syscall3(nr::SHMAT, id as isize as usize, addr as usize, flags as usize) })
 }
 
 pub fn mprotect(addr: u64, len: u64, prot: u32) -> SysResult {

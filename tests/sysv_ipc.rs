@@ -1,0 +1,204 @@
+//! SysV shared memory: a keyed segment attached twice (read-write and read-only) and a segment
+//! marked for removal while attached, both shared by a parent and its child
+//! (tests/victims/ipc.c). A dump stores each segment once; the restore recreates it under the
+//! same id and key, with owner, creator, mode, size and content, attached at the same addresses
+//! in both processes, and removed again when it was. /proc/sysvipc/shm shows the same segments
+//! before and after (but for pids, times and memory use).
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The child of the victim, killed and reaped if the test ends early.
+struct Child(i32);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if pid_exists(self.0) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+        let _ = reap_pid(self.0, TIMEOUT);
+    }
+}
+
+/// key, id, perms, size, nattch, uid, gid, cuid, cgid of segment `id` in /proc/sysvipc/shm.
+fn sysvipc_line(id: i32) -> Option<Vec<String>> {
+    fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|f| f.len() > 10 && f[1] == id.to_string())
+        .map(|f| [&f[0..4], &f[6..11]].concat())
+}
+
+/// The addresses and permissions of the `/SYSV` mappings of `pid`.
+fn sysv_maps(pid: i32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("/SYSV"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {} {}", f[0], f[1], f[4], f[5])
+        })
+        .collect()
+}
+
+struct Started {
+    v: Victim,
+    child: Child,
+    ids: (i32, i32),
+}
+
+fn start() -> Started {
+    let v = Victim::start(Kind::Ipc);
+    let path = v.ctl.join("info");
+    let text = wait_for("the victim's info file", TIMEOUT, || {
+        fs::read_to_string(&path).ok()
+    });
+    let field = |name: &str| -> i32 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let child = Child(field("child "));
+    let ids = (field("A "), field("B "));
+    v.verify().expect("the victim verifies before any dump");
+    Started { v, child, ids }
+}
+
+#[test]
+fn sysv_shared_memory_keeps_id_key_owner_content_and_attachments_across_two_cycles() {
+    let Started {
+        mut v,
+        child,
+        ids: (a, b),
+    } = start();
+    let before = (sysvipc_line(a), sysvipc_line(b));
+    assert!(before.0.is_some() && before.1.is_some(), "{before:?}");
+    let maps = (sysv_maps(v.pid), sysv_maps(child.0));
+    assert_eq!(maps.0.len(), 3, "{maps:?}");
+
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("img{cycle}"));
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        reap_pid(child.0, TIMEOUT).unwrap_or_else(|e| panic!("the child: {e}"));
+        // The image owns the segments now: the dump removed A, and B went with its users.
+        assert_eq!(
+            sysvipc_line(a),
+            None,
+            "cycle {cycle}: A is left after the dump"
+        );
+        assert_eq!(
+            sysvipc_line(b),
+            None,
+            "cycle {cycle}: B is left after the dump"
+        );
+        let image = show_json(&dir);
+        let stored: Vec<i64> = image["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["sysv_shm"].as_array().unwrap().clone())
+            .map(|s| s["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(stored.len(), 2, "each segment is stored once: {stored:?}");
+        let parent = &image["processes"][0];
+        let seg_a = parent["sysv_shm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == a)
+            .expect("A stored by the parent");
+        let pages: u64 = seg_a["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["npages"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            pages, 3,
+            "pages 0 to 2 of A (page 1 holds the echo words): {seg_a}"
+        );
+
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        assert!(
+            pid_exists(child.0),
+            "cycle {cycle}: the child was not restored"
+        );
+        assert_eq!((sysvipc_line(a), sysvipc_line(b)), before, "cycle {cycle}");
+        assert_eq!(
+            (sysv_maps(v.pid), sysv_maps(child.0)),
+            maps,
+            "cycle {cycle}"
+        );
+        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        assert!(
+            matches!(proc_state(child.0), Some('S' | 'R')),
+            "cycle {cycle}: the child is {:?}: {}",
+            proc_state(child.0),
+            v.stderr_text()
+        );
+    }
+    v.request_exit(0);
+    let status = v.reap();
+    assert!(
+        matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0))),
+        "{status:?}: {}",
+        v.stderr_text()
+    );
+    assert_eq!(sysvipc_line(a), None);
+    assert_eq!(sysvipc_line(b), None, "B is gone with its last user");
+}
+
+/// A restore while a segment with the key of a dumped one exists (another instance of the
+/// program, or the segment left behind) is refused, naming the segment and how to remove it,
+/// and changes nothing; once it is removed, the restore goes through.
+#[test]
+fn restore_refuses_a_segment_whose_key_is_taken() {
+    let Started {
+        mut v,
+        child,
+        ids: (a, _),
+    } = start();
+    let key: i32 = fs::read_to_string(v.ctl.join("info"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("key "))
+        .and_then(|s| s.trim().parse().ok())
+        .expect("key in info");
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    reap_pid(child.0, TIMEOUT).unwrap_or_else(|e| panic!("the child: {e}"));
+    // SAFETY: creates a new segment; no memory is passed.
+    let other = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
+    assert!(other >= 0, "shmget: {}", std::io::Error::last_os_error());
+    let taken = sysvipc_line(other);
+    restore_detached(&dir, &[])
+        .assert_failed()
+        .assert_stderr_mentions(&format!("SysV shared memory segment {a}"))
+        .assert_stderr_mentions("exists already")
+        .assert_stderr_mentions(&format!("ipcrm -m {other}"));
+    assert_eq!(sysvipc_line(other), taken, "the other segment is untouched");
+    assert!(!pid_exists(v.pid) && !pid_exists(child.0));
+    // SAFETY: IPC_RMID takes no buffer.
+    assert_eq!(
+        unsafe { libc::shmctl(other, libc::IPC_RMID, std::ptr::null_mut()) },
+        0
+    );
+
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.verify().expect("restored once the key is free");
+    v.request_exit(0);
+    v.reap();
+}
