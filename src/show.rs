@@ -849,6 +849,14 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Pipe(crate::images::Pipe::External) => {
                 format!("pipe:[{}] (shared with another process)", f.ino)
             }
+            FileKind::Fifo(crate::images::Pipe::Internal { size, ref buffered }) => format!(
+                "{} (FIFO, {size}-byte pipe, {} buffered bytes)",
+                f.path,
+                buffered.len()
+            ),
+            FileKind::Fifo(crate::images::Pipe::External) => {
+                format!("{} (FIFO, also open outside the tree)", f.path)
+            }
             FileKind::Epoll(ref ep) => {
                 let targets: Vec<String> = ep
                     .targets

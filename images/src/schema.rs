@@ -721,6 +721,15 @@ pub enum FileKind {
     /// options. `dev`/`ino` are the socket inode's (sockfs); the path is empty; size, mtime and
     /// mode are 0.
     Netlink(NetlinkSocket),
+    /// A named FIFO (mkfifo(3)) at [`FileIdentity::path`]; `dev`/`ino`/`mode` are the FIFO
+    /// file's, size and mtime 0. Restored by opening the path again (crest holds it open read-
+    /// write while the descriptions are made, so none waits for the other end), then each
+    /// description through that open FIFO with its recorded access mode and flags. The path
+    /// must still name a FIFO (the same one or a new one). [`Pipe::Internal`]: no process
+    /// outside the tree held the FIFO at dump time; its buffer (size and bytes) is put back.
+    /// [`Pipe::External`]: a process outside the tree held it; the bytes are still in that
+    /// process's pipe and are left there.
+    Fifo(Pipe),
 }
 
 /// A TCP socket as a restore recreates it.

@@ -308,7 +308,7 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         let f = file(&format!("open file description {i}"), d.file)?;
         // A pipe description is its read end, its write end, or (opened anew through
         // /proc/PID/fd) both; O_ACCMODE 3 means neither.
-        if matches!(f.kind, FileKind::Pipe(_)) && d.flags & 3 == 3 {
+        if matches!(f.kind, FileKind::Pipe(_) | FileKind::Fifo(_)) && d.flags & 3 == 3 {
             return Err(format!(
                 "open file description {i} of pipe inode {} has access mode 3",
                 f.ino
@@ -320,7 +320,14 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
 
 /// A pipe has no path; the image may hold at most [`PIPE_SIZE_MAX`] bytes of one.
 fn check_pipe(i: usize, f: &FileIdentity, pipe: &Pipe) -> Result<(), String> {
-    if !f.path.is_empty() {
+    let fifo = matches!(f.kind, FileKind::Fifo(_));
+    if fifo && !f.path.starts_with('/') {
+        return Err(format!(
+            "file {i} is a FIFO whose path {:?} is not absolute",
+            f.path
+        ));
+    }
+    if !fifo && !f.path.is_empty() {
         return Err(format!("file {i} is a pipe with a path"));
     }
     if let Pipe::Internal { size, buffered } = pipe {
@@ -656,7 +663,7 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
     }
-    if let FileKind::Pipe(pipe) = &f.kind {
+    if let FileKind::Pipe(pipe) | FileKind::Fifo(pipe) = &f.kind {
         return check_pipe(i, f, pipe);
     }
     if let FileKind::Event(ev) = &f.kind {
@@ -840,7 +847,7 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             if let FileKind::Udp(_) | FileKind::Netlink(_) = f.kind {
                 return Err(format!("{} maps a socket", what()));
             }
-            if let FileKind::Pipe(_) = f.kind {
+            if let FileKind::Pipe(_) | FileKind::Fifo(_) = f.kind {
                 return Err(format!("{} maps a pipe", what()));
             }
             if let FileKind::Tcp(_) = f.kind {

@@ -17,6 +17,7 @@
 
 mod creds;
 mod fds;
+mod fifos;
 mod files;
 mod freeze;
 mod hint;

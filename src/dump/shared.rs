@@ -29,6 +29,7 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     assign_description_ids(procs)?;
     super::references::resolve(procs)?;
     classify_pipes(procs)?;
+    super::fifos::classify(procs)?;
     store_shared_memory_once(procs);
     Ok(())
 }

@@ -190,6 +190,7 @@ pub fn open_all(
                 | FileKind::Netlink(_)
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
+                | FileKind::Fifo(_)
                 | FileKind::Event(_)
                 | FileKind::Epoll(_)
                 | FileKind::Inotify(_)
@@ -286,6 +287,16 @@ pub fn open_all(
                 let fds = format!("pid {} fd {}", p.pid, fds.join(", "));
                 above(tree.pipes.open(ident, pipe, ofd, &fds)?, base, "a pipe")?
             }
+            FileKind::Fifo(pipe) => above(
+                tree.pipes.open_fifo(
+                    ident,
+                    pipe,
+                    ofd,
+                    &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+                )?,
+                base,
+                "a FIFO",
+            )?,
             FileKind::Event(ev) => above(
                 crate::events::create(ev, ofd.flags).map_err(|e| RestoreError::Os {
                     what: format!("pid {}: {}", p.pid, e.what),
@@ -589,8 +600,8 @@ fn check_identity(
             }
             return Ok(());
         }
-        // Opened through /proc, never by path.
-        FileKind::Pipe(_) => {
+        // Opened through /proc, never by path; a FIFO is checked when its path is opened.
+        FileKind::Pipe(_) | FileKind::Fifo(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
                 return Err(changed("it is not a pipe".into()));
             }

@@ -146,6 +146,12 @@ pub enum Kind {
     /// pairs with data in flight, bound and abstract datagram sockets, listeners with
     /// connections waiting, a bound idle socket; answers [`Victim::verify_with`] "final".
     Unix,
+    /// Named FIFOs with buffered data, open read, write and read-write, shared with a child
+    /// (tests/victims/fifos.c); writes `child PID` to `CTL/info`.
+    Fifos,
+    /// Files of the rest of the fd table (tests/victims/ftable.c): /proc and /sys files at an
+    /// offset, O_DIRECT, O_NOATIME and O_PATH descriptions.
+    Ftable,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -173,6 +179,8 @@ impl Kind {
             Kind::Refused => "refused",
             Kind::Memfd => "memfd",
             Kind::Unix => "unix",
+            Kind::Fifos => "fifos",
+            Kind::Ftable => "ftable",
             Kind::Java => "java",
         }
     }
