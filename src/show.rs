@@ -1436,6 +1436,7 @@ mod tests {
                 lock: DescriptionLock::Flock(LockType::Read),
             }],
             memfd_runs: vec![],
+            code_ids: vec![],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");

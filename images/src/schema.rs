@@ -247,7 +247,42 @@ pub struct ProcessImage {
     /// content this process holds: each memfd's content is stored once in the tree, by the
     /// first process (in tree order) that has it open or mapped. Sorted by memfd, then offset.
     pub memfd_runs: Vec<MemfdRun>,
+    /// The content identity of the process's code files: its exe and every file it maps with
+    /// PROT_EXEC (one entry per file, sorted by file). A restore checks each before any
+    /// process is touched: size and mtime do not catch a library a package upgrade replaced in
+    /// place with one of the same size and mtime.
+    pub code_ids: Vec<CodeId>,
 }
+
+/// What file [`CodeId::file`] (an index into [`ProcessImage::files`]) held at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeId {
+    pub file: u32,
+    pub digest: CodeDigest,
+}
+
+/// How a code file's content is identified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CodeDigest {
+    /// The ELF NT_GNU_BUILD_ID note (1 to [`BUILD_ID_MAX`] bytes): the linker derives it from
+    /// the content, and reading it costs the ELF and program headers and one note segment.
+    BuildId(Vec<u8>),
+    /// For a file without a build-id: BLAKE3 over the byte ranges `(offset, length)` of the
+    /// file, in order and concatenated. The whole file when it is at most
+    /// [`CODE_HASH_WHOLE_MAX`] bytes; else its first [`CODE_HASH_HEAD`] bytes (headers) and
+    /// the ranges the process maps executable (the code it runs).
+    Blake3 {
+        ranges: Vec<(u64, u64)>,
+        hash: [u8; 32],
+    },
+}
+
+/// The longest build-id a [`CodeDigest::BuildId`] holds (SHA-1 ids are 20 bytes).
+pub const BUILD_ID_MAX: usize = 64;
+/// Files up to this size without a build-id are hashed whole.
+pub const CODE_HASH_WHOLE_MAX: u64 = 16 << 20;
+/// How much of the start of a larger file without a build-id is hashed.
+pub const CODE_HASH_HEAD: u64 = 1 << 20;
 
 /// `npages` consecutive stored pages of the memfd with inode `ino` (a [`FileKind::Memfd`] of
 /// the process's files), from byte `offset` of it, found at `file_offset` of the page file.

@@ -247,6 +247,7 @@ pub(crate) fn sample_process() -> ProcessImage {
             lock: DescriptionLock::Flock(LockType::Write),
         }],
         memfd_runs: vec![],
+        code_ids: vec![],
     }
 }
 

@@ -142,6 +142,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_memfd_runs(p, page_file_size, page_size)?;
     check_fds(p)?;
     check_locks(p)?;
+    check_code_ids(p)?;
     check_rlimits(&p.rlimits)?;
     check_task(&p.task)?;
     Ok(())
@@ -1259,6 +1260,53 @@ fn check_lock_range(what: &str, r: &LockRange) -> Result<(), String> {
             "{what}: range of {} bytes from {} does not fit in a file offset",
             r.len, r.start
         ));
+    }
+    Ok(())
+}
+
+/// Each code file once, in range, regular, with a digest of a sane shape.
+fn check_code_ids(p: &ProcessImage) -> Result<(), String> {
+    let mut last = None;
+    for c in &p.code_ids {
+        let f = p
+            .files
+            .get(c.file as usize)
+            .ok_or_else(|| format!("code id of file {} out of range", c.file))?;
+        if last.is_some_and(|l| l >= c.file) {
+            return Err(format!(
+                "code ids are not sorted by file at file {}",
+                c.file
+            ));
+        }
+        last = Some(c.file);
+        if f.kind != FileKind::Regular {
+            return Err(format!(
+                "code id of {:?}, which is not a regular file",
+                f.path
+            ));
+        }
+        match &c.digest {
+            CodeDigest::BuildId(id) if id.is_empty() || id.len() > BUILD_ID_MAX => {
+                return Err(format!(
+                    "build-id of {:?} is {} bytes (1 to {BUILD_ID_MAX})",
+                    f.path,
+                    id.len()
+                ))
+            }
+            CodeDigest::Blake3 { ranges, .. }
+                if ranges.is_empty()
+                    || ranges.len() > 4096
+                    || ranges
+                        .iter()
+                        .any(|&(o, l)| l == 0 || o.checked_add(l).is_none_or(|e| e > f.size)) =>
+            {
+                return Err(format!(
+                    "content hash of {:?} covers ranges outside its {} bytes",
+                    f.path, f.size
+                ))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

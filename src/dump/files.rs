@@ -141,6 +141,11 @@ impl FileTable {
         }
     }
 
+    /// Every file so far, by index.
+    pub fn all(&self) -> &[FileIdentity] {
+        &self.files
+    }
+
     pub fn into_files(self) -> Vec<FileIdentity> {
         self.files
     }
