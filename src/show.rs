@@ -850,6 +850,14 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Pipe(crate::images::Pipe::External) => {
                 format!("pipe:[{}] (shared with another process)", f.ino)
             }
+            FileKind::Fifo(crate::images::Pipe::Internal { size, ref buffered }) => format!(
+                "{} (FIFO, {size}-byte pipe, {} buffered bytes)",
+                f.path,
+                buffered.len()
+            ),
+            FileKind::Fifo(crate::images::Pipe::External) => {
+                format!("{} (FIFO, also open outside the tree)", f.path)
+            }
             FileKind::Epoll(ref ep) => {
                 let targets: Vec<String> = ep
                     .targets
@@ -1430,6 +1438,7 @@ mod tests {
             }],
             memfd_runs: vec![],
             sysv_shm: vec![],
+            code_ids: vec![],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");

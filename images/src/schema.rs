@@ -250,6 +250,11 @@ pub struct ProcessImage {
     /// The SysV shared memory segments this process is the first of the tree to attach
     /// (each segment is stored once in the tree), with their content in its page file.
     pub sysv_shm: Vec<SysvShmSegment>,
+    /// The content identity of the process's code files: its exe and every file it maps with
+    /// PROT_EXEC (one entry per file, sorted by file). A restore checks each before any
+    /// process is touched: size and mtime do not catch a library a package upgrade replaced in
+    /// place with one of the same size and mtime.
+    pub code_ids: Vec<CodeId>,
 }
 
 /// A SysV shared memory segment (shmget) that processes of the tree attach. Restored under
@@ -285,6 +290,36 @@ pub struct SysvShmRun {
     pub npages: u64,
     pub file_offset: u64,
 }
+
+/// What file [`CodeId::file`] (an index into [`ProcessImage::files`]) held at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeId {
+    pub file: u32,
+    pub digest: CodeDigest,
+}
+
+/// How a code file's content is identified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CodeDigest {
+    /// The ELF NT_GNU_BUILD_ID note (1 to [`BUILD_ID_MAX`] bytes): the linker derives it from
+    /// the content, and reading it costs the ELF and program headers and one note segment.
+    BuildId(Vec<u8>),
+    /// For a file without a build-id: BLAKE3 over the byte ranges `(offset, length)` of the
+    /// file, in order and concatenated. The whole file when it is at most
+    /// [`CODE_HASH_WHOLE_MAX`] bytes; else its first [`CODE_HASH_HEAD`] bytes (headers) and
+    /// the ranges the process maps executable (the code it runs).
+    Blake3 {
+        ranges: Vec<(u64, u64)>,
+        hash: [u8; 32],
+    },
+}
+
+/// The longest build-id a [`CodeDigest::BuildId`] holds (SHA-1 ids are 20 bytes).
+pub const BUILD_ID_MAX: usize = 64;
+/// Files up to this size without a build-id are hashed whole.
+pub const CODE_HASH_WHOLE_MAX: u64 = 16 << 20;
+/// How much of the start of a larger file without a build-id is hashed.
+pub const CODE_HASH_HEAD: u64 = 1 << 20;
 
 /// `npages` consecutive stored pages of the memfd with inode `ino` (a [`FileKind::Memfd`] of
 /// the process's files), from byte `offset` of it, found at `file_offset` of the page file.
@@ -762,6 +797,15 @@ pub enum FileKind {
     /// options. `dev`/`ino` are the socket inode's (sockfs); the path is empty; size, mtime and
     /// mode are 0.
     Netlink(NetlinkSocket),
+    /// A named FIFO (mkfifo(3)) at [`FileIdentity::path`]; `dev`/`ino`/`mode` are the FIFO
+    /// file's, size and mtime 0. Restored by opening the path again (crest holds it open read-
+    /// write while the descriptions are made, so none waits for the other end), then each
+    /// description through that open FIFO with its recorded access mode and flags. The path
+    /// must still name a FIFO (the same one or a new one). [`Pipe::Internal`]: no process
+    /// outside the tree held the FIFO at dump time; its buffer (size and bytes) is put back.
+    /// [`Pipe::External`]: a process outside the tree held it; the bytes are still in that
+    /// process's pipe and are left there.
+    Fifo(Pipe),
 }
 
 /// A TCP socket as a restore recreates it.

@@ -248,6 +248,7 @@ pub(crate) fn sample_process() -> ProcessImage {
         }],
         memfd_runs: vec![],
         sysv_shm: vec![],
+        code_ids: vec![],
     }
 }
 

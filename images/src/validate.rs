@@ -143,6 +143,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_sysv_shm(p, page_file_size, page_size)?;
     check_fds(p)?;
     check_locks(p)?;
+    check_code_ids(p)?;
     check_rlimits(&p.rlimits)?;
     check_task(&p.task)?;
     Ok(())
@@ -309,7 +310,7 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         let f = file(&format!("open file description {i}"), d.file)?;
         // A pipe description is its read end, its write end, or (opened anew through
         // /proc/PID/fd) both; O_ACCMODE 3 means neither.
-        if matches!(f.kind, FileKind::Pipe(_)) && d.flags & 3 == 3 {
+        if matches!(f.kind, FileKind::Pipe(_) | FileKind::Fifo(_)) && d.flags & 3 == 3 {
             return Err(format!(
                 "open file description {i} of pipe inode {} has access mode 3",
                 f.ino
@@ -321,7 +322,14 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
 
 /// A pipe has no path; the image may hold at most [`PIPE_SIZE_MAX`] bytes of one.
 fn check_pipe(i: usize, f: &FileIdentity, pipe: &Pipe) -> Result<(), String> {
-    if !f.path.is_empty() {
+    let fifo = matches!(f.kind, FileKind::Fifo(_));
+    if fifo && !f.path.starts_with('/') {
+        return Err(format!(
+            "file {i} is a FIFO whose path {:?} is not absolute",
+            f.path
+        ));
+    }
+    if !fifo && !f.path.is_empty() {
         return Err(format!("file {i} is a pipe with a path"));
     }
     if let Pipe::Internal { size, buffered } = pipe {
@@ -657,7 +665,7 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
     }
-    if let FileKind::Pipe(pipe) = &f.kind {
+    if let FileKind::Pipe(pipe) | FileKind::Fifo(pipe) = &f.kind {
         return check_pipe(i, f, pipe);
     }
     if let FileKind::Event(ev) = &f.kind {
@@ -841,7 +849,7 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             if let FileKind::Udp(_) | FileKind::Netlink(_) = f.kind {
                 return Err(format!("{} maps a socket", what()));
             }
-            if let FileKind::Pipe(_) = f.kind {
+            if let FileKind::Pipe(_) | FileKind::Fifo(_) = f.kind {
                 return Err(format!("{} maps a pipe", what()));
             }
             if let FileKind::Tcp(_) = f.kind {
@@ -1333,6 +1341,53 @@ fn check_lock_range(what: &str, r: &LockRange) -> Result<(), String> {
             "{what}: range of {} bytes from {} does not fit in a file offset",
             r.len, r.start
         ));
+    }
+    Ok(())
+}
+
+/// Each code file once, in range, regular, with a digest of a sane shape.
+fn check_code_ids(p: &ProcessImage) -> Result<(), String> {
+    let mut last = None;
+    for c in &p.code_ids {
+        let f = p
+            .files
+            .get(c.file as usize)
+            .ok_or_else(|| format!("code id of file {} out of range", c.file))?;
+        if last.is_some_and(|l| l >= c.file) {
+            return Err(format!(
+                "code ids are not sorted by file at file {}",
+                c.file
+            ));
+        }
+        last = Some(c.file);
+        if f.kind != FileKind::Regular {
+            return Err(format!(
+                "code id of {:?}, which is not a regular file",
+                f.path
+            ));
+        }
+        match &c.digest {
+            CodeDigest::BuildId(id) if id.is_empty() || id.len() > BUILD_ID_MAX => {
+                return Err(format!(
+                    "build-id of {:?} is {} bytes (1 to {BUILD_ID_MAX})",
+                    f.path,
+                    id.len()
+                ))
+            }
+            CodeDigest::Blake3 { ranges, .. }
+                if ranges.is_empty()
+                    || ranges.len() > 4096
+                    || ranges
+                        .iter()
+                        .any(|&(o, l)| l == 0 || o.checked_add(l).is_none_or(|e| e > f.size)) =>
+            {
+                return Err(format!(
+                    "content hash of {:?} covers ranges outside its {} bytes",
+                    f.path, f.size
+                ))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

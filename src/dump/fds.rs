@@ -163,6 +163,8 @@ impl FdWalk<'_> {
                     })
                 })?
             }
+            Some(path) if md.file_type().is_fifo() => super::fifos::add(&path, &md, files)
+                .map_err(|why| refuse(pid, fd, format!("the FIFO {}: {why}", path.display())))?,
             Some(path) => add_checked(&path, &md, files)
                 .map_err(|why| refuse(pid, fd, format!("{}: {why}", path.display())))?,
             // Shared by dup'ed fds like any file: one entry per pipe inode; which end a

@@ -17,6 +17,7 @@
 
 mod creds;
 mod fds;
+mod fifos;
 mod files;
 mod freeze;
 mod hint;
@@ -28,6 +29,7 @@ mod parasite;
 mod pipes;
 mod problems;
 mod process;
+mod procfiles;
 mod references;
 mod seccomp;
 mod shared;
@@ -578,6 +580,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             .map(|p| &mut p.vmas.sysv)
             .collect::<Vec<_>>(),
     );
+    let mut code_ids = code_ids(&procs)?;
     phases.end("resolve");
 
     let mut writer = ImageWriter::create(&opts.dir)?;
@@ -671,13 +674,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
 
     let mut notes = Vec::new();
-    let (mut nr_vmas, mut nr_fds) = (0, 0);
+    let (mut nr_vmas, mut nr_fds, mut nr_images) = (0, 0, 0);
     let mut sysv_segments = Vec::new();
     for (p, (page_runs, memfd_runs, sysv_runs)) in procs.iter_mut().zip(runs) {
         let mut image = process_image(p, page_runs);
         image.memfd_runs = memfd_runs;
         image.sysv_shm = sysv::with_runs(&p.vmas.sysv, sysv_runs);
         sysv_segments.extend(image.sysv_shm.iter().cloned());
+        image.code_ids = std::mem::take(&mut code_ids[nr_images]);
+        nr_images += 1;
         nr_vmas += image.vmas.len();
         nr_fds += image.fds.len();
         notes.append(&mut p.notes);
@@ -768,6 +773,24 @@ fn gc_hints(pids: &[i32], timeout: Duration) -> GcHintStats {
     first
 }
 
+/// The content identity (build-id or hash) of each process's exe and executable mappings.
+fn code_ids(
+    procs: &[process::CollectedProcess],
+) -> Result<Vec<Vec<crate::images::CodeId>>, DumpError> {
+    let mut ids = crate::files::codeid::CodeIds::default();
+    procs
+        .iter()
+        .map(|p| {
+            ids.process(p.files.all(), &p.vmas.vmas, p.exe_file)
+                .map_err(|e| DumpError::Exe {
+                    pid: p.pid(),
+                    path: e.path,
+                    why: e.why,
+                })
+        })
+        .collect()
+}
+
 /// The image record of a collected process whose pages are stored as `page_runs`.
 fn process_image(
     p: &mut process::CollectedProcess,
@@ -799,6 +822,7 @@ fn process_image(
         mapping_locks: std::mem::take(&mut p.fd_table.mapping_locks),
         memfd_runs: Vec::new(),
         sysv_shm: Vec::new(),
+        code_ids: Vec::new(),
     }
 }
 

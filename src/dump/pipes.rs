@@ -113,6 +113,15 @@ pub fn capture(pid: i32, fd: i32, ino: u64) -> Result<Pipe, DumpError> {
              5.6+ and ptrace access)"
         ))
     })?;
+    capture_from(copy, &refuse)
+}
+
+/// The size and buffered bytes of the pipe (or FIFO) behind `copy`, crest's own readable
+/// descriptor of it, left in place; `refuse` words an error about it.
+pub fn capture_from(
+    copy: OwnedFd,
+    refuse: &dyn Fn(String) -> DumpError,
+) -> Result<Pipe, DumpError> {
     let os = |what: &str| {
         let e = std::io::Error::last_os_error();
         refuse(format!("whose buffer cannot be read: {what}: {e}"))

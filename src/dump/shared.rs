@@ -29,6 +29,8 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     assign_description_ids(procs)?;
     super::references::resolve(procs)?;
     classify_pipes(procs)?;
+    super::fifos::classify(procs)?;
+    super::procfiles::refuse_tree_proc_files(procs)?;
     store_shared_memory_once(procs);
     Ok(())
 }

@@ -93,6 +93,15 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
         MapName::Other(name) => return Err(refuse(format!("unknown special mapping [{name}]"))),
         MapName::Path { path, deleted } => {
             let p = path.to_string_lossy();
+            if p == "/[aio]" {
+                // The ring of an io_setup(2) context: an anonymous aio inode (fs/aio.c)
+                // whose requests in flight and completions live in the kernel.
+                return Err(refuse(
+                    "it is the ring of an AIO context (io_setup); crest cannot restore AIO \
+                     contexts (the program must io_destroy it before a dump)"
+                        .into(),
+                ));
+            }
             if p.starts_with("/memfd:") && *deleted {
                 return Ok(Plan::Memfd(super::memfd::name_from(&p)));
             }

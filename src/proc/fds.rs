@@ -381,6 +381,37 @@ pub fn find_pipe_holder(ino: u64) -> Option<(i32, i32)> {
     None
 }
 
+/// A process other than crest and those `skip` names that has the inode `(dev, ino)` open,
+/// with one such fd: for a FIFO, whose pipe (and buffered bytes) lives as long as anyone holds
+/// it. Processes that vanish or whose fds cannot be read are passed over.
+pub fn find_inode_holder(
+    dev: u64,
+    ino: u64,
+    skip: &std::collections::HashSet<i32>,
+) -> Option<(i32, i32)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id() as i32;
+    let all = procfs::process::all_processes().ok()?;
+    for process in all.flatten() {
+        if process.pid == me || skip.contains(&process.pid) {
+            continue;
+        }
+        let Ok(fds) = process.fd() else { continue };
+        for info in fds.flatten() {
+            if !matches!(info.target, procfs::process::FDTarget::Path(_)) {
+                continue;
+            }
+            let link = format!("/proc/{}/fd/{}", process.pid, info.fd);
+            if let Ok(md) = std::fs::metadata(&link) {
+                if md.dev() == dev && md.ino() == ino {
+                    return Some((process.pid, info.fd));
+                }
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,10 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use fds::{find_pipe_holder, EpollLine, EventInfo, FdInfo, FdTarget, InotifyLine, OpenFd};
+pub use fds::{
+    find_inode_holder, find_pipe_holder, EpollLine, EventInfo, FdInfo, FdTarget, InotifyLine,
+    OpenFd,
+};
 pub use locks::{all_locks, parse_lock_line, LockClass, LockLine};
 pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use mcast::{joined_groups, JoinedGroup};

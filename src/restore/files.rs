@@ -190,6 +190,7 @@ pub fn open_all(
                 | FileKind::Netlink(_)
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
+                | FileKind::Fifo(_)
                 | FileKind::Event(_)
                 | FileKind::Epoll(_)
                 | FileKind::Inotify(_)
@@ -228,6 +229,7 @@ pub fn open_all(
             };
             let fd = open_path(&ident.path, mode | libc::O_CLOEXEC, base)?;
             check_identity(&fd, ident, false, 0)?;
+            check_code(p, file, &fd, ident)?;
             *slot = Some(fd);
         }
     }
@@ -235,6 +237,7 @@ pub fn open_all(
     let exe_ident = file_at(p, p.exe_file)?;
     let exe = open_path(&exe_ident.path, libc::O_RDONLY | libc::O_CLOEXEC, base)?;
     check_identity(&exe, exe_ident, false, 0)?;
+    check_code(p, p.exe_file, &exe, exe_ident)?;
 
     let cwd_ident = file_at(p, p.cwd_file)?;
     let cwd = open_path(
@@ -286,6 +289,16 @@ pub fn open_all(
                 let fds = format!("pid {} fd {}", p.pid, fds.join(", "));
                 above(tree.pipes.open(ident, pipe, ofd, &fds)?, base, "a pipe")?
             }
+            FileKind::Fifo(pipe) => above(
+                tree.pipes.open_fifo(
+                    ident,
+                    pipe,
+                    ofd,
+                    &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+                )?,
+                base,
+                "a FIFO",
+            )?,
             FileKind::Event(ev) => above(
                 crate::events::create(ev, ofd.flags).map_err(|e| RestoreError::Os {
                     what: format!("pid {}: {}", p.pid, e.what),
@@ -344,6 +357,29 @@ fn shared_writable_files(p: &ProcessImage) -> std::collections::HashSet<u32> {
             _ => None,
         })
         .collect()
+}
+
+/// Compares the content of code file `file` of `p` (its exe or a file it maps executable),
+/// open as `fd`, with the build-id or hash the dump recorded.
+fn check_code(
+    p: &ProcessImage,
+    file: u32,
+    fd: &OwnedFd,
+    ident: &FileIdentity,
+) -> Result<(), RestoreError> {
+    let Some(c) = p.code_ids.iter().find(|c| c.file == file) else {
+        return Ok(());
+    };
+    let copy = fd.try_clone().map_err(|e| RestoreError::Os {
+        what: format!("duplicating crest's descriptor of {}", ident.path),
+        source: e,
+    })?;
+    crate::files::codeid::check(&std::fs::File::from(copy), &c.digest).map_err(|problem| {
+        RestoreError::File {
+            path: ident.path.clone(),
+            problem,
+        }
+    })
 }
 
 /// Opens the file of an open file description by path with its flags, checks it is the file
@@ -589,8 +625,8 @@ fn check_identity(
             }
             return Ok(());
         }
-        // Opened through /proc, never by path.
-        FileKind::Pipe(_) => {
+        // Opened through /proc, never by path; a FIFO is checked when its path is opened.
+        FileKind::Pipe(_) | FileKind::Fifo(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
                 return Err(changed("it is not a pipe".into()));
             }
@@ -640,6 +676,11 @@ fn check_identity(
             }
         }
     }
+    // /proc and /sys files get new inode numbers (and sizes, times) as the kernel makes
+    // them; the path and the type are what identify them.
+    if is_pseudo_fs(fd) {
+        return Ok(());
+    }
     if st.st_dev != want.dev || st.st_ino != want.ino {
         return Err(changed(format!(
             "it is a different file now (device/inode {}/{} instead of {}/{})",
@@ -670,9 +711,40 @@ fn check_identity(
     Ok(())
 }
 
+/// Whether `fd` is a file of procfs or sysfs.
+fn is_pseudo_fs(fd: &OwnedFd) -> bool {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|s| {
+        let t = s.filesystem_type().0 as i64;
+        t == PROC_SUPER_MAGIC || t == SYSFS_MAGIC
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_and_sys_files_are_checked_by_type_only() {
+        let fd = open_path("/proc/1/status", libc::O_RDONLY, 3).unwrap();
+        let mut ident = FileIdentity {
+            path: "/proc/1/status".into(),
+            kind: FileKind::Regular,
+            dev: 0,
+            ino: 1,
+            size: 99,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            mode: 0,
+        };
+        check_identity(&fd, &ident, false, 0).unwrap();
+        ident.kind = FileKind::Directory;
+        assert!(check_identity(&fd, &ident, false, 0).is_err());
+        let sys = open_path("/sys/devices/system/cpu/online", libc::O_RDONLY, 3).unwrap();
+        ident.kind = FileKind::Regular;
+        check_identity(&sys, &ident, false, 0).unwrap();
+    }
 
     #[test]
     fn inherit_fd_is_parsed_in_criu_s_spelling() {

@@ -65,6 +65,123 @@ impl Pipes {
     }
 }
 
+impl Pipes {
+    /// A new descriptor (close-on-exec) for the description `ofd` of the named FIFO `ident`
+    /// ([`crate::images::FileKind::Fifo`]); `fds` names the fds that use it, for the error.
+    /// The first description of a FIFO opens its path: crest keeps a read-write, non-blocking
+    /// open of it (so no description waits for the other end, and the pipe outlives the gap
+    /// between descriptions), puts an internal FIFO's buffer back, and every description is a
+    /// new open of it through `/proc/self/fd/N` with its own access mode and flags.
+    pub fn open_fifo(
+        &mut self,
+        ident: &FileIdentity,
+        pipe: &Pipe,
+        ofd: &OpenFileDescription,
+        fds: &str,
+    ) -> Result<OwnedFd, RestoreError> {
+        let (link, _) = match self.sources.entry((ident.dev, ident.ino)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let keeper = open_fifo_path(&ident.path, fds)?;
+                if let Pipe::Internal { size, buffered } = pipe {
+                    refill(&keeper, &ident.path, *size, buffered)?;
+                }
+                e.insert((
+                    format!("/proc/self/fd/{}", keeper.as_raw_fd()),
+                    Some(keeper),
+                ))
+            }
+        };
+        reopen(link, ofd.flags, ident.ino, fds)
+    }
+}
+
+/// crest's read-write, non-blocking open of the FIFO at `path`, which must still be a FIFO
+/// (checked on an O_PATH descriptor first, so nothing else is ever opened for writing).
+fn open_fifo_path(path: &str, fds: &str) -> Result<OwnedFd, RestoreError> {
+    let fail = |problem: String| RestoreError::File {
+        path: path.to_string(),
+        problem: format!("({fds}, a FIFO at dump time) {problem}"),
+    };
+    let cpath = CString::new(path)
+        .map_err(|_| RestoreError::BadImage(format!("FIFO path {path:?} has a NUL byte")))?;
+    // SAFETY: cpath is NUL-terminated; an O_PATH open has no other preconditions or effects.
+    let raw = unsafe { libc::open(cpath.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if raw < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(fail(match e.raw_os_error() {
+            Some(libc::ENOENT) => "no longer exists, so it cannot be reopened".into(),
+            _ => format!("cannot be opened: {e}"),
+        }));
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let opath = unsafe { OwnedFd::from_raw_fd(raw) };
+    let st = nix::sys::stat::fstat(&opath).map_err(|e| fail(format!("cannot be examined: {e}")))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(fail(format!(
+            "is no longer a FIFO (mode {:o}), so it cannot be reopened",
+            st.st_mode
+        )));
+    }
+    let link = CString::new(format!("/proc/self/fd/{}", opath.as_raw_fd()))
+        .expect("a /proc path has no NUL byte");
+    // SAFETY: link is NUL-terminated; open has no other preconditions.
+    let raw = unsafe {
+        libc::open(
+            link.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(fail(format!(
+            "cannot be opened: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Sizes the FIFO crest holds open (`keeper`) and puts `buffered` back in it. It must be
+/// empty: bytes already there were written by a process outside the tree since the dump.
+fn refill(keeper: &OwnedFd, path: &str, size: u32, buffered: &[u8]) -> Result<(), RestoreError> {
+    let os = |what: String| RestoreError::Os {
+        what: format!("restoring the buffer of FIFO {path}: {what}"),
+        source: std::io::Error::last_os_error(),
+    };
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer, which points to a live c_int.
+    if unsafe { libc::ioctl(keeper.as_raw_fd(), libc::FIONREAD, &mut pending) } < 0 {
+        return Err(os("FIONREAD".into()));
+    }
+    if pending > 0 {
+        return Err(RestoreError::File {
+            path: path.to_string(),
+            problem: format!(
+                "is a FIFO that already holds {pending} bytes another process wrote since the \
+                 dump; its {} recorded bytes cannot be put back in order",
+                buffered.len()
+            ),
+        });
+    }
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own only resizes that pipe.
+    if unsafe { libc::fcntl(keeper.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) } < 0 {
+        return Err(os(format!("F_SETPIPE_SZ {size}")));
+    }
+    // Non-blocking, but the pipe is as large as the one that held these bytes.
+    let mut f = std::fs::File::from(keeper.try_clone().map_err(|e| RestoreError::Os {
+        what: format!("restoring the buffer of FIFO {path}: duplicating crest's descriptor"),
+        source: e,
+    })?);
+    f.write_all(buffered).map_err(|e| RestoreError::Os {
+        what: format!(
+            "restoring the buffer of FIFO {path}: writing its {} bytes",
+            buffered.len()
+        ),
+        source: e,
+    })
+}
+
 /// A fresh pipe of `size` bytes holding `buffered`; returns its read end (the write end is
 /// closed: the restored process's own write descriptions keep the pipe writable).
 fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<OwnedFd, RestoreError> {
@@ -174,6 +291,72 @@ mod tests {
         let mut got = Vec::new();
         std::fs::File::from(r).read_to_end(&mut got).unwrap();
         assert_eq!(got, b"left unread, then more");
+    }
+
+    #[test]
+    fn a_fifo_is_reopened_by_path_with_its_bytes_or_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut id = ident(7, Pipe::External);
+        id.path = path.to_str().unwrap().into();
+        let pipe = Pipe::Internal {
+            size: 1 << 16,
+            buffered: b"queued".to_vec(),
+        };
+        id.kind = FileKind::Fifo(pipe.clone());
+        let mut pipes = Pipes::default();
+        // A blocking read-only open does not wait: crest holds the FIFO open read-write.
+        let r = pipes
+            .open_fifo(&id, &pipe, &ofd(libc::O_RDONLY), "pid 1 fd 3")
+            .unwrap();
+        let w = pipes
+            .open_fifo(
+                &id,
+                &pipe,
+                &ofd(libc::O_WRONLY | libc::O_NONBLOCK),
+                "pid 1 fd 4",
+            )
+            .unwrap();
+        drop(pipes);
+        // SAFETY: F_GETFL/F_GETPIPE_SZ on descriptors we own.
+        let (fl, sz) = unsafe {
+            (
+                libc::fcntl(w.as_raw_fd(), libc::F_GETFL),
+                libc::fcntl(r.as_raw_fd(), libc::F_GETPIPE_SZ),
+            )
+        };
+        assert_eq!(
+            fl & (libc::O_ACCMODE | libc::O_NONBLOCK),
+            libc::O_WRONLY | libc::O_NONBLOCK
+        );
+        assert_eq!(sz, 1 << 16);
+        std::fs::File::from(w).write_all(b", more").unwrap();
+        let mut got = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"queued, more");
+
+        // Not a FIFO any more: refused naming it, and never opened for writing.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"keep").unwrap();
+        let err = Pipes::default()
+            .open_fifo(&id, &pipe, &ofd(libc::O_WRONLY), "pid 1 fd 4")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fifo") && err.contains("no longer a FIFO"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+        std::fs::remove_file(&path).unwrap();
+        let err = Pipes::default()
+            .open_fifo(&id, &pipe, &ofd(libc::O_WRONLY), "pid 1 fd 4")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no longer exists") && err.contains("fd 4"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -149,6 +149,12 @@ pub enum Kind {
     /// SysV shared memory (tests/victims/ipc.c): a keyed segment attached read-write and
     /// read-only, a removed (IPC_RMID) segment still attached, both shared with a child.
     Ipc,
+    /// Named FIFOs with buffered data, open read, write and read-write, shared with a child
+    /// (tests/victims/fifos.c); writes `child PID` to `CTL/info`.
+    Fifos,
+    /// Files of the rest of the fd table (tests/victims/ftable.c): /proc and /sys files at an
+    /// offset, O_DIRECT, O_NOATIME and O_PATH descriptions.
+    Ftable,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -177,6 +183,8 @@ impl Kind {
             Kind::Memfd => "memfd",
             Kind::Unix => "unix",
             Kind::Ipc => "ipc",
+            Kind::Fifos => "fifos",
+            Kind::Ftable => "ftable",
             Kind::Java => "java",
         }
     }

@@ -1,0 +1,181 @@
+/*
+ * ftable: a crest test victim holding the rest of the fd table (issue #11):
+ *
+ *   fd 100  /proc/1/status (another process's /proc file), read up to offset 100
+ *   fd 101  /proc/meminfo, read up to offset 10
+ *   fd 102  /sys/devices/system/cpu/online, read up to offset 1
+ *   fd 103  TMPFS/direct, O_RDWR|O_DIRECT, a 4096-byte block written (offset 4096)
+ *   fd 104  DISK/noatime, O_RDONLY|O_NOATIME, read up to offset 5
+ *   fd 105  DISK/path, O_PATH
+ *   fd 106  DISK/direct, O_RDONLY|O_DIRECT, one 4096-byte block read (offset 4096)
+ *
+ * DISK and TMPFS are $CREST_DISK_DIR and $CREST_TMPFS_DIR (default: CTL_DIR). With
+ * $CREST_LIB set it dlopen()s that library and calls its value(), which must return
+ * $CREST_LIB_VALUE; with $CREST_AIO=1 it holds an AIO context (io_setup); with
+ * $CREST_PROC_SELF=1 it holds /proc/self/status at fd 107 and its /proc/PID/stat at fd 108
+ * (refused: the process does not exist yet when a restore opens files).
+ *
+ * On a verify request it checks every fd's status flags (as at start), offset and link
+ * (/proc/1/status must still show pid 1), reads on through each /proc and /sys file (then
+ * seeks back), reads the O_DIRECT blocks back, and calls value() again.
+ *
+ * usage: ftable CTL_DIR LOG_FILE
+ */
+#include "victim.h"
+
+#include <dlfcn.h>
+#include <linux/aio_abi.h>
+#include <sys/syscall.h>
+
+#define NFD 7
+static int flags_at_start[NFD];
+static const long want_pos[NFD] = {100, 10, 1, 4096, 5, -1, 4096};
+static char want_link[NFD][CTL_PATH_MAX];
+static int (*lib_value)(void);
+static int lib_want;
+static char *block;
+
+static void must_open(const char *path, int flags, int to, long pos)
+{
+    int fd = open(path, flags, 0644);
+    if (fd < 0)
+        die("open %s: %s", path, strerror(errno));
+    if (dup3(fd, to, 0) != to)
+        die("dup3 %s: %s", path, strerror(errno));
+    close(fd);
+    if (pos > 0 && lseek(to, pos, SEEK_SET) != pos)
+        die("lseek %s: %s", path, strerror(errno));
+}
+
+static void make_file(const char *path, int direct)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die("create %s: %s", path, strerror(errno));
+    write_all(fd, block, 4096, path);
+    if (direct)
+        write_all(fd, block, 4096, path);
+    close(fd);
+}
+
+static void verify(void)
+{
+    for (int i = 0; i < NFD; i++) {
+        int fd = 100 + i;
+        int fl = fcntl(fd, F_GETFL);
+        if (fl != flags_at_start[i])
+            fail("fd %d: status flags %#o, %#o at start", fd, fl, flags_at_start[i]);
+        char link[CTL_PATH_MAX], proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(proc, link, sizeof link - 1);
+        link[n < 0 ? 0 : n] = 0;
+        if (strcmp(link, want_link[i]) != 0)
+            fail("fd %d is %s, want %s", fd, link, want_link[i]);
+        if (want_pos[i] >= 0 && lseek(fd, 0, SEEK_CUR) != want_pos[i])
+            fail("fd %d: offset %ld, want %ld", fd, (long)lseek(fd, 0, SEEK_CUR), want_pos[i]);
+    }
+    if (fail_msg[0])
+        return;
+    char buf[256];
+    for (int fd = 100; fd <= 102; fd++) {
+        ssize_t n = read(fd, buf, 3);
+        if (n <= 0 && fd != 102)
+            fail("fd %d: read: %s", fd, n < 0 ? strerror(errno) : "end of file");
+        lseek(fd, want_pos[fd - 100], SEEK_SET);
+    }
+    /* The /proc/1 file is still pid 1's. */
+    ssize_t got = pread(100, buf, sizeof buf - 1, 0);
+    buf[got < 0 ? 0 : got] = 0;
+    if (!strstr(buf, "\nPid:\t1\n"))
+        fail("fd 100 does not show pid 1: %s", got < 0 ? strerror(errno) : buf);
+    char *back = aligned_alloc(4096, 4096);
+    for (int fd = 103; fd <= 106; fd += 3) {
+        if (pread(fd, back, 4096, 0) != 4096 || memcmp(back, block, 4096) != 0)
+            fail("fd %d: the O_DIRECT block does not read back: %s", fd, strerror(errno));
+    }
+    free(back);
+    if (lib_value && lib_value() != lib_want)
+        fail("value() of $CREST_LIB is %d, want %d", lib_value(), lib_want);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        die("usage: %s CTL_DIR LOG_FILE", argv[0]);
+    ctl_init(argv[1]);
+    const char *disk = getenv("CREST_DISK_DIR") ? getenv("CREST_DISK_DIR") : argv[1];
+    const char *tmpfs = getenv("CREST_TMPFS_DIR") ? getenv("CREST_TMPFS_DIR") : argv[1];
+    block = aligned_alloc(4096, 4096);
+    for (int i = 0; i < 4096; i++)
+        block[i] = (char)('a' + i % 26);
+
+    char p[NFD][CTL_PATH_MAX];
+    snprintf(p[0], sizeof p[0], "/proc/1/status");
+    snprintf(p[1], sizeof p[1], "/proc/meminfo");
+    snprintf(p[2], sizeof p[2], "/sys/devices/system/cpu/online");
+    snprintf(p[3], sizeof p[3], "%s/direct", tmpfs);
+    snprintf(p[4], sizeof p[4], "%s/noatime", disk);
+    snprintf(p[5], sizeof p[5], "%s/path", disk);
+    snprintf(p[6], sizeof p[6], "%s/direct", disk);
+    make_file(p[3], 0);
+    make_file(p[4], 0);
+    make_file(p[5], 0);
+    make_file(p[6], 1);
+    must_open(p[0], O_RDONLY, 100, 100);
+    must_open(p[1], O_RDONLY, 101, 10);
+    must_open(p[2], O_RDONLY, 102, 1);
+    must_open(p[3], O_RDWR | O_DIRECT, 103, 0);
+    if (write(103, block, 4096) != 4096)
+        die("O_DIRECT write: %s", strerror(errno));
+    must_open(p[4], O_RDONLY | O_NOATIME, 104, 5);
+    must_open(p[5], O_PATH, 105, 0);
+    must_open(p[6], O_RDONLY | O_DIRECT, 106, 4096);
+    for (int i = 0; i < NFD; i++) {
+        flags_at_start[i] = fcntl(100 + i, F_GETFL);
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", 100 + i);
+        ssize_t n = readlink(proc, want_link[i], sizeof want_link[i] - 1);
+        if (n < 0)
+            die("readlink %s: %s", proc, strerror(errno));
+        want_link[i][n] = 0;
+    }
+    if (getenv("CREST_PROC_SELF") && strcmp(getenv("CREST_PROC_SELF"), "1") == 0) {
+        char own[64];
+        snprintf(own, sizeof own, "/proc/%d/stat", (int)getpid());
+        must_open("/proc/self/status", O_RDONLY, 107, 0);
+        must_open(own, O_RDONLY, 108, 0);
+    }
+
+    if (getenv("CREST_LIB")) {
+        void *h = dlopen(getenv("CREST_LIB"), RTLD_NOW);
+        if (!h)
+            die("dlopen: %s", dlerror());
+        lib_value = (int (*)(void))dlsym(h, "value");
+        if (!lib_value)
+            die("dlsym value: %s", dlerror());
+        lib_want = atoi(getenv("CREST_LIB_VALUE") ? getenv("CREST_LIB_VALUE") : "0");
+    }
+    if (getenv("CREST_AIO") && strcmp(getenv("CREST_AIO"), "1") == 0) {
+        aio_context_t ctx = 0;
+        if (syscall(SYS_io_setup, 8, &ctx) != 0)
+            die("io_setup: %s", strerror(errno));
+    }
+
+    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (log_fd < 0)
+        die("cannot open log %s: %s", argv[2], strerror(errno));
+    for (unsigned long long n = 1;; n++) {
+        char line[64];
+        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
+        write_all(log_fd, line, (size_t)len, "log");
+        if (ctl_verify_requested()) {
+            fail_msg[0] = 0;
+            verify();
+            ctl_report(n);
+        }
+        int code = ctl_exit_requested();
+        if (code >= 0)
+            exit(code);
+        sleep_ms(20);
+    }
+}
