@@ -894,6 +894,19 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                 libc::major(rdev),
                 libc::minor(rdev)
             ),
+            FileKind::Ghost(ref g) => format!(
+                "{} (deleted; {} of {} bytes, mode {:o}, owner {}:{}, recreated with its content)",
+                f.path,
+                if f.mode & libc::S_IFMT == libc::S_IFDIR {
+                    "directory"
+                } else {
+                    "file"
+                },
+                f.size,
+                f.mode & 0o7777,
+                g.uid,
+                g.gid
+            ),
             FileKind::Memfd { ref name, seals } => format!(
                 "memfd {name:?} of {} bytes, seals {seals:#x} (recreated with its content)",
                 f.size

@@ -84,6 +84,9 @@ pub struct DumpOptions {
     /// `--ext-unix-sk`: UNIX sockets connected to a named socket outside the tree are dumped
     /// (and connected to that name again at restore) instead of refused.
     pub ext_unix_sk: bool,
+    /// `--ghost-limit`: the most data an unlinked file the tree holds may have for the dump to
+    /// store it ([`crate::files::ghost::DEFAULT_LIMIT`] by default); a larger one is refused.
+    pub ghost_limit: u64,
 }
 
 /// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
@@ -99,6 +102,7 @@ impl Default for DumpOptions {
             gc_hint_timeout: DEFAULT_GC_HINT_TIMEOUT,
             shell_job: false,
             ext_unix_sk: false,
+            ghost_limit: crate::files::ghost::DEFAULT_LIMIT,
         }
     }
 }
@@ -558,6 +562,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             p.proc,
             p.frozen,
             &p.shell_fds,
+            opts.ghost_limit,
             &mut phases,
         ))?);
     }
@@ -593,6 +598,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         let captured =
             pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink).and_then(|mut d| {
                 pages::dump_memfds(&p.proc, &p.vmas.memfds, page_size, &mut sink, &mut d)?;
+                crate::files::ghost::dump_content(
+                    &p.proc,
+                    &p.vmas.ghosts,
+                    page_size,
+                    &mut sink,
+                    &mut d,
+                )?;
                 Ok(d)
             });
         let failed = captured.is_err() || sink.injected.is_some();
@@ -641,14 +653,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         })?;
         writer.finish_page_file(page_file)?;
         counts.add(&page_dump.counts);
-        runs.push((page_dump.runs, page_dump.memfd_runs));
+        runs.push((page_dump.runs, page_dump.memfd_runs, page_dump.ghost_runs));
     }
 
     let mut notes = Vec::new();
     let (mut nr_vmas, mut nr_fds) = (0, 0);
-    for (p, (page_runs, memfd_runs)) in procs.iter_mut().zip(runs) {
+    for (p, (page_runs, memfd_runs, ghost_runs)) in procs.iter_mut().zip(runs) {
         let mut image = process_image(p, page_runs);
         image.memfd_runs = memfd_runs;
+        image.ghost_runs = ghost_runs;
         nr_vmas += image.vmas.len();
         nr_fds += image.fds.len();
         notes.append(&mut p.notes);
@@ -766,6 +779,7 @@ fn process_image(
         posix_locks: std::mem::take(&mut p.fd_table.posix_locks),
         mapping_locks: std::mem::take(&mut p.fd_table.mapping_locks),
         memfd_runs: Vec::new(),
+        ghost_runs: Vec::new(),
     }
 }
 

@@ -1,0 +1,2 @@
+//! Unit tests of the ghost module (real files in a temporary directory).
+use super::*;
