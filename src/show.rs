@@ -1441,6 +1441,7 @@ mod tests {
                 lock: DescriptionLock::Flock(LockType::Read),
             }],
             memfd_runs: vec![],
+            ghost_runs: vec![],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");

@@ -128,3 +128,43 @@ pub(super) fn check_tree(processes: &[ProcessImage]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(pid: i32, runs: bool) -> ProcessImage {
+        let mut p = crate::tests::sample_process();
+        p.pid = pid;
+        let mut f = p.files[0].clone();
+        f.kind = FileKind::Ghost(Ghost {
+            uid: 0,
+            gid: 0,
+            atime_sec: 0,
+            atime_nsec: 0,
+        });
+        f.path = "/tmp/x".into();
+        f.ino = 99;
+        p.files.push(f);
+        if runs {
+            p.ghost_runs = vec![GhostRun {
+                file: (p.files.len() - 1) as u32,
+                offset: 0,
+                npages: 1,
+                file_offset: 0,
+            }];
+        }
+        p
+    }
+
+    #[test]
+    fn one_ghost_is_described_alike_and_stored_once_in_the_tree() {
+        check_tree(&[process(10, true), process(11, false)]).unwrap();
+        let err = check_tree(&[process(10, true), process(11, true)]).unwrap_err();
+        assert!(err.contains("both store"), "{err}");
+        let mut other = process(11, false);
+        other.files.last_mut().unwrap().size += 1;
+        let err = check_tree(&[process(10, true), other]).unwrap_err();
+        assert!(err.contains("otherwise"), "{err}");
+    }
+}
