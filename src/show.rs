@@ -903,6 +903,19 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                 libc::major(rdev),
                 libc::minor(rdev)
             ),
+            FileKind::Ghost(ref g) => format!(
+                "{} (deleted; {} of {} bytes, mode {:o}, owner {}:{}, recreated with its content)",
+                f.path,
+                if f.mode & libc::S_IFMT == libc::S_IFDIR {
+                    "directory"
+                } else {
+                    "file"
+                },
+                f.size,
+                f.mode & 0o7777,
+                g.uid,
+                g.gid
+            ),
             FileKind::Memfd { ref name, seals } => format!(
                 "memfd {name:?} of {} bytes, seals {seals:#x} (recreated with its content)",
                 f.size
@@ -1439,6 +1452,7 @@ mod tests {
             memfd_runs: vec![],
             sysv_shm: vec![],
             code_ids: vec![],
+            ghost_runs: vec![],
         };
         let mut w = ImageWriter::create(dir).expect("create image");
         let mut pf = w.page_file(&p.pages_file).expect("page file");

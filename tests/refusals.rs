@@ -150,8 +150,16 @@ fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
     };
 
     let dir = v.work.join("img");
-    // Without --leave-running: a refused dump kills nothing either.
-    let out = dump(v.pid, &dir, false);
+    // Without --leave-running: a refused dump kills nothing either. The deleted files would be
+    // stored and recreated, but each has more data than this --ghost-limit allows.
+    let out = dump_with(
+        v.pid,
+        &dir,
+        &[
+            std::ffi::OsStr::new("--ghost-limit"),
+            std::ffi::OsStr::new("10"),
+        ],
+    );
     out.assert_failed();
     assert_eq!(
         out.stderr.matches("the tree cannot be dumped").count(),

@@ -255,6 +255,25 @@ pub struct ProcessImage {
     /// process is touched: size and mtime do not catch a library a package upgrade replaced in
     /// place with one of the same size and mtime.
     pub code_ids: Vec<CodeId>,
+    /// Stored content of the unlinked files ([`FileKind::Ghost`]) of [`ProcessImage::files`]
+    /// whose content this process holds: each ghost file's content is stored once in the tree,
+    /// by the first process (in tree order) that has it open or mapped. Sorted by file, then
+    /// offset.
+    pub ghost_runs: Vec<GhostRun>,
+}
+
+/// `npages` consecutive stored pages of the unlinked file `file` (an index into
+/// [`ProcessImage::files`], a regular [`FileKind::Ghost`]), from byte `offset` of it, found at
+/// `file_offset` of the page file. Holes (SEEK_HOLE) and pages holding only zeros are not
+/// stored: they read as zero after the restore, which sizes the file first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GhostRun {
+    pub file: u32,
+    /// Byte offset in the file; a multiple of the page size.
+    pub offset: u64,
+    pub npages: u64,
+    /// Byte offset in the page file; a multiple of the page size.
+    pub file_offset: u64,
 }
 
 /// A SysV shared memory segment (shmget) that processes of the tree attach. Restored under
@@ -806,6 +825,24 @@ pub enum FileKind {
     /// [`Pipe::External`]: a process outside the tree held it; the bytes are still in that
     /// process's pipe and are left there.
     Fifo(Pipe),
+    /// A regular file or directory that was unlinked while the process held it open or mapped
+    /// (a "ghost": `/proc/PID/fd/N` and maps show `PATH (deleted)`, st_nlink 0). Recreated at
+    /// restore in the directory of [`FileIdentity::path`] (its path at dump time, without the
+    /// " (deleted)"), opened, and unlinked again, with the recorded mode, owner and times; a
+    /// regular file gets [`FileIdentity::size`] and its stored content
+    /// ([`ProcessImage::ghost_runs`]), a directory is empty (a removed directory always is).
+    /// `dev`/`ino` are the inode's at dump time: one object for every process of the image
+    /// that holds it. The type bits of [`FileIdentity::mode`] say file or directory.
+    Ghost(Ghost),
+}
+
+/// What a restore needs, beyond [`FileIdentity`], to recreate an unlinked file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ghost {
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_sec: i64,
+    pub atime_nsec: i64,
 }
 
 /// A TCP socket as a restore recreates it.

@@ -249,6 +249,7 @@ pub(crate) fn sample_process() -> ProcessImage {
         memfd_runs: vec![],
         sysv_shm: vec![],
         code_ids: vec![],
+        ghost_runs: vec![],
     }
 }
 
@@ -1150,4 +1151,101 @@ fn tcp_socket_records_are_validated() {
         check(est(bad_lock)).is_err(),
         "a lock table name nft could misread"
     );
+}
+
+/// A sample process holding an unlinked file of 2 pages + 1 byte with two stored runs, and a
+/// removed directory as its cwd.
+fn with_ghost() -> ProcessImage {
+    let ps = ps();
+    let mut p = sample_process();
+    let ghost = Ghost {
+        uid: 1,
+        gid: 2,
+        atime_sec: 3,
+        atime_nsec: 4,
+    };
+    let mut f = file("/tmp/scratch", FileKind::Ghost(ghost.clone()));
+    f.ino = 777;
+    f.size = 2 * ps + 1;
+    f.mode = 0o100600;
+    p.files.push(f);
+    let file_idx = (p.files.len() - 1) as u32;
+    let mut d = file("/tmp/gone", FileKind::Ghost(ghost));
+    d.ino = 778;
+    d.size = 0;
+    d.mode = 0o040700;
+    p.files.push(d);
+    p.cwd_file = (p.files.len() - 1) as u32;
+    p.ghost_runs = vec![
+        GhostRun {
+            file: file_idx,
+            offset: 0,
+            npages: 1,
+            file_offset: 0,
+        },
+        GhostRun {
+            file: file_idx,
+            offset: 2 * ps,
+            npages: 1,
+            file_offset: 4 * ps,
+        },
+    ];
+    p
+}
+
+#[test]
+fn ghosts_and_their_runs_are_validated() {
+    let ps = ps();
+    validate_process(&with_ghost(), 5 * ps, ps).unwrap();
+    type Edit<'a> = Box<dyn Fn(&mut ProcessImage) + 'a>;
+    let file = |p: &ProcessImage| p.ghost_runs[0].file as usize;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("run of no file", Box::new(|p| p.ghost_runs[0].file = 999)),
+        (
+            "run of the directory",
+            Box::new(|p| p.ghost_runs[0].file += 1),
+        ),
+        (
+            "run of a regular file",
+            Box::new(|p| p.ghost_runs[0].file = 0),
+        ),
+        ("unaligned offset", Box::new(|p| p.ghost_runs[0].offset = 1)),
+        ("empty run", Box::new(|p| p.ghost_runs[0].npages = 0)),
+        ("past the file", Box::new(|p| p.ghost_runs[1].npages = 2)),
+        (
+            "past the page file",
+            Box::new(|p| p.ghost_runs[1].file_offset = 5 * ps),
+        ),
+        ("out of order", Box::new(|p| p.ghost_runs.swap(0, 1))),
+        (
+            "a ghost FIFO",
+            Box::new(move |p| {
+                let i = file(p);
+                p.files[i].mode = 0o010600
+            }),
+        ),
+        (
+            "a relative path",
+            Box::new(move |p| {
+                let i = file(p);
+                p.files[i].path = "scratch".into()
+            }),
+        ),
+        (
+            "a path without a name",
+            Box::new(move |p| {
+                let i = file(p);
+                p.files[i].path = "/".into()
+            }),
+        ),
+        (
+            "a cwd that is a ghost file",
+            Box::new(move |p| p.cwd_file = file(p) as u32),
+        ),
+    ];
+    for (what, edit) in &edits {
+        let mut p = with_ghost();
+        edit(&mut p);
+        validate_process(&p, 5 * ps, ps).expect_err(what);
+    }
 }

@@ -5,7 +5,10 @@
 use crate::error::ImageError;
 use crate::schema::*;
 
+mod ghost;
 mod net;
+
+pub use ghost::GHOST_SIZE_MAX;
 pub use net::{socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX};
 
 /// Addresses at or above this are outside any user address space (57-bit with 5-level paging
@@ -141,6 +144,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_page_runs(p, page_file_size, page_size)?;
     check_memfd_runs(p, page_file_size, page_size)?;
     check_sysv_shm(p, page_file_size, page_size)?;
+    ghost::check_ghost_runs(p, page_file_size, page_size)?;
     check_fds(p)?;
     check_locks(p)?;
     check_code_ids(p)?;
@@ -303,7 +307,8 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         return Err(format!("exe {:?} is not a regular file", exe.path));
     }
     let cwd = file("cwd", p.cwd_file)?;
-    if cwd.kind != FileKind::Directory {
+    let ghost_dir = matches!(cwd.kind, FileKind::Ghost(_)) && cwd.mode & 0o170000 == 0o040000;
+    if cwd.kind != FileKind::Directory && !ghost_dir {
         return Err(format!("cwd {:?} is not a directory", cwd.path));
     }
     for (i, d) in p.open_files.iter().enumerate() {
@@ -687,6 +692,9 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Memfd { name, seals } = &f.kind {
         return check_memfd(i, f, name, *seals);
     }
+    if let FileKind::Ghost(_) = &f.kind {
+        return ghost::check_ghost(i, f);
+    }
     if let FileKind::Tcp(t) = &f.kind {
         return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
     }
@@ -1062,6 +1070,7 @@ pub(crate) fn check_tree(
             }
         }
     }
+    ghost::check_tree(processes)?;
     let tasks: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
     check_references(processes, &descriptions, &tasks)
 }
@@ -1330,6 +1339,7 @@ fn lockable(kind: &FileKind) -> bool {
             | FileKind::Directory
             | FileKind::CharDevice { .. }
             | FileKind::ContentInImage
+            | FileKind::Ghost(_)
     )
 }
 

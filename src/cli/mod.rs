@@ -61,6 +61,12 @@ enum Command {
         /// them to that name again.
         #[arg(long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// The most data one deleted (unlinked) file the tree holds open or mapped may have
+        /// for its content to be stored in the image (holes do not count); a larger one is
+        /// refused. Bytes, or with a K, M or G suffix (powers of 1024).
+        #[arg(long = "ghost-limit", value_name = "SIZE", default_value = "16M",
+              value_parser = crest::files::ghost::parse_size)]
+        ghost_limit: u64,
     },
     /// Restore a process from an image directory, under its original pid.
     Restore {
@@ -138,6 +144,7 @@ fn dispatch(command: Command) -> Result<i32> {
             stats_json,
             shell_job,
             ext_unix_sk,
+            ghost_limit,
         } => {
             let gc_hint_timeout = Duration::try_from_secs_f64(gc_hint_timeout)
                 .context("--gc-hint-timeout wants a number of seconds, 0 or more")?;
@@ -149,6 +156,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 gc_hint_timeout,
                 shell_job,
                 ext_unix_sk,
+                ghost_limit,
             };
             let report = crest::dump::dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;

@@ -99,16 +99,7 @@ impl FdWalk<'_> {
             FdTarget::Path {
                 path,
                 deleted: true,
-            } => {
-                return Err(refuse(
-                    pid,
-                    fd,
-                    format!(
-                        "a deleted file ({}), which cannot be reopened",
-                        path.display()
-                    ),
-                ))
-            }
+            } => return self.add_deleted(entry, path, files),
             FdTarget::Socket(_) | FdTarget::Pipe(_) => None,
             FdTarget::AnonInode(kind)
                 if crate::events::handles(kind)
@@ -237,6 +228,34 @@ impl FdWalk<'_> {
         self.add_description(entry, idx, &md, files)
     }
 
+    /// Records fd `entry` on a file that was deleted (`path` is what the fd's link shows,
+    /// without " (deleted)"): stored and recreated as an unlinked file, or reopened through
+    /// another link that survives ([`crate::files::ghost`]).
+    fn add_deleted(
+        &mut self,
+        entry: &OpenFd,
+        path: &Path,
+        files: &mut FileTable,
+    ) -> Result<(), DumpError> {
+        let (proc, fd) = (self.proc, entry.fd);
+        let pid = proc.pid();
+        let md = proc.stat_link(&format!("fd/{fd}"))?;
+        let limit = files.ghost_limit();
+        let found = crate::files::ghost::classify(&md, path, limit, || {
+            proc.reopen_fd_readonly(fd)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(|why| refuse(pid, fd, why))?;
+        let idx = match found {
+            crate::files::ghost::Found::Linked(other) => add_checked(&other, &md, files)
+                .map_err(|why| refuse(pid, fd, format!("{}: {why}", other.display())))?,
+            crate::files::ghost::Found::Ghost(ident) => {
+                files.add_identity(md.dev(), md.ino(), || Ok::<_, DumpError>(ident))?
+            }
+        };
+        self.add_description(entry, idx, &md, files)
+    }
+
     /// Records fd `entry`, whose file is `idx` of `files` (`md`: its fstat), grouping it with
     /// the fds of the same description.
     fn add_description(
@@ -315,10 +334,18 @@ impl FdTable {
 fn add_checked(path: &Path, md: &std::fs::Metadata, files: &mut FileTable) -> Result<u32, String> {
     let by_path = std::fs::metadata(path).map_err(|e| format!("cannot stat the path: {e}"))?;
     if !same_inode(md, &by_path) {
-        return Err(
-            "the path now names another file (renamed or replaced), so it cannot be reopened"
-                .into(),
-        );
+        return Err(format!(
+            "the path now names another file (inode {} on device {}:{}; the process has inode \
+             {} on device {}:{} open), so it cannot be reopened: something was mounted over \
+             it, or the file was replaced without being deleted; close the file in the \
+             program, or undo the mount, before dumping",
+            by_path.ino(),
+            libc::major(by_path.dev()),
+            libc::minor(by_path.dev()),
+            md.ino(),
+            libc::major(md.dev()),
+            libc::minor(md.dev()),
+        ));
     }
     files.add(path, md).map_err(|why| why.to_string())
 }
@@ -335,6 +362,18 @@ pub fn cwd(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
     };
     if !md.is_dir() {
         return Err(refuse("it is not a directory".into()));
+    }
+    if let Some(removed) = path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        // A removed working directory: made again at restore, entered, and removed again.
+        let removed = Path::new(removed);
+        let found = crate::files::ghost::classify(&md, removed, files.ghost_limit(), || {
+            unreachable!("a directory is not opened")
+        })
+        .map_err(refuse)?;
+        let crate::files::ghost::Found::Ghost(ident) = found else {
+            return Err(refuse("a removed directory that is still linked".into()));
+        };
+        return files.add_identity(md.dev(), md.ino(), || Ok(ident));
     }
     add_checked(&path, &md, files).map_err(refuse)
 }

@@ -13,6 +13,8 @@ use crate::images::{FileIdentity, FileKind};
 pub struct FileTable {
     files: Vec<FileIdentity>,
     by_inode: HashMap<(u64, u64), u32>,
+    /// `--ghost-limit` (None: [`crate::files::ghost::DEFAULT_LIMIT`]).
+    ghost_limit: Option<u64>,
 }
 
 /// Why a file cannot go into the table.
@@ -62,6 +64,25 @@ pub fn same_inode(a: &Metadata, b: &Metadata) -> bool {
 }
 
 impl FileTable {
+    /// An empty table whose unlinked files may hold up to `limit` bytes of data each.
+    pub fn with_ghost_limit(limit: u64) -> FileTable {
+        FileTable {
+            ghost_limit: Some(limit),
+            ..FileTable::default()
+        }
+    }
+
+    /// The most data an unlinked file may hold for the dump to store it (`--ghost-limit`).
+    pub fn ghost_limit(&self) -> u64 {
+        self.ghost_limit
+            .unwrap_or(crate::files::ghost::DEFAULT_LIMIT)
+    }
+
+    /// Every file so far, by index.
+    pub fn all(&self) -> &[FileIdentity] {
+        &self.files
+    }
+
     /// Index of the file `md` (seen at `path`), adding it if new.
     pub fn add(&mut self, path: &Path, md: &Metadata) -> Result<u32, FileRefusal> {
         let key = (md.dev(), md.ino());
@@ -139,11 +160,6 @@ impl FileTable {
         if let Some(&idx) = self.by_inode.get(&(dev, ino)) {
             self.files[idx as usize].kind = kind;
         }
-    }
-
-    /// Every file so far, by index.
-    pub fn all(&self) -> &[FileIdentity] {
-        &self.files
     }
 
     pub fn into_files(self) -> Vec<FileIdentity> {

@@ -88,6 +88,9 @@ pub struct DumpOptions {
     /// `--ext-unix-sk`: UNIX sockets connected to a named socket outside the tree are dumped
     /// (and connected to that name again at restore) instead of refused.
     pub ext_unix_sk: bool,
+    /// `--ghost-limit`: the most data an unlinked file the tree holds may have for the dump to
+    /// store it ([`crate::files::ghost::DEFAULT_LIMIT`] by default); a larger one is refused.
+    pub ghost_limit: u64,
 }
 
 /// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
@@ -103,6 +106,7 @@ impl Default for DumpOptions {
             gc_hint_timeout: DEFAULT_GC_HINT_TIMEOUT,
             shell_job: false,
             ext_unix_sk: false,
+            ghost_limit: crate::files::ghost::DEFAULT_LIMIT,
         }
     }
 }
@@ -562,6 +566,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             p.proc,
             p.frozen,
             &p.shell_fds,
+            opts.ghost_limit,
             &mut phases,
         ))?);
     }
@@ -611,6 +616,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         let captured = pages::dump_pages(&p.proc, &p.vmas.areas, page_size, &mut sink, &progress)
             .and_then(|mut d| {
                 pages::dump_memfds(&p.proc, &p.vmas.memfds, page_size, &mut sink, &mut d)?;
+                crate::files::ghost::dump_content(
+                    &p.proc,
+                    &p.vmas.ghosts,
+                    page_size,
+                    &mut sink,
+                    &mut d,
+                )?;
                 let sysv: Vec<_> = p.vmas.sysv.iter().map(sysv::source).collect();
                 let sysv_runs = pages::dump_sysv(&p.proc, &sysv, page_size, &mut sink, &mut d)?;
                 Ok((d, sysv_runs))
@@ -670,15 +682,21 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         })?;
         writer.finish_page_file(page_file.into_inner())?;
         counts.add(&page_dump.counts);
-        runs.push((page_dump.runs, page_dump.memfd_runs, sysv_runs));
+        runs.push((
+            page_dump.runs,
+            page_dump.memfd_runs,
+            page_dump.ghost_runs,
+            sysv_runs,
+        ));
     }
 
     let mut notes = Vec::new();
     let (mut nr_vmas, mut nr_fds, mut nr_images) = (0, 0, 0);
     let mut sysv_segments = Vec::new();
-    for (p, (page_runs, memfd_runs, sysv_runs)) in procs.iter_mut().zip(runs) {
+    for (p, (page_runs, memfd_runs, ghost_runs, sysv_runs)) in procs.iter_mut().zip(runs) {
         let mut image = process_image(p, page_runs);
         image.memfd_runs = memfd_runs;
+        image.ghost_runs = ghost_runs;
         image.sysv_shm = sysv::with_runs(&p.vmas.sysv, sysv_runs);
         sysv_segments.extend(image.sysv_shm.iter().cloned());
         image.code_ids = std::mem::take(&mut code_ids[nr_images]);
@@ -823,6 +841,7 @@ fn process_image(
         memfd_runs: Vec::new(),
         sysv_shm: Vec::new(),
         code_ids: Vec::new(),
+        ghost_runs: Vec::new(),
     }
 }
 

@@ -49,11 +49,12 @@ impl CollectedProcess {
 }
 
 /// Collects the frozen process `proc` (whose threads `frozen` holds; `shell_fds` are its fds on
-/// the shell's terminal).
+/// the shell's terminal; `ghost_limit` is `--ghost-limit`).
 pub fn collect(
     proc: Proc,
     frozen: Frozen,
     shell_fds: &[i32],
+    ghost_limit: u64,
     phases: &mut Phases,
 ) -> Result<CollectedProcess, DumpError> {
     let pid = proc.pid();
@@ -100,7 +101,7 @@ pub fn collect(
     })?;
     // The parasite is out by now: a refusal from here on leaves the process as it was, and
     // every mapping, fd, the cwd and the exe are looked at, so that all of them are named.
-    let mut files = FileTable::default();
+    let mut files = FileTable::with_ghost_limit(ghost_limit);
     let mut problems = Problems::new();
     let vmas = problems.take(vmas::collect(&proc, &mut files))?;
     let fd_table = problems.take(fds::collect(
@@ -118,6 +119,14 @@ pub fn collect(
         unreachable!("a step without a value recorded a refusal");
     };
     vmas.memfds = super::memfd::content_areas(&files, &fd_table, &vmas.vmas);
+    vmas.ghosts = crate::files::ghost::content_areas(
+        files.all(),
+        fd_table
+            .fds
+            .iter()
+            .map(|f| (fd_table.open_files[f.description as usize].file, f.fd)),
+        &vmas.vmas,
+    );
     let rlimits = task::rlimits(&proc)?;
     let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");

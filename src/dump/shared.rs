@@ -181,4 +181,9 @@ fn store_shared_memory_once(procs: &mut [CollectedProcess]) {
     for p in procs.iter_mut() {
         p.vmas.memfds.retain(|m| memfds.insert(m.ino));
     }
+    // So is an unlinked file's.
+    let mut ghosts: HashSet<(u64, u64)> = HashSet::new();
+    for p in procs.iter_mut() {
+        p.vmas.ghosts.retain(|g| ghosts.insert((g.dev, g.ino)));
+    }
 }

@@ -27,6 +27,9 @@ pub struct Collected {
     /// The SysV shared memory segments the process attaches (sysv.rs); after the tree-wide
     /// resolve, only those this process stores.
     pub sysv: Vec<super::sysv::SysvArea>,
+    /// The unlinked files the process holds whose content is to be saved, by file index;
+    /// filled once the fds are collected too.
+    pub ghosts: Vec<crate::files::ghost::ContentArea>,
 }
 
 /// The VMA's VmFlags as the image records them; refused when one cannot be restored. The
@@ -60,6 +63,8 @@ enum Plan {
     Memfd(String),
     /// A SysV shared memory attachment.
     SysvShm,
+    /// A mapping of a file that was deleted (its path without " (deleted)").
+    Deleted(PathBuf),
     Vdso,
     Vvar,
 }
@@ -113,10 +118,7 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
                 // "dev/zero" (mm/shmem.c, shmem_zero_setup).
                 Plan::Anonymous { shared: true }
             } else if *deleted {
-                return Err(refuse(format!(
-                    "the mapped file {p} has been deleted; crest cannot restore a mapping of a \
-                     deleted file yet"
-                )));
+                Plan::Deleted(path.clone())
             } else if p == "/dev/zero" && !m.shared {
                 // A private /dev/zero mapping is plain anonymous memory (drivers/char/mem.c).
                 Plan::Anonymous { shared: false }
@@ -220,6 +222,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
         vdso_blake3: None,
         memfds: Vec::new(),
         sysv: Vec::new(),
+        ghosts: Vec::new(),
     };
     let mut problems = Problems::new();
     for m in &maps {
@@ -301,6 +304,44 @@ fn add_vma(
             let id = area.segment.id;
             out.sysv.push(area);
             VmaBacking::SysvShm { id }
+        }
+        Plan::Deleted(path) => {
+            let exact = proc.open_map_file(m.start, m.end)?;
+            let md = exact
+                .metadata()
+                .map_err(|e| unsupported(pid, m, format!("cannot fstat the mapped file: {e}")))?;
+            let found = crate::files::ghost::classify(&md, &path, files.ghost_limit(), || {
+                exact.try_clone()
+            })
+            .map_err(|why| {
+                unsupported(
+                    pid,
+                    m,
+                    format!("the mapped file {} has been deleted: {why}", path.display()),
+                )
+            })?;
+            let file = match found {
+                crate::files::ghost::Found::Linked(other) => mapped_file(proc, m, &other, files)?,
+                crate::files::ghost::Found::Ghost(ident) => {
+                    if ident.mode & libc::S_IFMT != libc::S_IFREG {
+                        return Err(unsupported(pid, m, "it maps a directory".into()));
+                    }
+                    files.add_identity(ident.dev, ident.ino, || Ok::<_, DumpError>(ident))?
+                }
+            };
+            if !m.shared {
+                // Only the pages written since mapping (copies on write) are the VMA's own.
+                out.areas.push(Area {
+                    start: m.start,
+                    end: m.end,
+                    kind: AreaKind::PrivateFile,
+                    readable: m.read,
+                });
+            }
+            VmaBacking::File {
+                file,
+                offset: m.offset,
+            }
         }
         Plan::FileContent(path) => {
             let file = content_file(proc, m, &path, files)?;

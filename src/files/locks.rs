@@ -64,6 +64,7 @@ pub fn lockable(kind: &FileKind) -> bool {
             | FileKind::Directory
             | FileKind::CharDevice { .. }
             | FileKind::ContentInImage
+            | FileKind::Ghost(_)
     )
 }
 

@@ -2,5 +2,6 @@
 //! collected at dump and how it is recreated at restore; `dump/` and `restore/` call them.
 
 pub mod codeid;
+pub mod ghost;
 pub mod locks;
 pub mod sockopts;

@@ -62,6 +62,14 @@ pub enum PageError {
         end: u64,
         err: std::io::Error,
     },
+    /// An unlinked file's content could not be read.
+    #[error("process {pid}: cannot read the deleted file {path} through {via}: {err}")]
+    Ghost {
+        pid: i32,
+        path: String,
+        via: String,
+        err: std::io::Error,
+    },
     /// A memfd's content could not be read.
     #[error("process {pid}: cannot read the memfd {name} (inode {ino}) through {via}: {err}")]
     Memfd {
@@ -144,6 +152,8 @@ pub struct PageDump {
     pub runs: Vec<PageRun>,
     /// Stored memfd content ([`dump_memfds`]).
     pub memfd_runs: Vec<MemfdRun>,
+    /// Stored content of unlinked files ([`crate::files::ghost::dump_content`]).
+    pub ghost_runs: Vec<crate::images::GhostRun>,
     pub counts: PageCounts,
 }
 
@@ -214,6 +224,7 @@ pub fn dump_pages<S: PageSink>(
     Ok(PageDump {
         runs: writer.finish(),
         memfd_runs: Vec::new(),
+        ghost_runs: Vec::new(),
         counts,
     })
 }
@@ -235,37 +246,44 @@ pub fn dump_memfds<S: PageSink>(
                 format!("its mapping {start:#x}-{end:#x}"),
             ),
         };
-        let mut counts = PageCounts::default();
-        let mut writer = RunWriter::new(out, page_size);
-        let len = m.size.div_ceil(page_size) * page_size;
-        shmem::dump_object(
-            &file,
-            0,
-            len,
-            0,
-            page_size,
-            &mut writer,
-            &mut counts,
-            |err| PageError::Memfd {
+        let runs = dump_file_content(&file, m.size, page_size, out, &mut dump.counts, |err| {
+            PageError::Memfd {
                 pid: proc.pid(),
                 name: m.name.clone(),
                 ino: m.ino,
                 via: via.clone(),
                 err,
-            },
-        )?;
-        counts.written = writer.pages();
-        counts.bytes_written = counts.written * page_size;
-        dump.memfd_runs
-            .extend(writer.finish().into_iter().map(|r| MemfdRun {
-                ino: m.ino,
-                offset: r.vaddr,
-                npages: r.npages,
-                file_offset: r.file_offset,
-            }));
-        dump.counts.add(&counts);
+            }
+        })?;
+        dump.memfd_runs.extend(runs.into_iter().map(|r| MemfdRun {
+            ino: m.ino,
+            offset: r.vaddr,
+            npages: r.npages,
+            file_offset: r.file_offset,
+        }));
     }
     Ok(())
+}
+
+/// Stores the non-zero pages of the first `size` bytes of `file` (a memfd, an unlinked file)
+/// into `out`, skipping holes with SEEK_DATA/SEEK_HOLE, and adds them to `counts`. The runs
+/// returned give file offsets in place of addresses (`vaddr`).
+pub fn dump_file_content<S: PageSink>(
+    file: &std::fs::File,
+    size: u64,
+    page_size: u64,
+    out: &mut S,
+    counts: &mut PageCounts,
+    err: impl Fn(std::io::Error) -> PageError,
+) -> Result<Vec<PageRun>, PageError> {
+    let mut own = PageCounts::default();
+    let mut writer = RunWriter::new(out, page_size);
+    let len = size.div_ceil(page_size) * page_size;
+    shmem::dump_object(file, 0, len, 0, page_size, &mut writer, &mut own, err)?;
+    own.written = writer.pages();
+    own.bytes_written = own.written * page_size;
+    counts.add(&own);
+    Ok(writer.finish())
 }
 
 /// Reads the page runs in batches of at most [`READ_BATCH`] bytes, each into a buffer from the

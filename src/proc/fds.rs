@@ -332,6 +332,14 @@ impl Proc {
             .map_err(|e| ProcError::io(self.pid, &what, e))
     }
 
+    /// Opens the file behind the process's fd `fd` anew, read-only, through the
+    /// `/proc/PID/fd/N` magic link (works for a file that has been unlinked).
+    pub fn reopen_fd_readonly(&self, fd: i32) -> Result<std::fs::File, ProcError> {
+        let what = format!("fd/{fd}");
+        std::fs::File::open(format!("/proc/{}/{what}", self.pid))
+            .map_err(|e| ProcError::io(self.pid, &what, e))
+    }
+
     /// `/proc/PID/fdinfo/N`.
     pub fn fdinfo(&self, fd: i32) -> Result<FdInfo, ProcError> {
         let what = format!("fdinfo/{fd}");

@@ -203,6 +203,9 @@ pub fn open_all(
                 let first = tree.memfd_originals.insert(ident.ino);
                 reopen_memfd(shmem.memfd(ident.ino)?, ident, ofd, base, first)?
             }
+            FileKind::Ghost(_) => {
+                reopen_memfd(shmem.ghost(ident.dev, ident.ino)?, ident, ofd, base, false)?
+            }
             _ => open_description(ident, ofd, base)?,
         };
         *slot = Some(share(&fd, base)?);
@@ -227,6 +230,17 @@ pub fn open_all(
             } else {
                 libc::O_RDONLY
             };
+            if let FileKind::Ghost(_) = ident.kind {
+                // Opened as the program had it (read-only unless a shared mapping may
+                // write), so the mapping's VM_MAYWRITE is as before.
+                // O_NOATIME: mapping it must not change the atime just restored.
+                let ghost = shmem.ghost(ident.dev, ident.ino)?;
+                let proc_path = format!("/proc/self/fd/{}", ghost.as_raw_fd());
+                let fd = open_path(&proc_path, mode | libc::O_NOATIME | libc::O_CLOEXEC, base)
+                    .or_else(|_| open_path(&proc_path, mode | libc::O_CLOEXEC, base))?;
+                *slot = Some(fd);
+                continue;
+            }
             let fd = open_path(&ident.path, mode | libc::O_CLOEXEC, base)?;
             check_identity(&fd, ident, false, 0)?;
             check_code(p, file, &fd, ident)?;
@@ -240,11 +254,16 @@ pub fn open_all(
     check_code(p, p.exe_file, &exe, exe_ident)?;
 
     let cwd_ident = file_at(p, p.cwd_file)?;
-    let cwd = open_path(
-        &cwd_ident.path,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        base,
-    )?;
+    let cwd = if let FileKind::Ghost(_) = cwd_ident.kind {
+        // A removed working directory, recreated and removed again.
+        share(shmem.ghost(cwd_ident.dev, cwd_ident.ino)?, base)?
+    } else {
+        open_path(
+            &cwd_ident.path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            base,
+        )?
+    };
     check_identity(&cwd, cwd_ident, false, 0)?;
 
     // Recreated (emptied and sized) once, before anything maps or opens them.
@@ -412,9 +431,7 @@ fn open_description(
     Ok(fd)
 }
 
-/// A new open file description of the memfd crest created (`memfd`), through
-/// `/proc/self/fd/N`, with the recorded flags and offset.
-/// A description of a memfd: the first read-write one is the descriptor memfd_create made
+/// A description of a memfd (or, with `first` false, of a recreated unlinked file): the first read-write one is the descriptor memfd_create made
 /// itself, as a program's own memfd descriptor is (such a descriptor does not count as a
 /// writer, so exec of the memfd works: reopening it read-write through /proc would make exec
 /// fail with ETXTBSY); any other is a new open through `/proc/self/fd/N`. Then its flags and
@@ -635,6 +652,7 @@ fn check_identity(
         // Created anew, never opened by path.
         FileKind::Event(_)
         | FileKind::Memfd { .. }
+        | FileKind::Ghost(_)
         | FileKind::Epoll(_)
         | FileKind::Inotify(_)
         | FileKind::Pidfd { .. } => return Ok(()),

@@ -92,6 +92,8 @@ fn tmp_plan(image: &crate::images::Image) -> Option<Vec<String>> {
         let top = rest.split('/').next().unwrap_or(rest);
         let created = match f.kind {
             FileKind::ContentInImage => true,
+            // Made again where it was (and unlinked at once).
+            FileKind::Ghost(_) => !rest.contains('/'),
             FileKind::UnixSocket(_) => !rest.contains('/'),
             _ => false,
         };

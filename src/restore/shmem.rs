@@ -22,6 +22,8 @@ pub struct SharedMemory {
     objects: HashMap<u64, OwnedFd>,
     /// The tree's memfds, by inode at dump time (memfd.rs).
     memfds: HashMap<u64, OwnedFd>,
+    /// The tree's unlinked files, by (device, inode) at dump time (crate::files::ghost).
+    ghosts: crate::files::ghost::Ghosts,
 }
 
 impl SharedMemory {
@@ -41,6 +43,7 @@ impl SharedMemory {
         }
         let mut out = SharedMemory {
             memfds: super::memfd::create_all(image, base)?,
+            ghosts: crate::files::ghost::create_all(image, base)?,
             ..SharedMemory::default()
         };
         for (object, size) in sizes {
@@ -88,6 +91,13 @@ impl SharedMemory {
         self.memfds
             .get(&ino)
             .ok_or_else(|| RestoreError::Internal(format!("memfd {ino} was not created")))
+    }
+
+    /// crest's descriptor of the recreated unlinked file that had inode `(dev, ino)` at dump.
+    pub fn ghost(&self, dev: u64, ino: u64) -> Result<&OwnedFd, RestoreError> {
+        self.ghosts.get(&(dev, ino)).ok_or_else(|| {
+            RestoreError::Internal(format!("deleted file {dev}/{ino} was not recreated"))
+        })
     }
 
     /// The descriptor of object `object`.

@@ -142,6 +142,10 @@ pub enum Kind {
     /// memfds (tests/victims/memfd.c): a sealed one open as an fd, one open and mapped
     /// MAP_SHARED and shared with a forked child, one mapped MAP_PRIVATE with private changes.
     Memfd,
+    /// Unlinked files and directories (tests/victims/ghost.c): a sparse scratch file open,
+    /// mapped shared and private and shared with a forked child, a deleted hard link, a removed
+    /// directory open and as the child's cwd, a mapping of a deleted file.
+    Ghost,
     /// AF_UNIX sockets of every kind (tests/victims/unix.c): stream, seqpacket and datagram
     /// pairs with data in flight, bound and abstract datagram sockets, listeners with
     /// connections waiting, a bound idle socket; answers [`Victim::verify_with`] "final".
@@ -181,6 +185,7 @@ impl Kind {
             Kind::Vregs => "vregs",
             Kind::Refused => "refused",
             Kind::Memfd => "memfd",
+            Kind::Ghost => "ghost",
             Kind::Unix => "unix",
             Kind::Ipc => "ipc",
             Kind::Fifos => "fifos",

@@ -1,6 +1,7 @@
 /*
  * refused: a crest test victim made of two processes that each hold several things crest
- * refuses: an io_uring instance, a mapping of a deleted file, and an fd of a deleted file. A dump must name
+ * refuses: an io_uring instance, a mapping of a deleted file, and an fd of a deleted file (the
+ * deleted files are refused when the test's --ghost-limit is below their data). A dump must name
  * every one of them, of both processes, in one refusal, and leave both running.
  *
  *   parent (started by the harness; logs "pid=P n=N" to LOG_FILE, answers verify requests)
