@@ -37,6 +37,9 @@ pub struct FdTable {
     pub mapping_locks: Vec<MappingLock>,
 }
 
+/// statfs `f_type` of the mqueue filesystem (linux/magic.h).
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+
 fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
     DumpError::UnsupportedFd { pid, fd, what }
 }
@@ -153,6 +156,19 @@ impl FdWalk<'_> {
                         mode: md.mode(),
                     })
                 })?
+            }
+            // mq_open(3): a file of the mqueue filesystem, whose queued messages no path
+            // reopens.
+            Some(path) if proc.link_fs_type(&format!("fd/{fd}"))? == MQUEUE_MAGIC => {
+                return Err(refuse(
+                    pid,
+                    fd,
+                    format!(
+                        "is the POSIX message queue {} (mq_open), whose attributes and queued \
+                         messages crest does not capture yet; close it before the dump",
+                        path.display()
+                    ),
+                ))
             }
             Some(path) if md.file_type().is_fifo() => super::fifos::add(&path, &md, files)
                 .map_err(|why| refuse(pid, fd, format!("the FIFO {}: {why}", path.display())))?,

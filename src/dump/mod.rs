@@ -131,6 +131,9 @@ fn queued_page_buffers(leave_running: bool) -> usize {
 pub enum DumpError {
     #[error("process {pid} does not exist (check the pid with `ps -p {pid}`)")]
     NoSuchProcess { pid: i32 },
+    /// SysV IPC objects crest does not capture (message queues, semaphores).
+    #[error("process {pid}: {what}")]
+    UnsupportedIpc { pid: i32, what: String },
     #[error("crest cannot dump itself (pid {pid})")]
     SelfDump { pid: i32 },
     #[error(
@@ -569,6 +572,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             opts.ghost_limit,
             &mut phases,
         ))?);
+    }
+    let tree_pids: Vec<i32> = frozen.tasks.iter().map(|t| t.pid).collect();
+    for (pid, what) in sysv::unsupported_ipc(&tree_pids)? {
+        problems.take::<()>(Err(DumpError::UnsupportedIpc { pid, what }))?;
     }
     problems.finish()?;
     let tcp_us = net.spent().as_micros() as u64;

@@ -28,6 +28,7 @@ pub fn is_refusal(e: &DumpError) -> bool {
             | DumpError::SharedBetweenProcesses { .. }
             | DumpError::TreeLayout { .. }
             | DumpError::Refused { .. }
+            | DumpError::UnsupportedIpc { .. }
             | DumpError::Settings(crate::pstate::StateError::Refused { .. })
             | DumpError::Locks(
                 crate::files::locks::LockError::Unsupported { .. }

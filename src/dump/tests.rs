@@ -794,3 +794,84 @@ fn a_slow_dump_names_the_phase_that_dominated() {
         "a fast dump needs no explanation"
     );
 }
+
+/// SysV message queues and semaphores, and POSIX message queues, are not captured: a process
+/// that used them is refused (naming each), and left running.
+#[test]
+fn sysv_queues_semaphores_and_posix_queues_are_refused_by_name() {
+    // SAFETY: (whole block) IPC calls with valid arguments; the objects are removed below.
+    let (msq, sem) = unsafe {
+        let msq = libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600);
+        let sem = libc::semget(libc::IPC_PRIVATE, 2, libc::IPC_CREAT | 0o600);
+        assert!(msq >= 0 && sem >= 0, "{}", std::io::Error::last_os_error());
+        (msq, sem)
+    };
+    let mq_name = format!("/crest-test-{}", std::process::id());
+    let mq_c = std::ffi::CString::new(mq_name.clone()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let page = SharedPage::new();
+    let child = spawn_with(
+        &[],
+        &page,
+        || {
+            // SAFETY: (whole block) one message sent, one semaphore operation, one queue opened,
+            // with buffers that live through the calls.
+            unsafe {
+                #[repr(C)]
+                struct Msg {
+                    mtype: libc::c_long,
+                    text: [u8; 4],
+                }
+                let m = Msg {
+                    mtype: 1,
+                    text: *b"ping",
+                };
+                libc::msgsnd(msq, (&m as *const Msg).cast(), 4, 0);
+                let mut op = libc::sembuf {
+                    sem_num: 1,
+                    sem_op: 1,
+                    sem_flg: 0,
+                };
+                libc::semop(sem, &mut op, 1);
+                libc::mq_open(
+                    mq_c.as_ptr(),
+                    libc::O_CREAT | libc::O_RDWR,
+                    0o600,
+                    std::ptr::null_mut::<libc::mq_attr>(),
+                );
+            }
+        },
+        super::testutil::pause_forever,
+    );
+    let dir = tmp.path().join("img");
+    let err = dump(&DumpOptions {
+        pid: child.pid,
+        dir: dir.clone(),
+        leave_running: true,
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    // SAFETY: removing the objects this test made.
+    unsafe {
+        libc::msgctl(msq, libc::IPC_RMID, std::ptr::null_mut());
+        libc::semctl(sem, 0, libc::IPC_RMID);
+        let c = std::ffi::CString::new(mq_name.clone()).unwrap();
+        libc::mq_unlink(c.as_ptr());
+    }
+    assert!(
+        err.contains(&format!("SysV message queue id {msq}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("semaphore 1 of the SysV semaphore set id {sem}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("POSIX message queue {mq_name}")),
+        "{err}"
+    );
+    assert!(!dir.exists());
+    assert!(wait_until(|| child.tracer() == 0));
+    assert_eq!(child.state(), 'S', "the child waits on as before, untraced");
+}

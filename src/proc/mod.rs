@@ -17,6 +17,7 @@ mod meminfo;
 mod pagemap;
 mod settings;
 mod status;
+pub mod sysvipc;
 mod timers;
 mod tree;
 mod tty;
@@ -209,6 +210,14 @@ impl Proc {
     pub fn stat_link(&self, what: &str) -> Result<std::fs::Metadata, ProcError> {
         std::fs::metadata(format!("/proc/{}/{what}", self.pid))
             .map_err(|e| ProcError::io(self.pid, what, e))
+    }
+
+    /// The filesystem type (statfs `f_type`, e.g. 0x19800202 for mqueue) of what the link
+    /// `/proc/PID/<what>` (an fd or a map_files entry) leads to.
+    pub fn link_fs_type(&self, what: &str) -> Result<i64, ProcError> {
+        let st = nix::sys::statfs::statfs(format!("/proc/{}/{what}", self.pid).as_str())
+            .map_err(|e| ProcError::io(self.pid, what, std::io::Error::from(e)))?;
+        Ok(st.filesystem_type().0 as i64)
     }
 
     /// Opens `/proc/PID/map_files/<start>-<end>`: the exact file (or shmem object) behind a
