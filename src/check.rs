@@ -174,7 +174,6 @@ pub const PAGEMAP_PFN: &str = "pagemap PFNs";
 pub const MEMFD: &str = "memfd_create";
 pub const CLONE3_SET_TID: &str = "clone3 with set_tid";
 pub const PR_SET_MM_MAP: &str = "prctl PR_SET_MM_MAP";
-pub const USERFAULTFD: &str = "userfaultfd";
 pub const YAMA: &str = "Yama ptrace_scope";
 pub const RESTORE_PRIVILEGE: &str = "restore privilege";
 pub const CAP_CHECKPOINT_RESTORE: &str = "CAP_CHECKPOINT_RESTORE";
@@ -225,7 +224,6 @@ pub fn run() -> CheckReport {
         "restore cannot give processes their original pids",
     ));
     probes.push(probe(PR_SET_MM_MAP, Need::Restore, probe_prctl_mm_map(), "a restored process's /proc/PID/cmdline, environ, auxv and brk cannot be set to the saved values"));
-    probes.push(probe(USERFAULTFD, Need::Optional, probe_userfaultfd(), "lazy restore (pages served on demand) is unavailable; restore copies or maps all pages up front"));
     probes.push(probe(
         YAMA,
         Need::Dump,
@@ -690,61 +688,6 @@ fn probe_prctl_mm_map() -> Status {
     Status::Present(format!("the kernel takes a {size}-byte prctl_mm_map"))
 }
 
-/// A userfaultfd from the syscall or, when that is not allowed to us, from /dev/userfaultfd
-/// (6.1+), and the UFFDIO_API handshake on it.
-fn probe_userfaultfd() -> Status {
-    const UFFD_API: u64 = 0xAA;
-    /// `_IOWR(0xAA, 0x3F, struct uffdio_api)` (24 bytes).
-    const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
-    /// `_IO(0xAA, 0x00)` on /dev/userfaultfd.
-    const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
-    #[repr(C)]
-    struct UffdioApi {
-        api: u64,
-        features: u64,
-        ioctls: u64,
-    }
-    // SAFETY: userfaultfd takes only flags and returns a new fd or -1.
-    let mut fd =
-        unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
-    let mut how = "the userfaultfd syscall";
-    let syscall_err = Errno::last();
-    let mut dev = None;
-    if fd < 0 {
-        match File::options().read(true).write(true).open("/dev/userfaultfd") {
-            Ok(f) => {
-                // SAFETY: USERFAULTFD_IOC_NEW takes the new fd's flags as an integer.
-                fd = unsafe { libc::ioctl(f.as_raw_fd(), USERFAULTFD_IOC_NEW, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-                how = "/dev/userfaultfd";
-                dev = Some(f);
-            }
-            Err(e) => return Status::Missing(format!("userfaultfd: {syscall_err}; /dev/userfaultfd: {e} (set vm.unprivileged_userfaultfd=1 or run as root)")),
-        }
-    }
-    drop(dev);
-    if fd < 0 {
-        return Status::Missing(format!(
-            "userfaultfd: {syscall_err}; /dev/userfaultfd: {}",
-            Errno::last()
-        ));
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features: 0,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_API reads and writes one uffdio_api, which `api` is.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api as *mut UffdioApi) };
-    if r != 0 {
-        return Status::Missing(format!("UFFDIO_API handshake: {}", Errno::last()));
-    }
-    Status::Present(format!(
-        "opened through {how} and completed the API handshake"
-    ))
-}
-
 /// Yama's ptrace_scope: 0 classic permissions, 1 descendants only, 2 CAP_SYS_PTRACE only,
 /// 3 no ptrace at all (Documentation/admin-guide/LSM/Yama.rst).
 fn probe_yama(caps: &Caps) -> Status {
@@ -828,7 +771,7 @@ impl Caps {
 mod tests {
     use super::*;
 
-    const ALL: [&str; 19] = [
+    const ALL: [&str; 18] = [
         PTRACE_SEIZE,
         RSEQ_CONFIG,
         PROCESS_VM_READV,
@@ -840,7 +783,6 @@ mod tests {
         MEMFD,
         CLONE3_SET_TID,
         PR_SET_MM_MAP,
-        USERFAULTFD,
         YAMA,
         RESTORE_PRIVILEGE,
         CAP_CHECKPOINT_RESTORE,
@@ -852,8 +794,7 @@ mod tests {
 
     /// This machine (and CI: root on the same kind of machine) has everything dump and restore
     /// need. Optional rows must agree with facts checked independently here: the capability
-    /// rows with capget, PFN visibility with CAP_SYS_ADMIN, userfaultfd with CAP_SYS_PTRACE
-    /// (which lifts vm.unprivileged_userfaultfd). These machines run as root without
+    /// rows with capget, PFN visibility with CAP_SYS_ADMIN. These machines run as root without
     /// CAP_SYS_RESOURCE, so that row is expected to be missing there.
     #[test]
     fn everything_dump_and_restore_need_is_present_here() {
@@ -892,9 +833,6 @@ mod tests {
             report.probe(PAGEMAP_PFN).unwrap().present(),
             has(Capability::CAP_SYS_ADMIN)
         );
-        if has(Capability::CAP_SYS_PTRACE) {
-            assert!(report.probe(USERFAULTFD).unwrap().present());
-        }
     }
 
     #[test]
@@ -949,7 +887,7 @@ mod tests {
         let p = report
             .probes
             .iter_mut()
-            .find(|p| p.name == USERFAULTFD)
+            .find(|p| p.name == PAGEMAP_PFN)
             .unwrap();
         p.status = Status::Missing("EPERM".into());
         assert!(report.can_dump_and_restore());
