@@ -873,5 +873,8 @@ fn sysv_queues_semaphores_and_posix_queues_are_refused_by_name() {
     );
     assert!(!dir.exists());
     assert!(wait_until(|| child.tracer() == 0));
-    assert_eq!(child.state(), 'S', "the child waits on as before, untraced");
+    assert!(
+        wait_until(|| child.state() == 'S'),
+        "the child waits on as before, untraced"
+    );
 }
