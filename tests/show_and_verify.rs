@@ -16,7 +16,7 @@ fn check_exits_zero_and_lists_what_crest_relies_on() {
         "ptrace_seize",
         "ptrace_get_rseq_configuration",
         "clone3",
-        "userfaultfd",
+        "network lock (nftables)",
         "pagemap",
         "process_vm_readv",
         "pidfd_getfd",
