@@ -1031,6 +1031,7 @@ pub(crate) fn check_tree(
         }
     }
     check_sysv_shm_tree(processes)?;
+    check_sysv_ipc(processes)?;
     let mut objects: HashMap<u64, u64> = HashMap::new();
     let mut descriptions: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut memfds: HashMap<u64, &FileIdentity> = HashMap::new();
@@ -1170,6 +1171,54 @@ fn check_sysv_shm_tree(processes: &[ProcessImage]) -> Result<(), String> {
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// SysV message queues and semaphore sets: held by the root's image only, each id once, with
+/// permission bits only, positive message types, and one pid per semaphore value.
+fn check_sysv_ipc(processes: &[ProcessImage]) -> Result<(), String> {
+    use std::collections::HashSet;
+    for p in processes.iter().skip(1) {
+        if p.sysv_ipc != SysvIpc::default() {
+            return Err(format!(
+                "process {} holds SysV queues or semaphore sets; only the root's image does",
+                p.pid
+            ));
+        }
+    }
+    let Some(root) = processes.first() else {
+        return Ok(());
+    };
+    let perm_ok =
+        |what: String, perm: &SysvIpcPerm, ids: &mut HashSet<i32>| -> Result<(), String> {
+            if perm.id < 0 || perm.mode & !0o777 != 0 || !ids.insert(perm.id) {
+                return Err(format!(
+                "{what} has a negative id, mode bits beyond the permissions, or is stored twice"
+            ));
+            }
+            Ok(())
+        };
+    let mut ids = HashSet::new();
+    for q in &root.sysv_ipc.queues {
+        let what = format!("SysV message queue {}", q.perm.id);
+        perm_ok(what.clone(), &q.perm, &mut ids)?;
+        if let Some(m) = q.messages.iter().find(|m| m.mtype <= 0) {
+            return Err(format!(
+                "{what} holds a message of type {} (not positive)",
+                m.mtype
+            ));
+        }
+    }
+    let mut ids = HashSet::new();
+    for set in &root.sysv_ipc.sems {
+        let what = format!("SysV semaphore set {}", set.perm.id);
+        perm_ok(what.clone(), &set.perm, &mut ids)?;
+        if set.values.is_empty() || set.values.len() != set.pids.len() {
+            return Err(format!(
+                "{what} has no semaphores, or not one pid per semaphore value"
+            ));
         }
     }
     Ok(())
