@@ -2217,3 +2217,67 @@ mod socket_tests {
         assert!(check_file_path(0, &shut).is_err());
     }
 }
+
+#[cfg(test)]
+mod sysv_ipc_tests {
+    use super::*;
+
+    fn perm(id: i32) -> SysvIpcPerm {
+        SysvIpcPerm {
+            id,
+            key: 0x51,
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            cuid: 0,
+            cgid: 0,
+        }
+    }
+
+    fn ipc() -> SysvIpc {
+        SysvIpc {
+            queues: vec![SysvMsgQueue {
+                perm: perm(3),
+                qbytes: 16384,
+                last_sender: 10,
+                last_receiver: 0,
+                messages: vec![SysvMessage {
+                    mtype: 2,
+                    data: b"x".to_vec(),
+                }],
+            }],
+            sems: vec![SysvSemSet {
+                perm: perm(3),
+                values: vec![1, 2],
+                pids: vec![10, 0],
+            }],
+        }
+    }
+
+    #[test]
+    fn queues_and_sets_are_checked() {
+        let mut root = crate::tests::sample_process();
+        let mut other = root.clone();
+        other.pid += 1;
+        root.sysv_ipc = ipc();
+        check_sysv_ipc(&[root.clone(), other.clone()]).unwrap();
+        other.sysv_ipc = ipc();
+        let err = check_sysv_ipc(&[root.clone(), other]).unwrap_err();
+        assert!(err.contains("only the root's image"), "{err}");
+        let bad: [(&str, fn(&mut SysvIpc)); 5] = [
+            ("not positive", |i| i.queues[0].messages[0].mtype = 0),
+            ("stored twice", |i| i.queues.push(i.queues[0].clone())),
+            ("mode bits", |i| i.sems[0].perm.mode = 0o1777),
+            ("negative id", |i| i.queues[0].perm.id = -1),
+            ("one pid per", |i| {
+                i.sems[0].pids.pop().map(drop).unwrap_or(())
+            }),
+        ];
+        for (what, edit) in bad {
+            let mut p = root.clone();
+            edit(&mut p.sysv_ipc);
+            let err = check_sysv_ipc(&[p]).expect_err(what);
+            assert!(err.contains(what), "{what}: {err}");
+        }
+    }
+}

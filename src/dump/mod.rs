@@ -34,7 +34,7 @@ mod references;
 mod seccomp;
 mod shared;
 mod sysv;
-mod sysv_ipc;
+pub(crate) mod sysv_ipc;
 pub use sysv::stat as sysv_stat;
 pub(crate) mod sockdiag;
 mod sockets;

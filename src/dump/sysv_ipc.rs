@@ -91,11 +91,11 @@ fn messages(id: i32, count: u64, bytes: u64) -> Result<Vec<SysvMessage>, String>
         if n < 0 {
             let e = std::io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::ENOSYS) => format!(
-                    "its messages cannot be read without consuming them: this kernel has no \
-                     msgrcv MSG_COPY (CONFIG_CHECKPOINT_RESTORE); remove the queue's use from \
-                     the program, or dump it before it makes one"
-                ),
+                Some(libc::ENOSYS) => "its messages cannot be read without consuming them: \
+                                       this kernel has no msgrcv MSG_COPY \
+                                       (CONFIG_CHECKPOINT_RESTORE); remove the queue's use \
+                                       from the program, or dump it before it makes one"
+                    .to_string(),
                 _ => format!("msgrcv MSG_COPY of message {index} failed: {e}"),
             });
         }
