@@ -340,3 +340,37 @@ fn restore_refuses_a_queue_and_a_set_whose_keys_are_taken() {
     v.request_exit(0);
     v.reap();
 }
+
+/// A dump with -R leaves the queue and set in place, as they are (the tree goes on using
+/// them), while the image holds them too.
+#[test]
+fn a_dump_with_leave_running_keeps_the_queue_and_set() {
+    let Started {
+        mut v,
+        child,
+        qs: (q, s),
+        ..
+    } = start();
+    let before = (msg_line(q), sem_line(s));
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, true).assert_ok();
+    assert_eq!((msg_line(q), sem_line(s)), before, "left as they were");
+    let image = show_json(&dir);
+    assert_eq!(
+        image["processes"][0]["sysv_ipc"]["queues"][0]["perm"]["id"],
+        q
+    );
+    assert_eq!(
+        image["processes"][0]["sysv_ipc"]["sems"][0]["perm"]["id"],
+        s
+    );
+    v.verify().expect("the tree runs on with its queue and set");
+    assert_eq!(
+        (msg_line(q), sem_line(s)),
+        before,
+        "as they were, after a verify"
+    );
+    v.request_exit(0);
+    v.reap();
+    drop(child);
+}

@@ -132,7 +132,7 @@ fn queued_page_buffers(leave_running: bool) -> usize {
 pub enum DumpError {
     #[error("process {pid} does not exist (check the pid with `ps -p {pid}`)")]
     NoSuchProcess { pid: i32 },
-    /// SysV IPC objects crest does not capture (message queues, semaphores).
+    /// SysV message queues or semaphore sets of the tree that cannot be captured.
     #[error("process {pid}: {what}")]
     UnsupportedIpc { pid: i32, what: String },
     #[error("crest cannot dump itself (pid {pid})")]

@@ -438,6 +438,30 @@ mod tests {
         assert!(m.contains("`ipcrm -s 5`"), "{m}");
     }
 
+    /// What a failed restore created is removed when dropped; after commit it stays.
+    #[test]
+    fn a_failed_restore_removes_what_it_created() {
+        // SAFETY: creates a queue and a set, removed by the drops below.
+        let (q, s) = unsafe {
+            (
+                libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600),
+                libc::semget(libc::IPC_PRIVATE, 1, libc::IPC_CREAT | 0o600),
+            )
+        };
+        assert!(q >= 0 && s >= 0);
+        let made = SysvIpcObjects {
+            made: vec![(Kind::Queue, q)],
+            committed: false,
+        };
+        made.commit();
+        assert!(Kind::Queue.exists(q), "kept after commit");
+        drop(SysvIpcObjects {
+            made: vec![(Kind::Queue, q), (Kind::Set, s)],
+            committed: false,
+        });
+        assert!(!Kind::Queue.exists(q) && !Kind::Set.exists(s));
+    }
+
     /// A private queue of this process is found by id, and its key is not looked up.
     #[test]
     fn an_existing_queue_is_a_conflict() {
