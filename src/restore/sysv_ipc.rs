@@ -200,7 +200,8 @@ pub struct SysvIpcObjects {
 impl SysvIpcObjects {
     /// Creates every queue and set of the image (held by the root's image).
     pub fn create(image: &Image) -> Result<SysvIpcObjects, RestoreError> {
-        let tree: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
+        // Every task of the tree, zombies too (their pids are free until they are recreated).
+        let tree: Vec<i32> = image.inventory.tree.iter().map(|t| t.pid).collect();
         let queues: Vec<&SysvMsgQueue> = image
             .processes
             .iter()
