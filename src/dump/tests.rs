@@ -867,6 +867,10 @@ fn posix_queues_are_refused_by_name_sysv_queues_and_sets_are_not() {
         "{err}"
     );
     assert!(!dir.exists());
-    assert!(wait_until(|| child.tracer() == 0));
-    assert_eq!(child.state(), 'S', "the child waits on as before, untraced");
+    // Just detached, it may still be on its way back into pause(): wait for it to sleep.
+    assert!(
+        wait_until(|| child.tracer() == 0 && child.state() == 'S'),
+        "the child waits on as before, untraced: {}",
+        child.state()
+    );
 }
