@@ -1451,6 +1451,7 @@ mod tests {
             }],
             memfd_runs: vec![],
             sysv_shm: vec![],
+            sysv_ipc: Default::default(),
             code_ids: vec![],
             ghost_runs: vec![],
         };

@@ -260,6 +260,66 @@ pub struct ProcessImage {
     /// by the first process (in tree order) that has it open or mapped. Sorted by file, then
     /// offset.
     pub ghost_runs: Vec<GhostRun>,
+    /// The SysV message queues and semaphore sets processes of the tree used last, stored
+    /// once per tree, in the root's image (empty in every other process's).
+    pub sysv_ipc: SysvIpc,
+}
+
+/// SysV message queues and semaphore sets of the tree: each one a process of the tree was the
+/// last to use (msg lspid/lrpid, a semaphore's sempid). Restored before any fork under the
+/// same id (the ipc sysctls `kernel/msg_next_id`, `kernel/sem_next_id`) and key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvIpc {
+    pub queues: Vec<SysvMsgQueue>,
+    pub sems: Vec<SysvSemSet>,
+}
+
+/// Id, key, owner and creator, and permission bits of a SysV IPC object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvIpcPerm {
+    pub id: i32,
+    /// Key it was created with (IPC_PRIVATE = 0).
+    pub key: i32,
+    /// Permission bits (the low 9 bits of the mode).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Creator's user and group (the restore creates the object as them).
+    pub cuid: u32,
+    pub cgid: u32,
+}
+
+/// A SysV message queue (msgget) with its queued messages, read without consuming them
+/// (msgrcv MSG_COPY). The pid of its last sender and receiver are given back when they are
+/// processes of the tree (a short-lived task with that pid sends/receives at restore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvMsgQueue {
+    pub perm: SysvIpcPerm,
+    /// msg_qbytes: the most bytes the queue holds.
+    pub qbytes: u64,
+    /// Last sender and receiver (msg_lspid, msg_lrpid); 0 for none.
+    pub last_sender: i32,
+    pub last_receiver: i32,
+    /// Queued messages, oldest first.
+    pub messages: Vec<SysvMessage>,
+}
+
+/// One queued message: its type (positive) and bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvMessage {
+    pub mtype: i64,
+    pub data: Vec<u8>,
+}
+
+/// A SysV semaphore set (semget): each semaphore's value and the pid of the last process to
+/// operate on it (sempid; given back when it is a process of the tree). SEM_UNDO adjustments
+/// of the tree's processes are not visible from outside: not captured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvSemSet {
+    pub perm: SysvIpcPerm,
+    pub values: Vec<u16>,
+    /// sempid of each semaphore, as many as `values`.
+    pub pids: Vec<i32>,
 }
 
 /// `npages` consecutive stored pages of the unlinked file `file` (an index into

@@ -248,6 +248,7 @@ pub(crate) fn sample_process() -> ProcessImage {
         }],
         memfd_runs: vec![],
         sysv_shm: vec![],
+        sysv_ipc: Default::default(),
         code_ids: vec![],
         ghost_runs: vec![],
     }

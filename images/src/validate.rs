@@ -1031,6 +1031,7 @@ pub(crate) fn check_tree(
         }
     }
     check_sysv_shm_tree(processes)?;
+    check_sysv_ipc(processes)?;
     let mut objects: HashMap<u64, u64> = HashMap::new();
     let mut descriptions: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut memfds: HashMap<u64, &FileIdentity> = HashMap::new();
@@ -1170,6 +1171,54 @@ fn check_sysv_shm_tree(processes: &[ProcessImage]) -> Result<(), String> {
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// SysV message queues and semaphore sets: held by the root's image only, each id once, with
+/// permission bits only, positive message types, and one pid per semaphore value.
+fn check_sysv_ipc(processes: &[ProcessImage]) -> Result<(), String> {
+    use std::collections::HashSet;
+    for p in processes.iter().skip(1) {
+        if p.sysv_ipc != SysvIpc::default() {
+            return Err(format!(
+                "process {} holds SysV queues or semaphore sets; only the root's image does",
+                p.pid
+            ));
+        }
+    }
+    let Some(root) = processes.first() else {
+        return Ok(());
+    };
+    let perm_ok =
+        |what: String, perm: &SysvIpcPerm, ids: &mut HashSet<i32>| -> Result<(), String> {
+            if perm.id < 0 || perm.mode & !0o777 != 0 || !ids.insert(perm.id) {
+                return Err(format!(
+                "{what} has a negative id, mode bits beyond the permissions, or is stored twice"
+            ));
+            }
+            Ok(())
+        };
+    let mut ids = HashSet::new();
+    for q in &root.sysv_ipc.queues {
+        let what = format!("SysV message queue {}", q.perm.id);
+        perm_ok(what.clone(), &q.perm, &mut ids)?;
+        if let Some(m) = q.messages.iter().find(|m| m.mtype <= 0) {
+            return Err(format!(
+                "{what} holds a message of type {} (not positive)",
+                m.mtype
+            ));
+        }
+    }
+    let mut ids = HashSet::new();
+    for set in &root.sysv_ipc.sems {
+        let what = format!("SysV semaphore set {}", set.perm.id);
+        perm_ok(what.clone(), &set.perm, &mut ids)?;
+        if set.values.is_empty() || set.values.len() != set.pids.len() {
+            return Err(format!(
+                "{what} has no semaphores, or not one pid per semaphore value"
+            ));
         }
     }
     Ok(())
@@ -2166,5 +2215,69 @@ mod socket_tests {
             s.shutdown = 4;
         }
         assert!(check_file_path(0, &shut).is_err());
+    }
+}
+
+#[cfg(test)]
+mod sysv_ipc_tests {
+    use super::*;
+
+    fn perm(id: i32) -> SysvIpcPerm {
+        SysvIpcPerm {
+            id,
+            key: 0x51,
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            cuid: 0,
+            cgid: 0,
+        }
+    }
+
+    fn ipc() -> SysvIpc {
+        SysvIpc {
+            queues: vec![SysvMsgQueue {
+                perm: perm(3),
+                qbytes: 16384,
+                last_sender: 10,
+                last_receiver: 0,
+                messages: vec![SysvMessage {
+                    mtype: 2,
+                    data: b"x".to_vec(),
+                }],
+            }],
+            sems: vec![SysvSemSet {
+                perm: perm(3),
+                values: vec![1, 2],
+                pids: vec![10, 0],
+            }],
+        }
+    }
+
+    #[test]
+    fn queues_and_sets_are_checked() {
+        let mut root = crate::tests::sample_process();
+        let mut other = root.clone();
+        other.pid += 1;
+        root.sysv_ipc = ipc();
+        check_sysv_ipc(&[root.clone(), other.clone()]).unwrap();
+        other.sysv_ipc = ipc();
+        let err = check_sysv_ipc(&[root.clone(), other]).unwrap_err();
+        assert!(err.contains("only the root's image"), "{err}");
+        let bad: [(&str, fn(&mut SysvIpc)); 5] = [
+            ("not positive", |i| i.queues[0].messages[0].mtype = 0),
+            ("stored twice", |i| i.queues.push(i.queues[0].clone())),
+            ("mode bits", |i| i.sems[0].perm.mode = 0o1777),
+            ("negative id", |i| i.queues[0].perm.id = -1),
+            ("one pid per", |i| {
+                i.sems[0].pids.pop().map(drop).unwrap_or(())
+            }),
+        ];
+        for (what, edit) in bad {
+            let mut p = root.clone();
+            edit(&mut p.sysv_ipc);
+            let err = check_sysv_ipc(&[p]).expect_err(what);
+            assert!(err.contains(what), "{what}: {err}");
+        }
     }
 }

@@ -34,6 +34,7 @@ mod references;
 mod seccomp;
 mod shared;
 mod sysv;
+pub(crate) mod sysv_ipc;
 pub use sysv::stat as sysv_stat;
 pub(crate) mod sockdiag;
 mod sockets;
@@ -131,7 +132,7 @@ fn queued_page_buffers(leave_running: bool) -> usize {
 pub enum DumpError {
     #[error("process {pid} does not exist (check the pid with `ps -p {pid}`)")]
     NoSuchProcess { pid: i32 },
-    /// SysV IPC objects crest does not capture (message queues, semaphores).
+    /// SysV message queues or semaphore sets of the tree that cannot be captured.
     #[error("process {pid}: {what}")]
     UnsupportedIpc { pid: i32, what: String },
     #[error("crest cannot dump itself (pid {pid})")]
@@ -574,7 +575,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         ))?);
     }
     let tree_pids: Vec<i32> = frozen.tasks.iter().map(|t| t.pid).collect();
-    for (pid, what) in sysv::unsupported_ipc(&tree_pids)? {
+    let (sysv_ipc, ipc_refused) = sysv_ipc::capture(&tree_pids)?;
+    for (pid, what) in ipc_refused {
         problems.take::<()>(Err(DumpError::UnsupportedIpc { pid, what }))?;
     }
     problems.finish()?;
@@ -705,6 +707,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         image.memfd_runs = memfd_runs;
         image.ghost_runs = ghost_runs;
         image.sysv_shm = sysv::with_runs(&p.vmas.sysv, sysv_runs);
+        if image.pid == pid {
+            image.sysv_ipc = sysv_ipc.clone();
+        }
         sysv_segments.extend(image.sysv_shm.iter().cloned());
         image.code_ids = std::mem::take(&mut code_ids[nr_images]);
         nr_images += 1;
@@ -767,6 +772,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         net.killed();
         // The image owns the segments now: a restore recreates them under their ids.
         notes.extend(sysv::remove_captured(&sysv_segments));
+        notes.extend(sysv_ipc::remove_captured(&sysv_ipc));
     }
     stats.phases_us = phases.done;
 
@@ -847,6 +853,7 @@ fn process_image(
         mapping_locks: std::mem::take(&mut p.fd_table.mapping_locks),
         memfd_runs: Vec::new(),
         sysv_shm: Vec::new(),
+        sysv_ipc: Default::default(),
         code_ids: Vec::new(),
         ghost_runs: Vec::new(),
     }

@@ -174,52 +174,6 @@ pub fn remove_captured(segments: &[SysvShmSegment]) -> Vec<String> {
     notes
 }
 
-/// The SysV message queues and semaphore sets that processes of `tree` use, which crest does
-/// not capture: each as (pid, what) for a refusal. A queue counts when a process of the tree
-/// was the last to send to or receive from it; a semaphore set when one was the last to operate
-/// on one of its semaphores (semctl GETPID). Earlier use leaves no trace the kernel shows, and a
-/// process's SEM_UNDO adjustments are visible nowhere: those stay undetected.
-pub fn unsupported_ipc(tree: &[i32]) -> Result<Vec<(i32, String)>, crate::proc::ProcError> {
-    let mut found = Vec::new();
-    for q in crate::proc::sysvipc::msg_queues()? {
-        for (pid, how) in [
-            (q.last_sender, "sent to"),
-            (q.last_receiver, "received from"),
-        ] {
-            if tree.contains(&pid) {
-                found.push((
-                    pid,
-                    format!(
-                        "it last {how} the SysV message queue id {} (key {:#x}, {} message(s) \
-                         queued), which crest does not capture yet; remove the queue's use from \
-                         the program, or dump it before it makes one",
-                        q.id, q.key, q.messages
-                    ),
-                ));
-            }
-        }
-    }
-    for set in crate::proc::sysvipc::sem_sets()? {
-        for n in 0..set.nsems {
-            // SAFETY: semctl(GETPID) reads one integer of the set; no buffer is passed.
-            let pid = unsafe { libc::semctl(set.id, n as i32, libc::GETPID) };
-            if tree.contains(&pid) {
-                found.push((
-                    pid,
-                    format!(
-                        "it was the last to operate on semaphore {n} of the SysV semaphore set id \
-                         {} (key {:#x}), whose values and undo adjustments (SEM_UNDO) crest does \
-                         not capture yet",
-                        set.id, set.key
-                    ),
-                ));
-                break;
-            }
-        }
-    }
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

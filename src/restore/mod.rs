@@ -24,6 +24,7 @@ mod sockets;
 mod spawn;
 mod specials;
 mod sysv;
+mod sysv_ipc;
 mod task_state;
 mod tree;
 mod tty;
@@ -197,6 +198,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let base = files::helper_fd_base(&image.processes);
     // Before any fork: the restorers attach the segments by id.
     let sysv = sysv::SysvSegments::create(&image)?;
+    let sysv_ipc = sysv_ipc::SysvIpcObjects::create(&image)?;
     let (opened, tcp) = {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
@@ -341,6 +343,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         finish::finish_process(r, &caught)?;
     }
     sysv.commit()?;
+    sysv_ipc.commit();
     // The connections are in their processes: unlock the network, then leave repair mode
     // (until now a failed restore closes them without a packet, and the image stays usable).
     tcp.resume().map_err(|e| RestoreError::Os {

@@ -75,7 +75,7 @@ pub fn conflict(seg: &SysvShmSegment) -> Option<String> {
 
 /// Runs `f` with crest's effective uid and gid (this thread only, raw system calls) switched
 /// to `uid`/`gid`, so that what it creates has them as creator; back to root after.
-fn as_creator<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Result<T, RestoreError> {
+pub(super) fn as_creator<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> Result<T, RestoreError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || (uid == 0 && gid == 0) {
         return Ok(f());
