@@ -542,6 +542,50 @@ impl Victim {
         fs::rename(&tmp, self.ctl.join("exit-request")).expect("rename exit request");
     }
 
+    /// Asks the victim to exit with 0 and checks that it did (reaping it).
+    pub fn exit_cleanly(&mut self) {
+        self.request_exit(0);
+        let status = self.reap();
+        assert!(
+            matches!(status, Some(WaitStatus::Exited(_, 0))),
+            "{status:?}: {}",
+            self.stderr_text()
+        );
+    }
+
+    /// The text of the file `name` the victim writes (atomically) in its control directory,
+    /// once it is there.
+    pub fn ctl_file(&self, name: &str) -> String {
+        let path = self.ctl.join(name);
+        wait_for(&format!("the victim's {name} file"), TIMEOUT, || {
+            fs::read_to_string(&path).ok()
+        })
+    }
+
+    /// The child named by the victim's info file ("child PID" on its first line).
+    pub fn info_child(&self) -> VictimChild {
+        let text = self.ctl_file("info");
+        let child = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("child "))
+            .and_then(|s| s.trim().parse().ok())
+            .expect("child PID");
+        VictimChild(child)
+    }
+
+    /// After cycle `cycle`: the victim verifies and its child `child` still runs.
+    pub fn assert_verifies_with_child(&self, child: &VictimChild, cycle: u32) {
+        self.verify()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        assert!(
+            matches!(proc_state(child.0), Some('S' | 'R')),
+            "cycle {cycle}: the child is {:?}: {}",
+            proc_state(child.0),
+            self.stderr_text()
+        );
+    }
+
     /// Complete lines of the log as (pid, counter). Every line must parse: a torn or foreign
     /// line means a write was lost, duplicated in part, or the fd pointed somewhere else.
     pub fn log_entries(&self) -> Vec<(i32, u64)> {
@@ -783,6 +827,18 @@ fn parse_log_line(line: &str) -> Option<(i32, u64)> {
 // ---------------------------------------------------------------------------------------------
 
 /// Whether any process (zombies included) has this pid: kill(pid, 0).
+/// A child of a victim (by pid), killed and reaped if the test ends early.
+pub struct VictimChild(pub i32);
+
+impl Drop for VictimChild {
+    fn drop(&mut self) {
+        if pid_exists(self.0) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+        let _ = reap_pid(self.0, TIMEOUT);
+    }
+}
+
 pub fn pid_exists(pid: i32) -> bool {
     match kill(Pid::from_raw(pid), None) {
         Ok(()) => true,
