@@ -827,6 +827,24 @@ fn parse_log_line(line: &str) -> Option<(i32, u64)> {
 // ---------------------------------------------------------------------------------------------
 
 /// Whether any process (zombies included) has this pid: kill(pid, 0).
+/// Every descendant of `pid`, parents before children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(proc) = procfs::process::Process::new(p) else {
+            continue;
+        };
+        for task in proc.tasks().into_iter().flatten().flatten() {
+            for child in task.children().unwrap_or_default() {
+                out.push(child as i32);
+                todo.push(child as i32);
+            }
+        }
+    }
+    out
+}
+
 /// A child of a victim (by pid), killed and reaped if the test ends early.
 pub struct VictimChild(pub i32);
 
