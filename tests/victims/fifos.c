@@ -170,12 +170,8 @@ int main(int argc, char **argv)
     close(c_rw);
 
     pid_t parent = getpid();
-    child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
         while (getppid() == parent)
             sleep_ms(20);
         _exit(0);

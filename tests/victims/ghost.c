@@ -289,15 +289,8 @@ int main(int argc, char **argv)
         die("unlink mapped-only: %s", strerror(errno));
     memcpy(mapped_only, "changed", 8);
 
-    pid_t parent = getpid();
-    child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
-        if (getppid() != parent)
-            _exit(0);
         close(LINKED_FD);
         close(DIR_FD);
         if (mkdir("childcwd", 0700) != 0 || chdir("childcwd") != 0)
@@ -310,10 +303,7 @@ int main(int argc, char **argv)
             shared[1] = shared[0];
             if (n % 100 == 0) {
                 check_child();
-                if (fail_msg[0]) {
-                    fprintf(stderr, "child: %s\n", fail_msg);
-                    _exit(3);
-                }
+                child_exit_on_failure();
             }
             sleep_ms(1);
         }

@@ -139,24 +139,14 @@ int main(int argc, char **argv)
     if (shmctl(id_b, IPC_RMID, NULL) != 0)
         die("IPC_RMID B: %s", strerror(errno));
 
-    pid_t parent = getpid();
-    child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
-        if (getppid() != parent)
-            _exit(0);
         volatile uint64_t *word = (volatile uint64_t *)(a + page);
         for (unsigned long n = 0;; n++) {
             word[1] = word[0];
             if (n % 100 == 0) {
                 check_segments(0);
-                if (fail_msg[0]) {
-                    fprintf(stderr, "child: %s\n", fail_msg);
-                    _exit(3);
-                }
+                child_exit_on_failure();
             }
             sleep_ms(1);
         }

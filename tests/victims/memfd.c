@@ -218,25 +218,15 @@ int main(int argc, char **argv)
     if (fcntl(EXEC_FD, F_SETFD, 0) != 0)
         die("F_SETFD: %s", strerror(errno));
 
-    pid_t parent = getpid();
-    child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
-        if (getppid() != parent)
-            _exit(0);
         close(SEALED_FD);
         for (unsigned long n = 0;; n++) {
             shared[1] = shared[0];
             shared[2]++;
             if (n % 100 == 0) {
                 check_common();
-                if (fail_msg[0]) {
-                    fprintf(stderr, "child: %s\n", fail_msg);
-                    _exit(3);
-                }
+                child_exit_on_failure();
             }
             sleep_ms(1);
         }

@@ -102,15 +102,8 @@ int main(int argc, char **argv)
         die("usage: %s CTL_DIR LOG_FILE", argv[0]);
     ctl_init(argv[1]);
     page = sysconf(_SC_PAGESIZE);
-    pid_t parent = getpid();
-    child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
-        if (getppid() != parent)
-            _exit(0);
         char path[CTL_PATH_MAX];
         snprintf(path, sizeof path, "%s/child-log", argv[1]);
         int log_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -123,10 +116,7 @@ int main(int argc, char **argv)
         for (unsigned long long n = 1;; n++) {
             log_tick(log_fd, n);
             check_objects("child");
-            if (fail_msg[0]) {
-                fprintf(stderr, "child: %s\n", fail_msg);
-                _exit(3);
-            }
+            child_exit_on_failure();
             sleep_ms(20);
         }
     }

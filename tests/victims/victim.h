@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -172,6 +173,32 @@ static void log_tick(int fd, unsigned long long n)
     char line[64];
     int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
     write_all(fd, line, (size_t)len, "log");
+}
+
+/* Forks a child that dies with its parent (PR_SET_PDEATHSIG; it exits at once when the parent
+ * is already gone). Returns what fork does: 0 in the child, the child's pid in the parent. */
+static pid_t fork_dying_child(void)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+            die("PR_SET_PDEATHSIG: %s", strerror(errno));
+        if (getppid() != parent)
+            _exit(0);
+    }
+    return pid;
+}
+
+/* In a child that checks itself: after a failure, says it on stderr and exits with status 3. */
+static void child_exit_on_failure(void)
+{
+    if (fail_msg[0]) {
+        fprintf(stderr, "child: %s\n", fail_msg);
+        _exit(3);
+    }
 }
 
 /* What ctl_loop does besides logging: every field but log_fd and period_ms may be left out. */
