@@ -13,32 +13,11 @@ use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
-/// The child of the victim, killed and reaped if the test ends early.
-struct Child(i32);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if pid_exists(self.0) {
-            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
-        }
-        let _ = reap_pid(self.0, TIMEOUT);
-    }
-}
-
-fn start() -> (Victim, Child) {
+fn start() -> (Victim, VictimChild) {
     let v = Victim::start(Kind::Fifos);
-    let path = v.ctl.join("info");
-    let text = wait_for("the victim's info file", TIMEOUT, || {
-        fs::read_to_string(&path).ok()
-    });
-    let child: i32 = text
-        .strip_prefix("child ")
-        .and_then(|s| s.trim().parse().ok())
-        .expect("child PID");
-    (v, Child(child))
+    let child = v.info_child();
+    (v, child)
 }
 
 /// The image's entry for the FIFO at `path` in process `p`.
@@ -110,13 +89,7 @@ fn fifos_keep_their_data_flags_and_sharing_across_two_cycles() {
         let _ = fs::remove_dir_all(&dir);
     }
     drop(b);
-    v.request_exit(0);
-    let status = v.reap();
-    assert!(
-        matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0))),
-        "{status:?}: {}",
-        v.stderr_text()
-    );
+    v.exit_cleanly();
 }
 
 #[test]

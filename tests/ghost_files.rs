@@ -15,32 +15,11 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
-/// The child of the victim, killed and reaped if the test ends early.
-struct Child(i32);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if pid_exists(self.0) {
-            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
-        }
-        let _ = reap_pid(self.0, TIMEOUT);
-    }
-}
-
-fn start() -> (Victim, Child) {
+fn start() -> (Victim, VictimChild) {
     let v = Victim::start(Kind::Ghost);
-    let path = v.ctl.join("info");
-    let text = wait_for("the victim's info file", TIMEOUT, || {
-        fs::read_to_string(&path).ok()
-    });
-    let child: i32 = text
-        .strip_prefix("child ")
-        .and_then(|s| s.trim().parse().ok())
-        .expect("child PID");
-    (v, Child(child))
+    let child = v.info_child();
+    (v, child)
 }
 
 /// The maps lines of `pid` that name a deleted file, without the device and inode columns
@@ -217,21 +196,9 @@ fn ghost_files_keep_content_holes_sharing_and_attributes_across_two_cycles() {
         names.sort();
         assert_eq!(names, ["ctl", "linked-b"], "cycle {cycle}");
 
-        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
-        assert!(
-            matches!(proc_state(child.0), Some('S' | 'R')),
-            "cycle {cycle}: the child is {:?}: {}",
-            proc_state(child.0),
-            v.stderr_text()
-        );
+        v.assert_verifies_with_child(&child, cycle);
     }
-    v.request_exit(0);
-    let status = v.reap();
-    assert!(
-        matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0))),
-        "{status:?}: {}",
-        v.stderr_text()
-    );
+    v.exit_cleanly();
     assert!(!pid_exists(child.0), "the child outlived the victim");
 }
 

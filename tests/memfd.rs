@@ -8,20 +8,6 @@ mod common;
 use std::fs;
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-/// The child of the victim, killed and reaped if the test ends early.
-struct Child(i32);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if pid_exists(self.0) {
-            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
-        }
-        let _ = reap_pid(self.0, TIMEOUT);
-    }
-}
 
 fn maps_line(pid: i32, name: &str) -> bool {
     fs::read_to_string(format!("/proc/{pid}/maps"))
@@ -78,15 +64,7 @@ fn check_image(image: &serde_json::Value) {
 #[test]
 fn memfds_keep_content_name_size_seals_and_sharing_across_two_cycles() {
     let mut v = Victim::start(Kind::Memfd);
-    let path = v.ctl.join("info");
-    let text = wait_for("the victim's info file", TIMEOUT, || {
-        fs::read_to_string(&path).ok()
-    });
-    let child: i32 = text
-        .strip_prefix("child ")
-        .and_then(|s| s.trim().parse().ok())
-        .expect("child PID");
-    let child = Child(child);
+    let child = v.info_child();
     v.verify().expect("the victim verifies before any dump");
 
     for cycle in 1..=2 {
@@ -116,21 +94,9 @@ fn memfds_keep_content_name_size_seals_and_sharing_across_two_cycles() {
             assert_eq!(fd_link(pid, 101), "/memfd:crest-shared (deleted)");
         }
         assert_eq!(fd_link(v.pid, 100), "/memfd:crest-sealed (deleted)");
-        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
-        assert!(
-            matches!(proc_state(child.0), Some('S' | 'R')),
-            "cycle {cycle}: the child is {:?}: {}",
-            proc_state(child.0),
-            v.stderr_text()
-        );
+        v.assert_verifies_with_child(&child, cycle);
     }
     // The victim kills and waits for its child, then exits.
-    v.request_exit(0);
-    let status = v.reap();
-    assert!(
-        matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0))),
-        "{status:?}: {}",
-        v.stderr_text()
-    );
+    v.exit_cleanly();
     assert!(!pid_exists(child.0), "the child outlived the victim");
 }

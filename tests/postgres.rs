@@ -31,23 +31,6 @@ struct Postgres {
     _work: tempfile::TempDir,
 }
 
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        let Ok(proc) = procfs::process::Process::new(p) else {
-            continue;
-        };
-        for task in proc.tasks().into_iter().flatten().flatten() {
-            for child in task.children().unwrap_or_default() {
-                out.push(child as i32);
-                todo.push(child as i32);
-            }
-        }
-    }
-    out
-}
-
 impl Drop for Postgres {
     fn drop(&mut self) {
         let pids: Vec<i32> = std::iter::once(self.root)

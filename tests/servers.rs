@@ -65,24 +65,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Every descendant of `pid`, parents before children.
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        let Ok(proc) = procfs::process::Process::new(p) else {
-            continue;
-        };
-        for task in proc.tasks().into_iter().flatten().flatten() {
-            for child in task.children().unwrap_or_default() {
-                out.push(child as i32);
-                todo.push(child as i32);
-            }
-        }
-    }
-    out
-}
-
 /// A server process tree the test started: its root, and on drop every process of the tree
 /// killed and reaped by pid.
 struct Server {

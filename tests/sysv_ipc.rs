@@ -16,20 +16,6 @@ mod common;
 use std::fs;
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-/// The child of the victim, killed and reaped if the test ends early.
-struct Child(i32);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if pid_exists(self.0) {
-            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
-        }
-        let _ = reap_pid(self.0, TIMEOUT);
-    }
-}
 
 /// key, id, perms, size, nattch, uid, gid, cuid, cgid of segment `id` in /proc/sysvipc/shm.
 fn sysvipc_line(id: i32) -> Option<Vec<String>> {
@@ -78,7 +64,7 @@ fn sysv_maps(pid: i32) -> Vec<String> {
 
 struct Started {
     v: Victim,
-    child: Child,
+    child: VictimChild,
     ids: (i32, i32),
     /// The message queue and the semaphore set.
     qs: (i32, i32),
@@ -94,12 +80,9 @@ fn info_field(text: &str, name: &str) -> i32 {
 
 fn start() -> Started {
     let v = Victim::start(Kind::Ipc);
-    let path = v.ctl.join("info");
-    let text = wait_for("the victim's info file", TIMEOUT, || {
-        fs::read_to_string(&path).ok()
-    });
+    let text = v.ctl_file("info");
     let field = |name: &str| info_field(&text, name);
-    let child = Child(field("child "));
+    let child = VictimChild(field("child "));
     let ids = (field("A "), field("B "));
     let qs = (field("Q "), field("S "));
     v.verify().expect("the victim verifies before any dump");
@@ -214,21 +197,9 @@ fn sysv_shared_memory_keeps_id_key_owner_content_and_attachments_across_two_cycl
             maps,
             "cycle {cycle}"
         );
-        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
-        assert!(
-            matches!(proc_state(child.0), Some('S' | 'R')),
-            "cycle {cycle}: the child is {:?}: {}",
-            proc_state(child.0),
-            v.stderr_text()
-        );
+        v.assert_verifies_with_child(&child, cycle);
     }
-    v.request_exit(0);
-    let status = v.reap();
-    assert!(
-        matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0))),
-        "{status:?}: {}",
-        v.stderr_text()
-    );
+    v.exit_cleanly();
     assert_eq!(sysvipc_line(a), None);
     assert_eq!(sysvipc_line(b), None, "B is gone with its last user");
     assert_eq!((msg_line(q), sem_line(s)), (None, None));

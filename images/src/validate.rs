@@ -1227,48 +1227,82 @@ fn check_sysv_ipc(processes: &[ProcessImage]) -> Result<(), String> {
 /// Each memfd run names a memfd of the process, lies inside it (its size rounded up to pages)
 /// and inside the page file; runs are sorted by memfd and offset and do not overlap.
 fn check_memfd_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Result<(), String> {
-    let mut prev: Option<(u64, u64)> = None;
+    let mut prev = None;
     for (i, r) in p.memfd_runs.iter().enumerate() {
-        let what = || {
-            format!(
-                "memfd run {i} ({} pages at offset {:#x} of memfd {})",
-                r.npages, r.offset, r.ino
-            )
-        };
+        let what = format!(
+            "memfd run {i} ({} pages at offset {:#x} of memfd {})",
+            r.npages, r.offset, r.ino
+        );
         let f = p
             .files
             .iter()
             .find(|f| f.ino == r.ino && matches!(f.kind, FileKind::Memfd { .. }))
-            .ok_or_else(|| format!("{} names no memfd of the process", what()))?;
-        if r.npages == 0 {
-            return Err(format!("{} is empty", what()));
-        }
-        if r.offset % page_size != 0 || r.file_offset % page_size != 0 {
-            return Err(format!(
-                "{} or its page file offset {:#x} is not page-aligned",
-                what(),
-                r.file_offset
-            ));
-        }
-        let len = r
-            .npages
-            .checked_mul(page_size)
-            .ok_or_else(|| format!("{} is impossibly long", what()))?;
-        let size = f.size.div_ceil(page_size) * page_size;
-        let end = r
-            .offset
-            .checked_add(len)
-            .filter(|&e| e <= size)
-            .ok_or_else(|| format!("{} runs past the memfd's {} bytes", what(), f.size))?;
-        if let Some((ino, prev_end)) = prev {
-            if r.ino < ino || (r.ino == ino && r.offset < prev_end) {
-                return Err(format!("{} overlaps or precedes the run before it", what()));
-            }
-        }
-        prev = Some((r.ino, end));
-        check_in_page_file(&what(), r.file_offset, len, page_file_size, &p.pages_file)?;
+            .ok_or_else(|| format!("{what} names no memfd of the process"))?;
+        let run = ContentRun {
+            key: r.ino,
+            offset: r.offset,
+            npages: r.npages,
+            file_offset: r.file_offset,
+            size: f.size,
+            whose: "memfd",
+        };
+        check_content_run(&what, &run, &mut prev, p, page_file_size, page_size)?;
     }
     Ok(())
+}
+
+/// A run of a file's content stored in the page file (a memfd's, a ghost file's).
+pub(super) struct ContentRun {
+    /// The file it belongs to: runs are sorted by it, then by offset.
+    pub key: u64,
+    /// Byte offset in the file.
+    pub offset: u64,
+    pub npages: u64,
+    /// Byte offset in the page file.
+    pub file_offset: u64,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The file in words, for messages ("memfd": "runs past the memfd's N bytes").
+    pub whose: &'static str,
+}
+
+/// Run `r` (`what`) is not empty, page-aligned, lies inside its file (the size rounded up to
+/// pages) and inside the page file of `p`, and after the run before it (`prev`: its key and
+/// end, updated to this run's).
+pub(super) fn check_content_run(
+    what: &str,
+    r: &ContentRun,
+    prev: &mut Option<(u64, u64)>,
+    p: &ProcessImage,
+    page_file_size: u64,
+    page_size: u64,
+) -> Result<(), String> {
+    if r.npages == 0 {
+        return Err(format!("{what} is empty"));
+    }
+    if !r.offset.is_multiple_of(page_size) || !r.file_offset.is_multiple_of(page_size) {
+        return Err(format!(
+            "{what} or its page file offset {:#x} is not page-aligned",
+            r.file_offset
+        ));
+    }
+    let len = r
+        .npages
+        .checked_mul(page_size)
+        .ok_or_else(|| format!("{what} is impossibly long"))?;
+    let size = r.size.div_ceil(page_size) * page_size;
+    let end = r
+        .offset
+        .checked_add(len)
+        .filter(|&e| e <= size)
+        .ok_or_else(|| format!("{what} runs past the {}'s {} bytes", r.whose, r.size))?;
+    if let Some((key, prev_end)) = *prev {
+        if r.key < key || (r.key == key && r.offset < prev_end) {
+            return Err(format!("{what} overlaps or precedes the run before it"));
+        }
+    }
+    *prev = Some((r.key, end));
+    check_in_page_file(what, r.file_offset, len, page_file_size, &p.pages_file)
 }
 
 /// `len` bytes at `file_offset` lie inside the page file `name` of `page_file_size` bytes.

@@ -147,16 +147,22 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
 
-    #[test]
-    fn a_fifo_is_recorded_by_path_and_its_bytes_read_without_consuming_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("fifo");
+    /// A new FIFO in `dir`, and a read-write open of it.
+    fn fifo_in(dir: &Path) -> (std::path::PathBuf, std::fs::File) {
+        let p = dir.join("fifo");
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let rw = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&p)
             .unwrap();
+        (p, rw)
+    }
+
+    #[test]
+    fn a_fifo_is_recorded_by_path_and_its_bytes_read_without_consuming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, rw) = fifo_in(dir.path());
         let md = rw.metadata().unwrap();
         let mut t = FileTable::default();
         let idx = add(&p, &md, &mut t).unwrap();
@@ -187,13 +193,7 @@ mod tests {
     #[test]
     fn a_fifo_whose_path_names_another_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("fifo");
-        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
+        let (p, rw) = fifo_in(dir.path());
         std::fs::remove_file(&p).unwrap();
         std::fs::write(&p, b"x").unwrap();
         let err = add(&p, &rw.metadata().unwrap(), &mut FileTable::default()).unwrap_err();

@@ -95,16 +95,8 @@ impl FileTable {
             return Err(FileRefusal::Relative);
         }
         let idx = self.files.len() as u32;
-        self.files.push(FileIdentity {
-            path: path.to_string(),
-            kind,
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.size(),
-            mtime_sec: md.mtime(),
-            mtime_nsec: md.mtime_nsec(),
-            mode: md.mode(),
-        });
+        self.files
+            .push(crate::files::stat_identity(path.to_string(), kind, md));
         self.by_inode.insert(key, idx);
         Ok(idx)
     }

@@ -9,9 +9,8 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 
-use crate::images::{FileIdentity, FileKind, Vma, VmaBacking};
+use crate::images::{FileIdentity, FileKind, Vma};
 use crate::pages::{MemfdArea, MemfdSource};
 
 use super::fds::FdTable;
@@ -58,19 +57,15 @@ pub fn identity(file: &File, name: &str) -> Result<FileIdentity, String> {
     if name.len() > crate::images::validate::MEMFD_NAME_MAX || name.contains('\0') {
         return Err(format!("the memfd name {name:?} is too long"));
     }
-    Ok(FileIdentity {
-        path: format!("/memfd:{name}"),
-        kind: FileKind::Memfd {
-            name: name.to_string(),
-            seals: seals as u32,
-        },
-        dev: md.dev(),
-        ino: md.ino(),
-        size: md.size(),
-        mtime_sec: md.mtime(),
-        mtime_nsec: md.mtime_nsec(),
-        mode: md.mode(),
-    })
+    let kind = FileKind::Memfd {
+        name: name.to_string(),
+        seals: seals as u32,
+    };
+    Ok(crate::files::stat_identity(
+        format!("/memfd:{name}"),
+        kind,
+        &md,
+    ))
 }
 
 /// The memfds of a process whose content is to be read, each once, sorted by inode: through
@@ -87,16 +82,7 @@ pub fn content_areas(files: &FileTable, fds: &FdTable, vmas: &[Vma]) -> Vec<Memf
             )
         })
         .collect();
-    sources.extend(vmas.iter().filter_map(|v| match v.backing {
-        VmaBacking::File { file, .. } => Some((
-            file,
-            MemfdSource::Mapping {
-                start: v.start,
-                end: v.end,
-            },
-        )),
-        _ => None,
-    }));
+    sources.extend(MemfdSource::mappings(vmas));
     for (file, source) in sources {
         let ident = files.get(file);
         let FileKind::Memfd { name, .. } = &ident.kind else {

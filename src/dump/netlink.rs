@@ -121,9 +121,9 @@ pub fn record(
     let fresh = sockopts::socket(libc::AF_NETLINK, sock_type, protocol)
         .map_err(|e| refuse(format!("(crest cannot create one to compare: {e})")))?;
     let options = sockopts::differing(sock, fresh.as_fd(), &[libc::SOL_SOCKET, SOL_NETLINK]);
-    Ok(FileIdentity {
-        path: String::new(),
-        kind: FileKind::Netlink(NetlinkSocket {
+    Ok(crate::files::object_identity(
+        String::new(),
+        FileKind::Netlink(NetlinkSocket {
             sock_type: sock_type as u32,
             protocol: protocol as u32,
             port_id,
@@ -132,13 +132,9 @@ pub fn record(
             dst_group,
             options,
         }),
-        dev: md.dev(),
+        md.dev(),
         ino,
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        mode: 0,
-    })
+    ))
 }
 
 fn protocol_name(protocol: i32) -> String {
@@ -172,21 +168,10 @@ fn protocol_name(protocol: i32) -> String {
 
 /// getsockname (`peer` false) or getpeername of a netlink socket: (nl_pid, nl_groups).
 fn nl_name(sock: &OwnedFd, peer: bool) -> Result<(u32, u32), Errno> {
-    // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
-    let mut a: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-    let addr = (&mut a as *mut libc::sockaddr_nl).cast();
-    // SAFETY: a is a sockaddr_nl; len says how large.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(sock.as_raw_fd(), addr, &mut len)
-        } else {
-            libc::getsockname(sock.as_raw_fd(), addr, &mut len)
-        }
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
+    let ss = crate::net::sock::raw_name(sock.as_fd(), peer)?;
+    // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_nl, plain old data
+    // that any bytes make valid; a netlink socket's name is one.
+    let a = unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_nl>() };
     Ok((a.nl_pid, a.nl_groups))
 }
 

@@ -23,16 +23,12 @@ use super::DumpError;
 
 /// A pipe identity whose kind is decided once every fd has been seen ([`capture`]).
 pub fn identity(md: &Metadata) -> FileIdentity {
-    FileIdentity {
-        path: String::new(),
-        kind: FileKind::Pipe(Pipe::External),
-        dev: md.dev(),
-        ino: md.ino(),
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        mode: 0,
-    }
+    crate::files::object_identity(
+        String::new(),
+        FileKind::Pipe(Pipe::External),
+        md.dev(),
+        md.ino(),
+    )
 }
 
 /// Whether the other end of the pipe behind the process's `fd` (its read end when `reader`,

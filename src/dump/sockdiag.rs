@@ -8,7 +8,7 @@
 //! inode and device, the listen backlog, the pending connections, the queued bytes and the
 //! shutdown state, for one socket chosen by inode number.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
@@ -82,6 +82,34 @@ pub struct UnixDiag {
     pub shutdown: u8,
 }
 
+/// A NETLINK_SOCK_DIAG socket, close-on-exec.
+fn diag_socket() -> Result<OwnedFd, SockDiagError> {
+    crate::net::sock::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG)
+        .map_err(|errno| SockDiagError::Unavailable { errno })
+}
+
+/// A SOCK_DIAG_BY_FAMILY request (NLM_F_REQUEST and `flags`) for the AF_UNIX sockets of every
+/// state with inode `ino`, asking for the attributes `show`.
+fn unix_request(flags: i32, ino: u32, show: u32) -> Vec<u8> {
+    let mut req = Vec::with_capacity(NLMSG_HDR + 24);
+    req.extend_from_slice(&((NLMSG_HDR + 24) as u32).to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+                                                // struct unix_diag_req
+    req.push(libc::AF_UNIX as u8);
+    req.push(0); // protocol
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&show.to_ne_bytes());
+    // No cookie (INET_DIAG_NOCOOKIE): the inode alone picks the socket.
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req
+}
+
 /// Asks the kernel about the AF_UNIX socket with inode `ino`.
 pub fn query(ino: u64) -> Result<UnixDiag, SockDiagError> {
     let ino32 = u32::try_from(ino).map_err(|_| SockDiagError::NotFound { ino })?;
@@ -90,40 +118,10 @@ pub fn query(ino: u64) -> Result<UnixDiag, SockDiagError> {
         what,
         errno: Errno::last(),
     };
-    // SAFETY: socket(2) takes only integers.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(SockDiagError::Unavailable {
-            errno: Errno::last(),
-        });
-    }
-    // SAFETY: raw is a fresh descriptor we own.
-    let nl = unsafe { OwnedFd::from_raw_fd(raw) };
-
-    let mut req = Vec::with_capacity(NLMSG_HDR + 24);
-    req.extend_from_slice(&((NLMSG_HDR + 24) as u32).to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-                                                // struct unix_diag_req
-    req.push(libc::AF_UNIX as u8);
-    req.push(0); // protocol
-    req.extend_from_slice(&0u16.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&ino32.to_ne_bytes());
+    let nl = diag_socket()?;
     let show =
         UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
-    req.extend_from_slice(&show.to_ne_bytes());
-    // No cookie (INET_DIAG_NOCOOKIE): the inode alone picks the socket.
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let req = unix_request(0, ino32, show);
     // SAFETY: req is a readable buffer of req.len() bytes; no address (the kernel is the peer).
     let sent = unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if sent < 0 {
@@ -176,35 +174,9 @@ pub fn bound_files() -> Result<std::collections::HashSet<(u64, u64)>, SockDiagEr
         what,
         errno: Errno::last(),
     };
-    // SAFETY: socket(2) takes only integers.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(SockDiagError::Unavailable {
-            errno: Errno::last(),
-        });
-    }
-    // SAFETY: raw is a fresh descriptor we own.
-    let nl = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut req = Vec::with_capacity(NLMSG_HDR + 24);
-    req.extend_from_slice(&((NLMSG_HDR + 24) as u32).to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.push(libc::AF_UNIX as u8);
-    req.push(0);
-    req.extend_from_slice(&0u16.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes()); // every inode
-    req.extend_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let nl = diag_socket()?;
+    // Inode 0: every socket.
+    let req = unix_request(libc::NLM_F_DUMP, 0, UDIAG_SHOW_VFS);
     // SAFETY: req is a readable buffer of req.len() bytes.
     if unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
         return Err(SockDiagError::Unavailable {

@@ -97,16 +97,12 @@ impl Sockets {
         {
             let tcp = crate::net::tcp_dump::record(self.pid, fd, copy)
                 .map_err(|what| self.refuse(fd, what))?;
-            return Ok(FileIdentity {
-                path: String::new(),
-                kind: FileKind::Tcp(tcp),
-                dev: md.dev(),
+            return Ok(crate::files::object_identity(
+                String::new(),
+                FileKind::Tcp(tcp),
+                md.dev(),
                 ino,
-                size: 0,
-                mtime_sec: 0,
-                mtime_nsec: 0,
-                mode: 0,
-            });
+            ));
         }
         if family != libc::AF_UNIX {
             if let Some(r) = super::netsockets::record(self.pid, fd, md, &copy, family) {

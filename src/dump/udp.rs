@@ -171,21 +171,17 @@ pub fn record(
         levels.push(libc::SOL_IPV6);
     }
     let options = sockopts::differing(sock, fresh.as_fd(), &levels);
-    Ok(FileIdentity {
-        path: String::new(),
-        kind: FileKind::Udp(UdpSocket {
+    Ok(crate::files::object_identity(
+        String::new(),
+        FileKind::Udp(UdpSocket {
             family: family as u32,
             local,
             peer,
             options,
         }),
-        dev: md.dev(),
+        md.dev(),
         ino,
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        mode: 0,
-    })
+    ))
 }
 
 /// Refuses a socket with a BPF filter attached (SO_ATTACH_FILTER / SO_ATTACH_BPF).
@@ -283,21 +279,7 @@ fn unsent_bytes(sock: &OwnedFd) -> Result<i32, Errno> {
 
 /// getsockname (`peer` false) or getpeername of an IPv4/IPv6 socket; None for port 0.
 pub fn address(sock: &OwnedFd, peer: bool) -> Result<Option<UdpEndpoint>, Errno> {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let addr = (&mut ss as *mut libc::sockaddr_storage).cast();
-    // SAFETY: ss is large enough for any socket address; len says how large.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(sock.as_raw_fd(), addr, &mut len)
-        } else {
-            libc::getsockname(sock.as_raw_fd(), addr, &mut len)
-        }
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
+    let ss = crate::net::sock::raw_name(sock.as_fd(), peer)?;
     let e = match ss.ss_family as i32 {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in (family AF_INET).

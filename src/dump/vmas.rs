@@ -267,37 +267,14 @@ fn add_vma(
         }
         Plan::File(path) => {
             let file = mapped_file(proc, m, &path, files)?;
-            if !m.shared {
-                out.areas.push(Area {
-                    start: m.start,
-                    end: m.end,
-                    kind: AreaKind::PrivateFile,
-                    readable: m.read,
-                });
-            }
-            VmaBacking::File {
-                file,
-                offset: m.offset,
-            }
+            file_backing(m, file, out)
         }
         Plan::Memfd(name) => {
             let file = proc.open_map_file(m.start, m.end)?;
             let ident =
                 super::memfd::identity(&file, &name).map_err(|why| unsupported(pid, m, why))?;
             let file = files.add_identity(ident.dev, ident.ino, || Ok::<_, DumpError>(ident))?;
-            if !m.shared {
-                // Only the pages written since mapping (copies on write) are the VMA's own.
-                out.areas.push(Area {
-                    start: m.start,
-                    end: m.end,
-                    kind: AreaKind::PrivateFile,
-                    readable: m.read,
-                });
-            }
-            VmaBacking::File {
-                file,
-                offset: m.offset,
-            }
+            file_backing(m, file, out)
         }
         Plan::SysvShm => {
             let area = super::sysv::attachment(proc, m).map_err(|why| unsupported(pid, m, why))?;
@@ -381,6 +358,23 @@ fn add_vma(
         },
     });
     Ok(())
+}
+
+/// The backing of `m`, a mapping of file `file` of the table; a private one also gets an area
+/// in `out`: only the pages written since mapping (copies on write) are the VMA's own.
+fn file_backing(m: &MapEntry, file: u32, out: &mut Collected) -> VmaBacking {
+    if !m.shared {
+        out.areas.push(Area {
+            start: m.start,
+            end: m.end,
+            kind: AreaKind::PrivateFile,
+            readable: m.read,
+        });
+    }
+    VmaBacking::File {
+        file,
+        offset: m.offset,
+    }
 }
 
 /// The guard regions of a VMA whose VmFlags show `gu`, from the pagemap. A kernel that shows

@@ -35,9 +35,9 @@ const PRIVATE_BITS: u32 = (1 << 28) | (1 << 29) | (1 << 30) | (1 << 31);
 
 /// The image's record of an epoll whose fdinfo listed `lines` (targets not resolved yet).
 pub fn identity(lines: &[EpollLine], dev: u64, ino: u64) -> FileIdentity {
-    FileIdentity {
-        path: "anon_inode:[eventpoll]".into(),
-        kind: FileKind::Epoll(Epoll {
+    crate::files::object_identity(
+        "anon_inode:[eventpoll]".into(),
+        FileKind::Epoll(Epoll {
             targets: lines
                 .iter()
                 .map(|l| EpollTarget {
@@ -50,11 +50,7 @@ pub fn identity(lines: &[EpollLine], dev: u64, ino: u64) -> FileIdentity {
         }),
         dev,
         ino,
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        mode: 0,
-    }
+    )
 }
 
 /// The fds of one process of the tree, with the tree-wide description id of each.

@@ -49,16 +49,12 @@ pub fn identity(
         });
     }
     watches.sort_by_key(|w| w.wd);
-    Ok(FileIdentity {
-        path: "anon_inode:inotify".into(),
-        kind: FileKind::Inotify(Inotify { watches }),
+    Ok(crate::files::object_identity(
+        "anon_inode:inotify".into(),
+        FileKind::Inotify(Inotify { watches }),
         dev,
         ino,
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        mode: 0,
-    })
+    ))
 }
 
 /// Bytes of events queued in the inotify instance at fd `fd` of `pid` (FIONREAD on a copy).

@@ -62,16 +62,12 @@ pub fn identity(anon_kind: &str, info: &EventInfo, dev: u64, ino: u64) -> FileId
             settime_flags,
         },
     };
-    FileIdentity {
-        path: format!("anon_inode:{anon_kind}"),
-        kind: FileKind::Event(event),
+    crate::files::object_identity(
+        format!("anon_inode:{anon_kind}"),
+        FileKind::Event(event),
         dev,
         ino,
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        mode: 0,
-    }
+    )
 }
 
 /// Why an event fd could not be created; says which call failed.

@@ -36,16 +36,12 @@ pub fn identity(pid: Option<i32>, flags: u32, dev: u64, ino: u64) -> Result<File
             "a pidfd of thread {pid} (PIDFD_THREAD), which crest cannot restore yet"
         ));
     }
-    Ok(FileIdentity {
-        path: "anon_inode:[pidfd]".into(),
-        kind: FileKind::Pidfd { pid },
+    Ok(crate::files::object_identity(
+        "anon_inode:[pidfd]".into(),
+        FileKind::Pidfd { pid },
         dev,
         ino,
-        size: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        mode: 0,
-    })
+    ))
 }
 
 /// Whether process `holder` (parent `holder_ppid`) can get back a pidfd of `target`, given the

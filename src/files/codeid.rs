@@ -286,16 +286,7 @@ mod tests {
 
     fn ident_of(path: &std::path::Path) -> FileIdentity {
         let m = std::fs::metadata(path).unwrap();
-        FileIdentity {
-            path: path.to_string_lossy().into_owned(),
-            kind: FileKind::Regular,
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_sec: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-            mode: m.mode(),
-        }
+        crate::files::stat_identity(path.to_string_lossy().into_owned(), FileKind::Regular, &m)
     }
 
     #[test]

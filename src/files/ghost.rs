@@ -28,7 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::images::{FileIdentity, FileKind, Ghost, GhostRun, Image, Vma, VmaBacking};
+use crate::images::{FileIdentity, FileKind, Ghost, GhostRun, Image, Vma};
 use crate::pages::{MemfdSource, PageDump, PageError, PageSink};
 use crate::proc::Proc;
 use crate::restore::RestoreError;
@@ -147,21 +147,17 @@ fn suggest(data: u64) -> String {
 
 /// The image's description of the unlinked file `md` that was at `path`.
 pub fn identity(md: &Metadata, path: &str) -> FileIdentity {
-    FileIdentity {
-        path: path.to_string(),
-        kind: FileKind::Ghost(Ghost {
-            uid: md.uid(),
-            gid: md.gid(),
-            atime_sec: md.atime(),
-            atime_nsec: md.atime_nsec(),
-        }),
-        dev: md.dev(),
-        ino: md.ino(),
-        size: if md.is_dir() { 0 } else { md.size() },
-        mtime_sec: md.mtime(),
-        mtime_nsec: md.mtime_nsec(),
-        mode: md.mode(),
+    let kind = FileKind::Ghost(Ghost {
+        uid: md.uid(),
+        gid: md.gid(),
+        atime_sec: md.atime(),
+        atime_nsec: md.atime_nsec(),
+    });
+    let mut ident = super::stat_identity(path.to_string(), kind, md);
+    if md.is_dir() {
+        ident.size = 0;
     }
+    ident
 }
 
 /// Bytes of `file` (of `size` bytes) in data extents: what storing it costs. Holes are found
@@ -233,16 +229,7 @@ pub fn content_areas(
     let mut sources: Vec<(u32, MemfdSource)> = descriptions
         .map(|(file, fd)| (file, MemfdSource::Fd(fd)))
         .collect();
-    sources.extend(vmas.iter().filter_map(|v| match v.backing {
-        VmaBacking::File { file, .. } => Some((
-            file,
-            MemfdSource::Mapping {
-                start: v.start,
-                end: v.end,
-            },
-        )),
-        _ => None,
-    }));
+    sources.extend(MemfdSource::mappings(vmas));
     let mut out: Vec<ContentArea> = Vec::new();
     for (file, source) in sources {
         let Some(ident) = files.get(file as usize) else {
@@ -392,10 +379,7 @@ fn write_content(image: &Image, f: &FileIdentity, file: &File) -> Result<(), Res
         if runs.is_empty() {
             continue;
         }
-        let pages = File::open(image.pages_path(q)).map_err(|e| RestoreError::Os {
-            what: format!("opening the page file of pid {}", q.pid),
-            source: e,
-        })?;
+        let pages = crate::restore::open_page_file(image, q)?;
         let mut buf = Vec::new();
         for r in runs {
             // Validated: inside the file's size rounded up to pages. The last page is cut at

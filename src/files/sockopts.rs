@@ -10,12 +10,13 @@
 //! doubles back (FORCE: not capped by net.core.*mem_max, as the original may have been set
 //! by a privileged process; crest restores as root).
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
 use nix::errno::Errno;
 
 use crate::images::validate::{socket_option_name, SOCKET_OPTIONS, SOCKET_OPTION_MAX};
 use crate::images::SetSockOpt;
+use crate::net::sock;
 
 pub const SOL_SOCKET: i32 = libc::SOL_SOCKET;
 const SO_SNDBUF: i32 = libc::SO_SNDBUF;
@@ -26,73 +27,11 @@ const SO_RCVBUFFORCE: i32 = 33;
 /// SOCK_RCVBUF_LOCK 2).
 const SO_BUF_LOCK: i32 = 72;
 
+pub use crate::net::sock::{get_int, set_bytes as set, socket};
+
 /// `getsockopt(level, name)` into a buffer of [`SOCKET_OPTION_MAX`] bytes: the value's bytes.
 pub fn get(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<Vec<u8>, Errno> {
-    let mut buf = [0u8; SOCKET_OPTION_MAX];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: buf and len are valid for writes of the sizes given.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    Ok(buf[..(len as usize).min(buf.len())].to_vec())
-}
-
-/// An int option.
-pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<i32, Errno> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and len are valid for writes of the sizes given.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    Ok(v)
-}
-
-/// `setsockopt(level, name, value)`.
-pub fn set(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> Result<(), Errno> {
-    // SAFETY: value is a readable buffer of value.len() bytes.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
-}
-
-/// A fresh socket of the given kind, close-on-exec.
-pub fn socket(family: i32, ty: i32, protocol: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: socket(2) takes only integers.
-    let raw = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) };
-    if raw < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: raw is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    sock::get_bytes(fd, level, name, SOCKET_OPTION_MAX)
 }
 
 /// The options of `sock` at the levels `levels` that differ from those of `fresh`, a new
@@ -240,7 +179,7 @@ pub fn netlink_text(n: &crate::images::NetlinkSocket) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, OwnedFd};
 
     fn udp() -> OwnedFd {
         socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP).unwrap()

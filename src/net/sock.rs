@@ -110,21 +110,20 @@ pub fn ioctl_int(fd: BorrowedFd, req: libc::c_ulong) -> Result<i32, Errno> {
     Ok(v)
 }
 
-/// A new TCP socket (close-on-exec) of `family`.
-pub fn tcp_socket(family: i32) -> Result<OwnedFd, Errno> {
+/// A new socket of the given kind, close-on-exec.
+pub fn socket(family: i32, ty: i32, protocol: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: socket(2) takes only integers.
-    let raw = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        )
-    };
+    let raw = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) };
     if raw < 0 {
         return Err(Errno::last());
     }
     // SAFETY: raw is a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A new TCP socket (close-on-exec) of `family`.
+pub fn tcp_socket(family: i32) -> Result<OwnedFd, Errno> {
+    socket(family, libc::SOCK_STREAM, libc::IPPROTO_TCP)
 }
 
 fn from_storage(ss: &libc::sockaddr_storage) -> Result<SocketAddr, Errno> {
@@ -184,8 +183,9 @@ fn to_storage(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-/// getsockname(2) or getpeername(2).
-fn name(fd: BorrowedFd, peer: bool) -> Result<SocketAddr, Errno> {
+/// getsockname(2) (`peer` false) or getpeername(2): the address as the kernel wrote it, of
+/// any family.
+pub fn raw_name(fd: BorrowedFd, peer: bool) -> Result<libc::sockaddr_storage, Errno> {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -201,7 +201,12 @@ fn name(fd: BorrowedFd, peer: bool) -> Result<SocketAddr, Errno> {
     if r < 0 {
         return Err(Errno::last());
     }
-    from_storage(&ss)
+    Ok(ss)
+}
+
+/// getsockname(2) or getpeername(2).
+fn name(fd: BorrowedFd, peer: bool) -> Result<SocketAddr, Errno> {
+    from_storage(&raw_name(fd, peer)?)
 }
 
 pub fn local_addr(fd: BorrowedFd) -> Result<SocketAddr, Errno> {
@@ -212,11 +217,16 @@ pub fn peer_addr(fd: BorrowedFd) -> Result<SocketAddr, Errno> {
     name(fd, true)
 }
 
-pub fn bind(fd: BorrowedFd, a: &SocketAddr) -> Result<(), Errno> {
+/// The signature of bind(2) and connect(2).
+type AddrCall =
+    unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int;
+
+/// bind(2) or connect(2) (`call`) of `fd` to `a`.
+fn with_addr(fd: BorrowedFd, a: &SocketAddr, call: AddrCall) -> Result<(), Errno> {
     let (ss, len) = to_storage(a);
     // SAFETY: ss holds a valid address of len bytes.
     let r = unsafe {
-        libc::bind(
+        call(
             fd.as_raw_fd(),
             (&ss as *const libc::sockaddr_storage).cast(),
             len,
@@ -228,20 +238,12 @@ pub fn bind(fd: BorrowedFd, a: &SocketAddr) -> Result<(), Errno> {
     Ok(())
 }
 
+pub fn bind(fd: BorrowedFd, a: &SocketAddr) -> Result<(), Errno> {
+    with_addr(fd, a, libc::bind)
+}
+
 pub fn connect(fd: BorrowedFd, a: &SocketAddr) -> Result<(), Errno> {
-    let (ss, len) = to_storage(a);
-    // SAFETY: ss holds a valid address of len bytes.
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    Ok(())
+    with_addr(fd, a, libc::connect)
 }
 
 /// The fields of TCP_INFO crest reads.

@@ -27,7 +27,7 @@ pub use sink::{Counted, PageSink, RunWriter};
 pub use sysv::{dump_sysv, SysvSource};
 pub use zero::is_zero;
 
-use crate::images::{ImageError, MemfdRun, PageRun};
+use crate::images::{ImageError, MemfdRun, PageRun, Vma, VmaBacking};
 use crate::proc::{Proc, ProcError};
 use crate::progress::Progress;
 use crate::ptrace::PtraceError;
@@ -87,6 +87,22 @@ pub enum PageError {
 pub enum MemfdSource {
     Fd(i32),
     Mapping { start: u64, end: u64 },
+}
+
+impl MemfdSource {
+    /// The file mappings among `vmas`, as (file index, the mapping as a source).
+    pub fn mappings(vmas: &[Vma]) -> impl Iterator<Item = (u32, MemfdSource)> + '_ {
+        vmas.iter().filter_map(|v| match v.backing {
+            VmaBacking::File { file, .. } => Some((
+                file,
+                MemfdSource::Mapping {
+                    start: v.start,
+                    end: v.end,
+                },
+            )),
+            _ => None,
+        })
+    }
 }
 
 /// A memfd whose content is to be saved, whole (`size` bytes).

@@ -51,10 +51,7 @@ pub fn create_all(image: &Image, base: RawFd) -> Result<HashMap<u64, OwnedFd>, R
                 if runs.is_empty() {
                     continue;
                 }
-                let pages = File::open(image.pages_path(q)).map_err(|e| RestoreError::Os {
-                    what: format!("opening the page file of pid {}", q.pid),
-                    source: e,
-                })?;
+                let pages = super::open_page_file(image, q)?;
                 for r in runs {
                     // Validated: inside the memfd's size rounded up to pages. The last page
                     // is cut at the size, so writing it does not grow the memfd.

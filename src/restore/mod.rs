@@ -445,6 +445,17 @@ impl Drop for TreeGuard {
 
 /// Raises crest's soft limit on open files to the hard one: it holds every descriptor of every
 /// process of the tree at once.
+/// The page file of process `p` of `image`, opened for reading.
+pub(crate) fn open_page_file(
+    image: &images::Image,
+    p: &ProcessImage,
+) -> Result<File, RestoreError> {
+    File::open(image.pages_path(p)).map_err(|e| RestoreError::Os {
+        what: format!("opening the page file of pid {}", p.pid),
+        source: e,
+    })
+}
+
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {

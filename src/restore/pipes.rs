@@ -40,26 +40,38 @@ impl Pipes {
         ofd: &OpenFileDescription,
         fds: &str,
     ) -> Result<OwnedFd, RestoreError> {
+        self.reopen_source(ident, ofd, fds, || match pipe {
+            Pipe::Internal { size, buffered } => {
+                let read = fresh(ident.ino, *size, buffered)?;
+                Ok((format!("/proc/self/fd/{}", read.as_raw_fd()), Some(read)))
+            }
+            Pipe::External => {
+                let (pid, fd) = crate::proc::find_pipe_holder(ident.ino).ok_or_else(|| {
+                    RestoreError::Unsupported(format!(
+                        "{fds} was one end of pipe inode {} whose other end another \
+                         process held; no process holds that pipe any more, so it cannot \
+                         be reconnected (keep its reader or writer running until the \
+                         restore)",
+                        ident.ino
+                    ))
+                })?;
+                Ok((format!("/proc/{pid}/fd/{fd}"), None))
+            }
+        })
+    }
+
+    /// A new descriptor for `ofd` through the source of pipe `ident`, found by `make` (a link
+    /// to open and what keeps it alive) the first time.
+    fn reopen_source(
+        &mut self,
+        ident: &FileIdentity,
+        ofd: &OpenFileDescription,
+        fds: &str,
+        make: impl FnOnce() -> Result<(String, Option<OwnedFd>), RestoreError>,
+    ) -> Result<OwnedFd, RestoreError> {
         let (link, _) = match self.sources.entry((ident.dev, ident.ino)) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(match pipe {
-                Pipe::Internal { size, buffered } => {
-                    let read = fresh(ident.ino, *size, buffered)?;
-                    (format!("/proc/self/fd/{}", read.as_raw_fd()), Some(read))
-                }
-                Pipe::External => {
-                    let (pid, fd) = crate::proc::find_pipe_holder(ident.ino).ok_or_else(|| {
-                        RestoreError::Unsupported(format!(
-                            "{fds} was one end of pipe inode {} whose other end another \
-                             process held; no process holds that pipe any more, so it cannot \
-                             be reconnected (keep its reader or writer running until the \
-                             restore)",
-                            ident.ino
-                        ))
-                    })?;
-                    (format!("/proc/{pid}/fd/{fd}"), None)
-                }
-            }),
+            Entry::Vacant(e) => e.insert(make()?),
         };
         reopen(link, ofd.flags, ident.ino, fds)
     }
@@ -79,20 +91,16 @@ impl Pipes {
         ofd: &OpenFileDescription,
         fds: &str,
     ) -> Result<OwnedFd, RestoreError> {
-        let (link, _) = match self.sources.entry((ident.dev, ident.ino)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let keeper = open_fifo_path(&ident.path, fds)?;
-                if let Pipe::Internal { size, buffered } = pipe {
-                    refill(&keeper, &ident.path, *size, buffered)?;
-                }
-                e.insert((
-                    format!("/proc/self/fd/{}", keeper.as_raw_fd()),
-                    Some(keeper),
-                ))
+        self.reopen_source(ident, ofd, fds, || {
+            let keeper = open_fifo_path(&ident.path, fds)?;
+            if let Pipe::Internal { size, buffered } = pipe {
+                refill(&keeper, &ident.path, *size, buffered)?;
             }
-        };
-        reopen(link, ofd.flags, ident.ino, fds)
+            Ok((
+                format!("/proc/self/fd/{}", keeper.as_raw_fd()),
+                Some(keeper),
+            ))
+        })
     }
 }
 

@@ -55,11 +55,7 @@ impl SharedMemory {
                 if !maps_it {
                     continue;
                 }
-                let pages =
-                    std::fs::File::open(image.pages_path(p)).map_err(|e| RestoreError::Os {
-                        what: format!("opening the page file of pid {}", p.pid),
-                        source: e,
-                    })?;
+                let pages = super::open_page_file(image, p)?;
                 for v in &p.vmas {
                     let VmaBacking::SharedAnonymous {
                         object: o, offset, ..

@@ -124,8 +124,7 @@ impl SysvSegments {
             if p.sysv_shm.is_empty() {
                 continue;
             }
-            let pages = std::fs::File::open(image.pages_path(p))
-                .map_err(os(format!("opening the page file of pid {}", p.pid)))?;
+            let pages = super::open_page_file(image, p)?;
             for seg in &p.sysv_shm {
                 let addr = out.make(seg)?;
                 fill(seg, addr, &pages, p.pid)?;

@@ -542,6 +542,50 @@ impl Victim {
         fs::rename(&tmp, self.ctl.join("exit-request")).expect("rename exit request");
     }
 
+    /// Asks the victim to exit with 0 and checks that it did (reaping it).
+    pub fn exit_cleanly(&mut self) {
+        self.request_exit(0);
+        let status = self.reap();
+        assert!(
+            matches!(status, Some(WaitStatus::Exited(_, 0))),
+            "{status:?}: {}",
+            self.stderr_text()
+        );
+    }
+
+    /// The text of the file `name` the victim writes (atomically) in its control directory,
+    /// once it is there.
+    pub fn ctl_file(&self, name: &str) -> String {
+        let path = self.ctl.join(name);
+        wait_for(&format!("the victim's {name} file"), TIMEOUT, || {
+            fs::read_to_string(&path).ok()
+        })
+    }
+
+    /// The child named by the victim's info file ("child PID" on its first line).
+    pub fn info_child(&self) -> VictimChild {
+        let text = self.ctl_file("info");
+        let child = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("child "))
+            .and_then(|s| s.trim().parse().ok())
+            .expect("child PID");
+        VictimChild(child)
+    }
+
+    /// After cycle `cycle`: the victim verifies and its child `child` still runs.
+    pub fn assert_verifies_with_child(&self, child: &VictimChild, cycle: u32) {
+        self.verify()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        assert!(
+            matches!(proc_state(child.0), Some('S' | 'R')),
+            "cycle {cycle}: the child is {:?}: {}",
+            proc_state(child.0),
+            self.stderr_text()
+        );
+    }
+
     /// Complete lines of the log as (pid, counter). Every line must parse: a torn or foreign
     /// line means a write was lost, duplicated in part, or the fd pointed somewhere else.
     pub fn log_entries(&self) -> Vec<(i32, u64)> {
@@ -783,6 +827,45 @@ fn parse_log_line(line: &str) -> Option<(i32, u64)> {
 // ---------------------------------------------------------------------------------------------
 
 /// Whether any process (zombies included) has this pid: kill(pid, 0).
+/// Every descendant of `pid`, parents before children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(proc) = procfs::process::Process::new(p) else {
+            continue;
+        };
+        for task in proc.tasks().into_iter().flatten().flatten() {
+            for child in task.children().unwrap_or_default() {
+                out.push(child as i32);
+                todo.push(child as i32);
+            }
+        }
+    }
+    out
+}
+
+/// A child of a victim (by pid), killed and reaped if the test ends early.
+pub struct VictimChild(pub i32);
+
+impl Drop for VictimChild {
+    fn drop(&mut self) {
+        let pid = self.0;
+        if pid_exists(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        // Its parent is the victim while that lives, and reaps it; only a child re-parented to
+        // us (the victim ended first) is ours to reap. Waiting to reap it otherwise would take
+        // the whole timeout.
+        let ours = procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .is_ok_and(|st| st.ppid == std::process::id() as i32);
+        if ours {
+            let _ = reap_pid(pid, TIMEOUT);
+        }
+    }
+}
+
 pub fn pid_exists(pid: i32) -> bool {
     match kill(Pid::from_raw(pid), None) {
         Ok(()) => true,

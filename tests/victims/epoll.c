@@ -180,15 +180,20 @@ static void verify_pidfd(void)
         fail("the pidfd does not name the victim itself: %s", text);
 }
 
+static void verify(void)
+{
+    verify_epoll();
+    verify_inotify();
+    verify_pidfd();
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
         die("usage: epoll CTL_DIR LOG_FILE");
     ctl = argv[1];
     ctl_init(argv[1]);
-    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-        die("cannot open log %s: %s", argv[2], strerror(errno));
+    int log_fd = log_open(argv[2]);
 
     put(epoll_create1(EPOLL_CLOEXEC), 100, "epoll_create1");
     int p[2];
@@ -252,22 +257,5 @@ int main(int argc, char **argv)
         die("the file's watch is not wd 3");
     put((int)syscall(SYS_pidfd_open, getpid(), 0), 121, "pidfd_open");
 
-    unsigned long long n = 0;
-    for (;;) {
-        n++;
-        char line[64];
-        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
-        write_all(log_fd, line, (size_t)len, "log");
-        if (ctl_verify_requested()) {
-            fail_msg[0] = 0;
-            verify_epoll();
-            verify_inotify();
-            verify_pidfd();
-            ctl_report(n);
-        }
-        int code = ctl_exit_requested();
-        if (code >= 0)
-            exit(code);
-        sleep_ms(5);
-    }
+    ctl_loop((struct ctl_loop){.log_fd = log_fd, .period_ms = 5, .verify = verify});
 }

@@ -91,9 +91,7 @@ int main(int argc, char **argv)
     if (argc < 3)
         die("usage: events CTL_DIR LOG_FILE");
     ctl_init(argv[1]);
-    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-        die("cannot open log %s: %s", argv[2], strerror(errno));
+    int log_fd = log_open(argv[2]);
 
     put(eventfd(3, EFD_SEMAPHORE | EFD_NONBLOCK), EFD, "eventfd");
     sigset_t set;
@@ -113,21 +111,6 @@ int main(int argc, char **argv)
     if (timerfd_settime(LONG_TFD, 0, &hour, NULL) != 0)
         die("timerfd_settime: %s", strerror(errno));
 
-    unsigned long long n = 0;
-    for (;;) {
-        n++;
-        char line[64];
-        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
-        write_all(log_fd, line, (size_t)len, "log");
-        read_ticks();
-        if (ctl_verify_requested()) {
-            fail_msg[0] = 0;
-            verify();
-            ctl_report(n);
-        }
-        int code = ctl_exit_requested();
-        if (code >= 0)
-            exit(code);
-        sleep_ms(5);
-    }
+    ctl_loop((struct ctl_loop){
+        .log_fd = log_fd, .period_ms = 5, .tick = read_ticks, .verify = verify});
 }

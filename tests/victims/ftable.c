@@ -161,21 +161,5 @@ int main(int argc, char **argv)
             die("io_setup: %s", strerror(errno));
     }
 
-    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-        die("cannot open log %s: %s", argv[2], strerror(errno));
-    for (unsigned long long n = 1;; n++) {
-        char line[64];
-        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
-        write_all(log_fd, line, (size_t)len, "log");
-        if (ctl_verify_requested()) {
-            fail_msg[0] = 0;
-            verify();
-            ctl_report(n);
-        }
-        int code = ctl_exit_requested();
-        if (code >= 0)
-            exit(code);
-        sleep_ms(20);
-    }
+    ctl_loop((struct ctl_loop){.log_fd = log_open(argv[2]), .period_ms = 20, .verify = verify});
 }

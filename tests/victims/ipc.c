@@ -188,6 +188,21 @@ static void check_parent(void)
         fail("the child %d has ended", (int)child);
 }
 
+/* A verify request: the shared memory, then the queue and the semaphores. */
+static void check_all(void)
+{
+    check_parent();
+    check_queue_and_set(getpid());
+}
+
+/* An exit request: the IPC objects go with the victim. */
+static void remove_all(void)
+{
+    shmctl(id_a, IPC_RMID, NULL);
+    msgctl(id_q, IPC_RMID, NULL);
+    semctl(id_s, 0, IPC_RMID);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -241,15 +256,8 @@ int main(int argc, char **argv)
     if (msgctl(id_q, IPC_SET, &qd) != 0)
         die("IPC_SET Q: %s", strerror(errno));
 
-    pid_t parent = getpid();
-    child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
-        if (getppid() != parent)
-            _exit(0);
         for (int k = 0; k < 3; k++)
             send_msg(TYPES[k], TEXTS[k]);
         send_msg(9, "taken by the parent");
@@ -264,10 +272,7 @@ int main(int argc, char **argv)
                 /* Once the parent asked for an echo, it has made its semaphore operations. */
                 if (word[0] != 0)
                     check_sems();
-                if (fail_msg[0]) {
-                    fprintf(stderr, "child: %s\n", fail_msg);
-                    _exit(3);
-                }
+                child_exit_on_failure();
             }
             sleep_ms(1);
         }
@@ -288,39 +293,11 @@ int main(int argc, char **argv)
     char info[256];
     snprintf(info, sizeof info, "child %d\nA %d\nB %d\nkey %d\nQ %d\nS %d\nqkey %d\nskey %d\n",
              (int)child, id_a, id_b, (int)KEY_A, id_q, id_s, (int)KEY_Q, (int)KEY_S);
-    char path[CTL_PATH_MAX], tmp[CTL_PATH_MAX];
-    snprintf(path, sizeof path, "%s/info", argv[1]);
-    snprintf(tmp, sizeof tmp, "%s/info.tmp", argv[1]);
-    int ifd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (ifd < 0)
-        die("create %s: %s", tmp, strerror(errno));
-    write_all(ifd, info, strlen(info), tmp);
-    close(ifd);
-    if (rename(tmp, path) != 0)
-        die("rename %s: %s", tmp, strerror(errno));
+    ctl_write_file(argv[1], "info", info);
 
-    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-        die("cannot open log %s: %s", argv[2], strerror(errno));
-    for (unsigned long long n = 1;; n++) {
-        char line[64];
-        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
-        write_all(log_fd, line, (size_t)len, "log");
-        if (ctl_verify_requested()) {
-            fail_msg[0] = 0;
-            check_parent();
-            check_queue_and_set(getpid());
-            ctl_report(n);
-        }
-        int code = ctl_exit_requested();
-        if (code >= 0) {
-            kill(child, SIGKILL);
-            waitpid(child, NULL, 0);
-            shmctl(id_a, IPC_RMID, NULL);
-            msgctl(id_q, IPC_RMID, NULL);
-            semctl(id_s, 0, IPC_RMID);
-            exit(code);
-        }
-        sleep_ms(20);
-    }
+    ctl_loop((struct ctl_loop){.log_fd = log_open(argv[2]),
+                              .period_ms = 20,
+                              .verify = check_all,
+                              .child = child,
+                              .cleanup = remove_all});
 }

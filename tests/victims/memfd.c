@@ -218,25 +218,15 @@ int main(int argc, char **argv)
     if (fcntl(EXEC_FD, F_SETFD, 0) != 0)
         die("F_SETFD: %s", strerror(errno));
 
-    pid_t parent = getpid();
-    child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
-        if (getppid() != parent)
-            _exit(0);
         close(SEALED_FD);
         for (unsigned long n = 0;; n++) {
             shared[1] = shared[0];
             shared[2]++;
             if (n % 100 == 0) {
                 check_common();
-                if (fail_msg[0]) {
-                    fprintf(stderr, "child: %s\n", fail_msg);
-                    _exit(3);
-                }
+                child_exit_on_failure();
             }
             sleep_ms(1);
         }
@@ -244,35 +234,8 @@ int main(int argc, char **argv)
 
     char info[64];
     snprintf(info, sizeof info, "child %d\n", (int)child);
-    char path[CTL_PATH_MAX], tmp[CTL_PATH_MAX];
-    snprintf(path, sizeof path, "%s/info", argv[1]);
-    snprintf(tmp, sizeof tmp, "%s/info.tmp", argv[1]);
-    int ifd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (ifd < 0)
-        die("create %s: %s", tmp, strerror(errno));
-    write_all(ifd, info, strlen(info), tmp);
-    close(ifd);
-    if (rename(tmp, path) != 0)
-        die("rename %s: %s", tmp, strerror(errno));
+    ctl_write_file(argv[1], "info", info);
 
-    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-        die("cannot open log %s: %s", argv[2], strerror(errno));
-    for (unsigned long long n = 1;; n++) {
-        char line[64];
-        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
-        write_all(log_fd, line, (size_t)len, "log");
-        if (ctl_verify_requested()) {
-            fail_msg[0] = 0;
-            check_parent();
-            ctl_report(n);
-        }
-        int code = ctl_exit_requested();
-        if (code >= 0) {
-            kill(child, SIGKILL);
-            waitpid(child, NULL, 0);
-            exit(code);
-        }
-        sleep_ms(20);
-    }
+    ctl_loop((struct ctl_loop){
+        .log_fd = log_open(argv[2]), .period_ms = 20, .verify = check_parent, .child = child});
 }

@@ -86,25 +86,14 @@ static void check_objects(const char *tag)
         fail("the deleted file's mapping holds '%.40s', want '%s'", map, want);
 }
 
-static void write_info(const char *dir, const char *name, const char *text)
-{
-    char path[CTL_PATH_MAX], tmp[CTL_PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        die("create %s: %s", tmp, strerror(errno));
-    write_all(fd, text, strlen(text), tmp);
-    close(fd);
-    if (rename(tmp, path) != 0)
-        die("rename %s: %s", tmp, strerror(errno));
-}
+static pid_t child;
 
-static void log_tick(int fd, unsigned long long n)
+static void check_parent(void)
 {
-    char line[64];
-    int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
-    write_all(fd, line, (size_t)len, "log");
+    check_objects("parent");
+    int status;
+    if (waitpid(child, &status, WNOHANG) != 0)
+        fail("the child %d has ended", (int)child);
 }
 
 int main(int argc, char **argv)
@@ -113,15 +102,8 @@ int main(int argc, char **argv)
         die("usage: %s CTL_DIR LOG_FILE", argv[0]);
     ctl_init(argv[1]);
     page = sysconf(_SC_PAGESIZE);
-    pid_t parent = getpid();
-    pid_t child = fork();
-    if (child < 0)
-        die("fork: %s", strerror(errno));
+    child = fork_dying_child();
     if (child == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
-            die("PR_SET_PDEATHSIG: %s", strerror(errno));
-        if (getppid() != parent)
-            _exit(0);
         char path[CTL_PATH_MAX];
         snprintf(path, sizeof path, "%s/child-log", argv[1]);
         int log_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -130,40 +112,20 @@ int main(int argc, char **argv)
         make_objects("child");
         char info[64];
         snprintf(info, sizeof info, "mapped %p\n", (void *)map);
-        write_info(argv[1], "child-info", info);
+        ctl_write_file(argv[1], "child-info", info);
         for (unsigned long long n = 1;; n++) {
             log_tick(log_fd, n);
             check_objects("child");
-            if (fail_msg[0]) {
-                fprintf(stderr, "child: %s\n", fail_msg);
-                _exit(3);
-            }
+            child_exit_on_failure();
             sleep_ms(20);
         }
     }
 
-    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-        die("cannot open log %s: %s", argv[2], strerror(errno));
+    int log_fd = log_open(argv[2]);
     make_objects("parent");
     char info[96];
     snprintf(info, sizeof info, "child %d\nmapped %p\n", (int)child, (void *)map);
-    write_info(argv[1], "info", info);
-    for (unsigned long long n = 1;; n++) {
-        log_tick(log_fd, n);
-        if (ctl_verify_requested()) {
-            check_objects("parent");
-            int status;
-            if (waitpid(child, &status, WNOHANG) != 0)
-                fail("the child %d has ended", (int)child);
-            ctl_report(n);
-        }
-        int code = ctl_exit_requested();
-        if (code >= 0) {
-            kill(child, SIGKILL);
-            waitpid(child, NULL, 0);
-            exit(code);
-        }
-        sleep_ms(20);
-    }
+    ctl_write_file(argv[1], "info", info);
+    ctl_loop((struct ctl_loop){
+        .log_fd = log_fd, .period_ms = 20, .verify = check_parent, .child = child});
 }

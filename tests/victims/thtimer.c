@@ -50,14 +50,28 @@ static void *worker(void *arg)
     return NULL;
 }
 
+static void verify(void)
+{
+    unsigned long long before = ticks;
+    for (int i = 0; i < 200 && ticks == before; i++)
+        sleep_ms(5);
+    if (ticks == before)
+        fail("the thread's timer stopped ticking (%llu ticks)", ticks);
+    if (misdirected)
+        fail("%llu ticks arrived on another thread", misdirected);
+    struct itimerspec cur;
+    if (timer_gettime(timer, &cur) != 0)
+        fail("timer_gettime: %s", strerror(errno));
+    else if (cur.it_interval.tv_nsec != 5000000)
+        fail("the timer's period is %ld ns", cur.it_interval.tv_nsec);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
         die("usage: thtimer CTL_DIR LOG_FILE");
     ctl_init(argv[1]);
-    int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-        die("cannot open log %s: %s", argv[2], strerror(errno));
+    int log_fd = log_open(argv[2]);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_tick;
@@ -69,31 +83,5 @@ int main(int argc, char **argv)
         die("pthread_create failed");
     while (!timer_ready)
         sleep_ms(1);
-    unsigned long long n = 0;
-    for (;;) {
-        n++;
-        char line[64];
-        int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
-        write_all(log_fd, line, (size_t)len, "log");
-        if (ctl_verify_requested()) {
-            fail_msg[0] = 0;
-            unsigned long long before = ticks;
-            for (int i = 0; i < 200 && ticks == before; i++)
-                sleep_ms(5);
-            if (ticks == before)
-                fail("the thread's timer stopped ticking (%llu ticks)", ticks);
-            if (misdirected)
-                fail("%llu ticks arrived on another thread", misdirected);
-            struct itimerspec cur;
-            if (timer_gettime(timer, &cur) != 0)
-                fail("timer_gettime: %s", strerror(errno));
-            else if (cur.it_interval.tv_nsec != 5000000)
-                fail("the timer's period is %ld ns", cur.it_interval.tv_nsec);
-            ctl_report(n);
-        }
-        int code = ctl_exit_requested();
-        if (code >= 0)
-            exit(code);
-        sleep_ms(5);
-    }
+    ctl_loop((struct ctl_loop){.log_fd = log_fd, .period_ms = 5, .verify = verify});
 }

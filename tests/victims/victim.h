@@ -22,9 +22,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,6 +141,101 @@ static void sleep_ms(long ms)
             die("nanosleep: %s", strerror(errno));
         if (ts.tv_sec > ms / 1000 + 1)
             die("nanosleep left %lld s to sleep of a %ld ms sleep", (long long)ts.tv_sec, ms);
+    }
+}
+
+/* Writes DIR/NAME with `text` atomically (NAME.tmp + rename), so a test never reads half of it. */
+static void ctl_write_file(const char *dir, const char *name, const char *text)
+{
+    char path[CTL_PATH_MAX], tmp[CTL_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die("create %s: %s", tmp, strerror(errno));
+    write_all(fd, text, strlen(text), tmp);
+    close(fd);
+    if (rename(tmp, path) != 0)
+        die("rename %s: %s", tmp, strerror(errno));
+}
+
+/* Opens the victim's log (appended to, one "pid=P n=N" line a tick). */
+static int log_open(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die("cannot open log %s: %s", path, strerror(errno));
+    return fd;
+}
+
+static void log_tick(int fd, unsigned long long n)
+{
+    char line[64];
+    int len = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), n);
+    write_all(fd, line, (size_t)len, "log");
+}
+
+/* Forks a child that dies with its parent (PR_SET_PDEATHSIG; it exits at once when the parent
+ * is already gone). Returns what fork does: 0 in the child, the child's pid in the parent. */
+static pid_t fork_dying_child(void)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+            die("PR_SET_PDEATHSIG: %s", strerror(errno));
+        if (getppid() != parent)
+            _exit(0);
+    }
+    return pid;
+}
+
+/* In a child that checks itself: after a failure, says it on stderr and exits with status 3. */
+static void child_exit_on_failure(void)
+{
+    if (fail_msg[0]) {
+        fprintf(stderr, "child: %s\n", fail_msg);
+        _exit(3);
+    }
+}
+
+/* What ctl_loop does besides logging: every field but log_fd and period_ms may be left out. */
+struct ctl_loop {
+    int log_fd;
+    long period_ms;
+    void (*tick)(void);    /* after each log line */
+    void (*verify)(void);  /* on a verify request, with fail_msg cleared first */
+    pid_t child;           /* killed and reaped on an exit request, when > 0 */
+    void (*cleanup)(void); /* on an exit request, after the child is reaped */
+};
+
+/* The victims' main loop: logs a line every period_ms and answers the test's verify and exit
+ * requests. Never returns. */
+static __attribute__((noreturn)) void ctl_loop(struct ctl_loop l)
+{
+    for (unsigned long long n = 1;; n++) {
+        log_tick(l.log_fd, n);
+        if (l.tick)
+            l.tick();
+        if (ctl_verify_requested()) {
+            fail_msg[0] = 0;
+            if (l.verify)
+                l.verify();
+            ctl_report(n);
+        }
+        int code = ctl_exit_requested();
+        if (code >= 0) {
+            if (l.child > 0) {
+                kill(l.child, SIGKILL);
+                waitpid(l.child, NULL, 0);
+            }
+            if (l.cleanup)
+                l.cleanup();
+            exit(code);
+        }
+        sleep_ms(l.period_ms);
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::schema::*;
 
-use super::{check_in_page_file, SHMEM_SIZE_MAX};
+use super::{check_content_run, ContentRun, SHMEM_SIZE_MAX};
 
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
@@ -49,46 +49,26 @@ pub(super) fn check_ghost_runs(
     page_file_size: u64,
     page_size: u64,
 ) -> Result<(), String> {
-    let mut prev: Option<(u32, u64)> = None;
+    let mut prev = None;
     for (i, r) in p.ghost_runs.iter().enumerate() {
-        let what = || {
-            format!(
-                "ghost run {i} ({} pages at offset {:#x} of file {})",
-                r.npages, r.offset, r.file
-            )
-        };
+        let what = format!(
+            "ghost run {i} ({} pages at offset {:#x} of file {})",
+            r.npages, r.offset, r.file
+        );
         let f = p
             .files
             .get(r.file as usize)
             .filter(|f| matches!(f.kind, FileKind::Ghost(_)) && f.mode & S_IFMT == S_IFREG)
-            .ok_or_else(|| format!("{} names no unlinked regular file", what()))?;
-        if r.npages == 0 {
-            return Err(format!("{} is empty", what()));
-        }
-        if r.offset % page_size != 0 || r.file_offset % page_size != 0 {
-            return Err(format!(
-                "{} or its page file offset {:#x} is not page-aligned",
-                what(),
-                r.file_offset
-            ));
-        }
-        let len = r
-            .npages
-            .checked_mul(page_size)
-            .ok_or_else(|| format!("{} is impossibly long", what()))?;
-        let size = f.size.div_ceil(page_size) * page_size;
-        let end = r
-            .offset
-            .checked_add(len)
-            .filter(|&e| e <= size)
-            .ok_or_else(|| format!("{} runs past the file's {} bytes", what(), f.size))?;
-        if let Some((file, prev_end)) = prev {
-            if r.file < file || (r.file == file && r.offset < prev_end) {
-                return Err(format!("{} overlaps or precedes the run before it", what()));
-            }
-        }
-        prev = Some((r.file, end));
-        check_in_page_file(&what(), r.file_offset, len, page_file_size, &p.pages_file)?;
+            .ok_or_else(|| format!("{what} names no unlinked regular file"))?;
+        let run = ContentRun {
+            key: u64::from(r.file),
+            offset: r.offset,
+            npages: r.npages,
+            file_offset: r.file_offset,
+            size: f.size,
+            whose: "file",
+        };
+        check_content_run(&what, &run, &mut prev, p, page_file_size, page_size)?;
     }
     Ok(())
 }
