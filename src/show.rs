@@ -1604,6 +1604,7 @@ mod tests {
             passcred: false,
             sndbuf: 0,
             rcvbuf: 0,
+            options: Vec::new(),
         };
         assert_eq!(
             unix_socket_text(
@@ -1613,6 +1614,7 @@ mod tests {
                         bound: "/tmp/.java_pid7".into(),
                         uid: 0,
                         gid: 0,
+                        dir: String::new(),
                         removed: false
                     },
                     UnixSocketState::Listening {

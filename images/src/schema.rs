@@ -892,6 +892,11 @@ pub struct UnixSocket {
     /// SO_SNDBUF and SO_RCVBUF as getsockopt reports them (the kernel's doubled values).
     pub sndbuf: u32,
     pub rcvbuf: u32,
+    /// The other SOL_SOCKET options whose value differs from a fresh UNIX socket's of the same
+    /// type (SO_PASSSEC, SO_PASSPIDFD, SO_RCVLOWAT, SO_SNDTIMEO, SO_TIMESTAMP, SO_PEEK_OFF ...),
+    /// set again once the socket is connected and its queue refilled.
+    #[serde(default)]
+    pub options: Vec<SetSockOpt>,
 }
 
 /// The address an AF_UNIX socket is bound to.
@@ -906,6 +911,11 @@ pub enum UnixName {
         bound: String,
         uid: u32,
         gid: u32,
+        /// For a relative `bound` (what getsockname reports then), the absolute directory it
+        /// was bound from (the process's working directory at bind time): the restore binds
+        /// the same relative name from there. Empty for an absolute `bound`.
+        #[serde(default)]
+        dir: String,
         /// The socket file had been removed at dump time: the restore binds (connects what
         /// must connect to it), then removes it again, so the socket is as unreachable by
         /// name as it was.

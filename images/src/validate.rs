@@ -70,11 +70,16 @@ pub const TCP_SOCKOPTS: &[(i32, i32, &str)] = &[
     (1, 5, "SO_DONTROUTE"),
     (1, 9, "SO_KEEPALIVE"),
     (1, 10, "SO_OOBINLINE"),
+    (1, 11, "SO_NO_CHECK"),
     (1, 12, "SO_PRIORITY"),
     (1, 13, "SO_LINGER"),
     (1, 18, "SO_RCVLOWAT"),
     (1, 20, "SO_RCVTIMEO"),
     (1, 21, "SO_SNDTIMEO"),
+    (1, 29, "SO_TIMESTAMP"),
+    (1, 35, "SO_TIMESTAMPNS"),
+    (1, 46, "SO_BUSY_POLL"),
+    (1, 75, "SO_RCVMARK"),
     (0, 1, "IP_TOS"),
     (0, 2, "IP_TTL"),
     (41, 16, "IPV6_UNICAST_HOPS"),
@@ -481,15 +486,35 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
                 return Err(format!("file {i} is an unbound UNIX socket with a path"));
             }
         }
-        UnixName::Path { bound, .. } => {
-            for p in [bound, &f.path] {
-                if !p.starts_with('/') || p.len() >= UNIX_PATH_MAX || p.contains('\0') {
-                    return Err(format!(
-                        "file {i} is a UNIX socket bound to {p:?}, not an absolute path of at \
-                         most {} bytes",
-                        UNIX_PATH_MAX - 1
-                    ));
-                }
+        UnixName::Path { bound, dir, .. } => {
+            // A relative name is bound from an absolute directory; the file's path is absolute.
+            let relative = !dir.is_empty();
+            if bound.is_empty()
+                || bound.len() >= UNIX_PATH_MAX
+                || bound.contains('\0')
+                || bound.starts_with('/') == relative
+            {
+                return Err(format!(
+                    "file {i} is a UNIX socket bound to {bound:?} (from directory {dir:?}), not \
+                     a path of at most {} bytes, relative exactly when a directory is given",
+                    UNIX_PATH_MAX - 1
+                ));
+            }
+            if relative && (!dir.starts_with('/') || dir.contains('\0')) {
+                return Err(format!(
+                    "file {i} is a UNIX socket bound from directory {dir:?}, not an absolute path"
+                ));
+            }
+            let p = &f.path;
+            if !p.starts_with('/') || (!relative && p.len() >= UNIX_PATH_MAX) || p.contains('\0') {
+                return Err(format!(
+                    "file {i} is a UNIX socket whose file is at {p:?}, not an absolute path{}",
+                    if relative {
+                        String::new()
+                    } else {
+                        format!(" of at most {} bytes", UNIX_PATH_MAX - 1)
+                    }
+                ));
             }
         }
         UnixName::Abstract { name } => {
@@ -502,6 +527,7 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
             }
         }
     }
+    net::check_options(i, "UNIX socket", &s.options)?;
     if s.shutdown & !3 != 0 {
         return Err(format!(
             "file {i} is a UNIX socket with shutdown bits {:#x}",
@@ -1872,6 +1898,7 @@ mod socket_tests {
                 passcred: false,
                 sndbuf: 212992,
                 rcvbuf: 212992,
+                options: Vec::new(),
             }),
             dev: 8,
             ino: 77,
@@ -1887,6 +1914,17 @@ mod socket_tests {
             bound: bound.into(),
             uid: 0,
             gid: 0,
+            dir: String::new(),
+            removed: false,
+        }
+    }
+
+    fn relative(bound: &str, dir: &str) -> UnixName {
+        UnixName::Path {
+            bound: bound.into(),
+            uid: 0,
+            gid: 0,
+            dir: dir.into(),
             removed: false,
         }
     }
@@ -1925,6 +1963,12 @@ mod socket_tests {
                 listening(),
             ),
             socket("", UNIX_SOCK_STREAM, abs(), listening()),
+            socket(
+                "/run/app/s.sock",
+                UNIX_SOCK_STREAM,
+                relative("s.sock", "/run/app"),
+                listening(),
+            ),
             with_queue(
                 socket("/tmp/d", UNIX_SOCK_DGRAM, path("/tmp/d"), Unconnected),
                 b"\0client",
@@ -1966,9 +2010,42 @@ mod socket_tests {
                 socket(&long, UNIX_SOCK_STREAM, path(&long), listening()),
             ),
             (
+                "relative name from a relative directory",
+                socket(
+                    "/tmp/s",
+                    UNIX_SOCK_STREAM,
+                    relative("s", "tmp"),
+                    listening(),
+                ),
+            ),
+            (
+                "absolute name with a directory",
+                socket(
+                    "/tmp/s",
+                    UNIX_SOCK_STREAM,
+                    relative("/tmp/s", "/tmp"),
+                    listening(),
+                ),
+            ),
+            (
+                "relative name whose file has a relative path",
+                socket("s", UNIX_SOCK_STREAM, relative("s", "/tmp"), listening()),
+            ),
+            (
                 "unknown type",
                 socket("", 3, UnixName::Unnamed, Unconnected),
             ),
+            ("an option crest does not set", {
+                let mut f = socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected);
+                if let FileKind::UnixSocket(s) = &mut f.kind {
+                    s.options.push(SetSockOpt {
+                        level: 1,
+                        name: 9999,
+                        value: vec![1, 0, 0, 0],
+                    });
+                }
+                f
+            }),
             (
                 "listening datagram",
                 socket("/tmp/s", UNIX_SOCK_DGRAM, path("/tmp/s"), listening()),

@@ -49,6 +49,8 @@ pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
     (SOL_SOCKET, 63, "SO_TIMESTAMP_NEW"),
     (SOL_SOCKET, 64, "SO_TIMESTAMPNS_NEW"),
     (SOL_SOCKET, 75, "SO_RCVMARK"),
+    (SOL_SOCKET, 76, "SO_PASSPIDFD"),
+    (SOL_SOCKET, 83, "SO_PASSRIGHTS"),
     (SOL_IP, 1, "IP_TOS"),
     (SOL_IP, 2, "IP_TTL"),
     (SOL_IP, 4, "IP_OPTIONS"),
@@ -136,7 +138,7 @@ pub const NETLINK_TYPES: [u32; 2] = [2, 3];
 /// Netlink multicast groups are numbered from 1; no family has anywhere near this many.
 pub const NETLINK_GROUP_MAX: u32 = 1 << 16;
 
-fn check_options(i: usize, what: &str, options: &[SetSockOpt]) -> Result<(), String> {
+pub(crate) fn check_options(i: usize, what: &str, options: &[SetSockOpt]) -> Result<(), String> {
     for o in options {
         let Some(name) = socket_option_name(o.level, o.name) else {
             return Err(format!(
