@@ -14,6 +14,19 @@ use crate::images::{UdpEndpoint, UdpSocket};
 
 use super::RestoreError;
 
+/// Binds with `bind` with IP_FREEBIND on, then gives IP_FREEBIND its value again; None when
+/// the option cannot be read or set.
+fn bind_free(
+    sock: std::os::fd::BorrowedFd<'_>,
+    bind: &dyn Fn() -> std::io::Result<()>,
+) -> Option<std::io::Result<()>> {
+    let was = sockopts::get_int(sock, libc::SOL_IP, libc::IP_FREEBIND).ok()?;
+    sockopts::set(sock, libc::SOL_IP, libc::IP_FREEBIND, &1i32.to_ne_bytes()).ok()?;
+    let r = bind();
+    sockopts::set(sock, libc::SOL_IP, libc::IP_FREEBIND, &was.to_ne_bytes()).ok()?;
+    Some(r)
+}
+
 /// Creates the UDP socket `u` with the file status flags `status_flags`; close-on-exec.
 pub fn create(u: &UdpSocket, status_flags: u32) -> Result<OwnedFd, RestoreError> {
     let text = sockopts::udp_text(u);
@@ -30,16 +43,30 @@ pub fn create(u: &UdpSocket, status_flags: u32) -> Result<OwnedFd, RestoreError>
     })?;
     if let Some(local) = &u.local {
         let (addr, len) = sockaddr(family, local)?;
-        // SAFETY: addr holds a valid socket address of `len` bytes.
-        if unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        } < 0
-        {
-            let source = std::io::Error::last_os_error();
+        let bind = || {
+            // SAFETY: addr holds a valid socket address of `len` bytes.
+            let r = unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        let bound = match bind() {
+            // An address the host does not have: the program bound it with IP_FREEBIND and
+            // may have turned that off since. Bound the same way, the option then put back.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                bind_free(sock.as_fd(), &bind).unwrap_or(Err(e))
+            }
+            r => r,
+        };
+        if let Err(source) = bound {
             let hint = if source.raw_os_error() == Some(libc::EADDRINUSE) {
                 " (another socket holds that address: the dumped process still running, or \
                  another program; stop it first)"
@@ -181,6 +208,27 @@ mod tests {
             s.set_nonblocking(false).unwrap();
             assert_eq!(s.recv(&mut buf).unwrap(), 4);
         }
+    }
+
+    #[test]
+    fn an_address_bound_with_ip_freebind_since_turned_off_is_bound_again_and_the_option_stays_off()
+    {
+        // A documentation address (RFC 3849) no host has.
+        let ip: std::net::Ipv6Addr = "2001:db8::ff00:42:8329".parse().unwrap();
+        let local =
+            std::net::SocketAddr::new(ip.into(), 56000 + (std::process::id() % 1000) as u16);
+        let u = UdpSocket {
+            family: libc::AF_INET6 as u32,
+            local: Some(endpoint(local)),
+            peer: None,
+            options: vec![],
+        };
+        let s = Std::from(create(&u, libc::O_RDWR as u32).unwrap());
+        assert_eq!(s.local_addr().unwrap(), local);
+        assert_eq!(
+            sockopts::get_int(s.as_fd(), libc::SOL_IP, libc::IP_FREEBIND),
+            Ok(0)
+        );
     }
 
     #[test]
