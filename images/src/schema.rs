@@ -993,6 +993,21 @@ pub struct UdpSocket {
     pub peer: Option<UdpEndpoint>,
     /// Options that differ from a fresh socket's, set again before bind and connect.
     pub options: Vec<SetSockOpt>,
+    /// Its classic BPF socket filter (SO_ATTACH_FILTER), empty when it has none.
+    #[serde(default)]
+    pub filter: Vec<BpfInsn>,
+    /// SO_LOCK_FILTER: the filter cannot be changed or removed.
+    #[serde(default)]
+    pub filter_locked: bool,
+}
+
+/// One instruction of a classic BPF program (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
 }
 
 /// An IPv4 or IPv6 socket address.

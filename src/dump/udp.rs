@@ -12,7 +12,7 @@
 //!   socket shut down for reading;
 //! - data corked in the send queue (UDP_CORK or MSG_MORE);
 //! - encapsulation sockets (UDP_ENCAP: IPsec ESP-in-UDP, L2TP, GTP — kernel tunnel state) and
-//!   sockets carrying a BPF filter;
+//!   sockets carrying an eBPF filter (a classic BPF filter is recorded and attached again);
 //! - members of a multicast group: no getsockopt lists a socket's memberships, but every group
 //!   a socket joins is joined on its interface (/proc/net/igmp, igmp6), and MCAST_MSFILTER
 //!   tells, for one such (interface, group), whether this socket is a member.
@@ -142,7 +142,7 @@ pub fn record(
             )))
         }
     }
-    filter_check(copy).map_err(refuse)?;
+    let (filter, filter_locked) = crate::files::sockfilter::read(sock).map_err(refuse)?;
     if let Some(g) = crate::proc::joined_groups()
         .into_iter()
         .find(|g| is_member(copy, family, g))
@@ -178,6 +178,8 @@ pub fn record(
             local,
             peer,
             options,
+            filter,
+            filter_locked,
         }),
         dev: md.dev(),
         ino,
@@ -342,6 +344,30 @@ mod tests {
             FileKind::Udp(u) => u,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_classic_bpf_filter_is_recorded_with_its_lock() {
+        use crate::images::BpfInsn;
+        let a = Std::bind("127.0.0.1:0").unwrap();
+        let prog = [
+            BpfInsn {
+                code: 0x6,
+                jt: 0,
+                jf: 0,
+                k: 0xffff,
+            },
+            BpfInsn {
+                code: 0x6,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+        ];
+        crate::files::sockfilter::attach(a.as_fd(), &prog, true).unwrap();
+        let ident = record_own(&a).unwrap();
+        let u = udp(&ident);
+        assert_eq!((&u.filter[..], u.filter_locked), (&prog[..], true));
     }
 
     #[test]

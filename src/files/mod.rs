@@ -2,4 +2,5 @@
 //! collected at dump and how it is recreated at restore; `dump/` and `restore/` call them.
 
 pub mod locks;
+pub mod sockfilter;
 pub mod sockopts;

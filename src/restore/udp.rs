@@ -41,6 +41,12 @@ pub fn create(u: &UdpSocket, status_flags: u32) -> Result<OwnedFd, RestoreError>
         what: format!("the {text}: {e}"),
         source: std::io::Error::last_os_error(),
     })?;
+    crate::files::sockfilter::attach(sock.as_fd(), &u.filter, u.filter_locked).map_err(|e| {
+        RestoreError::Os {
+            what: format!("the {text}: {e}"),
+            source: std::io::Error::last_os_error(),
+        }
+    })?;
     if let Some(local) = &u.local {
         let (addr, len) = sockaddr(family, local)?;
         let bind = || {
@@ -192,6 +198,8 @@ mod tests {
                     name: libc::SO_REUSEADDR,
                     value: 1i32.to_ne_bytes().to_vec(),
                 }],
+                filter: Vec::new(),
+                filter_locked: false,
             };
             let s = Std::from(create(&u, (libc::O_RDWR | libc::O_NONBLOCK) as u32).unwrap());
             assert_eq!(s.local_addr().unwrap(), local);
@@ -222,12 +230,38 @@ mod tests {
             local: Some(endpoint(local)),
             peer: None,
             options: vec![],
+            filter: Vec::new(),
+            filter_locked: false,
         };
         let s = Std::from(create(&u, libc::O_RDWR as u32).unwrap());
         assert_eq!(s.local_addr().unwrap(), local);
         assert_eq!(
             sockopts::get_int(s.as_fd(), libc::SOL_IP, libc::IP_FREEBIND),
             Ok(0)
+        );
+    }
+
+    #[test]
+    fn a_recorded_filter_is_attached_again_and_locked() {
+        use crate::images::BpfInsn;
+        let prog = vec![BpfInsn {
+            code: 0x6,
+            jt: 0,
+            jf: 0,
+            k: 0xffff,
+        }];
+        let u = UdpSocket {
+            family: libc::AF_INET as u32,
+            local: None,
+            peer: None,
+            options: vec![],
+            filter: prog.clone(),
+            filter_locked: true,
+        };
+        let s = create(&u, libc::O_RDWR as u32).unwrap();
+        assert_eq!(
+            crate::files::sockfilter::read(s.as_fd()).unwrap(),
+            (prog, true)
         );
     }
 
@@ -239,6 +273,8 @@ mod tests {
             local: Some(endpoint(holder.local_addr().unwrap())),
             peer: None,
             options: vec![],
+            filter: Vec::new(),
+            filter_locked: false,
         };
         let err = create(&u, 0).unwrap_err().to_string();
         assert!(err.contains("another socket holds that address"), "{err}");

@@ -194,8 +194,17 @@ pub(super) fn check_udp(i: usize, f: &FileIdentity, u: &UdpSocket) -> Result<(),
             "file {i} is a UDP socket connected without a local address"
         ));
     }
+    if u.filter.len() > BPF_MAXINSNS {
+        return Err(format!(
+            "file {i} is a UDP socket with a filter of {} instructions (at most {BPF_MAXINSNS})",
+            u.filter.len()
+        ));
+    }
     check_options(i, "UDP socket", &u.options)
 }
+
+/// BPF_MAXINSNS: the longest classic BPF program the kernel accepts.
+pub const BPF_MAXINSNS: usize = 4096;
 
 pub(super) fn check_netlink(i: usize, f: &FileIdentity, n: &NetlinkSocket) -> Result<(), String> {
     no_path(i, f, "netlink socket")?;
@@ -261,6 +270,8 @@ mod tests {
             local,
             peer,
             options: vec![SetSockOpt {
+                filter: Vec::new(),
+                filter_locked: false,
                 level: SOL_SOCKET,
                 name: 2,
                 value: 1i32.to_ne_bytes().to_vec(),
