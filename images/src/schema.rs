@@ -999,6 +999,20 @@ pub struct UdpSocket {
     /// SO_LOCK_FILTER: the filter cannot be changed or removed.
     #[serde(default)]
     pub filter_locked: bool,
+    /// Some: not UDP but another IP datagram socket recorded the same way: a raw socket
+    /// (SOCK_RAW, any IP protocol; its addresses carry port 0, a raw socket has none) or a ping
+    /// socket (SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6; its port is the echo id). It
+    /// had no packets queued (a dump refuses those, as for UDP).
+    #[serde(default)]
+    pub other: Option<IpSocketKind>,
+}
+
+/// The type and protocol of an IP socket other than UDP, for socket(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpSocketKind {
+    /// SOCK_RAW (3) or SOCK_DGRAM (2).
+    pub sock_type: u32,
+    pub protocol: u32,
 }
 
 /// One instruction of a classic BPF program (`struct sock_filter`).

@@ -6,7 +6,9 @@ use crate::error::ImageError;
 use crate::schema::*;
 
 mod net;
-pub use net::{socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX};
+pub use net::{
+    socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX, SOL_ICMPV6, SOL_RAW,
+};
 
 /// Addresses at or above this are outside any user address space (57-bit with 5-level paging
 /// on x86_64, 52 bits on arm64).

@@ -1016,15 +1016,15 @@ mod tests {
     #[test]
     fn other_families_are_refused_by_name() {
         // SAFETY: socket(2) takes only integers; the fd is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         assert!(
             raw >= 0,
-            "socket(AF_INET, SOCK_RAW): {}",
+            "socket(AF_PACKET, SOCK_RAW): {}",
             std::io::Error::last_os_error()
         );
         // SAFETY: raw is a fresh descriptor nothing else owns.
         let s = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
         let err = record_own(&s).unwrap_err().to_string();
-        assert!(err.contains("IPv4 raw socket"), "{err}");
+        assert!(err.contains("packet raw socket"), "{err}");
     }
 }

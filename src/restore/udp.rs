@@ -35,8 +35,11 @@ pub fn create(u: &UdpSocket, status_flags: u32) -> Result<OwnedFd, RestoreError>
         source: std::io::Error::last_os_error(),
     };
     let family = u.family as i32;
-    let sock = sockopts::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)
-        .map_err(|_| fail("socket".into()))?;
+    let (ty, protocol) = match u.other {
+        None => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+        Some(k) => (k.sock_type as i32, k.protocol as i32),
+    };
+    let sock = sockopts::socket(family, ty, protocol).map_err(|_| fail("socket".into()))?;
     sockopts::apply(sock.as_fd(), &u.options).map_err(|e| RestoreError::Os {
         what: format!("the {text}: {e}"),
         source: std::io::Error::last_os_error(),
@@ -200,6 +203,7 @@ mod tests {
                 }],
                 filter: Vec::new(),
                 filter_locked: false,
+                other: None,
             };
             let s = Std::from(create(&u, (libc::O_RDWR | libc::O_NONBLOCK) as u32).unwrap());
             assert_eq!(s.local_addr().unwrap(), local);
@@ -232,6 +236,7 @@ mod tests {
             options: vec![],
             filter: Vec::new(),
             filter_locked: false,
+            other: None,
         };
         let s = Std::from(create(&u, libc::O_RDWR as u32).unwrap());
         assert_eq!(s.local_addr().unwrap(), local);
@@ -257,12 +262,45 @@ mod tests {
             options: vec![],
             filter: prog.clone(),
             filter_locked: true,
+            other: None,
         };
         let s = create(&u, libc::O_RDWR as u32).unwrap();
         assert_eq!(
             crate::files::sockfilter::read(s.as_fd()).unwrap(),
             (prog, true)
         );
+    }
+
+    #[test]
+    fn a_raw_ip_socket_comes_back_bound_with_its_protocol_and_options() {
+        let u = UdpSocket {
+            family: libc::AF_INET as u32,
+            local: Some(UdpEndpoint {
+                ip: vec![127, 0, 0, 1],
+                port: 0,
+                flowinfo: 0,
+                scope_id: 0,
+            }),
+            peer: None,
+            options: vec![SetSockOpt {
+                level: libc::SOL_IP,
+                name: libc::IP_HDRINCL,
+                value: 1i32.to_ne_bytes().to_vec(),
+            }],
+            filter: Vec::new(),
+            filter_locked: false,
+            other: Some(crate::images::IpSocketKind {
+                sock_type: libc::SOCK_RAW as u32,
+                protocol: 253,
+            }),
+        };
+        let s = create(&u, libc::O_RDWR as u32).unwrap();
+        let int = |level, name| sockopts::get_int(s.as_fd(), level, name);
+        assert_eq!(int(libc::SOL_SOCKET, libc::SO_TYPE), Ok(libc::SOCK_RAW));
+        assert_eq!(int(libc::SOL_SOCKET, libc::SO_PROTOCOL), Ok(253));
+        assert_eq!(int(libc::SOL_IP, libc::IP_HDRINCL), Ok(1));
+        let name = std::net::UdpSocket::from(s).local_addr().unwrap();
+        assert_eq!(name.ip().to_string(), "127.0.0.1");
     }
 
     #[test]
@@ -275,6 +313,7 @@ mod tests {
             options: vec![],
             filter: Vec::new(),
             filter_locked: false,
+            other: None,
         };
         let err = create(&u, 0).unwrap_err().to_string();
         assert!(err.contains("another socket holds that address"), "{err}");
