@@ -870,6 +870,7 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                     .collect();
                 format!("inotify: {}", watches.join("; "))
             }
+            FileKind::Pidfd { pid: -1 } => "pidfd of a process that has exited".to_string(),
             FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
             FileKind::Event(ref ev) => match *ev {
                 crate::images::EventFd::Counter { count, semaphore } => format!(

@@ -710,6 +710,8 @@ pub enum FileKind {
     Inotify(Inotify),
     /// A pidfd (pidfd_open(2)) of process `pid` of the tree, opened again by the restored
     /// process that holds it once that process exists. `dev`/`ino` are the pidfs inode's.
+    /// pid -1: of a process that had exited and been reaped; the restore makes a pidfd of a
+    /// process that exits at once, one per inode.
     Pidfd {
         pid: i32,
     },

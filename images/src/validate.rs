@@ -666,7 +666,7 @@ fn check_references(
                         }
                     }
                 }
-                FileKind::Pidfd { pid } if !tasks.contains(pid) => {
+                FileKind::Pidfd { pid } if *pid != -1 && !tasks.contains(pid) => {
                     return Err(format!(
                         "process {}: description {} is a pidfd of pid {pid}, which is not a \
                          task of the tree",
@@ -694,7 +694,8 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
         return check_inotify(i, ino);
     }
     if let FileKind::Pidfd { pid } = f.kind {
-        if pid <= 0 {
+        // -1: a process that had exited and been reaped.
+        if pid <= 0 && pid != -1 {
             return Err(format!("file {i} is a pidfd of pid {pid}"));
         }
         return Ok(());
