@@ -269,13 +269,12 @@ impl Sockets {
             (name, String::new())
         } else {
             let mut found = None;
-            for base in [
-                format!("/proc/{}/cwd", self.pid),
-                format!("/proc/{}/root", self.pid),
-            ] {
-                let Ok(base) = std::fs::read_link(&base) else {
-                    continue;
-                };
+            let proc = crate::proc::Proc::open(self.pid).ok();
+            let bases = [
+                proc.as_ref().and_then(|p| p.cwd().ok()),
+                proc.as_ref().and_then(|p| p.root().ok()),
+            ];
+            for base in bases.into_iter().flatten() {
                 let candidate = base.join(&name);
                 if find_socket_file(&candidate, ino, dev).is_some() {
                     found = Some((candidate, base));
