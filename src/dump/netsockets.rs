@@ -221,6 +221,49 @@ mod tests {
     }
 
     #[test]
+    fn ping_sockets_are_recorded_with_their_echo_id() {
+        use crate::images::FileKind;
+        // Ping sockets exist only for the groups of net.ipv4.ping_group_range.
+        let Ok(ping) = sockopts::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) else {
+            eprintln!("ping sockets are not allowed here (net.ipv4.ping_group_range); skipped");
+            return;
+        };
+        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        sa.sin_port = 4321u16.to_be();
+        // SAFETY: sa is a valid sockaddr_in of the size given.
+        let r = unsafe {
+            libc::bind(
+                ping.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let ident = record_own(&ping).unwrap().unwrap();
+        let FileKind::Udp(u) = &ident.kind else {
+            panic!("{ident:?}")
+        };
+        assert_eq!(
+            u.other,
+            Some(IpSocketKind {
+                sock_type: libc::SOCK_DGRAM as u32,
+                protocol: libc::IPPROTO_ICMP as u32
+            })
+        );
+        assert_eq!(
+            sockopts::endpoint_text(u.local.as_ref().unwrap()),
+            "127.0.0.1:4321"
+        );
+        assert_eq!(
+            sockopts::udp_text(u),
+            "ping (ICMP datagram) IPv4 socket bound to 127.0.0.1:4321"
+        );
+    }
+
+    #[test]
     fn packet_sockets_are_refused_by_family_and_type() {
         let packet = sockopts::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0).unwrap();
         let err = record_own(&packet).unwrap().unwrap_err().to_string();
