@@ -879,6 +879,7 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                     .collect();
                 format!("inotify: {}", watches.join("; "))
             }
+            FileKind::Pidfd { pid: -1 } => "pidfd of a process that has exited".to_string(),
             FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
             FileKind::Event(ref ev) => match *ev {
                 crate::images::EventFd::Counter { count, semaphore } => format!(
@@ -1630,6 +1631,7 @@ mod tests {
             passcred: false,
             sndbuf: 0,
             rcvbuf: 0,
+            options: Vec::new(),
         };
         assert_eq!(
             unix_socket_text(
@@ -1639,6 +1641,7 @@ mod tests {
                         bound: "/tmp/.java_pid7".into(),
                         uid: 0,
                         gid: 0,
+                        dir: String::new(),
                         removed: false
                     },
                     UnixSocketState::Listening {

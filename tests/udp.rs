@@ -233,7 +233,9 @@ fn udp_and_netlink_sockets_come_back_and_answer() {
 const REFUSED: &str = r#"
 import json, os, select, socket, sys
 ready = sys.argv[1]
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)
+raw.bind(("127.0.0.1", 0))
+raw.sendto(b"to-myself", ("127.0.0.1", 0))
 pk = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
 q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 q.bind(("127.0.0.1", 0))
@@ -251,7 +253,7 @@ while True:
 "#;
 
 #[test]
-fn raw_packet_and_queued_sockets_are_refused_and_left_running() {
+fn packet_and_queued_sockets_are_refused_and_left_running() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let ready = work.path().join("ready");
@@ -274,7 +276,7 @@ fn raw_packet_and_queued_sockets_are_refused_and_left_running() {
     let out = dump(pid, &dir, false);
     out.assert_failed()
         .assert_stderr_mentions(&format!(
-            "process {pid}: fd {} is an IPv4 raw socket (AF_INET, SOCK_RAW, protocol 1",
+            "process {pid}: fd {} is a raw IPv4 socket of protocol 253 (inode",
             fd("raw")
         ))
         .assert_stderr_mentions(&format!(

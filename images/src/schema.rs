@@ -865,6 +865,8 @@ pub enum FileKind {
     Inotify(Inotify),
     /// A pidfd (pidfd_open(2)) of process `pid` of the tree, opened again by the restored
     /// process that holds it once that process exists. `dev`/`ino` are the pidfs inode's.
+    /// pid -1: of a process that had exited and been reaped; the restore makes a pidfd of a
+    /// process that exits at once, one per inode.
     Pidfd {
         pid: i32,
     },
@@ -1074,6 +1076,11 @@ pub struct UnixSocket {
     /// SO_SNDBUF and SO_RCVBUF as getsockopt reports them (the kernel's doubled values).
     pub sndbuf: u32,
     pub rcvbuf: u32,
+    /// The other SOL_SOCKET options whose value differs from a fresh UNIX socket's of the same
+    /// type (SO_PASSSEC, SO_PASSPIDFD, SO_RCVLOWAT, SO_SNDTIMEO, SO_TIMESTAMP, SO_PEEK_OFF ...),
+    /// set again once the socket is connected and its queue refilled.
+    #[serde(default)]
+    pub options: Vec<SetSockOpt>,
 }
 
 /// The address an AF_UNIX socket is bound to.
@@ -1088,6 +1095,11 @@ pub enum UnixName {
         bound: String,
         uid: u32,
         gid: u32,
+        /// For a relative `bound` (what getsockname reports then), the absolute directory it
+        /// was bound from (the process's working directory at bind time): the restore binds
+        /// the same relative name from there. Empty for an absolute `bound`.
+        #[serde(default)]
+        dir: String,
         /// The socket file had been removed at dump time: the restore binds (connects what
         /// must connect to it), then removes it again, so the socket is as unreachable by
         /// name as it was.
@@ -1165,6 +1177,35 @@ pub struct UdpSocket {
     pub peer: Option<UdpEndpoint>,
     /// Options that differ from a fresh socket's, set again before bind and connect.
     pub options: Vec<SetSockOpt>,
+    /// Its classic BPF socket filter (SO_ATTACH_FILTER), empty when it has none.
+    #[serde(default)]
+    pub filter: Vec<BpfInsn>,
+    /// SO_LOCK_FILTER: the filter cannot be changed or removed.
+    #[serde(default)]
+    pub filter_locked: bool,
+    /// Some: not UDP but another IP datagram socket recorded the same way: a raw socket
+    /// (SOCK_RAW, any IP protocol; its addresses carry port 0, a raw socket has none) or a ping
+    /// socket (SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6; its port is the echo id). It
+    /// had no packets queued (a dump refuses those, as for UDP).
+    #[serde(default)]
+    pub other: Option<IpSocketKind>,
+}
+
+/// The type and protocol of an IP socket other than UDP, for socket(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpSocketKind {
+    /// SOCK_RAW (3) or SOCK_DGRAM (2).
+    pub sock_type: u32,
+    pub protocol: u32,
+}
+
+/// One instruction of a classic BPF program (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInsn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
 }
 
 /// An IPv4 or IPv6 socket address.

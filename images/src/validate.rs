@@ -9,7 +9,9 @@ mod ghost;
 mod net;
 
 pub use ghost::GHOST_SIZE_MAX;
-pub use net::{socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX};
+pub use net::{
+    socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX, SOL_ICMPV6, SOL_RAW,
+};
 
 /// Addresses at or above this are outside any user address space (57-bit with 5-level paging
 /// on x86_64, 52 bits on arm64).
@@ -73,11 +75,16 @@ pub const TCP_SOCKOPTS: &[(i32, i32, &str)] = &[
     (1, 5, "SO_DONTROUTE"),
     (1, 9, "SO_KEEPALIVE"),
     (1, 10, "SO_OOBINLINE"),
+    (1, 11, "SO_NO_CHECK"),
     (1, 12, "SO_PRIORITY"),
     (1, 13, "SO_LINGER"),
     (1, 18, "SO_RCVLOWAT"),
     (1, 20, "SO_RCVTIMEO"),
     (1, 21, "SO_SNDTIMEO"),
+    (1, 29, "SO_TIMESTAMP"),
+    (1, 35, "SO_TIMESTAMPNS"),
+    (1, 46, "SO_BUSY_POLL"),
+    (1, 75, "SO_RCVMARK"),
     (0, 1, "IP_TOS"),
     (0, 2, "IP_TTL"),
     (41, 16, "IPV6_UNICAST_HOPS"),
@@ -495,15 +502,35 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
                 return Err(format!("file {i} is an unbound UNIX socket with a path"));
             }
         }
-        UnixName::Path { bound, .. } => {
-            for p in [bound, &f.path] {
-                if !p.starts_with('/') || p.len() >= UNIX_PATH_MAX || p.contains('\0') {
-                    return Err(format!(
-                        "file {i} is a UNIX socket bound to {p:?}, not an absolute path of at \
-                         most {} bytes",
-                        UNIX_PATH_MAX - 1
-                    ));
-                }
+        UnixName::Path { bound, dir, .. } => {
+            // A relative name is bound from an absolute directory; the file's path is absolute.
+            let relative = !dir.is_empty();
+            if bound.is_empty()
+                || bound.len() >= UNIX_PATH_MAX
+                || bound.contains('\0')
+                || bound.starts_with('/') == relative
+            {
+                return Err(format!(
+                    "file {i} is a UNIX socket bound to {bound:?} (from directory {dir:?}), not \
+                     a path of at most {} bytes, relative exactly when a directory is given",
+                    UNIX_PATH_MAX - 1
+                ));
+            }
+            if relative && (!dir.starts_with('/') || dir.contains('\0')) {
+                return Err(format!(
+                    "file {i} is a UNIX socket bound from directory {dir:?}, not an absolute path"
+                ));
+            }
+            let p = &f.path;
+            if !p.starts_with('/') || (!relative && p.len() >= UNIX_PATH_MAX) || p.contains('\0') {
+                return Err(format!(
+                    "file {i} is a UNIX socket whose file is at {p:?}, not an absolute path{}",
+                    if relative {
+                        String::new()
+                    } else {
+                        format!(" of at most {} bytes", UNIX_PATH_MAX - 1)
+                    }
+                ));
             }
         }
         UnixName::Abstract { name } => {
@@ -516,6 +543,7 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
             }
         }
     }
+    net::check_options(i, "UNIX socket", &s.options)?;
     if s.shutdown & !3 != 0 {
         return Err(format!(
             "file {i} is a UNIX socket with shutdown bits {:#x}",
@@ -652,7 +680,7 @@ fn check_references(
                         }
                     }
                 }
-                FileKind::Pidfd { pid } if !tasks.contains(pid) => {
+                FileKind::Pidfd { pid } if *pid != -1 && !tasks.contains(pid) => {
                     return Err(format!(
                         "process {}: description {} is a pidfd of pid {pid}, which is not a \
                          task of the tree",
@@ -680,7 +708,8 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
         return check_inotify(i, ino);
     }
     if let FileKind::Pidfd { pid } = f.kind {
-        if pid <= 0 {
+        // -1: a process that had exited and been reaped.
+        if pid <= 0 && pid != -1 {
             return Err(format!("file {i} is a pidfd of pid {pid}"));
         }
         return Ok(());
@@ -2101,6 +2130,7 @@ mod socket_tests {
                 passcred: false,
                 sndbuf: 212992,
                 rcvbuf: 212992,
+                options: Vec::new(),
             }),
             dev: 8,
             ino: 77,
@@ -2116,6 +2146,17 @@ mod socket_tests {
             bound: bound.into(),
             uid: 0,
             gid: 0,
+            dir: String::new(),
+            removed: false,
+        }
+    }
+
+    fn relative(bound: &str, dir: &str) -> UnixName {
+        UnixName::Path {
+            bound: bound.into(),
+            uid: 0,
+            gid: 0,
+            dir: dir.into(),
             removed: false,
         }
     }
@@ -2154,6 +2195,12 @@ mod socket_tests {
                 listening(),
             ),
             socket("", UNIX_SOCK_STREAM, abs(), listening()),
+            socket(
+                "/run/app/s.sock",
+                UNIX_SOCK_STREAM,
+                relative("s.sock", "/run/app"),
+                listening(),
+            ),
             with_queue(
                 socket("/tmp/d", UNIX_SOCK_DGRAM, path("/tmp/d"), Unconnected),
                 b"\0client",
@@ -2195,9 +2242,42 @@ mod socket_tests {
                 socket(&long, UNIX_SOCK_STREAM, path(&long), listening()),
             ),
             (
+                "relative name from a relative directory",
+                socket(
+                    "/tmp/s",
+                    UNIX_SOCK_STREAM,
+                    relative("s", "tmp"),
+                    listening(),
+                ),
+            ),
+            (
+                "absolute name with a directory",
+                socket(
+                    "/tmp/s",
+                    UNIX_SOCK_STREAM,
+                    relative("/tmp/s", "/tmp"),
+                    listening(),
+                ),
+            ),
+            (
+                "relative name whose file has a relative path",
+                socket("s", UNIX_SOCK_STREAM, relative("s", "/tmp"), listening()),
+            ),
+            (
                 "unknown type",
                 socket("", 3, UnixName::Unnamed, Unconnected),
             ),
+            ("an option crest does not set", {
+                let mut f = socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, Unconnected);
+                if let FileKind::UnixSocket(s) = &mut f.kind {
+                    s.options.push(SetSockOpt {
+                        level: 1,
+                        name: 9999,
+                        value: vec![1, 0, 0, 0],
+                    });
+                }
+                f
+            }),
             (
                 "listening datagram",
                 socket("/tmp/s", UNIX_SOCK_DGRAM, path("/tmp/s"), listening()),
@@ -2298,7 +2378,8 @@ mod sysv_ipc_tests {
         other.sysv_ipc = ipc();
         let err = check_sysv_ipc(&[root.clone(), other]).unwrap_err();
         assert!(err.contains("only the root's image"), "{err}");
-        let bad: [(&str, fn(&mut SysvIpc)); 5] = [
+        type Spoil = fn(&mut SysvIpc);
+        let bad: [(&str, Spoil); 5] = [
             ("not positive", |i| i.queues[0].messages[0].mtype = 0),
             ("stored twice", |i| i.queues.push(i.queues[0].clone())),
             ("mode bits", |i| i.sems[0].perm.mode = 0o1777),

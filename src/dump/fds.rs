@@ -266,7 +266,7 @@ impl FdWalk<'_> {
             crate::files::ghost::Found::Linked(other) => add_checked(&other, &md, files)
                 .map_err(|why| refuse(pid, fd, format!("{}: {why}", other.display())))?,
             crate::files::ghost::Found::Ghost(ident) => {
-                files.add_identity(md.dev(), md.ino(), || Ok::<_, DumpError>(ident))?
+                files.add_identity(md.dev(), md.ino(), || Ok::<_, DumpError>(*ident))?
             }
         };
         self.add_description(entry, idx, &md, files)
@@ -389,7 +389,7 @@ pub fn cwd(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
         let crate::files::ghost::Found::Ghost(ident) = found else {
             return Err(refuse("a removed directory that is still linked".into()));
         };
-        return files.add_identity(md.dev(), md.ino(), || Ok(ident));
+        return files.add_identity(md.dev(), md.ino(), || Ok(*ident));
     }
     add_checked(&path, &md, files).map_err(refuse)
 }

@@ -1,5 +1,5 @@
-//! Sockets of families other than AF_UNIX: UDP ([`super::udp`]) and netlink
-//! ([`super::netlink`]) are recorded; raw, packet and every other kind is refused with its
+//! Sockets of families other than AF_UNIX: UDP and raw IP ([`super::udp`]) and netlink
+//! ([`super::netlink`]) are recorded; packet and every other kind is refused with its
 //! family, type and protocol and what the user can do. TCP goes back to the caller.
 
 use std::fs::Metadata;
@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use nix::errno::Errno;
 
 use crate::files::sockopts;
-use crate::images::FileIdentity;
+use crate::images::{FileIdentity, IpSocketKind};
 
 use super::DumpError;
 
@@ -33,9 +33,22 @@ pub fn record(
     }
     let described = describe(family, ty, protocol, ino);
     let udp = inet && ty == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDP;
-    if !udp && family != libc::AF_NETLINK {
+    let ping = (family == libc::AF_INET && protocol == libc::IPPROTO_ICMP)
+        || (family == libc::AF_INET6 && protocol == libc::IPPROTO_ICMPV6);
+    let other = match ty {
+        libc::SOCK_RAW if inet && protocol > 0 => Some(IpSocketKind {
+            sock_type: ty as u32,
+            protocol: protocol as u32,
+        }),
+        libc::SOCK_DGRAM if ping => Some(IpSocketKind {
+            sock_type: ty as u32,
+            protocol: protocol as u32,
+        }),
+        _ => None,
+    };
+    if !udp && other.is_none() && family != libc::AF_NETLINK {
         return Some(Err(refuse(format!(
-            "{described}; crest dumps TCP, UDP, netlink and UNIX sockets, not {}: close it before the \
+            "{described}; crest dumps TCP, UDP, raw IP, ping, netlink and UNIX sockets, not {}: close it before the \
              dump, or dump the program at a moment it holds none",
             kind_plural(family, ty)
         ))));
@@ -47,6 +60,8 @@ pub fn record(
     }
     Some(if udp {
         super::udp::record(pid, fd, md, copy, family)
+    } else if other.is_some() {
+        super::udp::record_inet(pid, fd, md, copy, family, other)
     } else {
         super::netlink::record(pid, fd, md, copy, ty, protocol)
     })
@@ -151,22 +166,114 @@ mod tests {
     }
 
     #[test]
-    fn raw_and_packet_sockets_are_refused_by_family_and_type() {
+    fn raw_ip_sockets_are_recorded_with_their_protocol_address_and_filters() {
+        use crate::images::FileKind;
         let raw = sockopts::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).unwrap();
-        let err = record_own(&raw).unwrap().unwrap_err().to_string();
-        assert!(err.contains(&format!("fd {}", raw.as_raw_fd())), "{err}");
-        assert!(
-            err.contains("IPv4 raw socket (AF_INET, SOCK_RAW, protocol 1"),
-            "{err}"
+        // ICMP_FILTER: drop echo requests (type 8).
+        sockopts::set(raw.as_fd(), 255, 1, &(1u32 << 8).to_ne_bytes()).unwrap();
+        let ident = record_own(&raw).unwrap().unwrap();
+        let FileKind::Udp(u) = &ident.kind else {
+            panic!("{ident:?}")
+        };
+        assert_eq!(
+            u.other,
+            Some(IpSocketKind {
+                sock_type: libc::SOCK_RAW as u32,
+                protocol: libc::IPPROTO_ICMP as u32
+            })
         );
-        assert!(err.contains("close it before the dump"), "{err}");
+        assert!(u.local.is_none() && u.peer.is_none(), "{u:?}");
+        assert_eq!(sockopts::describe(&u.options), "ICMP_FILTER=256");
+
+        let raw6 = sockopts::socket(libc::AF_INET6, libc::SOCK_RAW, 253).unwrap();
+        let a: std::net::SocketAddr = "[::1]:0".parse().unwrap();
+        let s2 = socket2_bind(&raw6, a);
+        assert!(s2);
+        let ident = record_own(&raw6).unwrap().unwrap();
+        let FileKind::Udp(u) = &ident.kind else {
+            panic!("{ident:?}")
+        };
+        assert_eq!(u.other.map(|k| k.protocol), Some(253));
+        let local = u.local.as_ref().unwrap();
+        assert_eq!(
+            (sockopts::endpoint_text(local).as_str(), local.port),
+            ("[::1]:0", 0)
+        );
+    }
+
+    /// Binds an IPv6 socket to `a`.
+    fn socket2_bind(sock: &OwnedFd, a: std::net::SocketAddr) -> bool {
+        let std::net::SocketAddr::V6(a) = a else {
+            return false;
+        };
+        // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sa.sin6_addr.s6_addr = a.ip().octets();
+        // SAFETY: sa is a valid sockaddr_in6 of the size given.
+        unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ) == 0
+        }
+    }
+
+    #[test]
+    fn ping_sockets_are_recorded_with_their_echo_id() {
+        use crate::images::FileKind;
+        // Ping sockets exist only for the groups of net.ipv4.ping_group_range.
+        let Ok(ping) = sockopts::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) else {
+            eprintln!("ping sockets are not allowed here (net.ipv4.ping_group_range); skipped");
+            return;
+        };
+        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        sa.sin_port = 4321u16.to_be();
+        // SAFETY: sa is a valid sockaddr_in of the size given.
+        let r = unsafe {
+            libc::bind(
+                ping.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let ident = record_own(&ping).unwrap().unwrap();
+        let FileKind::Udp(u) = &ident.kind else {
+            panic!("{ident:?}")
+        };
+        assert_eq!(
+            u.other,
+            Some(IpSocketKind {
+                sock_type: libc::SOCK_DGRAM as u32,
+                protocol: libc::IPPROTO_ICMP as u32
+            })
+        );
+        assert_eq!(
+            sockopts::endpoint_text(u.local.as_ref().unwrap()),
+            "127.0.0.1:4321"
+        );
+        assert_eq!(
+            sockopts::udp_text(u),
+            "ping (ICMP datagram) IPv4 socket bound to 127.0.0.1:4321"
+        );
+    }
+
+    #[test]
+    fn packet_sockets_are_refused_by_family_and_type() {
         let packet = sockopts::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0).unwrap();
         let err = record_own(&packet).unwrap().unwrap_err().to_string();
+        assert!(err.contains(&format!("fd {}", packet.as_raw_fd())), "{err}");
         assert!(
             err.contains("packet datagram socket (AF_PACKET, SOCK_DGRAM"),
             "{err}"
         );
         assert!(err.contains("not packet sockets"), "{err}");
+        assert!(err.contains("close it before the dump"), "{err}");
     }
 
     #[test]

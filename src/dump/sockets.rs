@@ -11,7 +11,8 @@
 //!   datagram socket's records one by one (SO_PEEK_OFF moves through the queue, then is turned
 //!   off again), each datagram with its sender's name. Data carrying fds or credentials
 //!   (SCM_RIGHTS / SCM_CREDENTIALS) is refused;
-//! - shutdown state, SO_PASSCRED, buffer sizes;
+//! - shutdown state, SO_PASSCRED, buffer sizes, and the other SOL_SOCKET options that differ
+//!   from a fresh socket's (SO_PASSSEC, SO_RCVLOWAT, SO_SNDTIMEO ...);
 //! - its state: unconnected (bound or not), listening (with the embryos of the connections
 //!   waiting), connected to a peer inode (whether that peer is in the tree, an embryo waiting
 //!   in a listener of the tree, or outside, is decided tree-wide in [`super::unix_tree`]), or
@@ -137,6 +138,14 @@ impl Sockets {
         let passcred = opt(libc::SO_PASSCRED, "SO_PASSCRED")? != 0;
         let sndbuf = opt(libc::SO_SNDBUF, "SO_SNDBUF")? as u32;
         let rcvbuf = opt(libc::SO_RCVBUF, "SO_RCVBUF")? as u32;
+        let options = unix_options(&copy, sock_type).map_err(|e| {
+            self.refuse(
+                fd,
+                what(&format!(
+                    "whose options cannot be compared with a fresh socket's: {e}"
+                )),
+            )
+        })?;
         let stream = sock_type != libc::SOCK_DGRAM;
 
         let state = if stream {
@@ -214,6 +223,7 @@ impl Sockets {
                 passcred,
                 sndbuf,
                 rcvbuf,
+                options,
             }),
             dev: md.dev(),
             ino,
@@ -241,15 +251,6 @@ impl Sockets {
                 what(&format!("bound to {shown}, a path that is not UTF-8")),
             )
         })?;
-        if !name.is_absolute() {
-            return Err(self.refuse(
-                fd,
-                what(&format!(
-                    "bound to the relative path {shown:?}, which cannot be resolved after the \
-                     fact"
-                )),
-            ));
-        }
         let Some((ino, dev)) = diag.vfs else {
             return Err(self.refuse(
                 fd,
@@ -257,6 +258,46 @@ impl Sockets {
                     "bound to {shown}, but the kernel does not say which file it is"
                 )),
             ));
+        };
+        // A relative name was resolved against the working directory of whoever bound it:
+        // found by inode from the process's working directory now, or its root.
+        let (name, dir) = if name.is_absolute() {
+            (name, String::new())
+        } else {
+            let mut found = None;
+            let proc = crate::proc::Proc::open(self.pid).ok();
+            let bases = [
+                proc.as_ref().and_then(|p| p.cwd().ok()),
+                proc.as_ref().and_then(|p| p.root().ok()),
+            ];
+            for base in bases.into_iter().flatten() {
+                let candidate = base.join(&name);
+                if find_socket_file(&candidate, ino, dev).is_some() {
+                    found = Some((candidate, base));
+                    break;
+                }
+            }
+            let Some((abs, base)) = found else {
+                return Err(self.refuse(
+                    fd,
+                    what(&format!(
+                        "bound to the relative path {shown:?}, whose socket file is neither \
+                         there from the process's working directory nor its root (moved, \
+                         removed or the directory changed), so the directory it was bound from \
+                         is unknown"
+                    )),
+                ));
+            };
+            let base = base.to_str().map(str::to_string).ok_or_else(|| {
+                self.refuse(
+                    fd,
+                    what(&format!(
+                        "bound to {shown:?} from {}, a path that is not UTF-8",
+                        base.display()
+                    )),
+                )
+            })?;
+            (abs, base)
         };
         match find_socket_file(&name, ino, dev) {
             Some((path, md)) => {
@@ -273,6 +314,7 @@ impl Sockets {
                     bound,
                     uid: md.uid(),
                     gid: md.gid(),
+                    dir,
                     removed: false,
                 };
                 Ok((name, path, md.mode()))
@@ -284,6 +326,7 @@ impl Sockets {
                     bound: bound.clone(),
                     uid: 0,
                     gid: 0,
+                    dir: String::new(),
                     removed: true,
                 };
                 Ok((name, bound, libc::S_IFSOCK | 0o600))
@@ -480,6 +523,27 @@ fn find_socket_file(bound: &Path, ino: u64, dev: u64) -> Option<(PathBuf, Metada
         }
     }
     None
+}
+
+/// The SOL_SOCKET options of the UNIX socket `sock` that differ from those of a fresh one of
+/// type `sock_type`, but SO_PASSCRED and the buffer sizes, which [`UnixSocket`] holds apart.
+fn unix_options(sock: &OwnedFd, sock_type: i32) -> Result<Vec<crate::images::SetSockOpt>, Errno> {
+    use crate::files::sockopts;
+    use std::os::fd::AsFd;
+    let fresh = sockopts::socket(libc::AF_UNIX, sock_type, 0)?;
+    let apart = [
+        libc::SO_PASSCRED,
+        libc::SO_SNDBUF,
+        libc::SO_RCVBUF,
+        libc::SO_SNDBUFFORCE,
+        libc::SO_RCVBUFFORCE,
+    ];
+    Ok(
+        sockopts::differing(sock.as_fd(), fresh.as_fd(), &[libc::SOL_SOCKET])
+            .into_iter()
+            .filter(|o| !(o.level == libc::SOL_SOCKET && apart.contains(&o.name)))
+            .collect(),
+    )
 }
 
 /// `getsockopt(SOL_SOCKET, opt)` of an int option.
@@ -885,6 +949,7 @@ mod tests {
                 bound: bound.to_str().unwrap().into(),
                 uid: 0,
                 gid: 0,
+                dir: String::new(),
                 removed: false
             }
         );
@@ -946,15 +1011,15 @@ mod tests {
     #[test]
     fn other_families_are_refused_by_name() {
         // SAFETY: socket(2) takes only integers; the fd is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         assert!(
             raw >= 0,
-            "socket(AF_INET, SOCK_RAW): {}",
+            "socket(AF_PACKET, SOCK_RAW): {}",
             std::io::Error::last_os_error()
         );
         // SAFETY: raw is a fresh descriptor nothing else owns.
         let s = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
         let err = record_own(&s).unwrap_err().to_string();
-        assert!(err.contains("IPv4 raw socket"), "{err}");
+        assert!(err.contains("packet raw socket"), "{err}");
     }
 }

@@ -12,7 +12,7 @@
 //!   socket shut down for reading;
 //! - data corked in the send queue (UDP_CORK or MSG_MORE);
 //! - encapsulation sockets (UDP_ENCAP: IPsec ESP-in-UDP, L2TP, GTP — kernel tunnel state) and
-//!   sockets carrying a BPF filter;
+//!   sockets carrying an eBPF filter (a classic BPF filter is recorded and attached again);
 //! - members of a multicast group: no getsockopt lists a socket's memberships, but every group
 //!   a socket joins is joined on its interface (/proc/net/igmp, igmp6), and MCAST_MSFILTER
 //!   tells, for one such (interface, group), whether this socket is a member.
@@ -27,7 +27,7 @@ use std::os::unix::fs::MetadataExt;
 use nix::errno::Errno;
 
 use crate::files::sockopts;
-use crate::images::{FileIdentity, FileKind, UdpEndpoint, UdpSocket};
+use crate::images::{FileIdentity, FileKind, IpSocketKind, UdpEndpoint, UdpSocket};
 
 use super::DumpError;
 
@@ -51,22 +51,52 @@ pub fn record(
     copy: &OwnedFd,
     family: i32,
 ) -> Result<FileIdentity, DumpError> {
+    record_inet(pid, fd, md, copy, family, None)
+}
+
+/// Records the UDP socket, or with `raw` Some(protocol) the raw IP socket of that protocol,
+/// `copy` (crest's duplicate of `pid`'s fd `fd`). A raw socket is checked like a UDP one
+/// (queued packets, pending errors, memberships and filters); its addresses have no port.
+pub fn record_inet(
+    pid: i32,
+    fd: i32,
+    md: &Metadata,
+    copy: &OwnedFd,
+    family: i32,
+    other: Option<IpSocketKind>,
+) -> Result<FileIdentity, DumpError> {
+    let raw = other
+        .filter(|k| k.sock_type == libc::SOCK_RAW as u32)
+        .map(|k| k.protocol as i32);
     let ino = md.ino();
     let fam = if family == libc::AF_INET6 {
         "IPv6"
     } else {
         "IPv4"
     };
+    let kind = match (other, raw) {
+        (None, _) => format!("a UDP/{fam} socket"),
+        (_, Some(p)) => format!("a raw {fam} socket of protocol {p}"),
+        (Some(_), None) => format!("a ping (ICMP datagram) {fam} socket"),
+    };
     let refuse = |what: String| DumpError::UnsupportedFd {
         pid,
         fd,
-        what: format!("a UDP/{fam} socket (inode {ino}) {what}"),
+        what: format!("{kind} (inode {ino}) {what}"),
     };
     let sock = copy.as_fd();
-    let local =
-        address(copy, false).map_err(|e| refuse(format!("whose address cannot be read ({e})")))?;
-    let peer = match address(copy, true) {
-        Ok(p) => p,
+    // A raw socket's port is its protocol: what counts is the address alone.
+    let portless = |e: Option<UdpEndpoint>| match raw {
+        None => e.filter(|e| e.port != 0),
+        Some(_) => e
+            .filter(|e| e.ip.iter().any(|b| *b != 0))
+            .map(|e| UdpEndpoint { port: 0, ..e }),
+    };
+    let local = address(copy, false)
+        .map(portless)
+        .map_err(|e| refuse(format!("whose address cannot be read ({e})")))?;
+    let peer = match address_any_port(copy, true) {
+        Ok(p) => portless(p),
         Err(Errno::ENOTCONN) => None,
         Err(e) => return Err(refuse(format!("whose peer cannot be read ({e})"))),
     };
@@ -125,8 +155,11 @@ pub fn record(
              when the program has read them"
         )));
     }
-    let unsent =
-        unsent_bytes(copy).map_err(|e| refuse(format!("whose send queue cannot be read ({e})")))?;
+    let unsent = match unsent_bytes(copy) {
+        // A ping socket has no SIOCOUTQ; it sends each echo at once (it cannot cork).
+        Err(Errno::ENOTTY) if other.is_some() && raw.is_none() => 0,
+        r => r.map_err(|e| refuse(format!("whose send queue cannot be read ({e})")))?,
+    };
     if unsent > 0 {
         return Err(refuse(format!(
             "with {unsent} bytes not sent yet (corked with UDP_CORK or MSG_MORE); crest cannot \
@@ -142,7 +175,7 @@ pub fn record(
             )))
         }
     }
-    filter_check(copy).map_err(refuse)?;
+    let (filter, filter_locked) = crate::files::sockfilter::read(sock).map_err(refuse)?;
     if let Some(g) = crate::proc::joined_groups()
         .into_iter()
         .find(|g| is_member(copy, family, g))
@@ -161,14 +194,25 @@ pub fn record(
         )));
     }
 
-    let fresh = sockopts::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP).map_err(|e| {
+    let (ty, protocol) = match other {
+        None => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+        Some(k) => (k.sock_type as i32, k.protocol as i32),
+    };
+    let fresh = sockopts::socket(family, ty, protocol).map_err(|e| {
         refuse(format!(
-            "(crest cannot create a UDP socket to compare: {e})"
+            "(crest cannot create such a socket to compare: {e})"
         ))
     })?;
-    let mut levels = vec![libc::SOL_SOCKET, libc::SOL_IP, libc::SOL_UDP];
+    let mut levels = vec![libc::SOL_SOCKET, libc::SOL_IP];
+    levels.push(match other {
+        None => libc::SOL_UDP,
+        Some(_) => crate::images::validate::SOL_RAW,
+    });
     if family == libc::AF_INET6 {
         levels.push(libc::SOL_IPV6);
+        if raw.is_some() {
+            levels.push(crate::images::validate::SOL_ICMPV6);
+        }
     }
     let options = sockopts::differing(sock, fresh.as_fd(), &levels);
     Ok(crate::files::object_identity(
@@ -178,6 +222,9 @@ pub fn record(
             local,
             peer,
             options,
+            filter,
+            filter_locked,
+            other,
         }),
         md.dev(),
         ino,
@@ -279,6 +326,11 @@ fn unsent_bytes(sock: &OwnedFd) -> Result<i32, Errno> {
 
 /// getsockname (`peer` false) or getpeername of an IPv4/IPv6 socket; None for port 0.
 pub fn address(sock: &OwnedFd, peer: bool) -> Result<Option<UdpEndpoint>, Errno> {
+    Ok(address_any_port(sock, peer)?.filter(|e| e.port != 0))
+}
+
+/// getsockname (`peer` false) or getpeername of an IPv4/IPv6 socket, port 0 included.
+fn address_any_port(sock: &OwnedFd, peer: bool) -> Result<Option<UdpEndpoint>, Errno> {
     let ss = crate::net::sock::raw_name(sock.as_fd(), peer)?;
     let e = match ss.ss_family as i32 {
         libc::AF_INET => {
@@ -304,7 +356,7 @@ pub fn address(sock: &OwnedFd, peer: bool) -> Result<Option<UdpEndpoint>, Errno>
         }
         _ => return Err(Errno::EAFNOSUPPORT),
     };
-    Ok((e.port != 0).then_some(e))
+    Ok(Some(e))
 }
 
 #[cfg(test)]
@@ -324,6 +376,30 @@ mod tests {
             FileKind::Udp(u) => u,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_classic_bpf_filter_is_recorded_with_its_lock() {
+        use crate::images::BpfInsn;
+        let a = Std::bind("127.0.0.1:0").unwrap();
+        let prog = [
+            BpfInsn {
+                code: 0x6,
+                jt: 0,
+                jf: 0,
+                k: 0xffff,
+            },
+            BpfInsn {
+                code: 0x6,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+        ];
+        crate::files::sockfilter::attach(a.as_fd(), &prog, true).unwrap();
+        let ident = record_own(&a).unwrap();
+        let u = udp(&ident);
+        assert_eq!((&u.filter[..], u.filter_locked), (&prog[..], true));
     }
 
     #[test]

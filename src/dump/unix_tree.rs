@@ -284,6 +284,7 @@ mod tests {
             passcred: false,
             sndbuf: 0,
             rcvbuf: 0,
+            options: Vec::new(),
         }
     }
 

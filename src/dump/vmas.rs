@@ -303,7 +303,7 @@ fn add_vma(
                     if ident.mode & libc::S_IFMT != libc::S_IFREG {
                         return Err(unsupported(pid, m, "it maps a directory".into()));
                     }
-                    files.add_identity(ident.dev, ident.ino, || Ok::<_, DumpError>(ident))?
+                    files.add_identity(ident.dev, ident.ino, || Ok::<_, DumpError>(*ident))?
                 }
             };
             if !m.shared {

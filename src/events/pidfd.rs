@@ -3,14 +3,20 @@
 //! Dump: a pidfd names a process (fdinfo `Pid:`); it is kept when that process is the holder
 //! itself, one of its ancestors or one of its live children in the tree, since exactly those
 //! exist when the restored holder installs its fds (its parent forked it, and it forks its
-//! children first). Refused: a pidfd of a process outside the tree or of another process of
-//! it, of a process that has exited, and a thread pidfd (PIDFD_THREAD).
+//! children first). A pidfd of a process that has exited and been reaped (fdinfo `Pid: -1`)
+//! is kept too, as pid -1. Refused: a pidfd of a process outside the tree or of another
+//! process of it, and a thread pidfd (PIDFD_THREAD).
 //!
 //! Restore: the restored holder opens it itself with pidfd_open(pid, flags) before it installs
 //! its fds (crest's own descriptor for the description is a placeholder, never installed).
 //! Each process opens its own: a pidfd description inherited across fork becomes one per
 //! process (they share nothing but O_NONBLOCK).
-
+//!
+//! A pidfd of a reaped process names nobody: any process that is gone will do. crest makes one
+//! per pidfs inode of the image (a child that exits at once, opened with pidfd_open and
+//! reaped), so pidfds that named the same dead process share an inode again and those of
+//! different ones do not; each further description of that inode is opened again through
+//! `/proc/self/fd`. Signals to it fail with ESRCH, as they did.
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -19,16 +25,20 @@ use crate::images::{FileIdentity, FileKind, ProcessImage};
 /// PIDFD_THREAD (Linux 6.9): the pidfd names a thread, not a process; it shows as O_EXCL.
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
 
+/// `FileKind::Pidfd`'s pid for a process that has exited and been reaped.
+pub const DEAD: i32 = -1;
+
 /// The image's record of a pidfd of process `pid` with status flags `flags`, or the refusal.
 pub fn identity(pid: Option<i32>, flags: u32, dev: u64, ino: u64) -> Result<FileIdentity, String> {
     let pid = match pid {
-        Some(p) if p > 0 => p,
-        _ => {
+        Some(p) if p > 0 || p == DEAD => p,
+        Some(0) => {
             return Err(
-                "a pidfd of a process that has exited and been reaped; crest cannot \
-                        make one again"
-                    .into(),
+                "a pidfd of a process in a pid namespace crest cannot see (fdinfo Pid: 0)".into(),
             )
+        }
+        _ => {
+            return Err("a pidfd whose process the kernel does not name (no Pid in fdinfo)".into())
         }
     };
     if flags & PIDFD_THREAD != 0 {
@@ -47,6 +57,9 @@ pub fn identity(pid: Option<i32>, flags: u32, dev: u64, ino: u64) -> Result<File
 /// Whether process `holder` (parent `holder_ppid`) can get back a pidfd of `target`, given the
 /// live processes of the tree as (pid, ppid); the refusal otherwise.
 pub fn check_target(holder: i32, target: i32, tree: &[(i32, i32)]) -> Result<(), String> {
+    if target == DEAD {
+        return Ok(());
+    }
     let parent_of = |p: i32| tree.iter().find(|t| t.0 == p).map(|t| t.1);
     if target == holder || parent_of(target) == Some(holder) {
         return Ok(());
@@ -85,6 +98,10 @@ pub fn open_in_task(p: &ProcessImage, base: RawFd) -> Result<HashMap<u32, OwnedF
         let Some(FileKind::Pidfd { pid }) = p.files.get(d.file as usize).map(|f| &f.kind) else {
             continue;
         };
+        // Made by crest already ([`dead`]): installed as it is.
+        if *pid == DEAD {
+            continue;
+        }
         let flags = d.flags & libc::O_NONBLOCK as u32;
         let fd = crate::sys::pidfd_open_flags(*pid, flags)
             .map_err(|e| format!("cannot open a pidfd of process {pid} (pidfd_open): {e}"))?;
@@ -100,6 +117,82 @@ pub fn open_in_task(p: &ProcessImage, base: RawFd) -> Result<HashMap<u32, OwnedF
         out.insert(i as u32, unsafe { OwnedFd::from_raw_fd(moved) });
     }
     Ok(out)
+}
+
+/// One pidfd per dead process of the image, by pidfs inode at dump time: the source each
+/// description of that inode is opened again from.
+static DEAD_PIDFDS: std::sync::Mutex<Option<HashMap<u64, OwnedFd>>> = std::sync::Mutex::new(None);
+
+/// A new description of a pidfd of a process that has exited and been reaped, the same process
+/// for every `ino` (the pidfs inode it had at dump time), with O_NONBLOCK from `flags`.
+pub fn dead(ino: u64, flags: u32) -> std::io::Result<OwnedFd> {
+    let mut cache = DEAD_PIDFDS.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    let source = match cache.entry(ino) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(exited_pidfd()?),
+    };
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", source.as_raw_fd()))
+        .expect("no NUL in a number");
+    let mode = libc::O_RDWR | libc::O_CLOEXEC | (flags as i32 & libc::O_NONBLOCK);
+    // SAFETY: path is a valid C string; open returns a new descriptor or -1.
+    let raw = unsafe { libc::open(path.as_ptr(), mode) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: raw is a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A pidfd of a child of crest's that exited at once and has been reaped. Made with clone3,
+/// CLONE_PIDFD and no exit signal: nobody's waitpid(-1) can reap it before crest opened it.
+fn exited_pidfd() -> std::io::Result<OwnedFd> {
+    const CLONE_PIDFD: u64 = 0x1000;
+    const P_PIDFD: libc::idtype_t = 3;
+    let mut pidfd: libc::c_int = -1;
+    // struct clone_args (11 u64 fields): flags, pidfd, child_tid, parent_tid, exit_signal,
+    // stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    let mut args = [0u64; 11];
+    args[0] = CLONE_PIDFD;
+    args[1] = &mut pidfd as *mut libc::c_int as u64;
+    // SAFETY: clone3 without CLONE_VM copies crest like fork(); the child only calls _exit,
+    // which is async-signal-safe even in a multithreaded parent.
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args.as_mut_ptr(),
+            std::mem::size_of_val(&args),
+        )
+    };
+    if child < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: _exit ends the child at once, running nothing of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: the kernel wrote a new descriptor we own into pidfd.
+    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child's pidfd, info is valid for writes.
+        let r = unsafe {
+            libc::waitid(
+                P_PIDFD,
+                fd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::__WALL,
+            )
+        };
+        if r == 0 {
+            return Ok(fd);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -122,8 +215,38 @@ mod tests {
     }
 
     #[test]
-    fn exited_and_thread_pidfds_are_refused() {
-        assert!(identity(Some(-1), 0, 0, 0).unwrap_err().contains("exited"));
+    fn pidfds_of_dead_processes_share_an_inode_exactly_when_they_did() {
+        let kept = identity(Some(-1), 0, 1, 2).unwrap();
+        assert_eq!(kept.kind, FileKind::Pidfd { pid: DEAD });
+        check_target(10, DEAD, &[(10, 1)]).unwrap();
+        let ino = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let (a1, a2) = (dead(1001, 0).unwrap(), dead(1001, 0).unwrap());
+        let b = dead(1002, libc::O_NONBLOCK as u32).unwrap();
+        assert_eq!(ino(&a1), ino(&a2));
+        assert_ne!(ino(&a1), ino(&b));
+        assert_ne!(a1.as_raw_fd(), a2.as_raw_fd());
+        for fd in [&a1, &a2, &b] {
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+            assert!(info.contains("Pid:\t-1"), "{info}");
+            // SAFETY: pidfd_send_signal with signal 0 and no siginfo.
+            let r =
+                unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, 0usize, 0) };
+            assert_eq!(
+                (r, std::io::Error::last_os_error().raw_os_error()),
+                (-1, Some(libc::ESRCH))
+            );
+        }
+        // SAFETY: F_GETFL on a descriptor we own.
+        let fl = unsafe { libc::fcntl(b.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(fl & libc::O_NONBLOCK, 0);
+    }
+
+    #[test]
+    fn pid_namespace_and_thread_pidfds_are_refused() {
+        assert!(identity(Some(0), 0, 0, 0)
+            .unwrap_err()
+            .contains("namespace"));
         assert!(identity(Some(5), PIDFD_THREAD, 0, 0)
             .unwrap_err()
             .contains("PIDFD_THREAD"));

@@ -47,10 +47,14 @@ pub struct CodeError {
     pub why: String,
 }
 
+/// What makes two reads of a code file the same: dev, ino, mtime (s, ns), size and the ranges
+/// mapped executable.
+type CodeFileKey = (u64, u64, i64, i64, u64, Vec<(u64, u64)>);
+
 /// Code identities computed during one dump, each file read once.
 #[derive(Default)]
 pub struct CodeIds {
-    cache: HashMap<(u64, u64, i64, i64, u64, Vec<(u64, u64)>), CodeDigest>,
+    cache: HashMap<CodeFileKey, CodeDigest>,
 }
 
 impl CodeIds {

@@ -65,7 +65,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// Unlinked (or linked under a name crest cannot find): stored and recreated.
-    Ghost(FileIdentity),
+    Ghost(Box<FileIdentity>),
     /// Still linked under this other name (a hard link in the same directory): reopened
     /// through it like any file.
     Linked(PathBuf),
@@ -117,7 +117,7 @@ pub fn classify(
             ));
         }
     }
-    Ok(Found::Ghost(identity(md, text)))
+    Ok(Found::Ghost(Box::new(identity(md, text))))
 }
 
 /// What kind of file `md` is, for a message.

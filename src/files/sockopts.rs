@@ -132,7 +132,13 @@ pub fn udp_text(u: &crate::images::UdpSocket) -> String {
     } else {
         "IPv4"
     };
-    let mut out = format!("UDP/{family} socket");
+    let mut out = match u.other {
+        None => format!("UDP/{family} socket"),
+        Some(k) if k.sock_type == libc::SOCK_RAW as u32 => {
+            format!("raw {family} socket of protocol {}", k.protocol)
+        }
+        Some(_) => format!("ping (ICMP datagram) {family} socket"),
+    };
     match &u.local {
         Some(l) => out += &format!(" bound to {}", endpoint_text(l)),
         None => out += ", unbound",

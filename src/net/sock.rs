@@ -257,10 +257,13 @@ pub struct TcpInfo {
     pub unacked: u32,
     /// For a listener: its backlog (alias of tcpi_sacked).
     pub sacked: u32,
+    /// Segments sent (tcpi_segs_out; 0 on kernels without it): a closed socket that sent any
+    /// had a connection (a disconnect or a refused connect sets it back to 0).
+    pub segs_out: u32,
 }
 
 pub fn tcp_info(fd: BorrowedFd) -> Result<TcpInfo, Errno> {
-    let b = get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32)?;
+    let b = get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 144)?;
     if b.len() < 32 {
         return Err(Errno::EINVAL);
     }
@@ -272,6 +275,7 @@ pub fn tcp_info(fd: BorrowedFd) -> Result<TcpInfo, Errno> {
         rcv_wscale: b[6] >> 4,
         unacked: u32_at(24),
         sacked: u32_at(28),
+        segs_out: if b.len() >= 140 { u32_at(136) } else { 0 },
     })
 }
 

@@ -248,6 +248,13 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
     let (options, buf_lock) = opts::read(s, family, info.state == sock::TCP_ESTABLISHED)
         .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
     let state = match info.state {
+        sock::TCP_CLOSE if info.segs_out > 0 => {
+            return Err(format!(
+                "a TCP/{v} socket {local} closed after a connection (both ends shut down, or \
+                 reset); crest restores closed sockets only as never connected, where reads \
+                 would fail with ENOTCONN instead of giving end of file, so it refuses it"
+            ));
+        }
         sock::TCP_CLOSE if local.port() == 0 && local.ip().is_unspecified() => TcpState::Unbound,
         sock::TCP_CLOSE => TcpState::Bound { local },
         sock::TCP_LISTEN => {
@@ -499,5 +506,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("in state FIN_WAIT"), "{err}");
+
+        // Both ends shut down: both sockets end up closed, with end of file to read.
+        server.shutdown(Shutdown::Write).unwrap();
+        assert_eq!((&client).read(&mut [0u8; 1]).unwrap(), 0);
+        for s in [&client, &server] {
+            let closed = (0..1000).any(|_| {
+                let st = sock::tcp_info(s.as_fd()).unwrap().state;
+                st == sock::TCP_CLOSE || {
+                    std::thread::yield_now();
+                    false
+                }
+            });
+            assert!(closed);
+            let err = record(me, s.as_raw_fd(), OwnedFd::from(s.try_clone().unwrap())).unwrap_err();
+            assert!(err.contains("closed after a connection"), "{err}");
+        }
+        // A fresh socket, closed too, is recorded.
+        let fresh = sock::tcp_socket(libc::AF_INET).unwrap();
+        let raw = fresh.as_raw_fd();
+        assert!(record(me, raw, fresh).is_ok());
     }
 }

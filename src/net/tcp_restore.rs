@@ -145,12 +145,67 @@ pub fn create(
 fn listen(fd: BorrowedFd, local: &std::net::SocketAddr, backlog: u32) -> Result<(), Errno> {
     let reuse = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
     sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    sock::bind(fd, local)?;
-    // SAFETY: listen(2) on a socket we own.
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
-        return Err(Errno::last());
+    let backlog = backlog.min(i32::MAX as u32) as i32;
+    let bind_and_listen = || -> Result<(), Errno> {
+        if sock::local_addr(fd)?.port() == 0 {
+            sock::bind(fd, local)?;
+        }
+        // SAFETY: listen(2) on a socket we own.
+        if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    };
+    if let Err(e) = bind_and_listen() {
+        // Listeners of a SO_REUSEPORT group that turned the option off since stay in the
+        // group; crest's own listeners on the address (restored a moment ago) and this one
+        // join it again with the option on for the bind and listen, then get their values
+        // back. Sockets of anyone else are left alone: they still conflict.
+        let ours = crest_listeners_on(local);
+        if e != Errno::EADDRINUSE || ours.is_empty() {
+            return Err(e);
+        }
+        let mut saved = Vec::new();
+        for &raw in ours.iter().chain(std::iter::once(&fd.as_raw_fd())) {
+            // SAFETY: raw is open in crest while this function runs; only its options change.
+            let other = unsafe { BorrowedFd::borrow_raw(raw) };
+            saved.push((
+                raw,
+                sock::get_int(other, libc::SOL_SOCKET, libc::SO_REUSEPORT)?,
+            ));
+            sock::set_int(other, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        let again = bind_and_listen();
+        // Backwards: crest may hold one socket under two fds, whose second save saw the 1.
+        for (raw, v) in saved.into_iter().rev() {
+            // SAFETY: as above.
+            let other = unsafe { BorrowedFd::borrow_raw(raw) };
+            sock::set_int(other, libc::SOL_SOCKET, libc::SO_REUSEPORT, v)?;
+        }
+        again?;
     }
     sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse)
+}
+
+/// The TCP sockets crest itself holds listening on `local`: ones it restored a moment ago.
+fn crest_listeners_on(local: &std::net::SocketAddr) -> Vec<std::os::fd::RawFd> {
+    let Ok(me) = crate::proc::Proc::open(std::process::id() as i32) else {
+        return Vec::new();
+    };
+    let Ok(fds) = me.fds() else {
+        return Vec::new();
+    };
+    fds.iter()
+        .map(|f| f.fd)
+        .filter(|&raw| {
+            // SAFETY: the fd is open in crest for the duration of this look; it is only queried.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            let int = |level, name| sock::get_int(fd, level, name).ok();
+            int(libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+                && int(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
+                && sock::local_addr(fd).ok().as_ref() == Some(local)
+        })
+        .collect()
 }
 
 /// Rebuilds an established connection in repair mode; the error names the step.
@@ -271,6 +326,46 @@ mod tests {
     fn stream(fd: OwnedFd) -> TcpStream {
         // SAFETY: the descriptor is ours; ownership moves into the stream.
         unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+    }
+
+    #[test]
+    fn listeners_of_a_reuseport_group_one_of_which_turned_it_off_come_back_together() {
+        // A free port, and the two listeners the program had there: the first turned
+        // SO_REUSEPORT off after listening, so only the second records it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let local: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let listener = |reuseport: bool| TcpSocket {
+            family: libc::AF_INET as u32,
+            state: TcpState::Listening { local, backlog: 4 },
+            options: if reuseport {
+                vec![crate::images::SockOpt {
+                    level: libc::SOL_SOCKET,
+                    name: libc::SO_REUSEPORT,
+                    value: 1i32.to_ne_bytes().to_vec(),
+                }]
+            } else {
+                vec![]
+            },
+            buf_lock: 0,
+        };
+        let mut repaired = Repaired::default();
+        let off = create(&listener(false), 0, "test", &mut repaired).unwrap();
+        let on = create(&listener(true), 0, "test", &mut repaired).unwrap();
+        let reuseport =
+            |fd: &OwnedFd| sock::get_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT);
+        assert_eq!((reuseport(&off), reuseport(&on)), (Ok(0), Ok(1)));
+        for fd in [&off, &on] {
+            assert_eq!(sock::local_addr(fd.as_fd()), Ok(local));
+            assert_eq!(
+                sock::get_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_ACCEPTCONN),
+                Ok(1)
+            );
+        }
+        TcpStream::connect(local).unwrap();
     }
 
     #[test]

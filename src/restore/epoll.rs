@@ -24,6 +24,12 @@ pub fn create(pid: i32, ident: &FileIdentity, flags: u32) -> Result<OwnedFd, Res
         FileKind::Inotify(ino) => {
             crate::events::inotify::create(ino, flags).map_err(|e| os(pid, e))
         }
+        FileKind::Pidfd {
+            pid: crate::events::pidfd::DEAD,
+        } => crate::events::pidfd::dead(ident.ino, flags).map_err(|source| RestoreError::Os {
+            what: format!("pid {pid}: a pidfd of a process that has exited (fork, pidfd_open)"),
+            source,
+        }),
         FileKind::Pidfd { .. } => {
             crate::events::pidfd::placeholder().map_err(|source| RestoreError::Os {
                 what: format!("pid {pid}: a stand-in for a pidfd (pidfd_open of crest)"),

@@ -734,7 +734,7 @@ fn is_pseudo_fs(fd: &OwnedFd) -> bool {
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
     const SYSFS_MAGIC: i64 = 0x6265_6572;
     nix::sys::statfs::fstatfs(fd).is_ok_and(|s| {
-        let t = s.filesystem_type().0 as i64;
+        let t = s.filesystem_type().0;
         t == PROC_SUPER_MAGIC || t == SYSFS_MAGIC
     })
 }

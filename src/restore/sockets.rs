@@ -17,7 +17,7 @@
 //! 7. datagram sockets connect to their named peer, and `--ext-unix-sk` sockets to their
 //!    outside peer's name; 8. removed socket files are removed again; 9. the other end of a
 //!    peer-closed pair is closed (the kernel shuts the survivor down as it did the original);
-//! 10. shutdown state and SO_PASSCRED are applied.
+//! 10. shutdown state, SO_PASSCRED and the other recorded options are applied.
 //!
 //! What cannot come back: the name of an accepted connection (its listener's; the restored
 //! end has none), and SO_PEERCRED, which the kernel sets from whoever makes the connection:
@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 
 use crate::images::{FileIdentity, FileKind, ProcessImage, UnixName, UnixSocket, UnixSocketState};
 
@@ -198,8 +198,41 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
         }
     }
 
-    // 3. Names.
+    // 3. Names. Sockets whose file had been removed first: each is bound, then its file is
+    // moved out of the way (to a name of crest's in the same directory, removed again in 8.),
+    // so that another socket bound to the same path later — whose file survived — finds the
+    // path free, as it did in the original. A directory removed since is made again for the
+    // time being.
     let mut live: Option<HashSet<(u64, u64)>> = None;
+    let mut reach: HashMap<u64, String> = HashMap::new();
+    let mut made_dirs: Vec<std::path::PathBuf> = Vec::new();
+    for (&ino, (ident, s)) in planned {
+        if let UnixName::Path {
+            bound,
+            uid,
+            gid,
+            dir,
+            removed: true,
+        } = &s.name
+        {
+            make_missing_dirs(std::path::Path::new(&ident.path), &mut made_dirs)?;
+            bind_path(&fds[&ino], ident, bound, dir, *uid, *gid, &mut live)?;
+            let shared = planned
+                .iter()
+                .any(|(&other, (oident, _))| other != ino && oident.path == ident.path);
+            let aside = if shared {
+                let aside = aside_path(&ident.path, ino)?;
+                std::fs::rename(&ident.path, &aside).map_err(|e| RestoreError::File {
+                    path: ident.path.clone(),
+                    problem: format!("cannot be moved aside to {aside} after binding: {e}"),
+                })?;
+                aside
+            } else {
+                ident.path.clone()
+            };
+            reach.insert(ino, aside);
+        }
+    }
     for (&ino, (ident, s)) in planned {
         match &s.name {
             UnixName::Unnamed => {}
@@ -215,11 +248,20 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
                     source: e,
                 })?;
             }
+            UnixName::Path { removed: true, .. } => {}
             UnixName::Path {
-                bound, uid, gid, ..
-            } => bind_path(&fds[&ino], ident, bound, *uid, *gid, &mut live)?,
+                bound,
+                uid,
+                gid,
+                dir,
+                ..
+            } => bind_path(&fds[&ino], ident, bound, dir, *uid, *gid, &mut live)?,
         }
     }
+    let address_of = |ident: &FileIdentity, s: &UnixSocket| match reach.get(&ident.ino) {
+        Some(aside) => address(aside).map(Some),
+        None => address_of(ident, s),
+    };
 
     // 4. Listeners.
     for (&ino, (ident, s)) in planned {
@@ -338,14 +380,20 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
         }
     }
 
-    // 8. Socket files that had been removed.
-    for (ident, s) in planned.values() {
-        if let UnixName::Path { removed: true, .. } = s.name {
-            std::fs::remove_file(&ident.path).map_err(|e| RestoreError::File {
-                path: ident.path.clone(),
-                problem: format!("cannot be removed again after binding: {e}"),
-            })?;
-        }
+    // 8. Socket files that had been removed, and the directories made for them.
+    for aside in reach.values() {
+        std::fs::remove_file(aside).map_err(|e| RestoreError::File {
+            path: aside.clone(),
+            problem: format!("cannot be removed again after binding: {e}"),
+        })?;
+    }
+    for d in made_dirs.iter().rev() {
+        std::fs::remove_dir(d).map_err(|e| RestoreError::File {
+            path: d.display().to_string(),
+            problem: format!(
+                "was made again for the sockets bound in it and cannot be removed again: {e}"
+            ),
+        })?;
     }
 
     // 9. Peers that were closed.
@@ -370,6 +418,9 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
             set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
                 .map_err(|e| os_err(format!("setting SO_PASSCRED of {}", inode(ino)), e))?;
         }
+        crate::files::sockopts::apply(std::os::fd::AsFd::as_fd(fd), &s.options).map_err(|e| {
+            RestoreError::Unsupported(format!("{} cannot be given its options: {e}", inode(ino)))
+        })?;
     }
     Ok(fds)
 }
@@ -452,30 +503,48 @@ fn connect(fd: &OwnedFd, addr: &libc::sockaddr_un, len: libc::socklen_t) -> std:
     Ok(())
 }
 
-/// Binds `fd` to the path `bound`, with the socket file's owner and mode, and moves the file to
-/// where it was at dump time. A stale socket file in the way is removed first.
+/// Binds `fd` to the path `bound` (relative to `dir` when that is given), with the socket
+/// file's owner and mode, and moves the file to where it was at dump time. A stale socket file
+/// in the way is removed first.
 fn bind_path(
     fd: &OwnedFd,
     ident: &FileIdentity,
     bound: &str,
+    dir: &str,
     uid: u32,
     gid: u32,
     live: &mut Option<HashSet<(u64, u64)>>,
 ) -> Result<(), RestoreError> {
-    remove_stale(bound, live)?;
-    if ident.path != bound {
+    // Where the name lands: the absolute path of the new socket file.
+    let at = if dir.is_empty() {
+        bound.to_string()
+    } else {
+        std::path::Path::new(dir)
+            .join(bound)
+            .to_str()
+            .map(str::to_string)
+            .ok_or_else(|| RestoreError::BadImage(format!("{dir}/{bound} is not UTF-8")))?
+    };
+    remove_stale(&at, live)?;
+    if ident.path != at {
         remove_stale(&ident.path, live)?;
     }
     let (addr, len) = address(bound)?;
-    bind(fd, &addr, len).map_err(|e| RestoreError::File {
-        path: bound.to_string(),
+    let bound_it = if dir.is_empty() {
+        bind(fd, &addr, len)
+    } else {
+        bind_from(fd, &addr, len, dir)
+    };
+    bound_it.map_err(|e| RestoreError::File {
+        path: at.clone(),
         problem: format!("cannot be bound by a UNIX socket: {e}"),
     })?;
     let file_err = |what: &str| RestoreError::File {
-        path: bound.to_string(),
+        path: at.clone(),
         problem: format!("{what}: {}", std::io::Error::last_os_error()),
     };
-    let cpath = CString::new(bound).expect("checked in address()");
+    let cpath = CString::new(at.as_str())
+        .map_err(|_| RestoreError::BadImage(format!("socket path {at:?} holds a NUL byte")))?;
     // Owner and permissions before listen or rename: until then nobody reaches it through a
     // more permissive mode.
     // SAFETY: cpath is a valid C string.
@@ -489,13 +558,97 @@ fn bind_path(
             ident.mode & 0o7777
         )));
     }
-    if ident.path != bound {
-        std::fs::rename(bound, &ident.path).map_err(|e| RestoreError::File {
-            path: bound.to_string(),
+    if ident.path != at {
+        std::fs::rename(&at, &ident.path).map_err(|e| RestoreError::File {
+            path: at.clone(),
             problem: format!("cannot be renamed to {}: {e}", ident.path),
         })?;
     }
     Ok(())
+}
+
+/// Binds `fd` to the relative name in `addr` as resolved from the directory `dir`: from a
+/// thread of crest's with a working directory of its own (unshare(CLONE_FS)), so crest's own
+/// stays as it is.
+fn bind_from(
+    fd: &OwnedFd,
+    addr: &libc::sockaddr_un,
+    len: libc::socklen_t,
+    dir: &str,
+) -> std::io::Result<()> {
+    let dir = CString::new(dir).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare(CLONE_FS) gives this thread its own cwd; it takes an int.
+                if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: dir is a valid C string.
+                if unsafe { libc::chdir(dir.as_ptr()) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                bind(fd, addr, len)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::from_raw_os_error(libc::EIO)))
+    })
+}
+
+/// Makes the directories missing on the way to `file` (removed since its socket was bound),
+/// owner-only; each one made is pushed onto `made`, outermost first.
+fn make_missing_dirs(
+    file: &std::path::Path,
+    made: &mut Vec<std::path::PathBuf>,
+) -> Result<(), RestoreError> {
+    let Some(parent) = file.parent() else {
+        return Ok(());
+    };
+    let mut missing = Vec::new();
+    let mut p = parent;
+    while std::fs::symlink_metadata(p).is_err() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(up) => p = up,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&d)
+            .map_err(|e| RestoreError::File {
+                path: d.display().to_string(),
+                problem: format!(
+                    "held sockets at dump time and was removed since; it cannot be made again \
+                     for the time of the restore: {e}"
+                ),
+            })?;
+        made.push(d);
+    }
+    Ok(())
+}
+
+/// Where a removed socket's file waits while the restore needs to reach it and another socket
+/// is bound to the same path: beside it, under a short name of crest's that still fits a
+/// socket address.
+fn aside_path(path: &str, ino: u64) -> Result<String, RestoreError> {
+    let p = std::path::Path::new(path);
+    let dir = p.parent().unwrap_or(std::path::Path::new("/"));
+    let aside = dir.join(format!(".c{ino:x}")).display().to_string();
+    address(&aside).map_err(|_| {
+        RestoreError::Unsupported(format!(
+            "{path} was bound by several sockets, one of whose files was removed; crest moves \
+             that file aside while restoring, and {aside} is too long for a socket address"
+        ))
+    })?;
+    if std::fs::symlink_metadata(&aside).is_ok() {
+        return Err(RestoreError::File {
+            path: aside,
+            problem: "is in the way of a socket file crest moves aside while restoring".into(),
+        });
+    }
+    Ok(aside)
 }
 
 /// Removes a socket file at `path` that no live socket is bound to (what a killed process
@@ -690,6 +843,7 @@ mod tests {
             passcred: false,
             sndbuf: 0,
             rcvbuf: 0,
+            options: Vec::new(),
         }
     }
 
@@ -710,6 +864,7 @@ mod tests {
             bound: p.into(),
             uid: 0,
             gid: 0,
+            dir: String::new(),
             removed: false,
         }
     }
@@ -938,6 +1093,7 @@ mod tests {
                 bound: g.into(),
                 uid: 0,
                 gid: 0,
+                dir: String::new(),
                 removed: true,
             },
             UnixSocketState::Listening {

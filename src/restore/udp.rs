@@ -14,6 +14,19 @@ use crate::images::{UdpEndpoint, UdpSocket};
 
 use super::RestoreError;
 
+/// Binds with `bind` with IP_FREEBIND on, then gives IP_FREEBIND its value again; None when
+/// the option cannot be read or set.
+fn bind_free(
+    sock: std::os::fd::BorrowedFd<'_>,
+    bind: &dyn Fn() -> std::io::Result<()>,
+) -> Option<std::io::Result<()>> {
+    let was = sockopts::get_int(sock, libc::SOL_IP, libc::IP_FREEBIND).ok()?;
+    sockopts::set(sock, libc::SOL_IP, libc::IP_FREEBIND, &1i32.to_ne_bytes()).ok()?;
+    let r = bind();
+    sockopts::set(sock, libc::SOL_IP, libc::IP_FREEBIND, &was.to_ne_bytes()).ok()?;
+    Some(r)
+}
+
 /// Creates the UDP socket `u` with the file status flags `status_flags`; close-on-exec.
 pub fn create(u: &UdpSocket, status_flags: u32) -> Result<OwnedFd, RestoreError> {
     let text = sockopts::udp_text(u);
@@ -22,24 +35,47 @@ pub fn create(u: &UdpSocket, status_flags: u32) -> Result<OwnedFd, RestoreError>
         source: std::io::Error::last_os_error(),
     };
     let family = u.family as i32;
-    let sock = sockopts::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)
-        .map_err(|_| fail("socket".into()))?;
+    let (ty, protocol) = match u.other {
+        None => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+        Some(k) => (k.sock_type as i32, k.protocol as i32),
+    };
+    let sock = sockopts::socket(family, ty, protocol).map_err(|_| fail("socket".into()))?;
     sockopts::apply(sock.as_fd(), &u.options).map_err(|e| RestoreError::Os {
         what: format!("the {text}: {e}"),
         source: std::io::Error::last_os_error(),
     })?;
+    crate::files::sockfilter::attach(sock.as_fd(), &u.filter, u.filter_locked).map_err(|e| {
+        RestoreError::Os {
+            what: format!("the {text}: {e}"),
+            source: std::io::Error::last_os_error(),
+        }
+    })?;
     if let Some(local) = &u.local {
         let (addr, len) = sockaddr(family, local)?;
-        // SAFETY: addr holds a valid socket address of `len` bytes.
-        if unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        } < 0
-        {
-            let source = std::io::Error::last_os_error();
+        let bind = || {
+            // SAFETY: addr holds a valid socket address of `len` bytes.
+            let r = unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        let bound = match bind() {
+            // An address the host does not have: the program bound it with IP_FREEBIND and
+            // may have turned that off since. Bound the same way, the option then put back.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                bind_free(sock.as_fd(), &bind).unwrap_or(Err(e))
+            }
+            r => r,
+        };
+        if let Err(source) = bound {
             let hint = if source.raw_os_error() == Some(libc::EADDRINUSE) {
                 " (another socket holds that address: the dumped process still running, or \
                  another program; stop it first)"
@@ -165,6 +201,9 @@ mod tests {
                     name: libc::SO_REUSEADDR,
                     value: 1i32.to_ne_bytes().to_vec(),
                 }],
+                filter: Vec::new(),
+                filter_locked: false,
+                other: None,
             };
             let s = Std::from(create(&u, (libc::O_RDWR | libc::O_NONBLOCK) as u32).unwrap());
             assert_eq!(s.local_addr().unwrap(), local);
@@ -184,6 +223,87 @@ mod tests {
     }
 
     #[test]
+    fn an_address_bound_with_ip_freebind_since_turned_off_is_bound_again_and_the_option_stays_off()
+    {
+        // A documentation address (RFC 3849) no host has.
+        let ip: std::net::Ipv6Addr = "2001:db8::ff00:42:8329".parse().unwrap();
+        let local =
+            std::net::SocketAddr::new(ip.into(), 56000 + (std::process::id() % 1000) as u16);
+        let u = UdpSocket {
+            family: libc::AF_INET6 as u32,
+            local: Some(endpoint(local)),
+            peer: None,
+            options: vec![],
+            filter: Vec::new(),
+            filter_locked: false,
+            other: None,
+        };
+        let s = Std::from(create(&u, libc::O_RDWR as u32).unwrap());
+        assert_eq!(s.local_addr().unwrap(), local);
+        assert_eq!(
+            sockopts::get_int(s.as_fd(), libc::SOL_IP, libc::IP_FREEBIND),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn a_recorded_filter_is_attached_again_and_locked() {
+        use crate::images::BpfInsn;
+        let prog = vec![BpfInsn {
+            code: 0x6,
+            jt: 0,
+            jf: 0,
+            k: 0xffff,
+        }];
+        let u = UdpSocket {
+            family: libc::AF_INET as u32,
+            local: None,
+            peer: None,
+            options: vec![],
+            filter: prog.clone(),
+            filter_locked: true,
+            other: None,
+        };
+        let s = create(&u, libc::O_RDWR as u32).unwrap();
+        assert_eq!(
+            crate::files::sockfilter::read(s.as_fd()).unwrap(),
+            (prog, true)
+        );
+    }
+
+    #[test]
+    fn a_raw_ip_socket_comes_back_bound_with_its_protocol_and_options() {
+        let u = UdpSocket {
+            family: libc::AF_INET as u32,
+            local: Some(UdpEndpoint {
+                ip: vec![127, 0, 0, 1],
+                port: 0,
+                flowinfo: 0,
+                scope_id: 0,
+            }),
+            peer: None,
+            options: vec![SetSockOpt {
+                level: libc::SOL_IP,
+                name: libc::IP_HDRINCL,
+                value: 1i32.to_ne_bytes().to_vec(),
+            }],
+            filter: Vec::new(),
+            filter_locked: false,
+            other: Some(crate::images::IpSocketKind {
+                sock_type: libc::SOCK_RAW as u32,
+                protocol: 253,
+            }),
+        };
+        let s = create(&u, libc::O_RDWR as u32).unwrap();
+        let int = |level, name| sockopts::get_int(s.as_fd(), level, name);
+        assert_eq!(int(libc::SOL_SOCKET, libc::SO_TYPE), Ok(libc::SOCK_RAW));
+        assert_eq!(int(libc::SOL_SOCKET, libc::SO_PROTOCOL), Ok(253));
+        assert_eq!(int(libc::SOL_IP, libc::IP_HDRINCL), Ok(1));
+        let name = std::net::UdpSocket::from(s).local_addr().unwrap();
+        assert_eq!(name.ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
     fn taken_port_is_reported() {
         let holder = Std::bind("127.0.0.1:0").unwrap();
         let u = UdpSocket {
@@ -191,6 +311,9 @@ mod tests {
             local: Some(endpoint(holder.local_addr().unwrap())),
             peer: None,
             options: vec![],
+            filter: Vec::new(),
+            filter_locked: false,
+            other: None,
         };
         let err = create(&u, 0).unwrap_err().to_string();
         assert!(err.contains("another socket holds that address"), "{err}");

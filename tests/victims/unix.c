@@ -14,7 +14,14 @@
  *   110      a client of 109 whose connection waits to be accepted
  *   111      stream socket listening on CTL/listen, bound as CTL/listen.tmp and renamed, mode 0640
  *   112, 113 clients of 111 waiting to be accepted, 112 first; 113 shut down for writing
- *   114      stream socket bound to CTL/idle, neither listening nor connected, SO_PASSCRED
+ *   114      stream socket bound to CTL/idle, neither listening nor connected, SO_PASSCRED,
+ *            SO_PASSSEC, SO_RCVLOWAT 7 and SO_SNDTIMEO 3.5 s
+ *   115      seqpacket socket listening on the relative name "rel", bound from CTL (the
+ *            victim's working directory)
+ *   116, 117 stream sockets listening on CTL/twice: 116 bound first, its file renamed away
+ *            while 117 bound, then renamed back, so CTL/twice is 116's and 117's file is gone
+ *   118      datagram socket bound to CTL/gone/dg, whose file and directory were removed
+ *   119      datagram socket connected to 118, unbound, with "to-118" queued in 118
  *
  * A verify request holding "check" (or nothing) checks, without consuming anything, each
  * socket's type, name, peer, queue sizes, SO_PASSCRED and listening state; "final" also reads
@@ -38,7 +45,8 @@
 
 static char dir[CTL_PATH_MAX];
 static char dgram_path[CTL_PATH_MAX], listen_path[CTL_PATH_MAX], listen_tmp[CTL_PATH_MAX],
-    idle_path[CTL_PATH_MAX];
+    idle_path[CTL_PATH_MAX], twice_path[CTL_PATH_MAX], twice_old[CTL_PATH_MAX],
+    gone_dir[CTL_PATH_MAX], gone_path[CTL_PATH_MAX];
 static char cli_name[64], lsn_name[64];
 static const char *mode = "";
 static int final_done;
@@ -149,6 +157,44 @@ static void setup(const char *extra, const char *arg)
         die("bind %s: %s", idle_path, strerror(errno));
     if (setsockopt(114, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
         die("SO_PASSCRED: %s", strerror(errno));
+    int lowat = 7;
+    struct timeval tv = {3, 500000};
+    if (setsockopt(114, SOL_SOCKET, SO_PASSSEC, &one, sizeof one) != 0 ||
+        setsockopt(114, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat) != 0 ||
+        setsockopt(114, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
+        die("SO_PASSSEC/SO_RCVLOWAT/SO_SNDTIMEO: %s", strerror(errno));
+
+    if (chdir(dir) != 0)
+        die("chdir %s: %s", dir, strerror(errno));
+    at(socket(AF_UNIX, SOCK_SEQPACKET, 0), 115);
+    len = path_addr(&a, "rel");
+    if (bind(115, (struct sockaddr *)&a, len) != 0 || listen(115, 2) != 0)
+        die("listen on rel: %s", strerror(errno));
+
+    at(socket(AF_UNIX, SOCK_STREAM, 0), 116);
+    len = path_addr(&a, twice_path);
+    if (bind(116, (struct sockaddr *)&a, len) != 0 || listen(116, 2) != 0)
+        die("listen %s: %s", twice_path, strerror(errno));
+    if (rename(twice_path, twice_old) != 0)
+        die("rename %s: %s", twice_path, strerror(errno));
+    at(socket(AF_UNIX, SOCK_STREAM, 0), 117);
+    if (bind(117, (struct sockaddr *)&a, len) != 0 || listen(117, 2) != 0)
+        die("listen %s again: %s", twice_path, strerror(errno));
+    if (rename(twice_old, twice_path) != 0)
+        die("rename %s back: %s", twice_old, strerror(errno));
+
+    if (mkdir(gone_dir, 0755) != 0)
+        die("mkdir %s: %s", gone_dir, strerror(errno));
+    at(socket(AF_UNIX, SOCK_DGRAM, 0), 118);
+    len = path_addr(&a, gone_path);
+    if (bind(118, (struct sockaddr *)&a, len) != 0)
+        die("bind %s: %s", gone_path, strerror(errno));
+    at(socket(AF_UNIX, SOCK_DGRAM, 0), 119);
+    if (connect(119, (struct sockaddr *)&a, len) != 0)
+        die("connect %s: %s", gone_path, strerror(errno));
+    send_str(119, "to-118");
+    if (unlink(gone_path) != 0 || rmdir(gone_dir) != 0)
+        die("removing %s: %s", gone_dir, strerror(errno));
 
     if (strcmp(extra, "ext") == 0) {
         at(socket(AF_UNIX, SOCK_STREAM, 0), 120);
@@ -319,6 +365,31 @@ static void verify(int final)
         fail("%s exists", listen_tmp);
     if (lstat(idle_path, &st) != 0 || !S_ISSOCK(st.st_mode))
         fail("%s: not a socket (%s)", idle_path, strerror(errno));
+    if (int_opt(114, SO_PASSSEC) != 1 || int_opt(100, SO_PASSSEC) != 0 ||
+        int_opt(114, SO_RCVLOWAT) != 7)
+        fail("SO_PASSSEC of fds 114/100: %d/%d, SO_RCVLOWAT of 114: %d",
+             int_opt(114, SO_PASSSEC), int_opt(100, SO_PASSSEC), int_opt(114, SO_RCVLOWAT));
+    struct timeval tv = {0, 0};
+    socklen_t tvlen = sizeof tv;
+    if (getsockopt(114, SOL_SOCKET, SO_SNDTIMEO, &tv, &tvlen) != 0 || tv.tv_sec != 3 ||
+        tv.tv_usec != 500000)
+        fail("SO_SNDTIMEO of fd 114: %ld.%06ld", (long)tv.tv_sec, (long)tv.tv_usec);
+    check_type(115, SOCK_SEQPACKET);
+    check_name(115, 0, "rel");
+    if (int_opt(115, SO_ACCEPTCONN) != 1 || int_opt(116, SO_ACCEPTCONN) != 1 ||
+        int_opt(117, SO_ACCEPTCONN) != 1)
+        fail("listening states of 115-117");
+    check_name(116, 0, twice_path);
+    check_name(117, 0, twice_path);
+    if (lstat(twice_path, &st) != 0 || !S_ISSOCK(st.st_mode))
+        fail("%s: not a socket (%s)", twice_path, strerror(errno));
+    if (lstat(twice_old, &st) == 0)
+        fail("%s exists", twice_old);
+    if (lstat(gone_dir, &st) == 0)
+        fail("%s exists", gone_dir);
+    check_name(118, 0, gone_path);
+    check_name(119, 1, gone_path);
+    check_inq(118, 6);
     if (strcmp(mode, "ext") == 0)
         check_type(120, SOCK_STREAM);
     if (!final || fail_msg[0])
@@ -368,6 +439,39 @@ static void verify(int final)
     send_str(c, "to-113");
     check_read(113, "to-113");
     close(c);
+    /* CTL/twice leads to 116, the socket whose file survived; the relative name to 115. */
+    struct sockaddr_un a;
+    socklen_t len = path_addr(&a, twice_path);
+    int t = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (t < 0 || connect(t, (struct sockaddr *)&a, len) != 0) {
+        fail("connect %s: %s", twice_path, strerror(errno));
+        return;
+    }
+    c = accept4(116, NULL, NULL, SOCK_NONBLOCK);
+    if (c < 0) {
+        fail("%s does not lead to fd 116: %s", twice_path, strerror(errno));
+        return;
+    }
+    talk(c, t);
+    close(c);
+    close(t);
+    len = path_addr(&a, "rel");
+    t = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    if (t < 0 || connect(t, (struct sockaddr *)&a, len) != 0) {
+        fail("connect rel: %s", strerror(errno));
+        return;
+    }
+    c = accept4(115, NULL, NULL, SOCK_NONBLOCK);
+    if (c < 0) {
+        fail("rel does not lead to fd 115: %s", strerror(errno));
+        return;
+    }
+    talk(c, t);
+    close(c);
+    close(t);
+    check_read(118, "to-118");
+    send_str(119, "again");
+    check_read(118, "again");
     if (strcmp(mode, "ext") == 0)
         send_str(120, "ext");
 }
@@ -382,6 +486,10 @@ int main(int argc, char **argv)
     snprintf(listen_path, sizeof listen_path, "%s/listen", dir);
     snprintf(listen_tmp, sizeof listen_tmp, "%s/listen.tmp", dir);
     snprintf(idle_path, sizeof idle_path, "%s/idle", dir);
+    snprintf(twice_path, sizeof twice_path, "%s/twice", dir);
+    snprintf(twice_old, sizeof twice_old, "%s/twice.old", dir);
+    snprintf(gone_dir, sizeof gone_dir, "%s/gone", dir);
+    snprintf(gone_path, sizeof gone_path, "%s/dg", gone_dir);
     snprintf(cli_name, sizeof cli_name, "crest-unix-%d-cli", (int)getpid());
     snprintf(lsn_name, sizeof lsn_name, "crest-unix-%d-lsn", (int)getpid());
     if (argc > 3)

@@ -8,6 +8,10 @@ pub const SOL_SOCKET: i32 = 1;
 pub const SOL_IP: i32 = 0;
 pub const SOL_IPV6: i32 = 41;
 pub const SOL_UDP: i32 = 17;
+/// SOL_RAW (ICMP_FILTER of an IPv4 ICMP raw socket, IPV6_CHECKSUM of an IPv6 one) and
+/// SOL_ICMPV6 (ICMPV6_FILTER).
+pub const SOL_RAW: i32 = 255;
+pub const SOL_ICMPV6: i32 = 58;
 pub const SOL_NETLINK: i32 = 270;
 
 /// Most bytes of one option's value (the largest here is an interface name or IP options).
@@ -49,8 +53,11 @@ pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
     (SOL_SOCKET, 63, "SO_TIMESTAMP_NEW"),
     (SOL_SOCKET, 64, "SO_TIMESTAMPNS_NEW"),
     (SOL_SOCKET, 75, "SO_RCVMARK"),
+    (SOL_SOCKET, 76, "SO_PASSPIDFD"),
+    (SOL_SOCKET, 83, "SO_PASSRIGHTS"),
     (SOL_IP, 1, "IP_TOS"),
     (SOL_IP, 2, "IP_TTL"),
+    (SOL_IP, 3, "IP_HDRINCL"),
     (SOL_IP, 4, "IP_OPTIONS"),
     (SOL_IP, 6, "IP_RECVOPTS"),
     (SOL_IP, 7, "IP_RETOPTS"),
@@ -86,6 +93,7 @@ pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
     (SOL_IPV6, 29, "IPV6_MULTICAST_ALL"),
     (SOL_IPV6, 31, "IPV6_RECVERR_RFC4884"),
     (SOL_IPV6, 33, "IPV6_FLOWINFO_SEND"),
+    (SOL_IPV6, 36, "IPV6_HDRINCL"),
     (SOL_IPV6, 49, "IPV6_RECVPKTINFO"),
     (SOL_IPV6, 51, "IPV6_RECVHOPLIMIT"),
     (SOL_IPV6, 53, "IPV6_RECVHOPOPTS"),
@@ -103,6 +111,9 @@ pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
     (SOL_IPV6, 76, "IPV6_UNICAST_IF"),
     (SOL_IPV6, 77, "IPV6_RECVFRAGSIZE"),
     (SOL_IPV6, 78, "IPV6_FREEBIND"),
+    (SOL_RAW, 1, "ICMP_FILTER"),
+    (SOL_RAW, 7, "IPV6_CHECKSUM"),
+    (SOL_ICMPV6, 1, "ICMPV6_FILTER"),
     (SOL_UDP, 1, "UDP_CORK"),
     (SOL_UDP, 101, "UDP_NO_CHECK6_TX"),
     (SOL_UDP, 102, "UDP_NO_CHECK6_RX"),
@@ -136,7 +147,7 @@ pub const NETLINK_TYPES: [u32; 2] = [2, 3];
 /// Netlink multicast groups are numbered from 1; no family has anywhere near this many.
 pub const NETLINK_GROUP_MAX: u32 = 1 << 16;
 
-fn check_options(i: usize, what: &str, options: &[SetSockOpt]) -> Result<(), String> {
+pub(crate) fn check_options(i: usize, what: &str, options: &[SetSockOpt]) -> Result<(), String> {
     for o in options {
         let Some(name) = socket_option_name(o.level, o.name) else {
             return Err(format!(
@@ -178,8 +189,17 @@ pub(super) fn check_udp(i: usize, f: &FileIdentity, u: &UdpSocket) -> Result<(),
                 a.ip.len()
             ));
         }
-        if a.port == 0 {
-            return Err(format!("file {i} is a UDP socket with {end} port 0"));
+        match u.other {
+            None if a.port == 0 => {
+                return Err(format!("file {i} is a UDP socket with {end} port 0"));
+            }
+            Some(k) if k.sock_type == SOCK_RAW && a.port != 0 => {
+                return Err(format!(
+                    "file {i} is a raw IP socket with {end} port {} (raw sockets have none)",
+                    a.port
+                ));
+            }
+            _ => {}
         }
         if u.family == AF_INET && (a.flowinfo != 0 || a.scope_id != 0) {
             return Err(format!(
@@ -187,13 +207,45 @@ pub(super) fn check_udp(i: usize, f: &FileIdentity, u: &UdpSocket) -> Result<(),
             ));
         }
     }
-    if u.peer.is_some() && u.local.is_none() {
+    if u.peer.is_some() && u.local.is_none() && u.other.is_none() {
         return Err(format!(
             "file {i} is a UDP socket connected without a local address"
         ));
     }
+    match u.other {
+        None => {}
+        Some(IpSocketKind {
+            sock_type: SOCK_RAW,
+            protocol: 1..=IP_PROTOCOL_MAX,
+        }) => {}
+        Some(IpSocketKind {
+            sock_type: SOCK_DGRAM,
+            protocol,
+        }) if protocol == if u.family == AF_INET6 { 58 } else { 1 } => {}
+        Some(k) => {
+            return Err(format!(
+                "file {i} is an IP socket of type {} and protocol {}, neither raw nor ping",
+                k.sock_type, k.protocol
+            ))
+        }
+    }
+    if u.filter.len() > BPF_MAXINSNS {
+        return Err(format!(
+            "file {i} is a UDP socket with a filter of {} instructions (at most {BPF_MAXINSNS})",
+            u.filter.len()
+        ));
+    }
     check_options(i, "UDP socket", &u.options)
 }
+
+/// SOCK_DGRAM and SOCK_RAW.
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+/// Far above IPPROTO_MAX (263 in Linux 6.x, which an IPv6 raw socket may use all of).
+const IP_PROTOCOL_MAX: u32 = 65535;
+
+/// BPF_MAXINSNS: the longest classic BPF program the kernel accepts.
+pub const BPF_MAXINSNS: usize = 4096;
 
 pub(super) fn check_netlink(i: usize, f: &FileIdentity, n: &NetlinkSocket) -> Result<(), String> {
     no_path(i, f, "netlink socket")?;
@@ -263,6 +315,9 @@ mod tests {
                 name: 2,
                 value: 1i32.to_ne_bytes().to_vec(),
             }],
+            filter: Vec::new(),
+            filter_locked: false,
+            other: None,
         }
     }
 
@@ -275,9 +330,30 @@ mod tests {
             udp(AF_INET, Some(lo4.clone()), None),
             udp(AF_INET, Some(lo4.clone()), Some(lo4.clone())),
             udp(AF_INET6, Some(lo6.clone()), Some(lo6.clone())),
+            UdpSocket {
+                other: Some(IpSocketKind {
+                    sock_type: SOCK_RAW,
+                    protocol: 262,
+                }),
+                ..udp(AF_INET6, Some(endpoint(&lo6.ip, 0)), None)
+            },
+            UdpSocket {
+                other: Some(IpSocketKind {
+                    sock_type: SOCK_DGRAM,
+                    protocol: 1,
+                }),
+                ..udp(AF_INET, Some(endpoint(&[0; 4], 1234)), None)
+            },
         ] {
             check_udp(0, &ident(FileKind::Udp(u.clone())), &u).unwrap();
         }
+        let kind = |sock_type, protocol, local| UdpSocket {
+            other: Some(IpSocketKind {
+                sock_type,
+                protocol,
+            }),
+            ..udp(AF_INET, local, None)
+        };
         let mut pointer = udp(AF_INET, None, None);
         pointer.options[0].name = 26; // SO_ATTACH_FILTER carries a pointer
         let mut huge = udp(AF_INET, None, None);
@@ -291,6 +367,25 @@ mod tests {
             ),
             ("peer without local", udp(AF_INET, None, Some(lo4.clone()))),
             ("unknown option", pointer),
+            ("raw with a port", kind(SOCK_RAW, 1, Some(lo4.clone()))),
+            ("raw of protocol 0", kind(SOCK_RAW, 0, None)),
+            ("ping over ICMPv6 on IPv4", kind(SOCK_DGRAM, 58, None)),
+            ("stream", kind(1, 6, None)),
+            (
+                "too long a filter",
+                UdpSocket {
+                    filter: vec![
+                        BpfInsn {
+                            code: 6,
+                            jt: 0,
+                            jf: 0,
+                            k: 0
+                        };
+                        BPF_MAXINSNS + 1
+                    ],
+                    ..udp(AF_INET, None, None)
+                },
+            ),
             ("long value", huge),
         ] {
             assert!(
