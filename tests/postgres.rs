@@ -33,6 +33,9 @@ struct Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // Stopped first: a postmaster whose children die starts new ones unless it can no
+        // longer run; the whole tree is killed below, the postmaster first.
+        let _ = kill(Pid::from_raw(self.root), Signal::SIGSTOP);
         let pids: Vec<i32> = std::iter::once(self.root)
             .chain(descendants(self.root))
             .collect();
@@ -46,7 +49,7 @@ impl Drop for Postgres {
                 .map(PathBuf::from);
             self.leftovers.borrow_mut().1.extend(found);
         }
-        for &pid in pids.iter().rev() {
+        for &pid in &pids {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         for &pid in &pids {

@@ -120,8 +120,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Stopped first: a master whose workers die forks new ones (nginx does) unless it can
+        // no longer run; then the whole tree, root first.
+        let _ = kill(Pid::from_raw(self.root), Signal::SIGSTOP);
         let pids = self.pids();
-        for &pid in pids.iter().rev() {
+        for &pid in &pids {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         for &pid in &pids {
