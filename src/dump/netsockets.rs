@@ -186,9 +186,7 @@ mod tests {
         assert_eq!(sockopts::describe(&u.options), "ICMP_FILTER=256");
 
         let raw6 = sockopts::socket(libc::AF_INET6, libc::SOCK_RAW, 253).unwrap();
-        let a: std::net::SocketAddr = "[::1]:0".parse().unwrap();
-        let s2 = socket2_bind(&raw6, a);
-        assert!(s2);
+        crate::net::sock::bind(raw6.as_fd(), &"[::1]:0".parse().unwrap()).unwrap();
         let ident = record_own(&raw6).unwrap().unwrap();
         let FileKind::Udp(u) = &ident.kind else {
             panic!("{ident:?}")
@@ -201,25 +199,6 @@ mod tests {
         );
     }
 
-    /// Binds an IPv6 socket to `a`.
-    fn socket2_bind(sock: &OwnedFd, a: std::net::SocketAddr) -> bool {
-        let std::net::SocketAddr::V6(a) = a else {
-            return false;
-        };
-        // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
-        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        sa.sin6_addr.s6_addr = a.ip().octets();
-        // SAFETY: sa is a valid sockaddr_in6 of the size given.
-        unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in6).cast(),
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            ) == 0
-        }
-    }
-
     #[test]
     fn ping_sockets_are_recorded_with_their_echo_id() {
         use crate::images::FileKind;
@@ -228,20 +207,8 @@ mod tests {
             eprintln!("ping sockets are not allowed here (net.ipv4.ping_group_range); skipped");
             return;
         };
-        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        sa.sin_port = 4321u16.to_be();
-        // SAFETY: sa is a valid sockaddr_in of the size given.
-        let r = unsafe {
-            libc::bind(
-                ping.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        crate::net::sock::bind(ping.as_fd(), &"127.0.0.1:4321".parse().unwrap())
+            .unwrap_or_else(|e| panic!("bind the ping socket: {e}"));
         let ident = record_own(&ping).unwrap().unwrap();
         let FileKind::Udp(u) = &ident.kind else {
             panic!("{ident:?}")

@@ -306,19 +306,7 @@ fn add_vma(
                     files.add_identity(ident.dev, ident.ino, || Ok::<_, DumpError>(*ident))?
                 }
             };
-            if !m.shared {
-                // Only the pages written since mapping (copies on write) are the VMA's own.
-                out.areas.push(Area {
-                    start: m.start,
-                    end: m.end,
-                    kind: AreaKind::PrivateFile,
-                    readable: m.read,
-                });
-            }
-            VmaBacking::File {
-                file,
-                offset: m.offset,
-            }
+            file_backing(m, file, out)
         }
         Plan::FileContent(path) => {
             let file = content_file(proc, m, &path, files)?;

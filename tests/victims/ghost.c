@@ -177,21 +177,7 @@ static void check_parent(void)
         close(probe);
 
     /* Writes through the fd show in the shared mapping, also the child's. */
-    static unsigned token;
-    token++;
-    char msg[32];
-    int len = snprintf(msg, sizeof msg, "via fd %u", token);
-    if (pwrite(SCRATCH_FD, msg, (size_t)len + 1, page) != len + 1)
-        fail("pwrite scratch: %s", strerror(errno));
-    if (strcmp((const char *)shared + page, msg) != 0)
-        fail("the shared mapping of scratch does not show what its fd wrote");
-    shared[0] = 1000 + token;
-    int waited = 0;
-    while (shared[1] != 1000 + token && waited++ < 5000)
-        sleep_ms(1);
-    if (shared[1] != 1000 + token)
-        fail("the child did not echo %u through scratch (it shows %llu)", 1000 + token,
-             (unsigned long long)shared[1]);
+    check_fd_and_child_echo(SCRATCH_FD, shared, page, "scratch");
 
     /* The hard link: one inode with linked-b, not unlinked. */
     struct stat a, b;

@@ -135,21 +135,7 @@ static void check_parent(void)
     check_common();
 
     /* The fd and the mapping are one object, shared with the child. */
-    static unsigned token;
-    token++;
-    char msg[32];
-    int len = snprintf(msg, sizeof msg, "via fd %u", token);
-    if (pwrite(SHARED_FD, msg, (size_t)len + 1, page) != len + 1)
-        fail("pwrite crest-shared: %s", strerror(errno));
-    if (strcmp((const char *)shared + page, msg) != 0)
-        fail("the mapping of crest-shared does not show what its fd wrote");
-    shared[0] = 1000 + token;
-    int waited = 0;
-    while (shared[1] != 1000 + token && waited++ < 5000)
-        sleep_ms(1);
-    if (shared[1] != 1000 + token)
-        fail("the child did not echo %u through crest-shared (it shows %llu)", 1000 + token,
-             (unsigned long long)shared[1]);
+    check_fd_and_child_echo(SHARED_FD, shared, page, "crest-shared");
 
     if (memcmp(private_map, "private change", 15) != 0)
         fail("the private mapping lost its change");

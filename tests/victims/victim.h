@@ -192,6 +192,29 @@ static pid_t fork_dying_child(void)
     return pid;
 }
 
+/* A file open as `fd` and mapped MAP_SHARED at `shared`, echoed by a child: writes "via fd N"
+ * at byte `page` through the fd and checks the mapping shows it, then puts 1000 + N in word 0
+ * and waits for the child to echo it in word 1. `what` names the file in failures. */
+static void check_fd_and_child_echo(int fd, volatile uint64_t *shared, long page,
+                                    const char *what)
+{
+    static unsigned token;
+    token++;
+    char msg[32];
+    int len = snprintf(msg, sizeof msg, "via fd %u", token);
+    if (pwrite(fd, msg, (size_t)len + 1, page) != len + 1)
+        fail("pwrite %s: %s", what, strerror(errno));
+    if (strcmp((const char *)shared + page, msg) != 0)
+        fail("the shared mapping of %s does not show what its fd wrote", what);
+    shared[0] = 1000 + token;
+    int waited = 0;
+    while (shared[1] != 1000 + token && waited++ < 5000)
+        sleep_ms(1);
+    if (shared[1] != 1000 + token)
+        fail("the child did not echo %u through %s (it shows %llu)", 1000 + token, what,
+             (unsigned long long)shared[1]);
+}
+
 /* In a child that checks itself: after a failure, says it on stderr and exits with status 3. */
 static void child_exit_on_failure(void)
 {
