@@ -62,7 +62,37 @@ fn sysv_maps(pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// Removes the victim's SysV objects (by key) when the test ends, however it ends: a victim
+/// killed by its guard never runs its own cleanup, and its objects would outlive it, keyed by
+/// its pid (a later victim with the same pid could not create its own).
+struct IpcObjects {
+    keys: [i32; 3],
+}
+
+impl Drop for IpcObjects {
+    fn drop(&mut self) {
+        let [shm, msg, sem] = self.keys;
+        // SAFETY: (whole block) IPC calls on ids looked up by key; none takes a buffer.
+        unsafe {
+            let id = libc::shmget(shm, 0, 0);
+            if id >= 0 {
+                libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            let id = libc::msgget(msg, 0);
+            if id >= 0 {
+                libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            let id = libc::semget(sem, 0, 0);
+            if id >= 0 {
+                libc::semctl(id, 0, libc::IPC_RMID);
+            }
+        }
+    }
+}
+
 struct Started {
+    /// Removed when the test ends (an attached segment goes once its users are killed).
+    _objects: IpcObjects,
     v: Victim,
     child: VictimChild,
     ids: (i32, i32),
@@ -85,8 +115,12 @@ fn start() -> Started {
     let child = VictimChild(field("child "));
     let ids = (field("A "), field("B "));
     let qs = (field("Q "), field("S "));
+    let objects = IpcObjects {
+        keys: [field("key "), field("qkey "), field("skey ")],
+    };
     v.verify().expect("the victim verifies before any dump");
     Started {
+        _objects: objects,
         v,
         child,
         ids,
@@ -98,6 +132,7 @@ fn start() -> Started {
 #[test]
 fn sysv_shared_memory_keeps_id_key_owner_content_and_attachments_across_two_cycles() {
     let Started {
+        _objects,
         mut v,
         child,
         ids: (a, b),
@@ -211,6 +246,7 @@ fn sysv_shared_memory_keeps_id_key_owner_content_and_attachments_across_two_cycl
 #[test]
 fn restore_refuses_a_segment_whose_key_is_taken() {
     let Started {
+        _objects,
         mut v,
         child,
         ids: (a, _),
@@ -256,6 +292,7 @@ fn restore_refuses_a_segment_whose_key_is_taken() {
 #[test]
 fn restore_refuses_a_queue_and_a_set_whose_keys_are_taken() {
     let Started {
+        _objects,
         mut v,
         child,
         ids: (a, b),
@@ -317,6 +354,7 @@ fn restore_refuses_a_queue_and_a_set_whose_keys_are_taken() {
 #[test]
 fn a_dump_with_leave_running_keeps_the_queue_and_set() {
     let Started {
+        _objects,
         mut v,
         child,
         qs: (q, s),
