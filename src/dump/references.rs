@@ -3,7 +3,9 @@
 //! ([`crate::events::epoll`]) and the process of each pidfd ([`crate::events::pidfd`]).
 
 use crate::events::{epoll, pidfd};
-use crate::images::FileKind;
+use std::collections::HashSet;
+
+use crate::images::{EventFd, FileKind};
 
 use super::process::CollectedProcess;
 use super::DumpError;
@@ -23,16 +25,37 @@ pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
                 .collect(),
         })
         .collect();
+    let signalfds: HashSet<u32> = procs
+        .iter()
+        .flat_map(|p| {
+            p.fd_table
+                .open_files
+                .iter()
+                .filter_map(|d| match &p.files.get(d.file).kind {
+                    FileKind::Event(EventFd::Signals { .. }) => Some(d.id),
+                    _ => None,
+                })
+        })
+        .collect();
     let tree: Vec<(i32, i32)> = procs.iter().map(|p| (p.pid(), p.ppid)).collect();
     let mut problems = Vec::new();
     for p in procs.iter_mut() {
         let pid = p.pid();
         for d in 0..p.fd_table.open_files.len() as u32 {
             let file = p.fd_table.open_files[d as usize].file;
+            let id = p.fd_table.open_files[d as usize].id;
             let fd = p.fd_table.holder(d);
             match &mut p.files.get_mut(file).kind {
                 FileKind::Epoll(ep) => {
                     problems.extend(epoll::resolve(pid, fd, &mut ep.targets, &holders));
+                    problems.extend(epoll::signalfd_problems(
+                        pid,
+                        fd,
+                        id,
+                        &ep.targets,
+                        &holders,
+                        &signalfds,
+                    ));
                 }
                 FileKind::Pidfd { pid: target } => {
                     if let Err(why) = pidfd::check_target(pid, *target, &tree) {

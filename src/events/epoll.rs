@@ -16,11 +16,18 @@
 //! The event mask is restored exactly; readiness comes from the targets themselves (a target
 //! that is ready when added is reported again, also an edge-triggered one whose edge the
 //! process had already consumed: a spurious wakeup, never a lost one).
+//!
+//! signalfd targets are the exception: the kernel hooks a signalfd registration on the signal
+//! queue of the task that calls EPOLL_CTL_ADD (signalfd_poll waits on `current`'s), so one added
+//! by crest would wait for crest's signals and never wake for the restored process's. Those
+//! are added by the restored task itself ([`registered_by_task`], [`register_in_task`]), by a
+//! process that holds both the epoll and the signalfd (the dump refuses an epoll whose signalfd
+//! no such process holds: [`signalfd_problems`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::images::{Epoll, EpollTarget, FileIdentity, FileKind, ProcessImage};
+use crate::images::{Epoll, EpollTarget, EventFd, FileIdentity, FileKind, ProcessImage};
 use crate::proc::EpollLine;
 use crate::sys;
 
@@ -134,10 +141,11 @@ pub fn create(status_flags: u32) -> Result<OwnedFd, EventError> {
 }
 
 /// One epoll of the tree to fill: where to find it and its targets.
-struct ToFill<'a> {
+struct ToFill {
     pid: i32,
     epoll: RawFd,
-    targets: &'a [EpollTarget],
+    /// The targets crest adds (all but signalfds).
+    targets: Vec<EpollTarget>,
 }
 
 /// Adds the targets of every epoll of `processes` again, once per epoll description;
@@ -148,8 +156,9 @@ pub fn register_all(
     description: impl Fn(u32) -> Option<RawFd>,
 ) -> Result<(), EventError> {
     let mut fill: Vec<ToFill> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut sources: HashMap<u32, RawFd> = HashMap::new();
+    let signalfds = signalfd_ids(processes);
     for p in processes {
         for d in &p.open_files {
             let Some(FileIdentity {
@@ -170,7 +179,29 @@ pub fn register_all(
                 source: std::io::Error::from_raw_os_error(libc::EBADF),
             };
             let epoll = description(d.id).ok_or_else(|| missing(d.id))?;
-            for t in &ep.targets {
+            for t in ep
+                .targets
+                .iter()
+                .filter(|t| signalfds.contains(&t.description))
+            {
+                if registering_process(processes, d.id, t.description).is_none() {
+                    return Err(EventError {
+                        what: format!(
+                            "the epoll of pid {} watches a signalfd (fd {}) that no process \
+                             holding the epoll holds; the image is damaged",
+                            p.pid, t.fd
+                        ),
+                        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                    });
+                }
+            }
+            let crests: Vec<EpollTarget> = ep
+                .targets
+                .iter()
+                .filter(|t| !signalfds.contains(&t.description))
+                .copied()
+                .collect();
+            for t in &crests {
                 sources.insert(
                     t.description,
                     description(t.description).ok_or_else(|| missing(t.description))?,
@@ -179,7 +210,7 @@ pub fn register_all(
             fill.push(ToFill {
                 pid: p.pid,
                 epoll,
-                targets: &ep.targets,
+                targets: crests,
             });
         }
     }
@@ -324,4 +355,224 @@ fn fill_in_private_table(fill: &[ToFill], sources: &HashMap<u32, RawFd>) -> Resu
         }
     }
     Ok(())
+}
+
+/// The tree-wide ids of the signalfd descriptions of `processes`.
+fn signalfd_ids(processes: &[ProcessImage]) -> HashSet<u32> {
+    processes
+        .iter()
+        .flat_map(|p| {
+            p.open_files.iter().filter_map(move |d| {
+                match p.files.get(d.file as usize).map(|f| &f.kind) {
+                    Some(FileKind::Event(EventFd::Signals { .. })) => Some(d.id),
+                    _ => None,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The process (index into `processes`) that adds signalfd `target` to epoll `epoll` at
+/// restore: the first one holding both descriptions.
+fn registering_process(processes: &[ProcessImage], epoll: u32, target: u32) -> Option<usize> {
+    let holds = |p: &ProcessImage, id: u32| p.open_files.iter().any(|d| d.id == id);
+    processes
+        .iter()
+        .position(|p| holds(p, epoll) && holds(p, target))
+}
+
+/// An EPOLL_CTL_ADD the restored task makes itself (a signalfd target, see the module
+/// comment): into the epoll description `epoll` (tree-wide id), `target` as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRegistration {
+    pub epoll: u32,
+    pub target: EpollTarget,
+}
+
+/// The registrations process `index` of `processes` makes itself once its fds are in place.
+pub fn registered_by_task(processes: &[ProcessImage], index: usize) -> Vec<TaskRegistration> {
+    let signalfds = signalfd_ids(processes);
+    if signalfds.is_empty() {
+        return Vec::new();
+    }
+    let mut seen = HashSet::new();
+    let mut mine = Vec::new();
+    for p in processes {
+        for d in &p.open_files {
+            let Some(FileIdentity {
+                kind: FileKind::Epoll(ep),
+                ..
+            }) = p.files.get(d.file as usize)
+            else {
+                continue;
+            };
+            if !seen.insert(d.id) {
+                continue;
+            }
+            for t in ep
+                .targets
+                .iter()
+                .filter(|t| signalfds.contains(&t.description))
+            {
+                if registering_process(processes, d.id, t.description) == Some(index) {
+                    mine.push(TaskRegistration {
+                        epoll: d.id,
+                        target: *t,
+                    });
+                }
+            }
+        }
+    }
+    mine
+}
+
+/// Makes `registrations` from the restored task, after its fds are installed: `description`
+/// gives the task's (crest's inherited) descriptor of a description by tree-wide id. Each
+/// target is added under its recorded fd number, whatever the task holds there is put back
+/// afterwards (with its close-on-exec flag); spare copies go at `spare_from` or above.
+pub fn register_in_task(
+    registrations: &[TaskRegistration],
+    description: impl Fn(u32) -> Option<RawFd>,
+    spare_from: RawFd,
+) -> Result<(), String> {
+    for r in registrations {
+        let t = &r.target;
+        let (Some(ep), Some(src)) = (description(r.epoll), description(t.description)) else {
+            return Err(format!(
+                "the signalfd registered as fd {} of an epoll is not among the task's files",
+                t.fd
+            ));
+        };
+        let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+        // SAFETY: F_GETFD only reads the descriptor flags of a number (EBADF if free).
+        let held_flags = unsafe { libc::fcntl(t.fd, libc::F_GETFD) };
+        let saved = if held_flags >= 0 {
+            // SAFETY: F_DUPFD_CLOEXEC copies an open descriptor to a free number >= spare_from.
+            let copy = unsafe { libc::fcntl(t.fd, libc::F_DUPFD_CLOEXEC, spare_from) };
+            if copy < 0 {
+                return Err(os(&format!("cannot set fd {} aside (fcntl F_DUPFD)", t.fd)));
+            }
+            Some(copy)
+        } else {
+            None
+        };
+        // SAFETY: dup3 onto a number whose previous file (if any) is kept in `saved`.
+        if unsafe { libc::dup3(src, t.fd, libc::O_CLOEXEC) } < 0 {
+            return Err(os(&format!(
+                "cannot place the signalfd at fd {} (dup3)",
+                t.fd
+            )));
+        }
+        let mut ev = libc::epoll_event {
+            events: t.events,
+            u64: t.data,
+        };
+        // SAFETY: ev is a valid epoll_event; both descriptors are open.
+        let added = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, t.fd, &mut ev) } == 0;
+        let add_error = os(&format!(
+            "cannot register the signalfd at fd {} (events {:#x}, data {:#x}) in its epoll \
+             (epoll_ctl EPOLL_CTL_ADD)",
+            t.fd, t.events, t.data
+        ));
+        match saved {
+            Some(copy) => {
+                let flags = if held_flags & libc::FD_CLOEXEC != 0 {
+                    libc::O_CLOEXEC
+                } else {
+                    0
+                };
+                // SAFETY: puts the task's own file back at its number; `copy` is ours.
+                let back = unsafe { libc::dup3(copy, t.fd, flags) };
+                // SAFETY: closes the spare copy made above.
+                unsafe { libc::close(copy) };
+                if back < 0 {
+                    return Err(os(&format!("cannot put fd {} back (dup3)", t.fd)));
+                }
+            }
+            // SAFETY: the number was free before; free it again.
+            None => unsafe {
+                libc::close(t.fd);
+            },
+        }
+        if !added {
+            return Err(add_error);
+        }
+    }
+    Ok(())
+}
+
+/// Refusals for epolls whose signalfd targets no process holding the epoll also holds: the
+/// registration must be made again by such a process (see the module comment). `holders`
+/// lists the fds of every process; `signalfds` the tree-wide ids of the signalfds.
+pub fn signalfd_problems(
+    pid: i32,
+    epfd: RawFd,
+    epoll: u32,
+    targets: &[EpollTarget],
+    holders: &[Holder],
+    signalfds: &HashSet<u32>,
+) -> Vec<String> {
+    let holds = |h: &Holder, id: u32| h.fds.iter().any(|f| f.1 == id);
+    targets
+        .iter()
+        .filter(|t| signalfds.contains(&t.description))
+        .filter(|t| {
+            !holders
+                .iter()
+                .any(|h| holds(h, epoll) && holds(h, t.description))
+        })
+        .map(|t| {
+            format!(
+                "process {pid}: fd {epfd} is an epoll instance watching a signalfd (registered as \
+                 fd {}) that no process holding the epoll holds; a signalfd reports the signals \
+                 of the process that registered it, which crest cannot tell: keep the signalfd \
+                 open in a process that holds the epoll",
+                t.fd
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(fd: RawFd, description: u32) -> EpollTarget {
+        EpollTarget {
+            fd,
+            description,
+            events: libc::EPOLLIN as u32,
+            data: 7,
+        }
+    }
+
+    #[test]
+    fn a_signalfd_target_needs_a_process_holding_it_and_the_epoll() {
+        // Epoll 1 watches signalfd 2 (registered as fd 5) and pipe 3 (fd 6).
+        let targets = [target(5, 2), target(6, 3)];
+        let signalfds: HashSet<u32> = [2].into();
+        let both = [Holder {
+            pid: 10,
+            fds: vec![(4, 1), (5, 2), (6, 3)],
+        }];
+        assert!(signalfd_problems(10, 4, 1, &targets, &both, &signalfds).is_empty());
+        // The epoll's holder lost the signalfd; only another process holds it.
+        let apart = [
+            Holder {
+                pid: 10,
+                fds: vec![(4, 1), (6, 3)],
+            },
+            Holder {
+                pid: 11,
+                fds: vec![(5, 2)],
+            },
+        ];
+        let problems = signalfd_problems(10, 4, 1, &targets, &apart, &signalfds);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("process 10: fd 4") && problems[0].contains("registered as fd 5"),
+            "{}",
+            problems[0]
+        );
+    }
 }

@@ -32,6 +32,9 @@ pub struct ChildPlan<'a> {
     /// Children restored as zombies, with the signal their end sends: their end must not
     /// leave a signal the process did not have pending at dump time.
     pub zombie_children: Vec<(i32, i32)>,
+    /// epoll registrations this task makes itself (signalfd targets, see
+    /// [`crate::events::epoll`]).
+    pub epoll_registrations: Vec<crate::events::epoll::TaskRegistration>,
 }
 
 /// Entry of the child side. Never returns: it either jumps into the restorer or exits.
@@ -124,6 +127,13 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
             ));
         }
     }
+    let by_id = |id: u32| {
+        p.open_files
+            .iter()
+            .position(|d| d.id == id)
+            .map(|k| plan.files.descriptions[k].as_raw_fd())
+    };
+    crate::events::epoll::register_in_task(&plan.epoll_registrations, by_id, plan.fd_base)?;
     // flock and OFD locks belong to the descriptions, which are in place now; POSIX locks are
     // the restorer's, after its last close.
     crate::files::locks::take_description_locks(p)?;

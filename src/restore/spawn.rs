@@ -97,6 +97,7 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
         go_fd: ctx.pipes[i].go_r,
         fd_base: ctx.fd_base,
         zombie_children,
+        epoll_registrations: crate::events::epoll::registered_by_task(ctx.processes, p),
     })
 }
 

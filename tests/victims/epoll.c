@@ -13,6 +13,9 @@
  *             0x1008  fd 108, an eventfd at 1, EPOLLIN | EPOLLONESHOT, fired and not re-armed
  *             0x1009  an eventfd at 0 registered as fd 109, then moved to fd 110 (109 closed)
  *             0x100a  fd 111, an eventfd, EPOLLIN | EPOLLET
+ *             0x100b  fd 112, a signalfd for SIGUSR2 (blocked), EPOLLIN: a signal sent after
+ *                     the restore must wake the epoll (the kernel hooks a signalfd registration
+ *                     on the signal queue of the task that added it)
  *   fd 107  the inner epoll: 0x2006  fd 106 (the peer socket), EPOLLOUT
  *   fd 120  inotify (non-blocking): wd 2 on CTL/watched (IN_CREATE), wd 3 on CTL/watched-file
  *           (IN_MODIFY); wd 1 was added and removed, so the wds do not start at 1
@@ -31,6 +34,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
@@ -117,6 +121,21 @@ static void verify_epoll(void)
     n = ready(100, data, events, 32);
     if (find(data, events, n, 0x100a))
         fail("the edge-triggered eventfd reported one write twice");
+    /* The signalfd: silent until SIGUSR2 arrives, then reported, then silent once read. */
+    n = ready(100, data, events, 32);
+    if (find(data, events, n, 0x100b))
+        fail("the signalfd is reported before any signal");
+    if (kill(getpid(), SIGUSR2) != 0)
+        fail("kill SIGUSR2: %s", strerror(errno));
+    n = ready(100, data, events, 32);
+    if (!(find(data, events, n, 0x100b) & EPOLLIN))
+        fail("SIGUSR2 arrived, but the epoll does not report the signalfd");
+    struct signalfd_siginfo si;
+    if (read(112, &si, sizeof si) != (ssize_t)sizeof si || si.ssi_signo != SIGUSR2)
+        fail("the signalfd did not give SIGUSR2: %s", strerror(errno));
+    n = ready(100, data, events, 32);
+    if (find(data, events, n, 0x100b))
+        fail("the signalfd is reported after its signal was read");
     /* Re-armed last, so the next verify finds it armed as before. */
     struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = 0x1003};
     if (epoll_ctl(100, EPOLL_CTL_MOD, 103, &ev) != 0)
@@ -234,6 +253,13 @@ int main(int argc, char **argv)
     put(dup(109), 110, "dup");
     close(109);
     add(100, 111, EPOLLIN | EPOLLET, 0x100a);
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    if (sigprocmask(SIG_BLOCK, &usr2, NULL) != 0)
+        die("sigprocmask: %s", strerror(errno));
+    put(signalfd(-1, &usr2, SFD_NONBLOCK | SFD_CLOEXEC), 112, "signalfd");
+    add(100, 112, EPOLLIN, 0x100b);
 
     char path[CTL_PATH_MAX];
     put(inotify_init1(IN_NONBLOCK | IN_CLOEXEC), 120, "inotify_init1");
