@@ -3,7 +3,10 @@
 //! by the kernel):
 //! - the server holds a bound IPv4 socket with options, a bound IPv6-only socket, a socket
 //!   connected to the test, an unbound non-blocking one and a NETLINK_ROUTE socket subscribed
-//!   to link notifications. It answers datagrams on each, reports its sockets' addresses and
+//!   to link notifications, a UDP-Lite socket with a checksum coverage, a connected socket shut
+//!   down for writing and a bound one shut down for reading (shutdown(2) comes back: sending
+//!   fails with EPIPE, reading gives end of file at once). It answers datagrams on each
+//!   (UDP-Lite included), reports its sockets' addresses and
 //!   options on request, and asks the kernel for its links (RTM_GETLINK) on request, checking
 //!   every reply is addressed to the port id it got when it bound (as libmnl does). Across two
 //!   cycles everything it reports stays the same and every socket still answers.
@@ -50,6 +53,20 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 c.connect(("127.0.0.1", tport))
 u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 u.setblocking(False)
+l = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)  # IPPROTO_UDPLITE
+l.setsockopt(136, 10, 20)  # UDPLITE_SEND_CSCOV
+l.bind(("127.0.0.1", 0))
+sw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sw.bind(("127.0.0.1", 0))
+sw.connect(("127.0.0.1", tport))
+sw.shutdown(socket.SHUT_WR)
+sr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sr.bind(("127.0.0.1", 0))
+try:
+    sr.shutdown(socket.SHUT_RD)  # ENOTCONN, but the kernel sets the bit all the same
+except OSError:
+    pass
+# Blocking: a read shut down returns end of file at once (a non-blocking one says EAGAIN).
 n = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
 n.bind((0, 1))  # RTNLGRP_LINK
 portid = n.getsockname()[0]
@@ -58,8 +75,22 @@ seq = 100
 def opts(s, names):
     return {k: s.getsockopt(*v) for k, v in names.items()}
 
+def shut_states():
+    try:
+        sw.send(b"x")
+        w = "sent"
+    except BrokenPipeError:
+        w = "EPIPE"
+    try:
+        r = "eof" if sr.recv(10) == b"" else "data"
+    except OSError as e:
+        r = str(e)
+    return [w, r, sw.getpeername(), sr.getsockname()[0]]
+
 def state():
     return {
+        "l": [l.getsockname(), l.getsockopt(136, 10), l.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)],
+        "shut": shut_states(),
         "a": [a.getsockname(), opts(a, {
             "reuseaddr": (socket.SOL_SOCKET, socket.SO_REUSEADDR),
             "tos": (socket.IPPROTO_IP, socket.IP_TOS),
@@ -76,7 +107,7 @@ def state():
         "u": [u.getsockname(), fcntl.fcntl(u, fcntl.F_GETFL) & os.O_NONBLOCK != 0],
         "n": [n.getsockname(), portid, n.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
               n.getsockopt(270, 9, 4).hex()],
-        "fds": [s.fileno() for s in (a, b, c, u, n)],
+        "fds": [s.fileno() for s in (a, b, c, u, n, l, sw, sr)],
     }
 
 def links():
@@ -103,10 +134,11 @@ def links():
                 count += 1
 
 with open(ready + ".tmp", "w") as f:
-    json.dump({"a": a.getsockname()[1], "b": b.getsockname()[1], "c": c.getsockname()[1]}, f)
+    json.dump({"a": a.getsockname()[1], "b": b.getsockname()[1], "c": c.getsockname()[1],
+               "l": l.getsockname()[1]}, f)
 os.rename(ready + ".tmp", ready)
 while True:
-    r, _, _ = select.select([a, b, c, n], [], [])
+    r, _, _ = select.select([a, b, c, n, l], [], [])
     if n in r:
         n.recv(65536)  # a link notification: read it as any listener does
     if a in r:
@@ -122,6 +154,9 @@ while True:
         b.sendto(b"b:" + data, peer)
     if c in r:
         c.send(b"c:" + c.recv(65536))
+    if l in r:
+        data, peer = l.recvfrom(65536)
+        l.sendto(b"l:" + data, peer)
 "#;
 
 /// Sends `msg` from `from` to `to` and returns the answer.
@@ -141,13 +176,46 @@ fn socket(addr: &str) -> UdpSocket {
     s
 }
 
-fn ports(ready: &Path) -> (u16, u16, u16) {
+/// A UDP-Lite socket (IPPROTO_UDPLITE) bound to 127.0.0.1, driven through std's UdpSocket.
+fn udplite_socket() -> UdpSocket {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) takes only integers.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) };
+    assert!(
+        raw >= 0,
+        "a UDP-Lite socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: raw is a fresh datagram socket this test owns.
+    let s = unsafe { UdpSocket::from_raw_fd(raw) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of_val(&addr) as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_in of `len` bytes.
+    let r = unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(
+        r,
+        0,
+        "bind the UDP-Lite socket: {}",
+        std::io::Error::last_os_error()
+    );
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn ports(ready: &Path) -> (u16, u16, u16, u16) {
     let text = wait_for("the victim's ports", TIMEOUT, || {
         fs::read_to_string(ready).ok()
     });
     let v: serde_json::Value = serde_json::from_str(&text).expect("ports as JSON");
     let port = |k: &str| v[k].as_u64().expect("a port") as u16;
-    (port("a"), port("b"), port("c"))
+    (port("a"), port("b"), port("c"), port("l"))
 }
 
 /// Every socket answers; returns the victim's account of its sockets.
@@ -155,9 +223,11 @@ fn exercise(
     v4: &UdpSocket,
     v6: &UdpSocket,
     peer: &UdpSocket,
-    (a, b, c): (u16, u16, u16),
+    lite: &UdpSocket,
+    (a, b, c, l): (u16, u16, u16, u16),
     ctx: &str,
 ) -> String {
+    assert_eq!(ask(lite, ("127.0.0.1", l), b"four"), "l:four", "{ctx}");
     assert_eq!(ask(v4, ("127.0.0.1", a), b"one"), "a:one", "{ctx}");
     assert_eq!(ask(v6, ("::1", b), b"two"), "b:two", "{ctx}");
     assert_eq!(ask(peer, ("127.0.0.1", c), b"three"), "c:three", "{ctx}");
@@ -191,7 +261,8 @@ fn udp_and_netlink_sockets_come_back_and_answer() {
     let pid = spawn_in_own_session(cmd);
     let _guard = Guard(pid);
     let ports = ports(&ready);
-    let before = exercise(&v4, &v6, &peer, ports, "before the dump");
+    let lite = udplite_socket();
+    let before = exercise(&v4, &v6, &peer, &lite, ports, "before the dump");
     let fds_before: Vec<i32> = fd_table(pid).into_keys().collect();
     // What the comparison after each restore covers.
     let state: serde_json::Value = serde_json::from_str(&before).expect("state as JSON");
@@ -207,6 +278,10 @@ fn udp_and_netlink_sockets_come_back_and_answer() {
     assert_eq!(state["c"][2]["broadcast"], 1, "{before}");
     assert_eq!(state["u"][1], true, "{before}");
     assert_ne!(state["n"][1], 0, "{before}");
+    assert_eq!(state["l"][1], 20, "UDPLITE_SEND_CSCOV: {before}");
+    assert_eq!(state["l"][2], 136, "IPPROTO_UDPLITE: {before}");
+    assert_eq!(state["shut"][0], "EPIPE", "shut down for writing: {before}");
+    assert_eq!(state["shut"][1], "eof", "shut down for reading: {before}");
 
     for cycle in 1..=2 {
         let dir = work.path().join(format!("img{cycle}"));
@@ -220,7 +295,14 @@ fn udp_and_netlink_sockets_come_back_and_answer() {
         // Nothing answers while the process is gone (the kernel drops datagrams to a closed
         // port); the restore brings the same ports back.
         restore_detached(&dir, &[]).assert_ok();
-        let after = exercise(&v4, &v6, &peer, ports, &format!("after restore {cycle}"));
+        let after = exercise(
+            &v4,
+            &v6,
+            &peer,
+            &lite,
+            ports,
+            &format!("after restore {cycle}"),
+        );
         assert_eq!(
             after, before,
             "cycle {cycle}: the sockets' addresses and options"

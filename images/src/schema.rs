@@ -1185,10 +1185,14 @@ pub struct UdpSocket {
     pub filter_locked: bool,
     /// Some: not UDP but another IP datagram socket recorded the same way: a raw socket
     /// (SOCK_RAW, any IP protocol; its addresses carry port 0, a raw socket has none) or a ping
-    /// socket (SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6; its port is the echo id). It
-    /// had no packets queued (a dump refuses those, as for UDP).
+    /// socket (SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6; its port is the echo id) or a
+    /// UDP-Lite socket (SOCK_DGRAM with IPPROTO_UDPLITE, addressed like UDP). It had no packets
+    /// queued (a dump refuses those, as for UDP).
     #[serde(default)]
     pub other: Option<IpSocketKind>,
+    /// shutdown(2) state: RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2), set again after connect.
+    #[serde(default)]
+    pub shutdown: u8,
 }
 
 /// The type and protocol of an IP socket other than UDP, for socket(2).

@@ -11,6 +11,7 @@ mod net;
 pub use ghost::GHOST_SIZE_MAX;
 pub use net::{
     socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX, SOL_ICMPV6, SOL_RAW,
+    SOL_UDPLITE,
 };
 
 /// Addresses at or above this are outside any user address space (57-bit with 5-level paging

@@ -35,12 +35,13 @@ pub fn record(
     let udp = inet && ty == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDP;
     let ping = (family == libc::AF_INET && protocol == libc::IPPROTO_ICMP)
         || (family == libc::AF_INET6 && protocol == libc::IPPROTO_ICMPV6);
+    let udplite = inet && ty == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDPLITE;
     let other = match ty {
         libc::SOCK_RAW if inet && protocol > 0 => Some(IpSocketKind {
             sock_type: ty as u32,
             protocol: protocol as u32,
         }),
-        libc::SOCK_DGRAM if ping => Some(IpSocketKind {
+        libc::SOCK_DGRAM if ping || udplite => Some(IpSocketKind {
             sock_type: ty as u32,
             protocol: protocol as u32,
         }),
@@ -48,7 +49,7 @@ pub fn record(
     };
     if !udp && other.is_none() && family != libc::AF_NETLINK {
         return Some(Err(refuse(format!(
-            "{described}; crest dumps TCP, UDP, raw IP, ping, netlink and UNIX sockets, not {}: close it before the \
+            "{described}; crest dumps TCP, UDP, UDP-Lite, raw IP, ping, netlink and UNIX sockets, not {}: close it before the \
              dump, or dump the program at a moment it holds none",
             kind_plural(family, ty)
         ))));

@@ -8,8 +8,7 @@
 //!   datagrams queued anew, and a connected socket only takes datagrams from its peer), so
 //!   crest refuses rather than drop them, naming the next datagram's size and the receive
 //!   memory in use;
-//! - a pending error (an ICMP error not yet reported, or the IP_RECVERR error queue) and a
-//!   socket shut down for reading;
+//! - a pending error (an ICMP error not yet reported, or the IP_RECVERR error queue);
 //! - data corked in the send queue (UDP_CORK or MSG_MORE);
 //! - encapsulation sockets (UDP_ENCAP: IPsec ESP-in-UDP, L2TP, GTP — kernel tunnel state) and
 //!   sockets carrying an eBPF filter (a classic BPF filter is recorded and attached again);
@@ -17,8 +16,13 @@
 //!   a socket joins is joined on its interface (/proc/net/igmp, igmp6), and MCAST_MSFILTER
 //!   tells, for one such (interface, group), whether this socket is a member.
 //!
-//! Not seen, so not refused: a socket shut down for writing only (SEND_SHUTDOWN; poll shows
-//! only a read shutdown) comes back able to send.
+//! The shutdown state (shutdown(2): no getsockopt reads it, poll shows only the read side)
+//! comes from sock_diag ([`crate::net::inetdiag`]) and is set again at restore. Without
+//! udp_diag in the kernel, a socket shut down for reading is refused and one shut down for
+//! writing only cannot be seen.
+//!
+//! UDP-Lite sockets (IPPROTO_UDPLITE) are recorded as UDP ones, with their checksum coverage
+//! options (UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV).
 
 use std::fs::Metadata;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -77,6 +81,9 @@ pub fn record_inet(
     let kind = match (other, raw) {
         (None, _) => format!("a UDP/{fam} socket"),
         (_, Some(p)) => format!("a raw {fam} socket of protocol {p}"),
+        (Some(k), None) if k.protocol == libc::IPPROTO_UDPLITE as u32 => {
+            format!("a UDP-Lite/{fam} socket")
+        }
         (Some(_), None) => format!("a ping (ICMP datagram) {fam} socket"),
     };
     let refuse = |what: String| DumpError::UnsupportedFd {
@@ -123,7 +130,21 @@ pub fn record_inet(
             Errno::last()
         )));
     }
-    if p.revents & libc::POLLRDHUP != 0 {
+    // UDP and UDP-Lite: the shutdown state and the queued memory, from sock_diag.
+    let udp_protocol = match other {
+        None => Some(libc::IPPROTO_UDP),
+        Some(k) if raw.is_none() && k.protocol == libc::IPPROTO_UDPLITE as u32 => {
+            Some(libc::IPPROTO_UDPLITE)
+        }
+        Some(_) => None,
+    };
+    let diag = udp_protocol.and_then(|proto| {
+        crate::net::inetdiag::datagram(family, proto, ino)
+            .ok()
+            .flatten()
+    });
+    let shutdown = diag.map_or(0, |d| d.shutdown);
+    if diag.is_none() && p.revents & libc::POLLRDHUP != 0 {
         return Err(refuse(
             "shut down for reading (shutdown(2)); crest cannot restore a shut-down UDP socket"
                 .into(),
@@ -137,7 +158,12 @@ pub fn record_inet(
                 .into(),
         ));
     }
-    if p.revents & libc::POLLIN != 0 {
+    // A socket shut down for reading always polls readable: its queue is what counts.
+    let queued = match diag {
+        Some(d) if d.shutdown & crate::net::inetdiag::RCV_SHUTDOWN != 0 => d.rqueue > 0,
+        _ => p.revents & libc::POLLIN != 0,
+    };
+    if queued {
         let next = next_datagram_len(copy);
         let rmem = sockopts::get(sock, libc::SOL_SOCKET, SO_MEMINFO)
             .ok()
@@ -204,9 +230,10 @@ pub fn record_inet(
         ))
     })?;
     let mut levels = vec![libc::SOL_SOCKET, libc::SOL_IP];
-    levels.push(match other {
-        None => libc::SOL_UDP,
-        Some(_) => crate::images::validate::SOL_RAW,
+    levels.push(match (other, udp_protocol) {
+        (None, _) => libc::SOL_UDP,
+        (Some(_), Some(_)) => crate::images::validate::SOL_UDPLITE,
+        (Some(_), None) => crate::images::validate::SOL_RAW,
     });
     if family == libc::AF_INET6 {
         levels.push(libc::SOL_IPV6);
@@ -225,6 +252,7 @@ pub fn record_inet(
             filter,
             filter_locked,
             other,
+            shutdown,
         }),
         md.dev(),
         ino,

@@ -137,6 +137,9 @@ pub fn udp_text(u: &crate::images::UdpSocket) -> String {
         Some(k) if k.sock_type == libc::SOCK_RAW as u32 => {
             format!("raw {family} socket of protocol {}", k.protocol)
         }
+        Some(k) if k.protocol == libc::IPPROTO_UDPLITE as u32 => {
+            format!("UDP-Lite/{family} socket")
+        }
         Some(_) => format!("ping (ICMP datagram) {family} socket"),
     };
     match &u.local {
@@ -145,6 +148,12 @@ pub fn udp_text(u: &crate::images::UdpSocket) -> String {
     }
     if let Some(p) = &u.peer {
         out += &format!(", connected to {}", endpoint_text(p));
+    }
+    match u.shutdown {
+        1 => out += ", shut down for reading",
+        2 => out += ", shut down for writing",
+        3 => out += ", shut down for reading and writing",
+        _ => {}
     }
     if !u.options.is_empty() {
         out += &format!(" ({})", describe(&u.options));

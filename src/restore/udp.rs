@@ -108,6 +108,20 @@ pub fn create(u: &UdpSocket, status_flags: u32) -> Result<OwnedFd, RestoreError>
             )));
         }
     }
+    if u.shutdown != 0 {
+        let how = match u.shutdown {
+            1 => libc::SHUT_RD,
+            2 => libc::SHUT_WR,
+            _ => libc::SHUT_RDWR,
+        };
+        // SAFETY: shutdown on a socket we own. An unconnected socket answers ENOTCONN but the
+        // kernel sets its shutdown bits all the same (as it did for the program).
+        if unsafe { libc::shutdown(sock.as_raw_fd(), how) } < 0
+            && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTCONN)
+        {
+            return Err(fail("shutdown".into()));
+        }
+    }
     if status_flags as i32 & libc::O_NONBLOCK != 0 {
         // SAFETY: F_SETFL on a descriptor we own.
         if unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
@@ -203,6 +217,7 @@ mod tests {
                 }],
                 filter: Vec::new(),
                 filter_locked: false,
+                shutdown: 0,
                 other: None,
             };
             let s = Std::from(create(&u, (libc::O_RDWR | libc::O_NONBLOCK) as u32).unwrap());
@@ -236,6 +251,7 @@ mod tests {
             options: vec![],
             filter: Vec::new(),
             filter_locked: false,
+            shutdown: 0,
             other: None,
         };
         let s = Std::from(create(&u, libc::O_RDWR as u32).unwrap());
@@ -262,6 +278,7 @@ mod tests {
             options: vec![],
             filter: prog.clone(),
             filter_locked: true,
+            shutdown: 0,
             other: None,
         };
         let s = create(&u, libc::O_RDWR as u32).unwrap();
@@ -289,6 +306,7 @@ mod tests {
             }],
             filter: Vec::new(),
             filter_locked: false,
+            shutdown: 0,
             other: Some(crate::images::IpSocketKind {
                 sock_type: libc::SOCK_RAW as u32,
                 protocol: 253,
@@ -313,6 +331,7 @@ mod tests {
             options: vec![],
             filter: Vec::new(),
             filter_locked: false,
+            shutdown: 0,
             other: None,
         };
         let err = create(&u, 0).unwrap_err().to_string();

@@ -13,6 +13,9 @@ pub const SOL_UDP: i32 = 17;
 pub const SOL_RAW: i32 = 255;
 pub const SOL_ICMPV6: i32 = 58;
 pub const SOL_NETLINK: i32 = 270;
+/// IPPROTO_UDPLITE, also the level of its options (SOL_UDPLITE).
+pub const IPPROTO_UDPLITE: u32 = 136;
+pub const SOL_UDPLITE: i32 = 136;
 
 /// Most bytes of one option's value (the largest here is an interface name or IP options).
 pub const SOCKET_OPTION_MAX: usize = 64;
@@ -119,6 +122,8 @@ pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
     (SOL_UDP, 102, "UDP_NO_CHECK6_RX"),
     (SOL_UDP, 103, "UDP_SEGMENT"),
     (SOL_UDP, 104, "UDP_GRO"),
+    (SOL_UDPLITE, 10, "UDPLITE_SEND_CSCOV"),
+    (SOL_UDPLITE, 11, "UDPLITE_RECV_CSCOV"),
     (SOL_NETLINK, 3, "NETLINK_PKTINFO"),
     (SOL_NETLINK, 4, "NETLINK_BROADCAST_ERROR"),
     (SOL_NETLINK, 5, "NETLINK_NO_ENOBUFS"),
@@ -189,8 +194,12 @@ pub(super) fn check_udp(i: usize, f: &FileIdentity, u: &UdpSocket) -> Result<(),
                 a.ip.len()
             ));
         }
+        let udp_like = match u.other {
+            None => true,
+            Some(k) => k.sock_type == SOCK_DGRAM && k.protocol == IPPROTO_UDPLITE,
+        };
         match u.other {
-            None if a.port == 0 => {
+            _ if udp_like && a.port == 0 => {
                 return Err(format!("file {i} is a UDP socket with {end} port 0"));
             }
             Some(k) if k.sock_type == SOCK_RAW && a.port != 0 => {
@@ -207,7 +216,17 @@ pub(super) fn check_udp(i: usize, f: &FileIdentity, u: &UdpSocket) -> Result<(),
             ));
         }
     }
-    if u.peer.is_some() && u.local.is_none() && u.other.is_none() {
+    let udp_like = match u.other {
+        None => true,
+        Some(k) => k.sock_type == SOCK_DGRAM && k.protocol == IPPROTO_UDPLITE,
+    };
+    if u.shutdown > 3 {
+        return Err(format!(
+            "file {i} is a UDP socket with shutdown state {} (at most 3: read and write)",
+            u.shutdown
+        ));
+    }
+    if u.peer.is_some() && u.local.is_none() && udp_like {
         return Err(format!(
             "file {i} is a UDP socket connected without a local address"
         ));
@@ -222,9 +241,14 @@ pub(super) fn check_udp(i: usize, f: &FileIdentity, u: &UdpSocket) -> Result<(),
             sock_type: SOCK_DGRAM,
             protocol,
         }) if protocol == if u.family == AF_INET6 { 58 } else { 1 } => {}
+        Some(IpSocketKind {
+            sock_type: SOCK_DGRAM,
+            protocol: IPPROTO_UDPLITE,
+        }) => {}
         Some(k) => {
             return Err(format!(
-                "file {i} is an IP socket of type {} and protocol {}, neither raw nor ping",
+                "file {i} is an IP socket of type {} and protocol {}, neither raw, ping nor \
+                 UDP-Lite",
                 k.sock_type, k.protocol
             ))
         }
@@ -317,6 +341,7 @@ mod tests {
             }],
             filter: Vec::new(),
             filter_locked: false,
+            shutdown: 0,
             other: None,
         }
     }
@@ -343,6 +368,14 @@ mod tests {
                     protocol: 1,
                 }),
                 ..udp(AF_INET, Some(endpoint(&[0; 4], 1234)), None)
+            },
+            UdpSocket {
+                other: Some(IpSocketKind {
+                    sock_type: SOCK_DGRAM,
+                    protocol: IPPROTO_UDPLITE,
+                }),
+                shutdown: 3,
+                ..udp(AF_INET, Some(lo4.clone()), Some(lo4.clone()))
             },
         ] {
             check_udp(0, &ident(FileKind::Udp(u.clone())), &u).unwrap();
@@ -371,6 +404,21 @@ mod tests {
             ("raw of protocol 0", kind(SOCK_RAW, 0, None)),
             ("ping over ICMPv6 on IPv4", kind(SOCK_DGRAM, 58, None)),
             ("stream", kind(1, 6, None)),
+            (
+                "UDP-Lite port 0",
+                kind(
+                    SOCK_DGRAM,
+                    IPPROTO_UDPLITE,
+                    Some(endpoint(&[127, 0, 0, 1], 0)),
+                ),
+            ),
+            (
+                "shutdown bits beyond read and write",
+                UdpSocket {
+                    shutdown: 4,
+                    ..udp(AF_INET, None, None)
+                },
+            ),
             (
                 "too long a filter",
                 UdpSocket {
