@@ -1,6 +1,7 @@
 //! Whole process trees (issue #9): a dump takes the root and every descendant, frozen together;
 //! a restore brings back every process under its pid, with its parent, process group and
-//! session, zombies included, and what they share still shared.
+//! session, zombies included, and what they share still shared (the root also holds a pidfd of
+//! its grandchild D, which must still name D).
 
 mod common;
 

@@ -58,7 +58,7 @@ pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
                     ));
                 }
                 FileKind::Pidfd { pid: target } => {
-                    if let Err(why) = pidfd::check_target(pid, *target, &tree) {
+                    if let Err(why) = pidfd::check_target(*target, &tree) {
                         problems.push(format!("process {pid}: fd {fd} is {why}"));
                     }
                 }

@@ -1,14 +1,15 @@
 //! pidfds, both sides.
 //!
-//! Dump: a pidfd names a process (fdinfo `Pid:`); it is kept when that process is the holder
-//! itself, one of its ancestors or one of its live children in the tree, since exactly those
-//! exist when the restored holder installs its fds (its parent forked it, and it forks its
-//! children first). A pidfd of a process that has exited and been reaped (fdinfo `Pid: -1`)
-//! is kept too, as pid -1. Refused: a pidfd of a process outside the tree or of another
-//! process of it, and a thread pidfd (PIDFD_THREAD).
+//! Dump: a pidfd names a process (fdinfo `Pid:`); it is kept when that process is one of the
+//! tree (the holder itself or any other, zombies included). A pidfd of a process that has
+//! exited and been reaped (fdinfo `Pid: -1`) is kept too, as pid -1. Refused: a pidfd of a
+//! process outside the tree, and a thread pidfd (PIDFD_THREAD).
 //!
 //! Restore: the restored holder opens it itself with pidfd_open(pid, flags) before it installs
 //! its fds (crest's own descriptor for the description is a placeholder, never installed).
+//! Its ancestors and itself exist by then, and so do its children (forked first); any other
+//! process of the tree is being forked by its own parent at the same time, so the holder
+//! waits for it to appear ([`TARGET_WAIT`]): no task's fork waits for another's fds.
 //! Each process opens its own: a pidfd description inherited across fork becomes one per
 //! process (they share nothing but O_NONBLOCK).
 //!
@@ -27,6 +28,9 @@ const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
 
 /// `FileKind::Pidfd`'s pid for a process that has exited and been reaped.
 pub const DEAD: i32 = -1;
+
+/// How long a restored holder waits for another process of the tree to be forked.
+const TARGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The image's record of a pidfd of process `pid` with status flags `flags`, or the refusal.
 pub fn identity(pid: Option<i32>, flags: u32, dev: u64, ino: u64) -> Result<FileIdentity, String> {
@@ -54,34 +58,19 @@ pub fn identity(pid: Option<i32>, flags: u32, dev: u64, ino: u64) -> Result<File
     ))
 }
 
-/// Whether process `holder` (parent `holder_ppid`) can get back a pidfd of `target`, given the
-/// live processes of the tree as (pid, ppid); the refusal otherwise.
-pub fn check_target(holder: i32, target: i32, tree: &[(i32, i32)]) -> Result<(), String> {
+/// Whether a restored process can get back a pidfd of `target` (any process of the tree, or a
+/// reaped one), given the live processes of the tree as (pid, ppid); the refusal otherwise.
+pub fn check_target(target: i32, tree: &[(i32, i32)]) -> Result<(), String> {
     if target == DEAD {
         return Ok(());
     }
-    let parent_of = |p: i32| tree.iter().find(|t| t.0 == p).map(|t| t.1);
-    if target == holder || parent_of(target) == Some(holder) {
+    if tree.iter().any(|t| t.0 == target) {
         return Ok(());
     }
-    let mut p = holder;
-    while let Some(pp) = parent_of(p) {
-        if pp == target {
-            return Ok(());
-        }
-        p = pp;
-    }
-    if parent_of(target).is_some() {
-        Err(format!(
-            "a pidfd of process {target} of the tree, which is neither the process itself, \
-             one of its ancestors nor one of its children; crest restores only those yet"
-        ))
-    } else {
-        Err(format!(
-            "a pidfd of process {target}, which is not a live process of the dumped tree; \
-             dump a tree that includes it, or close the pidfd first"
-        ))
-    }
+    Err(format!(
+        "a pidfd of process {target}, which is not a live process of the dumped tree; \
+         dump a tree that includes it, or close the pidfd first"
+    ))
 }
 
 /// A stand-in for a pidfd description in crest: a pidfd of crest itself, which the restored
@@ -103,8 +92,21 @@ pub fn open_in_task(p: &ProcessImage, base: RawFd) -> Result<HashMap<u32, OwnedF
             continue;
         }
         let flags = d.flags & libc::O_NONBLOCK as u32;
-        let fd = crate::sys::pidfd_open_flags(*pid, flags)
-            .map_err(|e| format!("cannot open a pidfd of process {pid} (pidfd_open): {e}"))?;
+        let start = std::time::Instant::now();
+        let fd = loop {
+            match crate::sys::pidfd_open_flags(*pid, flags) {
+                // Another process of the tree, not forked yet by its parent.
+                Err(nix::errno::Errno::ESRCH) if start.elapsed() < TARGET_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot open a pidfd of process {pid} (pidfd_open): {e}"
+                    ))
+                }
+                Ok(fd) => break fd,
+            }
+        };
         // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
         let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
         if moved < 0 {
@@ -200,17 +202,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pidfds_of_self_ancestors_and_children_are_kept() {
+    fn pidfds_of_any_process_of_the_tree_are_kept() {
         // 10 -> 11 -> 12, 10 -> 13
         let tree = [(10, 1), (11, 10), (12, 11), (13, 10)];
-        for (holder, target) in [(11, 11), (12, 10), (12, 11), (10, 11), (10, 13)] {
-            check_target(holder, target, &tree).unwrap();
+        for target in [10, 11, 12, 13] {
+            check_target(target, &tree).unwrap();
         }
-        let cousin = check_target(12, 13, &tree).unwrap_err();
-        assert!(cousin.contains("process 13 of the tree"), "{cousin}");
-        let grandchild = check_target(10, 12, &tree).unwrap_err();
-        assert!(grandchild.contains("neither"), "{grandchild}");
-        let outside = check_target(10, 99, &tree).unwrap_err();
+        let outside = check_target(99, &tree).unwrap_err();
         assert!(outside.contains("not a live process"), "{outside}");
     }
 
@@ -218,7 +216,7 @@ mod tests {
     fn pidfds_of_dead_processes_share_an_inode_exactly_when_they_did() {
         let kept = identity(Some(-1), 0, 1, 2).unwrap();
         assert_eq!(kept.kind, FileKind::Pidfd { pid: DEAD });
-        check_target(10, DEAD, &[(10, 1)]).unwrap();
+        check_target(DEAD, &[(10, 1)]).unwrap();
         let ino = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
         let (a1, a2) = (dead(1001, 0).unwrap(), dead(1001, 0).unwrap());
         let b = dead(1002, libc::O_NONBLOCK as u32).unwrap();

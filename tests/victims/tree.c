@@ -17,6 +17,7 @@
  *
  * CTL/pids lists "name pid" for every member. On a verify request the root checks its own ids,
  * that every child's counter moves, that no child reported a problem, that A answers a ping,
+ * that its pidfd of its grandchild D still names D and can signal it,
  * and that Z is still an unreaped zombie that ended with status 42; when CTL/final exists it
  * also reaps Z. On an exit request the root kills and reaps its children.
  *
@@ -28,6 +29,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 enum { A, B, C, D, E, NLIVE };
@@ -201,6 +203,30 @@ static void check_ping(int out, int in, const char *who, unsigned v)
     fail("%s did not answer ping %u", who, v);
 }
 
+static int d_pidfd = -1;
+
+/* The root's pidfd of its grandchild D still names D and reaches it. */
+static void check_grandchild_pidfd(void)
+{
+    char path[64], text[512];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", d_pidfd);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, text, sizeof text - 1);
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0) {
+        fail("cannot read %s", path);
+        return;
+    }
+    text[n] = 0;
+    char want[32];
+    snprintf(want, sizeof want, "Pid:\t%d\n", (int)pids[D]);
+    if (!strstr(text, want))
+        fail("the pidfd of D (pid %d) names another process: %s", (int)pids[D], text);
+    if (syscall(SYS_pidfd_send_signal, d_pidfd, 0, NULL, 0) != 0)
+        fail("pidfd_send_signal to D: %s", strerror(errno));
+}
+
 static void check_zombie(int reap)
 {
     siginfo_t si;
@@ -263,6 +289,9 @@ int main(int argc, char **argv)
     pids[D] = d;
     pids[E] = e;
     shm->why[C][0] = 0;
+    d_pidfd = (int)syscall(SYS_pidfd_open, pids[D], 0);
+    if (d_pidfd < 0)
+        die("pidfd_open of D: %s", strerror(errno));
     /* Let the zombie be a zombie before anyone looks. */
     siginfo_t si;
     if (waitid(P_PID, (id_t)zombie, &si, WEXITED | WNOWAIT) != 0)
@@ -288,6 +317,7 @@ int main(int argc, char **argv)
             check_children_tick();
             check_ping(ping_w, pong_r, "A (through the pipes)", (unsigned)n);
             check_ping(sock_root, sock_root, "B (through the socket pair)", (unsigned)n);
+            check_grandchild_pidfd();
             snprintf(path, sizeof path, "%s/final", argv[1]);
             int final = access(path, F_OK) == 0;
             if (!zombie_reaped)
