@@ -841,6 +841,7 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::UnixSocket(ref s) => unix_socket_text(&f.path, s),
             FileKind::Tcp(ref t) => tcp_socket_text(t),
             FileKind::Udp(ref u) => crate::files::sockopts::udp_text(u),
+            FileKind::Packet(ref p) => crate::files::sockopts::packet_text(p),
             FileKind::Netlink(ref n) => crate::files::sockopts::netlink_text(n),
             FileKind::Pipe(crate::images::Pipe::Internal { size, ref buffered }) => format!(
                 "pipe:[{}] ({size}-byte pipe, {} buffered bytes)",

@@ -10,7 +10,7 @@
 //!   options on request, and asks the kernel for its links (RTM_GETLINK) on request, checking
 //!   every reply is addressed to the port id it got when it bound (as libmnl does). Across two
 //!   cycles everything it reports stays the same and every socket still answers.
-//! - the refused one holds a raw socket, a packet socket and a UDP socket with a datagram
+//! - the refused one holds a raw socket, a NETLINK_AUDIT socket and a UDP socket with a datagram
 //!   waiting: the dump names each with its pid and fd and leaves the program running, its
 //!   datagram still there.
 
@@ -318,14 +318,14 @@ ready = sys.argv[1]
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)
 raw.bind(("127.0.0.1", 0))
 raw.sendto(b"to-myself", ("127.0.0.1", 0))
-pk = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+audit = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
 q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 q.bind(("127.0.0.1", 0))
 q.sendto(b"waiting", q.getsockname())
 ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 ctl.bind(("127.0.0.1", 0))
 with open(ready + ".tmp", "w") as f:
-    json.dump({"raw": raw.fileno(), "packet": pk.fileno(), "queued": q.fileno(),
+    json.dump({"raw": raw.fileno(), "audit": audit.fileno(), "queued": q.fileno(),
                "ctl": ctl.getsockname()[1]}, f)
 os.rename(ready + ".tmp", ready)
 while True:
@@ -335,7 +335,7 @@ while True:
 "#;
 
 #[test]
-fn packet_and_queued_sockets_are_refused_and_left_running() {
+fn audit_and_queued_sockets_are_refused_and_left_running() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let ready = work.path().join("ready");
@@ -362,8 +362,8 @@ fn packet_and_queued_sockets_are_refused_and_left_running() {
             fd("raw")
         ))
         .assert_stderr_mentions(&format!(
-            "process {pid}: fd {} is a packet datagram socket (AF_PACKET, SOCK_DGRAM",
-            fd("packet")
+            "process {pid}: fd {} is a netlink socket of protocol NETLINK_AUDIT (9;",
+            fd("audit")
         ))
         .assert_stderr_mentions("close it before the dump")
         .assert_stderr_mentions(&format!(

@@ -878,6 +878,10 @@ pub enum FileKind {
     /// options. `dev`/`ino` are the socket inode's (sockfs); the path is empty; size, mtime and
     /// mode are 0.
     Netlink(NetlinkSocket),
+    /// An AF_PACKET socket (packet(7)), created anew at restore with its protocol, interface,
+    /// options, memberships, rings and fanout group. `dev`/`ino` are the socket inode's
+    /// (sockfs); the path is empty; size, mtime and mode are 0.
+    Packet(PacketSocket),
     /// A named FIFO (mkfifo(3)) at [`FileIdentity::path`]; `dev`/`ino`/`mode` are the FIFO
     /// file's, size and mtime 0. Restored by opening the path again (crest holds it open read-
     /// write while the descriptions are made, so none waits for the other end), then each
@@ -1231,6 +1235,63 @@ pub struct SetSockOpt {
     pub level: i32,
     pub name: i32,
     pub value: Vec<u8>,
+}
+
+/// An AF_PACKET socket as a restore recreates it. Captured packets waiting to be read at dump
+/// time are not kept (a packet socket sees copies of traffic; the dump says how many bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketSocket {
+    /// SOCK_RAW (3), SOCK_DGRAM (2) or SOCK_PACKET (10, the obsolete interface).
+    pub sock_type: u32,
+    /// The protocol it receives (ETH_P_*, host byte order); 0: none (it receives nothing).
+    pub protocol: u16,
+    /// The interface it is bound to (0: every interface) and that interface's name at dump
+    /// time; a restore binds to the interface of that index only if it has that name.
+    pub ifindex: i32,
+    pub ifname: String,
+    /// Options that differ from a fresh socket's (PACKET_VERSION, PACKET_RESERVE,
+    /// PACKET_AUXDATA, ... and SOL_SOCKET ones), set before bind and the rings.
+    pub options: Vec<SetSockOpt>,
+    /// PACKET_COPY_THRESH (0: never set).
+    pub copy_thresh: u32,
+    /// Interface memberships (PACKET_ADD_MEMBERSHIP), each taken `count` times.
+    pub memberships: Vec<PacketMembership>,
+    /// The receive and transmit rings' configuration (PACKET_RX_RING, PACKET_TX_RING); their
+    /// frames are not kept. A dump refuses a ring a process has mapped.
+    pub rx_ring: Option<PacketRing>,
+    pub tx_ring: Option<PacketRing>,
+    /// PACKET_FANOUT as getsockopt reads it (group id | type << 16 | flags << 24); 0: none.
+    pub fanout: u32,
+    /// Its classic BPF socket filter (SO_ATTACH_FILTER), empty when it has none.
+    pub filter: Vec<BpfInsn>,
+    /// SO_LOCK_FILTER.
+    pub filter_locked: bool,
+}
+
+/// One membership of a packet socket (`struct packet_diag_mclist`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketMembership {
+    pub ifindex: i32,
+    /// How many times it was added.
+    pub count: u32,
+    /// PACKET_MR_MULTICAST (0), PACKET_MR_PROMISC (1), PACKET_MR_ALLMULTI (2),
+    /// PACKET_MR_UNICAST (3).
+    pub mr_type: u16,
+    /// The link-layer address, at most 32 bytes.
+    pub address: Vec<u8>,
+}
+
+/// A packet socket ring's configuration (the fields of `struct tpacket_req3`; TPACKET_V1 and
+/// V2 rings use the first four).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketRing {
+    pub block_size: u32,
+    pub block_nr: u32,
+    pub frame_size: u32,
+    pub frame_nr: u32,
+    pub retire_tmo: u32,
+    pub sizeof_priv: u32,
+    pub features: u32,
 }
 
 /// A netlink socket as a restore recreates it. Its receive queue was empty and no dump reply

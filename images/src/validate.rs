@@ -10,8 +10,8 @@ mod net;
 
 pub use ghost::GHOST_SIZE_MAX;
 pub use net::{
-    socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX, SOL_ICMPV6, SOL_RAW,
-    SOL_UDPLITE,
+    socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX, SOL_ICMPV6,
+    SOL_PACKET, SOL_RAW, SOL_UDPLITE,
 };
 
 /// Addresses at or above this are outside any user address space (57-bit with 5-level paging
@@ -734,6 +734,9 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Netlink(n) = &f.kind {
         return net::check_netlink(i, f, n);
     }
+    if let FileKind::Packet(p) = &f.kind {
+        return net::check_packet(i, f, p);
+    }
     if let FileKind::UnixSocket(s) = &f.kind {
         return check_unix_socket(i, f, s);
     }
@@ -884,7 +887,7 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             if let FileKind::UnixSocket(_) = f.kind {
                 return Err(format!("{} maps a UNIX socket", what()));
             }
-            if let FileKind::Udp(_) | FileKind::Netlink(_) = f.kind {
+            if let FileKind::Udp(_) | FileKind::Netlink(_) | FileKind::Packet(_) = f.kind {
                 return Err(format!("{} maps a socket", what()));
             }
             if let FileKind::Pipe(_) | FileKind::Fifo(_) = f.kind {

@@ -35,6 +35,8 @@ pub struct FdTable {
     pub posix_locks: Vec<PosixLock>,
     /// flocks held only through mappings of `vmas`.
     pub mapping_locks: Vec<MappingLock>,
+    /// What the dump's report says about these fds (state left behind on purpose).
+    pub notes: Vec<String>,
 }
 
 /// statfs `f_type` of the mqueue filesystem (linux/magic.h).
@@ -73,6 +75,7 @@ pub fn collect(
     // (shared.rs); until then it is recorded as external.
     let mut table = walk.table;
     (table.posix_locks, table.mapping_locks) = walk.lock_collector.finish(proc, vmas)?;
+    table.notes = walk.sockets.notes;
     Ok(table)
 }
 

@@ -25,6 +25,7 @@ mod jobctl;
 mod memfd;
 mod netlink;
 mod netsockets;
+mod packet;
 mod parasite;
 mod pipes;
 mod problems;

@@ -217,81 +217,30 @@ fn memberships(sock: &OwnedFd) -> Result<Vec<u32>, Errno> {
 /// (netlink_diag, NDIAG_FLAG_CB_RUNNING). A bound socket is listed; one the kernel does not
 /// list has nothing running.
 fn dump_running(ino: u64, protocol: i32) -> Result<bool, String> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NDIAG_SHOW_FLAGS: u32 = 8;
     const NETLINK_DIAG_FLAGS: u16 = 4;
     const NDIAG_FLAG_CB_RUNNING: u32 = 1;
-    const HDR: usize = 16;
+    /// `struct netlink_diag_msg` size; the inode is at offset 16.
     const MSG: usize = 28;
-    let diag = sockopts::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG)
-        .map_err(|e| format!("socket(NETLINK_SOCK_DIAG): {e}"))?;
-    // nlmsghdr and struct netlink_diag_req (20 bytes).
-    let mut req = Vec::with_capacity(HDR + 20);
-    req.extend_from_slice(&((HDR + 20) as u32).to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    // struct netlink_diag_req
-    req.push(libc::AF_NETLINK as u8);
-    req.push(protocol as u8);
-    req.extend_from_slice(&0u16.to_ne_bytes());
+    use crate::net::diag::{attributes, u32_at};
+    // struct netlink_diag_req: family, protocol, pad, inode, what to show, no cookie.
+    let mut req = vec![libc::AF_NETLINK as u8, protocol as u8, 0, 0];
     req.extend_from_slice(&(ino as u32).to_ne_bytes());
     req.extend_from_slice(&NDIAG_SHOW_FLAGS.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    // SAFETY: req is a readable buffer of req.len() bytes.
-    if unsafe { libc::send(diag.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(format!("send: {}", Errno::last()));
-    }
-    let mut buf = vec![0u8; 64 * 1024];
+    req.extend_from_slice(&[0xff; 8]);
     let mut running = false;
-    loop {
-        // SAFETY: buf is a writable buffer of buf.len() bytes.
-        let n = unsafe { libc::recv(diag.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            if Errno::last() == Errno::EINTR {
-                continue;
-            }
-            return Err(format!("recv: {}", Errno::last()));
+    crate::net::diag::dump(&req, |body| {
+        if body.len() < MSG || u64::from(u32_at(body, 16)) != ino {
+            return;
         }
-        let msgs = &buf[..n as usize];
-        let mut at = 0;
-        while at + HDR <= msgs.len() {
-            let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap());
-            let len = u32_at(msgs, at) as usize;
-            let ty = u16::from_ne_bytes([msgs[at + 4], msgs[at + 5]]);
-            if len < HDR || at + len > msgs.len() {
-                return Err(format!("a malformed answer (message of {len} bytes)"));
+        for (ty, value) in attributes(body, MSG) {
+            if ty & 0x3fff == NETLINK_DIAG_FLAGS && value.len() >= 4 {
+                running = u32_at(value, 0) & NDIAG_FLAG_CB_RUNNING != 0;
             }
-            match ty as i32 {
-                libc::NLMSG_DONE => return Ok(running),
-                libc::NLMSG_ERROR => {
-                    let errno = msgs
-                        .get(at + HDR..at + HDR + 4)
-                        .map_or(0, |b| -i32::from_ne_bytes(b.try_into().unwrap()));
-                    return Err(format!("the kernel answered {}", Errno::from_raw(errno)));
-                }
-                _ => {}
-            }
-            let body = &msgs[at + HDR..at + len];
-            if body.len() >= MSG && u64::from(u32_at(body, 16)) == ino {
-                let mut a = MSG;
-                while a + 4 <= body.len() {
-                    let alen = u16::from_ne_bytes([body[a], body[a + 1]]) as usize;
-                    let aty = u16::from_ne_bytes([body[a + 2], body[a + 3]]) & 0x3fff;
-                    if alen < 4 || a + alen > body.len() {
-                        break;
-                    }
-                    if aty == NETLINK_DIAG_FLAGS && alen >= 8 {
-                        running = u32_at(body, a + 4) & NDIAG_FLAG_CB_RUNNING != 0;
-                    }
-                    a += alen.next_multiple_of(4);
-                }
-            }
-            at += len.next_multiple_of(4);
         }
-    }
+    })
+    .map_err(|e| format!("the kernel answered {e}"))?;
+    Ok(running)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Sockets of families other than AF_UNIX: UDP and raw IP ([`super::udp`]) and netlink
-//! ([`super::netlink`]) are recorded; packet and every other kind is refused with its
-//! family, type and protocol and what the user can do. TCP goes back to the caller.
+//! Sockets of families other than AF_UNIX: UDP and raw IP ([`super::udp`]), netlink
+//! ([`super::netlink`]) and packet sockets ([`super::packet`]) are recorded; every other kind
+//! is refused with its family, type and protocol and what the user can do. TCP goes back to
+//! the caller.
 
 use std::fs::Metadata;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -14,13 +15,15 @@ use crate::images::{FileIdentity, IpSocketKind};
 use super::DumpError;
 
 /// Records the socket `copy` (crest's duplicate of `pid`'s fd `fd`, family `family`), or
-/// refuses it; None for TCP, which the caller handles.
+/// refuses it; None for TCP, which the caller handles. What the report should say about it
+/// goes into `notes`.
 pub fn record(
     pid: i32,
     fd: i32,
     md: &Metadata,
     copy: &OwnedFd,
     family: i32,
+    notes: &mut Vec<String>,
 ) -> Option<Result<FileIdentity, DumpError>> {
     let ino = md.ino();
     let refuse = |what: String| DumpError::UnsupportedFd { pid, fd, what };
@@ -47,9 +50,15 @@ pub fn record(
         }),
         _ => None,
     };
+    if family == libc::AF_PACKET {
+        return Some(super::packet::record(pid, fd, md, copy, ty).map(|r| {
+            notes.extend(r.note);
+            r.identity
+        }));
+    }
     if !udp && other.is_none() && family != libc::AF_NETLINK {
         return Some(Err(refuse(format!(
-            "{described}; crest dumps TCP, UDP, UDP-Lite, raw IP, ping, netlink and UNIX sockets, not {}: close it before the \
+            "{described}; crest dumps TCP, UDP, UDP-Lite, raw IP, ping, netlink, packet and UNIX sockets, not {}: close it before the \
              dump, or dump the program at a moment it holds none",
             kind_plural(family, ty)
         ))));
@@ -163,6 +172,7 @@ mod tests {
             &md,
             sock,
             family,
+            &mut Vec::new(),
         )
     }
 
@@ -232,16 +242,80 @@ mod tests {
     }
 
     #[test]
-    fn packet_sockets_are_refused_by_family_and_type() {
-        let packet = sockopts::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0).unwrap();
-        let err = record_own(&packet).unwrap().unwrap_err().to_string();
-        assert!(err.contains(&format!("fd {}", packet.as_raw_fd())), "{err}");
-        assert!(
-            err.contains("packet datagram socket (AF_PACKET, SOCK_DGRAM"),
-            "{err}"
+    fn packet_sockets_are_recorded_with_their_interface_options_and_rings() {
+        use crate::images::FileKind;
+        let proto = i32::from((libc::ETH_P_IP as u16).to_be());
+        let packet = sockopts::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto).unwrap();
+        let lo = crate::net::packetdiag::interface_name(1).expect("interface 1");
+        let set = |name: i32, v: &[u8]| sockopts::set(packet.as_fd(), libc::SOL_PACKET, name, v);
+        set(libc::PACKET_VERSION, &1i32.to_ne_bytes()).unwrap(); // TPACKET_V2
+        set(libc::PACKET_RESERVE, &32i32.to_ne_bytes()).unwrap();
+        // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        sll.sll_ifindex = 1;
+        // SAFETY: sll is a valid sockaddr_ll.
+        let r = unsafe {
+            libc::bind(
+                packet.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of_val(&sll) as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        let ring: Vec<u8> = [4096u32, 1, 2048, 2]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        set(libc::PACKET_RX_RING, &ring).unwrap();
+        set(libc::PACKET_FANOUT, &(4242u32 | (1 << 16)).to_ne_bytes()).unwrap();
+        let mut notes = Vec::new();
+        let md = std::fs::metadata(format!("/proc/self/fd/{}", packet.as_raw_fd())).unwrap();
+        let ident = record(
+            std::process::id() as i32,
+            packet.as_raw_fd(),
+            &md,
+            &packet,
+            libc::AF_PACKET,
+            &mut notes,
+        )
+        .unwrap()
+        .unwrap();
+        let FileKind::Packet(p) = &ident.kind else {
+            panic!("not a packet socket: {ident:?}");
+        };
+        assert_eq!(
+            (p.sock_type, p.protocol, p.ifindex, p.ifname.as_str()),
+            (
+                libc::SOCK_DGRAM as u32,
+                libc::ETH_P_IP as u16,
+                1,
+                lo.as_str()
+            )
         );
-        assert!(err.contains("not packet sockets"), "{err}");
-        assert!(err.contains("close it before the dump"), "{err}");
+        let opt = |name: i32| {
+            p.options
+                .iter()
+                .find(|o| o.level == libc::SOL_PACKET && o.name == name)
+                .map(|o| i32::from_ne_bytes(o.value[..4].try_into().unwrap()))
+        };
+        assert_eq!(opt(libc::PACKET_VERSION), Some(1));
+        assert_eq!(opt(libc::PACKET_RESERVE), Some(32));
+        let rx = p.rx_ring.expect("the receive ring");
+        assert_eq!(
+            (rx.block_size, rx.block_nr, rx.frame_size, rx.frame_nr),
+            (4096, 1, 2048, 2)
+        );
+        assert_eq!(p.fanout & 0xffff, 4242);
+        assert_eq!((p.fanout >> 16) & 0xff, 1, "PACKET_FANOUT_LB");
+        assert!(
+            sockopts::packet_text(p).starts_with(&format!(
+                "packet socket (SOCK_DGRAM, protocol 0x0800) bound to {lo}"
+            )),
+            "{}",
+            sockopts::packet_text(p)
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub fn collect(
     ))?;
     let cwd_file = problems.take(fds::cwd(&proc, &mut files))?;
     let exe_file = problems.take(fds::exe(&proc, &mut files))?;
-    let (Some(mut vmas), Some(fd_table), Some(cwd_file), Some(exe_file)) =
+    let (Some(mut vmas), Some(mut fd_table), Some(cwd_file), Some(exe_file)) =
         (vmas, fd_table, cwd_file, exe_file)
     else {
         problems.finish()?;
@@ -131,6 +131,8 @@ pub fn collect(
     let (mm, comm, ppid) = task::mm(&proc, brk)?;
     phases.end("collect");
     tcp.collected();
+    let mut notes = notes;
+    notes.append(&mut fd_table.notes);
     Ok(CollectedProcess {
         proc,
         frozen: Some(frozen),

@@ -45,11 +45,17 @@ const MESSAGE_MAX: usize = 8 << 20;
 pub struct Sockets {
     pid: i32,
     pidfd: Option<OwnedFd>,
+    /// What the dump's report says about these sockets (captured packets left behind).
+    pub notes: Vec<String>,
 }
 
 impl Sockets {
     pub fn new(pid: i32) -> Sockets {
-        Sockets { pid, pidfd: None }
+        Sockets {
+            pid,
+            pidfd: None,
+            notes: Vec::new(),
+        }
     }
 
     fn refuse(&self, fd: i32, what: String) -> DumpError {
@@ -106,7 +112,9 @@ impl Sockets {
             ));
         }
         if family != libc::AF_UNIX {
-            if let Some(r) = super::netsockets::record(self.pid, fd, md, &copy, family) {
+            if let Some(r) =
+                super::netsockets::record(self.pid, fd, md, &copy, family, &mut self.notes)
+            {
                 return r;
             }
             return Err(self.refuse(

@@ -171,6 +171,14 @@ fn mapped_file(
     files: &mut FileTable,
 ) -> Result<u32, DumpError> {
     let refuse = |why: String| unsupported(proc.pid(), m, why);
+    if path.to_str().is_some_and(|p| p.starts_with("socket:[")) {
+        return Err(refuse(
+            "a socket mapped into memory (a packet socket's ring, PACKET_RX_RING / \
+             PACKET_TX_RING with mmap); crest restores packet sockets with their rings but \
+             cannot map a ring again yet: unmap it before the dump"
+                .into(),
+        ));
+    }
     let by_path = std::fs::metadata(path)
         .map_err(|e| refuse(format!("cannot stat {}: {e}", path.display())))?;
     let exact = match proc.open_map_file(m.start, m.end) {

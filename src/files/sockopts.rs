@@ -161,6 +161,39 @@ pub fn udp_text(u: &crate::images::UdpSocket) -> String {
     out
 }
 
+/// "packet socket (SOCK_RAW, protocol 0x0800) bound to lo, 1 membership, a receive ring".
+pub fn packet_text(p: &crate::images::PacketSocket) -> String {
+    let ty = match p.sock_type {
+        2 => "SOCK_DGRAM",
+        3 => "SOCK_RAW",
+        10 => "SOCK_PACKET",
+        _ => "?",
+    };
+    let mut out = format!("packet socket ({ty}, protocol {:#06x})", p.protocol);
+    match p.ifindex {
+        0 => out += " on every interface",
+        _ => out += &format!(" bound to {}", p.ifname),
+    }
+    if !p.memberships.is_empty() {
+        out += &format!(", {} membership(s)", p.memberships.len());
+    }
+    for (what, ring) in [("receive", &p.rx_ring), ("transmit", &p.tx_ring)] {
+        if let Some(r) = ring {
+            out += &format!(
+                ", a {what} ring of {} blocks of {} bytes",
+                r.block_nr, r.block_size
+            );
+        }
+    }
+    if p.fanout != 0 {
+        out += &format!(", in fanout group {}", p.fanout & 0xffff);
+    }
+    if !p.options.is_empty() {
+        out += &format!(" ({})", describe(&p.options));
+    }
+    out
+}
+
 /// "netlink socket NETLINK_ROUTE, port id 1234, groups 1,5".
 pub fn netlink_text(n: &crate::images::NetlinkSocket) -> String {
     let proto = match n.protocol {

@@ -2,9 +2,11 @@
 //! socket options they carry ([`opts`]) and the network lock that keeps dumped connections'
 //! packets away from a kernel without their socket ([`lock`]).
 
+pub mod diag;
 pub mod inetdiag;
 pub mod lock;
 pub mod opts;
+pub mod packetdiag;
 pub mod sock;
 pub mod tcp_dump;
 pub mod tcp_restore;

@@ -95,7 +95,7 @@ impl TreeFiles {
         let names = match ident.kind {
             FileKind::Pipe(_) => vec![format!("pipe:[{}]", ident.ino)],
             FileKind::UnixSocket(_) => vec![format!("socket:[{}]", ident.ino), ident.path.clone()],
-            FileKind::Tcp(_) | FileKind::Udp(_) | FileKind::Netlink(_) => {
+            FileKind::Tcp(_) | FileKind::Udp(_) | FileKind::Netlink(_) | FileKind::Packet(_) => {
                 vec![format!("socket:[{}]", ident.ino)]
             }
             _ => vec![ident.path.clone()],
@@ -188,6 +188,7 @@ pub fn open_all(
                 | FileKind::Tcp(_)
                 | FileKind::Udp(_)
                 | FileKind::Netlink(_)
+                | FileKind::Packet(_)
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
                 | FileKind::Fifo(_)
@@ -297,6 +298,11 @@ pub fn open_all(
                 super::netlink::create(n, ofd.flags)?,
                 base,
                 "a netlink socket",
+            )?,
+            FileKind::Packet(p) => above(
+                super::packet::create(p, ofd.flags)?,
+                base,
+                "a packet socket",
             )?,
             FileKind::Pipe(pipe) => {
                 let fds: Vec<String> = p
@@ -664,7 +670,11 @@ fn check_identity(
             return Ok(());
         }
         // Created anew, never opened by path.
-        FileKind::UnixSocket(_) | FileKind::Tcp(_) | FileKind::Udp(_) | FileKind::Netlink(_) => {
+        FileKind::UnixSocket(_)
+        | FileKind::Tcp(_)
+        | FileKind::Udp(_)
+        | FileKind::Netlink(_)
+        | FileKind::Packet(_) => {
             if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(changed("it is not a socket".into()));
             }

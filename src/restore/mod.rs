@@ -17,6 +17,7 @@ mod jobctl;
 mod loading;
 mod memfd;
 mod netlink;
+mod packet;
 mod pidns;
 mod pipes;
 mod shmem;

@@ -13,6 +13,8 @@ pub const SOL_UDP: i32 = 17;
 pub const SOL_RAW: i32 = 255;
 pub const SOL_ICMPV6: i32 = 58;
 pub const SOL_NETLINK: i32 = 270;
+/// SOL_PACKET (packet sockets' options).
+pub const SOL_PACKET: i32 = 263;
 /// IPPROTO_UDPLITE, also the level of its options (SOL_UDPLITE).
 pub const IPPROTO_UDPLITE: u32 = 136;
 pub const SOL_UDPLITE: i32 = 136;
@@ -124,6 +126,18 @@ pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
     (SOL_UDP, 104, "UDP_GRO"),
     (SOL_UDPLITE, 10, "UDPLITE_SEND_CSCOV"),
     (SOL_UDPLITE, 11, "UDPLITE_RECV_CSCOV"),
+    // Packet sockets: the version and the reserve before any ring, VNET_HDR before its size.
+    (SOL_PACKET, 10, "PACKET_VERSION"),
+    (SOL_PACKET, 12, "PACKET_RESERVE"),
+    (SOL_PACKET, 8, "PACKET_AUXDATA"),
+    (SOL_PACKET, 9, "PACKET_ORIGDEV"),
+    (SOL_PACKET, 15, "PACKET_VNET_HDR"),
+    (SOL_PACKET, 24, "PACKET_VNET_HDR_SZ"),
+    (SOL_PACKET, 14, "PACKET_LOSS"),
+    (SOL_PACKET, 17, "PACKET_TIMESTAMP"),
+    (SOL_PACKET, 19, "PACKET_TX_HAS_OFF"),
+    (SOL_PACKET, 20, "PACKET_QDISC_BYPASS"),
+    (SOL_PACKET, 23, "PACKET_IGNORE_OUTGOING"),
     (SOL_NETLINK, 3, "NETLINK_PKTINFO"),
     (SOL_NETLINK, 4, "NETLINK_BROADCAST_ERROR"),
     (SOL_NETLINK, 5, "NETLINK_NO_ENOBUFS"),
@@ -270,6 +284,62 @@ const IP_PROTOCOL_MAX: u32 = 65535;
 
 /// BPF_MAXINSNS: the longest classic BPF program the kernel accepts.
 pub const BPF_MAXINSNS: usize = 4096;
+
+/// SOCK_DGRAM, SOCK_RAW, SOCK_PACKET.
+const PACKET_TYPES: [u32; 3] = [2, 3, 10];
+/// PACKET_FANOUT_CBPF and PACKET_FANOUT_EBPF: fanout by a program, which no image carries.
+const FANOUT_BY_PROGRAM: [u32; 2] = [6, 7];
+
+pub(super) fn check_packet(i: usize, f: &FileIdentity, p: &PacketSocket) -> Result<(), String> {
+    no_path(i, f, "packet socket")?;
+    if !PACKET_TYPES.contains(&p.sock_type) {
+        return Err(format!(
+            "file {i} is a packet socket of type {}",
+            p.sock_type
+        ));
+    }
+    if p.ifindex < 0 || (p.ifindex > 0) == p.ifname.is_empty() || p.ifname.len() > 15 {
+        return Err(format!(
+            "file {i} is a packet socket bound to interface {} named {:?}",
+            p.ifindex, p.ifname
+        ));
+    }
+    if let Some(m) = p
+        .memberships
+        .iter()
+        .find(|m| m.address.len() > 32 || m.count == 0 || m.ifindex <= 0 || m.mr_type > 3)
+    {
+        return Err(format!(
+            "file {i} is a packet socket with a membership of type {} on interface {}, taken              {} times, with a {}-byte address",
+            m.mr_type,
+            m.ifindex,
+            m.count,
+            m.address.len()
+        ));
+    }
+    for (what, ring) in [("receive", &p.rx_ring), ("transmit", &p.tx_ring)] {
+        if let Some(r) = ring {
+            if r.block_size == 0 || r.block_nr == 0 || r.frame_size == 0 || r.frame_nr == 0 {
+                return Err(format!(
+                    "file {i} is a packet socket with an empty {what} ring"
+                ));
+            }
+        }
+    }
+    if FANOUT_BY_PROGRAM.contains(&((p.fanout >> 16) & 0xff)) {
+        return Err(format!(
+            "file {i} is a packet socket in a fanout group steered by a BPF program"
+        ));
+    }
+    if p.filter.len() > BPF_MAXINSNS {
+        return Err(format!(
+            "file {i} is a packet socket with a filter of {} instructions (at most \
+             {BPF_MAXINSNS})",
+            p.filter.len()
+        ));
+    }
+    check_options(i, "packet socket", &p.options)
+}
 
 pub(super) fn check_netlink(i: usize, f: &FileIdentity, n: &NetlinkSocket) -> Result<(), String> {
     no_path(i, f, "netlink socket")?;
@@ -476,5 +546,68 @@ mod tests {
             }]),
             "add membership through options"
         );
+    }
+
+    #[test]
+    fn packet_sockets_are_checked() {
+        let good = PacketSocket {
+            sock_type: 3,
+            protocol: 0x0800,
+            ifindex: 1,
+            ifname: "lo".into(),
+            options: vec![SetSockOpt {
+                level: SOL_PACKET,
+                name: 10,
+                value: 2i32.to_ne_bytes().to_vec(),
+            }],
+            copy_thresh: 0,
+            memberships: vec![PacketMembership {
+                ifindex: 1,
+                count: 2,
+                mr_type: 1,
+                address: Vec::new(),
+            }],
+            rx_ring: Some(PacketRing {
+                block_size: 4096,
+                block_nr: 4,
+                frame_size: 2048,
+                frame_nr: 8,
+                retire_tmo: 60,
+                sizeof_priv: 0,
+                features: 0,
+            }),
+            tx_ring: None,
+            fanout: 77,
+            filter: Vec::new(),
+            filter_locked: false,
+        };
+        check_packet(0, &ident(FileKind::Packet(good.clone())), &good).unwrap();
+        let unbound = PacketSocket {
+            ifindex: 0,
+            ifname: String::new(),
+            ..good.clone()
+        };
+        check_packet(0, &ident(FileKind::Packet(unbound.clone())), &unbound).unwrap();
+        let bad = |change: &dyn Fn(&mut PacketSocket)| {
+            let mut p = good.clone();
+            change(&mut p);
+            check_packet(0, &ident(FileKind::Packet(p.clone())), &p).is_err()
+        };
+        assert!(bad(&|p| p.sock_type = 1), "stream");
+        assert!(bad(&|p| p.ifname.clear()), "an interface without a name");
+        assert!(
+            bad(&|p| p.memberships[0].count = 0),
+            "a membership never taken"
+        );
+        assert!(
+            bad(&|p| p.memberships[0].address = vec![0; 33]),
+            "a long address"
+        );
+        assert!(
+            bad(&|p| p.rx_ring.as_mut().unwrap().frame_nr = 0),
+            "an empty ring"
+        );
+        assert!(bad(&|p| p.fanout = 77 | (6 << 16)), "fanout by a program");
+        assert!(bad(&|p| p.options[0].level = 999), "an unknown option");
     }
 }
