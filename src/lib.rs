@@ -28,6 +28,7 @@ pub mod jvm;
 pub mod log;
 pub mod net;
 pub mod pages;
+pub mod phases;
 pub mod proc;
 pub mod progress;
 pub mod pstate;

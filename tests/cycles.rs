@@ -24,7 +24,45 @@ fn three_dump_restore_cycles_keep_pid_memory_and_log() {
         // The default dump kills the process once the image is complete.
         v.reap();
 
-        restore_detached(&dir, &[]).assert_ok();
+        let stats = v.work.join(format!("restore{cycle}.json"));
+        let restored = restore_detached(&dir, &["--stats-json", stats.to_str().unwrap()]);
+        restored
+            .assert_ok()
+            .assert_stderr_mentions(&format!("restored pid {} (1 process, ", v.pid));
+        // The statistics name every phase until the tree ran, in order, and add up.
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        let names: Vec<&str> = json["phases_us"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "validate",
+                "pid wait",
+                "files",
+                "bootstrap",
+                "fork",
+                "memory",
+                "release"
+            ],
+            "cycle {cycle}: {json}"
+        );
+        let sum: u64 = json["phases_us"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            json["total_us"].as_u64(),
+            Some(sum),
+            "cycle {cycle}: {json}"
+        );
+        assert_eq!(json["pid"].as_i64(), Some(v.pid as i64), "{json}");
         v.mark_restored();
         let now = v.wait_logging_after(before);
         v.assert_running();

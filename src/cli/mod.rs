@@ -99,6 +99,10 @@ enum Command {
         /// with --ext-unix-sk): they are connected to that name again.
         #[arg(long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// Also write the restore statistics (time per phase until the tree ran) to this file
+        /// as JSON.
+        #[arg(long, value_name = "FILE")]
+        stats_json: Option<PathBuf>,
     },
     /// Show an image in readable form.
     Show {
@@ -181,6 +185,7 @@ fn dispatch(command: Command) -> Result<i32> {
             inherit_fd,
             shell_job,
             ext_unix_sk,
+            stats_json,
         } => {
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
@@ -196,6 +201,18 @@ fn dispatch(command: Command) -> Result<i32> {
             if let Some(path) = pidfile {
                 std::fs::write(&path, format!("{}\n", restored.pid()))
                     .with_context(|| format!("cannot write pid file {}", path.display()))?;
+            }
+            if let Some(stats) = restored.stats() {
+                eprintln!("{}", stats.text(restored.pid()));
+                if let Some(path) = &stats_json {
+                    let text = serde_json::to_string_pretty(&stats.to_json(restored.pid()))?;
+                    std::fs::write(path, text + "\n").with_context(|| {
+                        format!(
+                            "the tree runs, but the statistics file {} could not be written",
+                            path.display()
+                        )
+                    })?;
+                }
             }
             if detached {
                 restored.detach();

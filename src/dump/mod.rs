@@ -57,6 +57,7 @@ pub(crate) mod testutil;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod thread_tests;
 
+use crate::phases::Phases;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -399,14 +400,9 @@ impl DumpReport {
             self.fds,
             mib(self.image_bytes)
         );
-        let phases: Vec<String> = s
-            .phases_us
-            .iter()
-            .map(|(name, us)| format!("{name} {:.1} ms", *us as f64 / 1000.0))
-            .collect();
         out += &format!(
             "  time: {}; frozen {:.1} ms\n",
-            phases.join(", "),
+            crate::phases::text(&s.phases_us),
             s.frozen_us as f64 / 1000.0
         );
         if let Some(slowest) = slowest_phase(s) {
@@ -467,32 +463,6 @@ fn size_text(bytes: u64) -> String {
         format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
     } else {
         format!("{:.1} MiB", mib(bytes))
-    }
-}
-
-/// Times named phases.
-struct Phases {
-    last: Instant,
-    done: Vec<(String, u64)>,
-}
-
-impl Phases {
-    fn new() -> Phases {
-        Phases {
-            last: Instant::now(),
-            done: Vec::new(),
-        }
-    }
-
-    /// Ends the phase `name`; a phase that runs once per process adds up.
-    fn end(&mut self, name: &str) {
-        let now = Instant::now();
-        let us = (now - self.last).as_micros() as u64;
-        match self.done.iter_mut().find(|(n, _)| n == name) {
-            Some((_, total)) => *total += us,
-            None => self.done.push((name.to_string(), us)),
-        }
-        self.last = now;
     }
 }
 

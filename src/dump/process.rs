@@ -12,7 +12,8 @@ use super::fds::{self, FdTable};
 use super::files::FileTable;
 use super::freeze::Frozen;
 use super::problems::Problems;
-use super::{creds, parasite, seccomp, task, threads, vmas, DumpError, Phases};
+use super::{creds, parasite, seccomp, task, threads, vmas, DumpError};
+use crate::phases::Phases;
 
 /// One process's state, as collected while the tree is frozen.
 pub struct CollectedProcess {

@@ -60,6 +60,7 @@ pub struct RestoreOptions {
 }
 
 pub use files::InheritFd;
+pub use wait::RestoreStats;
 
 /// Whether a restore could recreate the parents, sessions and groups of `tree`; the reason
 /// when it could not (a dump refuses such a tree before touching it).
@@ -136,6 +137,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if opts.pidns {
         return pidns::restore(opts);
     }
+    let mut phases = crate::phases::Phases::new();
     let image = images::open_image(&opts.dir)?;
     if opts.verify {
         images::verify_pages(&opts.dir, &image)?;
@@ -180,6 +182,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             root.task.pdeath_signal
         );
     }
+    phases.end("validate");
     for t in &plan.tasks {
         fork::wait_until_pid_free(t.pid)?;
     }
@@ -195,6 +198,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
 
+    phases.end("pid wait");
     raise_fd_limit();
     let base = files::helper_fd_base(&image.processes);
     // Before any fork: the restorers attach the segments by id.
@@ -219,6 +223,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         // but for the TCP connections still in repair mode.
         (opened, std::mem::take(&mut shared.tcp))
     };
+    phases.end("files");
     let mut specials_all = Vec::with_capacity(image.processes.len());
     let mut boots = Vec::with_capacity(image.processes.len());
     for (p, files) in image.processes.iter().zip(&opened) {
@@ -247,6 +252,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         task_ends.push((status_w, go_r));
     }
 
+    phases.end("bootstrap");
     // SAFETY: getpgrp cannot fail.
     let crest_pgid = unsafe { libc::getpgrp() };
     let subreaper = Subreaper::become_one()?;
@@ -329,6 +335,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
 
+    phases.end("fork");
     crate::info!(
         1,
         "every task is forked; {} process(es) are loading their memory in their restorers",
@@ -336,6 +343,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     );
     let (caught, user_sigtraps) = finish::catch_all(&mut restoring)?;
     loading.stop();
+    phases.end("memory");
     crate::info!(
         1,
         "every thread is back in its saved registers; finishing each process and releasing the tree"
@@ -352,9 +360,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         source: std::io::Error::from_raw_os_error(e.errno.map_or(libc::EIO, |e| e as i32)),
     })?;
     finish::release(caught, user_sigtraps)?;
+    phases.end("release");
     subreaper.end();
     guard.disarm();
-    Ok(Restored::new(root.pid))
+    let stats = RestoreStats {
+        phases_us: phases.done,
+        processes: image.processes.len(),
+        threads: image.processes.iter().map(|p| p.threads.len()).sum(),
+        page_bytes: image
+            .processes
+            .iter()
+            .filter_map(|p| image.file_entry(&p.pages_file))
+            .map(|f| f.size)
+            .sum(),
+    };
+    Ok(Restored::new(root.pid).with_stats(stats))
 }
 
 /// crest as the child subreaper of the restore: a task whose parent task fails is handed to
