@@ -921,6 +921,18 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                 "memfd {name:?} of {} bytes, seals {seals:#x} (recreated with its content)",
                 f.size
             ),
+            FileKind::Mqueue(ref q) => format!(
+                "POSIX message queue /{}{} (mode {:o}, owner {}:{}, {} of at most {} messages \
+                 of up to {} bytes)",
+                q.name,
+                if q.unlinked { " (unlinked)" } else { "" },
+                f.mode & 0o7777,
+                q.uid,
+                q.gid,
+                q.messages.len(),
+                q.maxmsg,
+                q.msgsize
+            ),
         },
         None => format!("<file {idx}>"),
     }

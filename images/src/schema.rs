@@ -896,6 +896,37 @@ pub enum FileKind {
     /// `dev`/`ino` are the inode's at dump time: one object for every process of the image
     /// that holds it. The type bits of [`FileIdentity::mode`] say file or directory.
     Ghost(Ghost),
+    /// A POSIX message queue (mq_open(3)), created anew at restore in crest's IPC namespace
+    /// under its name, refilled with its messages, and unlinked again if it was; each open
+    /// file description is then a new open of it with its access mode and O_NONBLOCK.
+    /// [`FileIdentity::path`] is `/NAME` as the fd's link showed it (without " (deleted)"),
+    /// `dev`/`ino` the queue inode's (one queue for every description of the image that
+    /// has it), `mode` its mode; size and mtime are 0.
+    Mqueue(Mqueue),
+}
+
+/// A POSIX message queue's attributes and content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mqueue {
+    /// The name without its leading '/'.
+    pub name: String,
+    /// Unlinked (mq_unlink) while open: restored unlinked.
+    pub unlinked: bool,
+    pub uid: u32,
+    pub gid: u32,
+    /// mq_maxmsg and mq_msgsize (mq_getattr).
+    pub maxmsg: i64,
+    pub msgsize: i64,
+    /// The queued messages in the order mq_receive returns them (highest priority first,
+    /// oldest first within a priority); sending them in this order rebuilds the queue.
+    pub messages: Vec<MqMessage>,
+}
+
+/// One queued message of a [`Mqueue`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqMessage {
+    pub priority: u32,
+    pub data: Vec<u8>,
 }
 
 /// What a restore needs, beyond [`FileIdentity`], to recreate an unlinked file.

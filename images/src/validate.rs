@@ -694,6 +694,45 @@ fn check_references(
     Ok(())
 }
 
+/// A queue name mq_open accepts, attributes it can create, messages that fit them.
+fn check_mqueue(i: usize, q: &Mqueue) -> Result<(), String> {
+    let what = || format!("file {i} is a POSIX message queue {:?}", q.name);
+    if q.name.is_empty() || q.name.len() > 255 || q.name.contains(['/', '\0']) {
+        return Err(format!("{} with a name mq_open does not accept", what()));
+    }
+    if q.maxmsg <= 0 || q.msgsize <= 0 {
+        return Err(format!(
+            "{} with {} messages of {} bytes at most",
+            what(),
+            q.maxmsg,
+            q.msgsize
+        ));
+    }
+    if q.messages.len() as i64 > q.maxmsg {
+        return Err(format!(
+            "{} holding {} messages, more than its limit of {}",
+            what(),
+            q.messages.len(),
+            q.maxmsg
+        ));
+    }
+    if let Some(m) = q.messages.iter().find(|m| m.data.len() as i64 > q.msgsize) {
+        return Err(format!(
+            "{} holding a message of {} bytes, longer than its limit of {}",
+            what(),
+            m.data.len(),
+            q.msgsize
+        ));
+    }
+    if q.messages.windows(2).any(|w| w[0].priority < w[1].priority) {
+        return Err(format!(
+            "{} whose messages are not in receive order (highest priority first)",
+            what()
+        ));
+    }
+    Ok(())
+}
+
 fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if f.path.contains('\0') {
         return Err(format!("file {i} has a path with a NUL byte"));
@@ -723,6 +762,9 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     }
     if let FileKind::Ghost(_) = &f.kind {
         return ghost::check_ghost(i, f);
+    }
+    if let FileKind::Mqueue(q) = &f.kind {
+        return check_mqueue(i, q);
     }
     if let FileKind::Tcp(t) = &f.kind {
         return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
@@ -891,6 +933,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             }
             if let FileKind::Tcp(_) = f.kind {
                 return Err(format!("{} maps a TCP socket", what()));
+            }
+            if let FileKind::Mqueue(_) = f.kind {
+                return Err(format!("{} maps a message queue", what()));
             }
             if offset % page_size != 0 {
                 return Err(format!(

@@ -31,6 +31,8 @@ pub struct TreeFiles {
     pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
     memfd_originals: std::collections::HashSet<u64>,
+    /// POSIX message queues, each created once.
+    mqueues: super::mqueue::Mqueues,
 }
 
 /// `--inherit-fd fd[N]:RESOURCE`: crest's own descriptor N takes the place of the file the
@@ -195,6 +197,7 @@ pub fn open_all(
                 | FileKind::Epoll(_)
                 | FileKind::Inotify(_)
                 | FileKind::Pidfd { .. }
+                | FileKind::Mqueue(_)
         ) {
             continue;
         }
@@ -330,6 +333,16 @@ pub fn open_all(
                 super::epoll::create(p.pid, ident, ofd.flags)?,
                 base,
                 "an epoll, inotify or pidfd",
+            )?,
+            FileKind::Mqueue(q) => above(
+                tree.mqueues.open(
+                    ident,
+                    q,
+                    ofd.flags,
+                    &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+                )?,
+                base,
+                "a message queue",
             )?,
             _ => open_description(ident, ofd, base)?,
         };
@@ -655,7 +668,8 @@ fn check_identity(
         | FileKind::Ghost(_)
         | FileKind::Epoll(_)
         | FileKind::Inotify(_)
-        | FileKind::Pidfd { .. } => return Ok(()),
+        | FileKind::Pidfd { .. }
+        | FileKind::Mqueue(_) => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {

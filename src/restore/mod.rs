@@ -16,6 +16,7 @@ mod fork;
 mod jobctl;
 mod loading;
 mod memfd;
+mod mqueue;
 mod netlink;
 mod pidns;
 mod pipes;
