@@ -1321,6 +1321,31 @@ pub enum DescriptionLock {
     Flock(LockType),
     /// An open file description record lock (fcntl F_OFD_SETLK).
     Ofd { ty: LockType, range: LockRange },
+    /// A lease (fcntl F_SETLEASE), taken again by the restored process on the first of its
+    /// fds with the description (the lease break signal goes to it); a description shared by
+    /// several processes has it in the first of them only.
+    Lease(Lease),
+}
+
+/// A lease of an open file description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// F_RDLCK (Read) or F_WRLCK (Write); for a lease being broken, the type it is taken as
+    /// again before it is broken again.
+    pub ty: LockType,
+    /// Being broken (a conflicting open waits for it): to a read lease, or to none.
+    pub breaking: Option<LeaseBreak>,
+    /// F_GETSIG of the description: the signal a lease break sends (0: SIGIO).
+    pub signal: i32,
+}
+
+/// What a lease being broken is to become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseBreak {
+    /// A write lease broken by a read-only open: downgraded to a read lease.
+    ToRead,
+    /// Broken by an open for writing (or a write lease by any open): given up.
+    ToNone,
 }
 
 /// A POSIX record lock (fcntl F_SETLK, lockf): owned by the process, dropped by the kernel

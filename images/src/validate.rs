@@ -1581,6 +1581,29 @@ fn check_locks(p: &ProcessImage) -> Result<(), String> {
                 "open file description {i} holds {flocks} flock locks"
             ));
         }
+        let leases = d
+            .locks
+            .iter()
+            .filter(|l| matches!(l, DescriptionLock::Lease(_)))
+            .count();
+        if leases > 1 {
+            return Err(format!("open file description {i} holds {leases} leases"));
+        }
+        for l in &d.locks {
+            if let DescriptionLock::Lease(lease) = l {
+                if !(0..=64).contains(&lease.signal) {
+                    return Err(format!(
+                        "open file description {i} has a lease signalling with signal {}",
+                        lease.signal
+                    ));
+                }
+                if lease.breaking == Some(LeaseBreak::ToRead) && lease.ty != LockType::Write {
+                    return Err(format!(
+                        "open file description {i} has a read lease being broken to a read lease"
+                    ));
+                }
+            }
+        }
         for l in &d.locks {
             if let DescriptionLock::Ofd { range, .. } = l {
                 check_lock_range(&format!("OFD lock of open file description {i}"), range)?;
