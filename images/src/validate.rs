@@ -310,7 +310,9 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         })
     };
     let exe = file("exe", p.exe_file)?;
-    if exe.kind != FileKind::Regular {
+    // A deleted executable is a recreated regular file.
+    let ghost_file = matches!(exe.kind, FileKind::Ghost(_)) && exe.mode & 0o170000 == 0o100000;
+    if exe.kind != FileKind::Regular && !ghost_file {
         return Err(format!("exe {:?} is not a regular file", exe.path));
     }
     let cwd = file("cwd", p.cwd_file)?;

@@ -419,8 +419,24 @@ pub fn exe(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
         why,
     };
     let shown = path.to_string_lossy();
-    if shown.ends_with(" (deleted)") {
-        return Err(refuse("the executable has been deleted".into()));
+    if let Some(removed) = shown.strip_suffix(" (deleted)") {
+        if !md.is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
+        // Stored and recreated like any deleted file (its mappings are the same file), or
+        // reopened through another name that still links it.
+        let found =
+            crate::files::ghost::classify(&md, Path::new(removed), files.ghost_limit(), || {
+                std::fs::File::open(format!("/proc/{pid}/exe"))
+            })
+            .map_err(refuse)?;
+        return match found {
+            crate::files::ghost::Found::Linked(other) => add_checked(&other, &md, files)
+                .map_err(|why| refuse(format!("{}: {why}", other.display()))),
+            crate::files::ghost::Found::Ghost(ident) => {
+                files.add_identity(md.dev(), md.ino(), || Ok(*ident))
+            }
+        };
     }
     let idx = add_checked(&path, &md, files).map_err(refuse)?;
     if !md.is_file() {

@@ -252,7 +252,17 @@ pub fn open_all(
     }
 
     let exe_ident = file_at(p, p.exe_file)?;
-    let exe = open_path(&exe_ident.path, libc::O_RDONLY | libc::O_CLOEXEC, base)?;
+    let exe = if let FileKind::Ghost(_) = exe_ident.kind {
+        // A deleted executable, recreated (and unlinked again) with its content.
+        let ghost = shmem.ghost(exe_ident.dev, exe_ident.ino)?;
+        open_path(
+            &format!("/proc/self/fd/{}", ghost.as_raw_fd()),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+            base,
+        )?
+    } else {
+        open_path(&exe_ident.path, libc::O_RDONLY | libc::O_CLOEXEC, base)?
+    };
     check_identity(&exe, exe_ident, false, 0)?;
     check_code(p, p.exe_file, &exe, exe_ident)?;
 
