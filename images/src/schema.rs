@@ -903,6 +903,14 @@ pub enum FileKind {
     /// `dev`/`ino` the queue inode's (one queue for every description of the image that
     /// has it), `mode` its mode; size and mtime are 0.
     Mqueue(Mqueue),
+    /// A file under `/proc/PID/` of process `pid` of the image (a `/proc/self/` path reads
+    /// as the holder's own pid), [`FileIdentity::path`] its path: opened again by path, with the
+    /// recorded flags and offset, by the restored process that holds it once the processes of
+    /// the tree exist (crest gives it a stand-in until then). `dev`/`ino`/`mode` are the
+    /// dumped file's, not checked.
+    TreeProc {
+        pid: i32,
+    },
 }
 
 /// A POSIX message queue's attributes and content.

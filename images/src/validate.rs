@@ -682,6 +682,13 @@ fn check_references(
                         }
                     }
                 }
+                FileKind::TreeProc { pid } if !tasks.contains(pid) => {
+                    return Err(format!(
+                        "process {}: description {} is a /proc file of pid {pid}, which is \
+                         not a task of the tree",
+                        p.pid, d.id
+                    ));
+                }
                 FileKind::Pidfd { pid } if *pid != -1 && !tasks.contains(pid) => {
                     return Err(format!(
                         "process {}: description {} is a pidfd of pid {pid}, which is not a \
@@ -767,6 +774,17 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     }
     if let FileKind::Mqueue(q) = &f.kind {
         return check_mqueue(i, q);
+    }
+    if let FileKind::TreeProc { pid } = f.kind {
+        let prefix = format!("/proc/{pid}");
+        let rest = f.path.strip_prefix(&prefix);
+        if pid <= 0 || !rest.is_some_and(|r| r.is_empty() || r.starts_with('/')) {
+            return Err(format!(
+                "file {i} is a /proc file of pid {pid} at {:?}, not under {prefix}",
+                f.path
+            ));
+        }
+        return Ok(());
     }
     if let FileKind::Tcp(t) = &f.kind {
         return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
@@ -936,8 +954,8 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             if let FileKind::Tcp(_) = f.kind {
                 return Err(format!("{} maps a TCP socket", what()));
             }
-            if let FileKind::Mqueue(_) = f.kind {
-                return Err(format!("{} maps a message queue", what()));
+            if let FileKind::Mqueue(_) | FileKind::TreeProc { .. } = f.kind {
+                return Err(format!("{} maps a message queue or a /proc file", what()));
             }
             if offset % page_size != 0 {
                 return Err(format!(

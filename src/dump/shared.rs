@@ -31,7 +31,7 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     super::references::resolve(procs)?;
     classify_pipes(procs)?;
     super::fifos::classify(procs)?;
-    super::procfiles::refuse_tree_proc_files(procs)?;
+    super::procfiles::mark_tree_proc_files(procs)?;
     store_shared_memory_once(procs);
     Ok(())
 }

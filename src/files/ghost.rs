@@ -99,6 +99,13 @@ pub fn classify(
             "the deleted file {shown} has no name to recreate it under"
         ));
     }
+    // A /proc/PID entry of a process that has ended: nothing can be made there.
+    if text.starts_with("/proc/") {
+        return Err(format!(
+            "{shown} is a /proc entry of a process that has ended, which crest cannot make \
+             again"
+        ));
+    }
     if t.is_file() && md.nlink() > 0 {
         if let Some(other) = other_name(path, md) {
             return Ok(Found::Linked(other));

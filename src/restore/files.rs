@@ -198,6 +198,7 @@ pub fn open_all(
                 | FileKind::Inotify(_)
                 | FileKind::Pidfd { .. }
                 | FileKind::Mqueue(_)
+                | FileKind::TreeProc { .. }
         ) {
             continue;
         }
@@ -343,6 +344,15 @@ pub fn open_all(
                 super::epoll::create(p.pid, ident, ofd.flags)?,
                 base,
                 "an epoll, inotify or pidfd",
+            )?,
+            // Opened again by the task that holds it (procfiles.rs).
+            FileKind::TreeProc { .. } => above(
+                super::procfiles::placeholder().map_err(|e| RestoreError::Os {
+                    what: format!("pid {}: opening /dev/null as a stand-in", p.pid),
+                    source: e,
+                })?,
+                base,
+                "a stand-in",
             )?,
             FileKind::Mqueue(q) => above(
                 tree.mqueues.open(
@@ -679,7 +689,8 @@ fn check_identity(
         | FileKind::Epoll(_)
         | FileKind::Inotify(_)
         | FileKind::Pidfd { .. }
-        | FileKind::Mqueue(_) => return Ok(()),
+        | FileKind::Mqueue(_)
+        | FileKind::TreeProc { .. } => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {

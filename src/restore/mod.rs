@@ -20,6 +20,7 @@ mod mqueue;
 mod netlink;
 mod pidns;
 mod pipes;
+mod procfiles;
 mod shmem;
 mod sockets;
 mod spawn;
