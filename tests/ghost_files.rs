@@ -265,7 +265,14 @@ fn a_deleted_executable_is_recreated_as_exe_and_mappings_across_two_cycles() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let copy = bin_dir.path().join("victim-copy");
-    fs::copy(victim_binary(Kind::Memcheck), &copy).unwrap();
+    // Copied by cp, not by this process: a test thread forking meanwhile would inherit our
+    // descriptor open for writing until its exec, and exec of the copy would fail (ETXTBSY).
+    let copied = std::process::Command::new("cp")
+        .arg(victim_binary(Kind::Memcheck))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp: {copied}");
     let mut v = Victim::start_program(Kind::Memcheck, &copy, &[], |_| {});
     fs::remove_file(&copy).unwrap();
     let shown = format!("{} (deleted)", copy.display());
