@@ -922,6 +922,22 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                 "memfd {name:?} of {} bytes, seals {seals:#x} (recreated with its content)",
                 f.size
             ),
+            FileKind::TreeProc { pid } => format!(
+                "{} (a /proc file of process {pid} of the tree, opened again by its holder)",
+                f.path
+            ),
+            FileKind::Mqueue(ref q) => format!(
+                "POSIX message queue /{}{} (mode {:o}, owner {}:{}, {} of at most {} messages \
+                 of up to {} bytes)",
+                q.name,
+                if q.unlinked { " (unlinked)" } else { "" },
+                f.mode & 0o7777,
+                q.uid,
+                q.gid,
+                q.messages.len(),
+                q.maxmsg,
+                q.msgsize
+            ),
         },
         None => format!("<file {idx}>"),
     }

@@ -1,7 +1,8 @@
 //! The rest of the fd table (issue #11): /proc and /sys files at an offset (another process's
 //! /proc/PID file, /proc/meminfo, a sysfs attribute), O_DIRECT files on tmpfs and on disk, an O_NOATIME and an O_PATH descriptor, each compared through fdinfo (flags and
 //! offset) and the fd links before and after two cycles (tests/victims/ftable.c). /proc/self
-//! and /proc/PID files of the process itself are refused at dump, naming pid, fd and path. An AIO
+//! and /proc/PID files of the process itself and of its child are opened again by the
+//! restored process, with the same links, offsets and flags. An AIO
 //! context is refused at dump naming the process and the ring. A library the process maps
 //! that is replaced in place with the same size and mtime (a package upgrade) fails the restore
 //! naming it and its build-id, with no process left behind.
@@ -83,20 +84,63 @@ fn proc_sys_direct_noatime_and_path_fds_keep_path_offset_and_flags() {
     }
 }
 
+/// fdinfo `pos` and `flags` lines and the link of fds 107..=109 of `pid` (its /proc files of
+/// the tree).
+fn proc_table(pid: i32) -> BTreeMap<i32, String> {
+    (107..=109)
+        .map(|fd| {
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let keep: Vec<&str> = info
+                .lines()
+                .filter(|l| l.starts_with("pos:") || l.starts_with("flags:"))
+                .collect();
+            let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
+            (fd, format!("{} {link}", keep.join(" ")))
+        })
+        .collect()
+}
+
+/// /proc files of processes of the tree (/proc/self/status, the process's own /proc/PID/stat,
+/// its child's /proc/CHILD/status) are opened again by the restored process once the tree
+/// exists, with the same links, offsets and flags, and still show the same processes.
 #[test]
-fn proc_files_of_the_process_itself_are_refused_naming_them() {
+fn proc_files_of_the_tree_are_opened_again_with_offset_and_flags() {
     let d = dirs();
-    let v = start(&d, &[("CREST_PROC_SELF", "1")]);
+    let mut v = start(&d, &[("CREST_PROC_SELF", "1")]);
     v.verify().expect("the victim verifies before any dump");
-    let out = dump(v.pid, &v.work.join("img"), false);
-    out.assert_failed()
-        .assert_stderr_mentions(&format!(
-            "process {}: fd 107 is /proc/{}/status",
-            v.pid, v.pid
-        ))
-        .assert_stderr_mentions(&format!("fd 108 is /proc/{}/stat", v.pid));
-    v.assert_running();
-    v.verify().expect("the victim runs on after the refusal");
+    let children = fs::read_to_string(format!("/proc/{}/task/{}/children", v.pid, v.pid)).unwrap();
+    let child = VictimChild(children.trim().parse().expect("one child"));
+    let before = proc_table(v.pid);
+    assert!(
+        before[&107].ends_with(&format!(" /proc/{}/status", v.pid)),
+        "{before:?}"
+    );
+    assert!(
+        before[&109].ends_with(&format!(" /proc/{}/status", child.0)),
+        "{before:?}"
+    );
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("img{cycle}"));
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        reap_pid(child.0, TIMEOUT).unwrap_or_else(|e| panic!("the child: {e}"));
+        let image = show_json(&dir);
+        let kinds: Vec<&serde_json::Value> = image["processes"][0]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["kind"].get("TreeProc"))
+            .collect();
+        assert_eq!(kinds.len(), 3, "cycle {cycle}: {kinds:?}");
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        assert!(pid_exists(child.0), "cycle {cycle}: the child");
+        assert_eq!(proc_table(v.pid), before, "cycle {cycle}");
+        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]

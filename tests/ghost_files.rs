@@ -240,3 +240,73 @@ fn a_ghost_file_over_the_limit_is_refused_naming_it_and_the_option() {
     );
     assert!(matches!(proc_state(child.0), Some('S' | 'R')));
 }
+
+/// The maps lines of `pid` that name `path`, without the device and inode columns.
+fn maps_of(pid: i32, path: &str) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(path))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {} {}", f[0], f[1], f[2], f[5..].join(" "))
+        })
+        .collect()
+}
+
+/// A program whose executable was deleted while it runs: the dump stores the executable like
+/// any deleted file, the restore recreates it (unlinked again) and makes it the exe again, so
+/// /proc/PID/exe and the maps lines of its code show the same " (deleted)" path, and the
+/// program runs on, over two cycles.
+#[test]
+fn a_deleted_executable_is_recreated_as_exe_and_mappings_across_two_cycles() {
+    let bin_dir = tempfile::Builder::new()
+        .prefix("crest-deleted-exe-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let copy = bin_dir.path().join("victim-copy");
+    // Copied by cp, not by this process: a test thread forking meanwhile would inherit our
+    // descriptor open for writing until its exec, and exec of the copy would fail (ETXTBSY).
+    let copied = std::process::Command::new("cp")
+        .arg(victim_binary(Kind::Memcheck))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp: {copied}");
+    let mut v = Victim::start_program(Kind::Memcheck, &copy, &[], |_| {});
+    fs::remove_file(&copy).unwrap();
+    let shown = format!("{} (deleted)", copy.display());
+    assert_eq!(link(v.pid, "exe"), shown);
+    v.verify().expect("the victim verifies before any dump");
+    let maps = maps_of(v.pid, &copy.display().to_string());
+    assert!(
+        maps.iter()
+            .any(|l| l.contains(" r-xp ") && l.ends_with(&shown)),
+        "{maps:?}"
+    );
+
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("img{cycle}"));
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        let image = show_json(&dir);
+        let p = &image["processes"][0];
+        let exe = &p["files"][p["exe_file"].as_u64().unwrap() as usize];
+        assert!(exe["kind"].get("Ghost").is_some(), "cycle {cycle}: {exe}");
+        assert!(!copy.exists());
+
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        assert_eq!(link(v.pid, "exe"), shown, "cycle {cycle}");
+        assert_eq!(
+            maps_of(v.pid, &copy.display().to_string()),
+            maps,
+            "cycle {cycle}"
+        );
+        assert!(!copy.exists(), "cycle {cycle}: the recreated exe is linked");
+        let seen = v.last_logged();
+        v.wait_logging_after(seen + 3);
+        v.verify()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: the victim: {e}"));
+    }
+}

@@ -5,8 +5,9 @@
 //! does with its hsperfdata file). After each restore another process (`locks --check`,
 //! started here) must find every lock held by the victim's pid and every range between them
 //! free; the victim checks the same from a child of its own. A lock someone took meanwhile
-//! fails the restore naming pid, fd, file and range, and nothing is left behind. Leases are
-//! refused at dump. A real program: sqlite3 inside `BEGIN EXCLUSIVE` keeps its database locked
+//! fails the restore naming pid, fd, file and range, and nothing is left behind. A read and
+//! a write lease are taken back by the restored process, and a lease break still signals it;
+//! a lease being broken is restored being broken. A real program: sqlite3 inside `BEGIN EXCLUSIVE` keeps its database locked
 //! across dump and restore, and commits afterwards.
 
 mod common;
@@ -242,30 +243,112 @@ fn a_lock_taken_meanwhile_fails_the_restore_and_leaves_nothing() {
     v.verify().expect("victim verifies");
 }
 
+/// The LEASE lines of /proc/locks that name `pid`.
+fn lease_lines(pid: i32) -> Vec<String> {
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("LEASE") && l.contains(&format!(" {pid} ")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether signal `sig` is pending for process `pid` (SigPnd or ShdPnd of its status).
+fn signal_pending(pid: i32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .any(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// A read lease (fd 10) and a write lease (fd 11) come back held by the restored process,
+/// across two cycles: F_GETLEASE reads the same in the victim and /proc/locks names its pid.
+/// A lease break after the restore still signals it (an open of the write-leased file from
+/// here leaves SIGIO pending in the victim, which blocks it); a lease being broken comes back
+/// being broken.
 #[test]
-fn a_lease_is_refused_at_dump_naming_pid_fd_and_file() {
-    let v = Victim::start_with(Kind::Locks, |cmd| {
+fn read_and_write_leases_are_taken_back_and_a_break_still_signals_and_is_kept() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut v = Victim::start_with(Kind::Locks, |cmd| {
         cmd.arg("lease");
     });
-    let dir = v.work.join("img");
-    let out = dump(v.pid, &dir, false);
-    out.assert_failed()
-        .assert_stderr_mentions(&format!("process {}", v.pid))
-        .assert_stderr_mentions(&format!("fd 10 ({})", v.ctl.join("leased").display()))
-        .assert_stderr_mentions("read lease");
-    assert!(!dir.exists(), "a refused dump left an image");
-    wait_for("the tracer to let go", TIMEOUT, || {
-        (tracer_pid(v.pid) == Some(0)).then_some(())
+    v.verify().expect("the victim verifies before any dump");
+    assert_eq!(lease_lines(v.pid).len(), 2, "{:?}", lease_lines(v.pid));
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("img{cycle}"));
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        let image = show_json(&dir);
+        let locks: Vec<String> = image["processes"][0]["open_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|d| d["locks"].as_array().unwrap().clone())
+            .filter(|l| l.get("Lease").is_some())
+            .map(|l| l["Lease"]["ty"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(locks, ["Read", "Write"], "cycle {cycle}");
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        v.verify()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: the victim: {e}"));
+        check_from_outside(&v).expect("the other locks after the restore");
+        assert_eq!(
+            lease_lines(v.pid).len(),
+            2,
+            "cycle {cycle}: {:?}",
+            lease_lines(v.pid)
+        );
+    }
+
+    assert!(!signal_pending(v.pid, libc::SIGIO));
+    let wleased = v.ctl.join("wleased");
+    let err = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&wleased)
+        .expect_err("an open of a write-leased file waits for the break");
+    assert_eq!(err.raw_os_error(), Some(libc::EWOULDBLOCK), "{err}");
+    wait_for("SIGIO to be pending in the victim", TIMEOUT, || {
+        signal_pending(v.pid, libc::SIGIO).then_some(())
     });
-    v.assert_running();
-    check_from_outside(&v).expect("the refused dump left every lock in place");
-    let leases = std::fs::read_to_string("/proc/locks").unwrap();
+
+    // Being broken (to a read lease) across a dump and restore: the restored process holds it
+    // breaking to READ, with the SIGIO it had pending still pending.
+    let dir = v.work.join("img-breaking");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    let image = show_json(&dir);
+    let leases: Vec<serde_json::Value> = image["processes"][0]["open_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["locks"].as_array().unwrap().clone())
+        .filter_map(|l| l.get("Lease").cloned())
+        .collect();
+    assert_eq!(leases[1]["ty"], "Write", "{leases:?}");
+    assert_eq!(leases[1]["breaking"], "ToRead", "{leases:?}");
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    let lines = lease_lines(v.pid);
     assert!(
-        leases
-            .lines()
-            .any(|l| l.contains("LEASE") && l.contains(&format!(" {} ", v.pid))),
-        "the lease is gone: {leases}"
+        lines
+            .iter()
+            .any(|l| l.contains("BREAKING") && l.contains("READ")),
+        "{lines:?}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ACTIVE") && l.contains("READ")),
+        "{lines:?}"
+    );
+    assert!(signal_pending(v.pid, libc::SIGIO));
 }
 
 // ---------------------------------------------------------------------------------------------

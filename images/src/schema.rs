@@ -900,6 +900,45 @@ pub enum FileKind {
     /// `dev`/`ino` are the inode's at dump time: one object for every process of the image
     /// that holds it. The type bits of [`FileIdentity::mode`] say file or directory.
     Ghost(Ghost),
+    /// A POSIX message queue (mq_open(3)), created anew at restore in crest's IPC namespace
+    /// under its name, refilled with its messages, and unlinked again if it was; each open
+    /// file description is then a new open of it with its access mode and O_NONBLOCK.
+    /// [`FileIdentity::path`] is `/NAME` as the fd's link showed it (without " (deleted)"),
+    /// `dev`/`ino` the queue inode's (one queue for every description of the image that
+    /// has it), `mode` its mode; size and mtime are 0.
+    Mqueue(Mqueue),
+    /// A file under `/proc/PID/` of process `pid` of the image (a `/proc/self/` path reads
+    /// as the holder's own pid), [`FileIdentity::path`] its path: opened again by path, with the
+    /// recorded flags and offset, by the restored process that holds it once the processes of
+    /// the tree exist (crest gives it a stand-in until then). `dev`/`ino`/`mode` are the
+    /// dumped file's, not checked.
+    TreeProc {
+        pid: i32,
+    },
+}
+
+/// A POSIX message queue's attributes and content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mqueue {
+    /// The name without its leading '/'.
+    pub name: String,
+    /// Unlinked (mq_unlink) while open: restored unlinked.
+    pub unlinked: bool,
+    pub uid: u32,
+    pub gid: u32,
+    /// mq_maxmsg and mq_msgsize (mq_getattr).
+    pub maxmsg: i64,
+    pub msgsize: i64,
+    /// The queued messages in the order mq_receive returns them (highest priority first,
+    /// oldest first within a priority); sending them in this order rebuilds the queue.
+    pub messages: Vec<MqMessage>,
+}
+
+/// One queued message of a [`Mqueue`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqMessage {
+    pub priority: u32,
+    pub data: Vec<u8>,
 }
 
 /// What a restore needs, beyond [`FileIdentity`], to recreate an unlinked file.
@@ -1355,6 +1394,31 @@ pub enum DescriptionLock {
     Flock(LockType),
     /// An open file description record lock (fcntl F_OFD_SETLK).
     Ofd { ty: LockType, range: LockRange },
+    /// A lease (fcntl F_SETLEASE), taken again by the restored process on the first of its
+    /// fds with the description (the lease break signal goes to it); a description shared by
+    /// several processes has it in the first of them only.
+    Lease(Lease),
+}
+
+/// A lease of an open file description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// F_RDLCK (Read) or F_WRLCK (Write); for a lease being broken, the type it is taken as
+    /// again before it is broken again.
+    pub ty: LockType,
+    /// Being broken (a conflicting open waits for it): to a read lease, or to none.
+    pub breaking: Option<LeaseBreak>,
+    /// F_GETSIG of the description: the signal a lease break sends (0: SIGIO).
+    pub signal: i32,
+}
+
+/// What a lease being broken is to become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseBreak {
+    /// A write lease broken by a read-only open: downgraded to a read lease.
+    ToRead,
+    /// Broken by an open for writing (or a write lease by any open): given up.
+    ToNone,
 }
 
 /// A POSIX record lock (fcntl F_SETLK, lockf): owned by the process, dropped by the kernel

@@ -311,7 +311,9 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         })
     };
     let exe = file("exe", p.exe_file)?;
-    if exe.kind != FileKind::Regular {
+    // A deleted executable is a recreated regular file.
+    let ghost_file = matches!(exe.kind, FileKind::Ghost(_)) && exe.mode & 0o170000 == 0o100000;
+    if exe.kind != FileKind::Regular && !ghost_file {
         return Err(format!("exe {:?} is not a regular file", exe.path));
     }
     let cwd = file("cwd", p.cwd_file)?;
@@ -681,6 +683,13 @@ fn check_references(
                         }
                     }
                 }
+                FileKind::TreeProc { pid } if !tasks.contains(pid) => {
+                    return Err(format!(
+                        "process {}: description {} is a /proc file of pid {pid}, which is \
+                         not a task of the tree",
+                        p.pid, d.id
+                    ));
+                }
                 FileKind::Pidfd { pid } if *pid != -1 && !tasks.contains(pid) => {
                     return Err(format!(
                         "process {}: description {} is a pidfd of pid {pid}, which is not a \
@@ -691,6 +700,45 @@ fn check_references(
                 _ => {}
             }
         }
+    }
+    Ok(())
+}
+
+/// A queue name mq_open accepts, attributes it can create, messages that fit them.
+fn check_mqueue(i: usize, q: &Mqueue) -> Result<(), String> {
+    let what = || format!("file {i} is a POSIX message queue {:?}", q.name);
+    if q.name.is_empty() || q.name.len() > 255 || q.name.contains(['/', '\0']) {
+        return Err(format!("{} with a name mq_open does not accept", what()));
+    }
+    if q.maxmsg <= 0 || q.msgsize <= 0 {
+        return Err(format!(
+            "{} with {} messages of {} bytes at most",
+            what(),
+            q.maxmsg,
+            q.msgsize
+        ));
+    }
+    if q.messages.len() as i64 > q.maxmsg {
+        return Err(format!(
+            "{} holding {} messages, more than its limit of {}",
+            what(),
+            q.messages.len(),
+            q.maxmsg
+        ));
+    }
+    if let Some(m) = q.messages.iter().find(|m| m.data.len() as i64 > q.msgsize) {
+        return Err(format!(
+            "{} holding a message of {} bytes, longer than its limit of {}",
+            what(),
+            m.data.len(),
+            q.msgsize
+        ));
+    }
+    if q.messages.windows(2).any(|w| w[0].priority < w[1].priority) {
+        return Err(format!(
+            "{} whose messages are not in receive order (highest priority first)",
+            what()
+        ));
     }
     Ok(())
 }
@@ -724,6 +772,20 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     }
     if let FileKind::Ghost(_) = &f.kind {
         return ghost::check_ghost(i, f);
+    }
+    if let FileKind::Mqueue(q) = &f.kind {
+        return check_mqueue(i, q);
+    }
+    if let FileKind::TreeProc { pid } = f.kind {
+        let prefix = format!("/proc/{pid}");
+        let rest = f.path.strip_prefix(&prefix);
+        if pid <= 0 || !rest.is_some_and(|r| r.is_empty() || r.starts_with('/')) {
+            return Err(format!(
+                "file {i} is a /proc file of pid {pid} at {:?}, not under {prefix}",
+                f.path
+            ));
+        }
+        return Ok(());
     }
     if let FileKind::Tcp(t) = &f.kind {
         return check_tcp(i, f, t).map_err(|e| format!("file {i} is a TCP socket {e}"));
@@ -895,6 +957,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             }
             if let FileKind::Tcp(_) = f.kind {
                 return Err(format!("{} maps a TCP socket", what()));
+            }
+            if let FileKind::Mqueue(_) | FileKind::TreeProc { .. } = f.kind {
+                return Err(format!("{} maps a message queue or a /proc file", what()));
             }
             if offset % page_size != 0 {
                 return Err(format!(
@@ -1539,6 +1604,29 @@ fn check_locks(p: &ProcessImage) -> Result<(), String> {
             return Err(format!(
                 "open file description {i} holds {flocks} flock locks"
             ));
+        }
+        let leases = d
+            .locks
+            .iter()
+            .filter(|l| matches!(l, DescriptionLock::Lease(_)))
+            .count();
+        if leases > 1 {
+            return Err(format!("open file description {i} holds {leases} leases"));
+        }
+        for l in &d.locks {
+            if let DescriptionLock::Lease(lease) = l {
+                if !(0..=64).contains(&lease.signal) {
+                    return Err(format!(
+                        "open file description {i} has a lease signalling with signal {}",
+                        lease.signal
+                    ));
+                }
+                if lease.breaking == Some(LeaseBreak::ToRead) && lease.ty != LockType::Write {
+                    return Err(format!(
+                        "open file description {i} has a read lease being broken to a read lease"
+                    ));
+                }
+            }
         }
         for l in &d.locks {
             if let DescriptionLock::Ofd { range, .. } = l {

@@ -39,8 +39,7 @@ pub struct FdTable {
     pub notes: Vec<String>,
 }
 
-/// statfs `f_type` of the mqueue filesystem (linux/magic.h).
-const MQUEUE_MAGIC: i64 = 0x1980_0202;
+use crate::files::mqueue::MQUEUE_MAGIC;
 
 fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
     DumpError::UnsupportedFd { pid, fd, what }
@@ -160,18 +159,9 @@ impl FdWalk<'_> {
                     })
                 })?
             }
-            // mq_open(3): a file of the mqueue filesystem, whose queued messages no path
-            // reopens.
+            // mq_open(3): a queue, captured with its attributes and messages.
             Some(path) if proc.link_fs_type(&format!("fd/{fd}"))? == MQUEUE_MAGIC => {
-                return Err(refuse(
-                    pid,
-                    fd,
-                    format!(
-                        "is the POSIX message queue {} (mq_open), whose attributes and queued \
-                         messages crest does not capture yet; close it before the dump",
-                        path.display()
-                    ),
-                ))
+                return self.add_mqueue(entry, &path, false, &md, files)
             }
             Some(path) if md.file_type().is_fifo() => super::fifos::add(&path, &md, files)
                 .map_err(|why| refuse(pid, fd, format!("the FIFO {}: {why}", path.display())))?,
@@ -259,6 +249,9 @@ impl FdWalk<'_> {
         let (proc, fd) = (self.proc, entry.fd);
         let pid = proc.pid();
         let md = proc.stat_link(&format!("fd/{fd}"))?;
+        if proc.link_fs_type(&format!("fd/{fd}"))? == MQUEUE_MAGIC {
+            return self.add_mqueue(entry, path, true, &md, files);
+        }
         let limit = files.ghost_limit();
         let found = crate::files::ghost::classify(&md, path, limit, || {
             proc.reopen_fd_readonly(fd)
@@ -273,6 +266,27 @@ impl FdWalk<'_> {
             }
         };
         self.add_description(entry, idx, &md, files)
+    }
+
+    /// Records fd `entry` on a POSIX message queue shown as `path` (`/NAME`), `unlinked` or
+    /// not: one entry per queue inode, captured once ([`crate::files::mqueue`]).
+    fn add_mqueue(
+        &mut self,
+        entry: &OpenFd,
+        path: &Path,
+        unlinked: bool,
+        md: &std::fs::Metadata,
+        files: &mut FileTable,
+    ) -> Result<(), DumpError> {
+        let (proc, fd) = (self.proc, entry.fd);
+        let pid = proc.pid();
+        let shown = path.display().to_string();
+        let idx = files.add_identity(md.dev(), md.ino(), || {
+            let queue = proc.reopen_fd(fd)?;
+            crate::files::mqueue::identity(queue, &shown, unlinked)
+                .map_err(|why| refuse(pid, fd, format!("the POSIX message queue {shown}: {why}")))
+        })?;
+        self.add_description(entry, idx, md, files)
     }
 
     /// Records fd `entry`, whose file is `idx` of `files` (`md`: its fstat), grouping it with
@@ -408,8 +422,24 @@ pub fn exe(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
         why,
     };
     let shown = path.to_string_lossy();
-    if shown.ends_with(" (deleted)") {
-        return Err(refuse("the executable has been deleted".into()));
+    if let Some(removed) = shown.strip_suffix(" (deleted)") {
+        if !md.is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
+        // Stored and recreated like any deleted file (its mappings are the same file), or
+        // reopened through another name that still links it.
+        let found =
+            crate::files::ghost::classify(&md, Path::new(removed), files.ghost_limit(), || {
+                std::fs::File::open(format!("/proc/{pid}/exe"))
+            })
+            .map_err(refuse)?;
+        return match found {
+            crate::files::ghost::Found::Linked(other) => add_checked(&other, &md, files)
+                .map_err(|why| refuse(format!("{}: {why}", other.display()))),
+            crate::files::ghost::Found::Ghost(ident) => {
+                files.add_identity(md.dev(), md.ino(), || Ok(*ident))
+            }
+        };
     }
     let idx = add_checked(&path, &md, files).map_err(refuse)?;
     if !md.is_file() {

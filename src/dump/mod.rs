@@ -673,6 +673,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let mut notes = Vec::new();
     let (mut nr_vmas, mut nr_fds, mut nr_images) = (0, 0, 0);
     let mut sysv_segments = Vec::new();
+    let mut mqueues = Vec::new();
     for (p, (page_runs, memfd_runs, ghost_runs, sysv_runs)) in procs.iter_mut().zip(runs) {
         let mut image = process_image(p, page_runs);
         image.memfd_runs = memfd_runs;
@@ -682,6 +683,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             image.sysv_ipc = sysv_ipc.clone();
         }
         sysv_segments.extend(image.sysv_shm.iter().cloned());
+        mqueues.extend(
+            image
+                .files
+                .iter()
+                .filter(|f| matches!(f.kind, crate::images::FileKind::Mqueue(_)))
+                .cloned(),
+        );
         image.code_ids = std::mem::take(&mut code_ids[nr_images]);
         nr_images += 1;
         nr_vmas += image.vmas.len();
@@ -744,6 +752,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         // The image owns the segments now: a restore recreates them under their ids.
         notes.extend(sysv::remove_captured(&sysv_segments));
         notes.extend(sysv_ipc::remove_captured(&sysv_ipc));
+        notes.extend(crate::files::mqueue::remove_captured(mqueues.iter()));
     }
     stats.phases_us = phases.done;
 

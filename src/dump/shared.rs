@@ -27,10 +27,11 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     refuse_shared_tables(procs)?;
     super::unix_tree::resolve(procs, ext_unix_sk)?;
     assign_description_ids(procs)?;
+    crate::files::locks::keep_leases_once(procs.iter_mut().map(|p| &mut p.fd_table.open_files));
     super::references::resolve(procs)?;
     classify_pipes(procs)?;
     super::fifos::classify(procs)?;
-    super::procfiles::refuse_tree_proc_files(procs)?;
+    super::procfiles::mark_tree_proc_files(procs)?;
     store_shared_memory_once(procs);
     Ok(())
 }

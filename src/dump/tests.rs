@@ -795,10 +795,11 @@ fn a_slow_dump_names_the_phase_that_dominated() {
     );
 }
 
-/// POSIX message queues are not captured: a process that uses one is refused (naming it), and
-/// left running; the SysV queue and semaphore set it used last are not among the refusals.
+/// A POSIX message queue with a notification registered (mq_notify) is refused (naming it),
+/// and the process left running; the SysV queue and semaphore set it used last are not among
+/// the refusals.
 #[test]
-fn posix_queues_are_refused_by_name_sysv_queues_and_sets_are_not() {
+fn notified_posix_queues_are_refused_by_name_sysv_queues_and_sets_are_not() {
     // SAFETY: (whole block) IPC calls with valid arguments; the objects are removed below.
     let (msq, sem) = unsafe {
         let msq = libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600);
@@ -833,12 +834,16 @@ fn posix_queues_are_refused_by_name_sysv_queues_and_sets_are_not() {
                     sem_flg: 0,
                 };
                 libc::semop(sem, &mut op, 1);
-                libc::mq_open(
+                let q = libc::mq_open(
                     mq_c.as_ptr(),
                     libc::O_CREAT | libc::O_RDWR,
                     0o600,
                     std::ptr::null_mut::<libc::mq_attr>(),
                 );
+                let mut ev: libc::sigevent = std::mem::zeroed();
+                ev.sigev_notify = libc::SIGEV_SIGNAL;
+                ev.sigev_signo = libc::SIGUSR1;
+                libc::mq_notify(q, &ev);
             }
         },
         super::testutil::pause_forever,
@@ -866,6 +871,7 @@ fn posix_queues_are_refused_by_name_sysv_queues_and_sets_are_not() {
         err.contains(&format!("POSIX message queue {mq_name}")),
         "{err}"
     );
+    assert!(err.contains("notification registered"), "{err}");
     assert!(!dir.exists());
     // Just detached, it may still be on its way back into pause(): wait for it to sleep.
     assert!(

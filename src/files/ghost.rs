@@ -99,6 +99,13 @@ pub fn classify(
             "the deleted file {shown} has no name to recreate it under"
         ));
     }
+    // A /proc/PID entry of a process that has ended: nothing can be made there.
+    if text.starts_with("/proc/") {
+        return Err(format!(
+            "{shown} is a /proc entry of a process that has ended, which crest cannot make \
+             again"
+        ));
+    }
     if t.is_file() && md.nlink() > 0 {
         if let Some(other) = other_name(path, md) {
             return Ok(Found::Linked(other));
@@ -299,7 +306,7 @@ pub fn dump_content<S: PageSink>(
 // ---------------------------------------------------------------------------------------------
 
 /// The tree's recreated ghosts, by (device, inode) at dump time; each descriptor is crest's
-/// own (read-write for a file, read-only for a directory), numbered at `base` or above.
+/// own (read-only), numbered at `base` or above.
 pub type Ghosts = HashMap<(u64, u64), OwnedFd>;
 
 /// Recreates every ghost the image's processes hold, each once.
@@ -316,13 +323,40 @@ pub fn create_all(image: &Image, base: RawFd) -> Result<Ghosts, RestoreError> {
             let fd = if f.mode & libc::S_IFMT == libc::S_IFDIR {
                 recreate_dir(f, g)?
             } else {
-                recreate_file(f, g, |file| write_content(image, f, file))?
+                read_only(
+                    recreate_file(f, g, |file| write_content(image, f, file))?,
+                    f,
+                )?
             };
             let fd = above(fd, base, &f.path)?;
             out.insert((f.dev, f.ino), fd);
         }
     }
     Ok(out)
+}
+
+/// A read-only descriptor of the filled file `fd` instead of the read-write one that wrote
+/// it: every description and mapping is opened anew through it, and no writable open of the
+/// file may be left in crest, since the kernel refuses a file open for writing as a process's
+/// exe (PR_SET_MM_MAP exe_fd of a deleted executable).
+fn read_only(fd: OwnedFd, f: &FileIdentity) -> Result<OwnedFd, RestoreError> {
+    let path = cstr(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes(),
+        &f.path,
+    )?;
+    // SAFETY: open of a NUL-terminated path.
+    let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(file_err(
+            &f.path,
+            format!(
+                "was recreated but cannot be opened again read-only: {}",
+                last()
+            ),
+        ));
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// `fd`, moved to `base` or above (close-on-exec) if it is below.

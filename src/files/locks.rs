@@ -1,5 +1,6 @@
 //! File locks: flock(2), POSIX record locks (fcntl F_SETLK, lockf) and open file description
-//! locks (F_OFD_SETLK), collected at dump and taken again at restore. Leases are refused.
+//! locks (F_OFD_SETLK) and leases (F_SETLEASE), collected at dump and taken again at
+//! restore. A lease being broken is refused.
 //!
 //! Who owns what (fcntl(2), flock(2)): flock and OFD locks belong to an open file description,
 //! shared by dup and fork and released when its last fd closes. POSIX locks belong to the
@@ -27,8 +28,8 @@
 use std::collections::HashSet;
 
 use crate::images::{
-    DescriptionLock, FileKind, LockRange, LockType, MappingLock, PosixLock, ProcessImage, Vma,
-    VmaBacking,
+    DescriptionLock, FileKind, Lease, LeaseBreak, LockRange, LockType, MappingLock,
+    OpenFileDescription, PosixLock, ProcessImage, Vma, VmaBacking,
 };
 use crate::proc::{LockClass, LockLine, Proc, ProcError};
 use crate::restore::blob::abi::{Flock, PosixLockArg};
@@ -117,6 +118,11 @@ impl Collector {
             file: file.to_string(),
             why,
         };
+        if !lines.is_empty() && !lockable(kind) {
+            return Err(refuse(
+                "holds a lock, and crest restores locks only on files it reopens by path".into(),
+            ));
+        }
         let mut description = Vec::new();
         for l in lines.iter().filter(|l| !l.blocked) {
             match &l.class {
@@ -137,30 +143,15 @@ impl Collector {
                     self.flocked.insert(l.inode);
                     description.push(DescriptionLock::Flock(lock_type(l.write)))
                 }
-                LockClass::Lease { breaking: true } => {
-                    return Err(refuse(
-                        "holds a lease that is being broken (another process waits to open \
-                         the file)"
-                            .into(),
-                    ))
-                }
-                LockClass::Lease { breaking: false } => {
-                    return Err(refuse(format!(
-                        "holds a {} lease (fcntl F_SETLEASE), which crest does not restore",
-                        if l.write { "write" } else { "read" }
-                    )))
-                }
+                LockClass::Lease { breaking } => description.push(DescriptionLock::Lease(
+                    lease(pid, fd, lock_type(l.write), *breaking).map_err(refuse)?,
+                )),
                 LockClass::Other(what) => {
                     return Err(refuse(format!(
                         "holds a lock of a kind crest does not know ({what})"
                     )))
                 }
             }
-        }
-        if !lines.is_empty() && !lockable(kind) {
-            return Err(refuse(
-                "holds a lock, and crest restores locks only on files it reopens by path".into(),
-            ));
         }
         Ok(description)
     }
@@ -186,6 +177,9 @@ impl Collector {
             match l.class {
                 LockClass::Posix if self.seen.contains(&key(&l)) => {}
                 LockClass::Flock if self.flocked.contains(&l.inode) => {}
+                // Always on a description, whose fdinfo shows it wherever it is held (the pid
+                // is the one that took it, which may have closed its fd since).
+                LockClass::Lease { .. } => {}
                 LockClass::Flock => {
                     if maps.is_none() {
                         maps = Some(proc.maps()?);
@@ -269,6 +263,15 @@ pub fn describe(lock: &DescriptionLock) -> String {
         DescriptionLock::Ofd { ty, range } => {
             format!("OFD {} lock on {}", type_text(*ty), range_text(range))
         }
+        DescriptionLock::Lease(l) => format!(
+            "{} lease{}",
+            type_text(l.ty),
+            match l.breaking {
+                None => "",
+                Some(LeaseBreak::ToRead) => " being broken to a read lease",
+                Some(LeaseBreak::ToNone) => " being broken",
+            }
+        ),
     }
 }
 
@@ -311,6 +314,147 @@ pub fn why_not(errno: i32) -> String {
     }
 }
 
+/// Why taking a lease failed with `errno`, in words.
+fn why_no_lease(errno: i32) -> String {
+    match errno {
+        libc::EAGAIN => "the file is open elsewhere in a way the lease excludes (for writing,                          or at all for a write lease): someone opened it since the dump, or                          the process also maps it through another open"
+            .to_string(),
+        e => std::io::Error::from_raw_os_error(e).to_string(),
+    }
+}
+
+/// fcntl commands for the signal of a description's owner (include/uapi/asm-generic/fcntl.h).
+const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+
+/// The lease of `pid`'s fd `fd` as fdinfo shows it (`shown`: READ or WRITE, or for one being
+/// broken what it is to become), with the description's F_GETSIG; read on crest's copy of the
+/// description (pidfd_getfd), which is no new open of the file.
+fn lease(pid: i32, fd: i32, shown: LockType, breaking: bool) -> Result<Lease, String> {
+    use std::os::fd::AsRawFd;
+    let copy = crate::sys::pidfd_open(pid)
+        .and_then(|pidfd| crate::sys::pidfd_getfd(&pidfd, fd))
+        .map_err(|e| format!("holds a lease crest cannot look into (pidfd_getfd: {e})"))?;
+    let raw = copy.as_raw_fd();
+    // SAFETY: (whole block) fcntl queries on crest's own copy of the description, no memory.
+    let (signal, target, flags) = unsafe {
+        (
+            libc::fcntl(raw, F_GETSIG),
+            libc::fcntl(raw, libc::F_GETLEASE),
+            libc::fcntl(raw, libc::F_GETFL),
+        )
+    };
+    if signal < 0 || target < 0 || flags < 0 {
+        return Err(format!(
+            "holds a lease crest cannot read (fcntl F_GETSIG/F_GETLEASE: {})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if !breaking {
+        return Ok(Lease {
+            ty: shown,
+            breaking: None,
+            signal,
+        });
+    }
+    // Being broken, F_GETLEASE says what it becomes. A write lease broken to a read lease was
+    // a write lease; one given up may have been either: a read lease needs a description not
+    // open for writing, so that is the one taken again on a read-only description (given up
+    // at once by the same break either way).
+    let (ty, to) = if target == libc::F_RDLCK {
+        (LockType::Write, LeaseBreak::ToRead)
+    } else if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        (LockType::Read, LeaseBreak::ToNone)
+    } else {
+        (LockType::Write, LeaseBreak::ToNone)
+    };
+    Ok(Lease {
+        ty,
+        breaking: Some(to),
+        signal,
+    })
+}
+
+/// Takes lease `l` on `fd` (a description of the restored process's own, once its fds are in
+/// place): F_SETLEASE makes the caller the description's owner, so the break signal goes to
+/// the restored process; its F_SETSIG is set again. A lease that was being broken is broken
+/// again by an open of the file that conflicts with it (non-blocking: it fails with
+/// EWOULDBLOCK once the break has begun), and the signal that break sends the process now is
+/// taken back out of its pending set (the original break signalled it already). crest's copies
+/// of the description are the same description, so they do not count as other opens.
+fn take_lease(fd: i32, l: &Lease) -> Result<(), String> {
+    let arg = match l.ty {
+        LockType::Read => libc::F_RDLCK,
+        LockType::Write => libc::F_WRLCK,
+    };
+    // SAFETY: F_SETLEASE on an fd of ours takes an int argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, arg) } != 0 {
+        return Err(why_no_lease(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ));
+    }
+    // SAFETY: F_SETSIG on an fd of ours takes an int argument.
+    if l.signal != 0 && unsafe { libc::fcntl(fd, F_SETSIG, l.signal) } != 0 {
+        return Err(format!(
+            "fcntl F_SETSIG {} failed: {}",
+            l.signal,
+            std::io::Error::last_os_error()
+        ));
+    }
+    let Some(to) = l.breaking else {
+        return Ok(());
+    };
+    let mode = match to {
+        LeaseBreak::ToRead => libc::O_RDONLY,
+        LeaseBreak::ToNone => libc::O_WRONLY,
+    };
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+    // SAFETY: open of a NUL-terminated path.
+    let opened = unsafe { libc::open(path.as_ptr(), mode | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if opened >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(opened) };
+        return Err("the open that should break it again did not conflict with it".into());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(format!("breaking it again (open) failed: {err}"));
+    }
+    let sig = if l.signal != 0 { l.signal } else { libc::SIGIO };
+    // SAFETY: (whole block) a signal set built on the stack, and a zero-timeout sigtimedwait
+    // (every signal is blocked in the restored task at this point) that consumes the one
+    // signal the break just queued, if it is pending.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+    }
+    Ok(())
+}
+
+/// In a tree whose processes share a description (tree-wide ids already given), keeps its
+/// lease in the first process only: that one takes it again (a second F_SETLEASE on a lease
+/// being broken would change it).
+pub fn keep_leases_once<'a>(tables: impl Iterator<Item = &'a mut Vec<OpenFileDescription>>) {
+    let mut seen = HashSet::new();
+    for table in tables {
+        for d in table.iter_mut() {
+            if d.locks
+                .iter()
+                .any(|l| matches!(l, DescriptionLock::Lease(_)))
+                && !seen.insert(d.id)
+            {
+                d.locks.retain(|l| !matches!(l, DescriptionLock::Lease(_)));
+            }
+        }
+    }
+}
+
 /// Takes every flock and OFD lock of `p`'s descriptions on the fd that has them. Runs in the
 /// restored process once its fds are in place.
 pub fn take_description_locks(p: &ProcessImage) -> Result<(), String> {
@@ -334,6 +478,18 @@ pub fn take_description_locks(p: &ProcessImage) -> Result<(), String> {
                     // the kernel only reads.
                     unsafe { libc::fcntl(fd.fd, libc::F_OFD_SETLK, &fl as *const Flock) }
                 }
+                // The restored process takes it, so the lease break signal goes to it
+                // (F_SETLEASE makes the caller the description's owner). crest's copies are
+                // the same description, so they do not count as other opens of the file.
+                DescriptionLock::Lease(l) => match take_lease(fd.fd, l) {
+                    Ok(()) => 0,
+                    Err(why) => {
+                        return Err(format!(
+                            "{}: {why}",
+                            not_taken_back(p, fd.fd, &describe(lock))
+                        ))
+                    }
+                },
             };
             if r != 0 {
                 let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -460,36 +616,22 @@ mod tests {
         );
     }
 
+    /// A lock on a file crest does not reopen by path (a pipe) is refused naming the fd.
+    /// (Leases are captured: tests/locks.rs.)
     #[test]
-    fn leases_and_locks_on_other_kinds_are_refused_naming_the_fd() {
+    fn locks_on_other_kinds_are_refused_naming_the_fd() {
         let mut c = Collector::default();
-        for (kind, line, want) in [
-            (
-                FileKind::Regular,
-                "1: LEASE  ACTIVE    READ  7 08:01:5 0 EOF",
-                "read lease",
-            ),
-            (
-                FileKind::Regular,
-                "1: LEASE  BREAKING  UNLCK 7 08:01:5 0 EOF",
-                "being broken",
-            ),
-            (
-                FileKind::Pipe(crate::images::Pipe::External),
-                "1: FLOCK  ADVISORY  WRITE 7 00:0e:5 0 EOF",
-                "reopens by path",
-            ),
-        ] {
-            let err = c
-                .fd(7, 9, "/data/x", &kind, &lines(&[line]))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("process 7") && err.contains("fd 9") && err.contains("/data/x"),
-                "{err}"
-            );
-            assert!(err.contains(want), "{err}");
-        }
+        let kind = FileKind::Pipe(crate::images::Pipe::External);
+        let line = "1: FLOCK  ADVISORY  WRITE 7 00:0e:5 0 EOF";
+        let err = c
+            .fd(7, 9, "/data/x", &kind, &lines(&[line]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("process 7") && err.contains("fd 9") && err.contains("/data/x"),
+            "{err}"
+        );
+        assert!(err.contains("reopens by path"), "{err}");
     }
 
     /// A POSIX lock no fd listed (the collector saw no fd at all) refuses the dump.

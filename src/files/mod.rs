@@ -4,6 +4,7 @@
 pub mod codeid;
 pub mod ghost;
 pub mod locks;
+pub mod mqueue;
 pub mod sockfilter;
 pub mod sockopts;
 

@@ -110,7 +110,9 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     crate::arch::sigframe::request_dynamic_features(&regs)?;
     task_state::set_sigactions(p)?;
     // pidfds are opened by the task itself: the processes they name exist only now.
-    let pidfds = crate::events::pidfd::open_in_task(p, plan.fd_base)?;
+    let mut pidfds = crate::events::pidfd::open_in_task(p, plan.fd_base)?;
+    // So are /proc/PID files of the tree.
+    pidfds.extend(super::procfiles::open_in_task(p, plan.fd_base)?);
     // Move every image fd into place; all of crest's descriptors are at fd_base or above.
     for fd in &p.fds {
         let src = match pidfds.get(&fd.description) {

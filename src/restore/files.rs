@@ -31,6 +31,8 @@ pub struct TreeFiles {
     pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
     memfd_originals: std::collections::HashSet<u64>,
+    /// POSIX message queues, each created once.
+    mqueues: super::mqueue::Mqueues,
 }
 
 /// `--inherit-fd fd[N]:RESOURCE`: crest's own descriptor N takes the place of the file the
@@ -196,6 +198,8 @@ pub fn open_all(
                 | FileKind::Epoll(_)
                 | FileKind::Inotify(_)
                 | FileKind::Pidfd { .. }
+                | FileKind::Mqueue(_)
+                | FileKind::TreeProc { .. }
         ) {
             continue;
         }
@@ -250,7 +254,17 @@ pub fn open_all(
     }
 
     let exe_ident = file_at(p, p.exe_file)?;
-    let exe = open_path(&exe_ident.path, libc::O_RDONLY | libc::O_CLOEXEC, base)?;
+    let exe = if let FileKind::Ghost(_) = exe_ident.kind {
+        // A deleted executable, recreated (and unlinked again) with its content.
+        let ghost = shmem.ghost(exe_ident.dev, exe_ident.ino)?;
+        open_path(
+            &format!("/proc/self/fd/{}", ghost.as_raw_fd()),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+            base,
+        )?
+    } else {
+        open_path(&exe_ident.path, libc::O_RDONLY | libc::O_CLOEXEC, base)?
+    };
     check_identity(&exe, exe_ident, false, 0)?;
     check_code(p, p.exe_file, &exe, exe_ident)?;
 
@@ -336,6 +350,25 @@ pub fn open_all(
                 super::epoll::create(p.pid, ident, ofd.flags)?,
                 base,
                 "an epoll, inotify or pidfd",
+            )?,
+            // Opened again by the task that holds it (procfiles.rs).
+            FileKind::TreeProc { .. } => above(
+                super::procfiles::placeholder().map_err(|e| RestoreError::Os {
+                    what: format!("pid {}: opening /dev/null as a stand-in", p.pid),
+                    source: e,
+                })?,
+                base,
+                "a stand-in",
+            )?,
+            FileKind::Mqueue(q) => above(
+                tree.mqueues.open(
+                    ident,
+                    q,
+                    ofd.flags,
+                    &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+                )?,
+                base,
+                "a message queue",
             )?,
             _ => open_description(ident, ofd, base)?,
         };
@@ -661,7 +694,9 @@ fn check_identity(
         | FileKind::Ghost(_)
         | FileKind::Epoll(_)
         | FileKind::Inotify(_)
-        | FileKind::Pidfd { .. } => return Ok(()),
+        | FileKind::Pidfd { .. }
+        | FileKind::Mqueue(_)
+        | FileKind::TreeProc { .. } => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {

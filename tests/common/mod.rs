@@ -159,6 +159,10 @@ pub enum Kind {
     /// Files of the rest of the fd table (tests/victims/ftable.c): /proc and /sys files at an
     /// offset, O_DIRECT, O_NOATIME and O_PATH descriptions.
     Ftable,
+    /// POSIX message queues (tests/victims/mqueue.c): a named queue with messages of several
+    /// priorities open twice (read-write, write-only non-blocking) and an unlinked queue, all
+    /// shared with a child; writes `child PID` and `name /QUEUE` to `CTL/info`.
+    Mqueue,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -190,6 +194,7 @@ impl Kind {
             Kind::Ipc => "ipc",
             Kind::Fifos => "fifos",
             Kind::Ftable => "ftable",
+            Kind::Mqueue => "mqueue",
             Kind::Java => "java",
         }
     }

@@ -12,8 +12,11 @@
  * DISK and TMPFS are $CREST_DISK_DIR and $CREST_TMPFS_DIR (default: CTL_DIR). With
  * $CREST_LIB set it dlopen()s that library and calls its value(), which must return
  * $CREST_LIB_VALUE; with $CREST_AIO=1 it holds an AIO context (io_setup); with
- * $CREST_PROC_SELF=1 it holds /proc/self/status at fd 107 and its /proc/PID/stat at fd 108
- * (refused: the process does not exist yet when a restore opens files).
+ * $CREST_PROC_SELF=1 it holds /proc/self/status at fd 107 (offset 20), its /proc/PID/stat at
+ * fd 108 (O_NONBLOCK, offset 5) and, at fd 109 (offset 10), /proc/CHILD/status of a child it
+ * forks (which dies with it): /proc files of the tree, opened again by the restored process.
+ * Verify checks their flags, offsets and links, and that 107 and 109 still show this process
+ * and the child.
  *
  * On a verify request it checks every fd's status flags (as at start), offset and link
  * (/proc/1/status must still show pid 1), reads on through each /proc and /sys file (then
@@ -34,6 +37,46 @@ static char want_link[NFD][CTL_PATH_MAX];
 static int (*lib_value)(void);
 static int lib_want;
 static char *block;
+/* $CREST_PROC_SELF: fds 107..109. */
+#define NPROC 3
+static int proc_files;
+static pid_t proc_child;
+static int proc_flags[NPROC];
+static const long proc_pos[NPROC] = {20, 5, 10};
+static char proc_link[NPROC][CTL_PATH_MAX];
+
+/* fd `fd` (a /proc status file) shows `Pid: pid`. */
+static void check_shows_pid(int fd, pid_t pid)
+{
+    char buf[2048], want[32];
+    ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+    buf[got < 0 ? 0 : got] = 0;
+    snprintf(want, sizeof want, "\nPid:\t%d\n", (int)pid);
+    if (!strstr(buf, want))
+        fail("fd %d does not show pid %d: %s", fd, (int)pid, got < 0 ? strerror(errno) : buf);
+}
+
+static void check_proc_files(void)
+{
+    for (int i = 0; i < NPROC; i++) {
+        int fd = 107 + i;
+        char link[CTL_PATH_MAX], proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(proc, link, sizeof link - 1);
+        link[n < 0 ? 0 : n] = 0;
+        if (strcmp(link, proc_link[i]) != 0)
+            fail("fd %d is %s, want %s", fd, link, proc_link[i]);
+        if (fcntl(fd, F_GETFL) != proc_flags[i])
+            fail("fd %d: status flags %#o, %#o at start", fd, fcntl(fd, F_GETFL), proc_flags[i]);
+        if (lseek(fd, 0, SEEK_CUR) != proc_pos[i])
+            fail("fd %d: offset %ld, want %ld", fd, (long)lseek(fd, 0, SEEK_CUR), proc_pos[i]);
+    }
+    check_shows_pid(107, getpid());
+    check_shows_pid(109, proc_child);
+    int status;
+    if (waitpid(proc_child, &status, WNOHANG) != 0)
+        fail("the child %d has ended", (int)proc_child);
+}
 
 static void must_open(const char *path, int flags, int to, long pos)
 {
@@ -94,6 +137,8 @@ static void verify(void)
             fail("fd %d: the O_DIRECT block does not read back: %s", fd, strerror(errno));
     }
     free(back);
+    if (proc_files)
+        check_proc_files();
     if (lib_value && lib_value() != lib_want)
         fail("value() of $CREST_LIB is %d, want %d", lib_value(), lib_want);
 }
@@ -140,10 +185,27 @@ int main(int argc, char **argv)
         want_link[i][n] = 0;
     }
     if (getenv("CREST_PROC_SELF") && strcmp(getenv("CREST_PROC_SELF"), "1") == 0) {
-        char own[64];
+        char own[64], child[64];
+        proc_child = fork_dying_child();
+        if (proc_child == 0) {
+            for (;;)
+                pause();
+        }
         snprintf(own, sizeof own, "/proc/%d/stat", (int)getpid());
-        must_open("/proc/self/status", O_RDONLY, 107, 0);
-        must_open(own, O_RDONLY, 108, 0);
+        snprintf(child, sizeof child, "/proc/%d/status", (int)proc_child);
+        must_open("/proc/self/status", O_RDONLY, 107, proc_pos[0]);
+        must_open(own, O_RDONLY | O_NONBLOCK, 108, proc_pos[1]);
+        must_open(child, O_RDONLY, 109, proc_pos[2]);
+        for (int i = 0; i < NPROC; i++) {
+            char proc[64];
+            snprintf(proc, sizeof proc, "/proc/self/fd/%d", 107 + i);
+            ssize_t n = readlink(proc, proc_link[i], sizeof proc_link[i] - 1);
+            if (n < 0)
+                die("readlink %s: %s", proc, strerror(errno));
+            proc_link[i][n] = 0;
+            proc_flags[i] = fcntl(107 + i, F_GETFL);
+        }
+        proc_files = 1;
     }
 
     if (getenv("CREST_LIB")) {
@@ -161,5 +223,6 @@ int main(int argc, char **argv)
             die("io_setup: %s", strerror(errno));
     }
 
-    ctl_loop((struct ctl_loop){.log_fd = log_open(argv[2]), .period_ms = 20, .verify = verify});
+    ctl_loop((struct ctl_loop){
+        .log_fd = log_open(argv[2]), .period_ms = 20, .verify = verify, .child = proc_child});
 }

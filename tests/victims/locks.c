@@ -18,7 +18,11 @@
  * F_OFD_GETLK reports each OFD lock; the free ranges report F_UNLCK. On a verify request the
  * victim forks a child to run the checks (a process's own locks never conflict with itself).
  *
- * usage: locks CTL_DIR LOG_FILE [lease]   (lease: also hold a read lease on CTL_DIR/leased)
+ * usage: locks CTL_DIR LOG_FILE [lease]   (lease: also hold a read lease on CTL_DIR/leased as
+ *                                         fd 10 and a write lease on CTL_DIR/wleased as fd 11,
+ *                                         both opened O_RDONLY, with SIGIO blocked so that a
+ *                                         lease break leaves it pending; verify checks both
+ *                                         with F_GETLEASE)
  *        locks --check CTL_DIR PID        prints "ok" or "FAIL <what>"; exit status 0 or 1
  */
 #include "victim.h"
@@ -30,7 +34,9 @@
 #define POSIX_SIZE 4096
 
 static char path_ex[CTL_PATH_MAX], path_sh[CTL_PATH_MAX], path_px[CTL_PATH_MAX],
-    path_ofd[CTL_PATH_MAX], path_mapped[CTL_PATH_MAX], path_lease[CTL_PATH_MAX];
+    path_ofd[CTL_PATH_MAX], path_mapped[CTL_PATH_MAX], path_lease[CTL_PATH_MAX],
+    path_wlease[CTL_PATH_MAX];
+static int leases;
 
 static void paths(const char *dir)
 {
@@ -40,6 +46,7 @@ static void paths(const char *dir)
     snprintf(path_ofd, sizeof path_ofd, "%s/ofd", dir);
     snprintf(path_mapped, sizeof path_mapped, "%s/mapped", dir);
     snprintf(path_lease, sizeof path_lease, "%s/leased", dir);
+    snprintf(path_wlease, sizeof path_wlease, "%s/wleased", dir);
 }
 
 struct range {
@@ -214,16 +221,35 @@ static void take_locks(int lease)
     close(fd);
 
     if (lease) {
-        close(create(path_lease, O_RDWR));
-        int fd = open(path_lease, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || fcntl(fd, F_SETLEASE, F_RDLCK) != 0)
-            die("read lease on %s: %s", path_lease, strerror(errno));
+        sigset_t io;
+        sigemptyset(&io);
+        sigaddset(&io, SIGIO);
+        sigprocmask(SIG_BLOCK, &io, NULL);
+        const char *path[2] = {path_lease, path_wlease};
+        const int type[2] = {F_RDLCK, F_WRLCK};
+        for (int i = 0; i < 2; i++) {
+            close(create(path[i], O_RDWR));
+            int fd = open(path[i], O_RDONLY | O_CLOEXEC);
+            if (fd < 0 || (fd != 10 + i && dup3(fd, 10 + i, O_CLOEXEC) != 10 + i))
+                die("open %s as fd %d: %s", path[i], 10 + i, strerror(errno));
+            if (fd != 10 + i)
+                close(fd);
+            if (fcntl(10 + i, F_SETLEASE, type[i]) != 0)
+                die("%s lease on %s: %s", type_name(type[i]), path[i], strerror(errno));
+        }
+        leases = 1;
     }
 }
 
 /* Runs check_all in a child (this process's own locks never conflict with itself). */
 static void verify(void)
 {
+    if (leases) {
+        if (fcntl(10, F_GETLEASE) != F_RDLCK)
+            fail("fd 10 has lease %d, want a read lease", fcntl(10, F_GETLEASE));
+        if (fcntl(11, F_GETLEASE) != F_WRLCK)
+            fail("fd 11 has lease %d, want a write lease", fcntl(11, F_GETLEASE));
+    }
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
         fail("pipe2: %s", strerror(errno));

@@ -91,6 +91,19 @@ fn a_deleted_fifo_is_refused_without_being_opened() {
     assert!(err.contains("FIFO") && err.contains("fifo"), "{err}");
 }
 
+/// A removed /proc/PID directory (of a process that has ended, held as a cwd or an fd) cannot
+/// be made again: refused, naming it.
+#[test]
+fn a_removed_proc_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = std::fs::metadata(dir.path()).unwrap();
+    let err = classify(&md, Path::new("/proc/4242"), 1 << 20, || {
+        panic!("a directory is not opened")
+    })
+    .unwrap_err();
+    assert!(err.contains("/proc/4242") && err.contains("ended"), "{err}");
+}
+
 fn ghost_of(path: &Path, mode: u32, size: u64) -> (FileIdentity, Ghost) {
     let g = Ghost {
         uid: 4321,
