@@ -1656,6 +1656,8 @@ mod tests {
         closed.queue.push(UnixMessage {
             from: vec![],
             data: vec![1, 2, 3],
+            fds: vec![],
+            creds: None,
         });
         closed.shutdown = 3;
         assert_eq!(

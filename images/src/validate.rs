@@ -1101,8 +1101,49 @@ pub(crate) fn check_tree(
         }
     }
     ghost::check_tree(processes)?;
+    check_carried(processes, &descriptions)?;
     let tasks: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
     check_references(processes, &descriptions, &tasks)
+}
+
+/// Most files one UNIX message carries (SCM_MAX_FD).
+const CARRIED_MAX: usize = 253;
+
+/// Every file a queued UNIX message carries (SCM_RIGHTS) is a description of the tree, at
+/// most [`CARRIED_MAX`] per message.
+fn check_carried(
+    processes: &[ProcessImage],
+    descriptions: &std::collections::HashMap<u32, (u64, u64)>,
+) -> Result<(), String> {
+    for p in processes {
+        for f in &p.files {
+            let FileKind::UnixSocket(s) = &f.kind else {
+                continue;
+            };
+            for (i, m) in s.queue.iter().enumerate() {
+                if m.fds.len() > CARRIED_MAX {
+                    return Err(format!(
+                        "process {}: message {} of UNIX socket inode {} carries {} files (at \
+                         most {CARRIED_MAX})",
+                        p.pid,
+                        i + 1,
+                        f.ino,
+                        m.fds.len()
+                    ));
+                }
+                if let Some(id) = m.fds.iter().find(|id| !descriptions.contains_key(id)) {
+                    return Err(format!(
+                        "process {}: message {} of UNIX socket inode {} carries description \
+                         {id}, which no process of the tree has",
+                        p.pid,
+                        i + 1,
+                        f.ino
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Longest memfd name memfd_create(2) accepts (MFD_NAME_MAX_LEN).
@@ -2166,6 +2207,8 @@ mod socket_tests {
             s.queue.push(UnixMessage {
                 from: from.to_vec(),
                 data: data.to_vec(),
+                fds: vec![],
+                creds: None,
             });
         }
         f

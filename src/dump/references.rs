@@ -29,10 +29,10 @@ pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
         let pid = p.pid();
         for d in 0..p.fd_table.open_files.len() as u32 {
             let file = p.fd_table.open_files[d as usize].file;
-            let fd = p.fd_table.holder(d);
+            let (holder, fd) = p.fd_table.holder_of(pid, d);
             match &mut p.files.get_mut(file).kind {
                 FileKind::Epoll(ep) => {
-                    problems.extend(epoll::resolve(pid, fd, &mut ep.targets, &holders));
+                    problems.extend(epoll::resolve(holder, fd, &mut ep.targets, &holders));
                 }
                 FileKind::Pidfd { pid: target } => {
                     if let Err(why) = pidfd::check_target(pid, *target, &tree) {

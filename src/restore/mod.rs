@@ -19,6 +19,7 @@ mod memfd;
 mod netlink;
 mod pidns;
 mod pipes;
+pub(crate) mod scm;
 mod shmem;
 mod sockets;
 mod spawn;
@@ -203,6 +204,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
         shared.unix = sockets::UnixSockets::plan(&image.processes, opts.ext_unix_sk);
+        scm::open_carried(&image.processes, base, &mut shared, &shmem)?;
         let mut opened = Vec::with_capacity(image.processes.len());
         for p in &image.processes {
             opened.push(files::open_all(

@@ -14,6 +14,7 @@
 //!    queue connect to it again, in queue order;
 //! 6. queued data is sent again from its sender: a pair's other end (bytes or records), or
 //!    for a datagram the socket of the tree bound to the sender's name, or an unnamed socket;
+//!    a message that carried files or credentials is sent with them ([`super::scm`]);
 //! 7. datagram sockets connect to their named peer, and `--ext-unix-sk` sockets to their
 //!    outside peer's name; 8. removed socket files are removed again; 9. the other end of a
 //!    peer-closed pair is closed (the kernel shuts the survivor down as it did the original);
@@ -38,6 +39,8 @@ pub struct UnixSockets {
     planned: BTreeMap<u64, (FileIdentity, UnixSocket)>,
     ext_unix_sk: bool,
     made: Option<HashMap<u64, OwnedFd>>,
+    /// The files that queued messages carry ([`super::scm`]).
+    carried: super::scm::Carried,
 }
 
 impl UnixSockets {
@@ -62,7 +65,14 @@ impl UnixSockets {
             planned,
             ext_unix_sk,
             made: None,
+            carried: Default::default(),
         }
+    }
+
+    /// The files that queued messages carry, opened in crest, to send with them: given
+    /// before the first socket is taken.
+    pub fn carry(&mut self, carried: super::scm::Carried) {
+        self.carried = carried;
     }
 
     /// The socket `ident` with the file status flags `status_flags` of its open file
@@ -73,7 +83,7 @@ impl UnixSockets {
         status_flags: u32,
     ) -> Result<OwnedFd, RestoreError> {
         if self.made.is_none() {
-            self.made = Some(make_all(&self.planned, self.ext_unix_sk)?);
+            self.made = Some(make_all(&self.planned, self.ext_unix_sk, &self.carried)?);
         }
         let sock = self
             .made
@@ -106,7 +116,11 @@ fn paired(planned: &Planned, ino: u64, s: &UnixSocket) -> Option<u64> {
     (back && (s.name == UnixName::Unnamed || other.name == UnixName::Unnamed)).then_some(peer)
 }
 
-fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
+fn make_all(
+    planned: &Planned,
+    ext_unix_sk: bool,
+    carried: &super::scm::Carried,
+) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
     let mut fds: HashMap<u64, OwnedFd> = HashMap::new();
     // Other ends of peer-closed pairs, by the survivor's inode; closed at the end.
     let mut closers: HashMap<u64, OwnedFd> = HashMap::new();
@@ -238,14 +252,16 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
             UnixName::Unnamed => {}
             UnixName::Abstract { name } => {
                 let (addr, len) = abstract_address(name)?;
-                bind(&fds[&ino], &addr, len).map_err(|e| RestoreError::Os {
-                    what: format!(
-                        "binding {} to the abstract name {} (is the dumped process still \
+                super::scm::after_garbage(|| bind(&fds[&ino], &addr, len)).map_err(|e| {
+                    RestoreError::Os {
+                        what: format!(
+                            "binding {} to the abstract name {} (is the dumped process still \
                          running?)",
-                        inode(ino),
-                        crate::dump::sockdiag::name_text(&s.name.raw())
-                    ),
-                    source: e,
+                            inode(ino),
+                            crate::dump::sockdiag::name_text(&s.name.raw())
+                        ),
+                        source: e,
+                    }
                 })?;
             }
             UnixName::Path { removed: true, .. } => {}
@@ -348,7 +364,39 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
                     )))
                 }
             };
-            send_all(sender, &m.data, to).map_err(|e| os_err(what(), e))?;
+            // A message queued before the receiver set SO_PASSCRED has no sender (pid 0):
+            // sent without credentials, it reads the same.
+            let creds = m.creds.filter(|c| c.pid != 0);
+            if m.fds.is_empty() && creds.is_none() {
+                send_all(sender, &m.data, to).map_err(|e| os_err(what(), e))?;
+                continue;
+            }
+            let mut passed = Vec::with_capacity(m.fds.len());
+            for id in &m.fds {
+                passed.push(carried.fd(*id, &fds).ok_or_else(|| {
+                    RestoreError::BadImage(format!(
+                        "{}: its message {} carries description {id}, which crest has not \
+                         opened",
+                        inode(ino),
+                        i + 1
+                    ))
+                })?);
+            }
+            super::scm::send_message(sender, &m.data, to.map(|(a, l)| (a, *l)), &passed, creds)
+                .map_err(|e| {
+                    let why = match (creds, e.raw_os_error()) {
+                        (Some(c), Some(libc::ESRCH)) => format!(
+                            " (with the credentials of pid {}, which does not exist now)",
+                            c.pid
+                        ),
+                        (Some(c), _) => format!(
+                            " (with the credentials pid {} uid {} gid {})",
+                            c.pid, c.uid, c.gid
+                        ),
+                        _ => format!(" (with {} file(s))", passed.len()),
+                    };
+                    os_err(format!("{}{why}", what()), e)
+                })?;
         }
     }
     drop(anonymous);
@@ -851,6 +899,8 @@ mod tests {
         UnixMessage {
             from: from.to_vec(),
             data: data.to_vec(),
+            fds: vec![],
+            creds: None,
         }
     }
 

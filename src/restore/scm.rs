@@ -1,0 +1,238 @@
+//! Files in flight: the files that messages queued in UNIX sockets carry (SCM_RIGHTS), and the
+//! credentials they carry (SCM_CREDENTIALS).
+//!
+//! Each carried file is an open file description of the image (a description of the socket's
+//! process that no fd may refer to). Before the first UNIX socket is made, crest opens every
+//! carried description that is not a UNIX socket, once for the tree like any other
+//! ([`open_carried`]); the UNIX sockets among them are made with the others. When the sockets'
+//! queues are filled again ([`super::sockets`]), each message is sent with its files
+//! ([`send_message`]): from crest's descriptors, in queue order, one sendmsg per message.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::images::{FileKind, MessageCreds, ProcessImage};
+
+use super::files::{self, TreeFiles};
+use super::shmem::SharedMemory;
+use super::RestoreError;
+
+/// What the queues of the tree carry, ready to be sent: crest's descriptor of each carried
+/// description that is not a UNIX socket, and the inode of each that is.
+#[derive(Default)]
+pub struct Carried {
+    opened: HashMap<u32, OwnedFd>,
+    sockets: HashMap<u32, u64>,
+}
+
+impl Carried {
+    /// crest's descriptor of carried description `id`: one of `opened`, or the UNIX socket
+    /// made for it among `made` (by inode).
+    pub fn fd(&self, id: u32, made: &HashMap<u64, OwnedFd>) -> Option<RawFd> {
+        if let Some(fd) = self.opened.get(&id) {
+            return Some(fd.as_raw_fd());
+        }
+        self.sockets
+            .get(&id)
+            .and_then(|ino| made.get(ino))
+            .map(|fd| fd.as_raw_fd())
+    }
+}
+
+/// Every description that some queued message of `processes` carries.
+fn carried_ids(processes: &[ProcessImage]) -> HashSet<u32> {
+    processes
+        .iter()
+        .flat_map(|p| &p.files)
+        .filter_map(|f| match &f.kind {
+            FileKind::UnixSocket(s) => Some(s),
+            _ => None,
+        })
+        .flat_map(|s| s.queue.iter().flat_map(|m| m.fds.iter().copied()))
+        .collect()
+}
+
+/// Opens (in `tree`, once for the tree) every description that a queued message carries and
+/// that is not a UNIX socket, and gives the sockets copies of them to send.
+pub fn open_carried(
+    processes: &[ProcessImage],
+    base: RawFd,
+    tree: &mut TreeFiles,
+    shmem: &SharedMemory,
+) -> Result<(), RestoreError> {
+    let ids = carried_ids(processes);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut carried = Carried::default();
+    for p in processes {
+        for (i, ofd) in p.open_files.iter().enumerate() {
+            if !ids.contains(&ofd.id)
+                || carried.opened.contains_key(&ofd.id)
+                || carried.sockets.contains_key(&ofd.id)
+            {
+                continue;
+            }
+            let ident = p.files.get(ofd.file as usize).ok_or_else(|| {
+                RestoreError::BadImage(format!(
+                    "process {}: description {} names file {}, which it does not list",
+                    p.pid, ofd.id, ofd.file
+                ))
+            })?;
+            if let FileKind::UnixSocket(_) = ident.kind {
+                carried.sockets.insert(ofd.id, ident.ino);
+                continue;
+            }
+            let fd = match files::open_checked(p, ofd, base, tree, shmem)? {
+                Some(fd) => fd,
+                None => files::open_made(p, i, ofd, base, tree)?,
+            };
+            let copy = fd.try_clone().map_err(|e| RestoreError::Os {
+                what: format!(
+                    "duplicating description {} of process {}, which a queued message carries",
+                    ofd.id, p.pid
+                ),
+                source: e,
+            })?;
+            carried.opened.insert(ofd.id, copy);
+        }
+    }
+    if let Some(missing) = ids
+        .iter()
+        .find(|id| !carried.opened.contains_key(id) && !carried.sockets.contains_key(id))
+    {
+        return Err(RestoreError::BadImage(format!(
+            "a queued UNIX message carries description {missing}, which no process of the image \
+             has"
+        )));
+    }
+    tree.unix.carry(carried);
+    Ok(())
+}
+
+/// Sends one queued message again through `sock` (to `to`, or its peer): `data` with the files
+/// `fds` (crest's descriptors) and the credentials `creds`, in one sendmsg; a stream socket
+/// takes what the first send leaves of the bytes in further sends.
+pub fn send_message(
+    sock: &OwnedFd,
+    data: &[u8],
+    to: Option<(&libc::sockaddr_un, libc::socklen_t)>,
+    fds: &[RawFd],
+    creds: Option<MessageCreds>,
+) -> std::io::Result<()> {
+    // Room for SCM_MAX_FD (253) fds and a struct ucred.
+    let mut control = [0u64; 192];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some((addr, len)) = to {
+        msg.msg_name = (addr as *const libc::sockaddr_un as *mut libc::sockaddr_un).cast();
+        msg.msg_namelen = len;
+    }
+    let fd_bytes = std::mem::size_of_val(fds) as u32;
+    let cred_bytes = std::mem::size_of::<libc::ucred>() as u32;
+    // SAFETY: CMSG_SPACE only computes sizes.
+    let space = unsafe {
+        (if fds.is_empty() {
+            0
+        } else {
+            libc::CMSG_SPACE(fd_bytes)
+        }) + (if creds.is_some() {
+            libc::CMSG_SPACE(cred_bytes)
+        } else {
+            0
+        })
+    } as usize;
+    if space > std::mem::size_of_val(&control) {
+        return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    if space > 0 {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer holds `space` bytes, room for the headers and payloads
+        // written here, which the CMSG_* macros place within msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            if !fds.is_empty() {
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as usize;
+                let out = libc::CMSG_DATA(c) as *mut RawFd;
+                for (i, fd) in fds.iter().enumerate() {
+                    std::ptr::write_unaligned(out.add(i), *fd);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            if let Some(cr) = creds {
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_CREDENTIALS;
+                (*c).cmsg_len = libc::CMSG_LEN(cred_bytes) as usize;
+                let u = libc::ucred {
+                    pid: cr.pid,
+                    uid: cr.uid,
+                    gid: cr.gid,
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::ucred, u);
+            }
+        }
+    }
+    let sent = loop {
+        // SAFETY: msg describes `data` (read only by sendmsg), the optional name and the
+        // control buffer, all alive; MSG_NOSIGNAL keeps a failure from raising SIGPIPE.
+        let n = unsafe {
+            libc::sendmsg(
+                sock.as_raw_fd(),
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        break n as usize;
+    };
+    if sent < data.len() {
+        // Only a stream sends part of a message; the rest goes without control data.
+        return send_message(sock, &data[sent..], to, &[], None);
+    }
+    Ok(())
+}
+
+/// Runs `bind`, and when its name is taken (EADDRINUSE) runs it again after the kernel's
+/// garbage collector of sockets in flight has had its chance: a socket queued in a queue it
+/// can itself reach (sent to itself, or two sent to each other) outlives the killed process
+/// that held it, name and all, until that collector runs, and the collector runs only when
+/// some UNIX socket is released. crest releases one to start it and tries again a few times
+/// while it works (at most about a second in all).
+pub fn after_garbage(mut bind: impl FnMut() -> std::io::Result<()>) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match bind() {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && tries < 50 => {
+                if tries == 0 {
+                    // SAFETY: socket(2) takes only integers; the fd is closed right away, which
+                    // is what starts the collector.
+                    unsafe {
+                        let fd =
+                            libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                        if fd >= 0 {
+                            libc::close(fd);
+                        }
+                    }
+                }
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
