@@ -159,6 +159,10 @@ pub enum Kind {
     /// Files of the rest of the fd table (tests/victims/ftable.c): /proc and /sys files at an
     /// offset, O_DIRECT, O_NOATIME and O_PATH descriptions.
     Ftable,
+    /// UNIX socket queues holding messages that carry files (a pipe end, a file, sockets,
+    /// one socket in its own queue) and credentials (tests/victims/scm.c); answers
+    /// [`Victim::verify_with`] "final".
+    Scm,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -190,6 +194,7 @@ impl Kind {
             Kind::Ipc => "ipc",
             Kind::Fifos => "fifos",
             Kind::Ftable => "ftable",
+            Kind::Scm => "scm",
             Kind::Java => "java",
         }
     }

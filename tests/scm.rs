@@ -1,0 +1,97 @@
+//! Files and credentials in flight in UNIX socket queues (SCM_RIGHTS, SCM_CREDENTIALS): the scm
+//! victim (tests/victims/scm.c) queues a message carrying a pipe's read end with bytes in it, a
+//! file at an offset and a datagram socket with a queue of its own (all closed by the sender),
+//! a record carrying its own socket and one carrying the same file again, and the test sends a
+//! datagram with its credentials to a socket with SO_PASSCRED. After a restore the victim
+//! receives every message and checks what came with it (the pipe carries data, the file has
+//! its offset and one description, the socket its queue, the credentials are the test's).
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+
+use common::*;
+
+fn start(mode: &str) -> Victim {
+    let args = vec![std::process::id().to_string(), mode.to_string()];
+    let v = Victim::start_with(Kind::Scm, move |cmd| {
+        cmd.args(&args);
+    });
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"from-test", v.ctl.join("cred"))
+        .unwrap();
+    v.verify_with("check")
+        .unwrap_or_else(|e| panic!("before any dump: {e}"));
+    v
+}
+
+/// The descriptions that queued messages carry, per message, as `crest show --json` lists them.
+fn carried(dir: &std::path::Path) -> Vec<usize> {
+    let json = show_json(dir);
+    let mut counts = Vec::new();
+    let mut stack = vec![&json];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let (Some(serde_json::Value::Array(fds)), true) =
+                    (m.get("fds"), m.contains_key("data"))
+                {
+                    counts.push(fds.len());
+                }
+                stack.extend(m.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    counts.sort_unstable();
+    counts
+}
+
+#[test]
+fn files_and_credentials_in_flight_come_back_with_their_messages() {
+    let mut v = start("");
+    let dir = v.work.join("img");
+    let before = v.last_logged();
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    // A stream read stops after the bytes that carry files: "headfiles" carries three;
+    // "tail", "in-sock" and "from-test" nothing; "self" and "dup" one each.
+    assert_eq!(carried(&dir), vec![0, 0, 0, 1, 1, 3]);
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    v.verify_with("final")
+        .unwrap_or_else(|e| panic!("after the restore: {e}"));
+}
+
+#[test]
+fn a_dump_that_leaves_the_process_running_takes_nothing_from_its_queues() {
+    let mut v = start("");
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, true).assert_ok();
+    // The original still receives every message with its files.
+    v.verify_with("final")
+        .unwrap_or_else(|e| panic!("after the dump with -R: {e}"));
+    v.kill();
+    let before = v.last_logged();
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    v.verify_with("final")
+        .unwrap_or_else(|e| panic!("after the restore: {e}"));
+}
+
+#[test]
+fn credentials_of_a_process_of_the_tree_are_refused_naming_it() {
+    let v = start("tree-creds");
+    let out = dump(v.pid, &v.work.join("refused"), false);
+    out.assert_failed()
+        .assert_stderr_mentions(&format!("process {}", v.pid))
+        .assert_stderr_mentions(&format!("credentials of process {} of the tree", v.pid))
+        .assert_stderr_mentions("SCM_CREDENTIALS");
+    v.assert_running();
+    v.verify_with("final")
+        .unwrap_or_else(|e| panic!("after the refused dump: {e}"));
+}
