@@ -95,3 +95,24 @@ fn credentials_of_a_process_of_the_tree_are_refused_naming_it() {
     v.verify_with("final")
         .unwrap_or_else(|e| panic!("after the refused dump: {e}"));
 }
+
+#[test]
+fn sockets_carried_too_deep_and_memfds_in_flight_are_refused_naming_the_socket() {
+    for (mode, needle) in [("deep", "levels deep"), ("memfd", "is a memfd")] {
+        let v = start(mode);
+        let ino = std::fs::metadata(format!("/proc/{}/fd/120", v.pid))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        let out = dump(v.pid, &v.work.join("refused"), false);
+        out.assert_failed()
+            .assert_stderr_mentions(&format!("process {}", v.pid))
+            .assert_stderr_mentions(needle)
+            .assert_stderr_mentions("SCM_RIGHTS");
+        if mode == "memfd" {
+            out.assert_stderr_mentions(&format!("UNIX socket (inode {ino})"));
+        }
+        v.assert_running();
+        v.verify_with("final")
+            .unwrap_or_else(|e| panic!("{mode}: after the refused dump: {e}"));
+    }
+}

@@ -55,8 +55,8 @@ pub fn add_carried(
                 pid,
                 socket,
                 what: format!(
-                    "a socket whose queue carries files in turn, {MAX_DEPTH} levels deep; crest \
-                     follows sockets in flight no deeper"
+                    "a socket whose queue carries files in turn, in sockets nested more than \
+                     {MAX_DEPTH} levels deep in flight; crest follows them no deeper"
                 ),
             });
         }
@@ -72,6 +72,19 @@ pub fn add_carried(
         kept.extend(more);
     }
     let own_table = walk.into_table();
+    let mut problems = Vec::new();
+    for (cd, ofd) in own_table.open_files.iter().enumerate() {
+        let ident = files.get(ofd.file);
+        if let Some(why) = unsupported(&ident.kind) {
+            let cfd = own_table.holder(cd as u32);
+            problems.push(DumpError::Carried {
+                pid,
+                socket: carrier(files, cfd).unwrap_or(0),
+                what: format!("{why} ({})", shown(ident)),
+            });
+        }
+    }
+    DumpError::refused(problems)?;
     let crest = std::process::id() as i32;
     // crest's descriptions -> the process's.
     let mut mapped = Vec::with_capacity(own_table.open_files.len());
@@ -111,6 +124,28 @@ pub fn add_carried(
     }
     table.carried_fds.extend(kept);
     Ok(())
+}
+
+/// Why a file of kind `kind` cannot be restored from a queue: its content or state is
+/// captured through the process's own fds or mappings only (memfds, deleted files, FIFOs), or
+/// per process (TCP connections in repair mode, the shell's terminal).
+fn unsupported(kind: &FileKind) -> Option<&'static str> {
+    Some(match kind {
+        FileKind::Memfd { .. } => "a memfd",
+        FileKind::Ghost(_) | FileKind::ContentInImage => "a deleted file",
+        FileKind::Fifo(_) => "a FIFO",
+        FileKind::Tcp(_) => "a TCP socket",
+        FileKind::ShellTerminal { .. } => "a terminal",
+        _ => return None,
+    })
+}
+
+/// A file's name for messages: its path, or its kind and inode.
+fn shown(ident: &crate::images::FileIdentity) -> String {
+    match ident.path.as_str() {
+        "" => format!("inode {}", ident.ino),
+        path => path.to_string(),
+    }
 }
 
 /// The inode of the socket of `files` whose queue names crest's fd `fd`.

@@ -19,8 +19,11 @@
  * 103 sends, 104's record carries 104, and 106's message carries the test's pid, uid and gid
  * (TEST_PID, from the command line). It can be done once.
  *
- * Mode "tree-creds" (third argument) adds 120/121: a datagram pair, 120 with SO_PASSCRED
- * holding "mine" from 121, so with the victim's own credentials: a dump must refuse it.
+ * Modes (fourth argument), each adding what a dump must refuse at 120/121, a datagram pair:
+ *   tree-creds  120 has SO_PASSCRED and holds "mine" from 121, so with the victim's own
+ *               credentials
+ *   deep        120 holds a socket whose queue holds a socket ..., five sockets deep
+ *   memfd       120 holds a memfd (closed by the victim)
  *
  * usage: scm CTL_DIR LOG_FILE TEST_PID [mode]
  */
@@ -28,6 +31,7 @@
 
 #include <stddef.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -133,6 +137,27 @@ static void setup(const char *mode)
         if (setsockopt(120, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
             die("SO_PASSCRED: %s", strerror(errno));
         send_str(121, "mine");
+    } else if (strcmp(mode, "deep") == 0) {
+        pair(SOCK_DGRAM, 120, 121);
+        int outer = 121;
+        for (int i = 0; i < 5; i++) {
+            int sk[2];
+            if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sk) != 0)
+                die("socketpair: %s", strerror(errno));
+            send_fds(outer, "level", 5, &sk[0], 1);
+            if (outer != 121)
+                close(outer);
+            close(sk[0]);
+            outer = sk[1];
+        }
+        close(outer);
+    } else if (strcmp(mode, "memfd") == 0) {
+        pair(SOCK_DGRAM, 120, 121);
+        int m = memfd_create("in-flight", MFD_CLOEXEC);
+        if (m < 0)
+            die("memfd_create: %s", strerror(errno));
+        send_fds(121, "memfd", 5, &m, 1);
+        close(m);
     }
 }
 
