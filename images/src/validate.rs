@@ -561,6 +561,15 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
             "file {i} is a UNIX socket with a message from a too long name"
         ));
     }
+    if s.sock_type == libc::SOCK_STREAM as u32
+        && s.queue
+            .iter()
+            .any(|m| m.data.is_empty() && !m.fds.is_empty())
+    {
+        return Err(format!(
+            "file {i} is a UNIX stream socket with a message of no bytes that carries files"
+        ));
+    }
     if stream && s.queue.iter().any(|m| !m.from.is_empty()) {
         return Err(format!(
             "file {i} is a UNIX stream or seqpacket socket with a message from a named sender"

@@ -382,21 +382,35 @@ fn make_all(
                     ))
                 })?);
             }
-            super::scm::send_message(sender, &m.data, to.map(|(a, l)| (a, *l)), &passed, creds)
-                .map_err(|e| {
-                    let why = match (creds, e.raw_os_error()) {
-                        (Some(c), Some(libc::ESRCH)) => format!(
-                            " (with the credentials of pid {}, which does not exist now)",
-                            c.pid
-                        ),
-                        (Some(c), _) => format!(
-                            " (with the credentials pid {} uid {} gid {})",
-                            c.pid, c.uid, c.gid
-                        ),
-                        _ => format!(" (with {} file(s))", passed.len()),
-                    };
-                    os_err(format!("{}{why}", what()), e)
-                })?;
+            // A stream's piece carrying files may have begun anywhere in the bytes the peek
+            // returned with it (a peek runs on through plain bytes into it): the files go with
+            // its last byte, so a reader gets them only once it reads to the end, never with
+            // bytes that came before them.
+            let to = to.map(|(a, l)| (a, *l));
+            let (before, last) = match s.sock_type as i32 {
+                libc::SOCK_STREAM if !passed.is_empty() && !m.data.is_empty() => {
+                    m.data.split_at(m.data.len() - 1)
+                }
+                _ => (&[][..], &m.data[..]),
+            };
+            if !before.is_empty() {
+                super::scm::send_message(sender, before, to, &[], creds)
+                    .map_err(|e| os_err(what(), e))?;
+            }
+            super::scm::send_message(sender, last, to, &passed, creds).map_err(|e| {
+                let why = match (creds, e.raw_os_error()) {
+                    (Some(c), Some(libc::ESRCH)) => format!(
+                        " (with the credentials of pid {}, which does not exist now)",
+                        c.pid
+                    ),
+                    (Some(c), _) => format!(
+                        " (with the credentials pid {} uid {} gid {})",
+                        c.pid, c.uid, c.gid
+                    ),
+                    _ => format!(" (with {} file(s))", passed.len()),
+                };
+                os_err(format!("{}{why}", what()), e)
+            })?;
         }
     }
     drop(anonymous);

@@ -247,6 +247,15 @@ static void verify(int final)
     char buf[64];
     int fds[8], nfds, got = 0, all[8];
     size_t len = 0;
+    /* The bytes sent before the files come without them. */
+    ssize_t n = receive(100, buf, 5, fds, 8, &nfds, NULL);
+    if (n != 4 || strcmp(buf, "head") != 0 || nfds != 0) {
+        fail("fd 100: first read %zd bytes \"%s\" with %d files, want \"head\" alone", n,
+             n > 0 ? buf : "", nfds);
+        return;
+    }
+    memcpy(data, buf, 4);
+    len = 4;
     while (len < 13) {
         ssize_t n = receive(100, buf, sizeof buf, fds, 8, &nfds, NULL);
         if (n <= 0) {
@@ -277,7 +286,7 @@ static void verify(int final)
     if (at_off != 4)
         fail("the file in flight is at offset %lld, want 4", (long long)at_off);
     /* The socket: its own queue, then a new datagram. */
-    ssize_t n = receive(rsock, buf, sizeof buf, fds, 8, &nfds, NULL);
+    n = receive(rsock, buf, sizeof buf, fds, 8, &nfds, NULL);
     if (n != 7 || strcmp(buf, "in-sock") != 0)
         fail("the socket in flight: received %zd bytes \"%s\", want \"in-sock\"", n,
              n > 0 ? buf : "");
