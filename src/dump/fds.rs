@@ -123,6 +123,23 @@ impl<'a> OwnWalk<'a> {
                     },
                 )
             })?;
+            if matches!(entry.target, FdTarget::Socket(_)) {
+                // SAFETY: `fd` is one of crest's own fds, which the caller keeps open for the
+                // whole walk; it is only borrowed for this check.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+                // A TCP connection would be put in repair mode on crest's account: refused
+                // before that (see super::scm::unsupported).
+                if crate::net::tcp_dump::is_tcp(borrowed) {
+                    return Err((
+                        *fd,
+                        DumpError::UnsupportedFd {
+                            pid: self.0.proc.pid(),
+                            fd: *fd,
+                            what: "a TCP socket".into(),
+                        },
+                    ));
+                }
+            }
             self.0.add_fd(entry, files).map_err(|e| (*fd, e))?;
         }
         Ok(self.0.sockets.take_passed())

@@ -24,11 +24,13 @@
  *               credentials
  *   deep        120 holds a socket whose queue holds a socket ..., five sockets deep
  *   memfd       120 holds a memfd (closed by the victim)
+ *   tcp         120 holds a TCP socket listening on 127.0.0.1 (closed by the victim)
  *
  * usage: scm CTL_DIR LOG_FILE TEST_PID [mode]
  */
 #include "victim.h"
 
+#include <netinet/in.h>
 #include <stddef.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -158,6 +160,14 @@ static void setup(const char *mode)
             die("memfd_create: %s", strerror(errno));
         send_fds(121, "memfd", 5, &m, 1);
         close(m);
+    } else if (strcmp(mode, "tcp") == 0) {
+        pair(SOCK_DGRAM, 120, 121);
+        int t = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        if (t < 0 || bind(t, (struct sockaddr *)&in, sizeof in) != 0 || listen(t, 1) != 0)
+            die("TCP listener: %s", strerror(errno));
+        send_fds(121, "tcp", 3, &t, 1);
+        close(t);
     }
 }
 
