@@ -134,3 +134,20 @@ fn sockets_carried_too_deep_memfds_and_tcp_sockets_in_flight_are_refused_naming_
             .unwrap_or_else(|e| panic!("{mode}: after the refused dump: {e}"));
     }
 }
+
+#[test]
+fn files_in_flight_that_a_child_holds_too_come_back_as_the_childs_descriptions() {
+    let mut v = start("tree");
+    let child = v.info_child();
+    let dir = v.work.join("img");
+    let before = v.last_logged();
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    reap_pid(child.0, TIMEOUT).unwrap_or_else(|e| panic!("the child: {e}"));
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    assert!(pid_exists(child.0), "the child was not restored");
+    v.verify_with("final")
+        .unwrap_or_else(|e| panic!("after the restore: {e}"));
+}

@@ -25,6 +25,9 @@
  *   deep        120 holds a socket whose queue holds a socket ..., five sockets deep
  *   memfd       120 holds a memfd (closed by the victim)
  *   tcp         120 holds a TCP socket listening on 127.0.0.1 (closed by the victim)
+ * Mode "tree" instead forks a child (it dies with the parent; CTL/info says "child PID") that
+ * holds the file and the pipe's read end in flight at its fds 110 and 111: "final" checks with
+ * kcmp that the files received are the child's descriptions.
  *
  * usage: scm CTL_DIR LOG_FILE TEST_PID [mode]
  */
@@ -32,7 +35,9 @@
 
 #include <netinet/in.h>
 #include <stddef.h>
+#include <linux/kcmp.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -40,6 +45,7 @@
 static char dir[CTL_PATH_MAX];
 static int test_pid;
 static int final_done;
+static pid_t child;
 
 static void at(int fd, int want)
 {
@@ -122,6 +128,22 @@ static void setup(const char *mode)
     int self = 104;
     send_fds(105, "self", 4, &self, 1);
     send_fds(105, "dup", 3, &file, 1);
+    if (strcmp(mode, "tree") == 0) {
+        if (dup2(file, 110) != 110 || dup2(p[0], 111) != 111)
+            die("dup2: %s", strerror(errno));
+        pid_t parent = getpid();
+        child = fork_dying_child();
+        if (child == 0) {
+            while (getppid() == parent)
+                sleep_ms(20);
+            _exit(0);
+        }
+        close(110);
+        close(111);
+        char info[64];
+        snprintf(info, sizeof info, "child %d\n", (int)child);
+        ctl_write_file(dir, "info", info);
+    }
     close(p[0]);
     close(file);
     close(sv[0]);
@@ -287,6 +309,12 @@ static void verify(int final)
         return;
     }
     int rpipe = all[0], rfile = all[1], rsock = all[2];
+    if (child > 0) {
+        if (syscall(SYS_kcmp, getpid(), child, KCMP_FILE, rfile, 110) != 0)
+            fail("the file in flight is not the child's fd 110 (kcmp: %s)", strerror(errno));
+        if (syscall(SYS_kcmp, getpid(), child, KCMP_FILE, rpipe, 111) != 0)
+            fail("the pipe in flight is not the child's fd 111 (kcmp: %s)", strerror(errno));
+    }
     /* The pipe: its buffered bytes, then what the write end sends now. */
     expect_read(rpipe, "buffered", "the pipe in flight");
     write_all(102, "more", 4, "pipe");
