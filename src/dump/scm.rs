@@ -159,43 +159,8 @@ fn carrier(files: &FileTable, fd: i32) -> Option<u64> {
 }
 
 /// Once every description has its tree-wide id: the fds each queued message carries, named by
-/// crest's fds until now, become the ids of their descriptions. A message carrying the
-/// credentials of a process of the tree is refused: a restore sends the queue again before
-/// that process exists, and the kernel takes only credentials of a live process.
+/// crest's fds until now, become the ids of their descriptions.
 pub fn to_tree_ids(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
-    let tree: std::collections::HashSet<i32> = procs.iter().map(|p| p.pid()).collect();
-    let mut problems = Vec::new();
-    for p in procs.iter() {
-        for f in p.files.all() {
-            let FileKind::UnixSocket(s) = &f.kind else {
-                continue;
-            };
-            if let Some((i, c)) = s
-                .queue
-                .iter()
-                .enumerate()
-                .find_map(|(i, m)| m.creds.filter(|c| tree.contains(&c.pid)).map(|c| (i, c)))
-            {
-                let problem = format!(
-                    "process {}: its UNIX socket (inode {}) holds an unread message ({} of {}) \
-                     carrying the credentials of process {} of the tree (SCM_CREDENTIALS, the \
-                     socket has SO_PASSCRED); a restore queues messages again before the tree's \
-                     processes exist, and the kernel sends only a live process's credentials",
-                    p.pid(),
-                    f.ino,
-                    i + 1,
-                    s.queue.len(),
-                    c.pid
-                );
-                if !problems.contains(&problem) {
-                    problems.push(problem);
-                }
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(DumpError::Refused { problems });
-    }
     let mut ids: HashMap<u32, u32> = HashMap::new();
     for p in procs.iter() {
         for (&fd, &d) in &p.fd_table.carried {

@@ -7,6 +7,12 @@
 //! ([`open_carried`]); the UNIX sockets among them are made with the others. When the sockets'
 //! queues are filled again ([`super::sockets`]), each message is sent with its files
 //! ([`send_message`]): from crest's descriptors, in queue order, one sendmsg per message.
+//!
+//! Credentials are sent as they were read; the kernel takes a pid only while a process has
+//! it, and the queues are filled before the tree's processes are forked. For a pid that no
+//! process has (one of the tree's), crest forks a placeholder under that pid for the send
+//! ([`Placeholder`]): the message keeps the pid (its number, which the receiver reads) after
+//! the placeholder ends and is reaped, which frees the number for the task restored under it.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -234,5 +240,121 @@ pub fn after_garbage(mut bind: impl FnMut() -> std::io::Result<()>) -> std::io::
             }
             other => return other,
         }
+    }
+}
+
+/// Sends like [`send_message`]; when the kernel refuses the credentials' pid because no
+/// process has it (ESRCH), sends again while a [`Placeholder`] holds that pid.
+pub fn send_message_as(
+    sock: &OwnedFd,
+    data: &[u8],
+    to: Option<(&libc::sockaddr_un, libc::socklen_t)>,
+    fds: &[RawFd],
+    creds: Option<MessageCreds>,
+) -> Result<(), RestoreError> {
+    match (send_message(sock, data, to, fds, creds), creds) {
+        (Err(e), Some(c)) if e.raw_os_error() == Some(libc::ESRCH) => {
+            let held = Placeholder::start(c.pid)?;
+            let sent = send_message(sock, data, to, fds, creds);
+            held.end()?;
+            sent.map_err(|e| RestoreError::Os {
+                what: format!("sending a message with the credentials of pid {}", c.pid),
+                source: e,
+            })
+        }
+        (r, _) => r.map_err(|e| RestoreError::Os {
+            what: match creds {
+                Some(c) => format!(
+                    "sending a message with {} file(s) and the credentials pid {} uid {} gid {}",
+                    fds.len(),
+                    c.pid,
+                    c.uid,
+                    c.gid
+                ),
+                None => format!("sending a message with {} file(s)", fds.len()),
+            },
+            source: e,
+        }),
+    }
+}
+
+/// A child of crest's under a given pid, waiting for [`Placeholder::end`].
+pub struct Placeholder {
+    pid: i32,
+    release: Option<OwnedFd>,
+}
+
+impl Placeholder {
+    /// Forks a child under `pid` (clone3 set_tid) that only waits until released.
+    pub fn start(pid: i32) -> Result<Placeholder, RestoreError> {
+        let mut p = [-1; 2];
+        // SAFETY: pipe2 writes two descriptors into `p`.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(RestoreError::Os {
+                what: format!("making a pipe for a placeholder of pid {pid}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: both are fresh descriptors crest owns.
+        let (r, w) = unsafe {
+            (
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(p[0]),
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(p[1]),
+            )
+        };
+        match super::fork::fork_with_pid(pid, libc::SIGCHLD)? {
+            super::fork::Forked::Child => {
+                // SAFETY: only raw system calls from here to _exit (the child is a copy of
+                // crest and may not run its code): wait for the write end to close, then end.
+                unsafe {
+                    libc::close(w.as_raw_fd());
+                    let mut b = 0u8;
+                    loop {
+                        let n = libc::read(r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+                        if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                            break;
+                        }
+                    }
+                    libc::_exit(0);
+                }
+            }
+            super::fork::Forked::Parent => Ok(Placeholder {
+                pid,
+                release: Some(w),
+            }),
+        }
+    }
+
+    /// Lets the placeholder end and reaps it: its pid is free again.
+    pub fn end(mut self) -> Result<(), RestoreError> {
+        self.reap()
+    }
+
+    fn reap(&mut self) -> Result<(), RestoreError> {
+        if self.release.take().is_none() {
+            return Ok(());
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, with a valid status pointer.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            if r == self.pid {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if r < 0 && e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(RestoreError::Os {
+                what: format!("reaping the placeholder of pid {}", self.pid),
+                source: e,
+            });
+        }
+    }
+}
+
+impl Drop for Placeholder {
+    fn drop(&mut self) {
+        let _ = self.reap();
     }
 }

@@ -393,24 +393,17 @@ fn make_all(
                 }
                 _ => (&[][..], &m.data[..]),
             };
+            let context = |e| match e {
+                RestoreError::Os { what: w, source } => RestoreError::Os {
+                    what: format!("{}: {w}", what()),
+                    source,
+                },
+                e => e,
+            };
             if !before.is_empty() {
-                super::scm::send_message(sender, before, to, &[], creds)
-                    .map_err(|e| os_err(what(), e))?;
+                super::scm::send_message_as(sender, before, to, &[], creds).map_err(context)?;
             }
-            super::scm::send_message(sender, last, to, &passed, creds).map_err(|e| {
-                let why = match (creds, e.raw_os_error()) {
-                    (Some(c), Some(libc::ESRCH)) => format!(
-                        " (with the credentials of pid {}, which does not exist now)",
-                        c.pid
-                    ),
-                    (Some(c), _) => format!(
-                        " (with the credentials pid {} uid {} gid {})",
-                        c.pid, c.uid, c.gid
-                    ),
-                    _ => format!(" (with {} file(s))", passed.len()),
-                };
-                os_err(format!("{}{why}", what()), e)
-            })?;
+            super::scm::send_message_as(sender, last, to, &passed, creds).map_err(context)?;
         }
     }
     drop(anonymous);

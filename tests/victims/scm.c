@@ -19,9 +19,10 @@
  * 103 sends, 104's record carries 104, and 106's message carries the test's pid, uid and gid
  * (TEST_PID, from the command line). It can be done once.
  *
- * Modes (fourth argument), each adding what a dump must refuse at 120/121, a datagram pair:
+ * Modes (fourth argument), each adding a datagram pair at 120/121 and, but for tree-creds,
+ * something a dump must refuse:
  *   tree-creds  120 has SO_PASSCRED and holds "mine" from 121, so with the victim's own
- *               credentials
+ *               credentials (not refused: "final" checks them)
  *   deep        120 holds a socket whose queue holds a socket ..., five sockets deep
  *   memfd       120 holds a memfd (closed by the victim)
  *   tcp         120 holds a TCP socket listening on 127.0.0.1 (closed by the victim)
@@ -46,6 +47,7 @@ static char dir[CTL_PATH_MAX];
 static int test_pid;
 static int final_done;
 static pid_t child;
+static const char *mode_arg = "";
 
 static void at(int fd, int want)
 {
@@ -359,6 +361,16 @@ static void verify(int final)
     close(rpipe);
     close(rsock);
 
+    if (strcmp(mode_arg, "tree-creds") == 0) {
+        struct ucred mine;
+        n = receive(120, buf, sizeof buf, fds, 8, &nfds, &mine);
+        if (n != 4 || strcmp(buf, "mine") != 0)
+            fail("fd 120: received %zd bytes \"%s\", want \"mine\"", n, n > 0 ? buf : "");
+        else if (mine.pid != getpid() || mine.uid != 0 || mine.gid != 0)
+            fail("fd 120: credentials pid %d uid %u gid %u, want pid %d uid 0 gid 0", mine.pid,
+                 mine.uid, mine.gid, (int)getpid());
+    }
+
     /* 106: the test's datagram with its credentials. */
     struct ucred cred;
     n = receive(106, buf, sizeof buf, fds, 8, &nfds, &cred);
@@ -379,7 +391,8 @@ int main(int argc, char **argv)
     int log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (log_fd < 0)
         die("cannot open log %s: %s", argv[2], strerror(errno));
-    setup(argc > 4 ? argv[4] : "");
+    mode_arg = argc > 4 ? argv[4] : "";
+    setup(mode_arg);
 
     char line[128];
     unsigned long long counter = 0;
