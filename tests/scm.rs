@@ -69,9 +69,10 @@ fn files_and_credentials_in_flight_come_back_with_their_messages() {
     let before = v.last_logged();
     dump(v.pid, &dir, false).assert_ok();
     v.reap();
-    // A stream read stops after the bytes that carry files: "headfiles" carries three;
-    // "tail", "in-sock" and "from-test" nothing; "self" and "dup" one each.
-    assert_eq!(carried(&dir), vec![0, 0, 0, 1, 1, 3]);
+    // A stream peek runs on through plain bytes into the piece that carries files:
+    // "headfiles" carries three; "tail", "in-sock" and "from-test" nothing; "self", "dup" and
+    // "ev" one each.
+    assert_eq!(carried(&dir), vec![0, 0, 0, 1, 1, 1, 3]);
     restore_detached(&dir, &[]).assert_ok();
     v.mark_restored();
     v.wait_logging_after(before);

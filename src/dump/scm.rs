@@ -90,9 +90,15 @@ pub fn add_carried(
     let mut mapped = Vec::with_capacity(own_table.open_files.len());
     for (cd, ofd) in own_table.open_files.iter().enumerate() {
         let cfd = own_table.holder(cd as u32);
+        let inode = |file: u32| {
+            let f = files.get(file);
+            (f.dev, f.ino)
+        };
         let mut found = None;
         for (vd, v) in table.open_files.iter().enumerate() {
-            if v.file != ofd.file {
+            // By inode, not by file entry: every event fd (one anonymous inode) is an entry of
+            // its own.
+            if inode(v.file) != inode(ofd.file) {
                 continue;
             }
             let (hpid, hfd) = table.holder_of(pid, vd as u32);

@@ -7,8 +7,10 @@
  *            senders closed the three (only the queue holds them)
  *   102      the pipe's write end; "buffered" waits in the pipe
  *   103      the other end of the datagram socket in flight, which holds "in-sock" from it
- *   104/105  seqpacket socketpair; 104 holds the record "self" carrying 104 itself, and "dup"
- *            carrying the file of 100's message again (one description: one offset)
+ *   104/105  seqpacket socketpair; 104 holds the record "self" carrying 104 itself, "dup"
+ *            carrying the file of 100's message again (one description: one offset), and "ev"
+ *            carrying the eventfd at 107
+ *   107      an eventfd holding 5, held and in flight (one description)
  *   106      datagram socket bound to CTL/cred with SO_PASSCRED; the test sends it "from-test"
  *            (with its own credentials) before the dump
  *
@@ -37,6 +39,7 @@
 #include <netinet/in.h>
 #include <stddef.h>
 #include <linux/kcmp.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/mman.h>
@@ -130,6 +133,9 @@ static void setup(const char *mode)
     int self = 104;
     send_fds(105, "self", 4, &self, 1);
     send_fds(105, "dup", 3, &file, 1);
+    at(eventfd(5, EFD_CLOEXEC), 107);
+    int ev = 107;
+    send_fds(105, "ev", 2, &ev, 1);
     if (strcmp(mode, "tree") == 0) {
         if (dup2(file, 110) != 110 || dup2(p[0], 111) != 111)
             die("dup2: %s", strerror(errno));
@@ -357,6 +363,18 @@ static void verify(int final)
         fail("the two copies of the file in flight do not share their offset (%lld)",
              (long long)lseek(rfile, 0, SEEK_CUR));
     close(rfile2);
+    n = receive(104, buf, sizeof buf, fds, 8, &nfds, NULL);
+    if (n != 2 || strcmp(buf, "ev") != 0 || nfds != 1) {
+        fail("fd 104: third record %zd bytes \"%s\" with %d files, want \"ev\" with 1", n,
+             n > 0 ? buf : "", nfds);
+        return;
+    }
+    if (syscall(SYS_kcmp, getpid(), getpid(), KCMP_FILE, fds[0], 107) != 0)
+        fail("the eventfd in flight is not fd 107's description (kcmp: %s)", strerror(errno));
+    uint64_t count = 0;
+    if (read(fds[0], &count, sizeof count) != sizeof count || count != 5)
+        fail("the eventfd in flight holds %llu, want 5", (unsigned long long)count);
+    close(fds[0]);
     close(rfile);
     close(rpipe);
     close(rsock);
