@@ -2224,6 +2224,45 @@ mod socket_tests {
     }
 
     #[test]
+    fn carried_files_must_be_descriptions_of_the_tree_and_streams_carry_them_with_bytes() {
+        let mut p = crate::tests::sample_process();
+        let mut sock = socket(
+            "",
+            UNIX_SOCK_DGRAM,
+            UnixName::Unnamed,
+            UnixSocketState::Unconnected,
+        );
+        if let FileKind::UnixSocket(s) = &mut sock.kind {
+            s.queue.push(UnixMessage {
+                from: vec![],
+                data: vec![],
+                fds: vec![3],
+                creds: None,
+            });
+        }
+        p.files.push(sock.clone());
+        let processes = [p];
+        let known: std::collections::HashMap<u32, (u64, u64)> = [(3, (8, 1))].into();
+        check_carried(&processes, &known).unwrap();
+        let err = check_carried(&processes, &Default::default()).unwrap_err();
+        assert!(err.contains("carries description 3"), "{err}");
+        if let FileKind::UnixSocket(s) = &mut sock.kind {
+            s.queue[0].fds = vec![3; CARRIED_MAX + 1];
+        }
+        let mut p = crate::tests::sample_process();
+        p.files.push(sock.clone());
+        let err = check_carried(&[p], &known).unwrap_err();
+        assert!(err.contains("carries 254 files"), "{err}");
+        // A stream message carrying files has bytes: the files go with them.
+        if let FileKind::UnixSocket(s) = &mut sock.kind {
+            s.sock_type = UNIX_SOCK_STREAM;
+            s.queue[0].fds = vec![3];
+        }
+        let err = check_file_path(0, &sock).unwrap_err();
+        assert!(err.contains("no bytes that carries files"), "{err}");
+    }
+
+    #[test]
     fn unix_sockets_need_a_path_exactly_when_bound_to_one() {
         use UnixSocketState::*;
         let listening = || Listening {
