@@ -70,9 +70,9 @@ fn files_and_credentials_in_flight_come_back_with_their_messages() {
     dump(v.pid, &dir, false).assert_ok();
     v.reap();
     // A stream peek runs on through plain bytes into the piece that carries files:
-    // "headfiles" carries three; "tail", "in-sock" and "from-test" nothing; "self", "dup" and
-    // "ev" one each.
-    assert_eq!(carried(&dir), vec![0, 0, 0, 1, 1, 1, 3]);
+    // "headfiles" carries three; "tail", "in-sock" and "from-test" nothing; "self", "dup",
+    // "ev" and "me" one each.
+    assert_eq!(carried(&dir), vec![0, 0, 0, 1, 1, 1, 1, 3]);
     restore_detached(&dir, &[]).assert_ok();
     v.mark_restored();
     v.wait_logging_after(before);

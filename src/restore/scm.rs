@@ -214,33 +214,43 @@ pub fn send_message(
 }
 
 /// Runs `bind`, and when its name is taken (EADDRINUSE) runs it again after the kernel's
-/// garbage collector of sockets in flight has had its chance: a socket queued in a queue it
-/// can itself reach (sent to itself, or two sent to each other) outlives the killed process
-/// that held it, name and all, until that collector runs, and the collector runs only when
-/// some UNIX socket is released. crest releases one to start it and tries again a few times
-/// while it works (at most about a second in all).
+/// garbage collector of sockets in flight has had its chance ([`after_garbage_until`]).
 pub fn after_garbage(mut bind: impl FnMut() -> std::io::Result<()>) -> std::io::Result<()> {
-    let mut tries = 0;
-    loop {
-        match bind() {
-            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && tries < 50 => {
-                if tries == 0 {
-                    // SAFETY: socket(2) takes only integers; the fd is closed right away, which
-                    // is what starts the collector.
-                    unsafe {
-                        let fd =
-                            libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                        if fd >= 0 {
-                            libc::close(fd);
-                        }
-                    }
-                }
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
+    let mut last = None;
+    after_garbage_until(|| {
+        let r = bind();
+        let done = !matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE));
+        last = Some(r);
+        done
+    });
+    last.expect("asked at least once")
+}
+
+/// Whether `done` comes true once the kernel's garbage collector of UNIX sockets in flight
+/// has run: a socket queued in a queue it can itself reach (sent to itself, or two sent to
+/// each other) outlives the killed process that held it, name and all, until that collector
+/// runs, and it runs only when some UNIX socket is released. crest releases one to start it
+/// and looks again a few times while it works (at most about a second in all). `done` is
+/// asked first without waiting.
+pub fn after_garbage_until(mut done: impl FnMut() -> bool) -> bool {
+    if done() {
+        return true;
+    }
+    // SAFETY: socket(2) takes only integers; the fd is closed right away, which is what starts
+    // the collector.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd >= 0 {
+            libc::close(fd);
         }
     }
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if done() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Sends like [`send_message`]; when the kernel refuses the credentials' pid because no

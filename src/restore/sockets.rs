@@ -732,11 +732,17 @@ fn remove_stale(path: &str, live: &mut Option<HashSet<(u64, u64)>>) -> Result<()
             ))
         })?);
     }
-    if live
-        .as_ref()
-        .expect("listed above")
-        .contains(&(md.ino(), md.dev()))
+    let key = (md.ino(), md.dev());
+    // A socket that only a queue keeps (one queued in itself, of the dumped process) goes
+    // once the kernel collects it.
+    if live.as_ref().expect("listed above").contains(&key)
+        && super::scm::after_garbage_until(|| {
+            crate::dump::sockdiag::bound_files().is_ok_and(|l| !l.contains(&key))
+        })
     {
+        *live = None;
+    }
+    if live.as_ref().is_some_and(|l| l.contains(&key)) {
         return Err(refuse(
             "is a socket another process is bound to (listening or not); stop that process \
              first"

@@ -11,6 +11,9 @@
  *            carrying the file of 100's message again (one description: one offset), and "ev"
  *            carrying the eventfd at 107
  *   107      an eventfd holding 5, held and in flight (one description)
+ *   108      datagram socket bound to CTL/self, connected to itself, holding "me" carrying
+ *            itself: once the process is gone the queue alone keeps it (and its name) alive,
+ *            until the kernel collects such cycles
  *   106      datagram socket bound to CTL/cred with SO_PASSCRED; the test sends it "from-test"
  *            (with its own credentials) before the dump
  *
@@ -163,6 +166,14 @@ static void setup(const char *mode)
         die("bind %s: %s", a.sun_path, strerror(errno));
     if (setsockopt(106, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
         die("SO_PASSCRED: %s", strerror(errno));
+
+    at(socket(AF_UNIX, SOCK_DGRAM, 0), 108);
+    snprintf(a.sun_path, sizeof a.sun_path, "%s/self", dir);
+    if (bind(108, (struct sockaddr *)&a, sizeof a) != 0 ||
+        connect(108, (struct sockaddr *)&a, sizeof a) != 0)
+        die("bind/connect %s: %s", a.sun_path, strerror(errno));
+    int me = 108;
+    send_fds(108, "me", 2, &me, 1);
 
     if (strcmp(mode, "tree-creds") == 0) {
         pair(SOCK_DGRAM, 120, 121);
@@ -388,6 +399,16 @@ static void verify(int final)
             fail("fd 120: credentials pid %d uid %u gid %u, want pid %d uid 0 gid 0", mine.pid,
                  mine.uid, mine.gid, (int)getpid());
     }
+
+    /* 108: itself, from itself. */
+    n = receive(108, buf, sizeof buf, fds, 8, &nfds, NULL);
+    if (n != 2 || strcmp(buf, "me") != 0 || nfds != 1) {
+        fail("fd 108: received %zd bytes \"%s\" with %d files, want \"me\" with 1", n,
+             n > 0 ? buf : "", nfds);
+        return;
+    }
+    same_inode(fds[0], 108, "the bound socket sent in its own queue");
+    close(fds[0]);
 
     /* 106: the test's datagram with its credentials. */
     struct ucred cred;
