@@ -1046,6 +1046,21 @@ fn unix_socket_text(path: &str, s: &crate::images::UnixSocket) -> String {
             _ => format!(", {} unread messages ({bytes} bytes)", s.queue.len()),
         };
     }
+    let carried: usize = s.queue.iter().map(|m| m.fds.len()).sum();
+    if carried > 0 {
+        let ids: Vec<String> = s
+            .queue
+            .iter()
+            .flat_map(|m| m.fds.iter().map(|id| id.to_string()))
+            .collect();
+        text += &format!(
+            ", carrying {carried} file(s) (descriptions {})",
+            ids.join(", ")
+        );
+    }
+    if s.queue.iter().any(|m| m.creds.is_some()) {
+        text += ", with the senders' credentials";
+    }
     if s.shutdown != 0 {
         text += &format!(
             ", shut down for {}",
@@ -1673,11 +1688,28 @@ mod tests {
         closed.queue.push(UnixMessage {
             from: vec![],
             data: vec![1, 2, 3],
+            fds: vec![],
+            creds: None,
         });
         closed.shutdown = 3;
         assert_eq!(
             unix_socket_text("", &closed),
             "unix stream socket, peer closed, 3 unread bytes, shut down for reading and writing"
+        );
+        closed.queue.push(UnixMessage {
+            from: vec![],
+            data: vec![4],
+            fds: vec![7, 9],
+            creds: Some(crate::images::MessageCreds {
+                pid: 5,
+                uid: 0,
+                gid: 0,
+            }),
+        });
+        assert_eq!(
+            unix_socket_text("", &closed),
+            "unix stream socket, peer closed, 4 unread bytes, carrying 2 file(s) (descriptions \
+             7, 9), with the senders' credentials, shut down for reading and writing"
         );
         let mut dgram = stream(
             UnixName::Abstract {

@@ -93,10 +93,24 @@ fn a_connection_to_a_server_outside_the_tree_is_refused_or_connected_again_with_
     assert_eq!(&got, b"ext");
 }
 
+/// Files in flight are dumped and sent again (tests/scm.rs checks what arrives).
 #[test]
-fn fds_in_flight_are_refused_naming_the_socket() {
-    let v = start(&["scm"]);
-    assert_refused(&v, 120, &["SCM_RIGHTS"]);
+fn an_fd_in_flight_no_longer_stops_a_dump() {
+    let mut v = start(&["scm"]);
+    let dir = v.work.join("img");
+    let before = v.last_logged();
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    let text = show_json(&dir).to_string();
+    let carries = text
+        .match_indices("\"fds\":[")
+        .any(|(i, m)| text[i + m.len()..].starts_with(|c: char| c.is_ascii_digit()));
+    assert!(carries, "no message carrying a file in {text}");
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    v.verify_with("check")
+        .unwrap_or_else(|e| panic!("after the restore: {e}"));
 }
 
 #[test]

@@ -1177,6 +1177,23 @@ pub struct UnixMessage {
     /// sender is unnamed. A named sender is a socket of the tree (a dump refuses others).
     pub from: Vec<u8>,
     pub data: Vec<u8>,
+    /// The open file descriptions it carries (SCM_RIGHTS), in order, by tree-wide id
+    /// ([`OpenFileDescription::id`]). A description that only the queue holds is among the
+    /// open files of the socket's process with no fd referring to it.
+    #[serde(default)]
+    pub fds: Vec<u32>,
+    /// The credentials it carries (SCM_CREDENTIALS: what a receiver with SO_PASSCRED reads),
+    /// when the receiver had SO_PASSCRED at dump time.
+    #[serde(default)]
+    pub creds: Option<MessageCreds>,
+}
+
+/// The sender's credentials attached to a queued UNIX message (struct ucred).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageCreds {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// What an AF_UNIX socket was doing at dump time.

@@ -564,6 +564,15 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
             "file {i} is a UNIX socket with a message from a too long name"
         ));
     }
+    if s.sock_type == libc::SOCK_STREAM as u32
+        && s.queue
+            .iter()
+            .any(|m| m.data.is_empty() && !m.fds.is_empty())
+    {
+        return Err(format!(
+            "file {i} is a UNIX stream socket with a message of no bytes that carries files"
+        ));
+    }
     if stream && s.queue.iter().any(|m| !m.from.is_empty()) {
         return Err(format!(
             "file {i} is a UNIX stream or seqpacket socket with a message from a named sender"
@@ -1170,8 +1179,49 @@ pub(crate) fn check_tree(
         }
     }
     ghost::check_tree(processes)?;
+    check_carried(processes, &descriptions)?;
     let tasks: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
     check_references(processes, &descriptions, &tasks)
+}
+
+/// Most files one UNIX message carries (SCM_MAX_FD).
+const CARRIED_MAX: usize = 253;
+
+/// Every file a queued UNIX message carries (SCM_RIGHTS) is a description of the tree, at
+/// most [`CARRIED_MAX`] per message.
+fn check_carried(
+    processes: &[ProcessImage],
+    descriptions: &std::collections::HashMap<u32, (u64, u64)>,
+) -> Result<(), String> {
+    for p in processes {
+        for f in &p.files {
+            let FileKind::UnixSocket(s) = &f.kind else {
+                continue;
+            };
+            for (i, m) in s.queue.iter().enumerate() {
+                if m.fds.len() > CARRIED_MAX {
+                    return Err(format!(
+                        "process {}: message {} of UNIX socket inode {} carries {} files (at \
+                         most {CARRIED_MAX})",
+                        p.pid,
+                        i + 1,
+                        f.ino,
+                        m.fds.len()
+                    ));
+                }
+                if let Some(id) = m.fds.iter().find(|id| !descriptions.contains_key(id)) {
+                    return Err(format!(
+                        "process {}: message {} of UNIX socket inode {} carries description \
+                         {id}, which no process of the tree has",
+                        p.pid,
+                        i + 1,
+                        f.ino
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Longest memfd name memfd_create(2) accepts (MFD_NAME_MAX_LEN).
@@ -2258,9 +2308,50 @@ mod socket_tests {
             s.queue.push(UnixMessage {
                 from: from.to_vec(),
                 data: data.to_vec(),
+                fds: vec![],
+                creds: None,
             });
         }
         f
+    }
+
+    #[test]
+    fn carried_files_must_be_descriptions_of_the_tree_and_streams_carry_them_with_bytes() {
+        let mut p = crate::tests::sample_process();
+        let mut sock = socket(
+            "",
+            UNIX_SOCK_DGRAM,
+            UnixName::Unnamed,
+            UnixSocketState::Unconnected,
+        );
+        if let FileKind::UnixSocket(s) = &mut sock.kind {
+            s.queue.push(UnixMessage {
+                from: vec![],
+                data: vec![],
+                fds: vec![3],
+                creds: None,
+            });
+        }
+        p.files.push(sock.clone());
+        let processes = [p];
+        let known: std::collections::HashMap<u32, (u64, u64)> = [(3, (8, 1))].into();
+        check_carried(&processes, &known).unwrap();
+        let err = check_carried(&processes, &Default::default()).unwrap_err();
+        assert!(err.contains("carries description 3"), "{err}");
+        if let FileKind::UnixSocket(s) = &mut sock.kind {
+            s.queue[0].fds = vec![3; CARRIED_MAX + 1];
+        }
+        let mut p = crate::tests::sample_process();
+        p.files.push(sock.clone());
+        let err = check_carried(&[p], &known).unwrap_err();
+        assert!(err.contains("carries 254 files"), "{err}");
+        // A stream message carrying files has bytes: the files go with them.
+        if let FileKind::UnixSocket(s) = &mut sock.kind {
+            s.sock_type = UNIX_SOCK_STREAM;
+            s.queue[0].fds = vec![3];
+        }
+        let err = check_file_path(0, &sock).unwrap_err();
+        assert!(err.contains("no bytes that carries files"), "{err}");
     }
 
     #[test]

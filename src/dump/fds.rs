@@ -37,6 +37,14 @@ pub struct FdTable {
     pub mapping_locks: Vec<MappingLock>,
     /// What the dump's report says about these fds (state left behind on purpose).
     pub notes: Vec<String>,
+    /// Files that messages queued in the process's UNIX sockets carry (SCM_RIGHTS), open in
+    /// crest until the dump ends ([`super::scm`]): crest's fd -> the description it is.
+    pub carried: HashMap<i32, u32>,
+    /// The descriptions that only such a queue holds (no fd of the process), each with one of
+    /// crest's fds on it.
+    pub in_flight: Vec<(u32, i32)>,
+    /// crest's fds of `carried`, kept open.
+    pub carried_fds: Vec<std::os::fd::OwnedFd>,
 }
 
 use crate::files::mqueue::MQUEUE_MAGIC;
@@ -72,10 +80,77 @@ pub fn collect(
     problems.finish()?;
     // Whether each pipe is whole in the tree is decided once every process is collected
     // (shared.rs); until then it is recorded as external.
+    let carried = walk.sockets.take_passed();
     let mut table = walk.table;
     (table.posix_locks, table.mapping_locks) = walk.lock_collector.finish(proc, vmas)?;
     table.notes = walk.sockets.notes;
+    super::scm::add_carried(proc.pid(), &mut table, files, carried)?;
     Ok(table)
+}
+
+/// A walk over some of crest's own fds: the files that messages queued in UNIX sockets carry,
+/// recorded like any fd (their descriptions grouped with kcmp, with crest's fd numbers).
+pub(super) struct OwnWalk<'a>(FdWalk<'a>);
+
+impl<'a> OwnWalk<'a> {
+    /// `own`: crest's own process.
+    pub fn new(own: &'a Proc) -> OwnWalk<'a> {
+        OwnWalk(FdWalk {
+            proc: own,
+            shell_fds: &[],
+            tty_drivers: None,
+            table: FdTable::default(),
+            by_inode: HashMap::new(),
+            sockets: Sockets::new(own.pid()),
+            lock_collector: locks::Collector::default(),
+        })
+    }
+
+    /// Records crest's fds `fds` into `files`; returns the files that the queues of sockets
+    /// among them carry in turn (open in crest), and crest's fd of each refusal.
+    pub fn add(
+        &mut self,
+        fds: &[i32],
+        files: &mut FileTable,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, (i32, DumpError)> {
+        let entries = self.0.proc.fds().map_err(|e| (-1, e.into()))?;
+        for fd in fds {
+            let entry = entries.iter().find(|e| e.fd == *fd).ok_or_else(|| {
+                (
+                    *fd,
+                    DumpError::UnsupportedFd {
+                        pid: self.0.proc.pid(),
+                        fd: *fd,
+                        what: "not open in crest any more (a bug in crest)".into(),
+                    },
+                )
+            })?;
+            if matches!(entry.target, FdTarget::Socket(_)) {
+                // SAFETY: `fd` is one of crest's own fds, which the caller keeps open for the
+                // whole walk; it is only borrowed for this check.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+                // A TCP connection would be put in repair mode on crest's account: refused
+                // before that (see super::scm::unsupported).
+                if crate::net::tcp_dump::is_tcp(borrowed) {
+                    return Err((
+                        *fd,
+                        DumpError::UnsupportedFd {
+                            pid: self.0.proc.pid(),
+                            fd: *fd,
+                            what: "a TCP socket".into(),
+                        },
+                    ));
+                }
+            }
+            self.0.add_fd(entry, files).map_err(|e| (*fd, e))?;
+        }
+        Ok(self.0.sockets.take_passed())
+    }
+
+    /// What the walk recorded: descriptions, and crest's fds on them.
+    pub fn into_table(self) -> FdTable {
+        self.0.table
+    }
 }
 
 /// The state of one pass over a process's fds.
@@ -359,6 +434,21 @@ impl FdTable {
             .find(|f| f.description == d)
             .map(|f| f.fd)
             .expect("every description has an fd")
+    }
+
+    /// A process and fd that hold description `d` of process `pid`: one of its fds, or for a
+    /// description only a socket queue holds, crest's fd on it.
+    pub fn holder_of(&self, pid: i32, d: u32) -> (i32, i32) {
+        if let Some(f) = self.fds.iter().find(|f| f.description == d) {
+            return (pid, f.fd);
+        }
+        let fd = self
+            .in_flight
+            .iter()
+            .find(|(desc, _)| *desc == d)
+            .map(|(_, fd)| *fd)
+            .expect("every description has an fd, or crest holds it");
+        (std::process::id() as i32, fd)
     }
 }
 

@@ -32,6 +32,7 @@ mod problems;
 mod process;
 mod procfiles;
 mod references;
+mod scm;
 mod seccomp;
 mod shared;
 mod sysv;
@@ -226,6 +227,12 @@ pub enum DumpError {
     },
     #[error("process {pid}: fd {fd} is {what}; crest cannot dump it yet")]
     UnsupportedFd { pid: i32, fd: i32, what: String },
+    /// A file that a message queued in a UNIX socket carries (SCM_RIGHTS) ([`scm`]).
+    #[error(
+        "process {pid}: a file that a message queued in its UNIX socket (inode {socket}) carries \
+         (SCM_RIGHTS) is {what}; crest cannot dump it yet"
+    )]
+    Carried { pid: i32, socket: u64, what: String },
     #[error(
         "process {pid}: cannot tell whether fds {fd1} and {fd2} share an open file (kcmp: \
          {errno}); crest needs a kernel with CONFIG_KCMP"

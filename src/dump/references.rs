@@ -44,12 +44,12 @@ pub fn resolve(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
         for d in 0..p.fd_table.open_files.len() as u32 {
             let file = p.fd_table.open_files[d as usize].file;
             let id = p.fd_table.open_files[d as usize].id;
-            let fd = p.fd_table.holder(d);
+            let (holder, fd) = p.fd_table.holder_of(pid, d);
             match &mut p.files.get_mut(file).kind {
                 FileKind::Epoll(ep) => {
-                    problems.extend(epoll::resolve(pid, fd, &mut ep.targets, &holders));
+                    problems.extend(epoll::resolve(holder, fd, &mut ep.targets, &holders));
                     problems.extend(epoll::signalfd_problems(
-                        pid,
+                        holder,
                         fd,
                         id,
                         &ep.targets,

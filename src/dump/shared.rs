@@ -28,6 +28,7 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     super::unix_tree::resolve(procs, ext_unix_sk)?;
     assign_description_ids(procs)?;
     crate::files::locks::keep_leases_once(procs.iter_mut().map(|p| &mut p.fd_table.open_files));
+    super::scm::to_tree_ids(procs)?;
     super::references::resolve(procs)?;
     classify_pipes(procs)?;
     super::fifos::classify(procs)?;
@@ -74,8 +75,9 @@ fn refuse_shared_tables(procs: &[CollectedProcess]) -> Result<(), DumpError> {
 /// Gives every open file description a tree-wide id; descriptions that kcmp finds to be one
 /// (inherited across fork, or passed over a socket) get the same.
 fn assign_description_ids(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
-    // (dev, ino) -> (pid, a holder fd, id) of each description of that inode seen so far.
-    type Holder = (i32, i32, u32);
+    // (dev, ino) -> (process, holder pid, a holder fd, id) of each description of that inode
+    // seen so far (the holder is crest for a description only a socket queue holds).
+    type Holder = (i32, i32, i32, u32);
     let mut seen: HashMap<(u64, u64), Vec<Holder>> = HashMap::new();
     let mut next_id = 0u32;
     for p in procs.iter_mut() {
@@ -83,13 +85,13 @@ fn assign_description_ids(procs: &mut [CollectedProcess]) -> Result<(), DumpErro
         for d in 0..p.fd_table.open_files.len() as u32 {
             let f = p.description_file(d);
             let key = (f.dev, f.ino);
-            let fd = p.fd_table.holder(d);
+            let (holder, fd) = p.fd_table.holder_of(pid, d);
             let mut id = None;
-            for &(other, other_fd, other_id) in seen.get(&key).into_iter().flatten() {
-                if other == pid {
+            for &(other_proc, other, other_fd, other_id) in seen.get(&key).into_iter().flatten() {
+                if other_proc == pid {
                     continue;
                 }
-                let same = sys::kcmp_same_file(other, pid, other_fd, fd).map_err(|errno| {
+                let same = sys::kcmp_same_file(other, holder, other_fd, fd).map_err(|errno| {
                     DumpError::Kcmp {
                         pid,
                         fd1: other_fd,
@@ -107,7 +109,7 @@ fn assign_description_ids(procs: &mut [CollectedProcess]) -> Result<(), DumpErro
                 next_id - 1
             });
             p.fd_table.open_files[d as usize].id = id;
-            seen.entry(key).or_default().push((pid, fd, id));
+            seen.entry(key).or_default().push((pid, holder, fd, id));
         }
     }
     Ok(())
@@ -122,19 +124,27 @@ fn classify_pipes(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
         writer: Option<(i32, i32)>,
     }
     let mut pipes_seen: HashMap<(u64, u64), Ends> = HashMap::new();
+    let crest = std::process::id() as i32;
     for p in procs.iter() {
-        for f in &p.fd_table.fds {
-            let ident = p.description_file(f.description);
+        // An end that only a socket queue holds (SCM_RIGHTS) is in the tree too: crest holds it.
+        let held = p
+            .fd_table
+            .fds
+            .iter()
+            .map(|f| (f.description, p.pid(), f.fd));
+        let carried = p.fd_table.in_flight.iter().map(|&(d, fd)| (d, crest, fd));
+        for (d, holder, fd) in held.chain(carried) {
+            let ident = p.description_file(d);
             if !matches!(ident.kind, FileKind::Pipe(_)) {
                 continue;
             }
             let ends = pipes_seen.entry((ident.dev, ident.ino)).or_default();
-            let flags = p.fd_table.open_files[f.description as usize].flags as i32;
+            let flags = p.fd_table.open_files[d as usize].flags as i32;
             if flags & libc::O_ACCMODE != libc::O_WRONLY {
-                ends.reader = ends.reader.or(Some((p.pid(), f.fd)));
+                ends.reader = ends.reader.or(Some((holder, fd)));
             }
             if flags & libc::O_ACCMODE != libc::O_RDONLY {
-                ends.writer = ends.writer.or(Some((p.pid(), f.fd)));
+                ends.writer = ends.writer.or(Some((holder, fd)));
             }
         }
     }

@@ -9,8 +9,10 @@
 //!   name is not kept: an accepted connection carries its listener's, which the listener has;
 //! - its receive queue, peeked without consuming it: a stream socket's bytes; a seqpacket or
 //!   datagram socket's records one by one (SO_PEEK_OFF moves through the queue, then is turned
-//!   off again), each datagram with its sender's name. Data carrying fds or credentials
-//!   (SCM_RIGHTS / SCM_CREDENTIALS) is refused;
+//!   off again), each datagram with its sender's name. A message carrying files
+//!   (SCM_RIGHTS) keeps them: the peek opened them in crest, and [`super::scm`] records them;
+//!   one carrying credentials (SCM_CREDENTIALS, the receiver has SO_PASSCRED) keeps them too;
+//!   any other control message (SCM_SECURITY) is refused;
 //! - shutdown state, SO_PASSCRED, buffer sizes, and the other SOL_SOCKET options that differ
 //!   from a fresh socket's (SO_PASSSEC, SO_RCVLOWAT, SO_SNDTIMEO ...);
 //! - its state: unconnected (bound or not), listening (with the embryos of the connections
@@ -28,11 +30,16 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-use crate::images::{FileIdentity, FileKind, UnixMessage, UnixName, UnixSocket, UnixSocketState};
+use crate::images::{
+    FileIdentity, FileKind, MessageCreds, UnixMessage, UnixName, UnixSocket, UnixSocketState,
+};
 use crate::sys;
 
 use super::sockdiag::{self, UnixDiag, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 use super::DumpError;
+
+/// A UNIX message's security label (linux/socket.h), read with SO_PASSSEC.
+const SCM_SECURITY: libc::c_int = 0x03;
 
 /// Most unread bytes crest captures from one socket (the images crate accepts up to 64 MiB; a
 /// default UNIX socket queue holds far less).
@@ -47,6 +54,8 @@ pub struct Sockets {
     pidfd: Option<OwnedFd>,
     /// What the dump's report says about these sockets (captured packets left behind).
     pub notes: Vec<String>,
+    /// Files that the queues read carry, open in crest.
+    passed: Vec<OwnedFd>,
 }
 
 impl Sockets {
@@ -55,6 +64,7 @@ impl Sockets {
             pid,
             pidfd: None,
             notes: Vec::new(),
+            passed: Vec::new(),
         }
     }
 
@@ -344,7 +354,7 @@ impl Sockets {
 
     /// What the socket's receive queue holds, peeked without consuming it.
     fn queued(
-        &self,
+        &mut self,
         fd: i32,
         copy: &OwnedFd,
         diag: &UnixDiag,
@@ -354,7 +364,24 @@ impl Sockets {
         // For a stream or seqpacket socket rqueue is every byte queued; for a datagram socket
         // the size of the next one (0 also for an empty one, which the walk below finds).
         let n = diag.rqueue;
-        if n == 0 && sock_type != libc::SOCK_DGRAM {
+        if n == 0 && sock_type == libc::SOCK_STREAM {
+            return Ok(Vec::new());
+        }
+        if n == 0 && sock_type == libc::SOCK_SEQPACKET {
+            // Nothing but empty records, if anything: one carrying files cannot be stepped over
+            // (and once peeked, a peek offset skips it).
+            if let Ok(Peeked::Data { fds, .. }) = peek(copy, 1, false) {
+                if !fds.is_empty() {
+                    return Err(self.refuse(
+                        fd,
+                        what(&format!(
+                            "holding an empty message that carries {} file(s) (SCM_RIGHTS), \
+                             which crest cannot step over to capture the rest",
+                            fds.len()
+                        )),
+                    ));
+                }
+            }
             return Ok(Vec::new());
         }
         if n > QUEUED_MAX {
@@ -385,20 +412,6 @@ impl Sockets {
                 return Err(self.refuse(fd, what(&format!("whose peek offset cannot be read: {e}"))))
             }
         }
-        let ancillary = |count: usize| {
-            self.refuse(
-                fd,
-                what(&format!(
-                    "with unread data that carries file descriptors or credentials \
-                     (SCM_RIGHTS/SCM_CREDENTIALS{}); crest cannot capture them",
-                    if count > 0 {
-                        format!(", after {count} plain message(s)")
-                    } else {
-                        String::new()
-                    }
-                )),
-            )
-        };
         if sock_type == libc::SOCK_STREAM {
             let peeked = peek(copy, n as usize, false).map_err(|e| {
                 self.refuse(
@@ -406,27 +419,31 @@ impl Sockets {
                     what(&format!("with {n} unread bytes that cannot be read: {e}")),
                 )
             })?;
-            return match peeked {
-                Peeked::Data { data, .. } if data.len() == n as usize => Ok(vec![UnixMessage {
-                    from: Vec::new(),
+            match peeked {
+                Peeked::Data {
                     data,
-                }]),
-                Peeked::Data { data, .. } => Err(self.refuse(
-                    fd,
-                    what(&format!(
-                        "with {n} unread bytes of which crest could peek only {} (they come \
-                         from several senders); it cannot capture them",
-                        data.len()
-                    )),
-                )),
-                Peeked::Ancillary => Err(ancillary(0)),
-                Peeked::Empty => Ok(Vec::new()),
-            };
+                    fds,
+                    creds: None,
+                    ..
+                } if data.len() == n as usize && fds.is_empty() => {
+                    return Ok(vec![UnixMessage {
+                        from: Vec::new(),
+                        data,
+                        fds: Vec::new(),
+                        creds: None,
+                    }])
+                }
+                Peeked::Empty => return Ok(Vec::new()),
+                // Carrying fds or credentials, or bytes from several senders: the kernel
+                // stops a read at each change, so the queue is walked piece by piece.
+                _ => {}
+            }
         }
-        // Records one by one: with a peek offset of 0 each peek moves past what it returned.
+        // Records (or pieces of a stream) one by one: with a peek offset of 0 each peek moves
+        // past what it returned.
         set_sockopt(copy, libc::SO_PEEK_OFF, 0)
             .map_err(|e| self.refuse(fd, what(&format!("whose queue cannot be walked: {e}"))))?;
-        let walked = self.walk_records(fd, copy, diag, what, &ancillary);
+        let walked = self.walk_records(fd, copy, diag, what);
         let reset = set_sockopt(copy, libc::SO_PEEK_OFF, -1);
         let messages = walked?;
         reset.map_err(|e| {
@@ -440,16 +457,19 @@ impl Sockets {
         Ok(messages)
     }
 
+    /// Walks the queue of `copy` with the peek offset at 0. Files that messages carry
+    /// (SCM_RIGHTS) are kept open in crest ([`Sockets::take_passed`]); until the fd walk turns
+    /// them into descriptions of the process, each message names them by crest's fd numbers.
     fn walk_records(
-        &self,
+        &mut self,
         fd: i32,
         copy: &OwnedFd,
         diag: &UnixDiag,
         what: &dyn Fn(&str) -> String,
-        ancillary: &dyn Fn(usize) -> DumpError,
     ) -> Result<Vec<UnixMessage>, DumpError> {
         // Only a datagram's sender matters (a seqpacket record comes from the peer).
         let dgram = diag.sock_type as i32 == libc::SOCK_DGRAM;
+        let stream = diag.sock_type as i32 == libc::SOCK_STREAM;
         let mut messages: Vec<UnixMessage> = Vec::new();
         let mut total = 0usize;
         loop {
@@ -464,11 +484,22 @@ impl Sockets {
             })?;
             match peeked {
                 Peeked::Empty => return Ok(messages),
-                Peeked::Ancillary => return Err(ancillary(messages.len())),
+                Peeked::Unknown(cmsg) => {
+                    return Err(self.refuse(
+                        fd,
+                        what(&format!(
+                            "whose unread message {} carries {cmsg}, which crest cannot \
+                             capture",
+                            messages.len() + 1
+                        )),
+                    ))
+                }
                 Peeked::Data {
                     data,
                     from,
                     truncated,
+                    fds,
+                    creds,
                 } => {
                     if truncated {
                         return Err(self.refuse(
@@ -479,10 +510,22 @@ impl Sockets {
                             )),
                         ));
                     }
+                    if data.is_empty() && !fds.is_empty() {
+                        return Err(self.refuse(
+                            fd,
+                            what(&format!(
+                                "holding an empty message that carries {} file(s) \
+                                 (SCM_RIGHTS) after {} others, which crest cannot step over to \
+                                 capture the rest",
+                                fds.len(),
+                                messages.len()
+                            )),
+                        ));
+                    }
                     if data.is_empty() {
-                        // End of file of a seqpacket socket shut down for reading, or an empty
-                        // record, which a peek offset cannot step over.
-                        if diag.shutdown & 1 != 0 && messages.is_empty() {
+                        // End of file of a stream or of a seqpacket socket shut down for
+                        // reading, or an empty record, which a peek offset cannot step over.
+                        if stream || (diag.shutdown & 1 != 0 && messages.is_empty()) {
                             return Ok(messages);
                         }
                         return Err(self.refuse(
@@ -503,10 +546,23 @@ impl Sockets {
                             )),
                         ));
                     }
-                    messages.push(UnixMessage { from, data });
+                    let numbers = fds.iter().map(|f| f.as_raw_fd() as u32).collect();
+                    self.passed.extend(fds);
+                    messages.push(UnixMessage {
+                        from,
+                        data,
+                        fds: numbers,
+                        creds,
+                    });
                 }
             }
         }
+    }
+
+    /// The files that the queues read so far carry, open in crest (each message names them by
+    /// these fds' numbers); the caller keeps them open while it needs the numbers.
+    pub fn take_passed(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.passed)
     }
 }
 
@@ -619,23 +675,27 @@ fn set_sockopt(fd: &OwnedFd, opt: libc::c_int, v: i32) -> Result<(), Errno> {
 
 enum Peeked {
     /// What was read; `from` the sender's name (datagrams), `truncated` when the message was
-    /// longer than the buffer.
+    /// longer than the buffer; the files it carries (now open in crest) and the sender's
+    /// credentials when the receiver has SO_PASSCRED.
     Data {
         data: Vec<u8>,
         from: Vec<u8>,
         truncated: bool,
+        fds: Vec<OwnedFd>,
+        creds: Option<MessageCreds>,
     },
     /// Nothing queued.
     Empty,
-    /// The data came with control messages (any fds received were closed).
-    Ancillary,
+    /// The data came with a control message crest does not capture (named; any fds received
+    /// were closed).
+    Unknown(String),
 }
 
 /// Peeks at up to `n` queued bytes (one record unless a stream) without consuming them.
 fn peek(fd: &OwnedFd, n: usize, with_name: bool) -> Result<Peeked, Errno> {
     let mut data = vec![0u8; n];
-    // Room for a few control messages; what matters is whether there is any.
-    let mut control = [0u64; 64];
+    // Room for the most fds one message can carry (SCM_MAX_FD, 253) and the credentials.
+    let mut control = [0u64; 192];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: n,
@@ -673,9 +733,14 @@ fn peek(fd: &OwnedFd, n: usize, with_name: bool) -> Result<Peeked, Errno> {
         }
         break r as usize;
     };
-    if msg.msg_controllen > 0 || msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        close_passed_fds(&msg);
-        return Ok(Peeked::Ancillary);
+    let (fds, creds, unknown) = control_messages(&msg);
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Ok(Peeked::Unknown(
+            "more control data than crest reads (over 253 file descriptors?)".into(),
+        ));
+    }
+    if let Some(unknown) = unknown {
+        return Ok(Peeked::Unknown(unknown));
     }
     data.truncate(got);
     let from = if with_name {
@@ -696,26 +761,54 @@ fn peek(fd: &OwnedFd, n: usize, with_name: bool) -> Result<Peeked, Errno> {
         data,
         from,
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        fds,
+        creds,
     })
 }
 
-/// Closes the fds an SCM_RIGHTS message put into crest (a peek duplicates them).
-fn close_passed_fds(msg: &libc::msghdr) {
+/// The fds (now crest's own), the credentials and the name of any other control message that
+/// recvmsg put in `msg`.
+fn control_messages(msg: &libc::msghdr) -> (Vec<OwnedFd>, Option<MessageCreds>, Option<String>) {
+    let mut fds = Vec::new();
+    let mut creds = None;
+    let mut unknown = None;
     // SAFETY: msg was filled by recvmsg; the CMSG_* macros walk its control buffer within
-    // msg_controllen.
+    // msg_controllen, and each SCM_RIGHTS fd is a new descriptor of crest's that nothing else
+    // owns.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c) as *const libc::c_int;
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
-                    libc::close(std::ptr::read_unaligned(data.add(i)));
+            let data = libc::CMSG_DATA(c);
+            let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    let ints = data as *const libc::c_int;
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        let raw = std::ptr::read_unaligned(ints.add(i));
+                        fds.push(<OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw));
+                    }
+                }
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                    if bytes >= std::mem::size_of::<libc::ucred>() =>
+                {
+                    let u = std::ptr::read_unaligned(data as *const libc::ucred);
+                    creds = Some(MessageCreds {
+                        pid: u.pid,
+                        uid: u.uid,
+                        gid: u.gid,
+                    });
+                }
+                (libc::SOL_SOCKET, SCM_SECURITY) => {
+                    unknown = Some("a security label (SCM_SECURITY, SO_PASSSEC)".to_string())
+                }
+                (level, ty) => {
+                    unknown = Some(format!("a control message of level {level} type {ty}"))
                 }
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
     }
+    (fds, creds, unknown)
 }
 
 fn family_name(family: i32) -> String {
@@ -841,11 +934,15 @@ mod tests {
             vec![
                 UnixMessage {
                     from: from_tx,
-                    data: b"named".to_vec()
+                    data: b"named".to_vec(),
+                    fds: vec![],
+                    creds: None,
                 },
                 UnixMessage {
                     from: vec![],
-                    data: b"anonymous".to_vec()
+                    data: b"anonymous".to_vec(),
+                    fds: vec![],
+                    creds: None,
                 }
             ]
         );
@@ -875,25 +972,78 @@ mod tests {
     }
 
     #[test]
-    fn data_with_passed_fds_is_refused_and_left_in_place() {
+    fn passed_fds_are_kept_open_with_their_message_and_left_in_place() {
         let (a, b) = UnixStream::pair().unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
+        (&b).write_all(b"ab").unwrap();
         send_with_fd(&b, b'x', null.as_raw_fd());
+        (&b).write_all(b"cd").unwrap();
         drop(b);
-        let err = record_own(&a).unwrap_err().to_string();
-        assert!(err.contains("SCM_RIGHTS"), "{err}");
-        let mut buf = [0u8; 4];
-        assert_eq!(nix::unistd::read(&a, &mut buf).unwrap(), 1);
+        let md = std::fs::metadata(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+        let mut sockets = Sockets::new(std::process::id() as i32);
+        let ident = sockets.record(a.as_raw_fd(), &md).unwrap();
+        let passed = sockets.take_passed();
+        assert_eq!(passed.len(), 1, "one file in flight");
+        let queue = &sock(&ident).queue;
+        let all: Vec<u8> = queue.iter().flat_map(|m| m.data.clone()).collect();
+        assert_eq!(all, b"abxcd");
+        // The file goes with the message holding the byte it was sent with, and no other.
+        let with: Vec<&UnixMessage> = queue.iter().filter(|m| !m.fds.is_empty()).collect();
+        assert_eq!(with.len(), 1, "{queue:?}");
+        assert!(with[0].data.ends_with(b"x"), "{queue:?}");
+        assert_eq!(with[0].fds, vec![passed[0].as_raw_fd() as u32]);
+        assert_eq!(queue.last().unwrap().data, b"cd");
+        let held = nix::sys::stat::fstat(&passed[0]).unwrap();
+        let orig = nix::sys::stat::fstat(&null).unwrap();
+        assert_eq!((held.st_dev, held.st_ino), (orig.st_dev, orig.st_ino));
+        // Nothing was consumed, and the peek offset is off again.
+        assert_eq!(
+            sockopt(&a.try_clone().unwrap().into(), libc::SO_PEEK_OFF).unwrap(),
+            -1
+        );
+        let mut buf = [0u8; 2];
+        assert_eq!(nix::unistd::read(&a, &mut buf).unwrap(), 2);
+        assert_eq!(&buf, b"ab");
     }
 
     #[test]
-    fn data_with_credentials_is_refused() {
+    fn credentials_are_recorded_with_each_message() {
         let (a, b) = UnixStream::pair().unwrap();
         let fd: OwnedFd = a.try_clone().unwrap().into();
         set_sockopt(&fd, libc::SO_PASSCRED, 1).unwrap();
         (&b).write_all(b"c").unwrap();
-        let err = record_own(&a).unwrap_err().to_string();
-        assert!(err.contains("SCM_CREDENTIALS"), "{err}");
+        let ident = record_own(&a).unwrap();
+        let queue = &sock(&ident).queue;
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue[0].data, b"c");
+        assert_eq!(
+            queue[0].creds,
+            Some(MessageCreds {
+                pid: std::process::id() as i32,
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+            })
+        );
+    }
+
+    #[test]
+    fn an_empty_record_carrying_files_is_refused() {
+        let mut sv = [0; 2];
+        // SAFETY: socketpair into a valid array.
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sv.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: fresh descriptors we own.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+        let null = std::fs::File::open("/dev/null").unwrap();
+        crate::restore::scm::send_message(&b, b"", None, &[null.as_raw_fd()], None).unwrap();
+        let md = std::fs::metadata(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+        let err = Sockets::new(std::process::id() as i32)
+            .record(a.as_raw_fd(), &md)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty message that carries 1 file"), "{err}");
     }
 
     /// Sends one byte with `fd` attached (SCM_RIGHTS).

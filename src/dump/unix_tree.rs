@@ -36,12 +36,15 @@ struct Held {
 pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), DumpError> {
     let mut held: BTreeMap<u64, Held> = BTreeMap::new();
     for p in procs.iter() {
-        for f in &p.fd_table.fds {
-            let ident = p.description_file(f.description);
+        // A socket that only a queue holds (SCM_RIGHTS) is in the tree too; it has no fd (-1).
+        let carried = p.fd_table.in_flight.iter().map(|&(d, _)| (d, -1));
+        let fds = p.fd_table.fds.iter().map(|f| (f.description, f.fd));
+        for (d, fd) in fds.chain(carried) {
+            let ident = p.description_file(d);
             if let FileKind::UnixSocket(s) = &ident.kind {
                 held.entry(ident.ino).or_insert_with(|| Held {
                     pid: p.pid(),
-                    fd: f.fd,
+                    fd,
                     dev: ident.dev,
                     sock: s.clone(),
                 });
@@ -397,6 +400,8 @@ mod tests {
         m.get_mut(&1).unwrap().sock.queue.push(UnixMessage {
             from: vec![],
             data: b"xy".to_vec(),
+            fds: vec![],
+            creds: None,
         });
         let (_, problems) = resolve_held(&m, true, &named);
         assert!(texts(&problems)[0].contains("2 unread byte(s)"));
@@ -409,6 +414,8 @@ mod tests {
             s.queue.push(UnixMessage {
                 from: from.to_vec(),
                 data: b"d".to_vec(),
+                fds: vec![],
+                creds: None,
             });
         }
         let mut m = BTreeMap::new();

@@ -173,48 +173,9 @@ pub fn open_all(
     // sockets created.
     let mut descriptions: Vec<Option<OwnedFd>> = (0..p.open_files.len()).map(|_| None).collect();
     for (slot, ofd) in descriptions.iter_mut().zip(&p.open_files) {
-        if let Some(fd) = tree.descriptions.get(&ofd.id) {
+        if let Some(fd) = open_checked(p, ofd, base, tree, shmem)? {
             *slot = Some(share(fd, base)?);
-            continue;
         }
-        let ident = file_at(p, ofd.file)?;
-        if let Some(fd) = tree.inherited_for(ident) {
-            let fd = share(fd, base)?;
-            *slot = Some(share(&fd, base)?);
-            tree.descriptions.insert(ofd.id, fd);
-            continue;
-        }
-        if matches!(
-            ident.kind,
-            FileKind::UnixSocket(_)
-                | FileKind::Tcp(_)
-                | FileKind::Udp(_)
-                | FileKind::Netlink(_)
-                | FileKind::Packet(_)
-                | FileKind::ContentInImage
-                | FileKind::Pipe(_)
-                | FileKind::Fifo(_)
-                | FileKind::Event(_)
-                | FileKind::Epoll(_)
-                | FileKind::Inotify(_)
-                | FileKind::Pidfd { .. }
-                | FileKind::Mqueue(_)
-                | FileKind::TreeProc { .. }
-        ) {
-            continue;
-        }
-        let fd = match ident.kind {
-            FileKind::Memfd { .. } => {
-                let first = tree.memfd_originals.insert(ident.ino);
-                reopen_memfd(shmem.memfd(ident.ino)?, ident, ofd, base, first)?
-            }
-            FileKind::Ghost(_) => {
-                reopen_memfd(shmem.ghost(ident.dev, ident.ino)?, ident, ofd, base, false)?
-            }
-            _ => open_description(ident, ofd, base)?,
-        };
-        *slot = Some(share(&fd, base)?);
-        tree.descriptions.insert(ofd.id, fd);
     }
 
     let mut mapped: Vec<Option<OwnedFd>> = (0..p.files.len()).map(|_| None).collect();
@@ -288,92 +249,9 @@ pub fn open_all(
         }
     }
     for (i, (slot, ofd)) in descriptions.iter_mut().zip(&p.open_files).enumerate() {
-        if slot.is_some() {
-            continue;
+        if slot.is_none() {
+            *slot = Some(share(open_made(p, i, ofd, base, tree)?, base)?);
         }
-        let ident = file_at(p, ofd.file)?;
-        let fd = match &ident.kind {
-            FileKind::UnixSocket(_) => {
-                above(tree.unix.take(ident, ofd.flags)?, base, "a UNIX socket")?
-            }
-            FileKind::Tcp(t) => {
-                let who = format!("pid {} fd {}", p.pid, fds_of(p, i));
-                let s = crate::net::tcp_restore::create(t, ofd.flags, &who, &mut tree.tcp)
-                    .map_err(|e| RestoreError::Os {
-                        what: e.what,
-                        source: std::io::Error::from_raw_os_error(
-                            e.errno.map_or(libc::EINVAL, |e| e as i32),
-                        ),
-                    })?;
-                above(s, base, "a TCP socket")?
-            }
-            FileKind::Udp(u) => above(super::udp::create(u, ofd.flags)?, base, "a UDP socket")?,
-            FileKind::Netlink(n) => above(
-                super::netlink::create(n, ofd.flags)?,
-                base,
-                "a netlink socket",
-            )?,
-            FileKind::Packet(p) => above(
-                super::packet::create(p, ofd.flags)?,
-                base,
-                "a packet socket",
-            )?,
-            FileKind::Pipe(pipe) => {
-                let fds: Vec<String> = p
-                    .fds
-                    .iter()
-                    .filter(|f| f.description as usize == i)
-                    .map(|f| f.fd.to_string())
-                    .collect();
-                let fds = format!("pid {} fd {}", p.pid, fds.join(", "));
-                above(tree.pipes.open(ident, pipe, ofd, &fds)?, base, "a pipe")?
-            }
-            FileKind::Fifo(pipe) => above(
-                tree.pipes.open_fifo(
-                    ident,
-                    pipe,
-                    ofd,
-                    &format!("pid {} fd {}", p.pid, fds_of(p, i)),
-                )?,
-                base,
-                "a FIFO",
-            )?,
-            FileKind::Event(ev) => above(
-                crate::events::create(ev, ofd.flags).map_err(|e| RestoreError::Os {
-                    what: format!("pid {}: {}", p.pid, e.what),
-                    source: e.source,
-                })?,
-                base,
-                "an event fd",
-            )?,
-            FileKind::Epoll(_) | FileKind::Inotify(_) | FileKind::Pidfd { .. } => above(
-                super::epoll::create(p.pid, ident, ofd.flags)?,
-                base,
-                "an epoll, inotify or pidfd",
-            )?,
-            // Opened again by the task that holds it (procfiles.rs).
-            FileKind::TreeProc { .. } => above(
-                super::procfiles::placeholder().map_err(|e| RestoreError::Os {
-                    what: format!("pid {}: opening /dev/null as a stand-in", p.pid),
-                    source: e,
-                })?,
-                base,
-                "a stand-in",
-            )?,
-            FileKind::Mqueue(q) => above(
-                tree.mqueues.open(
-                    ident,
-                    q,
-                    ofd.flags,
-                    &format!("pid {} fd {}", p.pid, fds_of(p, i)),
-                )?,
-                base,
-                "a message queue",
-            )?,
-            _ => open_description(ident, ofd, base)?,
-        };
-        *slot = Some(share(&fd, base)?);
-        tree.descriptions.insert(ofd.id, fd);
     }
     let mut shared_memory = HashMap::new();
     for vma in &p.vmas {
@@ -399,6 +277,152 @@ pub fn open_all(
         cwd,
         pages,
     })
+}
+
+/// Opens description `ofd` of `p` if it is a file checked against the image (a regular file,
+/// a directory, a device, a memfd ...), once for the tree: crest's descriptor of it, kept in
+/// `tree`. None for what is made rather than opened ([`open_made`]).
+pub(super) fn open_checked<'t>(
+    p: &ProcessImage,
+    ofd: &crate::images::OpenFileDescription,
+    base: RawFd,
+    tree: &'t mut TreeFiles,
+    shmem: &SharedMemory,
+) -> Result<Option<&'t OwnedFd>, RestoreError> {
+    if tree.descriptions.contains_key(&ofd.id) {
+        return Ok(tree.descriptions.get(&ofd.id));
+    }
+    let ident = file_at(p, ofd.file)?;
+    if let Some(fd) = tree.inherited_for(ident) {
+        let fd = share(fd, base)?;
+        return Ok(Some(tree.descriptions.entry(ofd.id).or_insert(fd)));
+    }
+    if matches!(
+        ident.kind,
+        FileKind::UnixSocket(_)
+            | FileKind::Tcp(_)
+            | FileKind::Udp(_)
+            | FileKind::Netlink(_)
+            | FileKind::Packet(_)
+            | FileKind::ContentInImage
+            | FileKind::Pipe(_)
+            | FileKind::Fifo(_)
+            | FileKind::Event(_)
+            | FileKind::Epoll(_)
+            | FileKind::Inotify(_)
+            | FileKind::Pidfd { .. }
+            | FileKind::Mqueue(_)
+            | FileKind::TreeProc { .. }
+    ) {
+        return Ok(None);
+    }
+    let fd = match ident.kind {
+        FileKind::Memfd { .. } => {
+            let first = tree.memfd_originals.insert(ident.ino);
+            reopen_memfd(shmem.memfd(ident.ino)?, ident, ofd, base, first)?
+        }
+        FileKind::Ghost(_) => {
+            reopen_memfd(shmem.ghost(ident.dev, ident.ino)?, ident, ofd, base, false)?
+        }
+        _ => open_description(ident, ofd, base)?,
+    };
+    Ok(Some(tree.descriptions.entry(ofd.id).or_insert(fd)))
+}
+
+/// Makes description `ofd` (index `i`) of `p`, one that is created rather than opened (a
+/// socket, a pipe, an event fd ...), once for the tree: crest's descriptor of it, kept in
+/// `tree`.
+pub(super) fn open_made<'t>(
+    p: &ProcessImage,
+    i: usize,
+    ofd: &crate::images::OpenFileDescription,
+    base: RawFd,
+    tree: &'t mut TreeFiles,
+) -> Result<&'t OwnedFd, RestoreError> {
+    if tree.descriptions.contains_key(&ofd.id) {
+        return Ok(&tree.descriptions[&ofd.id]);
+    }
+    let ident = file_at(p, ofd.file)?;
+    let fd = match &ident.kind {
+        FileKind::UnixSocket(_) => above(tree.unix.take(ident, ofd.flags)?, base, "a UNIX socket")?,
+        FileKind::Tcp(t) => {
+            let who = format!("pid {} fd {}", p.pid, fds_of(p, i));
+            let s = crate::net::tcp_restore::create(t, ofd.flags, &who, &mut tree.tcp).map_err(
+                |e| RestoreError::Os {
+                    what: e.what,
+                    source: std::io::Error::from_raw_os_error(
+                        e.errno.map_or(libc::EINVAL, |e| e as i32),
+                    ),
+                },
+            )?;
+            above(s, base, "a TCP socket")?
+        }
+        FileKind::Udp(u) => above(super::udp::create(u, ofd.flags)?, base, "a UDP socket")?,
+        FileKind::Netlink(n) => above(
+            super::netlink::create(n, ofd.flags)?,
+            base,
+            "a netlink socket",
+        )?,
+        FileKind::Packet(packet) => above(
+            super::packet::create(packet, ofd.flags)?,
+            base,
+            "a packet socket",
+        )?,
+        FileKind::Pipe(pipe) => {
+            let fds: Vec<String> = p
+                .fds
+                .iter()
+                .filter(|f| f.description as usize == i)
+                .map(|f| f.fd.to_string())
+                .collect();
+            let fds = format!("pid {} fd {}", p.pid, fds.join(", "));
+            above(tree.pipes.open(ident, pipe, ofd, &fds)?, base, "a pipe")?
+        }
+        FileKind::Fifo(pipe) => above(
+            tree.pipes.open_fifo(
+                ident,
+                pipe,
+                ofd,
+                &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+            )?,
+            base,
+            "a FIFO",
+        )?,
+        FileKind::Event(ev) => above(
+            crate::events::create(ev, ofd.flags).map_err(|e| RestoreError::Os {
+                what: format!("pid {}: {}", p.pid, e.what),
+                source: e.source,
+            })?,
+            base,
+            "an event fd",
+        )?,
+        FileKind::Epoll(_) | FileKind::Inotify(_) | FileKind::Pidfd { .. } => above(
+            super::epoll::create(p.pid, ident, ofd.flags)?,
+            base,
+            "an epoll, inotify or pidfd",
+        )?,
+        // Opened again by the task that holds it (procfiles.rs).
+        FileKind::TreeProc { .. } => above(
+            super::procfiles::placeholder().map_err(|e| RestoreError::Os {
+                what: format!("pid {}: opening /dev/null as a stand-in", p.pid),
+                source: e,
+            })?,
+            base,
+            "a stand-in",
+        )?,
+        FileKind::Mqueue(q) => above(
+            tree.mqueues.open(
+                ident,
+                q,
+                ofd.flags,
+                &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+            )?,
+            base,
+            "a message queue",
+        )?,
+        _ => open_description(ident, ofd, base)?,
+    };
+    Ok(tree.descriptions.entry(ofd.id).or_insert(fd))
 }
 
 /// The files that some MAP_SHARED mapping writes through, or may write through after an

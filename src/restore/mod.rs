@@ -22,6 +22,7 @@ mod packet;
 mod pidns;
 mod pipes;
 mod procfiles;
+pub(crate) mod scm;
 mod shmem;
 mod sockets;
 mod spawn;
@@ -210,6 +211,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
         shared.unix = sockets::UnixSockets::plan(&image.processes, opts.ext_unix_sk);
+        scm::open_carried(&image.processes, base, &mut shared, &shmem)?;
         let mut opened = Vec::with_capacity(image.processes.len());
         for p in &image.processes {
             opened.push(files::open_all(

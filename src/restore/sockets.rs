@@ -14,6 +14,7 @@
 //!    queue connect to it again, in queue order;
 //! 6. queued data is sent again from its sender: a pair's other end (bytes or records), or
 //!    for a datagram the socket of the tree bound to the sender's name, or an unnamed socket;
+//!    a message that carried files or credentials is sent with them ([`super::scm`]);
 //! 7. datagram sockets connect to their named peer, and `--ext-unix-sk` sockets to their
 //!    outside peer's name; 8. removed socket files are removed again; 9. the other end of a
 //!    peer-closed pair is closed (the kernel shuts the survivor down as it did the original);
@@ -38,6 +39,8 @@ pub struct UnixSockets {
     planned: BTreeMap<u64, (FileIdentity, UnixSocket)>,
     ext_unix_sk: bool,
     made: Option<HashMap<u64, OwnedFd>>,
+    /// The files that queued messages carry ([`super::scm`]).
+    carried: super::scm::Carried,
 }
 
 impl UnixSockets {
@@ -62,7 +65,14 @@ impl UnixSockets {
             planned,
             ext_unix_sk,
             made: None,
+            carried: Default::default(),
         }
+    }
+
+    /// The files that queued messages carry, opened in crest, to send with them: given
+    /// before the first socket is taken.
+    pub fn carry(&mut self, carried: super::scm::Carried) {
+        self.carried = carried;
     }
 
     /// The socket `ident` with the file status flags `status_flags` of its open file
@@ -73,7 +83,7 @@ impl UnixSockets {
         status_flags: u32,
     ) -> Result<OwnedFd, RestoreError> {
         if self.made.is_none() {
-            self.made = Some(make_all(&self.planned, self.ext_unix_sk)?);
+            self.made = Some(make_all(&self.planned, self.ext_unix_sk, &self.carried)?);
         }
         let sock = self
             .made
@@ -106,7 +116,11 @@ fn paired(planned: &Planned, ino: u64, s: &UnixSocket) -> Option<u64> {
     (back && (s.name == UnixName::Unnamed || other.name == UnixName::Unnamed)).then_some(peer)
 }
 
-fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
+fn make_all(
+    planned: &Planned,
+    ext_unix_sk: bool,
+    carried: &super::scm::Carried,
+) -> Result<HashMap<u64, OwnedFd>, RestoreError> {
     let mut fds: HashMap<u64, OwnedFd> = HashMap::new();
     // Other ends of peer-closed pairs, by the survivor's inode; closed at the end.
     let mut closers: HashMap<u64, OwnedFd> = HashMap::new();
@@ -238,14 +252,16 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
             UnixName::Unnamed => {}
             UnixName::Abstract { name } => {
                 let (addr, len) = abstract_address(name)?;
-                bind(&fds[&ino], &addr, len).map_err(|e| RestoreError::Os {
-                    what: format!(
-                        "binding {} to the abstract name {} (is the dumped process still \
+                super::scm::after_garbage(|| bind(&fds[&ino], &addr, len)).map_err(|e| {
+                    RestoreError::Os {
+                        what: format!(
+                            "binding {} to the abstract name {} (is the dumped process still \
                          running?)",
-                        inode(ino),
-                        crate::dump::sockdiag::name_text(&s.name.raw())
-                    ),
-                    source: e,
+                            inode(ino),
+                            crate::dump::sockdiag::name_text(&s.name.raw())
+                        ),
+                        source: e,
+                    }
                 })?;
             }
             UnixName::Path { removed: true, .. } => {}
@@ -348,7 +364,46 @@ fn make_all(planned: &Planned, ext_unix_sk: bool) -> Result<HashMap<u64, OwnedFd
                     )))
                 }
             };
-            send_all(sender, &m.data, to).map_err(|e| os_err(what(), e))?;
+            // A message queued before the receiver set SO_PASSCRED has no sender (pid 0):
+            // sent without credentials, it reads the same.
+            let creds = m.creds.filter(|c| c.pid != 0);
+            if m.fds.is_empty() && creds.is_none() {
+                send_all(sender, &m.data, to).map_err(|e| os_err(what(), e))?;
+                continue;
+            }
+            let mut passed = Vec::with_capacity(m.fds.len());
+            for id in &m.fds {
+                passed.push(carried.fd(*id, &fds).ok_or_else(|| {
+                    RestoreError::BadImage(format!(
+                        "{}: its message {} carries description {id}, which crest has not \
+                         opened",
+                        inode(ino),
+                        i + 1
+                    ))
+                })?);
+            }
+            // A stream's piece carrying files may have begun anywhere in the bytes the peek
+            // returned with it (a peek runs on through plain bytes into it): the files go with
+            // its last byte, so a reader gets them only once it reads to the end, never with
+            // bytes that came before them.
+            let to = to.map(|(a, l)| (a, *l));
+            let (before, last) = match s.sock_type as i32 {
+                libc::SOCK_STREAM if !passed.is_empty() && !m.data.is_empty() => {
+                    m.data.split_at(m.data.len() - 1)
+                }
+                _ => (&[][..], &m.data[..]),
+            };
+            let context = |e| match e {
+                RestoreError::Os { what: w, source } => RestoreError::Os {
+                    what: format!("{}: {w}", what()),
+                    source,
+                },
+                e => e,
+            };
+            if !before.is_empty() {
+                super::scm::send_message_as(sender, before, to, &[], creds).map_err(context)?;
+            }
+            super::scm::send_message_as(sender, last, to, &passed, creds).map_err(context)?;
         }
     }
     drop(anonymous);
@@ -677,11 +732,17 @@ fn remove_stale(path: &str, live: &mut Option<HashSet<(u64, u64)>>) -> Result<()
             ))
         })?);
     }
-    if live
-        .as_ref()
-        .expect("listed above")
-        .contains(&(md.ino(), md.dev()))
+    let key = (md.ino(), md.dev());
+    // A socket that only a queue keeps (one queued in itself, of the dumped process) goes
+    // once the kernel collects it.
+    if live.as_ref().expect("listed above").contains(&key)
+        && super::scm::after_garbage_until(|| {
+            crate::dump::sockdiag::bound_files().is_ok_and(|l| !l.contains(&key))
+        })
     {
+        *live = None;
+    }
+    if live.as_ref().is_some_and(|l| l.contains(&key)) {
         return Err(refuse(
             "is a socket another process is bound to (listening or not); stop that process \
              first"
@@ -851,6 +912,8 @@ mod tests {
         UnixMessage {
             from: from.to_vec(),
             data: data.to_vec(),
+            fds: vec![],
+            creds: None,
         }
     }
 

@@ -163,6 +163,10 @@ pub enum Kind {
     /// priorities open twice (read-write, write-only non-blocking) and an unlinked queue, all
     /// shared with a child; writes `child PID` and `name /QUEUE` to `CTL/info`.
     Mqueue,
+    /// UNIX socket queues holding messages that carry files (a pipe end, a file, sockets,
+    /// one socket in its own queue) and credentials (tests/victims/scm.c); answers
+    /// [`Victim::verify_with`] "final".
+    Scm,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -195,6 +199,7 @@ impl Kind {
             Kind::Fifos => "fifos",
             Kind::Ftable => "ftable",
             Kind::Mqueue => "mqueue",
+            Kind::Scm => "scm",
             Kind::Java => "java",
         }
     }

@@ -31,7 +31,7 @@
  * Extra modes (third argument), each adding one socket a dump must refuse or handle:
  *   ext NAME      fd 120: a stream socket connected to the abstract name @NAME (a server outside
  *                 the tree); "final" writes "ext" on it
- *   scm           fd 120/121: a stream pair with an fd in flight (SCM_RIGHTS) in 120
+ *   scm           fd 120/121: a stream pair with an fd (0) in flight (SCM_RIGHTS) in 120
  *   pending-data  fd 120: a client of 111 that wrote "early" before being accepted
  *
  * usage: unix CTL_DIR LOG_FILE [mode [arg]]
