@@ -1357,6 +1357,7 @@ mod tests {
                     flags: libc::O_RDONLY as u32,
                     pos: 0,
                     locks: vec![],
+                    owner: None,
                 },
                 OpenFileDescription {
                     id: 1,
@@ -1364,6 +1365,7 @@ mod tests {
                     flags: (libc::O_WRONLY | libc::O_APPEND) as u32,
                     pos: 4096,
                     locks: vec![DescriptionLock::Flock(LockType::Write)],
+                    owner: None,
                 },
             ],
             fds: vec![

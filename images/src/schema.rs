@@ -1264,6 +1264,31 @@ pub struct OpenFileDescription {
     pub pos: u64,
     /// Locks held by this description (shared by every fd and process that has it).
     pub locks: Vec<DescriptionLock>,
+    /// Where signal-driven I/O sends its signal (fcntl F_SETOWN_EX / F_SETSIG), when set.
+    pub owner: Option<FileOwner>,
+}
+
+/// The owner of an open file description (fcntl F_SETOWN_EX) and the signal it is sent
+/// (F_SETSIG): with O_ASYNC, the kernel signals it when I/O becomes possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOwner {
+    pub kind: OwnerKind,
+    /// The owning thread, process or process group (0: none).
+    pub id: i32,
+    /// F_SETSIG's signal; 0 means SIGIO without siginfo details.
+    pub signal: i32,
+    /// Real and effective uid of whoever set the owner: the kernel checks them against the
+    /// owner's uids before each signal.
+    pub uid: u32,
+    pub euid: u32,
+}
+
+/// What [`FileOwner::id`] names (F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnerKind {
+    Thread,
+    Process,
+    ProcessGroup,
 }
 
 /// Shared (read) or exclusive (write).

@@ -328,6 +328,27 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
                 f.ino
             ));
         }
+        if let Some(o) = &d.owner {
+            check_owner(i, o)?;
+        }
+    }
+    Ok(())
+}
+
+/// An owner names a thread, process or group (or nobody, with a signal set) and a signal a
+/// process can be sent.
+fn check_owner(i: usize, o: &FileOwner) -> Result<(), String> {
+    if o.id < 0 || !(0..=64).contains(&o.signal) || (o.id == 0 && o.signal == 0) {
+        return Err(format!(
+            "open file description {i} has the owner {} {} with signal {}",
+            match o.kind {
+                OwnerKind::Thread => "thread",
+                OwnerKind::Process => "process",
+                OwnerKind::ProcessGroup => "process group",
+            },
+            o.id,
+            o.signal
+        ));
     }
     Ok(())
 }
@@ -1848,6 +1869,7 @@ mod task_tests {
                 flags: 2,
                 pos: 0,
                 locks: vec![],
+                owner: None,
             }],
             pid: 10,
             ..crate::tests::sample_process()

@@ -62,6 +62,7 @@ pub fn collect(
         by_inode: HashMap::new(),
         sockets: Sockets::new(proc.pid()),
         lock_collector: locks::Collector::default(),
+        owners: crate::files::fown::OwnerReader::new(proc.pid()),
     };
     let mut problems = Problems::new();
     for entry in proc.fds()? {
@@ -86,6 +87,7 @@ struct FdWalk<'a> {
     by_inode: HashMap<(u64, u64), Vec<(u32, i32)>>,
     sockets: Sockets,
     lock_collector: locks::Collector,
+    owners: crate::files::fown::OwnerReader,
 }
 
 impl FdWalk<'_> {
@@ -313,6 +315,13 @@ impl FdWalk<'_> {
             Some(d) => d,
             None => {
                 let d = self.table.open_files.len() as u32;
+                let owner = match &entry.target {
+                    FdTarget::AnonInode(kind) if kind == "[pidfd]" => None,
+                    _ => self
+                        .owners
+                        .read(fd, info.flags)
+                        .map_err(|what| refuse(pid, fd, what))?,
+                };
                 self.table.open_files.push(OpenFileDescription {
                     // Tree-wide ids are given once every process is collected (shared.rs).
                     id: 0,
@@ -320,6 +329,7 @@ impl FdWalk<'_> {
                     flags: info.flags & !O_CLOEXEC,
                     pos: info.pos,
                     locks: held,
+                    owner,
                 });
                 self.by_inode.entry(key).or_default().push((d, fd));
                 d

@@ -124,6 +124,7 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
             ));
         }
     }
+    crate::files::fown::arm_async_in_task(p)?;
     // flock and OFD locks belong to the descriptions, which are in place now; POSIX locks are
     // the restorer's, after its last close.
     crate::files::locks::take_description_locks(p)?;

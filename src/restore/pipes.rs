@@ -28,6 +28,10 @@ pub struct Pipes {
     /// Where each pipe can be opened again: `/proc/PID/fd/N`. Internal pipes also keep the
     /// fresh pipe's read end alive here until every description is open.
     sources: HashMap<(u64, u64), (String, Option<OwnedFd>)>,
+    /// The two ends pipe2 made for an internal pipe, until a description takes each: a
+    /// description opened through /proc has O_LARGEFILE, which the ends of a program's own
+    /// pipe(2) do not have (and F_SETFL cannot clear).
+    ends: HashMap<(u64, u64), [Option<OwnedFd>; 2]>,
 }
 
 impl Pipes {
@@ -40,11 +44,24 @@ impl Pipes {
         ofd: &OpenFileDescription,
         fds: &str,
     ) -> Result<OwnedFd, RestoreError> {
-        self.reopen_source(ident, ofd, fds, || match pipe {
-            Pipe::Internal { size, buffered } => {
-                let read = fresh(ident.ino, *size, buffered)?;
-                Ok((format!("/proc/self/fd/{}", read.as_raw_fd()), Some(read)))
+        if let Pipe::Internal { size, buffered } = pipe {
+            let key = (ident.dev, ident.ino);
+            if !self.sources.contains_key(&key) {
+                let (read, write) = fresh(ident.ino, *size, buffered)?;
+                let spare = read.try_clone().map_err(|e| RestoreError::Os {
+                    what: format!("{fds}: duplicating pipe inode {}", ident.ino),
+                    source: e,
+                })?;
+                let link = format!("/proc/self/fd/{}", read.as_raw_fd());
+                self.sources.insert(key, (link, Some(read)));
+                self.ends.insert(key, [Some(spare), Some(write)]);
             }
+            if let Some(end) = self.own_end(key, ofd, ident.ino, fds)? {
+                return Ok(end);
+            }
+        }
+        self.reopen_source(ident, ofd, fds, || match pipe {
+            Pipe::Internal { .. } => unreachable!("an internal pipe's source is made above"),
             Pipe::External => {
                 let (pid, fd) = crate::proc::find_pipe_holder(ident.ino).ok_or_else(|| {
                     RestoreError::Unsupported(format!(
@@ -58,6 +75,39 @@ impl Pipes {
                 Ok((format!("/proc/{pid}/fd/{fd}"), None))
             }
         })
+    }
+
+    /// One of the ends pipe2 made for the internal pipe `key`, when `ofd` is a read-only or
+    /// write-only description without O_LARGEFILE (one of a program's own pipe(2) ends) and
+    /// that end is still free, with `ofd`'s O_NONBLOCK and O_DIRECT.
+    fn own_end(
+        &mut self,
+        key: (u64, u64),
+        ofd: &OpenFileDescription,
+        ino: u64,
+        fds: &str,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        let flags = ofd.flags as i32;
+        let slot = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => 0,
+            libc::O_WRONLY => 1,
+            _ => return Ok(None),
+        };
+        if flags & libc::O_LARGEFILE != 0 {
+            return Ok(None);
+        }
+        let Some(end) = self.ends.get_mut(&key).and_then(|e| e[slot].take()) else {
+            return Ok(None);
+        };
+        let status = flags & (libc::O_NONBLOCK | libc::O_DIRECT);
+        // SAFETY: F_SETFL on a descriptor we own changes only its status flags.
+        if status != 0 && unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETFL, status) } < 0 {
+            return Err(RestoreError::Os {
+                what: format!("{fds}: setting the status flags of pipe inode {ino}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Some(end))
     }
 
     /// A new descriptor for `ofd` through the source of pipe `ident`, found by `make` (a link
@@ -190,9 +240,8 @@ fn refill(keeper: &OwnedFd, path: &str, size: u32, buffered: &[u8]) -> Result<()
     })
 }
 
-/// A fresh pipe of `size` bytes holding `buffered`; returns its read end (the write end is
-/// closed: the restored process's own write descriptions keep the pipe writable).
-fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<OwnedFd, RestoreError> {
+/// A fresh pipe of `size` bytes holding `buffered`: its read and write ends.
+fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<(OwnedFd, OwnedFd), RestoreError> {
     let os = |what: &str| RestoreError::Os {
         what: format!("recreating pipe inode {ino}: {what}"),
         source: std::io::Error::last_os_error(),
@@ -208,16 +257,15 @@ fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<OwnedFd, RestoreError> 
     }
     // The pipe is as large as the one that held these bytes, so the (blocking) write never
     // waits for a reader.
-    std::fs::File::from(write)
-        .write_all(buffered)
-        .map_err(|e| RestoreError::Os {
-            what: format!(
-                "recreating pipe inode {ino}: writing its {} buffered bytes",
-                buffered.len()
-            ),
-            source: e,
-        })?;
-    Ok(read)
+    let mut write = std::fs::File::from(write);
+    write.write_all(buffered).map_err(|e| RestoreError::Os {
+        what: format!(
+            "recreating pipe inode {ino}: writing its {} buffered bytes",
+            buffered.len()
+        ),
+        source: e,
+    })?;
+    Ok((read, write.into()))
 }
 
 /// Opens the pipe behind `link` again as a new description with `flags`' access mode and
@@ -265,6 +313,7 @@ mod tests {
             flags: flags as u32,
             pos: 0,
             locks: vec![],
+            owner: None,
         }
     }
 
