@@ -179,12 +179,22 @@ fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
             &*format!("mapping {}", parent["mapped"]),
             "has been deleted",
         ),
+        (
+            v.pid,
+            &*format!("mapping {}", parent["privshm"]),
+            "private mapping of a shared anonymous memory object",
+        ),
         (child, "fd 101", "io_uring"),
         (child, "fd 102", "deleted file"),
         (
             child,
             &*format!("mapping {}", child_info["mapped"]),
             "has been deleted",
+        ),
+        (
+            child,
+            &*format!("mapping {}", child_info["privshm"]),
+            "private mapping of a shared anonymous memory object",
         ),
     ];
     for (pid, thing, kind) in expected {

@@ -931,10 +931,12 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
                     what()
                 ));
             }
-            if offset.checked_add(v.end - v.start).is_none_or(|e| e > size) {
+            // A mapping may reach past the object's end (mmap allows it; touching that part
+            // raises SIGBUS): only the page runs must stay inside the object.
+            if offset.checked_add(v.end - v.start).is_none() {
                 return Err(format!(
-                    "{} maps {:#x} bytes at offset {offset:#x} of a shared memory object of \
-                     {size:#x} bytes",
+                    "{} maps {:#x} bytes at offset {offset:#x} of a shared memory object, \
+                     past any size",
                     what(),
                     v.end - v.start
                 ));
@@ -1414,9 +1416,16 @@ fn check_page_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Res
             .filter(|v| end <= v.end)
             .ok_or_else(|| format!("{} does not lie inside one VMA", what()))?;
         match vma.backing {
-            VmaBacking::Anonymous
-            | VmaBacking::File { .. }
-            | VmaBacking::SharedAnonymous { .. } => {}
+            VmaBacking::Anonymous | VmaBacking::File { .. } => {}
+            VmaBacking::SharedAnonymous { size, offset, .. } => {
+                if offset.checked_add(end - vma.start).is_none_or(|e| e > size) {
+                    return Err(format!(
+                        "{} reaches past the end of its shared memory object of {size:#x} \
+                         bytes",
+                        what()
+                    ));
+                }
+            }
             VmaBacking::SysvShm { id } => {
                 return Err(format!(
                     "{} lies in SysV segment {id}, whose pages are stored with the segment",
@@ -1840,6 +1849,42 @@ mod task_tests {
         // A name the other kind of memory shows is no name the kernel would have given it.
         assert!(check_anon_name(&vma(shm, "[anon:x]")).is_err());
         assert!(check_anon_name(&vma(VmaBacking::Anonymous, "[anon_shmem:x]")).is_err());
+    }
+
+    #[test]
+    fn a_shared_mapping_may_reach_past_its_object_but_its_pages_may_not() {
+        let page = 0x1000;
+        let vma = Vma {
+            start: 0x10000,
+            end: 0x15000,
+            prot: PROT_READ | PROT_WRITE,
+            shared: true,
+            backing: VmaBacking::SharedAnonymous {
+                object: 7,
+                size: 0x3000,
+                offset: 0x1000,
+            },
+            flags: VmaFlags::default(),
+            name: String::new(),
+            guard_ranges: Vec::new(),
+        };
+        let run = |vaddr: u64| PageRun {
+            vaddr,
+            npages: 1,
+            file_offset: 0,
+        };
+        let p = |runs: Vec<PageRun>| ProcessImage {
+            vmas: vec![vma.clone()],
+            page_runs: runs,
+            ..crate::tests::sample_process()
+        };
+        check_vmas(&p(vec![]), page).unwrap();
+        check_page_runs(&p(vec![run(0x11000)]), 0x10000, page).unwrap();
+        let err = check_page_runs(&p(vec![run(0x12000)]), 0x10000, page).unwrap_err();
+        assert!(
+            err.contains("past the end of its shared memory object"),
+            "{err}"
+        );
     }
 
     #[test]
