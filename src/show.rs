@@ -858,6 +858,16 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Fifo(crate::images::Pipe::External) => {
                 format!("{} (FIFO, also open outside the tree)", f.path)
             }
+            FileKind::DeletedFifo {
+                pipe: crate::images::Pipe::Internal { size, ref buffered },
+                uid,
+                gid,
+            } => format!(
+                "{} (deleted FIFO, owner {uid}:{gid}, {size}-byte pipe, {} buffered bytes)",
+                f.path,
+                buffered.len()
+            ),
+            FileKind::DeletedFifo { .. } => format!("{} (deleted FIFO)", f.path),
             FileKind::Epoll(ref ep) => {
                 let targets: Vec<String> = ep
                     .targets

@@ -887,6 +887,17 @@ pub enum FileKind {
     /// [`Pipe::External`]: a process outside the tree held it; the bytes are still in that
     /// process's pipe and are left there.
     Fifo(Pipe),
+    /// A named FIFO whose last name was removed while the tree held it open (fd links show
+    /// `PATH (deleted)`; [`FileIdentity::path`] is that path, `mode` the FIFO's). No process
+    /// outside the tree held it at dump time (`pipe` is [`Pipe::Internal`]). Restored as a new
+    /// FIFO made in that directory (under the old name when it is free, else a temporary one),
+    /// given `uid`/`gid` and the mode, opened read-write by crest and removed again; then as
+    /// [`FileKind::Fifo`].
+    DeletedFifo {
+        pipe: Pipe,
+        uid: u32,
+        gid: u32,
+    },
     /// A regular file or directory that was unlinked while the process held it open or mapped
     /// (a "ghost": `/proc/PID/fd/N` and maps show `PATH (deleted)`, st_nlink 0). Recreated at
     /// restore in the directory of [`FileIdentity::path`] (its path at dump time, without the

@@ -322,7 +322,11 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         let f = file(&format!("open file description {i}"), d.file)?;
         // A pipe description is its read end, its write end, or (opened anew through
         // /proc/PID/fd) both; O_ACCMODE 3 means neither.
-        if matches!(f.kind, FileKind::Pipe(_) | FileKind::Fifo(_)) && d.flags & 3 == 3 {
+        if matches!(
+            f.kind,
+            FileKind::Pipe(_) | FileKind::Fifo(_) | FileKind::DeletedFifo { .. }
+        ) && d.flags & 3 == 3
+        {
             return Err(format!(
                 "open file description {i} of pipe inode {} has access mode 3",
                 f.ino
@@ -355,7 +359,7 @@ fn check_owner(i: usize, o: &FileOwner) -> Result<(), String> {
 
 /// A pipe has no path; the image may hold at most [`PIPE_SIZE_MAX`] bytes of one.
 fn check_pipe(i: usize, f: &FileIdentity, pipe: &Pipe) -> Result<(), String> {
-    let fifo = matches!(f.kind, FileKind::Fifo(_));
+    let fifo = matches!(f.kind, FileKind::Fifo(_) | FileKind::DeletedFifo { .. });
     if fifo && !f.path.starts_with('/') {
         return Err(format!(
             "file {i} is a FIFO whose path {:?} is not absolute",
@@ -722,6 +726,15 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Pipe(pipe) | FileKind::Fifo(pipe) = &f.kind {
         return check_pipe(i, f, pipe);
     }
+    if let FileKind::DeletedFifo { pipe, .. } = &f.kind {
+        if !matches!(pipe, Pipe::Internal { .. }) || f.mode & 0o170000 != 0o010000 {
+            return Err(format!(
+                "file {i} is a deleted FIFO that is not internal to the tree or has mode {:o}",
+                f.mode
+            ));
+        }
+        return check_pipe(i, f, pipe);
+    }
     if let FileKind::Event(ev) = &f.kind {
         return check_event(i, ev);
     }
@@ -907,7 +920,7 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             if let FileKind::Udp(_) | FileKind::Netlink(_) = f.kind {
                 return Err(format!("{} maps a socket", what()));
             }
-            if let FileKind::Pipe(_) | FileKind::Fifo(_) = f.kind {
+            if let FileKind::Pipe(_) | FileKind::Fifo(_) | FileKind::DeletedFifo { .. } = f.kind {
                 return Err(format!("{} maps a pipe", what()));
             }
             if let FileKind::Tcp(_) = f.kind {

@@ -258,6 +258,16 @@ impl FdWalk<'_> {
         let (proc, fd) = (self.proc, entry.fd);
         let pid = proc.pid();
         let md = proc.stat_link(&format!("fd/{fd}"))?;
+        if md.file_type().is_fifo() && md.nlink() == 0 {
+            let idx = super::fifos::add_deleted(path, &md, files).map_err(|why| {
+                refuse(
+                    pid,
+                    fd,
+                    format!("the deleted FIFO {}: {why}", path.display()),
+                )
+            })?;
+            return self.add_description(entry, idx, &md, files);
+        }
         let limit = files.ghost_limit();
         let found = crate::files::ghost::classify(&md, path, limit, || {
             proc.reopen_fd_readonly(fd)

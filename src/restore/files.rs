@@ -191,6 +191,7 @@ pub fn open_all(
                 | FileKind::ContentInImage
                 | FileKind::Pipe(_)
                 | FileKind::Fifo(_)
+                | FileKind::DeletedFifo { .. }
                 | FileKind::Event(_)
                 | FileKind::Epoll(_)
                 | FileKind::Inotify(_)
@@ -317,6 +318,17 @@ pub fn open_all(
                 )?,
                 base,
                 "a FIFO",
+            )?,
+            FileKind::DeletedFifo { pipe, uid, gid } => above(
+                tree.pipes.open_deleted_fifo(
+                    ident,
+                    pipe,
+                    (*uid, *gid),
+                    ofd,
+                    &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+                )?,
+                base,
+                "a deleted FIFO",
             )?,
             FileKind::Event(ev) => above(
                 crate::events::create(ev, ofd.flags).map_err(|e| RestoreError::Os {
@@ -643,7 +655,7 @@ fn check_identity(
             return Ok(());
         }
         // Opened through /proc, never by path; a FIFO is checked when its path is opened.
-        FileKind::Pipe(_) | FileKind::Fifo(_) => {
+        FileKind::Pipe(_) | FileKind::Fifo(_) | FileKind::DeletedFifo { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
                 return Err(changed("it is not a pipe".into()));
             }

@@ -154,6 +154,103 @@ impl Pipes {
     }
 }
 
+impl Pipes {
+    /// A new descriptor for the description `ofd` of the deleted FIFO `ident`
+    /// ([`crate::images::FileKind::DeletedFifo`]): the first one makes the FIFO again
+    /// ([`recreate_fifo`]), puts its buffer back, and keeps it open; then as [`Pipes::open_fifo`].
+    pub fn open_deleted_fifo(
+        &mut self,
+        ident: &FileIdentity,
+        pipe: &Pipe,
+        owner: (u32, u32),
+        ofd: &OpenFileDescription,
+        fds: &str,
+    ) -> Result<OwnedFd, RestoreError> {
+        self.reopen_source(ident, ofd, fds, || {
+            let keeper = recreate_fifo(&ident.path, ident.mode, owner, fds)?;
+            if let Pipe::Internal { size, buffered } = pipe {
+                refill(&keeper, &ident.path, *size, buffered)?;
+            }
+            Ok((
+                format!("/proc/self/fd/{}", keeper.as_raw_fd()),
+                Some(keeper),
+            ))
+        })
+    }
+}
+
+/// A new FIFO in the directory of `path` (under `path` itself when that name is free, so the
+/// fd links show `PATH (deleted)` as before; else under a temporary name), with `mode`'s
+/// permissions and `owner`, opened read-write and non-blocking, and removed again.
+fn recreate_fifo(
+    path: &str,
+    mode: u32,
+    owner: (u32, u32),
+    fds: &str,
+) -> Result<OwnedFd, RestoreError> {
+    let fail = |problem: String| RestoreError::File {
+        path: path.to_string(),
+        problem: format!("({fds}, a deleted FIFO at dump time) {problem}"),
+    };
+    let old = std::path::Path::new(path);
+    let dir = old
+        .parent()
+        .ok_or_else(|| fail("has no directory to be made again in".into()))?;
+    let name = if std::fs::symlink_metadata(old).is_err() {
+        old.to_path_buf()
+    } else {
+        let mut r = [0u8; 8];
+        // SAFETY: getrandom writes at most r.len() bytes into r.
+        unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+        dir.join(format!(".crest-fifo-{:016x}", u64::from_le_bytes(r)))
+    };
+    let cname = CString::new(name.to_string_lossy().as_bytes())
+        .map_err(|_| RestoreError::BadImage(format!("FIFO path {path:?} has a NUL byte")))?;
+    // SAFETY: cname is NUL-terminated; mknod creates one FIFO there or fails.
+    if unsafe { libc::mknod(cname.as_ptr(), libc::S_IFIFO | 0o600, 0) } < 0 {
+        return Err(fail(format!(
+            "cannot be made again in {}: mknod: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: cname is NUL-terminated; the FIFO was just made; a read-write open never waits.
+    let raw = unsafe {
+        libc::open(
+            cname.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    let opened = if raw < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        // SAFETY: raw is a fresh descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    // SAFETY: cname is NUL-terminated; this removes the FIFO made above, whatever happened.
+    let removed = unsafe { libc::unlink(cname.as_ptr()) };
+    let fd = opened.map_err(|e| fail(format!("cannot be opened once made again: {e}")))?;
+    if removed < 0 {
+        return Err(fail(format!(
+            "cannot be removed again once made: unlink: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fchown/fchmod on a descriptor we own change only that inode.
+    if unsafe { libc::fchown(fd.as_raw_fd(), owner.0, owner.1) } < 0
+        || unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) } < 0
+    {
+        return Err(fail(format!(
+            "cannot be given its owner {}:{} and mode {:o}: {}",
+            owner.0,
+            owner.1,
+            mode & 0o7777,
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(fd)
+}
+
 /// crest's read-write, non-blocking open of the FIFO at `path`, which must still be a FIFO
 /// (checked on an O_PATH descriptor first, so nothing else is ever opened for writing).
 fn open_fifo_path(path: &str, fds: &str) -> Result<OwnedFd, RestoreError> {
