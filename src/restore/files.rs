@@ -424,9 +424,7 @@ fn open_description(
     if let FileKind::ShellTerminal { .. } = ident.kind {
         return super::tty::open_own(ofd.flags, base);
     }
-    // O_CREAT/O_TRUNC/O_EXCL never come from fdinfo, but never let an image ask for them.
-    let flags = (ofd.flags as i32)
-        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    let flags = reopen_flags(ofd.flags);
     let fd = open_path(&ident.path, flags | libc::O_NOCTTY | libc::O_CLOEXEC, base)?;
     let appending = ofd.flags as i32 & libc::O_APPEND != 0
         && ofd.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
@@ -455,8 +453,7 @@ fn reopen_memfd(
     base: RawFd,
     first: bool,
 ) -> Result<OwnedFd, RestoreError> {
-    let flags = (ofd.flags as i32)
-        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    let flags = reopen_flags(ofd.flags);
     let fd = if first && flags & libc::O_ACCMODE == libc::O_RDWR {
         let fd = share(memfd, base)?;
         // SAFETY: F_SETFL on a descriptor we own; it changes only its status flags.
@@ -478,6 +475,19 @@ fn reopen_memfd(
         seek(&fd, ofd.pos, &ident.path)?;
     }
     Ok(fd)
+}
+
+/// The flags to open a description with `flags` (fdinfo's) again: O_CREAT/O_TRUNC/O_EXCL
+/// never come from fdinfo, but an image never gets to ask for them; a file made with
+/// O_TMPFILE keeps that flag (__O_TMPFILE | O_DIRECTORY) in its description, and opening the
+/// regular file again with it would fail (O_DIRECTORY) or make another file.
+fn reopen_flags(flags: u32) -> i32 {
+    let mut flags = flags as i32
+        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        flags &= !libc::O_TMPFILE;
+    }
+    flags
 }
 
 fn file_at(p: &ProcessImage, index: u32) -> Result<&FileIdentity, RestoreError> {
@@ -754,6 +764,14 @@ fn is_pseudo_fs(fd: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_o_tmpfile_description_is_reopened_as_a_plain_file() {
+        let tmpfile = (libc::O_RDWR | libc::O_TMPFILE | libc::O_APPEND) as u32;
+        assert_eq!(reopen_flags(tmpfile), libc::O_RDWR | libc::O_APPEND);
+        let dir = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u32;
+        assert_eq!(reopen_flags(dir), libc::O_DIRECTORY);
+    }
 
     #[test]
     fn proc_and_sys_files_are_checked_by_type_only() {
