@@ -830,6 +830,7 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
     match p.files.get(idx as usize) {
         Some(f) => match f.kind {
             FileKind::Regular => f.path.clone(),
+            FileKind::Symlink => format!("{} (the symbolic link itself, O_PATH)", f.path),
             FileKind::Directory => format!("{} (directory)", f.path),
             FileKind::CharDevice { rdev } => format!(
                 "{} (char device {}:{})",

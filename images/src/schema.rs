@@ -898,6 +898,10 @@ pub enum FileKind {
         uid: u32,
         gid: u32,
     },
+    /// A symbolic link itself (held by an `O_PATH | O_NOFOLLOW` descriptor), at
+    /// [`FileIdentity::path`]: opened the same way again and checked by identity like a
+    /// regular file (inode, size, mtime).
+    Symlink,
     /// A regular file or directory that was unlinked while the process held it open or mapped
     /// (a "ghost": `/proc/PID/fd/N` and maps show `PATH (deleted)`, st_nlink 0). Recreated at
     /// restore in the directory of [`FileIdentity::path`] (its path at dump time, without the

@@ -368,7 +368,13 @@ impl FdTable {
 /// Adds a file that a restore will reopen by `path`, after checking that `path` still names
 /// the inode the process has open (`md`).
 fn add_checked(path: &Path, md: &std::fs::Metadata, files: &mut FileTable) -> Result<u32, String> {
-    let by_path = std::fs::metadata(path).map_err(|e| format!("cannot stat the path: {e}"))?;
+    // An O_PATH | O_NOFOLLOW descriptor of a symbolic link holds the link itself.
+    let by_path = if md.file_type().is_symlink() {
+        std::fs::symlink_metadata(path)
+    } else {
+        std::fs::metadata(path)
+    }
+    .map_err(|e| format!("cannot stat the path: {e}"))?;
     if !same_inode(md, &by_path) {
         return Err(format!(
             "the path now names another file (inode {} on device {}:{}; the process has inode \

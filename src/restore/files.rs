@@ -715,6 +715,11 @@ fn check_identity(
                 return Err(changed("it is no longer a regular file".into()));
             }
         }
+        FileKind::Symlink => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                return Err(changed("it is no longer a symbolic link".into()));
+            }
+        }
     }
     // /proc and /sys files get new inode numbers (and sizes, times) as the kernel makes
     // them; the path and the type are what identify them.

@@ -8,6 +8,8 @@
  *   fd 104  DISK/noatime, O_RDONLY|O_NOATIME, read up to offset 5
  *   fd 105  DISK/path, O_PATH
  *   fd 106  DISK/direct, O_RDONLY|O_DIRECT, one 4096-byte block read (offset 4096)
+ *   fd 109  DISK/dangling, a symbolic link to "no-such-target", itself open with
+ *           O_PATH|O_NOFOLLOW
  *
  * DISK and TMPFS are $CREST_DISK_DIR and $CREST_TMPFS_DIR (default: CTL_DIR). With
  * $CREST_LIB set it dlopen()s that library and calls its value(), which must return
@@ -34,6 +36,8 @@ static char want_link[NFD][CTL_PATH_MAX];
 static int (*lib_value)(void);
 static int lib_want;
 static char *block;
+static int symlink_flags;
+static char symlink_link[CTL_PATH_MAX];
 
 static void must_open(const char *path, int flags, int to, long pos)
 {
@@ -74,6 +78,18 @@ static void verify(void)
         if (want_pos[i] >= 0 && lseek(fd, 0, SEEK_CUR) != want_pos[i])
             fail("fd %d: offset %ld, want %ld", fd, (long)lseek(fd, 0, SEEK_CUR), want_pos[i]);
     }
+    struct stat st;
+    char target[64] = {0}, link[CTL_PATH_MAX] = {0};
+    if (fstat(109, &st) != 0 || !S_ISLNK(st.st_mode) ||
+        readlinkat(109, "", target, sizeof target - 1) != 14 ||
+        strcmp(target, "no-such-target") != 0)
+        fail("fd 109 is not the symbolic link to no-such-target (mode %o, '%s'): %s",
+             st.st_mode, target, strerror(errno));
+    if (fcntl(109, F_GETFL) != symlink_flags || readlink("/proc/self/fd/109", link,
+                                                         sizeof link - 1) < 0 ||
+        strcmp(link, symlink_link) != 0)
+        fail("fd 109: flags %#o (want %#o), link '%s' (want '%s')", fcntl(109, F_GETFL),
+             symlink_flags, link, symlink_link);
     if (fail_msg[0])
         return;
     char buf[256];
@@ -139,6 +155,15 @@ int main(int argc, char **argv)
             die("readlink %s: %s", proc, strerror(errno));
         want_link[i][n] = 0;
     }
+    char dangling[CTL_PATH_MAX];
+    snprintf(dangling, sizeof dangling, "%s/dangling", disk);
+    if (symlink("no-such-target", dangling) != 0)
+        die("symlink %s: %s", dangling, strerror(errno));
+    must_open(dangling, O_PATH | O_NOFOLLOW, 109, 0);
+    symlink_flags = fcntl(109, F_GETFL);
+    if (readlink("/proc/self/fd/109", symlink_link, sizeof symlink_link - 1) < 0)
+        die("readlink fd 109: %s", strerror(errno));
+
     if (getenv("CREST_PROC_SELF") && strcmp(getenv("CREST_PROC_SELF"), "1") == 0) {
         char own[64];
         snprintf(own, sizeof own, "/proc/%d/stat", (int)getpid());
