@@ -5,6 +5,7 @@
 mod common;
 
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -101,6 +102,39 @@ fn a_fanotify_fd_is_refused_and_the_process_left_running() {
         out.stderr.contains("fd 0") && out.stderr.contains("fanotify instance"),
         "the refusal should name the fd and what it is: {out}"
     );
+    assert_no_image_written(&v.work, &dir, &["ctl"]);
+    assert_left_running(&v);
+}
+
+#[test]
+fn a_working_directory_in_the_proc_of_an_ended_process_is_refused() {
+    let v = Victim::start_with(Kind::Memcheck, |cmd| {
+        // SAFETY: fork, chdir, kill and waitpid between fork and exec are async-signal-safe;
+        // the grandchild only pauses until it is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                let p = libc::fork();
+                if p == 0 {
+                    libc::pause();
+                    libc::_exit(0);
+                }
+                let dir = std::ffi::CString::new(format!("/proc/{p}")).unwrap();
+                if p < 0 || libc::chdir(dir.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::kill(p, libc::SIGKILL);
+                libc::waitpid(p, std::ptr::null_mut(), 0);
+                Ok(())
+            });
+        }
+    });
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", v.pid)).unwrap();
+    assert!(cwd.to_string_lossy().ends_with(" (deleted)"), "{cwd:?}");
+    let dir = v.work.join("img");
+    let out = dump(v.pid, &dir, false);
+    out.assert_failed()
+        .assert_stderr_mentions(&v.pid_str())
+        .assert_stderr_mentions("the /proc directory of a process that has ended");
     assert_no_image_written(&v.work, &dir, &["ctl"]);
     assert_left_running(&v);
 }

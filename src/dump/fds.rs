@@ -37,6 +37,9 @@ pub struct FdTable {
     pub mapping_locks: Vec<MappingLock>,
 }
 
+/// statfs `f_type` of procfs (linux/magic.h).
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
 /// statfs `f_type` of the mqueue filesystem (linux/magic.h).
 const MQUEUE_MAGIC: i64 = 0x1980_0202;
 
@@ -258,6 +261,17 @@ impl FdWalk<'_> {
         let (proc, fd) = (self.proc, entry.fd);
         let pid = proc.pid();
         let md = proc.stat_link(&format!("fd/{fd}"))?;
+        if proc.link_fs_type(&format!("fd/{fd}"))? == PROC_SUPER_MAGIC {
+            return Err(refuse(
+                pid,
+                fd,
+                format!(
+                    "{} (deleted), a /proc file of a process that has ended, which crest \
+                     cannot open again",
+                    path.display()
+                ),
+            ));
+        }
         if md.file_type().is_fifo() && md.nlink() == 0 {
             let idx = super::fifos::add_deleted(path, &md, files).map_err(|why| {
                 refuse(
@@ -406,6 +420,12 @@ pub fn cwd(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
         return Err(refuse("it is not a directory".into()));
     }
     if let Some(removed) = path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        if proc.link_fs_type("cwd")? == PROC_SUPER_MAGIC {
+            return Err(refuse(format!(
+                "it is the /proc directory of a process that has ended ({removed}), which \
+                 crest cannot make again"
+            )));
+        }
         // A removed working directory: made again at restore, entered, and removed again.
         let removed = Path::new(removed);
         let found = crate::files::ghost::classify(&md, removed, files.ghost_limit(), || {
