@@ -898,6 +898,15 @@ pub enum FileKind {
         uid: u32,
         gid: u32,
     },
+    /// A character device node removed while the tree held it open (fd links show `PATH
+    /// (deleted)`; [`FileIdentity::path`] is that path, `mode` the node's): a node with the
+    /// same device number `rdev`, mode and owner is made again in that directory (under the
+    /// old name when free), opened, and removed again. Never a terminal.
+    DeletedDevice {
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    },
     /// A symbolic link itself (held by an `O_PATH | O_NOFOLLOW` descriptor), at
     /// [`FileIdentity::path`]: opened the same way again and checked by identity like a
     /// regular file (inode, size, mtime).

@@ -726,6 +726,15 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Pipe(pipe) | FileKind::Fifo(pipe) = &f.kind {
         return check_pipe(i, f, pipe);
     }
+    if let FileKind::DeletedDevice { rdev, .. } = f.kind {
+        if !f.path.starts_with('/') || f.mode & 0o170000 != 0o020000 {
+            return Err(format!(
+                "file {i} is a deleted device node {:?} (device {rdev:#x}) with mode {:o}, not a \
+                 character device at an absolute path",
+                f.path, f.mode
+            ));
+        }
+    }
     if let FileKind::DeletedFifo { pipe, .. } = &f.kind {
         if !matches!(pipe, Pipe::Internal { .. }) || f.mode & 0o170000 != 0o010000 {
             return Err(format!(

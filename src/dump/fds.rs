@@ -272,6 +272,17 @@ impl FdWalk<'_> {
                 ),
             ));
         }
+        if md.file_type().is_char_device() && md.nlink() == 0 {
+            let ident = crate::files::devnode::identity(path, &md).map_err(|why| {
+                refuse(
+                    pid,
+                    fd,
+                    format!("the deleted file {} {why}", path.display()),
+                )
+            })?;
+            let idx = files.add_identity(md.dev(), md.ino(), || Ok::<_, DumpError>(ident))?;
+            return self.add_description(entry, idx, &md, files);
+        }
         if md.file_type().is_fifo() && md.nlink() == 0 {
             let idx = super::fifos::add_deleted(path, &md, files).map_err(|why| {
                 refuse(

@@ -31,6 +31,8 @@ pub struct TreeFiles {
     pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
     memfd_originals: std::collections::HashSet<u64>,
+    /// Removed device nodes made again (O_PATH), by their (dev, ino) at dump time.
+    devnodes: HashMap<(u64, u64), OwnedFd>,
 }
 
 /// `--inherit-fd fd[N]:RESOURCE`: crest's own descriptor N takes the place of the file the
@@ -206,6 +208,26 @@ pub fn open_all(
             }
             FileKind::Ghost(_) => {
                 reopen_memfd(shmem.ghost(ident.dev, ident.ino)?, ident, ofd, base, false)?
+            }
+            FileKind::DeletedDevice { .. } => {
+                let node = match tree.devnodes.entry((ident.dev, ident.ino)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(crate::files::devnode::recreate(ident).map_err(|problem| {
+                            RestoreError::File {
+                                path: ident.path.clone(),
+                                problem: format!("(a removed device node at dump time) {problem}"),
+                            }
+                        })?)
+                    }
+                };
+                let fd = open_path(
+                    &format!("/proc/self/fd/{}", node.as_raw_fd()),
+                    reopen_flags(ofd.flags) | libc::O_NOCTTY | libc::O_CLOEXEC,
+                    base,
+                )?;
+                check_identity(&fd, ident, false, ofd.pos)?;
+                fd
             }
             _ => open_description(ident, ofd, base)?,
         };
@@ -692,7 +714,7 @@ fn check_identity(
             }
             return Ok(());
         }
-        FileKind::CharDevice { rdev } => {
+        FileKind::CharDevice { rdev } | FileKind::DeletedDevice { rdev, .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != rdev {
                 return Err(changed(format!(
                     "was character device {}:{}, now mode {:o} rdev {}:{}",
