@@ -831,6 +831,10 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
         Some(f) => match f.kind {
             FileKind::Regular => f.path.clone(),
             FileKind::Symlink => format!("{} (the symbolic link itself, O_PATH)", f.path),
+            FileKind::DeletedSymlink { ref target, .. } => format!(
+                "{} (deleted symbolic link to {target}, held itself, O_PATH)",
+                f.path
+            ),
             FileKind::DeletedDevice { rdev, uid, gid } => format!(
                 "{} (deleted character device {}:{}, owner {uid}:{gid})",
                 f.path,

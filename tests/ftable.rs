@@ -1,7 +1,7 @@
 //! The rest of the fd table (issue #11): /proc and /sys files at an offset (another process's
 //! /proc/PID file, /proc/meminfo, a sysfs attribute), O_DIRECT files on tmpfs and on disk, an
 //! O_NOATIME and an O_PATH descriptor, a dangling symbolic link held itself (O_PATH |
-//! O_NOFOLLOW), each compared through fdinfo (flags and offset) and the fd links before and after two cycles (tests/victims/ftable.c). /proc/self
+//! O_NOFOLLOW) and a removed one, each compared through fdinfo (flags and offset) and the fd links before and after two cycles (tests/victims/ftable.c). /proc/self
 //! and /proc/PID files of the process itself are refused at dump, naming pid, fd and path. An AIO
 //! context is refused at dump naming the process and the ring. A library the process maps
 //! that is replaced in place with the same size and mtime (a package upgrade) fails the restore

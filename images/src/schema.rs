@@ -907,6 +907,14 @@ pub enum FileKind {
         uid: u32,
         gid: u32,
     },
+    /// A symbolic link removed while the tree held it itself (`O_PATH | O_NOFOLLOW`; fd links
+    /// show `PATH (deleted)`): made again pointing at `target` in that directory (under the
+    /// old name when free), opened the same way, given its owner, and removed again.
+    DeletedSymlink {
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
     /// A symbolic link itself (held by an `O_PATH | O_NOFOLLOW` descriptor), at
     /// [`FileIdentity::path`]: opened the same way again and checked by identity like a
     /// regular file (inode, size, mtime).

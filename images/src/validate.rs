@@ -735,6 +735,14 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
             ));
         }
     }
+    if let FileKind::DeletedSymlink { target, .. } = &f.kind {
+        if !f.path.starts_with('/') || f.mode & 0o170000 != 0o120000 || target.contains('\0') {
+            return Err(format!(
+                "file {i} is a deleted symbolic link {:?} with mode {:o} or a bad target",
+                f.path, f.mode
+            ));
+        }
+    }
     if let FileKind::DeletedFifo { pipe, .. } = &f.kind {
         if !matches!(pipe, Pipe::Internal { .. }) || f.mode & 0o170000 != 0o010000 {
             return Err(format!(

@@ -272,6 +272,18 @@ impl FdWalk<'_> {
                 ),
             ));
         }
+        if md.file_type().is_symlink() && md.nlink() == 0 {
+            let ident =
+                crate::files::deleted_symlink::identity(pid, fd, path, &md).map_err(|why| {
+                    refuse(
+                        pid,
+                        fd,
+                        format!("the deleted symbolic link {} {why}", path.display()),
+                    )
+                })?;
+            let idx = files.add_identity(md.dev(), md.ino(), || Ok::<_, DumpError>(ident))?;
+            return self.add_description(entry, idx, &md, files);
+        }
         if md.file_type().is_char_device() && md.nlink() == 0 {
             let ident = crate::files::devnode::identity(path, &md).map_err(|why| {
                 refuse(

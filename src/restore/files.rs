@@ -31,7 +31,8 @@ pub struct TreeFiles {
     pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
     memfd_originals: std::collections::HashSet<u64>,
-    /// Removed device nodes made again (O_PATH), by their (dev, ino) at dump time.
+    /// Removed device nodes and symbolic links made again (O_PATH), by their (dev, ino) at
+    /// dump time.
     devnodes: HashMap<(u64, u64), OwnedFd>,
 }
 
@@ -209,6 +210,21 @@ pub fn open_all(
             FileKind::Ghost(_) => {
                 reopen_memfd(shmem.ghost(ident.dev, ident.ino)?, ident, ofd, base, false)?
             }
+            FileKind::DeletedSymlink { .. } => match tree.devnodes.entry((ident.dev, ident.ino)) {
+                std::collections::hash_map::Entry::Occupied(e) => share(e.get(), base)?,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let link =
+                        crate::files::deleted_symlink::recreate(ident).map_err(|problem| {
+                            RestoreError::File {
+                                path: ident.path.clone(),
+                                problem: format!(
+                                    "(a removed symbolic link at dump time) {problem}"
+                                ),
+                            }
+                        })?;
+                    share(e.insert(link), base)?
+                }
+            },
             FileKind::DeletedDevice { .. } => {
                 let node = match tree.devnodes.entry((ident.dev, ident.ino)) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -697,6 +713,7 @@ fn check_identity(
         FileKind::Event(_)
         | FileKind::Memfd { .. }
         | FileKind::Ghost(_)
+        | FileKind::DeletedSymlink { .. }
         | FileKind::Epoll(_)
         | FileKind::Inotify(_)
         | FileKind::Pidfd { .. } => return Ok(()),

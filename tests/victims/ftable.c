@@ -10,6 +10,8 @@
  *   fd 106  DISK/direct, O_RDONLY|O_DIRECT, one 4096-byte block read (offset 4096)
  *   fd 109  DISK/dangling, a symbolic link to "no-such-target", itself open with
  *           O_PATH|O_NOFOLLOW
+ *   fd 110  DISK/gone-link, a symbolic link to "gone-target" held itself (O_PATH|O_NOFOLLOW),
+ *           then removed: the fd links to "DISK/gone-link (deleted)"
  *
  * DISK and TMPFS are $CREST_DISK_DIR and $CREST_TMPFS_DIR (default: CTL_DIR). With
  * $CREST_LIB set it dlopen()s that library and calls its value(), which must return
@@ -37,7 +39,7 @@ static int (*lib_value)(void);
 static int lib_want;
 static char *block;
 static int symlink_flags;
-static char symlink_link[CTL_PATH_MAX];
+static char symlink_link[CTL_PATH_MAX], gone_link[CTL_PATH_MAX];
 
 static void must_open(const char *path, int flags, int to, long pos)
 {
@@ -90,6 +92,15 @@ static void verify(void)
         strcmp(link, symlink_link) != 0)
         fail("fd 109: flags %#o (want %#o), link '%s' (want '%s')", fcntl(109, F_GETFL),
              symlink_flags, link, symlink_link);
+    char gone_target[64] = {0};
+    if (fstat(110, &st) != 0 || !S_ISLNK(st.st_mode) || st.st_nlink != 0 ||
+        readlinkat(110, "", gone_target, sizeof gone_target - 1) != 11 ||
+        strcmp(gone_target, "gone-target") != 0)
+        fail("fd 110 is not the removed symbolic link to gone-target (mode %o, %lu links, '%s')",
+             st.st_mode, (unsigned long)st.st_nlink, gone_target);
+    memset(link, 0, sizeof link);
+    if (readlink("/proc/self/fd/110", link, sizeof link - 1) < 0 || strcmp(link, gone_link) != 0)
+        fail("fd 110 links to '%s', want '%s'", link, gone_link);
     if (fail_msg[0])
         return;
     char buf[256];
@@ -163,6 +174,16 @@ int main(int argc, char **argv)
     symlink_flags = fcntl(109, F_GETFL);
     if (readlink("/proc/self/fd/109", symlink_link, sizeof symlink_link - 1) < 0)
         die("readlink fd 109: %s", strerror(errno));
+
+    char gone[CTL_PATH_MAX];
+    snprintf(gone, sizeof gone, "%s/gone-link", disk);
+    if (symlink("gone-target", gone) != 0)
+        die("symlink %s: %s", gone, strerror(errno));
+    must_open(gone, O_PATH | O_NOFOLLOW, 110, 0);
+    if (unlink(gone) != 0)
+        die("unlink %s: %s", gone, strerror(errno));
+    if (readlink("/proc/self/fd/110", gone_link, sizeof gone_link - 1) < 0)
+        die("readlink fd 110: %s", strerror(errno));
 
     if (getenv("CREST_PROC_SELF") && strcmp(getenv("CREST_PROC_SELF"), "1") == 0) {
         char own[64];
