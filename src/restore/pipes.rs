@@ -46,14 +46,14 @@ impl Pipes {
     ) -> Result<OwnedFd, RestoreError> {
         if let Pipe::Internal { size, buffered } = pipe {
             let key = (ident.dev, ident.ino);
-            if !self.sources.contains_key(&key) {
+            if let Entry::Vacant(e) = self.sources.entry(key) {
                 let (read, write) = fresh(ident.ino, *size, buffered)?;
                 let spare = read.try_clone().map_err(|e| RestoreError::Os {
                     what: format!("{fds}: duplicating pipe inode {}", ident.ino),
                     source: e,
                 })?;
                 let link = format!("/proc/self/fd/{}", read.as_raw_fd());
-                self.sources.insert(key, (link, Some(read)));
+                e.insert((link, Some(read)));
                 self.ends.insert(key, [Some(spare), Some(write)]);
             }
             if let Some(end) = self.own_end(key, ofd, ident.ino, fds)? {
@@ -93,7 +93,7 @@ impl Pipes {
             libc::O_WRONLY => 1,
             _ => return Ok(None),
         };
-        if flags & libc::O_LARGEFILE != 0 {
+        if flags & crate::arch::KERNEL_O_LARGEFILE != 0 {
             return Ok(None);
         }
         let Some(end) = self.ends.get_mut(&key).and_then(|e| e[slot].take()) else {
@@ -412,6 +412,32 @@ mod tests {
             locks: vec![],
             owner: None,
         }
+    }
+
+    #[test]
+    fn a_programs_own_pipe_ends_come_back_without_o_largefile() {
+        let pipe = Pipe::Internal {
+            size: 1 << 16,
+            buffered: vec![],
+        };
+        let id = ident(2, pipe.clone());
+        let mut pipes = Pipes::default();
+        let large = crate::arch::KERNEL_O_LARGEFILE;
+        let own = pipes
+            .open(&id, &pipe, &ofd(libc::O_RDONLY), "fd 3")
+            .unwrap();
+        let reopened = pipes
+            .open(&id, &pipe, &ofd(libc::O_RDONLY | large), "fd 4")
+            .unwrap();
+        let second = pipes
+            .open(&id, &pipe, &ofd(libc::O_RDONLY), "fd 5")
+            .unwrap();
+        // SAFETY: F_GETFL on descriptors we own.
+        let flags = |fd: &OwnedFd| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags(&own) & large, 0);
+        assert_eq!(flags(&reopened) & large, large);
+        // Only one description can be pipe2's own read end; another is opened again.
+        assert_eq!(flags(&second) & large, large);
     }
 
     #[test]
