@@ -19,7 +19,7 @@
  * victim forks a child to run the checks (a process's own locks never conflict with itself).
  *
  * With "inherited": CTL_DIR/flock-inh is flocked LOCK_EX by this process, then a child (which
- * dies with it) inherits the fd and this process closes its own: the lock lives on in the
+ * dies with it, and closes every other fd) inherits the fd and this process closes its own: the lock lives on in the
  * child's description although /proc/locks names this pid. CTL_DIR/info: "child PID".
  *
  * usage: locks CTL_DIR LOG_FILE [lease|inherited]   (lease: also hold a read lease on
@@ -294,9 +294,14 @@ int main(int argc, char **argv)
         if (fd < 0 || flock(fd, LOCK_EX) != 0)
             die("flock %s: %s", path, strerror(errno));
         pid_t child = fork_dying_child();
-        if (child == 0)
+        if (child == 0) {
+            /* Only the inherited flock's fd: the parent's other locks stay the parent's. */
+            for (int other = 3; other < 1024; other++)
+                if (other != fd)
+                    close(other);
             for (;;)
                 sleep_ms(100);
+        }
         close(fd);
         char info[64];
         snprintf(info, sizeof info, "child %d\n", (int)child);
