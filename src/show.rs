@@ -830,6 +830,17 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
     match p.files.get(idx as usize) {
         Some(f) => match f.kind {
             FileKind::Regular => f.path.clone(),
+            FileKind::Symlink => format!("{} (the symbolic link itself, O_PATH)", f.path),
+            FileKind::DeletedSymlink { ref target, .. } => format!(
+                "{} (deleted symbolic link to {target}, held itself, O_PATH)",
+                f.path
+            ),
+            FileKind::DeletedDevice { rdev, uid, gid } => format!(
+                "{} (deleted character device {}:{}, owner {uid}:{gid})",
+                f.path,
+                libc::major(rdev),
+                libc::minor(rdev)
+            ),
             FileKind::Directory => format!("{} (directory)", f.path),
             FileKind::CharDevice { rdev } => format!(
                 "{} (char device {}:{})",
@@ -859,6 +870,16 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
             FileKind::Fifo(crate::images::Pipe::External) => {
                 format!("{} (FIFO, also open outside the tree)", f.path)
             }
+            FileKind::DeletedFifo {
+                pipe: crate::images::Pipe::Internal { size, ref buffered },
+                uid,
+                gid,
+            } => format!(
+                "{} (deleted FIFO, owner {uid}:{gid}, {size}-byte pipe, {} buffered bytes)",
+                f.path,
+                buffered.len()
+            ),
+            FileKind::DeletedFifo { .. } => format!("{} (deleted FIFO)", f.path),
             FileKind::Epoll(ref ep) => {
                 let targets: Vec<String> = ep
                     .targets
@@ -1389,6 +1410,7 @@ mod tests {
                     flags: libc::O_RDONLY as u32,
                     pos: 0,
                     locks: vec![],
+                    owner: None,
                 },
                 OpenFileDescription {
                     id: 1,
@@ -1396,6 +1418,7 @@ mod tests {
                     flags: (libc::O_WRONLY | libc::O_APPEND) as u32,
                     pos: 4096,
                     locks: vec![DescriptionLock::Flock(LockType::Write)],
+                    owner: None,
                 },
             ],
             fds: vec![

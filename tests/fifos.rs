@@ -5,7 +5,8 @@
 //! finds every fd with its access mode, flags and inode, the child's fds the same descriptions,
 //! and each FIFO holding exactly the bytes it had. A FIFO whose path is gone, or names something
 //! else, fails the restore naming it, leaving no process behind; a FIFO made again at the same
-//! path is used.
+//! path is used. A FIFO removed while open (fifo-d) is made again with its bytes, mode and
+//! owner, and removed again.
 
 mod common;
 
@@ -70,6 +71,18 @@ fn fifos_keep_their_data_flags_and_sharing_across_two_cycles() {
                 "External",
                 "cycle {cycle}"
             );
+            let d = image["processes"][p]["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"] == v.ctl.join("fifo-d").to_str().unwrap())
+                .expect("fifo-d in the image")["kind"]["DeletedFifo"]["pipe"]
+                .clone();
+            assert_eq!(
+                d["Internal"]["buffered"].as_array().map(Vec::len),
+                Some(200 + 7 * generation),
+                "cycle {cycle}: {d}"
+            );
         }
         let shown = crest(["show".as_ref(), dir.as_os_str()]);
         shown.assert_ok();
@@ -77,7 +90,8 @@ fn fifos_keep_their_data_flags_and_sharing_across_two_cycles() {
             shown.stdout.contains("fifo-a (FIFO, 131072-byte pipe")
                 && shown
                     .stdout
-                    .contains("fifo-b (FIFO, also open outside the tree)"),
+                    .contains("fifo-b (FIFO, also open outside the tree)")
+                && shown.stdout.contains("fifo-d (deleted FIFO, owner"),
             "{shown}"
         );
         restore_detached(&dir, &[]).assert_ok();

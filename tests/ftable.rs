@@ -1,8 +1,10 @@
 //! The rest of the fd table (issue #11): /proc and /sys files at an offset (another process's
-//! /proc/PID file, /proc/meminfo, a sysfs attribute), O_DIRECT files on tmpfs and on disk, an O_NOATIME and an O_PATH descriptor, each compared through fdinfo (flags and
-//! offset) and the fd links before and after two cycles (tests/victims/ftable.c). /proc/self
-//! and /proc/PID files of the process itself and of its child are opened again by the
-//! restored process, with the same links, offsets and flags. An AIO
+//! /proc/PID file, /proc/meminfo, a sysfs attribute), O_DIRECT files on tmpfs and on disk, an
+//! O_NOATIME and an O_PATH descriptor, a dangling symbolic link held itself (O_PATH |
+//! O_NOFOLLOW) and a removed one, each compared through fdinfo (flags and offset) and the fd
+//! links before and after two cycles (tests/victims/ftable.c). /proc/self and /proc/PID files
+//! of the process itself and of its child are opened again by the restored process, with the
+//! same links, offsets and flags. An AIO
 //! context is refused at dump naming the process and the ring. A library the process maps
 //! that is replaced in place with the same size and mtime (a package upgrade) fails the restore
 //! naming it and its build-id, with no process left behind.
@@ -84,10 +86,10 @@ fn proc_sys_direct_noatime_and_path_fds_keep_path_offset_and_flags() {
     }
 }
 
-/// fdinfo `pos` and `flags` lines and the link of fds 107..=109 of `pid` (its /proc files of
+/// fdinfo `pos` and `flags` lines and the link of fds 111..=113 of `pid` (its /proc files of
 /// the tree).
 fn proc_table(pid: i32) -> BTreeMap<i32, String> {
-    (107..=109)
+    (111..=113)
         .map(|fd| {
             let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
             let keep: Vec<&str> = info
@@ -114,11 +116,11 @@ fn proc_files_of_the_tree_are_opened_again_with_offset_and_flags() {
     let child = VictimChild(children.trim().parse().expect("one child"));
     let before = proc_table(v.pid);
     assert!(
-        before[&107].ends_with(&format!(" /proc/{}/status", v.pid)),
+        before[&111].ends_with(&format!(" /proc/{}/status", v.pid)),
         "{before:?}"
     );
     assert!(
-        before[&109].ends_with(&format!(" /proc/{}/status", child.0)),
+        before[&113].ends_with(&format!(" /proc/{}/status", child.0)),
         "{before:?}"
     );
     for cycle in 1..=2 {

@@ -1,11 +1,12 @@
 //! Unlinked ("ghost") files and directories (tests/victims/ghost.c): a sparse scratch file
 //! open read-write at an offset, mapped MAP_SHARED and MAP_PRIVATE and shared by a parent and
 //! its child; a file deleted under one of its two names; a removed directory open as an fd and
-//! as the child's cwd; a MAP_PRIVATE mapping of a deleted file. A dump stores each once (data
-//! only, holes skipped) with mode, owner and times; a restore recreates them, unlinked again,
-//! so fd links, maps lines, fdinfo and the files' stat are as before, over two cycles. A file
-//! with more data than `--ghost-limit` is refused, naming it and the option, and the tree runs
-//! on untouched.
+//! as the child's cwd; a MAP_PRIVATE mapping of a deleted file; a file made with O_TMPFILE; a
+//! removed character device node.
+//! A dump stores each once (data only, holes skipped) with mode, owner and times; a restore
+//! recreates them, unlinked again, so fd links, maps lines, fdinfo and the files' stat are as
+//! before, over two cycles. A file with more data than `--ghost-limit` is refused, naming it
+//! and the option, and the tree runs on untouched.
 
 mod common;
 

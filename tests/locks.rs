@@ -132,6 +132,38 @@ fn three_cycles_keep_every_lock_held_by_the_restored_process() {
     }
 }
 
+/// Whether another open of `path` finds it flocked.
+fn flocked(path: &Path) -> bool {
+    let f = File::open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+#[test]
+fn a_flock_whose_taker_closed_its_fd_lives_on_in_the_child_holding_it() {
+    let mut v = Victim::start_with(Kind::Locks, |cmd| {
+        cmd.arg("inherited");
+    });
+    let child = v.info_child();
+    let path = v.ctl.join("flock-inh");
+    assert!(flocked(&path), "the child's inherited flock is not held");
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("img{cycle}"));
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        reap_pid(child.0, TIMEOUT).unwrap_or_else(|e| panic!("the child: {e}"));
+        assert!(!flocked(&path), "cycle {cycle}: the lock outlived the dump");
+        restore_detached(&dir, &[]).assert_ok();
+        v.mark_restored();
+        assert!(pid_exists(child.0), "cycle {cycle}: no child");
+        assert!(flocked(&path), "cycle {cycle}: the inherited flock is gone");
+        v.verify()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: the other locks: {e}"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn a_leave_running_dump_leaves_the_locks_in_place() {
     let mut v = Victim::start(Kind::Locks);

@@ -3,7 +3,8 @@
 //! O_NONBLOCK and enlarged — and writes its log lines to stdout. Its own pipes come back with
 //! their data, size and flags; a stdout pipe whose read end only the test holds is reconnected,
 //! so lines the restored victim writes still reach the test; and once nobody holds that read
-//! end any more, the restore refuses with the fd and the pipe inode.
+//! end any more, the restore refuses with the fd and the pipe inode. A pipe with signal-driven
+//! I/O (O_ASYNC, F_SETOWN, F_SETSIG) still signals its owner after a restore.
 
 mod common;
 
@@ -28,6 +29,14 @@ fn internal_pipes_keep_their_data_through_two_cycles() {
         assert!(
             text.contains("Internal") && text.contains("131072"),
             "cycle {cycle}: the image does not record the victim's pipes: {text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "\"id\":{},\"kind\":\"Process\",\"signal\":{}",
+                v.pid,
+                libc::SIGRTMIN() + 3
+            )),
+            "cycle {cycle}: the image does not record pipe E's owner and signal"
         );
         let shown = crest(["show".as_ref(), dir.as_os_str()]);
         shown.assert_ok();

@@ -5,6 +5,7 @@
 mod common;
 
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -106,6 +107,39 @@ fn a_fanotify_fd_is_refused_and_the_process_left_running() {
 }
 
 #[test]
+fn a_working_directory_in_the_proc_of_an_ended_process_is_refused() {
+    let v = Victim::start_with(Kind::Memcheck, |cmd| {
+        // SAFETY: fork, chdir, kill and waitpid between fork and exec are async-signal-safe;
+        // the grandchild only pauses until it is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                let p = libc::fork();
+                if p == 0 {
+                    libc::pause();
+                    libc::_exit(0);
+                }
+                let dir = std::ffi::CString::new(format!("/proc/{p}")).unwrap();
+                if p < 0 || libc::chdir(dir.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::kill(p, libc::SIGKILL);
+                libc::waitpid(p, std::ptr::null_mut(), 0);
+                Ok(())
+            });
+        }
+    });
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", v.pid)).unwrap();
+    assert!(cwd.to_string_lossy().ends_with(" (deleted)"), "{cwd:?}");
+    let dir = v.work.join("img");
+    let out = dump(v.pid, &dir, false);
+    out.assert_failed()
+        .assert_stderr_mentions(&v.pid_str())
+        .assert_stderr_mentions("the /proc directory of a process that has ended");
+    assert_no_image_written(&v.work, &dir, &["ctl"]);
+    assert_left_running(&v);
+}
+
+#[test]
 fn a_socket_fd_is_refused_and_the_process_left_running() {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let v = Victim::start_with(Kind::Memcheck, move |cmd| {
@@ -179,12 +213,22 @@ fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
             &*format!("mapping {}", parent["mapped"]),
             "has been deleted",
         ),
+        (
+            v.pid,
+            &*format!("mapping {}", parent["privshm"]),
+            "private mapping of a shared anonymous memory object",
+        ),
         (child, "fd 101", "io_uring"),
         (child, "fd 102", "deleted file"),
         (
             child,
             &*format!("mapping {}", child_info["mapped"]),
             "has been deleted",
+        ),
+        (
+            child,
+            &*format!("mapping {}", child_info["privshm"]),
+            "private mapping of a shared anonymous memory object",
         ),
     ];
     for (pid, thing, kind) in expected {

@@ -891,6 +891,38 @@ pub enum FileKind {
     /// [`Pipe::External`]: a process outside the tree held it; the bytes are still in that
     /// process's pipe and are left there.
     Fifo(Pipe),
+    /// A named FIFO whose last name was removed while the tree held it open (fd links show
+    /// `PATH (deleted)`; [`FileIdentity::path`] is that path, `mode` the FIFO's). No process
+    /// outside the tree held it at dump time (`pipe` is [`Pipe::Internal`]). Restored as a new
+    /// FIFO made in that directory (under the old name when it is free, else a temporary one),
+    /// given `uid`/`gid` and the mode, opened read-write by crest and removed again; then as
+    /// [`FileKind::Fifo`].
+    DeletedFifo {
+        pipe: Pipe,
+        uid: u32,
+        gid: u32,
+    },
+    /// A character device node removed while the tree held it open (fd links show `PATH
+    /// (deleted)`; [`FileIdentity::path`] is that path, `mode` the node's): a node with the
+    /// same device number `rdev`, mode and owner is made again in that directory (under the
+    /// old name when free), opened, and removed again. Never a terminal.
+    DeletedDevice {
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    },
+    /// A symbolic link removed while the tree held it itself (`O_PATH | O_NOFOLLOW`; fd links
+    /// show `PATH (deleted)`): made again pointing at `target` in that directory (under the
+    /// old name when free), opened the same way, given its owner, and removed again.
+    DeletedSymlink {
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
+    /// A symbolic link itself (held by an `O_PATH | O_NOFOLLOW` descriptor), at
+    /// [`FileIdentity::path`]: opened the same way again and checked by identity like a
+    /// regular file (inode, size, mtime).
+    Symlink,
     /// A regular file or directory that was unlinked while the process held it open or mapped
     /// (a "ghost": `/proc/PID/fd/N` and maps show `PATH (deleted)`, st_nlink 0). Recreated at
     /// restore in the directory of [`FileIdentity::path`] (its path at dump time, without the
@@ -1385,6 +1417,31 @@ pub struct OpenFileDescription {
     pub pos: u64,
     /// Locks held by this description (shared by every fd and process that has it).
     pub locks: Vec<DescriptionLock>,
+    /// Where signal-driven I/O sends its signal (fcntl F_SETOWN_EX / F_SETSIG), when set.
+    pub owner: Option<FileOwner>,
+}
+
+/// The owner of an open file description (fcntl F_SETOWN_EX) and the signal it is sent
+/// (F_SETSIG): with O_ASYNC, the kernel signals it when I/O becomes possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOwner {
+    pub kind: OwnerKind,
+    /// The owning thread, process or process group (0: none).
+    pub id: i32,
+    /// F_SETSIG's signal; 0 means SIGIO without siginfo details.
+    pub signal: i32,
+    /// Real and effective uid of whoever set the owner: the kernel checks them against the
+    /// owner's uids before each signal.
+    pub uid: u32,
+    pub euid: u32,
+}
+
+/// What [`FileOwner::id`] names (F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnerKind {
+    Thread,
+    Process,
+    ProcessGroup,
 }
 
 /// Shared (read) or exclusive (write).

@@ -177,6 +177,7 @@ pub(crate) fn sample_process() -> ProcessImage {
                 flags: 0,
                 pos: 0,
                 locks: vec![],
+                owner: None,
             },
             OpenFileDescription {
                 id: 1,
@@ -190,6 +191,13 @@ pub(crate) fn sample_process() -> ProcessImage {
                         range: LockRange { start: 10, len: 20 },
                     },
                 ],
+                owner: Some(FileOwner {
+                    kind: OwnerKind::Process,
+                    id: 4242,
+                    signal: 29,
+                    uid: 1000,
+                    euid: 1000,
+                }),
             },
         ],
         fds: vec![

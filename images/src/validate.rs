@@ -325,19 +325,44 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
         let f = file(&format!("open file description {i}"), d.file)?;
         // A pipe description is its read end, its write end, or (opened anew through
         // /proc/PID/fd) both; O_ACCMODE 3 means neither.
-        if matches!(f.kind, FileKind::Pipe(_) | FileKind::Fifo(_)) && d.flags & 3 == 3 {
+        if matches!(
+            f.kind,
+            FileKind::Pipe(_) | FileKind::Fifo(_) | FileKind::DeletedFifo { .. }
+        ) && d.flags & 3 == 3
+        {
             return Err(format!(
                 "open file description {i} of pipe inode {} has access mode 3",
                 f.ino
             ));
         }
+        if let Some(o) = &d.owner {
+            check_owner(i, o)?;
+        }
+    }
+    Ok(())
+}
+
+/// An owner names a thread, process or group (or nobody, with a signal set) and a signal a
+/// process can be sent.
+fn check_owner(i: usize, o: &FileOwner) -> Result<(), String> {
+    if o.id < 0 || !(0..=64).contains(&o.signal) || (o.id == 0 && o.signal == 0) {
+        return Err(format!(
+            "open file description {i} has the owner {} {} with signal {}",
+            match o.kind {
+                OwnerKind::Thread => "thread",
+                OwnerKind::Process => "process",
+                OwnerKind::ProcessGroup => "process group",
+            },
+            o.id,
+            o.signal
+        ));
     }
     Ok(())
 }
 
 /// A pipe has no path; the image may hold at most [`PIPE_SIZE_MAX`] bytes of one.
 fn check_pipe(i: usize, f: &FileIdentity, pipe: &Pipe) -> Result<(), String> {
-    let fifo = matches!(f.kind, FileKind::Fifo(_));
+    let fifo = matches!(f.kind, FileKind::Fifo(_) | FileKind::DeletedFifo { .. });
     if fifo && !f.path.starts_with('/') {
         return Err(format!(
             "file {i} is a FIFO whose path {:?} is not absolute",
@@ -759,6 +784,32 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Pipe(pipe) | FileKind::Fifo(pipe) = &f.kind {
         return check_pipe(i, f, pipe);
     }
+    if let FileKind::DeletedDevice { rdev, .. } = f.kind {
+        if !f.path.starts_with('/') || f.mode & 0o170000 != 0o020000 {
+            return Err(format!(
+                "file {i} is a deleted device node {:?} (device {rdev:#x}) with mode {:o}, not a \
+                 character device at an absolute path",
+                f.path, f.mode
+            ));
+        }
+    }
+    if let FileKind::DeletedSymlink { target, .. } = &f.kind {
+        if !f.path.starts_with('/') || f.mode & 0o170000 != 0o120000 || target.contains('\0') {
+            return Err(format!(
+                "file {i} is a deleted symbolic link {:?} with mode {:o} or a bad target",
+                f.path, f.mode
+            ));
+        }
+    }
+    if let FileKind::DeletedFifo { pipe, .. } = &f.kind {
+        if !matches!(pipe, Pipe::Internal { .. }) || f.mode & 0o170000 != 0o010000 {
+            return Err(format!(
+                "file {i} is a deleted FIFO that is not internal to the tree or has mode {:o}",
+                f.mode
+            ));
+        }
+        return check_pipe(i, f, pipe);
+    }
     if let FileKind::Event(ev) = &f.kind {
         return check_event(i, ev);
     }
@@ -961,7 +1012,7 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             if let FileKind::Udp(_) | FileKind::Netlink(_) | FileKind::Packet(_) = f.kind {
                 return Err(format!("{} maps a socket", what()));
             }
-            if let FileKind::Pipe(_) | FileKind::Fifo(_) = f.kind {
+            if let FileKind::Pipe(_) | FileKind::Fifo(_) | FileKind::DeletedFifo { .. } = f.kind {
                 return Err(format!("{} maps a pipe", what()));
             }
             if let FileKind::Tcp(_) = f.kind {
@@ -988,10 +1039,12 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
                     what()
                 ));
             }
-            if offset.checked_add(v.end - v.start).is_none_or(|e| e > size) {
+            // A mapping may reach past the object's end (mmap allows it; touching that part
+            // raises SIGBUS): only the page runs must stay inside the object.
+            if offset.checked_add(v.end - v.start).is_none() {
                 return Err(format!(
-                    "{} maps {:#x} bytes at offset {offset:#x} of a shared memory object of \
-                     {size:#x} bytes",
+                    "{} maps {:#x} bytes at offset {offset:#x} of a shared memory object, \
+                     past any size",
                     what(),
                     v.end - v.start
                 ));
@@ -1512,9 +1565,16 @@ fn check_page_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Res
             .filter(|v| end <= v.end)
             .ok_or_else(|| format!("{} does not lie inside one VMA", what()))?;
         match vma.backing {
-            VmaBacking::Anonymous
-            | VmaBacking::File { .. }
-            | VmaBacking::SharedAnonymous { .. } => {}
+            VmaBacking::Anonymous | VmaBacking::File { .. } => {}
+            VmaBacking::SharedAnonymous { size, offset, .. } => {
+                if offset.checked_add(end - vma.start).is_none_or(|e| e > size) {
+                    return Err(format!(
+                        "{} reaches past the end of its shared memory object of {size:#x} \
+                         bytes",
+                        what()
+                    ));
+                }
+            }
             VmaBacking::SysvShm { id } => {
                 return Err(format!(
                     "{} lies in SysV segment {id}, whose pages are stored with the segment",
@@ -1964,6 +2024,42 @@ mod task_tests {
     }
 
     #[test]
+    fn a_shared_mapping_may_reach_past_its_object_but_its_pages_may_not() {
+        let page = 0x1000;
+        let vma = Vma {
+            start: 0x10000,
+            end: 0x15000,
+            prot: PROT_READ | PROT_WRITE,
+            shared: true,
+            backing: VmaBacking::SharedAnonymous {
+                object: 7,
+                size: 0x3000,
+                offset: 0x1000,
+            },
+            flags: VmaFlags::default(),
+            name: String::new(),
+            guard_ranges: Vec::new(),
+        };
+        let run = |vaddr: u64| PageRun {
+            vaddr,
+            npages: 1,
+            file_offset: 0,
+        };
+        let p = |runs: Vec<PageRun>| ProcessImage {
+            vmas: vec![vma.clone()],
+            page_runs: runs,
+            ..crate::tests::sample_process()
+        };
+        check_vmas(&p(vec![]), page).unwrap();
+        check_page_runs(&p(vec![run(0x11000)]), 0x10000, page).unwrap();
+        let err = check_page_runs(&p(vec![run(0x12000)]), 0x10000, page).unwrap_err();
+        assert!(
+            err.contains("past the end of its shared memory object"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn epoll_targets_and_pidfds_must_name_what_the_tree_has() {
         use std::collections::{HashMap, HashSet};
         let anon = |kind: FileKind| FileIdentity {
@@ -1990,6 +2086,7 @@ mod task_tests {
                 flags: 2,
                 pos: 0,
                 locks: vec![],
+                owner: None,
             }],
             pid: 10,
             ..crate::tests::sample_process()

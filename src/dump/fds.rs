@@ -49,6 +49,9 @@ pub struct FdTable {
 
 use crate::files::mqueue::MQUEUE_MAGIC;
 
+/// statfs `f_type` of procfs (linux/magic.h).
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
 fn refuse(pid: i32, fd: i32, what: String) -> DumpError {
     DumpError::UnsupportedFd { pid, fd, what }
 }
@@ -71,6 +74,7 @@ pub fn collect(
         by_inode: HashMap::new(),
         sockets: Sockets::new(proc.pid()),
         lock_collector: locks::Collector::default(),
+        owners: crate::files::fown::OwnerReader::new(proc.pid()),
     };
     let mut problems = Problems::new();
     for entry in proc.fds()? {
@@ -103,6 +107,7 @@ impl<'a> OwnWalk<'a> {
             by_inode: HashMap::new(),
             sockets: Sockets::new(own.pid()),
             lock_collector: locks::Collector::default(),
+            owners: crate::files::fown::OwnerReader::new(own.pid()),
         })
     }
 
@@ -163,6 +168,7 @@ struct FdWalk<'a> {
     by_inode: HashMap<(u64, u64), Vec<(u32, i32)>>,
     sockets: Sockets,
     lock_collector: locks::Collector,
+    owners: crate::files::fown::OwnerReader,
 }
 
 impl FdWalk<'_> {
@@ -324,8 +330,53 @@ impl FdWalk<'_> {
         let (proc, fd) = (self.proc, entry.fd);
         let pid = proc.pid();
         let md = proc.stat_link(&format!("fd/{fd}"))?;
-        if proc.link_fs_type(&format!("fd/{fd}"))? == MQUEUE_MAGIC {
+        let fs_type = proc.link_fs_type(&format!("fd/{fd}"))?;
+        if fs_type == MQUEUE_MAGIC {
             return self.add_mqueue(entry, path, true, &md, files);
+        }
+        if fs_type == PROC_SUPER_MAGIC {
+            return Err(refuse(
+                pid,
+                fd,
+                format!(
+                    "{} (deleted), a /proc file of a process that has ended, which crest \
+                     cannot open again",
+                    path.display()
+                ),
+            ));
+        }
+        if md.file_type().is_symlink() && md.nlink() == 0 {
+            let ident =
+                crate::files::deleted_symlink::identity(pid, fd, path, &md).map_err(|why| {
+                    refuse(
+                        pid,
+                        fd,
+                        format!("the deleted symbolic link {} {why}", path.display()),
+                    )
+                })?;
+            let idx = files.add_identity(md.dev(), md.ino(), || Ok::<_, DumpError>(ident))?;
+            return self.add_description(entry, idx, &md, files);
+        }
+        if md.file_type().is_char_device() && md.nlink() == 0 {
+            let ident = crate::files::devnode::identity(path, &md).map_err(|why| {
+                refuse(
+                    pid,
+                    fd,
+                    format!("the deleted file {} {why}", path.display()),
+                )
+            })?;
+            let idx = files.add_identity(md.dev(), md.ino(), || Ok::<_, DumpError>(ident))?;
+            return self.add_description(entry, idx, &md, files);
+        }
+        if md.file_type().is_fifo() && md.nlink() == 0 {
+            let idx = super::fifos::add_deleted(path, &md, files).map_err(|why| {
+                refuse(
+                    pid,
+                    fd,
+                    format!("the deleted FIFO {}: {why}", path.display()),
+                )
+            })?;
+            return self.add_description(entry, idx, &md, files);
         }
         let limit = files.ghost_limit();
         let found = crate::files::ghost::classify(&md, path, limit, || {
@@ -405,6 +456,13 @@ impl FdWalk<'_> {
             Some(d) => d,
             None => {
                 let d = self.table.open_files.len() as u32;
+                let owner = match &entry.target {
+                    FdTarget::AnonInode(kind) if kind == "[pidfd]" => None,
+                    _ => self
+                        .owners
+                        .read(fd, info.flags)
+                        .map_err(|what| refuse(pid, fd, what))?,
+                };
                 self.table.open_files.push(OpenFileDescription {
                     // Tree-wide ids are given once every process is collected (shared.rs).
                     id: 0,
@@ -412,6 +470,7 @@ impl FdWalk<'_> {
                     flags: info.flags & !O_CLOEXEC,
                     pos: info.pos,
                     locks: held,
+                    owner,
                 });
                 self.by_inode.entry(key).or_default().push((d, fd));
                 d
@@ -455,7 +514,13 @@ impl FdTable {
 /// Adds a file that a restore will reopen by `path`, after checking that `path` still names
 /// the inode the process has open (`md`).
 fn add_checked(path: &Path, md: &std::fs::Metadata, files: &mut FileTable) -> Result<u32, String> {
-    let by_path = std::fs::metadata(path).map_err(|e| format!("cannot stat the path: {e}"))?;
+    // An O_PATH | O_NOFOLLOW descriptor of a symbolic link holds the link itself.
+    let by_path = if md.file_type().is_symlink() {
+        std::fs::symlink_metadata(path)
+    } else {
+        std::fs::metadata(path)
+    }
+    .map_err(|e| format!("cannot stat the path: {e}"))?;
     if !same_inode(md, &by_path) {
         return Err(format!(
             "the path now names another file (inode {} on device {}:{}; the process has inode \
@@ -487,6 +552,12 @@ pub fn cwd(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
         return Err(refuse("it is not a directory".into()));
     }
     if let Some(removed) = path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        if proc.link_fs_type("cwd")? == PROC_SUPER_MAGIC {
+            return Err(refuse(format!(
+                "it is the /proc directory of a process that has ended ({removed}), which \
+                 crest cannot make again"
+            )));
+        }
         // A removed working directory: made again at restore, entered, and removed again.
         let removed = Path::new(removed);
         let found = crate::files::ghost::classify(&md, removed, files.ghost_limit(), || {

@@ -56,12 +56,41 @@ pub fn add(path: &Path, md: &Metadata, files: &mut FileTable) -> Result<u32, Str
         .map_err(|e| e.to_string())
 }
 
+/// Adds the FIFO `md` whose last name (`path`, without " (deleted)") was removed while the
+/// process had it open (external until [`classify`], which refuses it if it stays so).
+pub fn add_deleted(path: &Path, md: &Metadata, files: &mut FileTable) -> Result<u32, String> {
+    let shown = path.to_str().ok_or("its path is not valid UTF-8")?;
+    if !shown.starts_with('/') {
+        return Err("its path is not absolute".into());
+    }
+    files
+        .add_identity(md.dev(), md.ino(), || {
+            Ok::<_, String>(FileIdentity {
+                path: shown.to_string(),
+                kind: FileKind::DeletedFifo {
+                    pipe: Pipe::External,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                },
+                dev: md.dev(),
+                ino: md.ino(),
+                size: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                mode: md.mode(),
+            })
+        })
+        .map_err(|e| e.to_string())
+}
+
 /// Where a FIFO is held in the tree: a read end if any, else any end.
 #[derive(Default)]
 struct Holders {
     reader: Option<(i32, i32)>,
     any: Option<(i32, i32)>,
     path: String,
+    /// The owner of a deleted FIFO ([`FileKind::DeletedFifo`]).
+    deleted: Option<(u32, u32)>,
 }
 
 /// Decides, for every FIFO of the tree, whether it is internal (buffer captured) or external
@@ -71,11 +100,14 @@ pub fn classify(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
     for p in procs.iter() {
         for f in &p.fd_table.fds {
             let ident = p.description_file(f.description);
-            if !matches!(ident.kind, FileKind::Fifo(_)) {
-                continue;
-            }
+            let deleted = match ident.kind {
+                FileKind::Fifo(_) => None,
+                FileKind::DeletedFifo { uid, gid, .. } => Some((uid, gid)),
+                _ => continue,
+            };
             let h = fifos.entry((ident.dev, ident.ino)).or_default();
             h.path = ident.path.clone();
+            h.deleted = deleted;
             let flags = p.fd_table.open_files[f.description as usize].flags as i32;
             if flags & libc::O_ACCMODE != libc::O_WRONLY {
                 h.reader = h.reader.or(Some((p.pid(), f.fd)));
@@ -88,22 +120,32 @@ pub fn classify(procs: &mut [CollectedProcess]) -> Result<(), DumpError> {
     }
     let tree: HashSet<i32> = procs.iter().map(|p| p.pid()).collect();
     for ((dev, ino), h) in fifos {
-        if crate::proc::find_inode_holder(dev, ino, &tree).is_some() {
-            continue;
-        }
         let (pid, fd) = h.any.expect("a FIFO of the table has an fd");
         let refuse = |what: String| DumpError::UnsupportedFd {
             pid,
             fd,
             what: format!("the FIFO {} {what}", h.path),
         };
+        if let Some((outside, _)) = crate::proc::find_inode_holder(dev, ino, &tree) {
+            if h.deleted.is_some() {
+                return Err(refuse(format!(
+                    "(deleted) that process {outside} outside the tree also holds; crest can \
+                     make a deleted FIFO again but not reconnect it to that process"
+                )));
+            }
+            continue;
+        }
         let copy = match h.reader {
             Some((rpid, rfd)) => duplicate(rpid, rfd).map_err(&refuse)?,
             None => open_reader(pid, fd).map_err(&refuse)?,
         };
         let pipe = super::pipes::capture_from(copy, &refuse)?;
+        let kind = match h.deleted {
+            None => FileKind::Fifo(pipe),
+            Some((uid, gid)) => FileKind::DeletedFifo { pipe, uid, gid },
+        };
         for p in procs.iter_mut() {
-            p.files.set_kind_of(dev, ino, FileKind::Fifo(pipe.clone()));
+            p.files.set_kind_of(dev, ino, kind.clone());
         }
     }
     Ok(())

@@ -53,6 +53,8 @@ pub fn file_kind(md: &Metadata) -> Result<FileKind, FileRefusal> {
         Err(FileRefusal::Kind("a FIFO (named pipe)"))
     } else if t.is_socket() {
         Err(FileRefusal::Kind("a socket"))
+    } else if t.is_symlink() {
+        Ok(FileKind::Symlink)
     } else {
         Err(FileRefusal::Kind("of an unknown file type"))
     }

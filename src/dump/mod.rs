@@ -340,6 +340,29 @@ impl From<ProcError> for DumpError {
     }
 }
 
+/// Refuses every description whose signal-driven I/O owner is not a thread or process group
+/// of the tree (files/fown.rs).
+fn owners_in_tree(
+    procs: &[process::CollectedProcess],
+    tasks: &[crate::images::TreeTask],
+    problems: &mut problems::Problems,
+) -> Result<(), DumpError> {
+    let tids: std::collections::HashSet<i32> = procs
+        .iter()
+        .flat_map(|p| p.threads.iter().map(|t| t.tid))
+        .chain(tasks.iter().map(|t| t.pid))
+        .collect();
+    let pgids = tasks.iter().map(|t| t.pgid).collect();
+    for p in procs {
+        let t = &p.fd_table;
+        for (fd, what) in crate::files::fown::foreign_owners(&t.fds, &t.open_files, &tids, &pgids) {
+            let pid = p.proc.pid();
+            problems.take::<()>(Err(DumpError::UnsupportedFd { pid, fd, what }))?;
+        }
+    }
+    Ok(())
+}
+
 fn proc_exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -553,6 +576,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         ))?);
     }
     let tree_pids: Vec<i32> = frozen.tasks.iter().map(|t| t.pid).collect();
+    owners_in_tree(&procs, &frozen.tasks, &mut problems)?;
     let (sysv_ipc, ipc_refused) = sysv_ipc::capture(&tree_pids)?;
     for (pid, what) in ipc_refused {
         problems.take::<()>(Err(DumpError::UnsupportedIpc { pid, what }))?;

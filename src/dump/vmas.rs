@@ -117,6 +117,15 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
                 // MAP_SHARED|MAP_ANONYMOUS: the kernel backs it with a shmem file it names
                 // "dev/zero" (mm/shmem.c, shmem_zero_setup).
                 Plan::Anonymous { shared: true }
+            } else if *deleted && p == "/dev/zero" {
+                // MAP_PRIVATE of a shared anonymous area's object (opened through
+                // /proc/PID/map_files): its untouched pages show the object's current content.
+                return Err(refuse(
+                    "it is a private mapping of a shared anonymous memory object (mapped \
+                     through /proc/PID/map_files); crest cannot restore its tie to that object \
+                     yet"
+                    .into(),
+                ));
             } else if *deleted {
                 Plan::Deleted(path.clone())
             } else if p == "/dev/zero" && !m.shared {

@@ -180,6 +180,10 @@ impl Collector {
                 // Always on a description, whose fdinfo shows it wherever it is held (the pid
                 // is the one that took it, which may have closed its fd since).
                 LockClass::Lease { .. } => {}
+                // Taken by this process on a description only another process's fd holds
+                // now (inherited, then closed here): that holder's fdinfo shows it, and it is
+                // that process's state (recorded with its fds when it is in the tree).
+                LockClass::Flock if flock_held_elsewhere(&l, pid) => {}
                 LockClass::Flock => {
                     if maps.is_none() {
                         maps = Some(proc.maps()?);
@@ -217,6 +221,35 @@ impl Collector {
         }
         Ok((self.posix, mapping_locks))
     }
+}
+
+/// Whether a process other than `pid` has an fd whose description holds the flock `l` (its
+/// fdinfo lists it).
+fn flock_held_elsewhere(l: &LockLine, pid: i32) -> bool {
+    let Some((maj, min, ino)) = l.inode else {
+        return false;
+    };
+    let dev = libc::makedev(maj, min);
+    let mut skip = HashSet::from([pid]);
+    // Each round finds one more process holding the inode; a few are plenty.
+    for _ in 0..64 {
+        let Some((holder, fd)) = crate::proc::find_inode_holder(dev, ino, &skip) else {
+            return false;
+        };
+        let shows = Proc::open(holder)
+            .and_then(|p| p.fdinfo(fd))
+            .map(|info| {
+                info.locks.iter().any(|o| {
+                    o.class == LockClass::Flock && o.inode == l.inode && o.write == l.write
+                })
+            })
+            .unwrap_or(false);
+        if shows {
+            return true;
+        }
+        skip.insert(holder);
+    }
+    false
 }
 
 /// A lock line in words, for a refusal.

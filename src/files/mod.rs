@@ -2,6 +2,9 @@
 //! collected at dump and how it is recreated at restore; `dump/` and `restore/` call them.
 
 pub mod codeid;
+pub mod deleted_symlink;
+pub mod devnode;
+pub mod fown;
 pub mod ghost;
 pub mod locks;
 pub mod mqueue;

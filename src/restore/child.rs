@@ -136,6 +136,7 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
             .map(|k| plan.files.descriptions[k].as_raw_fd())
     };
     crate::events::epoll::register_in_task(&plan.epoll_registrations, by_id, plan.fd_base)?;
+    crate::files::fown::arm_async_in_task(p)?;
     // flock and OFD locks belong to the descriptions, which are in place now; POSIX locks are
     // the restorer's, after its last close.
     crate::files::locks::take_description_locks(p)?;

@@ -33,6 +33,9 @@ pub struct TreeFiles {
     memfd_originals: std::collections::HashSet<u64>,
     /// POSIX message queues, each created once.
     mqueues: super::mqueue::Mqueues,
+    /// Removed device nodes and symbolic links made again (O_PATH), by their (dev, ino) at
+    /// dump time.
+    devnodes: HashMap<(u64, u64), OwnedFd>,
 }
 
 /// `--inherit-fd fd[N]:RESOURCE`: crest's own descriptor N takes the place of the file the
@@ -307,6 +310,7 @@ pub(super) fn open_checked<'t>(
             | FileKind::ContentInImage
             | FileKind::Pipe(_)
             | FileKind::Fifo(_)
+            | FileKind::DeletedFifo { .. }
             | FileKind::Event(_)
             | FileKind::Epoll(_)
             | FileKind::Inotify(_)
@@ -323,6 +327,38 @@ pub(super) fn open_checked<'t>(
         }
         FileKind::Ghost(_) => {
             reopen_memfd(shmem.ghost(ident.dev, ident.ino)?, ident, ofd, base, false)?
+        }
+        FileKind::DeletedSymlink { .. } => match tree.devnodes.entry((ident.dev, ident.ino)) {
+            std::collections::hash_map::Entry::Occupied(e) => share(e.get(), base)?,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let link = crate::files::deleted_symlink::recreate(ident).map_err(|problem| {
+                    RestoreError::File {
+                        path: ident.path.clone(),
+                        problem: format!("(a removed symbolic link at dump time) {problem}"),
+                    }
+                })?;
+                share(e.insert(link), base)?
+            }
+        },
+        FileKind::DeletedDevice { .. } => {
+            let node = match tree.devnodes.entry((ident.dev, ident.ino)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(crate::files::devnode::recreate(ident).map_err(|problem| {
+                        RestoreError::File {
+                            path: ident.path.clone(),
+                            problem: format!("(a removed device node at dump time) {problem}"),
+                        }
+                    })?)
+                }
+            };
+            let fd = open_path(
+                &format!("/proc/self/fd/{}", node.as_raw_fd()),
+                reopen_flags(ofd.flags) | libc::O_NOCTTY | libc::O_CLOEXEC,
+                base,
+            )?;
+            check_identity(&fd, ident, false, ofd.pos)?;
+            fd
         }
         _ => open_description(ident, ofd, base)?,
     };
@@ -387,6 +423,17 @@ pub(super) fn open_made<'t>(
             )?,
             base,
             "a FIFO",
+        )?,
+        FileKind::DeletedFifo { pipe, uid, gid } => above(
+            tree.pipes.open_deleted_fifo(
+                ident,
+                pipe,
+                (*uid, *gid),
+                ofd,
+                &format!("pid {} fd {}", p.pid, fds_of(p, i)),
+            )?,
+            base,
+            "a deleted FIFO",
         )?,
         FileKind::Event(ev) => above(
             crate::events::create(ev, ofd.flags).map_err(|e| RestoreError::Os {
@@ -475,9 +522,7 @@ fn open_description(
     if let FileKind::ShellTerminal { .. } = ident.kind {
         return super::tty::open_own(ofd.flags, base);
     }
-    // O_CREAT/O_TRUNC/O_EXCL never come from fdinfo, but never let an image ask for them.
-    let flags = (ofd.flags as i32)
-        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    let flags = reopen_flags(ofd.flags);
     let fd = open_path(&ident.path, flags | libc::O_NOCTTY | libc::O_CLOEXEC, base)?;
     let appending = ofd.flags as i32 & libc::O_APPEND != 0
         && ofd.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
@@ -506,8 +551,7 @@ fn reopen_memfd(
     base: RawFd,
     first: bool,
 ) -> Result<OwnedFd, RestoreError> {
-    let flags = (ofd.flags as i32)
-        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    let flags = reopen_flags(ofd.flags);
     let fd = if first && flags & libc::O_ACCMODE == libc::O_RDWR {
         let fd = share(memfd, base)?;
         // SAFETY: F_SETFL on a descriptor we own; it changes only its status flags.
@@ -529,6 +573,19 @@ fn reopen_memfd(
         seek(&fd, ofd.pos, &ident.path)?;
     }
     Ok(fd)
+}
+
+/// The flags to open a description with `flags` (fdinfo's) again: O_CREAT/O_TRUNC/O_EXCL
+/// never come from fdinfo, but an image never gets to ask for them; a file made with
+/// O_TMPFILE keeps that flag (__O_TMPFILE | O_DIRECTORY) in its description, and opening the
+/// regular file again with it would fail (O_DIRECTORY) or make another file.
+fn reopen_flags(flags: u32) -> i32 {
+    let mut flags = flags as i32
+        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY);
+    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        flags &= !libc::O_TMPFILE;
+    }
+    flags
 }
 
 fn file_at(p: &ProcessImage, index: u32) -> Result<&FileIdentity, RestoreError> {
@@ -706,7 +763,7 @@ fn check_identity(
             return Ok(());
         }
         // Opened through /proc, never by path; a FIFO is checked when its path is opened.
-        FileKind::Pipe(_) | FileKind::Fifo(_) => {
+        FileKind::Pipe(_) | FileKind::Fifo(_) | FileKind::DeletedFifo { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
                 return Err(changed("it is not a pipe".into()));
             }
@@ -716,6 +773,7 @@ fn check_identity(
         FileKind::Event(_)
         | FileKind::Memfd { .. }
         | FileKind::Ghost(_)
+        | FileKind::DeletedSymlink { .. }
         | FileKind::Epoll(_)
         | FileKind::Inotify(_)
         | FileKind::Pidfd { .. }
@@ -739,7 +797,7 @@ fn check_identity(
             }
             return Ok(());
         }
-        FileKind::CharDevice { rdev } => {
+        FileKind::CharDevice { rdev } | FileKind::DeletedDevice { rdev, .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != rdev {
                 return Err(changed(format!(
                     "was character device {}:{}, now mode {:o} rdev {}:{}",
@@ -760,6 +818,11 @@ fn check_identity(
         FileKind::Regular => {
             if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                 return Err(changed("it is no longer a regular file".into()));
+            }
+        }
+        FileKind::Symlink => {
+            if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                return Err(changed("it is no longer a symbolic link".into()));
             }
         }
     }
@@ -811,6 +874,14 @@ fn is_pseudo_fs(fd: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_o_tmpfile_description_is_reopened_as_a_plain_file() {
+        let tmpfile = (libc::O_RDWR | libc::O_TMPFILE | libc::O_APPEND) as u32;
+        assert_eq!(reopen_flags(tmpfile), libc::O_RDWR | libc::O_APPEND);
+        let dir = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u32;
+        assert_eq!(reopen_flags(dir), libc::O_DIRECTORY);
+    }
 
     #[test]
     fn proc_and_sys_files_are_checked_by_type_only() {

@@ -121,6 +121,9 @@ pub enum RestoreError {
     Arch(#[from] crate::arch::ArchError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An owner of signal-driven I/O cannot be set again (files/fown.rs).
+    #[error("signal-driven I/O: {0}")]
+    FileOwner(String),
     #[error("restoring into a new pid namespace failed: {0}")]
     PidNamespace(String),
 }
@@ -303,6 +306,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // crest's copies of the tasks' ends and of the image files are no longer needed; closing
     // the status write ends lets a dead task show as end-of-file.
     drop(task_ends);
+    let owners = crate::files::fown::Owners::keep(
+        &image.processes,
+        &opened
+            .iter()
+            .map(|o| &o.descriptions[..])
+            .collect::<Vec<_>>(),
+    )
+    .map_err(RestoreError::FileOwner)?;
     drop(opened);
 
     // Page data the restorers read from here on: a bar on a terminal if that takes long.
@@ -355,6 +366,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for r in &mut restoring {
         finish::finish_process(r, &caught)?;
     }
+    // Every thread and group exists now: signal-driven I/O gets its owners back.
+    owners.apply().map_err(RestoreError::FileOwner)?;
     sysv.commit()?;
     sysv_ipc.commit();
     // The connections are in their processes: unlock the network, then leave repair mode

@@ -28,6 +28,10 @@ pub struct Pipes {
     /// Where each pipe can be opened again: `/proc/PID/fd/N`. Internal pipes also keep the
     /// fresh pipe's read end alive here until every description is open.
     sources: HashMap<(u64, u64), (String, Option<OwnedFd>)>,
+    /// The two ends pipe2 made for an internal pipe, until a description takes each: a
+    /// description opened through /proc has O_LARGEFILE, which the ends of a program's own
+    /// pipe(2) do not have (and F_SETFL cannot clear).
+    ends: HashMap<(u64, u64), [Option<OwnedFd>; 2]>,
 }
 
 impl Pipes {
@@ -40,11 +44,24 @@ impl Pipes {
         ofd: &OpenFileDescription,
         fds: &str,
     ) -> Result<OwnedFd, RestoreError> {
-        self.reopen_source(ident, ofd, fds, || match pipe {
-            Pipe::Internal { size, buffered } => {
-                let read = fresh(ident.ino, *size, buffered)?;
-                Ok((format!("/proc/self/fd/{}", read.as_raw_fd()), Some(read)))
+        if let Pipe::Internal { size, buffered } = pipe {
+            let key = (ident.dev, ident.ino);
+            if let Entry::Vacant(e) = self.sources.entry(key) {
+                let (read, write) = fresh(ident.ino, *size, buffered)?;
+                let spare = read.try_clone().map_err(|e| RestoreError::Os {
+                    what: format!("{fds}: duplicating pipe inode {}", ident.ino),
+                    source: e,
+                })?;
+                let link = format!("/proc/self/fd/{}", read.as_raw_fd());
+                e.insert((link, Some(read)));
+                self.ends.insert(key, [Some(spare), Some(write)]);
             }
+            if let Some(end) = self.own_end(key, ofd, ident.ino, fds)? {
+                return Ok(end);
+            }
+        }
+        self.reopen_source(ident, ofd, fds, || match pipe {
+            Pipe::Internal { .. } => unreachable!("an internal pipe's source is made above"),
             Pipe::External => {
                 let (pid, fd) = crate::proc::find_pipe_holder(ident.ino).ok_or_else(|| {
                     RestoreError::Unsupported(format!(
@@ -58,6 +75,39 @@ impl Pipes {
                 Ok((format!("/proc/{pid}/fd/{fd}"), None))
             }
         })
+    }
+
+    /// One of the ends pipe2 made for the internal pipe `key`, when `ofd` is a read-only or
+    /// write-only description without O_LARGEFILE (one of a program's own pipe(2) ends) and
+    /// that end is still free, with `ofd`'s O_NONBLOCK and O_DIRECT.
+    fn own_end(
+        &mut self,
+        key: (u64, u64),
+        ofd: &OpenFileDescription,
+        ino: u64,
+        fds: &str,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        let flags = ofd.flags as i32;
+        let slot = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => 0,
+            libc::O_WRONLY => 1,
+            _ => return Ok(None),
+        };
+        if flags & crate::arch::KERNEL_O_LARGEFILE != 0 {
+            return Ok(None);
+        }
+        let Some(end) = self.ends.get_mut(&key).and_then(|e| e[slot].take()) else {
+            return Ok(None);
+        };
+        let status = flags & (libc::O_NONBLOCK | libc::O_DIRECT);
+        // SAFETY: F_SETFL on a descriptor we own changes only its status flags.
+        if status != 0 && unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETFL, status) } < 0 {
+            return Err(RestoreError::Os {
+                what: format!("{fds}: setting the status flags of pipe inode {ino}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Some(end))
     }
 
     /// A new descriptor for `ofd` through the source of pipe `ident`, found by `make` (a link
@@ -102,6 +152,103 @@ impl Pipes {
             ))
         })
     }
+}
+
+impl Pipes {
+    /// A new descriptor for the description `ofd` of the deleted FIFO `ident`
+    /// ([`crate::images::FileKind::DeletedFifo`]): the first one makes the FIFO again
+    /// ([`recreate_fifo`]), puts its buffer back, and keeps it open; then as [`Pipes::open_fifo`].
+    pub fn open_deleted_fifo(
+        &mut self,
+        ident: &FileIdentity,
+        pipe: &Pipe,
+        owner: (u32, u32),
+        ofd: &OpenFileDescription,
+        fds: &str,
+    ) -> Result<OwnedFd, RestoreError> {
+        self.reopen_source(ident, ofd, fds, || {
+            let keeper = recreate_fifo(&ident.path, ident.mode, owner, fds)?;
+            if let Pipe::Internal { size, buffered } = pipe {
+                refill(&keeper, &ident.path, *size, buffered)?;
+            }
+            Ok((
+                format!("/proc/self/fd/{}", keeper.as_raw_fd()),
+                Some(keeper),
+            ))
+        })
+    }
+}
+
+/// A new FIFO in the directory of `path` (under `path` itself when that name is free, so the
+/// fd links show `PATH (deleted)` as before; else under a temporary name), with `mode`'s
+/// permissions and `owner`, opened read-write and non-blocking, and removed again.
+fn recreate_fifo(
+    path: &str,
+    mode: u32,
+    owner: (u32, u32),
+    fds: &str,
+) -> Result<OwnedFd, RestoreError> {
+    let fail = |problem: String| RestoreError::File {
+        path: path.to_string(),
+        problem: format!("({fds}, a deleted FIFO at dump time) {problem}"),
+    };
+    let old = std::path::Path::new(path);
+    let dir = old
+        .parent()
+        .ok_or_else(|| fail("has no directory to be made again in".into()))?;
+    let name = if std::fs::symlink_metadata(old).is_err() {
+        old.to_path_buf()
+    } else {
+        let mut r = [0u8; 8];
+        // SAFETY: getrandom writes at most r.len() bytes into r.
+        unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+        dir.join(format!(".crest-fifo-{:016x}", u64::from_le_bytes(r)))
+    };
+    let cname = CString::new(name.to_string_lossy().as_bytes())
+        .map_err(|_| RestoreError::BadImage(format!("FIFO path {path:?} has a NUL byte")))?;
+    // SAFETY: cname is NUL-terminated; mknod creates one FIFO there or fails.
+    if unsafe { libc::mknod(cname.as_ptr(), libc::S_IFIFO | 0o600, 0) } < 0 {
+        return Err(fail(format!(
+            "cannot be made again in {}: mknod: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: cname is NUL-terminated; the FIFO was just made; a read-write open never waits.
+    let raw = unsafe {
+        libc::open(
+            cname.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    let opened = if raw < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        // SAFETY: raw is a fresh descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    // SAFETY: cname is NUL-terminated; this removes the FIFO made above, whatever happened.
+    let removed = unsafe { libc::unlink(cname.as_ptr()) };
+    let fd = opened.map_err(|e| fail(format!("cannot be opened once made again: {e}")))?;
+    if removed < 0 {
+        return Err(fail(format!(
+            "cannot be removed again once made: unlink: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fchown/fchmod on a descriptor we own change only that inode.
+    if unsafe { libc::fchown(fd.as_raw_fd(), owner.0, owner.1) } < 0
+        || unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) } < 0
+    {
+        return Err(fail(format!(
+            "cannot be given its owner {}:{} and mode {:o}: {}",
+            owner.0,
+            owner.1,
+            mode & 0o7777,
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(fd)
 }
 
 /// crest's read-write, non-blocking open of the FIFO at `path`, which must still be a FIFO
@@ -190,9 +337,8 @@ fn refill(keeper: &OwnedFd, path: &str, size: u32, buffered: &[u8]) -> Result<()
     })
 }
 
-/// A fresh pipe of `size` bytes holding `buffered`; returns its read end (the write end is
-/// closed: the restored process's own write descriptions keep the pipe writable).
-fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<OwnedFd, RestoreError> {
+/// A fresh pipe of `size` bytes holding `buffered`: its read and write ends.
+fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<(OwnedFd, OwnedFd), RestoreError> {
     let os = |what: &str| RestoreError::Os {
         what: format!("recreating pipe inode {ino}: {what}"),
         source: std::io::Error::last_os_error(),
@@ -208,16 +354,15 @@ fn fresh(ino: u64, size: u32, buffered: &[u8]) -> Result<OwnedFd, RestoreError> 
     }
     // The pipe is as large as the one that held these bytes, so the (blocking) write never
     // waits for a reader.
-    std::fs::File::from(write)
-        .write_all(buffered)
-        .map_err(|e| RestoreError::Os {
-            what: format!(
-                "recreating pipe inode {ino}: writing its {} buffered bytes",
-                buffered.len()
-            ),
-            source: e,
-        })?;
-    Ok(read)
+    let mut write = std::fs::File::from(write);
+    write.write_all(buffered).map_err(|e| RestoreError::Os {
+        what: format!(
+            "recreating pipe inode {ino}: writing its {} buffered bytes",
+            buffered.len()
+        ),
+        source: e,
+    })?;
+    Ok((read, write.into()))
 }
 
 /// Opens the pipe behind `link` again as a new description with `flags`' access mode and
@@ -265,7 +410,34 @@ mod tests {
             flags: flags as u32,
             pos: 0,
             locks: vec![],
+            owner: None,
         }
+    }
+
+    #[test]
+    fn a_programs_own_pipe_ends_come_back_without_o_largefile() {
+        let pipe = Pipe::Internal {
+            size: 1 << 16,
+            buffered: vec![],
+        };
+        let id = ident(2, pipe.clone());
+        let mut pipes = Pipes::default();
+        let large = crate::arch::KERNEL_O_LARGEFILE;
+        let own = pipes
+            .open(&id, &pipe, &ofd(libc::O_RDONLY), "fd 3")
+            .unwrap();
+        let reopened = pipes
+            .open(&id, &pipe, &ofd(libc::O_RDONLY | large), "fd 4")
+            .unwrap();
+        let second = pipes
+            .open(&id, &pipe, &ofd(libc::O_RDONLY), "fd 5")
+            .unwrap();
+        // SAFETY: F_GETFL on descriptors we own.
+        let flags = |fd: &OwnedFd| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags(&own) & large, 0);
+        assert_eq!(flags(&reopened) & large, large);
+        // Only one description can be pipe2's own read end; another is opened again.
+        assert_eq!(flags(&second) & large, large);
     }
 
     #[test]

@@ -230,21 +230,35 @@ fn make_all(
         } = &s.name
         {
             make_missing_dirs(std::path::Path::new(&ident.path), &mut made_dirs)?;
-            bind_path(&fds[&ino], ident, bound, dir, *uid, *gid, &mut live)?;
+            // Another file (not a socket) made at the path since: moved away for the bind.
+            let occupant = occupant_aside(&ident.path, ino)?;
+            let bound_it = bind_path(&fds[&ino], ident, bound, dir, *uid, *gid, &mut live);
             let shared = planned
                 .iter()
                 .any(|(&other, (oident, _))| other != ino && oident.path == ident.path);
-            let aside = if shared {
-                let aside = aside_path(&ident.path, ino)?;
-                std::fs::rename(&ident.path, &aside).map_err(|e| RestoreError::File {
-                    path: ident.path.clone(),
-                    problem: format!("cannot be moved aside to {aside} after binding: {e}"),
-                })?;
-                aside
+            let aside = if bound_it.is_ok() && (shared || occupant.is_some()) {
+                let aside = aside_path(&ident.path, ino);
+                aside.and_then(|aside| {
+                    std::fs::rename(&ident.path, &aside).map_err(|e| RestoreError::File {
+                        path: ident.path.clone(),
+                        problem: format!("cannot be moved aside to {aside} after binding: {e}"),
+                    })?;
+                    Ok(aside)
+                })
             } else {
-                ident.path.clone()
+                Ok(ident.path.clone())
             };
-            reach.insert(ino, aside);
+            if let Some(o) = &occupant {
+                std::fs::rename(o, &ident.path).map_err(|e| RestoreError::File {
+                    path: o.clone(),
+                    problem: format!(
+                        "(moved aside from {} to bind a socket there) cannot be moved back: {e}",
+                        ident.path
+                    ),
+                })?;
+            }
+            bound_it?;
+            reach.insert(ino, aside?);
         }
     }
     for (&ino, (ident, s)) in planned {
@@ -704,6 +718,36 @@ fn aside_path(path: &str, ino: u64) -> Result<String, RestoreError> {
         });
     }
     Ok(aside)
+}
+
+/// Moves a file that is not a socket and lies at `path`, where the removed socket `ino` is to
+/// be bound for a moment, to a name of crest's beside it; returns that name (None when the
+/// path is free or holds a socket file, which [`remove_stale`] deals with).
+fn occupant_aside(path: &str, ino: u64) -> Result<Option<String>, RestoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if !md.file_type().is_socket() => {}
+        _ => return Ok(None),
+    }
+    let p = std::path::Path::new(path);
+    let dir = p.parent().unwrap_or(std::path::Path::new("/"));
+    let aside = dir
+        .join(format!(".crest-occupant-{ino:x}"))
+        .display()
+        .to_string();
+    if std::fs::symlink_metadata(&aside).is_ok() {
+        return Err(RestoreError::File {
+            path: aside,
+            problem: "is in the way of a file crest moves aside while restoring".into(),
+        });
+    }
+    std::fs::rename(path, &aside).map_err(|e| RestoreError::File {
+        path: path.to_string(),
+        problem: format!(
+            "(made since the socket bound there was removed) cannot be moved aside to {aside} \
+             for the time of the bind: {e}"
+        ),
+    })?;
+    Ok(Some(aside))
 }
 
 /// Removes a socket file at `path` that no live socket is bound to (what a killed process

@@ -8,6 +8,10 @@
  *   CTL/fifo-b   fd 102 open read-write; the test may hold it open too (then the FIFO is
  *                shared with a process outside the tree). Holds the B bytes.
  *   CTL/fifo-c   fd 103 write end only: no process of the tree reads it. Holds the C bytes.
+ *   CTL/fifo-d   fd 105 open read-write, fd 106 write end; mode 0640; removed (unlinked)
+ *                once open, so only the fds keep it. Holds the D bytes. A verify checks it
+ *                is still a FIFO with no name (st_nlink 0, the fd link "PATH (deleted)"), its
+ *                mode and that the child shares both descriptions.
  *
  * A forked child inherits every fd and just waits (it dies with the parent). CTL/info says
  * "child PID" once everything is set up. On a verify request the parent checks every fd's
@@ -30,7 +34,8 @@
 
 #define A_SIZE (128 * 1024)
 
-static char path_a[CTL_PATH_MAX], path_b[CTL_PATH_MAX], path_c[CTL_PATH_MAX];
+static char path_a[CTL_PATH_MAX], path_b[CTL_PATH_MAX], path_c[CTL_PATH_MAX],
+    path_d[CTL_PATH_MAX];
 static unsigned generation;
 static pid_t child;
 
@@ -54,6 +59,7 @@ static void fill(unsigned g)
     put(101, 'a', g);
     put(102, 'b', g);
     put(103, 'c', g);
+    put(106, 'd', g);
 }
 
 static void move_fd(int fd, int to, const char *what)
@@ -86,6 +92,34 @@ static void check_fd(int fd, const char *path, int acc, int nonblock, int cloexe
     if (same != 0)
         fail("fd %d (%s): the child's fd %d is not the same description (kcmp %ld: %s)", fd,
              path, fd, same, same < 0 ? strerror(errno) : "differs");
+}
+
+/* fd of the deleted FIFO D: no name left, its mode, access mode, shared with the child. */
+static void check_deleted(int fd, int acc)
+{
+    struct stat st;
+    char link[CTL_PATH_MAX + 32], want[CTL_PATH_MAX + 32], proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(proc, link, sizeof link - 1);
+    int fl = fcntl(fd, F_GETFL);
+    if (n < 0 || fl < 0 || fstat(fd, &st) != 0) {
+        fail("fd %d (deleted fifo-d): %s", fd, strerror(errno));
+        return;
+    }
+    link[n] = 0;
+    snprintf(want, sizeof want, "%s (deleted)", path_d);
+    if (strcmp(link, want) != 0)
+        fail("fd %d links to '%s', want '%s'", fd, link, want);
+    if (!S_ISFIFO(st.st_mode) || st.st_nlink != 0 || (st.st_mode & 07777) != 0640)
+        fail("fd %d: mode %o, %lu links, want a FIFO 0640 with none", fd, st.st_mode,
+             (unsigned long)st.st_nlink);
+    if (st.st_uid != getuid() || st.st_gid != getgid())
+        fail("fd %d: owner %u:%u, want %u:%u", fd, st.st_uid, st.st_gid, getuid(), getgid());
+    if ((fl & O_ACCMODE) != acc)
+        fail("fd %d (deleted fifo-d): access mode %d, want %d", fd, fl & O_ACCMODE, acc);
+    long same = syscall(SYS_kcmp, getpid(), child, KCMP_FILE, fd, fd);
+    if (same != 0)
+        fail("fd %d (deleted fifo-d): the child's fd is not the same description", fd);
 }
 
 /* Reads exactly generation g's bytes of `which` from `fd` (FIONREAD must say so first). */
@@ -121,6 +155,8 @@ static void verify(void)
     check_fd(104, path_a, O_RDWR, 0, 0);
     check_fd(102, path_b, O_RDWR, 0, 0);
     check_fd(103, path_c, O_WRONLY, 0, 0);
+    check_deleted(105, O_RDWR);
+    check_deleted(106, O_WRONLY);
     int sz = fcntl(100, F_GETPIPE_SZ);
     if (sz != A_SIZE)
         fail("fifo-a: pipe size %d, want %d", sz, A_SIZE);
@@ -128,6 +164,7 @@ static void verify(void)
         return;
     drain(100, 'a', generation);
     drain(102, 'b', generation);
+    drain(105, 'd', generation);
     int c = open(path_c, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (c < 0) {
         fail("open %s: %s", path_c, strerror(errno));
@@ -150,6 +187,7 @@ int main(int argc, char **argv)
     snprintf(path_a, sizeof path_a, "%s/fifo-a", argv[1]);
     snprintf(path_b, sizeof path_b, "%s/fifo-b", argv[1]);
     snprintf(path_c, sizeof path_c, "%s/fifo-c", argv[1]);
+    snprintf(path_d, sizeof path_d, "%s/fifo-d", argv[1]);
     const char *paths[] = {path_a, path_b, path_c};
     for (int i = 0; i < 3; i++)
         if (mkfifo(paths[i], 0600) != 0)
@@ -166,6 +204,12 @@ int main(int argc, char **argv)
     /* A write end with no reader anywhere: opened through a read-write open dropped after. */
     int c_rw = open(path_c, O_RDWR);
     move_fd(open(path_c, O_WRONLY), 103, "fifo-c write end");
+    if (mkfifo(path_d, 0600) != 0 || chmod(path_d, 0640) != 0)
+        die("mkfifo %s: %s", path_d, strerror(errno));
+    move_fd(open(path_d, O_RDWR), 105, "fifo-d read-write");
+    move_fd(open(path_d, O_WRONLY), 106, "fifo-d write end");
+    if (unlink(path_d) != 0)
+        die("unlink %s: %s", path_d, strerror(errno));
     fill(0);
     close(c_rw);
 

@@ -8,14 +8,18 @@
  *   fd 104  DISK/noatime, O_RDONLY|O_NOATIME, read up to offset 5
  *   fd 105  DISK/path, O_PATH
  *   fd 106  DISK/direct, O_RDONLY|O_DIRECT, one 4096-byte block read (offset 4096)
+ *   fd 109  DISK/dangling, a symbolic link to "no-such-target", itself open with
+ *           O_PATH|O_NOFOLLOW
+ *   fd 110  DISK/gone-link, a symbolic link to "gone-target" held itself (O_PATH|O_NOFOLLOW),
+ *           then removed: the fd links to "DISK/gone-link (deleted)"
  *
  * DISK and TMPFS are $CREST_DISK_DIR and $CREST_TMPFS_DIR (default: CTL_DIR). With
  * $CREST_LIB set it dlopen()s that library and calls its value(), which must return
  * $CREST_LIB_VALUE; with $CREST_AIO=1 it holds an AIO context (io_setup); with
- * $CREST_PROC_SELF=1 it holds /proc/self/status at fd 107 (offset 20), its /proc/PID/stat at
- * fd 108 (O_NONBLOCK, offset 5) and, at fd 109 (offset 10), /proc/CHILD/status of a child it
+ * $CREST_PROC_SELF=1 it holds /proc/self/status at fd 111 (offset 20), its /proc/PID/stat at
+ * fd 112 (O_NONBLOCK, offset 5) and, at fd 113 (offset 10), /proc/CHILD/status of a child it
  * forks (which dies with it): /proc files of the tree, opened again by the restored process.
- * Verify checks their flags, offsets and links, and that 107 and 109 still show this process
+ * Verify checks their flags, offsets and links, and that 111 and 113 still show this process
  * and the child.
  *
  * On a verify request it checks every fd's status flags (as at start), offset and link
@@ -37,7 +41,7 @@ static char want_link[NFD][CTL_PATH_MAX];
 static int (*lib_value)(void);
 static int lib_want;
 static char *block;
-/* $CREST_PROC_SELF: fds 107..109. */
+/* $CREST_PROC_SELF: fds 111..113. */
 #define NPROC 3
 static int proc_files;
 static pid_t proc_child;
@@ -59,7 +63,7 @@ static void check_shows_pid(int fd, pid_t pid)
 static void check_proc_files(void)
 {
     for (int i = 0; i < NPROC; i++) {
-        int fd = 107 + i;
+        int fd = 111 + i;
         char link[CTL_PATH_MAX], proc[64];
         snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
         ssize_t n = readlink(proc, link, sizeof link - 1);
@@ -71,12 +75,14 @@ static void check_proc_files(void)
         if (lseek(fd, 0, SEEK_CUR) != proc_pos[i])
             fail("fd %d: offset %ld, want %ld", fd, (long)lseek(fd, 0, SEEK_CUR), proc_pos[i]);
     }
-    check_shows_pid(107, getpid());
-    check_shows_pid(109, proc_child);
+    check_shows_pid(111, getpid());
+    check_shows_pid(113, proc_child);
     int status;
     if (waitpid(proc_child, &status, WNOHANG) != 0)
         fail("the child %d has ended", (int)proc_child);
 }
+static int symlink_flags;
+static char symlink_link[CTL_PATH_MAX], gone_link[CTL_PATH_MAX];
 
 static void must_open(const char *path, int flags, int to, long pos)
 {
@@ -117,6 +123,27 @@ static void verify(void)
         if (want_pos[i] >= 0 && lseek(fd, 0, SEEK_CUR) != want_pos[i])
             fail("fd %d: offset %ld, want %ld", fd, (long)lseek(fd, 0, SEEK_CUR), want_pos[i]);
     }
+    struct stat st;
+    char target[64] = {0}, link[CTL_PATH_MAX] = {0};
+    if (fstat(109, &st) != 0 || !S_ISLNK(st.st_mode) ||
+        readlinkat(109, "", target, sizeof target - 1) != 14 ||
+        strcmp(target, "no-such-target") != 0)
+        fail("fd 109 is not the symbolic link to no-such-target (mode %o, '%s'): %s",
+             st.st_mode, target, strerror(errno));
+    if (fcntl(109, F_GETFL) != symlink_flags || readlink("/proc/self/fd/109", link,
+                                                         sizeof link - 1) < 0 ||
+        strcmp(link, symlink_link) != 0)
+        fail("fd 109: flags %#o (want %#o), link '%s' (want '%s')", fcntl(109, F_GETFL),
+             symlink_flags, link, symlink_link);
+    char gone_target[64] = {0};
+    if (fstat(110, &st) != 0 || !S_ISLNK(st.st_mode) || st.st_nlink != 0 ||
+        readlinkat(110, "", gone_target, sizeof gone_target - 1) != 11 ||
+        strcmp(gone_target, "gone-target") != 0)
+        fail("fd 110 is not the removed symbolic link to gone-target (mode %o, %lu links, '%s')",
+             st.st_mode, (unsigned long)st.st_nlink, gone_target);
+    memset(link, 0, sizeof link);
+    if (readlink("/proc/self/fd/110", link, sizeof link - 1) < 0 || strcmp(link, gone_link) != 0)
+        fail("fd 110 links to '%s', want '%s'", link, gone_link);
     if (fail_msg[0])
         return;
     char buf[256];
@@ -184,6 +211,25 @@ int main(int argc, char **argv)
             die("readlink %s: %s", proc, strerror(errno));
         want_link[i][n] = 0;
     }
+    char dangling[CTL_PATH_MAX];
+    snprintf(dangling, sizeof dangling, "%s/dangling", disk);
+    if (symlink("no-such-target", dangling) != 0)
+        die("symlink %s: %s", dangling, strerror(errno));
+    must_open(dangling, O_PATH | O_NOFOLLOW, 109, 0);
+    symlink_flags = fcntl(109, F_GETFL);
+    if (readlink("/proc/self/fd/109", symlink_link, sizeof symlink_link - 1) < 0)
+        die("readlink fd 109: %s", strerror(errno));
+
+    char gone[CTL_PATH_MAX];
+    snprintf(gone, sizeof gone, "%s/gone-link", disk);
+    if (symlink("gone-target", gone) != 0)
+        die("symlink %s: %s", gone, strerror(errno));
+    must_open(gone, O_PATH | O_NOFOLLOW, 110, 0);
+    if (unlink(gone) != 0)
+        die("unlink %s: %s", gone, strerror(errno));
+    if (readlink("/proc/self/fd/110", gone_link, sizeof gone_link - 1) < 0)
+        die("readlink fd 110: %s", strerror(errno));
+
     if (getenv("CREST_PROC_SELF") && strcmp(getenv("CREST_PROC_SELF"), "1") == 0) {
         char own[64], child[64];
         proc_child = fork_dying_child();
@@ -193,17 +239,17 @@ int main(int argc, char **argv)
         }
         snprintf(own, sizeof own, "/proc/%d/stat", (int)getpid());
         snprintf(child, sizeof child, "/proc/%d/status", (int)proc_child);
-        must_open("/proc/self/status", O_RDONLY, 107, proc_pos[0]);
-        must_open(own, O_RDONLY | O_NONBLOCK, 108, proc_pos[1]);
-        must_open(child, O_RDONLY, 109, proc_pos[2]);
+        must_open("/proc/self/status", O_RDONLY, 111, proc_pos[0]);
+        must_open(own, O_RDONLY | O_NONBLOCK, 112, proc_pos[1]);
+        must_open(child, O_RDONLY, 113, proc_pos[2]);
         for (int i = 0; i < NPROC; i++) {
             char proc[64];
-            snprintf(proc, sizeof proc, "/proc/self/fd/%d", 107 + i);
+            snprintf(proc, sizeof proc, "/proc/self/fd/%d", 111 + i);
             ssize_t n = readlink(proc, proc_link[i], sizeof proc_link[i] - 1);
             if (n < 0)
                 die("readlink %s: %s", proc, strerror(errno));
             proc_link[i][n] = 0;
-            proc_flags[i] = fcntl(107 + i, F_GETFL);
+            proc_flags[i] = fcntl(111 + i, F_GETFL);
         }
         proc_files = 1;
     }

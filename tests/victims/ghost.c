@@ -15,6 +15,10 @@
  * fd 101: WORK/linked-a, a hard link of WORK/linked-b, unlinked under its first name only
  *         (st_nlink 1): a restore reopens it through linked-b. The parent's only.
  * fd 102: WORK/gonedir, a removed directory. The parent's only.
+ * fd 103: a file made with O_TMPFILE in WORK (never had a name; its description keeps the
+ *         O_TMPFILE flag), holding "tmpfile data", at offset 5. The parent's only.
+ * fd 104: WORK/nulldev, a character device node for /dev/null's device (1:3), mode 0620,
+ *         open read-write, then removed. The parent's only.
  * the child's working directory: WORK/childcwd, removed.
  * a MAP_PRIVATE mapping of WORK/mapped-only (fd closed, unlinked): "file content" in pages 0
  *         and 1, page 0 changed privately.
@@ -28,12 +32,15 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/sysmacros.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
 #define SCRATCH_FD 100
 #define LINKED_FD 101
 #define DIR_FD 102
+#define TMPFILE_FD 103
+#define DEVNODE_FD 104
 #define BIG (64L << 20)
 #define MIB (1L << 20)
 
@@ -197,6 +204,22 @@ static void check_parent(void)
     if (openat(DIR_FD, "x", O_RDWR | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != ENOENT)
         fail("a file could be made in the removed directory (errno %d)", errno);
 
+    /* The O_TMPFILE file. */
+    check_unlinked(TMPFILE_FD, "the O_TMPFILE file", 0);
+    if (pread(TMPFILE_FD, buf, 20, 0) != 12 || memcmp(buf, "tmpfile data", 12) != 0)
+        fail("the O_TMPFILE file's content changed");
+    if (lseek(TMPFILE_FD, 0, SEEK_CUR) != 5)
+        fail("the O_TMPFILE file is at offset %lld", (long long)lseek(TMPFILE_FD, 0, SEEK_CUR));
+
+    /* The removed device node: still /dev/null's device, mode and name. */
+    struct stat dev;
+    if (fstat(DEVNODE_FD, &dev) != 0 || !S_ISCHR(dev.st_mode) || dev.st_rdev != makedev(1, 3) ||
+        (dev.st_mode & 07777) != 0620 || dev.st_nlink != 0)
+        fail("fd %d is no longer the removed node of device 1:3, mode 0620", DEVNODE_FD);
+    check_fd_link(DEVNODE_FD, "nulldev", " (deleted)");
+    if (write(DEVNODE_FD, "x", 1) != 1 || read(DEVNODE_FD, buf, 1) != 0)
+        fail("fd %d does not behave as /dev/null: %s", DEVNODE_FD, strerror(errno));
+
     int status;
     if (waitpid(child, &status, WNOHANG) != 0)
         fail("the child %d has ended", (int)child);
@@ -262,6 +285,16 @@ int main(int argc, char **argv)
     if (rmdir("gonedir") != 0)
         die("rmdir gonedir: %s", strerror(errno));
 
+    move_fd(open(".", O_RDWR | O_TMPFILE, 0600), TMPFILE_FD, "O_TMPFILE");
+    if (write(TMPFILE_FD, "tmpfile data", 12) != 12 || lseek(TMPFILE_FD, 5, SEEK_SET) != 5)
+        die("write the O_TMPFILE file: %s", strerror(errno));
+
+    if (mknod("nulldev", S_IFCHR | 0600, makedev(1, 3)) != 0 || chmod("nulldev", 0620) != 0)
+        die("mknod nulldev: %s", strerror(errno));
+    move_fd(open("nulldev", O_RDWR), DEVNODE_FD, "nulldev");
+    if (unlink("nulldev") != 0)
+        die("unlink nulldev: %s", strerror(errno));
+
     fd = open("mapped-only", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || ftruncate(fd, 2 * page) != 0)
         die("mapped-only: %s", strerror(errno));
@@ -279,6 +312,8 @@ int main(int argc, char **argv)
     if (child == 0) {
         close(LINKED_FD);
         close(DIR_FD);
+        close(TMPFILE_FD);
+        close(DEVNODE_FD);
         if (mkdir("childcwd", 0700) != 0 || chdir("childcwd") != 0)
             die("childcwd: %s", strerror(errno));
         char gone[4096];

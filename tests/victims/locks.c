@@ -18,11 +18,15 @@
  * F_OFD_GETLK reports each OFD lock; the free ranges report F_UNLCK. On a verify request the
  * victim forks a child to run the checks (a process's own locks never conflict with itself).
  *
- * usage: locks CTL_DIR LOG_FILE [lease]   (lease: also hold a read lease on CTL_DIR/leased as
- *                                         fd 10 and a write lease on CTL_DIR/wleased as fd 11,
- *                                         both opened O_RDONLY, with SIGIO blocked so that a
- *                                         lease break leaves it pending; verify checks both
- *                                         with F_GETLEASE)
+ * With "inherited": CTL_DIR/flock-inh is flocked LOCK_EX by this process, then a child (which
+ * dies with it, and closes every other fd) inherits the fd and this process closes its own: the
+ * lock lives on in the child's description although /proc/locks names this pid. CTL_DIR/info:
+ * "child PID".
+ *
+ * usage: locks CTL_DIR LOG_FILE [lease|inherited]
+ *   lease: also hold a read lease on CTL_DIR/leased as fd 10 and a write lease on
+ *   CTL_DIR/wleased as fd 11, both opened O_RDONLY, with SIGIO blocked so that a lease break
+ *   leaves it pending; verify checks both with F_GETLEASE
  *        locks --check CTL_DIR PID        prints "ok" or "FAIL <what>"; exit status 0 or 1
  */
 #include "victim.h"
@@ -308,6 +312,26 @@ int main(int argc, char **argv)
     if (log_fd < 0)
         die("cannot open log %s: %s", argv[2], strerror(errno));
     take_locks(argc > 3 && strcmp(argv[3], "lease") == 0);
+    if (argc > 3 && strcmp(argv[3], "inherited") == 0) {
+        char path[CTL_PATH_MAX + 16];
+        snprintf(path, sizeof path, "%s/flock-inh", argv[1]);
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0 || flock(fd, LOCK_EX) != 0)
+            die("flock %s: %s", path, strerror(errno));
+        pid_t child = fork_dying_child();
+        if (child == 0) {
+            /* Only the inherited flock's fd: the parent's other locks stay the parent's. */
+            for (int other = 3; other < 1024; other++)
+                if (other != fd)
+                    close(other);
+            for (;;)
+                sleep_ms(100);
+        }
+        close(fd);
+        char info[64];
+        snprintf(info, sizeof info, "child %d\n", (int)child);
+        ctl_write_file(argv[1], "info", info);
+    }
 
     char line[128];
     unsigned long long counter = 0;

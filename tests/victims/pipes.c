@@ -11,6 +11,10 @@
  *                     tee), and poll must report POLLHUP (no writer anywhere).
  *   d_write           the write end of a pipe whose read end it closed: poll must report
  *                     POLLERR (no reader anywhere).
+ *   e_read, e_write   a pipe(2) pipe whose read end has signal-driven I/O: O_ASYNC, owner
+ *                     this process (F_SETOWN), signal SIGRTMIN+3 (F_SETSIG). A verify checks
+ *                     the flags (exactly, so no O_LARGEFILE a reopen would add), owner and
+ *                     signal, then writes a byte: the handler must run once, with si_fd e_read.
  *   stdout            every tick writes "pid=P n=N\n" to it as to the log (a test may read it
  *                     through a pipe whose read end only the test holds).
  *
@@ -29,7 +33,48 @@
 
 #define B_SIZE (128 * 1024)
 
-static int a_read, a_write, a_dup, b_read, b_write, c_read, d_write;
+static int a_read, a_write, a_dup, b_read, b_write, c_read, d_write, e_read, e_write;
+static int e_flags;
+static volatile sig_atomic_t e_signals, e_fd = -1;
+
+/* The kernel's O_LARGEFILE (glibc defines O_LARGEFILE as 0 on 64-bit). */
+#define KERNEL_O_LARGEFILE 0100000
+
+static void on_e_signal(int sig, siginfo_t *si, void *ctx)
+{
+    (void)sig;
+    (void)ctx;
+    e_signals++;
+    e_fd = si->si_fd;
+}
+
+/* Pipe E's signal-driven I/O: flags, owner and signal as set, and a write signals us. */
+static void check_async(void)
+{
+    int fl = fcntl(e_read, F_GETFL);
+    if (fl != e_flags)
+        fail("pipe E read end: flags %#o, want %#o", fl, e_flags);
+    struct f_owner_ex ex = {0};
+    if (fcntl(e_read, F_GETOWN_EX, &ex) != 0 || ex.type != F_OWNER_PID || ex.pid != getpid())
+        fail("pipe E read end: owner type %d pid %d, want this process %d", ex.type, ex.pid,
+             (int)getpid());
+    int sig = fcntl(e_read, F_GETSIG);
+    if (sig != SIGRTMIN + 3)
+        fail("pipe E read end: F_GETSIG %d, want %d", sig, SIGRTMIN + 3);
+    if (fcntl(a_read, F_GETFL) & KERNEL_O_LARGEFILE)
+        fail("pipe A read end: O_LARGEFILE is set, pipe(2) never sets it");
+    if (fail_msg[0])
+        return;
+    e_signals = 0;
+    e_fd = -1;
+    write_all(e_write, "e", 1, "pipe E");
+    if (e_signals != 1 || e_fd != e_read)
+        fail("pipe E: a write gave %d signal(s) with si_fd %d, want 1 with si_fd %d",
+             (int)e_signals, (int)e_fd, e_read);
+    char c;
+    if (read(e_read, &c, 1) != 1)
+        fail("pipe E: reading the byte back: %s", strerror(errno));
+}
 static char c_byte(size_t i) { return (char)('C' + i % 23); }
 static unsigned generation;
 
@@ -141,6 +186,7 @@ static void verify(void)
     check_fd(c_read, O_RDONLY, 0, 0, "pipe C read end");
     check_fd(d_write, O_WRONLY, 0, 0, "pipe D write end");
     check_widowed();
+    check_async();
     check_fd(a_read, O_RDONLY, 0, 1, "pipe A read end");
     check_fd(a_write, O_WRONLY, 0, 1, "pipe A write end");
     check_fd(a_dup, O_WRONLY, 0, 0, "pipe A dup'ed write end");
@@ -199,6 +245,17 @@ int main(int argc, char **argv)
         die("pipe: %s", strerror(errno));
     d_write = p[1];
     close(p[0]);
+    if (pipe(p) != 0)
+        die("pipe: %s", strerror(errno));
+    e_read = p[0];
+    e_write = p[1];
+    struct sigaction sa = {.sa_sigaction = on_e_signal, .sa_flags = SA_SIGINFO | SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGRTMIN + 3, &sa, NULL) != 0 || fcntl(e_read, F_SETOWN, getpid()) != 0 ||
+        fcntl(e_read, F_SETSIG, SIGRTMIN + 3) != 0 ||
+        fcntl(e_read, F_SETFL, fcntl(e_read, F_GETFL) | O_ASYNC) != 0)
+        die("signal-driven I/O on pipe E: %s", strerror(errno));
+    e_flags = fcntl(e_read, F_GETFL);
 
     char line[128];
     unsigned long long counter = 0;

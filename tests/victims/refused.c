@@ -10,11 +10,12 @@
  * Each process makes its own objects after the fork, at fds above 100 so the test knows them:
  * fd 101 an io_uring instance (idle), fd 102 a file that was unlinked (holding "deleted-file-data"),
  * and a shared mapping of another file that was unlinked ("mapped-TAG", then closed, so only
- * the mapping keeps it). Every tick each process checks its objects; the child exits with status 3 if one
+ * the mapping keeps it), and a private mapping (MAP_PRIVATE through /proc/self/map_files) of a
+ * shared anonymous area's object, which shows what the shared area holds. Every tick each process checks its objects; the child exits with status 3 if one
  * changed, the parent reports it on verify.
  *
- * CTL/info: "child PID\nmapped ADDR\n" (the child's pid and the parent's mapping address; the
- * child writes its own CTL/child-info "mapped ADDR\n").
+ * CTL/info: "child PID\nmapped ADDR\nprivshm ADDR\n" (the child's pid and the parent's mapping
+ * addresses; the child writes its own CTL/child-info "mapped ADDR\nprivshm ADDR\n").
  *
  * usage: refused CTL_DIR LOG_FILE
  */
@@ -29,7 +30,7 @@
 #define EVENTFD_FD 101
 #define DELETED_FD 102
 static const char deleted_data[] = "deleted-file-data";
-static char *map;
+static char *map, *shm, *privshm;
 static long page;
 
 static void move_fd(int fd, int to, const char *what)
@@ -69,6 +70,20 @@ static void make_objects(const char *tag)
     if (unlink(path) != 0)
         die("unlink %s: %s", path, strerror(errno));
     snprintf(map, page, "mapping of %s", tag);
+
+    shm = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shm == MAP_FAILED)
+        die("mmap shared anonymous: %s", strerror(errno));
+    snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)shm,
+             (unsigned long)shm + (unsigned long)page);
+    int sfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (sfd < 0)
+        die("open %s: %s", path, strerror(errno));
+    privshm = mmap(NULL, page, PROT_READ, MAP_PRIVATE, sfd, 0);
+    if (privshm == MAP_FAILED)
+        die("mmap %s privately: %s", path, strerror(errno));
+    close(sfd);
+    snprintf(shm, page, "shared area of %s", tag);
 }
 
 static void check_objects(const char *tag)
@@ -84,6 +99,9 @@ static void check_objects(const char *tag)
     snprintf(want, sizeof want, "mapping of %s", tag);
     if (strcmp(map, want) != 0)
         fail("the deleted file's mapping holds '%.40s', want '%s'", map, want);
+    snprintf(want, sizeof want, "shared area of %s", tag);
+    if (strcmp(privshm, want) != 0)
+        fail("the private mapping of the shared area holds '%.40s', want '%s'", privshm, want);
 }
 
 static pid_t child;
@@ -110,8 +128,8 @@ int main(int argc, char **argv)
         if (log_fd < 0)
             die("cannot open %s: %s", path, strerror(errno));
         make_objects("child");
-        char info[64];
-        snprintf(info, sizeof info, "mapped %p\n", (void *)map);
+        char info[96];
+        snprintf(info, sizeof info, "mapped %p\nprivshm %p\n", (void *)map, (void *)privshm);
         ctl_write_file(argv[1], "child-info", info);
         for (unsigned long long n = 1;; n++) {
             log_tick(log_fd, n);
@@ -123,8 +141,9 @@ int main(int argc, char **argv)
 
     int log_fd = log_open(argv[2]);
     make_objects("parent");
-    char info[96];
-    snprintf(info, sizeof info, "child %d\nmapped %p\n", (int)child, (void *)map);
+    char info[128];
+    snprintf(info, sizeof info, "child %d\nmapped %p\nprivshm %p\n", (int)child, (void *)map,
+             (void *)privshm);
     ctl_write_file(argv[1], "info", info);
     ctl_loop((struct ctl_loop){
         .log_fd = log_fd, .period_ms = 20, .verify = check_parent, .child = child});

@@ -22,6 +22,9 @@
  *            while 117 bound, then renamed back, so CTL/twice is 116's and 117's file is gone
  *   118      datagram socket bound to CTL/gone/dg, whose file and directory were removed
  *   119      datagram socket connected to 118, unbound, with "to-118" queued in 118
+ *   124      datagram socket bound to CTL/occupied, whose socket file was removed and a
+ *            regular file ("occupant") made at that path
+ *   125      datagram socket connected to 124, unbound, with "to-124" queued in 124
  *
  * A verify request holding "check" (or nothing) checks, without consuming anything, each
  * socket's type, name, peer, queue sizes, SO_PASSCRED and listening state; "final" also reads
@@ -46,7 +49,7 @@
 static char dir[CTL_PATH_MAX];
 static char dgram_path[CTL_PATH_MAX], listen_path[CTL_PATH_MAX], listen_tmp[CTL_PATH_MAX],
     idle_path[CTL_PATH_MAX], twice_path[CTL_PATH_MAX], twice_old[CTL_PATH_MAX],
-    gone_dir[CTL_PATH_MAX], gone_path[CTL_PATH_MAX];
+    gone_dir[CTL_PATH_MAX], gone_path[CTL_PATH_MAX], occupied_path[CTL_PATH_MAX];
 static char cli_name[64], lsn_name[64];
 static const char *mode = "";
 static int final_done;
@@ -195,6 +198,20 @@ static void setup(const char *extra, const char *arg)
     send_str(119, "to-118");
     if (unlink(gone_path) != 0 || rmdir(gone_dir) != 0)
         die("removing %s: %s", gone_dir, strerror(errno));
+
+    at(socket(AF_UNIX, SOCK_DGRAM, 0), 124);
+    len = path_addr(&a, occupied_path);
+    if (bind(124, (struct sockaddr *)&a, len) != 0)
+        die("bind %s: %s", occupied_path, strerror(errno));
+    at(socket(AF_UNIX, SOCK_DGRAM, 0), 125);
+    if (connect(125, (struct sockaddr *)&a, len) != 0)
+        die("connect %s: %s", occupied_path, strerror(errno));
+    send_str(125, "to-124");
+    int occ;
+    if (unlink(occupied_path) != 0 ||
+        (occ = open(occupied_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0 ||
+        write(occ, "occupant", 8) != 8 || close(occ) != 0)
+        die("replacing %s by a regular file: %s", occupied_path, strerror(errno));
 
     if (strcmp(extra, "ext") == 0) {
         at(socket(AF_UNIX, SOCK_STREAM, 0), 120);
@@ -390,6 +407,18 @@ static void verify(int final)
     check_name(118, 0, gone_path);
     check_name(119, 1, gone_path);
     check_inq(118, 6);
+    check_name(124, 0, occupied_path);
+    check_name(125, 1, occupied_path);
+    check_inq(124, 6);
+    {
+        char buf[16] = {0};
+        int occ = open(occupied_path, O_RDONLY | O_CLOEXEC);
+        if (occ < 0 || lstat(occupied_path, &st) != 0 || !S_ISREG(st.st_mode) ||
+            read(occ, buf, sizeof buf) != 8 || strcmp(buf, "occupant") != 0)
+            fail("%s is no longer the regular file 'occupant'", occupied_path);
+        if (occ >= 0)
+            close(occ);
+    }
     if (strcmp(mode, "ext") == 0)
         check_type(120, SOCK_STREAM);
     if (!final || fail_msg[0])
@@ -472,6 +501,9 @@ static void verify(int final)
     check_read(118, "to-118");
     send_str(119, "again");
     check_read(118, "again");
+    check_read(124, "to-124");
+    send_str(125, "again");
+    check_read(124, "again");
     if (strcmp(mode, "ext") == 0)
         send_str(120, "ext");
 }
@@ -490,6 +522,7 @@ int main(int argc, char **argv)
     snprintf(twice_old, sizeof twice_old, "%s/twice.old", dir);
     snprintf(gone_dir, sizeof gone_dir, "%s/gone", dir);
     snprintf(gone_path, sizeof gone_path, "%s/dg", gone_dir);
+    snprintf(occupied_path, sizeof occupied_path, "%s/occupied", dir);
     snprintf(cli_name, sizeof cli_name, "crest-unix-%d-cli", (int)getpid());
     snprintf(lsn_name, sizeof lsn_name, "crest-unix-%d-lsn", (int)getpid());
     if (argc > 3)

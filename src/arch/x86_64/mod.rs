@@ -5,6 +5,10 @@ pub mod morph;
 pub mod regs;
 pub mod sigframe;
 
+/// The kernel's O_LARGEFILE as fdinfo and F_GETFL show it (libc's `O_LARGEFILE` is 0 on
+/// 64-bit: a 64-bit program never needs to ask for it, yet open(2) sets it).
+pub const KERNEL_O_LARGEFILE: i32 = 0o100000;
+
 /// The name of system call `nr`, for messages; the calls a thread can be stopped in while it
 /// waits (others are shown by number).
 pub fn syscall_name(nr: u64) -> Option<&'static str> {
