@@ -466,6 +466,12 @@ fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
                     c.send_queue.len()
                 ));
             }
+            if c.phase == TcpPhase::FinWait2 && !c.send_queue.is_empty() {
+                return Err(format!(
+                    "in FIN_WAIT2 (everything acknowledged) with {} bytes to send",
+                    c.send_queue.len()
+                ));
+            }
             if c.tcp_options & !7 != 0 || c.snd_wscale > 14 || c.rcv_wscale > 14 {
                 return Err(format!(
                     "with TCP options {:#x} and window scales {}/{}",

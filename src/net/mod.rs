@@ -2,6 +2,7 @@
 //! socket options they carry ([`opts`]) and the network lock that keeps dumped connections'
 //! packets away from a kernel without their socket ([`lock`]).
 
+pub mod inject;
 pub mod lock;
 pub mod opts;
 pub mod sock;

@@ -48,6 +48,21 @@ pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
 
+/// The phase of a connection in the TCP state `state`; None for a state without a connection
+/// crest can carry (closed, listening, SYN_SENT, SYN_RECV, TIME_WAIT).
+pub fn tcp_phase(state: u8) -> Option<crate::images::TcpPhase> {
+    use crate::images::TcpPhase;
+    Some(match state {
+        TCP_ESTABLISHED => TcpPhase::Established,
+        4 => TcpPhase::FinWait1,
+        5 => TcpPhase::FinWait2,
+        8 => TcpPhase::CloseWait,
+        9 => TcpPhase::LastAck,
+        11 => TcpPhase::Closing,
+        _ => return None,
+    })
+}
+
 /// `getsockopt(level, name)` into at most `max` bytes.
 pub fn get_bytes(fd: BorrowedFd, level: i32, name: i32, max: usize) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; max];
@@ -341,4 +356,24 @@ pub fn on_the_wire(a: &SocketAddr) -> SocketAddr {
         },
         SocketAddr::V4(_) => *a,
     }
+}
+
+/// sendto(2) of `buf` on `fd` to `a`.
+pub fn send_to(fd: BorrowedFd, buf: &[u8], a: &SocketAddr) -> Result<usize, Errno> {
+    let (ss, len) = to_storage(a);
+    // SAFETY: buf is valid for reads of its length; ss holds a valid address of len bytes.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
 }

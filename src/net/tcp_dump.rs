@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use crate::images::validate::TCP_QUEUED_MAX;
-use crate::images::{TcpConnection, TcpSocket, TcpState};
+use crate::images::{TcpConnection, TcpPhase, TcpSocket, TcpState};
 
 use super::lock::{LockError, NetLock};
 use super::{opts, sock};
@@ -244,8 +244,9 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
         .map_err(|e| format!("a TCP/{v} socket whose TCP_INFO cannot be read: {e}"))?;
     let local = sock::local_addr(s)
         .map_err(|e| format!("a TCP/{v} socket whose address cannot be read: {e}"))?;
+    let phase = sock::tcp_phase(info.state);
     // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off).
-    let (options, buf_lock) = opts::read(s, family, info.state == sock::TCP_ESTABLISHED)
+    let (options, buf_lock) = opts::read(s, family, phase.is_some())
         .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
     let state = match info.state {
         sock::TCP_CLOSE if info.segs_out > 0 => {
@@ -270,11 +271,19 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
                 backlog: info.sacked,
             }
         }
-        sock::TCP_ESTABLISHED => {
+        state if phase.is_some() => {
+            let phase = phase.unwrap_or(TcpPhase::Established);
             let remote = sock::peer_addr(s).map_err(|e| {
                 format!("a connected TCP/{v} socket whose peer cannot be read: {e}")
             })?;
-            let what = format!("a TCP/{v} connection {local} -> {remote}");
+            let what = if state == sock::TCP_ESTABLISHED {
+                format!("a TCP/{v} connection {local} -> {remote}")
+            } else {
+                format!(
+                    "a TCP/{v} connection {local} -> {remote} in state {}",
+                    phase.name()
+                )
+            };
             TcpState::Established(established(
                 pid,
                 fd,
@@ -282,6 +291,7 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
                     .map_err(|e| format!("{what}: duplicating it: {e}"))?,
                 local,
                 remote,
+                phase,
                 &what,
             )?)
         }
@@ -291,7 +301,7 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
                 .unwrap_or_default();
             return Err(format!(
                 "a TCP/{v} socket {local}{remote} in state {}; crest dumps only unbound, bound, \
-                 listening and established TCP sockets",
+                 listening and connected (established or closing) TCP sockets",
                 sock::state_name(other)
             ));
         }
@@ -311,17 +321,20 @@ fn established(
     copy: OwnedFd,
     local: SocketAddr,
     remote: SocketAddr,
+    phase: TcpPhase,
     what: &str,
 ) -> Result<TcpConnection, String> {
     let s = copy.as_fd();
-    // SHUT_RD leaves a connection ESTABLISHED; its receive side is closed for good.
+    // SHUT_RD leaves a connection ESTABLISHED (or FIN_WAIT*); its receive side is closed for
+    // good. Once the peer's FIN is in, the receive side is closed anyway.
     let mut pfd = libc::pollfd {
         fd: s.as_raw_fd(),
         events: libc::POLLRDHUP,
         revents: 0,
     };
     // SAFETY: pfd is one valid pollfd; a zero timeout only reports.
-    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0
+    if !phase.fin_received()
+        && unsafe { libc::poll(&mut pfd, 1, 0) } > 0
         && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
     {
         return Err(format!(
@@ -367,20 +380,34 @@ fn established(
             st.repaired.push((pid, fd, held, reuse));
         }
     });
-    read_repaired(s, local, remote, table).map_err(|e| format!("{what}: {e}"))
+    read_repaired(s, local, remote, phase, table).map_err(|e| format!("{what}: {e}"))
 }
 
 fn read_repaired(
     s: BorrowedFd,
     local: SocketAddr,
     remote: SocketAddr,
+    phase: TcpPhase,
     network_lock: String,
 ) -> Result<TcpConnection, String> {
     let call = |name: &'static str| move |e: Errno| format!("{name} failed in repair mode: {e}");
     let info = sock::tcp_info(s).map_err(call("TCP_INFO"))?;
+    // The lock holds the connection, so its state can only have moved on by a timer (say a
+    // retransmission giving up); the phase read before must still be the one.
+    if sock::tcp_phase(info.state) != Some(phase) {
+        return Err(format!(
+            "its state changed from {} to {} while crest read it; dump again",
+            phase.name(),
+            sock::state_name(info.state)
+        ));
+    }
+    // The kernel counts the program's FIN, once written, as one byte not acknowledged yet
+    // (SIOCOUTQ) and, while it waits behind unsent bytes, as one unsent (SIOCOUTQNSD).
+    let fin = u32::from(phase.fin_unacked()) as i32;
     let tcp_options =
         info.options & (sock::TCPI_OPT_TIMESTAMPS | sock::TCPI_OPT_SACK | sock::TCPI_OPT_WSCALE);
     let unsent = sock::ioctl_int(s, sock::SIOCOUTQNSD).map_err(call("SIOCOUTQNSD"))?;
+    let unsent = if unsent > 0 { unsent - fin } else { unsent };
     let mss = sock::get_int(s, libc::IPPROTO_TCP, libc::TCP_MAXSEG).map_err(call("TCP_MAXSEG"))?;
     let timestamp = if tcp_options & sock::TCPI_OPT_TIMESTAMPS != 0 {
         sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_TIMESTAMP).map_err(call("TCP_TIMESTAMP"))?
@@ -400,16 +427,19 @@ fn read_repaired(
     for (i, v) in window.iter_mut().enumerate() {
         *v = u32::from_ne_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]);
     }
+    // FIONREAD leaves the peer's FIN out already.
     let (recv_seq, recv_queue) = queue(
         s,
         sock::TCP_RECV_QUEUE,
         libc::FIONREAD as libc::c_ulong,
+        0,
         "receive",
     )?;
     let (send_seq, send_queue) = queue(
         s,
         sock::TCP_SEND_QUEUE,
         libc::TIOCOUTQ as libc::c_ulong,
+        fin,
         "send",
     )?;
     sock::set_int(
@@ -434,14 +464,17 @@ fn read_repaired(
         timestamp,
         window,
         network_lock,
+        phase,
     })
 }
 
 /// One queue's sequence number and bytes, read twice to be sure nothing moved meanwhile.
+/// `len_ioctl` gives its length, `not_data` more than the bytes in it.
 fn queue(
     s: BorrowedFd,
     which: i32,
     len_ioctl: libc::c_ulong,
+    not_data: i32,
     name: &str,
 ) -> Result<(u32, Vec<u8>), String> {
     let fail = |step: &str, e: Errno| format!("reading the {name} queue ({step}) failed: {e}");
@@ -449,9 +482,8 @@ fn queue(
         .map_err(|e| fail("TCP_REPAIR_QUEUE", e))?;
     let seq = |s| sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_QUEUE_SEQ).map(|v| v as u32);
     let before = seq(s).map_err(|e| fail("TCP_QUEUE_SEQ", e))?;
-    let len = sock::ioctl_int(s, len_ioctl)
-        .map_err(|e| fail("length", e))?
-        .max(0) as usize;
+    let len =
+        (sock::ioctl_int(s, len_ioctl).map_err(|e| fail("length", e))? - not_data).max(0) as usize;
     if len > TCP_QUEUED_MAX {
         return Err(format!(
             "{len} bytes in its {name} queue, more than the {TCP_QUEUED_MAX} crest captures"

@@ -7,7 +7,11 @@
 //! (MSS, window scales, SACK, timestamps) and the timestamp clock -> the receive queue and the
 //! send queue refilled (every byte of the send queue counts as sent: what the peer had not
 //! acknowledged, or not received yet, it gets by retransmission) -> the window -> the other
-//! options. The connections stay in repair mode until [`Repaired::resume`], right before the
+//! options -> the FINs of a closing connection: the program's by shutdown(SHUT_WR) with the
+//! send queue selected (so it counts as sent, and is retransmitted if the peer had not
+//! acknowledged it), the peer's, and the peer's acknowledgement of the program's FIN, by
+//! segments forged from the peer ([`inject`]), in the order that leads to the dumped state.
+//! The connections stay in repair mode until [`Repaired::resume`], right before the
 //! tree is released: the network lock goes, then repair mode (whose end sends a window probe,
 //! so the peer learns at once that the connection lives).
 
@@ -16,9 +20,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 
-use crate::images::{TcpConnection, TcpSocket, TcpState};
+use crate::images::{TcpConnection, TcpPhase, TcpSocket, TcpState};
 
-use super::{lock, opts, sock};
+use super::{inject, lock, opts, sock};
 
 /// Largest chunk written into a queue at once (halved when the kernel cannot allocate it).
 const CHUNK: usize = 256 * 1024;
@@ -230,6 +234,14 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
     )
     .map_err(|e| ("SO_RCVBUFFORCE", e))?;
     tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR (needs CAP_NET_ADMIN)")?;
+    // The sequence numbers count the FINs, which come back at the end.
+    let fin_in = u32::from(c.phase.fin_received());
+    let fin_out = u32::from(c.phase.fin_sent());
+    let rcv_nxt = c.recv_seq.wrapping_sub(fin_in);
+    let snd_una = c
+        .send_seq
+        .wrapping_sub(fin_out)
+        .wrapping_sub(c.send_queue.len() as u32);
     tcp(
         sock::TCP_REPAIR_QUEUE,
         sock::TCP_RECV_QUEUE,
@@ -237,7 +249,7 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
     )?;
     tcp(
         sock::TCP_QUEUE_SEQ,
-        c.recv_seq.wrapping_sub(c.recv_queue.len() as u32) as i32,
+        rcv_nxt.wrapping_sub(c.recv_queue.len() as u32) as i32,
         "TCP_QUEUE_SEQ (receive)",
     )?;
     tcp(
@@ -245,11 +257,7 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
         sock::TCP_SEND_QUEUE,
         "TCP_REPAIR_QUEUE",
     )?;
-    tcp(
-        sock::TCP_QUEUE_SEQ,
-        c.send_seq.wrapping_sub(c.send_queue.len() as u32) as i32,
-        "TCP_QUEUE_SEQ (send)",
-    )?;
+    tcp(sock::TCP_QUEUE_SEQ, snd_una as i32, "TCP_QUEUE_SEQ (send)")?;
     sock::bind(fd, &c.local).map_err(|e| ("bind", e))?;
     sock::connect(fd, &c.remote).map_err(|e| ("connect", e))?;
 
@@ -292,10 +300,108 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
         "TCP_REPAIR_QUEUE",
     )?;
 
-    let window: Vec<u8> = c.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let mut window = c.window;
+    if fin_in == 1 {
+        // The window was last advertised with the FIN counted, which is not in yet: one
+        // sequence number earlier, as far to the right.
+        window[4] = window[4].wrapping_sub(1);
+        window[3] = window[3].wrapping_add(1);
+    }
+    let window: Vec<u8> = window.iter().flat_map(|v| v.to_ne_bytes()).collect();
     sock::set_bytes(fd, libc::IPPROTO_TCP, sock::TCP_REPAIR_WINDOW, &window)
         .map_err(|e| ("TCP_REPAIR_WINDOW", e))?;
+    if c.phase != TcpPhase::Established {
+        fins(fd, c, rcv_nxt, snd_una)?;
+    }
     Ok(())
+}
+
+/// Brings the connection (ESTABLISHED in repair mode, its queues refilled, `rcv_nxt` and
+/// `snd_una` as the peer last saw them) to its closing state `c.phase`.
+fn fins(
+    fd: BorrowedFd,
+    c: &TcpConnection,
+    rcv_nxt: u32,
+    snd_una: u32,
+) -> Result<(), (&'static str, Errno)> {
+    let window = if c.tcp_options & sock::TCPI_OPT_WSCALE != 0 {
+        c.window[1] >> c.snd_wscale
+    } else {
+        c.window[1]
+    }
+    .min(u32::from(u16::MAX)) as u16;
+    let segment = |seq: u32, ack: u32, flags: u8| inject::Segment {
+        from: c.remote,
+        to: c.local,
+        seq,
+        ack,
+        flags,
+        window,
+    };
+    let peer_fin = || -> Result<(), (&'static str, Errno)> {
+        segment(rcv_nxt, snd_una, inject::FIN | inject::ACK).send()
+    };
+    let our_fin = || -> Result<(), (&'static str, Errno)> {
+        // With the send queue selected the FIN counts as sent and nothing leaves.
+        sock::set_int(
+            fd,
+            libc::IPPROTO_TCP,
+            sock::TCP_REPAIR_QUEUE,
+            sock::TCP_SEND_QUEUE,
+        )
+        .map_err(|e| ("TCP_REPAIR_QUEUE", e))?;
+        // SAFETY: shutdown(2) on a socket crest owns.
+        if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) } < 0 {
+            return Err(("shutdown for writing (the program's FIN)", Errno::last()));
+        }
+        sock::set_int(
+            fd,
+            libc::IPPROTO_TCP,
+            sock::TCP_REPAIR_QUEUE,
+            sock::TCP_NO_QUEUE,
+        )
+        .map_err(|e| ("TCP_REPAIR_QUEUE", e))
+    };
+    match c.phase {
+        TcpPhase::Established => return Ok(()),
+        TcpPhase::CloseWait => peer_fin()?,
+        TcpPhase::LastAck => {
+            peer_fin()?;
+            wait_state(fd, TcpPhase::CloseWait)?;
+            our_fin()?;
+        }
+        TcpPhase::FinWait1 => our_fin()?,
+        TcpPhase::Closing => {
+            our_fin()?;
+            peer_fin()?;
+        }
+        TcpPhase::FinWait2 => {
+            our_fin()?;
+            // The peer's acknowledgement of everything, the FIN included.
+            segment(rcv_nxt, c.send_seq, inject::ACK).send()?;
+        }
+    }
+    wait_state(fd, c.phase)
+}
+
+/// Waits (a little: the forged segments are taken in as they are sent, on loopback) until
+/// the connection is in `phase`.
+fn wait_state(fd: BorrowedFd, phase: TcpPhase) -> Result<(), (&'static str, Errno)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let state = sock::tcp_info(fd).map_err(|e| ("TCP_INFO", e))?.state;
+        if sock::tcp_phase(state) == Some(phase) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err((
+                "the forged segments did not bring the connection to its state (is the \
+                 network lock's table missing its accept rule for crest's mark?)",
+                Errno::ETIMEDOUT,
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[cfg(test)]
@@ -317,8 +423,19 @@ mod tests {
             assert_eq!(table.as_deref(), Some(c.network_lock.as_str()));
             assert!(lock::exists(&c.network_lock));
         }
-        let mut repaired = Repaired::default();
-        let fd = create(&t, 0, "test", &mut repaired).unwrap();
+        // A process another test thread spawns (nft) holds copies of our descriptors until
+        // it execs, so the old socket may linger for a moment.
+        let mut tries = 0;
+        let (fd, repaired) = loop {
+            let mut repaired = Repaired::default();
+            match create(&t, 0, "test", &mut repaired) {
+                Err(e) if e.errno == Some(Errno::EADDRNOTAVAIL) && tries < 1000 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                r => break (r.unwrap(), repaired),
+            }
+        };
         repaired.resume().unwrap();
         (t, fd)
     }
@@ -449,5 +566,106 @@ mod tests {
         let (mut s, _) = l.accept().unwrap();
         let mut b = [0u8; 1];
         s.read_exact(&mut b).unwrap();
+    }
+
+    /// A connection pair on loopback (client, server) with `b"c->s"` unread by the server and
+    /// `b"s->c"` unread by the client.
+    fn pair(addr: &str) -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind(addr).unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        client.write_all(b"c->s").unwrap();
+        server.write_all(b"s->c").unwrap();
+        for s in [&server, &client] {
+            while sock::ioctl_int(s.as_fd(), libc::FIONREAD as libc::c_ulong).unwrap() < 4 {
+                std::thread::yield_now();
+            }
+        }
+        (client, server)
+    }
+
+    fn state(s: &impl AsFd) -> u8 {
+        sock::tcp_info(s.as_fd()).unwrap().state
+    }
+
+    fn wait_state(s: &impl AsFd, want: u8) {
+        for _ in 0..100_000 {
+            if state(s) == want {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(sock::state_name(state(s)), sock::state_name(want));
+    }
+
+    #[test]
+    fn closing_connections_come_back_in_their_state_with_their_queues() {
+        use std::net::Shutdown;
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            // CLOSE_WAIT: the client shut down; the server still has its bytes to read, then
+            // end of file, and can still send.
+            let (mut client, server) = pair(addr);
+            client.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 8);
+            let (t, fd) = cycle(OwnedFd::from(server));
+            assert!(matches!(&t.state, TcpState::Established(c) if c.phase == TcpPhase::CloseWait));
+            let mut server = stream(fd);
+            assert_eq!(state(&server), 8);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"c->s");
+            server.write_all(b"late").unwrap();
+            server.shutdown(Shutdown::Write).unwrap();
+            got.clear();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->clate");
+
+            // FIN_WAIT2: the server shut down, the client acknowledged; the client can still
+            // send, the server reads it, then the client's FIN.
+            let (mut client, server) = pair(addr);
+            server.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 5);
+            let (t, fd) = cycle(OwnedFd::from(server));
+            assert!(matches!(&t.state, TcpState::Established(c) if c.phase == TcpPhase::FinWait2));
+            let mut server = stream(fd);
+            assert_eq!(state(&server), 5);
+            client.write_all(b" more").unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"c->s more");
+            got.clear();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->c");
+
+            // LAST_ACK (the server's FIN after the client's, kept from the client by a lock)
+            // and FIN_WAIT1 (the client's FIN, unacknowledged).
+            let (mut client, mut server) = pair(addr);
+            client.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 8);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap();
+            let mut lock = lock::NetLock::new(-2);
+            lock.add(&[(server.local_addr().unwrap(), server.peer_addr().unwrap())])
+                .unwrap();
+            server.write_all(b"unacked").unwrap();
+            server.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 9);
+            // The lock stays until the restore, so the state cannot move on meanwhile.
+            let (t, fd) = cycle(OwnedFd::from(server));
+            drop(lock);
+            let TcpState::Established(c) = &t.state else {
+                panic!("{t:?}")
+            };
+            assert_eq!(
+                (c.phase, c.send_queue.as_slice()),
+                (TcpPhase::LastAck, &b"unacked"[..])
+            );
+            got.clear();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->cunacked");
+            let server = stream(fd);
+            wait_state(&server, sock::TCP_CLOSE);
+        }
     }
 }
