@@ -951,6 +951,14 @@ fn tcp_socket_text(t: &crate::images::TcpSocket) -> String {
         TcpState::Listening { local, backlog } => {
             format!("{v} socket listening on {local} (backlog {backlog}){opts}")
         }
+        TcpState::Closed {
+            local,
+            remote,
+            recv_queue,
+        } => format!(
+            "{v} socket closed after a connection {local} -> {remote}, {} bytes unread{opts}",
+            recv_queue.len()
+        ),
         TcpState::Established(c) => format!(
             "{v} connection {} -> {}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
             c.local,

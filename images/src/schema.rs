@@ -944,6 +944,14 @@ pub enum TcpState {
     },
     /// An established connection, captured in repair mode (TCP_REPAIR).
     Established(TcpConnection),
+    /// Closed after a connection (both ends shut down, or reset, the error read): reads give
+    /// what is left of `recv_queue`, then end of file; writes fail with EPIPE; the peer's
+    /// address stays (SO_PEERNAME).
+    Closed {
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        recv_queue: Vec<u8>,
+    },
 }
 
 /// An established TCP connection as TCP_REPAIR reads it. Sequence numbers are those the

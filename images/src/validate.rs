@@ -445,6 +445,24 @@ fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
             }
             Ok(())
         }
+        TcpState::Closed {
+            local,
+            remote,
+            recv_queue,
+        } => {
+            if !addr_ok(local) || !addr_ok(remote) {
+                return Err(format!(
+                    "closed after a connection {local} -> {remote}, not of its family"
+                ));
+            }
+            if recv_queue.len() > TCP_QUEUED_MAX {
+                return Err(format!(
+                    "closed with {} bytes unread (at most {TCP_QUEUED_MAX})",
+                    recv_queue.len()
+                ));
+            }
+            Ok(())
+        }
         TcpState::Established(c) => {
             if !addr_ok(&c.local) || !addr_ok(&c.remote) {
                 return Err(format!(

@@ -377,3 +377,28 @@ pub fn send_to(fd: BorrowedFd, buf: &[u8], a: &SocketAddr) -> Result<usize, Errn
     }
     Ok(r as usize)
 }
+
+/// The peer's address as SO_PEERNAME gives it: unlike getpeername(2), also for a socket
+/// closed after a connection (the kernel keeps the address until the socket is
+/// disconnected or connected again).
+pub fn kept_peer_addr(fd: BorrowedFd) -> Result<SocketAddr, Errno> {
+    // The kernel wants room for no more than the address it has.
+    let room = if get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)? == libc::AF_INET6 {
+        std::mem::size_of::<libc::sockaddr_in6>()
+    } else {
+        std::mem::size_of::<libc::sockaddr_in>()
+    };
+    let raw = get_bytes(fd, libc::SOL_SOCKET, libc::SO_PEERNAME, room)?;
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = raw.len().min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: ss is valid for writes of its size and n is at most that; raw holds n bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            raw.as_ptr(),
+            (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            n,
+        )
+    };
+    from_storage(&ss)
+}

@@ -245,72 +245,131 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
     let local = sock::local_addr(s)
         .map_err(|e| format!("a TCP/{v} socket whose address cannot be read: {e}"))?;
     let phase = sock::tcp_phase(info.state);
-    // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off).
-    let (options, buf_lock) = opts::read(s, family, phase.is_some())
+    // A socket closed after a connection keeps its peer's address; one disconnected (connect
+    // with AF_UNSPEC) or never connected has none.
+    let closed_peer = if info.state == sock::TCP_CLOSE {
+        sock::kept_peer_addr(s).ok()
+    } else {
+        None
+    };
+    // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off). TCP_MAXSEG
+    // is then the connection's, not one the program set.
+    let (options, buf_lock) = opts::read(s, family, phase.is_some() || closed_peer.is_some())
         .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
-    let state = match info.state {
-        sock::TCP_CLOSE if info.segs_out > 0 => {
-            return Err(format!(
-                "a TCP/{v} socket {local} closed after a connection (both ends shut down, or \
-                 reset); crest restores closed sockets only as never connected, where reads \
-                 would fail with ENOTCONN instead of giving end of file, so it refuses it"
-            ));
-        }
-        sock::TCP_CLOSE if local.port() == 0 && local.ip().is_unspecified() => TcpState::Unbound,
-        sock::TCP_CLOSE => TcpState::Bound { local },
-        sock::TCP_LISTEN => {
-            if info.unacked > 0 {
-                return Err(format!(
+    let state = match (info.state, closed_peer) {
+        (_, Some(remote)) => closed(s, local, remote, v)?,
+        (state, None) => match state {
+            sock::TCP_CLOSE if local.port() == 0 && local.ip().is_unspecified() => {
+                TcpState::Unbound
+            }
+            sock::TCP_CLOSE => TcpState::Bound { local },
+            sock::TCP_LISTEN => {
+                if info.unacked > 0 {
+                    return Err(format!(
                     "a TCP/{v} socket listening on {local} with {} connection(s) waiting to be \
                      accepted, which crest cannot carry over; dump it once they are accepted",
                     info.unacked
                 ));
+                }
+                TcpState::Listening {
+                    local,
+                    backlog: info.sacked,
+                }
             }
-            TcpState::Listening {
-                local,
-                backlog: info.sacked,
+            state if phase.is_some() => {
+                let phase = phase.unwrap_or(TcpPhase::Established);
+                let remote = sock::peer_addr(s).map_err(|e| {
+                    format!("a connected TCP/{v} socket whose peer cannot be read: {e}")
+                })?;
+                let what = if state == sock::TCP_ESTABLISHED {
+                    format!("a TCP/{v} connection {local} -> {remote}")
+                } else {
+                    format!(
+                        "a TCP/{v} connection {local} -> {remote} in state {}",
+                        phase.name()
+                    )
+                };
+                TcpState::Established(established(
+                    pid,
+                    fd,
+                    copy.try_clone()
+                        .map_err(|e| format!("{what}: duplicating it: {e}"))?,
+                    local,
+                    remote,
+                    phase,
+                    &what,
+                )?)
             }
-        }
-        state if phase.is_some() => {
-            let phase = phase.unwrap_or(TcpPhase::Established);
-            let remote = sock::peer_addr(s).map_err(|e| {
-                format!("a connected TCP/{v} socket whose peer cannot be read: {e}")
-            })?;
-            let what = if state == sock::TCP_ESTABLISHED {
-                format!("a TCP/{v} connection {local} -> {remote}")
-            } else {
-                format!(
-                    "a TCP/{v} connection {local} -> {remote} in state {}",
-                    phase.name()
-                )
-            };
-            TcpState::Established(established(
-                pid,
-                fd,
-                copy.try_clone()
-                    .map_err(|e| format!("{what}: duplicating it: {e}"))?,
-                local,
-                remote,
-                phase,
-                &what,
-            )?)
-        }
-        other => {
-            let remote = sock::peer_addr(s)
-                .map(|r| format!(" -> {r}"))
-                .unwrap_or_default();
-            return Err(format!(
+            other => {
+                let remote = sock::peer_addr(s)
+                    .map(|r| format!(" -> {r}"))
+                    .unwrap_or_default();
+                return Err(format!(
                 "a TCP/{v} socket {local}{remote} in state {}; crest dumps only unbound, bound, \
                  listening and connected (established or closing) TCP sockets",
                 sock::state_name(other)
             ));
-        }
+            }
+        },
     };
     Ok(TcpSocket {
         family: family as u32,
         state,
         options,
         buf_lock,
+    })
+}
+
+/// A socket closed after a connection `local` -> `remote`: what it has left to read. Nothing
+/// can reach it any more, so it needs neither the lock nor repair mode.
+fn closed(
+    s: BorrowedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    v: &str,
+) -> Result<TcpState, String> {
+    let what = format!("a TCP/{v} socket {local} -> {remote} closed after a connection");
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is one valid pollfd; a zero timeout only reports.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 && pfd.revents & libc::POLLERR != 0 {
+        return Err(format!(
+            "{what}, reset, with the error the program has not read yet (crest cannot read \
+             it without taking it away, nor give it back)"
+        ));
+    }
+    match sock::get_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF) {
+        Ok(-1) | Err(_) => {}
+        Ok(off) => {
+            return Err(format!(
+                "{what} with a peek offset ({off}) set by the program; crest cannot read its \
+                 queue without moving it"
+            ))
+        }
+    }
+    let len = sock::ioctl_int(s, libc::FIONREAD as libc::c_ulong)
+        .map_err(|e| format!("{what}: reading its receive queue length: {e}"))?
+        .max(0) as usize;
+    if len > TCP_QUEUED_MAX {
+        return Err(format!(
+            "{what} with {len} bytes unread, more than the {TCP_QUEUED_MAX} crest captures"
+        ));
+    }
+    let recv_queue =
+        sock::peek(s, len).map_err(|e| format!("{what}: reading its receive queue: {e}"))?;
+    if recv_queue.len() != len {
+        return Err(format!(
+            "{what}: its receive queue gave {} bytes instead of {len}",
+            recv_queue.len()
+        ));
+    }
+    Ok(TcpState::Closed {
+        local,
+        remote,
+        recv_queue,
     })
 }
 
@@ -507,7 +566,7 @@ mod tests {
     use std::net::{Shutdown, TcpListener, TcpStream};
 
     #[test]
-    fn closing_states_and_waiting_connections_are_refused_by_name() {
+    fn waiting_connections_and_connections_outside_a_dump_are_refused_by_name() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let at = l.local_addr().unwrap();
         let client = TcpStream::connect(at).unwrap();
@@ -527,7 +586,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.contains("CLOSE_WAIT") && err.contains(&at.to_string()),
+            err.contains("in state CLOSE_WAIT")
+                && err.contains(&at.to_string())
+                && err.contains("only with its network lock"),
             "{err}"
         );
         // Without a dump's session (and its lock), a connection is not put into repair mode.
@@ -539,7 +600,8 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("in state FIN_WAIT"), "{err}");
 
-        // Both ends shut down: both sockets end up closed, with end of file to read.
+        // Both ends shut down: both sockets end up closed, with end of file to read; they are
+        // recorded with their peers.
         server.shutdown(Shutdown::Write).unwrap();
         assert_eq!((&client).read(&mut [0u8; 1]).unwrap(), 0);
         for s in [&client, &server] {
@@ -551,8 +613,18 @@ mod tests {
                 }
             });
             assert!(closed);
-            let err = record(me, s.as_raw_fd(), OwnedFd::from(s.try_clone().unwrap())).unwrap_err();
-            assert!(err.contains("closed after a connection"), "{err}");
+            let t = record(me, s.as_raw_fd(), OwnedFd::from(s.try_clone().unwrap())).unwrap();
+            let TcpState::Closed {
+                local,
+                remote,
+                recv_queue,
+            } = t.state
+            else {
+                panic!("{t:?}")
+            };
+            assert_eq!(local, s.local_addr().unwrap());
+            assert!(recv_queue.is_empty());
+            assert!(remote == at || local == at, "{local} -> {remote}");
         }
         // A fresh socket, closed too, is recorded.
         let fresh = sock::tcp_socket(libc::AF_INET).unwrap();

@@ -111,6 +111,23 @@ pub fn create(
             opts::apply(fd, &t.options, |_| true).map_err(msg)?;
             listen(fd, local, *backlog).map_err(err(format!("listening on {local}")))?;
         }
+        TcpState::Closed {
+            local,
+            remote,
+            recv_queue,
+        } => {
+            opts::apply(fd, &t.options, opts::before_bind).map_err(msg)?;
+            closed(fd, local, remote, recv_queue).map_err(|(step, e)| TcpRestoreError {
+                what: format!(
+                    "{who}: TCP socket {local} -> {remote} closed after a connection: {step}"
+                ),
+                errno: Some(e),
+            })?;
+            // Repair mode overrode it.
+            sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse_addr(t))
+                .map_err(err("setting SO_REUSEADDR".into()))?;
+            opts::apply(fd, &t.options, |o| !opts::before_bind(o)).map_err(msg)?;
+        }
         TcpState::Established(c) => {
             let what = format!("TCP connection {} -> {}", c.local, c.remote);
             opts::apply(fd, &t.options, opts::before_bind).map_err(msg)?;
@@ -123,12 +140,7 @@ pub fn create(
                 what: format!("{who}: duplicating the {what}: {e}"),
                 errno: None,
             })?;
-            let reuse = t
-                .options
-                .iter()
-                .find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR))
-                .and_then(|o| o.value.get(..4))
-                .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            let reuse = reuse_addr(t);
             repaired
                 .sockets
                 .push((format!("{who}: {what}"), copy, reuse));
@@ -143,6 +155,15 @@ pub fn create(
         }
     }
     Ok(s)
+}
+
+/// The SO_REUSEADDR the program had set on `t` (repair mode overrides it).
+fn reuse_addr(t: &TcpSocket) -> i32 {
+    t.options
+        .iter()
+        .find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR))
+        .and_then(|o| o.value.get(..4))
+        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Binds (with SO_REUSEADDR for the bind only) and listens.
@@ -210,6 +231,70 @@ fn crest_listeners_on(local: &std::net::SocketAddr) -> Vec<std::os::fd::RawFd> {
                 && sock::local_addr(fd).ok().as_ref() == Some(local)
         })
         .collect()
+}
+
+/// Rebuilds a socket closed after the connection `local` -> `remote`, with `recv_queue` left
+/// to read: connected in repair mode (which sends nothing), its receive queue refilled, then
+/// closed by a RST forged from the peer, whose error is taken away at once (the program had
+/// read it, or there was none); the error names the step. The sequence numbers are crest's
+/// own: the peer is gone.
+fn closed(
+    fd: BorrowedFd,
+    local: &std::net::SocketAddr,
+    remote: &std::net::SocketAddr,
+    recv_queue: &[u8],
+) -> Result<(), (&'static str, Errno)> {
+    let tcp = |name: i32, v: i32, step: &'static str| {
+        sock::set_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| (step, e))
+    };
+    const BASE: u32 = 0x4352_0000;
+    sock::set_int(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        ((recv_queue.len() + (1 << 20)).min(i32::MAX as usize / 2)) as i32,
+    )
+    .map_err(|e| ("SO_RCVBUFFORCE", e))?;
+    tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR (needs CAP_NET_ADMIN)")?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    tcp(sock::TCP_QUEUE_SEQ, BASE as i32, "TCP_QUEUE_SEQ (receive)")?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    tcp(sock::TCP_QUEUE_SEQ, BASE as i32, "TCP_QUEUE_SEQ (send)")?;
+    sock::bind(fd, local).map_err(|e| ("bind", e))?;
+    sock::connect(fd, remote).map_err(|e| ("connect", e))?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    sock::send_chunked(fd, recv_queue, CHUNK).map_err(|e| ("refilling the receive queue", e))?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_NO_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    inject::Segment {
+        from: *remote,
+        to: *local,
+        seq: BASE.wrapping_add(recv_queue.len() as u32),
+        ack: 0,
+        flags: inject::RST,
+        window: 0,
+    }
+    .send()?;
+    wait_state(fd, sock::TCP_CLOSE)?;
+    // The reset's error (ECONNRESET); reading it takes it away.
+    sock::get_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).map_err(|e| ("SO_ERROR", e))?;
+    tcp(sock::TCP_REPAIR, 0, "TCP_REPAIR off")?;
+    Ok(())
 }
 
 /// Rebuilds an established connection in repair mode; the error names the step.
@@ -367,7 +452,7 @@ fn fins(
         TcpPhase::CloseWait => peer_fin()?,
         TcpPhase::LastAck => {
             peer_fin()?;
-            wait_state(fd, TcpPhase::CloseWait)?;
+            wait_state(fd, 8)?;
             our_fin()?;
         }
         TcpPhase::FinWait1 => our_fin()?,
@@ -381,16 +466,23 @@ fn fins(
             segment(rcv_nxt, c.send_seq, inject::ACK).send()?;
         }
     }
-    wait_state(fd, c.phase)
+    wait_state(fd, phase_state(c.phase))
+}
+
+/// The kernel's number of the TCP state `phase`.
+fn phase_state(phase: TcpPhase) -> u8 {
+    (0..=12)
+        .find(|&s| sock::tcp_phase(s) == Some(phase))
+        .unwrap_or(sock::TCP_ESTABLISHED)
 }
 
 /// Waits (a little: the forged segments are taken in as they are sent, on loopback) until
-/// the connection is in `phase`.
-fn wait_state(fd: BorrowedFd, phase: TcpPhase) -> Result<(), (&'static str, Errno)> {
+/// the connection is in the TCP state `want`.
+fn wait_state(fd: BorrowedFd, want: u8) -> Result<(), (&'static str, Errno)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
         let state = sock::tcp_info(fd).map_err(|e| ("TCP_INFO", e))?.state;
-        if sock::tcp_phase(state) == Some(phase) {
+        if state == want {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
@@ -666,6 +758,62 @@ mod tests {
             assert_eq!(got, b"s->cunacked");
             let server = stream(fd);
             wait_state(&server, sock::TCP_CLOSE);
+        }
+    }
+
+    #[test]
+    fn a_closed_connection_comes_back_closed_with_its_unread_bytes_and_its_peer() {
+        use std::net::Shutdown;
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let (client, mut server) = pair(addr);
+            server.write_all(b" and more").unwrap();
+            // Both FINs: the client, which shut down first, goes through TIME_WAIT (the
+            // kernel keeps a twin of its connection), the server through LAST_ACK.
+            client.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 8);
+            server.shutdown(Shutdown::Write).unwrap();
+            wait_state(&client, sock::TCP_CLOSE);
+            wait_state(&server, sock::TCP_CLOSE);
+            let (local, remote) = (
+                client.local_addr().unwrap(),
+                sock::kept_peer_addr(client.as_fd()).unwrap(),
+            );
+            let (t, fd) = cycle(OwnedFd::from(client));
+            assert!(
+                matches!(&t.state, TcpState::Closed { recv_queue, .. } if recv_queue == b"s->c and more"),
+                "{t:?}"
+            );
+            assert_eq!(state(&fd), sock::TCP_CLOSE);
+            assert_eq!(sock::local_addr(fd.as_fd()), Ok(local));
+            assert_eq!(sock::kept_peer_addr(fd.as_fd()), Ok(remote));
+            assert_eq!(
+                sock::get_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_ERROR),
+                Ok(0)
+            );
+            let mut client = stream(fd);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->c and more");
+            assert_eq!(client.read(&mut [0u8; 4]).unwrap(), 0);
+            // SAFETY: signal(2) is not involved: MSG_NOSIGNAL keeps SIGPIPE away.
+            let r = unsafe {
+                libc::send(
+                    client.as_raw_fd(),
+                    b"x".as_ptr().cast(),
+                    1,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            assert_eq!((r, Errno::last()), (-1, Errno::EPIPE));
+
+            let (t, fd) = cycle(OwnedFd::from(server));
+            assert!(
+                matches!(&t.state, TcpState::Closed { recv_queue, .. } if recv_queue == b"c->s"),
+                "{t:?}"
+            );
+            let mut got = Vec::new();
+            stream(fd).read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"c->s");
         }
     }
 }
