@@ -323,6 +323,30 @@ pub fn peek(fd: BorrowedFd, n: usize) -> Result<Vec<u8>, Errno> {
     }
 }
 
+/// Sends all of `data` without waiting: a full send buffer is an error (EAGAIN).
+pub fn send_all_nonblocking(fd: BorrowedFd, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        // SAFETY: data is readable for its length.
+        let r = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[r as usize..];
+    }
+    Ok(())
+}
+
 /// Sends all of `data` (blocking socket), in chunks of at most `chunk` bytes, halving the chunk
 /// when the kernel cannot allocate one that large (repair-mode queue filling makes one buffer
 /// per call).

@@ -24,6 +24,9 @@ use crate::images::{TcpConnection, TcpPhase, TcpSocket, TcpState};
 
 use super::{inject, lock, opts, sock};
 
+/// TCP_REPAIR value that leaves repair mode without sending a window probe.
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+
 /// Largest chunk written into a queue at once (halved when the kernel cannot allocate it).
 const CHUNK: usize = 256 * 1024;
 
@@ -303,7 +306,8 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
         sock::set_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| (step, e))
     };
     // Room for both queues whatever the defaults; SO_BUF_LOCK is put back afterwards.
-    let room = |n: usize| ((n + (1 << 20)).min(i32::MAX as usize / 2)) as i32;
+    // (Twice the bytes: the unsent ones go in small segments when the peer's MSS is small.)
+    let room = |n: usize| ((2 * n + (1 << 20)).min(i32::MAX as usize / 2)) as i32;
     sock::set_int(
         fd,
         libc::SOL_SOCKET,
@@ -378,12 +382,27 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
         sock::TCP_SEND_QUEUE,
         "TCP_REPAIR_QUEUE",
     )?;
-    sock::send_chunked(fd, &c.send_queue, CHUNK).map_err(|e| ("refilling the send queue", e))?;
+    // What the peer may have received counts as sent (retransmitted if it had not); what was
+    // never sent is written the ordinary way, out of repair mode (without the window probe
+    // leaving it sends), so that it leaves as the peer's window allows, like any unsent data.
+    let unsent = (c.unsent as usize).min(c.send_queue.len());
+    let (sent, not_sent) = c.send_queue.split_at(c.send_queue.len() - unsent);
+    sock::send_chunked(fd, sent, CHUNK).map_err(|e| ("refilling the send queue", e))?;
     tcp(
         sock::TCP_REPAIR_QUEUE,
         sock::TCP_NO_QUEUE,
         "TCP_REPAIR_QUEUE",
     )?;
+    if !not_sent.is_empty() {
+        tcp(
+            sock::TCP_REPAIR,
+            TCP_REPAIR_OFF_NO_WP,
+            "TCP_REPAIR off (without window probe)",
+        )?;
+        sock::send_all_nonblocking(fd, not_sent)
+            .map_err(|e| ("writing the bytes not sent yet", e))?;
+        tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR")?;
+    }
 
     let mut window = c.window;
     if fin_in == 1 {
@@ -427,14 +446,16 @@ fn fins(
         segment(rcv_nxt, snd_una, inject::FIN | inject::ACK).send()
     };
     let our_fin = || -> Result<(), (&'static str, Errno)> {
-        // With the send queue selected the FIN counts as sent and nothing leaves.
-        sock::set_int(
-            fd,
-            libc::IPPROTO_TCP,
-            sock::TCP_REPAIR_QUEUE,
-            sock::TCP_SEND_QUEUE,
-        )
-        .map_err(|e| ("TCP_REPAIR_QUEUE", e))?;
+        // With the send queue selected the FIN counts as sent and nothing leaves; but that
+        // would count the bytes not sent yet as sent too: behind them, the FIN waits its
+        // turn (whatever leaves meanwhile the lock drops, and TCP sends again).
+        let queue = if c.unsent == 0 {
+            sock::TCP_SEND_QUEUE
+        } else {
+            sock::TCP_NO_QUEUE
+        };
+        sock::set_int(fd, libc::IPPROTO_TCP, sock::TCP_REPAIR_QUEUE, queue)
+            .map_err(|e| ("TCP_REPAIR_QUEUE", e))?;
         // SAFETY: shutdown(2) on a socket crest owns.
         if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) } < 0 {
             return Err(("shutdown for writing (the program's FIN)", Errno::last()));
