@@ -951,6 +951,9 @@ fn tcp_socket_text(t: &crate::images::TcpSocket) -> String {
         TcpState::Listening { local, backlog } => {
             format!("{v} socket listening on {local} (backlog {backlog}){opts}")
         }
+        TcpState::Connecting { local, remote, .. } => {
+            format!("{v} socket connecting {local} -> {remote} (SYN sent){opts}")
+        }
         TcpState::Closed {
             local,
             remote,

@@ -944,6 +944,15 @@ pub enum TcpState {
     },
     /// An established connection, captured in repair mode (TCP_REPAIR).
     Established(TcpConnection),
+    /// Connecting (SYN_SENT): the SYN sent, no answer yet. `send_seq` is the initial sequence
+    /// number plus one (the SYN's); the restore connects again from it, so the SYN the peer
+    /// may get twice is the same one.
+    Connecting {
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        send_seq: u32,
+        network_lock: String,
+    },
     /// Closed after a connection (both ends shut down, or reset, the error read): reads give
     /// what is left of `recv_queue`, then end of file; writes fail with EPIPE; the peer's
     /// address stays (SO_PEERNAME).

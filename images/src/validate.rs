@@ -399,6 +399,14 @@ pub(crate) fn check_file_for_tests(f: &FileIdentity) -> Result<(), String> {
     check_file_path(0, f)
 }
 
+/// Whether `t` is a name crest gives its network lock tables (nothing nft could misread).
+fn lock_name_ok(t: &str) -> bool {
+    t.starts_with("crest-")
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A TCP socket's record: its family, addresses of that family, known options, sane queues.
 fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
     use std::net::SocketAddr;
@@ -442,6 +450,20 @@ fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
             }
             if *backlog > i32::MAX as u32 {
                 return Err(format!("listening with backlog {backlog}"));
+            }
+            Ok(())
+        }
+        TcpState::Connecting {
+            local,
+            remote,
+            network_lock,
+            ..
+        } => {
+            if !addr_ok(local) || !addr_ok(remote) {
+                return Err(format!("connecting {local} -> {remote}, not of its family"));
+            }
+            if !lock_name_ok(network_lock) {
+                return Err(format!("with network lock table name {network_lock:?}"));
             }
             Ok(())
         }
@@ -496,12 +518,7 @@ fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
                     c.tcp_options, c.snd_wscale, c.rcv_wscale
                 ));
             }
-            let lock_ok = c.network_lock.starts_with("crest-")
-                && c.network_lock.len() <= 64
-                && c.network_lock
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !lock_ok {
+            if !lock_name_ok(&c.network_lock) {
                 return Err(format!("locked by table {:?}", c.network_lock));
             }
             Ok(())

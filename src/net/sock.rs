@@ -45,6 +45,7 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
 

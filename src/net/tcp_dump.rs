@@ -77,7 +77,8 @@ fn connections(pids: &[i32]) -> Vec<(SocketAddr, SocketAddr)> {
             if info.state == sock::TCP_LISTEN || info.state == sock::TCP_CLOSE {
                 continue;
             }
-            if let (Ok(l), Ok(r)) = (sock::local_addr(s), sock::peer_addr(s)) {
+            // SO_PEERNAME: getpeername(2) fails in SYN_SENT.
+            if let (Ok(l), Ok(r)) = (sock::local_addr(s), sock::kept_peer_addr(s)) {
                 out.push((l, r));
             }
         }
@@ -254,7 +255,8 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
     };
     // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off). TCP_MAXSEG
     // is then the connection's, not one the program set.
-    let (options, buf_lock) = opts::read(s, family, phase.is_some() || closed_peer.is_some())
+    let connected = phase.is_some() || closed_peer.is_some() || info.state == sock::TCP_SYN_SENT;
+    let (options, buf_lock) = opts::read(s, family, connected)
         .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
     let state = match (info.state, closed_peer) {
         (_, Some(remote)) => closed(s, local, remote, v)?,
@@ -263,6 +265,16 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
                 TcpState::Unbound
             }
             sock::TCP_CLOSE => TcpState::Bound { local },
+            sock::TCP_SYN_SENT => {
+                let remote = sock::kept_peer_addr(s).map_err(|e| {
+                    format!("a connecting TCP/{v} socket whose peer cannot be read: {e}")
+                })?;
+                let what = format!("a TCP/{v} socket {local} connecting to {remote} (SYN_SENT)");
+                let copy = copy
+                    .try_clone()
+                    .map_err(|e| format!("{what}: duplicating it: {e}"))?;
+                connecting(pid, fd, copy, local, remote, &what)?
+            }
             sock::TCP_LISTEN => {
                 if info.unacked > 0 {
                     return Err(format!(
@@ -306,7 +318,8 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
                     .unwrap_or_default();
                 return Err(format!(
                 "a TCP/{v} socket {local}{remote} in state {}; crest dumps only unbound, bound, \
-                 listening and connected (established or closing) TCP sockets",
+                 listening, connecting (SYN_SENT) and connected (established or closing) TCP \
+                 sockets",
                 sock::state_name(other)
             ));
             }
@@ -410,6 +423,21 @@ fn established(
             ))
         }
     }
+    let table = lock_and_repair(pid, fd, &copy, local, remote, what)?;
+    read_repaired(s, local, remote, phase, table).map_err(|e| format!("{what}: {e}"))
+}
+
+/// Locks the connection `local` -> `remote` (the socket `copy`, fd `fd` of `pid`) and puts it
+/// into repair mode, which the session undoes if the dump fails; returns the lock's table.
+fn lock_and_repair(
+    pid: i32,
+    fd: i32,
+    copy: &OwnedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    what: &str,
+) -> Result<String, String> {
+    let s = copy.as_fd();
     let table = SESSION.with(|st| -> Result<String, String> {
         let mut st = st.borrow_mut();
         let Some(st) = st.as_mut() else {
@@ -439,7 +467,51 @@ fn established(
             st.repaired.push((pid, fd, held, reuse));
         }
     });
-    read_repaired(s, local, remote, phase, table).map_err(|e| format!("{what}: {e}"))
+    Ok(table)
+}
+
+/// A connection in SYN_SENT: locked (so the SYN it sends again meanwhile goes nowhere) and in
+/// repair mode, its initial sequence number read.
+fn connecting(
+    pid: i32,
+    fd: i32,
+    copy: OwnedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    what: &str,
+) -> Result<TcpState, String> {
+    let network_lock = lock_and_repair(pid, fd, &copy, local, remote, what)?;
+    let s = copy.as_fd();
+    let fail = |step: &str, e: Errno| format!("{what}: {step} failed in repair mode: {e}");
+    sock::set_int(
+        s,
+        libc::IPPROTO_TCP,
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+    )
+    .map_err(|e| fail("TCP_REPAIR_QUEUE", e))?;
+    let send_seq = sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_QUEUE_SEQ)
+        .map_err(|e| fail("TCP_QUEUE_SEQ", e))? as u32;
+    sock::set_int(
+        s,
+        libc::IPPROTO_TCP,
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_NO_QUEUE,
+    )
+    .map_err(|e| fail("TCP_REPAIR_QUEUE", e))?;
+    let state = sock::tcp_info(s).map_err(|e| fail("TCP_INFO", e))?.state;
+    if state != sock::TCP_SYN_SENT {
+        return Err(format!(
+            "{what}: its state changed to {} while crest read it; dump again",
+            sock::state_name(state)
+        ));
+    }
+    Ok(TcpState::Connecting {
+        local,
+        remote,
+        send_seq,
+        network_lock,
+    })
 }
 
 fn read_repaired(

@@ -114,6 +114,22 @@ pub fn create(
             opts::apply(fd, &t.options, |_| true).map_err(msg)?;
             listen(fd, local, *backlog).map_err(err(format!("listening on {local}")))?;
         }
+        TcpState::Connecting {
+            local,
+            remote,
+            send_seq,
+            network_lock,
+        } => {
+            opts::apply(fd, &t.options, opts::before_bind).map_err(msg)?;
+            connecting(fd, local, remote, *send_seq).map_err(|(step, e)| TcpRestoreError {
+                what: format!("{who}: TCP socket {local} connecting to {remote}: {step}"),
+                errno: Some(e),
+            })?;
+            sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse_addr(t))
+                .map_err(err("setting SO_REUSEADDR".into()))?;
+            opts::apply(fd, &t.options, |o| !opts::before_bind(o)).map_err(msg)?;
+            repaired.tables.insert(network_lock.clone());
+        }
         TcpState::Closed {
             local,
             remote,
@@ -234,6 +250,56 @@ fn crest_listeners_on(local: &std::net::SocketAddr) -> Vec<std::os::fd::RawFd> {
                 && sock::local_addr(fd).ok().as_ref() == Some(local)
         })
         .collect()
+}
+
+/// Connects again, from the same initial sequence number: bound in repair mode (past the
+/// old connection's leftovers), then an ordinary non-blocking connect, whose SYN the lock
+/// drops until the restore is over (the kernel sends it again after a second); the error
+/// names the step.
+fn connecting(
+    fd: BorrowedFd,
+    local: &std::net::SocketAddr,
+    remote: &std::net::SocketAddr,
+    send_seq: u32,
+) -> Result<(), (&'static str, Errno)> {
+    let tcp = |name: i32, v: i32, step: &'static str| {
+        sock::set_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| (step, e))
+    };
+    tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR (needs CAP_NET_ADMIN)")?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    // The SYN takes the initial sequence number; connect uses the one set.
+    tcp(
+        sock::TCP_QUEUE_SEQ,
+        send_seq.wrapping_sub(1) as i32,
+        "TCP_QUEUE_SEQ (send)",
+    )?;
+    sock::bind(fd, local).map_err(|e| ("bind", e))?;
+    tcp(
+        sock::TCP_REPAIR,
+        TCP_REPAIR_OFF_NO_WP,
+        "TCP_REPAIR off (without window probe)",
+    )?;
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor crest owns.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(("making the socket non-blocking to connect", Errno::last()));
+    }
+    let r = sock::connect(fd, remote);
+    // SAFETY: as above; the caller sets O_NONBLOCK again if the program had it.
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags) } < 0 {
+        return Err(("making the socket blocking again", Errno::last()));
+    }
+    match r {
+        Err(Errno::EINPROGRESS) => Ok(()),
+        Ok(()) => Err(("connect (done at once, not in progress)", Errno::EISCONN)),
+        Err(e) => Err(("connect", e)),
+    }
 }
 
 /// Rebuilds a socket closed after the connection `local` -> `remote`, with `recv_queue` left
@@ -835,6 +901,46 @@ mod tests {
             let mut got = Vec::new();
             stream(fd).read_to_end(&mut got).unwrap();
             assert_eq!(got, b"c->s");
+        }
+    }
+
+    #[test]
+    fn a_connection_waiting_for_its_syn_to_be_answered_connects_after_restore() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let l = TcpListener::bind(addr).unwrap();
+            let at = l.local_addr().unwrap();
+            let family = if at.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            let s = sock::tcp_socket(family).unwrap();
+            sock::bind(s.as_fd(), &std::net::SocketAddr::new(at.ip(), 0)).unwrap();
+            let local = sock::local_addr(s.as_fd()).unwrap();
+            // Its SYNs go nowhere until the restore is over.
+            let mut lock = lock::NetLock::new(-3);
+            lock.add(&[(local, at)]).unwrap();
+            // SAFETY: fcntl(2) on our own socket.
+            unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+            assert_eq!(sock::connect(s.as_fd(), &at), Err(Errno::EINPROGRESS));
+            assert_eq!(state(&s), sock::TCP_SYN_SENT);
+            let (t, fd) = cycle(s);
+            assert!(
+                matches!(&t.state, TcpState::Connecting { remote, .. } if *remote == at),
+                "{t:?}"
+            );
+            assert_eq!(state(&fd), sock::TCP_SYN_SENT);
+            assert_eq!(sock::local_addr(fd.as_fd()), Ok(local));
+            drop(lock);
+            // The kernel sends the SYN again (after a second or more), now answered.
+            let (mut server, from) = l.accept().unwrap();
+            assert_eq!(from, local);
+            let mut client = stream(fd);
+            client.set_nonblocking(false).unwrap();
+            client.write_all(b"hello").unwrap();
+            let mut got = [0u8; 5];
+            server.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"hello");
         }
     }
 }
