@@ -963,9 +963,14 @@ fn tcp_socket_text(t: &crate::images::TcpSocket) -> String {
             recv_queue.len()
         ),
         TcpState::Established(c) => format!(
-            "{v} connection {} -> {}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
+            "{v} connection {} -> {}{}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
             c.local,
             c.remote,
+            if c.phase == crate::images::TcpPhase::Established {
+                String::new()
+            } else {
+                format!(" in {}", c.phase.name())
+            },
             c.send_queue.len(),
             c.unsent,
             c.recv_queue.len(),

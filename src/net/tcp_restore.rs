@@ -574,8 +574,8 @@ fn wait_state(fd: BorrowedFd, want: u8) -> Result<(), (&'static str, Errno)> {
         }
         if std::time::Instant::now() > deadline {
             return Err((
-                "the forged segments did not bring the connection to its state (is the \
-                 network lock's table missing its accept rule for crest's mark?)",
+                "the segments crest forges from the peer did not bring the connection to \
+                 its state (a firewall rule dropping packets to this port drops them too)",
                 Errno::ETIMEDOUT,
             ));
         }
