@@ -989,10 +989,26 @@ fn tcp_socket_text(t: &crate::images::TcpSocket) -> String {
         TcpState::Listening { local, backlog } => {
             format!("{v} socket listening on {local} (backlog {backlog}){opts}")
         }
+        TcpState::Connecting { local, remote, .. } => {
+            format!("{v} socket connecting {local} -> {remote} (SYN sent){opts}")
+        }
+        TcpState::Closed {
+            local,
+            remote,
+            recv_queue,
+        } => format!(
+            "{v} socket closed after a connection {local} -> {remote}, {} bytes unread{opts}",
+            recv_queue.len()
+        ),
         TcpState::Established(c) => format!(
-            "{v} connection {} -> {}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
+            "{v} connection {} -> {}{}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
             c.local,
             c.remote,
+            if c.phase == crate::images::TcpPhase::Established {
+                String::new()
+            } else {
+                format!(" in {}", c.phase.name())
+            },
             c.send_queue.len(),
             c.unsent,
             c.recv_queue.len(),

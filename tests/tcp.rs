@@ -404,3 +404,243 @@ fn connections_cycle(pairs: usize) -> (std::time::Duration, std::time::Duration,
         .join("\n");
     (dump_time, restore_time, stats)
 }
+
+/// Ends the process the test started (or restored) when the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid this test started (or restored).
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+        let _ = reap_pid(self.0, TIMEOUT);
+    }
+}
+
+/// The connections of tests/tcp/closing.py, one per closing state and family, with the test
+/// as the peer: the kinds as the victim names them.
+const CLOSING_KINDS: [&str; 6] = [
+    "close_wait",
+    "fin_wait2",
+    "fin_wait1",
+    "last_ack",
+    "closing",
+    "closed",
+];
+
+/// A TCP client connected to `a`; with `small`, a 4 KiB receive buffer set before connect,
+/// so the victim can fill its window.
+fn client(a: SocketAddr, small: bool) -> TcpStream {
+    use crest::net::sock;
+    use std::os::fd::AsFd;
+    let family = if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let s = sock::tcp_socket(family).unwrap();
+    if small {
+        sock::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4096).unwrap();
+    }
+    sock::connect(s.as_fd(), &a).unwrap_or_else(|e| panic!("connect to {a}: {e}"));
+    let s = TcpStream::from(s);
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn read_to_end(s: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap_or_else(|e| {
+        let ss = Command::new("ss").args(["-tnoie"]).output().unwrap();
+        panic!(
+            "{what}: reading to end of file: {e} ({} read)\n{}",
+            got.len(),
+            String::from_utf8_lossy(&ss.stdout)
+        )
+    });
+    got
+}
+
+/// The victim's description of its connections, with the unacknowledged count left out of
+/// the connections that filled the test's window (the test's kernel may still open it a
+/// little while the victim runs); those must still have some.
+fn closing_state(ctl: &Path, request: bool) -> String {
+    if request {
+        let _ = fs::remove_file(ctl.join("state"));
+        fs::write(ctl.join("state-request"), "").unwrap();
+    }
+    let text = wait_for("the victim's state", TIMEOUT, || {
+        fs::read_to_string(ctl.join("state")).ok()
+    });
+    text.lines()
+        .map(|l| {
+            let filled = ["fin_wait1", "last_ack", "closing"]
+                .iter()
+                .any(|k| l.split(' ').nth(1) == Some(k));
+            if !filled {
+                return format!("{l}\n");
+            }
+            let words: Vec<&str> = l
+                .split(' ')
+                .filter(|w| {
+                    assert!(*w != "unacked=0", "nothing left to send: {l}");
+                    !w.starts_with("unacked=")
+                })
+                .collect();
+            format!("{}\n", words.join(" "))
+        })
+        .collect()
+}
+
+/// Puts one connection from the test into each closing state, for IPv4, IPv6 and an
+/// IPv4-mapped address; dumps the victim (killing it, or with `-R`), restores it if killed;
+/// compares each connection's state, unread bytes and addresses before and after; then each
+/// side does what comes next and both check what they see.
+fn closing_states_carry_on(leave_running: bool) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ctl = dir.path().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tcp/closing.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .arg(&ctl)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(ctl.join("stderr")).unwrap());
+    let pid = spawn_in_own_session(cmd);
+    let _victim = KillOnDrop(pid);
+    let stderr = || fs::read_to_string(ctl.join("stderr")).unwrap_or_default();
+    let ports: Vec<u16> = wait_for("the victim's ports", TIMEOUT, || {
+        fs::read_to_string(ctl.join("ports")).ok()
+    })
+    .split_whitespace()
+    .map(|w| w.parse().unwrap())
+    .collect();
+    let fams = [
+        ("v4", format!("127.0.0.1:{}", ports[0])),
+        ("v6", format!("[::1]:{}", ports[1])),
+        ("mapped", format!("127.0.0.1:{}", ports[2])),
+    ];
+    let mut peers = std::collections::BTreeMap::new();
+    for (fam, addr) in &fams {
+        let a: SocketAddr = addr.parse().unwrap();
+        for (i, kind) in CLOSING_KINDS.iter().enumerate() {
+            let small = ["fin_wait1", "last_ack", "closing"].contains(kind);
+            let mut s = client(a, small);
+            s.write_all(&[i as u8]).unwrap();
+            let first: &[u8] = match *kind {
+                "close_wait" => b"cw-data",
+                "last_ack" => b"la",
+                "closed" => b"cl-data",
+                _ => b"",
+            };
+            if !first.is_empty() {
+                s.write_all(first).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            peers.insert((*fam, *kind), s);
+        }
+    }
+    for (fam, _) in &fams {
+        wait_for("the closing connection's FIN_WAIT1", TIMEOUT, || {
+            ctl.join(format!("filled-{fam}")).exists().then_some(())
+        });
+        peers[&(*fam, "closing")]
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+    }
+    let before = closing_state(&ctl, false);
+    assert_eq!(before.lines().count(), 18, "{before}");
+    for kind in CLOSING_KINDS {
+        let want = match kind {
+            "closed" => "CLOSE",
+            other => &other.to_uppercase(),
+        };
+        assert_eq!(
+            before.matches(&format!(" {kind} state={want} ")).count(),
+            3,
+            "{before}\n{}",
+            stderr()
+        );
+    }
+    let sent: std::collections::BTreeMap<(String, String), usize> =
+        fs::read_to_string(ctl.join("sent"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split(' ').collect();
+                ((w[0].to_string(), w[1].to_string()), w[2].parse().unwrap())
+            })
+            .collect();
+
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let img = work.path().join("img");
+    dump(pid, &img, leave_running).assert_ok();
+    if !leave_running {
+        reap_pid(pid, TIMEOUT).unwrap();
+        assert_eq!(
+            lock_tables(pid).len(),
+            1,
+            "the lock stays until the restore"
+        );
+        let text = show_json(&img).to_string();
+        for phase in [
+            "FinWait1",
+            "FinWait2",
+            "CloseWait",
+            "LastAck",
+            "Closing",
+            "Closed",
+        ] {
+            assert!(text.contains(phase), "{phase} in {text}");
+        }
+        restore_detached(&img, &[]).assert_ok();
+    }
+    assert!(lock_tables(pid).is_empty(), "no lock once the victim runs");
+    assert_eq!(closing_state(&ctl, true), before, "{}", stderr());
+
+    // What comes next: the test sends what the victim waits for and reads what it sent.
+    fs::write(ctl.join("go"), "").unwrap();
+    for (fam, _) in &fams {
+        let s = peers.get_mut(&(*fam, "fin_wait2")).unwrap();
+        assert_eq!(read_to_end(s, "fin_wait2"), b"fw2");
+        s.write_all(b"fw2-late").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    for (fam, _) in &fams {
+        for kind in ["fin_wait1", "last_ack", "closing"] {
+            let s = peers.get_mut(&(*fam, kind)).unwrap();
+            let got = read_to_end(s, kind);
+            let n = sent[&(fam.to_string(), kind.to_string())];
+            assert_eq!(got.len(), n, "{fam} {kind}: bytes before the FIN");
+            assert!(
+                got.iter().enumerate().all(|(i, b)| *b == pattern(i)),
+                "{fam} {kind}: the bytes"
+            );
+            if kind == "fin_wait1" {
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+        }
+    }
+    for (fam, _) in &fams {
+        let s = peers.get_mut(&(*fam, "close_wait")).unwrap();
+        assert_eq!(read_to_end(s, "close_wait"), b"cw-reply");
+    }
+    let result = wait_for("the victim's result", TIMEOUT, || {
+        fs::read_to_string(ctl.join("result")).ok()
+    });
+    assert_eq!(result.lines().count(), 18, "{result}");
+    assert!(
+        result.lines().all(|l| l.ends_with(" ok")),
+        "{result}\n{}",
+        stderr()
+    );
+}
+
+#[test]
+fn closing_connections_carry_on_after_restore() {
+    closing_states_carry_on(false);
+}
+
+#[test]
+fn closing_connections_carry_on_after_a_dump_that_leaves_them_running() {
+    closing_states_carry_on(true);
+}

@@ -1019,6 +1019,23 @@ pub enum TcpState {
     },
     /// An established connection, captured in repair mode (TCP_REPAIR).
     Established(TcpConnection),
+    /// Connecting (SYN_SENT): the SYN sent, no answer yet. `send_seq` is the initial sequence
+    /// number plus one (the SYN's); the restore connects again from it, so the SYN the peer
+    /// may get twice is the same one.
+    Connecting {
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        send_seq: u32,
+        network_lock: String,
+    },
+    /// Closed after a connection (both ends shut down, or reset, the error read): reads give
+    /// what is left of `recv_queue`, then end of file; writes fail with EPIPE; the peer's
+    /// address stays (SO_PEERNAME).
+    Closed {
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        recv_queue: Vec<u8>,
+    },
 }
 
 /// An established TCP connection as TCP_REPAIR reads it. Sequence numbers are those the
@@ -1051,6 +1068,61 @@ pub struct TcpConnection {
     /// The nftables table (family inet) that drops this connection's packets from the dump
     /// until a restore has brought the socket back; the restore deletes it.
     pub network_lock: String,
+    /// How far it had got in closing: which FINs were sent and received. The sequence
+    /// numbers count them (a FIN takes one), the queues do not.
+    pub phase: TcpPhase,
+}
+
+/// The TCP states of a connection with a socket (TIME_WAIT has none): which FINs were
+/// exchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TcpPhase {
+    /// No FIN either way.
+    Established,
+    /// The program's FIN sent (shutdown for writing), not acknowledged yet.
+    FinWait1,
+    /// The program's FIN sent and acknowledged; the peer may still send.
+    FinWait2,
+    /// The peer's FIN received (the program reads end of file once the queue is read); the
+    /// program may still send.
+    CloseWait,
+    /// The peer's FIN received, then the program's sent, not acknowledged yet.
+    LastAck,
+    /// Both FINs sent at once: the peer's received, the program's not acknowledged yet.
+    Closing,
+}
+
+impl TcpPhase {
+    /// Whether the peer's FIN was received (so `recv_seq` counts it).
+    pub fn fin_received(self) -> bool {
+        matches!(
+            self,
+            TcpPhase::CloseWait | TcpPhase::LastAck | TcpPhase::Closing
+        )
+    }
+
+    /// Whether the program's FIN was sent (so `send_seq` counts it).
+    pub fn fin_sent(self) -> bool {
+        !matches!(self, TcpPhase::Established | TcpPhase::CloseWait)
+    }
+
+    /// Whether the program's FIN was sent and is not acknowledged yet (so the kernel's count
+    /// of unacknowledged bytes includes it).
+    pub fn fin_unacked(self) -> bool {
+        self.fin_sent() && self != TcpPhase::FinWait2
+    }
+
+    /// The kernel's name of the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpPhase::Established => "ESTABLISHED",
+            TcpPhase::FinWait1 => "FIN_WAIT1",
+            TcpPhase::FinWait2 => "FIN_WAIT2",
+            TcpPhase::CloseWait => "CLOSE_WAIT",
+            TcpPhase::LastAck => "LAST_ACK",
+            TcpPhase::Closing => "CLOSING",
+        }
+    }
 }
 
 /// The targets registered in an epoll instance, in the order fdinfo lists them.

@@ -1136,6 +1136,7 @@ fn tcp_socket_records_are_validated() {
         timestamp: 0,
         window: [0; 5],
         network_lock: "crest-1-2".into(),
+        phase: TcpPhase::Established,
     };
     let est = |c: TcpConnection| TcpSocket {
         family: 2,
@@ -1154,11 +1155,24 @@ fn tcp_socket_records_are_validated() {
     assert!(check(est(ok.clone())).is_ok());
     let bad_lock = TcpConnection {
         network_lock: "crest-1; flush ruleset".into(),
-        ..ok
+        ..ok.clone()
     };
     assert!(
         check(est(bad_lock)).is_err(),
         "a lock table name nft could misread"
+    );
+    let closing = TcpConnection {
+        phase: TcpPhase::LastAck,
+        ..ok.clone()
+    };
+    assert!(check(est(closing)).is_ok());
+    let acked = TcpConnection {
+        phase: TcpPhase::FinWait2,
+        ..ok
+    };
+    assert!(
+        check(est(acked)).is_err(),
+        "bytes left to send after the program's FIN was acknowledged"
     );
 }
 

@@ -427,6 +427,14 @@ pub(crate) fn check_file_for_tests(f: &FileIdentity) -> Result<(), String> {
     check_file_path(0, f)
 }
 
+/// Whether `t` is a name crest gives its network lock tables (nothing nft could misread).
+fn lock_name_ok(t: &str) -> bool {
+    t.starts_with("crest-")
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A TCP socket's record: its family, addresses of that family, known options, sane queues.
 fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
     use std::net::SocketAddr;
@@ -473,6 +481,38 @@ fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
             }
             Ok(())
         }
+        TcpState::Connecting {
+            local,
+            remote,
+            network_lock,
+            ..
+        } => {
+            if !addr_ok(local) || !addr_ok(remote) {
+                return Err(format!("connecting {local} -> {remote}, not of its family"));
+            }
+            if !lock_name_ok(network_lock) {
+                return Err(format!("with network lock table name {network_lock:?}"));
+            }
+            Ok(())
+        }
+        TcpState::Closed {
+            local,
+            remote,
+            recv_queue,
+        } => {
+            if !addr_ok(local) || !addr_ok(remote) {
+                return Err(format!(
+                    "closed after a connection {local} -> {remote}, not of its family"
+                ));
+            }
+            if recv_queue.len() > TCP_QUEUED_MAX {
+                return Err(format!(
+                    "closed with {} bytes unread (at most {TCP_QUEUED_MAX})",
+                    recv_queue.len()
+                ));
+            }
+            Ok(())
+        }
         TcpState::Established(c) => {
             if !addr_ok(&c.local) || !addr_ok(&c.remote) {
                 return Err(format!(
@@ -494,18 +534,19 @@ fn check_tcp(_i: usize, f: &FileIdentity, t: &TcpSocket) -> Result<(), String> {
                     c.send_queue.len()
                 ));
             }
+            if c.phase == TcpPhase::FinWait2 && !c.send_queue.is_empty() {
+                return Err(format!(
+                    "in FIN_WAIT2 (everything acknowledged) with {} bytes to send",
+                    c.send_queue.len()
+                ));
+            }
             if c.tcp_options & !7 != 0 || c.snd_wscale > 14 || c.rcv_wscale > 14 {
                 return Err(format!(
                     "with TCP options {:#x} and window scales {}/{}",
                     c.tcp_options, c.snd_wscale, c.rcv_wscale
                 ));
             }
-            let lock_ok = c.network_lock.starts_with("crest-")
-                && c.network_lock.len() <= 64
-                && c.network_lock
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !lock_ok {
+            if !lock_name_ok(&c.network_lock) {
                 return Err(format!("locked by table {:?}", c.network_lock));
             }
             Ok(())

@@ -4,7 +4,9 @@
 //! So the dumped connections' packets are dropped, both ways, by an nftables table crest owns:
 //! `inet crest-<pid>-<ms>`, with input and output chains dropping every 4-tuple (source address
 //! and port, destination address and port) in its sets — which covers loopback, where both
-//! hooks see the packets. TCP retransmits what was dropped once the table is gone.
+//! hooks see the packets. TCP retransmits what was dropped once the table is gone. Packets
+//! marked [`super::inject::MARK`] pass: the segments a restore forges for a connection
+//! ([`super::inject`]).
 //!
 //! The table is made only for a dump that has connections, before the tree is frozen, and
 //! grows if the collection finds one made since. A failed dump, or one that leaves the tree
@@ -99,8 +101,10 @@ fn create_script(table: &str) -> String {
     for (chain, hook) in [("input", "input"), ("output", "output")] {
         s += &format!(
             "  chain {chain} {{ type filter hook {hook} priority -150; policy accept;\n    \
+             meta mark {mark:#x} accept\n    \
              ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop\n    \
-             ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop\n  }}\n"
+             ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop\n  }}\n",
+            mark = super::inject::MARK
         );
     }
     s += "}\n";

@@ -45,8 +45,24 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_LISTEN: u8 = 10;
+
+/// The phase of a connection in the TCP state `state`; None for a state without a connection
+/// crest can carry (closed, listening, SYN_SENT, SYN_RECV, TIME_WAIT).
+pub fn tcp_phase(state: u8) -> Option<crate::images::TcpPhase> {
+    use crate::images::TcpPhase;
+    Some(match state {
+        TCP_ESTABLISHED => TcpPhase::Established,
+        4 => TcpPhase::FinWait1,
+        5 => TcpPhase::FinWait2,
+        8 => TcpPhase::CloseWait,
+        9 => TcpPhase::LastAck,
+        11 => TcpPhase::Closing,
+        _ => return None,
+    })
+}
 
 /// `getsockopt(level, name)` into at most `max` bytes.
 pub fn get_bytes(fd: BorrowedFd, level: i32, name: i32, max: usize) -> Result<Vec<u8>, Errno> {
@@ -308,6 +324,30 @@ pub fn peek(fd: BorrowedFd, n: usize) -> Result<Vec<u8>, Errno> {
     }
 }
 
+/// Sends all of `data` without waiting: a full send buffer is an error (EAGAIN).
+pub fn send_all_nonblocking(fd: BorrowedFd, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        // SAFETY: data is readable for its length.
+        let r = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[r as usize..];
+    }
+    Ok(())
+}
+
 /// Sends all of `data` (blocking socket), in chunks of at most `chunk` bytes, halving the chunk
 /// when the kernel cannot allocate one that large (repair-mode queue filling makes one buffer
 /// per call).
@@ -341,4 +381,49 @@ pub fn on_the_wire(a: &SocketAddr) -> SocketAddr {
         },
         SocketAddr::V4(_) => *a,
     }
+}
+
+/// sendto(2) of `buf` on `fd` to `a`.
+pub fn send_to(fd: BorrowedFd, buf: &[u8], a: &SocketAddr) -> Result<usize, Errno> {
+    let (ss, len) = to_storage(a);
+    // SAFETY: buf is valid for reads of its length; ss holds a valid address of len bytes.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
+}
+
+/// The peer's address as SO_PEERNAME gives it: unlike getpeername(2), also for a socket
+/// closed after a connection (the kernel keeps the address until the socket is
+/// disconnected or connected again).
+pub fn kept_peer_addr(fd: BorrowedFd) -> Result<SocketAddr, Errno> {
+    // The kernel wants room for no more than the address it has.
+    let room = if get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)? == libc::AF_INET6 {
+        std::mem::size_of::<libc::sockaddr_in6>()
+    } else {
+        std::mem::size_of::<libc::sockaddr_in>()
+    };
+    let raw = get_bytes(fd, libc::SOL_SOCKET, libc::SO_PEERNAME, room)?;
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = raw.len().min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: ss is valid for writes of its size and n is at most that; raw holds n bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            raw.as_ptr(),
+            (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            n,
+        )
+    };
+    from_storage(&ss)
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use crate::images::validate::TCP_QUEUED_MAX;
-use crate::images::{TcpConnection, TcpSocket, TcpState};
+use crate::images::{TcpConnection, TcpPhase, TcpSocket, TcpState};
 
 use super::lock::{LockError, NetLock};
 use super::{opts, sock};
@@ -77,7 +77,8 @@ fn connections(pids: &[i32]) -> Vec<(SocketAddr, SocketAddr)> {
             if info.state == sock::TCP_LISTEN || info.state == sock::TCP_CLOSE {
                 continue;
             }
-            if let (Ok(l), Ok(r)) = (sock::local_addr(s), sock::peer_addr(s)) {
+            // SO_PEERNAME: getpeername(2) fails in SYN_SENT.
+            if let (Ok(l), Ok(r)) = (sock::local_addr(s), sock::kept_peer_addr(s)) {
                 out.push((l, r));
             }
         }
@@ -244,63 +245,144 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
         .map_err(|e| format!("a TCP/{v} socket whose TCP_INFO cannot be read: {e}"))?;
     let local = sock::local_addr(s)
         .map_err(|e| format!("a TCP/{v} socket whose address cannot be read: {e}"))?;
-    // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off).
-    let (options, buf_lock) = opts::read(s, family, info.state == sock::TCP_ESTABLISHED)
+    let phase = sock::tcp_phase(info.state);
+    // A socket closed after a connection keeps its peer's address; one disconnected (connect
+    // with AF_UNSPEC) or never connected has none.
+    let closed_peer = if info.state == sock::TCP_CLOSE {
+        sock::kept_peer_addr(s).ok()
+    } else {
+        None
+    };
+    // Read before repair mode, which changes SO_REUSEADDR (to "force", then to off). TCP_MAXSEG
+    // is then the connection's, not one the program set.
+    let connected = phase.is_some() || closed_peer.is_some() || info.state == sock::TCP_SYN_SENT;
+    let (options, buf_lock) = opts::read(s, family, connected)
         .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
-    let state = match info.state {
-        sock::TCP_CLOSE if info.segs_out > 0 => {
-            return Err(format!(
-                "a TCP/{v} socket {local} closed after a connection (both ends shut down, or \
-                 reset); crest restores closed sockets only as never connected, where reads \
-                 would fail with ENOTCONN instead of giving end of file, so it refuses it"
-            ));
-        }
-        sock::TCP_CLOSE if local.port() == 0 && local.ip().is_unspecified() => TcpState::Unbound,
-        sock::TCP_CLOSE => TcpState::Bound { local },
-        sock::TCP_LISTEN => {
-            if info.unacked > 0 {
-                return Err(format!(
+    let state = match (info.state, closed_peer) {
+        (_, Some(remote)) => closed(s, local, remote, v)?,
+        (state, None) => match state {
+            sock::TCP_CLOSE if local.port() == 0 && local.ip().is_unspecified() => {
+                TcpState::Unbound
+            }
+            sock::TCP_CLOSE => TcpState::Bound { local },
+            sock::TCP_SYN_SENT => {
+                let remote = sock::kept_peer_addr(s).map_err(|e| {
+                    format!("a connecting TCP/{v} socket whose peer cannot be read: {e}")
+                })?;
+                let what = format!("a TCP/{v} socket {local} connecting to {remote} (SYN_SENT)");
+                let copy = copy
+                    .try_clone()
+                    .map_err(|e| format!("{what}: duplicating it: {e}"))?;
+                connecting(pid, fd, copy, local, remote, &what)?
+            }
+            sock::TCP_LISTEN => {
+                if info.unacked > 0 {
+                    return Err(format!(
                     "a TCP/{v} socket listening on {local} with {} connection(s) waiting to be \
                      accepted, which crest cannot carry over; dump it once they are accepted",
                     info.unacked
                 ));
+                }
+                TcpState::Listening {
+                    local,
+                    backlog: info.sacked,
+                }
             }
-            TcpState::Listening {
-                local,
-                backlog: info.sacked,
+            state if phase.is_some() => {
+                let phase = phase.unwrap_or(TcpPhase::Established);
+                let remote = sock::peer_addr(s).map_err(|e| {
+                    format!("a connected TCP/{v} socket whose peer cannot be read: {e}")
+                })?;
+                let what = if state == sock::TCP_ESTABLISHED {
+                    format!("a TCP/{v} connection {local} -> {remote}")
+                } else {
+                    format!(
+                        "a TCP/{v} connection {local} -> {remote} in state {}",
+                        phase.name()
+                    )
+                };
+                TcpState::Established(established(
+                    pid,
+                    fd,
+                    copy.try_clone()
+                        .map_err(|e| format!("{what}: duplicating it: {e}"))?,
+                    local,
+                    remote,
+                    phase,
+                    &what,
+                )?)
             }
-        }
-        sock::TCP_ESTABLISHED => {
-            let remote = sock::peer_addr(s).map_err(|e| {
-                format!("a connected TCP/{v} socket whose peer cannot be read: {e}")
-            })?;
-            let what = format!("a TCP/{v} connection {local} -> {remote}");
-            TcpState::Established(established(
-                pid,
-                fd,
-                copy.try_clone()
-                    .map_err(|e| format!("{what}: duplicating it: {e}"))?,
-                local,
-                remote,
-                &what,
-            )?)
-        }
-        other => {
-            let remote = sock::peer_addr(s)
-                .map(|r| format!(" -> {r}"))
-                .unwrap_or_default();
-            return Err(format!(
+            other => {
+                let remote = sock::peer_addr(s)
+                    .map(|r| format!(" -> {r}"))
+                    .unwrap_or_default();
+                return Err(format!(
                 "a TCP/{v} socket {local}{remote} in state {}; crest dumps only unbound, bound, \
-                 listening and established TCP sockets",
+                 listening, connecting (SYN_SENT) and connected (established or closing) TCP \
+                 sockets",
                 sock::state_name(other)
             ));
-        }
+            }
+        },
     };
     Ok(TcpSocket {
         family: family as u32,
         state,
         options,
         buf_lock,
+    })
+}
+
+/// A socket closed after a connection `local` -> `remote`: what it has left to read. Nothing
+/// can reach it any more, so it needs neither the lock nor repair mode.
+fn closed(
+    s: BorrowedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    v: &str,
+) -> Result<TcpState, String> {
+    let what = format!("a TCP/{v} socket {local} -> {remote} closed after a connection");
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is one valid pollfd; a zero timeout only reports.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 && pfd.revents & libc::POLLERR != 0 {
+        return Err(format!(
+            "{what}, reset, with the error the program has not read yet (crest cannot read \
+             it without taking it away, nor give it back)"
+        ));
+    }
+    match sock::get_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF) {
+        Ok(-1) | Err(_) => {}
+        Ok(off) => {
+            return Err(format!(
+                "{what} with a peek offset ({off}) set by the program; crest cannot read its \
+                 queue without moving it"
+            ))
+        }
+    }
+    let len = sock::ioctl_int(s, libc::FIONREAD as libc::c_ulong)
+        .map_err(|e| format!("{what}: reading its receive queue length: {e}"))?
+        .max(0) as usize;
+    if len > TCP_QUEUED_MAX {
+        return Err(format!(
+            "{what} with {len} bytes unread, more than the {TCP_QUEUED_MAX} crest captures"
+        ));
+    }
+    let recv_queue =
+        sock::peek(s, len).map_err(|e| format!("{what}: reading its receive queue: {e}"))?;
+    if recv_queue.len() != len {
+        return Err(format!(
+            "{what}: its receive queue gave {} bytes instead of {len}",
+            recv_queue.len()
+        ));
+    }
+    Ok(TcpState::Closed {
+        local,
+        remote,
+        recv_queue,
     })
 }
 
@@ -311,17 +393,20 @@ fn established(
     copy: OwnedFd,
     local: SocketAddr,
     remote: SocketAddr,
+    phase: TcpPhase,
     what: &str,
 ) -> Result<TcpConnection, String> {
     let s = copy.as_fd();
-    // SHUT_RD leaves a connection ESTABLISHED; its receive side is closed for good.
+    // SHUT_RD leaves a connection ESTABLISHED (or FIN_WAIT*); its receive side is closed for
+    // good. Once the peer's FIN is in, the receive side is closed anyway.
     let mut pfd = libc::pollfd {
         fd: s.as_raw_fd(),
         events: libc::POLLRDHUP,
         revents: 0,
     };
     // SAFETY: pfd is one valid pollfd; a zero timeout only reports.
-    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0
+    if !phase.fin_received()
+        && unsafe { libc::poll(&mut pfd, 1, 0) } > 0
         && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
     {
         return Err(format!(
@@ -338,6 +423,21 @@ fn established(
             ))
         }
     }
+    let table = lock_and_repair(pid, fd, &copy, local, remote, what)?;
+    read_repaired(s, local, remote, phase, table).map_err(|e| format!("{what}: {e}"))
+}
+
+/// Locks the connection `local` -> `remote` (the socket `copy`, fd `fd` of `pid`) and puts it
+/// into repair mode, which the session undoes if the dump fails; returns the lock's table.
+fn lock_and_repair(
+    pid: i32,
+    fd: i32,
+    copy: &OwnedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    what: &str,
+) -> Result<String, String> {
+    let s = copy.as_fd();
     let table = SESSION.with(|st| -> Result<String, String> {
         let mut st = st.borrow_mut();
         let Some(st) = st.as_mut() else {
@@ -367,20 +467,78 @@ fn established(
             st.repaired.push((pid, fd, held, reuse));
         }
     });
-    read_repaired(s, local, remote, table).map_err(|e| format!("{what}: {e}"))
+    Ok(table)
+}
+
+/// A connection in SYN_SENT: locked (so the SYN it sends again meanwhile goes nowhere) and in
+/// repair mode, its initial sequence number read.
+fn connecting(
+    pid: i32,
+    fd: i32,
+    copy: OwnedFd,
+    local: SocketAddr,
+    remote: SocketAddr,
+    what: &str,
+) -> Result<TcpState, String> {
+    let network_lock = lock_and_repair(pid, fd, &copy, local, remote, what)?;
+    let s = copy.as_fd();
+    let fail = |step: &str, e: Errno| format!("{what}: {step} failed in repair mode: {e}");
+    sock::set_int(
+        s,
+        libc::IPPROTO_TCP,
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+    )
+    .map_err(|e| fail("TCP_REPAIR_QUEUE", e))?;
+    let send_seq = sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_QUEUE_SEQ)
+        .map_err(|e| fail("TCP_QUEUE_SEQ", e))? as u32;
+    sock::set_int(
+        s,
+        libc::IPPROTO_TCP,
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_NO_QUEUE,
+    )
+    .map_err(|e| fail("TCP_REPAIR_QUEUE", e))?;
+    let state = sock::tcp_info(s).map_err(|e| fail("TCP_INFO", e))?.state;
+    if state != sock::TCP_SYN_SENT {
+        return Err(format!(
+            "{what}: its state changed to {} while crest read it; dump again",
+            sock::state_name(state)
+        ));
+    }
+    Ok(TcpState::Connecting {
+        local,
+        remote,
+        send_seq,
+        network_lock,
+    })
 }
 
 fn read_repaired(
     s: BorrowedFd,
     local: SocketAddr,
     remote: SocketAddr,
+    phase: TcpPhase,
     network_lock: String,
 ) -> Result<TcpConnection, String> {
     let call = |name: &'static str| move |e: Errno| format!("{name} failed in repair mode: {e}");
     let info = sock::tcp_info(s).map_err(call("TCP_INFO"))?;
+    // The lock holds the connection, so its state can only have moved on by a timer (say a
+    // retransmission giving up); the phase read before must still be the one.
+    if sock::tcp_phase(info.state) != Some(phase) {
+        return Err(format!(
+            "its state changed from {} to {} while crest read it; dump again",
+            phase.name(),
+            sock::state_name(info.state)
+        ));
+    }
+    // The kernel counts the program's FIN, once written, as one byte not acknowledged yet
+    // (SIOCOUTQ) and, while it waits behind unsent bytes, as one unsent (SIOCOUTQNSD).
+    let fin = u32::from(phase.fin_unacked()) as i32;
     let tcp_options =
         info.options & (sock::TCPI_OPT_TIMESTAMPS | sock::TCPI_OPT_SACK | sock::TCPI_OPT_WSCALE);
     let unsent = sock::ioctl_int(s, sock::SIOCOUTQNSD).map_err(call("SIOCOUTQNSD"))?;
+    let unsent = if unsent > 0 { unsent - fin } else { unsent };
     let mss = sock::get_int(s, libc::IPPROTO_TCP, libc::TCP_MAXSEG).map_err(call("TCP_MAXSEG"))?;
     let timestamp = if tcp_options & sock::TCPI_OPT_TIMESTAMPS != 0 {
         sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_TIMESTAMP).map_err(call("TCP_TIMESTAMP"))?
@@ -400,16 +558,19 @@ fn read_repaired(
     for (i, v) in window.iter_mut().enumerate() {
         *v = u32::from_ne_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]);
     }
+    // FIONREAD leaves the peer's FIN out already.
     let (recv_seq, recv_queue) = queue(
         s,
         sock::TCP_RECV_QUEUE,
         libc::FIONREAD as libc::c_ulong,
+        0,
         "receive",
     )?;
     let (send_seq, send_queue) = queue(
         s,
         sock::TCP_SEND_QUEUE,
         libc::TIOCOUTQ as libc::c_ulong,
+        fin,
         "send",
     )?;
     sock::set_int(
@@ -434,14 +595,17 @@ fn read_repaired(
         timestamp,
         window,
         network_lock,
+        phase,
     })
 }
 
 /// One queue's sequence number and bytes, read twice to be sure nothing moved meanwhile.
+/// `len_ioctl` gives its length, `not_data` more than the bytes in it.
 fn queue(
     s: BorrowedFd,
     which: i32,
     len_ioctl: libc::c_ulong,
+    not_data: i32,
     name: &str,
 ) -> Result<(u32, Vec<u8>), String> {
     let fail = |step: &str, e: Errno| format!("reading the {name} queue ({step}) failed: {e}");
@@ -449,9 +613,8 @@ fn queue(
         .map_err(|e| fail("TCP_REPAIR_QUEUE", e))?;
     let seq = |s| sock::get_int(s, libc::IPPROTO_TCP, sock::TCP_QUEUE_SEQ).map(|v| v as u32);
     let before = seq(s).map_err(|e| fail("TCP_QUEUE_SEQ", e))?;
-    let len = sock::ioctl_int(s, len_ioctl)
-        .map_err(|e| fail("length", e))?
-        .max(0) as usize;
+    let len =
+        (sock::ioctl_int(s, len_ioctl).map_err(|e| fail("length", e))? - not_data).max(0) as usize;
     if len > TCP_QUEUED_MAX {
         return Err(format!(
             "{len} bytes in its {name} queue, more than the {TCP_QUEUED_MAX} crest captures"
@@ -475,7 +638,7 @@ mod tests {
     use std::net::{Shutdown, TcpListener, TcpStream};
 
     #[test]
-    fn closing_states_and_waiting_connections_are_refused_by_name() {
+    fn waiting_connections_and_connections_outside_a_dump_are_refused_by_name() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let at = l.local_addr().unwrap();
         let client = TcpStream::connect(at).unwrap();
@@ -495,7 +658,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.contains("CLOSE_WAIT") && err.contains(&at.to_string()),
+            err.contains("in state CLOSE_WAIT")
+                && err.contains(&at.to_string())
+                && err.contains("only with its network lock"),
             "{err}"
         );
         // Without a dump's session (and its lock), a connection is not put into repair mode.
@@ -507,7 +672,8 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("in state FIN_WAIT"), "{err}");
 
-        // Both ends shut down: both sockets end up closed, with end of file to read.
+        // Both ends shut down: both sockets end up closed, with end of file to read; they are
+        // recorded with their peers.
         server.shutdown(Shutdown::Write).unwrap();
         assert_eq!((&client).read(&mut [0u8; 1]).unwrap(), 0);
         for s in [&client, &server] {
@@ -519,8 +685,18 @@ mod tests {
                 }
             });
             assert!(closed);
-            let err = record(me, s.as_raw_fd(), OwnedFd::from(s.try_clone().unwrap())).unwrap_err();
-            assert!(err.contains("closed after a connection"), "{err}");
+            let t = record(me, s.as_raw_fd(), OwnedFd::from(s.try_clone().unwrap())).unwrap();
+            let TcpState::Closed {
+                local,
+                remote,
+                recv_queue,
+            } = t.state
+            else {
+                panic!("{t:?}")
+            };
+            assert_eq!(local, s.local_addr().unwrap());
+            assert!(recv_queue.is_empty());
+            assert!(remote == at || local == at, "{local} -> {remote}");
         }
         // A fresh socket, closed too, is recorded.
         let fresh = sock::tcp_socket(libc::AF_INET).unwrap();

@@ -7,7 +7,11 @@
 //! (MSS, window scales, SACK, timestamps) and the timestamp clock -> the receive queue and the
 //! send queue refilled (every byte of the send queue counts as sent: what the peer had not
 //! acknowledged, or not received yet, it gets by retransmission) -> the window -> the other
-//! options. The connections stay in repair mode until [`Repaired::resume`], right before the
+//! options -> the FINs of a closing connection: the program's by shutdown(SHUT_WR) with the
+//! send queue selected (so it counts as sent, and is retransmitted if the peer had not
+//! acknowledged it), the peer's, and the peer's acknowledgement of the program's FIN, by
+//! segments forged from the peer ([`inject`]), in the order that leads to the dumped state.
+//! The connections stay in repair mode until [`Repaired::resume`], right before the
 //! tree is released: the network lock goes, then repair mode (whose end sends a window probe,
 //! so the peer learns at once that the connection lives).
 
@@ -16,9 +20,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 
-use crate::images::{TcpConnection, TcpSocket, TcpState};
+use crate::images::{TcpConnection, TcpPhase, TcpSocket, TcpState};
 
-use super::{lock, opts, sock};
+use super::{inject, lock, opts, sock};
+
+/// TCP_REPAIR value that leaves repair mode without sending a window probe.
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 
 /// Largest chunk written into a queue at once (halved when the kernel cannot allocate it).
 const CHUNK: usize = 256 * 1024;
@@ -107,6 +114,39 @@ pub fn create(
             opts::apply(fd, &t.options, |_| true).map_err(msg)?;
             listen(fd, local, *backlog).map_err(err(format!("listening on {local}")))?;
         }
+        TcpState::Connecting {
+            local,
+            remote,
+            send_seq,
+            network_lock,
+        } => {
+            opts::apply(fd, &t.options, opts::before_bind).map_err(msg)?;
+            connecting(fd, local, remote, *send_seq).map_err(|(step, e)| TcpRestoreError {
+                what: format!("{who}: TCP socket {local} connecting to {remote}: {step}"),
+                errno: Some(e),
+            })?;
+            sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse_addr(t))
+                .map_err(err("setting SO_REUSEADDR".into()))?;
+            opts::apply(fd, &t.options, |o| !opts::before_bind(o)).map_err(msg)?;
+            repaired.tables.insert(network_lock.clone());
+        }
+        TcpState::Closed {
+            local,
+            remote,
+            recv_queue,
+        } => {
+            opts::apply(fd, &t.options, opts::before_bind).map_err(msg)?;
+            closed(fd, local, remote, recv_queue).map_err(|(step, e)| TcpRestoreError {
+                what: format!(
+                    "{who}: TCP socket {local} -> {remote} closed after a connection: {step}"
+                ),
+                errno: Some(e),
+            })?;
+            // Repair mode overrode it.
+            sock::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse_addr(t))
+                .map_err(err("setting SO_REUSEADDR".into()))?;
+            opts::apply(fd, &t.options, |o| !opts::before_bind(o)).map_err(msg)?;
+        }
         TcpState::Established(c) => {
             let what = format!("TCP connection {} -> {}", c.local, c.remote);
             opts::apply(fd, &t.options, opts::before_bind).map_err(msg)?;
@@ -119,12 +159,7 @@ pub fn create(
                 what: format!("{who}: duplicating the {what}: {e}"),
                 errno: None,
             })?;
-            let reuse = t
-                .options
-                .iter()
-                .find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR))
-                .and_then(|o| o.value.get(..4))
-                .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            let reuse = reuse_addr(t);
             repaired
                 .sockets
                 .push((format!("{who}: {what}"), copy, reuse));
@@ -139,6 +174,15 @@ pub fn create(
         }
     }
     Ok(s)
+}
+
+/// The SO_REUSEADDR the program had set on `t` (repair mode overrides it).
+fn reuse_addr(t: &TcpSocket) -> i32 {
+    t.options
+        .iter()
+        .find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR))
+        .and_then(|o| o.value.get(..4))
+        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Binds (with SO_REUSEADDR for the bind only) and listens.
@@ -208,13 +252,128 @@ fn crest_listeners_on(local: &std::net::SocketAddr) -> Vec<std::os::fd::RawFd> {
         .collect()
 }
 
+/// Connects again, from the same initial sequence number: bound in repair mode (past the
+/// old connection's leftovers), then an ordinary non-blocking connect, whose SYN the lock
+/// drops until the restore is over (the kernel sends it again after a second); the error
+/// names the step.
+fn connecting(
+    fd: BorrowedFd,
+    local: &std::net::SocketAddr,
+    remote: &std::net::SocketAddr,
+    send_seq: u32,
+) -> Result<(), (&'static str, Errno)> {
+    let tcp = |name: i32, v: i32, step: &'static str| {
+        sock::set_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| (step, e))
+    };
+    tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR (needs CAP_NET_ADMIN)")?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    // The SYN takes the initial sequence number; connect uses the one set.
+    tcp(
+        sock::TCP_QUEUE_SEQ,
+        send_seq.wrapping_sub(1) as i32,
+        "TCP_QUEUE_SEQ (send)",
+    )?;
+    sock::bind(fd, local).map_err(|e| ("bind", e))?;
+    tcp(
+        sock::TCP_REPAIR,
+        TCP_REPAIR_OFF_NO_WP,
+        "TCP_REPAIR off (without window probe)",
+    )?;
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor crest owns.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(("making the socket non-blocking to connect", Errno::last()));
+    }
+    let r = sock::connect(fd, remote);
+    // SAFETY: as above; the caller sets O_NONBLOCK again if the program had it.
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags) } < 0 {
+        return Err(("making the socket blocking again", Errno::last()));
+    }
+    match r {
+        Err(Errno::EINPROGRESS) => Ok(()),
+        Ok(()) => Err(("connect (done at once, not in progress)", Errno::EISCONN)),
+        Err(e) => Err(("connect", e)),
+    }
+}
+
+/// Rebuilds a socket closed after the connection `local` -> `remote`, with `recv_queue` left
+/// to read: connected in repair mode (which sends nothing), its receive queue refilled, then
+/// closed by a RST forged from the peer, whose error is taken away at once (the program had
+/// read it, or there was none); the error names the step. The sequence numbers are crest's
+/// own: the peer is gone.
+fn closed(
+    fd: BorrowedFd,
+    local: &std::net::SocketAddr,
+    remote: &std::net::SocketAddr,
+    recv_queue: &[u8],
+) -> Result<(), (&'static str, Errno)> {
+    let tcp = |name: i32, v: i32, step: &'static str| {
+        sock::set_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| (step, e))
+    };
+    const BASE: u32 = 0x4352_0000;
+    sock::set_int(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        ((recv_queue.len() + (1 << 20)).min(i32::MAX as usize / 2)) as i32,
+    )
+    .map_err(|e| ("SO_RCVBUFFORCE", e))?;
+    tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR (needs CAP_NET_ADMIN)")?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    tcp(sock::TCP_QUEUE_SEQ, BASE as i32, "TCP_QUEUE_SEQ (receive)")?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_SEND_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    tcp(sock::TCP_QUEUE_SEQ, BASE as i32, "TCP_QUEUE_SEQ (send)")?;
+    sock::bind(fd, local).map_err(|e| ("bind", e))?;
+    sock::connect(fd, remote).map_err(|e| ("connect", e))?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_RECV_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    sock::send_chunked(fd, recv_queue, CHUNK).map_err(|e| ("refilling the receive queue", e))?;
+    tcp(
+        sock::TCP_REPAIR_QUEUE,
+        sock::TCP_NO_QUEUE,
+        "TCP_REPAIR_QUEUE",
+    )?;
+    inject::Segment {
+        from: *remote,
+        to: *local,
+        seq: BASE.wrapping_add(recv_queue.len() as u32),
+        ack: 0,
+        flags: inject::RST,
+        window: 0,
+    }
+    .send()?;
+    wait_state(fd, sock::TCP_CLOSE)?;
+    // The reset's error (ECONNRESET); reading it takes it away.
+    sock::get_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).map_err(|e| ("SO_ERROR", e))?;
+    tcp(sock::TCP_REPAIR, 0, "TCP_REPAIR off")?;
+    Ok(())
+}
+
 /// Rebuilds an established connection in repair mode; the error names the step.
 fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Errno)> {
     let tcp = |name: i32, v: i32, step: &'static str| {
         sock::set_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| (step, e))
     };
     // Room for both queues whatever the defaults; SO_BUF_LOCK is put back afterwards.
-    let room = |n: usize| ((n + (1 << 20)).min(i32::MAX as usize / 2)) as i32;
+    // (Twice the bytes: the unsent ones go in small segments when the peer's MSS is small.)
+    let room = |n: usize| ((2 * n + (1 << 20)).min(i32::MAX as usize / 2)) as i32;
     sock::set_int(
         fd,
         libc::SOL_SOCKET,
@@ -230,6 +389,14 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
     )
     .map_err(|e| ("SO_RCVBUFFORCE", e))?;
     tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR (needs CAP_NET_ADMIN)")?;
+    // The sequence numbers count the FINs, which come back at the end.
+    let fin_in = u32::from(c.phase.fin_received());
+    let fin_out = u32::from(c.phase.fin_sent());
+    let rcv_nxt = c.recv_seq.wrapping_sub(fin_in);
+    let snd_una = c
+        .send_seq
+        .wrapping_sub(fin_out)
+        .wrapping_sub(c.send_queue.len() as u32);
     tcp(
         sock::TCP_REPAIR_QUEUE,
         sock::TCP_RECV_QUEUE,
@@ -237,7 +404,7 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
     )?;
     tcp(
         sock::TCP_QUEUE_SEQ,
-        c.recv_seq.wrapping_sub(c.recv_queue.len() as u32) as i32,
+        rcv_nxt.wrapping_sub(c.recv_queue.len() as u32) as i32,
         "TCP_QUEUE_SEQ (receive)",
     )?;
     tcp(
@@ -245,11 +412,7 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
         sock::TCP_SEND_QUEUE,
         "TCP_REPAIR_QUEUE",
     )?;
-    tcp(
-        sock::TCP_QUEUE_SEQ,
-        c.send_seq.wrapping_sub(c.send_queue.len() as u32) as i32,
-        "TCP_QUEUE_SEQ (send)",
-    )?;
+    tcp(sock::TCP_QUEUE_SEQ, snd_una as i32, "TCP_QUEUE_SEQ (send)")?;
     sock::bind(fd, &c.local).map_err(|e| ("bind", e))?;
     sock::connect(fd, &c.remote).map_err(|e| ("connect", e))?;
 
@@ -285,17 +448,139 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
         sock::TCP_SEND_QUEUE,
         "TCP_REPAIR_QUEUE",
     )?;
-    sock::send_chunked(fd, &c.send_queue, CHUNK).map_err(|e| ("refilling the send queue", e))?;
+    // What the peer may have received counts as sent (retransmitted if it had not); what was
+    // never sent is written the ordinary way, out of repair mode (without the window probe
+    // leaving it sends), so that it leaves as the peer's window allows, like any unsent data.
+    let unsent = (c.unsent as usize).min(c.send_queue.len());
+    let (sent, not_sent) = c.send_queue.split_at(c.send_queue.len() - unsent);
+    sock::send_chunked(fd, sent, CHUNK).map_err(|e| ("refilling the send queue", e))?;
     tcp(
         sock::TCP_REPAIR_QUEUE,
         sock::TCP_NO_QUEUE,
         "TCP_REPAIR_QUEUE",
     )?;
+    if !not_sent.is_empty() {
+        tcp(
+            sock::TCP_REPAIR,
+            TCP_REPAIR_OFF_NO_WP,
+            "TCP_REPAIR off (without window probe)",
+        )?;
+        sock::send_all_nonblocking(fd, not_sent)
+            .map_err(|e| ("writing the bytes not sent yet", e))?;
+        tcp(sock::TCP_REPAIR, 1, "TCP_REPAIR")?;
+    }
 
-    let window: Vec<u8> = c.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let mut window = c.window;
+    if fin_in == 1 {
+        // The window was last advertised with the FIN counted, which is not in yet: one
+        // sequence number earlier, as far to the right.
+        window[4] = window[4].wrapping_sub(1);
+        window[3] = window[3].wrapping_add(1);
+    }
+    let window: Vec<u8> = window.iter().flat_map(|v| v.to_ne_bytes()).collect();
     sock::set_bytes(fd, libc::IPPROTO_TCP, sock::TCP_REPAIR_WINDOW, &window)
         .map_err(|e| ("TCP_REPAIR_WINDOW", e))?;
+    if c.phase != TcpPhase::Established {
+        fins(fd, c, rcv_nxt, snd_una)?;
+    }
     Ok(())
+}
+
+/// Brings the connection (ESTABLISHED in repair mode, its queues refilled, `rcv_nxt` and
+/// `snd_una` as the peer last saw them) to its closing state `c.phase`.
+fn fins(
+    fd: BorrowedFd,
+    c: &TcpConnection,
+    rcv_nxt: u32,
+    snd_una: u32,
+) -> Result<(), (&'static str, Errno)> {
+    let window = if c.tcp_options & sock::TCPI_OPT_WSCALE != 0 {
+        c.window[1] >> c.snd_wscale
+    } else {
+        c.window[1]
+    }
+    .min(u32::from(u16::MAX)) as u16;
+    let segment = |seq: u32, ack: u32, flags: u8| inject::Segment {
+        from: c.remote,
+        to: c.local,
+        seq,
+        ack,
+        flags,
+        window,
+    };
+    let peer_fin = || -> Result<(), (&'static str, Errno)> {
+        segment(rcv_nxt, snd_una, inject::FIN | inject::ACK).send()
+    };
+    let our_fin = || -> Result<(), (&'static str, Errno)> {
+        // With the send queue selected the FIN counts as sent and nothing leaves; but that
+        // would count the bytes not sent yet as sent too: behind them, the FIN waits its
+        // turn (whatever leaves meanwhile the lock drops, and TCP sends again).
+        let queue = if c.unsent == 0 {
+            sock::TCP_SEND_QUEUE
+        } else {
+            sock::TCP_NO_QUEUE
+        };
+        sock::set_int(fd, libc::IPPROTO_TCP, sock::TCP_REPAIR_QUEUE, queue)
+            .map_err(|e| ("TCP_REPAIR_QUEUE", e))?;
+        // SAFETY: shutdown(2) on a socket crest owns.
+        if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) } < 0 {
+            return Err(("shutdown for writing (the program's FIN)", Errno::last()));
+        }
+        sock::set_int(
+            fd,
+            libc::IPPROTO_TCP,
+            sock::TCP_REPAIR_QUEUE,
+            sock::TCP_NO_QUEUE,
+        )
+        .map_err(|e| ("TCP_REPAIR_QUEUE", e))
+    };
+    match c.phase {
+        TcpPhase::Established => return Ok(()),
+        TcpPhase::CloseWait => peer_fin()?,
+        TcpPhase::LastAck => {
+            peer_fin()?;
+            wait_state(fd, 8)?;
+            our_fin()?;
+        }
+        TcpPhase::FinWait1 => our_fin()?,
+        TcpPhase::Closing => {
+            our_fin()?;
+            peer_fin()?;
+        }
+        TcpPhase::FinWait2 => {
+            our_fin()?;
+            // The peer's acknowledgement of everything, the FIN included.
+            segment(rcv_nxt, c.send_seq, inject::ACK).send()?;
+        }
+    }
+    wait_state(fd, phase_state(c.phase))
+}
+
+/// The kernel's number of the TCP state `phase`.
+fn phase_state(phase: TcpPhase) -> u8 {
+    (0..=12)
+        .find(|&s| sock::tcp_phase(s) == Some(phase))
+        .unwrap_or(sock::TCP_ESTABLISHED)
+}
+
+/// Waits (a little: the forged segments are taken in as they are sent, on loopback) until
+/// the connection is in the TCP state `want`.
+fn wait_state(fd: BorrowedFd, want: u8) -> Result<(), (&'static str, Errno)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let state = sock::tcp_info(fd).map_err(|e| ("TCP_INFO", e))?.state;
+        if state == want {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err((
+                "the segments crest forges from the peer did not bring the connection to \
+                 its state (a firewall rule dropping packets to this port drops them too)",
+                Errno::ETIMEDOUT,
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[cfg(test)]
@@ -317,8 +602,19 @@ mod tests {
             assert_eq!(table.as_deref(), Some(c.network_lock.as_str()));
             assert!(lock::exists(&c.network_lock));
         }
-        let mut repaired = Repaired::default();
-        let fd = create(&t, 0, "test", &mut repaired).unwrap();
+        // A process another test thread spawns (nft) holds copies of our descriptors until
+        // it execs, so the old socket may linger for a moment.
+        let mut tries = 0;
+        let (fd, repaired) = loop {
+            let mut repaired = Repaired::default();
+            match create(&t, 0, "test", &mut repaired) {
+                Err(e) if e.errno == Some(Errno::EADDRNOTAVAIL) && tries < 1000 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                r => break (r.unwrap(), repaired),
+            }
+        };
         repaired.resume().unwrap();
         (t, fd)
     }
@@ -449,5 +745,202 @@ mod tests {
         let (mut s, _) = l.accept().unwrap();
         let mut b = [0u8; 1];
         s.read_exact(&mut b).unwrap();
+    }
+
+    /// A connection pair on loopback (client, server) with `b"c->s"` unread by the server and
+    /// `b"s->c"` unread by the client.
+    fn pair(addr: &str) -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind(addr).unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        client.write_all(b"c->s").unwrap();
+        server.write_all(b"s->c").unwrap();
+        for s in [&server, &client] {
+            while sock::ioctl_int(s.as_fd(), libc::FIONREAD as libc::c_ulong).unwrap() < 4 {
+                std::thread::yield_now();
+            }
+        }
+        (client, server)
+    }
+
+    fn state(s: &impl AsFd) -> u8 {
+        sock::tcp_info(s.as_fd()).unwrap().state
+    }
+
+    fn wait_state(s: &impl AsFd, want: u8) {
+        for _ in 0..100_000 {
+            if state(s) == want {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(sock::state_name(state(s)), sock::state_name(want));
+    }
+
+    #[test]
+    fn closing_connections_come_back_in_their_state_with_their_queues() {
+        use std::net::Shutdown;
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            // CLOSE_WAIT: the client shut down; the server still has its bytes to read, then
+            // end of file, and can still send.
+            let (mut client, server) = pair(addr);
+            client.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 8);
+            let (t, fd) = cycle(OwnedFd::from(server));
+            assert!(matches!(&t.state, TcpState::Established(c) if c.phase == TcpPhase::CloseWait));
+            let mut server = stream(fd);
+            assert_eq!(state(&server), 8);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"c->s");
+            server.write_all(b"late").unwrap();
+            server.shutdown(Shutdown::Write).unwrap();
+            got.clear();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->clate");
+
+            // FIN_WAIT2: the server shut down, the client acknowledged; the client can still
+            // send, the server reads it, then the client's FIN.
+            let (mut client, server) = pair(addr);
+            server.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 5);
+            let (t, fd) = cycle(OwnedFd::from(server));
+            assert!(matches!(&t.state, TcpState::Established(c) if c.phase == TcpPhase::FinWait2));
+            let mut server = stream(fd);
+            assert_eq!(state(&server), 5);
+            client.write_all(b" more").unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"c->s more");
+            got.clear();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->c");
+
+            // LAST_ACK (the server's FIN after the client's, kept from the client by a lock)
+            // and FIN_WAIT1 (the client's FIN, unacknowledged).
+            let (mut client, mut server) = pair(addr);
+            client.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 8);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap();
+            let mut lock = lock::NetLock::new(-2);
+            lock.add(&[(server.local_addr().unwrap(), server.peer_addr().unwrap())])
+                .unwrap();
+            server.write_all(b"unacked").unwrap();
+            server.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 9);
+            // The lock stays until the restore, so the state cannot move on meanwhile.
+            let (t, fd) = cycle(OwnedFd::from(server));
+            drop(lock);
+            let TcpState::Established(c) = &t.state else {
+                panic!("{t:?}")
+            };
+            assert_eq!(
+                (c.phase, c.send_queue.as_slice()),
+                (TcpPhase::LastAck, &b"unacked"[..])
+            );
+            got.clear();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->cunacked");
+            let server = stream(fd);
+            wait_state(&server, sock::TCP_CLOSE);
+        }
+    }
+
+    #[test]
+    fn a_closed_connection_comes_back_closed_with_its_unread_bytes_and_its_peer() {
+        use std::net::Shutdown;
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let (client, mut server) = pair(addr);
+            server.write_all(b" and more").unwrap();
+            // Both FINs: the client, which shut down first, goes through TIME_WAIT (the
+            // kernel keeps a twin of its connection), the server through LAST_ACK.
+            client.shutdown(Shutdown::Write).unwrap();
+            wait_state(&server, 8);
+            server.shutdown(Shutdown::Write).unwrap();
+            wait_state(&client, sock::TCP_CLOSE);
+            wait_state(&server, sock::TCP_CLOSE);
+            let (local, remote) = (
+                client.local_addr().unwrap(),
+                sock::kept_peer_addr(client.as_fd()).unwrap(),
+            );
+            let (t, fd) = cycle(OwnedFd::from(client));
+            assert!(
+                matches!(&t.state, TcpState::Closed { recv_queue, .. } if recv_queue == b"s->c and more"),
+                "{t:?}"
+            );
+            assert_eq!(state(&fd), sock::TCP_CLOSE);
+            assert_eq!(sock::local_addr(fd.as_fd()), Ok(local));
+            assert_eq!(sock::kept_peer_addr(fd.as_fd()), Ok(remote));
+            assert_eq!(
+                sock::get_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_ERROR),
+                Ok(0)
+            );
+            let mut client = stream(fd);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"s->c and more");
+            assert_eq!(client.read(&mut [0u8; 4]).unwrap(), 0);
+            // SAFETY: signal(2) is not involved: MSG_NOSIGNAL keeps SIGPIPE away.
+            let r = unsafe {
+                libc::send(
+                    client.as_raw_fd(),
+                    b"x".as_ptr().cast(),
+                    1,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            assert_eq!((r, Errno::last()), (-1, Errno::EPIPE));
+
+            let (t, fd) = cycle(OwnedFd::from(server));
+            assert!(
+                matches!(&t.state, TcpState::Closed { recv_queue, .. } if recv_queue == b"c->s"),
+                "{t:?}"
+            );
+            let mut got = Vec::new();
+            stream(fd).read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"c->s");
+        }
+    }
+
+    #[test]
+    fn a_connection_waiting_for_its_syn_to_be_answered_connects_after_restore() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let l = TcpListener::bind(addr).unwrap();
+            let at = l.local_addr().unwrap();
+            let family = if at.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            let s = sock::tcp_socket(family).unwrap();
+            sock::bind(s.as_fd(), &std::net::SocketAddr::new(at.ip(), 0)).unwrap();
+            let local = sock::local_addr(s.as_fd()).unwrap();
+            // Its SYNs go nowhere until the restore is over.
+            let mut lock = lock::NetLock::new(-3);
+            lock.add(&[(local, at)]).unwrap();
+            // SAFETY: fcntl(2) on our own socket.
+            unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+            assert_eq!(sock::connect(s.as_fd(), &at), Err(Errno::EINPROGRESS));
+            assert_eq!(state(&s), sock::TCP_SYN_SENT);
+            let (t, fd) = cycle(s);
+            assert!(
+                matches!(&t.state, TcpState::Connecting { remote, .. } if *remote == at),
+                "{t:?}"
+            );
+            assert_eq!(state(&fd), sock::TCP_SYN_SENT);
+            assert_eq!(sock::local_addr(fd.as_fd()), Ok(local));
+            drop(lock);
+            // The kernel sends the SYN again (after a second or more), now answered.
+            let (mut server, from) = l.accept().unwrap();
+            assert_eq!(from, local);
+            let mut client = stream(fd);
+            client.set_nonblocking(false).unwrap();
+            client.write_all(b"hello").unwrap();
+            let mut got = [0u8; 5];
+            server.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"hello");
+        }
     }
 }
