@@ -15,8 +15,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use crate::files::sockopts;
-use crate::images::{FileIdentity, FileKind, PacketMembership, PacketRing, PacketSocket};
-use crate::net::packetdiag::{self, Ring};
+use crate::images::{FileIdentity, FileKind, PacketMembership, PacketSocket};
+use crate::net::packetdiag;
 
 use super::DumpError;
 
@@ -84,17 +84,6 @@ pub fn record(
         ))
     })?;
     let options = sockopts::differing(sock, fresh.as_fd(), &[libc::SOL_SOCKET, libc::SOL_PACKET]);
-    let ring = |r: Option<Ring>| {
-        r.map(|r| PacketRing {
-            block_size: r.block_size,
-            block_nr: r.block_nr,
-            frame_size: r.frame_size,
-            frame_nr: r.frame_nr,
-            retire_tmo: r.retire_tmo,
-            sizeof_priv: r.sizeof_priv,
-            features: r.features,
-        })
-    };
     let packet = PacketSocket {
         sock_type: ty as u32,
         protocol: diag.protocol,
@@ -112,8 +101,8 @@ pub fn record(
                 address: m.address.clone(),
             })
             .collect(),
-        rx_ring: ring(diag.rx_ring),
-        tx_ring: ring(diag.tx_ring),
+        rx_ring: diag.rx_ring,
+        tx_ring: diag.tx_ring,
         fanout,
         filter,
         filter_locked,

@@ -156,63 +156,50 @@ pub fn register_all(
     description: impl Fn(u32) -> Option<RawFd>,
 ) -> Result<(), EventError> {
     let mut fill: Vec<ToFill> = Vec::new();
-    let mut seen = HashSet::new();
     let mut sources: HashMap<u32, RawFd> = HashMap::new();
     let signalfds = signalfd_ids(processes);
-    for p in processes {
-        for d in &p.open_files {
-            let Some(FileIdentity {
-                kind: FileKind::Epoll(ep),
-                ..
-            }) = p.files.get(d.file as usize)
-            else {
-                continue;
-            };
-            if !seen.insert(d.id) {
-                continue;
+    for (p, id, ep) in each_epoll(processes) {
+        let missing = |id: u32| EventError {
+            what: format!(
+                "the epoll of pid {}: description {id} was not opened",
+                p.pid
+            ),
+            source: std::io::Error::from_raw_os_error(libc::EBADF),
+        };
+        let epoll = description(id).ok_or_else(|| missing(id))?;
+        for t in ep
+            .targets
+            .iter()
+            .filter(|t| signalfds.contains(&t.description))
+        {
+            if registering_process(processes, id, t.description).is_none() {
+                return Err(EventError {
+                    what: format!(
+                        "the epoll of pid {} watches a signalfd (fd {}) that no process \
+                         holding the epoll holds; the image is damaged",
+                        p.pid, t.fd
+                    ),
+                    source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                });
             }
-            let missing = |id: u32| EventError {
-                what: format!(
-                    "the epoll of pid {}: description {id} was not opened",
-                    p.pid
-                ),
-                source: std::io::Error::from_raw_os_error(libc::EBADF),
-            };
-            let epoll = description(d.id).ok_or_else(|| missing(d.id))?;
-            for t in ep
-                .targets
-                .iter()
-                .filter(|t| signalfds.contains(&t.description))
-            {
-                if registering_process(processes, d.id, t.description).is_none() {
-                    return Err(EventError {
-                        what: format!(
-                            "the epoll of pid {} watches a signalfd (fd {}) that no process \
-                             holding the epoll holds; the image is damaged",
-                            p.pid, t.fd
-                        ),
-                        source: std::io::Error::from_raw_os_error(libc::EINVAL),
-                    });
-                }
-            }
-            let crests: Vec<EpollTarget> = ep
-                .targets
-                .iter()
-                .filter(|t| !signalfds.contains(&t.description))
-                .copied()
-                .collect();
-            for t in &crests {
-                sources.insert(
-                    t.description,
-                    description(t.description).ok_or_else(|| missing(t.description))?,
-                );
-            }
-            fill.push(ToFill {
-                pid: p.pid,
-                epoll,
-                targets: crests,
-            });
         }
+        let crests: Vec<EpollTarget> = ep
+            .targets
+            .iter()
+            .filter(|t| !signalfds.contains(&t.description))
+            .copied()
+            .collect();
+        for t in &crests {
+            sources.insert(
+                t.description,
+                description(t.description).ok_or_else(|| missing(t.description))?,
+            );
+        }
+        fill.push(ToFill {
+            pid: p.pid,
+            epoll,
+            targets: crests,
+        });
     }
     if fill.is_empty() {
         return Ok(());
@@ -357,6 +344,27 @@ fn fill_in_private_table(fill: &[ToFill], sources: &HashMap<u32, RawFd>) -> Resu
     Ok(())
 }
 
+/// Every epoll description of `processes` once: the first process holding it, its tree-wide
+/// id and its record.
+fn each_epoll(processes: &[ProcessImage]) -> Vec<(&ProcessImage, u32, &Epoll)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for p in processes {
+        for d in &p.open_files {
+            if let Some(FileIdentity {
+                kind: FileKind::Epoll(ep),
+                ..
+            }) = p.files.get(d.file as usize)
+            {
+                if seen.insert(d.id) {
+                    out.push((p, d.id, ep));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The tree-wide ids of the signalfd descriptions of `processes`.
 fn signalfd_ids(processes: &[ProcessImage]) -> HashSet<u32> {
     processes
@@ -395,31 +403,18 @@ pub fn registered_by_task(processes: &[ProcessImage], index: usize) -> Vec<TaskR
     if signalfds.is_empty() {
         return Vec::new();
     }
-    let mut seen = HashSet::new();
     let mut mine = Vec::new();
-    for p in processes {
-        for d in &p.open_files {
-            let Some(FileIdentity {
-                kind: FileKind::Epoll(ep),
-                ..
-            }) = p.files.get(d.file as usize)
-            else {
-                continue;
-            };
-            if !seen.insert(d.id) {
-                continue;
-            }
-            for t in ep
-                .targets
-                .iter()
-                .filter(|t| signalfds.contains(&t.description))
-            {
-                if registering_process(processes, d.id, t.description) == Some(index) {
-                    mine.push(TaskRegistration {
-                        epoll: d.id,
-                        target: *t,
-                    });
-                }
+    for (_, id, ep) in each_epoll(processes) {
+        for t in ep
+            .targets
+            .iter()
+            .filter(|t| signalfds.contains(&t.description))
+        {
+            if registering_process(processes, id, t.description) == Some(index) {
+                mine.push(TaskRegistration {
+                    epoll: id,
+                    target: *t,
+                });
             }
         }
     }

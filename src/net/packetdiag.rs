@@ -6,6 +6,7 @@
 use nix::errno::Errno;
 
 use super::diag::{attributes, u16_at, u32_at};
+use crate::images::PacketRing;
 
 /// `PACKET_SHOW_*` (linux/packet_diag.h).
 const SHOW_INFO: u32 = 0x01;
@@ -34,18 +35,6 @@ pub struct Membership {
     pub address: Vec<u8>,
 }
 
-/// A ring's configuration (`struct packet_diag_ring`, the fields of `tpacket_req3`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Ring {
-    pub block_size: u32,
-    pub block_nr: u32,
-    pub frame_size: u32,
-    pub frame_nr: u32,
-    pub retire_tmo: u32,
-    pub sizeof_priv: u32,
-    pub features: u32,
-}
-
 /// The kernel's account of one packet socket.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PacketDiag {
@@ -58,8 +47,8 @@ pub struct PacketDiag {
     /// `pdi_flags & PDI_RUNNING`: hooked into the receive path.
     pub running: bool,
     pub memberships: Vec<Membership>,
-    pub rx_ring: Option<Ring>,
-    pub tx_ring: Option<Ring>,
+    pub rx_ring: Option<PacketRing>,
+    pub tx_ring: Option<PacketRing>,
     /// Receive memory in use (SK_MEMINFO_RMEM_ALLOC): captured packets not read yet.
     pub rmem: u32,
 }
@@ -98,8 +87,9 @@ pub fn interface_name(ifindex: i32) -> Option<String> {
     )
 }
 
-fn ring(b: &[u8]) -> Option<Ring> {
-    (b.len() >= RING).then(|| Ring {
+/// A ring's configuration (`struct packet_diag_ring`: the fields of `tpacket_req3`).
+fn ring(b: &[u8]) -> Option<PacketRing> {
+    (b.len() >= RING).then(|| PacketRing {
         block_size: u32_at(b, 0),
         block_nr: u32_at(b, 4),
         frame_size: u32_at(b, 8),
