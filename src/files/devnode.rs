@@ -60,16 +60,7 @@ pub fn recreate(ident: &FileIdentity) -> Result<OwnedFd, String> {
     let FileKind::DeletedDevice { rdev, uid, gid } = ident.kind else {
         return Err("is not a removed device node".into());
     };
-    let old = Path::new(&ident.path);
-    let dir = old.parent().ok_or("has no directory to be made again in")?;
-    let name = if std::fs::symlink_metadata(old).is_err() {
-        old.to_path_buf()
-    } else {
-        let mut r = [0u8; 8];
-        // SAFETY: getrandom writes at most r.len() bytes into r.
-        unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
-        dir.join(format!(".crest-dev-{:016x}", u64::from_le_bytes(r)))
-    };
+    let (name, dir) = super::remake_name(Path::new(&ident.path), "dev")?;
     let cname = CString::new(name.to_string_lossy().as_bytes())
         .map_err(|_| "has a NUL byte in its path".to_string())?;
     // SAFETY: cname is NUL-terminated; mknod makes one node there or fails.

@@ -479,18 +479,11 @@ fn open_dir(dir: &Path, path: &str) -> Result<OwnedFd, RestoreError> {
 
 /// A name no one uses yet, for a ghost being made in a directory.
 fn temp_name(ino: u64) -> CString {
-    let mut r = [0u8; 8];
-    // SAFETY: getrandom writes at most r.len() bytes into r.
-    let got = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
-    if got != r.len() as isize {
-        // Only uniqueness matters: fall back on the time and our pid.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        r = (t ^ u64::from(std::process::id()).rotate_left(40)).to_le_bytes();
-    }
-    CString::new(format!(".crest-ghost-{ino}-{:016x}", u64::from_le_bytes(r)))
-        .expect("no NUL in a formatted name")
+    CString::new(format!(
+        ".crest-ghost-{ino}-{:016x}",
+        super::unique_suffix()
+    ))
+    .expect("no NUL in a formatted name")
 }
 
 /// Gives `fd` the owner, mode and times of ghost `f`.

@@ -192,18 +192,8 @@ fn recreate_fifo(
         path: path.to_string(),
         problem: format!("({fds}, a deleted FIFO at dump time) {problem}"),
     };
-    let old = std::path::Path::new(path);
-    let dir = old
-        .parent()
-        .ok_or_else(|| fail("has no directory to be made again in".into()))?;
-    let name = if std::fs::symlink_metadata(old).is_err() {
-        old.to_path_buf()
-    } else {
-        let mut r = [0u8; 8];
-        // SAFETY: getrandom writes at most r.len() bytes into r.
-        unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
-        dir.join(format!(".crest-fifo-{:016x}", u64::from_le_bytes(r)))
-    };
+    let (name, dir) =
+        crate::files::remake_name(std::path::Path::new(path), "fifo").map_err(fail)?;
     let cname = CString::new(name.to_string_lossy().as_bytes())
         .map_err(|_| RestoreError::BadImage(format!("FIFO path {path:?} has a NUL byte")))?;
     // SAFETY: cname is NUL-terminated; mknod creates one FIFO there or fails.
