@@ -304,6 +304,33 @@ fn a_connection_waiting_to_be_accepted_is_refused() {
 }
 
 #[test]
+fn skip_in_flight_leaves_waiting_connections_out_and_says_so() {
+    let srv = Server::start();
+    let [a4, ..] = srv.addrs();
+    let mut t4 = connect(a4);
+    echo(&mut t4, b"before");
+    srv.hold();
+    let _waiting = connect(a4);
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = work.path().join("img");
+    // Without the option the refusal says which option would leave them out.
+    dump(srv.pid, &dir, false)
+        .assert_failed()
+        .assert_stderr_mentions("give --skip-in-flight to leave them out");
+    let out = dump_with(srv.pid, &dir, &["--skip-in-flight".as_ref()]);
+    out.assert_ok().assert_stderr_mentions(&format!(
+        "listening on {a4} with 1 connection(s) waiting to be accepted: left out \
+         (--skip-in-flight)"
+    ));
+    reap_pid(srv.pid, TIMEOUT).expect("the dumped server is gone");
+    restore_detached(&dir, &[]).assert_ok();
+    srv.release();
+    echo(&mut t4, b"after the restore");
+    let mut fresh = connect(a4);
+    echo(&mut fresh, b"a new connection");
+}
+
+#[test]
 fn a_failed_dump_removes_the_lock_and_the_connections_work() {
     let srv = Server::start();
     let [a4, a6, _] = srv.addrs();

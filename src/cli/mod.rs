@@ -61,6 +61,10 @@ enum Command {
         /// them to that name again.
         #[arg(long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// Leave out TCP connections still waiting in a listener's accept queue (their clients
+        /// find them reset) instead of refusing the dump.
+        #[arg(long = "skip-in-flight")]
+        skip_in_flight: bool,
         /// The most data one deleted (unlinked) file the tree holds open or mapped may have
         /// for its content to be stored in the image (holes do not count); a larger one is
         /// refused. Bytes, or with a K, M or G suffix (powers of 1024).
@@ -148,6 +152,7 @@ fn dispatch(command: Command) -> Result<i32> {
             stats_json,
             shell_job,
             ext_unix_sk,
+            skip_in_flight,
             ghost_limit,
         } => {
             let gc_hint_timeout = Duration::try_from_secs_f64(gc_hint_timeout)
@@ -161,6 +166,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 shell_job,
                 ext_unix_sk,
                 ghost_limit,
+                skip_in_flight,
             };
             let report = crest::dump::dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;

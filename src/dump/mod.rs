@@ -95,6 +95,9 @@ pub struct DumpOptions {
     /// `--ghost-limit`: the most data an unlinked file the tree holds may have for the dump to
     /// store it ([`crate::files::ghost::DEFAULT_LIMIT`] by default); a larger one is refused.
     pub ghost_limit: u64,
+    /// `--skip-in-flight`: TCP connections waiting in a listener's accept queue are left out
+    /// (their clients find them reset) instead of refused.
+    pub skip_in_flight: bool,
 }
 
 /// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
@@ -111,6 +114,7 @@ impl Default for DumpOptions {
             shell_job: false,
             ext_unix_sk: false,
             ghost_limit: crate::files::ghost::DEFAULT_LIMIT,
+            skip_in_flight: false,
         }
     }
 }
@@ -546,7 +550,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let frozen;
     let mut procs;
     // The tree's TCP connections are locked before the freeze ([`crate::net::lock`]).
-    let net = crate::net::tcp_dump::Session::begin(pid, &before)
+    let net = crate::net::tcp_dump::Session::begin(pid, &before, opts.skip_in_flight)
         .map_err(|e| DumpError::Network(e.to_string()))?;
     if net.locked() {
         phases.end("network lock");
@@ -575,6 +579,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             &mut phases,
         ))?);
     }
+    // Read before `-R` ends the TCP session.
+    let skipped_in_flight = net.skipped();
     let tree_pids: Vec<i32> = frozen.tasks.iter().map(|t| t.pid).collect();
     owners_in_tree(&procs, &frozen.tasks, &mut problems)?;
     let (sysv_ipc, ipc_refused) = sysv_ipc::capture(&tree_pids)?;
@@ -701,7 +707,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         ));
     }
 
-    let mut notes = Vec::new();
+    let mut notes = skipped_in_flight;
     let (mut nr_vmas, mut nr_fds, mut nr_images) = (0, 0, 0);
     let mut sysv_segments = Vec::new();
     let mut mqueues = Vec::new();

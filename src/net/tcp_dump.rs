@@ -35,6 +35,11 @@ struct State {
     repaired: Vec<(i32, i32, OwnedFd, i32)>,
     /// Time spent on TCP sockets during the collection.
     spent: Duration,
+    /// `--skip-in-flight`: connections waiting in a listener's accept queue are left out
+    /// instead of refused.
+    skip_in_flight: bool,
+    /// What was left out that way, one line per listener, for the dump's report.
+    skipped: Vec<String>,
 }
 
 /// The TCP side of one dump: its network lock and the sockets it put into repair mode. Dropped
@@ -96,8 +101,9 @@ pub fn is_tcp(s: BorrowedFd) -> bool {
 
 impl Session {
     /// Starts the TCP side of the dump of the tree `pids` (rooted at `root`), before the
-    /// freeze: every connection the tree has now is locked.
-    pub fn begin(root: i32, pids: &[i32]) -> Result<Session, LockError> {
+    /// freeze: every connection the tree has now is locked. `skip_in_flight`: connections
+    /// waiting to be accepted are left out (`--skip-in-flight`) instead of refused.
+    pub fn begin(root: i32, pids: &[i32], skip_in_flight: bool) -> Result<Session, LockError> {
         let mut lock = NetLock::new(root);
         lock.add(&connections(pids))?;
         SESSION.with(|s| {
@@ -105,6 +111,8 @@ impl Session {
                 lock,
                 repaired: Vec::new(),
                 spent: Duration::ZERO,
+                skip_in_flight,
+                skipped: Vec::new(),
             })
         });
         Ok(Session {
@@ -115,6 +123,16 @@ impl Session {
     /// Time spent on TCP sockets during the collection so far.
     pub fn spent(&self) -> Duration {
         SESSION.with(|s| s.borrow().as_ref().map(|st| st.spent).unwrap_or_default())
+    }
+
+    /// The connections `--skip-in-flight` left out, one line per listener.
+    pub fn skipped(&self) -> Vec<String> {
+        SESSION.with(|s| {
+            s.borrow()
+                .as_ref()
+                .map(|st| st.skipped.clone())
+                .unwrap_or_default()
+        })
     }
 
     /// Whether any connection was locked.
@@ -277,11 +295,30 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
             }
             sock::TCP_LISTEN => {
                 if info.unacked > 0 {
-                    return Err(format!(
-                    "a TCP/{v} socket listening on {local} with {} connection(s) waiting to be \
-                     accepted, which crest cannot carry over; dump it once they are accepted",
-                    info.unacked
-                ));
+                    let waiting = format!(
+                        "a TCP/{v} socket listening on {local} with {} connection(s) waiting to \
+                         be accepted",
+                        info.unacked
+                    );
+                    let skipped = SESSION.with(|st| {
+                        st.borrow_mut()
+                            .as_mut()
+                            .filter(|st| st.skip_in_flight)
+                            .map(|st| {
+                                st.skipped.push(format!(
+                                    "process {pid}: fd {fd} is {waiting}: left out \
+                                     (--skip-in-flight); their clients find them reset"
+                                ))
+                            })
+                            .is_some()
+                    });
+                    if !skipped {
+                        return Err(format!(
+                            "{waiting}, which crest cannot carry over; dump it once they are \
+                             accepted, or give --skip-in-flight to leave them out (their \
+                             clients then find them reset)"
+                        ));
+                    }
                 }
                 TcpState::Listening {
                     local,

@@ -593,7 +593,7 @@ mod tests {
 
     /// Dumps `s` (our own socket) the way a dump does, closes it silently, restores it.
     fn cycle(s: OwnedFd) -> (TcpSocket, OwnedFd) {
-        let session = tcp_dump::Session::begin(-1, &[]).unwrap();
+        let session = tcp_dump::Session::begin(-1, &[], false).unwrap();
         let copy = s.try_clone().unwrap();
         let t = tcp_dump::record(std::process::id() as i32, s.as_raw_fd(), copy).unwrap();
         drop(s);
