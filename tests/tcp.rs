@@ -330,6 +330,68 @@ fn skip_in_flight_leaves_waiting_connections_out_and_says_so() {
     echo(&mut fresh, b"a new connection");
 }
 
+/// Reads from `s` until end of file or an error (a reset): the connection is over.
+fn ends(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+        }
+    }
+}
+
+#[test]
+fn tcp_close_at_dump_or_at_restore_brings_connections_back_closed() {
+    // Restore --tcp-close: captured as usual, made again closed.
+    let srv = Server::start();
+    let [a4, ..] = srv.addrs();
+    let mut t4 = connect(a4);
+    echo(&mut t4, b"before");
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = work.path().join("img");
+    dump(srv.pid, &dir, false).assert_ok();
+    assert!(!lock_tables(srv.pid).is_empty(), "the connection is locked");
+    reap_pid(srv.pid, TIMEOUT).expect("the dumped server is gone");
+    restore_detached(&dir, &["--tcp-close"]).assert_ok();
+    assert!(
+        lock_tables(srv.pid).is_empty(),
+        "the restore removes the lock"
+    );
+    let mut fresh = connect(a4);
+    echo(&mut fresh, b"a new connection");
+    // The server's end is closed: the old connection ends (a reset once the client writes).
+    let _ = t4.write_all(b"anyone?");
+    assert!(
+        ends(&mut t4),
+        "the old connection carries on after --tcp-close"
+    );
+    drop(srv);
+
+    // Dump --tcp-close: nothing locked, nothing in repair mode; the restore makes the
+    // connection a closed socket and the listener listens again.
+    let srv = Server::start();
+    let [a4, ..] = srv.addrs();
+    let mut t4 = connect(a4);
+    echo(&mut t4, b"before");
+    let dir = work.path().join("img-closed");
+    dump_with(srv.pid, &dir, &["--tcp-close".as_ref()]).assert_ok();
+    assert!(lock_tables(srv.pid).is_empty(), "--tcp-close locks nothing");
+    reap_pid(srv.pid, TIMEOUT).expect("the dumped server is gone");
+    // The kernel closed the connection with the process: the client reads end of file.
+    assert!(
+        ends(&mut t4),
+        "the old connection is over once the server is killed"
+    );
+    restore_detached(&dir, &[]).assert_ok();
+    let mut fresh = connect(a4);
+    echo(&mut fresh, b"a new connection");
+}
+
 #[test]
 fn a_failed_dump_removes_the_lock_and_the_connections_work() {
     let srv = Server::start();

@@ -65,6 +65,11 @@ enum Command {
         /// find them reset) instead of refusing the dump.
         #[arg(long = "skip-in-flight")]
         skip_in_flight: bool,
+        /// Do not capture TCP connections (no network lock, no repair mode): record them as
+        /// closed, for an image whose connections are not going to be restored; the restore
+        /// makes them closed sockets (reads give end of file, writes EPIPE).
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
         /// The most data one deleted (unlinked) file the tree holds open or mapped may have
         /// for its content to be stored in the image (holes do not count); a larger one is
         /// refused. Bytes, or with a K, M or G suffix (powers of 1024).
@@ -103,6 +108,10 @@ enum Command {
         /// with --ext-unix-sk): they are connected to that name again.
         #[arg(long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// Make the image's TCP connections closed sockets (reads give their unread bytes, then
+        /// end of file; writes fail with EPIPE) instead of connecting them again.
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
         /// Also write the restore statistics (time per phase until the tree ran) to this file
         /// as JSON.
         #[arg(long, value_name = "FILE")]
@@ -153,6 +162,7 @@ fn dispatch(command: Command) -> Result<i32> {
             shell_job,
             ext_unix_sk,
             skip_in_flight,
+            tcp_close,
             ghost_limit,
         } => {
             let gc_hint_timeout = Duration::try_from_secs_f64(gc_hint_timeout)
@@ -167,6 +177,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 ext_unix_sk,
                 ghost_limit,
                 skip_in_flight,
+                tcp_close,
             };
             let report = crest::dump::dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
@@ -191,6 +202,7 @@ fn dispatch(command: Command) -> Result<i32> {
             inherit_fd,
             shell_job,
             ext_unix_sk,
+            tcp_close,
             stats_json,
         } => {
             let opts = crest::restore::RestoreOptions {
@@ -201,6 +213,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 inherit: inherit_fd,
                 shell_job,
                 ext_unix_sk,
+                tcp_close,
             };
             let restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

@@ -98,6 +98,9 @@ pub struct DumpOptions {
     /// `--skip-in-flight`: TCP connections waiting in a listener's accept queue are left out
     /// (their clients find them reset) instead of refused.
     pub skip_in_flight: bool,
+    /// `--tcp-close`: TCP connections are recorded closed (addresses only), neither locked nor
+    /// put in repair mode: for an image whose connections are not going to be restored.
+    pub tcp_close: bool,
 }
 
 /// The GC hint's default bound: a full GC of a heap of a few GiB fits well within it.
@@ -115,6 +118,7 @@ impl Default for DumpOptions {
             ext_unix_sk: false,
             ghost_limit: crate::files::ghost::DEFAULT_LIMIT,
             skip_in_flight: false,
+            tcp_close: false,
         }
     }
 }
@@ -550,8 +554,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let frozen;
     let mut procs;
     // The tree's TCP connections are locked before the freeze ([`crate::net::lock`]).
-    let net = crate::net::tcp_dump::Session::begin(pid, &before, opts.skip_in_flight)
-        .map_err(|e| DumpError::Network(e.to_string()))?;
+    let net =
+        crate::net::tcp_dump::Session::begin(pid, &before, opts.skip_in_flight, opts.tcp_close)
+            .map_err(|e| DumpError::Network(e.to_string()))?;
     if net.locked() {
         phases.end("network lock");
     }

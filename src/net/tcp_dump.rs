@@ -40,6 +40,8 @@ struct State {
     skip_in_flight: bool,
     /// What was left out that way, one line per listener, for the dump's report.
     skipped: Vec<String>,
+    /// `--tcp-close`: connections are recorded closed, without lock or repair mode.
+    tcp_close: bool,
 }
 
 /// The TCP side of one dump: its network lock and the sockets it put into repair mode. Dropped
@@ -103,9 +105,16 @@ impl Session {
     /// Starts the TCP side of the dump of the tree `pids` (rooted at `root`), before the
     /// freeze: every connection the tree has now is locked. `skip_in_flight`: connections
     /// waiting to be accepted are left out (`--skip-in-flight`) instead of refused.
-    pub fn begin(root: i32, pids: &[i32], skip_in_flight: bool) -> Result<Session, LockError> {
+    pub fn begin(
+        root: i32,
+        pids: &[i32],
+        skip_in_flight: bool,
+        tcp_close: bool,
+    ) -> Result<Session, LockError> {
         let mut lock = NetLock::new(root);
-        lock.add(&connections(pids))?;
+        if !tcp_close {
+            lock.add(&connections(pids))?;
+        }
         SESSION.with(|s| {
             *s.borrow_mut() = Some(State {
                 lock,
@@ -113,6 +122,7 @@ impl Session {
                 spent: Duration::ZERO,
                 skip_in_flight,
                 skipped: Vec::new(),
+                tcp_close,
             })
         });
         Ok(Session {
@@ -323,6 +333,19 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
                 TcpState::Listening {
                     local,
                     backlog: info.sacked,
+                }
+            }
+            _ if phase.is_some()
+                && SESSION.with(|st| st.borrow().as_ref().is_some_and(|st| st.tcp_close)) =>
+            {
+                // `--tcp-close`: the connection is not captured, only where it went.
+                let remote = sock::peer_addr(s).map_err(|e| {
+                    format!("a connected TCP/{v} socket whose peer cannot be read: {e}")
+                })?;
+                TcpState::Closed {
+                    local,
+                    remote,
+                    recv_queue: Vec::new(),
                 }
             }
             state if phase.is_some() => {

@@ -55,6 +55,12 @@ impl std::fmt::Display for TcpRestoreError {
 }
 
 impl Repaired {
+    /// Deletes lock table `table` at [`Repaired::resume`] too (the lock of a connection made
+    /// again closed, `restore --tcp-close`).
+    pub fn unlock_at_resume(&mut self, table: &str) {
+        self.tables.insert(table.to_string());
+    }
+
     /// Whether any connection waits for [`Repaired::resume`].
     pub fn is_empty(&self) -> bool {
         self.sockets.is_empty() && self.tables.is_empty()
@@ -338,7 +344,18 @@ fn closed(
     )?;
     tcp(sock::TCP_QUEUE_SEQ, BASE as i32, "TCP_QUEUE_SEQ (send)")?;
     sock::bind(fd, local).map_err(|e| ("bind", e))?;
-    sock::connect(fd, remote).map_err(|e| ("connect", e))?;
+    // The original's end of this connection may still be in TIME_WAIT (the process was killed
+    // with the connection open, `dump --tcp-close`): the kernel lets a connect take over such
+    // an address pair only a second after the last timestamp seen on it (tcp_tw_reuse).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    loop {
+        match sock::connect(fd, remote) {
+            Err(Errno::EADDRNOTAVAIL) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.map_err(|e| ("connect", e))?,
+        }
+    }
     tcp(
         sock::TCP_REPAIR_QUEUE,
         sock::TCP_RECV_QUEUE,
@@ -593,7 +610,7 @@ mod tests {
 
     /// Dumps `s` (our own socket) the way a dump does, closes it silently, restores it.
     fn cycle(s: OwnedFd) -> (TcpSocket, OwnedFd) {
-        let session = tcp_dump::Session::begin(-1, &[], false).unwrap();
+        let session = tcp_dump::Session::begin(-1, &[], false, false).unwrap();
         let copy = s.try_clone().unwrap();
         let t = tcp_dump::record(std::process::id() as i32, s.as_raw_fd(), copy).unwrap();
         drop(s);

@@ -27,6 +27,8 @@ pub struct TreeFiles {
     inherited: Vec<(String, OwnedFd)>,
     /// The UNIX sockets of the tree, made together.
     pub unix: super::sockets::UnixSockets,
+    /// `--tcp-close`: connections are made again closed ([`closed_instead`]).
+    pub tcp_close: bool,
     /// TCP connections rebuilt in repair mode, until the tree is about to run.
     pub tcp: crate::net::tcp_restore::Repaired,
     /// Memfds whose own descriptor (the one memfd_create made) a description already took.
@@ -383,6 +385,11 @@ pub(super) fn open_made<'t>(
         FileKind::UnixSocket(_) => above(tree.unix.take(ident, ofd.flags)?, base, "a UNIX socket")?,
         FileKind::Tcp(t) => {
             let who = format!("pid {} fd {}", p.pid, fds_of(p, i));
+            let closed = tree.tcp_close.then(|| closed_instead(t)).flatten();
+            if let (Some(_), crate::images::TcpState::Established(c)) = (&closed, &t.state) {
+                tree.tcp.unlock_at_resume(&c.network_lock);
+            }
+            let t = closed.as_ref().unwrap_or(t);
             let s = crate::net::tcp_restore::create(t, ofd.flags, &who, &mut tree.tcp).map_err(
                 |e| RestoreError::Os {
                     what: e.what,
@@ -470,6 +477,22 @@ pub(super) fn open_made<'t>(
         _ => open_description(ident, ofd, base)?,
     };
     Ok(tree.descriptions.entry(ofd.id).or_insert(fd))
+}
+
+/// For `--tcp-close`: connection `t` as a socket closed after it (its addresses and unread
+/// bytes kept); None for a socket that is not connected.
+fn closed_instead(t: &crate::images::TcpSocket) -> Option<crate::images::TcpSocket> {
+    let crate::images::TcpState::Established(c) = &t.state else {
+        return None;
+    };
+    Some(crate::images::TcpSocket {
+        state: crate::images::TcpState::Closed {
+            local: c.local,
+            remote: c.remote,
+            recv_queue: c.recv_queue.clone(),
+        },
+        ..t.clone()
+    })
 }
 
 /// The files that some MAP_SHARED mapping writes through, or may write through after an

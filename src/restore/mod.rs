@@ -60,6 +60,9 @@ pub struct RestoreOptions {
     /// `--ext-unix-sk`: connect UNIX sockets dumped with `--ext-unix-sk` to their outside peer's
     /// name again (refused without it).
     pub ext_unix_sk: bool,
+    /// `--tcp-close`: TCP connections come back closed (reads give their unread bytes, then
+    /// end of file; writes fail with EPIPE) instead of connected.
+    pub tcp_close: bool,
 }
 
 pub use files::InheritFd;
@@ -214,6 +217,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let shmem = shmem::SharedMemory::create(&image, base)?;
         let mut shared = files::TreeFiles::with_inherited(&opts.inherit, base)?;
         shared.unix = sockets::UnixSockets::plan(&image.processes, opts.ext_unix_sk);
+        shared.tcp_close = opts.tcp_close;
         scm::open_carried(&image.processes, base, &mut shared, &shmem)?;
         let mut opened = Vec::with_capacity(image.processes.len());
         for p in &image.processes {
