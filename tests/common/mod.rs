@@ -1446,11 +1446,16 @@ impl PidnsCopies {
             .and_then(|p| p.stat())
             .map(|s| s.ppid)
             .unwrap_or(0);
-        if init > 1 {
+        // Only a copy's own init, crest: a pid reused since by another process (of another
+        // test running beside this one) is not ours to end.
+        let is_crest = procfs::process::Process::new(init)
+            .and_then(|p| p.stat())
+            .is_ok_and(|s| s.comm == "crest");
+        if init > 1 && is_crest {
             let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
             let _ = reap_pid(init, TIMEOUT);
+            let _ = reap_pid(root, TIMEOUT);
         }
-        let _ = reap_pid(root, TIMEOUT);
     }
 }
 
