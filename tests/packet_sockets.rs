@@ -14,21 +14,8 @@ mod common;
 
 use std::fs;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-/// Kills and reaps the python victim whatever happens to the test.
-struct Guard(i32);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
-        let _ = reap_pid(self.0, TIMEOUT);
-    }
-}
 
 const VICTIM: &str = r#"
 import json, mmap, os, socket, struct, sys, time
@@ -116,15 +103,8 @@ fn packet_sockets_keep_interface_options_ring_membership_and_fanout() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let ready = work.path().join("ready");
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(VICTIM)
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let pid = spawn_in_own_session(cmd);
-    let _guard = Guard(pid);
+    let victim = PythonVictim::start(VICTIM, &[ready.as_os_str()]);
+    let pid = victim.pid;
     let text = wait_for("the victim's control port", TIMEOUT, || {
         fs::read_to_string(&ready).ok()
     });

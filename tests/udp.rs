@@ -19,21 +19,8 @@ mod common;
 use std::fs;
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-/// Kills and reaps the python victim whatever happens to the test.
-struct Guard(i32);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
-        let _ = reap_pid(self.0, TIMEOUT);
-    }
-}
 
 const SERVER: &str = r#"
 import fcntl, json, os, select, socket, struct, sys
@@ -250,16 +237,9 @@ fn udp_and_netlink_sockets_come_back_and_answer() {
     let ready = work.path().join("ready");
     let peer = socket("127.0.0.1:0");
     let (v4, v6) = (socket("127.0.0.1:0"), socket("[::1]:0"));
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(SERVER)
-        .arg(&ready)
-        .arg(peer.local_addr().unwrap().port().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let pid = spawn_in_own_session(cmd);
-    let _guard = Guard(pid);
+    let tport = peer.local_addr().unwrap().port().to_string();
+    let victim = PythonVictim::start(SERVER, &[ready.as_os_str(), tport.as_ref()]);
+    let pid = victim.pid;
     let ports = ports(&ready);
     let lite = udplite_socket();
     let before = exercise(&v4, &v6, &peer, &lite, ports, "before the dump");
@@ -339,15 +319,8 @@ fn audit_and_queued_sockets_are_refused_and_left_running() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let ready = work.path().join("ready");
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(REFUSED)
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let pid = spawn_in_own_session(cmd);
-    let _guard = Guard(pid);
+    let victim = PythonVictim::start(REFUSED, &[ready.as_os_str()]);
+    let pid = victim.pid;
     let text = wait_for("the victim's fds", TIMEOUT, || {
         fs::read_to_string(&ready).ok()
     });

@@ -1473,3 +1473,31 @@ impl Drop for PidnsCopies {
         }
     }
 }
+
+/// A python3 program given as source (`python3 -c SCRIPT ARGS...`), started in a session of its
+/// own with no stdio, killed and reaped whatever happens to the test.
+pub struct PythonVictim {
+    pub pid: i32,
+}
+
+impl PythonVictim {
+    pub fn start(script: &str, args: &[&OsStr]) -> PythonVictim {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        PythonVictim {
+            pid: spawn_in_own_session(cmd),
+        }
+    }
+}
+
+impl Drop for PythonVictim {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = reap_pid(self.pid, TIMEOUT);
+    }
+}
