@@ -18,21 +18,30 @@ use std::process::Command;
 
 use common::*;
 
-/// fdinfo `pos` and `flags` lines and the link of fds 100..=106 of `pid`.
+/// fdinfo `pos` and `flags` lines and the link of fds `fds` of `pid`.
+fn table_of(pid: i32, fds: std::ops::RangeInclusive<i32>) -> BTreeMap<i32, String> {
+    fds.map(|fd| {
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let keep: Vec<&str> = info
+            .lines()
+            .filter(|l| l.starts_with("pos:") || l.starts_with("flags:"))
+            .collect();
+        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|l| l.display().to_string())
+            .unwrap_or_default();
+        (fd, format!("{} {link}", keep.join(" ")))
+    })
+    .collect()
+}
+
+/// The state of fds 100..=106 of `pid`: the files every ftable victim holds.
 fn table(pid: i32) -> BTreeMap<i32, String> {
-    (100..=106)
-        .map(|fd| {
-            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-            let keep: Vec<&str> = info
-                .lines()
-                .filter(|l| l.starts_with("pos:") || l.starts_with("flags:"))
-                .collect();
-            let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                .map(|l| l.display().to_string())
-                .unwrap_or_default();
-            (fd, format!("{} {link}", keep.join(" ")))
-        })
-        .collect()
+    table_of(pid, 100..=106)
+}
+
+/// The state of fds 111..=113 of `pid`: its /proc files of the tree.
+fn proc_table(pid: i32) -> BTreeMap<i32, String> {
+    table_of(pid, 111..=113)
 }
 
 struct Dirs {
@@ -84,24 +93,6 @@ fn proc_sys_direct_noatime_and_path_fds_keep_path_offset_and_flags() {
         v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         let _ = fs::remove_dir_all(&dir);
     }
-}
-
-/// fdinfo `pos` and `flags` lines and the link of fds 111..=113 of `pid` (its /proc files of
-/// the tree).
-fn proc_table(pid: i32) -> BTreeMap<i32, String> {
-    (111..=113)
-        .map(|fd| {
-            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-            let keep: Vec<&str> = info
-                .lines()
-                .filter(|l| l.starts_with("pos:") || l.starts_with("flags:"))
-                .collect();
-            let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                .map(|l| l.display().to_string())
-                .unwrap_or_default();
-            (fd, format!("{} {link}", keep.join(" ")))
-        })
-        .collect()
 }
 
 /// /proc files of processes of the tree (/proc/self/status, the process's own /proc/PID/stat,

@@ -36,29 +36,27 @@ pub fn add(path: &Path, md: &Metadata, files: &mut FileTable) -> Result<u32, Str
                 .into(),
         );
     }
-    let shown = path.to_str().ok_or("its path is not valid UTF-8")?;
-    if !shown.starts_with('/') {
-        return Err("its path is not absolute".into());
-    }
-    files
-        .add_identity(md.dev(), md.ino(), || {
-            Ok::<_, String>(FileIdentity {
-                path: shown.to_string(),
-                kind: FileKind::Fifo(Pipe::External),
-                dev: md.dev(),
-                ino: md.ino(),
-                size: 0,
-                mtime_sec: 0,
-                mtime_nsec: 0,
-                mode: md.mode(),
-            })
-        })
-        .map_err(|e| e.to_string())
+    add_as(path, md, files, FileKind::Fifo(Pipe::External))
 }
 
 /// Adds the FIFO `md` whose last name (`path`, without " (deleted)") was removed while the
 /// process had it open (external until [`classify`], which refuses it if it stays so).
 pub fn add_deleted(path: &Path, md: &Metadata, files: &mut FileTable) -> Result<u32, String> {
+    let kind = FileKind::DeletedFifo {
+        pipe: Pipe::External,
+        uid: md.uid(),
+        gid: md.gid(),
+    };
+    add_as(path, md, files, kind)
+}
+
+/// Adds FIFO `md` at the absolute `path` as `kind`, once per inode.
+fn add_as(
+    path: &Path,
+    md: &Metadata,
+    files: &mut FileTable,
+    kind: FileKind,
+) -> Result<u32, String> {
     let shown = path.to_str().ok_or("its path is not valid UTF-8")?;
     if !shown.starts_with('/') {
         return Err("its path is not absolute".into());
@@ -67,11 +65,7 @@ pub fn add_deleted(path: &Path, md: &Metadata, files: &mut FileTable) -> Result<
         .add_identity(md.dev(), md.ino(), || {
             Ok::<_, String>(FileIdentity {
                 path: shown.to_string(),
-                kind: FileKind::DeletedFifo {
-                    pipe: Pipe::External,
-                    uid: md.uid(),
-                    gid: md.gid(),
-                },
+                kind,
                 dev: md.dev(),
                 ino: md.ino(),
                 size: 0,

@@ -92,10 +92,11 @@ pub fn recreate(ident: &FileIdentity) -> Result<OwnedFd, String> {
     }
     // fchown/fchmod do not take O_PATH descriptors; the /proc link reaches the node.
     let link = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
-    // SAFETY: link is NUL-terminated; chown/chmod change only the node we made.
-    if unsafe { libc::chown(link.as_ptr(), uid, gid) } < 0
-        || unsafe { libc::chmod(link.as_ptr(), ident.mode & 0o7777) } < 0
-    {
+    // Owner first: a chown clears set-id bits that the mode then puts back.
+    // SAFETY: link is NUL-terminated; chown changes only the node we made.
+    let owned = unsafe { libc::chown(link.as_ptr(), uid, gid) } == 0;
+    // SAFETY: link is NUL-terminated; chmod changes only the node we made.
+    if !owned || unsafe { libc::chmod(link.as_ptr(), ident.mode & 0o7777) } < 0 {
         return Err(format!(
             "cannot be given its owner {uid}:{gid} and mode {:o}: {}",
             ident.mode & 0o7777,

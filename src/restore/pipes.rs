@@ -226,10 +226,11 @@ fn recreate_fifo(
             std::io::Error::last_os_error()
         )));
     }
-    // SAFETY: fchown/fchmod on a descriptor we own change only that inode.
-    if unsafe { libc::fchown(fd.as_raw_fd(), owner.0, owner.1) } < 0
-        || unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) } < 0
-    {
+    // Owner first: a chown clears set-id bits that the mode then puts back.
+    // SAFETY: fchown on a descriptor we own changes only that inode.
+    let owned = unsafe { libc::fchown(fd.as_raw_fd(), owner.0, owner.1) } == 0;
+    // SAFETY: fchmod on a descriptor we own changes only that inode.
+    if !owned || unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) } < 0 {
         return Err(fail(format!(
             "cannot be given its owner {}:{} and mode {:o}: {}",
             owner.0,
