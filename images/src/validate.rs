@@ -1164,9 +1164,10 @@ pub(crate) fn check_tree(
     }
     let mut seen: HashMap<i32, &TreeTask> = HashMap::new();
     for (i, t) in tree.iter().enumerate() {
-        if t.pid <= 0 || t.pgid <= 0 || t.sid < 0 {
+        // A group or session 0 is one whose leader is outside the dumping pid namespace.
+        if t.pid <= 0 || t.pgid < 0 || t.sid < 0 {
             return Err(format!(
-                "task {} has a non-positive pid, group {} or session {}",
+                "task {} has a non-positive pid, or a negative group {} or session {}",
                 t.pid, t.pgid, t.sid
             ));
         }

@@ -285,12 +285,6 @@ pub enum DumpError {
          supported yet (run crest inside the process's namespaces)"
     )]
     Namespace { pid: i32, ns: String },
-    #[error(
-        "process {pid}: the leader of its {what} is outside crest's pid namespace (the namespace \
-         shows it as 0), so a restore there could not recreate the {what}; start the process \
-         in a session of its own inside the namespace (setsid)"
-    )]
-    LeaderOutsideNamespace { pid: i32, what: &'static str },
     /// A terminal (fd or controlling terminal) that cannot be restored; `what` says which and
     /// why, naming `--shell-job` where it would help (see `tty.rs`).
     #[error("process {pid}: {what}")]

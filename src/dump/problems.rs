@@ -23,7 +23,6 @@ pub fn is_refusal(e: &DumpError) -> bool {
             | DumpError::Exe { .. }
             | DumpError::PendingSigtrap { .. }
             | DumpError::Namespace { .. }
-            | DumpError::LeaderOutsideNamespace { .. }
             | DumpError::Terminal { .. }
             | DumpError::SharedBetweenProcesses { .. }
             | DumpError::TreeLayout { .. }

@@ -88,7 +88,7 @@ pub fn freeze(root: &Proc, shell_job: bool) -> Result<FrozenTree, DumpError> {
                 }
                 continue;
             }
-            let why = precheck(&proc, &ids);
+            let why = precheck(&proc);
             if !why.is_empty() {
                 problems.extend(why);
                 continue;
@@ -203,7 +203,7 @@ fn order_parents_first(tree: &mut FrozenTree) {
 }
 
 /// What can be refused from the outside, before the process is touched: every problem found.
-fn precheck(proc: &Proc, ids: &TreeIds) -> Vec<DumpError> {
+fn precheck(proc: &Proc) -> Vec<DumpError> {
     let pid = proc.pid();
     let mut problems = Vec::new();
     let mut say = |e: DumpError| problems.push(e);
@@ -246,18 +246,6 @@ fn precheck(proc: &Proc, ids: &TreeIds) -> Vec<DumpError> {
         }
     }
     // The controlling terminal and terminal fds are looked at once frozen (tty.rs).
-    // A session or group whose leader lives in an ancestor pid namespace has no number here.
-    if ids.sid <= 0 {
-        say(DumpError::LeaderOutsideNamespace {
-            pid,
-            what: "session",
-        });
-    } else if ids.pgid <= 0 {
-        say(DumpError::LeaderOutsideNamespace {
-            pid,
-            what: "process group",
-        });
-    }
     // A vfork in progress, or an ignored SIGTRAP (the parasite's breakpoints would reset it).
     if let Err(e) = jobctl::check_before_freeze(proc, &status) {
         say(e);
