@@ -947,6 +947,12 @@ fn file_text(p: &ProcessImage, idx: u32) -> String {
                 "{} (a /proc file of process {pid} of the tree, opened again by its holder)",
                 f.path
             ),
+            FileKind::Namespace { ref ns } => {
+                format!(
+                    "the process's own {ns} namespace (opened again as crest's {})",
+                    f.path
+                )
+            }
             FileKind::Mqueue(ref q) => format!(
                 "POSIX message queue /{}{} (mode {:o}, owner {}:{}, {} of at most {} messages \
                  of up to {} bytes)",

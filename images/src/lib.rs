@@ -18,6 +18,6 @@ pub use format::{
 pub use schema::*;
 
 /// Version of the on-disk format; bumped whenever [`schema`] changes.
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 /// Name of the table of contents inside an image directory.
 pub const INVENTORY_FILE: &str = "inventory.img";

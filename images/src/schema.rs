@@ -947,7 +947,20 @@ pub enum FileKind {
     TreeProc {
         pid: i32,
     },
+    /// A namespace file (`/proc/PID/ns/NAME`, `open(2)`ed or kept from `setns(2)` work; its link
+    /// reads `NAME:[INODE]`) of the holder's own namespace of type `ns`, which is crest's too
+    /// (a process in other namespaces is refused): opened again at restore as the restoring
+    /// crest's `/proc/self/ns/NAME`, the namespace the process is restored into.
+    /// [`FileIdentity::path`] is `/proc/self/ns/NAME`; `dev`/`ino` are the dumped nsfs
+    /// inode's, not checked (another machine's namespace has other numbers).
+    Namespace {
+        ns: String,
+    },
 }
+
+/// The namespace types whose files [`FileKind::Namespace`] can name.
+pub const NAMESPACE_TYPES: [&str; 8] =
+    ["pid", "mnt", "net", "ipc", "uts", "user", "time", "cgroup"];
 
 /// A POSIX message queue's attributes and content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -877,6 +877,18 @@ fn check_file_path(i: usize, f: &FileIdentity) -> Result<(), String> {
     if let FileKind::Mqueue(q) = &f.kind {
         return check_mqueue(i, q);
     }
+    if let FileKind::Namespace { ns } = &f.kind {
+        if !crate::schema::NAMESPACE_TYPES.contains(&ns.as_str())
+            || f.path != format!("/proc/self/ns/{ns}")
+        {
+            return Err(format!(
+                "file {i} is a namespace file of type {ns:?} at {:?}, not /proc/self/ns/ of a \
+                 namespace type",
+                f.path
+            ));
+        }
+        return Ok(());
+    }
     if let FileKind::TreeProc { pid } = f.kind {
         let prefix = format!("/proc/{pid}");
         let rest = f.path.strip_prefix(&prefix);
@@ -1059,8 +1071,13 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             if let FileKind::Tcp(_) = f.kind {
                 return Err(format!("{} maps a TCP socket", what()));
             }
-            if let FileKind::Mqueue(_) | FileKind::TreeProc { .. } = f.kind {
-                return Err(format!("{} maps a message queue or a /proc file", what()));
+            if let FileKind::Mqueue(_) | FileKind::TreeProc { .. } | FileKind::Namespace { .. } =
+                f.kind
+            {
+                return Err(format!(
+                    "{} maps a message queue, a /proc file or a namespace file",
+                    what()
+                ));
             }
             if offset % page_size != 0 {
                 return Err(format!(

@@ -195,6 +195,7 @@ impl FdWalk<'_> {
             }
             FdTarget::AnonInode(kind) => return Err(refuse(pid, fd, crate::events::refusal(kind))),
             FdTarget::Memfd(_) => None,
+            FdTarget::Namespace { ns, ino } => return self.add_namespace(entry, ns, *ino, files),
             FdTarget::Other(link) => {
                 return Err(refuse(
                     pid,
@@ -315,6 +316,38 @@ impl FdWalk<'_> {
                 files.add_identity(md.dev(), md.ino(), || sockets.record(fd, &md))?
             }
         };
+        self.add_description(entry, idx, &md, files)
+    }
+
+    /// Records fd `entry` on the file of namespace `ns` (inode `ino`): kept when it is crest's
+    /// own namespace of that type (the one the process is in and is restored into).
+    fn add_namespace(
+        &mut self,
+        entry: &OpenFd,
+        ns: &str,
+        ino: u64,
+        files: &mut FileTable,
+    ) -> Result<(), DumpError> {
+        let (pid, fd) = (self.proc.pid(), entry.fd);
+        if crate::proc::own_namespace(ns) != Some(ino) {
+            return Err(refuse(
+                pid,
+                fd,
+                format!(
+                    "the file of a {ns} namespace ({ns}:[{ino}]) other than the process's own; \
+                     crest restores only files of the namespaces it restores the process into"
+                ),
+            ));
+        }
+        let md = self.proc.stat_link(&format!("fd/{fd}"))?;
+        let idx = files.add_identity(md.dev(), md.ino(), || {
+            Ok::<_, DumpError>(crate::files::object_identity(
+                format!("/proc/self/ns/{ns}"),
+                FileKind::Namespace { ns: ns.to_string() },
+                md.dev(),
+                md.ino(),
+            ))
+        })?;
         self.add_description(entry, idx, &md, files)
     }
 

@@ -19,7 +19,9 @@ pub enum FdTarget {
     AnonInode(String),
     /// `/memfd:NAME`.
     Memfd(String),
-    /// Anything else (`net:[...]`, `mnt:[...]`, ...), as the link reads.
+    /// A namespace file (`net:[INODE]`, `mnt:[INODE]`, ...): its type and inode.
+    Namespace { ns: String, ino: u64 },
+    /// Anything else, as the link reads.
     Other(String),
 }
 
@@ -246,7 +248,13 @@ fn convert(t: procfs::process::FDTarget) -> FdTarget {
         T::Pipe(ino) => FdTarget::Pipe(ino),
         T::AnonInode(s) => FdTarget::AnonInode(s),
         T::MemFD(s) => FdTarget::Memfd(s),
-        T::Net(ino) => FdTarget::Other(format!("net:[{ino}]")),
+        T::Net(ino) => FdTarget::Namespace {
+            ns: "net".into(),
+            ino,
+        },
+        T::Other(kind, ino) if super::tree::NAMESPACES.contains(&kind.as_str()) => {
+            FdTarget::Namespace { ns: kind, ino }
+        }
         T::Other(kind, ino) => FdTarget::Other(format!("{kind}:[{ino}]")),
         T::Unknown(kind, rest) => FdTarget::Other(format!("{kind}:{rest}")),
     }

@@ -26,7 +26,7 @@ pub struct TreeIds {
 }
 
 /// The namespaces a dump requires to be crest's own, as named in `/proc/PID/ns`.
-pub const NAMESPACES: [&str; 8] = ["pid", "mnt", "net", "ipc", "uts", "user", "time", "cgroup"];
+pub const NAMESPACES: [&str; 8] = crate::images::NAMESPACE_TYPES;
 
 impl Proc {
     /// The process's ids from `/proc/PID/stat`.

@@ -802,6 +802,8 @@ fn check_identity(
         | FileKind::Pidfd { .. }
         | FileKind::Mqueue(_)
         | FileKind::TreeProc { .. } => return Ok(()),
+        // crest's own namespace of that type, whichever inode it has here.
+        FileKind::Namespace { .. } => return Ok(()),
         // crest's own terminal, never opened by path.
         FileKind::ShellTerminal { .. } => {
             if st.st_mode & libc::S_IFMT != libc::S_IFCHR {

@@ -1,0 +1,146 @@
+//! Namespace files held open (`open("/proc/self/ns/net")`, kept for a later `setns(2)`, as
+//! container tools and some servers do) across dump and restore. The victim, a python3 program,
+//! holds the files of its own net, uts, ipc and mnt namespaces (the net one twice, by dup) and
+//! reports, for each fd, whether it names the namespace the process is in now, its close-on-exec
+//! flag, and whether `setns(2)` accepts it. After a restore and after a dump with -R it reports
+//! the same. A file of a namespace other than the process's own is refused by name, and the
+//! process runs on.
+
+mod common;
+
+use std::fs;
+use std::net::UdpSocket;
+
+use common::*;
+
+/// Opens its namespace files, then answers "state" on a UDP control port with a JSON report.
+/// With the argument "foreign", it also holds the uts namespace file of a child that made a
+/// uts namespace of its own (the child is gone; the fd keeps the namespace alive).
+const VICTIM: &str = r#"
+import ctypes, json, os, socket, sys
+ready, mode = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+kinds = {"net": 0x40000000, "uts": 0x04000000, "ipc": 0x08000000, "mnt": 0x00020000}
+fds = {k: os.open("/proc/self/ns/" + k, os.O_RDONLY) for k in kinds}  # python: O_CLOEXEC
+os.set_inheritable(fds["net"], True)
+fds["net-dup"] = os.dup(fds["net"])
+if mode == "foreign":
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        libc.unshare(kinds["uts"])
+        os.write(w, b"x")
+        os.read(r, 1)  # never answered: the parent kills this child
+        os._exit(0)
+    os.read(r, 1)
+    fds["foreign-uts"] = os.open("/proc/%d/ns/uts" % child, os.O_RDONLY)
+    os.kill(child, 9)
+    os.waitpid(child, 0)
+ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ctl.bind(("127.0.0.1", 0))
+
+def state():
+    out = {}
+    for name, fd in sorted(fds.items()):
+        kind = name.replace("-dup", "").replace("foreign-", "")
+        here = os.stat("/proc/self/ns/" + kind).st_ino
+        ok = libc.setns(fd, kinds[kind]) == 0
+        out[name] = [fd, os.fstat(fd).st_ino == here, os.get_inheritable(fd), ok]
+    return out
+
+with open(ready + ".tmp", "w") as f:
+    json.dump({"ctl": ctl.getsockname()[1]}, f)
+os.rename(ready + ".tmp", ready)
+while True:
+    data, peer = ctl.recvfrom(1000)
+    ctl.sendto(json.dumps(state()).encode(), peer)
+"#;
+
+struct Running {
+    victim: PythonVictim,
+    ctl: UdpSocket,
+    port: u16,
+}
+
+fn start(work: &std::path::Path, mode: &str) -> Running {
+    let ready = work.join("ready");
+    let victim = PythonVictim::start(VICTIM, &[ready.as_os_str(), mode.as_ref()]);
+    let text = wait_for("the victim's control port", TIMEOUT, || {
+        fs::read_to_string(&ready).ok()
+    });
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ctl = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ctl.set_read_timeout(Some(TIMEOUT)).unwrap();
+    Running {
+        victim,
+        ctl,
+        port: v["ctl"].as_u64().unwrap() as u16,
+    }
+}
+
+impl Running {
+    fn state(&self) -> String {
+        self.ctl
+            .send_to(b"state", ("127.0.0.1", self.port))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let n = self
+            .ctl
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer from the victim: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+#[test]
+fn files_of_the_process_s_own_namespaces_come_back_naming_its_namespaces() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let v = start(work.path(), "own");
+    let pid = v.victim.pid;
+    let before = v.state();
+    let state: serde_json::Value = serde_json::from_str(&before).unwrap();
+    for name in ["net", "net-dup", "uts", "ipc", "mnt"] {
+        assert_eq!(state[name][1], true, "{name} names its namespace: {before}");
+        assert_eq!(state[name][3], true, "setns accepts {name}: {before}");
+    }
+    assert_eq!(state["uts"][2], false, "uts is close-on-exec: {before}");
+    assert_eq!(state["net"][2], true, "net is inheritable: {before}");
+
+    let dir = work.path().join("img");
+    dump(pid, &dir, false).assert_ok();
+    reap_pid(pid, TIMEOUT).expect("the dumped victim is gone");
+    let json = show_json(&dir).to_string();
+    assert!(
+        json.contains("\"Namespace\""),
+        "no namespace file in the image: {json}"
+    );
+    restore_detached(&dir, &[]).assert_ok();
+    assert_eq!(v.state(), before, "after the restore");
+
+    let dir = work.path().join("img-R");
+    dump(pid, &dir, true).assert_ok();
+    assert_eq!(v.state(), before, "after a dump with -R");
+}
+
+#[test]
+fn a_file_of_another_namespace_is_refused_by_fd_and_the_process_runs_on() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let v = start(work.path(), "foreign");
+    let before = v.state();
+    let state: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(
+        state["foreign-uts"][1], false,
+        "another namespace: {before}"
+    );
+    let fd = state["foreign-uts"][0].as_i64().unwrap();
+
+    let dir = work.path().join("img");
+    dump(v.victim.pid, &dir, false)
+        .assert_failed()
+        .assert_stderr_mentions(&format!("fd {fd}"))
+        .assert_stderr_mentions("uts namespace");
+    assert!(!dir.exists(), "a refused dump writes no image");
+    assert_eq!(v.state(), before, "the victim runs on as before");
+}
