@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::fs;
-use std::net::UdpSocket;
-
 use common::*;
 
 /// Opens its namespace files, then answers "state" on a UDP control port with a JSON report.
@@ -18,7 +15,7 @@ use common::*;
 /// uts namespace of its own (the child is gone; the fd keeps the namespace alive).
 const VICTIM: &str = r#"
 import ctypes, json, os, socket, sys
-ready, mode = sys.argv[1], sys.argv[2]
+mode = sys.argv[2]
 libc = ctypes.CDLL(None, use_errno=True)
 kinds = {"net": 0x40000000, "uts": 0x04000000, "ipc": 0x08000000, "mnt": 0x00020000}
 fds = {k: os.open("/proc/self/ns/" + k, os.O_RDONLY) for k in kinds}  # python: O_CLOEXEC
@@ -36,8 +33,6 @@ if mode == "foreign":
     fds["foreign-uts"] = os.open("/proc/%d/ns/uts" % child, os.O_RDONLY)
     os.kill(child, 9)
     os.waitpid(child, 0)
-ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-ctl.bind(("127.0.0.1", 0))
 
 def state():
     out = {}
@@ -48,57 +43,16 @@ def state():
         out[name] = [fd, os.fstat(fd).st_ino == here, os.get_inheritable(fd), ok]
     return out
 
-with open(ready + ".tmp", "w") as f:
-    json.dump({"ctl": ctl.getsockname()[1]}, f)
-os.rename(ready + ".tmp", ready)
-while True:
-    data, peer = ctl.recvfrom(1000)
-    ctl.sendto(json.dumps(state()).encode(), peer)
+serve(lambda data: json.dumps(state()))
 "#;
-
-struct Running {
-    victim: PythonVictim,
-    ctl: UdpSocket,
-    port: u16,
-}
-
-fn start(work: &std::path::Path, mode: &str) -> Running {
-    let ready = work.join("ready");
-    let victim = PythonVictim::start(VICTIM, &[ready.as_os_str(), mode.as_ref()]);
-    let text = wait_for("the victim's control port", TIMEOUT, || {
-        fs::read_to_string(&ready).ok()
-    });
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ctl = UdpSocket::bind("127.0.0.1:0").unwrap();
-    ctl.set_read_timeout(Some(TIMEOUT)).unwrap();
-    Running {
-        victim,
-        ctl,
-        port: v["ctl"].as_u64().unwrap() as u16,
-    }
-}
-
-impl Running {
-    fn state(&self) -> String {
-        self.ctl
-            .send_to(b"state", ("127.0.0.1", self.port))
-            .unwrap();
-        let mut buf = vec![0u8; 65536];
-        let n = self
-            .ctl
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no answer from the victim: {e}"));
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-}
 
 #[test]
 fn files_of_the_process_s_own_namespaces_come_back_naming_its_namespaces() {
     setup();
     let work = tempfile::tempdir().unwrap();
-    let v = start(work.path(), "own");
-    let pid = v.victim.pid;
-    let before = v.state();
+    let v = ControlledVictim::start(VICTIM, work.path(), &["own".as_ref()]);
+    let pid = v.pid();
+    let before = v.ask(b"state");
     let state: serde_json::Value = serde_json::from_str(&before).unwrap();
     for name in ["net", "net-dup", "uts", "ipc", "mnt"] {
         assert_eq!(state[name][1], true, "{name} names its namespace: {before}");
@@ -116,19 +70,19 @@ fn files_of_the_process_s_own_namespaces_come_back_naming_its_namespaces() {
         "no namespace file in the image: {json}"
     );
     restore_detached(&dir, &[]).assert_ok();
-    assert_eq!(v.state(), before, "after the restore");
+    assert_eq!(v.ask(b"state"), before, "after the restore");
 
     let dir = work.path().join("img-R");
     dump(pid, &dir, true).assert_ok();
-    assert_eq!(v.state(), before, "after a dump with -R");
+    assert_eq!(v.ask(b"state"), before, "after a dump with -R");
 }
 
 #[test]
 fn a_file_of_another_namespace_is_refused_by_fd_and_the_process_runs_on() {
     setup();
     let work = tempfile::tempdir().unwrap();
-    let v = start(work.path(), "foreign");
-    let before = v.state();
+    let v = ControlledVictim::start(VICTIM, work.path(), &["foreign".as_ref()]);
+    let before = v.ask(b"state");
     let state: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert_eq!(
         state["foreign-uts"][1], false,
@@ -137,10 +91,10 @@ fn a_file_of_another_namespace_is_refused_by_fd_and_the_process_runs_on() {
     let fd = state["foreign-uts"][0].as_i64().unwrap();
 
     let dir = work.path().join("img");
-    dump(v.victim.pid, &dir, false)
+    dump(v.pid(), &dir, false)
         .assert_failed()
         .assert_stderr_mentions(&format!("fd {fd}"))
         .assert_stderr_mentions("uts namespace");
     assert!(!dir.exists(), "a refused dump writes no image");
-    assert_eq!(v.state(), before, "the victim runs on as before");
+    assert_eq!(v.ask(b"state"), before, "the victim runs on as before");
 }

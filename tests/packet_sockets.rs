@@ -12,14 +12,12 @@
 
 mod common;
 
-use std::fs;
 use std::net::UdpSocket;
 
 use common::*;
 
 const VICTIM: &str = r#"
 import json, mmap, os, socket, struct, sys, time
-ready = sys.argv[1]
 SOL_PACKET, ETH_P_IP = 263, 0x0800
 lo = socket.if_nametoindex("lo")
 a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -34,8 +32,6 @@ b.setsockopt(SOL_PACKET, 9, 1)  # PACKET_ORIGDEV
 b.bind(("lo", ETH_P_IP))
 b.setsockopt(SOL_PACKET, 18, 77)  # PACKET_FANOUT: group 77, by hash
 c = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-ctl.bind(("127.0.0.1", 0))
 
 def ring():
     try:
@@ -67,53 +63,26 @@ def seen(marker):
             time.sleep(0.005)
     return "not seen"
 
-with open(ready + ".tmp", "w") as f:
-    json.dump({"ctl": ctl.getsockname()[1]}, f)
-os.rename(ready + ".tmp", ready)
-while True:
-    data, peer = ctl.recvfrom(1000)
-    if data == b"state":
-        ctl.sendto(json.dumps(state()).encode(), peer)
-    else:
-        ctl.sendto(seen(data).encode(), peer)
+serve(lambda data: json.dumps(state()) if data == b"state" else seen(data))
 "#;
 
-/// Sends `msg` to the victim's control port and returns the answer.
-fn ask(ctl: &UdpSocket, port: u16, msg: &[u8]) -> String {
-    ctl.send_to(msg, ("127.0.0.1", port))
-        .expect("send to the victim");
-    let mut buf = vec![0u8; 65536];
-    let n = ctl
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no answer to {msg:?}: {e}"));
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 /// A datagram with a fresh marker goes over lo; the victim's datagram packet socket sees it.
-fn captures(ctl: &UdpSocket, port: u16, round: &str) {
+fn captures(v: &ControlledVictim, round: &str) {
     let marker = format!("crest-packet-marker-{round}-{}", std::process::id());
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     // Port 9 (discard): nobody needs to listen, the packet socket sees it on lo anyway.
     probe.send_to(marker.as_bytes(), ("127.0.0.1", 9)).unwrap();
-    assert_eq!(ask(ctl, port, marker.as_bytes()), "seen", "{round}");
+    assert_eq!(v.ask(marker.as_bytes()), "seen", "{round}");
 }
 
 #[test]
 fn packet_sockets_keep_interface_options_ring_membership_and_fanout() {
     setup();
     let work = tempfile::tempdir().unwrap();
-    let ready = work.path().join("ready");
-    let victim = PythonVictim::start(VICTIM, &[ready.as_os_str()]);
-    let pid = victim.pid;
-    let text = wait_for("the victim's control port", TIMEOUT, || {
-        fs::read_to_string(&ready).ok()
-    });
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let port = v["ctl"].as_u64().unwrap() as u16;
-    let ctl = UdpSocket::bind("127.0.0.1:0").unwrap();
-    ctl.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let v = ControlledVictim::start(VICTIM, work.path(), &[]);
+    let pid = v.pid();
 
-    let before = ask(&ctl, port, b"state");
+    let before = v.ask(b"state");
     let state: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert_eq!(state["a"][0], serde_json::json!(["lo", 0x0800]), "{before}");
     assert_eq!(state["a"][1], 1, "TPACKET_V2: {before}");
@@ -121,7 +90,7 @@ fn packet_sockets_keep_interface_options_ring_membership_and_fanout() {
     assert_eq!(state["b"][1], 64, "PACKET_RESERVE: {before}");
     assert_eq!(state["b"][3], 77, "fanout group 77: {before}");
     assert_eq!(state["promisc"], true, "lo promiscuous: {before}");
-    captures(&ctl, port, "before the dump");
+    captures(&v, "before the dump");
 
     let dir = work.path().join("img");
     dump(pid, &dir, false).assert_ok();
@@ -132,11 +101,11 @@ fn packet_sockets_keep_interface_options_ring_membership_and_fanout() {
         "no packet socket in the image: {json}"
     );
     restore_detached(&dir, &[]).assert_ok();
-    assert_eq!(ask(&ctl, port, b"state"), before, "after the restore");
-    captures(&ctl, port, "after the restore");
+    assert_eq!(v.ask(b"state"), before, "after the restore");
+    captures(&v, "after the restore");
 
     let dir = work.path().join("img-R");
     dump(pid, &dir, true).assert_ok();
-    assert_eq!(ask(&ctl, port, b"state"), before, "after a dump with -R");
-    captures(&ctl, port, "after a dump with -R");
+    assert_eq!(v.ask(b"state"), before, "after a dump with -R");
+    captures(&v, "after a dump with -R");
 }

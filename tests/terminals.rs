@@ -557,3 +557,65 @@ fn a_pty_pair_inside_the_tree_is_refused_with_or_without_shell_job() {
     kill_and_reap(child);
     kill_and_reap(owner);
 }
+
+/// Holds the machine's console through a node of its own (5:1, made with mknod in the work
+/// directory, as a program that logs to the console does through /dev/console) and answers
+/// "state" with the fd's device, whether it is a terminal, its access mode, and the process's
+/// controlling terminal (none: the console never becomes one).
+const CONSOLE_VICTIM: &str = r#"
+import fcntl, json, os, socket, sys
+node = sys.argv[2]
+os.mknod(node, 0o600 | 0o020000, os.makedev(5, 1))
+try:
+    fd = os.open(node, os.O_WRONLY)
+except OSError as e:
+    fd = -1
+    why = str(e)
+
+def state():
+    if fd < 0:
+        return {"unavailable": why}
+    tty_nr = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])
+    st = os.fstat(fd)
+    return [fd, os.major(st.st_rdev), os.minor(st.st_rdev), os.isatty(fd),
+            fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE, tty_nr]
+
+serve(lambda data: json.dumps(state()))
+"#;
+
+#[test]
+fn an_fd_on_the_machine_s_console_is_reopened_by_path_without_shell_job() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let node = work.path().join("console");
+    let v = ControlledVictim::start(CONSOLE_VICTIM, work.path(), &[node.as_os_str()]);
+    let before = v.ask(b"state");
+    if before.contains("unavailable") {
+        // A machine (or container) without a console: nothing to hold.
+        eprintln!("skipped: this machine's console cannot be opened: {before}");
+        return;
+    }
+    let state: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(
+        (state[1].as_u64(), state[2].as_u64()),
+        (Some(5), Some(1)),
+        "{before}"
+    );
+    assert_eq!(state[3], true, "the console is a terminal: {before}");
+    assert_eq!(state[5], 0, "no controlling terminal: {before}");
+
+    let dir = work.path().join("img");
+    dump(v.pid(), &dir, false).assert_ok();
+    reap_pid(v.pid(), TIMEOUT).expect("the dumped victim is gone");
+    let json = show_json(&dir).to_string();
+    assert!(
+        json.contains("\"CharDevice\""),
+        "the console as a device: {json}"
+    );
+    restore_detached(&dir, &[]).assert_ok();
+    assert_eq!(v.ask(b"state"), before, "after the restore");
+
+    let dir = work.path().join("img-R");
+    dump(v.pid(), &dir, true).assert_ok();
+    assert_eq!(v.ask(b"state"), before, "after a dump with -R");
+}

@@ -210,7 +210,13 @@ impl FdWalk<'_> {
                 let drivers = self
                     .tty_drivers
                     .get_or_insert_with(|| crate::proc::tty_drivers().unwrap_or_default());
-                tty::classify(drivers, md.rdev()).is_some()
+                match tty::classify(drivers, md.rdev()) {
+                    // The survey accepted it as a device of the machine unless it is the
+                    // shell's terminal (`--shell-job`).
+                    Some(kind) if kind.reopened_by_path() => self.shell_fds.contains(&fd),
+                    Some(_) => true,
+                    None => false,
+                }
             }
             _ => false,
         };

@@ -13,6 +13,11 @@
 //! - pseudo-terminal masters (`/dev/ptmx`): a pty pair created inside the tree (`script`, an
 //!   expect-like program) or a master whose slave is outside it cannot be recreated yet.
 //!
+//! An fd on a terminal of the machine itself (the console, a virtual console, a serial port)
+//! that is no process's controlling terminal is not refused: its device node reaches the same
+//! terminal at restore, so it is reopened by path as a character device ([`TtyKind::
+//! reopened_by_path`]). As a controlling terminal it is refused like any other.
+//!
 //! Terminal devices are recognised by their device number, through `/proc/tty/drivers` (with
 //! the well-known numbers as a fallback): 5:0 `/dev/tty` (the caller's controlling terminal),
 //! 5:1 the console, 5:2 `ptmx`, 128-135 pty masters, 136-143 pty slaves, 4:x virtual consoles
@@ -43,6 +48,20 @@ pub enum TtyKind {
     Serial,
     /// Another tty driver.
     Other,
+}
+
+impl TtyKind {
+    /// A terminal of the machine itself (the console, a virtual console, a serial port): its
+    /// device node reaches the same terminal at restore, so an fd on it that is no process's
+    /// controlling terminal is reopened by path (without O_NOCTTY never being dropped) like
+    /// any character device. A pty belongs to whoever holds its master, `/dev/tty` to the
+    /// opener's session: neither can be reopened so.
+    pub fn reopened_by_path(self) -> bool {
+        matches!(
+            self,
+            TtyKind::Console | TtyKind::VirtualConsole | TtyKind::Serial
+        )
+    }
 }
 
 /// crest's view of terminals during one dump: `--shell-job` or not, crest's own terminal, and
@@ -306,9 +325,12 @@ impl Terminals {
             } else {
                 f.rdev
             };
+            let a_ctty = survey.cttys.iter().any(|c| same_device(c.2, rdev));
             if self.check(rdev).is_ok() {
                 accepted.insert((f.pid, f.fd));
                 shell_used = true;
+            } else if f.kind.reopened_by_path() && !a_ctty {
+                // Recorded as a character device by the fd walk.
             } else {
                 refused.entry((f.pid, rdev)).or_default().push(what_fd);
             }

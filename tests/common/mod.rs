@@ -1495,6 +1495,72 @@ impl PythonVictim {
     }
 }
 
+/// What every [`ControlledVictim`] script starts with: `ctl`, a UDP socket bound on
+/// 127.0.0.1, and `serve(answer)`, which writes `{"ctl": PORT}` to the file named by the first
+/// argument (through a rename, so it is read whole) and then sends back `answer(datagram)` for
+/// each datagram.
+const PY_CONTROL: &str = r#"
+import json as _json, os as _os, socket as _socket, sys as _sys
+ctl = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+ctl.bind(("127.0.0.1", 0))
+
+def serve(answer):
+    ready = _sys.argv[1]
+    with open(ready + ".tmp", "w") as f:
+        _json.dump({"ctl": ctl.getsockname()[1]}, f)
+    _os.rename(ready + ".tmp", ready)
+    while True:
+        data, peer = ctl.recvfrom(1000)
+        ctl.sendto(answer(data).encode(), peer)
+"#;
+
+/// A python3 victim that answers on a UDP control port of 127.0.0.1 (its script ends by
+/// calling `serve`, see [`PY_CONTROL`]).
+pub struct ControlledVictim {
+    pub victim: PythonVictim,
+    ctl: std::net::UdpSocket,
+    port: u16,
+}
+
+impl ControlledVictim {
+    /// Starts `script` with the ready file (in `work`) and `args`, and waits for its port.
+    pub fn start(script: &str, work: &Path, args: &[&OsStr]) -> ControlledVictim {
+        let ready = work.join("ready");
+        let mut all = vec![ready.as_os_str()];
+        all.extend_from_slice(args);
+        let victim = PythonVictim::start(&format!("{PY_CONTROL}{script}"), &all);
+        let text = wait_for("the victim's control port", TIMEOUT, || {
+            fs::read_to_string(&ready).ok()
+        });
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("the victim's ready file is not JSON ({e}): {text}"));
+        let ctl = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        ctl.set_read_timeout(Some(TIMEOUT)).unwrap();
+        ControlledVictim {
+            victim,
+            ctl,
+            port: v["ctl"].as_u64().expect("a control port") as u16,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.victim.pid
+    }
+
+    /// Sends `msg` and returns the answer.
+    pub fn ask(&self, msg: &[u8]) -> String {
+        self.ctl
+            .send_to(msg, ("127.0.0.1", self.port))
+            .expect("send to the victim");
+        let mut buf = vec![0u8; 65536];
+        let n = self
+            .ctl
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer to {msg:?}: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
 impl Drop for PythonVictim {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
