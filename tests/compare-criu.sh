@@ -17,8 +17,14 @@
 # terminal): crest dump -t PID -D DIR / crest restore -D DIR -d, and
 # criu dump -t PID -D DIR --tcp-established / criu restore -D DIR --tcp-established -d
 # (the kept connection needs --tcp-established). CRIU_DUMP_OPTS and CRIU_RESTORE_OPTS add
-# options to CRIU's (e.g. --file-locks); TOOLS picks the tools (default
-# "crest crest-no-gc-hint criu").
+# options to CRIU's (e.g. --file-locks); JAVA_OPTS adds options to the JVM's; TOOLS picks the
+# tools (default "crest crest-no-gc-hint criu").
+#
+# A run that fails is reported and left out of the table, and the script then exits with 1. CRIU's
+# restore fails when another JVM started between its dump and its restore: a starting HotSpot
+# deletes the /tmp/hsperfdata_<user>/<pid> files of pids that are not running, and CRIU needs
+# the file the dumped JVM mapped (crest stores its content). JAVA_OPTS=-XX:+PerfDisableSharedMem
+# avoids that file.
 #
 # Needs root, a JDK (JAVA_HOME or the default java/javac) and a CRIU binary that works on this
 # kernel: CRIU=/path/to/criu. Without one (or when `criu check` fails) it says so and skips.
@@ -89,6 +95,7 @@ cat >"$WORK/compare.py" <<'PY'
 import ctypes
 import http.client
 import os
+import pwd
 import shutil
 import signal
 import statistics
@@ -101,6 +108,8 @@ runs, live = int(runs), int(live)
 tools = tools.split()
 criu_dump_opts = os.environ.get("CRIU_DUMP_OPTS", "").split()
 criu_restore_opts = os.environ.get("CRIU_RESTORE_OPTS", "").split()
+java_opts = os.environ.get("JAVA_OPTS", "").split()
+perfdata_dir = f"/tmp/hsperfdata_{pwd.getpwuid(os.geteuid()).pw_name}"
 
 # A restored JVM's parent (crest or criu) exits once it runs: as a subreaper this script gets it
 # as a child, so it can reap it once it has ended it.
@@ -136,7 +145,7 @@ def end(pid):
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.01)
     live_pids.discard(pid)
-    for leftover in (f"/tmp/hsperfdata_root/{pid}", f"/tmp/.java_pid{pid}"):
+    for leftover in (f"{perfdata_dir}/{pid}", f"/tmp/.java_pid{pid}"):
         try:
             os.unlink(leftover)
         except FileNotFoundError:
@@ -182,6 +191,19 @@ def wait_200(port, what, pid):
     raise Failure(f"{what}: no HTTP 200 from port {port} within 120 s")
 
 
+def drop_criu_locks(ports):
+    """Removes the iptables rules CRIU's dump added for the kept connection (CRIU's mark 0xc114
+    and both its ports): a failed CRIU restore leaves them in place."""
+    for tool in ("iptables", "ip6tables"):
+        listed = subprocess.run([tool, "-S"], capture_output=True, text=True)
+        for rule in listed.stdout.splitlines():
+            words = rule.split()
+            if (words[:1] == ["-A"] and "0xc114" in words
+                    and all(str(p) in words for p in ports)):
+                subprocess.run([tool, "-D"] + words[1:], check=False)
+                print(f"removed CRIU's network lock rule: {tool} {rule}", flush=True)
+
+
 def image_bytes(path):
     total = 0
     for top, _, files in os.walk(path):
@@ -205,7 +227,8 @@ def start_jvm(tag):
     with open(f"{work}/{tag}.stderr", "wb") as err:
         t0 = now()
         proc = subprocess.Popen(
-            [java, f"-Xmx{heap}m", f"-Ddemo.live.mib={live}", "-cp", classes, "Demo", log, port_file],
+            [java, f"-Xmx{heap}m", f"-Ddemo.live.mib={live}"] + java_opts
+            + ["-cp", classes, "Demo", log, port_file],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             start_new_session=True, close_fds=True)
     live_pids.add(proc.pid)
@@ -245,11 +268,15 @@ def run_once(tool, run):
     proc, port, cold = start_jvm(tag)
     pid = proc.pid
     kept = connect(port)
+    kept_port = kept.sock.getsockname()[1]
+    restored_ok = False
     try:
         status, before = get(kept, "/hello")
         if status != 200:
             raise Failure(f"{tag}: the kept connection got {status} before the dump")
         kept_name = kept.sock.getsockname()
+        with open(f"/proc/{pid}/maps") as maps:
+            mapped_perfdata = any(f"{perfdata_dir}/{pid}" in line for line in maps)
         dump_cmd, restore_cmd = commands(tool, pid, img, pidfile, tag)
         with open(f"{work}/{tag}.dump.err", "wb") as err:
             t0 = now()
@@ -271,8 +298,14 @@ def run_once(tool, run):
             if os.path.exists(pidfile) and os.path.getsize(pidfile) > 0:
                 live_pids.add(int(open(pidfile).read()))
             if r.returncode != 0:
+                why = ""
+                perfdata = f"{perfdata_dir}/{pid}"
+                if tool == "criu" and mapped_perfdata and not os.path.exists(perfdata):
+                    why = (f"(the JVM's {perfdata}, which it mapped, was deleted between the dump"
+                           " and the restore, most likely by another JVM starting meanwhile (it"
+                           " removes the files of pids that are not running); CRIU needs it)\n")
                 raise Failure(f"{tag}: {' '.join(restore_cmd)} failed (exit {r.returncode}):\n"
-                              f"{tail(f'{work}/{tag}.restore.err')}"
+                              f"{why}{tail(f'{work}/{tag}.restore.err')}"
                               f"{tail(f'{work}/{tag}.restore.log')}")
             restored = int(open(pidfile).read())
             wait_200(port, f"{tag} restore", restored)
@@ -285,6 +318,7 @@ def run_once(tool, run):
         status, check = get_once(port, "/check")
         if status != 200 or not check.startswith("ok"):
             raise Failure(f"{tag}: /check after the restore answered {status} {check!r}")
+        restored_ok = True
         print(f"{tag}: cold start {cold:.0f} ms, dump {dump_ms:.0f} ms, image "
               f"{size / 1048576:.1f} MiB, restore {restore_ms:.0f} ms, first 200 {http_ms:.0f} ms;"
               f" kept connection {before!r} -> {after!r}; /check {check!r}", flush=True)
@@ -294,6 +328,8 @@ def run_once(tool, run):
         kept.close()
         for p in list(live_pids):
             end(p)
+        if tool == "criu" and not restored_ok:
+            drop_criu_locks((port, kept_port))
         shutil.rmtree(img, ignore_errors=True)
 
 
@@ -306,25 +342,37 @@ def main():
     end(proc.pid)
     print(f"warm-up start (not counted): first HTTP 200 after {cold:.0f} ms", flush=True)
     results = {tool: [] for tool in tools}
+    failures = []
     for run in range(1, runs + 1):
         for tool in tools:  # interleaved, so that a slower moment of the machine hits every tool
-            results[tool].append(run_once(tool, run))
+            try:
+                results[tool].append(run_once(tool, run))
+            except Failure as e:
+                print(f"FAILED: {e}", flush=True)
+                failures.append(f"{tool}-{run}")
+    results = {tool: rs for tool, rs in results.items() if rs}
+    if not results:
+        raise Failure("every run failed")
     colds = [r["cold"] for rs in results.values() for r in rs]
     med = {tool: statistics.median(r["http"] for r in rs) for tool, rs in results.items()}
     print()
-    print(f"{runs} runs per tool, {live} MiB live data, -Xmx{heap}m; times in ms, "
-          "median (min-max)")
+    print(f"{runs} runs per tool, {live} MiB live data, -Xmx{heap}m {' '.join(java_opts)}; "
+          "times in ms, median (min-max)")
     print()
     print("| tool | image size | dump (kills) | restore (until the tool exits) "
           "| restore start -> first HTTP 200 | crest/CRIU (first 200, medians) |")
     print("|---|---|---|---|---|---|")
     for tool, rs in results.items():
+        runs_note = f" ({len(rs)} runs)" if len(rs) != runs else ""
         ratio = (f"{med[tool] / med['criu']:.2f}" if "criu" in med and tool != "criu" else "")
         size = statistics.median(r["size"] for r in rs) / 1048576
-        print(f"| {tool} | {size:.1f} MiB | {spread([r['dump'] for r in rs])} "
+        print(f"| {tool}{runs_note} | {size:.1f} MiB | {spread([r['dump'] for r in rs])} "
               f"| {spread([r['restore'] for r in rs])} | {spread([r['http'] for r in rs])} "
               f"| {ratio} |")
     print(f"| cold start (baseline, {len(colds)} starts) | | | | {spread(colds)} | |")
+    if failures:
+        raise Failure(f"{len(failures)} runs failed and are not in the table: "
+                      f"{', '.join(failures)} (their messages are above)")
 
 
 try:
