@@ -16,7 +16,8 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
- * The crest demo application: a small HTTP service that keeps 48 MiB of live data, a scheduled
+ * The crest demo application: a small HTTP service that keeps 48 MiB of live data (the system
+ * property demo.live.mib sets another size: tests/compare-criu.sh uses 200), a scheduled
  * ticker and a worker pool busy, and logs a line every 10 ms. `tests/demo.sh` checkpoints it
  * with crest and restores it; the restored JVM carries on where it was, its clients' connections
  * included.
@@ -27,7 +28,8 @@ import java.util.concurrent.atomic.AtomicLong;
  * data and answers "ok pid=PID n=N" or "FAIL ...".
  */
 public class Demo {
-    static final int ARRAYS = 48;
+    /** Live data in MiB, one 1 MiB array each: -Ddemo.live.mib=N (default 48). */
+    static final int ARRAYS = Integer.getInteger("demo.live.mib", 48);
     static final long[][] live = new long[ARRAYS][];
     static long expected;
 
