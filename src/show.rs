@@ -1550,6 +1550,7 @@ mod tests {
             files: vec![],
             tree: crate::images::TreeTask::lone(pid),
             shell_job: None,
+            machine_ttys: Vec::new(),
             stats: DumpStats {
                 pages_scanned: 16,
                 pages_absent: 9,

@@ -14,7 +14,7 @@ use common::*;
 /// With the argument "foreign", it also holds the uts namespace file of a child that made a
 /// uts namespace of its own (the child is gone; the fd keeps the namespace alive).
 const VICTIM: &str = r#"
-import ctypes, json, os, socket, sys
+import ctypes, json, os, signal, sys
 mode = sys.argv[2]
 libc = ctypes.CDLL(None, use_errno=True)
 kinds = {"net": 0x40000000, "uts": 0x04000000, "ipc": 0x08000000, "mnt": 0x00020000}
@@ -27,7 +27,7 @@ if mode == "foreign":
     if child == 0:
         libc.unshare(kinds["uts"])
         os.write(w, b"x")
-        os.read(r, 1)  # never answered: the parent kills this child
+        signal.pause()  # the parent kills this child
         os._exit(0)
     os.read(r, 1)
     fds["foreign-uts"] = os.open("/proc/%d/ns/uts" % child, os.O_RDONLY)
@@ -51,7 +51,6 @@ fn files_of_the_process_s_own_namespaces_come_back_naming_its_namespaces() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let v = ControlledVictim::start(VICTIM, work.path(), &["own".as_ref()]);
-    let pid = v.pid();
     let before = v.ask(b"state");
     let state: serde_json::Value = serde_json::from_str(&before).unwrap();
     for name in ["net", "net-dup", "uts", "ipc", "mnt"] {
@@ -61,20 +60,13 @@ fn files_of_the_process_s_own_namespaces_come_back_naming_its_namespaces() {
     assert_eq!(state["uts"][2], false, "uts is close-on-exec: {before}");
     assert_eq!(state["net"][2], true, "net is inheritable: {before}");
 
-    let dir = work.path().join("img");
-    dump(pid, &dir, false).assert_ok();
-    reap_pid(pid, TIMEOUT).expect("the dumped victim is gone");
-    let json = show_json(&dir).to_string();
-    assert!(
-        json.contains("\"Namespace\""),
-        "no namespace file in the image: {json}"
-    );
-    restore_detached(&dir, &[]).assert_ok();
-    assert_eq!(v.ask(b"state"), before, "after the restore");
-
-    let dir = work.path().join("img-R");
-    dump(pid, &dir, true).assert_ok();
-    assert_eq!(v.ask(b"state"), before, "after a dump with -R");
+    v.cycle(work.path(), &before, |image| {
+        let json = image.to_string();
+        assert!(
+            json.contains("\"Namespace\""),
+            "no namespace file in the image: {json}"
+        );
+    });
 }
 
 #[test]

@@ -583,18 +583,30 @@ def state():
 serve(lambda data: json.dumps(state()))
 "#;
 
-#[test]
-fn an_fd_on_the_machine_s_console_is_reopened_by_path_without_shell_job() {
+/// Starts a victim that makes a device node (its second argument, in a fresh work directory)
+/// and opens it, and returns its first answer; None (the test skips, saying so) on a machine
+/// or container where the device cannot be opened.
+fn start_on_device(
+    script: &str,
+    device: &str,
+) -> Option<(tempfile::TempDir, ControlledVictim, String)> {
     setup();
     let work = tempfile::tempdir().unwrap();
-    let node = work.path().join("console");
-    let v = ControlledVictim::start(CONSOLE_VICTIM, work.path(), &[node.as_os_str()]);
+    let node = work.path().join("device");
+    let v = ControlledVictim::start(script, work.path(), &[node.as_os_str()]);
     let before = v.ask(b"state");
     if before.contains("unavailable") {
-        // A machine (or container) without a console: nothing to hold.
-        eprintln!("skipped: this machine's console cannot be opened: {before}");
-        return;
+        eprintln!("skipped: {device} cannot be opened on this machine: {before}");
+        return None;
     }
+    Some((work, v, before))
+}
+
+#[test]
+fn an_fd_on_the_machine_s_console_is_reopened_by_path_without_shell_job() {
+    let Some((work, v, before)) = start_on_device(CONSOLE_VICTIM, "the console 5:1") else {
+        return;
+    };
     let state: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert_eq!(
         (state[1].as_u64(), state[2].as_u64()),
@@ -604,18 +616,62 @@ fn an_fd_on_the_machine_s_console_is_reopened_by_path_without_shell_job() {
     assert_eq!(state[3], true, "the console is a terminal: {before}");
     assert_eq!(state[5], 0, "no controlling terminal: {before}");
 
-    let dir = work.path().join("img");
-    dump(v.pid(), &dir, false).assert_ok();
-    reap_pid(v.pid(), TIMEOUT).expect("the dumped victim is gone");
-    let json = show_json(&dir).to_string();
-    assert!(
-        json.contains("\"CharDevice\""),
-        "the console as a device: {json}"
-    );
-    restore_detached(&dir, &[]).assert_ok();
-    assert_eq!(v.ask(b"state"), before, "after the restore");
+    v.cycle(work.path(), &before, |image| {
+        let json = image.to_string();
+        assert!(
+            json.contains("\"CharDevice\""),
+            "the console as a device: {json}"
+        );
+    });
+}
 
-    let dir = work.path().join("img-R");
-    dump(v.pid(), &dir, true).assert_ok();
-    assert_eq!(v.ask(b"state"), before, "after a dump with -R");
+/// A session leader (the victim runs in a session of its own) whose controlling terminal is a
+/// virtual console of the machine: it opens a node of its own for vt 4:23 without O_NOCTTY,
+/// which makes the console its controlling terminal and its group the foreground one, and
+/// answers "state" with the fd's device, its controlling terminal (tty_nr), whether its group
+/// is the terminal's foreground group, and whether /dev/tty (its controlling terminal) opens.
+const VT_VICTIM: &str = r#"
+import json, os, sys
+node = sys.argv[2]
+os.mknod(node, 0o600 | 0o020000, os.makedev(4, 23))
+try:
+    fd = os.open(node, os.O_RDWR | os.O_NONBLOCK)
+except OSError as e:
+    fd = -1
+    why = str(e)
+
+def state():
+    if fd < 0:
+        return {"unavailable": why}
+    tty_nr = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])
+    st = os.fstat(fd)
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NONBLOCK))
+        dev_tty = "opens"
+    except OSError as e:
+        dev_tty = str(e)
+    return [fd, os.major(st.st_rdev), os.minor(st.st_rdev), os.major(tty_nr), tty_nr & 0xff,
+            os.tcgetpgrp(fd) == os.getpgrp(), os.getsid(0) == os.getpid(), dev_tty]
+
+serve(lambda data: json.dumps(state()))
+"#;
+
+#[test]
+fn a_virtual_console_controlling_a_session_of_the_tree_controls_it_again() {
+    let Some((work, v, before)) = start_on_device(VT_VICTIM, "the virtual console 4:23") else {
+        return;
+    };
+    let state: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(
+        (state[3].as_u64(), state[4].as_u64()),
+        (Some(4), Some(23)),
+        "{before}"
+    );
+    assert_eq!(state[5], true, "in the foreground: {before}");
+    assert_eq!(state[7], "opens", "/dev/tty: {before}");
+
+    v.cycle(work.path(), &before, |image| {
+        let session = image["inventory"]["machine_ttys"][0]["session"].as_i64();
+        assert_eq!(session, Some(v.pid() as i64), "{image}");
+    });
 }

@@ -78,6 +78,25 @@ pub struct Inventory {
     /// Set when the tree was attached to the terminal crest dump ran on (`--shell-job`): a
     /// restore needs `--shell-job` too, and gives the tree the terminal crest restore runs on.
     pub shell_job: Option<ShellJob>,
+    /// Terminals of the machine itself (a virtual console, a serial port) that were the
+    /// controlling terminal of a session led by a task of the tree.
+    pub machine_ttys: Vec<MachineTty>,
+}
+
+/// A terminal of the machine (a virtual console `/dev/ttyN`, a serial port) that controlled a
+/// session of the tree. Its device node reaches the same terminal at restore: the session's
+/// leader opens `path` after its `setsid()` and takes the terminal with `TIOCSCTTY` (which
+/// fails when another session controls it), and the foreground group is set again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineTty {
+    /// A device node of the terminal (one a process of the tree had open, else one under /dev).
+    pub path: String,
+    /// Its device number at dump time; the node must still have it.
+    pub rdev: u64,
+    /// The session it controlled: a task of the tree that leads its session.
+    pub session: i32,
+    /// Its foreground process group, when a task of the tree led it.
+    pub foreground: Option<i32>,
 }
 
 /// How a tree dumped with `--shell-job` used the terminal of the shell that ran crest. Every fd

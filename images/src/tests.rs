@@ -273,6 +273,7 @@ fn sample_inventory() -> Inventory {
         files: vec![],
         tree: TreeTask::lone(PID),
         shell_job: None,
+        machine_ttys: Vec::new(),
         stats: DumpStats {
             pages_scanned: 36,
             pages_absent: 20,

@@ -1112,6 +1112,43 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Terminals of the machine that controlled sessions of the tree: each names a device node by
+/// absolute path, a session led by a task of the tree, a foreground group led by one, and no
+/// terminal or session twice.
+pub(crate) fn check_machine_ttys(ttys: &[MachineTty], tree: &[TreeTask]) -> Result<(), String> {
+    let task = |pid: i32| tree.iter().find(|t| t.pid == pid);
+    for (i, t) in ttys.iter().enumerate() {
+        if !t.path.starts_with('/') || t.path.contains('\0') {
+            return Err(format!("machine terminal {i} has the path {:?}", t.path));
+        }
+        if task(t.session).is_none_or(|s| s.sid != s.pid) {
+            return Err(format!(
+                "machine terminal {} controls session {}, which no task of the tree leads",
+                t.path, t.session
+            ));
+        }
+        if let Some(pgid) = t.foreground {
+            if task(pgid).is_none_or(|g| g.pgid != g.pid || g.sid != t.session) {
+                return Err(format!(
+                    "machine terminal {}'s foreground group {pgid} is not a group of its \
+                     session led by a task of the tree",
+                    t.path
+                ));
+            }
+        }
+        if ttys[..i]
+            .iter()
+            .any(|o| o.rdev == t.rdev || o.session == t.session)
+        {
+            return Err(format!(
+                "machine terminal {} or its session {} is listed twice",
+                t.path, t.session
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The terminal record of a shell job: present when some fd is on the shell's terminal, its
 /// session either led by a task of the tree or outside it, its foreground group led by a task
 /// of the tree.
@@ -2183,16 +2220,21 @@ mod task_tests {
         assert!(check_inotify(0, &bad).unwrap_err().contains("ascending"));
     }
 
-    #[test]
-    fn a_shell_job_names_a_session_leader_and_a_group_leader_of_the_tree() {
-        let task = |pid, pgid, sid| TreeTask {
+    /// A live task with parent 1.
+    fn alive_task(pid: i32, pgid: i32, sid: i32) -> TreeTask {
+        TreeTask {
             pid,
             ppid: 1,
             pgid,
             sid,
             exit_signal: 17,
             state: TreeTaskState::Alive,
-        };
+        }
+    }
+
+    #[test]
+    fn a_shell_job_names_a_session_leader_and_a_group_leader_of_the_tree() {
+        let task = alive_task;
         // 10 was started by a shell (session 5) as its own group; 11 leads a session.
         let tree = vec![task(10, 10, 5), task(11, 11, 11), task(12, 10, 5)];
         let job = |ctty_session, foreground| ShellJob {
@@ -2209,6 +2251,29 @@ mod task_tests {
         assert!(e.contains("foreground group 12"), "{e}");
         let e = check_shell_job(Some(&job(Some(5), Some(7))), &tree, &[]).unwrap_err();
         assert!(e.contains("foreground group 7"), "{e}");
+    }
+
+    #[test]
+    fn a_machine_terminal_controls_a_session_led_in_the_tree_once() {
+        let task = alive_task;
+        let tree = vec![task(10, 10, 5), task(11, 11, 11), task(12, 12, 11)];
+        let tty = |path: &str, session, foreground| MachineTty {
+            path: path.into(),
+            rdev: 0x417,
+            session,
+            foreground,
+        };
+        check_machine_ttys(&[tty("/dev/tty23", 11, Some(12))], &tree).unwrap();
+        let e = check_machine_ttys(&[tty("/dev/tty23", 5, None)], &tree).unwrap_err();
+        assert!(e.contains("no task of the tree leads"), "{e}");
+        let e = check_machine_ttys(&[tty("/dev/tty23", 11, Some(10))], &tree).unwrap_err();
+        assert!(e.contains("foreground group 10"), "{e}");
+        let e = check_machine_ttys(&[tty("tty23", 11, None)], &tree).unwrap_err();
+        assert!(e.contains("path"), "{e}");
+        let twice = [tty("/dev/tty23", 11, None), tty("/dev/tty23", 11, None)];
+        assert!(check_machine_ttys(&twice, &tree)
+            .unwrap_err()
+            .contains("twice"));
     }
 
     #[test]

@@ -768,6 +768,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         stats: stats.clone(),
         tree: frozen.tasks,
         shell_job: frozen.shell_job,
+        machine_ttys: frozen.machine_ttys,
     };
     writer.commit(inventory)?;
     phases.end("commit");

@@ -34,6 +34,8 @@ pub struct FrozenTree {
     pub tasks: Vec<TreeTask>,
     /// How the tree uses the terminal of the shell crest runs in (`--shell-job`), if it does.
     pub shell_job: Option<ShellJob>,
+    /// Terminals of the machine that control sessions of the tree.
+    pub machine_ttys: Vec<crate::images::MachineTty>,
 }
 
 /// The processes below `root` (itself included) as they are now, without freezing anything:
@@ -61,6 +63,7 @@ pub fn freeze(root: &Proc, shell_job: bool) -> Result<FrozenTree, DumpError> {
         processes: Vec::new(),
         tasks: Vec::new(),
         shell_job: None,
+        machine_ttys: Vec::new(),
     };
     let mut terminals = Terminals::new(shell_job);
     let mut problems = Vec::new();
@@ -147,6 +150,7 @@ pub fn freeze(root: &Proc, shell_job: bool) -> Result<FrozenTree, DumpError> {
                     .collect();
             }
             tree.shell_job = accepted.shell_job;
+            tree.machine_ttys = accepted.machine_ttys;
         }
         Err(more) => problems.extend(more),
     }

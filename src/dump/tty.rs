@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use crate::images::{ShellJob, TreeTask};
+use crate::images::{MachineTty, ShellJob, TreeTask};
 use crate::proc::{FdTarget, Proc, TreeIds, TtyDriver};
 
 use super::DumpError;
@@ -95,6 +95,8 @@ struct TtyFd {
     index: Option<u32>,
     /// The process's controlling terminal (0: none), for `/dev/tty`.
     ctty: u64,
+    /// The path the fd's link shows.
+    path: std::path::PathBuf,
 }
 
 /// The outcome of the survey: what the image records, and which fds are the shell's terminal.
@@ -102,6 +104,8 @@ pub struct Accepted {
     pub shell_job: Option<ShellJob>,
     /// (pid, fd) of every fd that is the shell's terminal.
     pub shell_fds: HashSet<(i32, i32)>,
+    /// Terminals of the machine that control sessions of the tree.
+    pub machine_ttys: Vec<MachineTty>,
 }
 
 fn dev(major: u32, minor: u32) -> u64 {
@@ -177,9 +181,9 @@ impl Terminals {
             Err(e) => return self.survey.problems.push(e.into()),
         };
         for entry in fds {
-            if !matches!(entry.target, FdTarget::Path { .. }) {
+            let FdTarget::Path { path, .. } = &entry.target else {
                 continue;
-            }
+            };
             let md = match proc.stat_link(&format!("fd/{}", entry.fd)) {
                 Ok(md) => md,
                 Err(e) => return self.survey.problems.push(e.into()),
@@ -211,6 +215,7 @@ impl Terminals {
                     .iter()
                     .find(|c| c.0 == pid)
                     .map_or(0, |c| c.2),
+                path: path.clone(),
             });
         }
     }
@@ -218,8 +223,8 @@ impl Terminals {
     /// Decides, for the whole tree (`tasks`), what is refused (every problem) and what the
     /// image records.
     pub fn finish(mut self, tasks: &[TreeTask]) -> Result<Accepted, Vec<DumpError>> {
-        let survey = std::mem::take(&mut self.survey);
-        let mut problems = survey.problems;
+        let mut survey = std::mem::take(&mut self.survey);
+        let mut problems = std::mem::take(&mut survey.problems);
         let refuse = |pid: i32, what: String| DumpError::Terminal { pid, what };
 
         // Pty pairs inside the tree, by index: masters, slave fds and controlling terminals.
@@ -298,6 +303,9 @@ impl Terminals {
             ));
         }
 
+        let machine_ttys = self.machine_cttys(&survey, tasks, &mut problems);
+        let machine_ctty = |rdev: u64| machine_ttys.iter().any(|m| same_device(m.rdev, rdev));
+
         // Everything else must be the shell's terminal, with -j.
         let mut accepted = HashSet::new();
         let mut shell_used = false;
@@ -325,7 +333,7 @@ impl Terminals {
             } else {
                 f.rdev
             };
-            let a_ctty = survey.cttys.iter().any(|c| same_device(c.2, rdev));
+            let a_ctty = survey.cttys.iter().any(|c| same_device(c.2, rdev)) && !machine_ctty(rdev);
             if self.check(rdev).is_ok() {
                 accepted.insert((f.pid, f.fd));
                 shell_used = true;
@@ -338,7 +346,7 @@ impl Terminals {
         let mut ctty_sessions = Vec::new();
         let mut foreground = None;
         for &(pid, sid, rdev, tpgid) in &survey.cttys {
-            if slave_in_tree(rdev).is_some() {
+            if slave_in_tree(rdev).is_some() || machine_ctty(rdev) {
                 continue;
             }
             if self.check(rdev).is_ok() {
@@ -392,7 +400,56 @@ impl Terminals {
         Ok(Accepted {
             shell_job,
             shell_fds: accepted,
+            machine_ttys,
         })
+    }
+
+    /// The terminals of the machine (not the shell's with `-j`) that control a session led by
+    /// a task of the tree, each with a device node to open it by at restore. Any other
+    /// controlling terminal is left to the refusals of [`Terminals::finish`].
+    fn machine_cttys(
+        &self,
+        survey: &Survey,
+        tasks: &[TreeTask],
+        problems: &mut Vec<DumpError>,
+    ) -> Vec<MachineTty> {
+        let mut found: Vec<MachineTty> = Vec::new();
+        for &(pid, sid, rdev, tpgid) in &survey.cttys {
+            let machine = self.classify(rdev).is_some_and(TtyKind::reopened_by_path);
+            let leader_in_tree = tasks.iter().any(|t| t.pid == sid && t.sid == sid);
+            if !machine || !leader_in_tree || self.check(rdev).is_ok() {
+                continue;
+            }
+            if found.iter().any(|m| m.session == sid) {
+                continue;
+            }
+            let held = survey.fds.iter().find(|f| same_device(f.rdev, rdev));
+            let path = match held.map(|f| f.path.clone()).or_else(|| device_node(rdev)) {
+                Some(p) => p.to_string_lossy().into_owned(),
+                None => {
+                    problems.push(DumpError::Terminal {
+                        pid,
+                        what: format!(
+                            "its controlling terminal {} has no device node under /dev and                              no fd of the tree holds it, so a restore could not open it",
+                            self.name(rdev)
+                        ),
+                    });
+                    continue;
+                }
+            };
+            let leads = |g: i32| {
+                tasks
+                    .iter()
+                    .any(|t| t.pid == g && t.pgid == g && t.sid == sid)
+            };
+            found.push(MachineTty {
+                path,
+                rdev,
+                session: sid,
+                foreground: (tpgid > 0 && leads(tpgid)).then_some(tpgid),
+            });
+        }
+        found
     }
 
     /// Whether the terminal `rdev` may be dumped: only as crest's own terminal with
@@ -455,6 +512,14 @@ pub fn classify(drivers: &[TtyDriver], rdev: u64) -> Option<TtyKind> {
         (4, _) | (188, _) | (204, _) | (166, _) => Some(TtyKind::Serial),
         _ => None,
     }
+}
+
+/// A character device node directly under /dev with device number `rdev`.
+fn device_node(rdev: u64) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/dev").ok()?.flatten().find_map(|e| {
+        let md = std::fs::symlink_metadata(e.path()).ok()?;
+        (md.file_type().is_char_device() && same_device(md.rdev(), rdev)).then(|| e.path())
+    })
 }
 
 /// crest's standard input's device when it is a terminal, or a sentence saying why not.

@@ -171,7 +171,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             ""
         }
     );
-    let terminal = tty::plan(&image, opts.shell_job, opts.detached)?;
+    let mut terminals: Vec<tty::Terminal> = tty::plan(&image, opts.shell_job, opts.detached)?
+        .into_iter()
+        .collect();
+    terminals.extend(tty::open_machine(&image)?);
+    let task_terminals: Vec<tty::TaskTerminal> = terminals.iter().map(|t| t.for_tasks()).collect();
     let pids: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
     let plan = tree::plan(&image.inventory.tree, &pids)?;
     crate::info!(1, "planned the forks of {} task(s)", plan.tasks.len());
@@ -296,7 +300,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             keep_root_pdeath,
             fd_base: base,
             crest_pgid,
-            terminal: terminal.as_ref().map(|t| t.for_tasks()),
+            terminals: &task_terminals,
         };
         spawn::task_main(&mut ctx, 0);
     }

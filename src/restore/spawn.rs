@@ -49,8 +49,8 @@ pub struct TreeCtx<'a> {
     pub fd_base: RawFd,
     /// crest's process group: the "outer" group of the plan.
     pub crest_pgid: i32,
-    /// crest's terminal, for a shell job ([`super::tty`]).
-    pub terminal: Option<TaskTerminal>,
+    /// crest's terminal for a shell job, and terminals of the machine ([`super::tty`]).
+    pub terminals: &'a [TaskTerminal],
 }
 
 /// Entry of task `i` right after its fork. Never returns.
@@ -117,7 +117,7 @@ fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
             ));
         }
         // The session's controlling terminal, before the children that share it are forked.
-        if let Some(t) = &ctx.terminal {
+        for t in ctx.terminals {
             t.after_setsid(task.pid)?;
         }
     }
@@ -131,7 +131,7 @@ fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
             ));
         }
     }
-    if let Some(t) = &ctx.terminal {
+    for t in ctx.terminals {
         t.after_group(task.pid)?;
     }
     for &c in &task.children_after {

@@ -15,18 +15,25 @@
 //!   signal blocked, so a background caller is not stopped by SIGTTOU.
 //!
 //! Without `--shell-job`, an image that needs a terminal is refused before anything is touched.
+//!
+//! A terminal of the machine itself (a virtual console, a serial port) that controlled a
+//! session of the tree ([`MachineTty`]) is opened by its device node before the fork, checked to
+//! be the same device, and taken by the session's leader after its `setsid()` the same way.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::images::{FileKind, Image};
+use crate::images::{FileKind, Image, MachineTty};
 
 use super::RestoreError;
 
-/// crest's terminal, opened for the tasks, and what they do with it.
+/// crest's terminal (or a terminal of the machine), opened for the tasks, and what they do
+/// with it.
 pub struct Terminal {
     fd: OwnedFd,
     ctty_leader: Option<i32>,
     foreground: Option<i32>,
+    /// A terminal of the machine, by device number; None: crest's own.
+    machine: Option<u64>,
 }
 
 /// What one task needs of the terminal after its fork (a copy per task).
@@ -38,6 +45,8 @@ pub struct TaskTerminal {
     ctty_leader: Option<i32>,
     /// The task whose group becomes the foreground group once it exists.
     foreground: Option<i32>,
+    /// A terminal of the machine, by device number; None: crest's own.
+    machine: Option<u64>,
 }
 
 impl Terminal {
@@ -46,8 +55,65 @@ impl Terminal {
             fd: self.fd.as_raw_fd(),
             ctty_leader: self.ctty_leader,
             foreground: self.foreground,
+            machine: self.machine,
         }
     }
+}
+
+/// Opens every terminal of the machine that controlled a session of the tree, by its device
+/// node, for the session's leader; a node that is missing or is another device now fails the
+/// restore before any process is made.
+pub fn open_machine(image: &Image) -> Result<Vec<Terminal>, RestoreError> {
+    let base = super::files::helper_fd_base(&image.processes);
+    image
+        .inventory
+        .machine_ttys
+        .iter()
+        .map(|m| {
+            Ok(Terminal {
+                fd: above(open_machine_tty(m)?, base)?,
+                ctty_leader: Some(m.session),
+                foreground: m.foreground,
+                machine: Some(m.rdev),
+            })
+        })
+        .collect()
+}
+
+fn open_machine_tty(m: &MachineTty) -> Result<OwnedFd, RestoreError> {
+    let fail = |problem: String| RestoreError::File {
+        path: m.path.clone(),
+        problem: format!(
+            "(the controlling terminal {} of session {}) {problem}",
+            numbers(m.rdev),
+            m.session
+        ),
+    };
+    let path = std::ffi::CString::new(m.path.as_str())
+        .map_err(|_| fail("has a NUL byte in its path".into()))?;
+    // SAFETY: path is a valid C string; O_NOCTTY: the open itself takes no terminal.
+    let raw = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if raw < 0 {
+        return Err(fail(format!(
+            "cannot be opened: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| fail(format!("cannot be examined: {e}")))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || !same_device(st.st_rdev, m.rdev) {
+        return Err(fail(format!(
+            "is not that terminal any more (device {})",
+            numbers(st.st_rdev)
+        )));
+    }
+    Ok(fd)
 }
 
 fn refuse(msg: String) -> RestoreError {
@@ -135,6 +201,7 @@ pub fn plan(
         fd,
         ctty_leader,
         foreground,
+        machine: None,
     }))
 }
 
@@ -228,8 +295,8 @@ impl TaskTerminal {
                 ""
             };
             return Err(format!(
-                "pid {pid}: making crest's terminal its controlling terminal (TIOCSCTTY) \
-                 failed{why}: {err}"
+                "pid {pid}: making {} its controlling terminal (TIOCSCTTY) failed{why}: {err}",
+                self.name()
             ));
         }
         Ok(())
@@ -244,11 +311,19 @@ impl TaskTerminal {
         // SAFETY: tcsetpgrp on a descriptor we hold; SIGTTOU is blocked in every task.
         if unsafe { libc::tcsetpgrp(self.fd, pid) } < 0 {
             return Err(format!(
-                "pid {pid}: making its process group the terminal's foreground group \
-                 (tcsetpgrp) failed: {}",
+                "pid {pid}: making its process group the foreground group of {} (tcsetpgrp) \
+                 failed: {}",
+                self.name(),
                 std::io::Error::last_os_error()
             ));
         }
         Ok(())
+    }
+
+    fn name(&self) -> String {
+        match self.machine {
+            Some(rdev) => format!("the terminal {}", numbers(rdev)),
+            None => "crest's terminal".into(),
+        }
     }
 }

@@ -1547,6 +1547,21 @@ impl ControlledVictim {
         self.victim.pid
     }
 
+    /// Dumps the victim into `work`/img (it is killed), hands `crest show --json` of the image
+    /// to `image`, restores it detached, then dumps it again with -R into `work`/img-R; after
+    /// the restore and after the second dump its answer to "state" must still be `before`.
+    pub fn cycle(&self, work: &Path, before: &str, image: impl Fn(&serde_json::Value)) {
+        let dir = work.join("img");
+        dump(self.pid(), &dir, false).assert_ok();
+        reap_pid(self.pid(), TIMEOUT).expect("the dumped victim is gone");
+        image(&show_json(&dir));
+        restore_detached(&dir, &[]).assert_ok();
+        assert_eq!(self.ask(b"state"), before, "after the restore");
+        let dir = work.join("img-R");
+        dump(self.pid(), &dir, true).assert_ok();
+        assert_eq!(self.ask(b"state"), before, "after a dump with -R");
+    }
+
     /// Sends `msg` and returns the answer.
     pub fn ask(&self, msg: &[u8]) -> String {
         self.ctl
