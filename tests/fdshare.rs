@@ -37,6 +37,7 @@ fn processes_sharing_an_fd_table_share_it_again_after_restore() {
     dump(v.pid, &dir, false).assert_ok();
     v.reap();
     for p in [a, b, c] {
+        reap_pid(p, TIMEOUT).unwrap_or_else(|e| panic!("helper {p}: {e}"));
         assert_no_process(p, "after the dump");
     }
     // The table's owner is the root; A and C (A's child) name it, B has its own.
@@ -61,6 +62,9 @@ fn processes_sharing_an_fd_table_share_it_again_after_restore() {
             let again = v.work.join("img2");
             dump(v.pid, &again, false).assert_ok();
             v.reap();
+            for p in [a, b, c] {
+                reap_pid(p, TIMEOUT).unwrap_or_else(|e| panic!("helper {p}: {e}"));
+            }
             restore_detached(&again, &[]).assert_ok();
         } else {
             restore_detached(&dir, &[]).assert_ok();

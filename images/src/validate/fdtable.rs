@@ -65,3 +65,55 @@ fn table(p: &ProcessImage) -> Result<Vec<(i32, u32, bool)>, String> {
     out.sort_unstable();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(pid: i32, ppid: i32) -> TreeTask {
+        TreeTask {
+            pid,
+            ppid,
+            pgid: pid,
+            sid: pid,
+            // SIGCHLD
+            exit_signal: 17,
+            state: TreeTaskState::Alive,
+        }
+    }
+
+    fn process(pid: i32, ppid: i32, owner: Option<i32>) -> ProcessImage {
+        let mut p = crate::tests::sample_process();
+        p.pid = pid;
+        p.ppid = ppid;
+        p.threads[0].tid = pid;
+        p.fd_table_of = owner;
+        p
+    }
+
+    #[test]
+    fn a_sharer_names_an_earlier_owner_its_parent_shares_and_the_same_fds() {
+        let tree = [task(10, 1), task(11, 10), task(12, 11), task(13, 10)];
+        let ok = [
+            process(10, 1, None),
+            process(11, 10, Some(10)),
+            process(12, 11, Some(10)),
+            process(13, 10, None),
+        ];
+        check_tree(&tree, &ok).unwrap();
+        // 12's parent 11 has a table of its own.
+        let mut bad = ok.clone();
+        bad[1].fd_table_of = None;
+        let err = check_tree(&tree, &bad).unwrap_err();
+        assert!(err.contains("its parent 11 does not"), "{err}");
+        // An owner that is not earlier, or shares another's itself.
+        let mut bad = ok.clone();
+        bad[1].fd_table_of = Some(12);
+        assert!(check_tree(&tree, &bad).is_err());
+        // Other fds than the owner's.
+        let mut bad = ok.clone();
+        bad[2].fds[0].cloexec = !bad[2].fds[0].cloexec;
+        let err = check_tree(&tree, &bad).unwrap_err();
+        assert!(err.contains("lists other fds"), "{err}");
+    }
+}
