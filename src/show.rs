@@ -1530,6 +1530,7 @@ mod tests {
             memfd_runs: vec![],
             sysv_shm: vec![],
             sysv_ipc: Default::default(),
+            fd_table_of: None,
             code_ids: vec![],
             ghost_runs: vec![],
         };

@@ -224,8 +224,18 @@ pub fn kernel_release() -> Result<String, Errno> {
 /// cached thread id (no raise(), no pthread calls) and the caller must be single-threaded, or
 /// the child must only call async-signal-safe functions.
 pub unsafe fn clone3_with_pid(pid: i32, exit_signal: i32) -> Result<i32, Errno> {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { clone3_with_pid_flags(pid, exit_signal, 0) }
+}
+
+/// As [`clone3_with_pid`], with extra clone `flags` (e.g. CLONE_FILES).
+///
+/// # Safety
+/// As [`clone3_with_pid`].
+pub unsafe fn clone3_with_pid_flags(pid: i32, exit_signal: i32, flags: u64) -> Result<i32, Errno> {
     let tids: [libc::pid_t; 1] = [pid];
     let args = CloneArgs {
+        flags,
         exit_signal: exit_signal as u64,
         set_tid: tids.as_ptr() as u64,
         set_tid_size: 1,

@@ -282,6 +282,12 @@ pub struct ProcessImage {
     /// The SysV message queues and semaphore sets processes of the tree used last, stored
     /// once per tree, in the root's image (empty in every other process's).
     pub sysv_ipc: SysvIpc,
+    /// The process shares its fd table (clone with CLONE_FILES, not a thread) with this
+    /// earlier process of the image, the table's owner: a restore forks it with CLONE_FILES
+    /// and installs the table's fds once, the owner's [`ProcessImage::fds`] (this process's
+    /// list is the same table). None: a table of its own.
+    #[serde(default)]
+    pub fd_table_of: Option<i32>,
 }
 
 /// SysV message queues and semaphore sets of the tree: each one a process of the tree was the

@@ -257,6 +257,7 @@ pub(crate) fn sample_process() -> ProcessImage {
         memfd_runs: vec![],
         sysv_shm: vec![],
         sysv_ipc: Default::default(),
+        fd_table_of: None,
         code_ids: vec![],
         ghost_runs: vec![],
     }

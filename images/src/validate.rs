@@ -5,6 +5,7 @@
 use crate::error::ImageError;
 use crate::schema::*;
 
+mod fdtable;
 mod ghost;
 mod net;
 
@@ -1328,6 +1329,7 @@ pub(crate) fn check_tree(
         }
     }
     ghost::check_tree(processes)?;
+    fdtable::check_tree(tree, processes)?;
     check_carried(processes, &descriptions)?;
     let tasks: HashSet<i32> = tree.iter().map(|t| t.pid).collect();
     check_references(processes, &descriptions, &tasks)

@@ -17,6 +17,7 @@
 
 mod creds;
 mod fds;
+mod fdshare;
 mod fifos;
 mod files;
 mod freeze;
@@ -297,6 +298,8 @@ pub enum DumpError {
         pid2: i32,
         what: &'static str,
     },
+    #[error("processes {pid} and {owner} share an fd table (CLONE_FILES), but {why}; crest cannot restore that yet")]
+    SharedFdTable { pid: i32, owner: i32, why: String },
     /// Several things cannot be dumped; each line names the process and the thing.
     #[error("the tree cannot be dumped, nothing was changed:\n  - {}", problems.join("\n  - "))]
     Refused { problems: Vec<String> },
@@ -871,6 +874,7 @@ fn process_image(
         memfd_runs: Vec::new(),
         sysv_shm: Vec::new(),
         sysv_ipc: Default::default(),
+        fd_table_of: p.fd_table_of,
         code_ids: Vec::new(),
         ghost_runs: Vec::new(),
     }

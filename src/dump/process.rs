@@ -36,6 +36,8 @@ pub struct CollectedProcess {
     pub umask: u32,
     pub sig_ignored: u64,
     pub sig_caught: u64,
+    /// The owner of the fd table this process shares (set by [`super::fdshare::group`]).
+    pub fd_table_of: Option<i32>,
 }
 
 impl CollectedProcess {
@@ -153,5 +155,6 @@ pub fn collect(
         umask,
         sig_ignored: status.sig_ignored,
         sig_caught: status.sig_caught,
+        fd_table_of: None,
     })
 }

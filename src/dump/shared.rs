@@ -8,8 +8,8 @@
 //! - UNIX sockets: pairs, waiting connections and outside peers ([`super::unix_tree`]).
 //! - Shared anonymous memory is one shmem object per inode: its content is stored once, by the
 //!   first VMA of the tree that maps each range; a memfd's, by the first process that holds it.
-//! - Address spaces, fd tables and fs info shared by CLONE_VM, CLONE_FILES or CLONE_FS between
-//!   two processes cannot be restored yet: refused, naming both pids.
+//! - Fd tables shared by CLONE_FILES: [`super::fdshare`]. Address spaces and fs info shared by
+//!   CLONE_VM or CLONE_FS between two processes cannot be restored yet: refused, naming both.
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,8 +25,10 @@ use super::DumpError;
 /// `ext_unix_sk`: UNIX connections to named sockets outside the tree are allowed.
 pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), DumpError> {
     refuse_shared_tables(procs)?;
+    super::fdshare::group(procs)?;
     super::unix_tree::resolve(procs, ext_unix_sk)?;
     assign_description_ids(procs)?;
+    super::fdshare::check_agree(procs)?;
     crate::files::locks::keep_leases_once(procs.iter_mut().map(|p| &mut p.fd_table.open_files));
     super::scm::to_tree_ids(procs)?;
     super::references::resolve(procs)?;
@@ -37,7 +39,7 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     Ok(())
 }
 
-/// CLONE_VM, CLONE_FILES and CLONE_FS shared between two processes (not threads) of the tree.
+/// CLONE_VM and CLONE_FS shared between two processes (not threads) of the tree.
 fn refuse_shared_tables(procs: &[CollectedProcess]) -> Result<(), DumpError> {
     let mut problems = Vec::new();
     for (i, a) in procs.iter().enumerate() {
@@ -47,7 +49,6 @@ fn refuse_shared_tables(procs: &[CollectedProcess]) -> Result<(), DumpError> {
                     Kcmp::Vm,
                     "an address space (CLONE_VM, or a vfork still running)",
                 ),
-                (Kcmp::Files, "an fd table (CLONE_FILES)"),
                 (Kcmp::Fs, "a working directory and umask (CLONE_FS)"),
             ] {
                 match sys::kcmp(a.pid(), b.pid(), kind, 0, 0) {

@@ -35,6 +35,8 @@ pub struct ChildPlan<'a> {
     /// epoll registrations this task makes itself (signalfd targets, see
     /// [`crate::events::epoll`]).
     pub epoll_registrations: Vec<crate::events::epoll::TaskRegistration>,
+    /// Its part in an fd table shared with other processes ([`super::fdshare`]).
+    pub table: Option<super::fdshare::TaskTable>,
 }
 
 /// Entry of the child side. Never returns: it either jumps into the restorer or exits.
@@ -95,7 +97,10 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
     if let Err(msg) = last_steps {
         fail(plan.status_fd, &msg);
     }
-    close_all_but(&keep, plan.fd_base);
+    match &plan.table {
+        None => close_all_but(&keep, plan.fd_base),
+        Some(t) => t.close_before_restorer(&keep, plan.fd_base),
+    }
     // SAFETY: the bootstrap region holds the installed blob, its arguments and stack; from here
     // the restorer owns this process.
     unsafe {
@@ -109,6 +114,28 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
     let regs: Vec<_> = p.threads.iter().map(|t| &t.regs).collect();
     crate::arch::sigframe::request_dynamic_features(&regs)?;
     task_state::set_sigactions(p)?;
+    if let Some(t) = &plan.table {
+        t.wait_installed()?;
+    }
+    if plan.table.as_ref().is_none_or(|t| t.installs()) {
+        install_fds(plan)?;
+    }
+    if let Some(t) = &plan.table {
+        t.installed()?;
+    }
+    // SAFETY: fchdir on a directory descriptor we own.
+    if unsafe { libc::fchdir(plan.files.cwd.as_raw_fd()) } < 0 {
+        return Err(format!(
+            "cannot change into the working directory: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    finish_prepare(plan)
+}
+
+/// Puts the image's fds in place (the task's table is its own, or it owns a shared one).
+fn install_fds(plan: &ChildPlan<'_>) -> Result<(), String> {
+    let p = plan.image;
     // pidfds are opened by the task itself: the processes they name exist only now.
     let mut pidfds = crate::events::pidfd::open_in_task(p, plan.fd_base)?;
     // So are /proc/PID files of the tree.
@@ -149,13 +176,12 @@ fn prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
             unsafe { libc::close(fd) };
         }
     }
-    // SAFETY: fchdir on a directory descriptor we own.
-    if unsafe { libc::fchdir(plan.files.cwd.as_raw_fd()) } < 0 {
-        return Err(format!(
-            "cannot change into the working directory: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    Ok(())
+}
+
+/// The rest of the process's settings, once its fds and cwd are in place.
+fn finish_prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
+    let p = plan.image;
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(p.umask as libc::mode_t) };
     let comm = std::ffi::CString::new(
@@ -201,7 +227,7 @@ fn block_all_signals() -> Result<(), String> {
 }
 
 /// Closes every descriptor at or above `base` except `keep` (sorted).
-fn close_all_but(keep: &[RawFd], base: RawFd) {
+pub(super) fn close_all_but(keep: &[RawFd], base: RawFd) {
     let mut from = base as u32;
     for &k in keep {
         let k = k as u32;

@@ -22,9 +22,14 @@ pub enum Forked {
 /// The child is a plain copy of crest, like after fork(); it must leave through the restorer or
 /// `_exit` (see [`crate::sys::clone3_with_pid`]). crest is single-threaded on this path.
 pub fn fork_with_pid(pid: i32, exit_signal: i32) -> Result<Forked, RestoreError> {
+    fork_with_pid_flags(pid, exit_signal, 0)
+}
+
+/// As [`fork_with_pid`], with extra clone `flags` (CLONE_FILES for a shared fd table).
+pub fn fork_with_pid_flags(pid: i32, exit_signal: i32, flags: u64) -> Result<Forked, RestoreError> {
     // SAFETY: crest is single-threaded here, and the child only runs restore::spawn, which ends
     // in the restorer or _exit.
-    match unsafe { crate::sys::clone3_with_pid(pid, exit_signal) } {
+    match unsafe { crate::sys::clone3_with_pid_flags(pid, exit_signal, flags) } {
         Ok(0) => Ok(Forked::Child),
         Ok(got) if got == pid => Ok(Forked::Parent),
         Ok(got) => {

@@ -10,6 +10,7 @@ mod bootstrap;
 mod child;
 pub(crate) mod creds;
 mod epoll;
+mod fdshare;
 mod files;
 mod finish;
 mod fork;
@@ -249,6 +250,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         boots.push(bootstrap::Bootstrap::create(p, &own, &specials, files)?);
         specials_all.push(specials);
     }
+    let mut tables = fdshare::FdTables::plan(&plan, &image.processes, base)?;
     let mut status_rx = Vec::with_capacity(plan.tasks.len());
     let mut go_tx = Vec::with_capacity(plan.tasks.len());
     let mut task_ends = Vec::with_capacity(plan.tasks.len());
@@ -301,6 +303,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             fd_base: base,
             crest_pgid,
             terminals: &task_terminals,
+            tables: &tables,
         };
         spawn::task_main(&mut ctx, 0);
     }
@@ -314,6 +317,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // crest's copies of the tasks' ends and of the image files are no longer needed; closing
     // the status write ends lets a dead task show as end-of-file.
     drop(task_ends);
+    tables.close_crest_ends();
     let owners = crate::files::fown::Owners::keep(
         &image.processes,
         &opened
@@ -337,24 +341,26 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     // In tree order: a parent reports before its children, so when a parent fails to fork a
     // child, its own message is the one read (the child's pipe only shows an end of file).
+    // The processes of a shared fd table go on together, once all are ready ([`fdshare`]).
     let mut restoring = Vec::with_capacity(image.processes.len());
-    for ((t, go), status) in plan
-        .tasks
-        .iter()
-        .zip(go_tx.iter_mut())
-        .zip(status_rx.iter_mut())
-    {
+    let mut statuses: Vec<Option<&mut File>> = status_rx.iter_mut().map(Some).collect();
+    for (i, t) in plan.tasks.iter().enumerate() {
+        let status = statuses[i].as_mut().expect("each task is waited for once");
         finish::wait_ready(t.pid, status)?;
-        if let Some(p) = t.process {
-            let mut r = finish::Restoring {
-                pid: t.pid,
-                boot: &boots[p],
-                image: &image.processes[p],
-                tree: &image.inventory.tree,
-                status,
-            };
-            finish::start(&mut r, go)?;
-            restoring.push(r);
+        for j in tables.startable(i) {
+            let t = &plan.tasks[j];
+            let status = statuses[j].take().expect("each task is started once");
+            if let Some(p) = t.process {
+                let mut r = finish::Restoring {
+                    pid: t.pid,
+                    boot: &boots[p],
+                    image: &image.processes[p],
+                    tree: &image.inventory.tree,
+                    status,
+                };
+                finish::start(&mut r, &mut go_tx[j])?;
+                restoring.push(r);
+            }
         }
     }
 

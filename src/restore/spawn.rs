@@ -51,13 +51,17 @@ pub struct TreeCtx<'a> {
     pub crest_pgid: i32,
     /// crest's terminal for a shell job, and terminals of the machine ([`super::tty`]).
     pub terminals: &'a [TaskTerminal],
+    /// Fd tables shared between processes ([`super::fdshare`]).
+    pub tables: &'a super::fdshare::FdTables,
 }
 
 /// Entry of task `i` right after its fork. Never returns.
 pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
     let status = ctx.pipes[i].status_w;
     let descendants = ctx.plan.descendants(i);
-    for (j, p) in ctx.pipes.iter().enumerate() {
+    // A sharer's table is its parent's, already cleared of what is not the group's.
+    let shares = matches!(ctx.tables.role(i), super::fdshare::Role::Sharer(_));
+    for (j, p) in ctx.pipes.iter().enumerate().filter(|_| !shares) {
         close(p.status_r);
         close(p.go_w);
         if j != i && !descendants.contains(&j) {
@@ -68,7 +72,19 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
     if let Err(msg) = fork_and_group(ctx, i) {
         child::fail(status, &msg);
     }
-    for &j in &descendants {
+    // Only the pipes of subtrees forked into a table of their own: a child sharing this
+    // table needs its own (and so on down).
+    let apart: Vec<usize> = match ctx.tables.role(i) {
+        super::fdshare::Role::Alone => descendants,
+        _ => ctx.plan.tasks[i]
+            .children_before
+            .iter()
+            .chain(&ctx.plan.tasks[i].children_after)
+            .filter(|&&c| ctx.tables.forked_apart(c))
+            .flat_map(|&c| std::iter::once(c).chain(ctx.plan.descendants(c)))
+            .collect(),
+    };
+    for &j in &apart {
         close(ctx.pipes[j].status_w);
         close(ctx.pipes[j].go_r);
     }
@@ -98,6 +114,7 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
         fd_base: ctx.fd_base,
         zombie_children,
         epoll_registrations: crate::events::epoll::registered_by_task(ctx.processes, p),
+        table: ctx.tables.task_table(i, ctx.plan, ctx.files, ctx.pipes),
     })
 }
 
@@ -145,7 +162,7 @@ fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
 
 fn fork_child(ctx: &mut TreeCtx<'_>, c: usize) -> Result<(), String> {
     let child = &ctx.plan.tasks[c];
-    match fork::fork_with_pid(child.pid, child.exit_signal) {
+    match fork::fork_with_pid_flags(child.pid, child.exit_signal, ctx.tables.clone_flags(c)) {
         Ok(Forked::Child) => task_main(ctx, c),
         Ok(Forked::Parent) => Ok(()),
         Err(e) => Err(format!("forking pid {}: {e}", child.pid)),

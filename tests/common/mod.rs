@@ -159,6 +159,9 @@ pub enum Kind {
     /// Files of the rest of the fd table (tests/victims/ftable.c): /proc and /sys files at an
     /// offset, O_DIRECT, O_NOATIME and O_PATH descriptions.
     Ftable,
+    /// Processes sharing an fd table (tests/victims/fdshare.c); writes their pids to
+    /// `CTL/pids`.
+    Fdshare,
     /// POSIX message queues (tests/victims/mqueue.c): a named queue with messages of several
     /// priorities open twice (read-write, write-only non-blocking) and an unlinked queue, all
     /// shared with a child; writes `child PID` and `name /QUEUE` to `CTL/info`.
@@ -198,6 +201,7 @@ impl Kind {
             Kind::Ipc => "ipc",
             Kind::Fifos => "fifos",
             Kind::Ftable => "ftable",
+            Kind::Fdshare => "fdshare",
             Kind::Mqueue => "mqueue",
             Kind::Scm => "scm",
             Kind::Java => "java",
