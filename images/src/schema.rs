@@ -228,6 +228,10 @@ pub struct ProcessImage {
     pub fds: Vec<Fd>,
     /// Current working directory, as an index into [`ProcessImage::files`].
     pub cwd_file: u32,
+    /// Root directory (chroot), as an index into [`ProcessImage::files`]; None when it is the
+    /// root of crest's mount namespace ("/"). A restore enters it last, after every file of
+    /// the process was opened and bound by the paths crest sees.
+    pub root_file: Option<u32>,
     pub umask: u32,
     pub rlimits: Vec<Rlimit>,
     /// Signals whose disposition is SIG_IGN (bit n-1 for signal n), from /proc/PID/status.

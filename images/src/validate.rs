@@ -316,10 +316,20 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
     if exe.kind != FileKind::Regular && !ghost_file {
         return Err(format!("exe {:?} is not a regular file", exe.path));
     }
+    // A removed directory is a recreated one.
+    let is_dir = |f: &FileIdentity| {
+        f.kind == FileKind::Directory
+            || (matches!(f.kind, FileKind::Ghost(_)) && f.mode & 0o170000 == 0o040000)
+    };
     let cwd = file("cwd", p.cwd_file)?;
-    let ghost_dir = matches!(cwd.kind, FileKind::Ghost(_)) && cwd.mode & 0o170000 == 0o040000;
-    if cwd.kind != FileKind::Directory && !ghost_dir {
+    if !is_dir(cwd) {
         return Err(format!("cwd {:?} is not a directory", cwd.path));
+    }
+    if let Some(idx) = p.root_file {
+        let root = file("root", idx)?;
+        if !is_dir(root) {
+            return Err(format!("root {:?} is not a directory", root.path));
+        }
     }
     for (i, d) in p.open_files.iter().enumerate() {
         let f = file(&format!("open file description {i}"), d.file)?;
