@@ -3,7 +3,8 @@
 //! B, A's child: inherited A's root and cwd; C: WORK/jail/inner with its cwd outside the root;
 //! D: a removed directory, with an unlinked file inside). A dump records each root (path and
 //! identity); a restore enters it last, so each task has its root and cwd again, reads its
-//! files through its fds, opens them again and makes new files by paths from its root, and
+//! files through its fds, opens them again and makes new files by paths from its root, finds
+//! its UNIX listener (bound to an absolute name from its root) there by that name, and
 //! cannot reach what lies outside it, over two cycles and after a dump with -R. A root replaced
 //! since the dump is refused at restore, naming it.
 
@@ -104,6 +105,22 @@ fn check_image(t: &Tree, dir: &std::path::Path) {
     let (path, kind) = recorded_root(&image, t.pid("D")).unwrap();
     assert_eq!(path, format!("{work}/gone"));
     assert!(kind.get("Ghost").is_some(), "D's root: {kind}");
+    // A's listener, bound to /sub/a.sock from its root.
+    let a = image["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == t.pid("A"))
+        .unwrap();
+    let sock = a["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == format!("{work}/jail/sub/a.sock").as_str())
+        .unwrap_or_else(|| panic!("no socket file below A's root: {a}"));
+    let name = &sock["kind"]["UnixSocket"]["name"]["Path"];
+    assert_eq!(name["bound"], "/sub/a.sock", "{sock}");
+    assert_eq!(name["dir"], format!("{work}/jail").as_str(), "{sock}");
     let text = crest(["show".as_ref(), dir.as_os_str()]);
     assert!(
         text.stdout.contains(&format!("  root   {work}/jail/inner")),
@@ -131,6 +148,13 @@ fn chrooted_processes_keep_roots_cwds_and_files_across_two_cycles() {
         restore_detached(&dir, &[]).assert_ok();
         t.v.mark_restored();
         assert_eq!(t.roots(), before, "cycle {cycle}");
+        use std::os::unix::fs::FileTypeExt;
+        let sock = fs::symlink_metadata(t.v.work.join("jail/sub/a.sock")).unwrap();
+        assert!(sock.file_type().is_socket(), "cycle {cycle}");
+        assert!(
+            fs::symlink_metadata("/sub/a.sock").is_err(),
+            "cycle {cycle}: a socket file was made in crest's root"
+        );
         assert!(
             !t.v.work.join("gone").exists(),
             "cycle {cycle}: the removed root is linked again"

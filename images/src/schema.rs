@@ -1248,7 +1248,9 @@ pub enum UnixName {
         gid: u32,
         /// For a relative `bound` (what getsockname reports then), the absolute directory it
         /// was bound from (the process's working directory at bind time): the restore binds
-        /// the same relative name from there. Empty for an absolute `bound`.
+        /// the same relative name from there. For an absolute `bound` of a chrooted process,
+        /// its root directory (the restore binds the name from a thread chrooted there);
+        /// empty for any other absolute `bound`.
         #[serde(default)]
         dir: String,
         /// The socket file had been removed at dump time: the restore binds (connects what

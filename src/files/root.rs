@@ -13,6 +13,31 @@
 //! it that way).
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// The root directory of process `pid` as crest sees it, when it is not crest's "/": where the
+/// absolute names the process uses (a UNIX socket's bound path) lie. `Err` with the path when
+/// the root was removed (such names cannot be found or made again there).
+pub fn of_process(pid: i32) -> Result<Option<PathBuf>, String> {
+    let Some(root) = crate::proc::Proc::open(pid)
+        .ok()
+        .and_then(|p| p.root().ok())
+    else {
+        return Ok(None);
+    };
+    if root == Path::new("/") {
+        return Ok(None);
+    }
+    if root.to_string_lossy().ends_with(" (deleted)") {
+        return Err(root.display().to_string());
+    }
+    Ok(Some(root))
+}
+
+/// The path crest sees for the absolute `name` of a process whose root is `root`.
+pub fn below(root: &Path, name: &Path) -> PathBuf {
+    root.join(name.strip_prefix("/").unwrap_or(name))
+}
 
 /// Makes `root` the calling task's root directory and `cwd` its working directory. Needs
 /// CAP_SYS_CHROOT (the restoring task is crest's, before its credentials are switched).
@@ -38,6 +63,19 @@ pub fn enter(root: &OwnedFd, cwd: &OwnedFd) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_names_lie_below_the_root() {
+        assert_eq!(
+            below(Path::new("/srv/jail"), Path::new("/run/s.sock")),
+            Path::new("/srv/jail/run/s.sock")
+        );
+        assert_eq!(
+            of_process(std::process::id() as i32),
+            Ok(None),
+            "the test runs with the machine's root"
+        );
+    }
     use std::os::unix::fs::MetadataExt;
 
     /// In a child process (a chroot cannot be undone): the root and cwd are what was given,

@@ -5,7 +5,8 @@
  * The main process keeps crest's root. Its children, each checking itself on request (a byte
  * on its request pipe; it answers a fixed-size "ok" or "FAIL ..." record on its result pipe):
  *   A  chroot(WORK/jail), cwd /sub; holds fds to /sub/data (inside its root) and to
- *      WORK/outside (opened before the chroot, outside its root);
+ *      WORK/outside (opened before the chroot, outside its root), and a UNIX listener bound
+ *      to /sub/a.sock (WORK/jail/sub/a.sock), which it connects to again by that name;
  *   B  A's child: inherited A's root and cwd (A asks it in turn, on its own pipes);
  *   C  chroot(WORK/jail/inner) without chdir: its cwd (WORK) is outside its root; holds an fd
  *      to /c-data;
@@ -20,6 +21,8 @@
 #include "victim.h"
 
 #include <libgen.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #define RECORD 640
 
@@ -40,7 +43,34 @@ struct spec {
     int fd_out;           /* a file outside its root (-1: none) */
     const char *unreachable; /* an absolute path (from crest's root) it must not reach */
     const char *make;     /* a new file it makes by this path (NULL: none) */
+    int lsock;            /* a UNIX listener it bound to /sub/a.sock, a path from its root */
 };
+
+#define A_SOCK "/sub/a.sock"
+
+static void check_listener(int lsock)
+{
+    struct sockaddr_un addr;
+    socklen_t len = sizeof addr;
+    memset(&addr, 0, sizeof addr);
+    if (getsockname(lsock, (struct sockaddr *)&addr, &len) != 0 ||
+        strcmp(addr.sun_path, A_SOCK) != 0) {
+        fail("the listener's name is \"%s\", not %s", addr.sun_path, A_SOCK);
+        return;
+    }
+    int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c < 0 || connect(c, (struct sockaddr *)&addr, len) != 0) {
+        fail("cannot connect to %s: %s", A_SOCK, strerror(errno));
+    } else {
+        int a = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+        if (a < 0)
+            fail("the listener at %s accepts nothing: %s", A_SOCK, strerror(errno));
+        else
+            close(a);
+    }
+    if (c >= 0)
+        close(c);
+}
 
 static char work[CTL_PATH_MAX - 64], outside[CTL_PATH_MAX];
 static struct stat main_root;
@@ -89,6 +119,8 @@ static void check_self(const struct spec *s)
     }
     if (s->fd_out >= 0)
         check_content(s->fd_out, "outside-data", "the file outside the root (by fd)");
+    if (s->lsock >= 0)
+        check_listener(s->lsock);
     int fd = open(s->unreachable, O_RDONLY | O_CLOEXEC);
     if (fd >= 0 || errno != ENOENT) {
         fail("%s: %s outside its root is reachable (%s)", s->name, s->unreachable,
@@ -220,6 +252,11 @@ static void start_a_and_b(void)
     a.fd_in = open("data", O_RDWR | O_CLOEXEC);
     if (a.fd_in < 0)
         die("open data: %s", strerror(errno));
+    a.lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX, .sun_path = A_SOCK};
+    if (a.lsock < 0 || bind(a.lsock, (struct sockaddr *)&addr, sizeof addr) != 0 ||
+        listen(a.lsock, 4) != 0)
+        die("listen on %s: %s", A_SOCK, strerror(errno));
     /* B: A's own child, with A's root and cwd; A asks it to check itself. */
     int breq, bres;
     if (spawn("B", &breq, &bres) == 0) {
@@ -229,6 +266,7 @@ static void start_a_and_b(void)
         b.in_path = "data";
         b.fd_out = -1;
         b.make = "made-by-b";
+        b.lsock = -1;
         close(req);
         close(res);
         serve(&b, NULL, breq, bres);
@@ -258,7 +296,7 @@ static void start_c(void)
         return;
     static struct spec c;
     c = (struct spec){.name = "C", .in_path = "/c-data", .in_msg = "c-data", .fd_out = -1,
-                      .unreachable = outside, .make = "/made-by-c"};
+                      .unreachable = outside, .make = "/made-by-c", .lsock = -1};
     xstat(inner, &c.root);
     xstat(".", &c.cwd);
     xchroot(inner); /* no chdir: the cwd stays outside the root */
@@ -277,7 +315,7 @@ static void start_d(void)
         return;
     static struct spec d;
     d = (struct spec){.name = "D", .removed = 1, .in_msg = "ghost-data", .fd_out = -1,
-                      .unreachable = outside};
+                      .unreachable = outside, .lsock = -1};
     xchroot(gone);
     if (chdir("/") != 0)
         die("chdir /: %s", strerror(errno));
