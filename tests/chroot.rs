@@ -233,3 +233,45 @@ fn a_root_replaced_since_the_dump_is_refused_at_restore() {
     t.v.verify().expect("the victim verifies after the restore");
     t.v.exit_cleanly();
 }
+
+/// A process whose root is in a mount namespace of its own stays refused, naming it and the
+/// namespace, and runs on untouched.
+#[test]
+fn a_root_in_another_mount_namespace_is_refused() {
+    let jail = tempfile::Builder::new()
+        .prefix("crest-mntns-root-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let jail_path = std::ffi::CString::new(jail.path().as_os_str().as_encoded_bytes()).unwrap();
+    let v = Victim::start_with(Kind::Memcheck, move |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child before exec and makes only unshare and
+        // chdir, async-signal-safe system calls, on a C string the closure owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::chdir(jail_path.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    v.verify().expect("the victim verifies before the dump");
+    let dir = v.work.join("img");
+    let out = dump(v.pid, &dir, false);
+    out.assert_failed();
+    assert!(
+        out.stderr
+            .contains(&format!("process {} is in another mnt namespace", v.pid)),
+        "{out}"
+    );
+    assert!(!dir.exists());
+    wait_for("the tracer to let go", TIMEOUT, || {
+        (tracer_pid(v.pid) == Some(0)).then_some(())
+    });
+    v.verify()
+        .expect("the victim verifies after the refused dump");
+}
