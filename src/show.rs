@@ -82,6 +82,9 @@ pub fn render_json(image: &Image) -> Result<String, serde_json::Error> {
         };
         value["exe_path"] = json!(file_path(p, p.exe_file));
         value["cwd_path"] = json!(file_path(p, p.cwd_file));
+        if let Some(root) = p.root_file {
+            value["root_path"] = json!(file_path(p, root));
+        }
         processes.push(value);
     }
     serde_json::to_string_pretty(&json!({
@@ -95,6 +98,9 @@ fn render_process(out: &mut String, image: &Image, p: &ProcessImage) {
     let _ = writeln!(out, "process {} ({}), parent {}", p.pid, p.comm, p.ppid);
     let _ = writeln!(out, "  exe    {}", file_path(p, p.exe_file));
     let _ = writeln!(out, "  cwd    {}", file_path(p, p.cwd_file));
+    if let Some(root) = p.root_file {
+        let _ = writeln!(out, "  root   {}", file_path(p, root));
+    }
     let _ = writeln!(out, "  umask  {:04o}", p.umask);
     let _ = writeln!(
         out,
@@ -1461,6 +1467,7 @@ mod tests {
                 },
             ],
             cwd_file: 1,
+            root_file: None,
             umask: 0o027,
             rlimits: vec![Rlimit {
                 resource: 7,

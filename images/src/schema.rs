@@ -247,6 +247,10 @@ pub struct ProcessImage {
     pub fds: Vec<Fd>,
     /// Current working directory, as an index into [`ProcessImage::files`].
     pub cwd_file: u32,
+    /// Root directory (chroot), as an index into [`ProcessImage::files`]; None when it is the
+    /// root of crest's mount namespace ("/"). A restore enters it last, after every file of
+    /// the process was opened and bound by the paths crest sees.
+    pub root_file: Option<u32>,
     pub umask: u32,
     pub rlimits: Vec<Rlimit>,
     /// Signals whose disposition is SIG_IGN (bit n-1 for signal n), from /proc/PID/status.
@@ -1282,7 +1286,9 @@ pub enum UnixName {
         gid: u32,
         /// For a relative `bound` (what getsockname reports then), the absolute directory it
         /// was bound from (the process's working directory at bind time): the restore binds
-        /// the same relative name from there. Empty for an absolute `bound`.
+        /// the same relative name from there. For an absolute `bound` of a chrooted process,
+        /// its root directory (the restore binds the name from a thread chrooted there);
+        /// empty for any other absolute `bound`.
         #[serde(default)]
         dir: String,
         /// The socket file had been removed at dump time: the restore binds (connects what

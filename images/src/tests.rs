@@ -218,6 +218,7 @@ pub(crate) fn sample_process() -> ProcessImage {
             },
         ],
         cwd_file: 1,
+        root_file: None,
         umask: 0o022,
         rlimits: vec![
             Rlimit {
@@ -813,6 +814,8 @@ fn hostile_process_records_are_refused() {
         ("open file index", Box::new(|p| p.open_files[0].file = 4)),
         ("exe index", Box::new(|p| p.exe_file = u32::MAX)),
         ("cwd index", Box::new(|p| p.cwd_file = 4)),
+        ("root index", Box::new(|p| p.root_file = Some(4))),
+        ("root not a directory", Box::new(|p| p.root_file = Some(0))),
         ("odd auxv", Box::new(|p| p.mm.auxv.push(1))),
         ("long auxv", Box::new(|p| p.mm.auxv = vec![1; 130])),
         ("rlimit resource", Box::new(|p| p.rlimits[0].resource = 16)),
@@ -1222,6 +1225,10 @@ fn with_ghost() -> ProcessImage {
 fn ghosts_and_their_runs_are_validated() {
     let ps = ps();
     validate_process(&with_ghost(), 5 * ps, ps).unwrap();
+    // A removed root directory is recreated like a removed cwd.
+    let mut removed_root = with_ghost();
+    removed_root.root_file = Some(removed_root.cwd_file);
+    validate_process(&removed_root, 5 * ps, ps).unwrap();
     type Edit<'a> = Box<dyn Fn(&mut ProcessImage) + 'a>;
     let file = |p: &ProcessImage| p.ghost_runs[0].file as usize;
     let edits: Vec<(&str, Edit)> = vec![
@@ -1267,10 +1274,24 @@ fn ghosts_and_their_runs_are_validated() {
             "a cwd that is a ghost file",
             Box::new(move |p| p.cwd_file = file(p) as u32),
         ),
+        (
+            "a root that is a ghost file",
+            Box::new(move |p| p.root_file = Some(file(p) as u32)),
+        ),
     ];
     for (what, edit) in &edits {
         let mut p = with_ghost();
         edit(&mut p);
         validate_process(&p, 5 * ps, ps).expect_err(what);
     }
+}
+
+#[test]
+fn a_root_directory_is_a_listed_directory() {
+    let ps = ps();
+    let mut p = sample_process();
+    p.root_file = Some(1);
+    validate_process(&p, 5 * ps, ps).unwrap();
+    p.root_file = Some(2);
+    validate_process(&p, 5 * ps, ps).expect_err("a regular file as root");
 }

@@ -317,10 +317,20 @@ fn check_files(p: &ProcessImage) -> Result<(), String> {
     if exe.kind != FileKind::Regular && !ghost_file {
         return Err(format!("exe {:?} is not a regular file", exe.path));
     }
+    // A removed directory is a recreated one.
+    let is_dir = |f: &FileIdentity| {
+        f.kind == FileKind::Directory
+            || (matches!(f.kind, FileKind::Ghost(_)) && f.mode & 0o170000 == 0o040000)
+    };
     let cwd = file("cwd", p.cwd_file)?;
-    let ghost_dir = matches!(cwd.kind, FileKind::Ghost(_)) && cwd.mode & 0o170000 == 0o040000;
-    if cwd.kind != FileKind::Directory && !ghost_dir {
+    if !is_dir(cwd) {
         return Err(format!("cwd {:?} is not a directory", cwd.path));
+    }
+    if let Some(idx) = p.root_file {
+        let root = file("root", idx)?;
+        if !is_dir(root) {
+            return Err(format!("root {:?} is not a directory", root.path));
+        }
     }
     for (i, d) in p.open_files.iter().enumerate() {
         let f = file(&format!("open file description {i}"), d.file)?;
@@ -573,29 +583,32 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
             }
         }
         UnixName::Path { bound, dir, .. } => {
-            // A relative name is bound from an absolute directory; the file's path is absolute.
-            let relative = !dir.is_empty();
+            // A relative name is bound from an absolute directory, and an absolute one from
+            // the root of a chrooted process (or none); the file's path is absolute.
+            let relative = !bound.starts_with('/');
+            let from_dir = !dir.is_empty();
             if bound.is_empty()
                 || bound.len() >= UNIX_PATH_MAX
                 || bound.contains('\0')
-                || bound.starts_with('/') == relative
+                || (relative && !from_dir)
             {
                 return Err(format!(
                     "file {i} is a UNIX socket bound to {bound:?} (from directory {dir:?}), not \
-                     a path of at most {} bytes, relative exactly when a directory is given",
+                     a path of at most {} bytes, relative only when an absolute directory is \
+                     given",
                     UNIX_PATH_MAX - 1
                 ));
             }
-            if relative && (!dir.starts_with('/') || dir.contains('\0')) {
+            if from_dir && (!dir.starts_with('/') || dir.contains('\0')) {
                 return Err(format!(
                     "file {i} is a UNIX socket bound from directory {dir:?}, not an absolute path"
                 ));
             }
             let p = &f.path;
-            if !p.starts_with('/') || (!relative && p.len() >= UNIX_PATH_MAX) || p.contains('\0') {
+            if !p.starts_with('/') || (!from_dir && p.len() >= UNIX_PATH_MAX) || p.contains('\0') {
                 return Err(format!(
                     "file {i} is a UNIX socket whose file is at {p:?}, not an absolute path{}",
-                    if relative {
+                    if from_dir {
                         String::new()
                     } else {
                         format!(" of at most {} bytes", UNIX_PATH_MAX - 1)
@@ -2607,6 +2620,13 @@ mod socket_tests {
                 relative("s.sock", "/run/app"),
                 listening(),
             ),
+            // Bound by a chrooted process (root /srv/jail) to an absolute name.
+            socket(
+                "/srv/jail/run/s.sock",
+                UNIX_SOCK_STREAM,
+                relative("/run/s.sock", "/srv/jail"),
+                listening(),
+            ),
             with_queue(
                 socket("/tmp/d", UNIX_SOCK_DGRAM, path("/tmp/d"), Unconnected),
                 b"\0client",
@@ -2657,11 +2677,11 @@ mod socket_tests {
                 ),
             ),
             (
-                "absolute name with a directory",
+                "absolute name from a relative root",
                 socket(
                     "/tmp/s",
                     UNIX_SOCK_STREAM,
-                    relative("/tmp/s", "/tmp"),
+                    relative("/s", "tmp"),
                     listening(),
                 ),
             ),

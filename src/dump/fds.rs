@@ -581,34 +581,68 @@ fn add_checked(path: &Path, md: &std::fs::Metadata, files: &mut FileTable) -> Re
 pub fn cwd(proc: &Proc, files: &mut FileTable) -> Result<u32, DumpError> {
     let pid = proc.pid();
     let path = proc.cwd()?;
-    let md = proc.stat_link("cwd")?;
-    let refuse = |why: String| DumpError::Cwd {
+    directory(proc, "cwd", &path, files).map_err(|why| DumpError::Cwd {
         pid,
         path: path.display().to_string(),
         why,
+    })
+}
+
+/// Records `/proc/PID/root` (the directory a chroot made the process's "/"), which must be a
+/// directory of crest's mount namespace still reachable by the path crest sees; None when it
+/// is crest's own root. Every other path of the process (fds, mappings, cwd, exe) is read by
+/// crest through /proc, hence from crest's root, so only the root itself needs recording.
+pub fn root(proc: &Proc, files: &mut FileTable) -> Result<Option<u32>, DumpError> {
+    let pid = proc.pid();
+    let path = proc.root()?;
+    let refuse = |why: String| DumpError::Root {
+        pid,
+        root: path.display().to_string(),
+        why,
     };
+    if path == Path::new("/") {
+        // The same "/" as crest's, not one that only looks like it from another root.
+        let theirs = proc.stat_link("root")?;
+        let ours = std::fs::metadata("/").map_err(|e| refuse(format!("cannot stat /: {e}")))?;
+        if !same_inode(&theirs, &ours) {
+            return Err(refuse(
+                "it is not crest's root directory, and its path from crest's root is unknown \
+                 (crest runs chrooted, or the process's root is outside crest's root)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    directory(proc, "root", &path, files)
+        .map(Some)
+        .map_err(refuse)
+}
+
+/// Records the directory `/proc/PID/<link>` (`cwd` or `root`), shown as `path`: reopened by
+/// its path at restore, or, removed since, made again there and removed again (a ghost).
+fn directory(proc: &Proc, link: &str, path: &Path, files: &mut FileTable) -> Result<u32, String> {
+    let md = proc.stat_link(link).map_err(|e| e.to_string())?;
     if !md.is_dir() {
-        return Err(refuse("it is not a directory".into()));
+        return Err("it is not a directory".into());
     }
     if let Some(removed) = path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
-        if proc.link_fs_type("cwd")? == PROC_SUPER_MAGIC {
-            return Err(refuse(format!(
+        if proc.link_fs_type(link).map_err(|e| e.to_string())? == PROC_SUPER_MAGIC {
+            return Err(format!(
                 "it is the /proc directory of a process that has ended ({removed}), which \
                  crest cannot make again"
-            )));
+            ));
         }
-        // A removed working directory: made again at restore, entered, and removed again.
+        // A removed directory: made again at restore, entered, and removed again.
         let removed = Path::new(removed);
         let found = crate::files::ghost::classify(&md, removed, files.ghost_limit(), || {
             unreachable!("a directory is not opened")
-        })
-        .map_err(refuse)?;
+        })?;
         let crate::files::ghost::Found::Ghost(ident) = found else {
-            return Err(refuse("a removed directory that is still linked".into()));
+            return Err("a removed directory that is still linked".into());
         };
         return files.add_identity(md.dev(), md.ino(), || Ok(*ident));
     }
-    add_checked(&path, &md, files).map_err(refuse)
+    add_checked(path, &md, files)
 }
 
 /// Records `/proc/PID/exe`, which must be a regular file still reachable by its path.

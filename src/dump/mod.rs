@@ -198,11 +198,8 @@ pub enum DumpError {
          process cannot be dumped without changing it"
     )]
     SigtrapIgnored { pid: i32 },
-    #[error(
-        "process {pid} has root directory {root}; chrooted processes and other mount namespaces \
-         cannot be dumped yet"
-    )]
-    Root { pid: i32, root: String },
+    #[error("process {pid}: root directory {root}: {why}")]
+    Root { pid: i32, root: String, why: String },
     /// Reading /proc failed (the message names the file, hence the pid).
     #[error(transparent)]
     Proc(ProcError),
@@ -863,6 +860,7 @@ fn process_image(
         open_files: std::mem::take(&mut p.fd_table.open_files),
         fds: std::mem::take(&mut p.fd_table.fds),
         cwd_file: p.cwd_file,
+        root_file: p.root_file,
         umask: p.umask,
         rlimits: p.rlimits.clone(),
         sig_ignored: p.sig_ignored,

@@ -28,6 +28,8 @@ pub struct CollectedProcess {
     pub files: FileTable,
     pub fd_table: FdTable,
     pub cwd_file: u32,
+    /// The chroot directory, when it is not crest's "/".
+    pub root_file: Option<u32>,
     pub exe_file: u32,
     pub rlimits: Vec<Rlimit>,
     pub mm: MmFields,
@@ -114,9 +116,10 @@ pub fn collect(
         shell_fds,
     ))?;
     let cwd_file = problems.take(fds::cwd(&proc, &mut files))?;
+    let root_file = problems.take(fds::root(&proc, &mut files))?;
     let exe_file = problems.take(fds::exe(&proc, &mut files))?;
-    let (Some(mut vmas), Some(mut fd_table), Some(cwd_file), Some(exe_file)) =
-        (vmas, fd_table, cwd_file, exe_file)
+    let (Some(mut vmas), Some(mut fd_table), Some(cwd_file), Some(root_file), Some(exe_file)) =
+        (vmas, fd_table, cwd_file, root_file, exe_file)
     else {
         problems.finish()?;
         unreachable!("a step without a value recorded a refusal");
@@ -147,6 +150,7 @@ pub fn collect(
         files,
         fd_table,
         cwd_file,
+        root_file,
         exe_file,
         rlimits,
         mm,

@@ -279,8 +279,34 @@ impl Sockets {
         };
         // A relative name was resolved against the working directory of whoever bound it:
         // found by inode from the process's working directory now, or its root.
+        // An absolute name of a chrooted process is below its root, unless it was bound
+        // before the chroot (the inode tells).
+        let chroot = crate::files::root::of_process(self.pid).map_err(|root| {
+            self.refuse(
+                fd,
+                what(&format!(
+                    "bound to {shown} by a process whose root directory {root} was removed, \
+                     where crest cannot find or make the socket file"
+                )),
+            )
+        })?;
         let (name, dir) = if name.is_absolute() {
-            (name, String::new())
+            match &chroot {
+                Some(root) if find_socket_file(&name, ino, dev).is_none() => {
+                    let dir = root.to_str().map(str::to_string).ok_or_else(|| {
+                        self.refuse(
+                            fd,
+                            what(&format!(
+                                "bound to {shown} in the root directory {}, a path that is \
+                                 not UTF-8",
+                                root.display()
+                            )),
+                        )
+                    })?;
+                    (crate::files::root::below(root, &name), dir)
+                }
+                _ => (name, String::new()),
+            }
         } else {
             let mut found = None;
             let proc = crate::proc::Proc::open(self.pid).ok();
@@ -340,14 +366,20 @@ impl Sockets {
             // Removed since it was bound: the restore binds and removes it again. Its mode and
             // owner are gone with it; owner-only, root's, is what it has while it briefly exists.
             None => {
+                // A chrooted process's absolute name is bound again below its root.
+                let (path, dir) = if !dir.is_empty() && bound.starts_with('/') {
+                    (name.display().to_string(), dir)
+                } else {
+                    (bound.clone(), String::new())
+                };
                 let name = UnixName::Path {
-                    bound: bound.clone(),
+                    bound,
                     uid: 0,
                     gid: 0,
-                    dir: String::new(),
+                    dir,
                     removed: true,
                 };
-                Ok((name, bound, libc::S_IFSOCK | 0o600))
+                Ok((name, path, libc::S_IFSOCK | 0o600))
             }
         }
     }

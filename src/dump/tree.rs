@@ -231,14 +231,8 @@ fn precheck(proc: &Proc) -> Vec<DumpError> {
             mode: status.seccomp,
         });
     }
-    match proc.root() {
-        Ok(root) if root != std::path::Path::new("/") => say(DumpError::Root {
-            pid,
-            root: root.display().to_string(),
-        }),
-        Ok(_) => {}
-        Err(e) => say(e.into()),
-    }
+    // A root directory other than crest's (chroot) is recorded with the files (fds::root);
+    // one in another mount namespace is refused below.
     for ns in crate::proc::NAMESPACES {
         match proc.namespace(ns) {
             Ok(theirs) if theirs != crate::proc::own_namespace(ns) => say(DumpError::Namespace {

@@ -59,6 +59,13 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
     if let Err(msg) = boot.set_unmap_list(&ranges) {
         fail(plan.status_fd, &msg);
     }
+    // The chroot comes after the last path this task opens (/proc/self files above) and
+    // before it becomes the process.
+    if let Some(root) = &plan.files.root {
+        if let Err(msg) = crate::files::root::enter(root, &plan.files.cwd) {
+            fail(plan.status_fd, &msg);
+        }
+    }
     if plan.keep_pdeath {
         // A credential switch in the restorer clears it; the restorer sets it again.
         boot.set_pdeath_after_creds(plan.image.task.pdeath_signal);

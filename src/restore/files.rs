@@ -127,6 +127,8 @@ pub struct OpenedFiles {
     pub exe: OwnedFd,
     /// The working directory.
     pub cwd: OwnedFd,
+    /// The root directory, when the process was chrooted.
+    pub root: Option<OwnedFd>,
     /// The image's page file.
     pub pages: OwnedFd,
 }
@@ -234,18 +236,18 @@ pub fn open_all(
     check_identity(&exe, exe_ident, false, 0)?;
     check_code(p, p.exe_file, &exe, exe_ident)?;
 
-    let cwd_ident = file_at(p, p.cwd_file)?;
-    let cwd = if let FileKind::Ghost(_) = cwd_ident.kind {
-        // A removed working directory, recreated and removed again.
-        share(shmem.ghost(cwd_ident.dev, cwd_ident.ino)?, base)?
-    } else {
-        open_path(
-            &cwd_ident.path,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            base,
-        )?
-    };
-    check_identity(&cwd, cwd_ident, false, 0)?;
+    let cwd = open_directory(p, p.cwd_file, base, shmem)?;
+    let root = p
+        .root_file
+        .map(|i| open_directory(p, i, base, shmem))
+        .transpose()
+        .map_err(|e| match e {
+            RestoreError::File { path, problem } => RestoreError::File {
+                path: format!("{path} (the root directory, chroot, of process {})", p.pid),
+                problem,
+            },
+            e => e,
+        })?;
 
     // Recreated (emptied and sized) once, before anything maps or opens them.
     for (slot, ident) in mapped.iter_mut().zip(&p.files) {
@@ -280,8 +282,31 @@ pub fn open_all(
         mapped,
         exe,
         cwd,
+        root,
         pages,
     })
+}
+
+/// The directory `index` of `p` (its cwd or root), opened by its path and checked, or, removed
+/// at dump time, the one recreated (and removed again).
+fn open_directory(
+    p: &ProcessImage,
+    index: u32,
+    base: RawFd,
+    shmem: &SharedMemory,
+) -> Result<OwnedFd, RestoreError> {
+    let ident = file_at(p, index)?;
+    let fd = if let FileKind::Ghost(_) = ident.kind {
+        share(shmem.ghost(ident.dev, ident.ino)?, base)?
+    } else {
+        open_path(
+            &ident.path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            base,
+        )?
+    };
+    check_identity(&fd, ident, false, 0)?;
+    Ok(fd)
 }
 
 /// Opens description `ofd` of `p` if it is a file checked against the image (a regular file,

@@ -587,6 +587,12 @@ fn bind_path(
     // Where the name lands: the absolute path of the new socket file.
     let at = if dir.is_empty() {
         bound.to_string()
+    } else if bound.starts_with('/') {
+        // Bound by a chrooted process: below its root.
+        crate::files::root::below(std::path::Path::new(dir), std::path::Path::new(bound))
+            .to_str()
+            .map(str::to_string)
+            .ok_or_else(|| RestoreError::BadImage(format!("{dir}{bound} is not UTF-8")))?
     } else {
         std::path::Path::new(dir)
             .join(bound)
@@ -636,9 +642,10 @@ fn bind_path(
     Ok(())
 }
 
-/// Binds `fd` to the relative name in `addr` as resolved from the directory `dir`: from a
-/// thread of crest's with a working directory of its own (unshare(CLONE_FS)), so crest's own
-/// stays as it is.
+/// Binds `fd` to the relative name in `addr` as resolved from the directory `dir`, or to the
+/// absolute name in `addr` as resolved from the root `dir` (a chrooted process's): from a
+/// thread of crest's with a working directory and root of its own (unshare(CLONE_FS)), so
+/// crest's own stay as they are.
 fn bind_from(
     fd: &OwnedFd,
     addr: &libc::sockaddr_un,
@@ -656,6 +663,12 @@ fn bind_from(
                 // SAFETY: dir is a valid C string.
                 if unsafe { libc::chdir(dir.as_ptr()) } < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if addr.sun_path[0] == b'/' as libc::c_char {
+                    // SAFETY: "." is a valid C string; the chroot is this thread's alone.
+                    if unsafe { libc::chroot(c".".as_ptr()) } < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 bind(fd, addr, len)
             })

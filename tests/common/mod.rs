@@ -170,6 +170,10 @@ pub enum Kind {
     /// one socket in its own queue) and credentials (tests/victims/scm.c); answers
     /// [`Victim::verify_with`] "final".
     Scm,
+    /// Chrooted processes (tests/victims/chroot.c): children with different roots, one
+    /// inherited, one whose cwd is outside its root, one whose root was removed; writes
+    /// `child PID` (then `B`, `C`, `D` PIDs) to `CTL/info`.
+    Chroot,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -204,6 +208,7 @@ impl Kind {
             Kind::Fdshare => "fdshare",
             Kind::Mqueue => "mqueue",
             Kind::Scm => "scm",
+            Kind::Chroot => "chroot",
             Kind::Java => "java",
         }
     }
