@@ -10,7 +10,7 @@
 //!   group's pipe until it has, so that no one opens a descriptor meanwhile at a number the
 //!   owner is about to fill or close;
 //! - a sharer closes only what is its own (its pipes to crest, its copies of the image's
-//!   descriptions and its cwd); the owner, last, closes everything else of crest's, keeping
+//!   descriptions, its cwd and root); the owner, last, closes everything else of crest's, keeping
 //!   the other members' own descriptors and the files their restorers still read (each
 //!   restorer closes its own);
 //! - crest lets the members of a group go into their restorers only once every member has
@@ -175,6 +175,7 @@ impl FdTables {
             if let Some(p) = plan.tasks[j].process {
                 fds.extend(files[p].descriptions.iter().map(|d| d.as_raw_fd()));
                 fds.push(files[p].cwd.as_raw_fd());
+                fds.extend(files[p].root.iter().map(|r| r.as_raw_fd()));
             }
             fds
         };
