@@ -167,6 +167,10 @@ pub enum Kind {
     /// one socket in its own queue) and credentials (tests/victims/scm.c); answers
     /// [`Victim::verify_with`] "final".
     Scm,
+    /// Two AIO contexts with completed, unreaped events, one wrapping at its ring's end
+    /// (tests/victims/aio.c); answers [`Victim::verify_with`] "final"; started with the data
+    /// file's path as its third argument.
+    Aio,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -200,6 +204,7 @@ impl Kind {
             Kind::Ftable => "ftable",
             Kind::Mqueue => "mqueue",
             Kind::Scm => "scm",
+            Kind::Aio => "aio",
             Kind::Java => "java",
         }
     }
