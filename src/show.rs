@@ -822,6 +822,10 @@ fn backing_text(p: &ProcessImage, v: &Vma) -> String {
             offset,
         } => format!("shared memory {object} ({size:#x} bytes) @{offset:#x}"),
         VmaBacking::SysvShm { id } => format!("SysV segment {id}"),
+        VmaBacking::AioRing(r) => format!(
+            "AIO ring of {} events, head {} tail {}",
+            r.nr, r.head, r.tail
+        ),
     }
 }
 

@@ -5,7 +5,8 @@
 //! links before and after two cycles (tests/victims/ftable.c). /proc/self and /proc/PID files
 //! of the process itself and of its child are opened again by the restored process, with the
 //! same links, offsets and flags. An AIO
-//! context is refused at dump naming the process and the ring. A library the process maps
+//! context whose ring was made read-only is refused at dump naming the process and the ring
+//! (AIO contexts themselves are captured: tests/aio.rs). A library the process maps
 //! that is replaced in place with the same size and mtime (a package upgrade) fails the restore
 //! naming it and its build-id, with no process left behind.
 
@@ -137,7 +138,7 @@ fn proc_files_of_the_tree_are_opened_again_with_offset_and_flags() {
 }
 
 #[test]
-fn an_aio_context_is_refused_naming_the_process_and_the_ring() {
+fn an_aio_ring_made_read_only_is_refused_naming_the_process_and_the_ring() {
     let d = dirs();
     let v = start(&d, &[("CREST_AIO", "1")]);
     v.verify().expect("the victim verifies before any dump");
@@ -145,7 +146,7 @@ fn an_aio_context_is_refused_naming_the_process_and_the_ring() {
     dump(v.pid, &dir, false)
         .assert_failed()
         .assert_stderr_mentions(&format!("process {}", v.pid))
-        .assert_stderr_mentions("AIO context (io_setup)")
+        .assert_stderr_mentions("ring of an AIO context whose protection was changed")
         .assert_stderr_mentions("[aio]");
     v.assert_running();
     v.verify().expect("the victim runs on after the refusal");

@@ -772,6 +772,25 @@ pub enum VmaBacking {
     Vdso,
     /// A `[vvar]`, `[vvar_vclock]` or other `[vvar*]` piece; never dumped, moved like the vDSO.
     Vvar,
+    /// The ring of an AIO context (io_setup(2); `/[aio] (deleted)` in maps), whose address is
+    /// the context id the program holds. Its pages are not stored: the restore creates a
+    /// context with a ring of `nr` events, brings the kernel's tail to `tail`, moves the ring
+    /// here and writes `head` and the completed, unreaped events back (crest's files/aio.rs).
+    AioRing(AioRing),
+}
+
+/// What an AIO ring held at dump time (`struct aio_ring`, fs/aio.c): its size in events and
+/// its completed events not yet reaped by io_getevents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AioRing {
+    /// Events the ring holds (`aio_ring.nr`, the kernel's rounded-up count).
+    pub nr: u32,
+    /// Index of the oldest unreaped event (`aio_ring.head`), `< nr`.
+    pub head: u32,
+    /// Index where the next completion goes (`aio_ring.tail`), `< nr`.
+    pub tail: u32,
+    /// The `struct io_event`s from `head` up to `tail` (wrapping at `nr`), 32 bytes each.
+    pub events: Vec<u8>,
 }
 
 /// The smaps VmFlags that are state of their own (not derived from the protection, the

@@ -5,10 +5,12 @@
 use crate::error::ImageError;
 use crate::schema::*;
 
+mod aio;
 mod fdtable;
 mod ghost;
 mod net;
 
+pub use aio::{aio_ring_events, AIO_EVENT_SIZE, AIO_RINGS_MAX, AIO_RING_HEADER};
 pub use ghost::GHOST_SIZE_MAX;
 pub use net::{
     socket_option_name, NETLINK_PROTOCOLS, SOCKET_OPTIONS, SOCKET_OPTION_MAX, SOL_ICMPV6,
@@ -150,6 +152,7 @@ pub(crate) fn check(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Re
     check_files(p)?;
     check_mm(&p.mm)?;
     check_vmas(p, page_size)?;
+    aio::check_count(p)?;
     check_page_runs(p, page_file_size, page_size)?;
     check_memfd_runs(p, page_file_size, page_size)?;
     check_sysv_shm(p, page_file_size, page_size)?;
@@ -1062,6 +1065,9 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
             return Err(format!("{} has a name with a NUL byte", what()));
         }
         check_anon_name(v).map_err(|e| format!("{} {e}", what()))?;
+        if let VmaBacking::AioRing(ring) = &v.backing {
+            aio::check(v, ring).map_err(|e| format!("{} {e}", what()))?;
+        }
         if let VmaBacking::File { file, offset } = v.backing {
             let f = p.files.get(file as usize).ok_or_else(|| {
                 format!(
@@ -1690,6 +1696,14 @@ fn check_page_runs(p: &ProcessImage, page_file_size: u64, page_size: u64) -> Res
                 return Err(format!(
                     "{} lies in SysV segment {id}, whose pages are stored with the segment",
                     what()
+                ))
+            }
+            VmaBacking::AioRing(_) => {
+                return Err(format!(
+                    "{} lies in the AIO ring {:#x}-{:#x}, whose events are stored with it",
+                    what(),
+                    vma.start,
+                    vma.end
                 ))
             }
             VmaBacking::Vdso | VmaBacking::Vvar => {

@@ -12,10 +12,11 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
-/// Most `[vvar*]` pieces plus the `[vdso]` the restorer moves.
-pub const MAX_SPECIAL_MOVES: usize = 8;
+/// Most areas the restorer moves into place: `[vvar*]` pieces and the `[vdso]` (8), and the
+/// rings of AIO contexts the task created (32, the image's limit per process).
+pub const MAX_SPECIAL_MOVES: usize = 8 + 32;
 /// Words of the saved auxiliary vector the restorer can carry (the kernel keeps fewer).
 pub const MAX_AUXV_WORDS: usize = 128;
 

@@ -36,7 +36,11 @@ pub struct Collected {
 /// vDSO and vvar pieces are the restoring kernel's own, moved into place: their flags are
 /// whatever that kernel gives them.
 fn flags(pid: i32, m: &MapEntry, backing: &VmaBacking) -> Result<VmaFlags, DumpError> {
-    if matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar) {
+    if matches!(
+        backing,
+        VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::AioRing(_)
+    ) {
+        // An AIO ring's flags were checked by files::aio::collect.
         return Ok(VmaFlags::default());
     }
     let shared_file = m.shared && matches!(backing, VmaBacking::File { .. });
@@ -67,6 +71,8 @@ enum Plan {
     Deleted(PathBuf),
     Vdso,
     Vvar,
+    /// The ring of an AIO context (files/aio.rs).
+    AioRing,
 }
 
 /// Decides from the name and flags alone; refuses what cannot be restored.
@@ -99,13 +105,8 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
         MapName::Path { path, deleted } => {
             let p = path.to_string_lossy();
             if p == "/[aio]" {
-                // The ring of an io_setup(2) context: an anonymous aio inode (fs/aio.c)
-                // whose requests in flight and completions live in the kernel.
-                return Err(refuse(
-                    "it is the ring of an AIO context (io_setup); crest cannot restore AIO \
-                     contexts (the program must io_destroy it before a dump)"
-                        .into(),
-                ));
+                // The ring of an io_setup(2) context: an anonymous aio inode (fs/aio.c).
+                return Ok(Plan::AioRing);
             }
             if p.starts_with("/memfd:") && *deleted {
                 return Ok(Plan::Memfd(super::memfd::name_from(&p)));
@@ -264,6 +265,10 @@ fn add_vma(
             VmaBacking::Vdso
         }
         Plan::Vvar => VmaBacking::Vvar,
+        Plan::AioRing => VmaBacking::AioRing(
+            crate::files::aio::collect(pid, m.start, m.end, prot(m), &m.flag_codes)
+                .map_err(|why| unsupported(pid, m, why))?,
+        ),
         Plan::Anonymous { shared: false } => {
             out.areas.push(Area {
                 start: m.start,

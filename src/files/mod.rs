@@ -1,6 +1,7 @@
 //! One module per kind of kernel object attached to files, each holding both how it is
 //! collected at dump and how it is recreated at restore; `dump/` and `restore/` call them.
 
+pub mod aio;
 pub mod codeid;
 pub mod deleted_symlink;
 pub mod devnode;

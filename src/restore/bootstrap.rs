@@ -139,6 +139,8 @@ pub struct Bootstrap {
     gadget: u64,
     /// For each POSIX lock the restorer takes, the start of the message if it cannot.
     posix_lock_subjects: Vec<String>,
+    /// The first free address of the park area once the vDSO/vvar pieces have their places.
+    park_free: u64,
 }
 
 impl Bootstrap {
@@ -223,6 +225,37 @@ impl Bootstrap {
         Ok(())
     }
 
+    /// Adds the AIO rings the task created (files/aio.rs) to the restorer's moves: parked like
+    /// the vDSO while the image's memory is mapped, then placed at the image's address. Called
+    /// in the child, once; the park area has room for every ring of the image.
+    pub fn add_ring_moves(&mut self, rings: &[crate::files::aio::RingMove]) -> Result<(), String> {
+        let park_end = self.addr + self.layout.total;
+        let mut park = self.park_free;
+        let args = self.args_mut();
+        for r in rings {
+            let n = args.nr_special as usize;
+            if n >= abi::MAX_SPECIAL_MOVES {
+                return Err(format!(
+                    "more than {} vDSO/vvar pieces and AIO rings to move",
+                    abi::MAX_SPECIAL_MOVES
+                ));
+            }
+            if park + r.len > park_end {
+                return Err("the restorer's park area has no room for an AIO ring".into());
+            }
+            args.special[n] = SpecialMove {
+                current: r.current,
+                park,
+                target: r.target,
+                len: r.len,
+            };
+            args.nr_special += 1;
+            park += r.len;
+        }
+        self.park_free = park;
+        Ok(())
+    }
+
     /// Maps the region for `p` and fills in everything but the unmap list.
     pub fn create(
         p: &ProcessImage,
@@ -240,9 +273,16 @@ impl Bootstrap {
         let mut names = Vec::new();
         let mut vma_args = vma_args(p, files, &mut names)?;
         let close: Vec<i32> = helper_fds(files);
+        // The AIO rings the task creates wait in the park area too (add_ring_moves).
         let park_size: u64 = specials
             .iter()
             .map(|s| s.current.end - s.current.start)
+            .chain(
+                p.vmas
+                    .iter()
+                    .filter(|v| matches!(v.backing, VmaBacking::AioRing(_)))
+                    .map(|v| v.end - v.start),
+            )
             .sum();
         let timers = posix_timer_args(p.pid, &p.task.posix_timers);
         let posix_locks = crate::files::locks::restorer_posix_locks(p);
@@ -273,6 +313,7 @@ impl Bootstrap {
             entry: blob.entry_offset(),
             gadget: blob.gadget_offset(),
             posix_lock_subjects: crate::files::locks::posix_subjects(p),
+            park_free: 0,
         };
 
         // SAFETY: [addr, addr + total) was just mapped read-write for us and nothing else refers to it.
@@ -332,6 +373,7 @@ impl Bootstrap {
             };
             park += len;
         }
+        boot.park_free = park;
 
         let mut auxv = [0u64; abi::MAX_AUXV_WORDS];
         auxv[..p.mm.auxv.len()].copy_from_slice(&p.mm.auxv);
@@ -605,7 +647,11 @@ fn vma_args(
     let mut out = Vec::with_capacity(p.vmas.len());
     let mut run = 0usize;
     for vma in &p.vmas {
-        if matches!(vma.backing, VmaBacking::Vdso | VmaBacking::Vvar) {
+        if matches!(
+            vma.backing,
+            VmaBacking::Vdso | VmaBacking::Vvar | VmaBacking::AioRing(_)
+        ) {
+            // Moved into place instead (AIO rings: created by the task, files/aio.rs).
             continue;
         }
         let first_run = run;

@@ -52,7 +52,16 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
         keep.sort_unstable();
         keep
     };
-    let ranges = match unmap_list(boot, plan.specials) {
+    // AIO contexts last: their rings must stay where io_setup put them until the restorer
+    // moves them, and nothing of crest's may map memory after the unmap list is taken.
+    let rings = match crate::files::aio::create_in_task(plan.image) {
+        Ok(rings) => rings,
+        Err(msg) => fail(plan.status_fd, &msg),
+    };
+    if let Err(msg) = boot.add_ring_moves(&rings) {
+        fail(plan.status_fd, &msg);
+    }
+    let ranges = match unmap_list(boot, plan.specials, &rings) {
         Ok(ranges) => ranges,
         Err(msg) => fail(plan.status_fd, &msg),
     };
@@ -209,8 +218,12 @@ fn finish_prepare(plan: &ChildPlan<'_>) -> Result<(), String> {
 }
 
 /// crest's own mappings the restorer must remove: everything but the bootstrap region, the
-/// vDSO/vvar pieces it moves, and [vsyscall] (outside the user address range).
-fn unmap_list(boot: &Bootstrap, specials: &[Special]) -> Result<Vec<Range>, String> {
+/// vDSO/vvar pieces and AIO rings it moves, and [vsyscall] (outside the user address range).
+fn unmap_list(
+    boot: &Bootstrap,
+    specials: &[Special],
+    rings: &[crate::files::aio::RingMove],
+) -> Result<Vec<Range>, String> {
     let own =
         crate::proc::own_maps().map_err(|e| format!("cannot list crest's own mappings: {e}"))?;
     let b_start = boot.addr();
@@ -219,6 +232,7 @@ fn unmap_list(boot: &Bootstrap, specials: &[Special]) -> Result<Vec<Range>, Stri
         .iter()
         .filter(|m| !(m.start >= b_start && m.end <= b_end))
         .filter(|m| !specials.iter().any(|s| s.current.start == m.start))
+        .filter(|m| !rings.iter().any(|r| r.current == m.start))
         .filter(|m| m.name != "[vsyscall]")
         .map(|m| Range {
             start: m.start,

@@ -174,6 +174,10 @@ pub enum Kind {
     /// inherited, one whose cwd is outside its root, one whose root was removed; writes
     /// `child PID` (then `B`, `C`, `D` PIDs) to `CTL/info`.
     Chroot,
+    /// Two AIO contexts with completed, unreaped events, one wrapping at its ring's end
+    /// (tests/victims/aio.c); answers [`Victim::verify_with`] "final"; started with the data
+    /// file's path as its third argument.
+    Aio,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -209,6 +213,7 @@ impl Kind {
             Kind::Mqueue => "mqueue",
             Kind::Scm => "scm",
             Kind::Chroot => "chroot",
+            Kind::Aio => "aio",
             Kind::Java => "java",
         }
     }

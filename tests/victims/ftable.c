@@ -15,7 +15,8 @@
  *
  * DISK and TMPFS are $CREST_DISK_DIR and $CREST_TMPFS_DIR (default: CTL_DIR). With
  * $CREST_LIB set it dlopen()s that library and calls its value(), which must return
- * $CREST_LIB_VALUE; with $CREST_AIO=1 it holds an AIO context (io_setup); with
+ * $CREST_LIB_VALUE; with $CREST_AIO=1 it holds an AIO context (io_setup) whose ring it made
+ * read-only (mprotect), which crest refuses; with
  * $CREST_PROC_SELF=1 it holds /proc/self/status at fd 111 (offset 20), its /proc/PID/stat at
  * fd 112 (O_NONBLOCK, offset 5) and, at fd 113 (offset 10), /proc/CHILD/status of a child it
  * forks (which dies with it): /proc files of the tree, opened again by the restored process.
@@ -32,6 +33,7 @@
 
 #include <dlfcn.h>
 #include <linux/aio_abi.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 
 #define NFD 7
@@ -267,6 +269,8 @@ int main(int argc, char **argv)
         aio_context_t ctx = 0;
         if (syscall(SYS_io_setup, 8, &ctx) != 0)
             die("io_setup: %s", strerror(errno));
+        if (mprotect((void *)ctx, 4096, PROT_READ) != 0)
+            die("mprotect the AIO ring: %s", strerror(errno));
     }
 
     ctl_loop((struct ctl_loop){
