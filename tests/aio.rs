@@ -89,3 +89,42 @@ fn aio_contexts_keep_their_address_head_tail_and_unreaped_events() {
         .expect("the restored victim reaps its waiting reads and a new read completes");
     v.exit_cleanly();
 }
+
+/// Makes an AIO context, then forks a child (which inherits the ring's mapping but not the
+/// context) and answers "state" with the child's pid and whether io_getevents works on the
+/// context in the parent.
+const FORKED_RING_VICTIM: &str = r#"
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+io_setup, io_getevents = {"x86_64": (206, 208), "aarch64": (0, 4)}[os.uname().machine]
+ctx = ctypes.c_ulong(0)
+assert libc.syscall(io_setup, 8, ctypes.byref(ctx)) == 0, ctypes.get_errno()
+child = os.fork()
+if child == 0:
+    libc.prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL, so the child ends with the victim
+    signal.pause()
+    os._exit(0)
+
+def state():
+    live = libc.syscall(io_getevents, ctx, ctypes.c_long(0), ctypes.c_long(0), None, None) == 0
+    return "child %d context %#x live %s" % (child, ctx.value, live)
+
+serve(lambda data: state())
+"#;
+
+#[test]
+fn a_ring_inherited_by_fork_is_refused_naming_both_processes_and_the_tree_runs_on() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let v = ControlledVictim::start(FORKED_RING_VICTIM, work.path(), &[]);
+    let before = v.ask(b"state");
+    assert!(before.ends_with("live True"), "{before}");
+    let child: i32 = before.split(' ').nth(1).unwrap().parse().unwrap();
+    let dir = work.path().join("img");
+    dump(v.pid(), &dir, false)
+        .assert_failed()
+        .assert_stderr_mentions(&format!("process {child}: the AIO ring at"))
+        .assert_stderr_mentions(&format!("also mapped by process {}", v.pid()));
+    assert!(!dir.exists(), "a refused dump writes no image");
+    assert_eq!(v.ask(b"state"), before, "the victim runs on as before");
+}

@@ -295,6 +295,17 @@ pub enum DumpError {
         pid2: i32,
         what: &'static str,
     },
+    #[error(
+        "process {pid}: the AIO ring at {start:#x} is also mapped by process {first} (at \
+         {at:#x}): a ring inherited by fork has no context in the child, and crest cannot tell \
+         from outside which process holds the context"
+    )]
+    SharedAioRing {
+        pid: i32,
+        start: u64,
+        first: i32,
+        at: u64,
+    },
     #[error("processes {pid} and {owner} share an fd table (CLONE_FILES), but {why}; crest cannot restore that yet")]
     SharedFdTable { pid: i32, owner: i32, why: String },
     /// Several things cannot be dumped; each line names the process and the thing.

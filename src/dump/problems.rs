@@ -25,6 +25,7 @@ pub fn is_refusal(e: &DumpError) -> bool {
             | DumpError::Namespace { .. }
             | DumpError::Terminal { .. }
             | DumpError::SharedBetweenProcesses { .. }
+            | DumpError::SharedAioRing { .. }
             | DumpError::TreeLayout { .. }
             | DumpError::Refused { .. }
             | DumpError::UnsupportedIpc { .. }

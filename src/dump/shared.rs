@@ -25,6 +25,7 @@ use super::DumpError;
 /// `ext_unix_sk`: UNIX connections to named sockets outside the tree are allowed.
 pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), DumpError> {
     refuse_shared_tables(procs)?;
+    refuse_inherited_aio_rings(procs)?;
     super::fdshare::group(procs)?;
     super::unix_tree::resolve(procs, ext_unix_sk)?;
     assign_description_ids(procs)?;
@@ -37,6 +38,31 @@ pub fn resolve(procs: &mut [CollectedProcess], ext_unix_sk: bool) -> Result<(), 
     super::procfiles::mark_tree_proc_files(procs)?;
     store_shared_memory_once(procs);
     Ok(())
+}
+
+/// An AIO ring mapped by two processes of the tree: a child forked after `io_setup` inherits
+/// the ring's mapping but not the context, which stays its parent's (io_getevents on it fails
+/// in the child). Nothing outside the processes tells which one has the context, and a
+/// restore would give each a working one: refused, naming both.
+fn refuse_inherited_aio_rings(procs: &[CollectedProcess]) -> Result<(), DumpError> {
+    let mut seen: HashMap<u64, (i32, u64)> = HashMap::new();
+    let mut problems = Vec::new();
+    for p in procs {
+        for &(ino, start) in &p.vmas.aio_rings {
+            match seen.get(&ino) {
+                Some(&(first, at)) => problems.push(DumpError::SharedAioRing {
+                    pid: p.pid(),
+                    start,
+                    first,
+                    at,
+                }),
+                None => {
+                    seen.insert(ino, (p.pid(), start));
+                }
+            }
+        }
+    }
+    DumpError::refused(problems)
 }
 
 /// CLONE_VM and CLONE_FS shared between two processes (not threads) of the tree.

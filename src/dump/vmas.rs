@@ -30,6 +30,9 @@ pub struct Collected {
     /// The unlinked files the process holds whose content is to be saved, by file index;
     /// filled once the fds are collected too.
     pub ghosts: Vec<crate::files::ghost::ContentArea>,
+    /// (inode, start) of each AIO ring the process maps: a ring mapped by two processes was
+    /// inherited by fork, and only one of them has its context ([`super::shared`]).
+    pub aio_rings: Vec<(u64, u64)>,
 }
 
 /// The VMA's VmFlags as the image records them; refused when one cannot be restored. The
@@ -241,6 +244,7 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
         memfds: Vec::new(),
         sysv: Vec::new(),
         ghosts: Vec::new(),
+        aio_rings: Vec::new(),
     };
     let mut problems = Problems::new();
     for m in &maps {
@@ -265,10 +269,13 @@ fn add_vma(
             VmaBacking::Vdso
         }
         Plan::Vvar => VmaBacking::Vvar,
-        Plan::AioRing => VmaBacking::AioRing(
-            crate::files::aio::collect(pid, m.start, m.end, prot(m), &m.flag_codes)
-                .map_err(|why| unsupported(pid, m, why))?,
-        ),
+        Plan::AioRing => {
+            out.aio_rings.push((m.inode, m.start));
+            VmaBacking::AioRing(
+                crate::files::aio::collect(pid, m.start, m.end, prot(m), &m.flag_codes)
+                    .map_err(|why| unsupported(pid, m, why))?,
+            )
+        }
         Plan::Anonymous { shared: false } => {
             out.areas.push(Area {
                 start: m.start,
