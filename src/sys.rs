@@ -235,6 +235,24 @@ pub unsafe fn clone3_with_pid(pid: i32, exit_signal: i32) -> Result<i32, Errno> 
     unsafe { clone3(&args) }
 }
 
+/// Like [`clone3_with_pid`], with extra clone `flags` (e.g. CLONE_FILES: the child shares the
+/// caller's fd table).
+///
+/// # Safety
+/// As [`clone3_with_pid`].
+pub unsafe fn clone3_with_pid_flags(pid: i32, flags: u64, exit_signal: i32) -> Result<i32, Errno> {
+    let tids: [libc::pid_t; 1] = [pid];
+    let args = CloneArgs {
+        flags,
+        exit_signal: exit_signal as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: tids outlives the call (set_tid points into it); the rest is the caller's.
+    unsafe { clone3(&args) }
+}
+
 /// Forks like fork() with extra clone `flags` (e.g. CLONE_NEWPID|CLONE_NEWNS) and
 /// `exit_signal` to the parent, through clone3. Returns 0 in the child.
 ///

@@ -19,6 +19,7 @@ mod memfd;
 mod mqueue;
 mod netlink;
 mod packet;
+mod peercred;
 mod pidns;
 mod pipes;
 mod procfiles;
