@@ -1127,6 +1127,12 @@ fn unix_socket_text(path: &str, s: &crate::images::UnixSocket) -> String {
     if s.passcred {
         text += ", SO_PASSCRED";
     }
+    if let Some(c) = s.peer_creds {
+        text += &format!(
+            ", peer credentials pid {} uid {} gid {}",
+            c.pid, c.uid, c.gid
+        );
+    }
     text
 }
 
@@ -1722,6 +1728,7 @@ mod tests {
             sndbuf: 0,
             rcvbuf: 0,
             options: Vec::new(),
+            peer_creds: None,
         };
         assert_eq!(
             unix_socket_text(

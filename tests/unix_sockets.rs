@@ -145,3 +145,125 @@ fn a_datagram_from_a_named_socket_outside_the_tree_is_refused_with_the_count() {
         &[&format!("3 queued datagram(s), 1 of them from @{name}")],
     );
 }
+
+/// Holds AF_UNIX sockets whose SO_PEERCRED names different processes and ids, and reports, for
+/// each, what getsockopt(SO_PEERCRED) says (pid, uid, gid) and whether the pair still carries a
+/// byte: a stream pair it made itself (the channel its children send their sockets through); a
+/// datagram pair that a child made under uid/gid 60001 and then exited (zdtm's sock_peercred);
+/// a listener; a connection to it from a child under uid/gid 60002 that exited (the connecting
+/// end names the listener, the accepted end the dead child).
+const PEERCRED_VICTIM: &str = r#"
+import json, os, socket, struct
+me = os.getpid()
+def creds(s):
+    return list(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)))
+own = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+def child(ids, make):
+    pid = os.fork()
+    if pid == 0:
+        os.setgid(ids)
+        os.setuid(ids)
+        made = make()
+        socket.send_fds(own[1], [b"x"], [s.fileno() for s in made])
+        os._exit(0)
+    _, fds, _, _ = socket.recv_fds(own[0], 1, 2)
+    assert os.waitpid(pid, 0)[1] == 0
+    return pid, [socket.socket(fileno=fd) for fd in fds]
+c1, pair = child(60001, lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM))
+name = b"\0crest-peercred-%d" % me
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+lst.bind(name)
+lst.listen(4)
+def connect():
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(name)
+    return [c]
+c2, (client,) = child(60002, connect)
+accepted, _ = lst.accept()
+
+def carries(a, b):
+    a.send(b"p")
+    return b.recv(1) == b"p"
+
+def state():
+    return json.dumps({
+        "pids": [me, c1, c2],
+        "own": [creds(own[0]), creds(own[1])],
+        "child": [creds(pair[0]), creds(pair[1])],
+        "listener": creds(lst),
+        "client": creds(client),
+        "accepted": creds(accepted),
+        "talk": [carries(own[0], own[1]), carries(pair[1], pair[0]),
+                 carries(client, accepted), carries(accepted, client)],
+    }, sort_keys=True)
+
+serve(lambda data: state())
+"#;
+
+#[test]
+fn so_peercred_of_pairs_listeners_and_connections_names_their_makers_after_a_restore() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let v = ControlledVictim::start(PEERCRED_VICTIM, work.path(), &[]);
+    let pid = v.pid();
+    let before = v.ask(b"state");
+    let state: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw() as i64,
+        nix::unistd::getegid().as_raw() as i64,
+    );
+    let pids = &state["pids"];
+    assert_eq!(pids[0], pid, "{before}");
+    let mine = serde_json::json!([pid, uid, gid]);
+    let first = serde_json::json!([pids[1], 60001, 60001]);
+    assert_eq!(state["own"], serde_json::json!([mine, mine]), "{before}");
+    assert_eq!(
+        state["child"],
+        serde_json::json!([first, first]),
+        "{before}"
+    );
+    assert_eq!(state["listener"], mine, "{before}");
+    assert_eq!(
+        state["client"], mine,
+        "the connecting end names the listener: {before}"
+    );
+    assert_eq!(
+        state["accepted"],
+        serde_json::json!([pids[2], 60002, 60002]),
+        "the accepted end names the connector: {before}"
+    );
+    assert_eq!(
+        state["talk"],
+        serde_json::json!([true, true, true, true]),
+        "{before}"
+    );
+
+    let with_r = work.path().join("img-R");
+    dump(pid, &with_r, true).assert_ok();
+    assert_eq!(v.ask(b"state"), before, "after a dump with -R");
+    let json = show_json(&with_r).to_string();
+    assert!(
+        json.contains("peer_creds"),
+        "no peer credentials in the image: {json}"
+    );
+
+    let dir = work.path().join("img");
+    dump(pid, &dir, false).assert_ok();
+    reap_pid(pid, TIMEOUT).expect("the dumped victim is gone");
+    restore_detached(&dir, &[]).assert_ok();
+    assert_eq!(v.ask(b"state"), before, "after a dump and restore");
+
+    // The image of the dump with -R, restored once the process is gone.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    reap_pid(pid, TIMEOUT).expect("the restored victim is gone");
+    restore_detached(&with_r, &[]).assert_ok();
+    assert_eq!(
+        v.ask(b"state"),
+        before,
+        "after restoring the image of the dump with -R"
+    );
+}

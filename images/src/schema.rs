@@ -1289,6 +1289,13 @@ pub struct UnixSocket {
     /// set again once the socket is connected and its queue refilled.
     #[serde(default)]
     pub options: Vec<SetSockOpt>,
+    /// SO_PEERCRED: the pid (as crest's pid namespace sees it), uid and gid the kernel recorded
+    /// for its peer when the connection was made (socketpair: the creator; connect: the
+    /// listener's as of listen(2); accept: the connector; a listener: its own as of listen).
+    /// None when it has none (pid 0: a fresh or datagram-connected socket). Made again at
+    /// restore by a short-lived process under that pid and those ids.
+    #[serde(default)]
+    pub peer_creds: Option<MessageCreds>,
 }
 
 /// The address an AF_UNIX socket is bound to.
@@ -1355,7 +1362,8 @@ pub struct UnixMessage {
     pub creds: Option<MessageCreds>,
 }
 
-/// The sender's credentials attached to a queued UNIX message (struct ucred).
+/// The sender's credentials attached to a queued UNIX message, or a socket's SO_PEERCRED
+/// (struct ucred).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageCreds {
     pub pid: i32,

@@ -630,6 +630,15 @@ fn check_unix_socket(i: usize, f: &FileIdentity, s: &UnixSocket) -> Result<(), S
         }
     }
     net::check_options(i, "UNIX socket", &s.options)?;
+    if let Some(c) = &s.peer_creds {
+        // PID_MAX_LIMIT: no pid is above 4 Mi; none (pid 0) is recorded as no creds at all.
+        if c.pid <= 0 || c.pid > 4 << 20 {
+            return Err(format!(
+                "file {i} is a UNIX socket whose peer credentials name pid {}",
+                c.pid
+            ));
+        }
+    }
     if s.shutdown & !3 != 0 {
         return Err(format!(
             "file {i} is a UNIX socket with shutdown bits {:#x}",
@@ -2523,6 +2532,7 @@ mod socket_tests {
                 sndbuf: 212992,
                 rcvbuf: 212992,
                 options: Vec::new(),
+                peer_creds: None,
             }),
             dev: 8,
             ino: 77,
@@ -2551,6 +2561,17 @@ mod socket_tests {
             dir: dir.into(),
             removed: false,
         }
+    }
+
+    fn with_peer_creds(mut f: FileIdentity, pid: i32) -> FileIdentity {
+        if let FileKind::UnixSocket(s) = &mut f.kind {
+            s.peer_creds = Some(MessageCreds {
+                pid,
+                uid: 1001,
+                gid: 1001,
+            });
+        }
+        f
     }
 
     fn with_queue(mut f: FileIdentity, from: &[u8], data: &[u8]) -> FileIdentity {
@@ -2647,6 +2668,10 @@ mod socket_tests {
                 b"datagram",
             ),
             socket("", UNIX_SOCK_DGRAM, abs(), Connected { peer: 9 }),
+            with_peer_creds(
+                socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, PeerClosed),
+                4 << 20,
+            ),
             socket(
                 "",
                 UNIX_SOCK_STREAM,
@@ -2668,6 +2693,17 @@ mod socket_tests {
             (
                 "listening without a name",
                 socket("", UNIX_SOCK_STREAM, UnixName::Unnamed, listening()),
+            ),
+            (
+                "peer credentials of pid 0",
+                with_peer_creds(socket("", UNIX_SOCK_STREAM, abs(), listening()), 0),
+            ),
+            (
+                "peer credentials of a pid above the kernel's limit",
+                with_peer_creds(
+                    socket("", UNIX_SOCK_STREAM, abs(), listening()),
+                    (4 << 20) + 1,
+                ),
             ),
             (
                 "bound without a path",

@@ -14,7 +14,8 @@
 //!   one carrying credentials (SCM_CREDENTIALS, the receiver has SO_PASSCRED) keeps them too;
 //!   any other control message (SCM_SECURITY) is refused;
 //! - shutdown state, SO_PASSCRED, buffer sizes, and the other SOL_SOCKET options that differ
-//!   from a fresh socket's (SO_PASSSEC, SO_RCVLOWAT, SO_SNDTIMEO ...);
+//!   from a fresh socket's (SO_PASSSEC, SO_RCVLOWAT, SO_SNDTIMEO ...); SO_PEERCRED (the
+//!   peer's pid, uid and gid, [`crate::files::peercred`]);
 //! - its state: unconnected (bound or not), listening (with the embryos of the connections
 //!   waiting), connected to a peer inode (whether that peer is in the tree, an embryo waiting
 //!   in a listener of the tree, or outside, is decided tree-wide in [`super::unix_tree`]), or
@@ -164,6 +165,10 @@ impl Sockets {
                 )),
             )
         })?;
+        let peer_creds =
+            crate::files::peercred::read(std::os::fd::AsFd::as_fd(&copy)).map_err(|e| {
+                self.refuse(fd, what(&format!("whose SO_PEERCRED cannot be read: {e}")))
+            })?;
         let stream = sock_type != libc::SOCK_DGRAM;
 
         let state = if stream {
@@ -242,6 +247,7 @@ impl Sockets {
                 sndbuf,
                 rcvbuf,
                 options,
+                peer_creds,
             }),
             dev: md.dev(),
             ino,

@@ -288,6 +288,7 @@ mod tests {
             sndbuf: 0,
             rcvbuf: 0,
             options: Vec::new(),
+            peer_creds: None,
         }
     }
 

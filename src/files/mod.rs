@@ -9,6 +9,7 @@ pub mod fown;
 pub mod ghost;
 pub mod locks;
 pub mod mqueue;
+pub mod peercred;
 pub mod root;
 pub mod sockfilter;
 pub mod sockopts;

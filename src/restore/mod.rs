@@ -20,6 +20,7 @@ mod memfd;
 mod mqueue;
 mod netlink;
 mod packet;
+mod peercred;
 mod pidns;
 mod pipes;
 mod procfiles;

@@ -21,8 +21,10 @@
 //! 10. shutdown state, SO_PASSCRED and the other recorded options are applied.
 //!
 //! What cannot come back: the name of an accepted connection (its listener's; the restored
-//! end has none), and SO_PEERCRED, which the kernel sets from whoever makes the connection:
-//! crest (pid and root's ids) for a pair or a waiting client.
+//! end has none). SO_PEERCRED, which the kernel sets from whoever makes the connection, is
+//! given back by making pairs and listeners under the recorded pid and ids
+//! ([`super::peercred`]), except for a connection still waiting in a listener's queue (its
+//! accepted end names crest).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
@@ -148,7 +150,16 @@ fn make_all(
                             inode(ino)
                         )));
                     }
-                    let (a, b) = pair(ty)?;
+                    let made = super::peercred::pair(
+                        ty,
+                        s.peer_creds,
+                        other.peer_creds,
+                        &format!("the UNIX socket pair of inodes {ino} and {peer}"),
+                    )?;
+                    let (a, b) = match made {
+                        Some(made) => made,
+                        None => pair(ty)?,
+                    };
                     fds.insert(ino, a);
                     fds.insert(peer, b);
                 } else if other.name == UnixName::Unnamed {
@@ -162,7 +173,10 @@ fn make_all(
                 }
             }
             UnixSocketState::PeerClosed => {
-                let (a, b) = pair(ty)?;
+                let (a, b) = match super::peercred::survivor(ty, s.peer_creds, ino)? {
+                    Some(made) => made,
+                    None => pair(ty)?,
+                };
                 fds.insert(ino, a);
                 closers.insert(ino, b);
             }
@@ -294,13 +308,10 @@ fn make_all(
     };
 
     // 4. Listeners.
-    for (&ino, (ident, s)) in planned {
+    for (&ino, (_, s)) in planned {
         if let UnixSocketState::Listening { backlog, .. } = s.state {
             let backlog = backlog.min(i32::MAX as u32) as i32;
-            // SAFETY: listen on a bound socket we own.
-            if unsafe { libc::listen(fds[&ino].as_raw_fd(), backlog) } < 0 {
-                return Err(os(&format!("listening on {}", shown(ident, s))));
-            }
+            super::peercred::listen(&fds[&ino], backlog, s.peer_creds, ino)?;
         }
     }
 
@@ -490,6 +501,7 @@ fn make_all(
         crate::files::sockopts::apply(std::os::fd::AsFd::as_fd(fd), &s.options).map_err(|e| {
             RestoreError::Unsupported(format!("{} cannot be given its options: {e}", inode(ino)))
         })?;
+        super::peercred::check(fd, s.peer_creds, ino);
     }
     Ok(fds)
 }
@@ -962,6 +974,7 @@ mod tests {
             sndbuf: 0,
             rcvbuf: 0,
             options: Vec::new(),
+            peer_creds: None,
         }
     }
 
