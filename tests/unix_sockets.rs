@@ -267,3 +267,46 @@ fn so_peercred_of_pairs_listeners_and_connections_names_their_makers_after_a_res
         "after restoring the image of the dump with -R"
     );
 }
+
+/// Holds, as its standard input, a listener the test made (the test, outside the tree, is its
+/// creator, as a supervisor handing a service its socket is, and still runs at restore), and
+/// answers "state" with the listener's SO_PEERCRED (pid, uid, gid: its maker's at listen).
+const OUTSIDE_LISTENER_VICTIM: &str = r#"
+import socket, struct
+s = socket.socket(fileno=0)
+
+def state():
+    pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return "%d %d %d" % (pid, uid, gid)
+
+serve(lambda data: state())
+"#;
+
+#[test]
+fn a_listener_made_by_a_process_outside_the_tree_that_still_runs_keeps_its_ids_under_another_pid() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let name = format!("crest-test-outside-listener-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = UnixListener::bind_addr(&addr).unwrap();
+    let v = ControlledVictim::start_with_stdin(
+        OUTSIDE_LISTENER_VICTIM,
+        work.path(),
+        &[],
+        std::process::Stdio::from(std::os::fd::OwnedFd::from(listener)),
+    );
+    let me = std::process::id();
+    assert_eq!(v.ask(b"state"), format!("{me} 0 0"), "made by the test");
+    let dir = work.path().join("img");
+    dump(v.pid(), &dir, false).assert_ok();
+    reap_pid(v.pid(), TIMEOUT).expect("the dumped victim is gone");
+    let out = restore_detached(&dir, &[]);
+    out.assert_ok();
+    out.assert_stderr_mentions(&format!("naming pid {me}, which a process outside"));
+    let after = v.ask(b"state");
+    let fields: Vec<&str> = after.split(' ').collect();
+    assert_eq!(fields[1..], ["0", "0"], "uid and gid kept: {after}");
+    assert_ne!(fields[0], me.to_string(), "another pid: {after}");
+    // The restored listener accepts under its name.
+    UnixStream::connect_addr(&addr).expect("the restored listener takes connections");
+}

@@ -1496,11 +1496,16 @@ pub struct PythonVictim {
 
 impl PythonVictim {
     pub fn start(script: &str, args: &[&OsStr]) -> PythonVictim {
+        PythonVictim::start_with_stdin(script, args, Stdio::null())
+    }
+
+    /// As [`PythonVictim::start`], with `stdin` as its standard input.
+    pub fn start_with_stdin(script: &str, args: &[&OsStr], stdin: Stdio) -> PythonVictim {
         let mut cmd = Command::new("python3");
         cmd.arg("-c")
             .arg(script)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         PythonVictim {
@@ -1539,10 +1544,20 @@ pub struct ControlledVictim {
 impl ControlledVictim {
     /// Starts `script` with the ready file (in `work`) and `args`, and waits for its port.
     pub fn start(script: &str, work: &Path, args: &[&OsStr]) -> ControlledVictim {
+        ControlledVictim::start_with_stdin(script, work, args, Stdio::null())
+    }
+
+    /// As [`ControlledVictim::start`], with `stdin` as the victim's standard input.
+    pub fn start_with_stdin(
+        script: &str,
+        work: &Path,
+        args: &[&OsStr],
+        stdin: Stdio,
+    ) -> ControlledVictim {
         let ready = work.join("ready");
         let mut all = vec![ready.as_os_str()];
         all.extend_from_slice(args);
-        let victim = PythonVictim::start(&format!("{PY_CONTROL}{script}"), &all);
+        let victim = PythonVictim::start_with_stdin(&format!("{PY_CONTROL}{script}"), &all, stdin);
         let text = wait_for("the victim's control port", TIMEOUT, || {
             fs::read_to_string(&ready).ok()
         });
