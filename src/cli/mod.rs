@@ -123,10 +123,7 @@ enum Command {
     },
     /// Internal: the guard of a lazy restore, started by crest restore (see crest::lazy).
     #[command(name = "lazy-watchdog", hide = true)]
-    LazyWatchdog {
-        socket: i32,
-        pids: Vec<i32>,
-    },
+    LazyWatchdog { socket: i32, pids: Vec<i32> },
     /// Show an image in readable form.
     Show {
         /// Image directory.

@@ -23,6 +23,8 @@ pub mod watchdog;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -151,7 +153,10 @@ pub fn take_from_task(pid: i32, fd: RawFd) -> Result<OwnedFd, LazyError> {
 /// The running page server.
 #[derive(Debug)]
 pub struct Handle {
-    thread: JoinHandle<Result<LazyStats, LazyError>>,
+    thread: Option<JoinHandle<Result<LazyStats, LazyError>>>,
+    /// Set once the restore is over: only then may the server end and reap the watchdog (the
+    /// restore's own waits take any child of crest that ends before).
+    may_end: Arc<AtomicBool>,
 }
 
 /// Starts the watchdog over the tree `tree_pids` and the page server thread over `procs`.
@@ -174,19 +179,33 @@ pub fn start(
         mask.add(sig);
     }
     let _ = mask.thread_block();
+    let may_end = Arc::new(AtomicBool::new(false));
+    let flag = may_end.clone();
     let thread = std::thread::Builder::new()
         .name("crest-lazy-pages".into())
-        .spawn(move || server::run(procs, dog, restore_start))
+        .spawn(move || server::run(procs, dog, restore_start, flag))
         .map_err(|e| LazyError::Os {
             what: "starting the page server thread".into(),
             source: e,
         })?;
-    Ok(Handle { thread })
+    Ok(Handle {
+        thread: Some(thread),
+        may_end,
+    })
 }
 
 impl Handle {
     /// Waits until every page is in (or the server failed, and the tree was killed).
-    pub fn wait(self) -> Result<LazyStats, LazyError> {
-        self.thread.join().map_err(|_| LazyError::Panicked)?
+    pub fn wait(mut self) -> Result<LazyStats, LazyError> {
+        self.may_end.store(true, Ordering::Release);
+        let thread = self.thread.take().expect("waited once");
+        thread.join().map_err(|_| LazyError::Panicked)?
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // A failed restore: the tree is being killed; the server ends once it is gone.
+        self.may_end.store(true, Ordering::Release);
     }
 }

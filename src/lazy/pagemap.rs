@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(m.bytes(), 0x10000);
         // Taken: a second fault there finds nothing to copy.
         assert!(m.take_around(0x18000, 0x1000, 0, 0x1000).is_none());
-        assert_eq!(m.take_around(0x10000, 0x1000, 0x4000, 0x1000).unwrap(), piece(0x10000, 0x1000, 0x5000));
+        assert_eq!(
+            m.take_around(0x10000, 0x1000, 0x4000, 0x1000).unwrap(),
+            piece(0x10000, 0x1000, 0x5000)
+        );
     }
 
     #[test]
@@ -164,7 +167,10 @@ mod tests {
         m.take_range(0x11000, 0x12000);
         m.remap(0x20000, 0x40000, 0x2000);
         assert_eq!(m.take_next(u64::MAX).unwrap(), piece(0x10000, 0x1000, 0));
-        assert_eq!(m.take_next(u64::MAX).unwrap(), piece(0x12000, 0x2000, 0x2000));
+        assert_eq!(
+            m.take_next(u64::MAX).unwrap(),
+            piece(0x12000, 0x2000, 0x2000)
+        );
         assert_eq!(m.take_next(0x1000).unwrap(), piece(0x40000, 0x1000, 0x4000));
         assert_eq!(m.take_next(0x1000).unwrap(), piece(0x41000, 0x1000, 0x5000));
         assert!(m.is_empty());

@@ -32,8 +32,12 @@ pub fn is_lazy_vma(vma: &Vma) -> bool {
         && vma.guard_ranges.is_empty()
 }
 
-/// The pages under each thread's stack pointer, as page-aligned `(start, end)` ranges.
+/// The pages that stay eager inside lazy VMAs, as sorted page-aligned `(start, end)` ranges:
+/// those under each thread's stack pointer, and the command line and environment, which the
+/// kernel reads for other processes (/proc/PID/cmdline, environ) through a remote access that
+/// cannot wait for a userfaultfd (it would read nothing).
 pub fn eager_stack_pages(p: &ProcessImage, page: u64) -> Vec<(u64, u64)> {
+    let align = |a: u64| a & !(page - 1);
     let mut out: Vec<(u64, u64)> = p
         .threads
         .iter()
@@ -44,8 +48,24 @@ pub fn eager_stack_pages(p: &ProcessImage, page: u64) -> Vec<(u64, u64)> {
             (start, end)
         })
         .collect();
+    for (start, end) in [
+        (p.mm.arg_start, p.mm.arg_end),
+        (p.mm.env_start, p.mm.env_end),
+    ] {
+        if end > start {
+            out.push((align(start), align(end - 1) + page));
+        }
+    }
     out.sort_unstable();
-    out
+    // Merged, so that the pieces split_runs cuts never overlap.
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(out.len());
+    for (s, e) in out {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
 }
 
 /// Splits the page runs of one lazy VMA into what the restorer copies (the parts inside
@@ -99,16 +119,36 @@ mod tests {
         assert_eq!(
             copy,
             vec![
-                Piece { vaddr: 0x12000, len: 0x2000, file_offset: 0x2000 },
-                Piece { vaddr: 0x21000, len: 0x1000, file_offset: 0x9000 },
+                Piece {
+                    vaddr: 0x12000,
+                    len: 0x2000,
+                    file_offset: 0x2000
+                },
+                Piece {
+                    vaddr: 0x21000,
+                    len: 0x1000,
+                    file_offset: 0x9000
+                },
             ]
         );
         assert_eq!(
             lazy,
             vec![
-                Piece { vaddr: 0x10000, len: 0x2000, file_offset: 0 },
-                Piece { vaddr: 0x14000, len: 0x4000, file_offset: 0x4000 },
-                Piece { vaddr: 0x20000, len: 0x1000, file_offset: 0x8000 },
+                Piece {
+                    vaddr: 0x10000,
+                    len: 0x2000,
+                    file_offset: 0
+                },
+                Piece {
+                    vaddr: 0x14000,
+                    len: 0x4000,
+                    file_offset: 0x4000
+                },
+                Piece {
+                    vaddr: 0x20000,
+                    len: 0x1000,
+                    file_offset: 0x8000
+                },
             ]
         );
     }
@@ -117,6 +157,13 @@ mod tests {
     fn without_stack_pages_everything_is_lazy() {
         let (copy, lazy) = split_runs(&[run(0x10000, 3, 0x3000)], 0x1000, &[]);
         assert!(copy.is_empty());
-        assert_eq!(lazy, vec![Piece { vaddr: 0x10000, len: 0x3000, file_offset: 0x3000 }]);
+        assert_eq!(
+            lazy,
+            vec![Piece {
+                vaddr: 0x10000,
+                len: 0x3000,
+                file_offset: 0x3000
+            }]
+        );
     }
 }

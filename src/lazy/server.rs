@@ -19,6 +19,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +36,10 @@ pub const FAULT_BEFORE: u64 = 16 << 10;
 /// Bytes per background copy: large enough to be cheap per byte, small enough that a fault
 /// arriving meanwhile waits little.
 pub const BACKGROUND_CHUNK: u64 = 1 << 20;
+/// For tests: while the file this variable names does not exist, the background pass waits
+/// and only faults bring pages in, so a test can change the memory map of a process whose
+/// pages are certainly not all in yet.
+pub const HOLD_ENV: &str = "CREST_LAZY_TEST_HOLD";
 
 struct Proc {
     /// The restored process's pid; None for a child forked during the load (the fork event
@@ -68,6 +73,10 @@ struct Server {
     buf: Vec<u8>,
     stats: LazyStats,
     next_background: usize,
+    /// [`HOLD_ENV`]'s file, until it exists.
+    hold: Option<std::path::PathBuf>,
+    /// Set when the restore is over (see [`super::Handle`]).
+    may_end: Arc<AtomicBool>,
 }
 
 /// Runs the server on the current thread until every page is in; `restore_start` is when the
@@ -76,6 +85,7 @@ pub fn run(
     procs: Vec<LazyProcess>,
     watchdog: Watchdog,
     restore_start: Instant,
+    may_end: Arc<AtomicBool>,
 ) -> Result<LazyStats, LazyError> {
     // SAFETY: epoll_create1 returns a new descriptor or -1.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -94,6 +104,8 @@ pub fn run(
         buf: vec![0u8; BACKGROUND_CHUNK as usize],
         stats: LazyStats::default(),
         next_background: 0,
+        hold: std::env::var_os(HOLD_ENV).map(Into::into),
+        may_end,
     };
     for p in procs {
         s.stats.lazy_bytes += p.pieces.iter().map(|x| x.len).sum::<u64>();
@@ -108,6 +120,8 @@ pub fn run(
         })?;
     }
     let result = s.serve();
+    let all_in_us = restore_start.elapsed().as_micros() as u64;
+    let result = result.and_then(|()| s.idle_until_the_restore_is_over());
     let Server {
         procs,
         watchdog,
@@ -120,7 +134,7 @@ pub fn run(
             // close would wait for ever.
             watchdog.done();
             drop(procs);
-            stats.all_in_us = restore_start.elapsed().as_micros() as u64;
+            stats.all_in_us = all_in_us;
             Ok(stats)
         }
         Err(e) => {
@@ -164,18 +178,54 @@ impl Server {
             .any(|p| !p.gone && (!p.map.is_empty() || !p.retry.is_empty()))
     }
 
-    fn serve(&mut self) -> Result<(), LazyError> {
+    /// Every page is in, but the restore still waits for its tasks: keep answering events
+    /// (faults on pages the image does not store, forks) until it is over.
+    fn idle_until_the_restore_is_over(&mut self) -> Result<(), LazyError> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
         let mut msgs = Vec::new();
-        while self.work_left() {
-            // Never block: there is background work as long as there is any work.
+        while !self.may_end.load(Ordering::Acquire) {
             // SAFETY: epoll_wait writes at most `events.len()` entries.
             let n = unsafe {
                 libc::epoll_wait(
                     self.epoll.as_raw_fd(),
                     events.as_mut_ptr(),
                     events.len() as i32,
-                    0,
+                    2,
+                )
+            };
+            for ev in &events[..n.max(0) as usize] {
+                let i = ev.u64 as usize;
+                msgs.clear();
+                if uffd::read_msgs(self.procs[i].uffd.as_raw_fd(), &mut msgs).is_ok() {
+                    for m in msgs.drain(..) {
+                        self.handle(i, m)?;
+                    }
+                }
+            }
+            self.retry_faults()?;
+        }
+        // A fork meanwhile gave a child a copy of pages still to copy (none: every map was
+        // empty), so nothing is left.
+        self.serve()
+    }
+
+    fn serve(&mut self) -> Result<(), LazyError> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        let mut msgs = Vec::new();
+        while self.work_left() {
+            if self.hold.as_ref().is_some_and(|p| p.exists()) {
+                self.hold = None;
+            }
+            // Never block while there is background work (there is as long as there is any
+            // work), unless a test holds the background pass.
+            let timeout = if self.hold.is_some() { 5 } else { 0 };
+            // SAFETY: epoll_wait writes at most `events.len()` entries.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    timeout,
                 )
             };
             if n < 0 {
@@ -202,7 +252,9 @@ impl Server {
                 }
             }
             self.retry_faults()?;
-            self.background()?;
+            if self.hold.is_none() {
+                self.background()?;
+            }
         }
         Ok(())
     }
@@ -250,7 +302,10 @@ impl Server {
 
     fn fault(&mut self, i: usize, page: u64) -> Result<(), LazyError> {
         let ps = self.page;
-        match self.procs[i].map.take_around(page, ps, FAULT_BEFORE, FAULT_BATCH) {
+        match self.procs[i]
+            .map
+            .take_around(page, ps, FAULT_BEFORE, FAULT_BATCH)
+        {
             Some(piece) => {
                 let (placed, reached) = self.copy(i, piece)?;
                 self.stats.fault_bytes += placed;

@@ -234,13 +234,25 @@ mod tests {
         let mut raw = [0u8; 32];
         raw[0] = EVENT_PAGEFAULT;
         raw[16..24].copy_from_slice(&0x7f00_1234u64.to_le_bytes());
-        assert_eq!(Msg::decode(&raw), Msg::PageFault { address: 0x7f00_1234 });
+        assert_eq!(
+            Msg::decode(&raw),
+            Msg::PageFault {
+                address: 0x7f00_1234
+            }
+        );
         raw = [0u8; 32];
         raw[0] = EVENT_REMAP;
         raw[8..16].copy_from_slice(&1u64.to_le_bytes());
         raw[16..24].copy_from_slice(&2u64.to_le_bytes());
         raw[24..32].copy_from_slice(&3u64.to_le_bytes());
-        assert_eq!(Msg::decode(&raw), Msg::Remap { from: 1, to: 2, len: 3 });
+        assert_eq!(
+            Msg::decode(&raw),
+            Msg::Remap {
+                from: 1,
+                to: 2,
+                len: 3
+            }
+        );
     }
 
     #[test]
