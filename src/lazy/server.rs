@@ -10,6 +10,7 @@
 //!   (the kernel copied what was present already), and the watchdog a copy of the fd.
 //! - REMAP: the pieces move with the memory. UNMAP / REMOVE (munmap, MADV_DONTNEED): the
 //!   pieces are dropped, so the server never copies into memory the program gave up.
+//!
 //! Between events, a background pass copies [`BACKGROUND_CHUNK`] bytes at a time from the
 //! lowest address up. The kernel's answers EAGAIN (the memory map is changing: read the
 //! events first, then retry), EEXIST (a page is already there) and ENOENT (the range is no
