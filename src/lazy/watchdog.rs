@@ -227,6 +227,10 @@ pub fn run(sock: RawFd, pids: &[i32]) -> i32 {
         }
     }
     let killed = kill_tree(&roots);
+    if killed.is_empty() {
+        // The tree had ended already (a failed restore killed it).
+        return 1;
+    }
     eprintln!(
         "crest: crest restore ended before every lazy page was in; killed the restored \
          process(es) {} so that they do not run on with missing memory",
