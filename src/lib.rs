@@ -25,6 +25,7 @@ pub mod fault;
 pub mod files;
 pub mod infect;
 pub mod jvm;
+pub mod lazy;
 pub mod log;
 pub mod net;
 pub mod pages;

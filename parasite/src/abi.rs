@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// Most areas the restorer moves into place: `[vvar*]` pieces and the `[vdso]` (8), and the
 /// rings of AIO contexts the task created (32, the image's limit per process).
@@ -46,6 +46,11 @@ pub struct SpecialMove {
 pub const VMA_FILL_NONE: u32 = 0;
 /// Copy the VMA's page runs from `RestorerArgs::pages_fd` with pread.
 pub const VMA_FILL_COPY: u32 = 1;
+/// Lazy pages (`crest restore --lazy-pages`): copy the VMA's page runs (the pages under a
+/// thread's stack pointer, possibly none) like `VMA_FILL_COPY`, then register the whole VMA
+/// with `RestorerArgs::uffd` (UFFDIO_REGISTER, missing-page mode); crest's page server fills
+/// the rest.
+pub const VMA_FILL_LAZY: u32 = 2;
 
 /// Most madvise() advices one VMA carries: SEQUENTIAL or RANDOM, DONTFORK, DONTDUMP, HUGEPAGE
 /// or NOHUGEPAGE, WIPEONFORK, MERGEABLE (6), with room to spare.
@@ -184,6 +189,8 @@ pub enum Step {
     SealVma = 20,
     PosixLock = 21,
     NameVma = 22,
+    /// Registering a lazy VMA with the userfaultfd (`detail`: its start).
+    RegisterLazy = 23,
 }
 
 /// `Progress::detail` of a `Step::Creds` failure (and of a thread's `ThreadSetup` failure in
@@ -245,6 +252,7 @@ impl Step {
             20 => Step::SealVma,
             21 => Step::PosixLock,
             22 => Step::NameVma,
+            23 => Step::RegisterLazy,
             _ => return None,
         })
     }
@@ -278,6 +286,9 @@ impl Step {
             Step::NameVma => {
                 "naming an anonymous VMA (prctl PR_SET_VMA_ANON_NAME; the kernel needs \
                  CONFIG_ANON_VMA_NAME)"
+            }
+            Step::RegisterLazy => {
+                "registering a lazy VMA with the userfaultfd (ioctl UFFDIO_REGISTER)"
             }
         }
     }
@@ -375,7 +386,18 @@ pub struct RestorerArgs {
     /// file by its owner drops the owner's POSIX locks on it; `Progress::detail` = index).
     pub posix_locks: u64,
     pub nr_posix_locks: u64,
+    /// The userfaultfd of lazy pages: `UFFD_NONE` without lazy VMAs; `UFFD_WANTED` when the
+    /// forked task must create one before the jump (it writes the fd number here); the
+    /// restorer registers every `VMA_FILL_LAZY` VMA with it and closes it right after mapping
+    /// the memory, so the restored process never holds it (crest has its own copy).
+    pub uffd: i32,
+    pub _pad2: u32,
 }
+
+/// `RestorerArgs::uffd`: no lazy pages.
+pub const UFFD_NONE: i32 = -1;
+/// `RestorerArgs::uffd`: the task creates the userfaultfd before jumping into the restorer.
+pub const UFFD_WANTED: i32 = -2;
 
 /// Credentials for the restorer to switch to, in the order that keeps the capabilities needed
 /// for each step (see `switch_creds` in the restorer).

@@ -116,7 +116,14 @@ enum Command {
         /// as JSON.
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
+        /// Run the tree before its private memory is read: crest stays attached as the page
+        /// server (userfaultfd), filling pages on fault and in the background (not with -d).
+        #[arg(long = "lazy-pages")]
+        lazy_pages: bool,
     },
+    /// Internal: the guard of a lazy restore, started by crest restore (see crest::lazy).
+    #[command(name = "lazy-watchdog", hide = true)]
+    LazyWatchdog { socket: i32, pids: Vec<i32> },
     /// Show an image in readable form.
     Show {
         /// Image directory.
@@ -204,6 +211,7 @@ fn dispatch(command: Command) -> Result<i32> {
             ext_unix_sk,
             tcp_close,
             stats_json,
+            lazy_pages,
         } => {
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
@@ -214,17 +222,36 @@ fn dispatch(command: Command) -> Result<i32> {
                 shell_job,
                 ext_unix_sk,
                 tcp_close,
+                lazy_pages,
             };
-            let restored = crest::restore::restore(&opts)
+            let mut restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
             if let Some(path) = pidfile {
                 std::fs::write(&path, format!("{}\n", restored.pid()))
                     .with_context(|| format!("cannot write pid file {}", path.display()))?;
             }
+            let lazy = match restored.wait_lazy() {
+                None => None,
+                Some(Ok(l)) => Some(l),
+                Some(Err(e)) => {
+                    eprintln!(
+                        "crest: lazy pages failed: {e}; the restored tree was killed so that \
+                         it does not run on with missing memory"
+                    );
+                    None
+                }
+            };
             if let Some(stats) = restored.stats() {
                 eprintln!("{}", stats.text(restored.pid()));
+                if let Some(l) = &lazy {
+                    eprintln!("{}", l.text());
+                }
                 if let Some(path) = &stats_json {
-                    let text = serde_json::to_string_pretty(&stats.to_json(restored.pid()))?;
+                    let mut json = stats.to_json(restored.pid());
+                    if let Some(l) = &lazy {
+                        json["lazy"] = l.to_json();
+                    }
+                    let text = serde_json::to_string_pretty(&json)?;
                     std::fs::write(path, text + "\n").with_context(|| {
                         format!(
                             "the tree runs, but the statistics file {} could not be written",
@@ -240,6 +267,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 Ok(restored.wait_forwarding_signals()?)
             }
         }
+        Command::LazyWatchdog { socket, pids } => Ok(crest::lazy::watchdog::run(socket, &pids)),
         Command::Show { dir, json } => {
             // Only the metadata is shown: a damaged page file is reported, not fatal.
             let (image, damaged) = crest::images::open_image_metadata(&dir)

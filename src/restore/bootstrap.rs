@@ -141,9 +141,36 @@ pub struct Bootstrap {
     posix_lock_subjects: Vec<String>,
     /// The first free address of the park area once the vDSO/vvar pieces have their places.
     park_free: u64,
+    /// Lazy restore: the task creates a userfaultfd before the jump ([`crate::lazy`]).
+    uffd_wanted: bool,
+    /// The stored pages left to the page server.
+    lazy: Vec<crate::lazy::plan::Piece>,
 }
 
 impl Bootstrap {
+    /// Whether the task must create a userfaultfd for lazy pages before the jump.
+    pub fn uffd_wanted(&self) -> bool {
+        self.uffd_wanted
+    }
+
+    /// The task's userfaultfd number (it writes it here before reporting ready).
+    pub fn set_uffd(&mut self, fd: i32) {
+        self.args_mut().uffd = fd;
+    }
+
+    /// The fd number of the task's userfaultfd, once the task made it.
+    pub fn uffd_in_task(&self) -> Option<i32> {
+        // SAFETY: a plain read of an i32 inside the mapped args; volatile because the task
+        // wrote it through its own mapping of the shared region.
+        let fd = unsafe { std::ptr::read_volatile(std::ptr::addr_of!(self.args().uffd)) };
+        (fd >= 0).then_some(fd)
+    }
+
+    /// The stored pages the page server fills while the process runs.
+    pub fn lazy_pieces(&self) -> &[crate::lazy::plan::Piece] {
+        &self.lazy
+    }
+
     pub fn addr(&self) -> u64 {
         self.addr
     }
@@ -262,6 +289,7 @@ impl Bootstrap {
         own: &[MapRange],
         specials: &[Special],
         files: &OpenedFiles,
+        lazy: bool,
     ) -> Result<Bootstrap, RestoreError> {
         let page = crate::arch::page_size();
         let blob = super::blob::restorer();
@@ -271,7 +299,7 @@ impl Bootstrap {
             crate::images::ArchRegs::Aarch64 { fpsimd, .. } => fpsimd.len(),
         };
         let mut names = Vec::new();
-        let mut vma_args = vma_args(p, files, &mut names)?;
+        let (mut vma_args, runs, lazy_pieces) = vma_args(p, files, &mut names, lazy)?;
         let close: Vec<i32> = helper_fds(files);
         // The AIO rings the task creates wait in the park area too (add_ring_moves).
         let park_size: u64 = specials
@@ -288,7 +316,7 @@ impl Bootstrap {
         let posix_locks = crate::files::locks::restorer_posix_locks(p);
         let counts = Counts {
             vmas: vma_args.len() as u64,
-            runs: p.page_runs.len() as u64,
+            runs: runs.len() as u64,
             close_fds: close.len() as u64,
             timers: timers.len() as u64,
             posix_locks: posix_locks.len() as u64,
@@ -314,6 +342,8 @@ impl Bootstrap {
             gadget: blob.gadget_offset(),
             posix_lock_subjects: crate::files::locks::posix_subjects(p),
             park_free: 0,
+            uffd_wanted: !lazy_pieces.is_empty(),
+            lazy: lazy_pieces,
         };
 
         // SAFETY: [addr, addr + total) was just mapped read-write for us and nothing else refers to it.
@@ -331,15 +361,6 @@ impl Bootstrap {
         }
         write_array(region, layout.names, &names);
         write_array(region, layout.vmas, &vma_args);
-        let runs: Vec<PageRunArg> = p
-            .page_runs
-            .iter()
-            .map(|r| PageRunArg {
-                vaddr: r.vaddr,
-                len: r.npages * page,
-                file_offset: r.file_offset,
-            })
-            .collect();
         write_array(region, layout.runs, &runs);
         write_array(region, layout.close_fds, &close);
         write_array(region, layout.timers, &timers);
@@ -432,6 +453,12 @@ impl Bootstrap {
             sigtrap_action: sigtrap_action(p),
             posix_locks: addr + layout.posix_locks,
             nr_posix_locks: posix_locks.len() as u64,
+            uffd: if boot.uffd_wanted {
+                abi::UFFD_WANTED
+            } else {
+                abi::UFFD_NONE
+            },
+            _pad2: 0,
         };
         *boot.args_mut() = args;
         Ok(boot)
@@ -638,13 +665,26 @@ fn helper_fds(files: &OpenedFiles) -> Vec<i32> {
 /// restorer gives back (`[anon:NAME]`, `[anon_shmem:NAME]`) go into `names`, each
 /// NUL-terminated; a VmaArg's `name` is then its offset there plus one (0: no name), for the
 /// caller to turn into an address.
+///
+/// With `lazy`, the stored pages of lazy VMAs ([`crate::lazy::plan`]) but those under a
+/// thread's stack pointer are left out of the runs the restorer copies and returned apart, for
+/// the page server.
+#[allow(clippy::type_complexity)]
 fn vma_args(
     p: &ProcessImage,
     files: &OpenedFiles,
     names: &mut Vec<u8>,
-) -> Result<Vec<VmaArg>, RestoreError> {
+    lazy: bool,
+) -> Result<(Vec<VmaArg>, Vec<PageRunArg>, Vec<crate::lazy::plan::Piece>), RestoreError> {
     let page = crate::arch::page_size();
     let mut out = Vec::with_capacity(p.vmas.len());
+    let mut runs_out: Vec<PageRunArg> = Vec::with_capacity(p.page_runs.len());
+    let mut lazy_out = Vec::new();
+    let stack_pages = if lazy {
+        crate::lazy::plan::eager_stack_pages(p, page)
+    } else {
+        Vec::new()
+    };
     let mut run = 0usize;
     for vma in &p.vmas {
         if matches!(
@@ -710,27 +750,51 @@ fn vma_args(
             None => 0,
         };
         debug_assert_eq!(vma.start % page, 0);
+        let vma_runs = &p.page_runs[first_run..first_run + nr_runs];
+        let (copy, lazy_pieces) = if lazy && nr_runs > 0 && crate::lazy::plan::is_lazy_vma(vma) {
+            crate::lazy::plan::split_runs(vma_runs, page, &stack_pages)
+        } else {
+            let all = vma_runs
+                .iter()
+                .map(|r| crate::lazy::plan::Piece {
+                    vaddr: r.vaddr,
+                    len: r.npages * page,
+                    file_offset: r.file_offset,
+                })
+                .collect();
+            (all, Vec::new())
+        };
+        let first_arg = runs_out.len();
+        runs_out.extend(copy.iter().map(|c| PageRunArg {
+            vaddr: c.vaddr,
+            len: c.len,
+            file_offset: c.file_offset,
+        }));
+        let fill = if !lazy_pieces.is_empty() {
+            abi::VMA_FILL_LAZY
+        } else if !copy.is_empty() {
+            abi::VMA_FILL_COPY
+        } else {
+            abi::VMA_FILL_NONE
+        };
+        lazy_out.extend(lazy_pieces);
         out.push(VmaArg {
             start: vma.start,
             len: vma.end - vma.start,
             prot: vma.prot,
             flags: flags as u32,
             fd,
-            fill: if nr_runs > 0 {
-                abi::VMA_FILL_COPY
-            } else {
-                abi::VMA_FILL_NONE
-            },
+            fill,
             file_offset,
             madvise,
             extra,
             _pad: 0,
-            first_run: first_run as u32,
-            nr_runs: nr_runs as u32,
+            first_run: first_arg as u32,
+            nr_runs: copy.len() as u32,
             name,
         });
     }
-    Ok(out)
+    Ok((out, runs_out, lazy_out))
 }
 
 /// Finds `len` bytes (plus a guard page either side) that neither the image nor crest uses.

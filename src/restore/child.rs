@@ -45,7 +45,7 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
         fail(plan.status_fd, &msg);
     }
     let boot = plan.boot;
-    let keep = {
+    let mut keep = {
         let mut keep: Vec<RawFd> = vec![plan.files.pages.as_raw_fd(), plan.files.exe.as_raw_fd()];
         keep.extend(plan.files.mapped.iter().flatten().map(|f| f.as_raw_fd()));
         keep.extend(plan.files.shmem.values().map(|f| f.as_raw_fd()));
@@ -78,6 +78,18 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
     if plan.keep_pdeath {
         // A credential switch in the restorer clears it; the restorer sets it again.
         boot.set_pdeath_after_creds(plan.image.task.pdeath_signal);
+    }
+    if boot.uffd_wanted() {
+        // Lazy pages: the userfaultfd of this memory, for the restorer to register the lazy
+        // VMAs with and for crest to take (pidfd_getfd) once this task reports ready.
+        match crate::lazy::create_in_task(plan.fd_base) {
+            Ok(fd) => {
+                boot.set_uffd(fd);
+                keep.push(fd);
+                keep.sort_unstable();
+            }
+            Err(msg) => fail(plan.status_fd, &format!("lazy pages: {msg}")),
+        }
     }
     report_ready(plan.status_fd);
     let mut go = [0u8; GO_MESSAGE_LEN];

@@ -65,6 +65,9 @@ pub struct RestoreOptions {
     /// `--tcp-close`: TCP connections come back closed (reads give their unread bytes, then
     /// end of file; writes fail with EPIPE) instead of connected.
     pub tcp_close: bool,
+    /// `--lazy-pages`: private anonymous memory is filled by a page server in crest
+    /// (userfaultfd) while the tree runs ([`crate::lazy`]).
+    pub lazy_pages: bool,
 }
 
 pub use files::InheritFd;
@@ -131,6 +134,8 @@ pub enum RestoreError {
     FileOwner(String),
     #[error("restoring into a new pid namespace failed: {0}")]
     PidNamespace(String),
+    #[error("lazy pages: {0}")]
+    Lazy(String),
 }
 
 /// Restores the image in `opts.dir`: the whole tree, every process under its original pid, its
@@ -145,9 +150,24 @@ pub enum RestoreError {
 /// Until that release no task of the tree runs its own code; on any failure every task is
 /// killed and reaped ([`TreeGuard`]).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    if opts.lazy_pages && opts.detached {
+        return Err(RestoreError::Unsupported(
+            "lazy pages need crest restore to stay attached (no -d) until a later version \
+             adds the lazy-pages daemon"
+                .into(),
+        ));
+    }
+    if opts.lazy_pages && opts.pidns {
+        return Err(RestoreError::Unsupported(
+            "lazy pages with --pidns (the page server would have to run in the namespace's \
+             init)"
+                .into(),
+        ));
+    }
     if opts.pidns {
         return pidns::restore(opts);
     }
+    let started = std::time::Instant::now();
     let mut phases = crate::phases::Phases::new();
     let image = images::open_image(&opts.dir)?;
     if opts.verify {
@@ -248,10 +268,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let own = crate::proc::own_maps()
             .map_err(|e| RestoreError::Internal(format!("listing crest's own mappings: {e}")))?;
         let specials = specials::plan(p, &own)?;
-        boots.push(bootstrap::Bootstrap::create(p, &own, &specials, files)?);
+        boots.push(bootstrap::Bootstrap::create(
+            p,
+            &own,
+            &specials,
+            files,
+            opts.lazy_pages,
+        )?);
         specials_all.push(specials);
     }
     let mut tables = fdshare::FdTables::plan(&plan, &image.processes, base)?;
+    if opts.lazy_pages {
+        refuse_lazy_shared_tables(&plan, &tables, &boots)?;
+    }
     let mut status_rx = Vec::with_capacity(plan.tasks.len());
     let mut go_tx = Vec::with_capacity(plan.tasks.len());
     let mut task_ends = Vec::with_capacity(plan.tasks.len());
@@ -344,6 +373,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // child, its own message is the one read (the child's pipe only shows an end of file).
     // The processes of a shared fd table go on together, once all are ready ([`fdshare`]).
     let mut restoring = Vec::with_capacity(image.processes.len());
+    let mut lazy_procs = Vec::new();
     let mut statuses: Vec<Option<&mut File>> = status_rx.iter_mut().map(Some).collect();
     for (i, t) in plan.tasks.iter().enumerate() {
         let status = statuses[i].as_mut().expect("each task is waited for once");
@@ -352,6 +382,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             let t = &plan.tasks[j];
             let status = statuses[j].take().expect("each task is started once");
             if let Some(p) = t.process {
+                if let Some(fd) = boots[p].uffd_in_task() {
+                    lazy_procs.push(crate::lazy::LazyProcess {
+                        pid: t.pid,
+                        uffd: crate::lazy::take_from_task(t.pid, fd).map_err(lazy_error)?,
+                        pages: open_page_file(&image, &image.processes[p])?,
+                        pieces: boots[p].lazy_pieces().to_vec(),
+                    });
+                }
                 let mut r = finish::Restoring {
                     pid: t.pid,
                     boot: &boots[p],
@@ -365,6 +403,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
 
+    // The restorers may fault on lazy memory from here on (rseq registration writes to it).
+    let lazy = if lazy_procs.is_empty() {
+        None
+    } else {
+        Some(crate::lazy::start(lazy_procs, &pids, started).map_err(lazy_error)?)
+    };
     phases.end("fork");
     crate::info!(
         1,
@@ -406,7 +450,31 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .map(|f| f.size)
             .sum(),
     };
-    Ok(Restored::new(root.pid).with_stats(stats))
+    Ok(Restored::new(root.pid).with_stats(stats).with_lazy(lazy))
+}
+
+fn lazy_error(e: crate::lazy::LazyError) -> RestoreError {
+    RestoreError::Lazy(e.to_string())
+}
+
+/// A process that shares its fd table with another (CLONE_FILES) cannot keep a userfaultfd
+/// apart until its restorer closes it: refused with lazy pages, naming the process.
+fn refuse_lazy_shared_tables(
+    plan: &tree::TreePlan,
+    tables: &fdshare::FdTables,
+    boots: &[bootstrap::Bootstrap],
+) -> Result<(), RestoreError> {
+    for (i, t) in plan.tasks.iter().enumerate() {
+        let Some(p) = t.process else { continue };
+        if tables.role(i) != fdshare::Role::Alone && boots[p].uffd_wanted() {
+            return Err(RestoreError::Unsupported(format!(
+                "lazy pages for pid {}, which shares its fd table with another process of the \
+                 tree (CLONE_FILES); restore without --lazy-pages",
+                t.pid
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// crest as the child subreaper of the restore: a task whose parent task fails is handed to

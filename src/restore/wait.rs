@@ -22,6 +22,8 @@ pub struct Restored {
     /// Where the restore's time went (not kept by a restore into a new pid namespace, whose
     /// work happens in the namespace's init).
     stats: Option<RestoreStats>,
+    /// The page server of a lazy restore, while it runs.
+    lazy: Option<crate::lazy::Handle>,
 }
 
 /// What a restore did and how long each phase took, from crest's start of the restore to the
@@ -81,7 +83,19 @@ impl Restored {
             child: pid,
             root: pid,
             stats: None,
+            lazy: None,
         }
+    }
+
+    pub(super) fn with_lazy(mut self, lazy: Option<crate::lazy::Handle>) -> Restored {
+        self.lazy = lazy;
+        self
+    }
+
+    /// With lazy pages: waits until every page is in and says what the page server did. An
+    /// error means the server failed and the tree was killed.
+    pub fn wait_lazy(&mut self) -> Option<Result<crate::lazy::LazyStats, crate::lazy::LazyError>> {
+        self.lazy.take().map(|h| h.wait())
     }
 
     pub(super) fn with_stats(mut self, stats: RestoreStats) -> Restored {
@@ -95,6 +109,7 @@ impl Restored {
             child: init,
             root,
             stats: None,
+            lazy: None,
         }
     }
 

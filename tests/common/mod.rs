@@ -178,6 +178,9 @@ pub enum Kind {
     /// (tests/victims/aio.c); answers [`Victim::verify_with`] "final"; started with the data
     /// file's path as its third argument.
     Aio,
+    /// A process that forks, unmaps, moves and discards its memory when `CTL/mutate` appears
+    /// (tests/victims/lazymm.c); writes `CTL/mutated`.
+    Lazymm,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -214,6 +217,7 @@ impl Kind {
             Kind::Scm => "scm",
             Kind::Chroot => "chroot",
             Kind::Aio => "aio",
+            Kind::Lazymm => "lazymm",
             Kind::Java => "java",
         }
     }

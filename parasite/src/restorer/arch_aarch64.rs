@@ -34,6 +34,7 @@ pub mod nr {
     pub const CAPSET: usize = 91;
     pub const MLOCK2: usize = 284;
     pub const MSEAL: usize = 462;
+    pub const IOCTL: usize = 29;
 }
 
 /// # Safety

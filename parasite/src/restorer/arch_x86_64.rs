@@ -35,6 +35,7 @@ pub mod nr {
     pub const CAPSET: usize = 126;
     pub const MLOCK2: usize = 325;
     pub const MSEAL: usize = 462;
+    pub const IOCTL: usize = 16;
 }
 
 const ARCH_SET_GS: usize = 0x1001;

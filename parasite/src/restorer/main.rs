@@ -27,7 +27,7 @@ mod sys;
 use abi::{
     CloneArgs, ITimerVal, PageRunArg, PosixLockArg, PosixTimerArm, PrctlMmMap, Progress, Range,
     RestorerArgs, Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE,
-    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_EXTRA_SHMAT, VMA_FILL_NONE,
+    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_EXTRA_SHMAT, VMA_FILL_LAZY, VMA_FILL_NONE,
 };
 use core::ptr;
 
@@ -118,6 +118,7 @@ pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
     park_special(&ctx, a);
     unmap_own(&ctx, a);
     map_vmas(&ctx, a);
+    close_uffd(&ctx, a);
     place_special(&ctx, a);
     set_mm(&ctx);
     close_fds(&ctx, a);
@@ -213,6 +214,14 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
     if v.fill != VMA_FILL_NONE {
         fill_pages(ctx, a, v);
     }
+    if v.fill == VMA_FILL_LAZY {
+        // After the eager pages are in: missing-page mode only fires on absent pages.
+        ctx.step(Step::RegisterLazy, v.start);
+        if a.uffd < 0 {
+            ctx.fail(-sys::EINVAL);
+        }
+        ctx.check(sys::uffd_register_missing(a.uffd, v.start, v.len));
+    }
     if add_write {
         ctx.step(Step::ProtectVma, v.start);
         ctx.check(sys::mprotect(v.start, v.len, v.prot));
@@ -259,6 +268,15 @@ fn attach_sysv(ctx: &Ctx, v: &VmaArg) {
     if v.prot != given {
         ctx.step(Step::ProtectVma, v.start);
         ctx.check(sys::mprotect(v.start, v.len, v.prot));
+    }
+}
+
+/// The restored process must not keep the userfaultfd of lazy pages: crest has its copy, and
+/// every lazy VMA is registered by now.
+fn close_uffd(ctx: &Ctx, a: &RestorerArgs) {
+    if a.uffd >= 0 {
+        ctx.step(Step::CloseFds, a.uffd as u32 as u64);
+        ctx.check(sys::close(a.uffd));
     }
 }
 

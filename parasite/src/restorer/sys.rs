@@ -111,6 +111,38 @@ pub fn pread64(fd: i32, buf: u64, len: u64, off: u64) -> SysResult {
     })
 }
 
+/// UFFDIO_REGISTER and `struct uffdio_register` (include/uapi/linux/userfaultfd.h).
+const UFFDIO_REGISTER: usize = 0xC020_AA00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// Registers `addr..addr+len` with userfaultfd `uffd` in missing-page mode.
+pub fn uffd_register_missing(uffd: i32, addr: u64, len: u64) -> SysResult {
+    let mut reg = UffdioRegister {
+        start: addr,
+        len,
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    // SAFETY: the kernel reads and writes the struct on our stack; registering changes no
+    // memory, only how missing pages of the range are filled.
+    decode(unsafe {
+        arch::syscall3(
+            nr::IOCTL,
+            uffd as isize as usize,
+            UFFDIO_REGISTER,
+            &mut reg as *mut UffdioRegister as usize,
+        )
+    })
+}
+
 pub fn close(fd: i32) -> SysResult {
     // SAFETY: closing a descriptor has no memory effects.
     decode(unsafe { arch::syscall1(nr::CLOSE, fd as isize as usize) })
