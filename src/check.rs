@@ -181,6 +181,7 @@ pub const CAP_SYS_PTRACE: &str = "CAP_SYS_PTRACE";
 pub const CAP_SYS_ADMIN: &str = "CAP_SYS_ADMIN";
 pub const CAP_SYS_RESOURCE: &str = "CAP_SYS_RESOURCE";
 pub const NETWORK_LOCK: &str = "network lock (nftables)";
+pub const USERFAULTFD: &str = "userfaultfd with events";
 
 /// Runs every probe.
 pub fn run() -> CheckReport {
@@ -272,6 +273,17 @@ pub fn run() -> CheckReport {
             Err(why) => Status::Missing(why),
         },
         "established TCP connections cannot be dumped (their packets must be blocked from the dump until the restore); install nftables",
+    ));
+    probes.push(probe(
+        USERFAULTFD,
+        Need::Optional,
+        match crate::lazy::uffd::create() {
+            Ok(_) => {
+                Status::Present("created one with the fork, remap, remove and unmap events".into())
+            }
+            Err(why) => Status::Missing(why),
+        },
+        "crest restore --lazy-pages cannot be used (memory is copied before the process runs)",
     ));
 
     CheckReport {
@@ -771,7 +783,7 @@ impl Caps {
 mod tests {
     use super::*;
 
-    const ALL: [&str; 18] = [
+    const ALL: [&str; 19] = [
         PTRACE_SEIZE,
         RSEQ_CONFIG,
         PROCESS_VM_READV,
@@ -790,6 +802,7 @@ mod tests {
         CAP_SYS_ADMIN,
         CAP_SYS_RESOURCE,
         NETWORK_LOCK,
+        USERFAULTFD,
     ];
 
     /// This machine (and CI: root on the same kind of machine) has everything dump and restore
