@@ -183,3 +183,35 @@ fn mapped_and_lazy_pages_at_once_are_refused() {
     out.assert_failed();
     assert_no_process(v.pid, "a refused restore");
 }
+
+/// A private file mapping on a noexec filesystem can never be made executable (a JIT would
+/// fail later): refused before any fork. The image is copied onto a noexec tmpfs mounted in a
+/// mount namespace of the restore's own (gone with it).
+#[test]
+fn mapped_pages_from_a_noexec_filesystem_are_refused() {
+    let mut v = Victim::start(Kind::Memcheck);
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    let mnt = v.work.join("noexec");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o noexec crest-test '{m}' && cp -a '{d}' '{m}/img' && \
+         exec '{crest}' restore -d -D '{m}/img' --pages map",
+        m = mnt.display(),
+        d = dir.display(),
+        crest = crest_bin()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a noexec image was mapped: {stderr}");
+    assert!(
+        stderr.contains("which is on a filesystem mounted noexec"),
+        "unexpected message: {stderr}"
+    );
+    assert_no_process(v.pid, "a refused mapped restore");
+}

@@ -129,6 +129,11 @@ pub fn added_vmas(start: u64, end: u64, pieces: &[Piece]) -> u64 {
 
 /// Decides which VMAs of `p` are mapped, given the kernel's `max_map_count`.
 pub fn plan(p: &ProcessImage, page: u64, max_map_count: u64) -> MapPlan {
+    plan_vmas(&p.vmas, &p.page_runs, page, max_map_count)
+}
+
+/// [`plan`] for the VMAs `vmas` (sorted) and their page runs `page_runs` (sorted).
+pub fn plan_vmas(vmas: &[Vma], page_runs: &[PageRun], page: u64, max_map_count: u64) -> MapPlan {
     struct Candidate {
         start: u64,
         bytes: u64,
@@ -136,12 +141,12 @@ pub fn plan(p: &ProcessImage, page: u64, max_map_count: u64) -> MapPlan {
     }
     let mut candidates = Vec::new();
     let mut run = 0usize;
-    for vma in &p.vmas {
+    for vma in vmas {
         let first = run;
-        while run < p.page_runs.len() && p.page_runs[run].vaddr < vma.end {
+        while run < page_runs.len() && page_runs[run].vaddr < vma.end {
             run += 1;
         }
-        let runs = &p.page_runs[first..run];
+        let runs = &page_runs[first..run];
         if runs.is_empty() || !is_mappable_vma(vma) {
             continue;
         }
@@ -157,7 +162,7 @@ pub fn plan(p: &ProcessImage, page: u64, max_map_count: u64) -> MapPlan {
         (b.bytes as u128 * (a.added as u128 + 1)).cmp(&(a.bytes as u128 * (b.added as u128 + 1)))
     });
     let budget = max_map_count / BUDGET_DEN * BUDGET_NUM;
-    let mut count = p.vmas.len() as u64;
+    let mut count = vmas.len() as u64;
     let mut out = MapPlan::default();
     for c in candidates {
         if count + c.added <= budget {
@@ -340,6 +345,52 @@ mod tests {
             2
         );
         assert_eq!(added_vmas(0x1000, 0x5000, &[]), 0);
+    }
+
+    fn vma(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: 3,
+            shared: false,
+            backing: VmaBacking::Anonymous,
+            flags: crate::images::VmaFlags::default(),
+            name: String::new(),
+            guard_ranges: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_vma_budget_maps_the_cheapest_vmas_and_copies_the_rest() {
+        // A: stored whole (adds no VMA). B: three pieces, each followed by a gap (adds 5).
+        // C: the stack (never mapped). D: no stored page.
+        let mut stack = vma(0x100000, 0x104000);
+        stack.flags.growsdown = true;
+        let vmas = [
+            vma(0x10000, 0x14000),
+            vma(0x20000, 0x27000),
+            stack,
+            vma(0x200000, 0x201000),
+        ];
+        let runs = [
+            run(0x10000, 4, 0),
+            run(0x20000, 1, 4 * P),
+            run(0x22000, 1, 5 * P),
+            run(0x24000, 1, 6 * P),
+            run(0x100000, 4, 7 * P),
+        ];
+        // Plenty of room: A and B are mapped.
+        let all = plan_vmas(&vmas, &runs, P, 1000);
+        assert!(all.maps(0x10000) && all.maps(0x20000));
+        assert!(!all.maps(0x100000) && !all.maps(0x200000));
+        assert_eq!(all.stats.vmas_added, 5);
+        assert_eq!(all.stats.bytes_mapped, 7 * P);
+        assert_eq!(all.stats.vmas_over_budget, 0);
+        // Budget 3/4 of 8 = 6: 4 VMAs + A's 0 fit, B's 5 more do not.
+        let tight = plan_vmas(&vmas, &runs, P, 8);
+        assert!(tight.maps(0x10000) && !tight.maps(0x20000));
+        assert_eq!(tight.stats.vmas_over_budget, 1);
+        assert_eq!(tight.stats.bytes_over_budget, 3 * P);
     }
 
     #[test]
