@@ -27,6 +27,7 @@ pub mod infect;
 pub mod jvm;
 pub mod lazy;
 pub mod log;
+pub mod mapped;
 pub mod net;
 pub mod pages;
 pub mod phases;

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Restore -> first sign of life, copy mode vs --lazy-pages (crest restore, attached).
+"""Restore -> first sign of life, --pages copy vs map vs lazy (crest restore, attached).
 
 For each workload and mode, RUNS times: start a fresh process, let it settle, dump it (the
-dump kills it), start `crest restore -D IMG [--lazy-pages] --stats-json FILE` and time from
+dump kills it), start `crest restore -D IMG --pages MODE --stats-json FILE` and time from
 the moment crest is started to the first sign of life of the restored process:
   memcheck  the ~80 MiB test victim (tests/victims/memcheck.c): a new line in its log
   demo      the demo JVM (tests/java/Demo.java, -Ddemo.live.mib=LIVE): the first HTTP 200 on
             /hello on a new connection (polled, no fixed sleep)
 With --lazy-pages it also reports when every page was in (from the statistics file, counted
 from the start of the restore). The restored process is then ended by pid, and crest with it.
-The image files stay in the page cache (warm: each image was just written).
+warm: the image files stay in the page cache (each image was just written); cold: they are
+evicted first (posix_fadvise POSIX_FADV_DONTNEED on every file of the image).
 
-usage: python3 tests/lazy-speed.py [RUNS (3)] [LIVE_MIB (200)]
+usage: python3 tests/lazy-speed.py [RUNS (3)] [LIVE_MIB (200)] [MODES (copy,map,lazy)]
+                                   [CACHES (warm,cold)]
 Needs root, the release build (cargo build --release), a memcheck victim built by the tests
 (cargo test --test lazy) and a JDK. Ends only the processes it started, by pid.
 """
@@ -31,6 +33,8 @@ root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 crest = os.path.join(root, "target/release/crest")
 runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 live = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+modes = (sys.argv[3] if len(sys.argv) > 3 else "copy,map,lazy").split(",")
+caches = (sys.argv[4] if len(sys.argv) > 4 else "warm,cold").split(",")
 work = tempfile.mkdtemp(prefix="crest-lazy-speed.")
 now = time.monotonic
 
@@ -95,7 +99,17 @@ def start_demo(tag, classes):
     return p, port
 
 
-def one_run(workload, mode, tag, classes):
+def evict(img):
+    """Drops the image's files from the page cache (they were fsync'ed by the dump)."""
+    for name in os.listdir(img):
+        fd = os.open(os.path.join(img, name), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def one_run(workload, mode, cache, tag, classes):
     if workload == "memcheck":
         p, log = start_memcheck(tag)
     else:
@@ -105,9 +119,9 @@ def one_run(workload, mode, tag, classes):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     p.wait()
     stats = f"{work}/{tag}.stats.json"
-    args = [crest, "restore", "-D", img, "--stats-json", stats]
-    if mode == "lazy":
-        args.append("--lazy-pages")
+    args = [crest, "restore", "-D", img, "--stats-json", stats, "--pages", mode]
+    if cache == "cold":
+        evict(img)
     if workload == "memcheck":
         size = os.path.getsize(log)
         sign = lambda: os.path.getsize(log) > size
@@ -132,14 +146,15 @@ def main():
     classes = compile_demo()
     rows = []
     for workload in ("memcheck", "demo"):
-        for mode in ("copy", "lazy"):
-            res = [one_run(workload, mode, f"{workload}-{mode}-{i}", classes)
-                   for i in range(runs)]
-            rows.append((workload, mode, res))
-            print(f"{workload} {mode}: " + ", ".join(
-                f"first sign {f:.1f} ms (crest says ran after {t:.1f} ms"
-                + (f", all pages in after {a:.1f} ms" if a is not None else "") + ")"
-                for f, t, a in res), flush=True)
+        for cache in caches:
+            for mode in modes:
+                res = [one_run(workload, mode, cache, f"{workload}-{mode}-{cache}-{i}", classes)
+                       for i in range(runs)]
+                rows.append((workload, f"{mode}, {cache}", res))
+                print(f"{workload} {mode} {cache}: " + ", ".join(
+                    f"first sign {f:.1f} ms (crest says ran after {t:.1f} ms"
+                    + (f", all pages in after {a:.1f} ms" if a is not None else "") + ")"
+                    for f, t, a in res), flush=True)
     print()
     print(f"| workload | mode | restore -> first sign of life, median (min-max) ms | "
           f"crest: tree running, median ms | all pages in, median ms |")

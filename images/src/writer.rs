@@ -23,6 +23,8 @@ use crate::INVENTORY_FILE;
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
+/// Finished page files: read-only (see `finish_page_file`).
+const PAGE_FILE_MODE: u32 = 0o400;
 /// Page data is gathered into chunks of this size before a write(2); larger writes go straight
 /// to the file.
 const CHUNK: usize = 4 << 20;
@@ -140,6 +142,11 @@ impl ImageWriter {
             });
         }
         w.flush()?;
+        // Read-only from now on: a `--pages map` restore maps it into the restored process,
+        // which must never see it change.
+        w.file
+            .set_permissions(Permissions::from_mode(PAGE_FILE_MODE))
+            .map_err(|e| ImageError::io("chmod", &w.path, e))?;
         w.file
             .sync_all()
             .map_err(|e| ImageError::io("fsync", &w.path, e))?;

@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// Most areas the restorer moves into place: `[vvar*]` pieces and the `[vdso]` (8), and the
 /// rings of AIO contexts the task created (32, the image's limit per process).
@@ -51,6 +51,10 @@ pub const VMA_FILL_COPY: u32 = 1;
 /// with `RestorerArgs::uffd` (UFFDIO_REGISTER, missing-page mode); crest's page server fills
 /// the rest.
 pub const VMA_FILL_LAZY: u32 = 2;
+/// Mapped pages (`crest restore --pages map`): after mapping the VMA anonymous, map each of its
+/// page runs over it from `RestorerArgs::pages_fd` (MAP_PRIVATE|MAP_FIXED at the run's file
+/// offset, copy-on-write from the page cache); nothing is read. The gaps stay anonymous.
+pub const VMA_FILL_MAP: u32 = 3;
 
 /// Most madvise() advices one VMA carries: SEQUENTIAL or RANDOM, DONTFORK, DONTDUMP, HUGEPAGE
 /// or NOHUGEPAGE, WIPEONFORK, MERGEABLE (6), with room to spare.
@@ -191,6 +195,8 @@ pub enum Step {
     NameVma = 22,
     /// Registering a lazy VMA with the userfaultfd (`detail`: its start).
     RegisterLazy = 23,
+    /// Mapping a page run of the page file over a VMA (`detail`: the run's address).
+    MapPages = 24,
 }
 
 /// `Progress::detail` of a `Step::Creds` failure (and of a thread's `ThreadSetup` failure in
@@ -253,6 +259,7 @@ impl Step {
             21 => Step::PosixLock,
             22 => Step::NameVma,
             23 => Step::RegisterLazy,
+            24 => Step::MapPages,
             _ => return None,
         })
     }
@@ -290,6 +297,7 @@ impl Step {
             Step::RegisterLazy => {
                 "registering a lazy VMA with the userfaultfd (ioctl UFFDIO_REGISTER)"
             }
+            Step::MapPages => "mapping pages of the page file over a VMA (mmap MAP_PRIVATE)",
         }
     }
 }

@@ -22,6 +22,14 @@ struct Cli {
     command: Command,
 }
 
+/// `crest restore --pages`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PageSource {
+    Copy,
+    Map,
+    Lazy,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List the kernel features and privileges crest relies on; exit 0 when dump and restore can work.
@@ -118,8 +126,17 @@ enum Command {
         stats_json: Option<PathBuf>,
         /// Run the tree before its private memory is read: crest stays attached as the page
         /// server (userfaultfd), filling pages on fault and in the background (not with -d).
-        #[arg(long = "lazy-pages")]
+        #[arg(long = "lazy-pages", conflicts_with = "pages")]
         lazy_pages: bool,
+        /// Where private memory comes from. copy (default): read into the process before it
+        /// runs. map: mapped copy-on-write from the page files, nothing read before it runs;
+        /// caveats: MADV_DONTNEED there brings back the image's content instead of zeros (an
+        /// allocator relying on zero-fill after a purge would see stale data), mremap growing
+        /// such memory does not give zeros, /proc/PID/maps shows the page file, and the image
+        /// is used for as long as the process runs (a later dump into the same directory, or
+        /// deleting it, is safe). lazy: same as --lazy-pages.
+        #[arg(long = "pages", value_enum, value_name = "SOURCE")]
+        pages: Option<PageSource>,
     },
     /// Internal: the guard of a lazy restore, started by crest restore (see crest::lazy).
     #[command(name = "lazy-watchdog", hide = true)]
@@ -212,7 +229,9 @@ fn dispatch(command: Command) -> Result<i32> {
             tcp_close,
             stats_json,
             lazy_pages,
+            pages,
         } => {
+            let lazy_pages = lazy_pages || pages == Some(PageSource::Lazy);
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),
                 verify,
@@ -223,6 +242,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 ext_unix_sk,
                 tcp_close,
                 lazy_pages,
+                map_pages: pages == Some(PageSource::Map),
             };
             let mut restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

@@ -74,6 +74,9 @@ enum Plan {
     Deleted(PathBuf),
     Vdso,
     Vvar,
+    /// A private mapping of a crest page file (a `--pages map` restore, [`crate::mapped`]):
+    /// dumped as private anonymous memory, every page stored.
+    ImagePages,
     /// The ring of an AIO context (files/aio.rs).
     AioRing,
 }
@@ -110,6 +113,9 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
             if p == "/[aio]" {
                 // The ring of an io_setup(2) context: an anonymous aio inode (fs/aio.c).
                 return Ok(Plan::AioRing);
+            }
+            if !m.shared && crate::mapped::is_crest_page_file(path, *deleted) {
+                return Ok(Plan::ImagePages);
             }
             if p.starts_with("/memfd:") && *deleted {
                 return Ok(Plan::Memfd(super::memfd::name_from(&p)));
@@ -262,7 +268,14 @@ fn add_vma(
     out: &mut Collected,
 ) -> Result<(), DumpError> {
     let pid = proc.pid();
-    let backing = match plan(pid, m)? {
+    let plan = plan(pid, m)?;
+    // Memory mapped from a crest page file is anonymous memory to the image: no file name.
+    let name = if matches!(plan, Plan::ImagePages) {
+        String::new()
+    } else {
+        m.display_name.clone()
+    };
+    let backing = match plan {
         Plan::Skip => return Ok(()),
         Plan::Vdso => {
             out.vdso_blake3 = Some(hash_vdso(pid, m)?);
@@ -281,6 +294,15 @@ fn add_vma(
                 start: m.start,
                 end: m.end,
                 kind: AreaKind::PrivateAnonymous,
+                readable: m.read,
+            });
+            VmaBacking::Anonymous
+        }
+        Plan::ImagePages => {
+            out.areas.push(Area {
+                start: m.start,
+                end: m.end,
+                kind: AreaKind::ImagePages,
                 readable: m.read,
             });
             VmaBacking::Anonymous
@@ -367,7 +389,7 @@ fn add_vma(
         shared: m.shared && !matches!(backing, VmaBacking::Vdso | VmaBacking::Vvar),
         backing,
         flags,
-        name: m.display_name.clone(),
+        name,
         guard_ranges: if m.flag_codes.iter().any(|c| c == "gu") {
             guard_ranges(proc, m)?
         } else {

@@ -121,6 +121,10 @@ pub enum AreaKind {
     PrivateAnonymous,
     /// A private file mapping: only pages written since mapping (COW copies) are stored.
     PrivateFile,
+    /// A private mapping of a crest page file (a `--pages map` restore): private anonymous
+    /// memory to the image, whose every page is read (pages never touched since the restore
+    /// are the image's, not zeros); only zero pages are left out.
+    ImagePages,
     /// MAP_SHARED|MAP_ANONYMOUS: the shmem object's pages in `[offset, offset + size)`.
     SharedAnonymous { offset: u64 },
     /// A shared file mapping whose file content the image stores (HotSpot's hsperfdata): the
@@ -194,6 +198,21 @@ pub fn dump_pages<S: PageSink>(
             AreaKind::SharedAnonymous { offset } | AreaKind::SharedFile { offset } => {
                 let before = present(&counts);
                 shmem::dump_area(proc, area, offset, page_size, &mut writer, &mut counts)?;
+                progress.advance((present(&counts) - before) * page_size);
+            }
+            AreaKind::ImagePages => {
+                let npages = (area.end - area.start) / page_size;
+                counts.scanned += npages;
+                let before = present(&counts);
+                store_runs(
+                    &[(area.start, npages)],
+                    area,
+                    true,
+                    page_size,
+                    &mut reader,
+                    &mut writer,
+                    &mut counts,
+                )?;
                 progress.advance((present(&counts) - before) * page_size);
             }
             AreaKind::PrivateAnonymous | AreaKind::PrivateFile => {

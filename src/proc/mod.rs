@@ -106,6 +106,19 @@ pub fn cap_last_cap() -> Result<u32, ProcError> {
     })
 }
 
+/// `/proc/sys/vm/max_map_count`: the most VMAs one process may have.
+pub fn max_map_count() -> Result<u64, ProcError> {
+    let path = "/proc/sys/vm/max_map_count";
+    let text = std::fs::read_to_string(path).map_err(|err| ProcError::Io {
+        path: path.into(),
+        err,
+    })?;
+    text.trim().parse().map_err(|_| ProcError::Parse {
+        path: path.into(),
+        detail: format!("{:?} is not a number", text.trim()),
+    })
+}
+
 /// Whether `/proc/PID` exists: the pid is in use, by a live process or by a zombie that its
 /// parent has not reaped yet.
 pub fn pid_in_use(pid: i32) -> bool {

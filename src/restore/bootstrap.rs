@@ -290,6 +290,7 @@ impl Bootstrap {
         specials: &[Special],
         files: &OpenedFiles,
         lazy: bool,
+        mapped: Option<&crate::mapped::MapPlan>,
     ) -> Result<Bootstrap, RestoreError> {
         let page = crate::arch::page_size();
         let blob = super::blob::restorer();
@@ -299,7 +300,7 @@ impl Bootstrap {
             crate::images::ArchRegs::Aarch64 { fpsimd, .. } => fpsimd.len(),
         };
         let mut names = Vec::new();
-        let (mut vma_args, runs, lazy_pieces) = vma_args(p, files, &mut names, lazy)?;
+        let (mut vma_args, runs, lazy_pieces) = vma_args(p, files, &mut names, lazy, mapped)?;
         let close: Vec<i32> = helper_fds(files);
         // The AIO rings the task creates wait in the park area too (add_ring_moves).
         let park_size: u64 = specials
@@ -675,6 +676,7 @@ fn vma_args(
     files: &OpenedFiles,
     names: &mut Vec<u8>,
     lazy: bool,
+    mapped: Option<&crate::mapped::MapPlan>,
 ) -> Result<(Vec<VmaArg>, Vec<PageRunArg>, Vec<crate::lazy::plan::Piece>), RestoreError> {
     let page = crate::arch::page_size();
     let mut out = Vec::with_capacity(p.vmas.len());
@@ -751,7 +753,18 @@ fn vma_args(
         };
         debug_assert_eq!(vma.start % page, 0);
         let vma_runs = &p.page_runs[first_run..first_run + nr_runs];
-        let (copy, lazy_pieces) = if lazy && nr_runs > 0 && crate::lazy::plan::is_lazy_vma(vma) {
+        let map = nr_runs > 0 && mapped.is_some_and(|m| m.maps(vma.start));
+        let (copy, lazy_pieces) = if map {
+            let pieces = crate::mapped::pieces(vma_runs, page)
+                .into_iter()
+                .map(|m| crate::lazy::plan::Piece {
+                    vaddr: m.vaddr,
+                    len: m.len,
+                    file_offset: m.file_offset,
+                })
+                .collect();
+            (pieces, Vec::new())
+        } else if lazy && nr_runs > 0 && crate::lazy::plan::is_lazy_vma(vma) {
             crate::lazy::plan::split_runs(vma_runs, page, &stack_pages)
         } else {
             let all = vma_runs
@@ -772,6 +785,8 @@ fn vma_args(
         }));
         let fill = if !lazy_pieces.is_empty() {
             abi::VMA_FILL_LAZY
+        } else if map {
+            abi::VMA_FILL_MAP
         } else if !copy.is_empty() {
             abi::VMA_FILL_COPY
         } else {

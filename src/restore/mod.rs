@@ -68,6 +68,9 @@ pub struct RestoreOptions {
     /// `--lazy-pages`: private anonymous memory is filled by a page server in crest
     /// (userfaultfd) while the tree runs ([`crate::lazy`]).
     pub lazy_pages: bool,
+    /// `--pages map`: private anonymous memory is mapped from the page files, copy-on-write
+    /// ([`crate::mapped`]).
+    pub map_pages: bool,
 }
 
 pub use files::InheritFd;
@@ -164,6 +167,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 .into(),
         ));
     }
+    if opts.lazy_pages && opts.map_pages {
+        return Err(RestoreError::Unsupported(
+            "pages both mapped and lazy: choose one of --pages map and --lazy-pages".into(),
+        ));
+    }
     if opts.pidns {
         return pidns::restore(opts);
     }
@@ -173,6 +181,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if opts.verify {
         images::verify_pages(&opts.dir, &image)?;
     }
+    let map_plans = if opts.map_pages {
+        crate::mapped::plan_image(&opts.dir, &image.processes).map_err(RestoreError::Unsupported)?
+    } else {
+        Default::default()
+    };
     for p in &image.processes {
         check_supported(p)?;
     }
@@ -274,6 +287,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &specials,
             files,
             opts.lazy_pages,
+            map_plans.get(&p.pid),
         )?);
         specials_all.push(specials);
     }

@@ -27,7 +27,7 @@ mod sys;
 use abi::{
     CloneArgs, ITimerVal, PageRunArg, PosixLockArg, PosixTimerArm, PrctlMmMap, Progress, Range,
     RestorerArgs, Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE,
-    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_EXTRA_SHMAT, VMA_FILL_LAZY, VMA_FILL_NONE,
+    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_EXTRA_SHMAT, VMA_FILL_LAZY, VMA_FILL_MAP, VMA_FILL_NONE,
 };
 use core::ptr;
 
@@ -188,8 +188,10 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
         // MAP_FIXED would silently replace the code and stack we run on.
         ctx.fail(-sys::EEXIST);
     }
-    // Pages are written with pread, so the VMA must be writable while it is filled.
-    let add_write = v.fill != VMA_FILL_NONE && v.prot & sys::PROT_WRITE == 0;
+    // Pages are written with pread, so the VMA must be writable while it is filled (mapped
+    // pages are not written).
+    let add_write =
+        v.fill != VMA_FILL_NONE && v.fill != VMA_FILL_MAP && v.prot & sys::PROT_WRITE == 0;
     let prot = if add_write {
         v.prot | sys::PROT_WRITE
     } else {
@@ -211,7 +213,9 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
         }
     }
 
-    if v.fill != VMA_FILL_NONE {
+    if v.fill == VMA_FILL_MAP {
+        map_pages(ctx, a, v);
+    } else if v.fill != VMA_FILL_NONE {
         fill_pages(ctx, a, v);
     }
     if v.fill == VMA_FILL_LAZY {
@@ -298,6 +302,41 @@ fn fill_pages(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
             ctx.fail(-sys::EINVAL);
         }
         read_fully(ctx, a.pages_fd, run.vaddr, run.len, run.file_offset);
+    }
+}
+
+/// Maps the VMA's page runs from the page file over it, copy-on-write (`VMA_FILL_MAP`): the
+/// pages come from the page cache when first touched. Only MAP_NORESERVE is kept of the VMA's
+/// flags (crest maps only plain private anonymous VMAs this way).
+fn map_pages(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
+    let first = v.first_run as u64;
+    let end = first + v.nr_runs as u64;
+    if end > a.nr_runs {
+        ctx.step(Step::MapPages, v.start);
+        ctx.fail(-sys::EINVAL);
+    }
+    let flags = sys::MAP_PRIVATE | sys::MAP_FIXED | (v.flags & sys::MAP_NORESERVE);
+    for i in first..end {
+        // SAFETY: crest wrote nr_runs PageRunArgs at `runs`; `i < nr_runs` was checked above.
+        let run: PageRunArg = unsafe { at(a.runs, i) };
+        ctx.step(Step::MapPages, run.vaddr);
+        let inside =
+            run.vaddr >= v.start && run.len <= v.len && run.vaddr - v.start <= v.len - run.len;
+        if !inside {
+            // MAP_FIXED would replace memory that is not this VMA.
+            ctx.fail(-sys::EINVAL);
+        }
+        let got = ctx.check(sys::mmap(
+            run.vaddr,
+            run.len,
+            v.prot,
+            flags,
+            a.pages_fd,
+            run.file_offset,
+        ));
+        if got as u64 != run.vaddr {
+            ctx.fail(-sys::EINVAL);
+        }
     }
 }
 
