@@ -157,6 +157,8 @@ pub struct Handle {
     /// Set once the restore is over: only then may the server end and reap the watchdog (the
     /// restore's own waits take any child of crest that ends before).
     may_end: Arc<AtomicBool>,
+    /// Set once every restorer registered its lazy memory.
+    registered: Arc<AtomicBool>,
 }
 
 /// Starts the watchdog over the tree `tree_pids` and the page server thread over `procs`.
@@ -180,10 +182,11 @@ pub fn start(
     }
     let _ = mask.thread_block();
     let may_end = Arc::new(AtomicBool::new(false));
-    let flag = may_end.clone();
+    let registered = Arc::new(AtomicBool::new(false));
+    let (flag, all_registered) = (may_end.clone(), registered.clone());
     let thread = std::thread::Builder::new()
         .name("crest-lazy-pages".into())
-        .spawn(move || server::run(procs, dog, restore_start, flag))
+        .spawn(move || server::run(procs, dog, restore_start, flag, all_registered))
         .map_err(|e| LazyError::Os {
             what: "starting the page server thread".into(),
             source: e,
@@ -191,10 +194,17 @@ pub fn start(
     Ok(Handle {
         thread: Some(thread),
         may_end,
+        registered,
     })
 }
 
 impl Handle {
+    /// Every restorer has mapped and registered its lazy memory (every thread is back in its
+    /// registers): the background pass may start.
+    pub fn registered(&self) {
+        self.registered.store(true, Ordering::Release);
+    }
+
     /// Waits until every page is in (or the server failed, and the tree was killed).
     pub fn wait(mut self) -> Result<LazyStats, LazyError> {
         self.may_end.store(true, Ordering::Release);

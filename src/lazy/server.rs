@@ -78,6 +78,11 @@ struct Server {
     hold: Option<std::path::PathBuf>,
     /// Set when the restore is over (see [`super::Handle`]).
     may_end: Arc<AtomicBool>,
+    /// Set once every restorer has registered its lazy memory ([`super::Handle::registered`]).
+    /// Until then a range may not be registered yet: no background pass, and a copy the kernel
+    /// refuses as unregistered (ENOENT) is put back rather than given up, or a later fault on
+    /// those pages would get a zero page instead of their content.
+    registered: Arc<AtomicBool>,
 }
 
 /// Runs the server on the current thread until every page is in; `restore_start` is when the
@@ -87,6 +92,7 @@ pub fn run(
     watchdog: Watchdog,
     restore_start: Instant,
     may_end: Arc<AtomicBool>,
+    registered: Arc<AtomicBool>,
 ) -> Result<LazyStats, LazyError> {
     // SAFETY: epoll_create1 returns a new descriptor or -1.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -107,6 +113,7 @@ pub fn run(
         next_background: 0,
         hold: std::env::var_os(HOLD_ENV).map(Into::into),
         may_end,
+        registered,
     };
     for p in procs {
         s.stats.lazy_bytes += p.pieces.iter().map(|x| x.len).sum::<u64>();
@@ -218,8 +225,16 @@ impl Server {
                 self.hold = None;
             }
             // Never block while there is background work (there is as long as there is any
-            // work), unless a test holds the background pass.
-            let timeout = if self.hold.is_some() { 5 } else { 0 };
+            // work), unless a test holds the background pass or the restorers are still
+            // registering their memory.
+            let registered = self.registered.load(Ordering::Acquire);
+            let timeout = if self.hold.is_some() {
+                5
+            } else if !registered {
+                1
+            } else {
+                0
+            };
             // SAFETY: epoll_wait writes at most `events.len()` entries.
             let n = unsafe {
                 libc::epoll_wait(
@@ -253,7 +268,7 @@ impl Server {
                 }
             }
             self.retry_faults()?;
-            if self.hold.is_none() {
+            if self.hold.is_none() && registered {
                 self.background()?;
             }
         }
@@ -403,6 +418,17 @@ impl Server {
                     placed += n;
                 }
                 Err((libc::EAGAIN, n)) => {
+                    placed += n;
+                    done += n;
+                    p.map.put_back(Piece {
+                        vaddr: piece.vaddr + done,
+                        len: piece.len - done,
+                        file_offset: piece.file_offset + done,
+                    });
+                    return Ok((placed, done));
+                }
+                Err((libc::ENOENT, n)) if !self.registered.load(Ordering::Acquire) => {
+                    // Not registered yet (the restorer is still mapping): keep the rest.
                     placed += n;
                     done += n;
                     p.map.put_back(Piece {

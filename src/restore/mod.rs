@@ -430,6 +430,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         restoring.len()
     );
     let (caught, user_sigtraps) = finish::catch_all(&mut restoring)?;
+    if let Some(l) = &lazy {
+        l.registered();
+    }
     loading.stop();
     phases.end("memory");
     crate::info!(
