@@ -26,7 +26,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::images::ProcessImage;
 
@@ -120,7 +120,8 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
     let leader_regs = caught
         .iter()
         .find(|t| t.tid == pid)
-        .map(|t| t.regs)
+        .and_then(|t| t.leader)
+        .map(|(regs, _)| regs)
         .ok_or_else(|| RestoreError::Internal(format!("the leader {pid} was not caught")))?;
     let status = &mut *r.status;
     let mut remote = |nr: i64, args: &[u64], what: String| -> Result<(), RestoreError> {
@@ -286,9 +287,12 @@ pub fn release(caught: Vec<Caught>, user_sigtraps: Vec<(i32, i32)>) -> Result<()
         let err = |what: &str, e: String| {
             RestoreError::Internal(format!("{what} of thread {}: {e}", t.tid))
         };
-        ptrace::setregs(tid, t.regs).map_err(|e| err("restoring the registers", e.to_string()))?;
-        crate::ptrace::set_sigmask(t.tid, t.mask)
-            .map_err(|e| err("restoring the signal mask", e.to_string()))?;
+        if let Some((regs, mask)) = t.leader {
+            ptrace::setregs(tid, regs)
+                .map_err(|e| err("restoring the registers", e.to_string()))?;
+            crate::ptrace::set_sigmask(t.tid, mask)
+                .map_err(|e| err("restoring the signal mask", e.to_string()))?;
+        }
         ptrace::detach(tid, None).map_err(|e| err("PTRACE_DETACH", e.to_string()))?;
     }
     for (pid, tid) in user_sigtraps {
@@ -309,8 +313,10 @@ fn is_breakpoint(tid: Pid) -> bool {
 /// A thread stopped right after its rt_sigreturn: its registers and mask as they are to be.
 pub struct Caught {
     tid: i32,
-    regs: crate::arch::morph::UserRegs,
-    mask: u64,
+    /// A leader's registers and signal mask, to be put back at the release (the cleanup's
+    /// remote calls run in it with every signal blocked); None for the other threads, which
+    /// keep what rt_sigreturn gave them.
+    leader: Option<(crate::arch::morph::UserRegs, u64)>,
 }
 
 /// Where a traced thread of the restored task is on its way out of the restorer.
@@ -325,9 +331,10 @@ enum Phase {
 }
 
 /// Runs every thread (the leader and those the restorer creates) up to the exit of its
-/// rt_sigreturn and holds it there with every signal blocked: rt_sigreturn installed the
-/// image's mask, and the restorer armed the timers, so an unblocked pending signal would be
-/// delivered in the middle of the cleanup.
+/// rt_sigreturn and holds it there. A leader gets every signal blocked: rt_sigreturn installed
+/// the image's mask, and the restorer armed the timers, so an unblocked pending signal would be
+/// delivered in the middle of the cleanup that runs in it. The other threads run nothing until
+/// the release and keep their mask.
 ///
 /// Works on every process of the tree at once: each thread's process is known from the image
 /// (every tid is restored as it was), so a failure names the right process and step.
@@ -355,10 +362,25 @@ pub fn catch_all(
         what,
         source: e.into(),
     };
+    // The threads crest resumed and waits for, each to its next stop. Waiting for one thread
+    // at a time (in the order they were resumed) instead of for any: a wait for any child
+    // looks at every traced thread in the kernel, which made catching n threads cost n^2.
+    // Every thread in here runs towards a stop (none waits for another), so each wait ends.
+    let mut running: VecDeque<i32> = procs.iter().map(|r| r.pid).collect();
     while caught.len() < nr_threads {
-        let ws = match waitpid(None, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
+        let next = running.pop_front();
+        let ws = match waitpid(
+            next.map(Pid::from_raw),
+            Some(nix::sys::wait::WaitPidFlag::__WALL),
+        ) {
             Ok(ws) => ws,
-            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EINTR) => {
+                running.extend(next);
+                continue;
+            }
+            // A thread that is gone already (its process failed): whatever reports next says
+            // why.
+            Err(nix::Error::ECHILD) if next.is_some() => continue,
             Err(e) => {
                 return Err(os(
                     format!("waiting for the threads of the tree of pid {pid}"),
@@ -368,6 +390,8 @@ pub fn catch_all(
         };
         let Some(tid) = ws.pid() else { continue };
         let raw = tid.as_raw();
+        // Every stop below resumes the thread but the last (it is caught then).
+        running.push_back(raw);
         let Some(&owner_idx) = owner.get(&raw) else {
             return Err(RestoreError::Internal(format!(
                 "a task {raw} that is not in the image reported a stop ({ws:?})"
@@ -378,6 +402,9 @@ pub fn catch_all(
         match (ws, phase.get(&raw).copied()) {
             // The leader created a thread; the new thread's first stop follows (or came first).
             (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE), _) => {
+                let new = ptrace::getevent(tid)
+                    .map_err(|e| os(format!("reading the thread {raw} created"), e))?;
+                running.push_back(new as i32);
                 ptrace::cont(tid, None)
                     .map_err(|e| os(format!("resuming {raw} after clone"), e))?;
             }
@@ -405,20 +432,29 @@ pub fn catch_all(
                     .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
             }
             (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
-                let regs = ptrace::getregs(tid)
-                    .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
-                let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
-                    RestoreError::Internal(format!("reading the signal mask of thread {raw}: {e}"))
-                })?;
-                crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
-                    RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
-                })?;
+                // Only the leader runs code before the release (the cleanup's remote calls):
+                // its registers are kept to be put back, and every signal is blocked in it
+                // meanwhile. The other threads stay in this stop until the release, with the
+                // registers and mask rt_sigreturn gave them: a stopped thread takes no signal
+                // (one sent to the process waits for a thread that runs and does not block it).
+                let leader = if raw == pid {
+                    let regs = ptrace::getregs(tid)
+                        .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
+                    let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
+                        RestoreError::Internal(format!(
+                            "reading the signal mask of thread {raw}: {e}"
+                        ))
+                    })?;
+                    crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
+                        RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
+                    })?;
+                    Some((regs, mask))
+                } else {
+                    None
+                };
                 phase.remove(&raw);
-                caught.push(Caught {
-                    tid: raw,
-                    regs,
-                    mask,
-                });
+                running.pop_back();
+                caught.push(Caught { tid: raw, leader });
             }
             (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
                 let how = match ws {
