@@ -47,6 +47,7 @@ fn three_dump_restore_cycles_keep_pid_memory_and_log() {
                 "bootstrap",
                 "fork",
                 "memory",
+                "threads",
                 "release"
             ],
             "cycle {cycle}: {json}"

@@ -62,6 +62,11 @@ pub struct Restoring<'a> {
     pub status: &'a mut File,
 }
 
+/// How crest traces the tasks and threads it restores: syscall stops told apart, and every
+/// task killed if crest dies.
+const TRACE_OPTIONS: ptrace::Options =
+    ptrace::Options::PTRACE_O_TRACESYSGOOD.union(ptrace::Options::PTRACE_O_EXITKILL);
+
 /// Traces the ready task and sends it into the restorer. Its threads are caught later, with
 /// every other process's, by [`catch_all`].
 pub fn start(r: &mut Restoring<'_>, go: &mut File) -> Result<(), RestoreError> {
@@ -72,11 +77,9 @@ pub fn start(r: &mut Restoring<'_>, go: &mut File) -> Result<(), RestoreError> {
         source: std::io::Error::from(e),
     };
 
-    // TRACECLONE: every thread the restorer creates is traced from its first instruction.
-    let options = ptrace::Options::PTRACE_O_TRACESYSGOOD
-        | ptrace::Options::PTRACE_O_EXITKILL
-        | ptrace::Options::PTRACE_O_TRACECLONE;
-    ptrace::seize(tpid, options).map_err(|e| ptrace_err("PTRACE_SEIZE of the restored task", e))?;
+    // The threads the restorer creates are traced later, once all exist ([`catch_all`]).
+    ptrace::seize(tpid, TRACE_OPTIONS)
+        .map_err(|e| ptrace_err("PTRACE_SEIZE of the restored task", e))?;
     ptrace::interrupt(tpid).map_err(|e| ptrace_err("PTRACE_INTERRUPT", e))?;
     wait_for(tpid, r.boot, r.status, |s| {
         matches!(s, WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP))
@@ -345,8 +348,17 @@ enum Phase {
 /// does not run the program's handler on the restorer's stack, and the (process, thread) pairs
 /// it was meant for are returned, to be sent SIGTRAP again once the program runs.
 #[allow(clippy::type_complexity)]
+///
+/// The leader's restorer creates the other threads untraced; each waits in the restorer until
+/// crest, at the leader's breakpoint, traces it and lets it go on to its own breakpoint. So
+/// creating a thread costs crest no ptrace stop, and catching it three (breakpoint,
+/// rt_sigreturn entry and exit).
+///
+/// `phases` gets "memory" ended once every leader is at its breakpoint (memory loaded, threads
+/// created), and "threads" once every thread is caught.
 pub fn catch_all(
     procs: &mut [Restoring<'_>],
+    phases: &mut crate::phases::Phases,
 ) -> Result<(Vec<Caught>, Vec<(i32, i32)>), RestoreError> {
     let owner: HashMap<i32, usize> = procs
         .iter()
@@ -367,6 +379,8 @@ pub fn catch_all(
     // looks at every traced thread in the kernel, which made catching n threads cost n^2.
     // Every thread in here runs towards a stop (none waits for another), so each wait ends.
     let mut running: VecDeque<i32> = procs.iter().map(|r| r.pid).collect();
+    // The processes whose restorer still loads memory.
+    let mut loading: std::collections::HashSet<i32> = running.iter().copied().collect();
     while caught.len() < nr_threads {
         let next = running.pop_front();
         let ws = match waitpid(
@@ -400,14 +414,6 @@ pub fn catch_all(
         let this = &mut procs[owner_idx];
         let (pid, boot) = (this.pid, this.boot);
         match (ws, phase.get(&raw).copied()) {
-            // The leader created a thread; the new thread's first stop follows (or came first).
-            (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE), _) => {
-                let new = ptrace::getevent(tid)
-                    .map_err(|e| os(format!("reading the thread {raw} created"), e))?;
-                running.push_back(new as i32);
-                ptrace::cont(tid, None)
-                    .map_err(|e| os(format!("resuming {raw} after clone"), e))?;
-            }
             (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
                 phase.entry(raw).or_insert(Phase::Restoring);
                 ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
@@ -422,6 +428,13 @@ pub fn catch_all(
                 .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
             }
             (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
+                if raw == pid {
+                    // The restorer is done: memory loaded, every thread created and waiting.
+                    trace_threads(this, &mut phase, &mut running)?;
+                    if loading.remove(&pid) && loading.is_empty() {
+                        phases.end("memory");
+                    }
+                }
                 phase.insert(raw, Phase::EnteringSigreturn);
                 ptrace::syscall(tid, None)
                     .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
@@ -493,7 +506,52 @@ pub fn catch_all(
             }
         }
     }
+    if !loading.is_empty() {
+        phases.end("memory");
+    }
+    phases.end("threads");
     Ok((caught, user_sigtraps))
+}
+
+/// Traces every thread the restorer of `r` created (each waits in the restorer for this) and
+/// lets it go on to its breakpoint, where [`catch_all`] takes it.
+fn trace_threads(
+    r: &mut Restoring<'_>,
+    phase: &mut HashMap<i32, Phase>,
+    running: &mut VecDeque<i32>,
+) -> Result<(), RestoreError> {
+    for (i, t) in r.image.threads.iter().enumerate().skip(1) {
+        let tid = Pid::from_raw(t.tid);
+        match ptrace::seize(tid, TRACE_OPTIONS) {
+            Ok(()) => {}
+            // The thread is gone: its process is failing; its leader's end says why.
+            Err(nix::Error::ESRCH) => {
+                let leader = Pid::from_raw(r.pid);
+                loop {
+                    match waitpid(leader, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
+                        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                return Err(failure(
+                    r.pid,
+                    r.boot,
+                    r.status,
+                    format!("thread {tid} ended before crest could trace it"),
+                ));
+            }
+            Err(e) => {
+                return Err(RestoreError::Os {
+                    what: format!("tracing thread {tid} of pid {} (PTRACE_SEIZE)", r.pid),
+                    source: e.into(),
+                })
+            }
+        }
+        r.boot.let_thread_go(i - 1);
+        phase.insert(t.tid, Phase::Restoring);
+        running.push_back(t.tid);
+    }
+    Ok(())
 }
 
 /// Resumes the task up to its next syscall-entry or syscall-exit stop.

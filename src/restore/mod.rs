@@ -371,9 +371,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         "every task is forked; {} process(es) are loading their memory in their restorers",
         restoring.len()
     );
-    let (caught, user_sigtraps) = finish::catch_all(&mut restoring)?;
+    let (caught, user_sigtraps) = finish::catch_all(&mut restoring, &mut phases)?;
     loading.stop();
-    phases.end("memory");
     crate::info!(
         1,
         "every thread is back in its saved registers; finishing each process and releasing the tree"
