@@ -48,6 +48,7 @@ fn three_dump_restore_cycles_keep_pid_memory_and_log() {
                 "fork",
                 "memory",
                 "threads",
+                "finish",
                 "release"
             ],
             "cycle {cycle}: {json}"

@@ -379,22 +379,29 @@ pub fn catch_all(
     // looks at every traced thread in the kernel, which made catching n threads cost n^2.
     // Every thread in here runs towards a stop (none waits for another), so each wait ends.
     let mut running: VecDeque<i32> = procs.iter().map(|r| r.pid).collect();
+    let leaders: std::collections::HashSet<i32> = running.iter().copied().collect();
     // The processes whose restorer still loads memory.
     let mut loading: std::collections::HashSet<i32> = running.iter().copied().collect();
     while caught.len() < nr_threads {
         let next = running.pop_front();
+        // A leader is waited for among all: the exit of a leader whose traced threads are not
+        // reaped yet is never reported (the kernel holds it back until they are), so a wait
+        // for it alone would hang when its process fails. A leader stops only a few times.
+        let target = next.filter(|t| !leaders.contains(t));
         let ws = match waitpid(
-            next.map(Pid::from_raw),
+            target.map(Pid::from_raw),
             Some(nix::sys::wait::WaitPidFlag::__WALL),
         ) {
             Ok(ws) => ws,
             Err(nix::Error::EINTR) => {
-                running.extend(next);
+                if let Some(n) = next {
+                    running.push_front(n);
+                }
                 continue;
             }
             // A thread that is gone already (its process failed): whatever reports next says
             // why.
-            Err(nix::Error::ECHILD) if next.is_some() => continue,
+            Err(nix::Error::ECHILD) if target.is_some() => continue,
             Err(e) => {
                 return Err(os(
                     format!("waiting for the threads of the tree of pid {pid}"),
@@ -404,6 +411,14 @@ pub fn catch_all(
         };
         let Some(tid) = ws.pid() else { continue };
         let raw = tid.as_raw();
+        if target.is_none() && Some(raw) != next {
+            // The wait for any gave another thread: `next` is still to stop, and `raw` no
+            // longer waits in the queue.
+            running.extend(next);
+            if let Some(i) = running.iter().position(|&t| t == raw) {
+                running.remove(i);
+            }
+        }
         // Every stop below resumes the thread but the last (it is caught then).
         running.push_back(raw);
         let Some(&owner_idx) = owner.get(&raw) else {
@@ -413,97 +428,111 @@ pub fn catch_all(
         };
         let this = &mut procs[owner_idx];
         let (pid, boot) = (this.pid, this.boot);
-        match (ws, phase.get(&raw).copied()) {
-            (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
-                phase.entry(raw).or_insert(Phase::Restoring);
-                ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
-            }
-            (WaitStatus::Stopped(_, Signal::SIGTRAP), p) if !is_breakpoint(tid) => {
-                user_sigtraps.push((pid, raw));
-                if p == Some(Phase::Restoring) || p.is_none() {
-                    ptrace::cont(tid, None)
-                } else {
-                    ptrace::syscall(tid, None)
+        // A ptrace request that finds the thread gone (ESRCH): its process was killed (a
+        // thread failed its setup and ended it) after this stop was reported. The thread's
+        // exit comes next and says why.
+        let step = (|| -> Result<(), RestoreError> {
+            match (ws, phase.get(&raw).copied()) {
+                (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
+                    phase.entry(raw).or_insert(Phase::Restoring);
+                    ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
                 }
-                .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
-            }
-            (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
-                if raw == pid {
-                    // The restorer is done: memory loaded, every thread created and waiting.
-                    trace_threads(this, &mut phase, &mut running)?;
-                    if loading.remove(&pid) && loading.is_empty() {
-                        phases.end("memory");
+                (WaitStatus::Stopped(_, Signal::SIGTRAP), p) if !is_breakpoint(tid) => {
+                    user_sigtraps.push((pid, raw));
+                    if p == Some(Phase::Restoring) || p.is_none() {
+                        ptrace::cont(tid, None)
+                    } else {
+                        ptrace::syscall(tid, None)
                     }
+                    .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
                 }
-                phase.insert(raw, Phase::EnteringSigreturn);
-                ptrace::syscall(tid, None)
-                    .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
-            }
-            (WaitStatus::PtraceSyscall(_), Some(Phase::EnteringSigreturn)) => {
-                phase.insert(raw, Phase::LeavingSigreturn);
-                ptrace::syscall(tid, None)
-                    .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
-            }
-            (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
-                // Only the leader runs code before the release (the cleanup's remote calls):
-                // its registers are kept to be put back, and every signal is blocked in it
-                // meanwhile. The other threads stay in this stop until the release, with the
-                // registers and mask rt_sigreturn gave them: a stopped thread takes no signal
-                // (one sent to the process waits for a thread that runs and does not block it).
-                let leader = if raw == pid {
-                    let regs = ptrace::getregs(tid)
-                        .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
-                    let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
-                        RestoreError::Internal(format!(
-                            "reading the signal mask of thread {raw}: {e}"
-                        ))
-                    })?;
-                    crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
-                        RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
-                    })?;
-                    Some((regs, mask))
-                } else {
-                    None
-                };
-                phase.remove(&raw);
-                running.pop_back();
-                caught.push(Caught { tid: raw, leader });
-            }
-            (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
-                let how = match ws {
-                    WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-                    WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
-                    _ => unreachable!(),
-                };
-                return Err(failure(
-                    pid,
-                    boot,
-                    this.status,
-                    format!("thread {raw} {how}"),
-                ));
-            }
-            (
-                WaitStatus::Stopped(
+                (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
+                    if raw == pid {
+                        // The restorer is done: memory loaded, every thread created and waiting.
+                        trace_threads(this, &mut phase, &mut running)?;
+                        if loading.remove(&pid) && loading.is_empty() {
+                            phases.end("memory");
+                        }
+                    }
+                    phase.insert(raw, Phase::EnteringSigreturn);
+                    ptrace::syscall(tid, None)
+                        .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
+                }
+                (WaitStatus::PtraceSyscall(_), Some(Phase::EnteringSigreturn)) => {
+                    phase.insert(raw, Phase::LeavingSigreturn);
+                    ptrace::syscall(tid, None)
+                        .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
+                }
+                (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
+                    // Only the leader runs code before the release (the cleanup's remote calls):
+                    // its registers are kept to be put back, and every signal is blocked in it
+                    // meanwhile. The other threads stay in this stop until the release, with the
+                    // registers and mask rt_sigreturn gave them: a stopped thread takes no signal
+                    // (one sent to the process waits for a thread that runs and does not block it).
+                    let leader = if raw == pid {
+                        let regs = ptrace::getregs(tid)
+                            .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
+                        let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
+                            RestoreError::Internal(format!(
+                                "reading the signal mask of thread {raw}: {e}"
+                            ))
+                        })?;
+                        crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
+                            RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
+                        })?;
+                        Some((regs, mask))
+                    } else {
+                        None
+                    };
+                    phase.remove(&raw);
+                    running.pop_back();
+                    caught.push(Caught { tid: raw, leader });
+                }
+                (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
+                    let how = match ws {
+                        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+                        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
+                        _ => unreachable!(),
+                    };
+                    return Err(failure(
+                        pid,
+                        boot,
+                        this.status,
+                        format!("thread {raw} {how}"),
+                    ));
+                }
+                (
+                    WaitStatus::Stopped(
+                        _,
+                        sig @ (Signal::SIGSEGV
+                        | Signal::SIGBUS
+                        | Signal::SIGILL
+                        | Signal::SIGFPE
+                        | Signal::SIGTRAP),
+                    ),
                     _,
-                    sig @ (Signal::SIGSEGV
-                    | Signal::SIGBUS
-                    | Signal::SIGILL
-                    | Signal::SIGFPE
-                    | Signal::SIGTRAP),
-                ),
-                _,
-            ) => {
-                return Err(crash(pid, tid, sig, boot, this.status));
+                ) => {
+                    return Err(crash(pid, tid, sig, boot, this.status));
+                }
+                (WaitStatus::Stopped(_, sig), _) => {
+                    ptrace::cont(tid, Some(sig))
+                        .map_err(|e| os(format!("passing {sig} to thread {raw}"), e))?;
+                }
+                (other, p) => {
+                    return Err(RestoreError::Internal(format!(
+                        "unexpected stop of thread {raw} ({other:?}) while {p:?}"
+                    )));
+                }
             }
-            (WaitStatus::Stopped(_, sig), _) => {
-                ptrace::cont(tid, Some(sig))
-                    .map_err(|e| os(format!("passing {sig} to thread {raw}"), e))?;
+            Ok(())
+        })();
+        match step {
+            Err(RestoreError::Os { ref source, .. })
+                if source.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue
             }
-            (other, p) => {
-                return Err(RestoreError::Internal(format!(
-                    "unexpected stop of thread {raw} ({other:?}) while {p:?}"
-                )));
-            }
+            other => other?,
         }
     }
     if !loading.is_empty() {
@@ -522,30 +551,32 @@ fn trace_threads(
 ) -> Result<(), RestoreError> {
     for (i, t) in r.image.threads.iter().enumerate().skip(1) {
         let tid = Pid::from_raw(t.tid);
-        match ptrace::seize(tid, TRACE_OPTIONS) {
-            Ok(()) => {}
-            // The thread is gone: its process is failing; its leader's end says why.
-            Err(nix::Error::ESRCH) => {
-                let leader = Pid::from_raw(r.pid);
-                loop {
-                    match waitpid(leader, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
-                        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
-                        Ok(_) => {}
+        if let Err(e) = ptrace::seize(tid, TRACE_OPTIONS) {
+            // Most likely the thread is gone or going (ESRCH, or EPERM once it is exiting):
+            // its own setup failed and it ends the process. The restore fails either way: the
+            // process is ended here and its report, or the thread's, says why.
+            // Waits for any task, not for the leader: its exit is held back until its traced
+            // threads are reaped (see catch_all).
+            let leader = Pid::from_raw(r.pid);
+            let _ = nix::sys::signal::kill(leader, Signal::SIGKILL);
+            loop {
+                match waitpid(None, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
+                    Ok(WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, _, _)) if p == leader => {
+                        break
                     }
+                    Err(nix::Error::EINTR) | Ok(_) => {}
+                    Err(_) => break,
                 }
-                return Err(failure(
-                    r.pid,
-                    r.boot,
-                    r.status,
-                    format!("thread {tid} ended before crest could trace it"),
-                ));
             }
-            Err(e) => {
-                return Err(RestoreError::Os {
-                    what: format!("tracing thread {tid} of pid {} (PTRACE_SEIZE)", r.pid),
-                    source: e.into(),
-                })
-            }
+            return Err(failure(
+                r.pid,
+                r.boot,
+                r.status,
+                format!(
+                    "could not trace its thread {tid} (PTRACE_SEIZE: {})",
+                    e.desc()
+                ),
+            ));
         }
         r.boot.let_thread_go(i - 1);
         phase.insert(t.tid, Phase::Restoring);

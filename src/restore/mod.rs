@@ -390,6 +390,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what: e.what,
         source: std::io::Error::from_raw_os_error(e.errno.map_or(libc::EIO, |e| e as i32)),
     })?;
+    phases.end("finish");
     finish::release(caught, user_sigtraps)?;
     phases.end("release");
     subreaper.end();

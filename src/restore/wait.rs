@@ -30,7 +30,8 @@ pub struct Restored {
 /// (map each process's restorer region), fork (fork the tasks, which take their fds and
 /// process state), memory (the restorers replace memory and load the pages), threads (the
 /// restorers make the other threads, which crest catches right after their rt_sigreturn, as
-/// the leaders), release (finish each process and let every thread run).
+/// the leaders), finish (per-thread scheduling, the cleanup in each leader, signal owners,
+/// SysV commits, the network unlocked), release (let every thread run).
 #[derive(Debug, Clone)]
 pub struct RestoreStats {
     pub phases_us: Vec<(String, u64)>,
