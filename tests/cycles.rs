@@ -47,6 +47,8 @@ fn three_dump_restore_cycles_keep_pid_memory_and_log() {
                 "bootstrap",
                 "fork",
                 "memory",
+                "threads",
+                "finish",
                 "release"
             ],
             "cycle {cycle}: {json}"

@@ -316,9 +316,15 @@ fn read_process(path: &Path, entry: &FileEntry) -> Result<ProcessImage, ImageErr
             actual: bytes.len() as u64,
         });
     }
-    let p: ProcessImage = codec::decode(&bytes, MetaRole::Process, path)?;
-    // The file is consistent in itself; the inventory's hash ties it to this dump.
-    if blake3::hash(&bytes).as_bytes() != &entry.blake3 {
+    // The inventory's hash ties the file to this dump; computed beside the decoding (which
+    // checks the file's own hash), since a record of many threads is megabytes.
+    let (p, whole) = std::thread::scope(|s| {
+        let whole = s.spawn(|| blake3::hash(&bytes));
+        let p = codec::decode::<ProcessImage>(&bytes, MetaRole::Process, path);
+        (p, whole.join().expect("hashing does not panic"))
+    });
+    let p = p?;
+    if whole.as_bytes() != &entry.blake3 {
         return Err(ImageError::Corrupted {
             path: path.to_path_buf(),
             what: "its checksum differs from the one in the inventory".into(),

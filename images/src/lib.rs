@@ -1,6 +1,7 @@
 //! The crest image format: the one schema of what is on disk ([`schema`]), and the only code
 //! that reads or writes image files ([`format`]).
 
+mod bytes;
 mod codec;
 mod error;
 pub mod format;

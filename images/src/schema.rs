@@ -694,10 +694,15 @@ pub struct AltStack {
 pub enum ArchRegs {
     /// `user_regs_struct` (NT_PRSTATUS, 27 u64) with the syscall-restart fix-up already applied,
     /// and the standard-format XSAVE area (NT_X86_XSTATE) of the size the kernel reported.
-    X86_64 { gpr: Vec<u64>, xstate: Vec<u8> },
+    X86_64 {
+        gpr: Vec<u64>,
+        #[serde(with = "crate::bytes")]
+        xstate: Vec<u8>,
+    },
     /// NT_PRSTATUS (x0-x30, sp, pc, pstate), NT_PRFPREG bytes and TPIDR_EL0.
     Aarch64 {
         gpr: Vec<u64>,
+        #[serde(with = "crate::bytes")]
         fpsimd: Vec<u8>,
         tls: u64,
     },

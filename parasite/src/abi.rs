@@ -467,7 +467,10 @@ pub struct PosixLockArg {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ThreadArg {
     pub tid: i32,
-    pub _pad: i32,
+    /// 0 until crest traces the thread, then [`THREAD_GO`] (crest writes it and wakes the
+    /// futex): the thread waits for it before its breakpoint, which only a traced thread may
+    /// reach.
+    pub go: i32,
     /// 16-byte aligned top of this thread's restorer stack, inside the bootstrap region.
     pub stack_top: u64,
     pub stack_size: u64,
@@ -489,6 +492,9 @@ pub struct ThreadArg {
     /// The thread's name for PR_SET_NAME, NUL-terminated; empty keeps the leader's.
     pub name: [u8; 16],
 }
+
+/// The value of `ThreadArg::go` that lets a created thread go on to its breakpoint.
+pub const THREAD_GO: i32 = 1;
 
 /// One POSIX timer to arm with timer_settime(id, 0, &spec, NULL).
 #[repr(C)]

@@ -217,6 +217,25 @@ impl Bootstrap {
     }
 
     /// The first thread (other than the leader) that reported a failed setup step, if any.
+    /// Lets created thread `i` (0 for the first after the leader) go on to its breakpoint:
+    /// it waits in its restorer until crest traces it (see `ThreadArg::go`).
+    pub fn let_thread_go(&self, i: usize) {
+        let args = self.args();
+        assert!(
+            (i as u64) < args.nr_threads,
+            "thread {i} of {}",
+            args.nr_threads
+        );
+        let t = (args.threads as *mut ThreadArg).wrapping_add(i);
+        // SAFETY: crest wrote nr_threads ThreadArgs inside the region, mapped shared in crest
+        // and in the task at the same address; `go` is an aligned i32 the thread reads
+        // atomically, and nothing else in crest refers to it.
+        let go = unsafe { std::sync::atomic::AtomicI32::from_ptr(std::ptr::addr_of_mut!((*t).go)) };
+        go.store(abi::THREAD_GO, std::sync::atomic::Ordering::Release);
+        // SAFETY: FUTEX_WAKE (shared) of at most one waiter on that word; no memory is written.
+        unsafe { libc::syscall(libc::SYS_futex, go.as_ptr(), libc::FUTEX_WAKE, 1) };
+    }
+
     pub fn thread_failure(&self) -> Option<(i32, abi::Progress)> {
         let args = self.args();
         (0..args.nr_threads).find_map(|i| {
@@ -543,7 +562,7 @@ fn thread_args(
         }
         out.push(ThreadArg {
             tid: t.tid,
-            _pad: 0,
+            go: 0,
             stack_top: addr + block + layout.thread_block,
             stack_size: THREAD_STACK,
             sigreturn_sp,

@@ -26,7 +26,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::images::ProcessImage;
 
@@ -62,6 +62,11 @@ pub struct Restoring<'a> {
     pub status: &'a mut File,
 }
 
+/// How crest traces the tasks and threads it restores: syscall stops told apart, and every
+/// task killed if crest dies.
+const TRACE_OPTIONS: ptrace::Options =
+    ptrace::Options::PTRACE_O_TRACESYSGOOD.union(ptrace::Options::PTRACE_O_EXITKILL);
+
 /// Traces the ready task and sends it into the restorer. Its threads are caught later, with
 /// every other process's, by [`catch_all`].
 pub fn start(r: &mut Restoring<'_>, go: &mut File) -> Result<(), RestoreError> {
@@ -72,11 +77,9 @@ pub fn start(r: &mut Restoring<'_>, go: &mut File) -> Result<(), RestoreError> {
         source: std::io::Error::from(e),
     };
 
-    // TRACECLONE: every thread the restorer creates is traced from its first instruction.
-    let options = ptrace::Options::PTRACE_O_TRACESYSGOOD
-        | ptrace::Options::PTRACE_O_EXITKILL
-        | ptrace::Options::PTRACE_O_TRACECLONE;
-    ptrace::seize(tpid, options).map_err(|e| ptrace_err("PTRACE_SEIZE of the restored task", e))?;
+    // The threads the restorer creates are traced later, once all exist ([`catch_all`]).
+    ptrace::seize(tpid, TRACE_OPTIONS)
+        .map_err(|e| ptrace_err("PTRACE_SEIZE of the restored task", e))?;
     ptrace::interrupt(tpid).map_err(|e| ptrace_err("PTRACE_INTERRUPT", e))?;
     wait_for(tpid, r.boot, r.status, |s| {
         matches!(s, WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP))
@@ -120,7 +123,8 @@ pub fn finish_process(r: &mut Restoring<'_>, caught: &[Caught]) -> Result<(), Re
     let leader_regs = caught
         .iter()
         .find(|t| t.tid == pid)
-        .map(|t| t.regs)
+        .and_then(|t| t.leader)
+        .map(|(regs, _)| regs)
         .ok_or_else(|| RestoreError::Internal(format!("the leader {pid} was not caught")))?;
     let status = &mut *r.status;
     let mut remote = |nr: i64, args: &[u64], what: String| -> Result<(), RestoreError> {
@@ -286,9 +290,12 @@ pub fn release(caught: Vec<Caught>, user_sigtraps: Vec<(i32, i32)>) -> Result<()
         let err = |what: &str, e: String| {
             RestoreError::Internal(format!("{what} of thread {}: {e}", t.tid))
         };
-        ptrace::setregs(tid, t.regs).map_err(|e| err("restoring the registers", e.to_string()))?;
-        crate::ptrace::set_sigmask(t.tid, t.mask)
-            .map_err(|e| err("restoring the signal mask", e.to_string()))?;
+        if let Some((regs, mask)) = t.leader {
+            ptrace::setregs(tid, regs)
+                .map_err(|e| err("restoring the registers", e.to_string()))?;
+            crate::ptrace::set_sigmask(t.tid, mask)
+                .map_err(|e| err("restoring the signal mask", e.to_string()))?;
+        }
         ptrace::detach(tid, None).map_err(|e| err("PTRACE_DETACH", e.to_string()))?;
     }
     for (pid, tid) in user_sigtraps {
@@ -309,8 +316,10 @@ fn is_breakpoint(tid: Pid) -> bool {
 /// A thread stopped right after its rt_sigreturn: its registers and mask as they are to be.
 pub struct Caught {
     tid: i32,
-    regs: crate::arch::morph::UserRegs,
-    mask: u64,
+    /// A leader's registers and signal mask, to be put back at the release (the cleanup's
+    /// remote calls run in it with every signal blocked); None for the other threads, which
+    /// keep what rt_sigreturn gave them.
+    leader: Option<(crate::arch::morph::UserRegs, u64)>,
 }
 
 /// Where a traced thread of the restored task is on its way out of the restorer.
@@ -325,9 +334,10 @@ enum Phase {
 }
 
 /// Runs every thread (the leader and those the restorer creates) up to the exit of its
-/// rt_sigreturn and holds it there with every signal blocked: rt_sigreturn installed the
-/// image's mask, and the restorer armed the timers, so an unblocked pending signal would be
-/// delivered in the middle of the cleanup.
+/// rt_sigreturn and holds it there. A leader gets every signal blocked: rt_sigreturn installed
+/// the image's mask, and the restorer armed the timers, so an unblocked pending signal would be
+/// delivered in the middle of the cleanup that runs in it. The other threads run nothing until
+/// the release and keep their mask.
 ///
 /// Works on every process of the tree at once: each thread's process is known from the image
 /// (every tid is restored as it was), so a failure names the right process and step.
@@ -338,8 +348,17 @@ enum Phase {
 /// does not run the program's handler on the restorer's stack, and the (process, thread) pairs
 /// it was meant for are returned, to be sent SIGTRAP again once the program runs.
 #[allow(clippy::type_complexity)]
+///
+/// The leader's restorer creates the other threads untraced; each waits in the restorer until
+/// crest, at the leader's breakpoint, traces it and lets it go on to its own breakpoint. So
+/// creating a thread costs crest no ptrace stop, and catching it three (breakpoint,
+/// rt_sigreturn entry and exit).
+///
+/// `phases` gets "memory" ended once every leader is at its breakpoint (memory loaded, threads
+/// created), and "threads" once every thread is caught.
 pub fn catch_all(
     procs: &mut [Restoring<'_>],
+    phases: &mut crate::phases::Phases,
 ) -> Result<(Vec<Caught>, Vec<(i32, i32)>), RestoreError> {
     let owner: HashMap<i32, usize> = procs
         .iter()
@@ -355,10 +374,34 @@ pub fn catch_all(
         what,
         source: e.into(),
     };
+    // The threads crest resumed and waits for, each to its next stop. Waiting for one thread
+    // at a time (in the order they were resumed) instead of for any: a wait for any child
+    // looks at every traced thread in the kernel, which made catching n threads cost n^2.
+    // Every thread in here runs towards a stop (none waits for another), so each wait ends.
+    let mut running: VecDeque<i32> = procs.iter().map(|r| r.pid).collect();
+    let leaders: std::collections::HashSet<i32> = running.iter().copied().collect();
+    // The processes whose restorer still loads memory.
+    let mut loading: std::collections::HashSet<i32> = running.iter().copied().collect();
     while caught.len() < nr_threads {
-        let ws = match waitpid(None, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
+        let next = running.pop_front();
+        // A leader is waited for among all: the exit of a leader whose traced threads are not
+        // reaped yet is never reported (the kernel holds it back until they are), so a wait
+        // for it alone would hang when its process fails. A leader stops only a few times.
+        let target = next.filter(|t| !leaders.contains(t));
+        let ws = match waitpid(
+            target.map(Pid::from_raw),
+            Some(nix::sys::wait::WaitPidFlag::__WALL),
+        ) {
             Ok(ws) => ws,
-            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EINTR) => {
+                if let Some(n) = next {
+                    running.push_front(n);
+                }
+                continue;
+            }
+            // A thread that is gone already (its process failed): whatever reports next says
+            // why.
+            Err(nix::Error::ECHILD) if target.is_some() => continue,
             Err(e) => {
                 return Err(os(
                     format!("waiting for the threads of the tree of pid {pid}"),
@@ -368,6 +411,16 @@ pub fn catch_all(
         };
         let Some(tid) = ws.pid() else { continue };
         let raw = tid.as_raw();
+        if target.is_none() && Some(raw) != next {
+            // The wait for any gave another thread: `next` is still to stop, and `raw` no
+            // longer waits in the queue.
+            running.extend(next);
+            if let Some(i) = running.iter().position(|&t| t == raw) {
+                running.remove(i);
+            }
+        }
+        // Every stop below resumes the thread but the last (it is caught then).
+        running.push_back(raw);
         let Some(&owner_idx) = owner.get(&raw) else {
             return Err(RestoreError::Internal(format!(
                 "a task {raw} that is not in the image reported a stop ({ws:?})"
@@ -375,89 +428,161 @@ pub fn catch_all(
         };
         let this = &mut procs[owner_idx];
         let (pid, boot) = (this.pid, this.boot);
-        match (ws, phase.get(&raw).copied()) {
-            // The leader created a thread; the new thread's first stop follows (or came first).
-            (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE), _) => {
-                ptrace::cont(tid, None)
-                    .map_err(|e| os(format!("resuming {raw} after clone"), e))?;
-            }
-            (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
-                phase.entry(raw).or_insert(Phase::Restoring);
-                ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
-            }
-            (WaitStatus::Stopped(_, Signal::SIGTRAP), p) if !is_breakpoint(tid) => {
-                user_sigtraps.push((pid, raw));
-                if p == Some(Phase::Restoring) || p.is_none() {
-                    ptrace::cont(tid, None)
-                } else {
-                    ptrace::syscall(tid, None)
+        // A ptrace request that finds the thread gone (ESRCH): its process was killed (a
+        // thread failed its setup and ended it) after this stop was reported. The thread's
+        // exit comes next and says why.
+        let step = (|| -> Result<(), RestoreError> {
+            match (ws, phase.get(&raw).copied()) {
+                (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
+                    phase.entry(raw).or_insert(Phase::Restoring);
+                    ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
                 }
-                .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
-            }
-            (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
-                phase.insert(raw, Phase::EnteringSigreturn);
-                ptrace::syscall(tid, None)
-                    .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
-            }
-            (WaitStatus::PtraceSyscall(_), Some(Phase::EnteringSigreturn)) => {
-                phase.insert(raw, Phase::LeavingSigreturn);
-                ptrace::syscall(tid, None)
-                    .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
-            }
-            (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
-                let regs = ptrace::getregs(tid)
-                    .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
-                let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
-                    RestoreError::Internal(format!("reading the signal mask of thread {raw}: {e}"))
-                })?;
-                crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
-                    RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
-                })?;
-                phase.remove(&raw);
-                caught.push(Caught {
-                    tid: raw,
-                    regs,
-                    mask,
-                });
-            }
-            (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
-                let how = match ws {
-                    WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-                    WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
-                    _ => unreachable!(),
-                };
-                return Err(failure(
-                    pid,
-                    boot,
-                    this.status,
-                    format!("thread {raw} {how}"),
-                ));
-            }
-            (
-                WaitStatus::Stopped(
+                (WaitStatus::Stopped(_, Signal::SIGTRAP), p) if !is_breakpoint(tid) => {
+                    user_sigtraps.push((pid, raw));
+                    if p == Some(Phase::Restoring) || p.is_none() {
+                        ptrace::cont(tid, None)
+                    } else {
+                        ptrace::syscall(tid, None)
+                    }
+                    .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
+                }
+                (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
+                    if raw == pid {
+                        // The restorer is done: memory loaded, every thread created and waiting.
+                        trace_threads(this, &mut phase, &mut running)?;
+                        if loading.remove(&pid) && loading.is_empty() {
+                            phases.end("memory");
+                        }
+                    }
+                    phase.insert(raw, Phase::EnteringSigreturn);
+                    ptrace::syscall(tid, None)
+                        .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
+                }
+                (WaitStatus::PtraceSyscall(_), Some(Phase::EnteringSigreturn)) => {
+                    phase.insert(raw, Phase::LeavingSigreturn);
+                    ptrace::syscall(tid, None)
+                        .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
+                }
+                (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
+                    // Only the leader runs code before the release (the cleanup's remote calls):
+                    // its registers are kept to be put back, and every signal is blocked in it
+                    // meanwhile. The other threads stay in this stop until the release, with the
+                    // registers and mask rt_sigreturn gave them: a stopped thread takes no signal
+                    // (one sent to the process waits for a thread that runs and does not block it).
+                    let leader = if raw == pid {
+                        let regs = ptrace::getregs(tid)
+                            .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
+                        let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
+                            RestoreError::Internal(format!(
+                                "reading the signal mask of thread {raw}: {e}"
+                            ))
+                        })?;
+                        crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
+                            RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
+                        })?;
+                        Some((regs, mask))
+                    } else {
+                        None
+                    };
+                    phase.remove(&raw);
+                    running.pop_back();
+                    caught.push(Caught { tid: raw, leader });
+                }
+                (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
+                    let how = match ws {
+                        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+                        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
+                        _ => unreachable!(),
+                    };
+                    return Err(failure(
+                        pid,
+                        boot,
+                        this.status,
+                        format!("thread {raw} {how}"),
+                    ));
+                }
+                (
+                    WaitStatus::Stopped(
+                        _,
+                        sig @ (Signal::SIGSEGV
+                        | Signal::SIGBUS
+                        | Signal::SIGILL
+                        | Signal::SIGFPE
+                        | Signal::SIGTRAP),
+                    ),
                     _,
-                    sig @ (Signal::SIGSEGV
-                    | Signal::SIGBUS
-                    | Signal::SIGILL
-                    | Signal::SIGFPE
-                    | Signal::SIGTRAP),
-                ),
-                _,
-            ) => {
-                return Err(crash(pid, tid, sig, boot, this.status));
+                ) => {
+                    return Err(crash(pid, tid, sig, boot, this.status));
+                }
+                (WaitStatus::Stopped(_, sig), _) => {
+                    ptrace::cont(tid, Some(sig))
+                        .map_err(|e| os(format!("passing {sig} to thread {raw}"), e))?;
+                }
+                (other, p) => {
+                    return Err(RestoreError::Internal(format!(
+                        "unexpected stop of thread {raw} ({other:?}) while {p:?}"
+                    )));
+                }
             }
-            (WaitStatus::Stopped(_, sig), _) => {
-                ptrace::cont(tid, Some(sig))
-                    .map_err(|e| os(format!("passing {sig} to thread {raw}"), e))?;
+            Ok(())
+        })();
+        match step {
+            Err(RestoreError::Os { ref source, .. })
+                if source.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue
             }
-            (other, p) => {
-                return Err(RestoreError::Internal(format!(
-                    "unexpected stop of thread {raw} ({other:?}) while {p:?}"
-                )));
-            }
+            other => other?,
         }
     }
+    if !loading.is_empty() {
+        phases.end("memory");
+    }
+    phases.end("threads");
     Ok((caught, user_sigtraps))
+}
+
+/// Traces every thread the restorer of `r` created (each waits in the restorer for this) and
+/// lets it go on to its breakpoint, where [`catch_all`] takes it.
+fn trace_threads(
+    r: &mut Restoring<'_>,
+    phase: &mut HashMap<i32, Phase>,
+    running: &mut VecDeque<i32>,
+) -> Result<(), RestoreError> {
+    for (i, t) in r.image.threads.iter().enumerate().skip(1) {
+        let tid = Pid::from_raw(t.tid);
+        if let Err(e) = ptrace::seize(tid, TRACE_OPTIONS) {
+            // Most likely the thread is gone or going (ESRCH, or EPERM once it is exiting):
+            // its own setup failed and it ends the process. The restore fails either way: the
+            // process is ended here and its report, or the thread's, says why.
+            // Waits for any task, not for the leader: its exit is held back until its traced
+            // threads are reaped (see catch_all).
+            let leader = Pid::from_raw(r.pid);
+            let _ = nix::sys::signal::kill(leader, Signal::SIGKILL);
+            loop {
+                match waitpid(None, Some(nix::sys::wait::WaitPidFlag::__WALL)) {
+                    Ok(WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, _, _)) if p == leader => {
+                        break
+                    }
+                    Err(nix::Error::EINTR) | Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            return Err(failure(
+                r.pid,
+                r.boot,
+                r.status,
+                format!(
+                    "could not trace its thread {tid} (PTRACE_SEIZE: {})",
+                    e.desc()
+                ),
+            ));
+        }
+        r.boot.let_thread_go(i - 1);
+        phase.insert(t.tid, Phase::Restoring);
+        running.push_back(t.tid);
+    }
+    Ok(())
 }
 
 /// Resumes the task up to its next syscall-entry or syscall-exit stop.

@@ -429,12 +429,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         "every task is forked; {} process(es) are loading their memory in their restorers",
         restoring.len()
     );
-    let (caught, user_sigtraps) = finish::catch_all(&mut restoring)?;
+    let (caught, user_sigtraps) = finish::catch_all(&mut restoring, &mut phases)?;
     if let Some(l) = &lazy {
         l.registered();
     }
     loading.stop();
-    phases.end("memory");
     crate::info!(
         1,
         "every thread is back in its saved registers; finishing each process and releasing the tree"
@@ -452,6 +451,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what: e.what,
         source: std::io::Error::from_raw_os_error(e.errno.map_or(libc::EIO, |e| e as i32)),
     })?;
+    phases.end("finish");
     finish::release(caught, user_sigtraps)?;
     phases.end("release");
     subreaper.end();

@@ -30,8 +30,10 @@ pub struct Restored {
 /// moment the tree runs: validate (read and check the image, plan the forks), pid wait (for
 /// a dumped process's zombie to be reaped, or for nothing), files (open every file, socket and shared object of the tree in crest), bootstrap
 /// (map each process's restorer region), fork (fork the tasks, which take their fds and
-/// process state), memory (the restorers replace memory, load the pages and make the threads),
-/// release (finish each process and let every thread run).
+/// process state), memory (the restorers replace memory and load the pages), threads (the
+/// restorers make the other threads, which crest catches right after their rt_sigreturn, as
+/// the leaders), finish (per-thread scheduling, the cleanup in each leader, signal owners,
+/// SysV commits, the network unlocked), release (let every thread run).
 #[derive(Debug, Clone)]
 pub struct RestoreStats {
     pub phases_us: Vec<(String, u64)>,

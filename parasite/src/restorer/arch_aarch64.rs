@@ -25,6 +25,7 @@ pub mod nr {
     pub const SET_ROBUST_LIST: usize = 99;
     pub const RT_TGSIGQUEUEINFO: usize = 240;
     pub const CLONE3: usize = 435;
+    pub const FUTEX: usize = 98;
     pub const SETGROUPS: usize = 159;
     pub const SETRESUID: usize = 147;
     pub const SETRESGID: usize = 149;

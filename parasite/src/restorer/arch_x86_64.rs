@@ -26,6 +26,7 @@ pub mod nr {
     pub const SET_ROBUST_LIST: usize = 273;
     pub const RT_TGSIGQUEUEINFO: usize = 297;
     pub const CLONE3: usize = 435;
+    pub const FUTEX: usize = 202;
     pub const SETGROUPS: usize = 116;
     pub const SETRESUID: usize = 117;
     pub const SETRESGID: usize = 119;

@@ -540,6 +540,16 @@ extern "C" fn thread_main(arg: u64) -> ! {
             fail(sig as u64, e);
         }
     }
+    // The breakpoint needs a tracer: crest traces the thread once the leader reaches its own,
+    // then says go. Threads are made without crest following each creation (no ptrace stop
+    // per clone), which is what makes a thousand of them cheap.
+    // SAFETY: `go` is an aligned i32 of this thread's ThreadArg; crest writes it from its
+    // mapping of the region, so it is read atomically.
+    let go = unsafe { core::sync::atomic::AtomicI32::from_ptr(ptr::addr_of_mut!((*t).go)) };
+    while go.load(core::sync::atomic::Ordering::Acquire) != abi::THREAD_GO {
+        // EAGAIN (already set) and EINTR just look again.
+        let _ = sys::futex_wait(go.as_ptr(), 0);
+    }
     // SAFETY: crest built this thread's frame at sigreturn_sp; crest catches the breakpoint.
     unsafe { arch::sigreturn(ta.sigreturn_sp) }
 }

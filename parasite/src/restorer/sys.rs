@@ -209,6 +209,13 @@ pub fn set_pdeath_signal(sig: u32) -> SysResult {
     decode(unsafe { arch::syscall2(nr::PRCTL, 1, sig as usize) })
 }
 
+/// FUTEX_WAIT (shared: crest wakes it through its own mapping of the region) while `*word`
+/// is `val`; returns at once when it is not, on a wake-up or on a signal.
+pub fn futex_wait(word: *const i32, val: i32) -> SysResult {
+    // SAFETY: `word` is an aligned i32 in the bootstrap region; no timeout (null).
+    decode(unsafe { arch::syscall4(nr::FUTEX, word as usize, 0, val as isize as usize, 0) })
+}
+
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and no side effects.
     unsafe { arch::syscall0(nr::GETPID) as i32 }

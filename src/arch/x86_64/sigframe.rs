@@ -219,14 +219,11 @@ pub const XFEATURE_XTILEDATA: u32 = 18;
 fn frame_xstate(xstate: &[u8]) -> Result<(&[u8], u64), ArchError> {
     let used = get_u64(xstate, XSTATE_BV) | XFEATURE_MASK_FPSSE;
     let mut len = XSTATE_MIN;
+    let ends = component_ends();
     for bit in 2..63u32 {
-        if used & (1 << bit) == 0 {
-            continue;
+        if used & (1 << bit) != 0 {
+            len = len.max(ends[bit as usize] as usize);
         }
-        // CPUID leaf 0xD sub-leaf n: EAX is the size of component n, EBX its offset in the
-        // standard (non-compacted) format.
-        let leaf = core::arch::x86_64::__cpuid_count(0xd, bit);
-        len = len.max(leaf.ebx as usize + leaf.eax as usize);
     }
     if len > xstate.len() {
         return Err(ArchError::Incompatible(format!(
@@ -291,8 +288,34 @@ fn check_xstate(xstate: &[u8]) -> Result<(), ArchError> {
     Ok(())
 }
 
-/// XCR0: the state components the kernel enabled on this CPU.
+/// Where each XSAVE state component ends in the standard format (offset + size; 0 for none),
+/// asked of the CPU once: CPUID traps to the hypervisor in a virtual machine (microseconds
+/// each), and a frame is built for every thread of every restored process.
+fn component_ends() -> &'static [u32; 64] {
+    static ENDS: std::sync::OnceLock<[u32; 64]> = std::sync::OnceLock::new();
+    ENDS.get_or_init(|| {
+        let mut ends = [0u32; 64];
+        let enabled = enabled_xfeatures();
+        for (bit, end) in ends.iter_mut().enumerate().take(63).skip(2) {
+            if enabled & (1 << bit) != 0 {
+                // CPUID leaf 0xD sub-leaf n: EAX is the size of component n, EBX its offset
+                // in the standard (non-compacted) format.
+                let leaf = core::arch::x86_64::__cpuid_count(0xd, bit as u32);
+                *end = leaf.ebx + leaf.eax;
+            }
+        }
+        ends
+    })
+}
+
+/// XCR0: the state components the kernel enabled on this CPU (asked once, see
+/// [`component_ends`]).
 fn enabled_xfeatures() -> u64 {
+    static XCR0: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *XCR0.get_or_init(read_xcr0)
+}
+
+fn read_xcr0() -> u64 {
     // CPUID.1:ECX.OSXSAVE (bit 27) says XGETBV may be used.
     let leaf1 = core::arch::x86_64::__cpuid(1);
     if leaf1.ecx & (1 << 27) == 0 {
