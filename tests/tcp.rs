@@ -733,3 +733,84 @@ fn closing_connections_carry_on_after_restore() {
 fn closing_connections_carry_on_after_a_dump_that_leaves_them_running() {
     closing_states_carry_on(true);
 }
+
+/// One end's report of tests/tcp/bufs.py: bytes sent and received, the offset of the first
+/// wrong byte received (-1: none), the segment size (TCP_INFO snd_mss) while full and after.
+fn bufs_result(ctl: &Path, role: &str, family: &str) -> (u64, u64, i64, u32, u32) {
+    let text = wait_for(
+        &format!("the {role}'s result over {family}"),
+        TIMEOUT,
+        || fs::read_to_string(ctl.join(format!("result-{role}-{family}"))).ok(),
+    );
+    let w: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(
+        (w[0], w[2], w[4], w[6]),
+        ("sent", "received", "bad", "mss"),
+        "{text}"
+    );
+    (
+        w[1].parse().unwrap(),
+        w[3].parse().unwrap(),
+        w[5].parse().unwrap(),
+        w[7].parse().unwrap(),
+        w[8].parse().unwrap(),
+    )
+}
+
+#[test]
+fn connections_with_full_buffers_both_ways_deliver_every_byte_after_restore() {
+    // Two processes of the tree, connected over IPv4 and IPv6, one end with 100 MiB buffers
+    // (as far as the machine allows), both ends full in both directions with bytes unread,
+    // unsent and unacknowledged.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ctl = dir.path().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tcp/bufs.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .arg(&ctl)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(ctl.join("stderr")).unwrap());
+    let pid = spawn_in_own_session(cmd);
+    let _parent = KillOnDrop(pid);
+    let stderr = || fs::read_to_string(ctl.join("stderr")).unwrap_or_default();
+    let ready = wait_for("the victim's full buffers", TIMEOUT, || {
+        fs::read_to_string(ctl.join("ready")).ok()
+    });
+    let child: i32 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let _child = KillOnDrop(child);
+    let img = ctl.join("img");
+    let out = dump(pid, &img, false);
+    assert!(out.success(), "{out}\nvictim: {}", stderr());
+    // Both were killed; the test (a subreaper) reaps the orphaned child too.
+    let _ = reap_pid(pid, TIMEOUT);
+    let _ = reap_pid(child, TIMEOUT);
+    restore_detached(&img, &[]).assert_ok();
+    // Each end sends 4 MiB more, shuts down for writing and reads to the end.
+    fs::write(ctl.join("go"), "").unwrap();
+    for family in ["ipv4", "ipv6"] {
+        let parent = bufs_result(&ctl, "parent", family);
+        let child = bufs_result(&ctl, "child", family);
+        for ((role, me), (peer, them)) in [
+            (("parent", parent), ("child", child)),
+            (("child", child), ("parent", parent)),
+        ] {
+            let (_, received, bad, mss_full, mss_after) = me;
+            let sent_by_peer = them.0;
+            assert_eq!(
+                (received, bad),
+                (sent_by_peer, -1),
+                "over {family}, the {role} received {received} bytes of the {sent_by_peer} \
+                 the {peer} sent (first wrong byte at {bad}); victim: {}",
+                stderr()
+            );
+            // The segment size only grows with the peer's largest window; the restore must
+            // not bring back the 536-byte default (less the options) instead.
+            assert!(
+                mss_after >= mss_full,
+                "over {family}, the {role} sent segments of {mss_after} bytes after restore, \
+                 {mss_full} before"
+            );
+        }
+    }
+}

@@ -430,6 +430,13 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
         "TCP_REPAIR_QUEUE",
     )?;
     tcp(sock::TCP_QUEUE_SEQ, snd_una as i32, "TCP_QUEUE_SEQ (send)")?;
+    // The connect computes the segment size the connection sends with from the peer's MSS as
+    // it knows it then; the repair options below set that MSS, but nothing computes the
+    // segment size again, which would stay at the 536-byte default (less the timestamps):
+    // tiny segments whose overhead fills the peer's receive buffer long before its window,
+    // so that it drops them. TCP_MAXSEG before the connect gives the connect the peer's
+    // MSS; the program's own TCP_MAXSEG (none is recorded for a connection) is none again
+    // after it.
     sock::bind(fd, &c.local).map_err(|e| ("bind", e))?;
     sock::connect(fd, &c.remote).map_err(|e| ("connect", e))?;
 
@@ -453,6 +460,7 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
     if c.tcp_options & sock::TCPI_OPT_TIMESTAMPS != 0 {
         tcp(sock::TCP_TIMESTAMP, c.timestamp as i32, "TCP_TIMESTAMP")?;
     }
+    resync_mss(fd, &c.local)?;
 
     tcp(
         sock::TCP_REPAIR_QUEUE,
@@ -497,10 +505,39 @@ fn connection(fd: BorrowedFd, c: &TcpConnection) -> Result<(), (&'static str, Er
     let window: Vec<u8> = window.iter().flat_map(|v| v.to_ne_bytes()).collect();
     sock::set_bytes(fd, libc::IPPROTO_TCP, sock::TCP_REPAIR_WINDOW, &window)
         .map_err(|e| ("TCP_REPAIR_WINDOW", e))?;
+    // Again, now that the peer's largest window is known (a segment is at most half of it).
+    resync_mss(fd, &c.local)?;
     if c.phase != TcpPhase::Established {
         fins(fd, c, rcv_nxt, snd_una)?;
     }
     Ok(())
+}
+
+/// Makes the kernel compute again the size of the segments the connection sends, from the
+/// peer's MSS that TCP_REPAIR_OPTIONS set (and the peer's largest window, once set).
+///
+/// The connect in repair mode computes it from the peer's MSS as known then: the 536-byte
+/// default. TCP_REPAIR_OPTIONS changes the MSS but not that size, which the kernel computes
+/// again only when the path MTU, the IP options or the peer's largest window change; left
+/// alone, the connection sends segments of 524 bytes (1208 over IPv6) where the original sent
+/// up to 64 KiB on loopback. So many tiny segments overrun the peer's receive buffer long
+/// before its window (each costs far more memory than its bytes): the peer drops and prunes,
+/// and a connection with full buffers in both directions can stall for good.
+///
+/// Setting the IP options (IPv4: IP_OPTIONS; IPv6: a sticky IPV6_2292PKTOPTIONS) is the
+/// call that computes it again; both are set empty, and the IPv6 one is taken away again
+/// (which leaves the size alone), so no header changes. `local` tells the socket's family.
+fn resync_mss(fd: BorrowedFd, local: &std::net::SocketAddr) -> Result<(), (&'static str, Errno)> {
+    if local.is_ipv4() {
+        return sock::set_bytes(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &[])
+            .map_err(|e| ("IP_OPTIONS (empty, to compute the segment size again)", e));
+    }
+    // A control buffer shorter than one cmsghdr holds no control message: an empty set of
+    // options, but a set (no buffer at all would mean none, and compute nothing).
+    let step = "IPV6_2292PKTOPTIONS (empty, to compute the segment size again)";
+    sock::set_bytes(fd, libc::IPPROTO_IPV6, libc::IPV6_2292PKTOPTIONS, &[0; 4])
+        .map_err(|e| (step, e))?;
+    sock::set_bytes(fd, libc::IPPROTO_IPV6, libc::IPV6_2292PKTOPTIONS, &[]).map_err(|e| (step, e))
 }
 
 /// Brings the connection (ESTABLISHED in repair mode, its queues refilled, `rcv_nxt` and
