@@ -417,18 +417,12 @@ impl Server {
                     done += n;
                     placed += n;
                 }
-                Err((libc::EAGAIN, n)) => {
-                    placed += n;
-                    done += n;
-                    p.map.put_back(Piece {
-                        vaddr: piece.vaddr + done,
-                        len: piece.len - done,
-                        file_offset: piece.file_offset + done,
-                    });
-                    return Ok((placed, done));
-                }
-                Err((libc::ENOENT, n)) if !self.registered.load(Ordering::Acquire) => {
-                    // Not registered yet (the restorer is still mapping): keep the rest.
+                // Retry later (an event is pending), or not registered yet (the restorer is
+                // still mapping): the rest goes back into the map.
+                Err((e, n))
+                    if e == libc::EAGAIN
+                        || (e == libc::ENOENT && !self.registered.load(Ordering::Acquire)) =>
+                {
                     placed += n;
                     done += n;
                     p.map.put_back(Piece {

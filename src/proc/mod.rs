@@ -95,20 +95,16 @@ impl ProcError {
 
 /// `/proc/sys/kernel/cap_last_cap`: the highest capability number the running kernel knows.
 pub fn cap_last_cap() -> Result<u32, ProcError> {
-    let path = "/proc/sys/kernel/cap_last_cap";
-    let text = std::fs::read_to_string(path).map_err(|err| ProcError::Io {
-        path: path.into(),
-        err,
-    })?;
-    text.trim().parse().map_err(|_| ProcError::Parse {
-        path: path.into(),
-        detail: format!("{:?} is not a number", text.trim()),
-    })
+    sysctl_number("/proc/sys/kernel/cap_last_cap")
 }
 
 /// `/proc/sys/vm/max_map_count`: the most VMAs one process may have.
 pub fn max_map_count() -> Result<u64, ProcError> {
-    let path = "/proc/sys/vm/max_map_count";
+    sysctl_number("/proc/sys/vm/max_map_count")
+}
+
+/// A sysctl file holding one number.
+fn sysctl_number<T: std::str::FromStr>(path: &str) -> Result<T, ProcError> {
     let text = std::fs::read_to_string(path).map_err(|err| ProcError::Io {
         path: path.into(),
         err,
