@@ -260,6 +260,27 @@ pub fn record(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
     r
 }
 
+/// IP options the program set on an IPv4 TCP socket (IP_OPTIONS) are not carried yet (a
+/// restore sets them empty to make the kernel compute the segment size again): refused.
+fn refuse_ip_options(
+    s: std::os::fd::BorrowedFd<'_>,
+    family: i32,
+    v: &str,
+    local: std::net::SocketAddr,
+) -> Result<(), String> {
+    if family != libc::AF_INET {
+        return Ok(());
+    }
+    match sock::get_bytes(s, libc::IPPROTO_IP, libc::IP_OPTIONS, 40) {
+        Ok(set) if !set.is_empty() => Err(format!(
+            "a TCP/{v} socket {local} with IP options set ({} bytes of IP_OPTIONS), which crest \
+             does not restore yet",
+            set.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
     let s = copy.as_fd();
     let family = sock::get_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN)
@@ -286,6 +307,7 @@ fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
     let connected = phase.is_some() || closed_peer.is_some() || info.state == sock::TCP_SYN_SENT;
     let (options, buf_lock) = opts::read(s, family, connected)
         .map_err(|e| format!("a TCP/{v} socket {local} whose options cannot be read: {e}"))?;
+    refuse_ip_options(s, family, v, local)?;
     let state = match (info.state, closed_peer) {
         (_, Some(remote)) => closed(s, local, remote, v)?,
         (state, None) => match state {
