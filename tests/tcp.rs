@@ -815,44 +815,61 @@ fn connections_with_full_buffers_both_ways_deliver_every_byte_after_restore() {
     }
 }
 
-/// Holds a listener and a connection to it whose client end has IP options set (four NOPs)
-/// and answers "state" with them: crest does not carry IP options on TCP yet, so the dump
-/// refuses naming the fd, and the process runs on with its connection.
+/// Holds two connections whose client ends have IP options set: four NOPs as IPv4
+/// IP_OPTIONS, a hop-by-hop header (PadN) as an IPv6 sticky header; answers "state" with the fds
+/// and options: crest does not carry IP options on TCP yet, so the dump refuses naming both
+/// fds, and the process runs on with its connections.
 const IP_OPTIONS_VICTIM: &str = r#"
 import socket
-l = socket.socket()
-l.bind(("127.0.0.1", 0))
-l.listen()
-c = socket.socket()
-c.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"\x01\x01\x01\x01")
-c.connect(l.getsockname())
-a, _ = l.accept()
+HOPOPTS = b"\x00\x00\x01\x04\x00\x00\x00\x00"
+pairs = []
+for family, host, level, name, value in [
+        (socket.AF_INET, "127.0.0.1", socket.IPPROTO_IP, socket.IP_OPTIONS, b"\x01\x01\x01\x01"),
+        (socket.AF_INET6, "::1", socket.IPPROTO_IPV6, socket.IPV6_HOPOPTS, HOPOPTS)]:
+    l = socket.socket(family)
+    l.bind((host, 0))
+    l.listen()
+    c = socket.socket(family)
+    c.setsockopt(level, name, value)
+    c.connect(l.getsockname())
+    a, _ = l.accept()
+    pairs.append((c, a, level, name))
 
 def state():
-    c.sendall(b"ping")
-    return "%d %s %s" % (c.fileno(), c.getsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, 40).hex(),
-                         a.recv(4).decode())
+    out = []
+    for c, a, level, name in pairs:
+        c.sendall(b"ping")
+        out.append("%d %s %s" % (c.fileno(), c.getsockopt(level, name, 64).hex(), a.recv(4).decode()))
+    return ", ".join(out)
 
 serve(lambda data: state())
 "#;
 
 #[test]
-fn a_tcp_socket_with_ip_options_is_refused_naming_its_fd_and_runs_on() {
+fn tcp_sockets_with_ip_options_are_refused_naming_their_fds_and_run_on() {
     setup();
     let work = tempfile::tempdir().unwrap();
     let v = ControlledVictim::start(IP_OPTIONS_VICTIM, work.path(), &[]);
     let before = v.ask(b"state");
-    let fd = before.split(' ').next().unwrap().to_string();
-    assert!(before.ends_with(" 01010101 ping"), "{before}");
+    let fds: Vec<&str> = before
+        .split(", ")
+        .map(|c| c.split(' ').next().unwrap())
+        .collect();
+    assert!(
+        before.contains(" 01010101 ping") && before.contains(" 0000010400000000 ping"),
+        "{before}"
+    );
     let dir = work.path().join("img");
     dump(v.pid(), &dir, false)
         .assert_failed()
-        .assert_stderr_mentions(&format!("fd {fd}"))
-        .assert_stderr_mentions("IP_OPTIONS");
+        .assert_stderr_mentions(&format!("fd {} is a TCP/IPv4", fds[0]))
+        .assert_stderr_mentions(&format!("fd {} is a TCP/IPv6", fds[1]))
+        .assert_stderr_mentions("IP_OPTIONS")
+        .assert_stderr_mentions("IPV6_HOPOPTS");
     assert!(!dir.exists(), "a refused dump writes no image");
     assert_eq!(
         v.ask(b"state"),
         before,
-        "the victim runs on with its connection"
+        "the victim runs on with its connections"
     );
 }

@@ -355,3 +355,42 @@ fn audit_and_queued_sockets_are_refused_and_left_running() {
     let port = v["ctl"].as_u64().unwrap() as u16;
     assert_eq!(ask(&ctl, ("127.0.0.1", port), b"read it"), "waiting");
 }
+
+/// Holds a UDP/IPv4 socket with IP options (four NOPs) and a UDP/IPv6 socket with sticky
+/// hop-by-hop and destination-options headers, both bound on loopback, and answers "state"
+/// with the options as the kernel reports them.
+const IP_OPTIONS_VICTIM: &str = r#"
+import socket
+PAD = b"\x00\x00\x01\x04\x00\x00\x00\x00"
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u4.bind(("127.0.0.1", 0))
+u4.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"\x01\x01\x01\x01")
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u6.bind(("::1", 0))
+u6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_HOPOPTS, PAD)
+u6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, PAD)
+
+def state():
+    return " ".join(x.hex() for x in [
+        u4.getsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, 64),
+        u6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_HOPOPTS, 64),
+        u6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, 64)])
+
+serve(lambda data: state())
+"#;
+
+#[test]
+fn ip_options_and_ipv6_sticky_headers_of_udp_sockets_come_back() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let v = ControlledVictim::start(IP_OPTIONS_VICTIM, work.path(), &[]);
+    let before = v.ask(b"state");
+    assert_eq!(
+        before, "01010101 0000010400000000 0000010400000000",
+        "set as asked"
+    );
+    v.cycle(work.path(), &before, |image| {
+        let json = image.to_string();
+        assert!(json.contains("\"Udp\""), "UDP sockets in the image: {json}");
+    });
+}

@@ -260,25 +260,38 @@ pub fn record(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {
     r
 }
 
-/// IP options the program set on an IPv4 TCP socket (IP_OPTIONS) are not carried yet (a
-/// restore sets them empty to make the kernel compute the segment size again): refused.
+/// IP options the program set on a TCP socket (IPv4 IP_OPTIONS, IPv6 sticky extension
+/// headers) are not carried yet (a restore sets them empty to make the kernel compute the
+/// segment size again): refused.
 fn refuse_ip_options(
     s: std::os::fd::BorrowedFd<'_>,
     family: i32,
     v: &str,
     local: std::net::SocketAddr,
 ) -> Result<(), String> {
-    if family != libc::AF_INET {
-        return Ok(());
+    let options: &[(i32, i32, &str)] = if family == libc::AF_INET {
+        &[(libc::IPPROTO_IP, libc::IP_OPTIONS, "IP_OPTIONS")]
+    } else {
+        &[
+            (libc::IPPROTO_IPV6, 54, "IPV6_HOPOPTS"),
+            (libc::IPPROTO_IPV6, 55, "IPV6_RTHDRDSTOPTS"),
+            (libc::IPPROTO_IPV6, 57, "IPV6_RTHDR"),
+            (libc::IPPROTO_IPV6, 59, "IPV6_DSTOPTS"),
+        ]
+    };
+    for &(level, name, shown) in options {
+        match sock::get_bytes(s, level, name, 2048) {
+            Ok(set) if !set.is_empty() => {
+                return Err(format!(
+                    "a TCP/{v} socket {local} with IP options set ({} bytes of {shown}), which \
+                     crest does not restore yet",
+                    set.len()
+                ))
+            }
+            _ => {}
+        }
     }
-    match sock::get_bytes(s, libc::IPPROTO_IP, libc::IP_OPTIONS, 40) {
-        Ok(set) if !set.is_empty() => Err(format!(
-            "a TCP/{v} socket {local} with IP options set ({} bytes of IP_OPTIONS), which crest \
-             does not restore yet",
-            set.len()
-        )),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 fn record_timed(pid: i32, fd: i32, copy: OwnedFd) -> Result<TcpSocket, String> {

@@ -19,8 +19,9 @@ pub const SOL_PACKET: i32 = 263;
 pub const IPPROTO_UDPLITE: u32 = 136;
 pub const SOL_UDPLITE: i32 = 136;
 
-/// Most bytes of one option's value (the largest here is an interface name or IP options).
-pub const SOCKET_OPTION_MAX: usize = 64;
+/// Most bytes of one option's value (the largest here is an IPv6 extension header: at most
+/// (255 + 1) * 8 bytes).
+pub const SOCKET_OPTION_MAX: usize = 2048;
 
 /// Every socket option a dump records and a restore sets again: (level, name, what it is).
 /// Options that hold a pointer, state the kernel builds (filters, memberships) or that only
@@ -102,8 +103,13 @@ pub const SOCKET_OPTIONS: &[(i32, i32, &str)] = &[
     (SOL_IPV6, 49, "IPV6_RECVPKTINFO"),
     (SOL_IPV6, 51, "IPV6_RECVHOPLIMIT"),
     (SOL_IPV6, 53, "IPV6_RECVHOPOPTS"),
+    // Sticky extension headers sent with every packet (their bytes as set).
+    (SOL_IPV6, 54, "IPV6_HOPOPTS"),
+    (SOL_IPV6, 55, "IPV6_RTHDRDSTOPTS"),
     (SOL_IPV6, 56, "IPV6_RECVRTHDR"),
+    (SOL_IPV6, 57, "IPV6_RTHDR"),
     (SOL_IPV6, 58, "IPV6_RECVDSTOPTS"),
+    (SOL_IPV6, 59, "IPV6_DSTOPTS"),
     (SOL_IPV6, 60, "IPV6_RECVPATHMTU"),
     (SOL_IPV6, 62, "IPV6_DONTFRAG"),
     (SOL_IPV6, 66, "IPV6_RECVTCLASS"),
