@@ -111,108 +111,75 @@ impl Watchdog {
 }
 
 fn socket_pair() -> Result<(OwnedFd, OwnedFd), LazyError> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two descriptors into `fds`.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(LazyError::Os {
-            what: "creating the socket pair of the lazy-pages watchdog".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: both are new descriptors we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| LazyError::Os {
+        what: "creating the socket pair of the lazy-pages watchdog".into(),
+        source: e.into(),
+    })
 }
 
-/// Room for one descriptor's control message (CMSG_SPACE(sizeof(int)) is 24 on 64-bit).
-const CMSG_ROOM: usize = 32;
-
-#[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_ROOM]);
-
+/// Sends one message: the byte `what`, with `fd` attached (SCM_RIGHTS) when given.
 fn send(sock: RawFd, what: u8, fd: Option<RawFd>) -> std::io::Result<()> {
-    let mut byte = [what];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut control = CmsgBuf([0; CMSG_ROOM]);
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        // SAFETY: the control buffer has room for one cmsg with one int (CMSG_SPACE(4) <=
-        // CMSG_ROOM), and the CMSG macros stay inside it.
-        unsafe {
-            msg.msg_control = control.0.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
-        }
-    }
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds: Vec<RawFd> = fd.into_iter().collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    let byte = [what];
+    let iov = [std::io::IoSlice::new(&byte)];
     loop {
-        // SAFETY: msg points at live buffers for the duration of the call.
-        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Receives one message: its byte (None at end of file) and the descriptor it carries.
 fn recv(sock: RawFd) -> Option<(u8, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut control = CmsgBuf([0; CMSG_ROOM]);
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_ROOM;
-    let n = loop {
-        // SAFETY: msg points at live buffers for the duration of the call.
-        let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r >= 0 {
-            break r;
+    let mut control = nix::cmsg_space!(RawFd);
+    let (n, raw) = loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        match recvmsg::<()>(
+            sock,
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                let raw: Vec<RawFd> = m
+                    .cmsgs()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| match c {
+                        ControlMessageOwned::ScmRights(fds) => fds,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                break (m.bytes, raw);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
         }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return None;
-        }
     };
+    // SAFETY: the kernel installed these descriptors in crest for this message; nothing else
+    // owns them.
+    let mut fds: Vec<OwnedFd> = raw
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
     if n == 0 {
         return None;
     }
-    let mut fd = None;
-    // SAFETY: recvmsg filled the control buffer; the CMSG macros walk it within
-    // msg_controllen.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
-        {
-            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
-            fd = Some(OwnedFd::from_raw_fd(raw));
-        }
-    }
-    Some((byte[0], fd))
+    Some((byte[0], fds.pop()))
 }
 
 /// The watchdog process (`crest lazy-watchdog SOCKET PID...`): returns its exit code.

@@ -27,8 +27,9 @@ pub fn fork_with_pid(pid: i32, exit_signal: i32) -> Result<Forked, RestoreError>
 
 /// As [`fork_with_pid`], with extra clone `flags` (CLONE_FILES for a shared fd table).
 pub fn fork_with_pid_flags(pid: i32, exit_signal: i32, flags: u64) -> Result<Forked, RestoreError> {
-    // SAFETY: crest is single-threaded here, and the child only runs restore::spawn, which ends
-    // in the restorer or _exit.
+    // SAFETY: the caller is single-threaded here (crest, or a task forking its children), and
+    // the child only runs restore::spawn, which ends in the restorer or _exit; with
+    // CLONE_FILES it shares the fd table of a task that installs it for both.
     match unsafe { crate::sys::clone3_with_pid_flags(pid, exit_signal, flags) } {
         Ok(0) => Ok(Forked::Child),
         Ok(got) if got == pid => Ok(Forked::Parent),
