@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// Most areas the restorer moves into place: `[vvar*]` pieces and the `[vdso]` (8), and the
 /// rings of AIO contexts the task created (32, the image's limit per process).
@@ -55,6 +55,11 @@ pub const VMA_FILL_LAZY: u32 = 2;
 /// page runs over it from `RestorerArgs::pages_fd` (MAP_PRIVATE|MAP_FIXED at the run's file
 /// offset, copy-on-write from the page cache); nothing is read. The gaps stay anonymous.
 pub const VMA_FILL_MAP: u32 = 3;
+/// Premapped (memory a child shares copy-on-write with its parent, see crest's
+/// `restore/cow.rs`): the task mapped and filled the VMA before the restorer ran, at
+/// `file_offset` inside `RestorerArgs::premap_area`; the restorer moves it into place with
+/// mremap (keeping the sharing) and maps nothing.
+pub const VMA_FILL_PREMAPPED: u32 = 4;
 
 /// Most madvise() advices one VMA carries: SEQUENTIAL or RANDOM, DONTFORK, DONTDUMP, HUGEPAGE
 /// or NOHUGEPAGE, WIPEONFORK, MERGEABLE (6), with room to spare.
@@ -197,6 +202,8 @@ pub enum Step {
     RegisterLazy = 23,
     /// Mapping a page run of the page file over a VMA (`detail`: the run's address).
     MapPages = 24,
+    /// Moving a premapped VMA into place with mremap (`detail`: its start).
+    MovePremapped = 25,
 }
 
 /// `Progress::detail` of a `Step::Creds` failure (and of a thread's `ThreadSetup` failure in
@@ -260,6 +267,7 @@ impl Step {
             22 => Step::NameVma,
             23 => Step::RegisterLazy,
             24 => Step::MapPages,
+            25 => Step::MovePremapped,
             _ => return None,
         })
     }
@@ -298,6 +306,9 @@ impl Step {
                 "registering a lazy VMA with the userfaultfd (ioctl UFFDIO_REGISTER)"
             }
             Step::MapPages => "mapping pages of the page file over a VMA (mmap MAP_PRIVATE)",
+            Step::MovePremapped => {
+                "moving memory shared with the parent process into place (mremap)"
+            }
         }
     }
 }
@@ -400,6 +411,10 @@ pub struct RestorerArgs {
     /// the memory, so the restored process never holds it (crest has its own copy).
     pub uffd: i32,
     pub _pad2: u32,
+    /// Where the task's premapped VMAs wait (`VMA_FILL_PREMAPPED`), with the slots of other
+    /// processes it inherited: kept by the unmap of crest's mappings, unmapped whole once the
+    /// VMAs are moved out. `len == 0`: none.
+    pub premap_area: Range,
 }
 
 /// `RestorerArgs::uffd`: no lazy pages.

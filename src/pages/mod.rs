@@ -21,7 +21,7 @@ mod zero;
 
 pub use background::{prefaulted_buffers, BackgroundWriter};
 pub use pagemap::{
-    classify, select_runs, PageClass, PM_FILE, PM_GUARD_REGION, PM_PRESENT, PM_SWAP,
+    classify, select_runs, split_shared, PageClass, PM_FILE, PM_GUARD_REGION, PM_PRESENT, PM_SWAP,
 };
 pub use sink::{Counted, PageSink, RunWriter};
 pub use sysv::{dump_sysv, SysvSource};
@@ -238,15 +238,23 @@ pub fn dump_pages<S: PageSink>(
                     // A zero page copied-on-write in a file mapping differs from the file under
                     // it, so only anonymous areas may leave zero pages out.
                     let skip_zero = !file_mapping;
-                    store_runs(
-                        &runs,
-                        area,
-                        skip_zero,
-                        page_size,
-                        &mut reader,
-                        &mut writer,
-                        &mut counts,
-                    )?;
+                    for (group, shared) in split_shared(&runs, &entries[..n], vaddr, page_size) {
+                        // Pages shared copy-on-write go through /proc/PID/mem (see
+                        // split_shared): as for an area without PROT_READ.
+                        let via = Area {
+                            readable: area.readable && !shared,
+                            ..*area
+                        };
+                        store_runs(
+                            &group,
+                            &via,
+                            skip_zero,
+                            page_size,
+                            &mut reader,
+                            &mut writer,
+                            &mut counts,
+                        )?;
+                    }
                     progress.advance((present(&counts) - before) * page_size);
                     vaddr += n as u64 * page_size;
                 }

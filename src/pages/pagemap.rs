@@ -18,6 +18,10 @@ pub const PM_FILE: u64 = 1 << 61;
 /// access faults) and the restore installs the guard again.
 pub const PM_GUARD_REGION: u64 = 1 << 58;
 
+/// Bit 56: the page is mapped by this process alone. A private page without it is shared
+/// copy-on-write with another process (a parent or child); see [`split_shared`].
+pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+
 /// What to do with one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageClass {
@@ -70,6 +74,47 @@ pub fn select_runs(
     }
 }
 
+/// Splits `runs` (ascending, as [`select_runs`] made them from `entries`, the pagemap words of
+/// the pages from `first_vaddr`) into consecutive groups, each flagged `true` when its pages
+/// are shared copy-on-write with another process (present without [`PM_MMAP_EXCLUSIVE`], or
+/// swapped). Such pages must not be read with process_vm_readv: it pins the pages it reads,
+/// and pinning a shared anonymous page makes the kernel give the process a copy of its own
+/// ("unshare"), so a dump would double the memory of a forked tree (and a dump with -R would
+/// leave it so). /proc/PID/mem reads without pinning.
+pub fn split_shared(
+    runs: &[(u64, u64)],
+    entries: &[u64],
+    first_vaddr: u64,
+    page_size: u64,
+) -> Vec<(Vec<(u64, u64)>, bool)> {
+    let mut out: Vec<(Vec<(u64, u64)>, bool)> = Vec::new();
+    for &(start, npages) in runs {
+        for k in 0..npages {
+            let vaddr = start + k * page_size;
+            // Runs from an earlier batch of the same area (see select_runs) lie before
+            // `first_vaddr`: their words are not in `entries`; they were not shared then.
+            let word = vaddr
+                .checked_sub(first_vaddr)
+                .and_then(|d| entries.get((d / page_size) as usize));
+            let shared = word.is_some_and(|&w| {
+                w & PM_SWAP != 0 || (w & PM_PRESENT != 0 && w & PM_MMAP_EXCLUSIVE == 0)
+            });
+            let group = match out.last_mut() {
+                Some((g, s)) if *s == shared => g,
+                _ => {
+                    out.push((Vec::new(), shared));
+                    &mut out.last_mut().expect("just pushed").0
+                }
+            };
+            match group.last_mut() {
+                Some((s, n)) if *s + *n * page_size == vaddr => *n += 1,
+                _ => group.push((vaddr, 1)),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +124,27 @@ mod tests {
     const ANON: u64 = PM_PRESENT | 0x1234;
     const SWAPPED: u64 = PM_SWAP | 0x55;
     const FILE: u64 = PM_PRESENT | PM_FILE | 0x99;
+
+    #[test]
+    fn pages_shared_with_another_process_are_grouped_apart() {
+        const OWN: u64 = PM_PRESENT | PM_MMAP_EXCLUSIVE | 0x10;
+        const COW: u64 = PM_PRESENT | 0x20;
+        let entries = [OWN, OWN, COW, COW, ABSENT, OWN, SWAPPED, OWN];
+        let mut counts = PageCounts::default();
+        let mut runs = Vec::new();
+        select_runs(&entries, 0x10000, PS, false, &mut counts, &mut runs);
+        let groups = split_shared(&runs, &entries, 0x10000, PS);
+        assert_eq!(
+            groups,
+            vec![
+                (vec![(0x10000, 2)], false),
+                (vec![(0x12000, 2)], true),
+                (vec![(0x15000, 1)], false),
+                (vec![(0x16000, 1)], true),
+                (vec![(0x17000, 1)], false),
+            ]
+        );
+    }
 
     #[test]
     fn runs_join_consecutive_pages_and_skip_absent_ones() {

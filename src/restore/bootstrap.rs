@@ -310,6 +310,8 @@ impl Bootstrap {
         files: &OpenedFiles,
         lazy: bool,
         mapped: Option<&crate::mapped::MapPlan>,
+        premaps: &[super::cow::Premap],
+        premap_area: (u64, u64),
     ) -> Result<Bootstrap, RestoreError> {
         let page = crate::arch::page_size();
         let blob = super::blob::restorer();
@@ -319,7 +321,7 @@ impl Bootstrap {
             crate::images::ArchRegs::Aarch64 { fpsimd, .. } => fpsimd.len(),
         };
         let mut names = Vec::new();
-        let (mut vma_args, runs, lazy_pieces) = vma_args(p, files, &mut names, lazy, mapped)?;
+        let (mut vma_args, runs, lazy_pieces) = vma_args(p, files, &mut names, lazy, mapped, premaps)?;
         let close: Vec<i32> = helper_fds(files);
         // The AIO rings the task creates wait in the park area too (add_ring_moves).
         let park_size: u64 = specials
@@ -479,6 +481,10 @@ impl Bootstrap {
                 abi::UFFD_NONE
             },
             _pad2: 0,
+            premap_area: Range {
+                start: premap_area.0,
+                len: premap_area.1,
+            },
         };
         *boot.args_mut() = args;
         Ok(boot)
@@ -696,6 +702,7 @@ fn vma_args(
     names: &mut Vec<u8>,
     lazy: bool,
     mapped: Option<&crate::mapped::MapPlan>,
+    premaps: &[super::cow::Premap],
 ) -> Result<(Vec<VmaArg>, Vec<PageRunArg>, Vec<crate::lazy::plan::Piece>), RestoreError> {
     let page = crate::arch::page_size();
     let mut out = Vec::with_capacity(p.vmas.len());
@@ -771,6 +778,25 @@ fn vma_args(
             None => 0,
         };
         debug_assert_eq!(vma.start % page, 0);
+        if let Some(m) = premaps.iter().find(|m| m.start == vma.start) {
+            // Filled by the task before it forked its children (cow.rs): moved into place.
+            out.push(VmaArg {
+                start: vma.start,
+                len: vma.end - vma.start,
+                prot: vma.prot,
+                flags: flags as u32,
+                fd: -1,
+                fill: abi::VMA_FILL_PREMAPPED,
+                file_offset: m.slot,
+                madvise,
+                extra,
+                _pad: 0,
+                first_run: runs_out.len() as u32,
+                nr_runs: 0,
+                name,
+            });
+            continue;
+        }
         let vma_runs = &p.page_runs[first_run..first_run + nr_runs];
         let map = nr_runs > 0 && mapped.is_some_and(|m| m.maps(vma.start));
         let (copy, lazy_pieces) = if map {
@@ -833,11 +859,16 @@ fn vma_args(
 
 /// Finds `len` bytes (plus a guard page either side) that neither the image nor crest uses.
 fn find_hole(image: &[Vma], own: &[MapRange], len: u64, page: u64) -> Option<u64> {
-    let mut used: Vec<(u64, u64)> = image
+    let used: Vec<(u64, u64)> = image
         .iter()
         .map(|v| (v.start, v.end))
         .chain(own.iter().map(|m| (m.start, m.end)))
         .collect();
+    find_hole_among(used, len, page)
+}
+
+/// Finds `len` bytes (plus a guard page either side) outside every `(start, end)` of `used`.
+pub(super) fn find_hole_among(mut used: Vec<(u64, u64)>, len: u64, page: u64) -> Option<u64> {
     used.sort_unstable();
     let want = len + 2 * page;
     let mut cursor = LOWEST_ADDRESS;

@@ -240,9 +240,12 @@ fn unmap_list(
         crate::proc::own_maps().map_err(|e| format!("cannot list crest's own mappings: {e}"))?;
     let b_start = boot.addr();
     let b_end = boot.addr() + boot.len();
+    // The premap area (cow.rs) stays: the restorer moves what it needs out of it first.
+    let area = boot.args().premap_area;
     Ok(own
         .iter()
         .filter(|m| !(m.start >= b_start && m.end <= b_end))
+        .filter(|m| !(area.len > 0 && m.start >= area.start && m.end <= area.start + area.len))
         .filter(|m| !specials.iter().any(|s| s.current.start == m.start))
         .filter(|m| !rings.iter().any(|r| r.current == m.start))
         .filter(|m| m.name != "[vsyscall]")

@@ -8,6 +8,7 @@
 pub mod blob;
 mod bootstrap;
 mod child;
+mod cow;
 pub(crate) mod creds;
 mod epoll;
 mod fdshare;
@@ -274,9 +275,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         (opened, std::mem::take(&mut shared.tcp))
     };
     phases.end("files");
+    // Before the bootstrap regions: they keep out of the reservation for the premapped memory.
+    let cow = cow::CowPlan::plan(
+        &plan,
+        &image.processes,
+        !opts.lazy_pages && !opts.map_pages,
+    )?;
     let mut specials_all = Vec::with_capacity(image.processes.len());
     let mut boots = Vec::with_capacity(image.processes.len());
-    for (p, files) in image.processes.iter().zip(&opened) {
+    for (i, (p, files)) in image.processes.iter().zip(&opened).enumerate() {
         // Read anew each time: the regions made for earlier processes are crest's now.
         let own = crate::proc::own_maps()
             .map_err(|e| RestoreError::Internal(format!("listing crest's own mappings: {e}")))?;
@@ -288,6 +295,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             files,
             opts.lazy_pages,
             map_plans.get(&p.pid),
+            cow.of(i),
+            cow.area(),
         )?);
         specials_all.push(specials);
     }
@@ -348,6 +357,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             crest_pgid,
             terminals: &task_terminals,
             tables: &tables,
+            cow: &cow,
         };
         spawn::task_main(&mut ctx, 0);
     }

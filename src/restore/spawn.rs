@@ -53,6 +53,8 @@ pub struct TreeCtx<'a> {
     pub terminals: &'a [TaskTerminal],
     /// Fd tables shared between processes ([`super::fdshare`]).
     pub tables: &'a super::fdshare::FdTables,
+    /// Private memory shared copy-on-write with children ([`super::cow`]).
+    pub cow: &'a super::cow::CowPlan,
 }
 
 /// Entry of task `i` right after its fork. Never returns.
@@ -67,6 +69,12 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
         if j != i && !descendants.contains(&j) {
             close(p.status_w);
             close(p.go_r);
+        }
+    }
+    // Before the children are forked, so they inherit it (cow.rs).
+    if let Some(p) = ctx.plan.tasks[i].process {
+        if let Err(msg) = ctx.cow.premap_in_task(p, ctx.processes, &ctx.files[p].pages) {
+            child::fail(status, &msg);
         }
     }
     if let Err(msg) = fork_and_group(ctx, i) {

@@ -181,6 +181,10 @@ pub enum Kind {
     /// A process that forks, unmaps, moves and discards its memory when `CTL/mutate` appears
     /// (tests/victims/lazymm.c); writes `CTL/mutated`.
     Lazymm,
+    /// A private anonymous region shared copy-on-write by a root, its child K (which changed
+    /// some pages) and K's child G (tests/victims/cow.c); writes `K PID` and `G PID` to
+    /// `CTL/info`.
+    Cow,
     /// A JVM running tests/java/Victim.java (started with [`Victim::start_program`]; the comm
     /// of a JVM's main thread is `java`).
     Java,
@@ -218,6 +222,7 @@ impl Kind {
             Kind::Chroot => "chroot",
             Kind::Aio => "aio",
             Kind::Lazymm => "lazymm",
+            Kind::Cow => "cow",
             Kind::Java => "java",
         }
     }

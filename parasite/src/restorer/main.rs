@@ -27,7 +27,7 @@ mod sys;
 use abi::{
     CloneArgs, ITimerVal, PageRunArg, PosixLockArg, PosixTimerArm, PrctlMmMap, Progress, Range,
     RestorerArgs, Step, ThreadArg, VmaArg, ABI_VERSION, ARGS_MAGIC, CREDS_DETAIL_BASE,
-    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_EXTRA_SHMAT, VMA_FILL_LAZY, VMA_FILL_MAP, VMA_FILL_NONE,
+    MAX_SPECIAL_MOVES, VMA_EXTRA_LOCK_ONFAULT, VMA_EXTRA_SEAL, VMA_EXTRA_SHMAT, VMA_FILL_LAZY, VMA_FILL_MAP, VMA_FILL_NONE, VMA_FILL_PREMAPPED,
 };
 use core::ptr;
 
@@ -117,6 +117,7 @@ pub extern "C" fn restorer_main(args: *mut RestorerArgs) -> ! {
     check_args(&ctx, a);
     park_special(&ctx, a);
     unmap_own(&ctx, a);
+    move_premapped(&ctx, a);
     map_vmas(&ctx, a);
     close_uffd(&ctx, a);
     place_special(&ctx, a);
@@ -174,6 +175,38 @@ fn unmap_own(ctx: &Ctx, a: &RestorerArgs) {
     }
 }
 
+/// Moves the VMAs the task premapped into place (mremap keeps the pages it shares with its
+/// parent and children shared), then unmaps what is left of the premap area (slots of other
+/// processes it inherited). Before any other VMA is mapped: the slots lie where no VMA of the
+/// tree goes, but a move must not land on a slot not moved yet.
+fn move_premapped(ctx: &Ctx, a: &RestorerArgs) {
+    let area = a.premap_area;
+    if area.len == 0 {
+        return;
+    }
+    for i in 0..a.nr_vmas {
+        // SAFETY: crest wrote nr_vmas VmaArgs at `vmas` (alignment checked).
+        let v: VmaArg = unsafe { at(a.vmas, i) };
+        if v.fill != VMA_FILL_PREMAPPED {
+            continue;
+        }
+        ctx.step(Step::MovePremapped, v.start);
+        let slot = v.file_offset;
+        let inside = slot >= area.start
+            && v.len <= area.len
+            && slot - area.start <= area.len - v.len;
+        if !inside || overlaps(v.start, v.len, a.bootstrap) || overlaps(v.start, v.len, area) {
+            ctx.fail(-sys::EINVAL);
+        }
+        let got = ctx.check(sys::mremap_fixed(slot, v.len, v.start));
+        if got as u64 != v.start {
+            ctx.fail(-sys::EINVAL);
+        }
+    }
+    ctx.step(Step::UnmapOwn, area.start);
+    ctx.check(sys::munmap(area.start, area.len));
+}
+
 fn map_vmas(ctx: &Ctx, a: &RestorerArgs) {
     for i in 0..a.nr_vmas {
         // SAFETY: crest wrote nr_vmas VmaArgs at `vmas` (alignment checked).
@@ -189,15 +222,19 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
         ctx.fail(-sys::EEXIST);
     }
     // Pages are written with pread, so the VMA must be writable while it is filled (mapped
-    // pages are not written).
-    let add_write =
-        v.fill != VMA_FILL_NONE && v.fill != VMA_FILL_MAP && v.prot & sys::PROT_WRITE == 0;
+    // pages are not written); a premapped VMA is read-write already.
+    let premapped = v.fill == VMA_FILL_PREMAPPED;
+    let add_write = v.fill != VMA_FILL_NONE
+        && v.fill != VMA_FILL_MAP
+        && (premapped || v.prot & sys::PROT_WRITE == 0);
     let prot = if add_write {
         v.prot | sys::PROT_WRITE
     } else {
         v.prot
     };
-    if v.extra & VMA_EXTRA_SHMAT != 0 {
+    if premapped {
+        // Moved into place by move_premapped.
+    } else if v.extra & VMA_EXTRA_SHMAT != 0 {
         attach_sysv(ctx, v);
     } else {
         let got = ctx.check(sys::mmap(
@@ -215,7 +252,7 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
 
     if v.fill == VMA_FILL_MAP {
         map_pages(ctx, a, v);
-    } else if v.fill != VMA_FILL_NONE {
+    } else if v.fill != VMA_FILL_NONE && !premapped {
         fill_pages(ctx, a, v);
     }
     if v.fill == VMA_FILL_LAZY {
@@ -226,7 +263,7 @@ fn map_vma(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
         }
         ctx.check(sys::uffd_register_missing(a.uffd, v.start, v.len));
     }
-    if add_write {
+    if add_write && (!premapped || v.prot != sys::PROT_READ | sys::PROT_WRITE) {
         ctx.step(Step::ProtectVma, v.start);
         ctx.check(sys::mprotect(v.start, v.len, v.prot));
     }
