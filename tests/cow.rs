@@ -21,7 +21,8 @@ fn members(v: &Victim) -> Vec<(String, i32)> {
 fn memory_shared_copy_on_write_stays_shared_after_restore() {
     let mut v = Victim::start(Kind::Cow);
     let members = members(&v);
-    v.verify().expect("the victim shares its pages before any dump");
+    v.verify()
+        .expect("the victim shares its pages before any dump");
     for cycle in 1..=2 {
         let dir = v.work.join(format!("img{cycle}"));
         dump(v.pid, &dir, false).assert_ok();
@@ -32,8 +33,7 @@ fn memory_shared_copy_on_write_stays_shared_after_restore() {
         }
         restore_detached(&dir, &[]).assert_ok();
         v.mark_restored();
-        v.verify()
-            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        v.verify().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
     }
 }
 

@@ -234,31 +234,29 @@ fn a_bash_loop_running_sleep_carries_on_after_restore() {
     }
 }
 
-/// A tree with a process group whose leader has exited (the member stayed in it): a restore
-/// could not recreate that group, so the dump refuses it, naming it, and leaves the tree as it
-/// was.
+/// A tree with a session whose leader has exited: the root (a subreaper) forked A, A made a
+/// session and forked X into it, then ended, so X is the root's child in a session of no one in
+/// the tree. A restore could not recreate that session (only a fork from inside a session puts
+/// a process in it), so the dump refuses it, naming it, and leaves the tree as it was.
 #[test]
-fn a_group_whose_leader_exited_is_refused_at_dump_and_left_running() {
+fn a_session_whose_leader_exited_is_refused_at_dump_and_left_running() {
     setup();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let ready = work.path().join("member");
     let script = r#"
-import os, sys, time
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+r, w = os.pipe()
 leader = os.fork()
 if leader == 0:
-    os.setpgid(0, 0)
-    time.sleep(0.3)
+    os.setsid()
+    member = os.fork()
+    if member == 0:
+        while True:
+            time.sleep(1)
+    os.write(w, str(member).encode())
     os._exit(0)
-member = os.fork()
-if member == 0:
-    while True:
-        try:
-            os.setpgid(0, leader)
-            break
-        except PermissionError:
-            time.sleep(0.01)
-    while True:
-        time.sleep(1)
+member = int(os.read(r, 32))
 os.waitpid(leader, 0)
 with open(sys.argv[1] + ".tmp", "w") as f:
     f.write(f"{member} {leader}")
@@ -280,13 +278,14 @@ while True:
     let mut words = text.split_whitespace().map(|w| w.parse::<i32>().unwrap());
     let (member, leader) = (words.next().unwrap(), words.next().unwrap());
     let before = ids(member).expect("the member");
-    assert_eq!(before.1, leader, "the member is in the leader's group");
+    assert_eq!(before.2, leader, "the member is in the leader's session");
+    assert_eq!(before.0, root, "the member is the root's child now");
 
     let dir = work.path().join("img");
     let out = dump(root, &dir, false);
     out.assert_failed()
         .assert_stderr_mentions(&member.to_string())
-        .assert_stderr_mentions(&format!("group {leader}"));
+        .assert_stderr_mentions(&format!("session {leader}"));
     assert!(!dir.exists(), "a refused dump left an image");
     // Untouched: both still run, not traced, in the same group.
     for p in [root, member] {
@@ -294,9 +293,65 @@ while True:
         assert_ne!(st.3, 't', "pid {p} is still traced");
         assert_eq!(tracer_pid(p), Some(0), "pid {p} is still traced");
     }
-    assert_eq!(ids(member).unwrap().1, leader);
+    assert_eq!(ids(member).unwrap().2, leader);
     let _ = kill(Pid::from_raw(member), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
     let _ = reap_pid(root, TIMEOUT);
     let _ = reap_pid(member, TIMEOUT);
+}
+
+/// A root, and a child D in the process group of the root's other child C, which has exited
+/// since (zdtm zombie01 and session01 have such groups).
+const ORPHANED_GROUP_VICTIM: &str = r#"
+import ctypes, json, os, time
+c = os.fork()
+if c == 0:
+    while True:
+        time.sleep(100)
+os.setpgid(c, c)
+d = os.fork()
+if d == 0:
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    os.setpgid(0, c)
+    while True:
+        time.sleep(100)
+while os.getpgid(d) != c:
+    time.sleep(0.001)
+os.kill(c, 9)
+os.waitpid(c, 0)
+
+def state():
+    return json.dumps({
+        "c": c, "d": d,
+        "d_group": os.getpgid(d), "d_session": os.getsid(d),
+        "root": [os.getpgid(0), os.getsid(0)],
+        "c_exists": os.path.exists("/proc/%d" % c),
+    })
+
+serve(lambda data: state())
+"#;
+
+#[test]
+fn a_process_group_whose_leader_exited_is_made_again_around_its_members() {
+    setup();
+    let work = tempfile::tempdir().unwrap();
+    let v = ControlledVictim::start(ORPHANED_GROUP_VICTIM, work.path(), &[]);
+    let before = v.ask(b"state");
+    let state: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let (c, d) = (state["c"].as_i64().unwrap(), state["d"].as_i64().unwrap());
+    assert_eq!(state["d_group"], c, "{before}");
+    assert_eq!(state["c_exists"], false, "{before}");
+
+    let dir = work.path().join("img");
+    dump(v.pid(), &dir, false).assert_ok();
+    reap_pid(v.pid(), TIMEOUT).expect("the dumped root is gone");
+    reap_pid(d as i32, TIMEOUT).expect("the dumped child is gone");
+    restore_detached(&dir, &[]).assert_ok();
+    assert_eq!(v.ask(b"state"), before, "after the restore");
+    assert!(
+        !pid_exists(c as i32),
+        "the helper that led group {c} is gone"
+    );
+    dump(v.pid(), &work.path().join("img-R"), true).assert_ok();
+    assert_eq!(v.ask(b"state"), before, "after a dump with -R");
 }

@@ -572,7 +572,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     phases.end("freeze");
     // A tree whose sessions and groups a restore could not recreate is refused now, before
     // anything is put into it.
-    crate::restore::check_tree_layout(&frozen.tasks)
+    let caller_sid = frozen
+        .tasks
+        .first()
+        .filter(|root| root.ppid > 0)
+        .and_then(|root| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(root.ppid))).ok())
+        .map(|sid| sid.as_raw());
+    crate::restore::check_tree_layout(&frozen.tasks, caller_sid)
         .map_err(|why| DumpError::TreeLayout { why })?;
 
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.

@@ -131,6 +131,17 @@ pub struct Special {
     pub target: u64,
 }
 
+/// Where the pages of one process come from, besides the page file copied in.
+pub struct PageSources<'a> {
+    /// Lazy pages (userfaultfd).
+    pub lazy: bool,
+    /// Mapped pages (`--pages map`).
+    pub mapped: Option<&'a crate::mapped::MapPlan>,
+    /// VMAs filled before the fork and shared with children ([`super::cow`]), and where.
+    pub premaps: &'a [super::cow::Premap],
+    pub premap_area: (u64, u64),
+}
+
 /// The mapped bootstrap region. Unmapped from crest when dropped.
 pub struct Bootstrap {
     addr: u64,
@@ -308,11 +319,14 @@ impl Bootstrap {
         own: &[MapRange],
         specials: &[Special],
         files: &OpenedFiles,
-        lazy: bool,
-        mapped: Option<&crate::mapped::MapPlan>,
-        premaps: &[super::cow::Premap],
-        premap_area: (u64, u64),
+        sources: PageSources<'_>,
     ) -> Result<Bootstrap, RestoreError> {
+        let PageSources {
+            lazy,
+            mapped,
+            premaps,
+            premap_area,
+        } = sources;
         let page = crate::arch::page_size();
         let blob = super::blob::restorer();
         let thread = &p.threads[0];
@@ -321,7 +335,8 @@ impl Bootstrap {
             crate::images::ArchRegs::Aarch64 { fpsimd, .. } => fpsimd.len(),
         };
         let mut names = Vec::new();
-        let (mut vma_args, runs, lazy_pieces) = vma_args(p, files, &mut names, lazy, mapped, premaps)?;
+        let (mut vma_args, runs, lazy_pieces) =
+            vma_args(p, files, &mut names, lazy, mapped, premaps)?;
         let close: Vec<i32> = helper_fds(files);
         // The AIO rings the task creates wait in the park area too (add_ring_moves).
         let park_size: u64 = specials

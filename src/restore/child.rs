@@ -37,6 +37,9 @@ pub struct ChildPlan<'a> {
     pub epoll_registrations: Vec<crate::events::epoll::TaskRegistration>,
     /// Its part in an fd table shared with other processes ([`super::fdshare`]).
     pub table: Option<super::fdshare::TaskTable>,
+    /// Helpers leading process groups whose leaders had exited, to end once every task is
+    /// ready ([`super::spawn::end_group_helpers`]).
+    pub group_helpers: Vec<super::tree::GroupHelper>,
 }
 
 /// Entry of the child side. Never returns: it either jumps into the restorer or exits.
@@ -115,6 +118,9 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
                 ),
             );
         }
+    }
+    if let Err(msg) = super::spawn::end_group_helpers(&plan.group_helpers) {
+        fail(plan.status_fd, &msg);
     }
     // Limits last: a lowered RLIMIT_NOFILE or RLIMIT_AS must not stop crest's own setup.
     let last_steps = set_rlimits(plan.image)

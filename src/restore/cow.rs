@@ -1,4 +1,5 @@
-//! Private memory shared copy-on-write between a parent and its children.
+//! Private memory (anonymous, or written pages of a private file mapping) shared copy-on-write
+//! between a parent and its children.
 //!
 //! After fork, a parent and its child hold the same physical pages for every private page
 //! neither has written since. Restoring each process's memory on its own would keep every
@@ -15,7 +16,7 @@
 //! comes from the page file anyway.
 
 use std::collections::{BTreeMap, HashSet};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use crate::images::{PageRun, ProcessImage, Vma, VmaBacking};
 
@@ -36,6 +37,8 @@ pub struct Premap {
     /// changes only where it differs; None: this process maps and fills the slot itself.
     pub inherit_from: Option<usize>,
     pub noreserve: bool,
+    /// A private file mapping: the file (index into the process's files) and the offset.
+    pub file: Option<(u32, u64)>,
 }
 
 /// The premaps of every process of the tree, and the reservation that holds their slots.
@@ -60,13 +63,13 @@ impl CowPlan {
             });
         }
         let page = crate::arch::page_size();
-        let candidates: Vec<BTreeMap<(u64, u64), &Vma>> = processes
+        let candidates: Vec<Candidates<'_>> = processes
             .iter()
             .map(|p| {
                 p.vmas
                     .iter()
                     .filter(|v| is_premappable(v))
-                    .map(|v| ((v.start, v.end), v))
+                    .map(|v| ((v.start, v.end), (v, backing(p, v))))
                     .collect()
             })
             .collect();
@@ -91,8 +94,13 @@ impl CowPlan {
                     .iter()
                     .filter_map(|&c| tree.tasks[c].process)
                     .collect();
-                for (&key, vma) in &candidates[p] {
-                    let same = |q: usize| candidates[q].get(&key).is_some_and(|w| w.flags == vma.flags);
+                for (&key, &(vma, what)) in &candidates[p] {
+                    // The same memory in both: same range, flags and backing.
+                    let same = |q: usize| {
+                        candidates[q]
+                            .get(&key)
+                            .is_some_and(|(w, b)| w.flags == vma.flags && *b == what)
+                    };
                     let inherit = parent_proc.filter(|&pp| marked[pp].contains(&key) && same(pp));
                     let child_wants = child_procs.iter().any(|&c| same(c));
                     if inherit.is_none() && !child_wants {
@@ -111,6 +119,10 @@ impl CowPlan {
                         slot,
                         inherit_from: inherit,
                         noreserve: vma.flags.noreserve,
+                        file: match vma.backing {
+                            VmaBacking::File { file, offset } => Some((file, offset)),
+                            _ => None,
+                        },
                     });
                 }
             }
@@ -150,20 +162,30 @@ impl CowPlan {
     }
 
     /// In the task of process `p`, before it forks its children: fills its slots, from the
-    /// page file (`pages`) or, for a slot inherited from its parent, by writing only what
-    /// differs from the parent's pages.
+    /// page file or, for a slot inherited from its parent, by writing only what differs from
+    /// the parent's pages.
     pub fn premap_in_task(
         &self,
         p: usize,
         processes: &[ProcessImage],
-        pages: &impl AsFd,
+        files: &super::files::OpenedFiles,
     ) -> Result<(), String> {
-        let pages = pages.as_fd();
+        let pages = files.pages.as_fd();
         let image = &processes[p];
         for m in self.of(p) {
             let runs = runs_within(&image.page_runs, m.start, m.start + m.len);
+            let file = match m.file {
+                None => None,
+                Some((index, offset)) => {
+                    let fd = files.mapped.get(index as usize).and_then(Option::as_ref);
+                    let fd = fd.ok_or_else(|| {
+                        format!("the file of the mapping {:#x} is not open", m.start)
+                    })?;
+                    Some((fd.as_fd(), offset))
+                }
+            };
             let result = match m.inherit_from {
-                None => fill_fresh(m, runs, pages),
+                None => fill_fresh(m, file, runs, pages),
                 Some(pp) => {
                     let parent = runs_within(&processes[pp].page_runs, m.start, m.start + m.len);
                     fill_difference(m, runs, parent, pages)
@@ -181,10 +203,27 @@ impl CowPlan {
     }
 }
 
-/// Plain private anonymous memory: what a child inherits and the restorer can move into place.
+/// A process's premappable VMAs by range, with what is behind each.
+type Candidates<'a> = BTreeMap<(u64, u64), (&'a Vma, Backing)>;
+
+/// What is behind a premappable VMA: None for anonymous memory, or the file's device, inode
+/// and the mapping's offset (file indices are per process).
+type Backing = Option<(u64, u64, u64)>;
+
+fn backing(p: &ProcessImage, v: &Vma) -> Backing {
+    match v.backing {
+        VmaBacking::File { file, offset } => {
+            p.files.get(file as usize).map(|f| (f.dev, f.ino, offset))
+        }
+        _ => None,
+    }
+}
+
+/// Plain private memory, anonymous or of a file: what a child inherits and the restorer can
+/// move into place.
 fn is_premappable(v: &Vma) -> bool {
     let f = &v.flags;
-    matches!(v.backing, VmaBacking::Anonymous)
+    matches!(v.backing, VmaBacking::Anonymous | VmaBacking::File { .. })
         && !v.shared
         && !(f.growsdown
             || f.locked
@@ -204,8 +243,13 @@ fn runs_within(runs: &[PageRun], start: u64, end: u64) -> &[PageRun] {
 }
 
 /// Maps the slot anew (whatever the task inherited there) and reads the runs into it.
-fn fill_fresh(m: &Premap, runs: &[PageRun], pages: BorrowedFd<'_>) -> std::io::Result<()> {
-    map_slot(m)?;
+fn fill_fresh(
+    m: &Premap,
+    file: Option<(BorrowedFd<'_>, u64)>,
+    runs: &[PageRun],
+    pages: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    map_slot(m, file)?;
     let page = crate::arch::page_size();
     for r in runs {
         // SAFETY: the run lies inside the VMA (validated image), so inside the slot just
@@ -217,8 +261,9 @@ fn fill_fresh(m: &Premap, runs: &[PageRun], pages: BorrowedFd<'_>) -> std::io::R
 }
 
 /// The slot holds the parent's pages (inherited by fork): writes the pages whose content
-/// differs and drops the pages the parent has and this process had not, so every page it
-/// did not change stays shared with the parent.
+/// differs and drops the pages the parent has and this process had not (back to zero, or to
+/// the file's content in a file mapping), so every page it did not change stays shared with
+/// the parent.
 fn fill_difference(
     m: &Premap,
     runs: &[PageRun],
@@ -254,7 +299,8 @@ fn fill_difference(
             done += n;
         }
     }
-    // Pages the parent has and this process does not: zero here (never touched, or zero).
+    // Pages the parent has and this process does not: zero here (never touched, or zero), or
+    // the file's own page in a file mapping.
     let mut cursor_runs = runs.iter().peekable();
     for pr in parent {
         let (a, b) = (pr.vaddr, pr.vaddr + pr.npages * page);
@@ -301,9 +347,17 @@ fn read_exact_at(fd: BorrowedFd<'_>, mut buf: &mut [u8], mut offset: u64) -> std
     Ok(())
 }
 
-/// Maps the slot of `m` read-write, replacing whatever is there.
-fn map_slot(m: &Premap) -> std::io::Result<()> {
-    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+/// Maps the slot of `m` read-write, replacing whatever is there: anonymous memory, or the
+/// file `file` at its offset, privately.
+fn map_slot(m: &Premap, file: Option<(BorrowedFd<'_>, u64)>) -> std::io::Result<()> {
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_FIXED;
+    let (fd, offset) = match file {
+        Some((fd, offset)) => (fd.as_raw_fd(), offset),
+        None => {
+            flags |= libc::MAP_ANONYMOUS;
+            (-1, 0)
+        }
+    };
     if m.noreserve {
         flags |= libc::MAP_NORESERVE;
     }
@@ -315,8 +369,8 @@ fn map_slot(m: &Premap) -> std::io::Result<()> {
             m.len as usize,
             libc::PROT_READ | libc::PROT_WRITE,
             flags,
-            -1,
-            0,
+            fd,
+            offset as libc::off_t,
         )
     };
     if got == libc::MAP_FAILED {
@@ -325,12 +379,19 @@ fn map_slot(m: &Premap) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Makes [from, to) of the VMA zero again in this process (MADV_DONTNEED on private anonymous
-/// memory), leaving the parent's pages alone.
+/// Makes [from, to) of the VMA what it was before anything was written there in this process
+/// (MADV_DONTNEED on a private mapping: zero, or the file's content), leaving the parent's
+/// pages alone.
 fn drop_pages(m: &Premap, from: u64, to: u64) -> std::io::Result<()> {
     let at = m.slot + (from - m.start);
     // SAFETY: a range of the slot, private anonymous memory only this code uses.
-    let r = unsafe { libc::madvise(at as *mut libc::c_void, (to - from) as usize, libc::MADV_DONTNEED) };
+    let r = unsafe {
+        libc::madvise(
+            at as *mut libc::c_void,
+            (to - from) as usize,
+            libc::MADV_DONTNEED,
+        )
+    };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -78,8 +78,25 @@ pub use files::InheritFd;
 pub use wait::RestoreStats;
 
 /// Whether a restore could recreate the parents, sessions and groups of `tree`; the reason
-/// when it could not (a dump refuses such a tree before touching it).
-pub fn check_tree_layout(tree: &[images::TreeTask]) -> Result<(), String> {
+/// when it could not (a dump refuses such a tree before touching it). `caller_sid` is the
+/// session of the root's parent at dump time: a session led outside the tree becomes the
+/// restoring crest's own, which is faithful only for the session the root was started in; a
+/// process in another session whose leader has exited is refused (when 0 or unknown, e.g. led
+/// outside crest's pid namespace, any one such session is taken as the caller's).
+pub fn check_tree_layout(tree: &[images::TreeTask], caller_sid: Option<i32>) -> Result<(), String> {
+    let in_tree: std::collections::HashSet<i32> = tree.iter().map(|t| t.pid).collect();
+    if let Some(caller) = caller_sid.filter(|&s| s > 0) {
+        if let Some(t) = tree
+            .iter()
+            .find(|t| t.sid > 0 && t.sid != caller && !in_tree.contains(&t.sid))
+        {
+            return Err(format!(
+                "pid {} is in session {} whose leader has exited (it is not the session the \
+                 tree was started from either); crest cannot recreate such a session yet",
+                t.pid, t.sid
+            ));
+        }
+    }
     let alive: Vec<i32> = tree
         .iter()
         .filter(|t| t.state == images::TreeTaskState::Alive)
@@ -234,6 +251,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     phases.end("validate");
     for t in &plan.tasks {
         fork::wait_until_pid_free(t.pid)?;
+        for helper in &t.group_helpers {
+            fork::wait_until_pid_free(helper.pid)?;
+        }
     }
     // Thread ids are released as soon as the threads exit; only leaders can linger.
     for p in &image.processes {
@@ -276,11 +296,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     phases.end("files");
     // Before the bootstrap regions: they keep out of the reservation for the premapped memory.
-    let cow = cow::CowPlan::plan(
-        &plan,
-        &image.processes,
-        !opts.lazy_pages && !opts.map_pages,
-    )?;
+    let cow = cow::CowPlan::plan(&plan, &image.processes, !opts.lazy_pages && !opts.map_pages)?;
     let mut specials_all = Vec::with_capacity(image.processes.len());
     let mut boots = Vec::with_capacity(image.processes.len());
     for (i, (p, files)) in image.processes.iter().zip(&opened).enumerate() {
@@ -293,10 +309,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &own,
             &specials,
             files,
-            opts.lazy_pages,
-            map_plans.get(&p.pid),
-            cow.of(i),
-            cow.area(),
+            bootstrap::PageSources {
+                lazy: opts.lazy_pages,
+                mapped: map_plans.get(&p.pid),
+                premaps: cow.of(i),
+                premap_area: cow.area(),
+            },
         )?);
         specials_all.push(specials);
     }

@@ -18,7 +18,7 @@ use super::bootstrap::{Bootstrap, Special};
 use super::child::{self, ChildPlan};
 use super::files::OpenedFiles;
 use super::fork::{self, Forked};
-use super::tree::{Group, TreePlan};
+use super::tree::{Group, GroupHelper, TreePlan};
 use super::tty::TaskTerminal;
 
 /// How long a task waits for the leader of the group it joins (a sibling or cousin forked at
@@ -73,13 +73,14 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
     }
     // Before the children are forked, so they inherit it (cow.rs).
     if let Some(p) = ctx.plan.tasks[i].process {
-        if let Err(msg) = ctx.cow.premap_in_task(p, ctx.processes, &ctx.files[p].pages) {
+        if let Err(msg) = ctx.cow.premap_in_task(p, ctx.processes, &ctx.files[p]) {
             child::fail(status, &msg);
         }
     }
-    if let Err(msg) = fork_and_group(ctx, i) {
-        child::fail(status, &msg);
-    }
+    let helpers = match fork_and_group(ctx, i) {
+        Ok(helpers) => helpers,
+        Err(msg) => child::fail(status, &msg),
+    };
     // Only the pipes of subtrees forked into a table of their own: a child sharing this
     // table needs its own (and so on down).
     let apart: Vec<usize> = match ctx.tables.role(i) {
@@ -123,11 +124,13 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
         zombie_children,
         epoll_registrations: crate::events::epoll::registered_by_task(ctx.processes, p),
         table: ctx.tables.task_table(i, ctx.plan, ctx.files, ctx.pipes),
+        group_helpers: helpers,
     })
 }
 
-/// Forks the task's children around its setsid/setpgid, then joins its group.
-fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
+/// Forks the task's children around its setsid/setpgid, then joins its group. Returns the
+/// pids of the group-leader helpers it forked ([`super::tree`]).
+fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<Vec<GroupHelper>, String> {
     let task = ctx.plan.tasks[i].clone();
     for &c in &task.children_before {
         fork_child(ctx, c)?;
@@ -159,11 +162,78 @@ fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
     for t in ctx.terminals {
         t.after_group(task.pid)?;
     }
+    // In this task's final session, before the members that join them are forked.
+    for helper in &task.group_helpers {
+        fork_group_helper(helper.pid)?;
+    }
     for &c in &task.children_after {
         fork_child(ctx, c)?;
     }
     if let Some(group) = task.join_group {
         join_group(task.pid, group, ctx.crest_pgid)?;
+    }
+    Ok(task.group_helpers.clone())
+}
+
+/// Forks a helper under `pid` that leads a process group of that id (whose original leader
+/// had exited at dump time) until its parent kills it ([`end_group_helpers`]). Its exit
+/// signal is 0: its end sends its parent no SIGCHLD.
+fn fork_group_helper(pid: i32) -> Result<(), String> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    match fork::fork_with_pid_flags(pid, 0, 0) {
+        Ok(Forked::Parent) => Ok(()),
+        Ok(Forked::Child) => {
+            // SAFETY: plain syscalls on ourselves; this process only waits to be killed.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(0);
+                }
+                // Holding none of the tree's descriptors (pipes would not see their end).
+                libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                if libc::setpgid(0, 0) != 0 {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        Err(e) => Err(format!("forking a helper to lead process group {pid}: {e}")),
+    }
+}
+
+/// Once every member of each helper's group has joined it (the members may be anywhere in the
+/// tree, still being set up), kills and reaps the helper; the group lives on through them.
+pub fn end_group_helpers(helpers: &[GroupHelper]) -> Result<(), String> {
+    for h in helpers {
+        let deadline = Instant::now() + GROUP_WAIT;
+        for &member in &h.members {
+            // SAFETY: getpgid has no preconditions.
+            while unsafe { libc::getpgid(member) } != h.pid {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "pid {member} did not join process group {} within {} s",
+                        h.pid,
+                        GROUP_WAIT.as_secs()
+                    ));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        // SAFETY: signalling and reaping our own child.
+        let reaped = unsafe {
+            libc::kill(h.pid, libc::SIGKILL);
+            libc::waitpid(h.pid, std::ptr::null_mut(), libc::__WALL)
+        };
+        if reaped != h.pid {
+            return Err(format!(
+                "reaping the helper that led process group {}: {}",
+                h.pid,
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     Ok(())
 }

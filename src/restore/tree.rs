@@ -13,8 +13,13 @@
 //!
 //! The root's session and group, when it leads neither, are outside the tree: the restored
 //! tree gets crest's own instead (what restoring from a shell or a service manager means).
-//! Layouts that need a helper task (a session or group whose leader has exited, or a task
-//! that moved to a session of another branch) are refused, naming the task.
+//! A process group whose leader has exited is made again by a helper task under the leader's
+//! pid: a live task of the group's session forks it (right after its own setsid/setpgid), the
+//! helper makes the group and waits; the members join it; once all of them are in, the host
+//! kills and reaps the helper, before it becomes its process (the helper's exit signal is 0, so
+//! the restored host never sees a SIGCHLD for it). Layouts that need more (a session whose
+//! leader has exited, a task that moved to a session of another branch) are refused, naming
+//! the task.
 
 use std::collections::HashMap;
 
@@ -41,6 +46,17 @@ pub struct TaskPlan {
     pub process: Option<usize>,
     /// A zombie's wait status and name.
     pub zombie: Option<(i32, String)>,
+    /// The group-leader helpers this task forks (see the module docs).
+    pub group_helpers: Vec<GroupHelper>,
+}
+
+/// A helper task that leads a process group whose leader had exited, until its members are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupHelper {
+    /// The group's id: the helper's pid.
+    pub pid: i32,
+    /// The tasks that join the group; the helper ends once all of them have.
+    pub members: Vec<i32>,
 }
 
 /// A process group to join.
@@ -109,6 +125,8 @@ pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, Restore
     let _ = root;
 
     let mut tasks: Vec<TaskPlan> = Vec::with_capacity(tree.len());
+    // Group-leader helpers: group id -> the task that forks the helper.
+    let mut helpers: HashMap<i32, usize> = HashMap::new();
     // The session each task is in when it is forked, as an image sid (None: the outer one).
     let mut born: Vec<Option<i32>> = Vec::with_capacity(tree.len());
     for (i, t) in tree.iter().enumerate() {
@@ -171,11 +189,38 @@ pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, Restore
         } else if outer_pgid == Some(t.pgid) && my_sid.is_none() {
             Some(Group::Outer)
         } else {
-            return Err(refuse(format!(
-                "pid {} is in process group {} whose leader has exited (or is outside the \
-                 tree); crest cannot recreate such a group yet",
-                t.pid, t.pgid
-            )));
+            // The leader has exited: a helper under its pid leads the group again, forked by
+            // a live task of the same session (the member's parent when it is one).
+            let host = match helpers.get(&t.pgid) {
+                Some(&host) => host,
+                None => {
+                    let in_session =
+                        |j: usize| tree[j].sid == t.sid && tree[j].state == TreeTaskState::Alive;
+                    let host = parent
+                        .filter(|&pi| in_session(pi))
+                        .or_else(|| (0..i).find(|&j| in_session(j)))
+                        .ok_or_else(|| {
+                            refuse(format!(
+                                "pid {} is in process group {} whose leader has exited, and no \
+                                 live process forked before it is in its session {}; crest \
+                                 cannot recreate such a group",
+                                t.pid, t.pgid, t.sid
+                            ))
+                        })?;
+                    helpers.insert(t.pgid, host);
+                    tasks[host].group_helpers.push(GroupHelper {
+                        pid: t.pgid,
+                        members: Vec::new(),
+                    });
+                    host
+                }
+            };
+            let helper = tasks[host]
+                .group_helpers
+                .iter_mut()
+                .find(|h| h.pid == t.pgid);
+            helper.expect("added above").members.push(t.pid);
+            Some(Group::Tree(t.pgid))
         };
         let (process, zombie) = match &t.state {
             TreeTaskState::Alive => (
@@ -207,6 +252,7 @@ pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, Restore
             join_group,
             process,
             zombie,
+            group_helpers: Vec::new(),
         });
     }
     Ok(TreePlan { tasks })
@@ -279,13 +325,38 @@ mod tests {
     }
 
     #[test]
+    fn a_group_whose_leader_exited_gets_a_helper_leader() {
+        // zdtm zombie01: 701 made group 701, forked 702 into it with CLONE_PARENT and exited.
+        let mut tree = vec![task(700, 1, 700, 700), task(702, 700, 701, 700)];
+        tree[1].state = TreeTaskState::Zombie {
+            wait_status: 0,
+            comm: "z".into(),
+        };
+        let plan = plan(&tree, &[700]).unwrap();
+        let helper = GroupHelper {
+            pid: 701,
+            members: vec![702],
+        };
+        assert_eq!(plan.tasks[0].group_helpers, vec![helper]);
+        assert_eq!(plan.tasks[1].join_group, Some(Group::Tree(701)));
+        // Two members, the second forked by the first, share one helper of the root's.
+        let tree = vec![
+            task(800, 1, 800, 800),
+            task(802, 800, 801, 800),
+            task(803, 802, 801, 800),
+        ];
+        let plan = plan_of(&tree);
+        let helper = GroupHelper {
+            pid: 801,
+            members: vec![802, 803],
+        };
+        assert_eq!(plan.tasks[0].group_helpers, vec![helper]);
+        assert!(plan.tasks[1].group_helpers.is_empty());
+        assert_eq!(plan.tasks[2].join_group, Some(Group::Tree(801)));
+    }
+
+    #[test]
     fn groups_and_sessions_without_a_leader_are_refused() {
-        let tree = vec![task(400, 1, 400, 400), task(401, 400, 399, 400)];
-        let err = plan(&tree, &pids(&tree)).unwrap_err().to_string();
-        assert!(
-            err.contains("pid 401") && err.contains("group 399"),
-            "{err}"
-        );
         // One session from outside the tree is the caller's (crest's at restore); two cannot be.
         let tree = vec![task(500, 1, 500, 500), task(501, 500, 501, 498)];
         assert_eq!(plan_of(&tree).tasks[0].children_before, vec![1]);

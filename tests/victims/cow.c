@@ -6,6 +6,10 @@
  *       |   then forks G
  *       `-- G   touches nothing
  *
+ * A second region maps a file (CTL/data, FPAGES pages of 'F') privately: the root writes pages
+ * [0, FWRITTEN) before the fork, K writes pages [0, FCHANGED) again; the rest stays the file's
+ * page-cache pages (only their bytes are checked).
+ *
  * So, as the kernel keeps it: G shares every page with K (physical page frame numbers equal),
  * K and G share pages [DROPPED + 1, NPAGES) with the root, and pages [0, CHANGED) of K and G
  * are their own. A restore that copies each process's memory on its own keeps every byte but
@@ -26,6 +30,21 @@
 #define CHANGED 16
 #define DROPPED 16
 #define PAGE 4096
+#define FPAGES 16
+#define FWRITTEN 8
+#define FCHANGED 4
+
+static unsigned char *file_region;
+
+/* What process `who` must hold in page `page` of the file region, one byte repeated. */
+static unsigned char file_expected(int who, int page)
+{
+    if (who > 0 && page < FCHANGED)
+        return (unsigned char)(0x20 + page);
+    if (page < FWRITTEN)
+        return (unsigned char)(0x10 + page);
+    return 'F';
+}
 
 static unsigned char *region;
 static pid_t k_pid, g_pid;
@@ -78,6 +97,8 @@ static void body_k(void)
 {
     for (int p = 0; p < CHANGED; p++)
         memset(region + (size_t)p * PAGE, child_byte(p), PAGE);
+    for (int p = 0; p < FCHANGED; p++)
+        memset(file_region + (size_t)p * PAGE, file_expected(1, p), PAGE);
     if (madvise(region + (size_t)DROPPED * PAGE, PAGE, MADV_DONTNEED) != 0)
         die("madvise: %s", strerror(errno));
     pid_t g = fork_dying_child();
@@ -110,6 +131,13 @@ static uint64_t pfn(pid_t pid, const void *addr)
 
 static void check_own(int who)
 {
+    for (int p = 0; p < FPAGES; p++)
+        for (int i = 0; i < PAGE; i++)
+            if (file_region[p * PAGE + i] != file_expected(who, p)) {
+                fail("pid %d: byte %d of page %d of the file mapping is %#x, not %#x",
+                     (int)getpid(), i, p, file_region[p * PAGE + i], file_expected(who, p));
+                return;
+            }
     for (int p = 0; p < NPAGES; p++)
         for (int i = 0; i < PAGE; i++)
             if (region[p * PAGE + i] != expected(who, p)) {
@@ -159,6 +187,19 @@ static void verify(void)
             fail("page %d: K does not share the root's frame (%#llx, %#llx)", p,
                  (unsigned long long)k, (unsigned long long)r);
     }
+    /* Pages [FWRITTEN, FPAGES) are the file's page-cache pages, present or not. */
+    for (int p = 0; p < FWRITTEN && !fail_msg[0]; p++) {
+        const void *a = file_region + (size_t)p * PAGE;
+        uint64_t r = pfn(pids[0], a), k = pfn(pids[1], a), g = pfn(pids[2], a);
+        if (r == 0 || k == 0 || g == 0)
+            fail("page %d of the file mapping is not present everywhere", p);
+        else if (k != g)
+            fail("page %d of the file mapping: K and G do not share it", p);
+        else if (p < FCHANGED && k == r)
+            fail("page %d of the file mapping: K's own page shares the root's frame", p);
+        else if (p >= FCHANGED && k != r)
+            fail("page %d of the file mapping: K does not share the root's frame", p);
+    }
     check_own(0);
     check_children_bytes();
 }
@@ -175,6 +216,21 @@ int main(int argc, char **argv)
         die("mmap: %s", strerror(errno));
     for (int p = 0; p < NPAGES; p++)
         memset(region + (size_t)p * PAGE, root_byte(p), PAGE);
+    char path[CTL_PATH_MAX];
+    snprintf(path, sizeof path, "%s/data", argv[1]);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    static unsigned char fpage[PAGE];
+    memset(fpage, 'F', sizeof fpage);
+    for (int p = 0; fd >= 0 && p < FPAGES; p++)
+        write_all(fd, (const char *)fpage, sizeof fpage, path);
+    if (fd < 0)
+        die("create %s: %s", path, strerror(errno));
+    file_region = mmap(NULL, FPAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (file_region == MAP_FAILED)
+        die("mmap %s: %s", path, strerror(errno));
+    close(fd);
+    for (int p = 0; p < FWRITTEN; p++)
+        memset(file_region + (size_t)p * PAGE, file_expected(0, p), PAGE);
     req = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (req == MAP_FAILED)
         die("mmap: %s", strerror(errno));
