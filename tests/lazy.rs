@@ -7,20 +7,90 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// With -d crest would exit at once, and nobody would serve the pages: refused before
-/// anything is touched.
+/// The pid of the page-server daemon, from what `crest restore -d --lazy-pages` printed.
+fn daemon_pid(out: &CrestOutput) -> i32 {
+    let at = out
+        .stderr
+        .find("the daemon (pid ")
+        .unwrap_or_else(|| panic!("no daemon named: {out}"));
+    let rest = &out.stderr[at + "the daemon (pid ".len()..];
+    rest[..rest.find(')').unwrap()].parse().unwrap()
+}
+
+/// With -d, crest restore exits once the tree runs; a daemon serves the rest of the memory,
+/// writes the statistics and exits once every page is in. The root's parent is the daemon
+/// until then, and the test (a subreaper) afterwards.
 #[test]
-fn lazy_pages_with_detach_are_refused() {
+fn lazy_pages_with_detach_are_served_by_a_daemon_until_every_page_is_in() {
     let mut v = Victim::start(Kind::Memcheck);
     let dir = v.work.join("img");
     dump(v.pid, &dir, false).assert_ok();
     v.reap();
-    let out = restore_detached(&dir, &["--lazy-pages"]);
-    out.assert_failed().assert_stderr_mentions(
-        "lazy pages need crest restore to stay attached (no -d) until a later version adds \
-         the lazy-pages daemon",
+    let before = v.last_logged();
+    let stats = v.work.join("stats.json");
+    let out = restore_detached(
+        &dir,
+        &["--lazy-pages", "--stats-json", stats.to_str().unwrap()],
     );
-    assert_no_process(v.pid, "a refused lazy restore");
+    out.assert_ok();
+    v.mark_restored();
+    let daemon = daemon_pid(&out);
+    v.wait_logging_after(before);
+    v.verify()
+        .expect("the process verifies while the daemon serves its pages");
+    reap_pid(daemon, CREST_TIMEOUT).expect("the daemon exits once every page is in");
+    let text = std::fs::read_to_string(&stats).expect("the daemon wrote the statistics");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let lazy = &json["lazy"];
+    assert_eq!(
+        lazy["fault_bytes"].as_u64().unwrap()
+            + lazy["background_bytes"].as_u64().unwrap()
+            + lazy["dropped_bytes"].as_u64().unwrap(),
+        lazy["lazy_bytes"].as_u64().unwrap(),
+        "every lazy byte is copied once or given up: {lazy}"
+    );
+    v.verify().expect("verifies once the daemon is gone");
+    v.request_exit(0);
+    v.reap();
+}
+
+/// The daemon killed while pages are still loading (its page server held back by the test
+/// hook): the watchdog kills the tree rather than let it run on with zeros.
+#[test]
+fn the_page_daemon_killed_mid_load_takes_the_tree_with_it() {
+    let mut v = Victim::start(Kind::Memcheck);
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    let hold = v.work.join("never");
+    let out = spawn_crest_with(
+        ["restore", "-d", "--lazy-pages", "-D", dir.to_str().unwrap()],
+        |cmd| {
+            cmd.env("CREST_LAZY_TEST_HOLD", &hold);
+        },
+    )
+    .wait(CREST_TIMEOUT);
+    out.assert_ok();
+    v.mark_restored();
+    let daemon = daemon_pid(&out);
+    let watchdogs: Vec<i32> = descendants(daemon)
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("lazy-watchdog"))
+        })
+        .collect();
+    assert_eq!(watchdogs.len(), 1, "one watchdog runs beside the daemon");
+    kill(Pid::from_raw(daemon), Signal::SIGKILL).expect("SIGKILL to the daemon");
+    reap_pid(daemon, TIMEOUT).expect("the daemon is reaped");
+    match v.reap() {
+        Some(nix::sys::wait::WaitStatus::Signaled(_, Signal::SIGKILL, _)) => {}
+        other => panic!("the restored process should have been killed, got {other:?}"),
+    }
+    for w in watchdogs {
+        reap_pid(w, TIMEOUT).expect("the watchdog ends");
+        assert_no_process(w, "the watchdog after killing the tree");
+    }
 }
 
 /// Starts `crest restore --lazy-pages` of `dir` (attached) with its statistics in `stats`.

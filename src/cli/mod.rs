@@ -124,8 +124,9 @@ enum Command {
         /// as JSON.
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
-        /// Run the tree before its private memory is read: crest stays attached as the page
-        /// server (userfaultfd), filling pages on fault and in the background (not with -d).
+        /// Run the tree before its private memory is read: a page server (userfaultfd) fills
+        /// pages on fault and in the background: crest restore itself, or with -d a daemon
+        /// that exits once every page is in (with -d, --stats-json is written then).
         #[arg(long = "lazy-pages", conflicts_with = "pages")]
         lazy_pages: bool,
         /// Where private memory comes from. copy (default): read into the process before it
@@ -167,6 +168,59 @@ pub fn run() -> i32 {
             1
         }
     }
+}
+
+/// `crest restore -d --lazy-pages`: the restore runs in a daemon that goes on serving pages
+/// once the tree runs; this process exits then ([`crest::lazy::daemon`]).
+fn restore_with_page_daemon(
+    opts: &crest::restore::RestoreOptions,
+    pidfile: Option<PathBuf>,
+    stats_json: Option<PathBuf>,
+) -> Result<i32> {
+    let mut daemon = crest::lazy::daemon::Daemon::split()?;
+    let restored = crest::restore::restore(opts)
+        .with_context(|| format!("restore from {} failed", opts.dir.display()))
+        .and_then(|r| {
+            if let Some(path) = &pidfile {
+                std::fs::write(path, format!("{}\n", r.pid()))
+                    .with_context(|| format!("cannot write pid file {}", path.display()))?;
+            }
+            Ok(r)
+        });
+    let mut restored = match restored {
+        Ok(r) => r,
+        Err(e) => {
+            daemon.report_failure(&format!("crest: error: {e:#}\n"));
+            return Ok(1);
+        }
+    };
+    let text = restored
+        .stats()
+        .map(|s| format!("{}\n", s.text(restored.pid())))
+        .unwrap_or_default();
+    daemon.report_running(&text);
+    let lazy = match restored.wait_lazy() {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!(
+                "crest: lazy pages failed: {e}; the restored tree was killed so that it does not \
+                 run on with missing memory"
+            );
+            return Ok(1);
+        }
+        None => None,
+    };
+    // Written once every page is in, with the page server's figures.
+    if let (Some(path), Some(stats)) = (&stats_json, restored.stats()) {
+        let mut json = stats.to_json(restored.pid());
+        if let Some(l) = &lazy {
+            json["lazy"] = l.to_json();
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("cannot write the statistics file {}", path.display()))?;
+    }
+    restored.detach();
+    Ok(0)
 }
 
 fn dispatch(command: Command) -> Result<i32> {
@@ -244,6 +298,9 @@ fn dispatch(command: Command) -> Result<i32> {
                 lazy_pages,
                 map_pages: pages == Some(PageSource::Map),
             };
+            if lazy_pages && detached {
+                return restore_with_page_daemon(&opts, pidfile, stats_json);
+            }
             let mut restored = crest::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
             if let Some(path) = pidfile {

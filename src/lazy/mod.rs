@@ -7,6 +7,7 @@
 //! - [`pagemap`]: the per-process set of pages still to copy.
 //! - [`server`]: the page server loop (faults, fork/remap/unmap/remove events, background).
 //! - [`watchdog`]: the process that kills the tree if crest dies before every page is in.
+//! - [`daemon`]: with `-d`, the page server lives on in a daemon after `crest restore` exits.
 //!
 //! Flow: each forked task creates its userfaultfd ([`create_in_task`]) before the jump and
 //! writes the number into its restorer arguments; crest takes a copy with pidfd_getfd
@@ -15,6 +16,7 @@
 //! ([`start`]); the restore goes on as in copy mode, and `crest restore` waits for the
 //! server ([`Handle::wait`]) before it waits for the tree.
 
+pub mod daemon;
 pub mod pagemap;
 pub mod plan;
 pub mod server;

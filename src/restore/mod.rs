@@ -171,13 +171,6 @@ pub enum RestoreError {
 /// Until that release no task of the tree runs its own code; on any failure every task is
 /// killed and reaped ([`TreeGuard`]).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
-    if opts.lazy_pages && opts.detached {
-        return Err(RestoreError::Unsupported(
-            "lazy pages need crest restore to stay attached (no -d) until a later version \
-             adds the lazy-pages daemon"
-                .into(),
-        ));
-    }
     if opts.lazy_pages && opts.pidns {
         return Err(RestoreError::Unsupported(
             "lazy pages with --pidns (the page server would have to run in the namespace's \
