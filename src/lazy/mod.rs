@@ -56,6 +56,9 @@ pub struct LazyProcess {
     pub pages: File,
     /// The stored pages still to copy.
     pub pieces: Vec<plan::Piece>,
+    /// The recorded working set ([`crate::prefetch`]): sorted `(start, end)` ranges copied
+    /// first, before the background pass.
+    pub prefetch: Vec<(u64, u64)>,
 }
 
 /// What the page server did.
@@ -76,6 +79,13 @@ pub struct LazyStats {
     pub forks: u64,
     /// Microseconds from the start of the restore until every page was in.
     pub all_in_us: u64,
+    /// Bytes of the recorded working set copied first, and the microseconds that took (from
+    /// the first prefetch copy to the last).
+    pub prefetched_bytes: u64,
+    pub prefetch_us: u64,
+    /// With `--record-working-set`: by restored pid, the stored pages whose faults were served
+    /// during the recording window (any order; see [`crate::prefetch`]).
+    pub recorded: Vec<(i32, Vec<u64>)>,
 }
 
 impl LazyStats {
@@ -93,7 +103,16 @@ impl LazyStats {
             self.zero_pages,
             mib(self.dropped_bytes),
             self.forks
-        )
+        ) + &if self.prefetched_bytes > 0 {
+            format!(
+                "; prefetched {} working-set page(s) ({:.1} MiB) in {:.1} ms",
+                self.prefetched_bytes / crate::arch::page_size(),
+                mib(self.prefetched_bytes),
+                self.prefetch_us as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -106,6 +125,11 @@ impl LazyStats {
             "dropped_bytes": self.dropped_bytes,
             "forks": self.forks,
             "all_in_us": self.all_in_us,
+            "prefetch": {
+                "pages": self.prefetched_bytes / crate::arch::page_size(),
+                "bytes": self.prefetched_bytes,
+                "us": self.prefetch_us,
+            },
         })
     }
 }
@@ -165,10 +189,14 @@ pub struct Handle {
 /// SIGINT, SIGTERM and SIGHUP are blocked in the calling thread (and so in the server): crest
 /// must not die of them while pages are loading; the caller forwards them to the tree once it
 /// waits for it.
+/// With `record` (`--record-working-set`), the server records the faults of that window
+/// (counted from the moment every restorer registered its memory) and holds its background
+/// pass until the window is over.
 pub fn start(
     procs: Vec<LazyProcess>,
     tree_pids: &[i32],
     restore_start: Instant,
+    record: Option<std::time::Duration>,
 ) -> Result<Handle, LazyError> {
     let uffds: Vec<RawFd> = procs.iter().map(|p| p.uffd.as_raw_fd()).collect();
     let dog = watchdog::Watchdog::start(tree_pids, &uffds)?;
@@ -186,7 +214,7 @@ pub fn start(
     let (flag, all_registered) = (may_end.clone(), registered.clone());
     let thread = std::thread::Builder::new()
         .name("crest-lazy-pages".into())
-        .spawn(move || server::run(procs, dog, restore_start, flag, all_registered))
+        .spawn(move || server::run(procs, dog, restore_start, flag, all_registered, record))
         .map_err(|e| LazyError::Os {
             what: "starting the page server thread".into(),
             source: e,
