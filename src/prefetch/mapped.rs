@@ -1,19 +1,13 @@
 //! Prefetch for a mapped restore: the working set's ranges of each page file are read into the
-//! page cache (posix_fadvise WILLNEED, asynchronous readahead) by a thread that starts before
-//! the fork, so the reads overlap the rest of the restore.
+//! page cache (posix_fadvise WILLNEED, asynchronous readahead) before the fork, so the reads
+//! overlap the rest of the restore.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::{PrefetchStats, MERGE_GAP};
 use crate::images::{Image, WorkingSet};
-
-/// The prefetch thread, once started.
-pub struct Readahead {
-    thread: JoinHandle<PrefetchStats>,
-}
 
 /// The page-file byte ranges `(offset, len)` of the working set of each process of `image`,
 /// by page file path, sorted and merged (neighbours closer than [`MERGE_GAP`] are one).
@@ -54,51 +48,43 @@ pub fn file_ranges(image: &Image, ws: &WorkingSet) -> Vec<(std::path::PathBuf, V
     out
 }
 
-impl Readahead {
-    /// Starts reading the working set of `image` into the page cache.
-    pub fn start(image: &Image, ws: &WorkingSet) -> Readahead {
-        let files = file_ranges(image, ws);
-        let pages: u64 = ws.processes.iter().map(|p| p.pages()).sum();
-        let thread = std::thread::spawn(move || {
-            let t = Instant::now();
-            for (path, ranges) in files {
-                let file = match std::fs::File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        crate::warn!("prefetch: cannot open {}: {e}", path.display());
-                        continue;
-                    }
-                };
-                for (off, len) in ranges {
-                    // SAFETY: posix_fadvise on a descriptor we own; it only starts reads.
-                    let r = unsafe {
-                        libc::posix_fadvise(
-                            file.as_raw_fd(),
-                            off as libc::off_t,
-                            len as libc::off_t,
-                            libc::POSIX_FADV_WILLNEED,
-                        )
-                    };
-                    if r != 0 {
-                        crate::warn!(
-                            "prefetch: posix_fadvise(WILLNEED) on {} at offset {off} failed: {}",
-                            path.display(),
-                            std::io::Error::from_raw_os_error(r)
-                        );
-                        break;
-                    }
-                }
+/// Starts reading the working set of `image` into the page cache: posix_fadvise(WILLNEED)
+/// only queues the reads, so this returns quickly and the reads go on while crest opens files
+/// and forks. Run in crest's only thread: a helper thread alive across the restore's forks
+/// could leave a lock held in a child.
+pub fn readahead(image: &Image, ws: &WorkingSet) -> PrefetchStats {
+    let t = Instant::now();
+    let pages: u64 = ws.processes.iter().map(|p| p.pages()).sum();
+    for (path, ranges) in file_ranges(image, ws) {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                crate::warn!("prefetch: cannot open {}: {e}", path.display());
+                continue;
             }
-            PrefetchStats {
-                pages,
-                us: t.elapsed().as_micros() as u64,
+        };
+        for (off, len) in ranges {
+            // SAFETY: posix_fadvise on a descriptor we own; it only starts reads.
+            let r = unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    off as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            if r != 0 {
+                crate::warn!(
+                    "prefetch: posix_fadvise(WILLNEED) on {} at offset {off} failed: {}",
+                    path.display(),
+                    std::io::Error::from_raw_os_error(r)
+                );
+                break;
             }
-        });
-        Readahead { thread }
+        }
     }
-
-    /// Waits for the thread (it only starts reads, so it is quick) and says what it did.
-    pub fn finish(self) -> PrefetchStats {
-        self.thread.join().unwrap_or_default()
+    PrefetchStats {
+        pages,
+        us: t.elapsed().as_micros() as u64,
     }
 }

@@ -21,7 +21,8 @@
 //!   UFFDIO_COPY batches as soon as the memory is registered, i.e. as the tree is released,
 //!   serving faults between batches, then runs the background pass for the rest.
 //! - map ([`mapped`]): posix_fadvise(WILLNEED) on the page-file ranges of the working set
-//!   before the fork: the page cache is what makes a mapped restore fast, and this starts the
+//!   before the fork (in crest's one thread: no helper thread may live across the restore's
+//!   forks): the page cache is what makes a mapped restore fast, and this starts the
 //!   reads while crest opens files and forks, so the program's first faults find their pages
 //!   read (or in flight) instead of starting a small read each.
 

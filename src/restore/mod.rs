@@ -216,10 +216,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             && !opts.no_prefetch
             && opts.record_working_set.is_none(),
     )?;
-    let readahead = match &working_set {
-        Some(ws) if opts.map_pages => Some(crate::prefetch::mapped::Readahead::start(&image, ws)),
-        _ => None,
-    };
+
     crate::info!(
         1,
         "image {} checked: {} process(es), {} thread(s), {} zombie(s){}",
@@ -262,6 +259,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         );
     }
     phases.end("validate");
+    let readahead = match &working_set {
+        Some(ws) if opts.map_pages => {
+            let stats = crate::prefetch::mapped::readahead(&image, ws);
+            phases.end("prefetch");
+            Some(stats)
+        }
+        _ => None,
+    };
     for t in &plan.tasks {
         fork::wait_until_pid_free(t.pid)?;
     }
@@ -506,7 +511,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     });
     let stats = RestoreStats {
-        prefetch: readahead.map(|r| r.finish()),
+        prefetch: readahead,
         phases_us: phases.done,
         processes: image.processes.len(),
         threads: image.processes.iter().map(|p| p.threads.len()).sum(),
