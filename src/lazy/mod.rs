@@ -183,6 +183,8 @@ pub struct Handle {
     may_end: Arc<AtomicBool>,
     /// Set once every restorer registered its lazy memory.
     registered: Arc<AtomicBool>,
+    /// Says (or, by closing, that the server ended) when the working set is in.
+    prefetched: std::sync::mpsc::Receiver<()>,
 }
 
 /// Starts the watchdog over the tree `tree_pids` and the page server thread over `procs`.
@@ -212,9 +214,20 @@ pub fn start(
     let may_end = Arc::new(AtomicBool::new(false));
     let registered = Arc::new(AtomicBool::new(false));
     let (flag, all_registered) = (may_end.clone(), registered.clone());
+    let (prefetch_tx, prefetched) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("crest-lazy-pages".into())
-        .spawn(move || server::run(procs, dog, restore_start, flag, all_registered, record))
+        .spawn(move || {
+            server::run(
+                procs,
+                dog,
+                restore_start,
+                flag,
+                all_registered,
+                record,
+                prefetch_tx,
+            )
+        })
         .map_err(|e| LazyError::Os {
             what: "starting the page server thread".into(),
             source: e,
@@ -223,6 +236,7 @@ pub fn start(
         thread: Some(thread),
         may_end,
         registered,
+        prefetched,
     })
 }
 
@@ -231,6 +245,14 @@ impl Handle {
     /// registers): the background pass may start.
     pub fn registered(&self) {
         self.registered.store(true, Ordering::Release);
+    }
+
+    /// Waits until the recorded working set is in (at once when there is none; also when the
+    /// server ended or failed). Called after [`Handle::registered`] and before the tree is
+    /// released: its threads are all stopped, so the prefetch has the page file and the CPU
+    /// to itself, and the program starts with its working set in place.
+    pub fn wait_prefetched(&self) {
+        let _ = self.prefetched.recv();
     }
 
     /// Waits until every page is in (or the server failed, and the tree was killed).

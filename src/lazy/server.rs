@@ -94,6 +94,8 @@ struct Server {
     window_start: Option<Instant>,
     /// When the first prefetch copy began.
     prefetch_start: Option<Instant>,
+    /// Told once every working set is in; dropped with the server.
+    prefetch_done: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Runs the server on the current thread until every page is in; `restore_start` is when the
@@ -105,6 +107,7 @@ pub fn run(
     may_end: Arc<AtomicBool>,
     registered: Arc<AtomicBool>,
     record: Option<std::time::Duration>,
+    prefetch_done: std::sync::mpsc::Sender<()>,
 ) -> Result<LazyStats, LazyError> {
     // SAFETY: epoll_create1 returns a new descriptor or -1.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -129,6 +132,7 @@ pub fn run(
         record,
         window_start: None,
         prefetch_start: None,
+        prefetch_done: Some(prefetch_done),
     };
     for p in procs {
         s.stats.lazy_bytes += p.pieces.iter().map(|x| x.len).sum::<u64>();
@@ -145,6 +149,8 @@ pub fn run(
         })?;
     }
     let result = s.serve();
+    // Whatever happened, nobody waits for the prefetch any longer.
+    drop(s.prefetch_done.take());
     let all_in_us = restore_start.elapsed().as_micros() as u64;
     let result = result.and_then(|()| s.idle_until_the_restore_is_over());
     let Server {
@@ -297,6 +303,12 @@ impl Server {
             self.retry_faults()?;
             if self.hold.is_none() && registered && !recording && !self.prefetch()? {
                 self.background()?;
+            }
+            if registered && self.procs.iter().all(|p| p.prefetch.is_empty()) {
+                // Every working set is in (or there was none): the tree may go.
+                if let Some(tx) = self.prefetch_done.take() {
+                    let _ = tx.send(());
+                }
             }
         }
         Ok(())

@@ -474,6 +474,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let (caught, user_sigtraps) = finish::catch_all(&mut restoring, &mut phases)?;
     if let Some(l) = &lazy {
         l.registered();
+        // The recorded working set goes in before the tree runs (see crate::prefetch).
+        l.wait_prefetched();
     }
     loading.stop();
     crate::info!(
