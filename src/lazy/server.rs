@@ -261,7 +261,11 @@ impl Server {
                 self.window_start = Some(Instant::now());
             }
             let recording = self.recording();
-            let timeout = if self.hold.is_some() {
+            let prefetching =
+                registered && !recording && self.procs.iter().any(|p| !p.prefetch.is_empty());
+            let timeout = if prefetching {
+                0
+            } else if self.hold.is_some() {
                 5
             } else if !registered || recording {
                 1
@@ -301,7 +305,9 @@ impl Server {
                 }
             }
             self.retry_faults()?;
-            if self.hold.is_none() && registered && !recording && !self.prefetch()? {
+            // The working set first (even while a test holds the background pass: the tree
+            // is released only once it is in), then the rest.
+            if registered && !recording && !self.prefetch()? && self.hold.is_none() {
                 self.background()?;
             }
             if registered && self.procs.iter().all(|p| p.prefetch.is_empty()) {
