@@ -31,6 +31,7 @@ pub mod mapped;
 pub mod net;
 pub mod pages;
 pub mod phases;
+pub mod prefetch;
 pub mod proc;
 pub mod progress;
 pub mod pstate;

@@ -50,6 +50,7 @@ pub fn render_text(image: &Image) -> String {
     }
     out.push('\n');
     render_totals(&mut out, image);
+    out.push_str(&crate::prefetch::show_text(image));
     out
 }
 
@@ -91,6 +92,7 @@ pub fn render_json(image: &Image) -> Result<String, serde_json::Error> {
         "dir": image.dir.to_string_lossy(),
         "inventory": inventory,
         "processes": processes,
+        "working_set": crate::prefetch::show_json(image),
     }))
 }
 
@@ -1240,7 +1242,7 @@ fn micros_text(us: u64) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm UTC` from Unix milliseconds (proleptic Gregorian calendar).
-fn format_unix_ms(ms: u64) -> String {
+pub(crate) fn format_unix_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;

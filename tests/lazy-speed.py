@@ -11,8 +11,13 @@ With --lazy-pages it also reports when every page was in (from the statistics fi
 from the start of the restore). The restored process is then ended by pid, and crest with it.
 warm: the image files stay in the page cache (each image was just written); cold: they are
 evicted first (posix_fadvise POSIX_FADV_DONTNEED on every file of the image).
+Modes lazy-prefetch and map-prefetch first do one recording restore of the image
+(--record-working-set, 1000 ms, during which the first sign of life is awaited as in a measured
+run), end it, then time a restore that prefetches the recorded working set; lazy and map are
+timed with --no-prefetch.
 
-usage: python3 tests/lazy-speed.py [RUNS (3)] [LIVE_MIB (200)] [MODES (copy,map,lazy)]
+usage: python3 tests/lazy-speed.py [RUNS (3)] [LIVE_MIB (200)]
+                                   [MODES (copy,map,lazy; also lazy-prefetch,map-prefetch)]
                                    [CACHES (warm,cold)]
 Needs root, the release build (cargo build --release), a memcheck victim built by the tests
 (cargo test --test lazy) and a JDK. Ends only the processes it started, by pid.
@@ -119,15 +124,32 @@ def one_run(workload, mode, cache, tag, classes):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     p.wait()
     stats = f"{work}/{tag}.stats.json"
-    args = [crest, "restore", "-D", img, "--stats-json", stats, "--pages", mode]
+    pages = mode.split("-")[0]
+    args = [crest, "restore", "-D", img, "--stats-json", stats, "--pages", pages]
+    if pages != "copy" and not mode.endswith("-prefetch"):
+        args.append("--no-prefetch")
+
+    def sign_of_life():
+        if workload == "memcheck":
+            size = os.path.getsize(log)
+            return lambda: os.path.getsize(log) > size
+        return lambda: get_200(port)
+
+    err = open(f"{work}/{tag}.restore.err", "wb")
+    if mode.endswith("-prefetch"):
+        # The recording restore: the program's first moments, its first response included.
+        ws = os.path.join(img, "working-set.img")
+        sign = sign_of_life()
+        r = subprocess.Popen([crest, "restore", "-D", img, "--pages", pages,
+                              "--record-working-set"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        wait_until(sign, "the first sign of life of the recording restore")
+        wait_until(lambda: os.path.exists(ws), "the working set")
+        os.kill(p.pid, signal.SIGKILL)
+        r.wait(timeout=60)
     if cache == "cold":
         evict(img)
-    if workload == "memcheck":
-        size = os.path.getsize(log)
-        sign = lambda: os.path.getsize(log) > size
-    else:
-        sign = lambda: get_200(port)
-    err = open(f"{work}/{tag}.restore.err", "wb")
+    sign = sign_of_life()
     t0 = now()
     r = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     wait_until(sign, "the first sign of life")
@@ -136,6 +158,10 @@ def one_run(workload, mode, cache, tag, classes):
                "the statistics")
     s = json.load(open(stats))
     all_in = s["lazy"]["all_in_us"] / 1000 if "lazy" in s else None
+    pf = s["lazy"].get("prefetch") if "lazy" in s else s.get("prefetch")
+    if pf and pf.get("pages"):
+        print(f"  {tag}: prefetched {pf['pages']} page(s) in {pf['us'] / 1000:.1f} ms",
+              flush=True)
     os.kill(p.pid, signal.SIGKILL)
     r.wait(timeout=60)
     shutil.rmtree(img)

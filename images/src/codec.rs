@@ -30,6 +30,7 @@ pub(crate) const MAX_METADATA_LEN: u64 = 1 << 30;
 pub(crate) enum MetaRole {
     Inventory = 1,
     Process = 2,
+    WorkingSet = 3,
 }
 
 impl MetaRole {
@@ -37,6 +38,7 @@ impl MetaRole {
         match self {
             MetaRole::Inventory => "an inventory",
             MetaRole::Process => "a process record",
+            MetaRole::WorkingSet => "a working set",
         }
     }
 }

@@ -120,6 +120,13 @@ pub enum ImageError {
     )]
     PageDataMismatch { path: PathBuf },
 
+    /// The working-set file beside an image is damaged, stale or does not fit the image.
+    #[error(
+        "working-set file {} cannot be used ({what}); remove it, or restore with --no-prefetch",
+        path.display()
+    )]
+    WorkingSet { path: PathBuf, what: String },
+
     /// The image directory cannot be put in place.
     #[error("cannot write image {}: {what}", dir.display())]
     Write { dir: PathBuf, what: String },

@@ -21,6 +21,8 @@ pub struct Image {
     pub inventory: Inventory,
     /// In the order the inventory lists their files.
     pub processes: Vec<ProcessImage>,
+    /// BLAKE3 of `inventory.img`: what ties a working set ([`crate::workingset`]) to this dump.
+    pub inventory_blake3: [u8; 32],
 }
 
 impl Image {
@@ -83,6 +85,7 @@ fn open(dir: &Path, page_files: PageFiles) -> Result<(Image, Vec<ImageError>), I
         other => other?,
     };
     let inventory: Inventory = codec::decode(&bytes, MetaRole::Inventory, &inv_path)?;
+    let inventory_blake3 = *blake3::hash(&bytes).as_bytes();
     check_host(dir, &inventory)?;
     let damaged = check_listing(dir, &inventory, page_files)?;
 
@@ -166,6 +169,7 @@ fn open(dir: &Path, page_files: PageFiles) -> Result<(Image, Vec<ImageError>), I
         dir: dir.to_path_buf(),
         inventory,
         processes,
+        inventory_blake3,
     };
     Ok((image, damaged))
 }
@@ -249,7 +253,10 @@ fn check_listing(
     let mut damaged = Vec::new();
     let mut names = HashSet::new();
     for f in &inv.files {
-        if check_file_name(&f.name).is_err() || f.name == INVENTORY_FILE {
+        if check_file_name(&f.name).is_err()
+            || f.name == INVENTORY_FILE
+            || f.name == crate::workingset::WORKING_SET_FILE
+        {
             return Err(ImageError::BadFileName {
                 dir: dir.to_path_buf(),
                 name: f.name.clone(),
@@ -276,7 +283,12 @@ fn check_listing(
         // Non-image files (a log, a note) may sit beside an image; stray *.img files mean
         // the directory mixes dumps.
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".img") && name != INVENTORY_FILE && !names.contains(name) {
+        // The working set is recorded beside the image, not listed (see crate::workingset).
+        if name.ends_with(".img")
+            && name != INVENTORY_FILE
+            && name != crate::workingset::WORKING_SET_FILE
+            && !names.contains(name)
+        {
             return Err(ImageError::UnlistedFile { path: entry.path() });
         }
     }

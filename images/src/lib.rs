@@ -7,6 +7,7 @@ mod error;
 pub mod format;
 pub mod schema;
 pub mod validate;
+mod workingset;
 mod writer;
 
 #[cfg(test)]
@@ -17,6 +18,7 @@ pub use format::{
     validate_process, verify_pages, Image, ImageError, ImageWriter, PageFileWriter,
 };
 pub use schema::*;
+pub use workingset::{encode_working_set, read_working_set, write_working_set, WORKING_SET_FILE};
 
 /// Version of the on-disk format; bumped whenever [`schema`] changes.
 pub const FORMAT_VERSION: u32 = 12;

@@ -1681,3 +1681,48 @@ pub struct Rlimit {
     pub soft: u64,
     pub hard: u64,
 }
+
+/// The pages each restored process touched in the first moments after a restore
+/// (`working-set.img`, written by `crest restore --record-working-set`): later lazy and mapped
+/// restores of the same image bring these in first. Not listed in the inventory (recording it
+/// must not change the image); tied to its dump by the inventory's hash instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkingSet {
+    /// BLAKE3 of the `inventory.img` of the dump it was recorded on: a working set of another
+    /// dump (a stale file) is refused.
+    pub inventory_blake3: [u8; 32],
+    /// Unix time of the recording, in milliseconds.
+    pub recorded_unix_ms: u64,
+    /// How long after the tree ran the pages were recorded, in milliseconds.
+    pub window_ms: u64,
+    /// How they were recorded.
+    pub source: WorkingSetSource,
+    /// One entry per recorded process, sorted by pid.
+    pub processes: Vec<ProcessWorkingSet>,
+}
+
+/// Where a working set's pages came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkingSetSource {
+    /// The page faults a lazy restore served (`--pages lazy`).
+    LazyFaults,
+    /// The pages present in the process's page tables (/proc/PID/pagemap) after a mapped
+    /// restore (`--pages map`).
+    MappedPresent,
+}
+
+/// The pages one process touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessWorkingSet {
+    pub pid: i32,
+    /// `(vaddr, npages)`, sorted, not overlapping; each lies inside one stored
+    /// [`PageRun`] of the process.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl ProcessWorkingSet {
+    /// Pages recorded.
+    pub fn pages(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+}

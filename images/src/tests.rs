@@ -1302,3 +1302,94 @@ fn a_root_directory_is_a_listed_directory() {
     p.root_file = Some(2);
     validate_process(&p, 5 * ps, ps).expect_err("a regular file as root");
 }
+
+fn sample_working_set(image: &crate::Image) -> WorkingSet {
+    let p = &image.processes[0];
+    WorkingSet {
+        inventory_blake3: image.inventory_blake3,
+        recorded_unix_ms: 1,
+        window_ms: 1000,
+        source: WorkingSetSource::LazyFaults,
+        processes: vec![ProcessWorkingSet {
+            pid: PID,
+            ranges: vec![(p.page_runs[0].vaddr + ps(), 1), (p.page_runs[2].vaddr, 2)],
+        }],
+    }
+}
+
+#[test]
+fn working_set_round_trip_leaves_the_image_alone() {
+    let (_root, dir) = written();
+    let image = open_image(&dir).unwrap();
+    assert!(crate::read_working_set(&image).unwrap().is_none());
+    let before: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let ws = sample_working_set(&image);
+    crate::write_working_set(&image, &ws).unwrap();
+    // Written twice: replaced, not appended; no temporary file left.
+    crate::write_working_set(&image, &ws).unwrap();
+    // The image still opens (the file is not a stray .img) and no file of it changed.
+    let image = open_image(&dir).unwrap();
+    assert_eq!(crate::read_working_set(&image).unwrap(), Some(ws));
+    for (name, bytes) in before {
+        assert_eq!(
+            std::fs::read(dir.join(&name)).unwrap(),
+            bytes,
+            "{name} changed"
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+}
+
+#[test]
+fn tampered_stale_or_misfit_working_sets_are_refused() {
+    let (_root, dir) = written();
+    let image = open_image(&dir).unwrap();
+    let path = dir.join(crate::WORKING_SET_FILE);
+    let good = sample_working_set(&image);
+    let expect_refused = |bytes: Vec<u8>, needle: &str| {
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, bytes).unwrap();
+        let e = crate::read_working_set(&image).unwrap_err().to_string();
+        assert!(e.contains("working-set.img") && e.contains(needle), "{e}");
+    };
+    // A flipped byte.
+    let mut bytes = crate::encode_working_set(&good);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    expect_refused(bytes, "checksum mismatch");
+    // Another dump's working set.
+    let mut stale = good.clone();
+    stale.inventory_blake3[0] ^= 1;
+    expect_refused(crate::encode_working_set(&stale), "another dump");
+    // Re-encoded with a valid checksum, but naming memory the image does not store.
+    let mut outside = good.clone();
+    outside.processes[0].ranges.insert(0, (0x1000, 1));
+    expect_refused(crate::encode_working_set(&outside), "stored page run");
+    let mut across = good.clone();
+    across.processes[0].ranges[1].1 = 3;
+    expect_refused(crate::encode_working_set(&across), "stored page run");
+    let mut pid = good.clone();
+    pid.processes[0].pid = PID + 1;
+    expect_refused(crate::encode_working_set(&pid), "not a process");
+    let mut unsorted = good.clone();
+    unsorted.processes[0].ranges.reverse();
+    expect_refused(crate::encode_working_set(&unsorted), "precedes");
+    // A process record in its place.
+    let p = codec::encode(MetaRole::Process, &image.processes[0]).unwrap();
+    expect_refused(p, "expected a working set");
+    // And a writer refuses to write a misfit.
+    assert!(crate::write_working_set(&image, &outside).is_err());
+}

@@ -138,6 +138,22 @@ enum Command {
         /// deleting it, is safe). lazy: same as --lazy-pages.
         #[arg(long = "pages", value_enum, value_name = "SOURCE")]
         pages: Option<PageSource>,
+        /// Record which pages the restored processes touch in their first MS milliseconds
+        /// (default 1000) and store them beside the image (working-set.img; the image itself
+        /// is not changed), so later lazy and mapped restores bring them in first. Needs
+        /// --pages lazy or --pages map; crest stays until the window is over.
+        #[arg(
+            long = "record-working-set",
+            value_name = "MS",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "1000"
+        )]
+        record_working_set: Option<u64>,
+        /// Ignore the image's recorded working set (lazy and mapped restores bring it in
+        /// first otherwise).
+        #[arg(long = "no-prefetch")]
+        no_prefetch: bool,
     },
     /// Internal: the guard of a lazy restore, started by crest restore (see crest::lazy).
     #[command(name = "lazy-watchdog", hide = true)]
@@ -284,6 +300,8 @@ fn dispatch(command: Command) -> Result<i32> {
             stats_json,
             lazy_pages,
             pages,
+            record_working_set,
+            no_prefetch,
         } => {
             let lazy_pages = lazy_pages || pages == Some(PageSource::Lazy);
             let opts = crest::restore::RestoreOptions {
@@ -297,6 +315,8 @@ fn dispatch(command: Command) -> Result<i32> {
                 tcp_close,
                 lazy_pages,
                 map_pages: pages == Some(PageSource::Map),
+                record_working_set: record_working_set.map(Duration::from_millis),
+                no_prefetch,
             };
             if lazy_pages && detached {
                 return restore_with_page_daemon(&opts, pidfile, stats_json);
@@ -307,6 +327,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 std::fs::write(&path, format!("{}\n", restored.pid()))
                     .with_context(|| format!("cannot write pid file {}", path.display()))?;
             }
+            let recording = restored.take_recording();
             let lazy = match restored.wait_lazy() {
                 None => None,
                 Some(Ok(l)) => Some(l),
@@ -335,6 +356,12 @@ fn dispatch(command: Command) -> Result<i32> {
                             path.display()
                         )
                     })?;
+                }
+            }
+            if let Some(rec) = recording {
+                match rec.finish(lazy.as_ref()) {
+                    Ok(r) => eprintln!("crest: {}", r.text()),
+                    Err(e) => eprintln!("crest: warning: the working set was not recorded: {e}"),
                 }
             }
             if detached {

@@ -58,6 +58,9 @@ pub struct LazyProcess {
     pub pages: File,
     /// The stored pages still to copy.
     pub pieces: Vec<plan::Piece>,
+    /// The recorded working set ([`crate::prefetch`]): sorted `(start, end)` ranges copied
+    /// first, before the background pass.
+    pub prefetch: Vec<(u64, u64)>,
 }
 
 /// What the page server did.
@@ -78,6 +81,13 @@ pub struct LazyStats {
     pub forks: u64,
     /// Microseconds from the start of the restore until every page was in.
     pub all_in_us: u64,
+    /// Bytes of the recorded working set copied first, and the microseconds that took (from
+    /// the first prefetch copy to the last).
+    pub prefetched_bytes: u64,
+    pub prefetch_us: u64,
+    /// With `--record-working-set`: by restored pid, the stored pages whose faults were served
+    /// during the recording window (any order; see [`crate::prefetch`]).
+    pub recorded: Vec<(i32, Vec<u64>)>,
 }
 
 impl LazyStats {
@@ -95,7 +105,16 @@ impl LazyStats {
             self.zero_pages,
             mib(self.dropped_bytes),
             self.forks
-        )
+        ) + &if self.prefetched_bytes > 0 {
+            format!(
+                "; prefetched {} working-set page(s) ({:.1} MiB) in {:.1} ms",
+                self.prefetched_bytes / crate::arch::page_size(),
+                mib(self.prefetched_bytes),
+                self.prefetch_us as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -108,6 +127,11 @@ impl LazyStats {
             "dropped_bytes": self.dropped_bytes,
             "forks": self.forks,
             "all_in_us": self.all_in_us,
+            "prefetch": {
+                "pages": self.prefetched_bytes / crate::arch::page_size(),
+                "bytes": self.prefetched_bytes,
+                "us": self.prefetch_us,
+            },
         })
     }
 }
@@ -161,16 +185,22 @@ pub struct Handle {
     may_end: Arc<AtomicBool>,
     /// Set once every restorer registered its lazy memory.
     registered: Arc<AtomicBool>,
+    /// Says (or, by closing, that the server ended) when the working set is in.
+    prefetched: std::sync::mpsc::Receiver<()>,
 }
 
 /// Starts the watchdog over the tree `tree_pids` and the page server thread over `procs`.
 /// SIGINT, SIGTERM and SIGHUP are blocked in the calling thread (and so in the server): crest
 /// must not die of them while pages are loading; the caller forwards them to the tree once it
 /// waits for it.
+/// With `record` (`--record-working-set`), the server records the faults of that window
+/// (counted from the moment every restorer registered its memory) and holds its background
+/// pass until the window is over.
 pub fn start(
     procs: Vec<LazyProcess>,
     tree_pids: &[i32],
     restore_start: Instant,
+    record: Option<std::time::Duration>,
 ) -> Result<Handle, LazyError> {
     let uffds: Vec<RawFd> = procs.iter().map(|p| p.uffd.as_raw_fd()).collect();
     let dog = watchdog::Watchdog::start(tree_pids, &uffds)?;
@@ -186,9 +216,20 @@ pub fn start(
     let may_end = Arc::new(AtomicBool::new(false));
     let registered = Arc::new(AtomicBool::new(false));
     let (flag, all_registered) = (may_end.clone(), registered.clone());
+    let (prefetch_tx, prefetched) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("crest-lazy-pages".into())
-        .spawn(move || server::run(procs, dog, restore_start, flag, all_registered))
+        .spawn(move || {
+            server::run(
+                procs,
+                dog,
+                restore_start,
+                flag,
+                all_registered,
+                record,
+                prefetch_tx,
+            )
+        })
         .map_err(|e| LazyError::Os {
             what: "starting the page server thread".into(),
             source: e,
@@ -197,6 +238,7 @@ pub fn start(
         thread: Some(thread),
         may_end,
         registered,
+        prefetched,
     })
 }
 
@@ -205,6 +247,14 @@ impl Handle {
     /// registers): the background pass may start.
     pub fn registered(&self) {
         self.registered.store(true, Ordering::Release);
+    }
+
+    /// Waits until the recorded working set is in (at once when there is none; also when the
+    /// server ended or failed). Called after [`Handle::registered`] and before the tree is
+    /// released: its threads are all stopped, so the prefetch has the page file and the CPU
+    /// to itself, and the program starts with its working set in place.
+    pub fn wait_prefetched(&self) {
+        let _ = self.prefetched.recv();
     }
 
     /// Waits until every page is in (or the server failed, and the tree was killed).

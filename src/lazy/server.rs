@@ -55,6 +55,10 @@ struct Proc {
     /// the next events are read.
     retry: Vec<u64>,
     gone: bool,
+    /// Working-set ranges still to prefetch, in address order (`(start, end)`).
+    prefetch: std::collections::VecDeque<(u64, u64)>,
+    /// While recording: the stored pages whose faults were served.
+    touched: Vec<u64>,
 }
 
 impl Proc {
@@ -83,6 +87,15 @@ struct Server {
     /// refuses as unregistered (ENOENT) is put back rather than given up, or a later fault on
     /// those pages would get a zero page instead of their content.
     registered: Arc<AtomicBool>,
+    /// `--record-working-set`: the window, and when it began (the moment the server saw every
+    /// memory registered). While it lasts, faults are served one page at a time and recorded,
+    /// and the background pass waits.
+    record: Option<std::time::Duration>,
+    window_start: Option<Instant>,
+    /// When the first prefetch copy began.
+    prefetch_start: Option<Instant>,
+    /// Told once every working set is in; dropped with the server.
+    prefetch_done: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Runs the server on the current thread until every page is in; `restore_start` is when the
@@ -93,6 +106,8 @@ pub fn run(
     restore_start: Instant,
     may_end: Arc<AtomicBool>,
     registered: Arc<AtomicBool>,
+    record: Option<std::time::Duration>,
+    prefetch_done: std::sync::mpsc::Sender<()>,
 ) -> Result<LazyStats, LazyError> {
     // SAFETY: epoll_create1 returns a new descriptor or -1.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -114,6 +129,10 @@ pub fn run(
         hold: std::env::var_os(HOLD_ENV).map(Into::into),
         may_end,
         registered,
+        record,
+        window_start: None,
+        prefetch_start: None,
+        prefetch_done: Some(prefetch_done),
     };
     for p in procs {
         s.stats.lazy_bytes += p.pieces.iter().map(|x| x.len).sum::<u64>();
@@ -125,9 +144,13 @@ pub fn run(
             map: PageMap::new(&p.pieces),
             retry: Vec::new(),
             gone: false,
+            prefetch: p.prefetch.into_iter().collect(),
+            touched: Vec::new(),
         })?;
     }
     let result = s.serve();
+    // Whatever happened, nobody waits for the prefetch any longer.
+    drop(s.prefetch_done.take());
     let all_in_us = restore_start.elapsed().as_micros() as u64;
     let result = result.and_then(|()| s.idle_until_the_restore_is_over());
     let Server {
@@ -136,6 +159,12 @@ pub fn run(
         mut stats,
         ..
     } = s;
+    if record.is_some() {
+        stats.recorded = procs
+            .iter()
+            .filter_map(|p| Some((p.pid?, p.touched.clone())))
+            .collect();
+    }
     match result {
         Ok(()) => {
             // The watchdog lets go first: with its copies still open, a fault after ours
@@ -228,9 +257,17 @@ impl Server {
             // work), unless a test holds the background pass or the restorers are still
             // registering their memory.
             let registered = self.registered.load(Ordering::Acquire);
-            let timeout = if self.hold.is_some() {
+            if registered && self.window_start.is_none() {
+                self.window_start = Some(Instant::now());
+            }
+            let recording = self.recording();
+            let prefetching =
+                registered && !recording && self.procs.iter().any(|p| !p.prefetch.is_empty());
+            let timeout = if prefetching {
+                0
+            } else if self.hold.is_some() {
                 5
-            } else if !registered {
+            } else if !registered || recording {
                 1
             } else {
                 0
@@ -268,11 +305,75 @@ impl Server {
                 }
             }
             self.retry_faults()?;
-            if self.hold.is_none() && registered {
+            // The working set first (even while a test holds the background pass: the tree
+            // is released only once it is in), then the rest.
+            if registered && !recording && !self.prefetch()? && self.hold.is_none() {
                 self.background()?;
+            }
+            if registered && self.procs.iter().all(|p| p.prefetch.is_empty()) {
+                // Every working set is in (or there was none): the tree may go.
+                if let Some(tx) = self.prefetch_done.take() {
+                    let _ = tx.send(());
+                }
             }
         }
         Ok(())
+    }
+
+    /// Whether the recording window is open: from the start (before every memory is
+    /// registered, the restorers' own faults count too) until `record` after registration.
+    fn recording(&self) -> bool {
+        match (self.record, self.window_start) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(w), Some(t)) => t.elapsed() < w,
+        }
+    }
+
+    /// Copies the next stretch (at most [`BACKGROUND_CHUNK`] bytes) of the working set of the
+    /// next process that has one left; false when no process has any.
+    fn prefetch(&mut self) -> Result<bool, LazyError> {
+        let n = self.procs.len();
+        for k in 0..n {
+            let i = (self.next_background + k) % n;
+            let p = &mut self.procs[i];
+            if p.gone {
+                p.prefetch.clear();
+                continue;
+            }
+            let Some((start, end)) = p.prefetch.pop_front() else {
+                continue;
+            };
+            self.next_background = (i + 1) % n;
+            self.prefetch_start.get_or_insert_with(Instant::now);
+            let stop = end.min(start + BACKGROUND_CHUNK);
+            if stop < end {
+                p.prefetch.push_front((stop, end));
+            }
+            // Pieces that follow each other in memory and in the file are one copy.
+            let mut pieces: Vec<Piece> = Vec::new();
+            for x in p.map.take_range(start, stop) {
+                match pieces.last_mut() {
+                    Some(l)
+                        if l.vaddr + l.len == x.vaddr && l.file_offset + l.len == x.file_offset =>
+                    {
+                        l.len += x.len
+                    }
+                    _ => pieces.push(x),
+                }
+            }
+            for piece in pieces {
+                let (placed, _) = self.copy(i, piece)?;
+                self.stats.prefetched_bytes += placed;
+            }
+            if self.procs.iter().all(|p| p.prefetch.is_empty()) {
+                self.stats.prefetch_us = self
+                    .prefetch_start
+                    .map_or(0, |t| t.elapsed().as_micros() as u64);
+            }
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn handle(&mut self, i: usize, m: Msg) -> Result<(), LazyError> {
@@ -295,6 +396,8 @@ impl Server {
                     map: parent.map.clone(),
                     retry: Vec::new(),
                     gone: false,
+                    prefetch: parent.prefetch.clone(),
+                    touched: Vec::new(),
                 };
                 self.add(child)
             }
@@ -318,11 +421,18 @@ impl Server {
 
     fn fault(&mut self, i: usize, page: u64) -> Result<(), LazyError> {
         let ps = self.page;
-        match self.procs[i]
-            .map
-            .take_around(page, ps, FAULT_BEFORE, FAULT_BATCH)
-        {
+        // While recording, one page per fault: each page the program touches faults.
+        let recording = self.recording();
+        let (before, batch) = if recording {
+            (0, ps)
+        } else {
+            (FAULT_BEFORE, FAULT_BATCH)
+        };
+        match self.procs[i].map.take_around(page, ps, before, batch) {
             Some(piece) => {
+                if recording {
+                    self.procs[i].touched.push(page);
+                }
                 let (placed, reached) = self.copy(i, piece)?;
                 self.stats.fault_bytes += placed;
                 if page >= piece.vaddr + reached && !self.procs[i].gone {

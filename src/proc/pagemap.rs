@@ -50,3 +50,33 @@ impl Pagemap {
         Ok(())
     }
 }
+
+/// Present in RAM (bit 63) or swapped out (bit 62): the page was touched since it was mapped.
+const TOUCHED: u64 = (1 << 63) | (1 << 62);
+
+impl Pagemap {
+    /// The addresses of the pages of `start..end` (page-aligned, pages of `page` bytes) that
+    /// are present or swapped: in a private file mapping, those the process read (or the
+    /// kernel mapped around a read, see fault_around_bytes) or wrote.
+    pub fn touched_pages(&self, start: u64, end: u64, page: u64) -> Result<Vec<u64>, ProcError> {
+        const BATCH: u64 = 64 << 10;
+        let mut out = Vec::new();
+        let mut entries = vec![0u64; BATCH as usize];
+        let mut at = start / page;
+        let last = end / page;
+        while at < last {
+            let n = (last - at).min(BATCH);
+            let chunk = &mut entries[..n as usize];
+            self.read(at, chunk)?;
+            out.extend(
+                chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &e)| e & TOUCHED != 0)
+                    .map(|(i, _)| (at + i as u64) * page),
+            );
+            at += n;
+        }
+        Ok(out)
+    }
+}

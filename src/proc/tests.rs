@@ -215,3 +215,34 @@ fn map_files_and_mem_open_for_a_mapping() {
     assert_eq!(p.exe().unwrap(), exe);
     assert_eq!(p.cwd().unwrap(), std::env::current_dir().unwrap());
 }
+
+#[test]
+fn touched_pages_lists_the_pages_written() {
+    let ps = crate::arch::page_size();
+    // A fresh private mapping: nothing present until written.
+    // SAFETY: a new anonymous mapping of 8 pages, unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8 * ps as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let start = base as u64;
+    for i in [1u64, 2, 6] {
+        // SAFETY: inside the mapping made above.
+        unsafe { std::ptr::write_volatile((start + i * ps) as *mut u8, 1) };
+    }
+    let touched = me()
+        .pagemap()
+        .unwrap()
+        .touched_pages(start, start + 8 * ps, ps)
+        .unwrap();
+    assert_eq!(touched, vec![start + ps, start + 2 * ps, start + 6 * ps]);
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(base, 8 * ps as usize) };
+}

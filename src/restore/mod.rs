@@ -72,6 +72,11 @@ pub struct RestoreOptions {
     /// `--pages map`: private anonymous memory is mapped from the page files, copy-on-write
     /// ([`crate::mapped`]).
     pub map_pages: bool,
+    /// `--record-working-set[=MS]`: record the pages the tree touches in that window and write
+    /// them beside the image ([`crate::prefetch`]; lazy or mapped restores only).
+    pub record_working_set: Option<std::time::Duration>,
+    /// `--no-prefetch`: ignore the image's recorded working set.
+    pub no_prefetch: bool,
 }
 
 pub use files::InheritFd;
@@ -183,6 +188,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             "pages both mapped and lazy: choose one of --pages map and --lazy-pages".into(),
         ));
     }
+    if opts.record_working_set.is_some() {
+        if !opts.lazy_pages && !opts.map_pages {
+            return Err(RestoreError::Unsupported(
+                "recording a working set with copied pages: a copy restore reads every page \
+                 before the tree runs, so there is nothing to learn; record with --pages lazy \
+                 or --pages map"
+                    .into(),
+            ));
+        }
+        if opts.pidns {
+            return Err(RestoreError::Unsupported(
+                "recording a working set with --pidns".into(),
+            ));
+        }
+    }
     if opts.pidns {
         return pidns::restore(opts);
     }
@@ -200,6 +220,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for p in &image.processes {
         check_supported(p)?;
     }
+    // Not while recording a new one: the record must be the program's own touches.
+    let working_set = crate::prefetch::load(
+        &image,
+        (opts.lazy_pages || opts.map_pages)
+            && !opts.no_prefetch
+            && opts.record_working_set.is_none(),
+    )?;
+
     crate::info!(
         1,
         "image {} checked: {} process(es), {} thread(s), {} zombie(s){}",
@@ -242,6 +270,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         );
     }
     phases.end("validate");
+    let readahead = match &working_set {
+        Some(ws) if opts.map_pages => {
+            let stats = crate::prefetch::mapped::readahead(&image, ws);
+            phases.end("prefetch");
+            Some(stats)
+        }
+        _ => None,
+    };
     for t in &plan.tasks {
         fork::wait_until_pid_free(t.pid)?;
         for helper in &t.group_helpers {
@@ -423,6 +459,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                         uffd: crate::lazy::take_from_task(t.pid, fd).map_err(lazy_error)?,
                         pages: open_page_file(&image, &image.processes[p])?,
                         pieces: boots[p].lazy_pieces().to_vec(),
+                        prefetch: working_set.as_ref().map_or_else(Vec::new, |ws| {
+                            crate::prefetch::merged_ranges(ws, t.pid, image.inventory.page_size)
+                        }),
                     });
                 }
                 let mut r = finish::Restoring {
@@ -442,7 +481,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let lazy = if lazy_procs.is_empty() {
         None
     } else {
-        Some(crate::lazy::start(lazy_procs, &pids, started).map_err(lazy_error)?)
+        Some(
+            crate::lazy::start(lazy_procs, &pids, started, opts.record_working_set)
+                .map_err(lazy_error)?,
+        )
     };
     phases.end("fork");
     crate::info!(
@@ -453,6 +495,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let (caught, user_sigtraps) = finish::catch_all(&mut restoring, &mut phases)?;
     if let Some(l) = &lazy {
         l.registered();
+        // The recorded working set goes in before the tree runs (see crate::prefetch).
+        l.wait_prefetched();
     }
     loading.stop();
     crate::info!(
@@ -477,7 +521,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     phases.end("release");
     subreaper.end();
     guard.disarm();
+    let recording = opts.record_working_set.map(|window| {
+        if opts.lazy_pages {
+            crate::prefetch::record::Recording::lazy(image.clone(), window)
+        } else {
+            crate::prefetch::record::Recording::mapped(
+                image.clone(),
+                window,
+                &map_plans,
+                std::time::Instant::now(),
+            )
+        }
+    });
     let stats = RestoreStats {
+        prefetch: readahead,
         phases_us: phases.done,
         processes: image.processes.len(),
         threads: image.processes.iter().map(|p| p.threads.len()).sum(),
@@ -488,7 +545,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .map(|f| f.size)
             .sum(),
     };
-    Ok(Restored::new(root.pid).with_stats(stats).with_lazy(lazy))
+    Ok(Restored::new(root.pid)
+        .with_stats(stats)
+        .with_lazy(lazy)
+        .with_recording(recording))
 }
 
 fn lazy_error(e: crate::lazy::LazyError) -> RestoreError {

@@ -24,6 +24,8 @@ pub struct Restored {
     stats: Option<RestoreStats>,
     /// The page server of a lazy restore, while it runs.
     lazy: Option<crate::lazy::Handle>,
+    /// `--record-working-set`: the recording to finish ([`crate::prefetch::record`]).
+    recording: Option<crate::prefetch::record::Recording>,
 }
 
 /// What a restore did and how long each phase took, from crest's start of the restore to the
@@ -41,6 +43,9 @@ pub struct RestoreStats {
     pub threads: usize,
     /// Bytes of the image's page files.
     pub page_bytes: u64,
+    /// A mapped restore's prefetch of the recorded working set (a lazy restore's is in
+    /// [`crate::lazy::LazyStats`]).
+    pub prefetch: Option<crate::prefetch::PrefetchStats>,
 }
 
 impl RestoreStats {
@@ -61,7 +66,10 @@ impl RestoreStats {
             self.page_bytes as f64 / (1u64 << 20) as f64,
             self.total_us() as f64 / 1000.0,
             crate::phases::text(&self.phases_us)
-        )
+        ) + &self
+            .prefetch
+            .as_ref()
+            .map_or_else(String::new, |p| format!("; {}", p.text()))
     }
 
     /// The statistics for `--stats-json`.
@@ -73,6 +81,7 @@ impl RestoreStats {
             "page_bytes": self.page_bytes,
             "total_us": self.total_us(),
             "phases_us": self.phases_us,
+            "prefetch": self.prefetch.as_ref().map(|p| p.to_json()),
         })
     }
 }
@@ -86,6 +95,7 @@ impl Restored {
             root: pid,
             stats: None,
             lazy: None,
+            recording: None,
         }
     }
 
@@ -100,6 +110,20 @@ impl Restored {
         self.lazy.take().map(|h| h.wait())
     }
 
+    pub(super) fn with_recording(
+        mut self,
+        recording: Option<crate::prefetch::record::Recording>,
+    ) -> Restored {
+        self.recording = recording;
+        self
+    }
+
+    /// `--record-working-set`: the recording, to finish once the lazy pages are in (see
+    /// [`crate::prefetch::record::Recording::finish`]).
+    pub fn take_recording(&mut self) -> Option<crate::prefetch::record::Recording> {
+        self.recording.take()
+    }
+
     pub(super) fn with_stats(mut self, stats: RestoreStats) -> Restored {
         self.stats = Some(stats);
         self
@@ -112,6 +136,7 @@ impl Restored {
             root,
             stats: None,
             lazy: None,
+            recording: None,
         }
     }
 
