@@ -987,3 +987,52 @@ fn jdk17_http_nio_udp_and_watch_servers_carry_on_across_dumps() {
 fn jdk25_http_nio_udp_and_watch_servers_carry_on_across_dumps() {
     servers_carry_on(25);
 }
+
+/// The full Java victim restored with mapped pages (its relocated CDS archive and the written
+/// pages of libjvm's data are private file mappings: their stored pages come from the page file
+/// too), then with lazy pages, then copied: it verifies after each and answers jcmd.
+fn page_modes(version: u32) {
+    let Some(jdk) = Jdk::find(version) else {
+        return;
+    };
+    let _serial = jvm_lock();
+    let (classes, _) = jdk.compile();
+    let mut v = jdk.start(&classes, &["full"]);
+    v.verify().expect("fresh Java victim verifies");
+    for (round, mode) in ["map", "lazy", "map", "copy"].iter().enumerate() {
+        let dir = v.work.join(format!("img{round}"));
+        dump(v.pid, &dir, false).assert_ok();
+        v.reap();
+        let stats = v.work.join(format!("stats{round}.json"));
+        let out = restore_detached(
+            &dir,
+            &["--pages", mode, "--stats-json", stats.to_str().unwrap()],
+        );
+        out.assert_ok();
+        v.mark_restored();
+        v.verify()
+            .unwrap_or_else(|e| panic!("JDK {version}, {mode} pages: {e}"));
+        jcmd_version(&jdk, &v, &format!("{mode} pages"));
+        if *mode == "lazy" {
+            // A process whose memory is still registered with userfaultfd is refused by a
+            // dump: the next round waits for the page-server daemon to be done.
+            let at = out
+                .stderr
+                .find("the daemon (pid ")
+                .expect("the daemon's pid");
+            let rest = &out.stderr[at + "the daemon (pid ".len()..];
+            let daemon: i32 = rest[..rest.find(')').unwrap()].parse().unwrap();
+            reap_pid(daemon, CREST_TIMEOUT).expect("the page-server daemon ends");
+        }
+    }
+}
+
+#[test]
+fn jdk17_restores_with_every_page_source() {
+    page_modes(17);
+}
+
+#[test]
+fn jdk25_restores_with_every_page_source() {
+    page_modes(25);
+}

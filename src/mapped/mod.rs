@@ -1,9 +1,12 @@
-//! Mapped pages (`crest restore --pages map`): private anonymous memory comes back as
-//! MAP_PRIVATE mappings of the page file at each run's offset, so nothing is read before the
-//! process runs; a page is read from the page cache (or the disk) when first touched and copied
-//! when first written.
+//! Mapped pages (`crest restore --pages map`): private memory comes back as MAP_PRIVATE
+//! mappings of the page file at each run's offset, so nothing is read before the process runs;
+//! a page is read from the page cache (or the disk) when first touched and copied when first
+//! written. In a private file mapping only the written pages are stored (the rest is the
+//! file's): the VMA is mapped from its file, and the stored runs from the page file over it —
+//! copying them would cost two copies a page (the file's page, then the stored one over it):
+//! a JVM's relocated CDS archive alone took 8 ms of a 17 ms restore that way.
 //!
-//! Which VMAs: private anonymous ones with none of the flags a file mapping cannot carry or
+//! Which VMAs: private anonymous or file ones with none of the flags a file mapping cannot carry or
 //! would change: not the stack (`growsdown`: a file piece at its bottom would stop it
 //! growing), not locked (mlock would read everything at once), not sealed, droppable or
 //! wipe-on-fork (the kernel refuses MADV_WIPEONFORK on a file mapping), not named (the kernel
@@ -23,7 +26,8 @@
 //! - mremap growing a mapped piece in place extends it over the page file (later runs' data, or
 //!   SIGBUS past the file's end) instead of zeros, and mremap of a range that spans mapped and
 //!   anonymous pieces fails (EFAULT);
-//! - /proc/PID/maps shows the page file for those ranges, and the image must not change while
+//! - /proc/PID/maps shows the page file for those ranges (in a private file mapping: for the
+//!   pages the program had written), and the image must not change while
 //!   the process runs (page files are read-only and a dump never writes into an existing page
 //!   file: it makes a new directory and renames it in place, so the old inode stays alive for
 //!   as long as it is mapped).
@@ -79,7 +83,7 @@ impl MapPlan {
 /// Whether `vma`'s stored pages may be mapped from the page file (see the module docs).
 pub fn is_mappable_vma(vma: &Vma) -> bool {
     let f = &vma.flags;
-    matches!(vma.backing, VmaBacking::Anonymous)
+    matches!(vma.backing, VmaBacking::Anonymous | VmaBacking::File { .. })
         && !vma.shared
         && !(f.growsdown || f.locked || f.lockonfault || f.sealed || f.droppable || f.wipeonfork)
         && vma.anon_name().is_none()

@@ -344,7 +344,7 @@ fn fill_pages(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
 
 /// Maps the VMA's page runs from the page file over it, copy-on-write (`VMA_FILL_MAP`): the
 /// pages come from the page cache when first touched. Only MAP_NORESERVE is kept of the VMA's
-/// flags (crest maps only plain private anonymous VMAs this way).
+/// flags (crest maps only plain private VMAs this way, anonymous or of a file).
 fn map_pages(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
     let first = v.first_run as u64;
     let end = first + v.nr_runs as u64;
