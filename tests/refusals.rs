@@ -216,7 +216,7 @@ fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
         (
             v.pid,
             &*format!("mapping {}", parent["privshm"]),
-            "private mapping of a shared anonymous memory object",
+            "no longer maps shared",
         ),
         (child, "fd 101", "io_uring"),
         (child, "fd 102", "deleted file"),
@@ -228,7 +228,7 @@ fn every_refused_fd_and_mapping_of_every_process_is_named_in_one_refusal() {
         (
             child,
             &*format!("mapping {}", child_info["privshm"]),
-            "private mapping of a shared anonymous memory object",
+            "no longer maps shared",
         ),
     ];
     for (pid, thing, kind) in expected {

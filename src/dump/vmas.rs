@@ -79,6 +79,9 @@ enum Plan {
     ImagePages,
     /// The ring of an AIO context (files/aio.rs).
     AioRing,
+    /// A private mapping of a shared anonymous object (opened through /proc/PID/map_files):
+    /// like a private file mapping whose file is the object.
+    PrivateOfShared,
 }
 
 /// Decides from the name and flags alone; refuses what cannot be restored.
@@ -129,13 +132,9 @@ fn plan(pid: i32, m: &MapEntry) -> Result<Plan, DumpError> {
                 Plan::Anonymous { shared: true }
             } else if *deleted && p == "/dev/zero" {
                 // MAP_PRIVATE of a shared anonymous area's object (opened through
-                // /proc/PID/map_files): its untouched pages show the object's current content.
-                return Err(refuse(
-                    "it is a private mapping of a shared anonymous memory object (mapped \
-                     through /proc/PID/map_files); crest cannot restore its tie to that object \
-                     yet"
-                    .into(),
-                ));
+                // /proc/PID/map_files): its untouched pages show the object's current content,
+                // its written ones are the process's own (stored like a private file mapping's).
+                Plan::PrivateOfShared
             } else if *deleted {
                 Plan::Deleted(path.clone())
             } else if p == "/dev/zero" && !m.shared {
@@ -256,8 +255,62 @@ pub fn collect(proc: &Proc, files: &mut FileTable) -> Result<Collected, DumpErro
     for m in &maps {
         problems.take(add_vma(proc, m, files, &mut out))?;
     }
+    for m in private_views_of_unmapped_memory(&out.vmas) {
+        let m = maps
+            .iter()
+            .find(|e| e.start == m)
+            .expect("a VMA comes from a mapping");
+        problems.take::<()>(Err(unsupported(
+            proc.pid(),
+            m,
+            "it is a private mapping of a shared anonymous memory object that this process no \
+             longer maps shared (unmapped since, or mapped by another process only): the \
+             object's content under it cannot be read"
+                .into(),
+        )))?;
+    }
     problems.finish()?;
     Ok(out)
+}
+
+/// The starts of the private mappings of shared anonymous objects in `vmas` that reach a part
+/// of the object no shared mapping in `vmas` covers. Their unwritten pages show the object,
+/// which a restore fills only from shared mappings: such a part would come back as zeros.
+fn private_views_of_unmapped_memory(vmas: &[Vma]) -> Vec<u64> {
+    let mut shared: Vec<(u64, u64, u64)> = vmas
+        .iter()
+        .filter(|v| v.shared)
+        .filter_map(|v| match v.backing {
+            VmaBacking::SharedAnonymous { object, offset, .. } => {
+                Some((object, offset, offset + (v.end - v.start)))
+            }
+            _ => None,
+        })
+        .collect();
+    shared.sort_unstable();
+    let covered = |object: u64, from: u64, to: u64| {
+        let mut at = from;
+        for &(o, a, b) in &shared {
+            if o == object && a <= at && at < b {
+                at = b;
+            }
+        }
+        at >= to
+    };
+    vmas.iter()
+        .filter(|v| !v.shared)
+        .filter_map(|v| match v.backing {
+            VmaBacking::SharedAnonymous {
+                object,
+                offset,
+                size,
+            } => {
+                let to = (offset + (v.end - v.start)).min(size);
+                (offset < to && !covered(object, offset, to)).then_some(v.start)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Adds mapping `m` to `out`: its VMA, and the area whose pages are to be saved.
@@ -312,6 +365,17 @@ fn add_vma(
                 start: m.start,
                 end: m.end,
                 kind: AreaKind::SharedAnonymous { offset: m.offset },
+                readable: m.read,
+            });
+            shmem_object(proc, m)?
+        }
+        Plan::PrivateOfShared => {
+            // The object's own pages show as page-cache (shmem) pages and are restored with
+            // the object; the written ones are anonymous copies, stored here.
+            out.areas.push(Area {
+                start: m.start,
+                end: m.end,
+                kind: AreaKind::PrivateFile,
                 readable: m.read,
             });
             shmem_object(proc, m)?

@@ -764,7 +764,11 @@ fn vma_args(
                         vma.start
                     ))
                 })?;
-                nr_runs = 0;
+                // A private mapping of the object keeps its runs: the pages it wrote, copied
+                // over the object's like a private file mapping's.
+                if vma.shared {
+                    nr_runs = 0;
+                }
                 (fd.as_raw_fd(), offset)
             }
             // Created and filled by crest before the fork (sysv.rs); attached by id.

@@ -50,7 +50,8 @@ impl SharedMemory {
             let area = Area::map(object, size)?;
             for p in &image.processes {
                 let maps_it = p.vmas.iter().any(|v| {
-                    matches!(v.backing, VmaBacking::SharedAnonymous { object: o, .. } if o == object)
+                    v.shared
+                        && matches!(v.backing, VmaBacking::SharedAnonymous { object: o, .. } if o == object)
                 });
                 if !maps_it {
                     continue;
@@ -63,7 +64,9 @@ impl SharedMemory {
                     else {
                         continue;
                     };
-                    if o != object {
+                    // A private mapping's runs are its own written pages (copied by its
+                    // restorer), not the object's.
+                    if o != object || !v.shared {
                         continue;
                     }
                     for r in p

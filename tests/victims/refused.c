@@ -11,7 +11,8 @@
  * fd 101 an io_uring instance (idle), fd 102 a file that was unlinked (holding "deleted-file-data"),
  * and a shared mapping of another file that was unlinked ("mapped-TAG", then closed, so only
  * the mapping keeps it), and a private mapping (MAP_PRIVATE through /proc/self/map_files) of a
- * shared anonymous area's object, which shows what the shared area holds. Every tick each process checks its objects; the child exits with status 3 if one
+ * shared anonymous area's object, which shows what the shared area held (the shared area is
+ * unmapped afterwards, so nothing in the tree shares the object any more). Every tick each process checks its objects; the child exits with status 3 if one
  * changed, the parent reports it on verify.
  *
  * CTL/info: "child PID\nmapped ADDR\nprivshm ADDR\n" (the child's pid and the parent's mapping
@@ -84,6 +85,9 @@ static void make_objects(const char *tag)
         die("mmap %s privately: %s", path, strerror(errno));
     close(sfd);
     snprintf(shm, page, "shared area of %s", tag);
+    /* Only the private view keeps the object now: its content cannot be dumped. */
+    if (munmap(shm, page) != 0)
+        die("munmap shared anonymous: %s", strerror(errno));
 }
 
 static void check_objects(const char *tag)
