@@ -355,3 +355,58 @@ fn a_process_group_whose_leader_exited_is_made_again_around_its_members() {
     dump(v.pid(), &work.path().join("img-R"), true).assert_ok();
     assert_eq!(v.ask(b"state"), before, "after a dump with -R");
 }
+
+/// A process whose session leader has exited (started with `nohup` from a shell that ended
+/// since): its own session becomes crest's at restore, as for any root started from a shell.
+/// Only a *non-root* process in such a session is refused (see above).
+#[test]
+fn a_root_whose_session_leader_exited_is_dumped_and_restored() {
+    setup();
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ready = work.path().join("root");
+    let script = r#"
+import os, sys, time
+os.setsid()
+if os.fork() == 0:
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    while True:
+        time.sleep(0.01)
+os._exit(0)
+"#;
+    let mut launcher = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let launcher_pid = launcher.id() as i32;
+    launcher.wait().expect("the launcher ends");
+    let text = wait_for("the root's pid", TIMEOUT, || {
+        fs::read_to_string(&ready).ok()
+    });
+    let root: i32 = text.trim().parse().unwrap();
+    let before = ids(root).expect("the root");
+    assert_eq!(
+        before.2, launcher_pid,
+        "the root is in its gone launcher's session"
+    );
+
+    let dir = work.path().join("img");
+    dump(root, &dir, false).assert_ok();
+    reap_pid(root, TIMEOUT).expect("the dumped root is gone");
+    restore_detached(&dir, &[]).assert_ok();
+    let after = ids(root).expect("the restored root runs");
+    // SAFETY: getsid(0) has no preconditions.
+    let ours = unsafe { libc::getsid(0) };
+    assert_eq!(
+        after.2, ours,
+        "the restored root is in crest's session (the caller's)"
+    );
+    let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
+    let _ = reap_pid(root, TIMEOUT);
+}

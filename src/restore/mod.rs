@@ -85,16 +85,18 @@ pub use wait::RestoreStats;
 /// Whether a restore could recreate the parents, sessions and groups of `tree`; the reason
 /// when it could not (a dump refuses such a tree before touching it). `caller_sid` is the
 /// session of the root's parent at dump time: a session led outside the tree becomes the
-/// restoring crest's own, which is faithful only for the session the root was started in; a
-/// process in another session whose leader has exited is refused (when 0 or unknown, e.g. led
-/// outside crest's pid namespace, any one such session is taken as the caller's).
+/// restoring crest's own, which is faithful for the root's own session (whoever started it,
+/// even a shell that has exited since: a `nohup`ed server) and for the session the root was
+/// started from; a process in another session whose leader has exited is refused (when 0 or
+/// unknown, e.g. led outside crest's pid namespace, any one such session is taken as the
+/// caller's).
 pub fn check_tree_layout(tree: &[images::TreeTask], caller_sid: Option<i32>) -> Result<(), String> {
     let in_tree: std::collections::HashSet<i32> = tree.iter().map(|t| t.pid).collect();
+    let root_sid = tree.first().map(|t| t.sid);
     if let Some(caller) = caller_sid.filter(|&s| s > 0) {
-        if let Some(t) = tree
-            .iter()
-            .find(|t| t.sid > 0 && t.sid != caller && !in_tree.contains(&t.sid))
-        {
+        if let Some(t) = tree.iter().find(|t| {
+            t.sid > 0 && t.sid != caller && Some(t.sid) != root_sid && !in_tree.contains(&t.sid)
+        }) {
             return Err(format!(
                 "pid {} is in session {} whose leader has exited (it is not the session the \
                  tree was started from either); crest cannot recreate such a session yet",
