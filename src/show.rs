@@ -1571,6 +1571,7 @@ mod tests {
             tree: crate::images::TreeTask::lone(pid),
             shell_job: None,
             machine_ttys: Vec::new(),
+            caller_sid: 0,
             stats: DumpStats {
                 pages_scanned: 16,
                 pages_absent: 9,

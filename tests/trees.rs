@@ -235,11 +235,12 @@ fn a_bash_loop_running_sleep_carries_on_after_restore() {
 }
 
 /// A tree with a session whose leader has exited: the root (a subreaper) forked A, A made a
-/// session and forked X into it, then ended, so X is the root's child in a session of no one in
-/// the tree. A restore could not recreate that session (only a fork from inside a session puts
-/// a process in it), so the dump refuses it, naming it, and leaves the tree as it was.
+/// session and forked X into it, then ended, so X is the root's child in a session (and group)
+/// of no one in the tree. Only a fork from inside a session puts a process in it: a helper
+/// under A's pid makes the session again and forks X with CLONE_PARENT, so X is the root's
+/// child in session A, group A, and the helper is gone once the tree runs.
 #[test]
-fn a_session_whose_leader_exited_is_refused_at_dump_and_left_running() {
+fn a_session_whose_leader_exited_is_made_again_by_a_helper() {
     setup();
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let ready = work.path().join("member");
@@ -281,19 +282,30 @@ while True:
     assert_eq!(before.2, leader, "the member is in the leader's session");
     assert_eq!(before.0, root, "the member is the root's child now");
 
-    let dir = work.path().join("img");
-    let out = dump(root, &dir, false);
-    out.assert_failed()
-        .assert_stderr_mentions(&member.to_string())
-        .assert_stderr_mentions(&format!("session {leader}"));
-    assert!(!dir.exists(), "a refused dump left an image");
-    // Untouched: both still run, not traced, in the same group.
-    for p in [root, member] {
-        let st = ids(p).unwrap_or_else(|| panic!("pid {p} is gone"));
-        assert_ne!(st.3, 't', "pid {p} is still traced");
-        assert_eq!(tracer_pid(p), Some(0), "pid {p} is still traced");
+    assert_eq!(before.1, leader, "the member is in the leader's group");
+    let root_before = ids(root).expect("the root");
+
+    for cycle in 1..=2 {
+        let dir = work.path().join(format!("img{cycle}"));
+        dump(root, &dir, false).assert_ok();
+        reap_pid(root, TIMEOUT).expect("the dumped root is gone");
+        reap_pid(member, TIMEOUT).expect("the dumped member is gone");
+        restore_detached(&dir, &[]).assert_ok();
+        let after = ids(member).expect("the restored member runs");
+        assert_eq!(
+            (after.0, after.1, after.2),
+            (before.0, before.1, before.2),
+            "cycle {cycle}: the member's parent, group and session"
+        );
+        let root_after = ids(root).expect("the restored root runs");
+        assert_eq!((root_after.1, root_after.2), (root_before.1, root_before.2));
+        assert!(
+            !pid_exists(leader),
+            "cycle {cycle}: the session's helper is gone"
+        );
+        // The root sees no child but the member (the helper left no zombie behind).
+        assert_eq!(descendants(root), vec![member], "cycle {cycle}");
     }
-    assert_eq!(ids(member).unwrap().2, leader);
     let _ = kill(Pid::from_raw(member), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
     let _ = reap_pid(root, TIMEOUT);

@@ -81,6 +81,11 @@ pub struct Inventory {
     /// Terminals of the machine itself (a virtual console, a serial port) that were the
     /// controlling terminal of a session led by a task of the tree.
     pub machine_ttys: Vec<MachineTty>,
+    /// The session of the root's parent at dump time (the one the tree was started from), or
+    /// 0 when unknown (led outside crest's pid namespace). A restore gives the root's own
+    /// session, when no task of the tree leads it, and this one to crest's session; any other
+    /// session whose leader has exited is made again by a helper.
+    pub caller_sid: i32,
 }
 
 /// A terminal of the machine (a virtual console `/dev/ttyN`, a serial port) that controlled a

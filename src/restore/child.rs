@@ -40,6 +40,8 @@ pub struct ChildPlan<'a> {
     /// Helpers leading process groups whose leaders had exited, to end once every task is
     /// ready ([`super::spawn::end_group_helpers`]).
     pub group_helpers: Vec<super::tree::GroupHelper>,
+    /// Helpers leading sessions whose leaders had exited ([`super::tree::SessionHelper`]).
+    pub session_helpers: Vec<super::tree::SessionHelper>,
 }
 
 /// Entry of the child side. Never returns: it either jumps into the restorer or exits.
@@ -119,7 +121,7 @@ pub fn run(plan: ChildPlan<'_>) -> ! {
             );
         }
     }
-    if let Err(msg) = super::spawn::end_group_helpers(&plan.group_helpers) {
+    if let Err(msg) = super::spawn::end_helpers(&plan.group_helpers, &plan.session_helpers) {
         fail(plan.status_fd, &msg);
     }
     // Limits last: a lowered RLIMIT_NOFILE or RLIMIT_AS must not stop crest's own setup.

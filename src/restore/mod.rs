@@ -84,35 +84,36 @@ pub use wait::RestoreStats;
 
 /// Whether a restore could recreate the parents, sessions and groups of `tree`; the reason
 /// when it could not (a dump refuses such a tree before touching it). `caller_sid` is the
-/// session of the root's parent at dump time: a session led outside the tree becomes the
-/// restoring crest's own, which is faithful for the root's own session (whoever started it,
-/// even a shell that has exited since: a `nohup`ed server) and for the session the root was
-/// started from; a process in another session whose leader has exited is refused (when 0 or
-/// unknown, e.g. led outside crest's pid namespace, any one such session is taken as the
-/// caller's).
-pub fn check_tree_layout(tree: &[images::TreeTask], caller_sid: Option<i32>) -> Result<(), String> {
-    let in_tree: std::collections::HashSet<i32> = tree.iter().map(|t| t.pid).collect();
-    let root_sid = tree.first().map(|t| t.sid);
-    if let Some(caller) = caller_sid.filter(|&s| s > 0) {
-        if let Some(t) = tree.iter().find(|t| {
-            t.sid > 0 && t.sid != caller && Some(t.sid) != root_sid && !in_tree.contains(&t.sid)
-        }) {
-            return Err(format!(
-                "pid {} is in session {} whose leader has exited (it is not the session the \
-                 tree was started from either); crest cannot recreate such a session yet",
-                t.pid, t.sid
-            ));
-        }
-    }
+/// session of the root's parent at dump time (0: unknown): a session or group whose leader is
+/// not in the tree is made again by a helper under the leader's pid, unless it is the root's
+/// own or the caller's (those become crest's); a leader still alive outside the tree holds
+/// that pid, so such a tree is refused.
+pub fn check_tree_layout(tree: &[images::TreeTask], caller_sid: i32) -> Result<(), String> {
     let alive: Vec<i32> = tree
         .iter()
         .filter(|t| t.state == images::TreeTaskState::Alive)
         .map(|t| t.pid)
         .collect();
-    tree::plan(tree, &alive).map(|_| ()).map_err(|e| match e {
+    let plan = tree::plan(tree, &alive, caller_sid).map_err(|e| match e {
         RestoreError::Unsupported(why) => why,
         other => other.to_string(),
-    })
+    })?;
+    for t in &plan.tasks {
+        let leaders = t
+            .group_helpers
+            .iter()
+            .map(|h| (h.pid, "process group"))
+            .chain(t.session_helpers.iter().map(|h| (h.pid, "session")));
+        for (pid, what) in leaders {
+            if crate::proc::pid_in_use(pid) {
+                return Err(format!(
+                    "the tree is in {what} {pid}, whose leader (pid {pid}) is a process outside \
+                     the tree; crest can recreate it only when its leader has exited"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a restore failed. Every variant says what failed, where, and what the user can do.
@@ -253,7 +254,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     terminals.extend(tty::open_machine(&image)?);
     let task_terminals: Vec<tty::TaskTerminal> = terminals.iter().map(|t| t.for_tasks()).collect();
     let pids: Vec<i32> = image.processes.iter().map(|p| p.pid).collect();
-    let plan = tree::plan(&image.inventory.tree, &pids)?;
+    let plan = tree::plan(&image.inventory.tree, &pids, image.inventory.caller_sid)?;
     crate::info!(1, "planned the forks of {} task(s)", plan.tasks.len());
     let root_index = plan.tasks[0]
         .process
@@ -283,6 +284,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for t in &plan.tasks {
         fork::wait_until_pid_free(t.pid)?;
         for helper in &t.group_helpers {
+            fork::wait_until_pid_free(helper.pid)?;
+        }
+        for helper in &t.session_helpers {
             fork::wait_until_pid_free(helper.pid)?;
         }
     }

@@ -18,7 +18,7 @@ use super::bootstrap::{Bootstrap, Special};
 use super::child::{self, ChildPlan};
 use super::files::OpenedFiles;
 use super::fork::{self, Forked};
-use super::tree::{Group, GroupHelper, TreePlan};
+use super::tree::{Group, GroupHelper, SessionHelper, TreePlan};
 use super::tty::TaskTerminal;
 
 /// How long a task waits for the leader of the group it joins (a sibling or cousin forked at
@@ -77,10 +77,9 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
             child::fail(status, &msg);
         }
     }
-    let helpers = match fork_and_group(ctx, i) {
-        Ok(helpers) => helpers,
-        Err(msg) => child::fail(status, &msg),
-    };
+    if let Err(msg) = fork_and_group(ctx, i) {
+        child::fail(status, &msg);
+    }
     // Only the pipes of subtrees forked into a table of their own: a child sharing this
     // table needs its own (and so on down).
     let apart: Vec<usize> = match ctx.tables.role(i) {
@@ -124,13 +123,14 @@ pub fn task_main(ctx: &mut TreeCtx<'_>, i: usize) -> ! {
         zombie_children,
         epoll_registrations: crate::events::epoll::registered_by_task(ctx.processes, p),
         table: ctx.tables.task_table(i, ctx.plan, ctx.files, ctx.pipes),
-        group_helpers: helpers,
+        group_helpers: task.group_helpers.clone(),
+        session_helpers: task.session_helpers.clone(),
     })
 }
 
-/// Forks the task's children around its setsid/setpgid, then joins its group. Returns the
-/// pids of the group-leader helpers it forked ([`super::tree`]).
-fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<Vec<GroupHelper>, String> {
+/// Forks the task's children around its setsid/setpgid (and the helpers that lead groups and
+/// sessions whose leaders had exited, [`super::tree`]), then joins its group.
+fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<(), String> {
     let task = ctx.plan.tasks[i].clone();
     for &c in &task.children_before {
         fork_child(ctx, c)?;
@@ -169,10 +169,69 @@ fn fork_and_group(ctx: &mut TreeCtx<'_>, i: usize) -> Result<Vec<GroupHelper>, S
     for &c in &task.children_after {
         fork_child(ctx, c)?;
     }
+    for helper in &task.session_helpers {
+        fork_session_helper(ctx, helper)?;
+    }
     if let Some(group) = task.join_group {
         join_group(task.pid, group, ctx.crest_pgid)?;
     }
-    Ok(task.group_helpers.clone())
+    Ok(())
+}
+
+/// Forks the helper that leads session `h.pid` again: it calls setsid() and forks the
+/// session's members with CLONE_PARENT (so they are the forking task's children, in the
+/// session), then waits to be killed ([`end_helpers`]). A failure of its own is reported on
+/// the status pipe of a member it could not fork.
+fn fork_session_helper(ctx: &mut TreeCtx<'_>, h: &SessionHelper) -> Result<(), String> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    match fork::fork_with_pid_flags(h.pid, h.exit_signal, 0) {
+        Ok(Forked::Parent) => return Ok(()),
+        Err(e) => return Err(format!("forking a helper to lead session {}: {e}", h.pid)),
+        Ok(Forked::Child) => {}
+    }
+    let first_status = ctx.pipes[h.members[0]].status_w;
+    // SAFETY: plain syscalls on ourselves.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(0);
+        }
+        if libc::setsid() < 0 {
+            let err = std::io::Error::last_os_error();
+            child::fail(
+                first_status,
+                &format!("setsid for session {} failed: {err}", h.pid),
+            );
+        }
+    }
+    for &m in &h.members {
+        let member = &ctx.plan.tasks[m];
+        let status = ctx.pipes[m].status_w;
+        if ctx.tables.clone_flags(m) != 0 {
+            child::fail(
+                status,
+                &format!(
+                    "pid {} shares its fd table with its parent, but its session's helper forks \
+                     it; crest cannot restore that",
+                    member.pid
+                ),
+            );
+        }
+        // The exit signal of a CLONE_PARENT child is its forker's (this helper's).
+        match fork::fork_with_pid_flags(member.pid, 0, libc::CLONE_PARENT as u64) {
+            Ok(Forked::Child) => task_main(ctx, m),
+            Ok(Forked::Parent) => {}
+            Err(e) => child::fail(status, &format!("forking pid {}: {e}", member.pid)),
+        }
+    }
+    // SAFETY: plain syscalls on ourselves; this process only waits to be killed.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        loop {
+            libc::pause();
+        }
+    }
 }
 
 /// Forks a helper under `pid` that leads a process group of that id (whose original leader
@@ -205,35 +264,61 @@ fn fork_group_helper(pid: i32) -> Result<(), String> {
 }
 
 /// Once every member of each helper's group has joined it (the members may be anywhere in the
-/// tree, still being set up), kills and reaps the helper; the group lives on through them.
-pub fn end_group_helpers(helpers: &[GroupHelper]) -> Result<(), String> {
-    for h in helpers {
-        let deadline = Instant::now() + GROUP_WAIT;
-        for &member in &h.members {
-            // SAFETY: getpgid has no preconditions.
-            while unsafe { libc::getpgid(member) } != h.pid {
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "pid {member} did not join process group {} within {} s",
-                        h.pid,
-                        GROUP_WAIT.as_secs()
-                    ));
-                }
-                std::thread::sleep(Duration::from_micros(200));
+/// tree, still being set up), kills and reaps the helper; the group (and session) lives on
+/// through them. A session helper's end sent its parent a signal: taken out of the pending
+/// set (the image's own pending signals are queued afterwards).
+pub fn end_helpers(groups: &[GroupHelper], sessions: &[SessionHelper]) -> Result<(), String> {
+    let all = groups.iter().map(|g| (g.pid, &g.members, 0)).chain(
+        sessions
+            .iter()
+            .map(|s| (s.pid, &s.group_members, s.exit_signal)),
+    );
+    for (pid, members, signal) in all {
+        end_helper(pid, members)?;
+        if signal > 0 {
+            // SAFETY: sigset_t is plain data; a zero timeout only polls (the signal is blocked
+            // in every task until the restorer's sigreturn).
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, signal);
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == signal {}
             }
         }
-        // SAFETY: signalling and reaping our own child.
-        let reaped = unsafe {
-            libc::kill(h.pid, libc::SIGKILL);
-            libc::waitpid(h.pid, std::ptr::null_mut(), libc::__WALL)
-        };
-        if reaped != h.pid {
-            return Err(format!(
-                "reaping the helper that led process group {}: {}",
-                h.pid,
-                std::io::Error::last_os_error()
-            ));
+    }
+    Ok(())
+}
+
+/// Waits until every one of `members` is in process group `pid`, then kills and reaps the
+/// helper `pid` (a child of this task).
+fn end_helper(pid: i32, members: &[i32]) -> Result<(), String> {
+    let deadline = Instant::now() + GROUP_WAIT;
+    for &member in members {
+        // SAFETY: getpgid has no preconditions.
+        while unsafe { libc::getpgid(member) } != pid {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "pid {member} did not join process group {pid} within {} s",
+                    GROUP_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
+    }
+    // SAFETY: signalling and reaping our own child.
+    let reaped = unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL)
+    };
+    if reaped != pid {
+        return Err(format!(
+            "reaping the helper that led process group {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

@@ -48,6 +48,25 @@ pub struct TaskPlan {
     pub zombie: Option<(i32, String)>,
     /// The group-leader helpers this task forks (see the module docs).
     pub group_helpers: Vec<GroupHelper>,
+    /// The session-leader helpers this task forks (see the module docs).
+    pub session_helpers: Vec<SessionHelper>,
+}
+
+/// A helper task that leads a session whose leader had exited: forked by the parent of the
+/// session's members (its "host"), it calls setsid() and forks each member with CLONE_PARENT,
+/// so the member is in the session and its parent is the host. It ends once the members of
+/// its group (the session's own, `pid`) have joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHelper {
+    /// The session's id: the helper's pid.
+    pub pid: i32,
+    /// The members' exit signal (a CLONE_PARENT child gets its forker's), and so the helper's.
+    pub exit_signal: i32,
+    /// The tasks it forks (indices into the plan): the session's members whose parent is the
+    /// host; their descendants are forked by them as usual.
+    pub members: Vec<usize>,
+    /// The tasks of the session in group `pid`: the helper leads that group until they joined.
+    pub group_members: Vec<i32>,
 }
 
 /// A helper task that leads a process group whose leader had exited, until its members are in.
@@ -84,6 +103,12 @@ impl TreePlan {
                 .children_before
                 .iter()
                 .chain(&self.tasks[j].children_after)
+                .chain(
+                    self.tasks[j]
+                        .session_helpers
+                        .iter()
+                        .flat_map(|h| &h.members),
+                )
             {
                 out.push(*k);
                 stack.push(*k);
@@ -98,7 +123,12 @@ fn refuse(msg: String) -> RestoreError {
 }
 
 /// Plans `tree` (whose live tasks are `process_pids`, in `Image::processes` order).
-pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, RestoreError> {
+/// `caller_sid`: the session the tree was started from (`Inventory::caller_sid`, 0: unknown).
+pub fn plan(
+    tree: &[TreeTask],
+    process_pids: &[i32],
+    caller_sid: i32,
+) -> Result<TreePlan, RestoreError> {
     let index: HashMap<i32, usize> = tree.iter().enumerate().map(|(i, t)| (t.pid, i)).collect();
     let root = tree
         .first()
@@ -120,9 +150,40 @@ pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, Restore
             ))),
         }
     };
-    let outer_sid = outer(tree.iter().map(|t| t.sid).collect(), "session")?;
-    let outer_pgid = outer(tree.iter().map(|t| t.pgid).collect(), "process group")?;
-    let _ = root;
+    // With the caller's session known, the root's own session (when no task leads it) or
+    // else the caller's becomes crest's; every other session without a leader in the tree had
+    // one that exited: a helper makes it again.
+    let (outer_sid, helper_sessions): (Option<i32>, Vec<i32>) = if caller_sid > 0 {
+        let mut leaderless: Vec<i32> = tree
+            .iter()
+            .map(|t| t.sid)
+            .filter(|s| !index.contains_key(s))
+            .collect();
+        leaderless.sort_unstable();
+        leaderless.dedup();
+        let outer = if leaderless.contains(&root.sid) {
+            Some(root.sid)
+        } else {
+            leaderless.contains(&caller_sid).then_some(caller_sid)
+        };
+        leaderless.retain(|&s| Some(s) != outer);
+        (outer, leaderless)
+    } else {
+        (
+            outer(tree.iter().map(|t| t.sid).collect(), "session")?,
+            Vec::new(),
+        )
+    };
+    // A helper session's leader also led the session's first group.
+    let outer_pgid = outer(
+        tree.iter()
+            .map(|t| t.pgid)
+            .filter(|g| !helper_sessions.contains(g))
+            .collect(),
+        "process group",
+    )?;
+    // Session helpers: session id -> (host task, index in its session_helpers).
+    let mut sessions: HashMap<i32, (usize, usize)> = HashMap::new();
 
     let mut tasks: Vec<TaskPlan> = Vec::with_capacity(tree.len());
     // Group-leader helpers: group id -> the task that forks the helper.
@@ -156,6 +217,34 @@ pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, Restore
                 } else if p_leads && my_sid == born[pi] {
                     tasks[pi].children_before.push(i);
                     born[pi]
+                } else if helper_sessions.contains(&t.sid) {
+                    // Its session's leader has exited: forked by the session's helper, which
+                    // the parent forks.
+                    match sessions.get(&t.sid) {
+                        None => {
+                            sessions.insert(t.sid, (pi, tasks[pi].session_helpers.len()));
+                            tasks[pi].session_helpers.push(SessionHelper {
+                                pid: t.sid,
+                                exit_signal: t.exit_signal,
+                                members: vec![i],
+                                group_members: Vec::new(),
+                            });
+                        }
+                        Some(&(host, k)) => {
+                            let h = &mut tasks[host].session_helpers[k];
+                            if host != pi || h.exit_signal != t.exit_signal {
+                                return Err(refuse(format!(
+                                    "session {} (whose leader has exited) holds pid {} and \
+                                     pid {}, children of different parents or with different \
+                                     exit signals; crest can recreate such a session only \
+                                     around one parent",
+                                    t.sid, tree[h.members[0]].pid, t.pid
+                                )));
+                            }
+                            h.members.push(i);
+                        }
+                    }
+                    Some(t.sid)
                 } else {
                     return Err(refuse(format!(
                         "pid {} is in session {} while its parent {} is in session {}: it \
@@ -170,6 +259,10 @@ pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, Restore
 
         let join_group = if t.pgid == t.pid {
             None
+        } else if let Some(&(host, k)) = sessions.get(&t.pgid).filter(|_| t.sid == t.pgid) {
+            // The group the session's helper leads (setsid made it).
+            tasks[host].session_helpers[k].group_members.push(t.pid);
+            Some(Group::Tree(t.pgid))
         } else if index.contains_key(&t.pgid) {
             let leader = &tree[index[&t.pgid]];
             if leader.pgid != leader.pid {
@@ -253,6 +346,7 @@ pub fn plan(tree: &[TreeTask], process_pids: &[i32]) -> Result<TreePlan, Restore
             process,
             zombie,
             group_helpers: Vec::new(),
+            session_helpers: Vec::new(),
         });
     }
     Ok(TreePlan { tasks })
@@ -290,7 +384,7 @@ mod tests {
             task(104, 102, 104, 102),
             task(105, 104, 104, 102),
         ];
-        let plan = plan(&tree, &pids(&tree)).unwrap();
+        let plan = plan(&tree, &pids(&tree), 0).unwrap();
         let t = &plan.tasks;
         assert!(!t[0].setsid && !t[0].lead_group && t[0].join_group == Some(Group::Outer));
         assert_eq!(t[0].children_after, vec![1, 2, 3]);
@@ -311,7 +405,7 @@ mod tests {
             task(201, 200, 201, 201),
             task(202, 201, 202, 201),
         ];
-        let plan = plan(&tree, &pids(&tree)).unwrap();
+        let plan = plan(&tree, &pids(&tree), 0).unwrap();
         assert!(plan.tasks[0].setsid);
         assert_eq!(plan.tasks[1].children_after, vec![2]);
         let old = vec![task(300, 1, 300, 300), task(301, 300, 1, 1)];
@@ -321,7 +415,7 @@ mod tests {
     }
 
     fn plan_of(tree: &[TreeTask]) -> TreePlan {
-        plan(tree, &pids(tree)).unwrap()
+        plan(tree, &pids(tree), 0).unwrap()
     }
 
     #[test]
@@ -332,7 +426,7 @@ mod tests {
             wait_status: 0,
             comm: "z".into(),
         };
-        let plan = plan(&tree, &[700]).unwrap();
+        let plan = plan(&tree, &[700], 0).unwrap();
         let helper = GroupHelper {
             pid: 701,
             members: vec![702],
@@ -356,6 +450,48 @@ mod tests {
     }
 
     #[test]
+    fn a_session_whose_leader_exited_gets_a_helper_that_forks_its_members() {
+        // 900 (a subreaper) forked 901, which made session 901, forked 902 and 903 into it and
+        // exited; 904 is 902's child. The tree was started from session 5.
+        let tree = vec![
+            task(900, 1, 900, 900),
+            task(902, 900, 901, 901),
+            task(903, 900, 903, 901),
+            task(904, 902, 901, 901),
+        ];
+        let plan = plan(&tree, &pids(&tree), 5).unwrap();
+        let helper = SessionHelper {
+            pid: 901,
+            exit_signal: libc::SIGCHLD,
+            members: vec![1, 2],
+            group_members: vec![902, 904],
+        };
+        assert_eq!(plan.tasks[0].session_helpers, vec![helper]);
+        assert!(plan.tasks[0].children_after.is_empty());
+        assert_eq!(plan.tasks[1].children_after, vec![3]);
+        assert!(plan.tasks[2].lead_group);
+        assert_eq!(plan.descendants(0), vec![1, 2, 3]);
+        // Without the caller's session (led outside crest's pid namespace) the one leaderless
+        // session is taken as the caller's, crest's at restore: no helper.
+        let old = plan_of_with(&tree, 0).unwrap();
+        assert!(old.tasks[0].session_helpers.is_empty());
+        assert_eq!(old.tasks[0].children_before, vec![1, 2]);
+        // Members of one such session with different parents: refused.
+        let tree = vec![
+            task(900, 1, 900, 900),
+            task(902, 900, 902, 900),
+            task(903, 900, 901, 901),
+            task(904, 902, 901, 901),
+        ];
+        let err = plan_of_with(&tree, 5).unwrap_err().to_string();
+        assert!(err.contains("different parents"), "{err}");
+    }
+
+    fn plan_of_with(tree: &[TreeTask], caller: i32) -> Result<TreePlan, RestoreError> {
+        plan(tree, &pids(tree), caller)
+    }
+
+    #[test]
     fn groups_and_sessions_without_a_leader_are_refused() {
         // One session from outside the tree is the caller's (crest's at restore); two cannot be.
         let tree = vec![task(500, 1, 500, 500), task(501, 500, 501, 498)];
@@ -365,7 +501,7 @@ mod tests {
             task(501, 500, 501, 498),
             task(502, 500, 502, 497),
         ];
-        let err = plan(&tree, &pids(&tree)).unwrap_err().to_string();
+        let err = plan(&tree, &pids(&tree), 0).unwrap_err().to_string();
         assert!(err.contains("2 sessions") && err.contains("497"), "{err}");
         // A task in a session of another branch of the tree.
         let tree = vec![
@@ -373,7 +509,7 @@ mod tests {
             task(601, 600, 601, 601),
             task(602, 600, 602, 601),
         ];
-        let err = plan(&tree, &pids(&tree)).unwrap_err().to_string();
+        let err = plan(&tree, &pids(&tree), 0).unwrap_err().to_string();
         assert!(
             err.contains("pid 602") && err.contains("session 601"),
             "{err}"
