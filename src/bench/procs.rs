@@ -1,0 +1,312 @@
+//! The processes a bench starts: spawning a workload in a session of its own, reaping (the
+//! bench is a child subreaper, so restored processes whose restoring tool exited become its
+//! children), ending a process by pid, and dropping image files from the page cache.
+//!
+//! Nothing here ends a process the bench did not start or restore: every kill names the pid
+//! (or the process group the bench created for the workload, whose leader is that pid).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{getpgid, Pid};
+
+use super::BenchError;
+
+/// Exit statuses of children reaped while waiting for something else, by pid.
+static REAPED: Mutex<Option<HashMap<i32, String>>> = Mutex::new(None);
+
+/// Makes the bench a child subreaper: a restored process whose restoring tool exits (crest
+/// restore -d, criu restore -d) becomes its child, so it can reap it once it ends it.
+pub fn become_subreaper() -> Result<(), BenchError> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only sets a flag of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(BenchError::Setup(format!(
+            "prctl(PR_SET_CHILD_SUBREAPER) failed: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+fn describe(status: WaitStatus) -> Option<(i32, String)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), format!("exit status {code}"))),
+        WaitStatus::Signaled(pid, sig, _) => {
+            Some((pid.as_raw(), format!("killed by {}", sig.as_str())))
+        }
+        _ => None,
+    }
+}
+
+/// Reaps every child that has ended, remembering how each ended.
+pub fn reap_all() {
+    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(status) => {
+                if let Some((pid, how)) = describe(status) {
+                    map.insert(pid, how);
+                }
+            }
+        }
+    }
+}
+
+/// How a child the bench spawned ended (once, and only once it has been reaped).
+pub fn take_status(pid: i32) -> Option<String> {
+    reap_all();
+    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
+    map.as_mut().and_then(|m| m.remove(&pid))
+}
+
+fn forget_status(pid: i32) {
+    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = map.as_mut() {
+        m.remove(&pid);
+    }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+pub fn running(pid: i32) -> bool {
+    reap_all();
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            // The state follows the command name, which ends with the last ')'.
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+    }
+}
+
+/// Waits until `pid` no longer exists (reaping it if it is the bench's child).
+pub fn wait_gone(pid: i32, timeout: Duration) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        reap_all();
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Process(format!(
+                "pid {pid} still exists {} s after it was ended",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Ends a process the bench started or restored, by pid: the whole process group when the
+/// process leads one (the bench starts every workload as the leader of a session of its own,
+/// and a restore keeps that), and waits until the pid is free again.
+pub fn end(pid: i32) -> Result<(), BenchError> {
+    if pid <= 1 {
+        return Ok(());
+    }
+    let target = Pid::from_raw(pid);
+    if getpgid(Some(target)) == Ok(target) {
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    }
+    let _ = kill(target, Signal::SIGKILL);
+    wait_gone(pid, Duration::from_secs(60))
+}
+
+/// `prefix` with `.suffix` appended (not replacing an extension).
+pub fn suffixed(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// A command the bench runs with its output going to files.
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Spawns `argv` with stdin from /dev/null, stdout and stderr into `out_prefix`.out/.err (appended), as
+/// the leader of a new session (a process to be dumped must not share the bench's terminal).
+pub fn spawn(
+    argv: &[String],
+    out_prefix: &Path,
+    cwd: Option<&Path>,
+) -> Result<Spawned, BenchError> {
+    let stdout = suffixed(out_prefix, "out");
+    let stderr = suffixed(out_prefix, "err");
+    let open = |p: &Path| {
+        File::create(p)
+            .map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", p.display())))
+    };
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(open(&stdout)?)
+        .stderr(open(&stderr)?);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| BenchError::Process(format!("cannot start {}: {e}", argv[0])))?;
+    let pid = child.id() as i32;
+    forget_status(pid);
+    // The bench reaps its children itself (reap_all), by pid.
+    drop(child);
+    Ok(Spawned {
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+/// Runs `argv` to completion (output into `out_prefix`.out/.err); Ok(elapsed) when it exits 0,
+/// else the failure with the end of its output.
+pub fn run(argv: &[String], out_prefix: &Path, timeout: Duration) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let s = spawn(argv, out_prefix, None).map_err(|e| e.to_string())?;
+    loop {
+        if let Some(how) = take_status(s.pid) {
+            let elapsed = t0.elapsed();
+            if how == "exit status 0" {
+                return Ok(elapsed);
+            }
+            return Err(format!(
+                "`{}` failed ({how}): {}",
+                argv.join(" "),
+                tail_of(&[&s.stderr, &s.stdout])
+            ));
+        }
+        if t0.elapsed() > timeout {
+            let _ = end(s.pid);
+            return Err(format!(
+                "`{}` did not finish within {} s",
+                argv.join(" "),
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The last few lines of the given files, joined on one line (for error messages).
+pub fn tail_of(files: &[&Path]) -> String {
+    let mut lines = Vec::new();
+    for f in files {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            lines.extend(
+                text.lines()
+                    .map(str::to_string)
+                    .filter(|l| !l.trim().is_empty()),
+            );
+        }
+    }
+    let start = lines.len().saturating_sub(4);
+    let text = lines[start..].join(" | ");
+    if text.is_empty() {
+        "(no output)".to_string()
+    } else {
+        text
+    }
+}
+
+/// Drops every file under `dir` from the page cache (posix_fadvise POSIX_FADV_DONTNEED; never a
+/// machine-wide drop_caches).
+pub fn evict(dir: &Path) -> Result<(), BenchError> {
+    for entry in walk(dir) {
+        let f = File::open(&entry).map_err(|e| {
+            BenchError::Setup(format!("cannot open {} to evict it: {e}", entry.display()))
+        })?;
+        nix::fcntl::posix_fadvise(
+            &f,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(|e| {
+            BenchError::Setup(format!(
+                "posix_fadvise(DONTNEED) on {}: {e}",
+                entry.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Every regular file under `dir`.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Total size of the files under `dir`, in bytes.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    walk(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Whether any live process is in process group `pgid` (a workload and whatever it started).
+pub fn group_alive(pgid: i32) -> bool {
+    reap_all();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let Some(i) = stat.rfind(')') else {
+            return false;
+        };
+        // After the name: state, ppid, pgrp.
+        let mut f = stat[i + 1..].split_whitespace();
+        let state = f.next();
+        let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && !matches!(state, Some("Z") | Some("X"))
+    })
+}
