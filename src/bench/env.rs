@@ -3,19 +3,9 @@
 
 use serde_json::{json, Value};
 
-fn first_line_with(path: &str, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-}
-
 /// The load average now (1, 5, 15 minutes).
 pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+    crate::proc::bench::loadavg()
 }
 
 /// What the bench records about the machine; `jdk` when the workload runs on one; `cache` says
@@ -38,9 +28,9 @@ pub fn collect(jdk: Option<&str>, evict: bool, criu: Option<&str>) -> Value {
         .unwrap_or(0);
     json!({
         "kernel": kernel,
-        "cpu_model": first_line_with("/proc/cpuinfo", "model name").unwrap_or_default(),
+        "cpu_model": crate::proc::bench::cpu_model(),
         "cpus": cpus,
-        "memory": first_line_with("/proc/meminfo", "MemTotal").unwrap_or_default(),
+        "memory_mib": crate::proc::bench::mem_total_mib(),
         "load_average_start": loadavg(),
         "jdk": jdk,
         "criu": criu,

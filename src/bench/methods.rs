@@ -48,6 +48,10 @@ pub struct Ctx {
     pub written: Vec<PathBuf>,
     /// `crest restore` knows --no-prefetch (the working set has landed).
     pub crest_has_no_prefetch: bool,
+    /// When the command is not java itself but starts a JVM (a script): JVM options go through
+    /// JDK_JAVA_OPTIONS, starting with these (the variable's value in the bench's environment
+    /// and the common options); None: they are inserted after the java program.
+    pub jvm_env: Option<Vec<String>>,
 }
 
 /// A checkpoint to restore again and again.
@@ -65,7 +69,14 @@ pub enum Prepared {
     Nothing,
     Checkpoint(Checkpoint),
     /// The command line with the JDK's archive options.
-    Argv(Vec<String>),
+    Launch(Launch),
+}
+
+/// How to start the workload: its command line and extra environment.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 /// Extra JVM options every run of a Java workload gets: without the hsperfdata file, a JVM
@@ -90,6 +101,27 @@ struct Instance {
 }
 
 impl Ctx {
+    /// The workload's launch with these JVM options.
+    pub fn launch(&self, opts: &[String]) -> Launch {
+        match &self.jvm_env {
+            None => Launch {
+                argv: with_jvm_options(&self.argv, opts),
+                env: Vec::new(),
+            },
+            Some(base) => {
+                let all: Vec<String> = base.iter().chain(opts).cloned().collect();
+                Launch {
+                    argv: self.argv.clone(),
+                    env: if all.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![("JDK_JAVA_OPTIONS".to_string(), all.join(" "))]
+                    },
+                }
+            }
+        }
+    }
+
     /// Waits until `watch` says ready; fails when `gone()` says the instance can no longer
     /// get ready, or on the timeout. Returns the time since `t0`.
     fn wait_ready(
@@ -121,10 +153,11 @@ impl Ctx {
     }
 
     /// Starts `argv` and times it to ready; the instance is left running (unless it exited).
-    fn start(&self, argv: &[String], tag: &str) -> Result<(Instance, f64), String> {
+    fn start(&self, launch: &Launch, tag: &str) -> Result<(Instance, f64), String> {
         let prefix = self.work.join(tag);
         let t0 = Instant::now();
-        let s = procs::spawn(argv, &prefix, self.cwd.as_deref()).map_err(|e| e.to_string())?;
+        let s = procs::spawn_with_env(&launch.argv, &launch.env, &prefix, self.cwd.as_deref())
+            .map_err(|e| e.to_string())?;
         let mut watch = Watch::new(&self.probe, s.pid, &s.stdout);
         let exit_probe = matches!(self.probe, Probe::Exit);
         let res = self.wait_ready(&mut watch, t0, || {
@@ -151,19 +184,36 @@ impl Ctx {
         }
     }
 
-    /// One timed start of `argv` (cold, AOT cache, CDS): spawn -> ready, then ended.
-    pub fn run_start(&self, argv: &[String], tag: &str) -> Result<f64, String> {
-        let (inst, ms) = self.start(argv, tag)?;
+    /// Starts the workload once (untimed) and looks for a JVM among its processes: the java
+    /// program one of them runs.
+    pub fn find_jvm(&self) -> Result<Option<PathBuf>, String> {
+        let (inst, _) = self.start(&self.launch(&[]), "first-start")?;
+        let java = crate::proc::bench::group_members(inst.pid)
+            .into_iter()
+            .filter_map(crate::proc::bench::exe)
+            .find(|exe| exe.file_name().is_some_and(|n| n == "java"));
+        procs::end(inst.pid).map_err(|e| e.to_string())?;
+        Ok(java)
+    }
+
+    /// One timed start (cold, AOT cache, CDS): spawn -> ready, then ended.
+    pub fn run_start(&self, launch: &Launch, tag: &str) -> Result<f64, String> {
+        let (inst, ms) = self.start(launch, tag)?;
         procs::end(inst.pid).map_err(|e| e.to_string())?;
         Ok(ms)
     }
 
     /// Starts an instance and waits for it to be ready and warmed up (for a checkpoint or a
     /// training run). With --ready-exit, it is only given the warm-up time.
-    fn warmed_instance(&self, argv: &[String], tag: &str) -> Result<Instance, String> {
+    fn warmed_instance(&self, launch: &Launch, tag: &str) -> Result<Instance, String> {
         if matches!(self.probe, Probe::Exit) {
-            let s = procs::spawn(argv, &self.work.join(tag), self.cwd.as_deref())
-                .map_err(|e| e.to_string())?;
+            let s = procs::spawn_with_env(
+                &launch.argv,
+                &launch.env,
+                &self.work.join(tag),
+                self.cwd.as_deref(),
+            )
+            .map_err(|e| e.to_string())?;
             std::thread::sleep(self.warmup);
             if !procs::running(s.pid) {
                 return Err(format!(
@@ -178,7 +228,7 @@ impl Ctx {
                 stdout: s.stdout,
             });
         }
-        let (inst, _) = self.start(argv, tag)?;
+        let (inst, _) = self.start(launch, tag)?;
         std::thread::sleep(self.warmup);
         if let Probe::Url {
             addr, host, path, ..
@@ -201,7 +251,7 @@ impl Ctx {
     pub fn prepare(&self, method: &str) -> Result<Prepared, String> {
         match method {
             "cold" => Ok(Prepared::Nothing),
-            "aot-cache" | "cds" => self.train(method).map(Prepared::Argv),
+            "aot-cache" | "cds" => self.train(method).map(Prepared::Launch),
             m if m.starts_with("criu") => {
                 let criu = self.criu.clone()?;
                 self.checkpoint(m, &criu).map(Prepared::Checkpoint)
@@ -217,12 +267,19 @@ impl Ctx {
     }
 
     fn checkpoint(&self, method: &str, tool: &Path) -> Result<Checkpoint, String> {
-        let inst = self.warmed_instance(&self.argv, &format!("{method}.dumped"))?;
+        let inst = self.warmed_instance(&self.launch(&[]), &format!("{method}.dumped"))?;
         let dir = self.work.join(format!("{method}.img"));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut written = vec![inst.stdout.clone(), inst.stdout.with_extension("err")];
         // (stdout is PREFIX.out, stderr PREFIX.err)
+        let mut written = vec![inst.stdout.clone(), inst.stdout.with_extension("err")];
         written.extend(self.written.iter().cloned());
+        // And every regular file a process of the workload holds open for writing (its logs):
+        // later starts may write to them, and a restore wants them as they were at the dump.
+        for pid in crate::proc::bench::group_members(inst.pid) {
+            written.extend(crate::proc::bench::files_open_for_writing(pid));
+        }
+        written.sort();
+        written.dedup();
         let stats = self.work.join(format!("{method}.dump-stats.json"));
         let pid = inst.pid.to_string();
         let argv: Vec<String> = if method.starts_with("criu") {
@@ -446,7 +503,7 @@ impl Ctx {
                 .map_err(|e| e.to_string())?;
             helper = Some(s.pid);
             // CRIU's restore connects to the daemon's socket: wait until it listens.
-            while !unix_listening("lazy-pages.socket") {
+            while !crate::proc::bench::unix_listening("lazy-pages.socket") {
                 if !procs::running(s.pid) || t0.elapsed() > self.timeout {
                     let _ = procs::end(s.pid);
                     return Err(format!(
@@ -541,11 +598,10 @@ impl Ctx {
     }
 
     /// The JDK's archive: a training run, then the command line that uses the archive.
-    fn train(&self, method: &str) -> Result<Vec<String>, String> {
+    fn train(&self, method: &str) -> Result<Launch, String> {
         let jdk = self.jdk.as_ref().ok_or_else(|| {
             format!("{method} applies to a Java workload only (the command's program is not java)")
         })?;
-        let base = with_jvm_options(&self.argv, &[]);
         let (train_opts, run_opts, archive, create): (
             Vec<String>,
             Vec<String>,
@@ -602,13 +658,12 @@ impl Ctx {
             }
         };
         let _ = std::fs::remove_file(&archive);
-        let inst = self.warmed_instance(
-            &with_jvm_options(&base, &train_opts),
-            &format!("{method}.training"),
-        )?;
-        // The JVM writes its archive as it exits: SIGTERM runs its orderly shutdown.
+        let inst =
+            self.warmed_instance(&self.launch(&train_opts), &format!("{method}.training"))?;
+        // The JVM writes its archive as it exits: SIGTERM runs its orderly shutdown. To the
+        // workload's process group (the bench made it), for a script that started the JVM.
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(inst.pid),
+            nix::unistd::Pid::from_raw(-inst.pid),
             nix::sys::signal::Signal::SIGTERM,
         );
         let deadline = Instant::now() + self.timeout.max(Duration::from_secs(300));
@@ -618,9 +673,10 @@ impl Ctx {
         }
         let _ = procs::end(inst.pid);
         if let Some(create) = create {
-            let argv = with_jvm_options(&base, &create);
-            procs::run(
-                &argv,
+            let l = self.launch(&create);
+            procs::run_with_env(
+                &l.argv,
+                &l.env,
                 &self.work.join(format!("{method}.create")),
                 self.timeout,
             )
@@ -636,21 +692,8 @@ impl Ctx {
                 procs::tail_of(&[&err, &out])
             ));
         }
-        Ok(with_jvm_options(&base, &run_opts))
+        Ok(self.launch(&run_opts))
     }
-}
-
-/// Whether a UNIX socket bound to a path ending in `name` listens (/proc/net/unix, flag
-/// __SO_ACCEPTCON).
-fn unix_listening(name: &str) -> bool {
-    std::fs::read_to_string("/proc/net/unix")
-        .map(|t| {
-            t.lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() >= 8 && f[3] == "00010000" && f[7].ends_with(name)
-            })
-        })
-        .unwrap_or(false)
 }
 
 /// CRIU's `--display-stats` line "Frozen time: N us" in ms.

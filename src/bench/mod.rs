@@ -211,6 +211,63 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         argv = workload::with_jvm_options(&argv, &extra);
     }
 
+    let crest = std::env::current_exe()
+        .map_err(|e| BenchError::Setup(format!("cannot find crest's own binary: {e}")))?;
+    let crest_has_no_prefetch = std::process::Command::new(&crest)
+        .args(["restore", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--no-prefetch"))
+        .unwrap_or(false);
+    let criu = find_criu(opts.criu.as_ref());
+    let criu_version = criu.as_ref().ok().and_then(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+    });
+    let mut ctx = Ctx {
+        argv: argv.clone(),
+        probe: probe.clone(),
+        work: work.path.clone(),
+        cwd: None,
+        crest,
+        criu,
+        jdk,
+        warmup: opts.warmup,
+        warmup_requests: opts.warmup_requests,
+        timeout: opts.timeout,
+        written,
+        crest_has_no_prefetch,
+        jvm_env: None,
+    };
+    let mut warmed_up = false;
+    if !opts.command.is_empty() && ctx.jdk.is_none() {
+        // The command may be a script that starts a JVM: one untimed start says (the programs
+        // its processes run); it also brings the workload's files into the page cache.
+        match ctx.find_jvm() {
+            Ok(Some(java)) => {
+                ctx.jdk = workload::jdk_of(&java).ok();
+                // Its JVM options go through JDK_JAVA_OPTIONS, after any the bench was given.
+                let mut base: Vec<String> = std::env::var("JDK_JAVA_OPTIONS")
+                    .map(|v| v.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default();
+                base.extend(methods::common_jvm_options());
+                ctx.jvm_env = Some(base);
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("crest bench: the first (untimed) start failed: {e}"),
+        }
+        warmed_up = true;
+    }
+    let jdk = ctx.jdk.clone();
     // The methods.
     let modes: Vec<String> = match &opts.modes {
         Some(list) => {
@@ -234,47 +291,11 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             .map(|m| m.to_string())
             .collect(),
     };
-    let crest = std::env::current_exe()
-        .map_err(|e| BenchError::Setup(format!("cannot find crest's own binary: {e}")))?;
-    let crest_has_no_prefetch = std::process::Command::new(&crest)
-        .args(["restore", "--help"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--no-prefetch"))
-        .unwrap_or(false);
-    let criu = find_criu(opts.criu.as_ref());
-    let criu_version = criu.as_ref().ok().and_then(|c| {
-        std::process::Command::new(c)
-            .arg("--version")
-            .output()
-            .ok()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            })
-    });
     let environment = env::collect(
         jdk.as_ref().map(|j| j.version.as_str()),
         opts.evict,
         criu_version.as_deref(),
     );
-    let ctx = Ctx {
-        argv: argv.clone(),
-        probe: probe.clone(),
-        work: work.path.clone(),
-        cwd: None,
-        crest,
-        criu,
-        jdk,
-        warmup: opts.warmup,
-        warmup_requests: opts.warmup_requests,
-        timeout: opts.timeout,
-        written,
-        crest_has_no_prefetch,
-    };
 
     let mut results: Vec<MethodResult> = Vec::new();
     for m in &modes {
@@ -344,16 +365,18 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     }
     if !prepared
         .iter()
-        .any(|(_, p)| matches!(p, Ok(Prepared::Checkpoint(_)) | Ok(Prepared::Argv(_))))
+        .any(|(_, p)| matches!(p, Ok(Prepared::Checkpoint(_)) | Ok(Prepared::Launch(_))))
+        && !warmed_up
     {
         // Nothing started the workload yet: one untimed start brings its files into the cache.
         bar.set_message("warm-up start (not counted)");
-        if let Err(e) = ctx.run_start(&argv, "warmup") {
+        if let Err(e) = ctx.run_start(&ctx.launch(&[]), "warmup") {
             say(format!("the warm-up start failed: {e}"));
         }
     }
 
     // Rounds.
+    let plain = ctx.launch(&[]);
     let n = results.len();
     for round in 0..opts.runs {
         for k in 0..n {
@@ -366,8 +389,8 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             bar.set_message(format!("round {}/{}: {}", round + 1, opts.runs, r.label()));
             let tag = format!("{}-{}", r.method, r.cache.name());
             let res = match p {
-                Prepared::Nothing => ctx.run_start(&argv, &tag),
-                Prepared::Argv(a) => ctx.run_start(a, &tag),
+                Prepared::Nothing => ctx.run_start(&plain, &tag),
+                Prepared::Launch(l) => ctx.run_start(l, &tag),
                 Prepared::Checkpoint(cp) => ctx.run_restore(&r.method, cp, r.cache),
             };
             r.attempted += 1;

@@ -79,16 +79,7 @@ fn forget_status(pid: i32) {
 /// Whether `pid` runs (exists and is not a zombie).
 pub fn running(pid: i32) -> bool {
     reap_all();
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => {
-            // The state follows the command name, which ends with the last ')'.
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-    }
+    crate::proc::bench::runs(pid)
 }
 
 /// Waits until `pid` no longer exists (reaping it if it is the bench's child).
@@ -96,7 +87,7 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> Result<(), BenchError> {
     let deadline = Instant::now() + timeout;
     loop {
         reap_all();
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !crate::proc::bench::exists(pid) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -146,6 +137,16 @@ pub fn spawn(
     out_prefix: &Path,
     cwd: Option<&Path>,
 ) -> Result<Spawned, BenchError> {
+    spawn_with_env(argv, &[], out_prefix, cwd)
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(
+    argv: &[String],
+    env: &[(String, String)],
+    out_prefix: &Path,
+    cwd: Option<&Path>,
+) -> Result<Spawned, BenchError> {
     let stdout = suffixed(out_prefix, "out");
     let stderr = suffixed(out_prefix, "err");
     let open = |p: &Path| {
@@ -156,7 +157,8 @@ pub fn spawn(
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(open(&stdout)?)
-        .stderr(open(&stderr)?);
+        .stderr(open(&stderr)?)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -187,8 +189,18 @@ pub fn spawn(
 /// Runs `argv` to completion (output into `out_prefix`.out/.err); Ok(elapsed) when it exits 0,
 /// else the failure with the end of its output.
 pub fn run(argv: &[String], out_prefix: &Path, timeout: Duration) -> Result<Duration, String> {
+    run_with_env(argv, &[], out_prefix, timeout)
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_with_env(
+    argv: &[String],
+    env: &[(String, String)],
+    out_prefix: &Path,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let t0 = Instant::now();
-    let s = spawn(argv, out_prefix, None).map_err(|e| e.to_string())?;
+    let s = spawn_with_env(argv, env, out_prefix, None).map_err(|e| e.to_string())?;
     loop {
         if let Some(how) = take_status(s.pid) {
             let elapsed = t0.elapsed();
@@ -289,24 +301,5 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 /// Whether any live process is in process group `pgid` (a workload and whatever it started).
 pub fn group_alive(pgid: i32) -> bool {
     reap_all();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        let Some(i) = stat.rfind(')') else {
-            return false;
-        };
-        // After the name: state, ppid, pgrp.
-        let mut f = stat[i + 1..].split_whitespace();
-        let state = f.next();
-        let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
-        pgrp == Some(pgid) && !matches!(state, Some("Z") | Some("X"))
-    })
+    !crate::proc::bench::group_members(pgid).is_empty()
 }
