@@ -516,6 +516,8 @@ impl Ctx {
         }
         let tool = procs::spawn(argv, &procs::suffixed(&prefix, "restore"), None)
             .map_err(|e| e.to_string())?;
+        // The restored tree comes back under the dumped pid.
+        procs::track(cp.pid);
         let mut watch = Watch::new(&self.probe, cp.pid, &cp.stdout);
         let exit_probe = matches!(self.probe, Probe::Exit);
         let mut tool_status: Option<String> = None;

@@ -153,6 +153,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     }
     let probe = probe_of(&opts.probe)?;
     procs::become_subreaper()?;
+    procs::end_all_on_signals()?;
     let base = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base)
         .map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", base.display())))?;

@@ -5,7 +5,7 @@
 //! Nothing here ends a process the bench did not start or restore: every kill names the pid
 //! (or the process group the bench created for the workload, whose leader is that pid).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgid, Pid};
 
@@ -21,6 +21,46 @@ use super::BenchError;
 
 /// Exit statuses of children reaped while waiting for something else, by pid.
 static REAPED: Mutex<Option<HashMap<i32, String>>> = Mutex::new(None);
+
+/// Processes the bench started or restored and has not ended yet (ended on SIGINT/SIGTERM).
+static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Remembers a process to end if the bench is interrupted (a restored one: its pid).
+pub fn track(pid: i32) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: end every process the bench started or restored (each in a
+/// session of its own, so a Ctrl-C on the terminal does not reach them), then exit.
+pub fn end_all_on_signals() -> Result<(), BenchError> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    // Blocked in this thread and so in the threads started later; a spawned command starts
+    // with an empty mask (std resets it).
+    set.thread_block()
+        .map_err(|e| BenchError::Setup(format!("pthread_sigmask: {e}")))?;
+    std::thread::spawn(move || {
+        let sig = set.wait().unwrap_or(Signal::SIGTERM);
+        let pids: Vec<i32> = LIVE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        eprintln!(
+            "\ncrest bench: {} received: ending the {} process(es) it started",
+            sig.as_str(),
+            pids.len()
+        );
+        for pid in pids {
+            let _ = end(pid);
+        }
+        std::process::exit(128 + sig as i32);
+    });
+    Ok(())
+}
 
 /// Makes the bench a child subreaper: a restored process whose restoring tool exits (crest
 /// restore -d, criu restore -d) becomes its child, so it can reap it once it ends it.
@@ -55,6 +95,8 @@ pub fn reap_all() {
             Ok(WaitStatus::StillAlive) | Err(_) => break,
             Ok(status) => {
                 if let Some((pid, how)) = describe(status) {
+                    // Gone: its pid may be anyone's now.
+                    LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
                     map.insert(pid, how);
                 }
             }
@@ -107,6 +149,7 @@ pub fn end(pid: i32) -> Result<(), BenchError> {
     if pid <= 1 {
         return Ok(());
     }
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
     let target = Pid::from_raw(pid);
     if getpgid(Some(target)) == Ok(target) {
         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
@@ -177,6 +220,7 @@ pub fn spawn_with_env(
         .map_err(|e| BenchError::Process(format!("cannot start {}: {e}", argv[0])))?;
     let pid = child.id() as i32;
     forget_status(pid);
+    track(pid);
     // The bench reaps its children itself (reap_all), by pid.
     drop(child);
     Ok(Spawned {
