@@ -181,14 +181,26 @@ fn every_crest_mode_against_a_cold_start_with_every_export() {
             csv.to_str().unwrap(),
             "--export-markdown",
             md.to_str().unwrap(),
+            "--evict",
         ],
         &s.command("serve"),
     );
     s.assert_nothing_left();
-    assert_eq!(json["results"].as_array().unwrap().len(), modes.len());
+    // Every restore method twice: image in the page cache, and evicted.
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2 * modes.len() - 1, "{json:#}");
     for m in modes {
         assert_measured(&json, m, 2);
         assert!(table.contains(m), "{m} not in the table:\n{table}");
+        if m != "cold" {
+            let evicted = results
+                .iter()
+                .find(|r| r["method"] == m && r["cache"] == "evicted")
+                .unwrap_or_else(|| panic!("no evicted row for {m}"));
+            assert_eq!(evicted["n"], 2, "{evicted}");
+            assert!(evicted["error"].is_null(), "{evicted}");
+            assert!(table.contains(&format!("{m} (evicted)")), "{table}");
+        }
     }
     assert_eq!(result(&json, "cold")["ratio_to_cold"], 1.0);
     let env = &json["environment"];
@@ -215,7 +227,7 @@ fn every_crest_mode_against_a_cold_start_with_every_export() {
         "no axis unit in {texts:?}"
     );
     let csv = std::fs::read_to_string(&csv).unwrap();
-    assert_eq!(csv.lines().count(), 1 + modes.len(), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + results.len(), "{csv}");
     let md = std::fs::read_to_string(&md).unwrap();
     for m in modes {
         assert!(

@@ -77,6 +77,26 @@ impl Axis {
     }
 }
 
+/// The largest 1, 2 or 5 times a power of ten at or below `v`.
+fn nice_below(v: f64) -> f64 {
+    let d = 10f64.powf(v.log10().floor());
+    [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * d)
+        .find(|x| *x <= v)
+        .unwrap_or(d)
+}
+
+/// The smallest 1, 2 or 5 times a power of ten at or above `v`.
+fn nice_above(v: f64) -> f64 {
+    let d = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * d)
+        .find(|x| *x >= v)
+        .unwrap_or(d * 10.0)
+}
+
 fn label_ms(v: f64) -> String {
     if v == 0.0 {
         "0".to_string()
@@ -119,8 +139,8 @@ pub fn render(report: &Report) -> String {
     } else if max / min > 20.0 {
         Axis {
             log: true,
-            lo: 10f64.powf(min.log10().floor()),
-            hi: 10f64.powf(max.log10().ceil()),
+            lo: nice_below(min),
+            hi: nice_above(max),
         }
     } else {
         Axis {
@@ -203,7 +223,10 @@ pub fn render(report: &Report) -> String {
         match r.summary() {
             None => {
                 let why = r.error_text().unwrap_or_default();
-                let short: String = why.chars().take(80).collect();
+                let mut short: String = why.chars().take(100).collect();
+                if short.len() < why.len() {
+                    short.push('…');
+                }
                 g = g.add(
                     text(
                         LEFT + 6.0,
@@ -333,6 +356,8 @@ mod tests {
         );
         assert!((a.x(10.0) - LEFT).abs() < 1e-9);
         assert!((a.x(1000.0) - (WIDTH - RIGHT)).abs() < 1e-9);
+        assert_eq!((nice_below(35.0), nice_above(934.0)), (20.0, 1000.0));
+        assert_eq!((nice_below(120.0), nice_above(180.0)), (100.0, 200.0));
     }
 
     #[test]

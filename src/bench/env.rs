@@ -32,6 +32,7 @@ pub fn collect(jdk: Option<&str>, evict: bool, criu: Option<&str>) -> Value {
         "cpus": cpus,
         "memory_mib": crate::proc::bench::mem_total_mib(),
         "load_average_start": loadavg(),
+        "crest": format!("crest {}", env!("CARGO_PKG_VERSION")),
         "jdk": jdk,
         "criu": criu,
         "cache": if evict {

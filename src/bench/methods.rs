@@ -552,10 +552,11 @@ impl Ctx {
                         .unwrap_or_default(),
                 );
                 break Err(format!(
-                    "`{}` failed ({}): {}",
-                    argv.join(" "),
+                    "{} failed ({}): {}; command: `{}`",
+                    procs::short(argv),
                     tool_status.clone().unwrap_or_default(),
-                    procs::tail_of(&[&tool.stderr, &tool.stdout, &log])
+                    procs::tail_of(&[&tool.stderr, &tool.stdout, &log]),
+                    argv.join(" ")
                 ));
             }
             if tool_status.is_some() && restored(&pidfile) && !exit_probe && !procs::running(cp.pid)

@@ -252,9 +252,10 @@ pub fn run_with_env(
                 return Ok(elapsed);
             }
             return Err(format!(
-                "`{}` failed ({how}): {}",
-                argv.join(" "),
-                tail_of(&[&s.stderr, &s.stdout])
+                "{} failed ({how}): {}; command: `{}`",
+                short(argv),
+                tail_of(&[&s.stderr, &s.stdout]),
+                argv.join(" ")
             ));
         }
         if t0.elapsed() > timeout {
@@ -266,6 +267,19 @@ pub fn run_with_env(
             ));
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A command in two words for messages: its program's name and first argument ("crest
+/// restore", "criu dump").
+pub fn short(argv: &[String]) -> String {
+    let prog = Path::new(&argv[0])
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    match argv.get(1) {
+        Some(a) if !a.starts_with('-') => format!("{prog} {a}"),
+        _ => prog,
     }
 }
 
