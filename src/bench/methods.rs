@@ -196,6 +196,25 @@ impl Ctx {
         Ok(java)
     }
 
+    /// How a method starts or restores the workload, for the report.
+    pub fn describe(&self, method: &str, p: &Prepared) -> String {
+        let show = |l: &Launch| {
+            let env: String = l.env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+            format!("{env}{}", l.argv.join(" "))
+        };
+        match p {
+            Prepared::Nothing => show(&self.launch(&[])),
+            Prepared::Launch(l) => show(l),
+            Prepared::Checkpoint(cp) => {
+                let mut a = self.restore_argv(method, cp).join(" ");
+                if method == "criu-lazy" {
+                    a = format!("criu lazy-pages -D {} & {a}", cp.dir.display());
+                }
+                a
+            }
+        }
+    }
+
     /// One timed start (cold, AOT cache, CDS): spawn -> ready, then ended.
     pub fn run_start(&self, launch: &Launch, tag: &str) -> Result<f64, String> {
         let (inst, ms) = self.start(launch, tag)?;
@@ -603,7 +622,9 @@ impl Ctx {
     /// The JDK's archive: a training run, then the command line that uses the archive.
     fn train(&self, method: &str) -> Result<Launch, String> {
         let jdk = self.jdk.as_ref().ok_or_else(|| {
-            format!("{method} applies to a Java workload only (the command's program is not java)")
+            format!(
+                "{method} applies to a Java workload only (no JVM among the command's processes)"
+            )
         })?;
         let (train_opts, run_opts, archive, create): (
             Vec<String>,

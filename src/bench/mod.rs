@@ -360,8 +360,13 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             .map(|(_, p)| p)
         {
             Some(Err(e)) => r.fail(e.clone()),
-            Some(Ok(Prepared::Checkpoint(cp))) => r.dump = Some(cp.figures.clone()),
-            _ => {}
+            Some(Ok(p)) => {
+                r.how = Some(ctx.describe(&r.method, p));
+                if let Prepared::Checkpoint(cp) = p {
+                    r.dump = Some(cp.figures.clone());
+                }
+            }
+            None => {}
         }
     }
     if !prepared

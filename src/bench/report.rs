@@ -45,6 +45,8 @@ pub struct MethodResult {
     /// Why it (or some of its runs) failed.
     pub error: Option<String>,
     pub dump: Option<DumpFigures>,
+    /// The command line each timed run spawns.
+    pub how: Option<String>,
 }
 
 impl MethodResult {
@@ -56,6 +58,7 @@ impl MethodResult {
             attempted: 0,
             error: None,
             dump: None,
+            how: None,
         }
     }
 
@@ -140,6 +143,7 @@ impl Report {
                     "ratio_to_cold": self.ratio_to_cold(r),
                     "samples_ms": r.samples_ms,
                     "error": r.error_text(),
+                    "command": r.how,
                     "dump": r.dump.as_ref().map(|d| json!({
                         "wall_ms": d.wall_ms,
                         "frozen_ms": d.frozen_ms,
