@@ -346,7 +346,9 @@ impl Ctx {
             }
         };
         // The dump ends the workload: wait until its pid is free for the restores.
-        procs::wait_gone(inst.pid, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+        procs::wait_gone(inst.pid, Duration::from_secs(60))
+            .and_then(|()| procs::wait_group_gone(inst.pid, false))
+            .map_err(|e| e.to_string())?;
         // The workload is gone: what its files are now is their dump-time state (size and
         // modification time, which the restoring tools check).
         let sizes = written
@@ -387,7 +389,7 @@ impl Ctx {
 
     /// crest-lazy-prefetch: one restore that records the working set into the image.
     fn record_working_set(&self, cp: &Checkpoint) -> Result<(), String> {
-        let mut argv = self.restore_argv("crest-lazy", cp);
+        let mut argv = self.restore_argv("crest-lazy-prefetch", cp);
         argv.push("--record-working-set".into());
         self.restore_once(&argv, cp, "crest-lazy-prefetch.record", true, None)
             .map_err(|e| format!("the recording restore (--record-working-set) failed: {e}"))?;
@@ -605,7 +607,13 @@ impl Ctx {
             }
         }
         // End the restored tree by its pid, then the tools (an attached crest exits with it).
-        let _ = procs::end(cp.pid);
+        // A tool that failed before writing the pid file killed what it had restored: the pid
+        // is not the bench's to end then.
+        if restored(&pidfile) || tool_status.is_none() {
+            let _ = procs::end(cp.pid);
+        } else {
+            procs::untrack(cp.pid);
+        }
         if tool_status.is_none() {
             let deadline = Instant::now() + Duration::from_secs(30);
             while procs::running(tool.pid) && Instant::now() < deadline {

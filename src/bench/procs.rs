@@ -30,6 +30,11 @@ pub fn track(pid: i32) {
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
 }
 
+/// Forgets a process that turned out not to be the bench's (a restore that failed).
+pub fn untrack(pid: i32) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+}
+
 /// On SIGINT, SIGTERM or SIGHUP: end every process the bench started or restored (each in a
 /// session of its own, so a Ctrl-C on the terminal does not reach them), then exit.
 pub fn end_all_on_signals() -> Result<(), BenchError> {
@@ -151,11 +156,35 @@ pub fn end(pid: i32) -> Result<(), BenchError> {
     }
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
     let target = Pid::from_raw(pid);
-    if getpgid(Some(target)) == Ok(target) {
+    let leader = getpgid(Some(target)) == Ok(target);
+    if leader {
         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
     }
     let _ = kill(target, Signal::SIGKILL);
-    wait_gone(pid, Duration::from_secs(60))
+    wait_gone(pid, Duration::from_secs(60))?;
+    if leader {
+        // The rest of its group too (a script's JVM): until then it may hold the workload's port.
+        wait_group_gone(pid, true)?;
+    }
+    Ok(())
+}
+
+/// Waits until no live process is left in group `pgid` (killing them again with `kill`: the
+/// group is one the bench made for a workload).
+pub fn wait_group_gone(pgid: i32, kill_them: bool) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while group_alive(pgid) {
+        if Instant::now() > deadline {
+            return Err(BenchError::Process(format!(
+                "processes of group {pgid} still run 60 s after it was ended"
+            )));
+        }
+        if kill_them {
+            let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// `prefix` with `.suffix` appended (not replacing an extension).
