@@ -289,7 +289,7 @@ impl Ctx {
         let inst = self.warmed_instance(&self.launch(&[]), &format!("{method}.dumped"))?;
         let dir = self.work.join(format!("{method}.img"));
         let _ = std::fs::remove_dir_all(&dir);
-        // (stdout is PREFIX.out, stderr PREFIX.err)
+        // The instance's stdout and stderr (procs::spawn writes PREFIX.out and PREFIX.err).
         let mut written = vec![inst.stdout.clone(), inst.stdout.with_extension("err")];
         written.extend(self.written.iter().cloned());
         // And every regular file a process of the workload holds open for writing (its logs):
@@ -715,9 +715,9 @@ impl Ctx {
             .map_err(|e| format!("creating the AOT cache failed: {e}"))?;
         }
         if !archive.exists() {
+            // The training run's output, as procs::spawn names it.
             let err = self.work.join(format!("{method}.training.err"));
             let out = self.work.join(format!("{method}.training.out"));
-            // (as procs::spawn names them)
             return Err(format!(
                 "the training run wrote no archive {}: {}",
                 archive.display(),
