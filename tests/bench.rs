@@ -371,3 +371,50 @@ fn the_bundled_jvm_against_its_cds_archive() {
         .unwrap()
         .contains("version"));
 }
+
+#[test]
+fn an_interrupted_bench_ends_what_it_started_and_removes_its_files() {
+    let Some(s) = Setup::new() else { return };
+    let url = format!("http://127.0.0.1:{}/", s.port);
+    let work = s.path("work");
+    std::fs::create_dir(&work).unwrap();
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_crest"))
+        .args(["bench", "--runs", "200", "--warmup", "0.2"])
+        .args([
+            "--modes",
+            "cold,crest-copy",
+            "--ready-url",
+            &url,
+            "--work-dir",
+        ])
+        .arg(&work)
+        .arg("--")
+        .args(s.command("serve"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt it in the middle of its rounds (a few workloads started already).
+    common::wait_for(
+        "the bench to start its rounds",
+        common::CREST_TIMEOUT,
+        || {
+            let n = std::fs::read_to_string(s.path("pids"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            (n >= 4).then_some(())
+        },
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bench.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = bench.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    s.assert_nothing_left();
+    let left: Vec<_> = std::fs::read_dir(&work).unwrap().collect();
+    assert!(left.is_empty(), "the bench left {left:?}");
+}

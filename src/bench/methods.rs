@@ -101,6 +101,21 @@ struct Instance {
 }
 
 impl Ctx {
+    /// A URL or port probe that already says ready before anything was started would time
+    /// another process: refuse the run.
+    fn probe_idle(&self) -> Result<(), String> {
+        if matches!(self.probe, Probe::Url { .. } | Probe::Port { .. })
+            && Watch::new(&self.probe, 0, Path::new("")).ready()
+        {
+            return Err(format!(
+                "the probe ({}) already says ready before the workload was started or restored: \
+                 another process answers there (end it, or pick another port)",
+                self.probe.describe()
+            ));
+        }
+        Ok(())
+    }
+
     /// The workload's launch with these JVM options.
     pub fn launch(&self, opts: &[String]) -> Launch {
         match &self.jvm_env {
@@ -141,6 +156,9 @@ impl Ctx {
                 }
                 return Err(why);
             }
+            if procs::stopping() {
+                return Err("interrupted".into());
+            }
             if t0.elapsed() > self.timeout {
                 return Err(format!(
                     "not ready within {} s ({})",
@@ -154,6 +172,7 @@ impl Ctx {
 
     /// Starts `argv` and times it to ready; the instance is left running (unless it exited).
     fn start(&self, launch: &Launch, tag: &str) -> Result<(Instance, f64), String> {
+        self.probe_idle()?;
         let prefix = self.work.join(tag);
         let t0 = Instant::now();
         let s = procs::spawn_with_env(&launch.argv, &launch.env, &prefix, self.cwd.as_deref())
@@ -514,6 +533,7 @@ impl Ctx {
             .map(|i| PathBuf::from(&argv[i + 1]))
             .expect("every restore writes a pid file");
         let _ = std::fs::remove_file(&pidfile);
+        self.probe_idle()?;
         let prefix = self.work.join(tag);
         let t0 = Instant::now();
         let mut helper = None;
@@ -525,7 +545,7 @@ impl Ctx {
             helper = Some(s.pid);
             // CRIU's restore connects to the daemon's socket: wait until it listens.
             while !crate::proc::bench::unix_listening("lazy-pages.socket") {
-                if !procs::running(s.pid) || t0.elapsed() > self.timeout {
+                if !procs::running(s.pid) || t0.elapsed() > self.timeout || procs::stopping() {
                     let _ = procs::end(s.pid);
                     return Err(format!(
                         "criu lazy-pages did not start: {}",
@@ -587,6 +607,9 @@ impl Ctx {
                     cp.pid,
                     procs::tail_of(&[&tool.stderr])
                 ));
+            }
+            if procs::stopping() {
+                break Err("interrupted".into());
             }
             if t0.elapsed() > self.timeout {
                 break Err(format!(
@@ -700,7 +723,7 @@ impl Ctx {
         );
         let deadline = Instant::now() + self.timeout.max(Duration::from_secs(300));
         // JDK 25 writes the cache in a child JVM it starts at exit: wait for the whole group.
-        while procs::group_alive(inst.pid) && Instant::now() < deadline {
+        while procs::group_alive(inst.pid) && Instant::now() < deadline && !procs::stopping() {
             std::thread::sleep(Duration::from_millis(5));
         }
         let _ = procs::end(inst.pid);

@@ -41,6 +41,8 @@ pub enum BenchError {
     Setup(String),
     #[error("{0}")]
     Process(String),
+    #[error("interrupted: every process the bench started was ended")]
+    Interrupted,
     #[error("cannot write {path}: {why}")]
     Output { path: String, why: String },
 }
@@ -169,6 +171,8 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     };
     if opts.keep {
         eprintln!("crest bench: working in {} (kept)", work.path.display());
+    } else {
+        procs::remove_on_signals(Some(work.path.clone()));
     }
 
     // The workload.
@@ -268,6 +272,9 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         }
         warmed_up = true;
     }
+    if procs::stopping() {
+        return Err(BenchError::Interrupted);
+    }
     let jdk = ctx.jdk.clone();
     // The methods.
     let modes: Vec<String> = match &opts.modes {
@@ -352,6 +359,9 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         }
         bar.inc(1);
         prepared.push((m.clone(), p));
+        if procs::stopping() {
+            return Err(BenchError::Interrupted);
+        }
     }
     for r in &mut results {
         match prepared
@@ -399,6 +409,9 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                 Prepared::Launch(l) => ctx.run_start(l, &tag),
                 Prepared::Checkpoint(cp) => ctx.run_restore(&r.method, cp, r.cache),
             };
+            if procs::stopping() {
+                return Err(BenchError::Interrupted);
+            }
             r.attempted += 1;
             match res {
                 Ok(ms) => {

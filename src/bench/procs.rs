@@ -10,6 +10,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,13 +31,33 @@ pub fn track(pid: i32) {
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
 }
 
+/// The bench's work directory, removed on SIGINT/SIGTERM/SIGHUP (None when kept).
+static WORK_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Names the work directory to remove if the bench is interrupted.
+pub fn remove_on_signals(dir: Option<PathBuf>) {
+    *WORK_DIR.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
 /// Forgets a process that turned out not to be the bench's (a restore that failed).
 pub fn untrack(pid: i32) {
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
 }
 
-/// On SIGINT, SIGTERM or SIGHUP: end every process the bench started or restored (each in a
-/// session of its own, so a Ctrl-C on the terminal does not reach them), then exit.
+/// Set once SIGINT, SIGTERM or SIGHUP arrived: the bench stops starting things, ends what runs
+/// and returns.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the bench was interrupted (every wait loop checks it).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: the bench stops (its wait loops see [`stopping`], end what they
+/// started and return; nothing new is spawned). On a second one, or when the bench has not
+/// stopped within 60 s: end every process it started or restored, by pid, remove the work
+/// directory and exit. The workloads run in sessions of their own: a Ctrl-C on the terminal
+/// does not reach them.
 pub fn end_all_on_signals() -> Result<(), BenchError> {
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -48,19 +69,28 @@ pub fn end_all_on_signals() -> Result<(), BenchError> {
         .map_err(|e| BenchError::Setup(format!("pthread_sigmask: {e}")))?;
     std::thread::spawn(move || {
         let sig = set.wait().unwrap_or(Signal::SIGTERM);
+        eprintln!(
+            "\ncrest bench: {} received: stopping, ending the processes it started",
+            sig.as_str()
+        );
+        STOPPING.store(true, Ordering::SeqCst);
+        // A second signal, or a bench that does not stop: end everything from here.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(set.wait().unwrap_or(Signal::SIGTERM));
+        });
+        let sig = rx.recv_timeout(Duration::from_secs(60)).unwrap_or(sig);
         let pids: Vec<i32> = LIVE
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .copied()
             .collect();
-        eprintln!(
-            "\ncrest bench: {} received: ending the {} process(es) it started",
-            sig.as_str(),
-            pids.len()
-        );
         for pid in pids {
             let _ = end(pid);
+        }
+        if let Some(dir) = WORK_DIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
         std::process::exit(128 + sig as i32);
     });
@@ -244,12 +274,19 @@ pub fn spawn_with_env(
             Ok(())
         });
     }
+    // Under the lock of the live set, so that an interruption either sees this process or
+    // stops it from starting.
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if stopping() {
+        return Err(BenchError::Process("interrupted".into()));
+    }
     let child = cmd
         .spawn()
         .map_err(|e| BenchError::Process(format!("cannot start {}: {e}", argv[0])))?;
     let pid = child.id() as i32;
+    live.insert(pid);
+    drop(live);
     forget_status(pid);
-    track(pid);
     // The bench reaps its children itself (reap_all), by pid.
     drop(child);
     Ok(Spawned {
@@ -286,6 +323,10 @@ pub fn run_with_env(
                 tail_of(&[&s.stderr, &s.stdout]),
                 argv.join(" ")
             ));
+        }
+        if stopping() {
+            let _ = end(s.pid);
+            return Err("interrupted".into());
         }
         if t0.elapsed() > timeout {
             let _ = end(s.pid);
