@@ -264,12 +264,17 @@ pub fn spawn_with_env(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid, which is
-    // async-signal-safe.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid and
+    // signal(SIG_DFL), which are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // A bench started in the background (nohup, `&` in a script) has these ignored;
+            // the workload starts as it would from a terminal.
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+                libc::signal(sig, libc::SIG_DFL);
             }
             Ok(())
         });
