@@ -17,6 +17,7 @@
 pub use crest_images as images;
 
 pub mod arch;
+pub mod bench;
 pub mod blob;
 pub mod check;
 pub mod dump;

@@ -158,6 +158,9 @@ enum Command {
     /// Internal: the guard of a lazy restore, started by crest restore (see crest::lazy).
     #[command(name = "lazy-watchdog", hide = true)]
     LazyWatchdog { socket: i32, pids: Vec<i32> },
+    /// Measure restore -> ready against a cold start (and CRIU, the JDK's archives), round by
+    /// round, and report the table, JSON, CSV, Markdown and an SVG chart.
+    Bench(BenchArgs),
     /// Show an image in readable form.
     Show {
         /// Image directory.
@@ -171,6 +174,133 @@ enum Command {
         /// Image directory.
         dir: PathBuf,
     },
+}
+
+/// `crest bench`: time to ready per method.
+///
+/// With no COMMAND it runs a bundled workload (the demo JVM or the server JVM with --live-mib
+/// MiB of live data, compiled from the bundled source with the JDK's javac), probed by its first
+/// HTTP 200. Every run is timed from spawning the starting or restoring command to ready.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Timed runs of each method (interleaved round by round).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Seconds the workload runs once ready before it is checkpointed (or trained).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    warmup: f64,
+    /// Also send this many requests to --ready-url before the checkpoint.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup_requests: u32,
+    /// Ready: a GET on URL answers 2xx (http:// only).
+    #[arg(long, value_name = "URL")]
+    ready_url: Option<String>,
+    /// Ready: a TCP connect to [HOST:]PORT succeeds (HOST defaults to 127.0.0.1).
+    #[arg(long, value_name = "PORT")]
+    ready_port: Option<String>,
+    /// Ready: a new line matching REGEX in FILE (a restored process must write it again).
+    #[arg(long, value_name = "FILE:REGEX")]
+    ready_log: Option<String>,
+    /// Ready: a new line matching REGEX on the workload's standard output.
+    #[arg(long, value_name = "REGEX")]
+    ready_stdout: Option<String>,
+    /// Ready: the process has exited (checkpoints are taken --warmup seconds after the start).
+    #[arg(long)]
+    ready_exit: bool,
+    /// Methods, comma-separated: cold, crest-copy, crest-map, crest-lazy, crest-lazy-prefetch,
+    /// criu, criu-lazy, aot-cache, cds [default: all that apply to the workload].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    modes: Option<Vec<String>>,
+    /// The criu binary (default: criu on PATH).
+    #[arg(long, value_name = "PATH")]
+    criu: Option<PathBuf>,
+    /// Also run every restore method with its image dropped from the page cache first
+    /// (posix_fadvise DONTNEED on the image files): rows with cache "evicted".
+    #[arg(long)]
+    evict: bool,
+    /// Seconds a start or restore may take to get ready before it counts as failed.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    timeout: f64,
+    /// Bundled workload when no COMMAND is given.
+    #[arg(long, value_enum, default_value = "server")]
+    workload: BundledWorkload,
+    /// MiB of live data of the bundled server workload.
+    #[arg(long, value_name = "MIB", default_value_t = 200)]
+    live_mib: u32,
+    /// The java binary of the bundled workloads (default: JAVA_HOME/bin/java, else PATH).
+    #[arg(long, value_name = "PATH")]
+    java: Option<PathBuf>,
+    /// Directory for the images and logs (a new directory is made in it; default: TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Keep the images and logs.
+    #[arg(long)]
+    keep: bool,
+    #[arg(long, value_name = "FILE")]
+    export_json: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    export_csv: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    export_markdown: Option<PathBuf>,
+    /// Write an SVG chart of the ready times.
+    #[arg(long, value_name = "FILE.svg")]
+    chart: Option<PathBuf>,
+    /// The workload's command line.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BundledWorkload {
+    Demo,
+    Server,
+}
+
+fn bench(a: BenchArgs) -> Result<i32> {
+    let secs = |what: &str, v: f64| {
+        Duration::try_from_secs_f64(v).with_context(|| format!("{what} wants a number of seconds"))
+    };
+    let opts = crest::bench::BenchOptions {
+        runs: a.runs,
+        warmup: secs("--warmup", a.warmup)?,
+        warmup_requests: a.warmup_requests,
+        probe: crest::bench::ProbeArgs {
+            url: a.ready_url,
+            port: a.ready_port,
+            log: a.ready_log,
+            stdout: a.ready_stdout,
+            exit: a.ready_exit,
+        },
+        modes: a.modes,
+        criu: a.criu,
+        evict: a.evict,
+        timeout: secs("--timeout", a.timeout)?,
+        workload: match a.workload {
+            BundledWorkload::Demo => crest::bench::Bundled::Demo,
+            BundledWorkload::Server => crest::bench::Bundled::Server,
+        },
+        live_mib: a.live_mib,
+        java: a.java,
+        work_dir: a.work_dir,
+        keep: a.keep,
+        command: a.command,
+    };
+    let report = crest::bench::run(&opts)?;
+    print!("{}", report.table());
+    if let Some(p) = &a.export_json {
+        let text = serde_json::to_string_pretty(&report.to_json())? + "\n";
+        crest::bench::write_output(p, &text)?;
+    }
+    if let Some(p) = &a.export_csv {
+        crest::bench::write_output(p, &report.to_csv())?;
+    }
+    if let Some(p) = &a.export_markdown {
+        crest::bench::write_output(p, &report.to_markdown())?;
+    }
+    if let Some(p) = &a.chart {
+        crest::bench::write_output(p, &crest::bench::chart::render(&report))?;
+    }
+    Ok(0)
 }
 
 /// Runs the command line and returns the process exit code.
@@ -371,6 +501,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 Ok(restored.wait_forwarding_signals()?)
             }
         }
+        Command::Bench(args) => bench(args),
         Command::LazyWatchdog { socket, pids } => Ok(crest::lazy::watchdog::run(socket, &pids)),
         Command::Show { dir, json } => {
             // Only the metadata is shown: a damaged page file is reported, not fatal.

@@ -8,6 +8,7 @@
 //! A [`Proc`] holds an open `/proc/PID` directory, so every later read refers to the same process
 //! even if the pid were reused.
 
+pub mod bench;
 mod fds;
 mod java;
 mod locks;

@@ -23,7 +23,8 @@ import java.util.concurrent.atomic.AtomicLong;
  * included.
  *
  * usage: java Demo LOG_FILE PORT_FILE
- * It serves HTTP on 127.0.0.1 (an ephemeral port, written to PORT_FILE once it listens):
+ * It serves HTTP on 127.0.0.1 (an ephemeral port, or -Ddemo.port=N, written to PORT_FILE once it
+ * listens):
  * GET /hello answers "hello N pid PID" (N counts the requests), GET /check re-checks the live
  * data and answers "ok pid=PID n=N" or "FAIL ...".
  */
@@ -73,7 +74,8 @@ public class Demo {
                 }
             });
         }
-        HttpServer http = HttpServer.create(new InetSocketAddress(InetAddress.getByName("127.0.0.1"), 0), 64);
+        HttpServer http = HttpServer.create(new InetSocketAddress(InetAddress.getByName("127.0.0.1"),
+                Integer.getInteger("demo.port", 0)), 64);
         http.createContext("/hello", ex -> answer(ex, "hello " + requests.incrementAndGet() + " pid " + pid));
         http.createContext("/check", ex -> answer(ex, checksum() == expected
                 ? "ok pid=" + pid + " n=" + lines.get()
