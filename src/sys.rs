@@ -302,6 +302,21 @@ pub fn give_up_controlling_terminal() {
     }
 }
 
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and the threads it starts): crest
+/// must not die of a ^C or a hang-up while a restored tree still needs it (a lazy page server);
+/// the signals stay pending and are forwarded to the tree once crest waits for it.
+pub fn block_termination_signals() {
+    let mut mask = nix::sys::signal::SigSet::empty();
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        mask.add(sig);
+    }
+    let _ = mask.thread_block();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

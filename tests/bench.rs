@@ -378,7 +378,7 @@ fn an_interrupted_bench_ends_what_it_started_and_removes_its_files() {
     let url = format!("http://127.0.0.1:{}/", s.port);
     let work = s.path("work");
     std::fs::create_dir(&work).unwrap();
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_crest"))
+    let bench = Command::new(env!("CARGO_BIN_EXE_crest"))
         .args(["bench", "--runs", "200", "--warmup", "0.2"])
         .args([
             "--modes",

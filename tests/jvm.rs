@@ -1016,13 +1016,7 @@ fn page_modes(version: u32) {
         if *mode == "lazy" {
             // A process whose memory is still registered with userfaultfd is refused by a
             // dump: the next round waits for the page-server daemon to be done.
-            let at = out
-                .stderr
-                .find("the daemon (pid ")
-                .expect("the daemon's pid");
-            let rest = &out.stderr[at + "the daemon (pid ".len()..];
-            let daemon: i32 = rest[..rest.find(')').unwrap()].parse().unwrap();
-            reap_pid(daemon, CREST_TIMEOUT).expect("the page-server daemon ends");
+            reap_pid(lazy_daemon_pid(&out), CREST_TIMEOUT).expect("the page-server daemon ends");
         }
     }
 }

@@ -7,16 +7,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The pid of the page-server daemon, from what `crest restore -d --lazy-pages` printed.
-fn daemon_pid(out: &CrestOutput) -> i32 {
-    let at = out
-        .stderr
-        .find("the daemon (pid ")
-        .unwrap_or_else(|| panic!("no daemon named: {out}"));
-    let rest = &out.stderr[at + "the daemon (pid ".len()..];
-    rest[..rest.find(')').unwrap()].parse().unwrap()
-}
-
 /// With -d, crest restore exits once the tree runs; a daemon serves the rest of the memory,
 /// writes the statistics and exits once every page is in. The root's parent is the daemon
 /// until then, and the test (a subreaper) afterwards.
@@ -34,7 +24,7 @@ fn lazy_pages_with_detach_are_served_by_a_daemon_until_every_page_is_in() {
     );
     out.assert_ok();
     v.mark_restored();
-    let daemon = daemon_pid(&out);
+    let daemon = lazy_daemon_pid(&out);
     v.wait_logging_after(before);
     v.verify()
         .expect("the process verifies while the daemon serves its pages");
@@ -72,7 +62,7 @@ fn the_page_daemon_killed_mid_load_takes_the_tree_with_it() {
     .wait(CREST_TIMEOUT);
     out.assert_ok();
     v.mark_restored();
-    let daemon = daemon_pid(&out);
+    let daemon = lazy_daemon_pid(&out);
     let watchdogs: Vec<i32> = descendants(daemon)
         .into_iter()
         .filter(|&p| {

@@ -160,7 +160,7 @@ enum Command {
     LazyWatchdog { socket: i32, pids: Vec<i32> },
     /// Measure restore -> ready against a cold start (and CRIU, the JDK's archives), round by
     /// round, and report the table, JSON, CSV, Markdown and an SVG chart.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Show an image in readable form.
     Show {
         /// Image directory.
@@ -501,7 +501,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 Ok(restored.wait_forwarding_signals()?)
             }
         }
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench(*args),
         Command::LazyWatchdog { socket, pids } => Ok(crest::lazy::watchdog::run(socket, &pids)),
         Command::Show { dir, json } => {
             // Only the metadata is shown: a damaged page file is reported, not fatal.

@@ -204,15 +204,7 @@ pub fn start(
 ) -> Result<Handle, LazyError> {
     let uffds: Vec<RawFd> = procs.iter().map(|p| p.uffd.as_raw_fd()).collect();
     let dog = watchdog::Watchdog::start(tree_pids, &uffds)?;
-    let mut mask = nix::sys::signal::SigSet::empty();
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGHUP,
-    ] {
-        mask.add(sig);
-    }
-    let _ = mask.thread_block();
+    crate::sys::block_termination_signals();
     let may_end = Arc::new(AtomicBool::new(false));
     let registered = Arc::new(AtomicBool::new(false));
     let (flag, all_registered) = (may_end.clone(), registered.clone());

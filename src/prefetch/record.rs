@@ -129,15 +129,7 @@ impl Recording {
             How::Mapped { ranges, released } => {
                 // crest does not die of a ^C meanwhile: the signals stay pending (and are
                 // forwarded to the tree once crest waits for it).
-                let mut mask = nix::sys::signal::SigSet::empty();
-                for sig in [
-                    nix::sys::signal::Signal::SIGINT,
-                    nix::sys::signal::Signal::SIGTERM,
-                    nix::sys::signal::Signal::SIGHUP,
-                ] {
-                    mask.add(sig);
-                }
-                let _ = mask.thread_block();
+                crate::sys::block_termination_signals();
                 let end = *released + self.window;
                 let now = Instant::now();
                 if end > now {

@@ -1620,3 +1620,15 @@ impl Drop for PythonVictim {
         let _ = reap_pid(self.pid, TIMEOUT);
     }
 }
+
+/// The pid of the lazy-pages daemon a `crest restore -d --lazy-pages` named on its stderr.
+pub fn lazy_daemon_pid(out: &CrestOutput) -> i32 {
+    let at = out
+        .stderr
+        .find("the daemon (pid ")
+        .unwrap_or_else(|| panic!("no daemon named: {out}"));
+    let rest = &out.stderr[at + "the daemon (pid ".len()..];
+    rest[..rest.find(')').expect("a closing parenthesis")]
+        .parse()
+        .expect("a pid")
+}
