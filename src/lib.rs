@@ -19,6 +19,7 @@ pub use crest_images as images;
 pub mod arch;
 pub mod blob;
 pub mod check;
+pub mod crac;
 pub mod dump;
 pub mod events;
 pub mod fault;

@@ -1,0 +1,136 @@
+//! The checkpoint side of the engine: leave the JVM's process tree, dump the JVM, tell it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{send_restore_data, CracError, Sidecar, JVM_FILES, SIDECAR};
+
+/// `crestengine checkpoint DIR`.
+#[derive(Debug, Clone)]
+pub struct CheckpointRequest {
+    /// The image directory (relative paths are the JVM's working directory's, which the engine
+    /// inherits).
+    pub dir: PathBuf,
+    /// `CRAC_CRIU_LEAVE_RUNNING` / `keep_running`: the JVM runs on after the dump.
+    pub leave_running: bool,
+    /// The JVM thread waiting inside the engine (the library engine passes it): the signal
+    /// goes to it alone, and the image records it for the restore.
+    pub tid: Option<i32>,
+}
+
+/// How long the detached dumper waits to be re-parented and for the JVM to reap the engine.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the process the JVM started sees: `Ok(())` once the dumper runs on its own (the caller
+/// exits 0). The dumper itself never returns: it exits 0 when the dump succeeded, 1 otherwise.
+pub fn checkpoint(req: &CheckpointRequest) -> Result<(), CracError> {
+    // SAFETY: getppid and getpid have no preconditions.
+    let (jvm, me) = unsafe { (libc::getppid(), libc::getpid()) };
+    let dir = std::path::absolute(&req.dir)
+        .map_err(|e| CracError::os(format!("resolving {}", req.dir.display()), e))?;
+    // The files the JVM wrote there, read before the dump replaces the directory.
+    let carried: Vec<(&str, Vec<u8>)> = JVM_FILES
+        .iter()
+        .filter_map(|name| std::fs::read(dir.join(name)).ok().map(|b| (*name, b)))
+        .collect();
+    // SAFETY: crestengine is single-threaded here (nothing has started a thread yet), so the
+    // child may run any code.
+    match unsafe { libc::fork() } {
+        -1 => return Err(CracError::os("fork", std::io::Error::last_os_error())),
+        0 => {}
+        _ => return Ok(()),
+    }
+    let code = match dump_detached(req, jvm, me, &dir, &carried) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("crestengine: checkpoint failed: {e}");
+            if let Err(e2) = send_restore_data(jvm, req.tid, -1) {
+                eprintln!("crestengine: cannot tell the JVM: {e2}");
+            }
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn dump_detached(
+    req: &CheckpointRequest,
+    jvm: i32,
+    engine: i32,
+    dir: &std::path::Path,
+    carried: &[(&str, Vec<u8>)],
+) -> Result<(), CracError> {
+    let detach = |why: String| CracError::Detach { jvm, why };
+    let deadline = Instant::now() + DETACH_TIMEOUT;
+    // Re-parented once the engine process exited (to init or a subreaper).
+    loop {
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() };
+        if parent == jvm {
+            return Err(detach(
+                "the JVM is a child subreaper, so the dumping process stays its descendant".into(),
+            ));
+        }
+        if parent != engine {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(detach(format!(
+                "the engine process {engine} did not exit within {DETACH_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    // And once the JVM reaped it: no zombie child of the JVM's is left in the dumped tree.
+    // SAFETY: kill with signal 0 only checks that the pid exists.
+    while unsafe { libc::kill(engine, 0) } == 0 {
+        if Instant::now() > deadline {
+            return Err(detach(format!(
+                "the JVM did not reap the engine process {engine} within {DETACH_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    // Out of the JVM's session and process group, so the dumped tree is the JVM's alone.
+    // SAFETY: setsid has no preconditions (it fails harmlessly for a group leader).
+    unsafe { libc::setsid() };
+    // SAFETY: isatty on fd 0 has no preconditions.
+    let on_terminal = unsafe { libc::isatty(0) } == 1;
+    let opts = crate::dump::DumpOptions {
+        pid: jvm,
+        dir: dir.to_path_buf(),
+        leave_running: req.leave_running,
+        // The JVM sits inside the engine call at a safepoint: its attach listener would not
+        // answer a GC request now (and its heap was already collected).
+        gc_hint: false,
+        // A JVM started from a shell has the shell's terminal, which this process inherited
+        // as its standard input.
+        shell_job: on_terminal,
+        ..Default::default()
+    };
+    crate::dump::dump(&opts).map_err(|e| CracError::Dump {
+        pid: jvm,
+        dir: dir.to_path_buf(),
+        source: e.into(),
+    })?;
+    let mut files: Vec<(&str, Vec<u8>)> = carried.to_vec();
+    let sidecar = Sidecar {
+        pid: jvm,
+        tid: req.tid,
+    }
+    .render()
+    .into_bytes();
+    files.push((SIDECAR, sidecar));
+    for (name, bytes) in &files {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::write(&path, bytes) {
+            // The image itself is complete; without the sidecar the restore signals the
+            // whole process instead of the waiting thread.
+            eprintln!("crestengine: warning: cannot write {}: {e}", path.display());
+        }
+    }
+    if req.leave_running {
+        send_restore_data(jvm, req.tid, 0)?;
+    }
+    Ok(())
+}

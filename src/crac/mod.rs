@@ -1,0 +1,148 @@
+//! crest as a CRaC engine: the work the engine executable (`crestengine`, built by the `crac/`
+//! workspace member, which also builds the crlib v2 library `libcrestengine.so`) does for a
+//! CRaC JVM.
+//!
+//! Checkpoint ([`checkpoint`]): started by the JVM (or by the library engine inside it), the
+//! engine double-forks so the process that dumps is not a descendant of the JVM (crest refuses
+//! to dump its own ancestors), exits 0 at once, and the grandchild dumps the JVM (its parent at
+//! start) with crest's dump while the JVM waits in `sigwaitinfo` for SIGRTMIN+2. The files the
+//! JVM wrote into the image directory (`tags`, `score`) are put back beside crest's image after
+//! the dump (which replaces the directory), together with [`SIDECAR`] (the JVM's pid and the
+//! tid of the thread waiting inside the engine). Then: the dump ended the JVM (default), or with
+//! `CRAC_CRIU_LEAVE_RUNNING` the JVM gets SIGRTMIN+2 with value 0; a failed dump sends -1.
+//!
+//! Restore ([`restore`]): the restoring JVM execs the engine in place; it restores the image
+//! with the restoring process's standard fds in place of the dumped ones, sends SIGRTMIN+2 with
+//! the value of `CRAC_NEW_ARGS_ID` to the restored JVM (to the thread waiting in the engine
+//! when the image names it), and stays its parent: it forwards signals and exits with its
+//! status.
+
+mod checkpoint;
+mod restore;
+mod signal;
+
+pub use checkpoint::{checkpoint, CheckpointRequest};
+pub use restore::{restore, stdio_inherit, RestoreRequest};
+pub use signal::{restore_signal, send_restore_data};
+
+use std::path::{Path, PathBuf};
+
+/// The file beside crest's image that says which process and thread called the engine.
+pub const SIDECAR: &str = "crac-engine";
+
+/// Files a CRaC JVM or library engine writes into the image directory, kept across the dump.
+pub const JVM_FILES: [&str; 2] = ["tags", "score"];
+
+/// Errors of the CRaC engine.
+#[derive(Debug, thiserror::Error)]
+pub enum CracError {
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the engine cannot leave the JVM's process tree (pid {jvm}): {why}")]
+    Detach { jvm: i32, why: String },
+    #[error("dump of JVM pid {pid} into {dir} failed: {source:#}")]
+    Dump {
+        pid: i32,
+        dir: PathBuf,
+        source: anyhow::Error,
+    },
+    #[error("restore from {dir} failed: {source:#}")]
+    Restore { dir: PathBuf, source: anyhow::Error },
+    #[error("image {dir}: {what}")]
+    Image { dir: PathBuf, what: String },
+}
+
+impl CracError {
+    fn os(what: impl Into<String>, source: std::io::Error) -> CracError {
+        CracError::Os {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// What [`SIDECAR`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sidecar {
+    /// The JVM's pid at dump time.
+    pub pid: i32,
+    /// The thread that waits inside the engine for the restore data, when known (the library
+    /// engine says; the executable protocol does not).
+    pub tid: Option<i32>,
+}
+
+impl Sidecar {
+    pub fn render(&self) -> String {
+        let mut s = format!("pid={}\n", self.pid);
+        if let Some(t) = self.tid {
+            s += &format!("tid={t}\n");
+        }
+        s
+    }
+
+    pub fn parse(text: &str) -> Option<Sidecar> {
+        let mut pid = None;
+        let mut tid = None;
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("pid", v)) => pid = v.trim().parse().ok(),
+                Some(("tid", v)) => tid = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Sidecar { pid: pid?, tid })
+    }
+
+    /// The sidecar of the image in `dir`, if it has a readable one.
+    pub fn read(dir: &Path) -> Option<Sidecar> {
+        Sidecar::parse(&std::fs::read_to_string(dir.join(SIDECAR)).ok()?)
+    }
+}
+
+/// Where private memory comes from at restore (crest restore's `--pages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    Copy,
+    Map,
+    Lazy,
+}
+
+impl std::str::FromStr for Pages {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Pages, String> {
+        match s {
+            "copy" => Ok(Pages::Copy),
+            "map" => Ok(Pages::Map),
+            "lazy" => Ok(Pages::Lazy),
+            _ => Err(format!("{s:?} is not a page source (copy, map or lazy)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_round_trips() {
+        for s in [
+            Sidecar {
+                pid: 42,
+                tid: Some(43),
+            },
+            Sidecar { pid: 7, tid: None },
+        ] {
+            assert_eq!(Sidecar::parse(&s.render()), Some(s));
+        }
+        assert_eq!(Sidecar::parse("tid=3\n"), None);
+    }
+
+    #[test]
+    fn page_sources_parse() {
+        assert_eq!("map".parse::<Pages>(), Ok(Pages::Map));
+        assert!("mmap".parse::<Pages>().is_err());
+    }
+}
