@@ -82,6 +82,14 @@ fn run(argv: Vec<String>) -> i32 {
         eprintln!("usage: crestengine checkpoint|restore [OPTIONS] DIR");
         return 2;
     };
+    if mode == "lazy-watchdog" {
+        // The guard a lazy restore starts from its own executable (crest::lazy::watchdog).
+        let nums: Option<Vec<i32>> = argv[1..].iter().map(|a| a.parse().ok()).collect();
+        return match nums.as_deref() {
+            Some([sock, pids @ ..]) => crest::lazy::watchdog::run(*sock, pids),
+            _ => 2,
+        };
+    }
     let args = match parse(&argv[1..]) {
         Ok(a) => a,
         Err(e) => {
