@@ -483,3 +483,67 @@ fn executable_protocol_as_a_jdk17_drives_it() {
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A JVM started from a shell on a terminal (here a pty of `script`'s): its checkpoint records
+/// the terminal as the shell's (crest's --shell-job), and a restore from a shell on another
+/// terminal puts the restored client on that one.
+#[test]
+fn library_on_a_terminal_as_a_shell_job() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let dir = scratch("tty");
+    let img = dir.join("img");
+    let mut procs = Procs::default();
+    let lib = library();
+    let on_terminal = |tag: &str, mode: &str| -> Vec<String> {
+        let line = format!(
+            "{} lib {} {} {mode}; echo exit=$?",
+            client().display(),
+            lib.display(),
+            img.display()
+        );
+        vec![
+            "-qec".into(),
+            format!("sh -c '{line}' </dev/null; true"),
+            dir.join(format!("{tag}.typescript")).display().to_string(),
+        ]
+    };
+    for (tag, mode, exit) in [
+        ("ckpt", "checkpoint", "exit=137"),
+        ("rst", "restore", "exit=0"),
+    ] {
+        let mut cmd = Command::new("script");
+        cmd.args(on_terminal(tag, mode))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap());
+        // SAFETY: setsid and close_range are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start script");
+        procs.children.push(child.id() as i32);
+        let st = wait_exit(&mut procs, &mut child, &dir, tag);
+        assert!(st.success(), "{}", text(&dir, tag, "err"));
+        let out = text(&dir, tag, "out");
+        assert!(out.contains(exit), "{tag}: no {exit} in\n{out}");
+    }
+    let out = text(&dir, "rst", "out");
+    for want in [
+        "returned rc=0 size=4",
+        "data ok",
+        "threads ok 3",
+        "restored shm=",
+        "done",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -94,8 +94,9 @@ fn dump_detached(
     // Out of the JVM's session and process group, so the dumped tree is the JVM's alone.
     // SAFETY: setsid has no preconditions (it fails harmlessly for a group leader).
     unsafe { libc::setsid() };
-    // SAFETY: isatty on fd 0 has no preconditions.
-    let on_terminal = unsafe { libc::isatty(0) } == 1;
+    // A JVM started from a shell has the shell's terminal, which this process inherited on
+    // one of its standard fds; crest takes its standard input as that terminal.
+    let on_terminal = super::terminal_on_stdin();
     let opts = crate::dump::DumpOptions {
         pid: jvm,
         dir: dir.to_path_buf(),
@@ -103,9 +104,7 @@ fn dump_detached(
         // The JVM sits inside the engine call at a safepoint: its attach listener would not
         // answer a GC request now (and its heap was already collected).
         gc_hint: false,
-        // A JVM started from a shell has the shell's terminal, which this process inherited
-        // as its standard input.
-        shell_job: on_terminal,
+        shell_job: on_terminal.is_some(),
         ..Default::default()
     };
     crate::dump::dump(&opts).map_err(|e| CracError::Dump {

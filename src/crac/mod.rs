@@ -64,6 +64,27 @@ impl CracError {
     }
 }
 
+/// When one of this process's standard fds is on a terminal, makes fd 0 that terminal too (crest
+/// takes its standard input as the terminal of a `--shell-job`), keeping what fd 0 was: the
+/// returned descriptor is a copy of the old fd 0 (close-on-exec), or None when fd 0 was the
+/// terminal already or none is on a terminal.
+pub fn terminal_on_stdin() -> Option<Option<i32>> {
+    // SAFETY: isatty only inspects descriptor numbers.
+    let tty = (0..3).find(|&fd| unsafe { libc::isatty(fd) } == 1)?;
+    if tty == 0 {
+        return Some(None);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC and dup2 on open descriptor numbers; fd 0 is replaced only once
+    // its copy exists.
+    unsafe {
+        let saved = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if libc::dup2(tty, 0) < 0 {
+            return None;
+        }
+        Some((saved >= 0).then_some(saved))
+    }
+}
+
 /// What [`SIDECAR`] records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sidecar {

@@ -45,15 +45,25 @@ pub fn restore(req: &RestoreRequest) -> Result<i32, CracError> {
         source: e,
     };
     let image = crate::images::open_image(&req.dir).map_err(|e| failed(e.into()))?;
-    let inherit = stdio_inherit(&image, |fd| {
+    let mut inherit = stdio_inherit(&image, |fd| {
         // SAFETY: F_GETFD only reads the flags of a descriptor number.
         unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
     });
+    let shell_job = image.inventory.shell_job.is_some();
+    if shell_job {
+        // crest restores a shell job onto its standard input's terminal; the restored root's
+        // own fd 0 stays what this process's was.
+        if let Some(Some(saved)) = super::terminal_on_stdin() {
+            for i in inherit.iter_mut().filter(|i| i.fd == 0) {
+                i.fd = saved;
+            }
+        }
+    }
     let opts = crate::restore::RestoreOptions {
         dir: req.dir.clone(),
         pidns: req.pidns,
         inherit,
-        shell_job: image.inventory.shell_job.is_some(),
+        shell_job,
         lazy_pages: req.pages == Pages::Lazy,
         map_pages: req.pages == Pages::Map,
         ..Default::default()
