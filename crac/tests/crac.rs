@@ -226,6 +226,10 @@ fn library_keep_running_then_restore_in_a_fresh_process() {
     let lib = library();
     let (lib, img_s) = (lib.to_str().unwrap(), img.to_str().unwrap());
 
+    // A file the JVM itself writes into the image directory (newer JVMs: `engine`) stays
+    // beside crest's image.
+    std::fs::create_dir(&img).unwrap();
+    std::fs::write(img.join("engine"), "crest\n").unwrap();
     let mut c = start(
         &mut procs,
         &dir,
@@ -237,6 +241,10 @@ fn library_keep_running_then_restore_in_a_fresh_process() {
     assert_eq!(st.code(), Some(0), "{}", text(&dir, "ckpt", "err"));
     assert_carried_on(&dir, "ckpt", 0);
     let pid = checkpoint_pid(&dir, "ckpt");
+    assert_eq!(
+        std::fs::read_to_string(img.join("engine")).unwrap(),
+        "crest\n"
+    );
     assert_image(&img, pid, true);
 
     // A fresh process restores it (pages copied), and becomes the restored client's parent.

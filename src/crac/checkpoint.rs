@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{send_restore_data, CracError, Sidecar, JVM_FILES, SIDECAR};
+use super::{send_restore_data, CracError, Sidecar, SIDECAR};
 
 /// `crestengine checkpoint DIR`.
 #[derive(Debug, Clone)]
@@ -18,6 +18,47 @@ pub struct CheckpointRequest {
     pub tid: Option<i32>,
 }
 
+/// The most bytes of the JVM's own files (see [`carried_files`]) kept across the dump.
+const CARRIED_LIMIT: u64 = 64 << 20;
+
+/// The files beside an image that are not crest's (crest's all end in `.img`): what the JVM
+/// or the library engine wrote there (`tags`, `score`, `engine`, user data, ...), read before
+/// the dump replaces the directory, to be written into the new one. The engine's own sidecar
+/// is written anew.
+fn carried_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut total = 0u64;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.ends_with(".img") || name == SIDECAR {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        if total + meta.len() > CARRIED_LIMIT {
+            eprintln!(
+                "crestengine: warning: {} is not kept beside the new image (the files kept \
+                 there are limited to {} MiB)",
+                entry.path().display(),
+                CARRIED_LIMIT >> 20
+            );
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(entry.path()) {
+            total += bytes.len() as u64;
+            out.push((name, bytes));
+        }
+    }
+    out
+}
+
 /// How long the detached dumper waits to be re-parented and for the JVM to reap the engine.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -29,10 +70,7 @@ pub fn checkpoint(req: &CheckpointRequest) -> Result<(), CracError> {
     let dir = std::path::absolute(&req.dir)
         .map_err(|e| CracError::os(format!("resolving {}", req.dir.display()), e))?;
     // The files the JVM wrote there, read before the dump replaces the directory.
-    let carried: Vec<(&str, Vec<u8>)> = JVM_FILES
-        .iter()
-        .filter_map(|name| std::fs::read(dir.join(name)).ok().map(|b| (*name, b)))
-        .collect();
+    let carried = carried_files(&dir);
     // SAFETY: crestengine is single-threaded here (nothing has started a thread yet), so the
     // child may run any code.
     match unsafe { libc::fork() } {
@@ -58,7 +96,7 @@ fn dump_detached(
     jvm: i32,
     engine: i32,
     dir: &std::path::Path,
-    carried: &[(&str, Vec<u8>)],
+    carried: &[(String, Vec<u8>)],
 ) -> Result<(), CracError> {
     let detach = |why: String| CracError::Detach { jvm, why };
     let deadline = Instant::now() + DETACH_TIMEOUT;
@@ -112,14 +150,14 @@ fn dump_detached(
         dir: dir.to_path_buf(),
         source: e.into(),
     })?;
-    let mut files: Vec<(&str, Vec<u8>)> = carried.to_vec();
+    let mut files: Vec<(String, Vec<u8>)> = carried.to_vec();
     let sidecar = Sidecar {
         pid: jvm,
         tid: req.tid,
     }
     .render()
     .into_bytes();
-    files.push((SIDECAR, sidecar));
+    files.push((SIDECAR.to_string(), sidecar));
     for (name, bytes) in &files {
         let path = dir.join(name);
         if let Err(e) = std::fs::write(&path, bytes) {

@@ -6,8 +6,9 @@
 //! engine double-forks so the process that dumps is not a descendant of the JVM (crest refuses
 //! to dump its own ancestors), exits 0 at once, and the grandchild dumps the JVM (its parent at
 //! start) with crest's dump while the JVM waits in `sigwaitinfo` for SIGRTMIN+2. The files the
-//! JVM wrote into the image directory (`tags`, `score`) are put back beside crest's image after
-//! the dump (which replaces the directory), together with [`SIDECAR`] (the JVM's pid and the
+//! JVM wrote into the image directory (`tags`, `score`, `engine`, ...) are put back beside crest's image after
+//! the dump (which replaces the directory), as is any other file there that is not crest's
+//! (crest's end in `.img`), together with [`SIDECAR`] (the JVM's pid and the
 //! tid of the thread waiting inside the engine). Then: the dump ended the JVM (default), or with
 //! `CRAC_CRIU_LEAVE_RUNNING` the JVM gets SIGRTMIN+2 with value 0; a failed dump sends -1.
 //!
@@ -29,9 +30,6 @@ use std::path::{Path, PathBuf};
 
 /// The file beside crest's image that says which process and thread called the engine.
 pub const SIDECAR: &str = "crac-engine";
-
-/// Files a CRaC JVM or library engine writes into the image directory, kept across the dump.
-pub const JVM_FILES: [&str; 2] = ["tags", "score"];
 
 /// Errors of the CRaC engine.
 #[derive(Debug, thiserror::Error)]
