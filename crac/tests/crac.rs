@@ -555,3 +555,78 @@ fn library_on_a_terminal_as_a_shell_job() {
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A restored client checkpoints itself again (a second generation, from under the restoring
+/// process that is its parent now), and that image restores too.
+#[test]
+fn library_restored_process_checkpoints_again() {
+    let dir = scratch("again");
+    let (img, img2) = (dir.join("img"), dir.join("img2"));
+    let mut procs = Procs::default();
+    let lib = library();
+    let (lib, img_s, img2_s) = (
+        lib.to_str().unwrap(),
+        img.to_str().unwrap(),
+        img2.to_str().unwrap(),
+    );
+    let again = format!("again={img2_s}");
+
+    let mut c = start(
+        &mut procs,
+        &dir,
+        "ckpt",
+        &["lib", lib, img_s, "checkpoint", &again],
+        &[],
+    );
+    assert_eq!(
+        wait_exit(&mut procs, &mut c, &dir, "ckpt").signal(),
+        Some(libc::SIGKILL)
+    );
+    let pid = checkpoint_pid(&dir, "ckpt");
+
+    // Restored, it checkpoints again and the dump ends it: the restoring process (its proxy
+    // parent) exits as it did, 128 + SIGKILL.
+    let mut r = start(
+        &mut procs,
+        &dir,
+        "rst",
+        &["lib", lib, img_s, "restore"],
+        &[],
+    );
+    procs.restored(pid, &r);
+    let st = wait_exit(&mut procs, &mut r, &dir, "rst");
+    assert_eq!(
+        st.code(),
+        Some(128 + libc::SIGKILL),
+        "{}",
+        text(&dir, "rst", "err")
+    );
+    let out = text(&dir, "rst", "out");
+    assert!(
+        out.contains(&format!("restored shm=from restoring pid {}\n", r.id())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("checkpointing again pid={pid}\n")),
+        "{out}"
+    );
+    assert_image(&img2, pid, false);
+    // Labels stay set; scores are dropped after each checkpoint.
+    let tags = std::fs::read_to_string(img2.join("tags")).unwrap();
+    assert!(tags.starts_with("label:cpu.arch=test-arch\n"), "{tags}");
+    assert_eq!(std::fs::read_to_string(img2.join("score")).unwrap(), "");
+
+    let mut r2 = start(
+        &mut procs,
+        &dir,
+        "rst2",
+        &["lib", lib, img2_s, "restore"],
+        &[],
+    );
+    procs.restored(pid, &r2);
+    let st = wait_exit(&mut procs, &mut r2, &dir, "rst2");
+    assert_eq!(st.code(), Some(0), "{}", text(&dir, "rst2", "err"));
+    assert_carried_on(&dir, "rst2", r2.id() as i32);
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,14 +3,15 @@
  * live, and restores itself in a fresh process, handing over restore data through
  * /dev/shm/crac_<pid> as the JVM does.
  *
- *   crac_client lib  LIBRARY DIR checkpoint [keep] [hold=FILE]
+ *   crac_client lib  LIBRARY DIR checkpoint [keep] [hold=FILE] [again=DIR2]
  *   crac_client lib  LIBRARY DIR restore [pidns] [pages=MODE] [arch=REQUIRED_ARCH]
  *   crac_client exec ENGINE  DIR checkpoint [keep] [hold=FILE]
  *   crac_client exec ENGINE  DIR restore
  *
  * Lines it prints (the test reads them): "checkpointing pid=P", then after the engine call
  * "returned rc=R size=N data=D", "data ok", "threads ok N", "restored shm=TEXT" (restored
- * only), "done". With hold=FILE a restored client waits for FILE to exist before "done". */
+ * only), "done". With hold=FILE a restored client waits for FILE to exist before "done"; with
+ * again=DIR2 a restored client checkpoints itself again into DIR2 (and ends there). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -117,8 +118,14 @@ static const void *lib_sym(void *h, const char *name) { void *s = dlsym(h, name)
 
 static int restore_signal(void) { return SIGRTMIN + 2; }
 
+/* lib mode: the engine, for checkpointing again once restored (again=DIR). */
+static const crlib_api_t *g_api;
+static crlib_conf_t *g_conf;
+static const crlib_restore_data_t *g_rd;
+static const char *again;
+
 /* After the engine call: what the JVM does with the restore data. */
-static void after(int rc, size_t size, int value, const char *hold) {
+static void report(int rc, size_t size, int value) {
     printf("returned rc=%d size=%zu data=%d\n", rc, size, value);
     fflush(stdout);
     CHECK(checksum() == data_sum);
@@ -135,8 +142,25 @@ static void after(int rc, size_t size, int value, const char *hold) {
         shm_unlink(name);
         printf("restored shm=%s\n", buf);
         fflush(stdout);
-        if (hold) while (access(hold, F_OK) != 0) usleep(1000);
     }
+}
+
+static void after(int rc, size_t size, int value, const char *hold) {
+    report(rc, size, value);
+    if (value > 0 && again && g_api) {
+        /* The restored JVM checkpoints again, into another directory; it ends there. */
+        const char *dir = again;
+        again = NULL;
+        CHECK(g_api->configure(g_conf, "image_location", dir));
+        CHECK(g_api->configure(g_conf, "keep_running", "false"));
+        printf("checkpointing again pid=%d\n", getpid());
+        fflush(stdout);
+        int rc2 = g_api->checkpoint(g_conf);
+        value = 0;
+        size_t n2 = rc2 == 0 ? g_rd->get_restore_data(g_conf, &value, sizeof value) : 0;
+        report(rc2, n2, value);
+    }
+    if (value > 0 && hold) while (access(hold, F_OK) != 0) usleep(1000);
     printf("done\n");
     fflush(stdout);
     exit(0);
@@ -186,6 +210,9 @@ static int lib_mode(const char *lib, const char *dir, bool checkpoint, bool keep
     CHECK(nkeys >= 3);
     crlib_conf_t *conf = api->create_conf();
     CHECK(conf);
+    g_api = api;
+    g_conf = conf;
+    g_rd = rd;
     CHECK(!api->can_configure(conf, "unknown"));
     CHECK(!api->configure(conf, "unknown", "1"));
     CHECK(api->can_configure(conf, "image_location") && api->can_configure(conf, "keep_running") &&
@@ -267,6 +294,7 @@ int main(int argc, char **argv) {
         else if (!strncmp(argv[i], "hold=", 5)) hold = argv[i] + 5;
         else if (!strncmp(argv[i], "pages=", 6)) pages = argv[i] + 6;
         else if (!strncmp(argv[i], "arch=", 5)) arch = argv[i] + 5;
+        else if (!strncmp(argv[i], "again=", 6)) again = argv[i] + 6;
         else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
     bool checkpoint = !strcmp(argv[4], "checkpoint");
