@@ -482,10 +482,17 @@ fn spawn_and_wait(
     let pid = unsafe {
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
         libc::posix_spawnattr_init(&mut attr);
+        // The engine starts with no signal blocked and none ignored, whatever the JVM set.
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::posix_spawnattr_setsigmask(&mut attr, &empty);
-        libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGMASK as _);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::posix_spawnattr_setsigdefault(&mut attr, &all);
+        libc::posix_spawnattr_setflags(
+            &mut attr,
+            (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as _,
+        );
         let mut pid: libc::pid_t = 0;
         let rc = libc::posix_spawn(
             &mut pid,
@@ -515,11 +522,30 @@ fn spawn_and_wait(
             break;
         }
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err((1, format!("waitpid for crestengine (pid {pid}): {e}")));
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // SIGCHLD ignored: the engine was reaped by the kernel, its status is lost; a
+            // failure shows as the restore signal's -1.
+            Some(libc::ECHILD) => {
+                status = 0;
+                break;
+            }
+            _ => return Err((1, format!("waitpid for crestengine (pid {pid}): {e}"))),
         }
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        // It may have queued -1 as well (for a JVM that cannot see its exit status): take
+        // that, so that it does not answer the next checkpoint.
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: info is plain data the kernel fills; set and zero are valid.
+        while unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::sigtimedwait(set, &mut info, &zero)
+        } > 0
+        {}
         return Err((
             1,
             format!("crestengine checkpoint failed (wait status {status:#x})"),

@@ -116,6 +116,13 @@ fn run(argv: Vec<String>) -> i32 {
                         "crestengine: checkpoint into {} failed: {e}",
                         req.dir.display()
                     );
+                    // The library engine (it names its thread) also learns it by the signal,
+                    // in case it cannot see this exit status (SIGCHLD ignored).
+                    if let Some(tid) = req.tid {
+                        // SAFETY: getppid has no preconditions.
+                        let jvm = unsafe { libc::getppid() };
+                        let _ = crest::crac::send_restore_data(jvm, Some(tid), -1);
+                    }
                     1
                 }
             }

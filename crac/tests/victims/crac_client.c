@@ -3,7 +3,7 @@
  * live, and restores itself in a fresh process, handing over restore data through
  * /dev/shm/crac_<pid> as the JVM does.
  *
- *   crac_client lib  LIBRARY DIR checkpoint [keep] [hold=FILE] [again=DIR2]
+ *   crac_client lib  LIBRARY DIR checkpoint [keep] [hold=FILE] [again=DIR2] [nochld]
  *   crac_client lib  LIBRARY DIR restore [pidns] [pages=MODE] [arch=REQUIRED_ARCH]
  *   crac_client exec ENGINE  DIR checkpoint [keep] [hold=FILE]
  *   crac_client exec ENGINE  DIR restore
@@ -295,6 +295,7 @@ int main(int argc, char **argv) {
         else if (!strncmp(argv[i], "pages=", 6)) pages = argv[i] + 6;
         else if (!strncmp(argv[i], "arch=", 5)) arch = argv[i] + 5;
         else if (!strncmp(argv[i], "again=", 6)) again = argv[i] + 6;
+        else if (!strcmp(argv[i], "nochld")) signal(SIGCHLD, SIG_IGN); /* children reaped by the kernel */
         else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
     bool checkpoint = !strcmp(argv[4], "checkpoint");
