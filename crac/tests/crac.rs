@@ -495,27 +495,46 @@ fn executable_protocol_as_a_jdk17_drives_it() {
 
 /// A JVM started from a shell on a terminal (here a pty of `script`'s): its checkpoint records
 /// the terminal as the shell's (crest's --shell-job), and a restore from a shell on another
-/// terminal puts the restored client on that one.
+/// terminal puts the restored client on that one. Either with its output on the terminal, or
+/// with every standard fd redirected and the terminal only its session's (a test harness
+/// running on a pty that starts the client with pipes).
 #[test]
 fn library_on_a_terminal_as_a_shell_job() {
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("SKIPPED: no `script` (util-linux) to make a terminal");
         return;
     }
-    let dir = scratch("tty");
+    for redirected in [false, true] {
+        on_a_terminal(redirected);
+    }
+}
+
+fn on_a_terminal(redirected: bool) {
+    let dir = scratch(if redirected { "ctty" } else { "tty" });
     let img = dir.join("img");
     let mut procs = Procs::default();
     let lib = library();
+    // The client's output: the terminal (script's typescript on its stdout), or files.
+    let output = |tag: &str| dir.join(format!("{tag}.client"));
     let on_terminal = |tag: &str, mode: &str| -> Vec<String> {
+        let redirect = if redirected {
+            format!(
+                " >{} 2>{}",
+                output(tag).display(),
+                output(tag).with_extension("clienterr").display()
+            )
+        } else {
+            String::new()
+        };
         let line = format!(
-            "{} lib {} {} {mode}; echo exit=$?",
+            "{} lib {} {} {mode} </dev/null{redirect}; echo exit=$?",
             client().display(),
             lib.display(),
             img.display()
         );
         vec![
             "-qec".into(),
-            format!("sh -c '{line}' </dev/null; true"),
+            format!("sh -c '{line}'; true"),
             dir.join(format!("{tag}.typescript")).display().to_string(),
         ]
     };
@@ -541,9 +560,17 @@ fn library_on_a_terminal_as_a_shell_job() {
         let st = wait_exit(&mut procs, &mut child, &dir, tag);
         assert!(st.success(), "{}", text(&dir, tag, "err"));
         let out = text(&dir, tag, "out");
-        assert!(out.contains(exit), "{tag}: no {exit} in\n{out}");
+        assert!(
+            out.contains(exit),
+            "{tag} (redirected: {redirected}): no {exit} in\n{out}{}",
+            std::fs::read_to_string(output(tag).with_extension("clienterr")).unwrap_or_default()
+        );
     }
-    let out = text(&dir, "rst", "out");
+    let out = if redirected {
+        std::fs::read_to_string(output("rst")).unwrap()
+    } else {
+        text(&dir, "rst", "out")
+    };
     for want in [
         "returned rc=0 size=4",
         "data ok",

@@ -129,12 +129,15 @@ fn dump_detached(
         }
         std::thread::sleep(Duration::from_micros(100));
     }
+    // Still in the JVM's session: its controlling terminal, if it has one.
+    let ctty = super::open_controlling_terminal();
     // Out of the JVM's session and process group, so the dumped tree is the JVM's alone.
     // SAFETY: setsid has no preconditions (it fails harmlessly for a group leader).
     unsafe { libc::setsid() };
     // A JVM started from a shell has the shell's terminal, which this process inherited on
-    // one of its standard fds; crest takes its standard input as that terminal.
-    let on_terminal = super::terminal_on_stdin();
+    // one of its standard fds, or at least as its session's terminal; crest takes its
+    // standard input as that terminal.
+    let on_terminal = super::terminal_on_stdin(ctty);
     let opts = crate::dump::DumpOptions {
         pid: jvm,
         dir: dir.to_path_buf(),

@@ -62,13 +62,55 @@ impl CracError {
     }
 }
 
-/// When one of this process's standard fds is on a terminal, makes fd 0 that terminal too (crest
-/// takes its standard input as the terminal of a `--shell-job`), keeping what fd 0 was: the
-/// returned descriptor is a copy of the old fd 0 (close-on-exec), or None when fd 0 was the
-/// terminal already or none is on a terminal.
-pub fn terminal_on_stdin() -> Option<Option<i32>> {
+/// This process's controlling terminal, if it has one, opened close-on-exec by its own name
+/// (`/dev/pts/N`, ...), not as `/dev/tty` (crest compares terminals by device number).
+pub fn open_controlling_terminal() -> Option<i32> {
+    // SAFETY: open of a constant path; the descriptor is closed below.
+    let alias = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if alias < 0 {
+        return None;
+    }
+    let mut dev: libc::c_uint = 0;
+    // SAFETY: TIOCGDEV writes the terminal's device number into `dev`.
+    let rc = unsafe { libc::ioctl(alias, libc::TIOCGDEV, &mut dev) };
+    // SAFETY: alias is ours.
+    unsafe { libc::close(alias) };
+    if rc != 0 {
+        return None;
+    }
+    // The kernel's encoding: minor bits 0-7 and 20-31, major bits 8-19.
+    let (major, minor) = ((dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & 0xfff00));
+    let rdev = libc::makedev(major, minor);
+    let path = ["/dev/pts", "/dev"].iter().find_map(|d| {
+        std::fs::read_dir(d).ok()?.flatten().find_map(|e| {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            let m = std::fs::metadata(e.path()).ok()?;
+            (m.file_type().is_char_device() && m.rdev() == rdev && e.file_name() != "tty")
+                .then(|| e.path())
+        })
+    })?;
+    let c =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).ok()?;
+    // SAFETY: open of a valid path; the descriptor is returned to the caller.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    (fd >= 0).then_some(fd)
+}
+
+/// When one of this process's standard fds is on a terminal (else when `ctty`, a descriptor of
+/// its controlling terminal, is given), makes fd 0 that terminal (crest takes its standard
+/// input as the terminal of a `--shell-job`), keeping what fd 0 was: `Some(Some(fd))` with a
+/// copy of the old fd 0 (close-on-exec), `Some(None)` when fd 0 was the terminal already, None
+/// when there is no terminal.
+pub fn terminal_on_stdin(ctty: Option<i32>) -> Option<Option<i32>> {
     // SAFETY: isatty only inspects descriptor numbers.
-    let tty = (0..3).find(|&fd| unsafe { libc::isatty(fd) } == 1)?;
+    let tty = (0..3)
+        .find(|&fd| unsafe { libc::isatty(fd) } == 1)
+        .or(ctty)?;
     if tty == 0 {
         return Some(None);
     }

@@ -53,7 +53,7 @@ pub fn restore(req: &RestoreRequest) -> Result<i32, CracError> {
     if shell_job {
         // crest restores a shell job onto its standard input's terminal; the restored root's
         // own fd 0 stays what this process's was.
-        if let Some(Some(saved)) = super::terminal_on_stdin() {
+        if let Some(Some(saved)) = super::terminal_on_stdin(super::open_controlling_terminal()) {
             for i in inherit.iter_mut().filter(|i| i.fd == 0) {
                 i.fd = saved;
             }
