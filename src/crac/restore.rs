@@ -76,7 +76,13 @@ pub fn restore(req: &RestoreRequest) -> Result<i32, CracError> {
         Some(t) if !req.pidns => Some(t),
         Some(t) => crate::proc::outer_tid(root, t).map_err(|e| failed(e.into()))?,
     };
-    send_restore_data(root, tid, req.data)?;
+    if let Err(e) = send_restore_data(root, tid, req.data) {
+        // Without the signal the restored JVM would wait inside the engine for ever.
+        // SAFETY: kill of the restored root, this process's child (or its namespace's init's).
+        unsafe { libc::kill(root, libc::SIGKILL) };
+        let _ = restored.wait_forwarding(&[]);
+        return Err(e);
+    }
     if let Some(Err(e)) = restored.wait_lazy() {
         return Err(failed(anyhow::anyhow!(
             "lazy pages failed: {e}; the restored JVM was killed"
