@@ -102,8 +102,9 @@ impl Constraints {
         true
     }
 
+    /// Several requirements on one name are allowed (all must hold).
     pub fn require_label(&mut self, n: &str, v: &str) -> bool {
-        if !name_ok(n) || !value_ok(v) || self.required_labels.iter().any(|(k, _)| k == n) {
+        if !name_ok(n) || !value_ok(v) || self.required_labels.len() >= MAX_ENTRIES {
             return false;
         }
         self.required_labels.push((n.into(), v.into()));
@@ -111,8 +112,7 @@ impl Constraints {
     }
 
     pub fn require_bitmap(&mut self, n: &str, v: &[u8], cmp: Cmp) -> bool {
-        if !name_ok(n) || v.len() * 2 > MAX_VALUE || self.required_bitmaps.iter().any(|r| r.0 == n)
-        {
+        if !name_ok(n) || v.len() * 2 > MAX_VALUE || self.required_bitmaps.len() >= MAX_ENTRIES {
             return false;
         }
         self.required_bitmaps.push((n.into(), v.to_vec(), cmp));
@@ -148,15 +148,20 @@ impl Constraints {
             }
         }
         let mut failed = Vec::new();
+        let mut fail = |k: &String| {
+            if !failed.contains(k) {
+                failed.push(k.clone());
+            }
+        };
         for (k, v) in &self.required_labels {
             if !labels.iter().any(|(ik, iv)| ik == k && iv == v) {
-                failed.push(k.clone());
+                fail(k);
             }
         }
         for (k, v, cmp) in &self.required_bitmaps {
             match bitmaps.iter().find(|(ik, _)| ik == k) {
                 Some((_, image)) if cmp.holds(image, v) => {}
-                _ => failed.push(k.clone()),
+                _ => fail(k),
             }
         }
         self.failed = failed.clone();
@@ -197,7 +202,11 @@ mod tests {
         assert!(r.check(&tags).is_empty());
 
         let mut r = Constraints::default();
-        r.require_label("cpu.arch", "aarch64");
+        assert!(r.require_label("cpu.arch", "amd64"));
+        assert!(
+            r.require_label("cpu.arch", "aarch64"),
+            "several on one name"
+        );
         r.require_bitmap("cpu.features", &[0b0010], Cmp::Subset);
         r.require_label("missing", "x");
         assert_eq!(r.check(&tags), ["cpu.arch", "missing", "cpu.features"]);

@@ -95,7 +95,7 @@ pub struct ImageConstraintsExt {
     require_label: unsafe extern "C" fn(*mut Conf, *const c_char, *const c_char) -> bool,
     require_bitmap: unsafe extern "C" fn(*mut Conf, *const c_char, *const u8, usize, c_int) -> bool,
     is_failed: unsafe extern "C" fn(*mut Conf, *const c_char) -> bool,
-    get_failed_bitmap: unsafe extern "C" fn(*mut Conf, *const c_char, *mut u8, usize) -> bool,
+    get_failed_bitmap: unsafe extern "C" fn(*mut Conf, *const c_char, *mut u8, usize) -> usize,
 }
 
 #[repr(C)]
@@ -112,7 +112,22 @@ pub struct DescriptionExt {
     configuration_doc: unsafe extern "C" fn(*mut Conf) -> *const c_char,
     configurable_keys: unsafe extern "C" fn(*mut Conf) -> *const *const c_char,
     supported_extensions: unsafe extern "C" fn(*mut Conf) -> *const *const ExtHeader,
+    configuration_options: unsafe extern "C" fn(*mut Conf) -> *const ConfOption,
 }
+
+/// One configuration option as the "description" extension lists them (ended by a null key).
+#[repr(C)]
+pub struct ConfOption {
+    key: *const c_char,
+    /// CHECKPOINT = 1, RESTORE = 2 (DEPRECATED = 4, OBSOLETE = 8).
+    flags: std::ffi::c_uint,
+    value_type: *const c_char,
+    default_value: *const c_char,
+    description: *const c_char,
+}
+
+const CHECKPOINT: std::ffi::c_uint = 1;
+const RESTORE: std::ffi::c_uint = 2;
 
 // SAFETY: the extension structs and pointer lists are immutable statics whose pointers all
 // point at other immutable statics ('static C strings, functions, structs).
@@ -123,6 +138,79 @@ unsafe impl Sync for ImageConstraintsExt {}
 unsafe impl Sync for ImageScoreExt {}
 // SAFETY: as above.
 unsafe impl Sync for DescriptionExt {}
+/// The option records, a static list.
+#[repr(transparent)]
+struct Options([ConfOption; 7]);
+// SAFETY: as above.
+unsafe impl Sync for Options {}
+
+const fn option(
+    key: &'static CStr,
+    flags: std::ffi::c_uint,
+    value_type: &'static CStr,
+    default_value: &'static CStr,
+    description: &'static CStr,
+) -> ConfOption {
+    ConfOption {
+        key: key.as_ptr(),
+        flags,
+        value_type: value_type.as_ptr(),
+        default_value: default_value.as_ptr(),
+        description: description.as_ptr(),
+    }
+}
+
+static OPTIONS: Options = Options([
+    option(
+        c"image_location",
+        CHECKPOINT | RESTORE,
+        c"path",
+        c"",
+        c"the image directory (set by the JVM)",
+    ),
+    option(
+        c"keep_running",
+        CHECKPOINT,
+        c"bool",
+        c"false",
+        c"keep the JVM running after the checkpoint",
+    ),
+    option(
+        c"direct_map",
+        RESTORE,
+        c"bool",
+        c"true",
+        c"map the image's pages copy-on-write instead of reading them (crest --pages map)",
+    ),
+    option(
+        c"crest.pages",
+        RESTORE,
+        c"copy/map/lazy",
+        c"map",
+        c"where restored memory comes from (overrides direct_map); lazy: filled on fault while the JVM runs",
+    ),
+    option(
+        c"crest.pidns",
+        RESTORE,
+        c"bool",
+        c"false",
+        c"restore into a new pid namespace, so that several restores of one image can run at once",
+    ),
+    option(
+        c"crest.verbose",
+        CHECKPOINT | RESTORE,
+        c"0-4",
+        c"0",
+        c"how much crestengine says",
+    ),
+    ConfOption {
+        key: std::ptr::null(),
+        flags: 0,
+        value_type: std::ptr::null(),
+        default_value: std::ptr::null(),
+        description: std::ptr::null(),
+    },
+]);
 
 /// A null-terminated list of pointers to statics.
 #[repr(transparent)]
@@ -170,6 +258,7 @@ static DESCRIPTION: DescriptionExt = DescriptionExt {
     configuration_doc,
     configurable_keys,
     supported_extensions,
+    configuration_options,
 };
 
 static KEYS: PtrList<c_char, 7> = PtrList([
@@ -775,31 +864,33 @@ unsafe extern "C" fn is_failed(conf: *mut Conf, name: *const c_char) -> bool {
     unsafe { with_name(conf, name, |c, n| c.constraints.is_failed(n)) }
 }
 
+/// The image's value of a bitmap whose requirement failed: copies up to `len` bytes of it into
+/// `buf` and returns its size (more, equal or less than `len`); 0 when there is none.
+///
 /// # Safety
-/// As for [`conf_mut`] and [`text`]; `buf` points at `len` writable bytes.
+/// As for [`conf_mut`] and [`text`]; `buf` null or pointing at `len` writable bytes.
 unsafe extern "C" fn get_failed_bitmap(
     conf: *mut Conf,
     name: *const c_char,
     buf: *mut u8,
     len: usize,
-) -> bool {
+) -> usize {
     // SAFETY: per the contract.
-    unsafe {
-        with_name(conf, name, |c, n| {
-            let Some(Bitmap(image)) = c.constraints.image_bitmap(n) else {
-                return false;
-            };
-            if buf.is_null() {
-                return false;
-            }
-            // SAFETY: buf has room for len bytes; the image's value is zero-extended or cut.
-            let out = std::slice::from_raw_parts_mut(buf, len);
-            out.fill(0);
-            let k = len.min(image.len());
-            out[..k].copy_from_slice(&image[..k]);
-            true
-        })
+    let (Some(c), Some(n)) = (unsafe { conf_mut(conf) }, unsafe { text(name) }) else {
+        return 0;
+    };
+    if !c.constraints.is_failed(n) {
+        return 0;
     }
+    let Some(Bitmap(image)) = c.constraints.image_bitmap(n) else {
+        return 0;
+    };
+    if !buf.is_null() {
+        let k = len.min(image.len());
+        // SAFETY: buf has room for len >= k bytes.
+        unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), buf, k) };
+    }
+    image.len()
 }
 
 /// # Safety
@@ -843,6 +934,10 @@ unsafe extern "C" fn configurable_keys(_conf: *mut Conf) -> *const *const c_char
 
 unsafe extern "C" fn supported_extensions(_conf: *mut Conf) -> *const *const ExtHeader {
     EXTENSIONS.0.as_ptr()
+}
+
+unsafe extern "C" fn configuration_options(_conf: *mut Conf) -> *const ConfOption {
+    OPTIONS.0.as_ptr()
 }
 
 #[cfg(test)]
@@ -893,6 +988,20 @@ mod tests {
             for name in [c"image constraints", c"image score", c"description"] {
                 assert!(!get_extension(name.as_ptr(), 16).is_null(), "{name:?}");
             }
+            // The newest "description" (with configuration_options): 16 + 6 pointers.
+            assert!(!get_extension(c"description".as_ptr(), 64).is_null());
+            let keys: Vec<&CStr> = (0..)
+                .map(|i| *configurable_keys(std::ptr::null_mut()).add(i))
+                .take_while(|p| !p.is_null())
+                .map(|p| CStr::from_ptr(p))
+                .collect();
+            let options: Vec<&CStr> = (0..)
+                .map(|i| &*configuration_options(std::ptr::null_mut()).add(i))
+                .take_while(|o| !o.key.is_null())
+                .map(|o| CStr::from_ptr(o.key))
+                .collect();
+            assert_eq!(keys, options);
+            assert_eq!(keys.len(), KNOWN_KEYS.len());
         }
     }
 

@@ -18,11 +18,28 @@ fn engine() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crestengine"))
 }
 
-/// The library the same build made beside the executable.
+/// The library this build made: `cargo build` puts it beside `crestengine` (where it finds
+/// the engine); `cargo test` alone leaves it in `deps/` (built there because the tests link
+/// the crate), the newer of the two is taken.
 fn library() -> PathBuf {
-    let lib = engine().with_file_name("libcrestengine.so");
-    assert!(lib.is_file(), "{} was not built", lib.display());
-    lib
+    let beside = engine().with_file_name("libcrestengine.so");
+    let deps = engine().with_file_name("deps").join("libcrestengine.so");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(&beside), modified(&deps)) {
+        (Some(b), Some(d)) if d > b => deps,
+        (None, Some(_)) => deps,
+        (Some(_), _) => beside,
+        (None, None) => panic!("libcrestengine.so was not built"),
+    }
+}
+
+/// The environment a client needs: where the engine is when the library is not beside it.
+fn engine_env() -> Vec<(&'static str, String)> {
+    if library().parent() == engine().parent() {
+        Vec::new()
+    } else {
+        vec![("CREST_ENGINE_BIN", engine().display().to_string())]
+    }
 }
 
 fn client() -> PathBuf {
@@ -116,7 +133,8 @@ fn start(procs: &mut Procs, dir: &Path, tag: &str, args: &[&str], env: &[(&str, 
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap())
         .stderr(std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap())
-        .envs(env.iter().copied());
+        .envs(env.iter().copied())
+        .envs(engine_env());
     // SAFETY: setsid and close_range are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -432,7 +450,7 @@ fn library_refuses_an_image_whose_constraints_fail_and_a_failed_dump_keeps_the_p
     );
     let st = wait_exit(&mut procs, &mut r, &dir, "rst");
     assert_eq!(st.code(), Some(5));
-    assert!(text(&dir, "rst", "out").contains("restore returned 3 failed=1"));
+    assert!(text(&dir, "rst", "out").contains("restore returned 3 failed=1,1 bitmap=2:0501"));
     assert!(text(&dir, "rst", "err").contains("cpu.arch"));
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
@@ -544,6 +562,7 @@ fn on_a_terminal(redirected: bool) {
     ] {
         let mut cmd = Command::new("script");
         cmd.args(on_terminal(tag, mode))
+            .envs(engine_env())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap());

@@ -57,12 +57,17 @@ typedef struct {
     bool (*require_label)(crlib_conf_t *, const char *name, const char *value);
     bool (*require_bitmap)(crlib_conf_t *, const char *name, const unsigned char *value, size_t len, int cmp);
     bool (*is_failed)(crlib_conf_t *, const char *name);
-    bool (*get_failed_bitmap)(crlib_conf_t *, const char *name, unsigned char *buf, size_t len);
+    size_t (*get_failed_bitmap)(crlib_conf_t *, const char *name, unsigned char *buf, size_t len);
 } crlib_image_constraints_t;
 typedef struct {
     crlib_extension_t header;
     bool (*set_score)(crlib_conf_t *, const char *metric, double value);
 } crlib_image_score_t;
+typedef struct {
+    const char *key;
+    unsigned int flags;
+    const char *value_type, *default_value, *description;
+} crlib_conf_option_t;
 typedef struct {
     crlib_extension_t header;
     const char *(*identity)(crlib_conf_t *);
@@ -70,6 +75,7 @@ typedef struct {
     const char *(*configuration_doc)(crlib_conf_t *);
     const char *const *(*configurable_keys)(crlib_conf_t *);
     const crlib_extension_t *const *(*supported_extensions)(crlib_conf_t *);
+    const crlib_conf_option_t *(*configuration_options)(crlib_conf_t *);
 } crlib_description_t;
 
 #define DIE(...) do { printf("FAIL: " __VA_ARGS__); printf("\n"); fflush(stdout); exit(3); } while (0)
@@ -208,6 +214,10 @@ static int lib_mode(const char *lib, const char *dir, bool checkpoint, bool keep
     int nkeys = 0;
     for (const char *const *k = de->configurable_keys(NULL); *k; k++) nkeys++;
     CHECK(nkeys >= 3);
+    int nopts = 0, nexts = 0;
+    for (const crlib_conf_option_t *o = de->configuration_options(NULL); o->key; o++) nopts++;
+    for (const crlib_extension_t *const *e = de->supported_extensions(NULL); *e; e++) nexts++;
+    CHECK(nopts == nkeys && nexts == 4);
     crlib_conf_t *conf = api->create_conf();
     CHECK(conf);
     g_api = api;
@@ -239,11 +249,16 @@ static int lib_mode(const char *lib, const char *dir, bool checkpoint, bool keep
     CHECK(ic->require_label(conf, "cpu.arch", arch ? arch : "test-arch"));
     const unsigned char host[3] = {0x07, 0x01, 0x00};
     CHECK(ic->require_bitmap(conf, "cpu.features", host, sizeof host, 1 /* SUBSET */));
+    /* With another arch required, the features are required exactly too (and differ). */
+    if (arch) CHECK(ic->require_bitmap(conf, "cpu.features", host, sizeof host, 0 /* EQUALS */));
     make_shm();
     int me = getpid();
     CHECK(rd->set_restore_data(conf, &me, sizeof me));
     int rc = api->restore(conf);
-    printf("restore returned %d failed=%d\n", rc, ic->is_failed(conf, "cpu.arch"));
+    unsigned char image[4] = {0};
+    size_t n = ic->get_failed_bitmap(conf, "cpu.features", image, sizeof image);
+    printf("restore returned %d failed=%d,%d bitmap=%zu:%02x%02x\n", rc, ic->is_failed(conf, "cpu.arch"),
+           ic->is_failed(conf, "cpu.features"), n, image[0], image[1]);
     fflush(stdout);
     return 5;
 }
