@@ -20,6 +20,7 @@ pub mod arch;
 pub mod bench;
 pub mod blob;
 pub mod check;
+pub mod crac;
 pub mod dump;
 pub mod events;
 pub mod fault;

@@ -15,6 +15,7 @@ mod locks;
 mod maps;
 mod mcast;
 mod meminfo;
+mod nstid;
 mod pagemap;
 mod settings;
 mod status;
@@ -35,6 +36,7 @@ pub use locks::{all_locks, parse_lock_line, LockClass, LockLine};
 pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use mcast::{joined_groups, JoinedGroup};
 pub use meminfo::mem_available;
+pub use nstid::outer_tid;
 pub use pagemap::Pagemap;
 pub use procfs::process::VmFlags;
 pub use settings::{

@@ -158,12 +158,18 @@ impl Restored {
     /// status, or 128 + the signal that killed it (the shell's convention). SIGINT, SIGTERM and
     /// SIGHUP sent to crest meanwhile are forwarded to it.
     pub fn wait_forwarding_signals(self) -> Result<i32, RestoreError> {
+        self.wait_forwarding(&FORWARDED)
+    }
+
+    /// Like [`Restored::wait_forwarding_signals`], forwarding `signals` (a proxy parent such
+    /// as the CRaC engine's forwards every catchable one).
+    pub fn wait_forwarding(self, signals: &[Signal]) -> Result<i32, RestoreError> {
         let os = |what: &str, e: nix::Error| RestoreError::Os {
             what: format!("{what} (pid {})", self.child),
             source: e.into(),
         };
         let mut mask = SigSet::empty();
-        for sig in FORWARDED {
+        for &sig in signals {
             mask.add(sig);
         }
         // Blocked signals queue up for the signalfd instead of killing crest.
