@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 /// The file beside crest's image that says which process and thread called the engine.
 pub const SIDECAR: &str = "crac-engine";
 
+/// What a dump or restore the engine ran said when it failed (crest's own typed errors).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of the CRaC engine.
 #[derive(Debug, thiserror::Error)]
 pub enum CracError {
@@ -41,14 +44,14 @@ pub enum CracError {
     },
     #[error("the engine cannot leave the JVM's process tree (pid {jvm}): {why}")]
     Detach { jvm: i32, why: String },
-    #[error("dump of JVM pid {pid} into {dir} failed: {source:#}")]
+    #[error("dump of JVM pid {pid} into {dir} failed: {source}")]
     Dump {
         pid: i32,
         dir: PathBuf,
-        source: anyhow::Error,
+        source: Cause,
     },
-    #[error("restore from {dir} failed: {source:#}")]
-    Restore { dir: PathBuf, source: anyhow::Error },
+    #[error("restore from {dir} failed: {source}")]
+    Restore { dir: PathBuf, source: Cause },
     #[error("image {dir}: {what}")]
     Image { dir: PathBuf, what: String },
 }

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use nix::sys::signal::Signal;
-
 use crate::images::{FileKind, Image};
 use crate::restore::InheritFd;
 
@@ -22,25 +20,10 @@ pub struct RestoreRequest {
     pub pidns: bool,
 }
 
-/// Signals the engine forwards to the restored JVM while it waits for it: 1-31 but those it
-/// cannot or should not take for itself (KILL, STOP, faults, CHLD).
-fn forwarded() -> Vec<Signal> {
-    use Signal::*;
-    (1..32)
-        .filter_map(|n| Signal::try_from(n).ok())
-        .filter(|s| {
-            !matches!(
-                s,
-                SIGKILL | SIGSTOP | SIGCHLD | SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGTRAP
-            )
-        })
-        .collect()
-}
-
 /// Restores, signals and waits; returns the exit code for this process (the restored JVM's
 /// exit status, or 128 + the signal that ended it).
 pub fn restore(req: &RestoreRequest) -> Result<i32, CracError> {
-    let failed = |e: anyhow::Error| CracError::Restore {
+    let failed = |e: super::Cause| CracError::Restore {
         dir: req.dir.clone(),
         source: e,
     };
@@ -84,12 +67,12 @@ pub fn restore(req: &RestoreRequest) -> Result<i32, CracError> {
         return Err(e);
     }
     if let Some(Err(e)) = restored.wait_lazy() {
-        return Err(failed(anyhow::anyhow!(
-            "lazy pages failed: {e}; the restored JVM was killed"
-        )));
+        return Err(failed(
+            format!("lazy pages failed: {e}; the restored JVM was killed").into(),
+        ));
     }
     restored
-        .wait_forwarding(&forwarded())
+        .wait_forwarding(&crate::restore::forwardable_signals())
         .map_err(|e| failed(e.into()))
 }
 
@@ -137,7 +120,7 @@ pub fn stdio_inherit(image: &Image, open: impl Fn(i32) -> bool) -> Vec<InheritFd
 mod tests {
     #[test]
     fn faults_and_stop_are_not_forwarded() {
-        let f = super::forwarded();
+        let f = crate::restore::forwardable_signals();
         assert!(f.contains(&nix::sys::signal::Signal::SIGTERM));
         assert!(f.contains(&nix::sys::signal::Signal::SIGUSR1));
         assert!(!f.contains(&nix::sys::signal::Signal::SIGKILL));

@@ -80,7 +80,7 @@ pub struct RestoreOptions {
 }
 
 pub use files::InheritFd;
-pub use wait::RestoreStats;
+pub use wait::{forwardable_signals, RestoreStats};
 
 /// Whether a restore could recreate the parents, sessions and groups of `tree`; the reason
 /// when it could not (a dump refuses such a tree before touching it). `caller_sid` is the

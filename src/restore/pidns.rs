@@ -9,7 +9,7 @@
 //! with one pid would otherwise share) into which it binds, from the machine's /tmp, the
 //! entries holding files the image needs there, then runs the whole restore as crest would and
 //! reports to crest. It stays as the namespace's init: it
-//! reaps orphans, forwards SIGINT/SIGTERM/SIGHUP to the root, and exits with the root's status
+//! reaps orphans, forwards every signal it can catch (but SIGCHLD) to the root, and exits with the root's status
 //! once the root ends (which ends the namespace, and every process left in it).
 
 use std::ffi::CString;
@@ -121,7 +121,9 @@ fn init_main(opts: &RestoreOptions, tmp: Option<&[String]>, mut report: File) ->
             // crest's output would wait for as long as the copy runs.
             detach_stdio();
             // Forwards signals to the root and ends with it, taking the namespace along.
-            let code = restored.wait_forwarding_signals().unwrap_or(1);
+            let code = restored
+                .wait_forwarding(&super::wait::forwardable_signals())
+                .unwrap_or(1);
             // SAFETY: _exit has no preconditions.
             unsafe { libc::_exit(code) }
         }

@@ -214,3 +214,20 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, nix::Error> {
     // SAFETY: r is a new descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
 }
+
+/// The signals a process standing in for the restored root (a proxy parent, a pid
+/// namespace's init) passes on to it: every classic signal but those that cannot be caught
+/// (KILL, STOP), SIGCHLD (its own children's) and the ones the kernel raises for a fault of
+/// the receiver itself.
+pub fn forwardable_signals() -> Vec<Signal> {
+    use Signal::*;
+    (1..32)
+        .filter_map(|n| Signal::try_from(n).ok())
+        .filter(|s| {
+            !matches!(
+                s,
+                SIGKILL | SIGSTOP | SIGCHLD | SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGTRAP
+            )
+        })
+        .collect()
+}
