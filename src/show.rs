@@ -1571,7 +1571,7 @@ mod tests {
             tree: crate::images::TreeTask::lone(pid),
             shell_job: None,
             machine_ttys: Vec::new(),
-            caller_sid: 0,
+            caller_sid: -1,
             stats: DumpStats {
                 pages_scanned: 16,
                 pages_absent: 9,

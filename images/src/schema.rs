@@ -81,8 +81,9 @@ pub struct Inventory {
     /// Terminals of the machine itself (a virtual console, a serial port) that were the
     /// controlling terminal of a session led by a task of the tree.
     pub machine_ttys: Vec<MachineTty>,
-    /// The session of the root's parent at dump time (the one the tree was started from), or
-    /// 0 when unknown (led outside crest's pid namespace). A restore gives the root's own
+    /// The session of the root's parent at dump time (the one the tree was started from; 0: a
+    /// session led outside crest's pid namespace, as in a container), or -1 when unknown (the
+    /// root's parent itself is outside crest's pid namespace). A restore gives the root's own
     /// session, when no task of the tree leads it, and this one to crest's session; any other
     /// session whose leader has exited is made again by a helper.
     pub caller_sid: i32,

@@ -276,7 +276,7 @@ fn sample_inventory() -> Inventory {
         tree: TreeTask::lone(PID),
         shell_job: None,
         machine_ttys: Vec::new(),
-        caller_sid: 0,
+        caller_sid: -1,
         stats: DumpStats {
             pages_scanned: 36,
             pages_absent: 20,

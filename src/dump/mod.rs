@@ -578,7 +578,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         .filter(|root| root.ppid > 0)
         .and_then(|root| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(root.ppid))).ok())
         .map(|sid| sid.as_raw());
-    crate::restore::check_tree_layout(&frozen.tasks, caller_sid.unwrap_or(0))
+    crate::restore::check_tree_layout(&frozen.tasks, caller_sid.unwrap_or(-1))
         .map_err(|why| DumpError::TreeLayout { why })?;
 
     // Collect: all of it while the whole tree is frozen, so it is one consistent snapshot.
@@ -786,7 +786,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         tree: frozen.tasks,
         shell_job: frozen.shell_job,
         machine_ttys: frozen.machine_ttys,
-        caller_sid: caller_sid.unwrap_or(0),
+        caller_sid: caller_sid.unwrap_or(-1),
     };
     writer.commit(inventory)?;
     phases.end("commit");

@@ -84,7 +84,7 @@ pub use wait::{forwardable_signals, RestoreStats};
 
 /// Whether a restore could recreate the parents, sessions and groups of `tree`; the reason
 /// when it could not (a dump refuses such a tree before touching it). `caller_sid` is the
-/// session of the root's parent at dump time (0: unknown): a session or group whose leader is
+/// session of the root's parent at dump time (-1: unknown; 0: led outside the pid namespace): a session or group whose leader is
 /// not in the tree is made again by a helper under the leader's pid, unless it is the root's
 /// own or the caller's (those become crest's); a leader still alive outside the tree holds
 /// that pid, so such a tree is refused.

@@ -123,7 +123,8 @@ fn refuse(msg: String) -> RestoreError {
 }
 
 /// Plans `tree` (whose live tasks are `process_pids`, in `Image::processes` order).
-/// `caller_sid`: the session the tree was started from (`Inventory::caller_sid`, 0: unknown).
+/// `caller_sid`: the session the tree was started from (`Inventory::caller_sid`; -1: unknown;
+/// 0: a session led outside crest's pid namespace).
 pub fn plan(
     tree: &[TreeTask],
     process_pids: &[i32],
@@ -153,7 +154,7 @@ pub fn plan(
     // With the caller's session known, the root's own session (when no task leads it) or
     // else the caller's becomes crest's; every other session without a leader in the tree had
     // one that exited: a helper makes it again.
-    let (outer_sid, helper_sessions): (Option<i32>, Vec<i32>) = if caller_sid > 0 {
+    let (outer_sid, helper_sessions): (Option<i32>, Vec<i32>) = if caller_sid >= 0 {
         let mut leaderless: Vec<i32> = tree
             .iter()
             .map(|t| t.sid)
@@ -166,7 +167,8 @@ pub fn plan(
         } else {
             leaderless.contains(&caller_sid).then_some(caller_sid)
         };
-        leaderless.retain(|&s| Some(s) != outer);
+        // A session led outside the pid namespace reads as 0: no helper can take that pid.
+        leaderless.retain(|&s| Some(s) != outer && s > 0);
         (outer, leaderless)
     } else {
         (
@@ -284,6 +286,13 @@ pub fn plan(
         } else {
             // The leader has exited: a helper under its pid leads the group again, forked by
             // a live task of the same session (the member's parent when it is one).
+            if t.pgid <= 0 {
+                return Err(refuse(format!(
+                    "pid {} is in a process group led outside crest's pid namespace, but not \
+                     the tree's outer one; crest cannot recreate it",
+                    t.pid
+                )));
+            }
             let host = match helpers.get(&t.pgid) {
                 Some(&host) => host,
                 None => {
@@ -384,7 +393,7 @@ mod tests {
             task(104, 102, 104, 102),
             task(105, 104, 104, 102),
         ];
-        let plan = plan(&tree, &pids(&tree), 0).unwrap();
+        let plan = plan(&tree, &pids(&tree), -1).unwrap();
         let t = &plan.tasks;
         assert!(!t[0].setsid && !t[0].lead_group && t[0].join_group == Some(Group::Outer));
         assert_eq!(t[0].children_after, vec![1, 2, 3]);
@@ -405,7 +414,7 @@ mod tests {
             task(201, 200, 201, 201),
             task(202, 201, 202, 201),
         ];
-        let plan = plan(&tree, &pids(&tree), 0).unwrap();
+        let plan = plan(&tree, &pids(&tree), -1).unwrap();
         assert!(plan.tasks[0].setsid);
         assert_eq!(plan.tasks[1].children_after, vec![2]);
         let old = vec![task(300, 1, 300, 300), task(301, 300, 1, 1)];
@@ -415,7 +424,7 @@ mod tests {
     }
 
     fn plan_of(tree: &[TreeTask]) -> TreePlan {
-        plan(tree, &pids(tree), 0).unwrap()
+        plan(tree, &pids(tree), -1).unwrap()
     }
 
     #[test]
@@ -426,7 +435,7 @@ mod tests {
             wait_status: 0,
             comm: "z".into(),
         };
-        let plan = plan(&tree, &[700], 0).unwrap();
+        let plan = plan(&tree, &[700], -1).unwrap();
         let helper = GroupHelper {
             pid: 701,
             members: vec![702],
@@ -471,9 +480,12 @@ mod tests {
         assert_eq!(plan.tasks[1].children_after, vec![3]);
         assert!(plan.tasks[2].lead_group);
         assert_eq!(plan.descendants(0), vec![1, 2, 3]);
-        // Without the caller's session (led outside crest's pid namespace) the one leaderless
-        // session is taken as the caller's, crest's at restore: no helper.
-        let old = plan_of_with(&tree, 0).unwrap();
+        // Without the caller's session (an image that does not say) the one leaderless session
+        // is taken as the caller's, crest's at restore: no helper.
+        // Started from a session led outside crest's pid namespace (a container): the same.
+        let in_container = plan_of_with(&tree, 0).unwrap();
+        assert_eq!(in_container.tasks[0].session_helpers.len(), 1);
+        let old = plan_of_with(&tree, -1).unwrap();
         assert!(old.tasks[0].session_helpers.is_empty());
         assert_eq!(old.tasks[0].children_before, vec![1, 2]);
         // Members of one such session with different parents: refused.
@@ -501,7 +513,7 @@ mod tests {
             task(501, 500, 501, 498),
             task(502, 500, 502, 497),
         ];
-        let err = plan(&tree, &pids(&tree), 0).unwrap_err().to_string();
+        let err = plan(&tree, &pids(&tree), -1).unwrap_err().to_string();
         assert!(err.contains("2 sessions") && err.contains("497"), "{err}");
         // A task in a session of another branch of the tree.
         let tree = vec![
@@ -509,7 +521,7 @@ mod tests {
             task(601, 600, 601, 601),
             task(602, 600, 602, 601),
         ];
-        let err = plan(&tree, &pids(&tree), 0).unwrap_err().to_string();
+        let err = plan(&tree, &pids(&tree), -1).unwrap_err().to_string();
         assert!(
             err.contains("pid 602") && err.contains("session 601"),
             "{err}"
