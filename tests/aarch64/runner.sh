@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Cargo target runner for aarch64-unknown-linux-gnu (set by tests/aarch64.sh through
+# CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER): `runner.sh BINARY ARGS...` boots one
+# qemu-system-aarch64 VM, shares the host directories the binary needs with 9p at the same
+# absolute paths, runs BINARY ARGS as root in the current directory with cargo's environment,
+# prints its output and exits with its exit code; the VM then powers off.
+#
+# Needs CREST_AARCH64_KERNEL (an arm64 Image) and CREST_AARCH64_INITRD (the base initramfs of
+# tests/aarch64.sh); optional CREST_AARCH64_CPU (default max,pauth=off), CREST_AARCH64_MEM
+# (default 2G), CREST_AARCH64_SMP (default 2), CREST_AARCH64_TIMEOUT (seconds, default 3600).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+fail() {
+    echo "aarch64 runner: $*" >&2
+    exit 101
+}
+
+[ $# -ge 1 ] || fail "usage: runner.sh BINARY [ARGS...]"
+: "${CREST_AARCH64_KERNEL:?set by tests/aarch64.sh: the arm64 kernel Image}"
+: "${CREST_AARCH64_INITRD:?set by tests/aarch64.sh: the base initramfs}"
+[ -r "$CREST_AARCH64_KERNEL" ] || fail "cannot read the kernel $CREST_AARCH64_KERNEL"
+[ -r "$CREST_AARCH64_INITRD" ] || fail "cannot read the initramfs $CREST_AARCH64_INITRD"
+cpu=${CREST_AARCH64_CPU:-max,pauth=off}
+mem=${CREST_AARCH64_MEM:-2G}
+smp=${CREST_AARCH64_SMP:-2}
+limit=${CREST_AARCH64_TIMEOUT:-3600}
+
+bin=$(realpath "$1")
+shift
+[ -x "$bin" ] || fail "$bin is not an executable"
+cwd=$(pwd -P)
+
+# Single-quotes a word for the guest's sh.
+q() {
+    local s=${1//\'/\'\\\'\'}
+    printf "'%s'" "$s"
+}
+
+# Host directories shared into the guest: the repository (sources, fixtures, target dir), and
+# the binary's and the working directory's if they are elsewhere (a CARGO_TARGET_DIR outside).
+shares=("$repo")
+for d in "$(dirname "$bin")" "$cwd"; do
+    covered=0
+    for s in "${shares[@]}"; do
+        case "$d/" in "$s"/*) covered=1 ;; esac
+    done
+    [ $covered -eq 1 ] || shares+=("$d")
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/crest-aarch64-run.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+
+# The per-run script, in a second cpio archive appended to the base initramfs.
+{
+    echo "set -e"
+    i=0
+    for s in "${shares[@]}"; do
+        echo "mkdir -p $(q "$s")"
+        echo "mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,access=any host$i $(q "$s")"
+        i=$((i + 1))
+    done
+    echo "set +e"
+    # cargo's environment for the test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...) and the user's
+    # RUST_* / CREST_* settings; not the harness's own.
+    while IFS= read -r -d '' kv; do
+        name=${kv%%=*}
+        case "$name" in
+            CREST_AARCH64_* | CARGO_TARGET_*_RUNNER | CARGO_TARGET_*_LINKER) continue ;;
+            CARGO* | RUST* | CREST*) ;;
+            *) continue ;;
+        esac
+        [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+        echo "export $name=$(q "${kv#*=}")"
+    done < <(env -0)
+    echo "cd $(q "$cwd") || exit 101"
+    printf 'exec %s' "$(q "$bin")"
+    for a in "$@"; do
+        printf ' %s' "$(q "$a")"
+    done
+    echo
+} >"$work/crest-run.sh"
+(cd "$work" && echo crest-run.sh | cpio -o -H newc --quiet | gzip -1 >run.cpio.gz)
+cat "$CREST_AARCH64_INITRD" "$work/run.cpio.gz" >"$work/initrd"
+
+qemu=(qemu-system-aarch64 -M virt -cpu "$cpu" -smp "$smp" -m "$mem" -nographic -nic none
+    -no-reboot -kernel "$CREST_AARCH64_KERNEL" -initrd "$work/initrd"
+    -append 'console=ttyAMA0 rdinit=/init panic=-1 quiet')
+i=0
+for s in "${shares[@]}"; do
+    qemu+=(-virtfs "local,path=$s,mount_tag=host$i,security_model=none")
+    i=$((i + 1))
+done
+
+# The console carries the boot and the test's output: print what lies between the markers, keep
+# the rest for a diagnosis if the markers never come.
+set +e
+timeout -k 10 "$limit" "${qemu[@]}" </dev/null 2>&1 |
+    awk -v rcfile="$work/rc" -v bootlog="$work/boot.log" '
+        { sub(/\r$/, "") }
+        done { next }
+        started && index($0, "@@CREST-AARCH64-END rc=") == 1 {
+            rc = substr($0, 24); sub(/@@.*/, "", rc); print rc > rcfile; done = 1; next
+        }
+        started { print; fflush(); next }
+        index($0, "@@CREST-AARCH64-BEGIN@@") == 1 { started = 1; next }
+        { print > bootlog }
+    '
+qrc=${PIPESTATUS[0]}
+set -e
+if [ -s "$work/rc" ]; then
+    exit "$(cat "$work/rc")"
+fi
+if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
+    echo "aarch64 runner: the VM running $bin did not finish within $limit s" >&2
+else
+    echo "aarch64 runner: the VM running $bin ended (qemu exit $qrc) without the test's exit code" >&2
+fi
+[ -s "$work/boot.log" ] && tail -n 40 "$work/boot.log" >&2
+exit 101
