@@ -165,79 +165,94 @@ if [ ! -x "$busybox" ]; then
     dpkg-deb --fsys-tarfile "$busybox_deb" | tar -x -C "$(dirname "$busybox")/.." ./bin/busybox
 fi
 
-# Prepares $cache/kernels/<real package>/{Image,base.cpio.gz} and prints that dir.
+# The kernel modules the guest loads, in load order (paths under the package's kernel/ dir): 9p
+# to share the host tree, and the sock_diag families crest asks about sockets.
+modules=(
+    fs/netfs/netfs net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p
+    net/unix/unix_diag net/netlink/netlink_diag net/packet/af_packet_diag
+    net/ipv4/inet_diag net/ipv4/tcp_diag net/ipv4/udp_diag net/ipv4/raw_diag
+)
+
+# Prepares $cache/kernels/<real package>/{Image,modules/,base.cpio.gz} and prints that dir. The
+# package itself (~90 MB) is removed once its Image and modules are out.
 prepare_kernel() {
-    local flavour=$1 meta real deb dir work ver
+    local flavour=$1 meta real deb dir work m ko name
     case "$flavour" in
         4k) meta=linux-image-6.12-arm64 ;;
         16k) meta=linux-image-6.12-arm64-16k ;;
     esac
     real=$(resolve_meta "$meta")
     dir=$cache/kernels/$real
-    if [ -s "$dir/Image" ] && [ -s "$dir/base.cpio.gz" ]; then
-        echo "$dir"
-        return
+    if [ ! -s "$dir/Image" ] || [ "$(cat "$dir/modules.list" 2>/dev/null)" != "${modules[*]}" ]; then
+        deb=$(fetch_deb "$real")
+        log "unpacking $real"
+        work=$dir.work
+        rm -rf "$work" "$dir"
+        mkdir -p "$work/deb" "$dir/modules"
+        local patterns=('./boot/vmlinuz-*')
+        for m in "${modules[@]}"; do
+            patterns+=("*/kernel/$m.ko*")
+        done
+        # Only the kernel image and those modules (the whole package is ~500 MB unpacked).
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/deb" --wildcards "${patterns[@]}"
+        # busybox insmod wants plain .ko files.
+        for m in "${modules[@]}"; do
+            name=$(basename "$m")
+            ko=$(find "$work/deb" -path "*/kernel/$m.ko*" | head -1)
+            [ -n "$ko" ] || { log "$real has no module $m"; exit 1; }
+            case "$ko" in
+                *.xz) xz -dc "$ko" >"$dir/modules/$name.ko" ;;
+                *.zst) zstd -dc "$ko" >"$dir/modules/$name.ko" ;;
+                *.gz) gzip -dc "$ko" >"$dir/modules/$name.ko" ;;
+                *) cp "$ko" "$dir/modules/$name.ko" ;;
+            esac
+        done
+        ko=$(find "$work/deb/boot" -name 'vmlinuz-*' | head -1)
+        mv "$ko" "$dir/Image"
+        basename "$ko" >"$dir/version"
+        echo "${modules[*]}" >"$dir/modules.list"
+        rm -rf "$work"
+        rm -f "$deb"
     fi
-    deb=$(fetch_deb "$real")
-    log "unpacking $real"
-    work=$dir.work
-    rm -rf "$work" "$dir"
-    mkdir -p "$work/deb" "$work/root"
-    # Only the kernel image and the 9p modules (the whole package is ~500 MB unpacked).
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/deb" --wildcards './boot/vmlinuz-*' \
-        '*/kernel/fs/netfs/netfs.ko*' '*/kernel/net/9p/9pnet.ko*' \
-        '*/kernel/net/9p/9pnet_virtio.ko*' '*/kernel/fs/9p/9p.ko*'
-    local r=$work/root
-    mkdir -p "$r"/{bin,sbin,dev,proc,sys,tmp,run,etc,root,mnt,modules,lib/aarch64-linux-gnu,usr/bin,usr/sbin,usr/aarch64-linux-gnu}
-    cp "$busybox" "$r/bin/busybox"
-    # 9p: netfs, 9pnet, 9pnet_virtio, 9p (in that order); busybox insmod wants plain .ko.
-    local m
-    for m in netfs 9pnet 9pnet_virtio 9p; do
-        local ko
-        ko=$(find "$work/deb" -name "$m.ko*" | head -1)
-        [ -n "$ko" ] || { log "$real has no module $m"; exit 1; }
-        case "$ko" in
-            *.xz) xz -dc "$ko" >"$r/modules/$m.ko" ;;
-            *.zst) zstd -dc "$ko" >"$r/modules/$m.ko" ;;
-            *.gz) gzip -dc "$ko" >"$r/modules/$m.ko" ;;
-            *) cp "$ko" "$r/modules/$m.ko" ;;
-        esac
-    done
-    # The cross glibc runtime as the guest's (not the sanitizers, static archives or crt files).
-    local f
-    for f in /usr/aarch64-linux-gnu/lib/*.so*; do
-        case "$(basename "$f")" in
-            lib[ahlt]san.* | libubsan.* | lib[ahlt]san.so* | libubsan.so*) continue ;;
-        esac
-        cp -a "$f" "$r/lib/aarch64-linux-gnu/"
-    done
-    ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 "$r/lib/ld-linux-aarch64.so.1"
-    ln -s ../../lib/aarch64-linux-gnu "$r/usr/aarch64-linux-gnu/lib"
-    ln -s lib "$r/lib64"
-    printf '/lib/aarch64-linux-gnu\n' >"$r/etc/ld.so.conf"
-    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$r/etc/passwd"
-    printf 'root:x:0:\nnogroup:x:65534:\n' >"$r/etc/group"
-    printf '127.0.0.1 localhost\n::1 localhost\n' >"$r/etc/hosts"
-    cp "$here/aarch64/init" "$r/init"
-    chmod 755 "$r/init"
-    (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) >"$work/base.cpio.gz"
-    ver=$(basename "$(find "$work/deb/boot" -name 'vmlinuz-*' | head -1)")
-    mkdir -p "$dir"
-    mv "$work/deb/boot/$ver" "$dir/Image"
-    mv "$work/base.cpio.gz" "$dir/base.cpio.gz"
-    echo "$ver" >"$dir/version"
-    rm -rf "$work"
-    # The Image and the initramfs are all that is used: the ~90 MB package need not stay.
-    rm -f "$deb"
+    # The base initramfs: busybox, the cross glibc runtime, the modules, tests/aarch64/{init,cc}.
+    local sum
+    sum=$( (cat "$here/aarch64/init" "$here/aarch64/cc" "$busybox"; echo "${modules[*]}"
+        ls -l /usr/aarch64-linux-gnu/lib) | sha256sum | cut -c1-16)
+    if [ ! -s "$dir/base.cpio.gz" ] || [ "$(cat "$dir/base.sum" 2>/dev/null)" != "$sum" ]; then
+        local r=$dir.root
+        rm -rf "$r"
+        mkdir -p "$r"/{bin,sbin,dev,proc,sys,tmp,run,etc,root,mnt,modules,lib/aarch64-linux-gnu,usr/bin,usr/sbin,usr/aarch64-linux-gnu}
+        cp "$busybox" "$r/bin/busybox"
+        local n=0
+        for m in "${modules[@]}"; do
+            # The init loads them in file-name order.
+            cp "$dir/modules/$(basename "$m").ko" "$r/modules/$(printf '%02d' $n)-$(basename "$m").ko"
+            n=$((n + 1))
+        done
+        # The cross glibc runtime as the guest's (not the sanitizers, static archives or crt files).
+        local f
+        for f in /usr/aarch64-linux-gnu/lib/*.so*; do
+            case "$(basename "$f")" in
+                lib[ahlt]san.so* | libubsan.so*) continue ;;
+            esac
+            cp -a "$f" "$r/lib/aarch64-linux-gnu/"
+        done
+        ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 "$r/lib/ld-linux-aarch64.so.1"
+        ln -s ../../lib/aarch64-linux-gnu "$r/usr/aarch64-linux-gnu/lib"
+        ln -s lib "$r/lib64"
+        printf '/lib/aarch64-linux-gnu\n' >"$r/etc/ld.so.conf"
+        printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$r/etc/passwd"
+        printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$r/etc/group"
+        printf '127.0.0.1 localhost\n::1 localhost\n' >"$r/etc/hosts"
+        cp "$here/aarch64/init" "$r/init"
+        cp "$here/aarch64/cc" "$r/bin/cc"
+        chmod 755 "$r/init" "$r/bin/cc"
+        (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1) >"$dir/base.cpio.gz"
+        echo "$sum" >"$dir/base.sum"
+        rm -rf "$r"
+    fi
     echo "$dir"
 }
-
-# The base initramfs holds the init script: rebuild it when tests/aarch64/init changes.
-init_sum=$(sha256sum "$here/aarch64/init" | cut -c1-16)
-if [ "$(cat "$cache/init.sum" 2>/dev/null)" != "$init_sum" ]; then
-    rm -f "$cache"/kernels/*/base.cpio.gz
-    echo "$init_sum" >"$cache/init.sum"
-fi
 
 # --- 4. cargo test under the runner, per kernel -----------------------------------------------
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc

@@ -51,8 +51,32 @@ for d in "$(dirname "$bin")" "$cwd"; do
 done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/crest-aarch64-run.XXXXXX")
-cleanup() { rm -rf "$work"; }
+cc_pid=
+cleanup() {
+    [ -z "$cc_pid" ] || kill "$cc_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
 trap cleanup EXIT
+
+# The guest's `cc` (tests/aarch64/cc) leaves its command lines in this shared spool directory;
+# serve_cc runs each with the cross compiler here and writes back the output and exit code.
+spool=$work/spool
+mkdir "$spool"
+shares+=("$spool")
+serve_cc() {
+    local req args cwd
+    while :; do
+        for req in "$spool"/*.req; do
+            [ -d "$req" ] && [ -e "$req/cwd" ] && [ ! -e "$req/rc" ] || continue
+            mapfile -t args <"$req/args"
+            cwd=$(cat "$req/cwd")
+            (cd "$cwd" && exec aarch64-linux-gnu-gcc "${args[@]}") >"$req/out" 2>"$req/err" </dev/null
+            echo $? >"$req/rc.tmp"
+            mv "$req/rc.tmp" "$req/rc"
+        done
+        sleep 0.05
+    done
+}
 
 # The per-run script, in a second cpio archive appended to the base initramfs.
 {
@@ -76,6 +100,7 @@ trap cleanup EXIT
         [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
         echo "export $name=$(q "${kv#*=}")"
     done < <(env -0)
+    echo "export CREST_AARCH64_CC_SPOOL=$(q "$spool")"
     echo "cd $(q "$cwd") || exit 101"
     printf 'exec %s' "$(q "$bin")"
     for a in "$@"; do
@@ -97,6 +122,8 @@ done
 
 # The console carries the boot and the test's output: print what lies between the markers, keep
 # the rest for a diagnosis if the markers never come.
+serve_cc &
+cc_pid=$!
 set +e
 timeout -k 10 "$limit" "${qemu[@]}" </dev/null 2>&1 |
     awk -v rcfile="$work/rc" -v bootlog="$work/boot.log" '
