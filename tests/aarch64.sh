@@ -4,7 +4,7 @@
 #
 #   bash tests/aarch64.sh [--kernel 4k|16k|both] [-- CARGO TEST ARGS]
 #
-# Without cargo test args it runs `--workspace`. Example: the unit tests only:
+# Without cargo test args it runs `--workspace --lib --bins --tests`. The unit tests only:
 #   bash tests/aarch64.sh --kernel both -- -p crest-images -p crest --lib
 #
 # On a fresh Debian 12 x86_64 machine it installs what it needs (qemu-system-arm, the aarch64
@@ -60,7 +60,9 @@ case "$kernels" in
         exit 2
         ;;
 esac
-[ ${#cargo_args[@]} -gt 0 ] || cargo_args=(--workspace)
+# Doc-tests are left out by default: rustdoc would boot one VM per doc-test, and they test no
+# architecture-specific code.
+[ ${#cargo_args[@]} -gt 0 ] || cargo_args=(--workspace --lib --bins --tests)
 
 cache=${CREST_AARCH64_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crest-aarch64}
 case "$cache/" in

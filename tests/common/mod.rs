@@ -268,9 +268,6 @@ pub fn victim_binary(kind: Kind) -> PathBuf {
     fs::read(&src).expect("read victim source").hash(&mut h);
     fs::read(&header).expect("read victim.h").hash(&mut h);
     flags.hash(&mut h);
-    // CARGO_TARGET_TMPDIR is target/tmp for every target: an aarch64 test run (tests/aarch64.sh)
-    // must not pick up the x86_64 build of a victim, nor the other way round.
-    std::env::consts::ARCH.hash(&mut h);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("victims")
         .join(format!("{}-{:016x}", kind.name(), h.finish()));
