@@ -2,7 +2,7 @@
 # Runs crest's tests built for aarch64 inside qemu-system-aarch64 (full-system emulation with a
 # Debian arm64 6.12 kernel), one VM per test binary.
 #
-#   bash tests/aarch64.sh [--kernel 4k|16k|both] [-- CARGO TEST ARGS]
+#   bash tests/aarch64.sh [--kernel 4k|16k|both] [--no-jdk] [-- CARGO TEST ARGS]
 #
 # Without cargo test args it runs `--workspace --lib --bins --tests`. The unit tests only:
 #   bash tests/aarch64.sh --kernel both -- -p crest-images -p crest --lib
@@ -11,6 +11,9 @@
 # cross compiler and glibc, cpio, the rust targets), fetches the arm64 kernels and busybox-static
 # with an apt of its own (own state dir, APT::Architecture=arm64: the host's dpkg is never
 # touched), and caches every download under ${XDG_CACHE_HOME:-$HOME/.cache}/crest-aarch64.
+# The guest gets busybox, the cross glibc runtime, bash, a `cc` that hands compilations to the
+# host's cross compiler (tests/aarch64/cc) and, unless --no-jdk, Debian's arm64 OpenJDK 17 at
+# /usr/lib/jvm/java-17-openjdk-arm64 (java, javac, ... also in /usr/bin).
 # Then it runs `cargo test --target aarch64-unknown-linux-gnu ARGS` once per kernel with
 # tests/aarch64/runner.sh as the cargo target runner, and ends with one line per kernel:
 #   aarch64 (4k): N passed, M failed
@@ -24,6 +27,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 
 kernels=4k
+jdk=1
 cargo_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,6 +38,10 @@ while [ $# -gt 0 ]; do
             ;;
         --kernel=*)
             kernels=${1#--kernel=}
+            shift
+            ;;
+        --no-jdk)
+            jdk=0
             shift
             ;;
         --)
@@ -142,14 +150,22 @@ resolve_meta() {
     echo "$dep"
 }
 
-# Prints the path of PKG's arm64 .deb in the cache, downloading it if needed.
-fetch_deb() {
-    local pkg=$1 ver file
+# Prints where PKG's current arm64 .deb is kept in the cache (present or not).
+deb_path() {
+    local pkg=$1 ver
     ver=$(apt-cache "${apt_opts[@]}" show --no-all-versions "$pkg" 2>/dev/null |
         sed -n 's/^Version: //p' | head -1)
     [ -n "$ver" ] || { log "no arm64 package $pkg"; exit 1; }
     # apt encodes ':' of an epoch as %3a in file names.
-    file=$cache/debs/${pkg}_${ver//:/%3a}_arm64.deb
+    echo "$cache/debs/${pkg}_${ver//:/%3a}_arm64.deb"
+}
+
+# Prints the path of PKG's arm64 .deb in the cache, downloading it if needed.
+fetch_deb() {
+    local pkg=$1 ver file
+    file=$(deb_path "$pkg")
+    ver=${file##*/"$pkg"_}
+    ver=${ver%_arm64.deb}
     if [ ! -s "$file" ]; then
         log "downloading $pkg $ver (arm64)"
         (cd "$cache/debs" && apt-get "${apt_opts[@]}" -q download "$pkg" >&2)
@@ -174,6 +190,43 @@ modules=(
     net/unix/unix_diag net/netlink/netlink_diag net/packet/af_packet_diag
     net/ipv4/inet_diag net/ipv4/tcp_diag net/ipv4/udp_diag net/ipv4/raw_diag
 )
+
+# Small arm64 packages whose files go into every base initramfs: bash (tests run `bash -c`) with
+# its libtinfo, and zlib (the JDK's libzip needs it).
+extras_dir=$cache/extras
+extras=(bash libtinfo6 zlib1g)
+extras_debs=()
+for p in "${extras[@]}"; do
+    extras_debs+=("$(fetch_deb "$p")")
+done
+extras_stamp=$(for d in "${extras_debs[@]}"; do basename "$d"; done)
+if [ "$(cat "$extras_dir.list" 2>/dev/null)" != "$extras_stamp" ]; then
+    rm -rf "$extras_dir"
+    mkdir -p "$extras_dir"
+    for d in "${extras_debs[@]}"; do
+        dpkg-deb -x "$d" "$extras_dir"
+    done
+    echo "$extras_stamp" >"$extras_dir.list"
+fi
+
+# Debian's arm64 OpenJDK 17 (jre + jdk headless) unpacked into $cache/jdk17/<version>; the runner
+# shares its usr/lib/jvm and etc/java-17-openjdk with the guest at those paths.
+jdk_root=
+if [ $jdk -eq 1 ]; then
+    jdk_ver=$(basename "$(deb_path openjdk-17-jdk-headless)" _arm64.deb)
+    jdk_root=$cache/jdk17/${jdk_ver#openjdk-17-jdk-headless_}
+    if [ ! -x "$jdk_root/usr/lib/jvm/java-17-openjdk-arm64/bin/javac" ]; then
+        jdk_debs=("$(fetch_deb openjdk-17-jre-headless)" "$(fetch_deb openjdk-17-jdk-headless)")
+        log "unpacking the arm64 OpenJDK 17"
+        rm -rf "$cache/jdk17"
+        mkdir -p "$jdk_root"
+        for d in "${jdk_debs[@]}"; do
+            dpkg-deb -x "$d" "$jdk_root"
+        done
+        # Unpacked (~260 MB), the packages (~110 MB) are not needed any more.
+        rm -f "${jdk_debs[@]}"
+    fi
+fi
 
 # Prepares $cache/kernels/<real package>/{Image,modules/,base.cpio.gz} and prints that dir. The
 # package itself (~90 MB) is removed once its Image and modules are out.
@@ -218,7 +271,7 @@ prepare_kernel() {
     fi
     # The base initramfs: busybox, the cross glibc runtime, the modules, tests/aarch64/{init,cc}.
     local sum
-    sum=$( (cat "$here/aarch64/init" "$here/aarch64/cc" "$busybox"; echo "${modules[*]}"
+    sum=$( (cat "$here/aarch64/init" "$here/aarch64/cc" "$busybox"; echo "${modules[*]}" "$extras_stamp"
         ls -l /usr/aarch64-linux-gnu/lib) | sha256sum | cut -c1-16)
     if [ ! -s "$dir/base.cpio.gz" ] || [ "$(cat "$dir/base.sum" 2>/dev/null)" != "$sum" ]; then
         local r=$dir.root
@@ -239,6 +292,9 @@ prepare_kernel() {
             esac
             cp -a "$f" "$r/lib/aarch64-linux-gnu/"
         done
+        cp -a "$extras_dir"/lib/aarch64-linux-gnu/*.so* "$extras_dir"/usr/lib/aarch64-linux-gnu/*.so* \
+            "$r/lib/aarch64-linux-gnu/" 2>/dev/null || true
+        cp "$extras_dir/bin/bash" "$r/bin/bash"
         ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 "$r/lib/ld-linux-aarch64.so.1"
         ln -s ../../lib/aarch64-linux-gnu "$r/usr/aarch64-linux-gnu/lib"
         ln -s lib "$r/lib64"
@@ -267,6 +323,7 @@ for flavour in "${flavours[@]}"; do
     export CREST_AARCH64_KERNEL=$kdir/Image
     export CREST_AARCH64_INITRD=$kdir/base.cpio.gz
     export CREST_AARCH64_FLAVOUR=$flavour
+    export CREST_AARCH64_JDK=$jdk_root
     # 16K granules need a cpu that has them (cortex-a72 has none and hangs silently); emulated
     # pointer authentication triples the run time, so it stays off.
     export CREST_AARCH64_CPU=max,pauth=off

@@ -7,7 +7,10 @@
 #
 # Needs CREST_AARCH64_KERNEL (an arm64 Image) and CREST_AARCH64_INITRD (the base initramfs of
 # tests/aarch64.sh); optional CREST_AARCH64_CPU (default max,pauth=off), CREST_AARCH64_MEM
-# (default 2G), CREST_AARCH64_SMP (default 2), CREST_AARCH64_TIMEOUT (seconds, default 3600).
+# (default 2G), CREST_AARCH64_SMP (default 2), CREST_AARCH64_TIMEOUT (seconds, default 3600),
+# CREST_AARCH64_JDK (an unpacked Debian arm64 OpenJDK root: its usr/lib/jvm and
+# etc/java-17-openjdk are shared at /usr/lib/jvm and /etc/java-17-openjdk, its bin/ linked from
+# /usr/bin).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,6 +52,20 @@ for d in "$(dirname "$bin")" "$cwd"; do
     done
     [ $covered -eq 1 ] || shares+=("$d")
 done
+# Directories shared at another path in the guest: host path and guest path.
+other_host=()
+other_guest=()
+jdk=${CREST_AARCH64_JDK:-}
+if [ -n "$jdk" ]; then
+    [ -d "$jdk/usr/lib/jvm" ] || fail "CREST_AARCH64_JDK=$jdk has no usr/lib/jvm"
+    other_host+=("$jdk/usr/lib/jvm")
+    other_guest+=(/usr/lib/jvm)
+    for e in "$jdk"/etc/java-*; do
+        [ -d "$e" ] || continue
+        other_host+=("$e")
+        other_guest+=("/etc/$(basename "$e")")
+    done
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/crest-aarch64-run.XXXXXX")
 cc_pid=
@@ -87,6 +104,14 @@ serve_cc() {
         echo "mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,access=any host$i $(q "$s")"
         i=$((i + 1))
     done
+    for ((j = 0; j < ${#other_host[@]}; j++)); do
+        echo "mkdir -p $(q "${other_guest[$j]}")"
+        echo "mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,access=any,ro jdk$j $(q "${other_guest[$j]}")"
+    done
+    if [ -n "$jdk" ]; then
+        # java, javac, jcmd, ... on the PATH, as Debian's alternatives would put them.
+        echo 'for b in /usr/lib/jvm/java-*-openjdk-arm64/bin/*; do [ -e "/usr/bin/${b##*/}" ] || ln -s "$b" /usr/bin/; done'
+    fi
     echo "set +e"
     # cargo's environment for the test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...) and the user's
     # RUST_* / CREST_* settings; not the harness's own.
@@ -118,6 +143,9 @@ i=0
 for s in "${shares[@]}"; do
     qemu+=(-virtfs "local,path=$s,mount_tag=host$i,security_model=none")
     i=$((i + 1))
+done
+for ((j = 0; j < ${#other_host[@]}; j++)); do
+    qemu+=(-virtfs "local,path=${other_host[$j]},mount_tag=jdk$j,security_model=none,readonly=on")
 done
 
 # The console carries the boot and the test's output: print what lies between the markers, keep
