@@ -168,7 +168,7 @@ fetch_deb() {
     ver=${file##*/"$pkg"_}
     ver=${ver%_arm64.deb}
     if [ ! -s "$file" ]; then
-        log "downloading $pkg $ver (arm64)"
+        log "downloading $pkg ${ver//%3a/:} (arm64)"
         (cd "$cache/debs" && apt-get "${apt_opts[@]}" -q download "$pkg" >&2)
     fi
     [ -s "$file" ] || { log "apt-get download $pkg did not leave $file"; exit 1; }
@@ -185,17 +185,20 @@ if [ ! -x "$busybox" ]; then
 fi
 
 # The kernel modules the guest loads, in load order (paths under the package's kernel/ dir): 9p
-# to share the host tree, and the sock_diag families crest asks about sockets.
+# to share the host tree, the sock_diag families crest asks about sockets, nf_tables for the
+# network lock.
 modules=(
     fs/netfs/netfs net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p
     net/unix/unix_diag net/netlink/netlink_diag net/packet/af_packet_diag
     net/ipv4/inet_diag net/ipv4/tcp_diag net/ipv4/udp_diag net/ipv4/raw_diag
+    crypto/crc32c_generic lib/libcrc32c net/netfilter/nfnetlink net/netfilter/nf_tables
 )
 
 # Small arm64 packages whose files go into every base initramfs: bash (tests run `bash -c`) with
-# its libtinfo, and zlib (the JDK's libzip needs it).
+# its libtinfo, zlib (the JDK's libzip needs it), nft and its libraries (crest's network lock).
 extras_dir=$cache/extras
-extras=(bash libtinfo6 zlib1g)
+extras=(bash libtinfo6 zlib1g nftables libnftables1 libmnl0 libnftnl11 libjansson4 libedit2
+    libxtables12 libbsd0 libmd0 libgmp10)
 extras_debs=()
 for p in "${extras[@]}"; do
     extras_debs+=("$(fetch_deb "$p")")
@@ -304,6 +307,7 @@ prepare_kernel() {
         cp -a "$extras_dir"/lib/aarch64-linux-gnu/*.so* "$extras_dir"/usr/lib/aarch64-linux-gnu/*.so* \
             "$r/lib/aarch64-linux-gnu/" 2>/dev/null || true
         cp "$extras_dir/bin/bash" "$r/bin/bash"
+        cp "$extras_dir/usr/sbin/nft" "$r/usr/sbin/nft"
         ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 "$r/lib/ld-linux-aarch64.so.1"
         ln -s ../../lib/aarch64-linux-gnu "$r/usr/aarch64-linux-gnu/lib"
         ln -s lib "$r/lib64"
