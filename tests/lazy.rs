@@ -85,14 +85,30 @@ fn the_page_daemon_killed_mid_load_takes_the_tree_with_it() {
 
 /// Starts `crest restore --lazy-pages` of `dir` (attached) with its statistics in `stats`.
 fn spawn_lazy(dir: &std::path::Path, stats: &std::path::Path) -> CrestProcess {
-    spawn_crest([
+    spawn_crest(lazy_args(dir, stats))
+}
+
+/// As [`spawn_lazy`], with the page server's background pass held until `hold` exists (the
+/// test hook `CREST_LAZY_TEST_HOLD`), so the memory comes in through the program's faults.
+fn spawn_lazy_held(
+    dir: &std::path::Path,
+    stats: &std::path::Path,
+    hold: &std::path::Path,
+) -> CrestProcess {
+    spawn_crest_with(lazy_args(dir, stats), |cmd| {
+        cmd.env("CREST_LAZY_TEST_HOLD", hold);
+    })
+}
+
+fn lazy_args<'a>(dir: &'a std::path::Path, stats: &'a std::path::Path) -> [&'a std::ffi::OsStr; 6] {
+    [
         "restore".as_ref(),
         "--lazy-pages".as_ref(),
         "--stats-json".as_ref(),
         stats.as_os_str(),
         "-D".as_ref(),
         dir.as_os_str(),
-    ])
+    ]
 }
 
 /// Waits until crest wrote its statistics (every page is in) and returns the "lazy" part.
@@ -160,19 +176,7 @@ fn memory_map_changes_during_the_load_are_followed() {
     std::fs::write(ctl.join("mutate"), "").unwrap();
     let hold = v.work.join("background-may-start");
     let stats = v.work.join("stats.json");
-    let mut restore = spawn_crest_with(
-        [
-            "restore".as_ref(),
-            "--lazy-pages".as_ref(),
-            "--stats-json".as_ref(),
-            stats.as_os_str(),
-            "-D".as_ref(),
-            dir.as_os_str(),
-        ],
-        |cmd| {
-            cmd.env("CREST_LAZY_TEST_HOLD", &hold);
-        },
-    );
+    let mut restore = spawn_lazy_held(&dir, &stats, &hold);
     v.mark_restored();
     v.wait_logging_after(before);
     let mutated = wait_for("the restored process to change its memory", TIMEOUT, || {
@@ -213,19 +217,7 @@ fn threads_restored_lazily_verify() {
     // The background pass waits until the threads have verified, so their memory comes in
     // through their faults.
     let hold = v.work.join("background-may-start");
-    let mut restore = spawn_crest_with(
-        [
-            "restore".as_ref(),
-            "--lazy-pages".as_ref(),
-            "--stats-json".as_ref(),
-            stats.as_os_str(),
-            "-D".as_ref(),
-            dir.as_os_str(),
-        ],
-        |cmd| {
-            cmd.env("CREST_LAZY_TEST_HOLD", &hold);
-        },
-    );
+    let mut restore = spawn_lazy_held(&dir, &stats, &hold);
     v.mark_restored();
     v.wait_logging_after(before);
     v.verify().expect("the lazily restored threads verify");

@@ -427,7 +427,7 @@ impl Ctx {
         let dir = arg(&cp.dir);
         let crest = arg(&self.crest);
         match method {
-            "crest-copy" => strs(&[
+            "crest-copy" | "crest-map" => strs(&[
                 &crest,
                 "restore",
                 "-D",
@@ -436,18 +436,7 @@ impl Ctx {
                 "--pidfile",
                 &pidfile,
                 "--pages",
-                "copy",
-            ]),
-            "crest-map" => strs(&[
-                &crest,
-                "restore",
-                "-D",
-                &dir,
-                "-d",
-                "--pidfile",
-                &pidfile,
-                "--pages",
-                "map",
+                method.trim_start_matches("crest-"),
             ]),
             "crest-lazy" | "crest-lazy-prefetch" => {
                 // Lazy pages need crest restore attached: it is the page server.
