@@ -197,6 +197,15 @@ fn mapped_recording_writes_a_working_set_that_later_mapped_restores_prefetch() {
     let (pages, source) = shown_working_set(&dir, v.pid);
     assert!(pages > 0, "memcheck touched pages while it ran");
     assert_eq!(source, "MappedPresent");
+    // memcheck rewrites its history ring and counter on every tick: those pages are written.
+    let ws = images::read_working_set(&images::open_image(&dir).unwrap())
+        .unwrap()
+        .unwrap();
+    let written: u64 = ws.processes[0].written.iter().map(|r| r.1).sum();
+    assert!(
+        written > 0 && written < pages,
+        "{written} of {pages} recorded pages written"
+    );
 
     // A later mapped restore prefetches it.
     let stats = v.work.join("stats.json");
@@ -221,6 +230,64 @@ fn mapped_recording_writes_a_working_set_that_later_mapped_restores_prefetch() {
     v.reap();
 }
 
+#[test]
+fn a_mapped_restore_faults_in_written_the_pages_the_working_set_says_are_written() {
+    let mut v = Victim::start(Kind::Memcheck);
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    // memcheck's 32 MiB of random words are only read when it verifies: between ticks, none of
+    // their pages is touched. Say that pages 1-4 of that run are written first.
+    let image = images::open_image(&dir).unwrap();
+    let p = &image.processes[0];
+    let ps = image.inventory.page_size;
+    let big = *p.page_runs.iter().max_by_key(|r| r.npages).unwrap();
+    assert!(big.npages >= 64, "memcheck stores a large run: {big:?}");
+    let ws = WorkingSet {
+        inventory_blake3: image.inventory_blake3,
+        recorded_unix_ms: 1,
+        window_ms: 300,
+        source: WorkingSetSource::MappedPresent,
+        processes: vec![ProcessWorkingSet {
+            pid: p.pid,
+            ranges: vec![(big.vaddr + ps, 4)],
+            written: vec![(big.vaddr + ps, 4)],
+        }],
+    };
+    images::write_working_set(&image, &ws).unwrap();
+
+    let out = restore_detached(&dir, &["--pages", "map", "-v"]);
+    out.assert_ok();
+    v.mark_restored();
+    assert!(
+        out.stderr
+            .contains("16 KiB of them the working set says are written first"),
+        "{out}"
+    );
+    // Before memcheck verifies anything: the 4 pages are its own copies already, the pages
+    // around them untouched (still to be read from the page file when first touched).
+    let touched = crest::proc::Proc::open(v.pid)
+        .unwrap()
+        .pagemap()
+        .unwrap()
+        .touched_pages(big.vaddr, big.vaddr + 16 * ps, ps)
+        .unwrap();
+    let written: Vec<u64> = touched
+        .iter()
+        .filter(|t| t.written)
+        .map(|t| t.addr)
+        .collect();
+    assert_eq!(
+        written,
+        (1..5).map(|i| big.vaddr + i * ps).collect::<Vec<_>>(),
+        "the written pages of the working set are faulted in written: {touched:?}"
+    );
+    v.verify()
+        .expect("memcheck verifies after a mapped restore with hot pages");
+    v.request_exit(0);
+    v.reap();
+}
+
 /// A valid working set of one page run's first page for the image in `dir`.
 fn forge(dir: &Path) -> (images::Image, WorkingSet) {
     let image = images::open_image(dir).unwrap();
@@ -234,6 +301,7 @@ fn forge(dir: &Path) -> (images::Image, WorkingSet) {
         processes: vec![ProcessWorkingSet {
             pid: p.pid,
             ranges: vec![(r.vaddr, 1)],
+            written: Vec::new(),
         }],
     };
     (image, ws)

@@ -1724,6 +1724,10 @@ pub struct ProcessWorkingSet {
     /// `(vaddr, npages)`, sorted, not overlapping; each lies inside one stored
     /// [`PageRun`] of the process.
     pub ranges: Vec<(u64, u64)>,
+    /// The pages of `ranges` the process also wrote, in the same form (a mapped restore's
+    /// recording tells them apart: a written page was copied out of the page file). Empty
+    /// when the recording could not tell (lazy faults).
+    pub written: Vec<(u64, u64)>,
 }
 
 impl ProcessWorkingSet {

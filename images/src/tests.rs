@@ -1314,6 +1314,7 @@ fn sample_working_set(image: &crate::Image) -> WorkingSet {
         processes: vec![ProcessWorkingSet {
             pid: PID,
             ranges: vec![(p.page_runs[0].vaddr + ps(), 1), (p.page_runs[2].vaddr, 2)],
+            written: vec![(p.page_runs[2].vaddr + ps(), 1)],
         }],
     }
 }
@@ -1388,6 +1389,13 @@ fn tampered_stale_or_misfit_working_sets_are_refused() {
     let mut unsorted = good.clone();
     unsorted.processes[0].ranges.reverse();
     expect_refused(crate::encode_working_set(&unsorted), "precedes");
+    // Written pages are checked like the others.
+    let mut written_outside = good.clone();
+    written_outside.processes[0].written = vec![(0x1000, 1)];
+    expect_refused(
+        crate::encode_working_set(&written_outside),
+        "written range 0 (1 pages at 0x1000) does not lie inside one stored page run",
+    );
     // A process record in its place.
     let p = codec::encode(MetaRole::Process, &image.processes[0]).unwrap();
     expect_refused(p, "expected a working set");

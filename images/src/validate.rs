@@ -2892,40 +2892,54 @@ pub(crate) fn check_working_set(
             .iter()
             .find(|p| p.pid == w.pid)
             .ok_or_else(|| format!("pid {} is not a process of the image", w.pid))?;
-        let mut prev_end = 0u64;
-        for (i, &(vaddr, npages)) in w.ranges.iter().enumerate() {
-            let what = || format!("pid {}: range {i} ({npages} pages at {vaddr:#x})", w.pid);
-            if npages == 0 {
-                return Err(format!("{} is empty", what()));
-            }
-            if vaddr % page_size != 0 {
-                return Err(format!("{} is not page-aligned", what()));
-            }
-            let end = npages
-                .checked_mul(page_size)
-                .and_then(|len| vaddr.checked_add(len))
-                .filter(|&e| e <= USER_ADDRESS_LIMIT)
-                .ok_or_else(|| format!("{} runs past the user address space", what()))?;
-            if i > 0 && vaddr < prev_end {
-                return Err(format!(
-                    "{} overlaps or precedes the range before it",
-                    what()
-                ));
-            }
-            prev_end = end;
-            // The run with the greatest vaddr <= the range's start is the only one that can
-            // hold it.
-            let idx = p.page_runs.partition_point(|r| r.vaddr <= vaddr);
-            let inside = idx
-                .checked_sub(1)
-                .and_then(|k| p.page_runs.get(k))
-                .is_some_and(|r| end <= r.vaddr + r.npages * page_size);
-            if !inside {
-                return Err(format!(
-                    "{} does not lie inside one stored page run of the image",
-                    what()
-                ));
-            }
+        check_ranges(w.pid, "range", &w.ranges, p, page_size)?;
+        check_ranges(w.pid, "written range", &w.written, p, page_size)?;
+    }
+    Ok(())
+}
+
+/// Ranges `(vaddr, npages)` of a working set: sorted, not overlapping, each inside one stored
+/// page run of `p`.
+fn check_ranges(
+    pid: i32,
+    kind: &str,
+    ranges: &[(u64, u64)],
+    p: &ProcessImage,
+    page_size: u64,
+) -> Result<(), String> {
+    let mut prev_end = 0u64;
+    for (i, &(vaddr, npages)) in ranges.iter().enumerate() {
+        let what = || format!("pid {pid}: {kind} {i} ({npages} pages at {vaddr:#x})");
+        if npages == 0 {
+            return Err(format!("{} is empty", what()));
+        }
+        if vaddr % page_size != 0 {
+            return Err(format!("{} is not page-aligned", what()));
+        }
+        let end = npages
+            .checked_mul(page_size)
+            .and_then(|len| vaddr.checked_add(len))
+            .filter(|&e| e <= USER_ADDRESS_LIMIT)
+            .ok_or_else(|| format!("{} runs past the user address space", what()))?;
+        if i > 0 && vaddr < prev_end {
+            return Err(format!(
+                "{} overlaps or precedes the range before it",
+                what()
+            ));
+        }
+        prev_end = end;
+        // The run with the greatest vaddr <= the range's start is the only one that can
+        // hold it.
+        let idx = p.page_runs.partition_point(|r| r.vaddr <= vaddr);
+        let inside = idx
+            .checked_sub(1)
+            .and_then(|k| p.page_runs.get(k))
+            .is_some_and(|r| end <= r.vaddr + r.npages * page_size);
+        if !inside {
+            return Err(format!(
+                "{} does not lie inside one stored page run of the image",
+                what()
+            ));
         }
     }
     Ok(())

@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 /// Most areas the restorer moves into place: `[vvar*]` pieces and the `[vdso]` (8), and the
 /// rings of AIO contexts the task created (32, the image's limit per process).
@@ -98,7 +98,12 @@ pub struct VmaArg {
     pub madvise: [u32; MAX_MADVISE],
     /// VMA_EXTRA_* bits: what else to do once the VMA is mapped and filled.
     pub extra: u32,
-    pub _pad: u32,
+    /// With `VMA_FILL_MAP`: how many runs after the `nr_runs` mapped ones are ranges of those
+    /// to fault in written at once (MADV_POPULATE_WRITE: the pages the program writes first;
+    /// copied now, while the process has one thread, each saves a copy-on-write fault later,
+    /// and the TLB shootdown that fault sends to every other CPU running the process). Their
+    /// `file_offset` is unused. 0 otherwise.
+    pub nr_hot_runs: u32,
     /// Index of the first of this VMA's page runs in `RestorerArgs::runs`, and their count.
     pub first_run: u32,
     pub nr_runs: u32,

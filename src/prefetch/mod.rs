@@ -37,6 +37,11 @@ use crate::images::{self, Image, PageRun, WorkingSet};
 /// come along): fewer, larger copies.
 pub const MERGE_GAP: u64 = 64 << 10;
 
+/// Written working-set ranges closer than this are copied as one by a mapped restore
+/// ([`hot_ranges`]): each page copied costs about what a copy-on-write fault would, so only
+/// what splits the mapping into many small VMAs is merged.
+pub const HOT_MERGE_GAP: u64 = 8 << 10;
+
 /// The working set to prefetch for a restore of `image`: None with `--no-prefetch`, while
 /// recording a new one, or when the image has none. A damaged, stale or misfit file is an
 /// error, raised before anything is restored.
@@ -60,14 +65,33 @@ pub fn load(image: &Image, wanted: bool) -> Result<Option<WorkingSet>, images::I
 /// The ranges of process `pid` in `ws`, as sorted `(start, end)` addresses with neighbours
 /// less than [`MERGE_GAP`] apart merged.
 pub fn merged_ranges(ws: &WorkingSet, pid: i32, page: u64) -> Vec<(u64, u64)> {
-    let Some(p) = ws.processes.iter().find(|p| p.pid == pid) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(p.ranges.len());
-    for &(vaddr, npages) in &p.ranges {
+    ws.processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .map(|p| merged(&p.ranges, page, MERGE_GAP))
+        .unwrap_or_default()
+}
+
+/// The pages process `pid` wrote first, by `ws` (only a mapped restore's recording tells):
+/// sorted `(start, end)` addresses with neighbours less than [`MERGE_GAP`] apart merged. A
+/// mapped restore copies them instead of mapping them ([`crate::mapped::MapPlan`]); merging
+/// keeps the VMAs that splits few, and the pages between come along at the cost of a read.
+pub fn hot_ranges(ws: &WorkingSet, pid: i32, page: u64) -> Vec<(u64, u64)> {
+    ws.processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .map(|p| merged(&p.written, page, HOT_MERGE_GAP))
+        .unwrap_or_default()
+}
+
+/// `(vaddr, npages)` ranges (sorted) as `(start, end)` with neighbours at most `gap` bytes
+/// apart merged.
+fn merged(ranges: &[(u64, u64)], page: u64, gap: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(vaddr, npages) in ranges {
         let end = vaddr + npages * page;
         match out.last_mut() {
-            Some(last) if vaddr <= last.1 + MERGE_GAP => last.1 = last.1.max(end),
+            Some(last) if vaddr <= last.1 + gap => last.1 = last.1.max(end),
             _ => out.push((vaddr, end)),
         }
     }
@@ -111,10 +135,11 @@ pub fn show_text(image: &Image) -> String {
                 .iter()
                 .map(|p| {
                     format!(
-                        "pid {} {} page(s) in {} range(s)",
+                        "pid {} {} page(s) in {} range(s), {} written",
                         p.pid,
                         p.pages(),
-                        p.ranges.len()
+                        p.ranges.len(),
+                        p.written.iter().map(|r| r.1).sum::<u64>()
                     )
                 })
                 .collect();
@@ -150,6 +175,8 @@ pub fn show_json(image: &Image) -> serde_json::Value {
                 "pid": p.pid,
                 "pages": p.pages(),
                 "ranges": p.ranges,
+                "written_pages": p.written.iter().map(|r| r.1).sum::<u64>(),
+                "written_ranges": p.written,
             })).collect::<Vec<_>>(),
         }),
         Err(e) => serde_json::json!({ "error": e.to_string() }),
@@ -229,6 +256,7 @@ mod tests {
             processes: vec![ProcessWorkingSet {
                 pid: 7,
                 ranges: vec![(0x10000, 1), (0x12000, 2), (0x100000, 1)],
+                written: vec![(0x12000, 1), (0x100000, 1)],
             }],
         };
         assert_eq!(
@@ -236,5 +264,9 @@ mod tests {
             vec![(0x10000, 0x14000), (0x100000, 0x101000)]
         );
         assert!(merged_ranges(&ws, 8, 0x1000).is_empty());
+        assert_eq!(
+            hot_ranges(&ws, 7, 0x1000),
+            vec![(0x12000, 0x13000), (0x100000, 0x101000)]
+        );
     }
 }

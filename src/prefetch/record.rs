@@ -44,8 +44,8 @@ enum How {
 pub struct Recorded {
     pub path: std::path::PathBuf,
     pub window_ms: u64,
-    /// (pid, pages).
-    pub pages: Vec<(i32, u64)>,
+    /// (pid, pages, of which written; None when the recording cannot tell).
+    pub pages: Vec<(i32, u64, Option<u64>)>,
 }
 
 impl Recorded {
@@ -53,7 +53,10 @@ impl Recorded {
         let per: Vec<String> = self
             .pages
             .iter()
-            .map(|(pid, n)| format!("pid {pid} {n} page(s)"))
+            .map(|(pid, n, written)| match written {
+                Some(w) => format!("pid {pid} {n} page(s), {w} of them written"),
+                None => format!("pid {pid} {n} page(s)"),
+            })
             .collect();
         format!(
             "working set of the first {} ms recorded in {}: {}",
@@ -121,10 +124,17 @@ impl Recording {
                 .map(|p| &p.page_runs[..])
                 .unwrap_or(&[])
         };
-        let (source, touched): (WorkingSetSource, Vec<(i32, Vec<u64>)>) = match &self.how {
+        // (pid, pages touched, pages of those written: empty when unknown).
+        type Touched = Vec<(i32, Vec<u64>, Vec<u64>)>;
+        let (source, touched): (WorkingSetSource, Touched) = match &self.how {
             How::Lazy => {
                 let l = lazy.ok_or(RecordError::NoLazyRecord)?;
-                (WorkingSetSource::LazyFaults, l.recorded.clone())
+                let touched = l
+                    .recorded
+                    .iter()
+                    .map(|(pid, pages)| (*pid, pages.clone(), Vec::new()))
+                    .collect();
+                (WorkingSetSource::LazyFaults, touched)
             }
             How::Mapped { ranges, released } => {
                 // crest does not die of a ^C meanwhile: the signals stay pending (and are
@@ -147,23 +157,27 @@ impl Recording {
                             continue;
                         }
                     };
-                    let mut pages = Vec::new();
+                    let (mut pages, mut written) = (Vec::new(), Vec::new());
                     for &(s, e) in rs {
                         match pm.touched_pages(s, e, page) {
-                            Ok(t) => pages.extend(t),
+                            Ok(t) => {
+                                pages.extend(t.iter().map(|t| t.addr));
+                                written.extend(t.iter().filter(|t| t.written).map(|t| t.addr));
+                            }
                             Err(source) => return Err(RecordError::Pagemap { pid, source }),
                         }
                     }
-                    out.push((pid, pages));
+                    out.push((pid, pages, written));
                 }
                 (WorkingSetSource::MappedPresent, out)
             }
         };
         let mut processes: Vec<ProcessWorkingSet> = touched
             .into_iter()
-            .map(|(pid, pages)| ProcessWorkingSet {
+            .map(|(pid, pages, written)| ProcessWorkingSet {
                 pid,
                 ranges: ranges_from_pages(pages, runs_of(pid), page),
+                written: ranges_from_pages(written, runs_of(pid), page),
             })
             .filter(|p| !p.ranges.is_empty())
             .collect();
@@ -179,7 +193,15 @@ impl Recording {
         Ok(Recorded {
             path: self.image.dir.join(images::WORKING_SET_FILE),
             window_ms: ws.window_ms,
-            pages: ws.processes.iter().map(|p| (p.pid, p.pages())).collect(),
+            pages: ws
+                .processes
+                .iter()
+                .map(|p| {
+                    let written = (ws.source == WorkingSetSource::MappedPresent)
+                        .then(|| p.written.iter().map(|r| r.1).sum());
+                    (p.pid, p.pages(), written)
+                })
+                .collect(),
         })
     }
 }

@@ -37,7 +37,7 @@ pub use maps::{own_maps, MapEntry, MapName, MapRange};
 pub use mcast::{joined_groups, JoinedGroup};
 pub use meminfo::mem_available;
 pub use nstid::outer_tid;
-pub use pagemap::Pagemap;
+pub use pagemap::{Pagemap, TouchedPage};
 pub use procfs::process::VmFlags;
 pub use settings::{
     own_loginuid, own_oom_score_adj, parse_smaps_vmflags, set_own_loginuid, set_own_oom_score_adj,

@@ -53,12 +53,21 @@ impl Pagemap {
 
 /// Present in RAM (bit 63) or swapped out (bit 62): the page was touched since it was mapped.
 const TOUCHED: u64 = (1 << 63) | (1 << 62);
+/// A page of a file (or of shared anonymous memory) rather than the process's own (bit 61).
+const FILE_PAGE: u64 = 1 << 61;
 
 impl Pagemap {
-    /// The addresses of the pages of `start..end` (page-aligned, pages of `page` bytes) that
-    /// are present or swapped: in a private file mapping, those the process read (or the
-    /// kernel mapped around a read, see fault_around_bytes) or wrote.
-    pub fn touched_pages(&self, start: u64, end: u64, page: u64) -> Result<Vec<u64>, ProcError> {
+    /// The pages of `start..end` (page-aligned, pages of `page` bytes) that are present or
+    /// swapped, by address: in a private file mapping, those the process read (or the kernel
+    /// mapped around a read, see fault_around_bytes) or wrote. `written` says whether the page
+    /// is the process's own copy (anonymous, or swapped) rather than the file's page: in a
+    /// private file mapping, the pages it wrote.
+    pub fn touched_pages(
+        &self,
+        start: u64,
+        end: u64,
+        page: u64,
+    ) -> Result<Vec<TouchedPage>, ProcError> {
         const BATCH: u64 = 64 << 10;
         let mut out = Vec::new();
         let mut entries = vec![0u64; BATCH as usize];
@@ -73,10 +82,21 @@ impl Pagemap {
                     .iter()
                     .enumerate()
                     .filter(|(_, &e)| e & TOUCHED != 0)
-                    .map(|(i, _)| (at + i as u64) * page),
+                    .map(|(i, &e)| TouchedPage {
+                        addr: (at + i as u64) * page,
+                        written: e & FILE_PAGE == 0,
+                    }),
             );
             at += n;
         }
         Ok(out)
     }
+}
+
+/// A page [`Pagemap::touched_pages`] found present or swapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TouchedPage {
+    pub addr: u64,
+    /// The process's own copy, not the page of the file mapped there.
+    pub written: bool,
 }

@@ -242,7 +242,66 @@ fn touched_pages_lists_the_pages_written() {
         .unwrap()
         .touched_pages(start, start + 8 * ps, ps)
         .unwrap();
-    assert_eq!(touched, vec![start + ps, start + 2 * ps, start + 6 * ps]);
+    let addrs: Vec<u64> = touched.iter().map(|t| t.addr).collect();
+    assert_eq!(addrs, vec![start + ps, start + 2 * ps, start + 6 * ps]);
+    assert!(
+        touched.iter().all(|t| t.written),
+        "anonymous pages are the process's own"
+    );
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(base, 8 * ps as usize) };
+}
+
+#[test]
+fn touched_pages_of_a_private_file_mapping_tell_read_from_written() {
+    use std::os::fd::AsRawFd;
+    let ps = crate::arch::page_size();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    std::fs::write(&path, vec![7u8; 8 * ps as usize]).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    // SAFETY: a new private mapping of the 8-page file, unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8 * ps as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let start = base as u64;
+    // SAFETY: inside the mapping made above.
+    unsafe {
+        assert_eq!(std::ptr::read_volatile((start + ps) as *const u8), 7);
+        std::ptr::write_volatile((start + 5 * ps) as *mut u8, 1);
+    }
+    let touched = me()
+        .pagemap()
+        .unwrap()
+        .touched_pages(start, start + 8 * ps, ps)
+        .unwrap();
+    let read = touched
+        .iter()
+        .find(|t| t.addr == start + ps)
+        .expect("the read page");
+    assert!(!read.written, "a page only read is the file's: {touched:?}");
+    let written = touched
+        .iter()
+        .find(|t| t.addr == start + 5 * ps)
+        .expect("the written page");
+    assert!(
+        written.written,
+        "a written page is the process's copy: {touched:?}"
+    );
+    // Fault-around may map more of the file's pages; none of them counts as written.
+    assert_eq!(
+        touched.iter().filter(|t| t.written).count(),
+        1,
+        "{touched:?}"
+    );
     // SAFETY: unmapping the mapping made above.
     unsafe { libc::munmap(base, 8 * ps as usize) };
 }

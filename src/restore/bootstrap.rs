@@ -809,7 +809,7 @@ fn vma_args(
                 file_offset: m.slot,
                 madvise,
                 extra,
-                _pad: 0,
+                nr_hot_runs: 0,
                 first_run: runs_out.len() as u32,
                 nr_runs: 0,
                 name,
@@ -817,10 +817,22 @@ fn vma_args(
             continue;
         }
         let vma_runs = &p.page_runs[first_run..first_run + nr_runs];
-        let map = nr_runs > 0 && mapped.is_some_and(|m| m.maps(vma.start));
-        let (copy, lazy_pieces) = if map {
-            let pieces = crate::mapped::pieces(vma_runs, page)
+        let map_plan = mapped.filter(|m| nr_runs > 0 && m.maps(vma.start));
+        let map = map_plan.is_some();
+        // Mapped VMAs: the mapped runs, then `nr_hot_runs` ranges of them to fault in
+        // written (MapPlan::hot_parts).
+        let mut nr_hot_runs = 0;
+        let (copy, lazy_pieces) = if let Some(plan) = map_plan {
+            let mapped = crate::mapped::pieces(vma_runs, page);
+            let hot = if vma.prot & libc::PROT_WRITE as u32 != 0 {
+                plan.hot_parts(&mapped)
+            } else {
+                Vec::new()
+            };
+            nr_hot_runs = hot.len() as u32;
+            let pieces = mapped
                 .into_iter()
+                .chain(hot)
                 .map(|m| crate::lazy::plan::Piece {
                     vaddr: m.vaddr,
                     len: m.len,
@@ -867,9 +879,9 @@ fn vma_args(
             file_offset,
             madvise,
             extra,
-            _pad: 0,
+            nr_hot_runs,
             first_run: first_arg as u32,
-            nr_runs: copy.len() as u32,
+            nr_runs: copy.len() as u32 - nr_hot_runs,
             name,
         });
     }

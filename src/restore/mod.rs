@@ -215,11 +215,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if opts.verify {
         images::verify_pages(&opts.dir, &image)?;
     }
-    let map_plans = if opts.map_pages {
-        crate::mapped::plan_image(&opts.dir, &image.processes).map_err(RestoreError::Unsupported)?
-    } else {
-        Default::default()
-    };
     for p in &image.processes {
         check_supported(p)?;
     }
@@ -230,6 +225,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             && !opts.no_prefetch
             && opts.record_working_set.is_none(),
     )?;
+    let map_plans = if opts.map_pages {
+        crate::mapped::plan_image(&opts.dir, &image.processes, working_set.as_ref())
+            .map_err(RestoreError::Unsupported)?
+    } else {
+        Default::default()
+    };
 
     crate::info!(
         1,

@@ -82,6 +82,9 @@ pub fn mprotect(addr: u64, len: u64, prot: u32) -> SysResult {
     decode(unsafe { arch::syscall3(nr::MPROTECT, addr as usize, len as usize, prot as usize) })
 }
 
+/// madvise(2): fault the range in as if written (Linux 5.14).
+pub const MADV_POPULATE_WRITE: u32 = 23;
+
 pub fn madvise(addr: u64, len: u64, advice: u32) -> SysResult {
     // SAFETY: advice on a VMA the restorer just mapped, with a value taken from the image.
     decode(unsafe { arch::syscall3(nr::MADVISE, addr as usize, len as usize, advice as usize) })
