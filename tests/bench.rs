@@ -164,7 +164,13 @@ fn every_crest_mode_against_a_cold_start_with_every_export() {
     let chart = s.path("chart.svg");
     let csv = s.path("out.csv");
     let md = s.path("out.md");
-    let modes = ["cold", "crest-copy", "crest-map", "crest-lazy"];
+    let modes = [
+        "cold",
+        "crest-copy",
+        "crest-map",
+        "crest-map-prefetch",
+        "crest-lazy",
+    ];
     let (json, table) = s.bench(
         &[
             "--runs",

@@ -13,10 +13,11 @@ use super::report::{Cache, DumpFigures};
 use super::workload::{with_jvm_options, Jdk};
 
 /// Every method, in the order of the report.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "cold",
     "crest-copy",
     "crest-map",
+    "crest-map-prefetch",
     "crest-lazy",
     "crest-lazy-prefetch",
     "criu",
@@ -296,8 +297,8 @@ impl Ctx {
             }
             m => {
                 let cp = self.checkpoint(m, &self.crest)?;
-                if m == "crest-lazy-prefetch" {
-                    self.record_working_set(&cp)?;
+                if m.ends_with("-prefetch") {
+                    self.record_working_set(m, &cp)?;
                 }
                 Ok(Prepared::Checkpoint(cp))
             }
@@ -406,11 +407,14 @@ impl Ctx {
         })
     }
 
-    /// crest-lazy-prefetch: one restore that records the working set into the image.
-    fn record_working_set(&self, cp: &Checkpoint) -> Result<(), String> {
-        let mut argv = self.restore_argv("crest-lazy-prefetch", cp);
+    /// crest-lazy-prefetch, crest-map-prefetch: one restore that records the working set into
+    /// the image (lazy: attached, crest is the page server; map: with -d, crest exits once the
+    /// working set is written).
+    fn record_working_set(&self, method: &str, cp: &Checkpoint) -> Result<(), String> {
+        let mut argv = self.restore_argv(method, cp);
         argv.push("--record-working-set".into());
-        self.restore_once(&argv, cp, "crest-lazy-prefetch.record", true, None)
+        let attached = !argv.iter().any(|a| a == "-d");
+        self.restore_once(&argv, cp, &format!("{method}.record"), attached, None)
             .map_err(|e| format!("the recording restore (--record-working-set) failed: {e}"))?;
         let file = cp.dir.join("working-set.img");
         if !file.exists() {
@@ -427,17 +431,28 @@ impl Ctx {
         let dir = arg(&cp.dir);
         let crest = arg(&self.crest);
         match method {
-            "crest-copy" | "crest-map" => strs(&[
-                &crest,
-                "restore",
-                "-D",
-                &dir,
-                "-d",
-                "--pidfile",
-                &pidfile,
-                "--pages",
-                method.trim_start_matches("crest-"),
-            ]),
+            "crest-copy" | "crest-map" | "crest-map-prefetch" => {
+                let pages = if method == "crest-copy" {
+                    "copy"
+                } else {
+                    "map"
+                };
+                let mut a = strs(&[
+                    &crest,
+                    "restore",
+                    "-D",
+                    &dir,
+                    "-d",
+                    "--pidfile",
+                    &pidfile,
+                    "--pages",
+                    pages,
+                ]);
+                if method == "crest-map" && self.crest_has_no_prefetch {
+                    a.push("--no-prefetch".into());
+                }
+                a
+            }
             "crest-lazy" | "crest-lazy-prefetch" => {
                 // Lazy pages need crest restore attached: it is the page server.
                 let mut a = strs(&[

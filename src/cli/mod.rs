@@ -207,8 +207,9 @@ struct BenchArgs {
     /// Ready: the process has exited (checkpoints are taken --warmup seconds after the start).
     #[arg(long)]
     ready_exit: bool,
-    /// Methods, comma-separated: cold, crest-copy, crest-map, crest-lazy, crest-lazy-prefetch,
-    /// criu, criu-lazy, aot-cache, cds [default: all that apply to the workload].
+    /// Methods, comma-separated: cold, crest-copy, crest-map, crest-map-prefetch, crest-lazy,
+    /// crest-lazy-prefetch, criu, criu-lazy, aot-cache, cds [default: all that apply to the
+    /// workload].
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     modes: Option<Vec<String>>,
     /// The criu binary (default: criu on PATH).
