@@ -91,15 +91,20 @@ pub fn check_fpu_compatible(pid: i32, regs: &ArchRegs) -> Result<(), super::supe
             "cannot read this CPU's XSAVE layout from pid {pid}: {e}"
         ))
     })?;
-    if len != xstate.len() {
+    // A stored area may end after its last component in use (regs::capture), its whole size
+    // recorded in it (sigframe::full_len).
+    let theirs_len = super::sigframe::full_len(xstate);
+    if len != theirs_len {
         return Err(ArchError::Incompatible(format!(
-            "the image's XSAVE area is {} bytes but this CPU's is {len}: it was dumped on a CPU with other vector-register features",
-            xstate.len()
+            "the image's XSAVE area is {theirs_len} bytes but this CPU's is {len}: it was dumped \
+             on a CPU with other vector-register features"
         )));
     }
     let features =
         |b: &[u8]| u64::from_le_bytes(b[SW_XFEATURES..SW_XFEATURES + 8].try_into().unwrap());
-    let (theirs, ours) = (features(xstate), features(&here[..len]));
+    // The image's are the dumping CPU's XCR0 (stamped by regs::capture; 0 in an older image);
+    // ours are this CPU's.
+    let (theirs, ours) = (features(xstate), super::sigframe::enabled_xfeatures());
     if theirs & !ours != 0 {
         return Err(ArchError::Incompatible(format!(
             "the image uses XSAVE features {:#x} this CPU lacks (image {theirs:#x}, here {ours:#x})",

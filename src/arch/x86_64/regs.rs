@@ -121,6 +121,7 @@ pub fn capture(tid: i32) -> Result<ArchRegs, RegsError> {
         },
         e => RegsError::Ptrace(e),
     })?;
+    let mut xstate = xstate;
     let n = xstate.len();
     // The legacy FXSAVE area (512 bytes) plus the XSAVE header (64 bytes) is the minimum.
     if n < 576 {
@@ -133,6 +134,12 @@ pub fn capture(tid: i32) -> Result<ArchRegs, RegsError> {
             },
         });
     }
+    // Only up to the last component in use: the rest is zeros (initial state), and a JVM's
+    // thousand threads would otherwise carry 8 KiB of unused AMX tile space each into the
+    // image, the restore's decoding and hashing. The whole size is recorded in the area, and
+    // [`restore`] pads it back to that.
+    super::sigframe::stamp_full_len(&mut xstate);
+    xstate.truncate(super::sigframe::used_len(&xstate).min(n));
     Ok(ArchRegs::X86_64 { gpr, xstate })
 }
 
@@ -174,8 +181,8 @@ pub fn write_gprs(tid: i32, gpr: &[u64]) -> Result<(), RegsError> {
 }
 
 /// Puts back into the stopped thread `tid` everything [`capture`] read: the general registers
-/// and the XSAVE area (the kernel wants the whole standard-format area, exactly as
-/// GETREGSET returned it).
+/// and the XSAVE area (the kernel wants the whole standard-format area, as GETREGSET returned
+/// it: what capture left out is zeros).
 pub fn restore(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
     let (gpr_words, xstate) = match regs {
         ArchRegs::X86_64 { gpr, xstate } => (gpr, xstate),
@@ -187,7 +194,15 @@ pub fn restore(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
         }
     };
     write_gprs(tid, gpr_words)?;
-    ptrace::set_regset(tid, NT_X86_XSTATE, xstate)?;
+    // The kernel takes only the whole area: zeros (initial state) after what was kept.
+    let full = super::sigframe::full_len(xstate);
+    if full > xstate.len() {
+        let mut whole = xstate.clone();
+        whole.resize(full, 0);
+        ptrace::set_regset(tid, NT_X86_XSTATE, &whole)?;
+    } else {
+        ptrace::set_regset(tid, NT_X86_XSTATE, xstate)?;
+    }
     Ok(())
 }
 

@@ -218,20 +218,51 @@ pub const XFEATURE_XTILEDATA: u32 = 18;
 /// the whole area, and its process asks for AMX first ([`dynamic_features`]).
 fn frame_xstate(xstate: &[u8]) -> Result<(&[u8], u64), ArchError> {
     let used = get_u64(xstate, XSTATE_BV) | XFEATURE_MASK_FPSSE;
-    let mut len = XSTATE_MIN;
-    let ends = component_ends();
-    for bit in 2..63u32 {
-        if used & (1 << bit) != 0 {
-            len = len.max(ends[bit as usize] as usize);
-        }
-    }
+    let len = used_len(xstate);
     if len > xstate.len() {
         return Err(ArchError::Incompatible(format!(
-            "the saved FPU state has {} bytes, but its components {used:#x} end at byte {len} on              this CPU; restore on a machine with the same CPU features",
+            "the saved FPU state has {} bytes, but its components {used:#x} end at byte {len} on \
+             this CPU; restore on a machine with the same CPU features",
             xstate.len()
         )));
     }
     Ok((&xstate[..len], used))
+}
+
+/// The bytes of the standard-format XSAVE area `xstate` (at least [`XSTATE_MIN`] long) up to
+/// the end of the last state component its header says is in use, on this CPU: what a frame
+/// carries, and all a dump keeps (the rest is components in their initial state, zeros in the
+/// area; AMX tile data alone is 8 KiB a thread on CPUs that have it).
+pub fn used_len(xstate: &[u8]) -> usize {
+    let used = get_u64(xstate, XSTATE_BV) | XFEATURE_MASK_FPSSE;
+    let ends = component_ends();
+    (2..63u32)
+        .filter(|bit| used & (1 << bit) != 0)
+        .map(|bit| ends[bit as usize] as usize)
+        .fold(XSTATE_MIN, usize::max)
+}
+
+/// Records in the software-reserved bytes of the XSAVE area `xstate` (464..512 of the legacy
+/// area: XRSTOR and the kernel's SETREGSET ignore them, a frame gets its own) the size of the
+/// whole area and the components this CPU enabled, in the layout the kernel gives a signal
+/// frame's: a stored area cut after its last component in use ([`used_len`]) still says how
+/// large it was where it was dumped ([`full_len`]).
+pub fn stamp_full_len(xstate: &mut [u8]) {
+    let n = xstate.len();
+    put_u32(xstate, SW_BYTES, FP_XSTATE_MAGIC1);
+    put_u32(xstate, SW_BYTES + 4, (n + MAGIC2_SIZE) as u32);
+    put_u64(xstate, SW_BYTES + 8, enabled_xfeatures());
+    put_u32(xstate, SW_BYTES + 16, n as u32);
+}
+
+/// The size of the whole XSAVE area where `xstate` was dumped ([`stamp_full_len`]); the
+/// area's own length when it carries no such record (an image of an older crest).
+pub fn full_len(xstate: &[u8]) -> usize {
+    if xstate.len() >= XSTATE_MIN && get_u32(xstate, SW_BYTES) == FP_XSTATE_MAGIC1 {
+        (get_u32(xstate, SW_BYTES + 16) as usize).max(xstate.len())
+    } else {
+        xstate.len()
+    }
 }
 
 /// The dynamically enabled state components (AMX tile data) the saved XSAVE area uses, as
@@ -310,7 +341,7 @@ fn component_ends() -> &'static [u32; 64] {
 
 /// XCR0: the state components the kernel enabled on this CPU (asked once, see
 /// [`component_ends`]).
-fn enabled_xfeatures() -> u64 {
+pub fn enabled_xfeatures() -> u64 {
     static XCR0: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *XCR0.get_or_init(read_xcr0)
 }
@@ -375,7 +406,6 @@ fn get_u64(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
 }
 
-#[cfg(test)]
 fn get_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -626,6 +656,53 @@ mod tests {
         assert_eq!(get_u32(&out, fp + ymm_end), FP_XSTATE_MAGIC2);
         assert_eq!(out[fp + ymm.ebx as usize], 0x5a);
         assert!(dynamic_features(&regs).is_empty());
+    }
+
+    #[test]
+    fn a_stored_area_ends_after_its_last_component_in_use_and_knows_its_whole_size() {
+        if !have_avx() {
+            return;
+        }
+        let ymm = __cpuid_count(0xd, 2);
+        let ymm_end = (ymm.ebx + ymm.eax) as usize;
+        let whole = ymm_end + 8192 + 64;
+        let ArchRegs::X86_64 { mut xstate, .. } = sample_regs(whole) else {
+            unreachable!()
+        };
+        stamp_full_len(&mut xstate);
+        assert_eq!(get_u32(&xstate, SW_BYTES + 16), whole as u32);
+        put_u64(&mut xstate, XSTATE_BV, XFEATURE_MASK_FPSSE);
+        assert_eq!(
+            used_len(&xstate),
+            XSTATE_MIN,
+            "x87 and SSE only: the legacy area"
+        );
+        put_u64(&mut xstate, XSTATE_BV, XFEATURE_MASK_FPSSE | XFEATURE_YMM);
+        assert_eq!(used_len(&xstate), ymm_end);
+        xstate.truncate(ymm_end);
+        assert_eq!(
+            full_len(&xstate),
+            whole,
+            "the whole size stays known once cut"
+        );
+        // A frame built from the cut area is the one built from the whole area.
+        let cut = ArchRegs::X86_64 {
+            gpr: vec![0; GPR_WORDS],
+            xstate: xstate.clone(),
+        };
+        let mut padded = xstate.clone();
+        padded.resize(whole, 0);
+        let uncut = ArchRegs::X86_64 {
+            gpr: vec![0; GPR_WORDS],
+            xstate: padded,
+        };
+        let (mut a, mut b) = (vec![0u8; frame_size(whole)], vec![0u8; frame_size(whole)]);
+        build(&cut, 0, 0x10000, &mut a).unwrap();
+        build(&uncut, 0, 0x10000, &mut b).unwrap();
+        assert!(a == b, "same frame from the cut and the whole area");
+        // An area without the record (an older image): its own length.
+        put_u32(&mut xstate, SW_BYTES, 0);
+        assert_eq!(full_len(&xstate), ymm_end);
     }
 
     #[test]
