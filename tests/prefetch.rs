@@ -231,6 +231,80 @@ fn mapped_recording_writes_a_working_set_that_later_mapped_restores_prefetch() {
 }
 
 #[test]
+fn the_first_mapped_restore_of_an_image_records_its_working_set_on_its_own() {
+    let mut v = Victim::start(Kind::Memcheck);
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    // --no-prefetch: neither reads nor records one.
+    let before = v.last_logged();
+    restore_detached(&dir, &["--pages", "map", "--no-prefetch"]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    assert!(
+        !working_set_file(&dir).exists(),
+        "--no-prefetch records nothing"
+    );
+    v.request_exit(0);
+    v.reap();
+    // A copy restore neither.
+    let before = v.last_logged();
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    assert!(
+        !working_set_file(&dir).exists(),
+        "a copy restore records nothing"
+    );
+    v.request_exit(0);
+    v.reap();
+
+    // The first mapped restore: crest -d exits once the short window is over and the file is
+    // written; it says so only with -v.
+    let before = v.last_logged();
+    let out = restore_detached(&dir, &["--pages", "map"]);
+    out.assert_ok();
+    v.mark_restored();
+    assert!(
+        !out.stderr.contains("working set"),
+        "quiet without -v: {out}"
+    );
+    assert!(
+        working_set_file(&dir).exists(),
+        "the first mapped restore records"
+    );
+    let (pages, source) = shown_working_set(&dir, v.pid);
+    assert!(pages > 0, "memcheck's pages touched in the window");
+    assert_eq!(source, "MappedPresent");
+    assert_eq!(show_json(&dir)["working_set"]["window_ms"], 100);
+    v.wait_logging_after(before);
+    v.verify()
+        .expect("memcheck verifies after the recording restore");
+    v.request_exit(0);
+    v.reap();
+
+    // The next one prefetches it, and records nothing new.
+    let recorded = std::fs::read(working_set_file(&dir)).unwrap();
+    let stats = v.work.join("stats.json");
+    let before = v.last_logged();
+    restore_detached(
+        &dir,
+        &["--pages", "map", "--stats-json", stats.to_str().unwrap()],
+    )
+    .assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["prefetch"]["pages"].as_u64(), Some(pages), "{json}");
+    assert_eq!(std::fs::read(working_set_file(&dir)).unwrap(), recorded);
+    v.verify()
+        .expect("memcheck verifies after a prefetched restore");
+    v.request_exit(0);
+    v.reap();
+}
+
+#[test]
 fn a_mapped_restore_faults_in_written_the_pages_the_working_set_says_are_written() {
     let mut v = Victim::start(Kind::Memcheck);
     let dir = v.work.join("img");

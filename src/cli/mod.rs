@@ -151,7 +151,8 @@ enum Command {
         )]
         record_working_set: Option<u64>,
         /// Ignore the image's recorded working set (lazy and mapped restores bring it in
-        /// first otherwise).
+        /// first otherwise), and do not record one (the first mapped restore of an image
+        /// records its first 100 ms otherwise).
         #[arg(long = "no-prefetch")]
         no_prefetch: bool,
     },
@@ -490,8 +491,13 @@ fn dispatch(command: Command) -> Result<i32> {
                 }
             }
             if let Some(rec) = recording {
+                let automatic = rec.automatic;
                 match rec.finish(lazy.as_ref()) {
+                    Ok(r) if automatic => crest::info!(1, "{} (first mapped restore)", r.text()),
                     Ok(r) => eprintln!("crest: {}", r.text()),
+                    Err(e) if automatic => {
+                        crest::info!(1, "the working set was not recorded: {e}")
+                    }
                     Err(e) => eprintln!("crest: warning: the working set was not recorded: {e}"),
                 }
             }

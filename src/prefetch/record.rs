@@ -20,12 +20,20 @@ pub enum RecordError {
     Write(#[from] images::ImageError),
 }
 
+/// How long the automatic recording of a first mapped restore watches ([`Recording::auto`]):
+/// long enough for a program's first response after a restore, short enough that what the
+/// restore brings in first is what precedes it.
+pub const AUTO_WINDOW: Duration = Duration::from_millis(100);
+
 /// A recording in progress, kept by the restore until its window is over.
 #[derive(Debug)]
 pub struct Recording {
     image: Image,
     window: Duration,
     how: How,
+    /// Made by crest on its own (the first mapped restore of an image), not asked for: it
+    /// says what it did only with -v.
+    pub automatic: bool,
 }
 
 #[derive(Debug)]
@@ -37,6 +45,12 @@ enum How {
         ranges: HashMap<i32, Vec<(u64, u64)>>,
         released: Instant,
     },
+}
+
+/// Whether a working set may be written into the image directory `dir` (not on a read-only
+/// filesystem, not a directory crest may not write).
+pub fn dir_writable(dir: &std::path::Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 /// What was recorded.
@@ -78,6 +92,7 @@ impl Recording {
             image,
             window,
             how: How::Lazy,
+            automatic: false,
         }
     }
 
@@ -108,7 +123,14 @@ impl Recording {
             image,
             window,
             how: How::Mapped { ranges, released },
+            automatic: false,
         }
+    }
+
+    /// The same recording, made by crest on its own ([`Recording::automatic`]).
+    pub fn auto(mut self) -> Recording {
+        self.automatic = true;
+        self
     }
 
     /// Ends the recording and writes the working set. Lazy: `lazy` is what the page server
@@ -150,10 +172,15 @@ impl Recording {
                     let pm = match crate::proc::Proc::open(pid).and_then(|p| p.pagemap()) {
                         Ok(pm) => pm,
                         Err(e) => {
-                            crate::warn!(
+                            let what = format!(
                                 "pid {pid} ended before its working set was recorded ({e}); \
                                  it is left out"
                             );
+                            if self.automatic {
+                                crate::info!(1, "{what}");
+                            } else {
+                                crate::warn!("{what}");
+                            }
                             continue;
                         }
                     };

@@ -540,6 +540,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             )
         }
     });
+    // The first mapped restore of an image records its working set on its own (a short
+    // window; --no-prefetch says no), so that the next ones fault in first the pages the
+    // program writes first (MapPlan's hot ranges).
+    let auto_record = opts.map_pages
+        && !opts.no_prefetch
+        && recording.is_none()
+        && working_set.is_none()
+        && crate::prefetch::record::dir_writable(&opts.dir);
+    let recording = recording.or_else(|| {
+        auto_record.then(|| {
+            crate::prefetch::record::Recording::mapped(
+                image.clone(),
+                crate::prefetch::record::AUTO_WINDOW,
+                &map_plans,
+                std::time::Instant::now(),
+            )
+            .auto()
+        })
+    });
     let stats = RestoreStats {
         prefetch: readahead,
         phases_us: phases.done,
