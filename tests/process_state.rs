@@ -301,3 +301,83 @@ fn syscall_user_dispatch_is_refused_and_the_process_left_running() {
     // Single-threaded: the thread named is the process's only one.
     assert_refused_and_left_running("--sud", "PR_SET_SYSCALL_USER_DISPATCH");
 }
+
+/// Every thread's nice value, timer slack and CPU affinity, read from the outside, by tid.
+fn thread_sched_view(pid: i32) -> BTreeMap<i32, (i32, String, Vec<usize>)> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: i32 = e.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: getpriority reads one thread's nice value; errno is cleared first because -1
+        // is a valid nice value.
+        let nice = unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t)
+        };
+        let slack = std::fs::read_to_string(format!("/proc/{tid}/timerslack_ns"))
+            .unwrap()
+            .trim()
+            .to_string();
+        // SAFETY: a zeroed cpu_set_t, filled by the kernel for thread `tid`.
+        let cpus = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        };
+        out.insert(tid, (nice, slack, cpus));
+    }
+    out
+}
+
+/// Threads with a scheduling state of their own keep it, and the others keep theirs (the
+/// restore leaves alone the threads whose state the leader's clone gave them already).
+#[test]
+fn per_thread_nice_timer_slack_and_affinity_survive() {
+    let mut v = Victim::start(Kind::MThreads);
+    v.verify().expect("victim verifies before the dump");
+    let tids: Vec<i32> = thread_sched_view(v.pid)
+        .into_keys()
+        .filter(|&t| t != v.pid)
+        .collect();
+    assert!(tids.len() >= 4, "mthreads has threads: {tids:?}");
+    // SAFETY: setpriority and sched_setaffinity on threads of our own victim.
+    unsafe {
+        assert_eq!(
+            libc::setpriority(libc::PRIO_PROCESS, tids[0] as libc::id_t, 5),
+            0
+        );
+        assert_eq!(
+            libc::setpriority(libc::PRIO_PROCESS, v.pid as libc::id_t, 3),
+            0
+        );
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(tids[2], std::mem::size_of::<libc::cpu_set_t>(), &one),
+            0
+        );
+    }
+    std::fs::write(format!("/proc/{}/timerslack_ns", tids[1]), "77777").unwrap();
+    let before = thread_sched_view(v.pid);
+    assert_eq!(before[&tids[0]].0, 5);
+    assert_eq!(before[&v.pid].0, 3);
+    assert_eq!(before[&tids[1]].1, "77777");
+    assert_eq!(before[&tids[2]].2, vec![0]);
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    let mark = v.last_logged();
+    restore_detached(&dir, &[]).assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(mark);
+    assert_eq!(
+        thread_sched_view(v.pid),
+        before,
+        "every thread's nice, timer slack and affinity, by tid"
+    );
+    v.verify().expect("victim verifies after the restore");
+}

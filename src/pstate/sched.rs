@@ -104,6 +104,61 @@ pub fn collect(pid: i32, tid: i32, raw: &RawThread) -> Result<ThreadSched, State
     })
 }
 
+/// Thread `tid`'s scheduling state and timer slack as they are now.
+pub fn current(tid: i32) -> Result<ThreadSched, String> {
+    let a = get_attr(tid).map_err(|e| format!("sched_getattr of thread {tid}: {e}"))?;
+    let affinity =
+        get_affinity(tid).map_err(|e| format!("sched_getaffinity of thread {tid}: {e}"))?;
+    let path = timerslack_path(tid);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let timerslack_ns = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{path} holds {text:?}"))?;
+    Ok(ThreadSched {
+        policy: a.policy,
+        flags: a.flags,
+        nice: a.nice,
+        priority: a.priority,
+        runtime: a.runtime,
+        deadline: a.deadline,
+        period: a.period,
+        util_min: a.util_min,
+        util_max: a.util_max,
+        affinity,
+        timerslack_ns,
+    })
+}
+
+/// Whether a thread whose state is `have` already has the saved state `want` ([`restore`]
+/// would change nothing).
+pub fn already(have: &ThreadSched, want: &ThreadSched) -> bool {
+    let realtime = matches!(want.policy, SCHED_FIFO | SCHED_RR | SCHED_DEADLINE);
+    (realtime || have.timerslack_ns == want.timerslack_ns)
+        && (want.affinity.is_empty() || have.affinity == want.affinity)
+        && (
+            have.policy,
+            have.flags,
+            have.nice,
+            have.priority,
+            have.runtime,
+            have.deadline,
+            have.period,
+            have.util_min,
+            have.util_max,
+        ) == (
+            want.policy,
+            want.flags,
+            want.nice,
+            want.priority,
+            want.runtime,
+            want.deadline,
+            want.period,
+            want.util_min,
+            want.util_max,
+        )
+}
+
 fn os(what: String) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
