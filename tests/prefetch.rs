@@ -77,6 +77,21 @@ fn wait_stats(restore: &mut CrestProcess, stats: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("statistics are JSON")
 }
 
+/// A detached mapped restore of memcheck's image in `dir`, once it logs again; returns its
+/// statistics.
+fn mapped_restore_with_stats(v: &mut Victim, dir: &Path) -> serde_json::Value {
+    let stats = v.work.join("stats.json");
+    let before = v.last_logged();
+    restore_detached(
+        dir,
+        &["--pages", "map", "--stats-json", stats.to_str().unwrap()],
+    )
+    .assert_ok();
+    v.mark_restored();
+    v.wait_logging_after(before);
+    serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap()
+}
+
 /// One lazy restore of memcheck's image in `dir` with `extra`, verified, ended; returns the
 /// "lazy" part of the statistics.
 fn lazy_cycle(v: &mut Victim, dir: &Path, extra: &[&str], name: &str) -> serde_json::Value {
@@ -208,17 +223,7 @@ fn mapped_recording_writes_a_working_set_that_later_mapped_restores_prefetch() {
     );
 
     // A later mapped restore prefetches it.
-    let stats = v.work.join("stats.json");
-    let before = v.last_logged();
-    restore_detached(
-        &dir,
-        &["--pages", "map", "--stats-json", stats.to_str().unwrap()],
-    )
-    .assert_ok();
-    v.mark_restored();
-    v.wait_logging_after(before);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let json = mapped_restore_with_stats(&mut v, &dir);
     assert_eq!(
         json["prefetch"]["pages"].as_u64(),
         Some(pages),
@@ -285,17 +290,7 @@ fn the_first_mapped_restore_of_an_image_records_its_working_set_on_its_own() {
 
     // The next one prefetches it, and records nothing new.
     let recorded = std::fs::read(working_set_file(&dir)).unwrap();
-    let stats = v.work.join("stats.json");
-    let before = v.last_logged();
-    restore_detached(
-        &dir,
-        &["--pages", "map", "--stats-json", stats.to_str().unwrap()],
-    )
-    .assert_ok();
-    v.mark_restored();
-    v.wait_logging_after(before);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let json = mapped_restore_with_stats(&mut v, &dir);
     assert_eq!(json["prefetch"]["pages"].as_u64(), Some(pages), "{json}");
     assert_eq!(std::fs::read(working_set_file(&dir)).unwrap(), recorded);
     v.verify()

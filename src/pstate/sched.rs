@@ -89,7 +89,11 @@ pub fn collect(pid: i32, tid: i32, raw: &RawThread) -> Result<ThreadSched, State
             nix::errno::Errno::from_raw(-raw.timerslack as i32),
         ));
     }
-    Ok(ThreadSched {
+    Ok(thread_sched(a, affinity, raw.timerslack as u64))
+}
+
+fn thread_sched(a: SchedAttr, affinity: Vec<u64>, timerslack_ns: u64) -> ThreadSched {
+    ThreadSched {
         policy: a.policy,
         flags: a.flags,
         nice: a.nice,
@@ -100,8 +104,8 @@ pub fn collect(pid: i32, tid: i32, raw: &RawThread) -> Result<ThreadSched, State
         util_min: a.util_min,
         util_max: a.util_max,
         affinity,
-        timerslack_ns: raw.timerslack as u64,
-    })
+        timerslack_ns,
+    }
 }
 
 /// Thread `tid`'s scheduling state and timer slack as they are now.
@@ -115,19 +119,7 @@ pub fn current(tid: i32) -> Result<ThreadSched, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{path} holds {text:?}"))?;
-    Ok(ThreadSched {
-        policy: a.policy,
-        flags: a.flags,
-        nice: a.nice,
-        priority: a.priority,
-        runtime: a.runtime,
-        deadline: a.deadline,
-        period: a.period,
-        util_min: a.util_min,
-        util_max: a.util_max,
-        affinity,
-        timerslack_ns,
-    })
+    Ok(thread_sched(a, affinity, timerslack_ns))
 }
 
 /// Whether a thread whose state is `have` already has the saved state `want` ([`restore`]
