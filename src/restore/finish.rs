@@ -455,6 +455,11 @@ pub fn catch_all(
                         }
                     }
                     phase.insert(raw, Phase::EnteringSigreturn);
+                    crate::arch::morph::step_over_breakpoint(raw).map_err(|e| {
+                        RestoreError::Internal(format!(
+                            "stepping thread {raw} over the restorer's breakpoint: {e}"
+                        ))
+                    })?;
                     ptrace::syscall(tid, None)
                         .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
                 }
