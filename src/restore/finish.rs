@@ -320,6 +320,10 @@ pub fn release(caught: Vec<Caught>, user_sigtraps: Vec<(i32, i32)>) -> Result<()
             crate::ptrace::set_sigmask(t.tid, mask)
                 .map_err(|e| err("restoring the signal mask", e.to_string()))?;
         }
+        if let Some(state) = &t.late_state {
+            crate::arch::morph::put_back_late_state(t.tid, state)
+                .map_err(|e| err("restoring the extended register state", e))?;
+        }
         ptrace::detach(tid, None).map_err(|e| err("PTRACE_DETACH", e.to_string()))?;
     }
     for (pid, tid) in user_sigtraps {
@@ -344,6 +348,9 @@ pub struct Caught {
     /// remote calls run in it with every signal blocked); None for the other threads, which
     /// keep what rt_sigreturn gave them.
     leader: Option<(crate::arch::morph::UserRegs, u64)>,
+    /// Register state rt_sigreturn does not load and the cleanup's system calls would drop
+    /// (aarch64: live SVE registers), put back by ptrace at the release.
+    late_state: Option<Vec<u8>>,
 }
 
 /// Where a traced thread of the restored task is on its way out of the restorer.
@@ -515,7 +522,17 @@ pub fn catch_all(
                     };
                     phase.remove(&raw);
                     running.pop_back();
-                    caught.push(Caught { tid: raw, leader });
+                    let late_state = this
+                        .image
+                        .threads
+                        .iter()
+                        .find(|t| t.tid == raw)
+                        .and_then(|t| crate::arch::morph::late_state(&t.regs));
+                    caught.push(Caught {
+                        tid: raw,
+                        leader,
+                        late_state,
+                    });
                 }
                 (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
                     let how = match ws {

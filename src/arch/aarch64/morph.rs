@@ -49,19 +49,25 @@ pub fn syscall_result(regs: &UserRegs) -> i64 {
 }
 
 /// Checks that the image's registers are aarch64 registers in the layouts this kernel uses
-/// (NT_PRFPREG is the same 528 bytes on every arm64 kernel; SVE, SME and PAC state were
-/// refused at dump time).
+/// (NT_PRFPREG is the same 528 bytes on every arm64 kernel), and that a machine without SVE is
+/// not asked to load live SVE registers.
 pub fn check_fpu_compatible(pid: i32, regs: &ArchRegs) -> Result<(), super::super::ArchError> {
     use super::super::ArchError;
     match regs {
         ArchRegs::Aarch64 { gpr, fpsimd, .. }
-            if gpr.len() == super::regs::GPR_WORDS && fpsimd.len() == super::regs::FPSIMD_BYTES =>
+            if gpr.len() == super::regs::GPR_WORDS && fpsimd.len() >= super::regs::FPSIMD_BYTES =>
         {
+            if fpsimd.len() > super::regs::FPSIMD_BYTES && !super::regs::have_sve() {
+                return Err(ArchError::Incompatible(format!(
+                    "pid {pid}: the image holds live SVE registers, and this CPU or kernel has \
+                     no SVE"
+                )));
+            }
             Ok(())
         }
         ArchRegs::Aarch64 { gpr, fpsimd, .. } => Err(ArchError::Incompatible(format!(
             "pid {pid}: the image's aarch64 registers have {} general registers and {} bytes \
-             of FP/SIMD state, this machine uses {} and {}",
+             of FP/SIMD state, this machine uses {} and at least {}",
             gpr.len(),
             fpsimd.len(),
             super::regs::GPR_WORDS,
@@ -71,6 +77,19 @@ pub fn check_fpu_compatible(pid: i32, regs: &ArchRegs) -> Result<(), super::supe
             "pid {pid}: the image holds x86_64 registers"
         ))),
     }
+}
+
+/// The live SVE registers of a thread (the NT_ARM_SVE regset as captured), which rt_sigreturn
+/// does not load from crest's frame and which any system call would drop again (the kernel
+/// discards SVE state at syscall entry): crest puts them back by ptrace as the thread is
+/// released, after the cleanup's system calls.
+pub fn late_state(regs: &ArchRegs) -> Option<Vec<u8>> {
+    super::regs::sve_state(regs).map(<[u8]>::to_vec)
+}
+
+/// Loads the SVE registers [`late_state`] gave into the stopped thread `tid`.
+pub fn put_back_late_state(tid: i32, state: &[u8]) -> Result<(), String> {
+    super::regs::set_sve_state(tid, state).map_err(|e| e.to_string())
 }
 
 /// Moves the stopped thread `tid`, which stopped on the restorer's `brk #0` before its

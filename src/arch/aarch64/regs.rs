@@ -5,8 +5,12 @@
 //! is `struct user_pt_regs` (x0-x30, sp, pc, pstate: 34 u64), NT_PRFPREG `struct
 //! user_fpsimd_state` (v0-v31, fpsr, fpcr: 528 bytes), NT_ARM_TLS TPIDR_EL0.
 //!
-//! State the image does not carry is refused here, naming the thread: live SVE registers, a
-//! vector length other than crest's own, SME state (streaming mode, ZA, TPIDR2), pointer
+//! Live SVE registers (the thread ran SVE code since its last system call) are kept too: the
+//! NT_ARM_SVE regset as the kernel gives it, after the NT_PRFPREG bytes in the image's `fpsimd`
+//! field, and put back by ptrace (the rt_sigframe carries only the FP/SIMD part).
+//!
+//! State the image does not carry is refused here, naming the thread: a vector length other
+//! than crest's own when SVE is not live, SME state (streaming mode, ZA, TPIDR2), pointer
 //! authentication keys, and the tagged-address / MTE controls.
 
 use crate::arch::ArchError;
@@ -41,6 +45,9 @@ const SVE_HEADER: usize = 16;
 /// SVE code since its last syscall); SVE_PT_REGS_FPSIMD means only the FP/SIMD view is.
 const SVE_PT_REGS_MASK: u16 = 1;
 const SVE_PT_REGS_SVE: u16 = 1;
+/// NT_ARM_SVE at the architecture's largest vector length (256 bytes) is about 9 KiB; the
+/// image keeps it after the 528 NT_PRFPREG bytes, within the validator's 64 KiB.
+const SVE_STATE_MAX: usize = 60 << 10;
 pub const SP: usize = 31;
 pub const PC: usize = 32;
 pub const PSTATE: usize = 33;
@@ -109,27 +116,19 @@ fn refuse_extended_state(tid: i32) -> Result<(), RegsError> {
     let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
     if optional_regset(tid, NT_ARM_SVE, &mut header)? == Some(SVE_HEADER) {
         let (vl, flags) = (u16_at(&header, 8), u16_at(&header, 12));
-        if flags & SVE_PT_REGS_MASK == SVE_PT_REGS_SVE {
-            return Err(refuse(
-                tid,
-                format!(
-                    "its SVE registers are live (vector length {vl} bytes): crest carries only \
-                     the FP/SIMD part (v0-v31) on aarch64, and the rest of the Z, P and FFR \
-                     registers would be lost; dump again (the kernel drops SVE state at the \
-                     thread's next system call)"
-                ),
-            ));
-        }
-        if let Some(own) = own_sve_vl() {
-            if own != vl {
-                return Err(refuse(
-                    tid,
-                    format!(
-                        "its SVE vector length is {vl} bytes, crest's is {own}: the image does \
-                         not carry the vector length (prctl PR_SVE_SET_VL), and the restored \
-                         thread would get {own}"
-                    ),
-                ));
+        // Live SVE registers are captured (see `capture`), with their vector length.
+        if flags & SVE_PT_REGS_MASK != SVE_PT_REGS_SVE {
+            if let Some(own) = own_sve_vl() {
+                if own != vl {
+                    return Err(refuse(
+                        tid,
+                        format!(
+                            "its SVE vector length is {vl} bytes, crest's is {own}: the image \
+                             carries the vector length only with live SVE registers, and the \
+                             restored thread would get {own}"
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -217,11 +216,66 @@ pub fn capture(tid: i32) -> Result<ArchRegs, RegsError> {
             "its TPIDR2_EL0 (SME lazy ZA save) is set: crest does not carry SME state".into(),
         ));
     }
+    if let Some(sve) = live_sve(tid)? {
+        fpsimd.extend_from_slice(&sve);
+    }
     Ok(ArchRegs::Aarch64 {
         gpr,
         fpsimd,
         tls: u64::from_ne_bytes(tls[..8].try_into().expect("8 bytes")),
     })
+}
+
+/// The NT_ARM_SVE regset of `tid` (header and registers, as the kernel gives it) when its SVE
+/// registers are live, else None.
+fn live_sve(tid: i32) -> Result<Option<Vec<u8>>, RegsError> {
+    let mut header = [0u8; SVE_HEADER];
+    if optional_regset(tid, NT_ARM_SVE, &mut header)? != Some(SVE_HEADER) {
+        return Ok(None);
+    }
+    let flags = u16::from_ne_bytes([header[12], header[13]]);
+    if flags & SVE_PT_REGS_MASK != SVE_PT_REGS_SVE {
+        return Ok(None);
+    }
+    let size = u32::from_ne_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if !(SVE_HEADER..=SVE_STATE_MAX).contains(&size) {
+        return Err(RegsError::Arch {
+            tid,
+            err: ArchError::BadRegset {
+                what: "NT_ARM_SVE",
+                got: size,
+                expected: SVE_STATE_MAX,
+            },
+        });
+    }
+    let mut state = vec![0u8; size];
+    let n = ptrace::get_regset(tid, NT_ARM_SVE, &mut state)?;
+    state.truncate(n);
+    Ok(Some(state))
+}
+
+/// Whether this machine has SVE (crest can ask for its own vector length).
+pub fn have_sve() -> bool {
+    own_sve_vl().is_some()
+}
+
+/// The live SVE registers kept after the NT_PRFPREG bytes of a captured register set (the
+/// image's `fpsimd` field holds NT_PRFPREG, then, only for a thread whose SVE registers were
+/// live, the NT_ARM_SVE regset as captured).
+pub fn sve_state(regs: &ArchRegs) -> Option<&[u8]> {
+    match regs {
+        ArchRegs::Aarch64 { fpsimd, .. } if fpsimd.len() > FPSIMD_BYTES => {
+            Some(&fpsimd[FPSIMD_BYTES..])
+        }
+        _ => None,
+    }
+}
+
+/// Loads SVE registers ([`sve_state`]) into the stopped thread `tid`; this also sets its vector
+/// length to the saved one.
+pub fn set_sve_state(tid: i32, state: &[u8]) -> Result<(), RegsError> {
+    ptrace::set_regset(tid, NT_ARM_SVE, state)?;
+    Ok(())
 }
 
 /// Nothing to fix: on arm64 the kernel has already rewound pc onto the `svc` and put the first
@@ -279,7 +333,20 @@ pub fn restore(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
         });
     };
     write_gprs(tid, gpr)?;
-    ptrace::set_regset(tid, NT_PRFPREG, fpsimd)?;
+    if fpsimd.len() < FPSIMD_BYTES {
+        return Err(RegsError::Arch {
+            tid,
+            err: ArchError::BadRegset {
+                what: "saved NT_PRFPREG",
+                got: fpsimd.len(),
+                expected: FPSIMD_BYTES,
+            },
+        });
+    }
+    ptrace::set_regset(tid, NT_PRFPREG, &fpsimd[..FPSIMD_BYTES])?;
+    if let Some(sve) = sve_state(regs) {
+        set_sve_state(tid, sve)?;
+    }
     ptrace::set_regset(tid, NT_ARM_TLS, &tls.to_ne_bytes())?;
     Ok(())
 }

@@ -95,7 +95,8 @@ pub fn build_with_altstack(
             expected: GPR_WORDS * 8,
         });
     }
-    if fpsimd.len() != FPSIMD_BYTES {
+    // Live SVE registers may follow (put back by ptrace after rt_sigreturn, see regs.rs).
+    if fpsimd.len() < FPSIMD_BYTES {
         return Err(ArchError::BadRegset {
             what: "aarch64 FP/SIMD registers (NT_PRFPREG)",
             got: fpsimd.len(),
