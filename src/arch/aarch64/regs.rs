@@ -388,3 +388,68 @@ pub fn set_instruction_pointer(regs: &mut ArchRegs, ip: u64) -> Result<(), ArchE
 pub fn stack_pointer(regs: &ArchRegs) -> Result<u64, ArchError> {
     Ok(gpr(regs)?[SP])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child spinning in SVE code (z0 = 7 in every byte, no system call), caught by ptrace:
+    /// its live SVE registers are captured after the NT_PRFPREG bytes and put back.
+    #[test]
+    fn live_sve_registers_are_captured_and_put_back() {
+        if !have_sve() {
+            eprintln!("no SVE on this machine: nothing to check");
+            return;
+        }
+        // SAFETY: the child only spins in asm and never returns into Rust code.
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: SVE instructions on registers only; the loop never ends.
+                unsafe {
+                    core::arch::asm!(
+                        ".arch_extension sve",
+                        "ptrue p0.b",
+                        "dup z0.b, #7",
+                        "2:",
+                        "b 2b",
+                        options(noreturn)
+                    )
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+        };
+        let kill = |pid: i32| {
+            // SAFETY: kill and waitpid on our own child, by pid.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        };
+        // Let it reach the loop (it has run SVE code once it spins), then stop it.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let result = (|| -> Result<(), String> {
+            ptrace::seize(child, nix::sys::ptrace::Options::empty()).map_err(|e| e.to_string())?;
+            ptrace::interrupt(child).map_err(|e| e.to_string())?;
+            ptrace::wait_stop(child).map_err(|e| e.to_string())?;
+            let regs = capture(child).map_err(|e| e.to_string())?;
+            let sve = sve_state(&regs)
+                .ok_or("no live SVE state captured")?
+                .to_vec();
+            let vl = u16::from_ne_bytes([sve[8], sve[9]]) as usize;
+            // SVE_PT_SVE_ZREG_OFFSET(vq, 0): z0 right after the 16-byte header.
+            if sve.len() < SVE_HEADER + vl
+                || sve[SVE_HEADER..SVE_HEADER + vl].iter().any(|&b| b != 7)
+            {
+                return Err(format!("z0 is not 7 in every byte: {:?}", &sve[..32]));
+            }
+            restore(child, &regs).map_err(|e| e.to_string())?;
+            let again = capture(child).map_err(|e| e.to_string())?;
+            if sve_state(&again) != Some(&sve[..]) {
+                return Err("the SVE state read back differs".into());
+            }
+            Ok(())
+        })();
+        kill(child);
+        result.unwrap();
+    }
+}
