@@ -168,8 +168,7 @@ impl Blob {
     /// Copies the blob into `dest` (which will live at address `load_addr`) and applies
     /// relocations. Bytes of `dest` past `code_size()` are left as they are.
     ///
-    /// On aarch64 the caller must make the instruction cache coherent with the new code before
-    /// it runs (the kernel does this for pages it maps fresh into the task).
+    /// On aarch64 the instruction cache is made coherent with the new code here.
     pub fn install(&self, dest: &mut [u8], load_addr: u64) -> Result<(), BlobError> {
         let blob = self.name;
         let size = self.image.len();
@@ -209,6 +208,9 @@ impl Blob {
             let at = offset as usize;
             dest[at..at + 8].copy_from_slice(&value.to_le_bytes());
         }
+        // The code reaches the CPU that runs it through the data cache (aarch64); the same
+        // physical lines are maintained whichever mapping of them `dest` is.
+        crate::arch::sync_icache(dest.as_ptr(), size);
         Ok(())
     }
 

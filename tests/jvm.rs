@@ -49,9 +49,15 @@ struct Jdk {
 impl Jdk {
     /// The JDK of this feature version, or None (saying so on stderr) when it is not installed.
     fn find(version: u32) -> Option<Jdk> {
+        // Debian names a JDK's directory after the architecture it is built for.
+        let deb_arch = if cfg!(target_arch = "aarch64") {
+            "arm64"
+        } else {
+            "amd64"
+        };
         let mut homes = vec![PathBuf::from(match version {
-            17 => "/usr/lib/jvm/java-17-openjdk-amd64",
-            25 => "/usr/lib/jvm/temurin-25-jdk-amd64",
+            17 => format!("/usr/lib/jvm/java-17-openjdk-{deb_arch}"),
+            25 => format!("/usr/lib/jvm/temurin-25-jdk-{deb_arch}"),
             _ => panic!("no known location for JDK {version}"),
         })];
         // The machine's default javac, if it belongs to a JDK of this version.

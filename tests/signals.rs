@@ -24,7 +24,15 @@ const SA_SIGINFO: u64 = 0x4;
 const SA_RESTORER: u64 = 0x0400_0000;
 const SA_ONSTACK: u64 = 0x0800_0000;
 const SA_RESTART: u64 = 0x1000_0000;
-const SA_WANTED: u64 = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_RESTORER;
+/// glibc sets SA_RESTORER on x86_64; arm64 has no sa_restorer (the vDSO's trampoline).
+const SA_WANTED: u64 = SA_SIGINFO
+    | SA_ONSTACK
+    | SA_RESTART
+    | if cfg!(target_arch = "x86_64") {
+        SA_RESTORER
+    } else {
+        0
+    };
 /// si_code of sigqueue(3) / pthread_sigqueue(3).
 const SI_QUEUE: i32 = -1;
 

@@ -705,7 +705,8 @@ pub enum ArchRegs {
         #[serde(with = "crate::bytes")]
         xstate: Vec<u8>,
     },
-    /// NT_PRSTATUS (x0-x30, sp, pc, pstate), NT_PRFPREG bytes and TPIDR_EL0.
+    /// NT_PRSTATUS (x0-x30, sp, pc, pstate), NT_PRFPREG bytes (528; followed by the NT_ARM_SVE
+    /// regset as captured when the thread's SVE registers were live) and TPIDR_EL0.
     Aarch64 {
         gpr: Vec<u64>,
         #[serde(with = "crate::bytes")]

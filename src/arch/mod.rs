@@ -2,7 +2,6 @@
 //!
 //! Callers use `arch::regs`, `arch::sigframe` and the constants here; each architecture provides
 //! files with the same names and the same functions (`x86_64/regs.rs` / `aarch64/regs.rs`, ...).
-//! aarch64 compiles today and reports "not supported on aarch64 yet" at run time.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;

@@ -9,8 +9,8 @@ use crate::proc::{Proc, PF_IO_FLUSHER};
 
 use super::{Raw, StateError};
 
-/// `untag_mask` of a process without the tagged address ABI: nothing is untagged.
-const NO_UNTAG: &str = "0xffffffffffffffff";
+/// `untag_mask` of a process that never asked for address tagging (per architecture).
+const NO_UNTAG: &str = crate::arch::DEFAULT_UNTAG_MASK;
 
 pub fn check(proc: &Proc, raw: &Raw, threads: &[ThreadImage]) -> Result<(), StateError> {
     let pid = proc.pid();

@@ -658,7 +658,7 @@ fn posix_timer_args(pid: i32, timers: &[crate::images::PosixTimer]) -> Vec<Posix
     timers
         .iter()
         .filter(|t| t.value_ns != 0 || t.interval_ns != 0)
-        .filter(|t| !super::task_state::targets_another_thread(pid, t))
+        .filter(|t| !super::task_state::created_late(pid, timers, t))
         .map(timer_arm)
         .collect()
 }

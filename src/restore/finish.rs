@@ -217,12 +217,15 @@ fn create_thread_timers(
     use super::task_state;
     /// PR_TIMER_CREATE_RESTORE_IDS (Linux 6.16+) and its values.
     const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
-    let timers: Vec<&crate::images::PosixTimer> = image
+    let mut timers: Vec<&crate::images::PosixTimer> = image
         .task
         .posix_timers
         .iter()
-        .filter(|t| task_state::targets_another_thread(image.pid, t))
+        .filter(|t| task_state::created_late(image.pid, &image.task.posix_timers, t))
         .collect();
+    // In id order: a kernel without chosen ids hands them out in sequence.
+    timers.sort_by_key(|t| t.id);
+    let chosen = task_state::chosen_timer_ids();
     if timers.is_empty() {
         return Ok(());
     }
@@ -234,11 +237,13 @@ fn create_thread_timers(
         len >= 256,
         "the scratch area holds a sigevent, an id and an itimerspec"
     );
-    remote(
-        libc::SYS_prctl,
-        &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
-        "creating POSIX timers with chosen ids (prctl PR_TIMER_CREATE_RESTORE_IDS)".into(),
-    )?;
+    if chosen {
+        remote(
+            libc::SYS_prctl,
+            &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
+            "creating POSIX timers with chosen ids (prctl PR_TIMER_CREATE_RESTORE_IDS)".into(),
+        )?;
+    }
     for t in timers {
         let event = task_state::sigevent(t);
         let arm = super::bootstrap::timer_arm(t);
@@ -249,16 +254,32 @@ fn create_thread_timers(
             std::ptr::write_unaligned(id_at as *mut i32, t.id);
             std::ptr::write_unaligned(spec_at as *mut super::blob::abi::ITimerSpec, arm.spec);
         }
-        remote(
-            libc::SYS_timer_create,
-            &[t.clock as u64, event_at, id_at],
-            format!(
-                "recreating POSIX timer {} for thread {} (timer_create)",
-                t.id, t.notify_tid
-            ),
-        )?;
-        // SAFETY: as above; the kernel wrote the id it used.
-        let got = unsafe { std::ptr::read_unaligned(id_at as *const i32) };
+        let mut tries = 0;
+        let got = loop {
+            remote(
+                libc::SYS_timer_create,
+                &[t.clock as u64, event_at, id_at],
+                format!(
+                    "recreating POSIX timer {} for thread {} (timer_create)",
+                    t.id, t.notify_tid
+                ),
+            )?;
+            // SAFETY: as above; the kernel wrote the id it used.
+            let got = unsafe { std::ptr::read_unaligned(id_at as *const i32) };
+            // Without chosen ids the kernel hands ids out in sequence: the ones below are
+            // created and deleted again until the wanted one comes.
+            if chosen || got >= t.id || tries >= task_state::SEQUENTIAL_ID_GAP_MAX {
+                break got;
+            }
+            tries += 1;
+            remote(
+                libc::SYS_timer_delete,
+                &[got as u64],
+                format!("deleting POSIX timer {got}, made to reach id {}", t.id),
+            )?;
+            // SAFETY: as above.
+            unsafe { std::ptr::write_unaligned(id_at as *mut i32, t.id) };
+        };
         if got != t.id {
             return Err(RestoreError::Internal(format!(
                 "POSIX timer {} of pid {} came back with id {got}",
@@ -272,6 +293,9 @@ fn create_thread_timers(
                 format!("arming POSIX timer {} (timer_settime)", t.id),
             )?;
         }
+    }
+    if !chosen {
+        return Ok(());
     }
     remote(
         libc::SYS_prctl,
@@ -295,6 +319,10 @@ pub fn release(caught: Vec<Caught>, user_sigtraps: Vec<(i32, i32)>) -> Result<()
                 .map_err(|e| err("restoring the registers", e.to_string()))?;
             crate::ptrace::set_sigmask(t.tid, mask)
                 .map_err(|e| err("restoring the signal mask", e.to_string()))?;
+        }
+        if let Some(state) = &t.late_state {
+            crate::arch::morph::put_back_late_state(t.tid, state)
+                .map_err(|e| err("restoring the extended register state", e))?;
         }
         ptrace::detach(tid, None).map_err(|e| err("PTRACE_DETACH", e.to_string()))?;
     }
@@ -320,6 +348,9 @@ pub struct Caught {
     /// remote calls run in it with every signal blocked); None for the other threads, which
     /// keep what rt_sigreturn gave them.
     leader: Option<(crate::arch::morph::UserRegs, u64)>,
+    /// Register state rt_sigreturn does not load and the cleanup's system calls would drop
+    /// (aarch64: live SVE registers), put back by ptrace at the release.
+    late_state: Option<Vec<u8>>,
 }
 
 /// Where a traced thread of the restored task is on its way out of the restorer.
@@ -455,6 +486,11 @@ pub fn catch_all(
                         }
                     }
                     phase.insert(raw, Phase::EnteringSigreturn);
+                    crate::arch::morph::step_over_breakpoint(raw).map_err(|e| {
+                        RestoreError::Internal(format!(
+                            "stepping thread {raw} over the restorer's breakpoint: {e}"
+                        ))
+                    })?;
                     ptrace::syscall(tid, None)
                         .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
                 }
@@ -486,7 +522,17 @@ pub fn catch_all(
                     };
                     phase.remove(&raw);
                     running.pop_back();
-                    caught.push(Caught { tid: raw, leader });
+                    let late_state = this
+                        .image
+                        .threads
+                        .iter()
+                        .find(|t| t.tid == raw)
+                        .and_then(|t| crate::arch::morph::late_state(&t.regs));
+                    caught.push(Caught {
+                        tid: raw,
+                        leader,
+                        late_state,
+                    });
                 }
                 (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {
                     let how = match ws {

@@ -710,12 +710,6 @@ fn raise_fd_limit() {
 
 /// Refuses, before anything is touched, what this version cannot restore faithfully.
 fn check_supported(p: &ProcessImage) -> Result<(), RestoreError> {
-    if cfg!(not(target_arch = "x86_64")) {
-        return Err(RestoreError::Unsupported(format!(
-            "restoring on {}",
-            std::env::consts::ARCH
-        )));
-    }
     if p.sig_caught != 0 && p.task.sigactions.len() != 64 {
         return Err(RestoreError::BadImage(format!(
             "pid {} had signal handlers (mask {:#x}) but the image does not record them",

@@ -94,7 +94,7 @@ pub fn create_posix_timers(p: &ProcessImage) -> Result<(), String> {
         .task
         .posix_timers
         .iter()
-        .filter(|t| !targets_another_thread(p.pid, t))
+        .filter(|t| !created_late(p.pid, &p.task.posix_timers, t))
         .copied()
         .collect();
     create_timers(p.pid, &now)
@@ -104,6 +104,40 @@ pub fn create_posix_timers(p: &ProcessImage) -> Result<(), String> {
 /// the restorer creates it, so crest creates such a timer afterwards (finish.rs).
 pub fn targets_another_thread(pid: i32, t: &PosixTimer) -> bool {
     t.notify & SIGEV_THREAD_ID != 0 && t.notify_tid != pid
+}
+
+/// Whether this kernel creates timers under chosen ids (PR_TIMER_CREATE_RESTORE_IDS, Linux
+/// 6.16+), asked once. Older kernels (6.12, Debian 12's arm64 kernels among them) hand out ids
+/// in sequence per process (`posix_timer_add`: a counter starting at 0 in a fresh process,
+/// skipping ids in use), so crest gets an id by creating timers in id order and deleting the
+/// ones below it ([`create_timers`]).
+pub fn chosen_timer_ids() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: prctl with integer arguments only; turning the mode off changes nothing here.
+    *SUPPORTED.get_or_init(|| unsafe {
+        libc::prctl(
+            PR_TIMER_CREATE_RESTORE_IDS,
+            PR_TIMER_CREATE_RESTORE_IDS_OFF,
+            0,
+            0,
+            0,
+        ) == 0
+    })
+}
+
+/// The most timers crest creates and deletes to reach one id on a kernel without chosen ids.
+pub const SEQUENTIAL_ID_GAP_MAX: i32 = 1 << 16;
+
+/// Whether crest creates timer `t` (of `timers`, the process's) after the restorer made the
+/// threads (finish.rs) rather than in the child before the morph: one that signals another
+/// thread, and, on a kernel without chosen ids, every timer with a higher id than such a one
+/// (ids come in sequence there, so timers are created in id order).
+pub fn created_late(pid: i32, timers: &[PosixTimer], t: &PosixTimer) -> bool {
+    targets_another_thread(pid, t)
+        || (!chosen_timer_ids()
+            && timers
+                .iter()
+                .any(|o| targets_another_thread(pid, o) && o.id < t.id))
 }
 
 /// The kernel sigevent timer `t` is created with.
@@ -125,6 +159,13 @@ pub(super) fn sigevent(t: &PosixTimer) -> KernelSigevent {
 fn create_timers(pid: i32, timers: &[PosixTimer]) -> Result<(), String> {
     if timers.is_empty() {
         return Ok(());
+    }
+    if !chosen_timer_ids() {
+        let mut sorted = timers.to_vec();
+        sorted.sort_by_key(|t| t.id);
+        return sorted
+            .iter()
+            .try_for_each(|t| create_timer_in_sequence(pid, t));
     }
     // SAFETY: prctl with integer arguments only.
     if unsafe {
@@ -183,6 +224,50 @@ fn create_timer(pid: i32, t: &PosixTimer) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Creates timer `t` on a kernel that hands out ids in sequence: creates timers until one gets
+/// `t.id`, deleting those below it (timers are created in id order, so a later id never comes
+/// first).
+fn create_timer_in_sequence(pid: i32, t: &PosixTimer) -> Result<(), String> {
+    let event = sigevent(t);
+    for _ in 0..=SEQUENTIAL_ID_GAP_MAX {
+        let mut id: libc::c_int = -1;
+        // SAFETY: event and id are valid for the call; the kernel writes the id it chose.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_timer_create,
+                t.clock,
+                &event as *const KernelSigevent,
+                &mut id as *mut libc::c_int,
+            )
+        };
+        if r != 0 {
+            return Err(os_error(format!(
+                "cannot recreate POSIX timer {} (clock {}) of pid {pid}",
+                t.id, t.clock
+            )));
+        }
+        if id == t.id {
+            return Ok(());
+        }
+        if id > t.id {
+            return Err(format!(
+                "POSIX timer {} of pid {pid} came back with id {id}: this kernel gives timer \
+                 ids in sequence (no PR_TIMER_CREATE_RESTORE_IDS, Linux 6.16+), and the ids \
+                 below are taken",
+                t.id
+            ));
+        }
+        // SAFETY: deletes the timer just created, by its id.
+        unsafe { libc::syscall(libc::SYS_timer_delete, id) };
+    }
+    Err(format!(
+        "POSIX timer {} of pid {pid}: this kernel gives timer ids in sequence (no \
+         PR_TIMER_CREATE_RESTORE_IDS, Linux 6.16+) and crest stops after {} tries; restore on \
+         a newer kernel",
+        t.id, SEQUENTIAL_ID_GAP_MAX
+    ))
 }
 
 /// personality, child-subreaper, no_new_privs and, when `pdeath`, the parent-death signal

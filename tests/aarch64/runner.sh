@@ -85,8 +85,9 @@ serve_cc() {
     while :; do
         for req in "$spool"/*.req; do
             [ -d "$req" ] && [ -e "$req/cwd" ] && [ ! -e "$req/rc" ] || continue
-            mapfile -t args <"$req/args"
-            cwd=$(cat "$req/cwd")
+            # A request the guest is removing is gone by now: skip it, never die here.
+            mapfile -t args <"$req/args" 2>/dev/null || continue
+            cwd=$(cat "$req/cwd" 2>/dev/null) || continue
             (cd "$cwd" && exec aarch64-linux-gnu-gcc "${args[@]}") >"$req/out" 2>"$req/err" </dev/null
             echo $? >"$req/rc.tmp"
             mv "$req/rc.tmp" "$req/rc"

@@ -62,6 +62,13 @@
 #ifndef SA_RESTORER
 #define SA_RESTORER 0x04000000
 #endif
+/* glibc sets SA_RESTORER (its __restore_rt) on x86_64; arm64 has no sa_restorer at all (the
+ * kernel returns through the vDSO's sigreturn trampoline). */
+#ifdef __x86_64__
+#define WANT_RESTORER SA_RESTORER
+#else
+#define WANT_RESTORER 0
+#endif
 #define NSIGS 64
 
 /* The kernel's struct sigaction for rt_sigaction(2) on x86_64 (what crest dumps). */
@@ -359,7 +366,7 @@ static void check_sigactions(void)
         if (sa.sa_sigaction != h->fn)
             fail("signal %d: handler %p, want %p", h->sig, (void *)sa.sa_sigaction,
                  (void *)h->fn);
-        if ((sa.sa_flags & (WANT_FLAGS | SA_RESTORER)) != (WANT_FLAGS | SA_RESTORER))
+        if ((sa.sa_flags & (WANT_FLAGS | WANT_RESTORER)) != (WANT_FLAGS | WANT_RESTORER))
             fail("signal %d: flags %#x lack some of SA_SIGINFO|SA_ONSTACK|SA_RESTART|"
                  "SA_RESTORER",
                  h->sig, sa.sa_flags);

@@ -144,12 +144,43 @@ pub fn set_thread_area(tls: [u64; 2]) -> Result<(), isize> {
     Ok(())
 }
 
-/// Stops at a breakpoint (crest, tracing the task, catches this SIGTRAP as "about to
-/// rt_sigreturn"; `brk` leaves pc on itself, so crest steps pc over it), then switches to the
-/// frame's stack and calls rt_sigreturn. On arm64 the kernel reads the frame at sp itself.
-///
-/// # Safety
-/// `sp` must be the (16-byte aligned) address of a valid rt_sigframe built by crest.
+/// Makes the instruction cache coherent with what was just written at `start..start + len`
+/// (mapped): data cache cleaned to the point of unification, instruction cache invalidated,
+/// line by line with CTR_EL0's line sizes. pread fills pages through the data side only, and
+/// a fresh page's instruction-cache sync happens when its page-table entry is made, before
+/// the data lands.
+pub fn sync_icache(start: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { asm!("mrs {0}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    let dline = 4u64 << ((ctr >> 16) & 0xf);
+    let iline = 4u64 << (ctr & 0xf);
+    let end = start + len;
+    if ctr & (1 << 28) == 0 {
+        let mut at = start & !(dline - 1);
+        while at < end {
+            // SAFETY: `at` lies in the mapped range; cleaning a line changes no memory.
+            unsafe { asm!("dc cvau, {0}", in(reg) at, options(nostack)) };
+            at += dline;
+        }
+    }
+    // SAFETY: a barrier orders the maintenance above.
+    unsafe { asm!("dsb ish", options(nostack)) };
+    if ctr & (1 << 29) == 0 {
+        let mut at = start & !(iline - 1);
+        while at < end {
+            // SAFETY: as above; invalidating instruction-cache lines changes no memory.
+            unsafe { asm!("ic ivau, {0}", in(reg) at, options(nostack)) };
+            at += iline;
+        }
+    }
+    // SAFETY: barriers only.
+    unsafe { asm!("dsb ish", "isb", options(nostack)) };
+}
+
 /// clone3 for a thread; see the x86_64 file.
 ///
 /// # Safety
@@ -183,6 +214,12 @@ pub unsafe fn clone3_thread(
     ret
 }
 
+/// Stops at a breakpoint (crest, tracing the task, catches this SIGTRAP as "about to
+/// rt_sigreturn"; `brk` leaves pc on itself, so crest steps pc over it), then switches to the
+/// frame's stack and calls rt_sigreturn. On arm64 the kernel reads the frame at sp itself.
+///
+/// # Safety
+/// `sp` must be the (16-byte aligned) address of a valid rt_sigframe built by crest.
 pub unsafe fn sigreturn(sp: u64) -> ! {
     // SAFETY: the caller provides a valid frame; rt_sigreturn does not return on success, and
     // the final `brk` stops the task if it ever did.

@@ -200,6 +200,9 @@ pub fn set_thread_area(tls: [u64; 2]) -> Result<(), isize> {
     Ok(())
 }
 
+/// Nothing to do on x86_64: instruction fetch snoops the data cache.
+pub fn sync_icache(_start: u64, _len: u64) {}
+
 /// Stops at a breakpoint (crest, tracing the task, catches this SIGTRAP as "about to
 /// rt_sigreturn"), then switches to the frame's stack and calls rt_sigreturn.
 ///

@@ -340,6 +340,9 @@ fn fill_pages(ctx: &Ctx, a: &RestorerArgs, v: &VmaArg) {
             ctx.fail(-sys::EINVAL);
         }
         read_fully(ctx, a.pages_fd, run.vaddr, run.len, run.file_offset);
+        if v.prot & sys::PROT_EXEC != 0 {
+            arch::sync_icache(run.vaddr, run.len);
+        }
     }
 }
 

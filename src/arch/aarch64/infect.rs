@@ -1,8 +1,7 @@
 //! aarch64 side of infection (`crate::infect`): same names as `x86_64/infect.rs`.
 //!
-//! Registers are the NT_PRSTATUS words (`user_pt_regs`: x0-x30, sp, pc, pstate). Register
-//! capture is not supported on aarch64 yet (`regs::capture`), so infection stops there; the
-//! register settings below already follow the kernel ABI.
+//! Registers are the NT_PRSTATUS words (`user_pt_regs`: x0-x30, sp, pc, pstate). The stub is
+//! written with PTRACE_POKEDATA, after which the kernel keeps the instruction cache coherent.
 
 use crate::arch::ArchError;
 

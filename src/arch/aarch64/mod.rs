@@ -1,10 +1,52 @@
-//! aarch64: same interface as x86_64; every entry point reports "not supported yet" until the
-//! aarch64 issue fills it in.
+//! aarch64: register layouts (NT_PRSTATUS, NT_PRFPREG, NT_ARM_TLS), the refusals of state the
+//! image does not carry (SVE, SME, pointer authentication, MTE), the rt_sigframe, and the
+//! instruction-cache maintenance code written by crest needs.
 
 pub mod infect;
 pub mod morph;
 pub mod regs;
 pub mod sigframe;
+
+/// Makes the instruction cache coherent with code just written at `start..start + len` (which
+/// must be mapped and readable in this process): cleans the data cache to the point of
+/// unification and invalidates the instruction cache over the range, line by line, with the
+/// line sizes CTR_EL0 gives (Linux lets user space read it). A CPU whose CTR_EL0 says IDC or DIC
+/// needs the matching half not.
+pub fn sync_icache(start: *const u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects (the kernel traps and emulates it if needed).
+    unsafe { core::arch::asm!("mrs {0}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    let dline = 4u64 << ((ctr >> 16) & 0xf);
+    let iline = 4u64 << (ctr & 0xf);
+    let (begin, end) = (start as u64, start as u64 + len as u64);
+    if ctr & (1 << 28) == 0 {
+        let mut at = begin & !(dline - 1);
+        while at < end {
+            // SAFETY: `at` lies in (the first line of) the mapped range the caller gives;
+            // cleaning a cache line changes no memory contents.
+            unsafe { core::arch::asm!("dc cvau, {0}", in(reg) at, options(nostack)) };
+            at += dline;
+        }
+    }
+    // SAFETY: a barrier only orders the maintenance above.
+    unsafe { core::arch::asm!("dsb ish", options(nostack)) };
+    if ctr & (1 << 29) == 0 {
+        let mut at = begin & !(iline - 1);
+        while at < end {
+            // SAFETY: as above; invalidating instruction-cache lines changes no memory.
+            unsafe { core::arch::asm!("ic ivau, {0}", in(reg) at, options(nostack)) };
+            at += iline;
+        }
+    }
+    // SAFETY: barriers only; the isb makes this thread fetch the new code.
+    unsafe { core::arch::asm!("dsb ish", "isb", options(nostack)) };
+}
+
+/// `untag_mask` in /proc/PID/status of a process that never asked for address tagging: the top byte is always ignored (TBI) for user addresses, so every process shows this mask.
+pub const DEFAULT_UNTAG_MASK: &str = "0xffffffffffffff";
 
 /// The kernel's O_LARGEFILE as fdinfo and F_GETFL show it (libc's `O_LARGEFILE` is 0 on
 /// 64-bit: a 64-bit program never needs to ask for it, yet open(2) sets it).

@@ -1,5 +1,6 @@
-//! aarch64 pieces of the morph (same interface as x86_64/morph.rs). The restore path refuses
-//! aarch64 images before forking until the aarch64 issue completes the register side.
+//! aarch64 pieces of the morph (same interface as x86_64/morph.rs): jumping into the restorer,
+//! the thread pointer it sets, the registers for the syscalls crest runs in the restored task
+//! afterwards, and stepping over the restorer's breakpoint (`brk` leaves pc on itself).
 
 use crate::images::ArchRegs;
 
@@ -47,7 +48,55 @@ pub fn syscall_result(regs: &UserRegs) -> i64 {
     regs.regs[0] as i64
 }
 
-/// Restoring registers is not supported on aarch64 yet.
-pub fn check_fpu_compatible(_pid: i32, _regs: &ArchRegs) -> Result<(), super::super::ArchError> {
-    Err(super::super::ArchError::Unsupported("restoring registers"))
+/// Checks that the image's registers are aarch64 registers in the layouts this kernel uses
+/// (NT_PRFPREG is the same 528 bytes on every arm64 kernel), and that a machine without SVE is
+/// not asked to load live SVE registers.
+pub fn check_fpu_compatible(pid: i32, regs: &ArchRegs) -> Result<(), super::super::ArchError> {
+    use super::super::ArchError;
+    match regs {
+        ArchRegs::Aarch64 { gpr, fpsimd, .. }
+            if gpr.len() == super::regs::GPR_WORDS && fpsimd.len() >= super::regs::FPSIMD_BYTES =>
+        {
+            if fpsimd.len() > super::regs::FPSIMD_BYTES && !super::regs::have_sve() {
+                return Err(ArchError::Incompatible(format!(
+                    "pid {pid}: the image holds live SVE registers, and this CPU or kernel has \
+                     no SVE"
+                )));
+            }
+            Ok(())
+        }
+        ArchRegs::Aarch64 { gpr, fpsimd, .. } => Err(ArchError::Incompatible(format!(
+            "pid {pid}: the image's aarch64 registers have {} general registers and {} bytes \
+             of FP/SIMD state, this machine uses {} and at least {}",
+            gpr.len(),
+            fpsimd.len(),
+            super::regs::GPR_WORDS,
+            super::regs::FPSIMD_BYTES
+        ))),
+        ArchRegs::X86_64 { .. } => Err(ArchError::Incompatible(format!(
+            "pid {pid}: the image holds x86_64 registers"
+        ))),
+    }
+}
+
+/// The live SVE registers of a thread (the NT_ARM_SVE regset as captured), which rt_sigreturn
+/// does not load from crest's frame and which any system call would drop again (the kernel
+/// discards SVE state at syscall entry): crest puts them back by ptrace as the thread is
+/// released, after the cleanup's system calls.
+pub fn late_state(regs: &ArchRegs) -> Option<Vec<u8>> {
+    super::regs::sve_state(regs).map(<[u8]>::to_vec)
+}
+
+/// Loads the SVE registers [`late_state`] gave into the stopped thread `tid`.
+pub fn put_back_late_state(tid: i32, state: &[u8]) -> Result<(), String> {
+    super::regs::set_sve_state(tid, state).map_err(|e| e.to_string())
+}
+
+/// Moves the stopped thread `tid`, which stopped on the restorer's `brk #0` before its
+/// rt_sigreturn, past that instruction: an arm64 breakpoint leaves pc on itself, so resuming
+/// it as it is would only trap again.
+pub fn step_over_breakpoint(tid: i32) -> Result<(), String> {
+    let mut gpr = super::regs::read_gprs(tid).map_err(|e| e.to_string())?;
+    gpr[super::regs::PC] += 4;
+    super::regs::write_gprs(tid, &gpr).map_err(|e| e.to_string())
 }

@@ -113,3 +113,19 @@ pub fn check_fpu_compatible(pid: i32, regs: &ArchRegs) -> Result<(), super::supe
     }
     Ok(())
 }
+
+/// Nothing to do on x86_64: `int3` is a trap, rip already points past it when the thread
+/// stops on the restorer's breakpoint.
+pub fn step_over_breakpoint(_tid: i32) -> Result<(), String> {
+    Ok(())
+}
+
+/// Nothing beyond what rt_sigreturn loads on x86_64 (the frame carries the whole XSAVE area).
+pub fn late_state(_regs: &ArchRegs) -> Option<Vec<u8>> {
+    None
+}
+
+/// See [`late_state`]: never called with anything on x86_64.
+pub fn put_back_late_state(_tid: i32, _state: &[u8]) -> Result<(), String> {
+    Ok(())
+}
