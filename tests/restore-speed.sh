@@ -10,7 +10,8 @@
 #
 # usage: bash tests/restore-speed.sh jvm THREADS [RUNS (5)]   (Victim "threads THREADS")
 #        bash tests/restore-speed.sh c THREADS [RUNS (5)]     (tests/bench/sleepers.c)
-# PAGES=copy|map|lazy (default copy) restores with that page source (`--pages`).
+# PAGES=copy|map|lazy (default copy) restores with that page source (`--pages`); RESTORE_ARGS
+# adds options to every restore (e.g. --no-prefetch).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -77,7 +78,9 @@ for _ in $(seq 1 1000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.01; done
 cat "$WORK"/img/* >/dev/null
 
 for run in $(seq 1 "$RUNS"); do
-    "$CREST" restore -d --pages "${PAGES:-copy}" -D "$WORK/img" --stats-json "$WORK/stats$run.json" 2>"$WORK/restore.err" \
+    # shellcheck disable=SC2086
+    "$CREST" restore -d --pages "${PAGES:-copy}" ${RESTORE_ARGS:-} -D "$WORK/img" \
+        --stats-json "$WORK/stats$run.json" 2>"$WORK/restore.err" \
         || { cat "$WORK/restore.err" >&2; exit 1; }
     n=$(log_lines)
     for _ in $(seq 1 1000); do [ "$(log_lines)" -gt "$n" ] && break; sleep 0.01; done
