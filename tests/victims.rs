@@ -21,7 +21,7 @@ fn memcheck_verifies_itself_and_notices_a_changed_byte() {
     v.assert_log_consecutive();
 
     // The largest private anonymous read-write VMA holds pseudo-random data (the 32 MiB mmap,
-    // possibly merged with the 16 MiB malloc'd block): change one byte of it through
+    // possibly merged with the 16 MiB malloc'd block and others): change one byte of it through
     // /proc/PID/mem, and the victim must say so; put it back, and it must be content again.
     let maps = procfs::process::Process::new(v.pid)
         .unwrap()
@@ -41,12 +41,25 @@ fn memcheck_verifies_itself_and_notices_a_changed_byte() {
         area.address.1 - area.address.0 >= 32 << 20,
         "no 32 MiB area: {area:?}"
     );
-    let addr = area.address.0 + (area.address.1 - area.address.0) / 2;
     let mem = OpenOptions::new()
         .read(true)
         .write(true)
         .open(format!("/proc/{}/mem", v.pid))
         .unwrap();
+    // The area may be several merged mappings (how they merge depends on the page size): from
+    // its middle on, the first page with no zero word is random data (the sparse mapping's
+    // pages are mostly zeros).
+    let mut page = vec![0u8; 4096];
+    let addr = (area.address.0 + (area.address.1 - area.address.0) / 2..area.address.1)
+        .step_by(4096)
+        .find(|&at| {
+            mem.read_exact_at(&mut page, at).is_ok()
+                && page
+                    .chunks_exact(8)
+                    .all(|w| w.iter().any(|&b| b != 0))
+        })
+        .expect("a page of random data in the area")
+        + 2048;
     let mut byte = [0u8; 1];
     mem.read_exact_at(&mut byte, addr).unwrap();
     mem.write_all_at(&[byte[0] ^ 0x40], addr).unwrap();
