@@ -54,9 +54,7 @@ fn memcheck_verifies_itself_and_notices_a_changed_byte() {
         .step_by(4096)
         .find(|&at| {
             mem.read_exact_at(&mut page, at).is_ok()
-                && page
-                    .chunks_exact(8)
-                    .all(|w| w.iter().any(|&b| b != 0))
+                && page.chunks_exact(8).all(|w| w.iter().any(|&b| b != 0))
         })
         .expect("a page of random data in the area")
         + 2048;
