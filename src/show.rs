@@ -1019,7 +1019,8 @@ fn tcp_socket_text(t: &crate::images::TcpSocket) -> String {
             recv_queue.len()
         ),
         TcpState::Established(c) => format!(
-            "{v} connection {} -> {}{}, {} bytes to send ({} not sent yet), {} unread (locked by              {}){opts}",
+            "{v} connection {} -> {}{}, {} bytes to send ({} not sent yet), {} unread (locked by \
+            {}){opts}",
             c.local,
             c.remote,
             if c.phase == crate::images::TcpPhase::Established {

@@ -62,7 +62,9 @@ pub fn collect(
             ..
         } => DumpError::Settings(crate::pstate::StateError::Refused {
             pid,
-            what: "it may not map writable executable memory (memory-deny-write-execute,                    PR_SET_MDWE, or a security module): the parasite's mapping was refused                    with EACCES"
+            what: "it may not map writable executable memory (memory-deny-write-execute, \
+            PR_SET_MDWE, or a security module): the parasite's mapping was refused \
+            with EACCES"
                 .into(),
         }),
         err => infect(err),

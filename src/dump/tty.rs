@@ -430,7 +430,8 @@ impl Terminals {
                     problems.push(DumpError::Terminal {
                         pid,
                         what: format!(
-                            "its controlling terminal {} has no device node under /dev and                              no fd of the tree holds it, so a restore could not open it",
+                            "its controlling terminal {} has no device node under /dev and \
+                            no fd of the tree holds it, so a restore could not open it",
                             self.name(rdev)
                         ),
                     });

@@ -350,7 +350,9 @@ pub fn why_not(errno: i32) -> String {
 /// Why taking a lease failed with `errno`, in words.
 fn why_no_lease(errno: i32) -> String {
     match errno {
-        libc::EAGAIN => "the file is open elsewhere in a way the lease excludes (for writing,                          or at all for a write lease): someone opened it since the dump, or                          the process also maps it through another open"
+        libc::EAGAIN => "the file is open elsewhere in a way the lease excludes (for writing, \
+        or at all for a write lease): someone opened it since the dump, or \
+        the process also maps it through another open"
             .to_string(),
         e => std::io::Error::from_raw_os_error(e).to_string(),
     }

@@ -316,7 +316,8 @@ pub(super) fn check_packet(i: usize, f: &FileIdentity, p: &PacketSocket) -> Resu
         .find(|m| m.address.len() > 32 || m.count == 0 || m.ifindex <= 0 || m.mr_type > 3)
     {
         return Err(format!(
-            "file {i} is a packet socket with a membership of type {} on interface {}, taken              {} times, with a {}-byte address",
+            "file {i} is a packet socket with a membership of type {} on interface {}, taken \
+            {} times, with a {}-byte address",
             m.mr_type,
             m.ifindex,
             m.count,
