@@ -198,17 +198,22 @@ fn create_timers(pid: i32, timers: &[PosixTimer]) -> Result<(), String> {
     result
 }
 
-fn create_timer(pid: i32, t: &PosixTimer) -> Result<(), String> {
-    let event = sigevent(t);
-    let mut id: libc::c_int = t.id;
-    // SAFETY: event and id are valid for the call; with PR_TIMER_CREATE_RESTORE_IDS on, the
-    // kernel reads the wanted id from `id` and writes the id it used back.
+/// timer_create(2) of timer `t`'s clock and event; `id` is the id wanted (read by the kernel
+/// only with PR_TIMER_CREATE_RESTORE_IDS on) and gets the id the kernel used.
+fn timer_create(
+    pid: i32,
+    t: &PosixTimer,
+    event: &KernelSigevent,
+    id: &mut libc::c_int,
+) -> Result<(), String> {
+    // SAFETY: event and id are valid for the call; the kernel may read `id` and writes the id
+    // it used back.
     let r = unsafe {
         libc::syscall(
             libc::SYS_timer_create,
             t.clock,
-            &event as *const KernelSigevent,
-            &mut id as *mut libc::c_int,
+            event as *const KernelSigevent,
+            id as *mut libc::c_int,
         )
     };
     if r != 0 {
@@ -217,6 +222,14 @@ fn create_timer(pid: i32, t: &PosixTimer) -> Result<(), String> {
             t.id, t.clock
         )));
     }
+    Ok(())
+}
+
+fn create_timer(pid: i32, t: &PosixTimer) -> Result<(), String> {
+    let event = sigevent(t);
+    let mut id: libc::c_int = t.id;
+    // With PR_TIMER_CREATE_RESTORE_IDS on, the kernel takes the wanted id from `id`.
+    timer_create(pid, t, &event, &mut id)?;
     if id != t.id {
         return Err(format!(
             "POSIX timer {} of pid {pid} came back with id {id}",
@@ -233,21 +246,7 @@ fn create_timer_in_sequence(pid: i32, t: &PosixTimer) -> Result<(), String> {
     let event = sigevent(t);
     for _ in 0..=SEQUENTIAL_ID_GAP_MAX {
         let mut id: libc::c_int = -1;
-        // SAFETY: event and id are valid for the call; the kernel writes the id it chose.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_timer_create,
-                t.clock,
-                &event as *const KernelSigevent,
-                &mut id as *mut libc::c_int,
-            )
-        };
-        if r != 0 {
-            return Err(os_error(format!(
-                "cannot recreate POSIX timer {} (clock {}) of pid {pid}",
-                t.id, t.clock
-            )));
-        }
+        timer_create(pid, t, &event, &mut id)?;
         if id == t.id {
             return Ok(());
         }
