@@ -157,18 +157,26 @@ impl Ctx {
                 }
                 return Err(why);
             }
-            if procs::stopping() {
-                return Err("interrupted".into());
-            }
-            if t0.elapsed() > self.timeout {
-                return Err(format!(
-                    "not ready within {} s ({})",
-                    self.timeout.as_secs(),
-                    self.probe.describe()
-                ));
+            if let Some(why) = self.wait_over(t0, "") {
+                return Err(why);
             }
             std::thread::sleep(Duration::from_micros(500));
         }
+    }
+
+    /// Why a wait for readiness that began at `t0` ends now: the bench was interrupted, or the
+    /// timeout passed (`what` says after what, e.g. " of starting `...`"). None: wait on.
+    fn wait_over(&self, t0: Instant, what: &str) -> Option<String> {
+        if procs::stopping() {
+            return Some("interrupted".into());
+        }
+        (t0.elapsed() > self.timeout).then(|| {
+            format!(
+                "not ready within {} s{what} ({})",
+                self.timeout.as_secs(),
+                self.probe.describe()
+            )
+        })
     }
 
     /// Starts `argv` and times it to ready; the instance is left running (unless it exited).
@@ -572,6 +580,7 @@ impl Ctx {
                     .map(|m| m.len() > 0)
                     .unwrap_or(false)
         };
+        let starting = format!(" of starting `{}`", argv.join(" "));
         let res = loop {
             // The exit probe only counts once the restored process exists.
             if (!exit_probe || restored(&pidfile)) && watch.ready() {
@@ -612,16 +621,8 @@ impl Ctx {
                     procs::tail_of(&[&tool.stderr])
                 ));
             }
-            if procs::stopping() {
-                break Err("interrupted".into());
-            }
-            if t0.elapsed() > self.timeout {
-                break Err(format!(
-                    "not ready within {} s of starting `{}` ({})",
-                    self.timeout.as_secs(),
-                    argv.join(" "),
-                    self.probe.describe()
-                ));
+            if let Some(why) = self.wait_over(t0, &starting) {
+                break Err(why);
             }
             std::thread::sleep(Duration::from_micros(500));
         };
