@@ -2,10 +2,17 @@
 # Runs crest's tests built for aarch64 inside qemu-system-aarch64 (full-system emulation with a
 # Debian arm64 6.12 kernel), one VM per test binary.
 #
-#   bash tests/aarch64.sh [--kernel 4k|16k|both] [--no-jdk] [-- CARGO TEST ARGS]
+#   bash tests/aarch64.sh [--kernel 4k|16k|both] [--all] [--no-jdk] [-- CARGO TEST ARGS]
 #
-# Without cargo test args it runs `--workspace --lib --bins --tests`. The unit tests only:
-#   bash tests/aarch64.sh --kernel both -- -p crest-images -p crest --lib
+# By default it runs the core set on both kernels (what CI runs, ~10 minutes a kernel under
+# emulation): the C victims (memory patterns, fds, threads, signals and timers, vector
+# registers) through dump/restore cycles (tests victims, cycles, threads, signals,
+# vector_registers, thread_restore) and a JDK 17 JVM dumped and restored three times (tests/jvm.rs
+# jdk17_three_cycles_then_jcmd_and_sigterm, jvm_victim_verifies_itself_and_exits_on_request).
+# --all runs `--workspace --lib --bins --tests` instead (hours under emulation; a few tests need
+# a newer kernel than 6.12 or assume 4K pages). Cargo test args after -- choose the tests
+# yourself; the unit tests only, say:
+#   bash tests/aarch64.sh -- -p crest-images -p crest --lib
 #
 # On a fresh Debian 12 x86_64 machine it installs what it needs (qemu-system-arm, the aarch64
 # cross compiler and glibc, cpio, the rust targets), fetches the arm64 kernels and busybox-static
@@ -14,7 +21,7 @@
 # The guest gets busybox, the cross glibc runtime, bash, a `cc` that hands compilations to the
 # host's cross compiler (tests/aarch64/cc) and, unless --no-jdk, Debian's arm64 OpenJDK 17 at
 # /usr/lib/jvm/java-17-openjdk-arm64 (java, javac, ... also in /usr/bin).
-# Then it runs `cargo test --target aarch64-unknown-linux-gnu ARGS` once per kernel with
+# Then it runs `cargo test --target aarch64-unknown-linux-gnu ...` per kernel with
 # tests/aarch64/runner.sh as the cargo target runner, and ends with one line per kernel:
 #   aarch64 (4k): N passed, M failed
 # It exits non-zero if any test failed or a test binary did not complete.
@@ -26,8 +33,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 
-kernels=4k
+kernels=both
 jdk=1
+all=0
 cargo_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,13 +52,17 @@ while [ $# -gt 0 ]; do
             jdk=0
             shift
             ;;
+        --all)
+            all=1
+            shift
+            ;;
         --)
             shift
             cargo_args=("$@")
             break
             ;;
         -h | --help)
-            sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -68,9 +80,20 @@ case "$kernels" in
         exit 2
         ;;
 esac
-# Doc-tests are left out by default: rustdoc would boot one VM per doc-test, and they test no
-# architecture-specific code.
-[ ${#cargo_args[@]} -gt 0 ] || cargo_args=(--workspace --lib --bins --tests)
+# The cargo test runs per kernel, one per line (words split on blanks). Doc-tests are left out:
+# rustdoc would boot one VM per doc-test, and they test no architecture-specific code.
+if [ ${#cargo_args[@]} -gt 0 ]; then
+    [ $all -eq 0 ] || { echo "aarch64.sh: --all and cargo test args exclude each other" >&2; exit 2; }
+    runs=(custom)
+elif [ $all -eq 1 ]; then
+    runs=("--workspace --lib --bins --tests")
+else
+    runs=(
+        "-p crest --test victims --test cycles --test threads --test signals --test vector_registers --test thread_restore"
+        "-p crest --test jvm -- jdk17_three_cycles_then_jcmd_and_sigterm jvm_victim_verifies_itself_and_exits_on_request"
+    )
+    [ $jdk -eq 1 ] || unset 'runs[1]'
+fi
 
 cache=${CREST_AARCH64_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crest-aarch64}
 case "$cache/" in
@@ -331,6 +354,8 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$here/aarch64/runner.sh"
 
 summaries=()
 status=0
+out=$(mktemp "${TMPDIR:-/tmp}/crest-aarch64.XXXXXX")
+trap 'rm -f "$out"' EXIT
 for flavour in "${flavours[@]}"; do
     kdir=$(prepare_kernel "$flavour")
     export CREST_AARCH64_KERNEL=$kdir/Image
@@ -340,33 +365,42 @@ for flavour in "${flavours[@]}"; do
     # 16K granules need a cpu that has them (cortex-a72 has none and hangs silently); emulated
     # pointer authentication triples the run time, so it stays off.
     export CREST_AARCH64_CPU=max,pauth=off
-    out=$(mktemp "${TMPDIR:-/tmp}/crest-aarch64-$flavour.XXXXXX")
-    log "cargo test --target aarch64-unknown-linux-gnu ${cargo_args[*]} ($flavour kernel $(cat "$kdir/version"))"
-    set +e
-    (cd "$repo" && cargo test --target aarch64-unknown-linux-gnu --no-fail-fast "${cargo_args[@]}") 2>&1 |
-        tee "$out"
-    rc=${PIPESTATUS[0]}
-    set -e
-    # cargo's per-binary lines: "test result: ok. 12 passed; 0 failed; 1 ignored; ..."
-    passed=$(sed -n 's/.*test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$out" |
-        awk '{s+=$1} END {print s+0}')
-    failed=$(sed -n 's/.*test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$out" |
-        awk '{s+=$1} END {print s+0}')
-    # A binary that died without its result line (VM timeout, crash) counts as one failure.
-    runs=$(grep -c '^     Running ' "$out" || true)
-    results=$(grep -c 'test result: ' "$out" || true)
-    missing=$((runs - results))
-    if [ $missing -gt 0 ]; then
-        failed=$((failed + missing))
-        log "$missing test binaries ($flavour) ended without a result line"
-    fi
-    if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
-        failed=1
-        log "cargo test ($flavour) exited with $rc (build error?) without a failed test"
-    fi
+    passed=0
+    failed=0
+    for run in "${runs[@]}"; do
+        if [ "$run" = custom ]; then
+            args=("${cargo_args[@]}")
+        else
+            read -r -a args <<<"$run"
+        fi
+        log "cargo test --target aarch64-unknown-linux-gnu ${args[*]} ($flavour kernel $(cat "$kdir/version"))"
+        set +e
+        (cd "$repo" && cargo test --target aarch64-unknown-linux-gnu --no-fail-fast "${args[@]}") 2>&1 |
+            tee "$out"
+        rc=${PIPESTATUS[0]}
+        set -e
+        # cargo's per-binary lines: "test result: ok. 12 passed; 0 failed; 1 ignored; ..."
+        p=$(sed -n 's/.*test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$out" |
+            awk '{s+=$1} END {print s+0}')
+        f=$(sed -n 's/.*test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$out" |
+            awk '{s+=$1} END {print s+0}')
+        # A binary that died without its result line (VM timeout, crash) counts as one failure.
+        binaries=$(grep -c '^     Running ' "$out" || true)
+        results=$(grep -c 'test result: ' "$out" || true)
+        missing=$((binaries - results))
+        if [ $missing -gt 0 ]; then
+            f=$((f + missing))
+            log "$missing test binaries ($flavour) ended without a result line"
+        fi
+        if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+            f=1
+            log "cargo test ($flavour) exited with $rc (build error?) without a failed test"
+        fi
+        passed=$((passed + p))
+        failed=$((failed + f))
+    done
     [ "$failed" -eq 0 ] || status=1
     summaries+=("aarch64 ($flavour): $passed passed, $failed failed")
-    rm -f "$out"
 done
 for s in "${summaries[@]}"; do
     echo "$s"

@@ -126,10 +126,13 @@ impl Jdk {
         if classes.is_dir() && jar.is_file() {
             return (classes, jar);
         }
-        // Build in a private directory and rename it into place whole.
+        // Build in a private directory beside it (one file system: the aarch64 runner keeps
+        // this cache on the host while the rest of the tmpdir is the guest's) and rename it
+        // into place whole.
+        fs::create_dir_all(dir.parent().unwrap()).expect("create java dir");
         let tmp = tempfile::Builder::new()
             .prefix("build-")
-            .tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR")))
+            .tempdir_in(dir.parent().unwrap())
             .expect("create java build dir");
         let tmp_classes = tmp.path().join("classes");
         let out = run(
@@ -153,7 +156,6 @@ impl Jdk {
             JVM_TIMEOUT,
         );
         assert!(out.status.success(), "jar failed: {out}");
-        fs::create_dir_all(dir.parent().unwrap()).expect("create java dir");
         let built = tmp.keep();
         if fs::rename(&built, &dir).is_err() {
             // Another test binary built the same content first: use theirs.

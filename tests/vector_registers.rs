@@ -1,7 +1,8 @@
 //! Vector registers survive a dump that leaves the process running and a dump and restore. The
 //! vregs victim (tests/victims/vregs.c) holds known values in every xmm, ymm or zmm register
-//! and the AVX-512 mask registers, as this CPU has them, from the moment it logs a round until
-//! the test asks it to check them; the dump always catches it in that window.
+//! and the AVX-512 mask registers, as this CPU has them (on aarch64: v0..v31 and FPCR), from
+//! the moment it logs a round until the test asks it to check them; the dump always catches it
+//! in that window.
 //!
 //! On a CPU with AMX the kernel's NT_X86_XSTATE area (for every supported component) is larger
 //! than the signal frame a process without AMX permission may rt_sigreturn from; a frame built
@@ -13,6 +14,7 @@ mod common;
 use common::*;
 
 /// The mode the victim must pick on this machine, from the CPU flags the kernel reports.
+#[cfg(target_arch = "x86_64")]
 fn expected_mode() -> &'static str {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("read /proc/cpuinfo");
     let flags: Vec<&str> = cpuinfo
@@ -28,6 +30,12 @@ fn expected_mode() -> &'static str {
     } else {
         "sse"
     }
+}
+
+/// On aarch64 the victim holds the NEON registers v0..v31 and FPCR, which every arm64 CPU has.
+#[cfg(target_arch = "aarch64")]
+fn expected_mode() -> &'static str {
+    "neon"
 }
 
 #[test]

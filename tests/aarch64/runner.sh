@@ -81,15 +81,17 @@ spool=$work/spool
 mkdir "$spool"
 shares+=("$spool")
 serve_cc() {
-    local req args cwd
+    local req args cwd rc
     while :; do
         for req in "$spool"/*.req; do
             [ -d "$req" ] && [ -e "$req/cwd" ] && [ ! -e "$req/rc" ] || continue
             # A request the guest is removing is gone by now: skip it, never die here.
             mapfile -t args <"$req/args" 2>/dev/null || continue
             cwd=$(cat "$req/cwd" 2>/dev/null) || continue
-            (cd "$cwd" && exec aarch64-linux-gnu-gcc "${args[@]}") >"$req/out" 2>"$req/err" </dev/null
-            echo $? >"$req/rc.tmp"
+            # A failing compile is an answer, not an error of this loop (errexit is on).
+            rc=0
+            (cd "$cwd" && exec aarch64-linux-gnu-gcc "${args[@]}") >"$req/out" 2>"$req/err" </dev/null || rc=$?
+            echo "$rc" >"$req/rc.tmp"
             mv "$req/rc.tmp" "$req/rc"
         done
         sleep 0.05
@@ -112,6 +114,21 @@ serve_cc() {
     if [ -n "$jdk" ]; then
         # java, javac, jcmd, ... on the PATH, as Debian's alternatives would put them.
         echo 'for b in /usr/lib/jvm/java-*-openjdk-arm64/bin/*; do [ -e "/usr/bin/${b##*/}" ] || ln -s "$b" /usr/bin/; done'
+    fi
+    # The tests' work directories (CARGO_TARGET_TMPDIR: <target>/aarch64-unknown-linux-gnu/tmp)
+    # go on a guest tmpfs: processes are dumped and restored with their files on a local file
+    # system, as on a real machine, not on 9p (whose requests a ptrace stop can interrupt). The
+    # build caches there (victims/, java/) stay shared: the host compiles the victims into it.
+    triple_dir=$(dirname "$(dirname "$(dirname "$bin")")")
+    if [ "$(basename "$triple_dir")" = aarch64-unknown-linux-gnu ]; then
+        tt=$triple_dir/tmp
+        echo "mkdir -p $(q "$tt/victims") $(q "$tt/java") /run/keep/victims /run/keep/java"
+        echo "mount -o bind $(q "$tt/victims") /run/keep/victims"
+        echo "mount -o bind $(q "$tt/java") /run/keep/java"
+        echo "mount -t tmpfs -o mode=1777 tmpfs $(q "$tt")"
+        echo "mkdir $(q "$tt/victims") $(q "$tt/java")"
+        echo "mount -o move /run/keep/victims $(q "$tt/victims")"
+        echo "mount -o move /run/keep/java $(q "$tt/java")"
     fi
     echo "set +e"
     # cargo's environment for the test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...) and the user's

@@ -1,6 +1,7 @@
 /*
  * Vector-register victim: holds known values in every SSE/AVX/AVX-512 register (and the
- * AVX-512 mask registers) while it waits, and checks them on request. A restore that puts back
+ * AVX-512 mask registers) on x86_64, in every NEON register v0..v31 and in FPCR (a rounding
+ * mode that is not the default) on aarch64, while it waits, and checks them on request. A restore that puts back
  * only part of the XSAVE state (rt_sigreturn falls back to x87/SSE when the signal frame does
  * not suit the kernel) leaves the registers in their initial state, and this victim says so.
  *
@@ -9,10 +10,11 @@
  * are live), then waits in raw syscalls (which preserve every vector register) until
  * DIR/verify-request exists, and stores them. Nothing in between is compiled C code.
  *
- * Usage: vregs CTL_DIR LOG_FILE. Writes DIR/info: "mode sse|avx|avx512".
+ * Usage: vregs CTL_DIR LOG_FILE. Writes DIR/info: "mode sse|avx|avx512|neon".
  */
 #include "victim.h"
 
+#if defined(__x86_64__)
 #include <cpuid.h>
 
 enum { MODE_SSE, MODE_AVX, MODE_AVX512 };
@@ -150,6 +152,114 @@ static void describe(int mode, size_t off, char *buf, size_t len)
     }
 }
 
+/* The word values the registers can hold: kmovw loads 16 bits of each mask word. */
+static void mask_state(uint64_t *state, size_t words)
+{
+    if (hold_mode == MODE_AVX512)
+        for (size_t i = ZMM_BYTES / 8; i < words; i++)
+            state[i] &= 0xffff;
+}
+
+#elif defined(__aarch64__)
+
+enum { MODE_NEON };
+static const char *const mode_names[] = {"neon"};
+
+/* v0..v31 of 16 bytes, then FPCR as an 8-byte word. */
+#define V_BYTES (32 * 16)
+#define STATE_BYTES (V_BYTES + 8)
+/* FPCR bits the victim sets: RMode (23:22) and DN (25); the others stay as the C code wants. */
+#define FPCR_HELD ((3ull << 22) | (1ull << 25))
+
+int hold_mode;
+void hold_registers(const uint64_t *in, uint64_t *out, const char *request, int log_fd,
+                    const char *line, long line_len);
+
+/*
+ * x19..x24 keep the arguments across the syscalls; d8..d15 (callee-saved in the low 64 bits)
+ * and the caller's FPCR are put back before returning. The kernel keeps v0..v31 and FPCR
+ * across a syscall. Frame: x29/x30, x19..x24, d8..d15, a timespec at 128, the old FPCR at 144.
+ */
+__asm__(".text\n"
+        ".globl hold_registers\n"
+        ".type hold_registers,%function\n"
+        "hold_registers:\n"
+        "  sub sp, sp, #160\n"
+        "  stp x29, x30, [sp, #0]\n  stp x19, x20, [sp, #16]\n"
+        "  stp x21, x22, [sp, #32]\n  stp x23, x24, [sp, #48]\n"
+        "  stp d8, d9, [sp, #64]\n  stp d10, d11, [sp, #80]\n"
+        "  stp d12, d13, [sp, #96]\n  stp d14, d15, [sp, #112]\n"
+        "  mov x19, x0\n  mov x20, x1\n  mov x21, x2\n  mov w22, w3\n  mov x23, x4\n  mov x24, x5\n"
+        "  mrs x9, fpcr\n  str x9, [sp, #144]\n"
+        "  ldr x9, [x19, #512]\n  msr fpcr, x9\n"
+        "  mov x9, x19\n"
+        "  ld1 {v0.2d, v1.2d, v2.2d, v3.2d}, [x9], #64\n"
+        "  ld1 {v4.2d, v5.2d, v6.2d, v7.2d}, [x9], #64\n"
+        "  ld1 {v8.2d, v9.2d, v10.2d, v11.2d}, [x9], #64\n"
+        "  ld1 {v12.2d, v13.2d, v14.2d, v15.2d}, [x9], #64\n"
+        "  ld1 {v16.2d, v17.2d, v18.2d, v19.2d}, [x9], #64\n"
+        "  ld1 {v20.2d, v21.2d, v22.2d, v23.2d}, [x9], #64\n"
+        "  ld1 {v24.2d, v25.2d, v26.2d, v27.2d}, [x9], #64\n"
+        "  ld1 {v28.2d, v29.2d, v30.2d, v31.2d}, [x9], #64\n"
+        /* The registers are live: say so in the log, then wait for a verify request. */
+        "  mov x0, x22\n  mov x1, x23\n  mov x2, x24\n  mov x8, #64\n  svc #0\n" /* write */
+        "1:\n"
+        "  mov x0, #-100\n  mov x1, x21\n  mov x2, #0\n  mov x3, #0\n  mov x8, #48\n  svc #0\n"
+        "  cbz x0, 2f\n" /* faccessat(AT_FDCWD, request, F_OK, 0) */
+        "  str xzr, [sp, #128]\n  movz x9, #0x2d00\n  movk x9, #0x131, lsl #16\n  str x9, [sp, #136]\n"
+        "  add x0, sp, #128\n  mov x1, #0\n  mov x8, #101\n  svc #0\n" /* nanosleep 20 ms */
+        "  b 1b\n"
+        "2:\n"
+        "  mov x9, x20\n"
+        "  st1 {v0.2d, v1.2d, v2.2d, v3.2d}, [x9], #64\n"
+        "  st1 {v4.2d, v5.2d, v6.2d, v7.2d}, [x9], #64\n"
+        "  st1 {v8.2d, v9.2d, v10.2d, v11.2d}, [x9], #64\n"
+        "  st1 {v12.2d, v13.2d, v14.2d, v15.2d}, [x9], #64\n"
+        "  st1 {v16.2d, v17.2d, v18.2d, v19.2d}, [x9], #64\n"
+        "  st1 {v20.2d, v21.2d, v22.2d, v23.2d}, [x9], #64\n"
+        "  st1 {v24.2d, v25.2d, v26.2d, v27.2d}, [x9], #64\n"
+        "  st1 {v28.2d, v29.2d, v30.2d, v31.2d}, [x9], #64\n"
+        "  mrs x9, fpcr\n  str x9, [x20, #512]\n"
+        "  ldr x9, [sp, #144]\n  msr fpcr, x9\n"
+        "  ldp d8, d9, [sp, #64]\n  ldp d10, d11, [sp, #80]\n"
+        "  ldp d12, d13, [sp, #96]\n  ldp d14, d15, [sp, #112]\n"
+        "  ldp x19, x20, [sp, #16]\n  ldp x21, x22, [sp, #32]\n  ldp x23, x24, [sp, #48]\n"
+        "  ldp x29, x30, [sp, #0]\n"
+        "  add sp, sp, #160\n"
+        "  ret\n"
+        ".size hold_registers, .-hold_registers\n");
+
+static int detect_mode(void)
+{
+    return MODE_NEON;
+}
+
+static size_t mode_bytes(int mode)
+{
+    (void)mode;
+    return STATE_BYTES;
+}
+
+static void describe(int mode, size_t off, char *buf, size_t len)
+{
+    (void)mode;
+    if (off >= V_BYTES)
+        snprintf(buf, len, "fpcr");
+    else
+        snprintf(buf, len, "v%zu bytes %zu..%zu", off / 16, off % 16 / 8 * 8, off % 16 / 8 * 8 + 7);
+}
+
+/* The FPCR word holds only the bits the victim sets. */
+static void mask_state(uint64_t *state, size_t words)
+{
+    (void)words;
+    state[V_BYTES / 8] &= FPCR_HELD;
+}
+
+#else
+#error "vregs: no register set for this architecture"
+#endif
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -177,16 +287,12 @@ int main(int argc, char **argv)
     char line[128];
     for (unsigned long long counter = 1;; counter++) {
         random_fill(want, words, (uint64_t)getpid(), counter);
-        if (hold_mode == MODE_AVX512) /* kmovw loads 16 bits */
-            for (size_t i = ZMM_BYTES / 8; i < words; i++)
-                want[i] &= 0xffff;
+        mask_state(want, words);
         memset(got, 0, sizeof got);
         n = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), counter);
         hold_registers(want, got, ctl_request, log_fd, line, n);
         unlink(ctl_request);
-        if (hold_mode == MODE_AVX512)
-            for (size_t i = ZMM_BYTES / 8; i < words; i++)
-                got[i] &= 0xffff;
+        mask_state(got, words);
         for (size_t i = 0; i < words; i++)
             if (got[i] != want[i]) {
                 char what[64];
