@@ -41,3 +41,4 @@ pub mod ptrace;
 pub mod restore;
 pub mod show;
 pub mod sys;
+pub mod timens;

@@ -39,6 +39,13 @@ pub fn render_text(image: &Image) -> String {
         inv.crest_version
     );
     let _ = writeln!(out, "  created {}", format_unix_ms(inv.created_unix_ms));
+    let _ = writeln!(
+        out,
+        "  clocks at the dump: monotonic {:.3} s, boot time {:.3} s (a restore carries on from \
+         them unless --host-clocks)",
+        inv.clocks.monotonic_ns as f64 / 1e9,
+        inv.clocks.boottime_ns as f64 / 1e9
+    );
     let _ = writeln!(out, "  root pid {}", inv.root_pid);
     render_tree(&mut out, &inv.tree);
     if let Some(job) = &inv.shell_job {
@@ -1573,6 +1580,10 @@ mod tests {
             shell_job: None,
             machine_ttys: Vec::new(),
             caller_sid: -1,
+            clocks: TreeClocks {
+                monotonic_ns: 1_234_567_890_123,
+                boottime_ns: 1_334_567_890_123,
+            },
             stats: DumpStats {
                 pages_scanned: 16,
                 pages_absent: 9,
@@ -1603,6 +1614,7 @@ mod tests {
             "kernel 6.18.0-test",
             "crest 0.1.0",
             "created 2023-11-14 22:13:20.123 UTC",
+            "clocks at the dump: monotonic 1234.568 s, boot time 1334.568 s",
             "root pid 777",
             "process 777 (sleeper)",
             "exe    /opt/sleeper",

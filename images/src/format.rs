@@ -153,6 +153,7 @@ fn open(dir: &Path, page_files: PageFiles) -> Result<(Image, Vec<ImageError>), I
             validate::check_shell_job(inventory.shell_job.as_ref(), &inventory.tree, &processes)
         })
         .and_then(|()| validate::check_machine_ttys(&inventory.machine_ttys, &inventory.tree))
+        .and_then(|()| validate::check_clocks(&inventory.clocks))
         .map_err(|what| ImageError::Inconsistent {
             dir: dir.to_path_buf(),
             what,

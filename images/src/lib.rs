@@ -21,6 +21,6 @@ pub use schema::*;
 pub use workingset::{encode_working_set, read_working_set, write_working_set, WORKING_SET_FILE};
 
 /// Version of the on-disk format; bumped whenever [`schema`] changes.
-pub const FORMAT_VERSION: u32 = 14;
+pub const FORMAT_VERSION: u32 = 15;
 /// Name of the table of contents inside an image directory.
 pub const INVENTORY_FILE: &str = "inventory.img";

@@ -87,6 +87,19 @@ pub struct Inventory {
     /// session, when no task of the tree leads it, and this one to crest's session; any other
     /// session whose leader has exited is made again by a helper.
     pub caller_sid: i32,
+    /// The tree's monotonic and boot-time clocks when it was frozen, as its processes read them
+    /// (their time namespace's offsets included). A restore gives the tree a time namespace
+    /// whose clocks carry on from these values, as after a suspend, unless told otherwise.
+    pub clocks: TreeClocks,
+}
+
+/// Readings of the clocks a time namespace virtualizes, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeClocks {
+    /// CLOCK_MONOTONIC.
+    pub monotonic_ns: i64,
+    /// CLOCK_BOOTTIME.
+    pub boottime_ns: i64,
 }
 
 /// A terminal of the machine (a virtual console `/dev/ttyN`, a serial port) that controlled a

@@ -277,6 +277,10 @@ fn sample_inventory() -> Inventory {
         shell_job: None,
         machine_ttys: Vec::new(),
         caller_sid: -1,
+        clocks: TreeClocks {
+            monotonic_ns: 1_234_567_890_123,
+            boottime_ns: 1_334_567_890_123,
+        },
         stats: DumpStats {
             pages_scanned: 36,
             pages_absent: 20,
@@ -697,6 +701,23 @@ fn commit_refuses_an_image_restore_would_refuse() {
     w.write_process(&sample_process()).unwrap();
     assert!(w.commit(sample_inventory()).is_err());
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn clocks_that_are_not_positive_are_refused() {
+    let (_root, dir) = fresh();
+    let p = sample_process();
+    let mut w = ImageWriter::create(&dir).unwrap();
+    let mut pf = w.page_file(&p.pages_file).unwrap();
+    for i in 0..5 {
+        pf.write_all(&page(i)).unwrap();
+    }
+    w.finish_page_file(pf).unwrap();
+    w.write_process(&p).unwrap();
+    let mut inv = sample_inventory();
+    inv.clocks.monotonic_ns = 0;
+    let err = w.commit(inv).unwrap_err();
+    assert!(err.to_string().contains("are not positive"), "{err}");
 }
 
 /// Each hostile edit is planted with a matching checksum and must be refused by open_image

@@ -1141,9 +1141,19 @@ fn check_vmas(p: &ProcessImage, page_size: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Terminals of the machine that controlled sessions of the tree: each names a device node by
-/// absolute path, a session led by a task of the tree, a foreground group led by one, and no
-/// terminal or session twice.
+/// The tree's clock readings: a time namespace can only carry on from a positive reading (its
+/// clocks may never read below zero). (Boot time may read a little behind monotonic: the two
+/// are read one after the other, and in a time namespace through offsets set the same way.)
+pub(crate) fn check_clocks(c: &TreeClocks) -> Result<(), String> {
+    if c.monotonic_ns <= 0 || c.boottime_ns <= 0 {
+        return Err(format!(
+            "the tree's clocks at the dump (monotonic {} ns, boot time {} ns) are not positive",
+            c.monotonic_ns, c.boottime_ns
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_machine_ttys(ttys: &[MachineTty], tree: &[TreeTask]) -> Result<(), String> {
     let task = |pid: i32| tree.iter().find(|t| t.pid == pid);
     for (i, t) in ttys.iter().enumerate() {

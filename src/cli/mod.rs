@@ -155,6 +155,12 @@ enum Command {
         /// records its first 100 ms otherwise).
         #[arg(long = "no-prefetch")]
         no_prefetch: bool,
+        /// Let the restored tree see the host's monotonic and boot-time clocks, moved on by the
+        /// time since the dump. By default it gets a time namespace whose clocks carry on from
+        /// where they stood at the dump, as after a suspend, so its timers and timeouts do not
+        /// all expire at once (the wall clock moves on either way).
+        #[arg(long = "host-clocks")]
+        host_clocks: bool,
     },
     /// Internal: the guard of a lazy restore, started by crest restore (see crest::lazy).
     #[command(name = "lazy-watchdog", hide = true)]
@@ -434,6 +440,7 @@ fn dispatch(command: Command) -> Result<i32> {
             pages,
             record_working_set,
             no_prefetch,
+            host_clocks,
         } => {
             let lazy_pages = lazy_pages || pages == Some(PageSource::Lazy);
             let opts = crest::restore::RestoreOptions {
@@ -449,6 +456,7 @@ fn dispatch(command: Command) -> Result<i32> {
                 map_pages: pages == Some(PageSource::Map),
                 record_working_set: record_working_set.map(Duration::from_millis),
                 no_prefetch,
+                host_clocks,
             };
             if lazy_pages && detached {
                 return restore_with_page_daemon(&opts, pidfile, stats_json);

@@ -283,6 +283,9 @@ pub enum DumpError {
          supported yet (run crest inside the process's namespaces)"
     )]
     Namespace { pid: i32, ns: String },
+    /// A process whose time namespace a restore could not give back ([`crate::timens`]).
+    #[error("process {pid}: {why}; crest carries one time namespace for the whole tree")]
+    TimeNamespace { pid: i32, why: String },
     /// A terminal (fd or controlling terminal) that cannot be restored; `what` says which and
     /// why, naming `--shell-job` where it would help (see `tty.rs`).
     #[error("process {pid}: {what}")]
@@ -568,6 +571,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     let freeze_start = Instant::now();
     frozen = tree::freeze(&root, opts.shell_job)?;
+    // The moment the tree's clocks stop, as far as a restore is concerned (crate::timens).
+    let clocks = crate::timens::tree_clocks(pid)?;
     fault::point("seize")?;
     phases.end("freeze");
     // A tree whose sessions and groups a restore could not recreate is refused now, before
@@ -787,6 +792,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         shell_job: frozen.shell_job,
         machine_ttys: frozen.machine_ttys,
         caller_sid: caller_sid.unwrap_or(-1),
+        clocks,
     };
     writer.commit(inventory)?;
     phases.end("commit");

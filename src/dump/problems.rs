@@ -23,6 +23,7 @@ pub fn is_refusal(e: &DumpError) -> bool {
             | DumpError::Exe { .. }
             | DumpError::PendingSigtrap { .. }
             | DumpError::Namespace { .. }
+            | DumpError::TimeNamespace { .. }
             | DumpError::Terminal { .. }
             | DumpError::SharedBetweenProcesses { .. }
             | DumpError::SharedAioRing { .. }

@@ -68,6 +68,8 @@ pub fn freeze(root: &Proc, shell_job: bool) -> Result<FrozenTree, DumpError> {
     let mut terminals = Terminals::new(shell_job);
     let mut problems = Vec::new();
     let mut known: HashSet<i32> = HashSet::from([root.pid()]);
+    // The tree may live in a time namespace of its own (a tree crest restored does), but in one.
+    let time_ns = root.namespace("time")?;
     let mut queue = vec![(root.pid(), None::<i32>)];
     loop {
         while let Some((pid, parent)) = (!queue.is_empty()).then(|| queue.remove(0)) {
@@ -91,7 +93,7 @@ pub fn freeze(root: &Proc, shell_job: bool) -> Result<FrozenTree, DumpError> {
                 }
                 continue;
             }
-            let why = precheck(&proc);
+            let why = precheck(&proc, time_ns);
             if !why.is_empty() {
                 problems.extend(why);
                 continue;
@@ -207,7 +209,7 @@ fn order_parents_first(tree: &mut FrozenTree) {
 }
 
 /// What can be refused from the outside, before the process is touched: every problem found.
-fn precheck(proc: &Proc) -> Vec<DumpError> {
+fn precheck(proc: &Proc, tree_time_ns: Option<u64>) -> Vec<DumpError> {
     let pid = proc.pid();
     let mut problems = Vec::new();
     let mut say = |e: DumpError| problems.push(e);
@@ -232,16 +234,36 @@ fn precheck(proc: &Proc) -> Vec<DumpError> {
         });
     }
     // A root directory other than crest's (chroot) is recorded with the files (fds::root);
-    // one in another mount namespace is refused below.
+    // one in another mount namespace is refused below. The time namespace is the tree's
+    // (crate::timens): the root's, whatever it is.
     for ns in crate::proc::NAMESPACES {
+        let wanted = if ns == "time" {
+            tree_time_ns
+        } else {
+            crate::proc::own_namespace(ns)
+        };
         match proc.namespace(ns) {
-            Ok(theirs) if theirs != crate::proc::own_namespace(ns) => say(DumpError::Namespace {
+            Ok(theirs) if theirs != wanted && ns == "time" => say(DumpError::TimeNamespace {
+                pid,
+                why: "it is in another time namespace than the root of the tree".into(),
+            }),
+            Ok(theirs) if theirs != wanted => say(DumpError::Namespace {
                 pid,
                 ns: ns.to_string(),
             }),
             Ok(_) => {}
             Err(e) => say(e.into()),
         }
+    }
+    match (proc.namespace("time"), proc.namespace("time_for_children")) {
+        (Ok(own), Ok(children)) if own != children => say(DumpError::TimeNamespace {
+            pid,
+            why: "its children get another time namespace than its own (it called unshare \
+                  with CLONE_NEWTIME)"
+                .into(),
+        }),
+        (Err(e), _) | (_, Err(e)) => say(e.into()),
+        _ => {}
     }
     // The controlling terminal and terminal fds are looked at once frozen (tty.rs).
     // A vfork in progress, or an ignored SIGTRAP (the parasite's breakpoints would reset it).

@@ -20,6 +20,7 @@ mod pagemap;
 mod settings;
 mod status;
 pub mod sysvipc;
+mod timens;
 mod timers;
 mod tree;
 mod tty;
@@ -44,6 +45,7 @@ pub use settings::{
     PF_IO_FLUSHER,
 };
 pub use status::{MmStat, Status};
+pub use timens::{offset_line, time_offsets, ClockOffsets};
 pub use timers::{PosixTimerInfo, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD, SIGEV_THREAD_ID};
 pub use tree::{own_namespace, TreeIds, NAMESPACES};
 pub use tty::{tty_drivers, TtyDriver};

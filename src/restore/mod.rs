@@ -77,6 +77,10 @@ pub struct RestoreOptions {
     pub record_working_set: Option<std::time::Duration>,
     /// `--no-prefetch`: ignore the image's recorded working set.
     pub no_prefetch: bool,
+    /// `--host-clocks`: the tree sees the host's monotonic and boot-time clocks, moved on by
+    /// the time since the dump, instead of clocks that carry on from the dump
+    /// ([`crate::timens`]).
+    pub host_clocks: bool,
 }
 
 pub use files::InheritFd;
@@ -165,6 +169,8 @@ pub enum RestoreError {
     PidNamespace(String),
     #[error("lazy pages: {0}")]
     Lazy(String),
+    #[error("giving the tree clocks that carry on from the dump: {0} (restore with --host-clocks to keep the host's)")]
+    Clocks(#[from] crate::timens::TimeNamespaceError),
 }
 
 /// Restores the image in `opts.dir`: the whole tree, every process under its original pid, its
@@ -392,6 +398,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what: "blocking signals for the fork".into(),
         source: e.into(),
     })?;
+    if !opts.host_clocks {
+        carry_on_clocks(&image.inventory.clocks)?;
+    }
     crate::info!(
         1,
         "opened every file of the tree in crest; forking the root (pid {})",
@@ -699,6 +708,33 @@ pub(crate) fn open_page_file(
         what: format!("opening the page file of pid {}", p.pid),
         source: e,
     })
+}
+
+/// Puts the tree that crest forks next into a time namespace whose clocks carry on from
+/// `clocks` ([`crate::timens`]); where the kernel refuses (no CAP_SYS_ADMIN or CAP_SYS_TIME, no
+/// time namespaces) the tree keeps the host's clocks, and crest says so.
+fn carry_on_clocks(clocks: &images::TreeClocks) -> Result<(), RestoreError> {
+    match crate::timens::carry_on_for_children(clocks) {
+        Ok(off) => {
+            crate::info!(
+                1,
+                "the tree's clocks carry on from the dump (time namespace offsets: monotonic \
+                 {} ms, boot time {} ms)",
+                off.monotonic_ns / 1_000_000,
+                off.boottime_ns / 1_000_000
+            );
+            Ok(())
+        }
+        Err(e) if e.is_refusal() => {
+            crate::warn!(
+                "the restored tree sees the host's monotonic and boot-time clocks, moved on by \
+                 the time since the dump ({e}; a time namespace needs CAP_SYS_ADMIN and \
+                 CAP_SYS_TIME); --host-clocks says this is wanted"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn raise_fd_limit() {
