@@ -1,7 +1,9 @@
 //! How the restorer's threads come back (issue #12): the restorer creates them untraced, each
 //! waits until crest traces it, and crest catches it after its rt_sigreturn. A thread that
 //! fails its own setup takes its process with it and the restore names that thread and step;
-//! the undamaged image then restores (so a restore that fails everything cannot pass).
+//! the undamaged image then restores (so a restore that fails everything cannot pass). A
+//! process with 300 threads (the restorer then has threads create threads) comes back whole,
+//! twice.
 
 mod common;
 
@@ -82,4 +84,21 @@ fn a_thread_failing_its_setup_is_named_and_nothing_is_left() {
     v.assert_running();
     v.verify()
         .expect("the undamaged image restores and verifies");
+}
+
+#[test]
+fn three_hundred_threads_created_by_threads_come_back_whole() {
+    let mut v = Victim::start(Kind::ManyThreads);
+    v.verify().expect("victim verifies before the dump");
+    let before = thread_ids(v.pid);
+    assert_eq!(before.len(), 300, "the victim's threads");
+    for cycle in 1..=2 {
+        let dir = v.work.join(format!("img{cycle}"));
+        v.dump_restore_verify(&dir, &format!("cycle {cycle}: after the restore"));
+        assert_eq!(
+            thread_ids(v.pid),
+            before,
+            "cycle {cycle}: the same thread ids"
+        );
+    }
 }

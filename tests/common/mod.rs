@@ -100,6 +100,9 @@ pub enum Kind {
     /// per-thread masks, pending signals, altstacks and TLS, sched_getcpu through rseq; every
     /// thread checks its tid and makes progress between verifies.
     MThreads,
+    /// 300 threads (issue #12), so the restorer hands parts of the thread creation to threads
+    /// it created; each checks its tid, name and TLS and makes progress between verifies.
+    ManyThreads,
     /// AF_UNIX sockets (peer-closed pairs, an unconnected one, a listener with a thread blocked
     /// in accept) and an hsperfdata-like shared file mapping (issue #4).
     Sockets,
@@ -198,6 +201,7 @@ impl Kind {
             Kind::Threads => "threads",
             Kind::Signals => "signals",
             Kind::MThreads => "mthreads",
+            Kind::ManyThreads => "manythreads",
             Kind::Sockets => "sockets",
             Kind::Pipes => "pipes",
             Kind::Tree => "tree",
@@ -229,7 +233,11 @@ impl Kind {
 
     fn cflags(self) -> &'static [&'static str] {
         match self {
-            Kind::Threads | Kind::MThreads | Kind::Sockets | Kind::ThreadTimer => &["-pthread"],
+            Kind::Threads
+            | Kind::MThreads
+            | Kind::ManyThreads
+            | Kind::Sockets
+            | Kind::ThreadTimer => &["-pthread"],
             _ => &[],
         }
     }
