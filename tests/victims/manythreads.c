@@ -6,7 +6,9 @@
  * Every worker k records its gettid() at start, sets its name to "mt-<k>", keeps a __thread
  * value that depends on k and notes its address, then sleeps 5 ms at a time and bumps its own
  * tick counter; each round it checks that its tid, name, __thread value and its address are
- * unchanged, and records the first violation. The leader appends "pid=<pid> n=<counter>" to an
+ * unchanged, and records the first violation. The leader and the odd workers block SIGTRAP,
+ * the even ones do not (crest's restore stops each thread with a forced SIGTRAP, which unblocks
+ * it), and each checks its mask still says so. The leader appends "pid=<pid> n=<counter>" to an
  * O_APPEND log every ~20 ms; on a verify request it checks that /proc/self/task lists every
  * thread, that each worker ticked since the previous verify (waiting up to 10 s) and reported
  * nothing wrong.
@@ -47,6 +49,12 @@ static void *worker_main(void *arg)
     prctl(PR_SET_NAME, name);
     tls_value = 0x9e3779b97f4a7c15ULL * (unsigned long long)(k + 1);
     unsigned long long *tls_at = &tls_value;
+    /* Inherited blocked from the leader: the even workers unblock it. */
+    sigset_t trap;
+    sigemptyset(&trap);
+    sigaddset(&trap, SIGTRAP);
+    if (k % 2 == 0)
+        pthread_sigmask(SIG_UNBLOCK, &trap, NULL);
     __atomic_store_n(&w->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
     for (;;) {
         sleep_ms(5);
@@ -63,6 +71,11 @@ static void *worker_main(void *arg)
         if (strcmp(now, name) != 0 && !w->problem[0])
             snprintf(w->problem, sizeof w->problem, "thread %d: its name is \"%s\", want \"%s\"",
                      k, now, name);
+        sigset_t cur;
+        pthread_sigmask(SIG_BLOCK, NULL, &cur);
+        if (sigismember(&cur, SIGTRAP) != (k % 2))
+            note(w, "thread %d: SIGTRAP is %lld in its mask, want %lld", k,
+                 sigismember(&cur, SIGTRAP), k % 2);
         __atomic_add_fetch(&w->ticks, 1, __ATOMIC_RELEASE);
     }
     return NULL;
@@ -86,6 +99,10 @@ static unsigned long long last_ticks[NTHREADS];
 
 static void verify(void)
 {
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    if (!sigismember(&cur, SIGTRAP))
+        fail("the leader's mask lost SIGTRAP");
     int n = count_tasks();
     if (n != NTHREADS)
         fail("/proc/self/task lists %d threads, want %d", n, NTHREADS);
@@ -111,6 +128,10 @@ int main(int argc, char **argv)
         die("usage: %s CTL_DIR LOG_FILE", argv[0]);
     ctl_init(argv[1]);
     int log_fd = log_open(argv[2]);
+    sigset_t trap;
+    sigemptyset(&trap);
+    sigaddset(&trap, SIGTRAP);
+    pthread_sigmask(SIG_BLOCK, &trap, NULL);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 64 * 1024);
