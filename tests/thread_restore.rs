@@ -2,8 +2,8 @@
 //! waits until crest traces it, and crest catches it after its rt_sigreturn. A thread that
 //! fails its own setup takes its process with it and the restore names that thread and step;
 //! the undamaged image then restores (so a restore that fails everything cannot pass). A
-//! process with 300 threads (the restorer then has threads create threads) comes back whole,
-//! twice.
+//! process with 300 threads comes back whole, twice, their masks with SIGTRAP blocked or not
+//! as they were.
 
 mod common;
 
@@ -87,7 +87,7 @@ fn a_thread_failing_its_setup_is_named_and_nothing_is_left() {
 }
 
 #[test]
-fn three_hundred_threads_created_by_threads_come_back_whole() {
+fn three_hundred_threads_come_back_whole_masks_included() {
     let mut v = Victim::start(Kind::ManyThreads);
     v.verify().expect("victim verifies before the dump");
     let before = thread_ids(v.pid);

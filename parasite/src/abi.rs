@@ -415,10 +415,7 @@ pub struct RestorerArgs {
     /// restorer registers every `VMA_FILL_LAZY` VMA with it and closes it right after mapping
     /// the memory, so the restored process never holds it (crest has its own copy).
     pub uffd: i32,
-    /// How many threads exist so far: the threads that create others ([`ThreadArg::create_count`])
-    /// count theirs here too, and the leader waits for `nr_threads` before going on. crest
-    /// writes 0.
-    pub threads_created: u32,
+    pub _pad2: u32,
     /// Where the task's premapped VMAs wait (`VMA_FILL_PREMAPPED`), with the slots of other
     /// processes it inherited: kept by the unmap of crest's mappings, unmapped whole once the
     /// VMAs are moved out. `len == 0`: none.
@@ -514,11 +511,6 @@ pub struct ThreadArg {
     pub args: u64,
     /// The thread's name for PR_SET_NAME, NUL-terminated; empty keeps the leader's.
     pub name: [u8; 16],
-    /// Threads this thread creates as it starts, before its own setup: `create_count`
-    /// ThreadArgs from index `create_first`. Written by whoever creates this thread (crest
-    /// writes 0): creation is split so that several CPUs clone at once.
-    pub create_first: u32,
-    pub create_count: u32,
 }
 
 /// The value of `ThreadArg::go` that lets a created thread go on to its breakpoint.

@@ -495,7 +495,7 @@ impl Bootstrap {
             } else {
                 abi::UFFD_NONE
             },
-            threads_created: 0,
+            _pad2: 0,
             premap_area: Range {
                 start: premap_area.0,
                 len: premap_area.1,
@@ -597,9 +597,6 @@ fn thread_args(
             progress: abi::Progress::default(),
             args: addr + layout.args,
             name: thread_name(&t.state.name),
-            // The restorer splits the creation itself (restorer create_threads).
-            create_first: 0,
-            create_count: 0,
         });
     }
     Ok(out)

@@ -100,8 +100,8 @@ pub enum Kind {
     /// per-thread masks, pending signals, altstacks and TLS, sched_getcpu through rseq; every
     /// thread checks its tid and makes progress between verifies.
     MThreads,
-    /// 300 threads (issue #12), so the restorer hands parts of the thread creation to threads
-    /// it created; each checks its tid, name and TLS and makes progress between verifies.
+    /// 300 threads (issue #12); each checks its tid, name, TLS and whether SIGTRAP is blocked,
+    /// and makes progress between verifies.
     ManyThreads,
     /// AF_UNIX sockets (peer-closed pairs, an unconnected one, a listener with a thread blocked
     /// in accept) and an hsperfdata-like shared file mapping (issue #4).

@@ -1,7 +1,7 @@
 /*
- * manythreads: a victim with 300 threads (the leader and 299 workers), enough that crest's
- * restorer hands parts of the thread creation to threads it created (issue #12), so threads
- * come back created by other threads, not by the leader alone.
+ * manythreads: a victim with 300 threads (the leader and 299 workers), for the restore of many
+ * threads at once (issue #12): crest catches each after its rt_sigreturn with a single step,
+ * whose forced SIGTRAP must leave no trace in the thread's signal mask.
  *
  * Every worker k records its gettid() at start, sets its name to "mt-<k>", keeps a __thread
  * value that depends on k and notes its address, then sleeps 5 ms at a time and bumps its own

@@ -490,69 +490,24 @@ const THREAD_FLAGS: u64 = 0x100 /* CLONE_VM */
     | 0x40000 /* CLONE_SYSVSEM */
     | 0x80000 /* CLONE_SETTLS */;
 
-/// While at least this many threads are left to create, a creator hands the upper half of them
-/// to the first thread of that half, which creates the rest of it as it starts: the clones then
-/// run on several CPUs at once (a thousand threads, one by one, take ~20 ms of clone3 alone).
-const SPLIT_MIN: u64 = 32;
-
 /// Creates every other thread under its original tid, once the memory it returns into is in
-/// place, and waits until all exist (some are created by other threads, see [`SPLIT_MIN`]).
-/// Each inherits its creator's mask (everything blocked) until its own rt_sigreturn.
+/// place. Each inherits the leader's mask (everything blocked) until its own rt_sigreturn.
 fn create_threads(ctx: &Ctx, a: &RestorerArgs) {
-    if let Err((tid, error)) = create_range(a, 0, a.nr_threads) {
-        ctx.step(Step::CreateThread, tid as u32 as u64);
-        ctx.fail(error);
-    }
-    let created = threads_created(a);
-    loop {
-        let n = created.load(core::sync::atomic::Ordering::Acquire);
-        if n as u64 >= a.nr_threads {
-            break;
-        }
-        // EAGAIN (it changed) and EINTR just look again.
-        let _ = sys::futex_wait(created.as_ptr() as *const i32, n as i32);
-    }
-}
-
-/// The count of created threads in the leader's arguments, shared by every creator.
-fn threads_created(a: &RestorerArgs) -> &core::sync::atomic::AtomicU32 {
-    // SAFETY: an aligned u32 of the RestorerArgs, which stays mapped for the whole run; every
-    // access to it is atomic.
-    unsafe {
-        core::sync::atomic::AtomicU32::from_ptr(ptr::addr_of!(a.threads_created) as *mut u32)
-    }
-}
-
-/// Creates the threads of ThreadArgs `first..first + count` (see [`SPLIT_MIN`]); the tid and
-/// error of a clone3 that failed.
-fn create_range(a: &RestorerArgs, mut first: u64, mut count: u64) -> Result<(), (i32, i32)> {
-    while count > 0 {
-        // Split off the upper half, led by its first thread, or create the next one alone.
-        let (index, hand_over) = if count >= 2 * SPLIT_MIN {
-            let half = count / 2;
-            (first + count - half, half - 1)
-        } else {
-            (first, 0)
-        };
-        let t = (a.threads as *mut ThreadArg).wrapping_add(index as usize);
-        // SAFETY: crest wrote nr_threads ThreadArgs at `threads` (alignment checked); this
-        // thread is not created yet, so nothing else touches its ThreadArg.
-        let ta = unsafe {
-            (*t).create_first = (index + 1) as u32;
-            (*t).create_count = hand_over as u32;
-            ptr::read(t)
-        };
-        let (tid, stack_size, tls) = (ta.tid, ta.stack_size, ta.tls[0]);
-        let tids = [tid];
+    for i in 0..a.nr_threads {
+        let t = (a.threads as *mut ThreadArg).wrapping_add(i as usize);
+        // SAFETY: crest wrote nr_threads ThreadArgs at `threads` (alignment checked).
+        let ta: ThreadArg = unsafe { ptr::read(t) };
+        ctx.step(Step::CreateThread, ta.tid as u32 as u64);
+        let tids = [ta.tid];
         let args = CloneArgs {
             flags: THREAD_FLAGS,
             pidfd: 0,
             child_tid: 0,
             parent_tid: 0,
             exit_signal: 0,
-            stack: ta.stack_top - stack_size,
-            stack_size,
-            tls,
+            stack: ta.stack_top - ta.stack_size,
+            stack_size: ta.stack_size,
+            tls: ta.tls[0],
             set_tid: tids.as_ptr() as u64,
             set_tid_size: 1,
             cgroup: 0,
@@ -568,23 +523,12 @@ fn create_range(a: &RestorerArgs, mut first: u64, mut count: u64) -> Result<(), 
             )
         };
         if r < 0 {
-            return Err((tid, r as i32));
+            ctx.fail(r as i32);
         }
-        if r as i32 != tid {
-            return Err((tid, -sys::EINVAL));
-        }
-        let created = threads_created(a);
-        if created.fetch_add(1, core::sync::atomic::Ordering::Release) as u64 + 1 == a.nr_threads {
-            sys::futex_wake(created.as_ptr() as *const i32, 1);
-        }
-        if index == first {
-            first += 1;
-            count -= 1;
-        } else {
-            count -= hand_over + 1;
+        if r as i32 != ta.tid {
+            ctx.fail(-sys::EINVAL);
         }
     }
-    Ok(())
 }
 
 /// The leader's credential switch, once every thread exists (their creation with set_tid
@@ -609,13 +553,13 @@ extern "C" fn thread_main(arg: u64) -> ! {
     let t = arg as *mut ThreadArg;
     // SAFETY: `arg` is this thread's ThreadArg in the bootstrap region (create_threads).
     let ta: ThreadArg = unsafe { ptr::read(t) };
-    let fail_at = |step: Step, detail: u64, error: i32| -> ! {
+    let fail = |detail: u64, error: i32| -> ! {
         // SAFETY: this thread's own progress slot; crest reads it after the process exits.
         unsafe {
             ptr::write_volatile(
                 ptr::addr_of_mut!((*t).progress),
                 Progress {
-                    step: step as u32,
+                    step: Step::ThreadSetup as u32,
                     error,
                     detail,
                 },
@@ -623,13 +567,6 @@ extern "C" fn thread_main(arg: u64) -> ! {
         };
         sys::exit_group(EXIT_FAILED)
     };
-    let fail = |detail: u64, error: i32| -> ! { fail_at(Step::ThreadSetup, detail, error) };
-    // The threads handed to this one to create, first: the leader waits for them all.
-    // SAFETY: `args` is the RestorerArgs the leader runs from, mapped for the whole run.
-    let args = unsafe { &*(ta.args as *const RestorerArgs) };
-    if let Err((tid, error)) = create_range(args, ta.create_first as u64, ta.create_count as u64) {
-        fail_at(Step::CreateThread, tid as u32 as u64, error);
-    }
     if ta.name[0] != 0 {
         if let Err(e) = sys::set_name(ta.name.as_ptr()) {
             fail(0, e);
@@ -653,8 +590,9 @@ extern "C" fn thread_main(arg: u64) -> ! {
     if let Err(e) = arch::set_thread_area(ta.tls) {
         fail(ta.tls[0], e as i32);
     }
-    // Only `creds` is read, which nobody writes any more.
-    let creds = &args.creds;
+    // SAFETY: `args` is the RestorerArgs the leader runs from; only `creds` is read, which
+    // nobody writes any more.
+    let creds = unsafe { &(*(ta.args as *const RestorerArgs)).creds };
     if let Err((step, e)) = creds::switch(creds) {
         fail(CREDS_DETAIL_BASE + step, e);
     }

@@ -219,11 +219,6 @@ pub fn futex_wait(word: *const i32, val: i32) -> SysResult {
     decode(unsafe { arch::syscall4(nr::FUTEX, word as usize, 0, val as isize as usize, 0) })
 }
 
-pub fn futex_wake(word: *const i32, n: i32) {
-    // SAFETY: FUTEX_WAKE only wakes up to `n` waiters on the word; nothing is written.
-    unsafe { arch::syscall4(nr::FUTEX, word as usize, 1, n as usize, 0) };
-}
-
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and no side effects.
     unsafe { arch::syscall0(nr::GETPID) as i32 }
