@@ -4,7 +4,7 @@
 //! Why trace at all: the restorer's code, arguments and sigframe live in the bootstrap region,
 //! which the restored program must not keep. Code cannot unmap the memory it runs from and then
 //! return, so crest does it from outside: the restorer stops on a breakpoint just before
-//! rt_sigreturn, crest single-steps the task through that syscall (one stop, at its exit), then
+//! rt_sigreturn, crest steps the task through that syscall (PTRACE_SYSCALL: entry, exit), then
 //! runs one munmap in the task through the blob's `syscall` gadget, puts back the registers
 //! rt_sigreturn produced and detaches. Tracing with PTRACE_O_EXITKILL also means a crest that
 //! dies mid-restore takes the half-built task with it.
@@ -341,19 +341,6 @@ fn is_breakpoint(tid: Pid) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether `tid`, stopped by a SIGTRAP while single-stepping through rt_sigreturn, is past it
-/// (the step's trap: its next instruction lies outside the bootstrap region) rather than
-/// stopped before it by a SIGTRAP someone sent. The trap's siginfo cannot tell: arm64 reports
-/// a step over a system call as SI_USER.
-fn left_restorer(tid: Pid, boot: &Bootstrap) -> bool {
-    ptrace::getregs(tid)
-        .map(|regs| {
-            let pc = crate::arch::morph::user_pc(&regs);
-            !(boot.addr()..boot.addr() + boot.len()).contains(&pc)
-        })
-        .unwrap_or(false)
-}
-
 /// A thread stopped right after its rt_sigreturn: its registers and mask as they are to be.
 pub struct Caught {
     tid: i32,
@@ -371,9 +358,10 @@ pub struct Caught {
 enum Phase {
     /// Running restorer code.
     Restoring,
-    /// Past the breakpoint, single-stepping through rt_sigreturn: the step's SIGTRAP at the
-    /// system call's exit comes next.
-    Stepping,
+    /// Stopped on the breakpoint, now stepping into rt_sigreturn.
+    EnteringSigreturn,
+    /// rt_sigreturn entered; its exit stop comes next.
+    LeavingSigreturn,
 }
 
 /// Runs every thread (the leader and those the restorer creates) up to the exit of its
@@ -394,8 +382,8 @@ enum Phase {
 ///
 /// The leader's restorer creates the other threads untraced; each waits in the restorer until
 /// crest, at the leader's breakpoint, traces it and lets it go on to its own breakpoint. So
-/// creating a thread costs crest no ptrace stop, and catching it two (the breakpoint, and the
-/// single step through rt_sigreturn).
+/// creating a thread costs crest no ptrace stop, and catching it three (breakpoint,
+/// rt_sigreturn entry and exit).
 ///
 /// `phases` gets "memory" ended once every leader is at its breakpoint (memory loaded, threads
 /// created), and "threads" once every thread is caught.
@@ -480,21 +468,14 @@ pub fn catch_all(
                     phase.entry(raw).or_insert(Phase::Restoring);
                     ptrace::cont(tid, None).map_err(|e| os(format!("starting thread {raw}"), e))?;
                 }
-                (WaitStatus::Stopped(_, Signal::SIGTRAP), Some(Phase::Stepping))
-                    if !left_restorer(tid, boot) =>
-                {
+                (WaitStatus::Stopped(_, Signal::SIGTRAP), p) if !is_breakpoint(tid) => {
                     user_sigtraps.push((pid, raw));
-                    ptrace::step(tid, None).map_err(|e| {
-                        os(format!("holding back a SIGTRAP sent to thread {raw}"), e)
-                    })?;
-                }
-                (WaitStatus::Stopped(_, Signal::SIGTRAP), p)
-                    if p != Some(Phase::Stepping) && !is_breakpoint(tid) =>
-                {
-                    user_sigtraps.push((pid, raw));
-                    ptrace::cont(tid, None).map_err(|e| {
-                        os(format!("holding back a SIGTRAP sent to thread {raw}"), e)
-                    })?;
+                    if p == Some(Phase::Restoring) || p.is_none() {
+                        ptrace::cont(tid, None)
+                    } else {
+                        ptrace::syscall(tid, None)
+                    }
+                    .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
                 }
                 (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
                     if raw == pid {
@@ -504,31 +485,21 @@ pub fn catch_all(
                             phases.end("memory");
                         }
                     }
-                    phase.insert(raw, Phase::Stepping);
+                    phase.insert(raw, Phase::EnteringSigreturn);
                     crate::arch::morph::step_over_breakpoint(raw).map_err(|e| {
                         RestoreError::Internal(format!(
                             "stepping thread {raw} over the restorer's breakpoint: {e}"
                         ))
                     })?;
-                    // The next instruction is the rt_sigreturn system call: a single step
-                    // runs it and stops at its exit (the kernel reports a step over a system
-                    // call there), in the registers it loaded.
-                    ptrace::step(tid, None).map_err(|e| {
-                        os(format!("stepping thread {raw} through rt_sigreturn"), e)
-                    })?;
+                    ptrace::syscall(tid, None)
+                        .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
                 }
-                (WaitStatus::Stopped(_, Signal::SIGTRAP), Some(Phase::Stepping)) => {
-                    let image_thread = this.image.threads.iter().find(|t| t.tid == raw);
-                    // The step's trap is a forced SIGTRAP: it unblocked SIGTRAP in the mask
-                    // rt_sigreturn had just installed; the image's mask goes back.
-                    let mask = image_thread.map_or(0, |t| t.sigmask);
-                    if mask & (1 << (libc::SIGTRAP - 1)) != 0 {
-                        crate::ptrace::set_sigmask(raw, mask).map_err(|e| {
-                            RestoreError::Internal(format!(
-                                "restoring the signal mask of thread {raw}: {e}"
-                            ))
-                        })?;
-                    }
+                (WaitStatus::PtraceSyscall(_), Some(Phase::EnteringSigreturn)) => {
+                    phase.insert(raw, Phase::LeavingSigreturn);
+                    ptrace::syscall(tid, None)
+                        .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
+                }
+                (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
                     // Only the leader runs code before the release (the cleanup's remote calls):
                     // its registers are kept to be put back, and every signal is blocked in it
                     // meanwhile. The other threads stay in this stop until the release, with the
@@ -537,6 +508,11 @@ pub fn catch_all(
                     let leader = if raw == pid {
                         let regs = ptrace::getregs(tid)
                             .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
+                        let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
+                            RestoreError::Internal(format!(
+                                "reading the signal mask of thread {raw}: {e}"
+                            ))
+                        })?;
                         crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
                             RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
                         })?;
@@ -546,8 +522,12 @@ pub fn catch_all(
                     };
                     phase.remove(&raw);
                     running.pop_back();
-                    let late_state =
-                        image_thread.and_then(|t| crate::arch::morph::late_state(&t.regs));
+                    let late_state = this
+                        .image
+                        .threads
+                        .iter()
+                        .find(|t| t.tid == raw)
+                        .and_then(|t| crate::arch::morph::late_state(&t.regs));
                     caught.push(Caught {
                         tid: raw,
                         leader,
@@ -570,7 +550,11 @@ pub fn catch_all(
                 (
                     WaitStatus::Stopped(
                         _,
-                        sig @ (Signal::SIGSEGV | Signal::SIGBUS | Signal::SIGILL | Signal::SIGFPE),
+                        sig @ (Signal::SIGSEGV
+                        | Signal::SIGBUS
+                        | Signal::SIGILL
+                        | Signal::SIGFPE
+                        | Signal::SIGTRAP),
                     ),
                     _,
                 ) => {

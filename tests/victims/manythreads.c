@@ -1,14 +1,13 @@
 /*
  * manythreads: a victim with 300 threads (the leader and 299 workers), for the restore of many
- * threads at once (issue #12): crest catches each after its rt_sigreturn with a single step,
- * whose forced SIGTRAP must leave no trace in the thread's signal mask.
+ * threads at once (issue #12): crest stops each on a breakpoint, whose forced SIGTRAP must leave
+ * no trace in the thread's signal mask once it is back in its own.
  *
  * Every worker k records its gettid() at start, sets its name to "mt-<k>", keeps a __thread
  * value that depends on k and notes its address, then sleeps 5 ms at a time and bumps its own
  * tick counter; each round it checks that its tid, name, __thread value and its address are
  * unchanged, and records the first violation. The leader and the odd workers block SIGTRAP,
- * the even ones do not (crest's restore stops each thread with a forced SIGTRAP, which unblocks
- * it), and each checks its mask still says so. The leader appends "pid=<pid> n=<counter>" to an
+ * the even ones do not (a forced SIGTRAP unblocks it), and each checks its mask still says so. The leader appends "pid=<pid> n=<counter>" to an
  * O_APPEND log every ~20 ms; on a verify request it checks that /proc/self/task lists every
  * thread, that each worker ticked since the previous verify (waiting up to 10 s) and reported
  * nothing wrong.

@@ -225,10 +225,9 @@ pub unsafe fn sigreturn(sp: u64) -> ! {
     // the final `brk` stops the task if it ever did.
     unsafe {
         asm!(
+            "brk #0",
             "mov sp, {sp}",
             "mov x8, #139",
-            // crest single-steps from here through the system call (restore/finish.rs).
-            "brk #0",
             "svc #0",
             "brk #1",
             sp = in(reg) sp,

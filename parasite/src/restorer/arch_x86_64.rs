@@ -217,10 +217,9 @@ pub unsafe fn sigreturn(sp: u64) -> ! {
     // `ud2` stops the task if it ever did.
     unsafe {
         asm!(
+            "int3",
             "mov rsp, {sp}",
             "mov eax, 15",
-            // crest single-steps from here through the system call (restore/finish.rs).
-            "int3",
             "syscall",
             "ud2",
             sp = in(reg) sp,

@@ -35,11 +35,6 @@ pub unsafe fn jump_to_restorer(entry: u64, stack_top: u64, args: u64) -> ! {
 
 pub type UserRegs = libc::user_regs_struct;
 
-/// Where the stopped task will run next.
-pub fn user_pc(regs: &UserRegs) -> u64 {
-    regs.pc
-}
-
 /// Sets up `regs` so that resuming at `gadget` (an `svc #0`) runs syscall `nr` with `args`.
 pub fn prepare_remote_syscall(regs: &mut UserRegs, gadget: u64, nr: u64, args: &[u64]) {
     regs.pc = gadget;

@@ -69,11 +69,6 @@ pub fn syscall_result(regs: &libc::user_regs_struct) -> i64 {
 /// Registers of the stopped task, as the libc type ptrace uses.
 pub type UserRegs = libc::user_regs_struct;
 
-/// Where the stopped task will run next.
-pub fn user_pc(regs: &UserRegs) -> u64 {
-    regs.rip
-}
-
 /// NT_X86_XSTATE: the XSAVE area regset.
 const NT_X86_XSTATE: u32 = 0x202;
 /// Offset of `xfeatures` in the software-reserved bytes of the FXSAVE header (byte 464 + 8).
