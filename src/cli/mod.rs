@@ -30,6 +30,13 @@ enum PageSource {
     Lazy,
 }
 
+/// `crest restore --clocks`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Clocks {
+    CarryOn,
+    Host,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List the kernel features and privileges crest relies on; exit 0 when dump and restore can work.
@@ -155,11 +162,15 @@ enum Command {
         /// records its first 100 ms otherwise).
         #[arg(long = "no-prefetch")]
         no_prefetch: bool,
-        /// Let the restored tree see the host's monotonic and boot-time clocks, moved on by the
-        /// time since the dump. By default it gets a time namespace whose clocks carry on from
-        /// where they stood at the dump, as after a suspend, so its timers and timeouts do not
-        /// all expire at once (the wall clock moves on either way).
-        #[arg(long = "host-clocks")]
+        /// The restored tree's monotonic and boot-time clocks: carry-on gives it a time
+        /// namespace whose clocks carry on from where they stood at the dump, as after a
+        /// suspend, so its timers and timeouts do not all expire at once; host shows it the
+        /// host's, moved on by the time since the dump. The wall clock moves on either way.
+        /// Default: carry-on on x86_64, host on aarch64 (not settled there yet).
+        #[arg(long = "clocks", value_enum, value_name = "HOW")]
+        clocks: Option<Clocks>,
+        /// Same as --clocks host.
+        #[arg(long = "host-clocks", conflicts_with = "clocks")]
         host_clocks: bool,
     },
     /// Internal: the guard of a lazy restore, started by crest restore (see crest::lazy).
@@ -440,8 +451,13 @@ fn dispatch(command: Command) -> Result<i32> {
             pages,
             record_working_set,
             no_prefetch,
+            clocks,
             host_clocks,
         } => {
+            let host_clocks = match clocks {
+                Some(how) => how == Clocks::Host,
+                None => host_clocks || !crest::arch::CLOCKS_CARRY_ON_BY_DEFAULT,
+            };
             let lazy_pages = lazy_pages || pages == Some(PageSource::Lazy);
             let opts = crest::restore::RestoreOptions {
                 dir: dir.clone(),

@@ -49,6 +49,7 @@ pub fn restore(req: &RestoreRequest) -> Result<i32, CracError> {
         shell_job,
         lazy_pages: req.pages == Pages::Lazy,
         map_pages: req.pages == Pages::Map,
+        host_clocks: !crate::arch::CLOCKS_CARRY_ON_BY_DEFAULT,
         ..Default::default()
     };
     let mut restored = crate::restore::restore(&opts).map_err(|e| failed(e.into()))?;

@@ -11,6 +11,10 @@ pub fn sync_icache(_start: *const u8, _len: usize) {}
 /// `untag_mask` in /proc/PID/status of a process that never asked for address tagging: nothing is untagged until a process enables linear address masking (LAM).
 pub const DEFAULT_UNTAG_MASK: &str = "0xffffffffffffffff";
 
+/// Whether a restore gives the tree clocks that carry on from the dump unless told otherwise
+/// (`crest restore --clocks`, crate::timens).
+pub const CLOCKS_CARRY_ON_BY_DEFAULT: bool = true;
+
 /// The kernel's O_LARGEFILE as fdinfo and F_GETFL show it (libc's `O_LARGEFILE` is 0 on
 /// 64-bit: a 64-bit program never needs to ask for it, yet open(2) sets it).
 pub const KERNEL_O_LARGEFILE: i32 = 0o100000;
