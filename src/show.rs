@@ -41,8 +41,8 @@ pub fn render_text(image: &Image) -> String {
     let _ = writeln!(out, "  created {}", format_unix_ms(inv.created_unix_ms));
     let _ = writeln!(
         out,
-        "  clocks at the dump: monotonic {:.3} s, boot time {:.3} s (a restore carries on from \
-         them unless --host-clocks)",
+        "  clocks at the dump: monotonic {:.3} s, boot time {:.3} s (a restore with --clocks \
+         carry-on continues from them)",
         inv.clocks.monotonic_ns as f64 / 1e9,
         inv.clocks.boottime_ns as f64 / 1e9
     );

@@ -315,6 +315,16 @@ fn page(i: u64) -> Vec<u8> {
 
 /// Writes a complete image of `p` into `dir`, with `npages` pages in its page file.
 fn write_image(dir: &Path, p: &ProcessImage, npages: u64) -> Result<(), ImageError> {
+    write_image_with(dir, p, npages, sample_inventory())
+}
+
+/// [`write_image`] with `inventory` as the table of contents.
+fn write_image_with(
+    dir: &Path,
+    p: &ProcessImage,
+    npages: u64,
+    inventory: Inventory,
+) -> Result<(), ImageError> {
     let mut w = ImageWriter::create(dir)?;
     let mut pf = w.page_file(&p.pages_file)?;
     for i in 0..npages {
@@ -323,7 +333,7 @@ fn write_image(dir: &Path, p: &ProcessImage, npages: u64) -> Result<(), ImageErr
     }
     w.finish_page_file(pf)?;
     w.write_process(p)?;
-    w.commit(sample_inventory())
+    w.commit(inventory)
 }
 
 fn fresh() -> (tempfile::TempDir, PathBuf) {
@@ -706,17 +716,9 @@ fn commit_refuses_an_image_restore_would_refuse() {
 #[test]
 fn clocks_that_are_not_positive_are_refused() {
     let (_root, dir) = fresh();
-    let p = sample_process();
-    let mut w = ImageWriter::create(&dir).unwrap();
-    let mut pf = w.page_file(&p.pages_file).unwrap();
-    for i in 0..5 {
-        pf.write_all(&page(i)).unwrap();
-    }
-    w.finish_page_file(pf).unwrap();
-    w.write_process(&p).unwrap();
     let mut inv = sample_inventory();
     inv.clocks.monotonic_ns = 0;
-    let err = w.commit(inv).unwrap_err();
+    let err = write_image_with(&dir, &sample_process(), 5, inv).unwrap_err();
     assert!(err.to_string().contains("are not positive"), "{err}");
 }
 

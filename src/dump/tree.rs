@@ -234,20 +234,13 @@ fn precheck(proc: &Proc, tree_time_ns: Option<u64>) -> Vec<DumpError> {
         });
     }
     // A root directory other than crest's (chroot) is recorded with the files (fds::root);
-    // one in another mount namespace is refused below. The time namespace is the tree's
-    // (crate::timens): the root's, whatever it is.
-    for ns in crate::proc::NAMESPACES {
-        let wanted = if ns == "time" {
-            tree_time_ns
-        } else {
-            crate::proc::own_namespace(ns)
-        };
+    // one in another mount namespace is refused below. The time namespace is checked apart.
+    for ns in crate::proc::NAMESPACES
+        .into_iter()
+        .filter(|&ns| ns != "time")
+    {
         match proc.namespace(ns) {
-            Ok(theirs) if theirs != wanted && ns == "time" => say(DumpError::TimeNamespace {
-                pid,
-                why: "it is in another time namespace than the root of the tree".into(),
-            }),
-            Ok(theirs) if theirs != wanted => say(DumpError::Namespace {
+            Ok(theirs) if theirs != crate::proc::own_namespace(ns) => say(DumpError::Namespace {
                 pid,
                 ns: ns.to_string(),
             }),
@@ -255,7 +248,13 @@ fn precheck(proc: &Proc, tree_time_ns: Option<u64>) -> Vec<DumpError> {
             Err(e) => say(e.into()),
         }
     }
+    // The time namespace is the tree's (crate::timens): the root's, whichever it is, and the
+    // one its children get too.
     match (proc.namespace("time"), proc.namespace("time_for_children")) {
+        (Ok(own), _) if own != tree_time_ns => say(DumpError::TimeNamespace {
+            pid,
+            why: "it is in another time namespace than the root of the tree".into(),
+        }),
         (Ok(own), Ok(children)) if own != children => say(DumpError::TimeNamespace {
             pid,
             why: "its children get another time namespace than its own (it called unshare \

@@ -77,9 +77,10 @@ pub struct RestoreOptions {
     pub record_working_set: Option<std::time::Duration>,
     /// `--no-prefetch`: ignore the image's recorded working set.
     pub no_prefetch: bool,
-    /// `--host-clocks`: the tree sees the host's monotonic and boot-time clocks, moved on by
-    /// the time since the dump, instead of clocks that carry on from the dump
-    /// ([`crate::timens`]).
+    /// `--clocks host` (`--host-clocks`): the tree sees the host's monotonic and boot-time
+    /// clocks, moved on by the time since the dump, instead of clocks that carry on from the
+    /// dump ([`crate::timens`]). The CLI and the CRaC engine default it per architecture
+    /// (`arch::CLOCKS_CARRY_ON_BY_DEFAULT`).
     pub host_clocks: bool,
 }
 
