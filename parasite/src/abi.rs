@@ -12,7 +12,7 @@
 /// `RestorerArgs::magic`: "CRESTRST" little-endian, checked by the blob first thing.
 pub const ARGS_MAGIC: u64 = 0x5453_5254_5345_5243;
 /// Bumped whenever a structure in this file changes.
-pub const ABI_VERSION: u32 = 14;
+pub const ABI_VERSION: u32 = 15;
 
 /// Most areas the restorer moves into place: `[vvar*]` pieces and the `[vdso]` (8), and the
 /// rings of AIO contexts the task created (32, the image's limit per process).
@@ -494,8 +494,12 @@ pub struct ThreadArg {
     /// 16-byte aligned top of this thread's restorer stack, inside the bootstrap region.
     pub stack_top: u64,
     pub stack_size: u64,
-    /// sp for this thread's rt_sigreturn (x86_64: its frame + 8).
-    pub sigreturn_sp: u64,
+    /// The thread's alternate signal stack to set with sigaltstack (`altstack_size == 0`:
+    /// none, as a new thread starts). The thread goes back into its own registers through
+    /// ptrace, not rt_sigreturn, so nothing else would restore it.
+    pub altstack_sp: u64,
+    pub altstack_size: u64,
+    pub altstack_flags: u64,
     /// x86_64: FS base (via CLONE_SETTLS) and GS base. aarch64: TPIDR_EL0 in tls[0].
     pub tls: [u64; 2],
     pub rseq: RseqArg,

@@ -57,7 +57,8 @@ struct Layout {
     names: u64,
     sigframe: u64,
     stack_top: u64,
-    /// Per-thread blocks: `[sigframe][stack]`, `thread_block` bytes each.
+    /// Per-thread restorer stacks, `thread_block` bytes each (the threads go back into their
+    /// registers through ptrace, so they need no signal frame).
     threads: u64,
     thread_block: u64,
     park: u64,
@@ -99,7 +100,7 @@ impl Layout {
         let stack_bottom = up(sigframe + frame_size);
         let stack_top = stack_bottom + RESTORER_STACK;
         let threads = up(stack_top);
-        let thread_block = up(frame_size) + THREAD_STACK;
+        let thread_block = THREAD_STACK;
         let park = threads + counts.threads * thread_block;
         let total = up(park + park_size);
         Layout {
@@ -416,7 +417,7 @@ impl Bootstrap {
             frame,
         )?;
 
-        let thread_args = thread_args(p, &layout, addr, region)?;
+        let thread_args = thread_args(p, &layout, addr, region);
         write_array(region, layout.thread_args, &thread_args);
 
         let mut special = [SpecialMove::default(); abi::MAX_SPECIAL_MOVES];
@@ -555,38 +556,27 @@ impl Bootstrap {
     }
 }
 
-/// Every thread but the leader: its sigframe and restorer stack in its own block of the region,
-/// its pending signals copied into the pending area, and what it sets up itself.
-fn thread_args(
-    p: &ProcessImage,
-    layout: &Layout,
-    addr: u64,
-    region: &mut [u8],
-) -> Result<Vec<ThreadArg>, RestoreError> {
+/// Every thread but the leader: its restorer stack in its own block of the region, its
+/// pending signals copied into the pending area, and what it sets up itself.
+fn thread_args(p: &ProcessImage, layout: &Layout, addr: u64, region: &mut [u8]) -> Vec<ThreadArg> {
     let mut out = Vec::with_capacity(p.threads.len().saturating_sub(1));
     let mut pending_at = layout.pending;
     for (i, t) in p.threads.iter().enumerate().skip(1) {
         let block = layout.threads + (i as u64 - 1) * layout.thread_block;
-        let frame_end = block + layout.thread_block - THREAD_STACK;
-        let frame = &mut region[block as usize..frame_end as usize];
-        let sigreturn_sp = crate::arch::sigframe::build_with_altstack(
-            &t.regs,
-            t.sigmask,
-            t.state.altstack,
-            addr + block,
-            frame,
-        )?;
         let pending = addr + pending_at;
         for info in &t.state.pending {
             region[pending_at as usize..(pending_at + SIGINFO_SIZE) as usize].copy_from_slice(info);
             pending_at += SIGINFO_SIZE;
         }
+        let altstack = t.state.altstack.unwrap_or_default();
         out.push(ThreadArg {
             tid: t.tid,
             go: 0,
             stack_top: addr + block + layout.thread_block,
             stack_size: THREAD_STACK,
-            sigreturn_sp,
+            altstack_sp: altstack.sp,
+            altstack_size: altstack.size,
+            altstack_flags: altstack.flags as u64,
             tls: crate::arch::morph::thread_pointers(&t.regs),
             rseq: rseq_arg(t.rseq),
             clear_child_tid: t.state.clear_child_tid,
@@ -599,7 +589,7 @@ fn thread_args(
             name: thread_name(&t.state.name),
         });
     }
-    Ok(out)
+    out
 }
 
 /// A thread name as PR_SET_NAME takes it: at most 15 bytes, NUL-terminated.

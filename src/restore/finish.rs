@@ -346,7 +346,7 @@ pub struct Caught {
     tid: i32,
     /// A leader's registers and signal mask, to be put back at the release (the cleanup's
     /// remote calls run in it with every signal blocked); None for the other threads, which
-    /// keep what rt_sigreturn gave them.
+    /// got theirs back by ptrace at their breakpoint and run nothing before the release.
     leader: Option<(crate::arch::morph::UserRegs, u64)>,
     /// Register state rt_sigreturn does not load and the cleanup's system calls would drop
     /// (aarch64: live SVE registers), put back by ptrace at the release.
@@ -358,17 +358,19 @@ pub struct Caught {
 enum Phase {
     /// Running restorer code.
     Restoring,
-    /// Stopped on the breakpoint, now stepping into rt_sigreturn.
+    /// A leader stopped on the breakpoint, now stepping into rt_sigreturn.
     EnteringSigreturn,
-    /// rt_sigreturn entered; its exit stop comes next.
+    /// A leader's rt_sigreturn entered; its exit stop comes next.
     LeavingSigreturn,
 }
 
-/// Runs every thread (the leader and those the restorer creates) up to the exit of its
-/// rt_sigreturn and holds it there. A leader gets every signal blocked: rt_sigreturn installed
-/// the image's mask, and the restorer armed the timers, so an unblocked pending signal would be
-/// delivered in the middle of the cleanup that runs in it. The other threads run nothing until
-/// the release and keep their mask.
+/// Runs every leader up to the exit of its rt_sigreturn, and every thread the restorer created
+/// up to its breakpoint, and holds them there. A leader gets every signal blocked: rt_sigreturn
+/// installed the image's mask, and the restorer armed the timers, so an unblocked pending
+/// signal would be delivered in the middle of the cleanup that runs in it. The other threads
+/// get their registers, extended state and mask back by ptrace at the breakpoint (what their
+/// rt_sigreturn would have loaded; the restorer set their alternate stack) and run nothing
+/// until the release.
 ///
 /// Works on every process of the tree at once: each thread's process is known from the image
 /// (every tid is restored as it was), so a failure names the right process and step.
@@ -382,8 +384,8 @@ enum Phase {
 ///
 /// The leader's restorer creates the other threads untraced; each waits in the restorer until
 /// crest, at the leader's breakpoint, traces it and lets it go on to its own breakpoint. So
-/// creating a thread costs crest no ptrace stop, and catching it three (breakpoint,
-/// rt_sigreturn entry and exit).
+/// creating a thread costs crest no ptrace stop, and catching it one (a leader takes three:
+/// breakpoint, rt_sigreturn entry and exit).
 ///
 /// `phases` gets "memory" ended once every leader is at its breakpoint (memory loaded, threads
 /// created), and "threads" once every thread is caught.
@@ -391,10 +393,17 @@ pub fn catch_all(
     procs: &mut [Restoring<'_>],
     phases: &mut crate::phases::Phases,
 ) -> Result<(Vec<Caught>, Vec<(i32, i32)>), RestoreError> {
-    let owner: HashMap<i32, usize> = procs
+    // Each thread's process and its place among the process's threads.
+    let owner: HashMap<i32, (usize, usize)> = procs
         .iter()
         .enumerate()
-        .flat_map(|(i, r)| r.image.threads.iter().map(move |t| (t.tid, i)))
+        .flat_map(|(i, r)| {
+            r.image
+                .threads
+                .iter()
+                .enumerate()
+                .map(move |(j, t)| (t.tid, (i, j)))
+        })
         .collect();
     let nr_threads: usize = procs.iter().map(|r| r.image.threads.len()).sum();
     let mut phase: HashMap<i32, Phase> = procs.iter().map(|r| (r.pid, Phase::Restoring)).collect();
@@ -452,7 +461,7 @@ pub fn catch_all(
         }
         // Every stop below resumes the thread but the last (it is caught then).
         running.push_back(raw);
-        let Some(&owner_idx) = owner.get(&raw) else {
+        let Some(&(owner_idx, thread_idx)) = owner.get(&raw) else {
             return Err(RestoreError::Internal(format!(
                 "a task {raw} that is not in the image reported a stop ({ws:?})"
             )));
@@ -477,13 +486,37 @@ pub fn catch_all(
                     }
                     .map_err(|e| os(format!("holding back a SIGTRAP sent to thread {raw}"), e))?;
                 }
+                (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring))
+                    if raw != pid =>
+                {
+                    // A created thread at its breakpoint: its own registers, extended state and
+                    // mask go back by ptrace, and it stays in this stop until the release (a
+                    // stopped thread takes no signal: one sent to the process waits for a thread
+                    // that runs and does not block it).
+                    let thread = &this.image.threads[thread_idx];
+                    crate::arch::regs::restore_outside_syscall(raw, &thread.regs).map_err(|e| {
+                        RestoreError::Internal(format!(
+                            "putting back the registers of thread {raw}: {e}"
+                        ))
+                    })?;
+                    crate::ptrace::set_sigmask(raw, thread.sigmask).map_err(|e| {
+                        RestoreError::Internal(format!(
+                            "putting back the signal mask of thread {raw}: {e}"
+                        ))
+                    })?;
+                    phase.remove(&raw);
+                    running.pop_back();
+                    caught.push(Caught {
+                        tid: raw,
+                        leader: None,
+                        late_state: None,
+                    });
+                }
                 (WaitStatus::Stopped(_, Signal::SIGTRAP), None | Some(Phase::Restoring)) => {
-                    if raw == pid {
-                        // The restorer is done: memory loaded, every thread created and waiting.
-                        trace_threads(this, &mut phase, &mut running)?;
-                        if loading.remove(&pid) && loading.is_empty() {
-                            phases.end("memory");
-                        }
+                    // The restorer is done: memory loaded, every thread created and waiting.
+                    trace_threads(this, &mut phase, &mut running)?;
+                    if loading.remove(&pid) && loading.is_empty() {
+                        phases.end("memory");
                     }
                     phase.insert(raw, Phase::EnteringSigreturn);
                     crate::arch::morph::step_over_breakpoint(raw).map_err(|e| {
@@ -500,38 +533,27 @@ pub fn catch_all(
                         .map_err(|e| os(format!("stepping thread {raw} out of rt_sigreturn"), e))?;
                 }
                 (WaitStatus::PtraceSyscall(_), Some(Phase::LeavingSigreturn)) => {
-                    // Only the leader runs code before the release (the cleanup's remote calls):
-                    // its registers are kept to be put back, and every signal is blocked in it
-                    // meanwhile. The other threads stay in this stop until the release, with the
-                    // registers and mask rt_sigreturn gave them: a stopped thread takes no signal
-                    // (one sent to the process waits for a thread that runs and does not block it).
-                    let leader = if raw == pid {
-                        let regs = ptrace::getregs(tid)
-                            .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
-                        let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
-                            RestoreError::Internal(format!(
-                                "reading the signal mask of thread {raw}: {e}"
-                            ))
-                        })?;
-                        crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
-                            RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
-                        })?;
-                        Some((regs, mask))
-                    } else {
-                        None
-                    };
+                    // Only leaders come through rt_sigreturn, and only they run code before the
+                    // release (the cleanup's remote calls): their registers are kept to be put
+                    // back, and every signal is blocked in them meanwhile.
+                    let regs = ptrace::getregs(tid)
+                        .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
+                    let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
+                        RestoreError::Internal(format!(
+                            "reading the signal mask of thread {raw}: {e}"
+                        ))
+                    })?;
+                    crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
+                        RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
+                    })?;
                     phase.remove(&raw);
                     running.pop_back();
-                    let late_state = this
-                        .image
-                        .threads
-                        .iter()
-                        .find(|t| t.tid == raw)
-                        .and_then(|t| crate::arch::morph::late_state(&t.regs));
                     caught.push(Caught {
                         tid: raw,
-                        leader,
-                        late_state,
+                        leader: Some((regs, mask)),
+                        late_state: crate::arch::morph::late_state(
+                            &this.image.threads[thread_idx].regs,
+                        ),
                     });
                 }
                 (WaitStatus::Exited(..) | WaitStatus::Signaled(..), _) => {

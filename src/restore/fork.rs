@@ -53,32 +53,40 @@ pub fn wait_until_pid_free(pid: i32) -> Result<(), RestoreError> {
     let deadline = Instant::now() + ZOMBIE_WAIT;
     let mut told = false;
     while crate::proc::pid_in_use(pid) {
-        let zombie = crate::proc::Proc::open(pid)
+        let state = crate::proc::Proc::open(pid)
             .and_then(|p| p.status())
-            .map(|s| s.state == 'Z');
-        match zombie {
+            .map(|s| s.state);
+        let dying = match state {
             // Gone between the two looks: free now.
             Err(crate::proc::ProcError::NoSuchProcess { .. }) => return Ok(()),
-            Ok(true) if Instant::now() < deadline => {
-                if !told {
-                    // Said whatever the verbosity: the restore may sit here for seconds.
-                    crate::warn!(
-                        "pid {pid} is still held by a zombie (the dumped process, dead but not yet \
-                         reaped by its parent); waiting up to {} s for it to be reaped",
-                        ZOMBIE_WAIT.as_secs()
-                    );
-                    told = true;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(true) => {
-                return Err(RestoreError::PidHeldByZombie {
+            // A zombie, or a task being reaped right now ('X', or its /proc files failing
+            // while the directory still shows): the pid frees itself once the parent waits.
+            Ok('Z') | Ok('X') | Err(_) => true,
+            Ok(_) => false,
+        };
+        if !dying {
+            return Err(RestoreError::PidTaken { pid });
+        }
+        if Instant::now() >= deadline {
+            // A status that stays unreadable is not known to be a zombie.
+            return Err(match state {
+                Ok('Z') => RestoreError::PidHeldByZombie {
                     pid,
                     waited: ZOMBIE_WAIT.as_secs(),
-                })
-            }
-            _ => return Err(RestoreError::PidTaken { pid }),
+                },
+                _ => RestoreError::PidTaken { pid },
+            });
         }
+        if !told && matches!(state, Ok('Z')) {
+            // Said whatever the verbosity: the restore may sit here for seconds.
+            crate::warn!(
+                "pid {pid} is still held by a zombie (the dumped process, dead but not yet \
+                 reaped by its parent); waiting up to {} s for it to be reaped",
+                ZOMBIE_WAIT.as_secs()
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod nr {
     pub const SET_TID_ADDRESS: usize = 96;
     pub const SET_ROBUST_LIST: usize = 99;
     pub const RT_TGSIGQUEUEINFO: usize = 240;
+    pub const SIGALTSTACK: usize = 132;
     pub const CLONE3: usize = 435;
     pub const FUTEX: usize = 98;
     pub const SETGROUPS: usize = 159;
@@ -233,6 +234,14 @@ pub unsafe fn sigreturn(sp: u64) -> ! {
             sp = in(reg) sp,
             options(noreturn)
         );
+    }
+}
+
+/// See the x86_64 file: a breakpoint crest takes, again if ever resumed here.
+pub fn stop_for_crest() -> ! {
+    loop {
+        // SAFETY: brk only raises SIGTRAP, which the tracer (crest) takes.
+        unsafe { asm!("brk #0", options(nostack)) };
     }
 }
 

@@ -25,6 +25,7 @@ pub mod nr {
     pub const SET_TID_ADDRESS: usize = 218;
     pub const SET_ROBUST_LIST: usize = 273;
     pub const RT_TGSIGQUEUEINFO: usize = 297;
+    pub const SIGALTSTACK: usize = 131;
     pub const CLONE3: usize = 435;
     pub const FUTEX: usize = 202;
     pub const SETGROUPS: usize = 116;
@@ -225,6 +226,15 @@ pub unsafe fn sigreturn(sp: u64) -> ! {
             sp = in(reg) sp,
             options(noreturn)
         );
+    }
+}
+
+/// Stops on a breakpoint, for good: crest catches the thread there, puts its own registers
+/// back by ptrace and lets it go from them. Should it ever be resumed here, it stops again.
+pub fn stop_for_crest() -> ! {
+    loop {
+        // SAFETY: int3 only raises SIGTRAP, which the tracer (crest) takes.
+        unsafe { asm!("int3", options(nostack)) };
     }
 }
 

@@ -548,7 +548,8 @@ fn switch_creds(ctx: &Ctx, a: &RestorerArgs) {
     }
 }
 
-/// Where a created thread starts: its per-thread state, then back into its own registers.
+/// Where a created thread starts: its per-thread state, then the breakpoint where crest puts
+/// its own registers back.
 extern "C" fn thread_main(arg: u64) -> ! {
     let t = arg as *mut ThreadArg;
     // SAFETY: `arg` is this thread's ThreadArg in the bootstrap region (create_threads).
@@ -605,6 +606,12 @@ extern "C" fn thread_main(arg: u64) -> ! {
             fail(sig as u64, e);
         }
     }
+    if ta.altstack_size != 0 {
+        if let Err(e) = sys::sigaltstack(ta.altstack_sp, ta.altstack_flags as i32, ta.altstack_size)
+        {
+            fail(ta.altstack_sp, e);
+        }
+    }
     // The breakpoint needs a tracer: crest traces the thread once the leader reaches its own,
     // then says go. Threads are made without crest following each creation (no ptrace stop
     // per clone), which is what makes a thousand of them cheap.
@@ -615,8 +622,10 @@ extern "C" fn thread_main(arg: u64) -> ! {
         // EAGAIN (already set) and EINTR just look again.
         let _ = sys::futex_wait(go.as_ptr(), 0);
     }
-    // SAFETY: crest built this thread's frame at sigreturn_sp; crest catches the breakpoint.
-    unsafe { arch::sigreturn(ta.sigreturn_sp) }
+    // crest catches the thread on this breakpoint and puts its registers, extended state and
+    // signal mask back by ptrace: one stop instead of three (breakpoint, entry and exit of
+    // rt_sigreturn), which a thousand threads feel.
+    arch::stop_for_crest()
 }
 
 /// Timers last: every expiry from here on reaches the restored program (its signals stay

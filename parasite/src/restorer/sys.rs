@@ -234,6 +234,20 @@ pub fn set_robust_list(head: u64, len: u64) -> SysResult {
     decode(unsafe { arch::syscall2(nr::SET_ROBUST_LIST, head as usize, len as usize) })
 }
 
+/// sigaltstack(&{sp, flags, size}, NULL).
+pub fn sigaltstack(sp: u64, flags: i32, size: u64) -> SysResult {
+    // The kernel's stack_t: void *ss_sp; int ss_flags; size_t ss_size.
+    #[repr(C)]
+    struct StackT {
+        sp: u64,
+        flags: i32,
+        size: u64,
+    }
+    let ss = StackT { sp, flags, size };
+    // SAFETY: `ss` is a valid stack_t on this stack; the kernel only reads it.
+    decode(unsafe { arch::syscall2(nr::SIGALTSTACK, &ss as *const StackT as usize, 0) })
+}
+
 pub fn rt_tgsigqueueinfo(tgid: i32, tid: i32, sig: i32, info: *const u8) -> SysResult {
     // SAFETY: `info` points at a 128-byte siginfo in the bootstrap region; the kernel copies it.
     decode(unsafe {

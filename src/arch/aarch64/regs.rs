@@ -324,6 +324,13 @@ pub fn write_gprs(tid: i32, gpr: &[u64]) -> Result<(), RegsError> {
     Ok(())
 }
 
+/// [`restore`] for a thread that leaves the restorer from a breakpoint stop instead of through
+/// rt_sigreturn. The same on aarch64: a breakpoint is no system call (syscallno is
+/// NO_SYSCALL at the stop, and NT_PRSTATUS does not change it), so the kernel restarts none.
+pub fn restore_outside_syscall(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
+    restore(tid, regs)
+}
+
 /// Puts back general registers, FP/SIMD state and TPIDR_EL0 into the stopped thread `tid`.
 pub fn restore(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
     let ArchRegs::Aarch64 { gpr, fpsimd, tls } = regs else {

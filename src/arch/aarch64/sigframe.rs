@@ -271,7 +271,7 @@ mod tests {
             gpr[19] = X19;
             gpr[20] = X20;
             gpr[SP] = (stack.as_ptr() as u64 + stack.len() as u64) & !15;
-            gpr[PC] = landing as usize as u64;
+            gpr[PC] = landing as *const () as usize as u64;
             // EL0t, interrupts unmasked: what a user thread has.
             gpr[PSTATE] = 0;
             let mut fpsimd = vec![0u8; FPSIMD_BYTES];

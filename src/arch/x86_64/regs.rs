@@ -184,6 +184,22 @@ pub fn write_gprs(tid: i32, gpr: &[u64]) -> Result<(), RegsError> {
 /// and the XSAVE area (the kernel wants the whole standard-format area, as GETREGSET returned
 /// it: what capture left out is zeros).
 pub fn restore(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
+    restore_with_orig_rax(tid, regs, None)
+}
+
+/// [`restore`] for a thread that leaves the restorer from a breakpoint stop instead of through
+/// rt_sigreturn: orig_rax is -1, as rt_sigreturn leaves it, so that the kernel, resuming the
+/// thread from its signal stop, restarts no system call (the image's registers have the
+/// restart rules applied already, see [`fixup_syscall_restart`]).
+pub fn restore_outside_syscall(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
+    restore_with_orig_rax(tid, regs, Some(u64::MAX))
+}
+
+fn restore_with_orig_rax(
+    tid: i32,
+    regs: &ArchRegs,
+    orig_rax: Option<u64>,
+) -> Result<(), RegsError> {
     let (gpr_words, xstate) = match regs {
         ArchRegs::X86_64 { gpr, xstate } => (gpr, xstate),
         _ => {
@@ -193,7 +209,12 @@ pub fn restore(tid: i32, regs: &ArchRegs) -> Result<(), RegsError> {
             })
         }
     };
-    write_gprs(tid, gpr_words)?;
+    let mut words = gpr_words.clone();
+    // write_gprs refuses a set of the wrong length, so a missing slot cannot slip through.
+    if let (Some(orig), Some(slot)) = (orig_rax, words.get_mut(ORIG_RAX)) {
+        *slot = orig;
+    }
+    write_gprs(tid, &words)?;
     // The kernel takes only the whole area: zeros (initial state) after what was kept.
     let full = super::sigframe::full_len(xstate);
     if full > xstate.len() {
