@@ -156,3 +156,65 @@ fn mthreads_verifies_itself_notices_a_stray_signal_and_exits_on_request() {
         "exit status"
     );
 }
+
+/// A restore needs every thread id of the image free, not only the leader's pid: one taken by
+/// another process is refused before anything is forked, naming the id, and the holder is
+/// left alone.
+#[test]
+fn a_thread_id_in_use_by_another_process_is_refused() {
+    let mut v = Victim::start(Kind::MThreads);
+    let tids = thread_ids(v.pid);
+    let dir = v.work.join("img");
+    dump(v.pid, &dir, false).assert_ok();
+    v.reap();
+    // The last worker's id, taken by a process of ours (clone3 with set_tid, as crest does).
+    let taken = *tids.last().expect("mthreads has workers");
+    let holder = hold_pid(taken);
+
+    restore_detached(&dir, &[])
+        .assert_failed()
+        .assert_stderr_mentions(&format!("pid {taken} is in use"));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", v.pid)).exists(),
+        "nothing of the refused restore runs under pid {}",
+        v.pid
+    );
+    assert_eq!(
+        proc_state(holder.0),
+        Some('S'),
+        "the holder of {taken} is untouched"
+    );
+}
+
+/// A child of the test under a chosen pid, asleep until dropped (killed and reaped).
+struct PidHolder(i32);
+
+impl Drop for PidHolder {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
+/// Forks a [`PidHolder`] under `pid` (clone3 with set_tid, crest's own wrapper).
+fn hold_pid(pid: i32) -> PidHolder {
+    // SAFETY: a fork-like clone3; the child only makes raw system calls (ppoll with nothing to
+    // wait for, until killed), which is safe in a child of a threaded process.
+    let got = unsafe { crest::sys::clone3_with_pid(pid, libc::SIGCHLD) }
+        .unwrap_or_else(|e| panic!("clone3 with set_tid {pid}: {e}"));
+    if got == 0 {
+        loop {
+            // SAFETY: raw system calls only, see above.
+            unsafe {
+                libc::syscall(libc::SYS_ppoll, 0usize, 0usize, 0usize, 0usize);
+            }
+        }
+    }
+    assert_eq!(got, pid, "clone3 with set_tid {pid}");
+    let holder = PidHolder(pid);
+    wait_for("the pid holder to sleep", TIMEOUT, || {
+        (proc_state(pid) == Some('S')).then_some(())
+    });
+    holder
+}
