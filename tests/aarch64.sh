@@ -4,11 +4,14 @@
 #
 #   bash tests/aarch64.sh [--kernel 4k|16k|both] [--all] [--no-jdk] [-- CARGO TEST ARGS]
 #
-# By default it runs the core set on both kernels (what CI runs, ~10 minutes a kernel under
+# By default it runs the core set on both kernels (what CI runs, ~5 minutes a kernel under
 # emulation): the C victims (memory patterns, fds, threads, signals and timers, vector
 # registers) through dump/restore cycles (tests victims, cycles, threads, signals,
 # vector_registers, thread_restore) and a JDK 17 JVM dumped and restored three times (tests/jvm.rs
-# jdk17_three_cycles_then_jcmd_and_sigterm, jvm_victim_verifies_itself_and_exits_on_request).
+# jdk17_three_cycles_then_jcmd_and_sigterm, jvm_victim_verifies_itself_and_exits_on_request,
+# one after the other), then files, IPC, event fds and UNIX sockets (tests epoll, events,
+# fdshare, fifos, ghost_files, locks, memfd, mqueue, pipes, scm, sysv_ipc, unix_sockets but for
+# two tests whose peers are python scripts: the guest has no python3).
 # --all runs `--workspace --lib --bins --tests` instead (hours under emulation; a few tests need
 # a newer kernel than 6.12 or assume 4K pages). Cargo test args after -- choose the tests
 # yourself; the unit tests only, say:
@@ -90,7 +93,12 @@ elif [ $all -eq 1 ]; then
 else
     runs=(
         "-p crest --test victims --test cycles --test threads --test signals --test vector_registers --test thread_restore"
-        "-p crest --test jvm -- jdk17_three_cycles_then_jcmd_and_sigterm jvm_victim_verifies_itself_and_exits_on_request"
+        # One JVM at a time: two emulated JVMs starting together on the guest's 2 CPUs have
+        # taken longer than the tests' JVM start timeout.
+        "-p crest --test jvm -- jdk17_three_cycles_then_jcmd_and_sigterm jvm_victim_verifies_itself_and_exits_on_request --test-threads=1"
+        # Files, IPC, event fds and UNIX sockets (issues #8, #9); the guest has no python3, so
+        # the two socket tests whose peers are python scripts are left out.
+        "-p crest --test epoll --test events --test fdshare --test fifos --test ghost_files --test locks --test memfd --test mqueue --test pipes --test scm --test sysv_ipc --test unix_sockets -- --skip so_peercred_of_pairs --skip a_listener_made_by_a_process_outside"
     )
     [ $jdk -eq 1 ] || unset 'runs[1]'
 fi

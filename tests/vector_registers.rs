@@ -53,7 +53,8 @@ fn vector_registers_survive_dump_and_restore() {
         .unwrap_or_else(|e| panic!("after a dump with --leave-running: {e}"));
     assert_eq!(n, held, "the victim left the round it was in");
 
-    // Dump, kill, restore: the restored process gets them from the rt_sigreturn frame.
+    // Dump, kill, restore: the leader gets them from its rt_sigreturn frame, the victim's second
+    // thread (which holds a pattern of its own) by ptrace at its breakpoint in the restorer.
     let held = v.wait_logging_after(n);
     let dir = v.work.join("img");
     dump(v.pid, &dir, false).assert_ok();

@@ -140,7 +140,7 @@ static void check_common(void)
     check_map((const void *)shared, "scratch");
     check_map(private_map, "scratch");
     check_map(mapped_only, "mapped-only");
-    char want[4096];
+    char want[65536]; /* a page: 4K, 16K or 64K */
     pattern(want, 0);
     if (memcmp((const char *)shared + 64, want + 64, (size_t)page - 64) != 0)
         fail("page 0 of scratch changed (through the shared mapping)");
@@ -157,7 +157,7 @@ static void check_common(void)
 
 static void check_parent(void)
 {
-    char buf[4096], want[4096];
+    char buf[65536], want[65536]; /* a page: 4K, 16K or 64K */
     check_common();
     /* The content, holes included. */
     if (pread(SCRATCH_FD, buf, (size_t)page, MIB) != page) {

@@ -107,7 +107,7 @@ static void check_common(void)
 static void check_parent(void)
 {
     struct stat st;
-    char buf[4096], want[4096];
+    char buf[65536], want[65536]; /* a page: 4K, 16K or 64K */
     check_link(SEALED_FD, "/memfd:crest-sealed (deleted)");
     if (fstat(SEALED_FD, &st) != 0 || st.st_size != 3 * page + 100)
         fail("crest-sealed has size %lld", (long long)st.st_size);

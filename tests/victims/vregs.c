@@ -10,9 +10,15 @@
  * are live), then waits in raw syscalls (which preserve every vector register) until
  * DIR/verify-request exists, and stores them. Nothing in between is compiled C code.
  *
+ * A second thread holds a pattern of its own the same way (without logging), and the leader
+ * reports its result with its own: a restore gives a thread other than the leader its registers
+ * by ptrace at a breakpoint, not through rt_sigreturn, and this checks that path too.
+ *
  * Usage: vregs CTL_DIR LOG_FILE. Writes DIR/info: "mode sse|avx|avx512|neon".
  */
 #include "victim.h"
+
+#include <pthread.h>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -260,6 +266,56 @@ static void mask_state(uint64_t *state, size_t words)
 #error "vregs: no register set for this architecture"
 #endif
 
+/* The second thread's rounds checked so far, the last of them the leader has taken (and
+ * removed the request of), and the thread's first mismatch. */
+static unsigned long long worker_checked, worker_taken;
+static char worker_fail[256];
+
+static void *hold_in_thread(void *arg)
+{
+    (void)arg;
+    static uint64_t want[STATE_BYTES / 8], got[STATE_BYTES / 8];
+    size_t words = mode_bytes(hold_mode) / 8;
+    for (unsigned long long round = 1;; round++) {
+        random_fill(want, words, (uint64_t)getpid() ^ 0x5bd1e995u, round);
+        mask_state(want, words);
+        memset(got, 0, sizeof got);
+        /* No log line (fd -1): the leader's lines are the test's clock. */
+        hold_registers(want, got, ctl_request, -1, "", 0);
+        mask_state(got, words);
+        for (size_t i = 0; i < words && !worker_fail[0]; i++)
+            if (got[i] != want[i]) {
+                char what[64];
+                describe(hold_mode, i * 8, what, sizeof what);
+                snprintf(worker_fail, sizeof worker_fail, "second thread: %s is %#llx, want %#llx",
+                         what, (unsigned long long)got[i], (unsigned long long)want[i]);
+            }
+        __atomic_store_n(&worker_checked, round, __ATOMIC_RELEASE);
+        /* Holding again while this round's request is still there would end at once: wait for
+         * the leader to take the round. (Not for the request file to go: the next request may
+         * already stand in its place by the time this thread looks.) */
+        while (__atomic_load_n(&worker_taken, __ATOMIC_ACQUIRE) < round)
+            usleep(1000);
+    }
+    return NULL;
+}
+
+/* Waits (up to 10 s) for the second thread to check a round after `seen`; fails otherwise. */
+static unsigned long long wait_for_worker(unsigned long long seen)
+{
+    for (int i = 0; i < 10000; i++) {
+        unsigned long long now = __atomic_load_n(&worker_checked, __ATOMIC_ACQUIRE);
+        if (now != seen) {
+            if (worker_fail[0])
+                fail("%s", worker_fail);
+            return now;
+        }
+        usleep(1000);
+    }
+    fail("the second thread did not check its registers within 10 s");
+    return seen;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -282,16 +338,23 @@ int main(int argc, char **argv)
     if (rename(info_tmp, info_path) != 0)
         die("rename %s: %s", info_tmp, strerror(errno));
 
+    pthread_t worker;
+    if (pthread_create(&worker, NULL, hold_in_thread, NULL) != 0)
+        die("pthread_create failed");
+
     static uint64_t want[STATE_BYTES / 8], got[STATE_BYTES / 8];
     size_t words = mode_bytes(hold_mode) / 8;
     char line[128];
+    unsigned long long worker_seen = 0;
     for (unsigned long long counter = 1;; counter++) {
         random_fill(want, words, (uint64_t)getpid(), counter);
         mask_state(want, words);
         memset(got, 0, sizeof got);
         n = snprintf(line, sizeof line, "pid=%d n=%llu\n", (int)getpid(), counter);
         hold_registers(want, got, ctl_request, log_fd, line, n);
+        worker_seen = wait_for_worker(worker_seen);
         unlink(ctl_request);
+        __atomic_store_n(&worker_taken, worker_seen, __ATOMIC_RELEASE);
         mask_state(got, words);
         for (size_t i = 0; i < words; i++)
             if (got[i] != want[i]) {
