@@ -31,6 +31,8 @@
 #
 # Environment: CREST_AARCH64_TIMEOUT (seconds one VM may run, default 3600),
 # CREST_AARCH64_MEM (guest memory, default 2G), CREST_AARCH64_CACHE (cache dir).
+# CREST_TEST_TIMES=1 with `-- ... --nocapture` has the tests print how long each crest command,
+# victim start and verify took (and the guest's free memory and load for a slow one).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

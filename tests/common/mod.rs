@@ -432,6 +432,7 @@ impl Victim {
         let start = Instant::now();
         loop {
             if !self.log_entries().is_empty() {
+                note_time(&what, start.elapsed());
                 return;
             }
             if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
@@ -559,6 +560,8 @@ impl Victim {
         let text = loop {
             // The victim writes the result to a temporary name and renames it: whole or absent.
             if let Ok(text) = fs::read_to_string(&result) {
+                let what = format!("{} (pid {}) to verify", self.kind.name(), self.pid);
+                note_time(&what, start.elapsed());
                 break text;
             }
             if !pid_exists(self.pid) || proc_state(self.pid) == Some('Z') {
@@ -674,6 +677,7 @@ impl Victim {
                 );
             }
             if let Some(e) = entries.iter().rev().find(|e| e.1 > after) {
+                note_time(&what, start.elapsed());
                 return e.1;
             }
             assert!(
@@ -701,6 +705,7 @@ impl Victim {
                 );
             }
             if entries.len() > lines_before {
+                note_time(&what, start.elapsed());
                 return;
             }
             assert!(
@@ -1201,6 +1206,37 @@ impl std::fmt::Display for CrestOutput {
     }
 }
 
+/// With CREST_TEST_TIMES set in the environment, prints how long `what` took to stderr (seen
+/// with `--nocapture`; tests/aarch64.sh passes CREST_* variables into the guest): where a slow
+/// run spends its time, crest command by command and victim start by victim start.
+pub fn note_time(what: &str, took: Duration) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("CREST_TEST_TIMES").is_some()) {
+        let thread = std::thread::current();
+        // A slow step says what the machine had: short of memory, everything crawls.
+        let machine = if took >= Duration::from_secs(30) {
+            let mem = <procfs::Meminfo as procfs::Current>::current()
+                .map(|m| {
+                    format!(
+                        "memory available {} of {} MiB",
+                        m.mem_available.unwrap_or(0) >> 20,
+                        m.mem_total >> 20
+                    )
+                })
+                .unwrap_or_default();
+            let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            format!(" ({mem}; load {})", load.trim())
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "[{}] {what}: {:.1} s{machine}",
+            thread.name().unwrap_or("?"),
+            took.as_secs_f64()
+        );
+    }
+}
+
 /// A running crest whose stdout/stderr go to unnamed temporary files (not pipes: a pipe leaked
 /// into a restored process would keep a reader waiting for as long as that process lives).
 /// Dropping it kills crest by pid if it is still running.
@@ -1245,6 +1281,7 @@ impl CrestProcess {
             }
             sleep(POLL);
         };
+        note_time(&format!("crest {}", self.args.join(" ")), start.elapsed());
         CrestOutput {
             args: std::mem::take(&mut self.args),
             status,
