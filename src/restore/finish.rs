@@ -364,6 +364,47 @@ enum Phase {
     LeavingSigreturn,
 }
 
+/// Why [`catch_all`] could not handle one thread's stop.
+enum StopError {
+    /// A ptrace request found the thread gone: its process was killed (a thread failed its
+    /// setup and ended it) after this stop was reported. The thread's exit comes next and says
+    /// why, so the catch goes on to it.
+    Gone,
+    Failed(RestoreError),
+}
+
+impl From<RestoreError> for StopError {
+    fn from(e: RestoreError) -> Self {
+        match e {
+            RestoreError::Os { ref source, .. } if source.raw_os_error() == Some(libc::ESRCH) => {
+                StopError::Gone
+            }
+            e => StopError::Failed(e),
+        }
+    }
+}
+
+/// Maps a failed ptrace request on a thread being caught: gone, or an internal error saying
+/// what crest was doing.
+fn ptrace_failed(
+    what: impl FnOnce() -> String,
+) -> impl FnOnce(crate::ptrace::PtraceError) -> StopError {
+    move |e| match e {
+        crate::ptrace::PtraceError::NoSuchThread { .. } => StopError::Gone,
+        e => StopError::Failed(RestoreError::Internal(format!("{}: {e}", what()))),
+    }
+}
+
+/// [`ptrace_failed`] for the register requests of `crate::arch::regs`.
+fn regs_failed(
+    what: impl FnOnce() -> String,
+) -> impl FnOnce(crate::arch::regs::RegsError) -> StopError {
+    move |e| match e {
+        crate::arch::regs::RegsError::Ptrace(e) => ptrace_failed(what)(e),
+        e => StopError::Failed(RestoreError::Internal(format!("{}: {e}", what()))),
+    }
+}
+
 /// Runs every leader up to the exit of its rt_sigreturn, and every thread the restorer created
 /// up to its breakpoint, and holds them there. A leader gets every signal blocked: rt_sigreturn
 /// installed the image's mask, and the restorer armed the timers, so an unblocked pending
@@ -468,10 +509,7 @@ pub fn catch_all(
         };
         let this = &mut procs[owner_idx];
         let (pid, boot) = (this.pid, this.boot);
-        // A ptrace request that finds the thread gone (ESRCH): its process was killed (a
-        // thread failed its setup and ended it) after this stop was reported. The thread's
-        // exit comes next and says why.
-        let step = (|| -> Result<(), RestoreError> {
+        let step = (|| -> Result<(), StopError> {
             match (ws, phase.get(&raw).copied()) {
                 (WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP), _) => {
                     phase.entry(raw).or_insert(Phase::Restoring);
@@ -494,16 +532,12 @@ pub fn catch_all(
                     // stopped thread takes no signal: one sent to the process waits for a thread
                     // that runs and does not block it).
                     let thread = &this.image.threads[thread_idx];
-                    crate::arch::regs::restore_outside_syscall(raw, &thread.regs).map_err(|e| {
-                        RestoreError::Internal(format!(
-                            "putting back the registers of thread {raw}: {e}"
-                        ))
-                    })?;
-                    crate::ptrace::set_sigmask(raw, thread.sigmask).map_err(|e| {
-                        RestoreError::Internal(format!(
-                            "putting back the signal mask of thread {raw}: {e}"
-                        ))
-                    })?;
+                    crate::arch::regs::restore_outside_syscall(raw, &thread.regs).map_err(
+                        regs_failed(|| format!("putting back the registers of thread {raw}")),
+                    )?;
+                    crate::ptrace::set_sigmask(raw, thread.sigmask).map_err(ptrace_failed(
+                        || format!("putting back the signal mask of thread {raw}"),
+                    ))?;
                     phase.remove(&raw);
                     running.pop_back();
                     caught.push(Caught {
@@ -519,11 +553,9 @@ pub fn catch_all(
                         phases.end("memory");
                     }
                     phase.insert(raw, Phase::EnteringSigreturn);
-                    crate::arch::morph::step_over_breakpoint(raw).map_err(|e| {
-                        RestoreError::Internal(format!(
-                            "stepping thread {raw} over the restorer's breakpoint: {e}"
-                        ))
-                    })?;
+                    crate::arch::morph::step_over_breakpoint(raw).map_err(regs_failed(|| {
+                        format!("stepping thread {raw} over the restorer's breakpoint")
+                    }))?;
                     ptrace::syscall(tid, None)
                         .map_err(|e| os(format!("stepping thread {raw} into rt_sigreturn"), e))?;
                 }
@@ -538,14 +570,12 @@ pub fn catch_all(
                     // back, and every signal is blocked in them meanwhile.
                     let regs = ptrace::getregs(tid)
                         .map_err(|e| os(format!("reading the registers of thread {raw}"), e))?;
-                    let mask = crate::ptrace::get_sigmask(raw).map_err(|e| {
-                        RestoreError::Internal(format!(
-                            "reading the signal mask of thread {raw}: {e}"
-                        ))
-                    })?;
-                    crate::ptrace::set_sigmask(raw, u64::MAX).map_err(|e| {
-                        RestoreError::Internal(format!("blocking signals in thread {raw}: {e}"))
-                    })?;
+                    let mask = crate::ptrace::get_sigmask(raw).map_err(ptrace_failed(|| {
+                        format!("reading the signal mask of thread {raw}")
+                    }))?;
+                    crate::ptrace::set_sigmask(raw, u64::MAX).map_err(ptrace_failed(|| {
+                        format!("blocking signals in thread {raw}")
+                    }))?;
                     phase.remove(&raw);
                     running.pop_back();
                     caught.push(Caught {
@@ -562,12 +592,12 @@ pub fn catch_all(
                         WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
                         _ => unreachable!(),
                     };
-                    return Err(failure(
+                    return Err(StopError::Failed(failure(
                         pid,
                         boot,
                         this.status,
                         format!("thread {raw} {how}"),
-                    ));
+                    )));
                 }
                 (
                     WaitStatus::Stopped(
@@ -580,27 +610,23 @@ pub fn catch_all(
                     ),
                     _,
                 ) => {
-                    return Err(crash(pid, tid, sig, boot, this.status));
+                    return Err(StopError::Failed(crash(pid, tid, sig, boot, this.status)));
                 }
                 (WaitStatus::Stopped(_, sig), _) => {
                     ptrace::cont(tid, Some(sig))
                         .map_err(|e| os(format!("passing {sig} to thread {raw}"), e))?;
                 }
                 (other, p) => {
-                    return Err(RestoreError::Internal(format!(
+                    return Err(StopError::Failed(RestoreError::Internal(format!(
                         "unexpected stop of thread {raw} ({other:?}) while {p:?}"
-                    )));
+                    ))));
                 }
             }
             Ok(())
         })();
         match step {
-            Err(RestoreError::Os { ref source, .. })
-                if source.raw_os_error() == Some(libc::ESRCH) =>
-            {
-                continue
-            }
-            other => other?,
+            Ok(()) | Err(StopError::Gone) => {}
+            Err(StopError::Failed(e)) => return Err(e),
         }
     }
     if !loading.is_empty() {

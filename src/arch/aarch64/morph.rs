@@ -95,8 +95,8 @@ pub fn put_back_late_state(tid: i32, state: &[u8]) -> Result<(), String> {
 /// Moves the stopped thread `tid`, which stopped on the restorer's `brk #0` before its
 /// rt_sigreturn, past that instruction: an arm64 breakpoint leaves pc on itself, so resuming
 /// it as it is would only trap again.
-pub fn step_over_breakpoint(tid: i32) -> Result<(), String> {
-    let mut gpr = super::regs::read_gprs(tid).map_err(|e| e.to_string())?;
+pub fn step_over_breakpoint(tid: i32) -> Result<(), super::regs::RegsError> {
+    let mut gpr = super::regs::read_gprs(tid)?;
     gpr[super::regs::PC] += 4;
-    super::regs::write_gprs(tid, &gpr).map_err(|e| e.to_string())
+    super::regs::write_gprs(tid, &gpr)
 }

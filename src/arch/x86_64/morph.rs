@@ -116,7 +116,7 @@ pub fn check_fpu_compatible(pid: i32, regs: &ArchRegs) -> Result<(), super::supe
 
 /// Nothing to do on x86_64: `int3` is a trap, rip already points past it when the thread
 /// stops on the restorer's breakpoint.
-pub fn step_over_breakpoint(_tid: i32) -> Result<(), String> {
+pub fn step_over_breakpoint(_tid: i32) -> Result<(), super::regs::RegsError> {
     Ok(())
 }
 
