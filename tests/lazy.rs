@@ -214,6 +214,15 @@ fn threads_restored_lazily_verify() {
     v.reap();
     let before = v.last_logged();
     let stats = v.work.join("stats.json");
+    if crest::arch::LAZY_PAGES_FOR_THREADS_REFUSED.is_some() {
+        // Refused here (arm64) before anything runs, naming the process.
+        let out = spawn_crest(lazy_args(&dir, &stats)).wait(TIMEOUT);
+        out.assert_failed()
+            .assert_stderr_mentions(&format!("lazy pages for pid {} (", v.pid))
+            .assert_stderr_mentions("restore without --lazy-pages");
+        assert!(!pid_exists(v.pid), "nothing runs under pid {}", v.pid);
+        return;
+    }
     // The background pass waits until the threads have verified, so their memory comes in
     // through their faults.
     let hold = v.work.join("background-may-start");

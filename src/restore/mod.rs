@@ -225,6 +225,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for p in &image.processes {
         check_supported(p)?;
     }
+    if opts.lazy_pages {
+        refuse_lazy_threads(&image)?;
+    }
     // Not while recording a new one: the record must be the program's own touches.
     let working_set = crate::prefetch::load(
         &image,
@@ -592,6 +595,28 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
 fn lazy_error(e: crate::lazy::LazyError) -> RestoreError {
     RestoreError::Lazy(e.to_string())
+}
+
+/// Lazy pages for processes of more than one thread, where this architecture does not bring
+/// their memory back whole yet ([`crate::arch::LAZY_PAGES_FOR_THREADS_REFUSED`] says why):
+/// refused naming every such process, before anything is opened or forked.
+fn refuse_lazy_threads(image: &images::Image) -> Result<(), RestoreError> {
+    let Some(why) = crate::arch::LAZY_PAGES_FOR_THREADS_REFUSED else {
+        return Ok(());
+    };
+    let threaded: Vec<String> = image
+        .processes
+        .iter()
+        .filter(|p| p.threads.len() > 1)
+        .map(|p| format!("pid {} ({} threads)", p.pid, p.threads.len()))
+        .collect();
+    if threaded.is_empty() {
+        return Ok(());
+    }
+    Err(RestoreError::Unsupported(format!(
+        "lazy pages for {}: {why}; restore without --lazy-pages",
+        threaded.join(", ")
+    )))
 }
 
 /// A process that shares its fd table with another (CLONE_FILES) cannot keep a userfaultfd

@@ -15,6 +15,9 @@ pub const DEFAULT_UNTAG_MASK: &str = "0xffffffffffffffff";
 /// (`crest restore --clocks`, crate::timens).
 pub const CLOCKS_CARRY_ON_BY_DEFAULT: bool = true;
 
+/// Why lazy pages are refused for a process of more than one thread here: they are not.
+pub const LAZY_PAGES_FOR_THREADS_REFUSED: Option<&str> = None;
+
 /// The kernel's O_LARGEFILE as fdinfo and F_GETFL show it (libc's `O_LARGEFILE` is 0 on
 /// 64-bit: a 64-bit program never needs to ask for it, yet open(2) sets it).
 pub const KERNEL_O_LARGEFILE: i32 = 0o100000;
